@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Regenerate src/pricing/litellm_subset.json from ../shared/pricing/.
+
+The bundled catalog is LiteLLM's pricing data (MIT, Copyright (c) 2023 Berri AI;
+the licence is kept beside it as src/pricing/LICENSE-litellm.txt), cut down to
+the chat models of the providers this program supports and to the fields it
+reads, so the binary stays small and starts fast. OpenRouter entries come from
+the 1.106.0 subset because newer LiteLLM releases ship none.
+
+Usage: python3 scripts/update-pricing.py [PRICING_DIR]   (default ../shared/pricing)
+"""
+import json
+import os
+import sys
+
+PROVIDERS = {"anthropic", "gemini", "cerebras", "deepseek", "openrouter", "huggingface", "ollama"}
+FIELDS = [
+    "litellm_provider", "mode", "input_cost_per_token", "output_cost_per_token",
+    "cache_read_input_token_cost", "cache_creation_input_token_cost",
+    "output_cost_per_reasoning_token", "input_cost_per_token_above_200k_tokens",
+    "output_cost_per_token_above_200k_tokens", "max_input_tokens", "max_output_tokens",
+    "deprecation_date",
+]
+
+
+def keep(entry):
+    return (
+        isinstance(entry, dict)
+        and entry.get("litellm_provider") in PROVIDERS
+        and entry.get("mode", "chat") == "chat"
+    )
+
+
+def main():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "..", "shared", "pricing")
+    main_file = json.load(open(os.path.join(src, "model_prices_and_context_window.json")))
+    openrouter = json.load(open(os.path.join(src, "openrouter_subset_litellm_1.106.0.json")))
+    out = {}
+    for source in (main_file, openrouter):
+        for key, entry in source.items():
+            if keep(entry) and key not in out:
+                out[key] = {f: entry[f] for f in FIELDS if f in entry}
+    dest = os.path.join(root, "src", "pricing", "litellm_subset.json")
+    with open(dest, "w") as f:
+        json.dump(dict(sorted(out.items())), f, indent=0, sort_keys=True)
+        f.write("\n")
+    lic = open(os.path.join(src, "LICENSE-litellm.txt")).read()
+    open(os.path.join(root, "src", "pricing", "LICENSE-litellm.txt"), "w").write(lic)
+    print(f"wrote {len(out)} entries to {dest}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,484 @@
+//! The command line: `serve` (the default, as Claude Desktop runs it) and
+//! commands that mirror the MCP tools for people and scripts. Every command
+//! prints Markdown-ish text, or JSON with `--json`.
+
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Settings;
+use crate::optimizer::{
+    CompleteArgs, CostArgs, Optimizer, RecommendArgs, SetBudgetArgs, ToolError, UsageArgs,
+};
+use crate::pricing::{self, Catalog};
+use crate::providers::Registry;
+use crate::render;
+use crate::router::{Router, scorer};
+
+/// Routes every prompt to the cheapest capable LLM and records what it cost.
+#[derive(Debug, Parser)]
+#[command(name = "ai-cost-optimizer", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do; with none, serve MCP over stdio (as Claude Desktop runs it).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve MCP over stdin/stdout (the default).
+    Serve,
+    /// Recommend a model for a prompt without calling it.
+    Recommend {
+        /// The prompt ("-" reads stdin).
+        prompt: String,
+        /// Output token limit the call would use.
+        #[arg(long)]
+        max_tokens: Option<i64>,
+        /// Most the call may cost, USD.
+        #[arg(long)]
+        budget_limit: Option<f64>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Show model prices, optionally the cost of a prompt on each.
+    Costs {
+        /// Only this provider.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Only models whose id contains this.
+        #[arg(long)]
+        model: Option<String>,
+        /// Estimate this prompt's cost on each model.
+        #[arg(long)]
+        prompt: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Show spending, savings and budget status.
+    Usage {
+        /// Look back this many days (default 30).
+        #[arg(long)]
+        days: Option<i64>,
+        /// Start date (YYYY-MM-DD or RFC 3339) instead of --days.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Breakdown: model, provider, day, tier or user.
+        #[arg(long)]
+        group_by: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Show the budget, or set it with --set.
+    Budget {
+        /// New monthly limit in USD.
+        #[arg(long)]
+        set: Option<f64>,
+        /// Alert thresholds, comma-separated fractions (e.g. 0.5,0.8,1).
+        #[arg(long, value_delimiter = ',')]
+        thresholds: Option<Vec<f64>>,
+        /// warn, downgrade or block.
+        #[arg(long)]
+        mode: Option<String>,
+        /// Whose budget.
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Route, call and record one prompt.
+    Complete {
+        /// The prompt ("-" reads stdin).
+        prompt: String,
+        /// System prompt.
+        #[arg(long)]
+        system: Option<String>,
+        /// Output token limit.
+        #[arg(long)]
+        max_tokens: Option<i64>,
+        /// Most this call may cost, USD.
+        #[arg(long)]
+        budget_limit: Option<f64>,
+        /// Only this provider.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Exactly this model (provider/model).
+        #[arg(long)]
+        model: Option<String>,
+        /// Exactly this tier.
+        #[arg(long)]
+        tier: Option<String>,
+        /// Whose budget pays.
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Score JSONL prompts: reads {"id","prompt"} lines on stdin, writes
+    /// {"id","score","tier","model","reasons"} lines on stdout.
+    Score,
+    /// Show what is configured: providers, data dir, ledger, pricing.
+    Doctor {
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Manage the pricing catalog.
+    Pricing {
+        #[command(subcommand)]
+        action: PricingAction,
+    },
+    /// Delete ledger rows older than N days.
+    Retention {
+        /// Keep this many days (default: retention_days from the config file).
+        #[arg(long)]
+        older_than_days: Option<u32>,
+    },
+}
+
+/// `pricing` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PricingAction {
+    /// Download (or read) a LiteLLM-format catalog, validate it, and use it
+    /// from now on instead of the bundled one.
+    Refresh {
+        /// URL to fetch (default: LiteLLM's live catalog).
+        #[arg(long, conflicts_with = "file")]
+        url: Option<String>,
+        /// Local file to read instead.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
+    /// Forget a refreshed catalog and go back to the bundled one.
+    Reset,
+}
+
+/// Output format flag shared by commands.
+#[derive(Debug, Args)]
+pub struct Output {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn read_prompt(p: String) -> Result<String> {
+    if p == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("cannot read the prompt from stdin")?;
+        Ok(s)
+    } else {
+        Ok(p)
+    }
+}
+
+fn emit<T: serde::Serialize>(
+    out: &Output,
+    r: std::result::Result<T, ToolError>,
+    text: impl Fn(&T) -> String,
+) -> Result<()> {
+    match r {
+        Ok(v) => {
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", text(&v));
+            }
+            Ok(())
+        }
+        Err(e) => Err(anyhow::Error::new(e)),
+    }
+}
+
+/// Runs a non-serve command.
+pub async fn run(command: Command, settings: Settings) -> Result<()> {
+    match command {
+        Command::Serve => unreachable!("serve is handled by main"),
+        Command::Score => score_stdin(&settings),
+        Command::Pricing { action } => pricing_command(action, &settings).await,
+        other => {
+            let core = Arc::new(Optimizer::from_env(settings)?);
+            run_tool(other, core).await
+        }
+    }
+}
+
+async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
+    match command {
+        Command::Recommend {
+            prompt,
+            max_tokens,
+            budget_limit,
+            out,
+        } => {
+            let args = RecommendArgs {
+                prompt: read_prompt(prompt)?,
+                max_tokens,
+                budget_limit,
+                user_id: None,
+            };
+            emit(&out, core.recommend(&args), render::recommendation)
+        }
+        Command::Costs {
+            provider,
+            model,
+            prompt,
+            out,
+        } => emit(
+            &out,
+            core.check_costs(&CostArgs {
+                provider,
+                model,
+                prompt,
+            }),
+            render::cost_table,
+        ),
+        Command::Usage {
+            days,
+            since,
+            user,
+            group_by,
+            out,
+        } => emit(
+            &out,
+            core.usage(&UsageArgs {
+                days,
+                since,
+                user_id: user,
+                group_by,
+            }),
+            render::usage,
+        ),
+        Command::Budget {
+            set,
+            thresholds,
+            mode,
+            user,
+            out,
+        } => match set {
+            Some(limit) => emit(
+                &out,
+                core.set_budget(&SetBudgetArgs {
+                    monthly_limit: limit,
+                    alert_thresholds: thresholds,
+                    user_id: user,
+                    mode,
+                }),
+                render::budget_update,
+            ),
+            None => {
+                if thresholds.is_some() || mode.is_some() {
+                    bail!("--thresholds and --mode need --set LIMIT");
+                }
+                let user = crate::optimizer::validate_user(user.as_deref())?;
+                emit(
+                    &out,
+                    core.budget_status(&user).map(|status| crate::optimizer::BudgetUpdate {
+                        previous_limit_usd: None,
+                        status,
+                    }),
+                    |b| {
+                        let mut s = render::budget_update(b);
+                        // Showing, not setting: drop the "set to" wording.
+                        s = s.replacen(" set to ", ": ", 1);
+                        s
+                    },
+                )
+            }
+        },
+        Command::Complete {
+            prompt,
+            system,
+            max_tokens,
+            budget_limit,
+            provider,
+            model,
+            tier,
+            user,
+            out,
+        } => {
+            let args = CompleteArgs {
+                prompt: read_prompt(prompt)?,
+                system,
+                max_tokens,
+                budget_limit,
+                force_provider: provider,
+                force_model: model,
+                tier,
+                user_id: user,
+            };
+            emit(&out, core.complete(&args).await, render::completion)
+        }
+        Command::Doctor { out } => emit(&out, Ok(core.doctor()), render::doctor),
+        Command::Retention { older_than_days } => {
+            let days = older_than_days
+                .or(core.settings().retention_days)
+                .context("give --older-than-days N (or set retention_days in the config file)")?;
+            if days == 0 {
+                bail!("--older-than-days must be at least 1");
+            }
+            let now = crate::optimizer::system_clock()();
+            let cutoff = now - i64::from(days) * 86_400_000;
+            let n = core.ledger()?.prune(cutoff)?;
+            println!(
+                "deleted {n} ledger rows older than {days} days (before {})",
+                crate::budget::rfc3339(cutoff)
+            );
+            Ok(())
+        }
+        Command::Serve | Command::Score | Command::Pricing { .. } => {
+            unreachable!("handled by run")
+        }
+    }
+}
+
+/// One line of `score` input.
+#[derive(serde::Deserialize)]
+struct ScoreIn {
+    id: serde_json::Value,
+    prompt: String,
+}
+
+/// One line of `score` output.
+#[derive(serde::Serialize)]
+struct ScoreOut<'a> {
+    id: &'a serde_json::Value,
+    score: f64,
+    tier: &'static str,
+    model: &'a str,
+    reasons: Vec<String>,
+}
+
+/// Streams scores for JSONL prompts. Malformed lines produce an `error`
+/// line and do not stop the stream.
+fn score_stdin(settings: &Settings) -> Result<()> {
+    let router = Router::new(settings.tier_thresholds, &settings.tier_models);
+    let registry = Registry::from_env(
+        &|k| std::env::var(k).ok(),
+        settings.connect_timeout,
+        settings.request_timeout,
+    )?;
+    let catalog = Catalog::bundled();
+    // The model shown per tier: the first listed model whose provider is
+    // enabled, else the first listed.
+    let tier_model: Vec<String> = crate::router::Tier::ALL
+        .iter()
+        .map(|t| {
+            let list = router.models(*t);
+            list.iter()
+                .find(|m| {
+                    catalog
+                        .get(m)
+                        .is_some_and(|p| registry.is_enabled(p.provider))
+                })
+                .or(list.first())
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut line = String::new();
+    let mut input = stdin.lock();
+    let mut line_no = 0u64;
+    loop {
+        line.clear();
+        if input.read_line(&mut line)? == 0 {
+            break;
+        }
+        line_no += 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<ScoreIn>(&line) {
+            Ok(item) => {
+                let s = scorer::score(&item.prompt);
+                let (tier, _) = router.tier_for(s.value);
+                let o = ScoreOut {
+                    id: &item.id,
+                    score: s.value,
+                    tier: tier.as_str(),
+                    model: &tier_model[tier as usize],
+                    reasons: s.reasons(3).into_iter().map(|r| r.feature).collect(),
+                };
+                serde_json::to_writer(&mut out, &o)?;
+                out.write_all(b"\n")?;
+            }
+            Err(e) => {
+                let msg = serde_json::json!({"line": line_no, "error": format!("expected {{\"id\",\"prompt\"}}: {e}")});
+                serde_json::to_writer(&mut out, &msg)?;
+                out.write_all(b"\n")?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+async fn pricing_command(action: PricingAction, settings: &Settings) -> Result<()> {
+    let dest = settings.refreshed_pricing_path();
+    match action {
+        PricingAction::Reset => {
+            if dest.exists() {
+                std::fs::remove_file(&dest)
+                    .with_context(|| format!("cannot remove {}", dest.display()))?;
+                println!("removed {}; using the bundled catalog", dest.display());
+            } else {
+                println!("no refreshed catalog; already using the bundled one");
+            }
+            Ok(())
+        }
+        PricingAction::Refresh { url, file } => {
+            let text = match (file, url) {
+                (Some(f), _) => std::fs::read_to_string(&f)
+                    .with_context(|| format!("cannot read {}", f.display()))?,
+                (None, u) => {
+                    let u = u.unwrap_or_else(|| pricing::DEFAULT_REFRESH_URL.to_string());
+                    if !(u.starts_with("https://") || u.starts_with("http://")) {
+                        bail!("--url must be an http(s) URL, got {u:?}");
+                    }
+                    let client = reqwest::Client::builder()
+                        .timeout(std::time::Duration::from_secs(60))
+                        .build()?;
+                    let resp = client
+                        .get(&u)
+                        .send()
+                        .await
+                        .with_context(|| format!("cannot fetch {u}"))?;
+                    if !resp.status().is_success() {
+                        bail!("fetching {u} answered HTTP {}", resp.status());
+                    }
+                    resp.text().await.context("cannot read the catalog body")?
+                }
+            };
+            let current = Catalog::load(Some(&dest), &Default::default())?;
+            let report = pricing::validate_refresh(&text, &current)?;
+            let dir = dest.parent().context("refreshed catalog path has no parent")?;
+            crate::ledger::create_private_dir(dir)?;
+            // Write then rename, so a crash never leaves half a catalog.
+            let tmp = dir.join("catalog.json.tmp");
+            std::fs::write(&tmp, &text).with_context(|| format!("cannot write {}", tmp.display()))?;
+            std::fs::rename(&tmp, &dest)
+                .with_context(|| format!("cannot replace {}", dest.display()))?;
+            println!(
+                "pricing refreshed: {} models ({}) written to {}; was {} models",
+                report.new_models,
+                report
+                    .per_provider
+                    .iter()
+                    .map(|(p, n)| format!("{p} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                dest.display(),
+                report.old_models
+            );
+            Ok(())
+        }
+    }
+}

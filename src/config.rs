@@ -1,0 +1,345 @@
+//! Every setting in one place: defaults, the optional TOML file, and the
+//! environment variables that override both.
+//!
+//! Precedence, lowest first: built-in defaults → config file
+//! (`COST_OPTIMIZER_CONFIG`, else `config.toml` in the platform config dir) →
+//! environment variables. Provider keys and base URLs are read by
+//! [`crate::providers`], which owns the list of providers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use crate::budget::BudgetMode;
+use crate::router::Tier;
+
+/// Env var naming the data directory (ledger, logs, refreshed pricing).
+pub const DATA_DIR_ENV: &str = "COST_OPTIMIZER_DATA_DIR";
+/// Env var naming the TOML config file.
+pub const CONFIG_ENV: &str = "COST_OPTIMIZER_CONFIG";
+/// Env var overriding the default monthly budget in USD.
+pub const MONTHLY_BUDGET_ENV: &str = "COST_OPTIMIZER_MONTHLY_BUDGET";
+/// Env var: `1`/`true` stores prompt texts in the ledger (default: only a hash).
+pub const STORE_PROMPTS_ENV: &str = "COST_OPTIMIZER_STORE_PROMPTS";
+/// Env var: total per-request timeout towards a provider, in seconds.
+pub const REQUEST_TIMEOUT_ENV: &str = "COST_OPTIMIZER_REQUEST_TIMEOUT_SECS";
+/// Env var: connect timeout towards a provider, in seconds.
+pub const CONNECT_TIMEOUT_ENV: &str = "COST_OPTIMIZER_CONNECT_TIMEOUT_SECS";
+/// Env var: tracing filter for the logs (e.g. `debug`, `ai_cost_optimizer=trace`).
+pub const LOG_ENV: &str = "COST_OPTIMIZER_LOG";
+
+/// Largest prompt (system + user text) accepted, in bytes. Larger inputs are
+/// refused before any tokenizing so a pasted file cannot stall the server.
+pub const MAX_PROMPT_BYTES: usize = 4 * 1024 * 1024;
+/// Largest `max_tokens` a caller may ask for.
+pub const MAX_OUTPUT_TOKENS: u32 = 200_000;
+/// Largest budget a user can set, in USD; anything above is a typo.
+pub const MAX_BUDGET_USD: f64 = 1_000_000.0;
+
+/// The resolved settings the rest of the program reads.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the ledger, logs and refreshed pricing live.
+    pub data_dir: PathBuf,
+    /// The config file that was read, if any.
+    pub config_file: Option<PathBuf>,
+    /// Budget applied to a user who never called `set_budget`.
+    pub default_monthly_budget_usd: f64,
+    /// Alert thresholds as fractions of the limit, ascending, each in (0, 1].
+    pub default_alert_thresholds: Vec<f64>,
+    /// What happens at the hard limit when the user did not say.
+    pub default_budget_mode: BudgetMode,
+    /// `max_tokens` used when a call does not give one.
+    pub default_max_tokens: u32,
+    /// Store prompt texts in the ledger (opt-in; otherwise only a SHA-256).
+    pub store_prompts: bool,
+    /// Model whose price defines the "always premium" baseline for savings.
+    pub baseline_model: String,
+    /// Connect timeout towards providers.
+    pub connect_timeout: Duration,
+    /// Total timeout of one provider request.
+    pub request_timeout: Duration,
+    /// Score boundaries between free|cheap, cheap|medium, medium|premium.
+    pub tier_thresholds: [f64; 3],
+    /// Ordered model ids per tier, replacing the defaults for that tier.
+    pub tier_models: BTreeMap<Tier, Vec<String>>,
+    /// Per-model price overrides (USD per million tokens).
+    pub price_overrides: BTreeMap<String, PriceOverride>,
+    /// Days of ledger history kept by `retention`, if set in the file.
+    pub retention_days: Option<u32>,
+}
+
+/// A user's price for one model, in USD per million tokens.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PriceOverride {
+    /// Price of an uncached input token.
+    pub input_per_mtok: f64,
+    /// Price of an output token (reasoning included).
+    pub output_per_mtok: f64,
+    /// Price of a cache-read input token; defaults to the input price.
+    pub cache_read_per_mtok: Option<f64>,
+    /// Price of a cache-write input token; defaults to the input price.
+    pub cache_write_per_mtok: Option<f64>,
+    /// Context window, if known.
+    pub max_input_tokens: Option<u64>,
+}
+
+/// The config file as written by a user. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    monthly_budget_usd: Option<f64>,
+    alert_thresholds: Option<Vec<f64>>,
+    budget_mode: Option<BudgetMode>,
+    default_max_tokens: Option<u32>,
+    store_prompts: Option<bool>,
+    baseline_model: Option<String>,
+    connect_timeout_secs: Option<f64>,
+    request_timeout_secs: Option<f64>,
+    retention_days: Option<u32>,
+    #[serde(default)]
+    routing: RoutingFile,
+    #[serde(default)]
+    pricing: PricingFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoutingFile {
+    thresholds: Option<[f64; 3]>,
+    #[serde(default)]
+    tiers: BTreeMap<Tier, Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PricingFile {
+    #[serde(default)]
+    overrides: BTreeMap<String, PriceOverride>,
+}
+
+/// Default alert thresholds: 50 %, 80 % and 100 % of the limit.
+pub const DEFAULT_THRESHOLDS: [f64; 3] = [0.5, 0.8, 1.0];
+
+impl Settings {
+    /// Reads the settings from the process environment and the config file.
+    pub fn load() -> Result<Settings> {
+        Self::load_with(&|k| std::env::var(k).ok())
+    }
+
+    /// Reads the settings through `env`, so tests can supply variables
+    /// without touching the process environment.
+    pub fn load_with(env: &dyn Fn(&str) -> Option<String>) -> Result<Settings> {
+        let dirs = directories::ProjectDirs::from("dev", "ai-cost-optimizer", "ai-cost-optimizer");
+        let data_dir = match non_empty(env(DATA_DIR_ENV)) {
+            Some(d) => PathBuf::from(d),
+            None => dirs
+                .as_ref()
+                .map(|d| d.data_dir().to_path_buf())
+                .context("no home directory found; set COST_OPTIMIZER_DATA_DIR")?,
+        };
+        let config_file = match non_empty(env(CONFIG_ENV)) {
+            Some(p) => Some(PathBuf::from(p)),
+            None => dirs
+                .as_ref()
+                .map(|d| d.config_dir().join("config.toml"))
+                .filter(|p| p.exists()),
+        };
+        let file = match &config_file {
+            Some(path) => read_file_config(path)?,
+            None => FileConfig::default(),
+        };
+
+        let mut settings = Settings {
+            data_dir,
+            config_file,
+            default_monthly_budget_usd: file.monthly_budget_usd.unwrap_or(100.0),
+            default_alert_thresholds: file
+                .alert_thresholds
+                .unwrap_or_else(|| DEFAULT_THRESHOLDS.to_vec()),
+            default_budget_mode: file.budget_mode.unwrap_or(BudgetMode::Block),
+            default_max_tokens: file.default_max_tokens.unwrap_or(1024),
+            store_prompts: file.store_prompts.unwrap_or(false),
+            baseline_model: file
+                .baseline_model
+                .unwrap_or_else(|| crate::router::DEFAULT_BASELINE_MODEL.to_string()),
+            connect_timeout: secs(file.connect_timeout_secs.unwrap_or(10.0))?,
+            request_timeout: secs(file.request_timeout_secs.unwrap_or(120.0))?,
+            tier_thresholds: file
+                .routing
+                .thresholds
+                .unwrap_or(crate::router::DEFAULT_TIER_THRESHOLDS),
+            tier_models: file.routing.tiers,
+            price_overrides: file.pricing.overrides,
+            retention_days: file.retention_days,
+        };
+
+        if let Some(v) = non_empty(env(MONTHLY_BUDGET_ENV)) {
+            settings.default_monthly_budget_usd = v.trim().parse().with_context(|| {
+                format!("{MONTHLY_BUDGET_ENV}={v:?} is not a number of US dollars")
+            })?;
+        }
+        if let Some(v) = non_empty(env(STORE_PROMPTS_ENV)) {
+            settings.store_prompts = parse_bool(&v)
+                .with_context(|| format!("{STORE_PROMPTS_ENV}={v:?}: use true or false"))?;
+        }
+        if let Some(v) = non_empty(env(REQUEST_TIMEOUT_ENV)) {
+            settings.request_timeout = secs(v.trim().parse().with_context(|| {
+                format!("{REQUEST_TIMEOUT_ENV}={v:?} is not a number of seconds")
+            })?)?;
+        }
+        if let Some(v) = non_empty(env(CONNECT_TIMEOUT_ENV)) {
+            settings.connect_timeout = secs(v.trim().parse().with_context(|| {
+                format!("{CONNECT_TIMEOUT_ENV}={v:?} is not a number of seconds")
+            })?)?;
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<()> {
+        crate::budget::validate_limit("monthly_budget_usd", self.default_monthly_budget_usd)
+            .map_err(anyhow::Error::msg)?;
+        crate::budget::validate_thresholds(&self.default_alert_thresholds)
+            .map_err(anyhow::Error::msg)?;
+        let t = self.tier_thresholds;
+        if !(t.iter().all(|x| x.is_finite() && (0.0..=1.0).contains(x)) && t[0] <= t[1] && t[1] <= t[2])
+        {
+            bail!("routing.thresholds must be three ascending numbers in [0, 1], got {t:?}");
+        }
+        if self.default_max_tokens == 0 || self.default_max_tokens > MAX_OUTPUT_TOKENS {
+            bail!("default_max_tokens must be between 1 and {MAX_OUTPUT_TOKENS}");
+        }
+        for (model, p) in &self.price_overrides {
+            let prices = [
+                Some(p.input_per_mtok),
+                Some(p.output_per_mtok),
+                p.cache_read_per_mtok,
+                p.cache_write_per_mtok,
+            ];
+            if prices.iter().flatten().any(|x| !x.is_finite() || *x < 0.0) {
+                bail!("pricing.overrides.{model:?}: prices must be non-negative numbers");
+            }
+        }
+        Ok(())
+    }
+
+    /// Path of the SQLite ledger.
+    pub fn ledger_path(&self) -> PathBuf {
+        self.data_dir.join("ledger.sqlite3")
+    }
+
+    /// Directory of the rotating log files.
+    pub fn log_dir(&self) -> PathBuf {
+        self.data_dir.join("logs")
+    }
+
+    /// Where `pricing refresh` stores a validated catalog that replaces the
+    /// bundled one.
+    pub fn refreshed_pricing_path(&self) -> PathBuf {
+        self.data_dir.join("pricing").join("catalog.json")
+    }
+}
+
+fn read_file_config(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.trim().is_empty())
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn secs(v: f64) -> Result<Duration> {
+    if !v.is_finite() || v <= 0.0 || v > 3600.0 {
+        bail!("timeouts must be between 0 and 3600 seconds, got {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| pairs.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn defaults_apply_without_file_or_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let s = Settings::load_with(&env_of(&[(DATA_DIR_ENV, d), (CONFIG_ENV, "")])).unwrap();
+        assert_eq!(s.default_monthly_budget_usd, 100.0);
+        assert_eq!(s.default_alert_thresholds, vec![0.5, 0.8, 1.0]);
+        assert_eq!(s.ledger_path(), dir.path().join("ledger.sqlite3"));
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            "monthly_budget_usd = 20\n[routing.tiers]\ncheap = [\"deepseek/deepseek-chat\"]\n\
+             [pricing.overrides.\"ollama/x\"]\ninput_per_mtok = 0\noutput_per_mtok = 0\n",
+        )
+        .unwrap();
+        let env = env_of(&[
+            (DATA_DIR_ENV, dir.path().to_str().unwrap()),
+            (CONFIG_ENV, cfg.to_str().unwrap()),
+            (MONTHLY_BUDGET_ENV, "35.5"),
+        ]);
+        let s = Settings::load_with(&env).unwrap();
+        assert_eq!(s.default_monthly_budget_usd, 35.5);
+        assert_eq!(s.tier_models[&Tier::Cheap], vec!["deepseek/deepseek-chat"]);
+        assert!(s.price_overrides.contains_key("ollama/x"));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_of(&[
+            (DATA_DIR_ENV, dir.path().to_str().unwrap()),
+            (MONTHLY_BUDGET_ENV, "-5"),
+        ]);
+        let err = Settings::load_with(&env).unwrap_err().to_string();
+        assert!(err.contains("monthly_budget_usd"), "{err}");
+        let env = env_of(&[
+            (DATA_DIR_ENV, dir.path().to_str().unwrap()),
+            (MONTHLY_BUDGET_ENV, "lots"),
+        ]);
+        let err = format!("{:#}", Settings::load_with(&env).unwrap_err());
+        assert!(err.contains(MONTHLY_BUDGET_ENV), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_in_file_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, "montly_budget = 3\n").unwrap();
+        let env = env_of(&[
+            (DATA_DIR_ENV, dir.path().to_str().unwrap()),
+            (CONFIG_ENV, cfg.to_str().unwrap()),
+        ]);
+        let err = format!("{:#}", Settings::load_with(&env).unwrap_err());
+        assert!(err.contains("montly_budget"), "{err}");
+    }
+}

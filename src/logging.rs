@@ -1,0 +1,100 @@
+//! Logs go to stderr and to a daily-rotated file in the data dir — never to
+//! stdout, which belongs to the MCP protocol. Every line passes through
+//! [`crate::secrets::redact`] on its way out, so a key can't reach a log even
+//! if some code path formats one by mistake.
+
+use std::io::Write;
+use std::path::Path;
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::LOG_ENV;
+
+/// Log files kept (one per day).
+const KEEP_LOG_FILES: usize = 7;
+
+/// A writer that redacts registered secrets from each formatted event.
+pub struct Redacting<W>(W);
+
+impl<W: Write> Write for Redacting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        self.0.write_all(crate::secrets::redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Wraps a `MakeWriter` so every writer it makes redacts.
+pub struct RedactingMake<M>(M);
+
+impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for RedactingMake<M> {
+    type Writer = Redacting<M::Writer>;
+    fn make_writer(&'a self) -> Self::Writer {
+        Redacting(self.0.make_writer())
+    }
+}
+
+/// Keeps the file writer's background thread alive; drop it last.
+pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::WorkerGuard>);
+
+/// Installs the global subscriber: stderr always, plus a rotating file in
+/// `log_dir` when it can be created. `default_level` applies unless
+/// `COST_OPTIMIZER_LOG` says otherwise.
+pub fn init(log_dir: Option<&Path>, default_level: &str) -> LogGuard {
+    let filter = || {
+        EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new(default_level))
+    };
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(RedactingMake(std::io::stderr))
+        .with_ansi(false)
+        .with_target(false)
+        .with_filter(filter());
+    let mut guard = None;
+    let file_layer = log_dir.and_then(|dir| {
+        crate::ledger::create_private_dir(dir).ok()?;
+        let appender = tracing_appender::rolling::Builder::new()
+            .rotation(tracing_appender::rolling::Rotation::DAILY)
+            .filename_prefix("ai-cost-optimizer")
+            .filename_suffix("log")
+            .max_log_files(KEEP_LOG_FILES)
+            .build(dir)
+            .ok()?;
+        let (writer, g) = tracing_appender::non_blocking(appender);
+        guard = Some(g);
+        Some(
+            tracing_subscriber::fmt::layer()
+                .with_writer(RedactingMake(writer))
+                .with_ansi(false)
+                .with_filter(filter()),
+        )
+    });
+    let _ = tracing_subscriber::registry()
+        .with(stderr)
+        .with(file_layer)
+        .try_init();
+    LogGuard(guard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writer_redacts() {
+        let _k = crate::secrets::Secret::new("sk-log-leak-test-99999");
+        let mut out = Vec::new();
+        {
+            let mut w = Redacting(&mut out);
+            w.write_all(b"calling with sk-log-leak-test-99999 now\n").unwrap();
+        }
+        assert_eq!(String::from_utf8(out).unwrap(), "calling with [REDACTED] now\n");
+    }
+}

@@ -1,0 +1,64 @@
+//! `ai-cost-optimizer`: with no arguments (as Claude Desktop runs it) an MCP
+//! server on stdio; otherwise a CLI over the same core. See `--help`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+
+use ai_cost_optimizer::cli::{Cli, Command};
+use ai_cost_optimizer::config::Settings;
+use ai_cost_optimizer::optimizer::{Optimizer, ToolError};
+use ai_cost_optimizer::{logging, mcp, tokens};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, None | Some(Command::Serve));
+    let settings = match Settings::load() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ai-cost-optimizer: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    // The server logs at info to stderr and the file; CLI commands keep
+    // stderr quiet unless something goes wrong.
+    let _guard = logging::init(
+        Some(&settings.log_dir()),
+        if serving { "info" } else { "warn" },
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ai-cost-optimizer: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            None | Some(Command::Serve) => {
+                let core = Arc::new(Optimizer::from_env(settings)?);
+                // Build the tokenizer off the request path.
+                tokio::task::spawn_blocking(tokens::warm_up);
+                mcp::serve_stdio(core).await
+            }
+            Some(cmd) => ai_cost_optimizer::cli::run(cmd, settings).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let invalid = matches!(e.downcast_ref::<ToolError>(), Some(ToolError::Invalid(_)));
+            eprintln!("ai-cost-optimizer: {}", ai_cost_optimizer::secrets::redact(&format!("{e:#}")));
+            if invalid {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

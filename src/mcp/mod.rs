@@ -1,0 +1,197 @@
+//! The MCP server: five tools, each a thin handler over [`Optimizer`].
+//!
+//! Every tool returns a short Markdown text for the person reading Claude's
+//! window plus `structuredContent` matching its `outputSchema` for programs.
+//! Argument problems and refusals come back as tool errors (`isError: true`)
+//! with a message naming the field, so the model can correct itself; the
+//! server itself never stops over a bad call.
+
+use std::sync::Arc;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::schema_for_output;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolResult, ContentBlock, Implementation, ProtocolVersion, ServerCapabilities,
+    ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+use serde::Serialize;
+
+use crate::optimizer::{
+    BudgetUpdate, Completion, CompleteArgs, CostArgs, CostTable, Optimizer, Recommendation,
+    RecommendArgs, SetBudgetArgs, ToolError, UsageArgs, UsageReport,
+};
+use crate::render;
+
+/// The MCP server state: the shared core and the tool table.
+#[derive(Clone)]
+pub struct CostServer {
+    core: Arc<Optimizer>,
+    tool_router: ToolRouter<CostServer>,
+}
+
+/// Builds a tool result: Markdown for people, structured JSON for programs.
+fn result<T: Serialize>(value: &T, text: String) -> Result<CallToolResult, McpError> {
+    let json = serde_json::to_value(value)
+        .map_err(|e| McpError::internal_error(format!("cannot serialise result: {e}"), None))?;
+    let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
+    r.structured_content = Some(json);
+    Ok(r)
+}
+
+/// A tool error the model can read and act on.
+fn tool_error(e: ToolError) -> Result<CallToolResult, McpError> {
+    let prefix = match &e {
+        ToolError::Invalid(_) => "Invalid argument",
+        ToolError::BudgetRefused(_) => "Refused by budget",
+        ToolError::ProviderFailed(_) => "Provider failure",
+        ToolError::Ledger(_) => "Ledger unavailable",
+    };
+    tracing::info!(error = %e, "tool error");
+    Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+        "{prefix}: {e}"
+    ))]))
+}
+
+#[tool_router]
+impl CostServer {
+    /// A server over `core`.
+    pub fn new(core: Arc<Optimizer>) -> CostServer {
+        CostServer {
+            core,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    #[tool(
+        name = "complete_prompt",
+        description = "Answer a prompt with the cheapest model that can handle it. Scores the prompt's complexity, picks a tier (free → cheap → medium → premium) and model, calls it (falling back to another provider on failure), and records the real cost against the budget. Returns the answer, cost, tokens, model, why it was chosen, and the saving against an always-premium baseline. Use force_model / force_provider / tier to override routing, budget_limit to cap this call.",
+        output_schema = schema_for_output::<Completion>(),
+        annotations(
+            title = "Complete prompt (cost-optimised)",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = true
+        )
+    )]
+    async fn complete_prompt(
+        &self,
+        Parameters(args): Parameters<CompleteArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
+        let core = self.core.clone();
+        // Dropping the call's future on cancellation stops the provider
+        // request and releases its budget reservation.
+        tokio::select! {
+            r = core.complete(&args) => match r {
+                Ok(c) => { let text = render::completion(&c); result(&c, text) }
+                Err(e) => tool_error(e),
+            },
+            _ = ctx.ct.cancelled() => {
+                tracing::info!("complete_prompt cancelled by the client");
+                Err(McpError::internal_error("cancelled by the client", None))
+            }
+        }
+    }
+
+    #[tool(
+        name = "check_model_costs",
+        description = "List model prices (USD per million input/output tokens, cached input, context window) from the pricing catalog, for the enabled providers' routing models by default, or filtered by provider or model name. Give a prompt to see its estimated cost on each model.",
+        output_schema = schema_for_output::<CostTable>(),
+        annotations(title = "Check model costs", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn check_model_costs(
+        &self,
+        Parameters(args): Parameters<CostArgs>,
+    ) -> Result<CallToolResult, McpError> {
+        match self.core.check_costs(&args) {
+            Ok(t) => result(&t, render::cost_table(&t)),
+            Err(e) => tool_error(e),
+        }
+    }
+
+    #[tool(
+        name = "get_recommendation",
+        description = "Analyse a prompt without calling any model: its complexity score and the reasons behind it, the tier and model complete_prompt would use, fallbacks, the best alternative in each other tier with estimated costs, and the saving against an always-premium baseline.",
+        output_schema = schema_for_output::<Recommendation>(),
+        annotations(title = "Get routing recommendation", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn get_recommendation(
+        &self,
+        Parameters(args): Parameters<RecommendArgs>,
+    ) -> Result<CallToolResult, McpError> {
+        match self.core.recommend(&args) {
+            Ok(r) => result(&r, render::recommendation(&r)),
+            Err(e) => tool_error(e),
+        }
+    }
+
+    #[tool(
+        name = "query_usage",
+        description = "Spending report from the local ledger: total cost and calls in a period (last `days`, default 30, or `since` a date), savings against always-premium, breakdowns by model, provider and day (or tier/user via group_by), and the budget status with forecast.",
+        output_schema = schema_for_output::<UsageReport>(),
+        annotations(title = "Query usage and spending", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn query_usage(
+        &self,
+        Parameters(args): Parameters<UsageArgs>,
+    ) -> Result<CallToolResult, McpError> {
+        match self.core.usage(&args) {
+            Ok(u) => result(&u, render::usage(&u)),
+            Err(e) => tool_error(e),
+        }
+    }
+
+    #[tool(
+        name = "set_budget",
+        description = "Set or replace a monthly spending limit (USD) with alert thresholds (fractions of the limit, default 0.5, 0.8, 1.0) and a mode: block (refuse calls that could cross the limit; default), downgrade (route cheaper past the first threshold), or warn (alert only). Returns the resulting budget status.",
+        output_schema = schema_for_output::<BudgetUpdate>(),
+        annotations(
+            title = "Set budget",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn set_budget(
+        &self,
+        Parameters(args): Parameters<SetBudgetArgs>,
+    ) -> Result<CallToolResult, McpError> {
+        match self.core.set_budget(&args) {
+            Ok(b) => result(&b, render::budget_update(&b)),
+            Err(e) => tool_error(e),
+        }
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for CostServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new(
+                env!("CARGO_PKG_NAME"),
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_protocol_version(ProtocolVersion::V_2025_11_25)
+            .with_instructions(
+                "Cost-optimised LLM calls. Use get_recommendation to see which model a prompt \
+                 needs and what it would cost; complete_prompt to get an answer from the cheapest \
+                 capable model with its real cost recorded; check_model_costs for prices; \
+                 query_usage for spending and savings; set_budget to set a monthly limit.",
+            )
+    }
+}
+
+/// Serves MCP over stdin/stdout until the client disconnects.
+pub async fn serve_stdio(core: Arc<Optimizer>) -> anyhow::Result<()> {
+    let server = CostServer::new(core);
+    let running = server.serve(rmcp::transport::stdio()).await?;
+    tracing::info!("MCP server ready on stdio");
+    let reason = running.waiting().await?;
+    tracing::info!(?reason, "MCP client disconnected");
+    Ok(())
+}

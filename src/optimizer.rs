@@ -1,0 +1,1275 @@
+//! The core: validate a request, route it, reserve its worst case against
+//! the budget, call the provider (falling back on failure), price the real
+//! usage and record it. The MCP tools and the CLI are thin layers over the
+//! five operations here, so both behave identically.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::budget::{self, Budget, BudgetMode, BudgetStatus, DEFAULT_USER};
+use crate::config::{MAX_OUTPUT_TOKENS, MAX_PROMPT_BYTES, Settings};
+use crate::ledger::{CallRecord, GroupBy, Group, Ledger, Totals, to_nanos, to_usd};
+use crate::pricing::{Catalog, CostSource};
+use crate::providers::{ChatRequest, ProviderId, Registry, Usage};
+use crate::router::{Candidate, Reason, RoutePlan, RouteRequest, Router, Tier};
+
+/// Returns the current time as unix milliseconds. Injectable so budget
+/// periods can be tested without waiting.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    })
+}
+
+/// A failed operation, worded for the person (or model) who called it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ToolError {
+    /// An argument is wrong; the message names it.
+    #[error("{0}")]
+    Invalid(String),
+    /// The budget refused the call.
+    #[error("{0}")]
+    BudgetRefused(String),
+    /// Every provider tried failed.
+    #[error("{0}")]
+    ProviderFailed(String),
+    /// The ledger is unusable.
+    #[error("{0}")]
+    Ledger(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ToolError {
+    ToolError::Invalid(msg.into())
+}
+
+// ---------------------------------------------------------------------------
+// Arguments (shared by the MCP tools and the CLI; doc comments become the
+// field descriptions in the tools' JSON schemas).
+// ---------------------------------------------------------------------------
+
+/// Arguments of `complete_prompt`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteArgs {
+    /// The prompt to send to the model.
+    pub prompt: String,
+    /// Optional system prompt.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// Maximum output tokens (default 1024, at most 200000). The worst case
+    /// at this length is reserved against the budget before the call.
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+    /// Most this single call may cost in USD (worst case). Cheaper tiers are
+    /// chosen to fit; the call is refused if nothing fits.
+    #[serde(default)]
+    pub budget_limit: Option<f64>,
+    /// Only use this provider: anthropic, gemini, cerebras, deepseek,
+    /// openrouter, huggingface, ollama.
+    #[serde(default)]
+    pub force_provider: Option<String>,
+    /// Use exactly this model, as `provider/model` (e.g.
+    /// `anthropic/claude-haiku-4-5`); skips routing.
+    #[serde(default)]
+    pub force_model: Option<String>,
+    /// Use this tier instead of the one the complexity score picks.
+    #[serde(default)]
+    #[schemars(extend("enum" = ["free", "cheap", "medium", "premium"]))]
+    pub tier: Option<String>,
+    /// Whose budget pays (default "default").
+    #[serde(default)]
+    pub user_id: Option<String>,
+}
+
+/// Arguments of `get_recommendation`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecommendArgs {
+    /// The prompt to analyse. Nothing is sent to any model.
+    pub prompt: String,
+    /// Maximum output tokens the call would allow (default 1024).
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+    /// Most the call may cost in USD (worst case).
+    #[serde(default)]
+    pub budget_limit: Option<f64>,
+    /// Whose budget to check (default "default").
+    #[serde(default)]
+    pub user_id: Option<String>,
+}
+
+/// Arguments of `check_model_costs`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CostArgs {
+    /// Only this provider's models (anthropic, gemini, cerebras, deepseek,
+    /// openrouter, huggingface, ollama).
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// Only models whose id contains this text (e.g. "haiku").
+    #[serde(default)]
+    pub model: Option<String>,
+    /// A prompt to estimate the cost of on each model.
+    #[serde(default)]
+    pub prompt: Option<String>,
+}
+
+/// Arguments of `query_usage`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageArgs {
+    /// Look back this many days (default 30, at most 3650).
+    #[serde(default)]
+    pub days: Option<i64>,
+    /// Start date instead of `days`: `YYYY-MM-DD` or RFC 3339.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Only this user's calls (default: everyone's; the budget shown is this
+    /// user's or "default").
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// Breakdown to include: model, provider, day, tier or user (default:
+    /// model, provider and day).
+    #[serde(default)]
+    #[schemars(extend("enum" = ["model", "provider", "day", "tier", "user"]))]
+    pub group_by: Option<String>,
+}
+
+/// Arguments of `set_budget`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetBudgetArgs {
+    /// Spending limit per calendar month, in USD (> 0).
+    pub monthly_limit: f64,
+    /// Alert thresholds as fractions of the limit, ascending, each in (0, 1]
+    /// (default [0.5, 0.8, 1.0]).
+    #[serde(default)]
+    pub alert_thresholds: Option<Vec<f64>>,
+    /// Whose budget (default "default").
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// At the limit: "block" refuses calls (default), "downgrade" routes
+    /// cheaper past the first threshold and refuses at the limit, "warn" only
+    /// alerts.
+    #[serde(default)]
+    #[schemars(extend("enum" = ["warn", "downgrade", "block"]))]
+    pub mode: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Results.
+// ---------------------------------------------------------------------------
+
+/// The complexity analysis of a prompt.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Complexity {
+    /// 0.0 (trivial) to 1.0 (needs the strongest model).
+    pub score: f64,
+    /// The features that moved the score most.
+    pub reasons: Vec<Reason>,
+}
+
+/// Token counts of a completed call.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct TokenCounts {
+    /// Uncached input tokens.
+    pub input: u64,
+    /// Input tokens read from the provider's cache.
+    pub cached: u64,
+    /// Input tokens written to the provider's cache.
+    pub cache_write: u64,
+    /// Output tokens (reasoning included).
+    pub output: u64,
+    /// Of the output, reasoning tokens.
+    pub reasoning: u64,
+}
+
+impl From<Usage> for TokenCounts {
+    fn from(u: Usage) -> Self {
+        TokenCounts {
+            input: u.input_tokens,
+            cached: u.cache_read_tokens,
+            cache_write: u.cache_write_tokens,
+            output: u.output_tokens,
+            reasoning: u.reasoning_tokens,
+        }
+    }
+}
+
+/// One provider attempt of a call.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Attempt {
+    /// Provider tried.
+    pub provider: ProviderId,
+    /// Model tried.
+    pub model: String,
+    /// `ok` or the error kind.
+    pub outcome: String,
+    /// The error, if it failed.
+    pub error: Option<String>,
+    /// Wall time, ms.
+    pub latency_ms: u64,
+}
+
+/// What an always-premium user would have paid.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Baseline {
+    /// The baseline model.
+    pub model: String,
+    /// Its cost for the same usage (or the estimate), USD.
+    pub cost_usd: f64,
+}
+
+/// Result of `complete_prompt`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Completion {
+    /// The model's answer.
+    pub answer: String,
+    /// Model that answered (`provider/model`).
+    pub model: String,
+    /// Provider that answered.
+    pub provider: ProviderId,
+    /// Tier the model came from.
+    pub tier: Tier,
+    /// What this call cost, USD.
+    pub cost_usd: f64,
+    /// How the cost was determined (provider, catalog, local, unpriced).
+    pub cost_source: CostSource,
+    /// Token counts reported by the provider.
+    pub tokens: TokenCounts,
+    /// The complexity analysis.
+    pub complexity: Complexity,
+    /// The always-premium baseline for the same usage.
+    pub baseline: Option<Baseline>,
+    /// Baseline cost minus actual cost, USD.
+    pub savings_usd: f64,
+    /// Savings as a percentage of the baseline.
+    pub savings_percent: f64,
+    /// Time from request to answer, ms (all attempts).
+    pub latency_ms: u64,
+    /// Why generation stopped.
+    pub finish_reason: Option<String>,
+    /// Every provider tried, in order.
+    pub attempts: Vec<Attempt>,
+    /// Routing notes: why this model.
+    pub notes: Vec<String>,
+    /// The user's budget after this call.
+    pub budget: Option<BudgetStatus>,
+    /// Whether the call is in the ledger. False only if the ledger failed
+    /// after the provider answered; `warning` says why.
+    pub recorded: bool,
+    /// Anything the user must know (unrecorded call, unpriced model).
+    pub warning: Option<String>,
+    /// Id grouping this call's ledger rows.
+    pub request_id: String,
+}
+
+/// Result of `get_recommendation`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Recommendation {
+    /// The complexity analysis.
+    pub complexity: Complexity,
+    /// Tier the score alone points to.
+    pub scored_tier: Tier,
+    /// Tier recommended after availability and budget.
+    pub tier: Tier,
+    /// The model `complete_prompt` would call first.
+    pub recommended: Candidate,
+    /// Models it would fall back to, in order.
+    pub fallbacks: Vec<Candidate>,
+    /// The best model of each other tier.
+    pub alternatives: Vec<Candidate>,
+    /// The always-premium baseline.
+    pub baseline: Option<Candidate>,
+    /// Expected saving against the baseline, USD.
+    pub estimated_savings_usd: f64,
+    /// Output tokens the estimates assume.
+    pub assumed_output_tokens: u64,
+    /// Why this recommendation.
+    pub notes: Vec<String>,
+    /// The user's budget, if the ledger is available.
+    pub budget: Option<BudgetStatus>,
+}
+
+/// One row of `check_model_costs`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ModelCost {
+    /// `provider/model`.
+    pub model: String,
+    /// Provider.
+    pub provider: ProviderId,
+    /// Tier, if the model is in a routing tier.
+    pub tier: Option<Tier>,
+    /// Whether the provider is enabled here.
+    pub enabled: bool,
+    /// USD per million input tokens.
+    pub input_per_mtok: f64,
+    /// USD per million output tokens.
+    pub output_per_mtok: f64,
+    /// USD per million cached input tokens, if different.
+    pub cache_read_per_mtok: Option<f64>,
+    /// Context window in tokens.
+    pub context_window: Option<u64>,
+    /// Estimated cost of the given prompt (with the assumed output), USD.
+    pub estimated_cost_usd: Option<f64>,
+}
+
+/// Result of `check_model_costs`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct CostTable {
+    /// Matching models, cheapest first.
+    pub models: Vec<ModelCost>,
+    /// Matches left out of `models` (at most 50 are listed).
+    pub omitted: usize,
+    /// Output tokens assumed for estimates.
+    pub assumed_output_tokens: Option<u64>,
+    /// Which models were listed and why.
+    pub scope: String,
+    /// Models in the catalog.
+    pub catalog_models: usize,
+}
+
+/// Result of `query_usage`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct UsageReport {
+    /// Start of the period (RFC 3339).
+    pub since: String,
+    /// End of the period (RFC 3339).
+    pub until: String,
+    /// User filter, if any.
+    pub user_id: Option<String>,
+    /// Total spend in the period, USD.
+    pub total_cost_usd: f64,
+    /// Successful calls.
+    pub calls: u64,
+    /// Totals in detail.
+    pub totals: Totals,
+    /// Baseline minus actual, USD.
+    pub savings_usd: f64,
+    /// Savings as a percentage of the baseline.
+    pub savings_percent: f64,
+    /// Per model, largest spend first.
+    pub by_model: Vec<Group>,
+    /// Per provider.
+    pub by_provider: Vec<Group>,
+    /// Per day, oldest first.
+    pub by_day: Vec<Group>,
+    /// Per tier (when asked).
+    pub by_tier: Vec<Group>,
+    /// Per user (when asked).
+    pub by_user: Vec<Group>,
+    /// The budget of the user (or "default").
+    pub budget: BudgetStatus,
+}
+
+/// Result of `set_budget`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct BudgetUpdate {
+    /// The budget before, if one was set.
+    pub previous_limit_usd: Option<f64>,
+    /// Where the new budget stands.
+    pub status: BudgetStatus,
+}
+
+/// One provider in `doctor`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ProviderStatus {
+    /// Provider.
+    pub provider: ProviderId,
+    /// Enabled here.
+    pub enabled: bool,
+    /// Why (or why not).
+    pub reason: String,
+    /// Base URL in use.
+    pub base_url: String,
+    /// Masked key description.
+    pub key: Option<String>,
+}
+
+/// Result of `doctor`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct DoctorReport {
+    /// Program version.
+    pub version: String,
+    /// Data directory.
+    pub data_dir: String,
+    /// Ledger file.
+    pub ledger_path: String,
+    /// `ok (N calls recorded)` or the error.
+    pub ledger: String,
+    /// Log directory.
+    pub log_dir: String,
+    /// Config file read, if any.
+    pub config_file: Option<String>,
+    /// Every provider.
+    pub providers: Vec<ProviderStatus>,
+    /// Priced models.
+    pub catalog_models: usize,
+    /// Default monthly budget, USD.
+    pub default_monthly_budget_usd: f64,
+    /// Whether prompts are stored in the ledger.
+    pub store_prompts: bool,
+}
+
+// ---------------------------------------------------------------------------
+// The optimizer.
+// ---------------------------------------------------------------------------
+
+/// Everything a call needs, shared by all tool handlers.
+pub struct Optimizer {
+    settings: Settings,
+    catalog: Catalog,
+    registry: Registry,
+    router: Router,
+    ledger: Result<Ledger, String>,
+    clock: Clock,
+}
+
+/// How long a reservation may outlive its call before it stops counting:
+/// longer than any request timeout, so only a crashed process's
+/// reservations ever expire.
+fn reservation_ttl(settings: &Settings) -> Duration {
+    settings.request_timeout * 4 + Duration::from_secs(60)
+}
+
+impl Optimizer {
+    /// Builds the optimizer from settings and the process environment.
+    pub fn from_env(settings: Settings) -> anyhow::Result<Optimizer> {
+        let registry = Registry::from_env(
+            &|k| std::env::var(k).ok(),
+            settings.connect_timeout,
+            settings.request_timeout,
+        )?;
+        let catalog = Catalog::load(
+            Some(&settings.refreshed_pricing_path()),
+            &settings.price_overrides,
+        )?;
+        Ok(Self::new(settings, catalog, registry, system_clock()))
+    }
+
+    /// Builds the optimizer from parts (tests, embedders). A ledger that
+    /// cannot be opened does not stop the server: read-only tools keep
+    /// working and the others say what is wrong.
+    pub fn new(settings: Settings, catalog: Catalog, registry: Registry, clock: Clock) -> Optimizer {
+        let ledger = Ledger::open(&settings.ledger_path()).map_err(|e| e.to_string());
+        if let Err(e) = &ledger {
+            tracing::error!(error = %e, "ledger unavailable; spending tools will refuse");
+        }
+        let router = Router::new(settings.tier_thresholds, &settings.tier_models);
+        Optimizer {
+            settings,
+            catalog,
+            registry,
+            router,
+            ledger,
+            clock,
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The pricing catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The ledger, or why it is unavailable.
+    pub fn ledger(&self) -> Result<&Ledger, ToolError> {
+        self.ledger.as_ref().map_err(|e| ToolError::Ledger(e.clone()))
+    }
+
+    fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    fn budget_of(&self, ledger: &Ledger, user: &str) -> Result<Budget, ToolError> {
+        let row = ledger.budget(user).map_err(|e| ToolError::Ledger(e.to_string()))?;
+        Ok(match row {
+            Some(r) => Budget::from_row(r),
+            None => Budget {
+                user_id: user.to_string(),
+                limit_usd: self.settings.default_monthly_budget_usd,
+                thresholds: self.settings.default_alert_thresholds.clone(),
+                mode: self.settings.default_budget_mode,
+                is_default: true,
+            },
+        })
+    }
+
+    /// Where `user`'s budget stands.
+    pub fn budget_status(&self, user: &str) -> Result<BudgetStatus, ToolError> {
+        let ledger = self.ledger()?;
+        let b = self.budget_of(ledger, user)?;
+        budget::status(ledger, &b, self.now()).map_err(|e| ToolError::Ledger(e.to_string()))
+    }
+
+    /// `get_recommendation`: the routing decision, without calling anything.
+    pub fn recommend(&self, args: &RecommendArgs) -> Result<Recommendation, ToolError> {
+        let prompt = validate_prompt("prompt", &args.prompt)?;
+        let max_tokens = validate_max_tokens(args.max_tokens, self.settings.default_max_tokens)?;
+        let budget_limit = validate_budget_limit(args.budget_limit)?;
+        let user = validate_user(args.user_id.as_deref())?;
+        let status = self.budget_status(&user).ok();
+        let req = RouteRequest {
+            prompt,
+            system: None,
+            max_tokens,
+            budget_limit,
+            budget_remaining: status
+                .as_ref()
+                .filter(|s| s.mode.enforces_limit())
+                .map(|s| s.remaining_usd),
+            downgrade: status.as_ref().is_some_and(|s| s.wants_downgrade()),
+            ..RouteRequest::default()
+        };
+        let plan = self.plan(&req)?;
+        let mut candidates = plan.candidates.into_iter();
+        let recommended = candidates
+            .next()
+            .ok_or_else(|| invalid("no model available"))?;
+        let estimated_savings_usd = plan
+            .baseline
+            .as_ref()
+            .map(|b| (b.estimated_cost_usd - recommended.estimated_cost_usd).max(0.0))
+            .unwrap_or(0.0);
+        Ok(Recommendation {
+            complexity: Complexity {
+                score: plan.score,
+                reasons: plan.reasons,
+            },
+            scored_tier: plan.scored_tier,
+            tier: plan.tier,
+            recommended,
+            fallbacks: candidates.collect(),
+            alternatives: plan.alternatives,
+            baseline: plan.baseline,
+            estimated_savings_usd,
+            assumed_output_tokens: plan.assumed_output_tokens,
+            notes: plan.notes,
+            budget: status,
+        })
+    }
+
+    fn plan(&self, req: &RouteRequest<'_>) -> Result<RoutePlan, ToolError> {
+        self.router
+            .plan(req, &self.catalog, &self.registry, &self.settings.baseline_model)
+            .map_err(|e| {
+                if e.0.contains("budget") {
+                    ToolError::BudgetRefused(e.0)
+                } else {
+                    ToolError::Invalid(e.0)
+                }
+            })
+    }
+
+    /// `check_model_costs`: prices, and the cost of a prompt on each model.
+    pub fn check_costs(&self, args: &CostArgs) -> Result<CostTable, ToolError> {
+        let provider = match args.provider.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(p) => Some(parse_provider("provider", p)?),
+            None => None,
+        };
+        let needle = args
+            .model
+            .as_deref()
+            .map(|m| m.trim().to_ascii_lowercase())
+            .filter(|m| !m.is_empty());
+        if let Some(n) = &needle
+            && n.len() > 200
+        {
+            return Err(invalid("model: at most 200 characters"));
+        }
+        let prompt = match &args.prompt {
+            Some(p) => Some(validate_prompt("prompt", p)?),
+            None => None,
+        };
+        let any_enabled = self.registry.enabled().next().is_some();
+        let scope;
+        let mut rows: Vec<ModelCost> = Vec::new();
+        let filtered = provider.is_some() || needle.is_some();
+        for m in self.catalog.models() {
+            if let Some(p) = provider
+                && m.provider != p
+            {
+                continue;
+            }
+            if let Some(n) = &needle
+                && !m.id.to_ascii_lowercase().contains(n.as_str())
+            {
+                continue;
+            }
+            let tier = self.router.tier_of(&m.id);
+            let enabled = self.registry.is_enabled(m.provider);
+            // Without a filter, list the routing tiers' models (those the
+            // router can pick), limited to enabled providers when any is.
+            if !filtered && (tier.is_none() || (any_enabled && !enabled)) {
+                continue;
+            }
+            rows.push(ModelCost {
+                model: m.id.clone(),
+                provider: m.provider,
+                tier,
+                enabled,
+                input_per_mtok: m.input_per_mtok(),
+                output_per_mtok: m.output_per_mtok(),
+                cache_read_per_mtok: m.cache_read.map(|c| c * 1e6).filter(|c| *c != m.input_per_mtok()),
+                context_window: m.max_input_tokens,
+                estimated_cost_usd: None,
+            });
+        }
+        scope = match (provider, &needle) {
+            (Some(p), Some(n)) => format!("{p} models matching {n:?}"),
+            (Some(p), None) => format!("all {p} models"),
+            (None, Some(n)) => format!("models matching {n:?}"),
+            (None, None) if any_enabled => "routing-tier models of the enabled providers".into(),
+            (None, None) => {
+                "routing-tier models of all providers (none is enabled yet)".into()
+            }
+        };
+        if let Some(p) = prompt {
+            let assumed = crate::router::EXPECTED_OUTPUT_TOKENS;
+            for r in &mut rows {
+                if let Some(price) = self.catalog.get(&r.model) {
+                    let input = crate::tokens::estimate_input(r.provider, None, p);
+                    r.estimated_cost_usd = Some(price.estimate(input, assumed));
+                }
+            }
+            rows.sort_by(|a, b| {
+                a.estimated_cost_usd
+                    .unwrap_or(0.0)
+                    .total_cmp(&b.estimated_cost_usd.unwrap_or(0.0))
+                    .then_with(|| a.model.cmp(&b.model))
+            });
+        } else {
+            rows.sort_by(|a, b| {
+                (a.input_per_mtok + a.output_per_mtok)
+                    .total_cmp(&(b.input_per_mtok + b.output_per_mtok))
+                    .then_with(|| a.model.cmp(&b.model))
+            });
+        }
+        if rows.is_empty() {
+            let what = needle.map(|n| format!(" matching {n:?}")).unwrap_or_default();
+            return Err(invalid(format!(
+                "no priced model{what}{}; try check_model_costs without filters",
+                provider.map(|p| format!(" for provider {p}")).unwrap_or_default()
+            )));
+        }
+        let omitted = rows.len().saturating_sub(50);
+        rows.truncate(50);
+        Ok(CostTable {
+            models: rows,
+            omitted,
+            assumed_output_tokens: prompt.map(|_| crate::router::EXPECTED_OUTPUT_TOKENS),
+            scope,
+            catalog_models: self.catalog.len(),
+        })
+    }
+
+    /// `complete_prompt`: route, reserve, call (with fallback), price, record.
+    pub async fn complete(&self, args: &CompleteArgs) -> Result<Completion, ToolError> {
+        let prompt = validate_prompt("prompt", &args.prompt)?;
+        let system = match &args.system {
+            Some(s) if s.trim().is_empty() => None,
+            Some(s) => Some(validate_prompt("system", s)?),
+            None => None,
+        };
+        if prompt.len() + system.map_or(0, str::len) > MAX_PROMPT_BYTES {
+            return Err(invalid(format!(
+                "prompt and system together exceed {MAX_PROMPT_BYTES} bytes"
+            )));
+        }
+        let max_tokens = validate_max_tokens(args.max_tokens, self.settings.default_max_tokens)?;
+        let budget_limit = validate_budget_limit(args.budget_limit)?;
+        let user = validate_user(args.user_id.as_deref())?;
+        let force_provider = match args.force_provider.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(p) => Some(parse_provider("force_provider", p)?),
+            None => None,
+        };
+        let force_model = match args.force_model.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(m) => Some(
+                self.catalog
+                    .resolve(m)
+                    .map_err(|e| invalid(format!("force_model: {e}")))?,
+            ),
+            None => None,
+        };
+        let tier = match args.tier.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(t) => Some(Tier::parse(t).ok_or_else(|| {
+                invalid(format!(
+                    "tier: {t:?} is not a tier; use free, cheap, medium or premium"
+                ))
+            })?),
+            None => None,
+        };
+
+        let ledger = self.ledger()?.clone();
+        let budget = self.budget_of(&ledger, &user)?;
+        let status = budget::status(&ledger, &budget, self.now())
+            .map_err(|e| ToolError::Ledger(e.to_string()))?;
+        let enforce = budget.mode.enforces_limit();
+        let plan = self.plan(&RouteRequest {
+            prompt,
+            system,
+            max_tokens,
+            budget_limit,
+            force_provider,
+            force_model: force_model.clone(),
+            tier,
+            budget_remaining: enforce.then_some(status.remaining_usd),
+            downgrade: status.wants_downgrade(),
+        })?;
+
+        let forced = if force_model.is_some() {
+            Some("model")
+        } else if force_provider.is_some() {
+            Some("provider")
+        } else if tier.is_some() {
+            Some("tier")
+        } else {
+            None
+        };
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let prompt_sha256 = prompt_hash(system, prompt);
+        let prompt_text = self.settings.store_prompts.then(|| match system {
+            Some(s) => format!("[system] {s}\n\n{prompt}"),
+            None => prompt.to_string(),
+        });
+        let (period_start, _) = budget::month_bounds(self.now());
+        let limit_nanos = enforce.then(|| to_nanos(budget.limit_usd));
+        let ttl = reservation_ttl(&self.settings);
+        let baseline_price = self.catalog.get(&self.settings.baseline_model);
+
+        let started = Instant::now();
+        let mut attempts: Vec<Attempt> = Vec::new();
+        let mut last_error: Option<String> = None;
+        for (i, cand) in plan.candidates.iter().enumerate() {
+            let Some(provider) = self.registry.get(cand.provider) else {
+                continue;
+            };
+            // Reserve the worst case before calling; refuse if it cannot fit.
+            let now = self.now();
+            let reserve = {
+                let ledger = ledger.clone();
+                let user = user.clone();
+                let amount = to_nanos(cand.worst_case_cost_usd);
+                blocking(move || ledger.reserve(&user, period_start, limit_nanos, amount, now, ttl))
+                    .await
+            };
+            let reservation = match reserve {
+                Err(e) => return Err(ToolError::Ledger(e.to_string())),
+                Ok(Err(over)) => {
+                    let msg = format!(
+                        "Budget limit reached: this call could cost up to ${:.6} on {} (max_tokens {max_tokens}), \
+                         but user {user:?} has ${:.6} spent and ${:.6} held by calls in flight of a ${:.2} monthly budget. \
+                         Raise the limit with set_budget, lower max_tokens, or ask for a cheaper tier.",
+                        cand.worst_case_cost_usd,
+                        cand.model,
+                        to_usd(over.spent_nanos),
+                        to_usd(over.reserved_nanos),
+                        budget.limit_usd
+                    );
+                    if attempts.is_empty() {
+                        return Err(ToolError::BudgetRefused(msg));
+                    }
+                    last_error = Some(msg);
+                    break;
+                }
+                Ok(Ok(r)) => ReservationGuard::new(ledger.clone(), r),
+            };
+
+            let max_out = cand_max_output(&self.catalog, &cand.model, max_tokens);
+            let req = ChatRequest {
+                model: api_model_name(&cand.model),
+                system: system.map(str::to_string),
+                prompt: prompt.to_string(),
+                max_tokens: max_out,
+            };
+            let t0 = Instant::now();
+            let result = provider.client.complete(&req).await;
+            let latency_ms = t0.elapsed().as_millis() as u64;
+            let base_record = CallRecord {
+                ts_ms: self.now(),
+                user_id: user.clone(),
+                request_id: request_id.clone(),
+                attempt: (i + 1) as u32,
+                provider: cand.provider.as_str().to_string(),
+                model: cand.model.clone(),
+                tier: Some(cand.tier.as_str().to_string()),
+                score: Some(plan.score),
+                latency_ms,
+                forced: forced.map(str::to_string),
+                prompt_sha256: prompt_sha256.clone(),
+                prompt_text: prompt_text.clone(),
+                ..CallRecord::default()
+            };
+            match result {
+                Ok(resp) => {
+                    let (cost, source) =
+                        self.catalog
+                            .price_call(&cand.model, &resp.usage, resp.provider_cost_usd);
+                    let baseline_cost = baseline_price.as_ref().map(|b| b.cost_of(&resp.usage));
+                    let record = CallRecord {
+                        input_tokens: resp.usage.input_tokens,
+                        cache_read_tokens: resp.usage.cache_read_tokens,
+                        cache_write_tokens: resp.usage.cache_write_tokens,
+                        output_tokens: resp.usage.output_tokens,
+                        reasoning_tokens: resp.usage.reasoning_tokens,
+                        cost_usd: cost,
+                        cost_source: cost_source_name(source).into(),
+                        baseline_cost_usd: baseline_cost,
+                        ok: true,
+                        ..base_record
+                    };
+                    let settled = reservation.settle(record).await;
+                    attempts.push(Attempt {
+                        provider: cand.provider,
+                        model: cand.model.clone(),
+                        outcome: "ok".into(),
+                        error: None,
+                        latency_ms,
+                    });
+                    let mut warnings = Vec::new();
+                    if let Err(e) = &settled {
+                        tracing::error!(error = %e, request_id, "answer received but not recorded");
+                        warnings.push(format!(
+                            "This call (${cost:.6}) could NOT be recorded in the ledger: {e}. Its cost is not in your usage totals."
+                        ));
+                    }
+                    if source == CostSource::Unpriced {
+                        warnings.push(format!(
+                            "{} has no known price; the call is recorded at $0 and flagged unpriced. Add [pricing.overrides] for it.",
+                            cand.model
+                        ));
+                    }
+                    let budget_after = budget::status(&ledger, &budget, self.now()).ok();
+                    let (savings, pct) = match baseline_cost {
+                        Some(b) if b > 0.0 => ((b - cost).max(0.0), ((b - cost) / b * 100.0).max(0.0)),
+                        _ => (0.0, 0.0),
+                    };
+                    let mut notes = plan.notes.clone();
+                    if max_out < max_tokens {
+                        notes.push(format!(
+                            "max_tokens lowered to {max_out}, the output limit of {}.",
+                            cand.model
+                        ));
+                    }
+                    return Ok(Completion {
+                        answer: resp.text,
+                        model: cand.model.clone(),
+                        provider: cand.provider,
+                        tier: cand.tier,
+                        cost_usd: cost,
+                        cost_source: source,
+                        tokens: resp.usage.into(),
+                        complexity: Complexity {
+                            score: plan.score,
+                            reasons: plan.reasons.clone(),
+                        },
+                        baseline: baseline_cost.map(|c| Baseline {
+                            model: self.settings.baseline_model.clone(),
+                            cost_usd: c,
+                        }),
+                        savings_usd: savings,
+                        savings_percent: pct,
+                        latency_ms: started.elapsed().as_millis() as u64,
+                        finish_reason: resp.finish_reason,
+                        attempts,
+                        notes,
+                        budget: budget_after,
+                        recorded: settled.is_ok(),
+                        warning: (!warnings.is_empty()).then(|| warnings.join(" ")),
+                        request_id,
+                    });
+                }
+                Err(err) => {
+                    let message = err.user_message();
+                    tracing::warn!(provider = %cand.provider, model = %cand.model, kind = err.kind.as_str(), "provider attempt failed: {message}");
+                    let record = CallRecord {
+                        cost_source: "provider".into(),
+                        ok: false,
+                        error_kind: Some(err.kind.as_str().into()),
+                        error_message: Some(message.clone()),
+                        ..base_record
+                    };
+                    if let Err(e) = reservation.settle(record).await {
+                        tracing::error!(error = %e, "failed attempt not recorded");
+                    }
+                    attempts.push(Attempt {
+                        provider: cand.provider,
+                        model: cand.model.clone(),
+                        outcome: err.kind.as_str().into(),
+                        error: Some(message.clone()),
+                        latency_ms,
+                    });
+                    last_error = Some(message);
+                    if !err.kind.allows_fallback() {
+                        break;
+                    }
+                }
+            }
+        }
+        let tried = attempts
+            .iter()
+            .map(|a| format!("{} ({})", a.model, a.outcome))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(ToolError::ProviderFailed(format!(
+            "{} Tried: {}. Nothing was charged.",
+            last_error.unwrap_or_else(|| "No provider could take the call.".into()),
+            if tried.is_empty() { "none" } else { tried.as_str() }
+        )))
+    }
+
+    /// `query_usage`: spend, calls, savings and breakdowns for a period.
+    pub fn usage(&self, args: &UsageArgs) -> Result<UsageReport, ToolError> {
+        let now = self.now();
+        let since = match (args.since.as_deref().map(str::trim).filter(|s| !s.is_empty()), args.days) {
+            (Some(_), Some(_)) => return Err(invalid("give either days or since, not both")),
+            (Some(s), None) => parse_since(s)?,
+            (None, days) => {
+                let d = days.unwrap_or(30);
+                if !(1..=3650).contains(&d) {
+                    return Err(invalid(format!("days must be between 1 and 3650, got {d}")));
+                }
+                now - d * 86_400_000
+            }
+        };
+        if since > now {
+            return Err(invalid("since is in the future"));
+        }
+        let user = match args.user_id.as_deref() {
+            Some(u) => Some(validate_user(Some(u))?),
+            None => None,
+        };
+        let groups: Vec<GroupBy> = match args.group_by.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            None => vec![GroupBy::Model, GroupBy::Provider, GroupBy::Day],
+            Some(g) => vec![match g.to_ascii_lowercase().as_str() {
+                "model" => GroupBy::Model,
+                "provider" => GroupBy::Provider,
+                "day" => GroupBy::Day,
+                "tier" => GroupBy::Tier,
+                "user" => GroupBy::User,
+                other => {
+                    return Err(invalid(format!(
+                        "group_by: {other:?} is not one of model, provider, day, tier, user"
+                    )));
+                }
+            }],
+        };
+        let ledger = self.ledger()?;
+        let until = now + 1;
+        let led = |e: crate::ledger::LedgerError| ToolError::Ledger(e.to_string());
+        let totals = ledger.totals(user.as_deref(), since, until).map_err(led)?;
+        let mut report = UsageReport {
+            since: budget::rfc3339(since),
+            until: budget::rfc3339(now),
+            user_id: user.clone(),
+            total_cost_usd: totals.cost_usd,
+            calls: totals.calls,
+            savings_usd: (totals.baseline_cost_usd - totals.cost_usd).max(0.0),
+            savings_percent: if totals.baseline_cost_usd > 0.0 {
+                ((totals.baseline_cost_usd - totals.cost_usd) / totals.baseline_cost_usd * 100.0)
+                    .max(0.0)
+            } else {
+                0.0
+            },
+            totals,
+            by_model: Vec::new(),
+            by_provider: Vec::new(),
+            by_day: Vec::new(),
+            by_tier: Vec::new(),
+            by_user: Vec::new(),
+            budget: self.budget_status(user.as_deref().unwrap_or(DEFAULT_USER))?,
+        };
+        for g in groups {
+            let rows = ledger.breakdown(g, user.as_deref(), since, until).map_err(led)?;
+            match g {
+                GroupBy::Model => report.by_model = rows,
+                GroupBy::Provider => report.by_provider = rows,
+                GroupBy::Day => report.by_day = rows,
+                GroupBy::Tier => report.by_tier = rows,
+                GroupBy::User => report.by_user = rows,
+            }
+        }
+        Ok(report)
+    }
+
+    /// `set_budget`: creates or replaces a user's budget.
+    pub fn set_budget(&self, args: &SetBudgetArgs) -> Result<BudgetUpdate, ToolError> {
+        budget::validate_limit("monthly_limit", args.monthly_limit).map_err(invalid)?;
+        let thresholds = args
+            .alert_thresholds
+            .clone()
+            .unwrap_or_else(|| self.settings.default_alert_thresholds.clone());
+        budget::validate_thresholds(&thresholds).map_err(invalid)?;
+        let mode = match args.mode.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(m) => BudgetMode::parse(m).ok_or_else(|| {
+                invalid(format!("mode: {m:?} is not one of warn, downgrade, block"))
+            })?,
+            None => self.settings.default_budget_mode,
+        };
+        let user = validate_user(args.user_id.as_deref())?;
+        let ledger = self.ledger()?;
+        let previous = ledger
+            .budget(&user)
+            .map_err(|e| ToolError::Ledger(e.to_string()))?
+            .map(|b| to_usd(b.limit_nanos));
+        let b = Budget {
+            user_id: user.clone(),
+            limit_usd: args.monthly_limit,
+            thresholds,
+            mode,
+            is_default: false,
+        };
+        ledger
+            .set_budget(&b.to_row(), self.now())
+            .map_err(|e| ToolError::Ledger(e.to_string()))?;
+        tracing::info!(user, limit = args.monthly_limit, mode = mode.as_str(), "budget set");
+        Ok(BudgetUpdate {
+            previous_limit_usd: previous,
+            status: self.budget_status(&user)?,
+        })
+    }
+
+    /// `doctor`: what is configured and why.
+    pub fn doctor(&self) -> DoctorReport {
+        let mut providers: Vec<ProviderStatus> = self
+            .registry
+            .enabled()
+            .map(|p| ProviderStatus {
+                provider: p.spec.id,
+                enabled: true,
+                reason: p.reason.clone(),
+                base_url: p.base_url.clone(),
+                key: p.key.as_ref().map(crate::secrets::describe),
+            })
+            .collect();
+        providers.extend(self.registry.disabled().iter().map(|d| ProviderStatus {
+            provider: d.provider,
+            enabled: false,
+            reason: d.reason.clone(),
+            base_url: crate::providers::spec(d.provider).default_base_url.to_string(),
+            key: None,
+        }));
+        providers.sort_by_key(|p| p.provider);
+        let ledger = match &self.ledger {
+            Ok(l) => match l.count_calls() {
+                Ok(n) => format!("ok ({n} calls recorded)"),
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.clone(),
+        };
+        DoctorReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            data_dir: self.settings.data_dir.display().to_string(),
+            ledger_path: self.settings.ledger_path().display().to_string(),
+            ledger,
+            log_dir: self.settings.log_dir().display().to_string(),
+            config_file: self.settings.config_file.as_ref().map(|p| p.display().to_string()),
+            providers,
+            catalog_models: self.catalog.len(),
+            default_monthly_budget_usd: self.settings.default_monthly_budget_usd,
+            store_prompts: self.settings.store_prompts,
+        }
+    }
+}
+
+/// Releases its reservation when dropped unless settled, so a cancelled or
+/// panicking call never leaves money held.
+struct ReservationGuard {
+    ledger: Ledger,
+    id: Option<crate::ledger::ReservationId>,
+}
+
+impl ReservationGuard {
+    fn new(ledger: Ledger, id: crate::ledger::ReservationId) -> Self {
+        ReservationGuard { ledger, id: Some(id) }
+    }
+
+    /// Records the attempt and drops the reservation in one transaction.
+    async fn settle(mut self, record: CallRecord) -> Result<i64, crate::ledger::LedgerError> {
+        let Some(id) = self.id.take() else {
+            return self.ledger.insert_call(&record);
+        };
+        let ledger = self.ledger.clone();
+        let result = blocking(move || ledger.settle(id, &record)).await;
+        if result.is_err() {
+            // Keep the money held no longer than the failed write.
+            let _ = self.ledger.release(id);
+        }
+        result
+    }
+}
+
+impl Drop for ReservationGuard {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take()
+            && let Err(e) = self.ledger.release(id)
+        {
+            tracing::warn!(error = %e, "could not release a reservation; it will expire");
+        }
+    }
+}
+
+/// Runs blocking ledger work off the async executor.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+fn cost_source_name(s: CostSource) -> &'static str {
+    match s {
+        CostSource::Provider => "provider",
+        CostSource::Catalog => "catalog",
+        CostSource::Local => "local",
+        CostSource::Unpriced => "unpriced",
+    }
+}
+
+fn api_model_name(id: &str) -> String {
+    id.split_once('/').map(|(_, m)| m).unwrap_or(id).to_string()
+}
+
+fn cand_max_output(catalog: &Catalog, model: &str, asked: u32) -> u32 {
+    catalog
+        .get(model)
+        .and_then(|p| p.max_output_tokens)
+        .map(|m| asked.min(u32::try_from(m).unwrap_or(u32::MAX)))
+        .unwrap_or(asked)
+}
+
+fn prompt_hash(system: Option<&str>, prompt: &str) -> String {
+    let mut h = Sha256::new();
+    if let Some(s) = system {
+        h.update(s.as_bytes());
+        h.update(b"\n\n");
+    }
+    h.update(prompt.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// A prompt must have visible text and fit the size limit.
+pub fn validate_prompt<'a>(field: &str, p: &'a str) -> Result<&'a str, ToolError> {
+    if p.len() > MAX_PROMPT_BYTES {
+        return Err(invalid(format!(
+            "{field} is {} bytes; the limit is {MAX_PROMPT_BYTES} bytes (4 MiB)",
+            p.len()
+        )));
+    }
+    if p.trim().is_empty() {
+        return Err(invalid(format!("{field} is empty; give the text to send")));
+    }
+    if p.contains('\0') {
+        return Err(invalid(format!("{field} contains a NUL character")));
+    }
+    Ok(p)
+}
+
+fn validate_max_tokens(v: Option<i64>, default: u32) -> Result<u32, ToolError> {
+    match v {
+        None => Ok(default),
+        Some(n) if n >= 1 && n <= MAX_OUTPUT_TOKENS as i64 => Ok(n as u32),
+        Some(n) => Err(invalid(format!(
+            "max_tokens must be between 1 and {MAX_OUTPUT_TOKENS}, got {n}"
+        ))),
+    }
+}
+
+fn validate_budget_limit(v: Option<f64>) -> Result<Option<f64>, ToolError> {
+    match v {
+        None => Ok(None),
+        Some(x) => {
+            budget::validate_limit("budget_limit", x).map_err(invalid)?;
+            Ok(Some(x))
+        }
+    }
+}
+
+/// A user id: 1–128 printable characters.
+pub fn validate_user(u: Option<&str>) -> Result<String, ToolError> {
+    let Some(u) = u.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(DEFAULT_USER.to_string());
+    };
+    if u.chars().count() > 128 || u.chars().any(|c| c.is_control()) {
+        return Err(invalid(
+            "user_id must be 1 to 128 printable characters",
+        ));
+    }
+    Ok(u.to_string())
+}
+
+fn parse_provider(field: &str, p: &str) -> Result<ProviderId, ToolError> {
+    ProviderId::parse(p).ok_or_else(|| {
+        invalid(format!(
+            "{field}: unknown provider {p:?}; use one of {}",
+            ProviderId::ALL
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
+}
+
+fn parse_since(s: &str) -> Result<i64, ToolError> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = time::OffsetDateTime::parse(s, &Rfc3339) {
+        return Ok((t.unix_timestamp_nanos() / 1_000_000) as i64);
+    }
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(s, &fmt)
+        .map(|d| (d.midnight().assume_utc().unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|_| invalid(format!("since: {s:?} is not a date; use YYYY-MM-DD or RFC 3339")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_validation() {
+        assert!(validate_prompt("prompt", "  \n\t ").is_err());
+        assert!(validate_prompt("prompt", "a\0b").is_err());
+        let big = "x".repeat(MAX_PROMPT_BYTES + 1);
+        let e = validate_prompt("prompt", &big).unwrap_err().to_string();
+        assert!(e.contains("prompt is"), "{e}");
+        assert!(validate_prompt("prompt", "hi").is_ok());
+    }
+
+    #[test]
+    fn since_parsing() {
+        assert_eq!(parse_since("1970-01-02").unwrap(), 86_400_000);
+        assert_eq!(parse_since("1970-01-01T00:00:01Z").unwrap(), 1000);
+        assert!(parse_since("yesterday").is_err());
+    }
+
+    #[test]
+    fn user_validation() {
+        assert_eq!(validate_user(None).unwrap(), "default");
+        assert_eq!(validate_user(Some("  ")).unwrap(), "default");
+        assert!(validate_user(Some("a\u{7}b")).is_err());
+        assert!(validate_user(Some(&"x".repeat(129))).is_err());
+    }
+
+    #[test]
+    fn max_tokens_validation() {
+        assert_eq!(validate_max_tokens(None, 1024).unwrap(), 1024);
+        assert!(validate_max_tokens(Some(0), 1024).is_err());
+        assert!(validate_max_tokens(Some(-5), 1024).is_err());
+        assert!(validate_max_tokens(Some(10_000_000), 1024).is_err());
+    }
+}

@@ -1,0 +1,343 @@
+//! One error type for every provider failure, classified so the caller can
+//! decide to retry, fall back or give up, and worded so a person can act.
+
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::ProviderId;
+use crate::secrets::redact;
+
+/// What kind of failure a provider call hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The key was rejected (401/403, Gemini API_KEY_INVALID).
+    Auth,
+    /// Out of credits, or a spend limit at the provider (402).
+    Billing,
+    /// Too many requests (429).
+    RateLimit,
+    /// The provider is overloaded (503, Anthropic 529).
+    Overloaded,
+    /// No answer in time.
+    Timeout,
+    /// The provider failed (other 5xx).
+    Server,
+    /// The request was refused as invalid (400/404/422).
+    BadRequest,
+    /// The prompt does not fit the model's context window.
+    ContextTooLong,
+    /// The reply could not be understood.
+    Malformed,
+    /// The provider could not be reached.
+    Connection,
+}
+
+impl ErrorKind {
+    /// Worth trying the same provider again after a pause.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::RateLimit
+                | ErrorKind::Overloaded
+                | ErrorKind::Timeout
+                | ErrorKind::Server
+                | ErrorKind::Connection
+        )
+    }
+
+    /// Worth trying another provider: every failure that is not the
+    /// request's own fault.
+    pub fn allows_fallback(self) -> bool {
+        !matches!(self, ErrorKind::BadRequest)
+    }
+
+    /// Short snake_case name for the ledger and structured output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Auth => "auth",
+            ErrorKind::Billing => "billing",
+            ErrorKind::RateLimit => "rate_limit",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Server => "server",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::ContextTooLong => "context_too_long",
+            ErrorKind::Malformed => "malformed",
+            ErrorKind::Connection => "connection",
+        }
+    }
+}
+
+/// A failed provider call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderError {
+    /// Which provider failed.
+    pub provider: ProviderId,
+    /// The classification.
+    pub kind: ErrorKind,
+    /// HTTP status, when there was a reply.
+    pub status: Option<u16>,
+    /// The provider's own message, redacted and shortened.
+    pub detail: String,
+    /// How long the provider asked us to wait, if it said.
+    pub retry_after: Option<Duration>,
+}
+
+/// Longest provider message kept in an error.
+const MAX_DETAIL_CHARS: usize = 300;
+
+impl ProviderError {
+    /// A new error; `detail` is redacted and shortened.
+    pub fn new(
+        provider: ProviderId,
+        kind: ErrorKind,
+        status: Option<u16>,
+        detail: impl AsRef<str>,
+    ) -> Self {
+        ProviderError {
+            provider,
+            kind,
+            status,
+            detail: clean_detail(detail.as_ref()),
+            retry_after: None,
+        }
+    }
+
+    /// Classifies a transport-level failure.
+    pub fn from_reqwest(provider: ProviderId, e: &reqwest::Error) -> Self {
+        let kind = if e.is_timeout() {
+            ErrorKind::Timeout
+        } else if e.is_connect() {
+            ErrorKind::Connection
+        } else if e.is_decode() || e.is_body() {
+            ErrorKind::Malformed
+        } else {
+            ErrorKind::Connection
+        };
+        // reqwest's message can include the URL; a key in a query string
+        // would be redacted by `clean_detail`.
+        let mut msg = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            source = s.source();
+        }
+        ProviderError::new(provider, kind, e.status().map(|s| s.as_u16()), msg)
+    }
+
+    /// Classifies a non-2xx HTTP reply from its status, headers and body.
+    pub fn from_http(
+        provider: ProviderId,
+        status: u16,
+        headers: &reqwest::header::HeaderMap,
+        body: &[u8],
+    ) -> Self {
+        let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+        let message = json
+            .as_ref()
+            .and_then(extract_message)
+            .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect());
+        let error_type = json
+            .as_ref()
+            .and_then(|j| {
+                j.pointer("/error/type")
+                    .or_else(|| j.pointer("/error/status"))
+                    .or_else(|| j.pointer("/error/code"))
+            })
+            .map(|v| v.to_string().to_ascii_lowercase())
+            .unwrap_or_default();
+        let lower = format!("{} {}", message.to_ascii_lowercase(), error_type);
+        let spend_limit = lower.contains("spend_limit")
+            || json
+                .as_ref()
+                .and_then(|j| j.pointer("/error/details/error_code"))
+                .and_then(|v| v.as_str())
+                .is_some_and(|c| c.contains("spend_limit"));
+        let bad_key = lower.contains("api_key_invalid") || lower.contains("api key not valid");
+        let kind = match status {
+            401 | 403 => ErrorKind::Auth,
+            400 if bad_key => ErrorKind::Auth,
+            402 => ErrorKind::Billing,
+            429 if spend_limit => ErrorKind::Billing,
+            429 if lower.contains("insufficient_quota") || lower.contains("credit") => {
+                ErrorKind::Billing
+            }
+            429 => ErrorKind::RateLimit,
+            503 | 529 => ErrorKind::Overloaded,
+            408 | 504 => ErrorKind::Timeout,
+            413 => ErrorKind::ContextTooLong,
+            400 | 404 | 422 if is_context_message(&lower) => ErrorKind::ContextTooLong,
+            400..=499 => ErrorKind::BadRequest,
+            _ => ErrorKind::Server,
+        };
+        let mut err = ProviderError::new(provider, kind, Some(status), message);
+        err.retry_after = retry_after(headers).or_else(|| json.as_ref().and_then(gemini_retry_delay));
+        err
+    }
+
+    /// A message a person can act on.
+    pub fn user_message(&self) -> String {
+        let spec = super::spec(self.provider);
+        let name = spec.display_name;
+        let status = self
+            .status
+            .map(|s| format!(" (HTTP {s})"))
+            .unwrap_or_default();
+        let detail = if self.detail.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", self.detail)
+        };
+        match self.kind {
+            ErrorKind::Auth => format!(
+                "{} was rejected by {name}{status}{detail}; check the key at {}",
+                spec.key_envs.first().copied().unwrap_or("the API key"),
+                spec.key_help_url
+            ),
+            ErrorKind::Billing => format!(
+                "{name} refused the call for billing reasons{status}{detail}; add credits or raise the spend limit at {}",
+                spec.key_help_url
+            ),
+            ErrorKind::RateLimit => format!("{name} is rate-limiting requests{status}{detail}"),
+            ErrorKind::Overloaded => format!("{name} is overloaded{status}{detail}"),
+            ErrorKind::Timeout => format!("{name} did not answer in time{status}{detail}"),
+            ErrorKind::Server => format!("{name} had a server error{status}{detail}"),
+            ErrorKind::BadRequest => format!("{name} refused the request{status}{detail}"),
+            ErrorKind::ContextTooLong => {
+                format!("the prompt is too long for the model at {name}{status}{detail}")
+            }
+            ErrorKind::Malformed => format!("{name} sent a reply that could not be read{detail}"),
+            ErrorKind::Connection => format!(
+                "could not reach {name} at its base URL ({}){detail}",
+                spec.base_url_env
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.user_message())
+    }
+}
+
+impl std::error::Error for ProviderError {}
+
+fn clean_detail(s: &str) -> String {
+    let s = redact(s);
+    let mut out: String = s
+        .chars()
+        .filter(|c| !c.is_control() || *c == ' ')
+        .take(MAX_DETAIL_CHARS)
+        .collect();
+    if s.chars().count() > MAX_DETAIL_CHARS {
+        out.push('…');
+    }
+    out.trim().to_string()
+}
+
+fn is_context_message(lower: &str) -> bool {
+    ["context length", "context_length", "context window", "too long", "maximum context", "prompt is too long", "too many tokens"]
+        .iter()
+        .any(|p| lower.contains(p))
+}
+
+/// The human message in the error bodies of every provider we speak to:
+/// `{"error":{"message"}}` (OpenAI family, Anthropic, Gemini), a plain
+/// `{"error":"…"}` (HuggingFace, Ollama) or `{"message"}`.
+fn extract_message(j: &serde_json::Value) -> Option<String> {
+    j.pointer("/error/message")
+        .or_else(|| j.get("error").filter(|e| e.is_string()))
+        .or_else(|| j.get("message"))
+        .or_else(|| j.get("detail"))
+        .and_then(|v| v.as_str())
+        .map(|s| s.to_string())
+}
+
+/// `retry-after` as seconds or an HTTP date.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers.get("retry-after")?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Some(Duration::from_secs_f64(secs.min(3600.0)));
+        }
+        return None;
+    }
+    let when = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()?;
+    let delta = when - time::OffsetDateTime::now_utc();
+    Some(Duration::from_secs_f64(delta.as_seconds_f64().clamp(0.0, 3600.0)))
+}
+
+/// Gemini puts the delay in the body: `RetryInfo.retryDelay = "37s"`.
+fn gemini_retry_delay(j: &serde_json::Value) -> Option<Duration> {
+    let details = j.pointer("/error/details")?.as_array()?;
+    details.iter().find_map(|d| {
+        let delay = d.get("retryDelay")?.as_str()?;
+        let secs: f64 = delay.trim_end_matches('s').parse().ok()?;
+        (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    fn classify(status: u16, body: &str) -> ProviderError {
+        ProviderError::from_http(ProviderId::Anthropic, status, &HeaderMap::new(), body.as_bytes())
+    }
+
+    #[test]
+    fn statuses_map_to_kinds() {
+        assert_eq!(classify(401, "{}").kind, ErrorKind::Auth);
+        assert_eq!(classify(402, "{}").kind, ErrorKind::Billing);
+        assert_eq!(classify(429, "{}").kind, ErrorKind::RateLimit);
+        assert_eq!(classify(529, "{}").kind, ErrorKind::Overloaded);
+        assert_eq!(classify(500, "{}").kind, ErrorKind::Server);
+        assert_eq!(classify(422, "{}").kind, ErrorKind::BadRequest);
+        assert_eq!(
+            classify(400, r#"{"error":{"message":"prompt is too long: 250000 tokens > 200000 maximum"}}"#).kind,
+            ErrorKind::ContextTooLong
+        );
+        assert_eq!(
+            classify(400, r#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}"#).kind,
+            ErrorKind::Auth
+        );
+        assert_eq!(
+            classify(429, r#"{"type":"error","error":{"type":"rate_limit_error","message":"spend limit","details":{"error_code":"enforced_spend_limit_reached"}}}"#).kind,
+            ErrorKind::Billing
+        );
+    }
+
+    #[test]
+    fn retry_after_from_header_and_gemini_body() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        let e = ProviderError::from_http(ProviderId::Openrouter, 429, &h, b"{}");
+        assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
+        let body = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","message":"quota","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"37s"}]}}"#;
+        let e = ProviderError::from_http(ProviderId::Gemini, 429, &HeaderMap::new(), body.as_bytes());
+        assert_eq!(e.retry_after, Some(Duration::from_secs(37)));
+    }
+
+    #[test]
+    fn auth_message_names_the_env_var_and_hides_the_key() {
+        let key = crate::secrets::Secret::new("sk-ant-leaky-key-000111222");
+        let body = format!(r#"{{"error":{{"message":"invalid x-api-key {}"}}}}"#, key.expose());
+        let e = classify(401, &body);
+        let msg = e.user_message();
+        assert!(msg.contains("ANTHROPIC_API_KEY was rejected"), "{msg}");
+        assert!(!msg.contains(key.expose()), "{msg}");
+    }
+
+    #[test]
+    fn plain_string_errors_are_read() {
+        let e = ProviderError::from_http(ProviderId::Huggingface, 503, &HeaderMap::new(), br#"{"error":"Model is loading"}"#);
+        assert_eq!(e.kind, ErrorKind::Overloaded);
+        assert_eq!(e.detail, "Model is loading");
+    }
+}

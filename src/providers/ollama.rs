@@ -1,0 +1,175 @@
+//! A local Ollama server (`/api/chat`): free, no key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+use super::{
+    ChatRequest, ChatResponse, ErrorKind, OLLAMA_PROBE_ENV, Provider, ProviderConfig,
+    ProviderError, ProviderId, ProviderSpec, Usage, post_json, token_count,
+};
+
+/// Ollama: enabled by `OLLAMA_HOST`, or by a server answering on the default port.
+pub static SPEC: ProviderSpec = ProviderSpec {
+    id: ProviderId::Ollama,
+    display_name: "Ollama",
+    key_envs: &[],
+    base_url_env: "OLLAMA_HOST",
+    default_base_url: "http://127.0.0.1:11434",
+    key_help_url: "https://ollama.com/download",
+    build: Some(build),
+};
+
+fn build(config: ProviderConfig) -> Arc<dyn Provider> {
+    Arc::new(Ollama { config })
+}
+
+/// Turns an `OLLAMA_HOST` value (`0.0.0.0`, `localhost:11434`,
+/// `http://host:port`) into a base URL, as Ollama's own CLI does.
+pub fn normalise_host(raw: &str) -> String {
+    let raw = raw.trim().trim_end_matches('/');
+    let (scheme, rest) = match raw.split_once("://") {
+        Some((s, r)) => (s.to_string(), r.to_string()),
+        None => ("http".to_string(), raw.to_string()),
+    };
+    let rest = rest.replace("0.0.0.0", "127.0.0.1");
+    let has_port = rest
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()) && !p.is_empty());
+    // Ollama's own client defaults to 11434 for http and 443 for https.
+    if has_port || rest.contains('/') || scheme == "https" {
+        format!("{scheme}://{rest}")
+    } else {
+        format!("{scheme}://{rest}:11434")
+    }
+}
+
+/// Decides whether Ollama is enabled: `OLLAMA_HOST` set, or a server
+/// accepting connections on the default port (a loopback connect either
+/// succeeds or is refused at once, so this costs well under a millisecond).
+pub fn detect(get: &dyn Fn(&str) -> Option<String>, _base: &str) -> (bool, String, String) {
+    if let Some(host) = get("OLLAMA_HOST") {
+        return (true, "OLLAMA_HOST is set".into(), normalise_host(&host));
+    }
+    let default = SPEC.default_base_url.to_string();
+    if get(OLLAMA_PROBE_ENV).is_some_and(|v| v.trim() == "0") {
+        return (
+            false,
+            format!("set OLLAMA_HOST to enable it (probing disabled by {OLLAMA_PROBE_ENV}=0)"),
+            default,
+        );
+    }
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 11434));
+    if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)).is_ok() {
+        (
+            true,
+            "a local Ollama answers on 127.0.0.1:11434".into(),
+            default,
+        )
+    } else {
+        (
+            false,
+            "no local Ollama on 127.0.0.1:11434; start it or set OLLAMA_HOST".into(),
+            default,
+        )
+    }
+}
+
+/// An Ollama `/api/chat` client.
+pub struct Ollama {
+    config: ProviderConfig,
+}
+
+#[async_trait]
+impl Provider for Ollama {
+    fn id(&self) -> ProviderId {
+        ProviderId::Ollama
+    }
+
+    async fn complete(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+        let mut messages = Vec::new();
+        if let Some(system) = &req.system {
+            messages.push(json!({"role": "system", "content": system}));
+        }
+        messages.push(json!({"role": "user", "content": req.prompt}));
+        let body = json!({
+            "model": req.model,
+            "messages": messages,
+            "stream": false,
+            "options": {"num_predict": req.max_tokens},
+        });
+        let builder = self
+            .config
+            .http
+            .post(format!("{}/api/chat", self.config.base_url));
+        let reply = post_json(ProviderId::Ollama, builder, &body).await?;
+        parse_response(&reply)
+    }
+}
+
+/// Reads a non-streaming `/api/chat` reply.
+pub fn parse_response(reply: &Value) -> Result<ChatResponse, ProviderError> {
+    if let Some(e) = reply.get("error").and_then(|e| e.as_str()) {
+        return Err(ProviderError::new(
+            ProviderId::Ollama,
+            ErrorKind::BadRequest,
+            Some(200),
+            e,
+        ));
+    }
+    let text = reply
+        .pointer("/message/content")
+        .and_then(|c| c.as_str())
+        .ok_or_else(|| {
+            ProviderError::new(
+                ProviderId::Ollama,
+                ErrorKind::Malformed,
+                Some(200),
+                "no message in the reply",
+            )
+        })?;
+    Ok(ChatResponse {
+        text: text.to_string(),
+        model: reply
+            .get("model")
+            .and_then(|m| m.as_str())
+            .unwrap_or_default()
+            .to_string(),
+        usage: Usage {
+            input_tokens: token_count(reply.get("prompt_eval_count")),
+            output_tokens: token_count(reply.get("eval_count")),
+            ..Usage::default()
+        },
+        provider_cost_usd: None,
+        finish_reason: reply
+            .get("done_reason")
+            .and_then(|d| d.as_str())
+            .map(str::to_string),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_forms() {
+        assert_eq!(normalise_host("0.0.0.0"), "http://127.0.0.1:11434");
+        assert_eq!(normalise_host("localhost:8080"), "http://localhost:8080");
+        assert_eq!(normalise_host("http://10.1.2.3:11434/"), "http://10.1.2.3:11434");
+        assert_eq!(normalise_host("https://ollama.example"), "https://ollama.example");
+    }
+
+    #[test]
+    fn reads_counts() {
+        let r = parse_response(&json!({
+            "model": "llama3.2", "message": {"role": "assistant", "content": "4"},
+            "done": true, "done_reason": "stop", "prompt_eval_count": 26, "eval_count": 2
+        }))
+        .unwrap();
+        assert_eq!(r.text, "4");
+        assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (26, 2));
+    }
+}

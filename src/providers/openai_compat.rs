@@ -1,0 +1,203 @@
+//! The OpenAI chat-completions wire format, shared by Cerebras, DeepSeek,
+//! OpenRouter and HuggingFace's router. Each of those files only declares
+//! its spec and the few quirks in [`Quirks`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+use super::{
+    ChatRequest, ChatResponse, ErrorKind, Provider, ProviderConfig, ProviderError, ProviderId,
+    Usage, post_json, token_count,
+};
+
+/// The small differences between OpenAI-compatible providers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quirks {
+    /// Send `max_completion_tokens` instead of `max_tokens` (Cerebras
+    /// reserves the limit against its token quota, so it must always be sent).
+    pub max_completion_tokens: bool,
+    /// Extra headers to send (OpenRouter's app attribution).
+    pub extra_headers: &'static [(&'static str, &'static str)],
+}
+
+/// A client for one OpenAI-compatible provider.
+pub struct OpenAiCompatible {
+    id: ProviderId,
+    config: ProviderConfig,
+    quirks: Quirks,
+}
+
+impl OpenAiCompatible {
+    /// Builds a client for provider `id`.
+    pub fn new(id: ProviderId, config: ProviderConfig, quirks: Quirks) -> Arc<dyn Provider> {
+        Arc::new(OpenAiCompatible { id, config, quirks })
+    }
+
+    fn body(&self, req: &ChatRequest) -> Value {
+        let mut messages = Vec::new();
+        if let Some(system) = &req.system {
+            messages.push(json!({"role": "system", "content": system}));
+        }
+        messages.push(json!({"role": "user", "content": req.prompt}));
+        let limit_field = if self.quirks.max_completion_tokens {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        json!({
+            "model": req.model,
+            "messages": messages,
+            limit_field: req.max_tokens,
+            "stream": false,
+        })
+    }
+}
+
+#[async_trait]
+impl Provider for OpenAiCompatible {
+    fn id(&self) -> ProviderId {
+        self.id
+    }
+
+    async fn complete(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+        let url = format!("{}/chat/completions", self.config.base_url);
+        let mut builder = self.config.http.post(url);
+        if let Some(key) = &self.config.api_key {
+            builder = builder.bearer_auth(key.expose());
+        }
+        for (k, v) in self.quirks.extra_headers {
+            builder = builder.header(*k, *v);
+        }
+        let reply = post_json(self.id, builder, &self.body(req)).await?;
+        parse_response(self.id, &reply)
+    }
+}
+
+/// Reads a chat completion. Some providers send errors inside a 200 reply
+/// (OpenRouter's top-level `error`), which is an error here too.
+pub fn parse_response(id: ProviderId, reply: &Value) -> Result<ChatResponse, ProviderError> {
+    if let Some(err) = reply.get("error").filter(|e| !e.is_null()) {
+        let msg = err
+            .get("message")
+            .and_then(|m| m.as_str())
+            .or_else(|| err.as_str())
+            .unwrap_or("unknown error");
+        let code = err.get("code").and_then(|c| c.as_u64()).unwrap_or(500) as u16;
+        let headers = reqwest::header::HeaderMap::new();
+        let body = json!({"error": {"message": msg}}).to_string();
+        return Err(ProviderError::from_http(id, code, &headers, body.as_bytes()));
+    }
+    let choice = reply
+        .pointer("/choices/0")
+        .ok_or_else(|| malformed(id, "no choices in the reply"))?;
+    let text = choice
+        .pointer("/message/content")
+        .and_then(|c| c.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let finish_reason = choice
+        .get("finish_reason")
+        .and_then(|f| f.as_str())
+        .map(str::to_string);
+    let usage = reply
+        .get("usage")
+        .ok_or_else(|| malformed(id, "the reply has no usage; cost cannot be known"))?;
+    let (usage, cost) = parse_usage(usage);
+    Ok(ChatResponse {
+        text,
+        model: reply
+            .get("model")
+            .and_then(|m| m.as_str())
+            .unwrap_or_default()
+            .to_string(),
+        usage,
+        provider_cost_usd: cost,
+        finish_reason,
+    })
+}
+
+/// Normalises an OpenAI-style `usage` object (with DeepSeek's and
+/// OpenRouter's additions) and returns the provider-reported cost, if any.
+pub fn parse_usage(u: &Value) -> (Usage, Option<f64>) {
+    let prompt = token_count(u.get("prompt_tokens"));
+    let cached = token_count(u.pointer("/prompt_tokens_details/cached_tokens"))
+        .max(token_count(u.get("prompt_cache_hit_tokens")));
+    let cache_write = token_count(u.pointer("/prompt_tokens_details/cache_write_tokens"));
+    let completion = token_count(u.get("completion_tokens"));
+    let reasoning = token_count(u.pointer("/completion_tokens_details/reasoning_tokens"));
+    let cached = cached.min(prompt);
+    let cache_write = cache_write.min(prompt - cached);
+    let usage = Usage {
+        input_tokens: prompt - cached - cache_write,
+        cache_read_tokens: cached,
+        cache_write_tokens: cache_write,
+        output_tokens: completion,
+        reasoning_tokens: reasoning.min(completion),
+    };
+    let cost = u
+        .get("cost")
+        .and_then(|c| c.as_f64())
+        .filter(|c| c.is_finite() && *c >= 0.0);
+    (usage, cost)
+}
+
+fn malformed(id: ProviderId, what: &str) -> ProviderError {
+    ProviderError::new(id, ErrorKind::Malformed, Some(200), what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_subtracts_cache_and_keeps_reasoning() {
+        let (u, cost) = parse_usage(&json!({
+            "prompt_tokens": 1000, "completion_tokens": 400, "total_tokens": 1400,
+            "prompt_tokens_details": {"cached_tokens": 600, "cache_write_tokens": 100},
+            "completion_tokens_details": {"reasoning_tokens": 150},
+            "cost": 0.00123
+        }));
+        assert_eq!(u.input_tokens, 300);
+        assert_eq!(u.cache_read_tokens, 600);
+        assert_eq!(u.cache_write_tokens, 100);
+        assert_eq!(u.output_tokens, 400);
+        assert_eq!(u.reasoning_tokens, 150);
+        assert_eq!(cost, Some(0.00123));
+    }
+
+    #[test]
+    fn deepseek_cache_hit_fields() {
+        let (u, _) = parse_usage(&json!({
+            "prompt_tokens": 50, "completion_tokens": 5,
+            "prompt_cache_hit_tokens": 40, "prompt_cache_miss_tokens": 10
+        }));
+        assert_eq!((u.input_tokens, u.cache_read_tokens), (10, 40));
+    }
+
+    #[test]
+    fn hostile_usage_cannot_underflow() {
+        let (u, cost) = parse_usage(&json!({
+            "prompt_tokens": 5, "completion_tokens": -3,
+            "prompt_tokens_details": {"cached_tokens": 900},
+            "completion_tokens_details": {"reasoning_tokens": 70},
+            "cost": -1
+        }));
+        assert_eq!(u.input_tokens, 0);
+        assert_eq!(u.cache_read_tokens, 5);
+        assert_eq!(u.output_tokens, 0);
+        assert_eq!(u.reasoning_tokens, 0);
+        assert_eq!(cost, None);
+    }
+
+    #[test]
+    fn error_inside_200_is_an_error() {
+        let e = parse_response(
+            ProviderId::Openrouter,
+            &json!({"error": {"code": 429, "message": "Rate limit exceeded"}}),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::RateLimit);
+    }
+}

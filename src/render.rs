@@ -1,0 +1,382 @@
+//! Short Markdown a person reads: the text part of each tool result, and the
+//! CLI's human output. The structured result carries every number; this
+//! carries the ones that matter at a glance.
+
+use std::fmt::Write;
+
+use crate::budget::BudgetStatus;
+use crate::ledger::Group;
+use crate::optimizer::{
+    BudgetUpdate, Completion, CostTable, DoctorReport, Recommendation, UsageReport,
+};
+use crate::router::{Candidate, Reason};
+
+/// Formats a USD amount with enough digits for sub-cent call costs.
+pub fn usd(v: f64) -> String {
+    let a = v.abs();
+    if a == 0.0 {
+        "$0".into()
+    } else if a < 0.01 {
+        format!("${v:.6}")
+    } else if a < 100.0 {
+        format!("${v:.4}")
+    } else {
+        format!("${v:.2}")
+    }
+}
+
+fn reasons_line(reasons: &[Reason]) -> String {
+    if reasons.is_empty() {
+        return "no strong signals".into();
+    }
+    reasons
+        .iter()
+        .map(|r| r.detail.clone())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn budget_line(b: &BudgetStatus) -> String {
+    let mut s = format!(
+        "Budget ({}): {} of {} spent this month ({:.1}%), {} left",
+        b.user_id,
+        usd(b.spent_usd),
+        usd(b.limit_usd),
+        b.percent_used,
+        usd(b.remaining_usd)
+    );
+    if b.reserved_usd > 0.0 {
+        let _ = write!(s, ", {} held by calls in flight", usd(b.reserved_usd));
+    }
+    if let Some(t) = b.next_threshold {
+        let _ = write!(s, "; next alert at {:.0}%", t * 100.0);
+    }
+    let _ = write!(s, " (mode: {}).", b.mode.as_str());
+    s
+}
+
+/// `complete_prompt`.
+pub fn completion(c: &Completion) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{}\n\n---", c.answer.trim_end());
+    let _ = writeln!(
+        s,
+        "**{}** ({} tier) · cost **{}**{} · {} in / {} out tokens{} · {} ms",
+        c.model,
+        c.tier,
+        usd(c.cost_usd),
+        match c.cost_source {
+            crate::pricing::CostSource::Provider => " (reported by provider)",
+            crate::pricing::CostSource::Unpriced => " (unpriced!)",
+            crate::pricing::CostSource::Local => " (local)",
+            crate::pricing::CostSource::Catalog => "",
+        },
+        c.tokens.input + c.tokens.cached + c.tokens.cache_write,
+        c.tokens.output,
+        if c.tokens.cached > 0 {
+            format!(" ({} cached)", c.tokens.cached)
+        } else {
+            String::new()
+        },
+        c.latency_ms
+    );
+    if let Some(b) = &c.baseline {
+        let _ = writeln!(
+            s,
+            "Saved **{}** ({:.0}%) against {} at {}.",
+            usd(c.savings_usd),
+            c.savings_percent,
+            b.model,
+            usd(b.cost_usd)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "Complexity {:.2}: {}.",
+        c.complexity.score,
+        reasons_line(&c.complexity.reasons)
+    );
+    if c.attempts.len() > 1 {
+        let tried: Vec<String> = c
+            .attempts
+            .iter()
+            .map(|a| format!("{} ({})", a.model, a.outcome))
+            .collect();
+        let _ = writeln!(s, "Tried: {}.", tried.join(" → "));
+    }
+    if let Some(b) = &c.budget {
+        let _ = writeln!(s, "{}", budget_line(b));
+        if let Some(a) = b.alert_line() {
+            let _ = writeln!(s, "⚠️ {a}");
+        }
+    }
+    if let Some(w) = &c.warning {
+        let _ = writeln!(s, "⚠️ {w}");
+    }
+    s
+}
+
+fn candidate_row(c: &Candidate) -> String {
+    format!(
+        "| {} | {} | {} | {} | {} |{}",
+        c.model,
+        c.tier,
+        usd(c.estimated_cost_usd),
+        usd(c.worst_case_cost_usd),
+        format_args!("${:.2} / ${:.2}", c.input_per_mtok, c.output_per_mtok),
+        if c.available { "" } else { " (provider not enabled)" }
+    )
+}
+
+/// `get_recommendation`.
+pub fn recommendation(r: &Recommendation) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "**Use {}** ({} tier) · est. {} (≤ {} worst case)",
+        r.recommended.model,
+        r.tier,
+        usd(r.recommended.estimated_cost_usd),
+        usd(r.recommended.worst_case_cost_usd)
+    );
+    let _ = writeln!(
+        s,
+        "Complexity **{:.2}** → {} tier: {}.",
+        r.complexity.score,
+        r.scored_tier,
+        reasons_line(&r.complexity.reasons)
+    );
+    if let Some(b) = &r.baseline {
+        let _ = writeln!(
+            s,
+            "Always-premium ({}) would cost ~{}; saving ~{}.",
+            b.model,
+            usd(b.estimated_cost_usd),
+            usd(r.estimated_savings_usd)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n| model | tier | est. cost | worst case | $/MTok in / out |\n|---|---|---|---|---|"
+    );
+    let _ = writeln!(s, "{}", candidate_row(&r.recommended));
+    for c in r.fallbacks.iter().chain(r.alternatives.iter()) {
+        let _ = writeln!(s, "{}", candidate_row(c));
+    }
+    let _ = writeln!(
+        s,
+        "\nEstimates assume {} output tokens.",
+        r.assumed_output_tokens
+    );
+    for n in &r.notes {
+        let _ = writeln!(s, "- {n}");
+    }
+    if let Some(b) = &r.budget {
+        let _ = writeln!(s, "{}", budget_line(b));
+    }
+    s
+}
+
+/// `check_model_costs`.
+pub fn cost_table(t: &CostTable) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "Prices for {} (USD per million tokens):\n", t.scope);
+    let est = t.assumed_output_tokens.is_some();
+    let _ = writeln!(
+        s,
+        "| model | tier | input | output | cached input | context |{}\n|---|---|---|---|---|---|{}",
+        if est { " est. cost |" } else { "" },
+        if est { "---|" } else { "" }
+    );
+    for m in &t.models {
+        let _ = writeln!(
+            s,
+            "| {}{} | {} | ${:.3} | ${:.3} | {} | {} |{}",
+            m.model,
+            if m.enabled { "" } else { " (not enabled)" },
+            m.tier.map(|t| t.as_str()).unwrap_or("–"),
+            m.input_per_mtok,
+            m.output_per_mtok,
+            m.cache_read_per_mtok
+                .map(|c| format!("${c:.3}"))
+                .unwrap_or_else(|| "–".into()),
+            m.context_window
+                .map(|c| format!("{}k", c / 1000))
+                .unwrap_or_else(|| "–".into()),
+            m.estimated_cost_usd
+                .map(|c| format!(" {} |", usd(c)))
+                .unwrap_or_default()
+        );
+    }
+    if t.omitted > 0 {
+        let _ = writeln!(s, "\n…and {} more; filter by provider or model.", t.omitted);
+    }
+    if let Some(n) = t.assumed_output_tokens {
+        let _ = writeln!(s, "\nEstimates assume {n} output tokens.");
+    }
+    s
+}
+
+fn group_table(title: &str, groups: &[Group]) -> String {
+    let mut s = String::new();
+    if groups.is_empty() {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "\n**By {title}**\n\n| {title} | calls | cost | saved |\n|---|---|---|---|"
+    );
+    for g in groups.iter().take(20) {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            g.key,
+            g.totals.calls,
+            usd(g.totals.cost_usd),
+            usd((g.totals.baseline_cost_usd - g.totals.cost_usd).max(0.0))
+        );
+    }
+    if groups.len() > 20 {
+        let _ = writeln!(s, "| … {} more | | | |", groups.len() - 20);
+    }
+    s
+}
+
+/// `query_usage`.
+pub fn usage(u: &UsageReport) -> String {
+    let mut s = String::new();
+    let who = u
+        .user_id
+        .as_deref()
+        .map(|u| format!(" for {u}"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "**{}** spent on **{}** calls{who} since {}.",
+        usd(u.total_cost_usd),
+        u.calls,
+        &u.since[..u.since.len().min(10)]
+    );
+    if u.totals.baseline_cost_usd > 0.0 {
+        let _ = writeln!(
+            s,
+            "Always-premium would have cost {}: saved **{}** ({:.0}%).",
+            usd(u.totals.baseline_cost_usd),
+            usd(u.savings_usd),
+            u.savings_percent
+        );
+    }
+    if u.totals.failed_attempts > 0 {
+        let _ = writeln!(
+            s,
+            "{} failed provider attempts (not charged).",
+            u.totals.failed_attempts
+        );
+    }
+    if u.totals.unpriced_calls > 0 {
+        let _ = writeln!(
+            s,
+            "⚠️ {} calls used unpriced models and are counted at $0.",
+            u.totals.unpriced_calls
+        );
+    }
+    s.push_str(&group_table("model", &u.by_model));
+    s.push_str(&group_table("provider", &u.by_provider));
+    s.push_str(&group_table("day", &u.by_day));
+    s.push_str(&group_table("tier", &u.by_tier));
+    s.push_str(&group_table("user", &u.by_user));
+    let _ = writeln!(s, "\n{}", budget_line(&u.budget));
+    if u.budget.forecast_usd > 0.0 {
+        let _ = writeln!(
+            s,
+            "Forecast for the month at this rate: {}.",
+            usd(u.budget.forecast_usd)
+        );
+    }
+    if let Some(a) = u.budget.alert_line() {
+        let _ = writeln!(s, "⚠️ {a}");
+    }
+    s
+}
+
+/// `set_budget`.
+pub fn budget_update(b: &BudgetUpdate) -> String {
+    let st = &b.status;
+    let mut s = format!(
+        "Monthly budget for **{}** set to **{}**{} (mode {}, alerts at {}).\n",
+        st.user_id,
+        usd(st.limit_usd),
+        b.previous_limit_usd
+            .map(|p| format!(" (was {})", usd(p)))
+            .unwrap_or_default(),
+        st.mode.as_str(),
+        st.alert_thresholds
+            .iter()
+            .map(|t| format!("{:.0}%", t * 100.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(s, "{}", budget_line(st));
+    if let Some(a) = st.alert_line() {
+        let _ = writeln!(s, "⚠️ {a}");
+    }
+    s
+}
+
+/// `doctor`.
+pub fn doctor(d: &DoctorReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "ai-cost-optimizer {}", d.version);
+    let _ = writeln!(s, "data dir:    {}", d.data_dir);
+    let _ = writeln!(s, "ledger:      {} — {}", d.ledger_path, d.ledger);
+    let _ = writeln!(s, "logs:        {}", d.log_dir);
+    let _ = writeln!(
+        s,
+        "config file: {}",
+        d.config_file.as_deref().unwrap_or("(none)")
+    );
+    let _ = writeln!(s, "pricing:     {} models priced", d.catalog_models);
+    let _ = writeln!(
+        s,
+        "budget:      ${:.2}/month by default; prompts {}",
+        d.default_monthly_budget_usd,
+        if d.store_prompts {
+            "stored"
+        } else {
+            "stored as hashes only"
+        }
+    );
+    let _ = writeln!(s, "\nproviders:");
+    for p in &d.providers {
+        let _ = writeln!(
+            s,
+            "  {} {:<12} {}{}{}",
+            if p.enabled { "✔" } else { "✘" },
+            p.provider.as_str(),
+            p.reason,
+            if p.enabled {
+                format!(" → {}", p.base_url)
+            } else {
+                String::new()
+            },
+            p.key
+                .as_ref()
+                .map(|k| format!(" [key {k}]"))
+                .unwrap_or_default()
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usd_formats_small_and_large() {
+        assert_eq!(usd(0.0), "$0");
+        assert_eq!(usd(0.000123), "$0.000123");
+        assert_eq!(usd(1.5), "$1.5000");
+        assert_eq!(usd(1234.5), "$1234.50");
+    }
+}

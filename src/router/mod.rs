@@ -1,0 +1,667 @@
+//! Routing: score the prompt, map the score to a tier, and pick the cheapest
+//! enabled model of that tier that fits the context window and the budget.
+//!
+//! Every step that changes the outcome adds a sentence to
+//! [`RoutePlan::notes`], so a user can always see *why* a model was chosen.
+
+pub mod scorer;
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::pricing::{Catalog, ModelPrice};
+use crate::providers::{ProviderId, Registry};
+use crate::tokens;
+
+pub use scorer::{Reason, Score};
+
+/// Model quality/price bands, cheapest first.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Local or free models.
+    Free,
+    /// Small, fast, inexpensive models.
+    Cheap,
+    /// Capable mid-priced models.
+    Medium,
+    /// The strongest models.
+    Premium,
+}
+
+impl Tier {
+    /// All tiers, cheapest first.
+    pub const ALL: [Tier; 4] = [Tier::Free, Tier::Cheap, Tier::Medium, Tier::Premium];
+
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Free => "free",
+            Tier::Cheap => "cheap",
+            Tier::Medium => "medium",
+            Tier::Premium => "premium",
+        }
+    }
+
+    /// Parses a tier name.
+    pub fn parse(s: &str) -> Option<Tier> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "free" => Some(Tier::Free),
+            "cheap" => Some(Tier::Cheap),
+            "medium" => Some(Tier::Medium),
+            "premium" => Some(Tier::Premium),
+            _ => None,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Score boundaries free|cheap, cheap|medium, medium|premium.
+pub const DEFAULT_TIER_THRESHOLDS: [f64; 3] = [0.25, 0.5, 0.75];
+
+/// A score this close above a boundary is "unsure": the cheaper tier wins.
+pub const UNSURE_MARGIN: f64 = 0.03;
+
+/// The model an "always premium" user would call; savings are measured
+/// against it.
+pub const DEFAULT_BASELINE_MODEL: &str = "anthropic/claude-sonnet-4-6";
+
+/// Output tokens assumed for the *expected* cost of a call (the worst case
+/// uses `max_tokens`). A typical chat answer is a few hundred tokens.
+pub const EXPECTED_OUTPUT_TOKENS: u64 = 400;
+
+/// Default models per tier, in preference order when prices tie. Every id
+/// is checked against the bundled catalog by a unit test.
+pub fn default_models(tier: Tier) -> &'static [&'static str] {
+    match tier {
+        Tier::Free => &[
+            "ollama/llama3.1",
+            "gemini/gemma-4-31b-it",
+            "openrouter/google/gemma-4-31b-it:free",
+        ],
+        Tier::Cheap => &[
+            "gemini/gemini-2.5-flash-lite",
+            "deepseek/deepseek-v3.2",
+            "cerebras/gpt-oss-120b",
+            "openrouter/google/gemini-2.5-flash-lite",
+        ],
+        Tier::Medium => &[
+            "gemini/gemini-3-flash-preview",
+            "anthropic/claude-haiku-4-5",
+            "deepseek/deepseek-v4-pro",
+            "openrouter/anthropic/claude-haiku-4.5",
+        ],
+        Tier::Premium => &[
+            "anthropic/claude-sonnet-4-6",
+            "gemini/gemini-3.1-pro-preview",
+            "openrouter/anthropic/claude-sonnet-4.6",
+        ],
+    }
+}
+
+/// Tier lists and thresholds in force.
+#[derive(Debug, Clone)]
+pub struct Router {
+    thresholds: [f64; 3],
+    tiers: BTreeMap<Tier, Vec<String>>,
+}
+
+/// What the caller asks of one routing decision.
+#[derive(Debug, Clone, Default)]
+pub struct RouteRequest<'a> {
+    /// The user prompt.
+    pub prompt: &'a str,
+    /// Optional system prompt.
+    pub system: Option<&'a str>,
+    /// Output limit.
+    pub max_tokens: u32,
+    /// Most this one call may cost (worst case), USD.
+    pub budget_limit: Option<f64>,
+    /// Only this provider.
+    pub force_provider: Option<ProviderId>,
+    /// Exactly this model (canonical id).
+    pub force_model: Option<String>,
+    /// Exactly this tier.
+    pub tier: Option<Tier>,
+    /// Remaining room in the user's budget, USD.
+    pub budget_remaining: Option<f64>,
+    /// Past a budget threshold in `downgrade` mode: prefer one tier cheaper.
+    pub downgrade: bool,
+}
+
+/// One model considered, with its estimated cost for this prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct Candidate {
+    /// Canonical id, `provider/model`.
+    pub model: String,
+    /// Provider serving it.
+    pub provider: ProviderId,
+    /// Tier it belongs to.
+    pub tier: Tier,
+    /// Estimated input tokens (provider-adjusted).
+    pub estimated_input_tokens: u64,
+    /// Expected cost, assuming a typical answer length.
+    pub estimated_cost_usd: f64,
+    /// Cost if the answer uses all of `max_tokens`.
+    pub worst_case_cost_usd: f64,
+    /// USD per million input tokens.
+    pub input_per_mtok: f64,
+    /// USD per million output tokens.
+    pub output_per_mtok: f64,
+    /// Whether its provider is enabled here.
+    pub available: bool,
+}
+
+/// The outcome of routing: the models to try, in order, and why.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RoutePlan {
+    /// Complexity score, 0.0 (trivial) to 1.0 (needs the strongest model).
+    pub score: f64,
+    /// The features that moved the score most.
+    pub reasons: Vec<Reason>,
+    /// The tier the score alone points to.
+    pub scored_tier: Tier,
+    /// The tier chosen after overrides, availability and budget.
+    pub tier: Tier,
+    /// Models to try, best first; later ones are fallbacks.
+    pub candidates: Vec<Candidate>,
+    /// The best option of each other tier, for comparison.
+    pub alternatives: Vec<Candidate>,
+    /// The always-premium baseline for this prompt.
+    pub baseline: Option<Candidate>,
+    /// Output tokens assumed by `estimated_cost_usd`.
+    pub assumed_output_tokens: u64,
+    /// Sentences explaining each decision.
+    pub notes: Vec<String>,
+}
+
+/// Why no model could be chosen; the message names the argument at fault.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteError(pub String);
+
+impl std::fmt::Display for RouteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RouteError {}
+
+impl Router {
+    /// A router with `thresholds` and the tier lists from config (missing
+    /// tiers use the defaults).
+    pub fn new(thresholds: [f64; 3], overrides: &BTreeMap<Tier, Vec<String>>) -> Router {
+        let tiers = Tier::ALL
+            .iter()
+            .map(|t| {
+                let list = overrides.get(t).cloned().unwrap_or_else(|| {
+                    default_models(*t).iter().map(|s| s.to_string()).collect()
+                });
+                (*t, list)
+            })
+            .collect();
+        Router { thresholds, tiers }
+    }
+
+    /// The tier a score points to, and whether it is within
+    /// [`UNSURE_MARGIN`] above the boundary below it.
+    pub fn tier_for(&self, score: f64) -> (Tier, bool) {
+        let t = self.thresholds;
+        let idx = t.iter().filter(|b| score >= **b).count();
+        let tier = Tier::ALL[idx.min(3)];
+        let unsure = idx > 0 && score - t[idx - 1] < UNSURE_MARGIN;
+        (tier, unsure)
+    }
+
+    /// Models configured for `tier`.
+    pub fn models(&self, tier: Tier) -> &[String] {
+        self.tiers.get(&tier).map(|v| v.as_slice()).unwrap_or(&[])
+    }
+
+    /// The tier whose list contains `model`, if any.
+    pub fn tier_of(&self, model: &str) -> Option<Tier> {
+        Tier::ALL
+            .into_iter()
+            .find(|t| self.models(*t).iter().any(|m| m == model))
+    }
+
+    /// Decides which models to call for `req`, in order.
+    pub fn plan(
+        &self,
+        req: &RouteRequest<'_>,
+        catalog: &Catalog,
+        registry: &Registry,
+        baseline_model: &str,
+    ) -> Result<RoutePlan, RouteError> {
+        let score = scorer::score(req.prompt);
+        let (scored_tier, unsure) = self.tier_for(score.value);
+        let mut notes = Vec::new();
+        let input_cache = InputEstimates::new(req.system, req.prompt);
+        let candidate = |price: &ModelPrice, tier: Tier| {
+            let input = input_cache.get(price.provider);
+            Candidate {
+                model: price.id.clone(),
+                provider: price.provider,
+                tier,
+                estimated_input_tokens: input,
+                estimated_cost_usd: price
+                    .estimate(input, EXPECTED_OUTPUT_TOKENS.min(req.max_tokens as u64)),
+                worst_case_cost_usd: price.estimate(input, req.max_tokens as u64),
+                input_per_mtok: price.input_per_mtok(),
+                output_per_mtok: price.output_per_mtok(),
+                available: registry.is_enabled(price.provider),
+            }
+        };
+
+        // The baseline is shown whether or not its provider is enabled.
+        let baseline = catalog
+            .get(baseline_model)
+            .map(|p| candidate(&p, Tier::Premium));
+
+        // A forced model short-circuits everything but the budget checks.
+        if let Some(model) = &req.force_model {
+            let price = catalog.get(model).ok_or_else(|| {
+                RouteError(format!("force_model: unknown model {model:?}"))
+            })?;
+            if let Some(p) = req.force_provider
+                && p != price.provider
+            {
+                return Err(RouteError(format!(
+                    "force_model {model:?} is served by {}, not force_provider {p}",
+                    price.provider
+                )));
+            }
+            if !registry.is_enabled(price.provider) {
+                return Err(RouteError(not_enabled(price.provider, "force_model")));
+            }
+            let tier = req
+                .tier
+                .or_else(|| self.tier_of(model))
+                .unwrap_or(scored_tier);
+            let c = candidate(&price, tier);
+            check_context(&price, c.estimated_input_tokens, "force_model")?;
+            check_budget(&c, req)?;
+            notes.push(format!("{model} was forced by the caller; routing skipped."));
+            return Ok(RoutePlan {
+                score: score.value,
+                reasons: score.reasons(3),
+                scored_tier,
+                tier,
+                candidates: vec![c],
+                alternatives: Vec::new(),
+                baseline,
+                assumed_output_tokens: EXPECTED_OUTPUT_TOKENS.min(req.max_tokens as u64),
+                notes,
+            });
+        }
+
+        if let Some(p) = req.force_provider
+            && !registry.is_enabled(p)
+        {
+            return Err(RouteError(not_enabled(p, "force_provider")));
+        }
+
+        // Every usable model, grouped by tier and sorted by expected cost.
+        let mut by_tier: BTreeMap<Tier, Vec<Candidate>> = BTreeMap::new();
+        let mut skipped_unpriced = Vec::new();
+        let mut skipped_context = Vec::new();
+        for tier in Tier::ALL {
+            let mut list = Vec::new();
+            for id in self.models(tier) {
+                let Some(price) = catalog.get(id) else {
+                    skipped_unpriced.push(id.clone());
+                    continue;
+                };
+                if !registry.is_enabled(price.provider)
+                    || req.force_provider.is_some_and(|p| p != price.provider)
+                {
+                    continue;
+                }
+                let c = candidate(&price, tier);
+                if price
+                    .max_input_tokens
+                    .is_some_and(|max| c.estimated_input_tokens > max)
+                {
+                    skipped_context.push(c.model.clone());
+                    continue;
+                }
+                list.push(c);
+            }
+            list.sort_by(|a, b| a.estimated_cost_usd.total_cmp(&b.estimated_cost_usd));
+            by_tier.insert(tier, list);
+        }
+        if !skipped_unpriced.is_empty() {
+            notes.push(format!(
+                "Skipped models with no known price: {} (add [pricing.overrides] to use them).",
+                skipped_unpriced.join(", ")
+            ));
+        }
+        if !skipped_context.is_empty() {
+            notes.push(format!(
+                "Skipped models whose context window is smaller than the prompt: {}.",
+                skipped_context.join(", ")
+            ));
+        }
+
+        let mut target = scored_tier;
+        notes.push(format!(
+            "Complexity {:.2} points to the {scored_tier} tier (boundaries {:.2}/{:.2}/{:.2}).",
+            score.value, self.thresholds[0], self.thresholds[1], self.thresholds[2]
+        ));
+        if let Some(t) = req.tier {
+            target = t;
+            notes.push(format!("The caller asked for the {t} tier."));
+        } else if unsure {
+            target = Tier::ALL[target.index() - 1];
+            notes.push(format!(
+                "The score is within {UNSURE_MARGIN} of the boundary, so the cheaper {target} tier is used."
+            ));
+        }
+        if req.downgrade && req.tier.is_none() && target > Tier::Free {
+            target = Tier::ALL[target.index() - 1];
+            notes.push(format!(
+                "Budget threshold passed in downgrade mode: using the cheaper {target} tier."
+            ));
+        }
+
+        // Nearest tier with a usable model: same, then stronger, then cheaper.
+        let order = search_order(target);
+        let Some(mut chosen) = order
+            .iter()
+            .copied()
+            .find(|t| by_tier.get(t).is_some_and(|l| !l.is_empty()))
+        else {
+            let scope = match req.force_provider {
+                Some(p) => format!("for force_provider {p}"),
+                None => "among the enabled providers".to_string(),
+            };
+            return Err(RouteError(format!(
+                "no priced model is available {scope}; enable a provider \
+                 (ai-cost-optimizer doctor shows how) or configure [routing.tiers]"
+            )));
+        };
+        if chosen != target {
+            notes.push(format!(
+                "No enabled model in the {target} tier; using the {chosen} tier instead."
+            ));
+        }
+
+        // Respect the per-call limit and the remaining budget: step down to
+        // cheaper tiers until the worst case fits.
+        let cap = cap_of(req);
+        if let Some((cap, what)) = cap {
+            let fits = |c: &Candidate| c.worst_case_cost_usd <= cap;
+            if !by_tier[&chosen].iter().any(fits) {
+                let cheaper = Tier::ALL[..chosen.index()]
+                    .iter()
+                    .rev()
+                    .copied()
+                    .find(|t| by_tier[t].iter().any(fits));
+                match cheaper {
+                    Some(t) => {
+                        notes.push(format!(
+                            "No {chosen} model fits {what} of ${cap:.6} in the worst case; \
+                             stepped down to the {t} tier."
+                        ));
+                        chosen = t;
+                    }
+                    None => {
+                        let cheapest = by_tier
+                            .values()
+                            .flatten()
+                            .map(|c| c.worst_case_cost_usd)
+                            .fold(f64::INFINITY, f64::min);
+                        return Err(RouteError(format!(
+                            "{what} of ${cap:.6} is below the cheapest available worst case \
+                             (${cheapest:.6} with max_tokens {}); raise it or lower max_tokens",
+                            req.max_tokens
+                        )));
+                    }
+                }
+            }
+            for list in by_tier.values_mut() {
+                list.retain(fits);
+            }
+        }
+
+        // Try list: the chosen tier's models, then the neighbours' best.
+        let mut candidates: Vec<Candidate> = by_tier[&chosen].clone();
+        for t in search_order(chosen).into_iter().skip(1) {
+            if let Some(best) = by_tier.get(&t).and_then(|l| l.first()) {
+                candidates.push(best.clone());
+            }
+        }
+        candidates.truncate(4);
+        let alternatives = Tier::ALL
+            .iter()
+            .filter(|t| **t != chosen)
+            .filter_map(|t| by_tier.get(t).and_then(|l| l.first()).cloned())
+            .collect();
+        if let Some(first) = candidates.first() {
+            notes.push(format!(
+                "{} is the cheapest enabled {chosen} model for this prompt (~${:.6}).",
+                first.model, first.estimated_cost_usd
+            ));
+        }
+        Ok(RoutePlan {
+            score: score.value,
+            reasons: score.reasons(3),
+            scored_tier,
+            tier: chosen,
+            candidates,
+            alternatives,
+            baseline,
+            assumed_output_tokens: EXPECTED_OUTPUT_TOKENS.min(req.max_tokens as u64),
+            notes,
+        })
+    }
+}
+
+/// Estimated input tokens per provider for one prompt, tokenized once.
+struct InputEstimates {
+    base: u64,
+    messages: u64,
+}
+
+impl InputEstimates {
+    fn new(system: Option<&str>, prompt: &str) -> InputEstimates {
+        InputEstimates {
+            base: tokens::count_o200k(prompt) + system.map(tokens::count_o200k).unwrap_or(0),
+            messages: if system.is_some() { 2 } else { 1 },
+        }
+    }
+
+    fn get(&self, provider: ProviderId) -> u64 {
+        ((self.base as f64) * tokens::provider_factor(provider)).ceil() as u64 + 4 * self.messages
+    }
+}
+
+/// Tiers to look in, nearest first: the target, stronger ones, then cheaper.
+fn search_order(target: Tier) -> Vec<Tier> {
+    let i = target.index();
+    let mut order = vec![target];
+    order.extend(Tier::ALL[i + 1..].iter().copied());
+    order.extend(Tier::ALL[..i].iter().rev().copied());
+    order
+}
+
+/// The tighter of the per-call limit and the remaining budget.
+fn cap_of(req: &RouteRequest<'_>) -> Option<(f64, &'static str)> {
+    match (req.budget_limit, req.budget_remaining) {
+        (Some(l), Some(r)) if r < l => Some((r.max(0.0), "the remaining budget")),
+        (Some(l), _) => Some((l, "budget_limit")),
+        (None, Some(r)) => Some((r.max(0.0), "the remaining budget")),
+        (None, None) => None,
+    }
+}
+
+fn check_budget(c: &Candidate, req: &RouteRequest<'_>) -> Result<(), RouteError> {
+    if let Some((cap, what)) = cap_of(req)
+        && c.worst_case_cost_usd > cap
+    {
+        return Err(RouteError(format!(
+            "{} could cost up to ${:.6} with max_tokens {}, above {what} of ${cap:.6}",
+            c.model, c.worst_case_cost_usd, req.max_tokens
+        )));
+    }
+    Ok(())
+}
+
+fn check_context(price: &ModelPrice, input: u64, field: &str) -> Result<(), RouteError> {
+    if let Some(max) = price.max_input_tokens
+        && input > max
+    {
+        return Err(RouteError(format!(
+            "prompt: about {input} tokens, more than the {max}-token context window of {} ({field})",
+            price.id
+        )));
+    }
+    Ok(())
+}
+
+fn not_enabled(p: ProviderId, field: &str) -> String {
+    let spec = crate::providers::spec(p);
+    let how = if spec.key_envs.is_empty() {
+        format!("set {} or start it locally", spec.base_url_env)
+    } else {
+        format!("set {}", spec.key_envs.join(" or "))
+    };
+    format!("{field}: provider {p} is not enabled; {how}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::{ChatRequest, ChatResponse, Provider, ProviderError, SPECS};
+    use std::sync::Arc;
+
+    struct Never(ProviderId);
+    #[async_trait::async_trait]
+    impl Provider for Never {
+        fn id(&self) -> ProviderId {
+            self.0
+        }
+        async fn complete(&self, _: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+            unreachable!("routing never calls providers")
+        }
+    }
+
+    fn registry(ids: &[ProviderId]) -> Registry {
+        let mut r = Registry::default();
+        for id in ids {
+            let spec = SPECS.iter().copied().find(|s| s.id == *id).unwrap();
+            r.insert(spec, Arc::new(Never(*id)));
+        }
+        r
+    }
+
+    fn router() -> Router {
+        Router::new(DEFAULT_TIER_THRESHOLDS, &BTreeMap::new())
+    }
+
+    fn req(prompt: &str) -> RouteRequest<'_> {
+        RouteRequest {
+            prompt,
+            max_tokens: 1024,
+            ..RouteRequest::default()
+        }
+    }
+
+    #[test]
+    fn every_default_model_is_priced() {
+        let c = Catalog::bundled();
+        for t in Tier::ALL {
+            for m in default_models(t) {
+                assert!(c.get(m).is_some(), "{m} is not in the bundled catalog");
+            }
+        }
+        assert!(c.get(DEFAULT_BASELINE_MODEL).is_some());
+    }
+
+    #[test]
+    fn tier_boundaries_and_unsure_margin() {
+        let r = router();
+        assert_eq!(r.tier_for(0.0), (Tier::Free, false));
+        assert_eq!(r.tier_for(0.26), (Tier::Cheap, true));
+        assert_eq!(r.tier_for(0.4), (Tier::Cheap, false));
+        assert_eq!(r.tier_for(0.6), (Tier::Medium, false));
+        assert_eq!(r.tier_for(0.99), (Tier::Premium, false));
+    }
+
+    #[test]
+    fn forced_tier_picks_cheapest_enabled_model() {
+        let reg = registry(&[ProviderId::Anthropic, ProviderId::Deepseek]);
+        let mut rq = req("hello");
+        rq.tier = Some(Tier::Medium);
+        let plan = router()
+            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+            .unwrap();
+        assert_eq!(plan.tier, Tier::Medium);
+        // deepseek-v4-pro ($1.32/$3.96) is cheaper than claude-haiku-4-5 ($1/$5) for 400 output tokens.
+        assert_eq!(plan.candidates[0].model, "deepseek/deepseek-v4-pro");
+        assert_eq!(plan.candidates[1].model, "anthropic/claude-haiku-4-5");
+        assert!(plan.candidates.iter().all(|c| c.available));
+    }
+
+    #[test]
+    fn missing_tier_moves_up_then_down() {
+        let reg = registry(&[ProviderId::Anthropic]);
+        let mut rq = req("hi");
+        rq.tier = Some(Tier::Free);
+        let plan = router()
+            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+            .unwrap();
+        assert_eq!(plan.tier, Tier::Medium);
+        assert!(plan.notes.iter().any(|n| n.contains("No enabled model in the free tier")));
+    }
+
+    #[test]
+    fn budget_limit_steps_down_or_refuses() {
+        let reg = registry(&[ProviderId::Anthropic, ProviderId::Deepseek]);
+        let mut rq = req("hi");
+        rq.tier = Some(Tier::Premium);
+        rq.budget_limit = Some(0.006);
+        let plan = router()
+            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+            .unwrap();
+        assert!(plan.tier < Tier::Premium, "{plan:?}");
+        assert!(plan.candidates.iter().all(|c| c.worst_case_cost_usd <= 0.006));
+        rq.budget_limit = Some(1e-9);
+        let err = router()
+            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+            .unwrap_err();
+        assert!(err.0.contains("budget_limit"), "{err}");
+    }
+
+    #[test]
+    fn forced_model_needs_enabled_provider() {
+        let reg = registry(&[ProviderId::Deepseek]);
+        let mut rq = req("hi");
+        rq.force_model = Some("anthropic/claude-haiku-4-5".into());
+        let err = router()
+            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+            .unwrap_err();
+        assert!(err.0.contains("ANTHROPIC_API_KEY"), "{err}");
+    }
+
+    #[test]
+    fn nothing_enabled_is_a_clear_error() {
+        let err = router()
+            .plan(&req("hi"), &Catalog::bundled(), &registry(&[]), DEFAULT_BASELINE_MODEL)
+            .unwrap_err();
+        assert!(err.0.contains("doctor"), "{err}");
+    }
+}
