@@ -278,10 +278,11 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
                 let user = crate::optimizer::validate_user(user.as_deref())?;
                 emit(
                     &out,
-                    core.budget_status(&user).map(|status| crate::optimizer::BudgetUpdate {
-                        previous_limit_usd: None,
-                        status,
-                    }),
+                    core.budget_status(&user)
+                        .map(|status| crate::optimizer::BudgetUpdate {
+                            previous_limit_usd: None,
+                            status,
+                        }),
                     |b| {
                         let mut s = render::budget_update(b);
                         // Showing, not setting: drop the "set to" wording.
@@ -459,11 +460,14 @@ async fn pricing_command(action: PricingAction, settings: &Settings) -> Result<(
             };
             let current = Catalog::load(Some(&dest), &Default::default())?;
             let report = pricing::validate_refresh(&text, &current)?;
-            let dir = dest.parent().context("refreshed catalog path has no parent")?;
+            let dir = dest
+                .parent()
+                .context("refreshed catalog path has no parent")?;
             crate::ledger::create_private_dir(dir)?;
             // Write then rename, so a crash never leaves half a catalog.
             let tmp = dir.join("catalog.json.tmp");
-            std::fs::write(&tmp, &text).with_context(|| format!("cannot write {}", tmp.display()))?;
+            std::fs::write(&tmp, &text)
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
             std::fs::rename(&tmp, &dest)
                 .with_context(|| format!("cannot replace {}", dest.display()))?;
             println!(

@@ -207,7 +207,9 @@ impl Settings {
         crate::budget::validate_thresholds(&self.default_alert_thresholds)
             .map_err(anyhow::Error::msg)?;
         let t = self.tier_thresholds;
-        if !(t.iter().all(|x| x.is_finite() && (0.0..=1.0).contains(x)) && t[0] <= t[1] && t[1] <= t[2])
+        if !(t.iter().all(|x| x.is_finite() && (0.0..=1.0).contains(x))
+            && t[0] <= t[1]
+            && t[1] <= t[2])
         {
             bail!("routing.thresholds must be three ascending numbers in [0, 1], got {t:?}");
         }

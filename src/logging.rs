@@ -49,9 +49,8 @@ pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::W
 /// `log_dir` when it can be created. `default_level` applies unless
 /// `COST_OPTIMIZER_LOG` says otherwise.
 pub fn init(log_dir: Option<&Path>, default_level: &str) -> LogGuard {
-    let filter = || {
-        EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new(default_level))
-    };
+    let filter =
+        || EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new(default_level));
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(RedactingMake(std::io::stderr))
         .with_ansi(false)
@@ -93,8 +92,12 @@ mod tests {
         let mut out = Vec::new();
         {
             let mut w = Redacting(&mut out);
-            w.write_all(b"calling with sk-log-leak-test-99999 now\n").unwrap();
+            w.write_all(b"calling with sk-log-leak-test-99999 now\n")
+                .unwrap();
         }
-        assert_eq!(String::from_utf8(out).unwrap(), "calling with [REDACTED] now\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "calling with [REDACTED] now\n"
+        );
     }
 }

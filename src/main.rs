@@ -53,7 +53,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let invalid = matches!(e.downcast_ref::<ToolError>(), Some(ToolError::Invalid(_)));
-            eprintln!("ai-cost-optimizer: {}", ai_cost_optimizer::secrets::redact(&format!("{e:#}")));
+            eprintln!(
+                "ai-cost-optimizer: {}",
+                ai_cost_optimizer::secrets::redact(&format!("{e:#}"))
+            );
             if invalid {
                 ExitCode::from(2)
             } else {

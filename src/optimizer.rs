@@ -12,9 +12,9 @@ use sha2::{Digest, Sha256};
 
 use crate::budget::{self, Budget, BudgetMode, BudgetStatus, DEFAULT_USER};
 use crate::config::{MAX_OUTPUT_TOKENS, MAX_PROMPT_BYTES, Settings};
-use crate::ledger::{CallRecord, GroupBy, Group, Ledger, Totals, to_nanos, to_usd};
+use crate::ledger::{CallRecord, Group, GroupBy, Ledger, Totals, to_nanos, to_usd};
 use crate::pricing::{Catalog, CostSource};
-use crate::providers::{ChatRequest, ProviderId, Registry, Usage};
+use crate::providers::{ChatRequest, ErrorKind, ProviderId, Registry, Usage};
 use crate::router::{Candidate, Reason, RoutePlan, RouteRequest, Router, Tier};
 
 /// Returns the current time as unix milliseconds. Injectable so budget
@@ -460,7 +460,12 @@ impl Optimizer {
     /// Builds the optimizer from parts (tests, embedders). A ledger that
     /// cannot be opened does not stop the server: read-only tools keep
     /// working and the others say what is wrong.
-    pub fn new(settings: Settings, catalog: Catalog, registry: Registry, clock: Clock) -> Optimizer {
+    pub fn new(
+        settings: Settings,
+        catalog: Catalog,
+        registry: Registry,
+        clock: Clock,
+    ) -> Optimizer {
         let ledger = Ledger::open(&settings.ledger_path()).map_err(|e| e.to_string());
         if let Err(e) = &ledger {
             tracing::error!(error = %e, "ledger unavailable; spending tools will refuse");
@@ -488,7 +493,9 @@ impl Optimizer {
 
     /// The ledger, or why it is unavailable.
     pub fn ledger(&self) -> Result<&Ledger, ToolError> {
-        self.ledger.as_ref().map_err(|e| ToolError::Ledger(e.clone()))
+        self.ledger
+            .as_ref()
+            .map_err(|e| ToolError::Ledger(e.clone()))
     }
 
     fn now(&self) -> i64 {
@@ -496,7 +503,9 @@ impl Optimizer {
     }
 
     fn budget_of(&self, ledger: &Ledger, user: &str) -> Result<Budget, ToolError> {
-        let row = ledger.budget(user).map_err(|e| ToolError::Ledger(e.to_string()))?;
+        let row = ledger
+            .budget(user)
+            .map_err(|e| ToolError::Ledger(e.to_string()))?;
         Ok(match row {
             Some(r) => Budget::from_row(r),
             None => Budget {
@@ -565,7 +574,12 @@ impl Optimizer {
 
     fn plan(&self, req: &RouteRequest<'_>) -> Result<RoutePlan, ToolError> {
         self.router
-            .plan(req, &self.catalog, &self.registry, &self.settings.baseline_model)
+            .plan(
+                req,
+                &self.catalog,
+                &self.registry,
+                &self.settings.baseline_model,
+            )
             .map_err(|e| {
                 if e.0.contains("budget") {
                     ToolError::BudgetRefused(e.0)
@@ -577,7 +591,12 @@ impl Optimizer {
 
     /// `check_model_costs`: prices, and the cost of a prompt on each model.
     pub fn check_costs(&self, args: &CostArgs) -> Result<CostTable, ToolError> {
-        let provider = match args.provider.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        let provider = match args
+            .provider
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             Some(p) => Some(parse_provider("provider", p)?),
             None => None,
         };
@@ -624,7 +643,10 @@ impl Optimizer {
                 enabled,
                 input_per_mtok: m.input_per_mtok(),
                 output_per_mtok: m.output_per_mtok(),
-                cache_read_per_mtok: m.cache_read.map(|c| c * 1e6).filter(|c| *c != m.input_per_mtok()),
+                cache_read_per_mtok: m
+                    .cache_read
+                    .map(|c| c * 1e6)
+                    .filter(|c| *c != m.input_per_mtok()),
                 context_window: m.max_input_tokens,
                 estimated_cost_usd: None,
             });
@@ -634,9 +656,7 @@ impl Optimizer {
             (Some(p), None) => format!("all {p} models"),
             (None, Some(n)) => format!("models matching {n:?}"),
             (None, None) if any_enabled => "routing-tier models of the enabled providers".into(),
-            (None, None) => {
-                "routing-tier models of all providers (none is enabled yet)".into()
-            }
+            (None, None) => "routing-tier models of all providers (none is enabled yet)".into(),
         };
         if let Some(p) = prompt {
             let assumed = crate::router::EXPECTED_OUTPUT_TOKENS;
@@ -660,10 +680,14 @@ impl Optimizer {
             });
         }
         if rows.is_empty() {
-            let what = needle.map(|n| format!(" matching {n:?}")).unwrap_or_default();
+            let what = needle
+                .map(|n| format!(" matching {n:?}"))
+                .unwrap_or_default();
             return Err(invalid(format!(
                 "no priced model{what}{}; try check_model_costs without filters",
-                provider.map(|p| format!(" for provider {p}")).unwrap_or_default()
+                provider
+                    .map(|p| format!(" for provider {p}"))
+                    .unwrap_or_default()
             )));
         }
         let omitted = rows.len().saturating_sub(50);
@@ -693,11 +717,21 @@ impl Optimizer {
         let max_tokens = validate_max_tokens(args.max_tokens, self.settings.default_max_tokens)?;
         let budget_limit = validate_budget_limit(args.budget_limit)?;
         let user = validate_user(args.user_id.as_deref())?;
-        let force_provider = match args.force_provider.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        let force_provider = match args
+            .force_provider
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             Some(p) => Some(parse_provider("force_provider", p)?),
             None => None,
         };
-        let force_model = match args.force_model.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        let force_model = match args
+            .force_model
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             Some(m) => Some(
                 self.catalog
                     .resolve(m)
@@ -705,7 +739,12 @@ impl Optimizer {
             ),
             None => None,
         };
-        let tier = match args.tier.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        let tier = match args
+            .tier
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             Some(t) => Some(Tier::parse(t).ok_or_else(|| {
                 invalid(format!(
                     "tier: {t:?} is not a tier; use free, cheap, medium or premium"
@@ -754,10 +793,16 @@ impl Optimizer {
         let started = Instant::now();
         let mut attempts: Vec<Attempt> = Vec::new();
         let mut last_error: Option<String> = None;
+        // Providers that failed as a whole (bad key, no credit, down): their
+        // other models are not worth a try in this call.
+        let mut failed_providers: Vec<ProviderId> = Vec::new();
         for (i, cand) in plan.candidates.iter().enumerate() {
             let Some(provider) = self.registry.get(cand.provider) else {
                 continue;
             };
+            if failed_providers.contains(&cand.provider) {
+                continue;
+            }
             // Reserve the worst case before calling; refuse if it cannot fit.
             let now = self.now();
             let reserve = {
@@ -855,7 +900,9 @@ impl Optimizer {
                     }
                     let budget_after = budget::status(&ledger, &budget, self.now()).ok();
                     let (savings, pct) = match baseline_cost {
-                        Some(b) if b > 0.0 => ((b - cost).max(0.0), ((b - cost) / b * 100.0).max(0.0)),
+                        Some(b) if b > 0.0 => {
+                            ((b - cost).max(0.0), ((b - cost) / b * 100.0).max(0.0))
+                        }
                         _ => (0.0, 0.0),
                     };
                     let mut notes = plan.notes.clone();
@@ -914,6 +961,9 @@ impl Optimizer {
                         latency_ms,
                     });
                     last_error = Some(message);
+                    if err.kind != ErrorKind::ContextTooLong {
+                        failed_providers.push(cand.provider);
+                    }
                     if !err.kind.allows_fallback() {
                         break;
                     }
@@ -928,14 +978,24 @@ impl Optimizer {
         Err(ToolError::ProviderFailed(format!(
             "{} Tried: {}. Nothing was charged.",
             last_error.unwrap_or_else(|| "No provider could take the call.".into()),
-            if tried.is_empty() { "none" } else { tried.as_str() }
+            if tried.is_empty() {
+                "none"
+            } else {
+                tried.as_str()
+            }
         )))
     }
 
     /// `query_usage`: spend, calls, savings and breakdowns for a period.
     pub fn usage(&self, args: &UsageArgs) -> Result<UsageReport, ToolError> {
         let now = self.now();
-        let since = match (args.since.as_deref().map(str::trim).filter(|s| !s.is_empty()), args.days) {
+        let since = match (
+            args.since
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty()),
+            args.days,
+        ) {
             (Some(_), Some(_)) => return Err(invalid("give either days or since, not both")),
             (Some(s), None) => parse_since(s)?,
             (None, days) => {
@@ -953,7 +1013,12 @@ impl Optimizer {
             Some(u) => Some(validate_user(Some(u))?),
             None => None,
         };
-        let groups: Vec<GroupBy> = match args.group_by.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        let groups: Vec<GroupBy> = match args
+            .group_by
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             None => vec![GroupBy::Model, GroupBy::Provider, GroupBy::Day],
             Some(g) => vec![match g.to_ascii_lowercase().as_str() {
                 "model" => GroupBy::Model,
@@ -994,7 +1059,9 @@ impl Optimizer {
             budget: self.budget_status(user.as_deref().unwrap_or(DEFAULT_USER))?,
         };
         for g in groups {
-            let rows = ledger.breakdown(g, user.as_deref(), since, until).map_err(led)?;
+            let rows = ledger
+                .breakdown(g, user.as_deref(), since, until)
+                .map_err(led)?;
             match g {
                 GroupBy::Model => report.by_model = rows,
                 GroupBy::Provider => report.by_provider = rows,
@@ -1014,7 +1081,12 @@ impl Optimizer {
             .clone()
             .unwrap_or_else(|| self.settings.default_alert_thresholds.clone());
         budget::validate_thresholds(&thresholds).map_err(invalid)?;
-        let mode = match args.mode.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        let mode = match args
+            .mode
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             Some(m) => BudgetMode::parse(m).ok_or_else(|| {
                 invalid(format!("mode: {m:?} is not one of warn, downgrade, block"))
             })?,
@@ -1036,7 +1108,12 @@ impl Optimizer {
         ledger
             .set_budget(&b.to_row(), self.now())
             .map_err(|e| ToolError::Ledger(e.to_string()))?;
-        tracing::info!(user, limit = args.monthly_limit, mode = mode.as_str(), "budget set");
+        tracing::info!(
+            user,
+            limit = args.monthly_limit,
+            mode = mode.as_str(),
+            "budget set"
+        );
         Ok(BudgetUpdate {
             previous_limit_usd: previous,
             status: self.budget_status(&user)?,
@@ -1056,12 +1133,16 @@ impl Optimizer {
                 key: p.key.as_ref().map(crate::secrets::describe),
             })
             .collect();
-        providers.extend(self.registry.disabled().iter().map(|d| ProviderStatus {
-            provider: d.provider,
-            enabled: false,
-            reason: d.reason.clone(),
-            base_url: crate::providers::spec(d.provider).default_base_url.to_string(),
-            key: None,
+        providers.extend(self.registry.disabled().iter().map(|d| {
+            ProviderStatus {
+                provider: d.provider,
+                enabled: false,
+                reason: d.reason.clone(),
+                base_url: crate::providers::spec(d.provider)
+                    .default_base_url
+                    .to_string(),
+                key: None,
+            }
         }));
         providers.sort_by_key(|p| p.provider);
         let ledger = match &self.ledger {
@@ -1077,7 +1158,11 @@ impl Optimizer {
             ledger_path: self.settings.ledger_path().display().to_string(),
             ledger,
             log_dir: self.settings.log_dir().display().to_string(),
-            config_file: self.settings.config_file.as_ref().map(|p| p.display().to_string()),
+            config_file: self
+                .settings
+                .config_file
+                .as_ref()
+                .map(|p| p.display().to_string()),
             providers,
             catalog_models: self.catalog.len(),
             default_monthly_budget_usd: self.settings.default_monthly_budget_usd,
@@ -1095,7 +1180,10 @@ struct ReservationGuard {
 
 impl ReservationGuard {
     fn new(ledger: Ledger, id: crate::ledger::ReservationId) -> Self {
-        ReservationGuard { ledger, id: Some(id) }
+        ReservationGuard {
+            ledger,
+            id: Some(id),
+        }
     }
 
     /// Records the attempt and drops the reservation in one transaction.
@@ -1205,9 +1293,7 @@ pub fn validate_user(u: Option<&str>) -> Result<String, ToolError> {
         return Ok(DEFAULT_USER.to_string());
     };
     if u.chars().count() > 128 || u.chars().any(|c| c.is_control()) {
-        return Err(invalid(
-            "user_id must be 1 to 128 printable characters",
-        ));
+        return Err(invalid("user_id must be 1 to 128 printable characters"));
     }
     Ok(u.to_string())
 }
@@ -1233,7 +1319,11 @@ fn parse_since(s: &str) -> Result<i64, ToolError> {
     let fmt = time::macros::format_description!("[year]-[month]-[day]");
     time::Date::parse(s, &fmt)
         .map(|d| (d.midnight().assume_utc().unix_timestamp_nanos() / 1_000_000) as i64)
-        .map_err(|_| invalid(format!("since: {s:?} is not a date; use YYYY-MM-DD or RFC 3339")))
+        .map_err(|_| {
+            invalid(format!(
+                "since: {s:?} is not a date; use YYYY-MM-DD or RFC 3339"
+            ))
+        })
 }
 
 #[cfg(test)]

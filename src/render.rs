@@ -124,7 +124,11 @@ fn candidate_row(c: &Candidate) -> String {
         usd(c.estimated_cost_usd),
         usd(c.worst_case_cost_usd),
         format_args!("${:.2} / ${:.2}", c.input_per_mtok, c.output_per_mtok),
-        if c.available { "" } else { " (provider not enabled)" }
+        if c.available {
+            ""
+        } else {
+            " (provider not enabled)"
+        }
     )
 }
 

@@ -206,7 +206,10 @@ fn first_of_month(year: i32, month: Month) -> i64 {
 pub fn rfc3339(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -304,7 +307,11 @@ mod tests {
 
     #[test]
     fn limit_validation_names_the_field() {
-        assert!(validate_limit("monthly_limit", -1.0).unwrap_err().contains("monthly_limit"));
+        assert!(
+            validate_limit("monthly_limit", -1.0)
+                .unwrap_err()
+                .contains("monthly_limit")
+        );
         assert!(validate_limit("monthly_limit", f64::NAN).is_err());
         assert!(validate_limit("monthly_limit", 1e12).is_err());
         assert!(validate_limit("monthly_limit", 10.0).is_ok());

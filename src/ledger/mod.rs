@@ -51,13 +51,17 @@ pub enum LedgerError {
         detail: String,
     },
     /// Another process holds the write lock for too long.
-    #[error("the ledger at {path} is locked by another process; try again, or close the other program using it")]
+    #[error(
+        "the ledger at {path} is locked by another process; try again, or close the other program using it"
+    )]
     Locked {
         /// Path of the file.
         path: PathBuf,
     },
     /// The data directory cannot be created or written.
-    #[error("cannot use the data directory {path}: {detail} (set COST_OPTIMIZER_DATA_DIR to a writable directory)")]
+    #[error(
+        "cannot use the data directory {path}: {detail} (set COST_OPTIMIZER_DATA_DIR to a writable directory)"
+    )]
     Storage {
         /// Path of the directory.
         path: PathBuf,
@@ -261,7 +265,8 @@ impl Ledger {
 
     fn init(&self) -> Result<(), LedgerError> {
         let mut conn = self.lock();
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| classify(&self.path, e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| classify(&self.path, e))?;
         // journal_mode returns a row; query it rather than execute.
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
@@ -396,19 +401,21 @@ impl Ledger {
             )
             .optional()
             .map_err(|e| self.err(e))?;
-        Ok(row.map(|(user_id, limit_nanos, period, thresholds, mode)| BudgetRow {
-            user_id,
-            limit_nanos,
-            period,
-            thresholds: serde_json::from_str(&thresholds).unwrap_or_default(),
-            mode,
-        }))
+        Ok(row.map(
+            |(user_id, limit_nanos, period, thresholds, mode)| BudgetRow {
+                user_id,
+                limit_nanos,
+                period,
+                thresholds: serde_json::from_str(&thresholds).unwrap_or_default(),
+                mode,
+            },
+        ))
     }
 
     /// Creates or replaces a budget.
     pub fn set_budget(&self, b: &BudgetRow, now_ms: i64) -> Result<(), LedgerError> {
-        let thresholds = serde_json::to_string(&b.thresholds)
-            .map_err(|e| LedgerError::Sqlite(e.to_string()))?;
+        let thresholds =
+            serde_json::to_string(&b.thresholds).map_err(|e| LedgerError::Sqlite(e.to_string()))?;
         self.lock()
             .execute(
                 "INSERT INTO budgets (user_id, limit_nanos, period, thresholds, mode, updated_ms)
@@ -416,7 +423,14 @@ impl Ledger {
                  ON CONFLICT(user_id) DO UPDATE SET limit_nanos = excluded.limit_nanos,
                    period = excluded.period, thresholds = excluded.thresholds,
                    mode = excluded.mode, updated_ms = excluded.updated_ms",
-                params![b.user_id, b.limit_nanos, b.period, thresholds, b.mode, now_ms],
+                params![
+                    b.user_id,
+                    b.limit_nanos,
+                    b.period,
+                    thresholds,
+                    b.mode,
+                    now_ms
+                ],
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
@@ -466,7 +480,11 @@ impl Ledger {
     }
 
     /// The latest calls, newest first.
-    pub fn recent(&self, user_id: Option<&str>, limit: u32) -> Result<Vec<RecentCall>, LedgerError> {
+    pub fn recent(
+        &self,
+        user_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RecentCall>, LedgerError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare_cached(
@@ -722,17 +740,35 @@ mod tests {
         let ttl = Duration::from_secs(60);
         l.insert_call(&rec("u", 10, 0.9, true)).unwrap();
         let limit = Some(to_nanos(1.0));
-        let r1 = l.reserve("u", 0, limit, to_nanos(0.06), 100, ttl).unwrap().unwrap();
+        let r1 = l
+            .reserve("u", 0, limit, to_nanos(0.06), 100, ttl)
+            .unwrap()
+            .unwrap();
         // 0.9 spent + 0.06 held + 0.06 asked > 1.0
-        let refused = l.reserve("u", 0, limit, to_nanos(0.06), 100, ttl).unwrap().unwrap_err();
+        let refused = l
+            .reserve("u", 0, limit, to_nanos(0.06), 100, ttl)
+            .unwrap()
+            .unwrap_err();
         assert_eq!(refused.spent_nanos, to_nanos(0.9));
         assert_eq!(refused.reserved_nanos, to_nanos(0.06));
         l.release(r1).unwrap();
-        let r2 = l.reserve("u", 0, limit, to_nanos(0.06), 100, ttl).unwrap().unwrap();
+        let r2 = l
+            .reserve("u", 0, limit, to_nanos(0.06), 100, ttl)
+            .unwrap()
+            .unwrap();
         l.settle(r2, &rec("u", 200, 0.01, true)).unwrap();
         assert_eq!(l.reserved_now("u", 300).unwrap(), 0);
         // An expired reservation no longer counts.
-        l.reserve("u", 0, limit, to_nanos(0.05), 1000, Duration::from_millis(10)).unwrap().unwrap();
+        l.reserve(
+            "u",
+            0,
+            limit,
+            to_nanos(0.05),
+            1000,
+            Duration::from_millis(10),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(l.reserved_now("u", 2000).unwrap(), 0);
     }
 
@@ -757,7 +793,11 @@ mod tests {
     fn corrupt_file_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("bad.sqlite3");
-        std::fs::write(&p, b"this is definitely not a sqlite database, just some text .....").unwrap();
+        std::fs::write(
+            &p,
+            b"this is definitely not a sqlite database, just some text .....",
+        )
+        .unwrap();
         let err = Ledger::open(&p).err().unwrap().to_string();
         assert!(err.contains("damaged or not a database"), "{err}");
     }

@@ -12,16 +12,17 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, ProtocolVersion, ServerCapabilities,
-    ServerConfig,
+    CallToolResult, ContentBlock, Implementation, ProtocolVersion, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
-use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+use rmcp::{
+    ErrorData as McpError, RoleServer, ServerHandler, ServiceExt, tool, tool_handler, tool_router,
+};
 use serde::Serialize;
 
 use crate::optimizer::{
-    BudgetUpdate, Completion, CompleteArgs, CostArgs, CostTable, Optimizer, Recommendation,
-    RecommendArgs, SetBudgetArgs, ToolError, UsageArgs, UsageReport,
+    BudgetUpdate, CompleteArgs, Completion, CostArgs, CostTable, Optimizer, RecommendArgs,
+    Recommendation, SetBudgetArgs, ToolError, UsageArgs, UsageReport,
 };
 use crate::render;
 

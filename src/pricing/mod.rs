@@ -29,6 +29,9 @@ pub const LITELLM_LICENSE: &str = include_str!("LICENSE-litellm.txt");
 /// Where `pricing refresh` fetches from by default: LiteLLM's live catalog.
 pub const DEFAULT_REFRESH_URL: &str =
     "https://raw.githubusercontent.com/BerriAI/litellm/main/model_prices_and_context_window.json";
+/// Providers that serve far more models than any catalog prices: a model
+/// of theirs may be called by name even when we know no price for it.
+const OPEN_CATALOG_PROVIDERS: [ProviderId; 2] = [ProviderId::Huggingface, ProviderId::Openrouter];
 /// Input length above which long-context prices apply, for models that have them.
 const LONG_CONTEXT_TOKENS: u64 = 200_000;
 
@@ -44,6 +47,8 @@ pub enum PriceOrigin {
     Override,
     /// A local model (Ollama): no per-token charge.
     Local,
+    /// Not in any catalog: billed as unpriced and flagged.
+    Unknown,
 }
 
 /// One model's prices, in USD per token.
@@ -220,7 +225,9 @@ impl Catalog {
 
     fn apply_override(&mut self, id: &str, o: &PriceOverride) -> Result<()> {
         let Some((provider, _)) = id.split_once('/') else {
-            bail!("pricing override {id:?}: use a provider/model id, e.g. \"deepseek/deepseek-chat\"");
+            bail!(
+                "pricing override {id:?}: use a provider/model id, e.g. \"deepseek/deepseek-chat\""
+            );
         };
         let Some(provider) = ProviderId::parse(provider) else {
             bail!("pricing override {id:?}: unknown provider {provider:?}");
@@ -289,12 +296,42 @@ impl Catalog {
         None
     }
 
+    /// Like [`Catalog::get`], but a model of a provider whose catalog is
+    /// open-ended (HuggingFace, OpenRouter) that we have no price for comes
+    /// back at $0 with origin [`PriceOrigin::Unknown`], so it can still be
+    /// called explicitly and is flagged *unpriced* in the ledger.
+    pub fn get_or_unpriced(&self, id: &str) -> Option<ModelPrice> {
+        if let Some(m) = self.get(id) {
+            return Some(m);
+        }
+        let (provider, model) = id.split_once('/')?;
+        let provider = ProviderId::parse(provider)?;
+        if model.is_empty() || !OPEN_CATALOG_PROVIDERS.contains(&provider) {
+            return None;
+        }
+        Some(ModelPrice {
+            id: format!("{}/{model}", provider.as_str()),
+            provider,
+            input: 0.0,
+            output: 0.0,
+            cache_read: None,
+            cache_write: None,
+            reasoning: None,
+            input_long: None,
+            output_long: None,
+            max_input_tokens: None,
+            max_output_tokens: None,
+            deprecation_date: None,
+            origin: PriceOrigin::Unknown,
+        })
+    }
+
     /// Resolves what a user typed to a canonical id: an exact id, or a bare
     /// model name that exists under exactly one provider.
     pub fn resolve(&self, name: &str) -> Result<String, String> {
         let name = name.trim();
-        if self.get(name).is_some() {
-            return Ok(name.to_string());
+        if let Some(m) = self.get_or_unpriced(name) {
+            return Ok(m.id);
         }
         let matches: Vec<&String> = self
             .models
@@ -329,11 +366,7 @@ impl Catalog {
 
     /// Up to five known ids that look like `name`.
     fn suggest(&self, name: &str) -> Vec<String> {
-        let needle = name
-            .rsplit('/')
-            .next()
-            .unwrap_or(name)
-            .to_ascii_lowercase();
+        let needle = name.rsplit('/').next().unwrap_or(name).to_ascii_lowercase();
         let stem: String = needle.chars().take(8).collect();
         if stem.len() < 3 {
             return Vec::new();
@@ -361,8 +394,8 @@ impl Catalog {
             Some(p) if p.origin == PriceOrigin::Local || p.provider == ProviderId::Ollama => {
                 (0.0, CostSource::Local)
             }
-            Some(p) => (p.cost_of(usage), CostSource::Catalog),
-            None => (0.0, CostSource::Unpriced),
+            Some(p) if p.origin != PriceOrigin::Unknown => (p.cost_of(usage), CostSource::Catalog),
+            _ => (0.0, CostSource::Unpriced),
         }
     }
 }
@@ -465,7 +498,9 @@ pub fn validate_refresh(text: &str, current: &Catalog) -> Result<RefreshReport> 
     }
     let mut per_provider = BTreeMap::new();
     for m in fresh.values() {
-        *per_provider.entry(m.provider.as_str().to_string()).or_insert(0) += 1;
+        *per_provider
+            .entry(m.provider.as_str().to_string())
+            .or_insert(0) += 1;
     }
     // Compare like with like: only the providers the new file covers.
     let old_same: usize = current
@@ -496,7 +531,14 @@ mod tests {
     fn bundled_catalog_parses_and_covers_providers() {
         let c = Catalog::bundled();
         assert!(c.len() > 300, "{}", c.len());
-        for p in ["anthropic", "gemini", "cerebras", "deepseek", "openrouter", "ollama"] {
+        for p in [
+            "anthropic",
+            "gemini",
+            "cerebras",
+            "deepseek",
+            "openrouter",
+            "ollama",
+        ] {
             assert!(
                 c.models().any(|m| m.provider.as_str() == p),
                 "no models for {p}"
@@ -553,6 +595,12 @@ mod tests {
             c.resolve("claude-haiku-4-5").unwrap(),
             "anthropic/claude-haiku-4-5"
         );
+        assert_eq!(
+            c.resolve("huggingface/meta-llama/Llama-3.1-8B-Instruct")
+                .unwrap(),
+            "huggingface/meta-llama/Llama-3.1-8B-Instruct"
+        );
+        assert!(c.resolve("deepseek/deepseek-typo").is_err());
         let err = c.resolve("claude-haiku-9").unwrap_err();
         assert!(err.contains("unknown model"), "{err}");
         assert!(err.contains("claude-haiku-4-5"), "{err}");

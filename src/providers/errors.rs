@@ -175,7 +175,8 @@ impl ProviderError {
             _ => ErrorKind::Server,
         };
         let mut err = ProviderError::new(provider, kind, Some(status), message);
-        err.retry_after = retry_after(headers).or_else(|| json.as_ref().and_then(gemini_retry_delay));
+        err.retry_after =
+            retry_after(headers).or_else(|| json.as_ref().and_then(gemini_retry_delay));
         err
     }
 
@@ -241,9 +242,17 @@ fn clean_detail(s: &str) -> String {
 }
 
 fn is_context_message(lower: &str) -> bool {
-    ["context length", "context_length", "context window", "too long", "maximum context", "prompt is too long", "too many tokens"]
-        .iter()
-        .any(|p| lower.contains(p))
+    [
+        "context length",
+        "context_length",
+        "context window",
+        "too long",
+        "maximum context",
+        "prompt is too long",
+        "too many tokens",
+    ]
+    .iter()
+    .any(|p| lower.contains(p))
 }
 
 /// The human message in the error bodies of every provider we speak to:
@@ -267,9 +276,12 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         }
         return None;
     }
-    let when = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()?;
+    let when =
+        time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()?;
     let delta = when - time::OffsetDateTime::now_utc();
-    Some(Duration::from_secs_f64(delta.as_seconds_f64().clamp(0.0, 3600.0)))
+    Some(Duration::from_secs_f64(
+        delta.as_seconds_f64().clamp(0.0, 3600.0),
+    ))
 }
 
 /// Gemini puts the delay in the body: `RetryInfo.retryDelay = "37s"`.
@@ -288,7 +300,12 @@ mod tests {
     use reqwest::header::{HeaderMap, HeaderValue};
 
     fn classify(status: u16, body: &str) -> ProviderError {
-        ProviderError::from_http(ProviderId::Anthropic, status, &HeaderMap::new(), body.as_bytes())
+        ProviderError::from_http(
+            ProviderId::Anthropic,
+            status,
+            &HeaderMap::new(),
+            body.as_bytes(),
+        )
     }
 
     #[test]
@@ -300,7 +317,11 @@ mod tests {
         assert_eq!(classify(500, "{}").kind, ErrorKind::Server);
         assert_eq!(classify(422, "{}").kind, ErrorKind::BadRequest);
         assert_eq!(
-            classify(400, r#"{"error":{"message":"prompt is too long: 250000 tokens > 200000 maximum"}}"#).kind,
+            classify(
+                400,
+                r#"{"error":{"message":"prompt is too long: 250000 tokens > 200000 maximum"}}"#
+            )
+            .kind,
             ErrorKind::ContextTooLong
         );
         assert_eq!(
@@ -320,14 +341,18 @@ mod tests {
         let e = ProviderError::from_http(ProviderId::Openrouter, 429, &h, b"{}");
         assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
         let body = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","message":"quota","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"37s"}]}}"#;
-        let e = ProviderError::from_http(ProviderId::Gemini, 429, &HeaderMap::new(), body.as_bytes());
+        let e =
+            ProviderError::from_http(ProviderId::Gemini, 429, &HeaderMap::new(), body.as_bytes());
         assert_eq!(e.retry_after, Some(Duration::from_secs(37)));
     }
 
     #[test]
     fn auth_message_names_the_env_var_and_hides_the_key() {
         let key = crate::secrets::Secret::new("sk-ant-leaky-key-000111222");
-        let body = format!(r#"{{"error":{{"message":"invalid x-api-key {}"}}}}"#, key.expose());
+        let body = format!(
+            r#"{{"error":{{"message":"invalid x-api-key {}"}}}}"#,
+            key.expose()
+        );
         let e = classify(401, &body);
         let msg = e.user_message();
         assert!(msg.contains("ANTHROPIC_API_KEY was rejected"), "{msg}");
@@ -336,7 +361,12 @@ mod tests {
 
     #[test]
     fn plain_string_errors_are_read() {
-        let e = ProviderError::from_http(ProviderId::Huggingface, 503, &HeaderMap::new(), br#"{"error":"Model is loading"}"#);
+        let e = ProviderError::from_http(
+            ProviderId::Huggingface,
+            503,
+            &HeaderMap::new(),
+            br#"{"error":"Model is loading"}"#,
+        );
         assert_eq!(e.kind, ErrorKind::Overloaded);
         assert_eq!(e.detail, "Model is loading");
     }

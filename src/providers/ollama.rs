@@ -158,8 +158,14 @@ mod tests {
     fn host_forms() {
         assert_eq!(normalise_host("0.0.0.0"), "http://127.0.0.1:11434");
         assert_eq!(normalise_host("localhost:8080"), "http://localhost:8080");
-        assert_eq!(normalise_host("http://10.1.2.3:11434/"), "http://10.1.2.3:11434");
-        assert_eq!(normalise_host("https://ollama.example"), "https://ollama.example");
+        assert_eq!(
+            normalise_host("http://10.1.2.3:11434/"),
+            "http://10.1.2.3:11434"
+        );
+        assert_eq!(
+            normalise_host("https://ollama.example"),
+            "https://ollama.example"
+        );
     }
 
     #[test]

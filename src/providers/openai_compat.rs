@@ -87,7 +87,12 @@ pub fn parse_response(id: ProviderId, reply: &Value) -> Result<ChatResponse, Pro
         let code = err.get("code").and_then(|c| c.as_u64()).unwrap_or(500) as u16;
         let headers = reqwest::header::HeaderMap::new();
         let body = json!({"error": {"message": msg}}).to_string();
-        return Err(ProviderError::from_http(id, code, &headers, body.as_bytes()));
+        return Err(ProviderError::from_http(
+            id,
+            code,
+            &headers,
+            body.as_bytes(),
+        ));
     }
     let choice = reply
         .pointer("/choices/0")

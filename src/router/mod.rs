@@ -207,9 +207,10 @@ impl Router {
         let tiers = Tier::ALL
             .iter()
             .map(|t| {
-                let list = overrides.get(t).cloned().unwrap_or_else(|| {
-                    default_models(*t).iter().map(|s| s.to_string()).collect()
-                });
+                let list = overrides
+                    .get(t)
+                    .cloned()
+                    .unwrap_or_else(|| default_models(*t).iter().map(|s| s.to_string()).collect());
                 (*t, list)
             })
             .collect();
@@ -273,9 +274,9 @@ impl Router {
 
         // A forced model short-circuits everything but the budget checks.
         if let Some(model) = &req.force_model {
-            let price = catalog.get(model).ok_or_else(|| {
-                RouteError(format!("force_model: unknown model {model:?}"))
-            })?;
+            let price = catalog
+                .get_or_unpriced(model)
+                .ok_or_else(|| RouteError(format!("force_model: unknown model {model:?}")))?;
             if let Some(p) = req.force_provider
                 && p != price.provider
             {
@@ -294,7 +295,15 @@ impl Router {
             let c = candidate(&price, tier);
             check_context(&price, c.estimated_input_tokens, "force_model")?;
             check_budget(&c, req)?;
-            notes.push(format!("{model} was forced by the caller; routing skipped."));
+            notes.push(format!(
+                "{model} was forced by the caller; routing skipped."
+            ));
+            if price.origin == crate::pricing::PriceOrigin::Unknown {
+                notes.push(format!(
+                    "{model} has no known price: its cost is recorded as unpriced and the budget \
+                     cannot hold a worst case for it (add [pricing.overrides] to price it)."
+                ));
+            }
             return Ok(RoutePlan {
                 score: score.value,
                 reasons: score.reasons(3),
@@ -426,8 +435,9 @@ impl Router {
                             .fold(f64::INFINITY, f64::min);
                         return Err(RouteError(format!(
                             "{what} of ${cap:.6} is below the cheapest available worst case \
-                             (${cheapest:.6} with max_tokens {}); raise it or lower max_tokens",
-                            req.max_tokens
+                             (${cheapest:.6} with max_tokens {}); {}",
+                            req.max_tokens,
+                            budget_advice(what)
                         )));
                     }
                 }
@@ -449,6 +459,7 @@ impl Router {
             .iter()
             .filter(|t| **t != chosen)
             .filter_map(|t| by_tier.get(t).and_then(|l| l.first()).cloned())
+            .filter(|a| !candidates.iter().any(|c| c.model == a.model))
             .collect();
         if let Some(first) = candidates.first() {
             notes.push(format!(
@@ -513,11 +524,22 @@ fn check_budget(c: &Candidate, req: &RouteRequest<'_>) -> Result<(), RouteError>
         && c.worst_case_cost_usd > cap
     {
         return Err(RouteError(format!(
-            "{} could cost up to ${:.6} with max_tokens {}, above {what} of ${cap:.6}",
-            c.model, c.worst_case_cost_usd, req.max_tokens
+            "{} could cost up to ${:.6} with max_tokens {}, above {what} of ${cap:.6}; {}",
+            c.model,
+            c.worst_case_cost_usd,
+            req.max_tokens,
+            budget_advice(what)
         )));
     }
     Ok(())
+}
+
+fn budget_advice(what: &str) -> &'static str {
+    if what == "budget_limit" {
+        "raise budget_limit or lower max_tokens"
+    } else {
+        "raise the monthly limit with set_budget, lower max_tokens, or wait for the next period"
+    }
 }
 
 fn check_context(price: &ModelPrice, input: u64, field: &str) -> Result<(), RouteError> {
@@ -625,7 +647,11 @@ mod tests {
             .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
             .unwrap();
         assert_eq!(plan.tier, Tier::Medium);
-        assert!(plan.notes.iter().any(|n| n.contains("No enabled model in the free tier")));
+        assert!(
+            plan.notes
+                .iter()
+                .any(|n| n.contains("No enabled model in the free tier"))
+        );
     }
 
     #[test]
@@ -638,7 +664,11 @@ mod tests {
             .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
             .unwrap();
         assert!(plan.tier < Tier::Premium, "{plan:?}");
-        assert!(plan.candidates.iter().all(|c| c.worst_case_cost_usd <= 0.006));
+        assert!(
+            plan.candidates
+                .iter()
+                .all(|c| c.worst_case_cost_usd <= 0.006)
+        );
         rq.budget_limit = Some(1e-9);
         let err = router()
             .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
@@ -660,7 +690,12 @@ mod tests {
     #[test]
     fn nothing_enabled_is_a_clear_error() {
         let err = router()
-            .plan(&req("hi"), &Catalog::bundled(), &registry(&[]), DEFAULT_BASELINE_MODEL)
+            .plan(
+                &req("hi"),
+                &Catalog::bundled(),
+                &registry(&[]),
+                DEFAULT_BASELINE_MODEL,
+            )
             .unwrap_err();
         assert!(err.0.contains("doctor"), "{err}");
     }

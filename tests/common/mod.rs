@@ -1,0 +1,300 @@
+//! Test harness: fake providers as real HTTP servers on 127.0.0.1 speaking
+//! each provider's wire format, and the real binary driven over stdio by
+//! rmcp's client.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::response::Response;
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::RunningService;
+use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{Value, json};
+
+/// One scripted reply.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub delay: Option<Duration>,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: Value) -> Reply {
+        Reply {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string(),
+            delay: None,
+        }
+    }
+
+    pub fn header(mut self, k: &str, v: &str) -> Reply {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+}
+
+/// A request the fake received.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct FakeState {
+    replies: VecDeque<Reply>,
+    default: Option<Reply>,
+    requests: Vec<Recorded>,
+}
+
+/// A fake provider: an HTTP server on 127.0.0.1 that answers with scripted
+/// replies (then the default) and records every request.
+#[derive(Clone)]
+pub struct FakeProvider {
+    pub base: String,
+    state: Arc<Mutex<FakeState>>,
+}
+
+async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request<Body>) -> Response {
+    let path = req.uri().path().to_string();
+    let headers = req.headers().clone();
+    let bytes = axum::body::to_bytes(req.into_body(), 64 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let reply = {
+        let mut s = state.lock().unwrap();
+        s.requests.push(Recorded {
+            path,
+            headers,
+            body,
+        });
+        s.replies.pop_front().or_else(|| s.default.clone())
+    };
+    let reply = reply
+        .unwrap_or_else(|| Reply::json(500, json!({"error": {"message": "no scripted reply"}})));
+    if let Some(d) = reply.delay {
+        tokio::time::sleep(d).await;
+    }
+    let mut resp = Response::builder().status(StatusCode::from_u16(reply.status).unwrap());
+    for (k, v) in &reply.headers {
+        resp = resp.header(k, v);
+    }
+    resp.body(Body::from(reply.body)).unwrap()
+}
+
+impl FakeProvider {
+    /// Starts a fake answering `default` to every request.
+    pub async fn start(default: Reply) -> FakeProvider {
+        let state = Arc::new(Mutex::new(FakeState {
+            default: Some(default),
+            ..FakeState::default()
+        }));
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeProvider {
+            base: format!("http://{addr}"),
+            state,
+        }
+    }
+
+    /// Queues a reply to be sent before the default.
+    pub fn push(&self, r: Reply) {
+        self.state.lock().unwrap().replies.push_back(r);
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().requests.clone()
+    }
+}
+
+// ---- wire formats -------------------------------------------------------
+
+/// An OpenAI-style chat completion (Cerebras, DeepSeek, OpenRouter, HF).
+pub fn openai_ok(model: &str, text: &str, usage: Value) -> Reply {
+    Reply::json(
+        200,
+        json!({
+            "id": "chatcmpl-123", "object": "chat.completion", "created": 1_700_000_000,
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": usage
+        }),
+    )
+}
+
+/// An OpenAI-style error body.
+pub fn openai_error(status: u16, message: &str, kind: &str) -> Reply {
+    Reply::json(
+        status,
+        json!({"error": {"message": message, "type": kind, "param": null, "code": null}}),
+    )
+}
+
+/// An Anthropic Messages reply.
+pub fn anthropic_ok(model: &str, text: &str, usage: Value) -> Reply {
+    Reply::json(
+        200,
+        json!({
+            "id": "msg_01", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn", "stop_sequence": null, "usage": usage
+        }),
+    )
+    .header("request-id", "req_01")
+}
+
+/// An Anthropic error body.
+pub fn anthropic_error(status: u16, kind: &str, message: &str) -> Reply {
+    Reply::json(
+        status,
+        json!({"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_err"}),
+    )
+}
+
+/// An Ollama /api/chat reply (non-streaming).
+pub fn ollama_ok(model: &str, text: &str, prompt_eval: u64, eval: u64) -> Reply {
+    Reply::json(
+        200,
+        json!({
+            "model": model, "created_at": "2026-11-27T12:00:00Z",
+            "message": {"role": "assistant", "content": text},
+            "done": true, "done_reason": "stop", "total_duration": 5_000_000u64,
+            "load_duration": 1_000_000u64, "prompt_eval_count": prompt_eval,
+            "prompt_eval_duration": 1_000_000u64, "eval_count": eval, "eval_duration": 2_000_000u64
+        }),
+    )
+}
+
+// ---- the server under test ---------------------------------------------
+
+/// Path of the binary under test.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ai-cost-optimizer"))
+}
+
+/// A running server and where its files are.
+pub struct Server {
+    pub client: RunningService<RoleClient, ()>,
+    pub stderr_path: PathBuf,
+}
+
+/// The environment every test server gets: only what we pass, so a
+/// developer's real keys or config can never leak in.
+pub fn base_env(data_dir: &Path) -> Vec<(String, String)> {
+    vec![
+        (
+            "COST_OPTIMIZER_DATA_DIR".into(),
+            data_dir.display().to_string(),
+        ),
+        ("COST_OPTIMIZER_CONFIG".into(), String::new()),
+        ("COST_OPTIMIZER_OLLAMA_PROBE".into(), "0".into()),
+        ("COST_OPTIMIZER_REQUEST_TIMEOUT_SECS".into(), "10".into()),
+        ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+        ("HOME".into(), data_dir.display().to_string()),
+    ]
+}
+
+/// Spawns the real binary with `env` (on top of [`base_env`]) and connects.
+pub async fn spawn(data_dir: &Path, env: &[(&str, String)]) -> Server {
+    let mut vars = base_env(data_dir);
+    vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let stderr_path = data_dir.join(format!(
+        "stderr-{}.log",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let cmd = tokio::process::Command::new(binary()).configure(|c| {
+        c.env_clear();
+        for (k, v) in &vars {
+            c.env(k, v);
+        }
+    });
+    let (transport, _) = TokioChildProcess::builder(cmd)
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .unwrap();
+    let client = ().serve(transport).await.expect("initialize");
+    Server {
+        client,
+        stderr_path,
+    }
+}
+
+impl Server {
+    /// Calls a tool with JSON arguments.
+    pub async fn call(&self, name: &'static str, args: Value) -> CallToolResult {
+        let args = args.as_object().cloned().unwrap_or_default();
+        self.client
+            .call_tool(CallToolRequestParams::new(name).with_arguments(args))
+            .await
+            .unwrap_or_else(|e| panic!("{name} failed at the protocol level: {e}"))
+    }
+
+    /// Calls a tool that must succeed; returns its structured content.
+    pub async fn ok(&self, name: &'static str, args: Value) -> Value {
+        let r = self.call(name, args).await;
+        assert_ne!(r.is_error, Some(true), "{name} failed: {}", text(&r));
+        r.structured_content.clone().expect("structured content")
+    }
+
+    /// Calls a tool that must fail; returns its error text.
+    pub async fn err(&self, name: &'static str, args: Value) -> String {
+        let r = self.call(name, args).await;
+        assert_eq!(
+            r.is_error,
+            Some(true),
+            "{name} should have failed: {}",
+            text(&r)
+        );
+        text(&r)
+    }
+
+    /// Stops the server.
+    pub async fn stop(self) {
+        let _ = self.client.cancel().await;
+    }
+}
+
+/// The text content of a result.
+pub fn text(r: &CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Float equality to a nano-dollar.
+pub fn assert_usd(actual: &Value, expected: f64) {
+    let a = actual
+        .as_f64()
+        .unwrap_or_else(|| panic!("not a number: {actual}"));
+    assert!(
+        (a - expected).abs() < 1e-9,
+        "expected ${expected}, got ${a}"
+    );
+}

@@ -1,0 +1,639 @@
+//! The real binary over stdio, driven by rmcp's client, against fake
+//! providers on 127.0.0.1: every tool, by value.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+const DEEPSEEK_KEY: &str = "sk-deepseek-FAKE-test-key-4242424242";
+const ANTHROPIC_KEY: &str = "sk-ant-FAKE-test-key-1717171717171717";
+
+#[tokio::test]
+async fn lists_five_tools_with_described_schemas_and_hints() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(dir.path(), &[]).await;
+    let info = s.client.peer_info().expect("server info");
+    assert_eq!(info.server_info.as_ref().unwrap().name, "ai-cost-optimizer");
+    assert_eq!(info.protocol_version.as_str(), "2025-11-25");
+    let tools = s.client.list_all_tools().await.unwrap();
+    let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "check_model_costs",
+            "complete_prompt",
+            "get_recommendation",
+            "query_usage",
+            "set_budget"
+        ]
+    );
+    for t in &tools {
+        let schema = Value::Object((*t.input_schema).clone());
+        let props = schema["properties"].as_object().unwrap();
+        assert!(!props.is_empty(), "{} has no arguments", t.name);
+        for (field, p) in props {
+            assert!(
+                p.get("description")
+                    .and_then(|d| d.as_str())
+                    .is_some_and(|d| d.len() > 10),
+                "{}.{field} has no description",
+                t.name
+            );
+        }
+        assert!(t.output_schema.is_some(), "{} has no output schema", t.name);
+        let ro = t.annotations.as_ref().and_then(|a| a.read_only_hint);
+        let expect_ro = matches!(
+            t.name.as_ref(),
+            "check_model_costs" | "get_recommendation" | "query_usage"
+        );
+        assert_eq!(ro, Some(expect_ro), "{} read-only hint", t.name);
+    }
+    let complete = tools.iter().find(|t| t.name == "complete_prompt").unwrap();
+    let required = complete.input_schema["required"].as_array().unwrap();
+    assert_eq!(required, &vec![json!("prompt")]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn check_model_costs_reports_catalog_prices_and_estimates() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(dir.path(), &[]).await;
+    let t = s
+        .ok(
+            "check_model_costs",
+            json!({"provider": "anthropic", "model": "claude-haiku-4-5", "prompt": "Say hi"}),
+        )
+        .await;
+    let rows = t["models"].as_array().unwrap();
+    let haiku = rows
+        .iter()
+        .find(|r| r["model"] == "anthropic/claude-haiku-4-5")
+        .expect("haiku listed");
+    assert_eq!(haiku["input_per_mtok"], json!(1.0));
+    assert_eq!(haiku["output_per_mtok"], json!(5.0));
+    assert_eq!(haiku["context_window"], json!(200000));
+    assert_eq!(haiku["enabled"], json!(false));
+    // The estimate is (input estimate) × $1/MTok + 400 output × $5/MTok.
+    let est = haiku["estimated_cost_usd"].as_f64().unwrap();
+    assert!(
+        est > 400.0 * 5e-6 && est < 400.0 * 5e-6 + 100.0 * 1e-6,
+        "{est}"
+    );
+    assert!(rows.iter().all(|r| r["provider"] == "anthropic"));
+
+    // Without filters and no provider enabled: the routing tiers' models.
+    let all = s.ok("check_model_costs", json!({})).await;
+    assert!(all["scope"].as_str().unwrap().contains("none is enabled"));
+    assert!(all["models"].as_array().unwrap().len() >= 10);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn recommendation_uses_enabled_providers_and_calls_nothing() {
+    let fake = FakeProvider::start(openai_ok("deepseek-v3.2", "never", json!({}))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", DEEPSEEK_KEY.into()),
+            ("DEEPSEEK_BASE_URL", fake.base.clone()),
+        ],
+    )
+    .await;
+    let r = s
+        .ok(
+            "get_recommendation",
+            json!({"prompt": "What is the capital of France?"}),
+        )
+        .await;
+    assert_eq!(r["recommended"]["provider"], "deepseek");
+    let score = r["complexity"]["score"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&score));
+    assert_eq!(r["baseline"]["model"], "anthropic/claude-sonnet-4-6");
+    assert!(r["estimated_savings_usd"].as_f64().unwrap() > 0.0);
+    assert!(!r["notes"].as_array().unwrap().is_empty());
+    assert_eq!(r["budget"]["limit_usd"], json!(100.0));
+    assert!(
+        fake.requests().is_empty(),
+        "get_recommendation must not call providers"
+    );
+    let u = s.ok("query_usage", json!({})).await;
+    assert_eq!(u["calls"], json!(0));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn complete_prompt_bills_reported_usage_and_records_it() {
+    let fake = FakeProvider::start(openai_ok(
+        "deepseek-v3.2",
+        "Paris.",
+        json!({
+            "prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500,
+            "prompt_tokens_details": {"cached_tokens": 200},
+            "prompt_cache_hit_tokens": 200, "prompt_cache_miss_tokens": 800
+        }),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", DEEPSEEK_KEY.into()),
+            ("DEEPSEEK_BASE_URL", fake.base.clone()),
+        ],
+    )
+    .await;
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "What is the capital of France?", "tier": "cheap", "max_tokens": 64}),
+        )
+        .await;
+    assert_eq!(c["answer"], "Paris.");
+    assert_eq!(c["model"], "deepseek/deepseek-v3.2");
+    assert_eq!(c["tier"], "cheap");
+    assert_eq!(c["cost_source"], "catalog");
+    assert_eq!(
+        c["tokens"],
+        json!({"input": 800, "cached": 200, "cache_write": 0, "output": 500, "reasoning": 0})
+    );
+    // deepseek-v3.2: $0.28/MTok in, $0.028/MTok cached, $0.40/MTok out.
+    let expected = 800.0 * 0.28e-6 + 200.0 * 0.028e-6 + 500.0 * 0.40e-6;
+    assert_usd(&c["cost_usd"], expected);
+    // Baseline sonnet-4-6: $3 in, $0.30 cached, $15 out, same usage.
+    let baseline = 800.0 * 3e-6 + 200.0 * 0.3e-6 + 500.0 * 15e-6;
+    assert_usd(&c["baseline"]["cost_usd"], baseline);
+    assert_usd(&c["savings_usd"], baseline - expected);
+    assert_eq!(c["recorded"], json!(true));
+    assert_eq!(c["attempts"].as_array().unwrap().len(), 1);
+    assert_usd(&c["budget"]["spent_usd"], expected);
+
+    // The request on the wire.
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].path, "/chat/completions");
+    assert_eq!(
+        reqs[0].headers["authorization"].to_str().unwrap(),
+        format!("Bearer {DEEPSEEK_KEY}")
+    );
+    assert_eq!(reqs[0].body["model"], "deepseek-v3.2");
+    assert_eq!(reqs[0].body["max_tokens"], 64);
+    assert_eq!(
+        reqs[0].body["messages"][0]["content"],
+        "What is the capital of France?"
+    );
+
+    let u = s.ok("query_usage", json!({"days": 1})).await;
+    assert_eq!(u["calls"], json!(1));
+    assert_usd(&u["total_cost_usd"], expected);
+    assert_usd(&u["savings_usd"], baseline - expected);
+    assert_eq!(u["by_model"][0]["key"], "deepseek/deepseek-v3.2");
+    assert_eq!(u["by_provider"][0]["key"], "deepseek");
+    assert_eq!(u["by_day"].as_array().unwrap().len(), 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn anthropic_wire_format_and_cache_pricing() {
+    let fake = FakeProvider::start(anthropic_ok(
+        "claude-haiku-4-5",
+        "Hello!",
+        json!({"input_tokens": 100, "output_tokens": 50, "cache_creation_input_tokens": 1000, "cache_read_input_tokens": 4000}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.into()),
+            ("ANTHROPIC_BASE_URL", fake.base.clone()),
+        ],
+    )
+    .await;
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "Say hello", "system": "Be brief.", "force_model": "anthropic/claude-haiku-4-5", "max_tokens": 100}),
+        )
+        .await;
+    assert_eq!(c["answer"], "Hello!");
+    // $1/MTok in, $0.10 cache read, $1.25 cache write, $5 out.
+    let expected = 100.0 * 1e-6 + 4000.0 * 0.1e-6 + 1000.0 * 1.25e-6 + 50.0 * 5e-6;
+    assert_usd(&c["cost_usd"], expected);
+    assert_eq!(c["tokens"]["cached"], json!(4000));
+    assert_eq!(c["tokens"]["cache_write"], json!(1000));
+    let r = &fake.requests()[0];
+    assert_eq!(r.path, "/v1/messages");
+    assert_eq!(r.headers["x-api-key"].to_str().unwrap(), ANTHROPIC_KEY);
+    assert_eq!(
+        r.headers["anthropic-version"].to_str().unwrap(),
+        "2023-06-01"
+    );
+    assert_eq!(r.body["system"], "Be brief.");
+    assert_eq!(r.body["max_tokens"], 100);
+    assert_eq!(r.body["model"], "claude-haiku-4-5");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn openrouter_reported_cost_wins_and_cerebras_sends_completion_limit() {
+    let or = FakeProvider::start(openai_ok(
+        "google/gemini-2.5-flash-lite",
+        "ok",
+        json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, "cost": 0.0004321}),
+    ))
+    .await;
+    let cb = FakeProvider::start(openai_ok(
+        "gpt-oss-120b",
+        "fast",
+        json!({"prompt_tokens": 1000, "completion_tokens": 1000, "total_tokens": 2000,
+               "completion_tokens_details": {"reasoning_tokens": 300}}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("OPENROUTER_API_KEY", "sk-or-FAKE-0000000000000".into()),
+            ("OPENROUTER_BASE_URL", format!("{}/api/v1", or.base)),
+            ("CEREBRAS_API_KEY", "csk-FAKE-1111111111111".into()),
+            ("CEREBRAS_BASE_URL", format!("{}/v1", cb.base)),
+        ],
+    )
+    .await;
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "hi", "force_model": "openrouter/google/gemini-2.5-flash-lite"}),
+        )
+        .await;
+    assert_eq!(c["cost_source"], "provider");
+    assert_usd(&c["cost_usd"], 0.0004321);
+    assert_eq!(or.requests()[0].path, "/api/v1/chat/completions");
+
+    let c = s
+        .ok("complete_prompt", json!({"prompt": "hi", "force_provider": "cerebras", "tier": "cheap", "max_tokens": 77}))
+        .await;
+    assert_eq!(c["model"], "cerebras/gpt-oss-120b");
+    // gpt-oss-120b: $0.35 in, $0.75 out; reasoning is billed as output.
+    assert_usd(&c["cost_usd"], 1000.0 * 0.35e-6 + 1000.0 * 0.75e-6);
+    assert_eq!(c["tokens"]["reasoning"], json!(300));
+    let body = &cb.requests()[0].body;
+    assert_eq!(body["max_completion_tokens"], 77);
+    assert!(body.get("max_tokens").is_none());
+    assert_eq!(cb.requests()[0].path, "/v1/chat/completions");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn ollama_is_free_and_huggingface_unpriced_is_flagged() {
+    let ol = FakeProvider::start(ollama_ok("llama3.1", "4", 26, 2)).await;
+    let hf = FakeProvider::start(openai_ok(
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "hello",
+        json!({"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("OLLAMA_HOST", ol.base.clone()),
+            ("HF_TOKEN", "hf_FAKEFAKEFAKEFAKEFAKE".into()),
+            ("HF_BASE_URL", format!("{}/v1", hf.base)),
+        ],
+    )
+    .await;
+    let c = s
+        .ok("complete_prompt", json!({"prompt": "2+2?", "tier": "free"}))
+        .await;
+    assert_eq!(c["model"], "ollama/llama3.1");
+    assert_eq!(c["cost_source"], "local");
+    assert_eq!(c["cost_usd"], json!(0.0));
+    assert_eq!(c["tokens"]["input"], json!(26));
+    assert_eq!(ol.requests()[0].path, "/api/chat");
+    assert_eq!(ol.requests()[0].body["stream"], json!(false));
+
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "hi", "force_model": "huggingface/meta-llama/Llama-3.1-8B-Instruct"}),
+        )
+        .await;
+    assert_eq!(c["cost_source"], "unpriced");
+    assert!(c["warning"].as_str().unwrap().contains("no known price"));
+    assert_eq!(
+        hf.requests()[0].body["model"],
+        "meta-llama/Llama-3.1-8B-Instruct"
+    );
+    let u = s.ok("query_usage", json!({})).await;
+    assert_eq!(u["totals"]["unpriced_calls"], json!(1));
+    assert_eq!(u["calls"], json!(2));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn failed_provider_falls_back_and_every_attempt_is_recorded() {
+    let bad = FakeProvider::start(openai_error(500, "internal error", "server_error")).await;
+    let good = FakeProvider::start(anthropic_ok(
+        "claude-haiku-4-5",
+        "from anthropic",
+        json!({"input_tokens": 10, "output_tokens": 10}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", DEEPSEEK_KEY.into()),
+            ("DEEPSEEK_BASE_URL", bad.base.clone()),
+            ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.into()),
+            ("ANTHROPIC_BASE_URL", good.base.clone()),
+        ],
+    )
+    .await;
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "hello", "tier": "medium"}),
+        )
+        .await;
+    // deepseek-v4-pro is the cheaper medium model, so it is tried first.
+    let attempts = c["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0]["model"], "deepseek/deepseek-v4-pro");
+    assert_eq!(attempts[0]["outcome"], "server");
+    assert_eq!(attempts[1]["outcome"], "ok");
+    assert_eq!(c["answer"], "from anthropic");
+    assert_usd(&c["cost_usd"], 10.0 * 1e-6 + 10.0 * 5e-6);
+    let u = s.ok("query_usage", json!({})).await;
+    assert_eq!(u["calls"], json!(1));
+    assert_eq!(u["totals"]["failed_attempts"], json!(1));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn rejected_key_is_a_clear_error_without_the_key() {
+    let fake = FakeProvider::start(openai_error(
+        401,
+        &format!("Authentication Fails, Your api key: {DEEPSEEK_KEY} is invalid"),
+        "authentication_error",
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", DEEPSEEK_KEY.into()),
+            ("DEEPSEEK_BASE_URL", fake.base.clone()),
+        ],
+    )
+    .await;
+    let e = s.err("complete_prompt", json!({"prompt": "hello"})).await;
+    assert!(
+        e.contains("DEEPSEEK_API_KEY was rejected by DeepSeek (HTTP 401)"),
+        "{e}"
+    );
+    assert!(e.contains("Nothing was charged"), "{e}");
+    assert!(!e.contains(DEEPSEEK_KEY), "key leaked: {e}");
+    // Still serving.
+    let u = s.ok("query_usage", json!({})).await;
+    assert_eq!(u["calls"], json!(0));
+    assert_eq!(u["totals"]["failed_attempts"], json!(1));
+    let stderr_path = s.stderr_path.clone();
+    s.stop().await;
+    assert_no_secret(dir.path(), &stderr_path, DEEPSEEK_KEY);
+}
+
+/// Greps every file the server wrote (ledger, WAL, logs, stderr) for `key`.
+fn assert_no_secret(data_dir: &std::path::Path, stderr: &std::path::Path, key: &str) {
+    let mut files = vec![stderr.to_path_buf()];
+    let mut stack = vec![data_dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() >= 3, "expected ledger and logs: {files:?}");
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        let hay = String::from_utf8_lossy(&bytes);
+        assert!(!hay.contains(key), "{} contains the API key", f.display());
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors_and_changes_nothing() {
+    let fake = FakeProvider::start(openai_ok(
+        "x",
+        "y",
+        json!({"prompt_tokens": 1, "completion_tokens": 1}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", DEEPSEEK_KEY.into()),
+            ("DEEPSEEK_BASE_URL", fake.base.clone()),
+        ],
+    )
+    .await;
+    let cases: Vec<(&'static str, Value, &str)> = vec![
+        (
+            "complete_prompt",
+            json!({"prompt": "   "}),
+            "prompt is empty",
+        ),
+        (
+            "complete_prompt",
+            json!({"prompt": "hi", "max_tokens": -5}),
+            "max_tokens",
+        ),
+        (
+            "complete_prompt",
+            json!({"prompt": "hi", "budget_limit": -1.0}),
+            "budget_limit",
+        ),
+        (
+            "complete_prompt",
+            json!({"prompt": "hi", "force_model": "gpt-17-ultra"}),
+            "force_model",
+        ),
+        (
+            "complete_prompt",
+            json!({"prompt": "hi", "force_provider": "acme"}),
+            "force_provider",
+        ),
+        (
+            "complete_prompt",
+            json!({"prompt": "hi", "force_provider": "anthropic"}),
+            "ANTHROPIC_API_KEY",
+        ),
+        (
+            "complete_prompt",
+            json!({"prompt": "hi", "tier": "ultra"}),
+            "tier",
+        ),
+        (
+            "complete_prompt",
+            json!({"prompt": "x".repeat(5 * 1024 * 1024)}),
+            "limit is",
+        ),
+        (
+            "get_recommendation",
+            json!({"prompt": ""}),
+            "prompt is empty",
+        ),
+        ("check_model_costs", json!({"provider": "nope"}), "provider"),
+        (
+            "check_model_costs",
+            json!({"model": "zzzz-no-such"}),
+            "no priced model",
+        ),
+        ("query_usage", json!({"days": -3}), "days"),
+        ("query_usage", json!({"since": "last tuesday"}), "since"),
+        ("query_usage", json!({"group_by": "colour"}), "group_by"),
+        (
+            "set_budget",
+            json!({"monthly_limit": -10.0}),
+            "monthly_limit",
+        ),
+        ("set_budget", json!({"monthly_limit": 0.0}), "monthly_limit"),
+        (
+            "set_budget",
+            json!({"monthly_limit": 1e15}),
+            "monthly_limit",
+        ),
+        (
+            "set_budget",
+            json!({"monthly_limit": 10.0, "alert_thresholds": [0.5, 1.5]}),
+            "alert_thresholds",
+        ),
+        (
+            "set_budget",
+            json!({"monthly_limit": 10.0, "alert_thresholds": [0.8, 0.5]}),
+            "ascending",
+        ),
+        (
+            "set_budget",
+            json!({"monthly_limit": 10.0, "mode": "panic"}),
+            "mode",
+        ),
+    ];
+    for (tool, args, needle) in cases {
+        let e = s.err(tool, args.clone()).await;
+        assert!(e.contains(needle), "{tool} {args:.80}: {e}");
+    }
+    // Wrong types are refused at the protocol level, and the server lives on.
+    let raw = s
+        .client
+        .call_tool(
+            rmcp::model::CallToolRequestParams::new("set_budget").with_arguments(
+                json!({"monthly_limit": "lots"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+        )
+        .await;
+    assert!(raw.is_err() || raw.unwrap().is_error == Some(true));
+    assert!(fake.requests().is_empty());
+    let u = s.ok("query_usage", json!({})).await;
+    assert_eq!(u["calls"], json!(0));
+    assert_eq!(u["totals"]["failed_attempts"], json!(0));
+    assert_eq!(u["budget"]["is_default"], json!(true));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn budget_refuses_a_call_that_could_cross_the_limit() {
+    let fake = FakeProvider::start(anthropic_ok(
+        "claude-sonnet-4-6",
+        "expensive",
+        json!({"input_tokens": 100, "output_tokens": 100}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.into()),
+            ("ANTHROPIC_BASE_URL", fake.base.clone()),
+        ],
+    )
+    .await;
+    let b = s
+        .ok(
+            "set_budget",
+            json!({"monthly_limit": 0.01, "alert_thresholds": [0.5, 1.0]}),
+        )
+        .await;
+    assert_eq!(b["status"]["limit_usd"], json!(0.01));
+    assert_eq!(b["status"]["mode"], "block");
+    // Worst case: 4096 output tokens × $15/MTok ≈ $0.061 > $0.01.
+    let e = s
+        .err(
+            "complete_prompt",
+            json!({"prompt": "hi", "force_model": "anthropic/claude-sonnet-4-6", "max_tokens": 4096}),
+        )
+        .await;
+    assert!(e.contains("could cost up to"), "{e}");
+    assert!(e.contains("set_budget"), "{e}");
+    assert!(fake.requests().is_empty());
+    // A small call fits: 100 tokens × $15/MTok = $0.0015.
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "hi", "force_model": "anthropic/claude-sonnet-4-6", "max_tokens": 100}),
+        )
+        .await;
+    assert_usd(&c["cost_usd"], 100.0 * 3e-6 + 100.0 * 15e-6);
+    assert_usd(&c["budget"]["spent_usd"], 0.0018);
+    assert_eq!(c["budget"]["reserved_usd"], json!(0.0));
+    let u = s.ok("query_usage", json!({})).await;
+    assert_eq!(u["calls"], json!(1));
+    assert!((u["budget"]["percent_used"].as_f64().unwrap() - 18.0).abs() < 1e-9);
+    assert_eq!(u["budget"]["next_threshold"], json!(0.5));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn calls_survive_a_restart() {
+    let fake = FakeProvider::start(openai_ok(
+        "deepseek-v3.2",
+        "kept",
+        json!({"prompt_tokens": 10, "completion_tokens": 10}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("DEEPSEEK_API_KEY", DEEPSEEK_KEY.to_string()),
+        ("DEEPSEEK_BASE_URL", fake.base.clone()),
+    ];
+    let s = spawn(dir.path(), &env).await;
+    s.ok(
+        "complete_prompt",
+        json!({"prompt": "remember me", "tier": "cheap"}),
+    )
+    .await;
+    s.ok("set_budget", json!({"monthly_limit": 42.0, "mode": "warn"}))
+        .await;
+    s.stop().await;
+
+    let s = spawn(dir.path(), &env).await;
+    let u = s.ok("query_usage", json!({})).await;
+    assert_eq!(u["calls"], json!(1));
+    assert_usd(&u["total_cost_usd"], 10.0 * 0.28e-6 + 10.0 * 0.40e-6);
+    assert_eq!(u["budget"]["limit_usd"], json!(42.0));
+    assert_eq!(u["budget"]["mode"], "warn");
+    s.stop().await;
+    assert!(dir.path().join("ledger.sqlite3").exists());
+}
