@@ -615,7 +615,6 @@ impl Optimizer {
             None => None,
         };
         let any_enabled = self.registry.enabled().next().is_some();
-        let scope;
         let mut rows: Vec<ModelCost> = Vec::new();
         let filtered = provider.is_some() || needle.is_some();
         for m in self.catalog.models() {
@@ -651,7 +650,7 @@ impl Optimizer {
                 estimated_cost_usd: None,
             });
         }
-        scope = match (provider, &needle) {
+        let scope = match (provider, &needle) {
             (Some(p), Some(n)) => format!("{p} models matching {n:?}"),
             (Some(p), None) => format!("all {p} models"),
             (None, Some(n)) => format!("models matching {n:?}"),

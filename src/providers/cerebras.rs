@@ -17,7 +17,7 @@ pub static SPEC: ProviderSpec = ProviderSpec {
 };
 
 fn build(config: ProviderConfig) -> Arc<dyn Provider> {
-    OpenAiCompatible::new(
+    OpenAiCompatible::client(
         ProviderId::Cerebras,
         config,
         Quirks {

@@ -17,5 +17,5 @@ pub static SPEC: ProviderSpec = ProviderSpec {
 };
 
 fn build(config: ProviderConfig) -> Arc<dyn Provider> {
-    OpenAiCompatible::new(ProviderId::Deepseek, config, Quirks::default())
+    OpenAiCompatible::client(ProviderId::Deepseek, config, Quirks::default())
 }

@@ -19,5 +19,5 @@ pub static SPEC: ProviderSpec = ProviderSpec {
 };
 
 fn build(config: ProviderConfig) -> Arc<dyn Provider> {
-    OpenAiCompatible::new(ProviderId::Huggingface, config, Quirks::default())
+    OpenAiCompatible::client(ProviderId::Huggingface, config, Quirks::default())
 }

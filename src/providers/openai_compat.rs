@@ -31,7 +31,7 @@ pub struct OpenAiCompatible {
 
 impl OpenAiCompatible {
     /// Builds a client for provider `id`.
-    pub fn new(id: ProviderId, config: ProviderConfig, quirks: Quirks) -> Arc<dyn Provider> {
+    pub fn client(id: ProviderId, config: ProviderConfig, quirks: Quirks) -> Arc<dyn Provider> {
         Arc::new(OpenAiCompatible { id, config, quirks })
     }
 

@@ -18,7 +18,7 @@ pub static SPEC: ProviderSpec = ProviderSpec {
 };
 
 fn build(config: ProviderConfig) -> Arc<dyn Provider> {
-    OpenAiCompatible::new(
+    OpenAiCompatible::client(
         ProviderId::Openrouter,
         config,
         Quirks {
