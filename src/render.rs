@@ -18,7 +18,7 @@ pub fn usd(v: f64) -> String {
         "$0".into()
     } else if a < 0.01 {
         format!("${v:.6}")
-    } else if a < 100.0 {
+    } else if a < 1.0 {
         format!("${v:.4}")
     } else {
         format!("${v:.2}")
@@ -380,7 +380,8 @@ mod tests {
     fn usd_formats_small_and_large() {
         assert_eq!(usd(0.0), "$0");
         assert_eq!(usd(0.000123), "$0.000123");
-        assert_eq!(usd(1.5), "$1.5000");
+        assert_eq!(usd(0.5), "$0.5000");
+        assert_eq!(usd(1.5), "$1.50");
         assert_eq!(usd(1234.5), "$1234.50");
     }
 }
