@@ -36,10 +36,10 @@ pub enum Command {
         /// The prompt ("-" reads stdin).
         prompt: String,
         /// Output token limit the call would use.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         max_tokens: Option<i64>,
         /// Most the call may cost, USD.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         budget_limit: Option<f64>,
         #[command(flatten)]
         out: Output,
@@ -61,7 +61,7 @@ pub enum Command {
     /// Show spending, savings and budget status.
     Usage {
         /// Look back this many days (default 30).
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         days: Option<i64>,
         /// Start date (YYYY-MM-DD or RFC 3339) instead of --days.
         #[arg(long)]
@@ -78,7 +78,7 @@ pub enum Command {
     /// Show the budget, or set it with --set.
     Budget {
         /// New monthly limit in USD.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         set: Option<f64>,
         /// Alert thresholds, comma-separated fractions (e.g. 0.5,0.8,1).
         #[arg(long, value_delimiter = ',')]
@@ -100,10 +100,10 @@ pub enum Command {
         #[arg(long)]
         system: Option<String>,
         /// Output token limit.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         max_tokens: Option<i64>,
         /// Most this call may cost, USD.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         budget_limit: Option<f64>,
         /// Only this provider.
         #[arg(long)]

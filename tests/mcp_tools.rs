@@ -637,3 +637,73 @@ async fn calls_survive_a_restart() {
     s.stop().await;
     assert!(dir.path().join("ledger.sqlite3").exists());
 }
+
+#[tokio::test]
+async fn corrupt_ledger_keeps_read_only_tools_working() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ledger.sqlite3"),
+        "not a database at all, just text".repeat(200),
+    )
+    .unwrap();
+    let s = spawn(dir.path(), &[("DEEPSEEK_API_KEY", DEEPSEEK_KEY.into())]).await;
+    s.ok("check_model_costs", json!({"provider": "deepseek"}))
+        .await;
+    let r = s.ok("get_recommendation", json!({"prompt": "hello"})).await;
+    assert!(r["budget"].is_null());
+    let e = s.err("query_usage", json!({})).await;
+    assert!(
+        e.contains("Ledger unavailable") && e.contains("damaged or not a database"),
+        "{e}"
+    );
+    let e = s.err("complete_prompt", json!({"prompt": "hello"})).await;
+    assert!(e.contains("damaged or not a database"), "{e}");
+    let e = s.err("set_budget", json!({"monthly_limit": 5.0})).await;
+    assert!(e.contains("Ledger unavailable"), "{e}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn older_protocol_versions_are_still_accepted() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    for version in ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"] {
+        let mut cmd = tokio::process::Command::new(binary());
+        cmd.env_clear();
+        for (k, v) in base_env(dir.path()) {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": version, "capabilities": {},
+            "clientInfo": {"name": "raw-test", "version": "0"}}});
+        stdin
+            .write_all(format!("{init}\n").as_bytes())
+            .await
+            .unwrap();
+        let line = out.next_line().await.unwrap().unwrap();
+        let reply: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(reply["result"]["protocolVersion"], version, "{reply}");
+        stdin
+            .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/list\"}\n")
+            .await
+            .unwrap();
+        let line = out.next_line().await.unwrap().unwrap();
+        let reply: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            reply["result"]["tools"].as_array().unwrap().len(),
+            5,
+            "{reply}"
+        );
+        drop(stdin);
+        let _ = child.wait().await;
+    }
+}

@@ -1,0 +1,185 @@
+//! The CLI as a person or script uses it: real binary, real files.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn run(data: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(common::binary());
+    cmd.env_clear();
+    for (k, v) in common::base_env(data) {
+        cmd.env(k, v);
+    }
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn doctor_reports_providers_and_paths_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(dir.path(), &["doctor", "--json"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let d: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(d["providers"].as_array().unwrap().len(), 8);
+    assert!(d["ledger"].as_str().unwrap().starts_with("ok"));
+    assert_eq!(d["data_dir"], dir.path().display().to_string());
+}
+
+#[test]
+fn score_streams_jsonl_and_survives_bad_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = "{\"id\":\"a\",\"prompt\":\"hi\"}\nnot json\n\n{\"id\":7,\"prompt\":\"Prove that the square root of 2 is irrational, step by step.\"}\n";
+    let o = run(dir.path(), &["score"], Some(input));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["id"], "a");
+    assert!(lines[1]["error"].as_str().unwrap().contains("expected"));
+    assert_eq!(lines[1]["line"], 2);
+    assert_eq!(lines[2]["id"], 7);
+    for l in [&lines[0], &lines[2]] {
+        let s = l["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&s));
+        assert!(["free", "cheap", "medium", "premium"].contains(&l["tier"].as_str().unwrap()));
+        assert!(l["model"].as_str().unwrap().contains('/'));
+        assert!(l["reasons"].is_array());
+    }
+}
+
+#[test]
+fn budget_and_usage_commands_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(
+        dir.path(),
+        &["budget", "--set", "12.5", "--mode", "warn", "--json"],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let b: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(b["status"]["limit_usd"], 12.5);
+    let o = run(dir.path(), &["usage", "--json"], None);
+    let u: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(u["budget"]["limit_usd"], 12.5);
+    assert_eq!(u["budget"]["mode"], "warn");
+    // Bad input: exit code 2 and a message naming the field.
+    let o = run(dir.path(), &["budget", "--set", "-3"], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("monthly_limit"), "{}", stderr(&o));
+}
+
+#[test]
+fn pricing_refresh_validates_before_replacing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A catalog that lost almost everything is refused, and nothing is written.
+    let tiny = dir.path().join("tiny.json");
+    std::fs::write(
+        &tiny,
+        r#"{"claude-x":{"litellm_provider":"anthropic","mode":"chat","input_cost_per_token":1e-6,"output_cost_per_token":2e-6}}"#,
+    )
+    .unwrap();
+    let o = run(
+        dir.path(),
+        &["pricing", "refresh", "--file", tiny.to_str().unwrap()],
+        None,
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("shrink"), "{}", stderr(&o));
+    assert!(!dir.path().join("pricing/catalog.json").exists());
+    // Garbage is refused.
+    std::fs::write(&tiny, "<html>rate limited</html>").unwrap();
+    let o = run(
+        dir.path(),
+        &["pricing", "refresh", "--file", tiny.to_str().unwrap()],
+        None,
+    );
+    assert!(!o.status.success());
+    // A complete catalog with a changed price is accepted and used.
+    let bundled = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/pricing/litellm_subset.json"),
+    )
+    .unwrap();
+    let mut cat: Value = serde_json::from_str(&bundled).unwrap();
+    cat["claude-haiku-4-5"]["input_cost_per_token"] = Value::from(2e-6);
+    let full = dir.path().join("full.json");
+    std::fs::write(&full, cat.to_string()).unwrap();
+    let o = run(
+        dir.path(),
+        &["pricing", "refresh", "--file", full.to_str().unwrap()],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("pricing refreshed"));
+    let o = run(
+        dir.path(),
+        &["costs", "--model", "anthropic/claude-haiku-4-5", "--json"],
+        None,
+    );
+    let t: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let row = t["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["model"] == "anthropic/claude-haiku-4-5")
+        .unwrap()
+        .clone();
+    assert_eq!(row["input_per_mtok"], 2.0);
+    let o = run(dir.path(), &["pricing", "reset"], None);
+    assert!(o.status.success());
+    assert!(!dir.path().join("pricing/catalog.json").exists());
+}
+
+#[test]
+fn retention_prunes_and_corrupt_ledger_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(dir.path(), &["retention", "--older-than-days", "30"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("deleted 0 ledger rows"));
+    let o = run(dir.path(), &["retention"], None);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--older-than-days"));
+
+    let bad = tempfile::tempdir().unwrap();
+    std::fs::write(
+        bad.path().join("ledger.sqlite3"),
+        "this is not a database, it is a text file that got in the way".repeat(100),
+    )
+    .unwrap();
+    let o = run(bad.path(), &["usage"], None);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("damaged or not a database"), "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+    // Read-only commands that need no ledger still work.
+    let o = run(bad.path(), &["costs", "--provider", "anthropic"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
