@@ -313,7 +313,11 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
                 tier,
                 user_id: user,
             };
-            emit(&out, core.complete(&args).await, render::completion)
+            emit(
+                &out,
+                core.complete(&args, &crate::providers::NoSink).await,
+                render::completion,
+            )
         }
         Command::Doctor { out } => emit(&out, Ok(core.doctor()), render::doctor),
         Command::Retention { older_than_days } => {

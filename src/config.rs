@@ -28,6 +28,12 @@ pub const STORE_PROMPTS_ENV: &str = "COST_OPTIMIZER_STORE_PROMPTS";
 pub const REQUEST_TIMEOUT_ENV: &str = "COST_OPTIMIZER_REQUEST_TIMEOUT_SECS";
 /// Env var: connect timeout towards a provider, in seconds.
 pub const CONNECT_TIMEOUT_ENV: &str = "COST_OPTIMIZER_CONNECT_TIMEOUT_SECS";
+/// Env var: retries of one provider on a transient failure (default 2).
+pub const MAX_RETRIES_ENV: &str = "COST_OPTIMIZER_MAX_RETRIES";
+/// Env var: first backoff delay in milliseconds (default 500; doubles each retry).
+pub const RETRY_BASE_MS_ENV: &str = "COST_OPTIMIZER_RETRY_BASE_MS";
+/// Env var: seconds a failing provider is skipped once its breaker opens (default 30).
+pub const BREAKER_COOLDOWN_ENV: &str = "COST_OPTIMIZER_BREAKER_COOLDOWN_SECS";
 /// Env var: tracing filter for the logs (e.g. `debug`, `ai_cost_optimizer=trace`).
 pub const LOG_ENV: &str = "COST_OPTIMIZER_LOG";
 
@@ -62,6 +68,18 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Total timeout of one provider request.
     pub request_timeout: Duration,
+    /// Retries of one provider on a transient failure (rate limit,
+    /// overload, 5xx, timeout, connection) before falling back.
+    pub max_retries: u32,
+    /// First backoff delay; doubles per retry, with jitter.
+    pub retry_base: Duration,
+    /// Longest a provider's `retry-after` may ask us to wait; longer asks
+    /// fall back to another provider at once instead.
+    pub max_retry_wait: Duration,
+    /// Consecutive failures that open a provider's circuit breaker.
+    pub breaker_threshold: u32,
+    /// How long an open breaker skips its provider.
+    pub breaker_cooldown: Duration,
     /// Score boundaries between free|cheap, cheap|medium, medium|premium.
     pub tier_thresholds: [f64; 3],
     /// Ordered model ids per tier, replacing the defaults for that tier.
@@ -101,6 +119,11 @@ struct FileConfig {
     connect_timeout_secs: Option<f64>,
     request_timeout_secs: Option<f64>,
     retention_days: Option<u32>,
+    max_retries: Option<u32>,
+    retry_base_ms: Option<u64>,
+    max_retry_wait_secs: Option<f64>,
+    breaker_threshold: Option<u32>,
+    breaker_cooldown_secs: Option<f64>,
     #[serde(default)]
     routing: RoutingFile,
     #[serde(default)]
@@ -169,6 +192,11 @@ impl Settings {
                 .unwrap_or_else(|| crate::router::DEFAULT_BASELINE_MODEL.to_string()),
             connect_timeout: secs(file.connect_timeout_secs.unwrap_or(10.0))?,
             request_timeout: secs(file.request_timeout_secs.unwrap_or(120.0))?,
+            max_retries: file.max_retries.unwrap_or(2),
+            retry_base: Duration::from_millis(file.retry_base_ms.unwrap_or(500)),
+            max_retry_wait: secs(file.max_retry_wait_secs.unwrap_or(20.0))?,
+            breaker_threshold: file.breaker_threshold.unwrap_or(3),
+            breaker_cooldown: secs(file.breaker_cooldown_secs.unwrap_or(30.0))?,
             tier_thresholds: file
                 .routing
                 .thresholds
@@ -197,6 +225,22 @@ impl Settings {
                 format!("{CONNECT_TIMEOUT_ENV}={v:?} is not a number of seconds")
             })?)?;
         }
+        if let Some(v) = non_empty(env(MAX_RETRIES_ENV)) {
+            settings.max_retries = v
+                .trim()
+                .parse()
+                .with_context(|| format!("{MAX_RETRIES_ENV}={v:?} is not a whole number"))?;
+        }
+        if let Some(v) = non_empty(env(RETRY_BASE_MS_ENV)) {
+            settings.retry_base = Duration::from_millis(v.trim().parse().with_context(|| {
+                format!("{RETRY_BASE_MS_ENV}={v:?} is not a number of milliseconds")
+            })?);
+        }
+        if let Some(v) = non_empty(env(BREAKER_COOLDOWN_ENV)) {
+            settings.breaker_cooldown = secs(v.trim().parse().with_context(|| {
+                format!("{BREAKER_COOLDOWN_ENV}={v:?} is not a number of seconds")
+            })?)?;
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -212,6 +256,12 @@ impl Settings {
             && t[1] <= t[2])
         {
             bail!("routing.thresholds must be three ascending numbers in [0, 1], got {t:?}");
+        }
+        if self.max_retries > 10 {
+            bail!("max_retries must be at most 10");
+        }
+        if self.retry_base > Duration::from_secs(60) {
+            bail!("retry_base_ms must be at most 60000");
         }
         if self.default_max_tokens == 0 || self.default_max_tokens > MAX_OUTPUT_TOKENS {
             bail!("default_max_tokens must be between 1 and {MAX_OUTPUT_TOKENS}");

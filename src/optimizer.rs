@@ -14,7 +14,8 @@ use crate::budget::{self, Budget, BudgetMode, BudgetStatus, DEFAULT_USER};
 use crate::config::{MAX_OUTPUT_TOKENS, MAX_PROMPT_BYTES, Settings};
 use crate::ledger::{CallRecord, Group, GroupBy, Ledger, Totals, to_nanos, to_usd};
 use crate::pricing::{Catalog, CostSource};
-use crate::providers::{ChatRequest, ErrorKind, ProviderId, Registry, Usage};
+use crate::providers::health::Breakers;
+use crate::providers::{ChatRequest, ErrorKind, ProviderId, Registry, StreamSink, Usage};
 use crate::router::{Candidate, Reason, RoutePlan, RouteRequest, Router, Tier};
 
 /// Returns the current time as unix milliseconds. Injectable so budget
@@ -432,6 +433,7 @@ pub struct Optimizer {
     registry: Registry,
     router: Router,
     ledger: Result<Ledger, String>,
+    breakers: Breakers,
     clock: Clock,
 }
 
@@ -471,7 +473,9 @@ impl Optimizer {
             tracing::error!(error = %e, "ledger unavailable; spending tools will refuse");
         }
         let router = Router::new(settings.tier_thresholds, &settings.tier_models);
+        let breakers = Breakers::new(settings.breaker_threshold, settings.breaker_cooldown);
         Optimizer {
+            breakers,
             settings,
             catalog,
             registry,
@@ -701,7 +705,11 @@ impl Optimizer {
     }
 
     /// `complete_prompt`: route, reserve, call (with fallback), price, record.
-    pub async fn complete(&self, args: &CompleteArgs) -> Result<Completion, ToolError> {
+    pub async fn complete(
+        &self,
+        args: &CompleteArgs,
+        sink: &dyn StreamSink,
+    ) -> Result<Completion, ToolError> {
         let prompt = validate_prompt("prompt", &args.prompt)?;
         let system = match &args.system {
             Some(s) if s.trim().is_empty() => None,
@@ -790,183 +798,254 @@ impl Optimizer {
         let baseline_price = self.catalog.get(&self.settings.baseline_model);
 
         let started = Instant::now();
+        let mut notes = plan.notes.clone();
         let mut attempts: Vec<Attempt> = Vec::new();
         let mut last_error: Option<String> = None;
-        // Providers that failed as a whole (bad key, no credit, down): their
-        // other models are not worth a try in this call.
+        // Providers that failed as a whole in this call (bad key, no credit,
+        // down after retries): their other models are not worth a try.
         let mut failed_providers: Vec<ProviderId> = Vec::new();
-        for (i, cand) in plan.candidates.iter().enumerate() {
-            let Some(provider) = self.registry.get(cand.provider) else {
-                continue;
-            };
+
+        // Skip providers whose circuit breaker is open, unless that would
+        // leave nothing to try.
+        let now = self.now();
+        let mut order: Vec<&Candidate> = plan
+            .candidates
+            .iter()
+            .filter(|c| self.registry.get(c.provider).is_some())
+            .collect();
+        let healthy: Vec<&Candidate> = order
+            .iter()
+            .copied()
+            .filter(|c| self.breakers.check(c.provider, now).is_ok())
+            .collect();
+        if healthy.len() < order.len() {
+            let mut cooling: Vec<String> = Vec::new();
+            for c in &order {
+                if let Err(ms) = self.breakers.check(c.provider, now) {
+                    let line = format!("{} (for {}s more)", c.provider, (ms + 999) / 1000);
+                    if !cooling.contains(&line) {
+                        cooling.push(line);
+                    }
+                }
+            }
+            if healthy.is_empty() {
+                notes.push(format!(
+                    "Every candidate provider is cooling down after repeated failures ({}); trying anyway.",
+                    cooling.join(", ")
+                ));
+            } else {
+                notes.push(format!(
+                    "Skipped providers cooling down after repeated failures: {}.",
+                    cooling.join(", ")
+                ));
+                order = healthy;
+            }
+        }
+
+        'candidates: for cand in order {
             if failed_providers.contains(&cand.provider) {
                 continue;
             }
-            // Reserve the worst case before calling; refuse if it cannot fit.
-            let now = self.now();
-            let reserve = {
-                let ledger = ledger.clone();
-                let user = user.clone();
-                let amount = to_nanos(cand.worst_case_cost_usd);
-                blocking(move || ledger.reserve(&user, period_start, limit_nanos, amount, now, ttl))
+            let Some(provider) = self.registry.get(cand.provider) else {
+                continue;
+            };
+            let mut retries = 0u32;
+            let mut waited = Duration::ZERO;
+            loop {
+                // Reserve the worst case before calling; refuse if it cannot fit.
+                let now = self.now();
+                let reserve = {
+                    let ledger = ledger.clone();
+                    let user = user.clone();
+                    let amount = to_nanos(cand.worst_case_cost_usd);
+                    blocking(move || {
+                        ledger.reserve(&user, period_start, limit_nanos, amount, now, ttl)
+                    })
                     .await
-            };
-            let reservation = match reserve {
-                Err(e) => return Err(ToolError::Ledger(e.to_string())),
-                Ok(Err(over)) => {
-                    let msg = format!(
-                        "Budget limit reached: this call could cost up to ${:.6} on {} (max_tokens {max_tokens}), \
-                         but user {user:?} has ${:.6} spent and ${:.6} held by calls in flight of a ${:.2} monthly budget. \
-                         Raise the limit with set_budget, lower max_tokens, or ask for a cheaper tier.",
-                        cand.worst_case_cost_usd,
-                        cand.model,
-                        to_usd(over.spent_nanos),
-                        to_usd(over.reserved_nanos),
-                        budget.limit_usd
-                    );
-                    if attempts.is_empty() {
-                        return Err(ToolError::BudgetRefused(msg));
-                    }
-                    last_error = Some(msg);
-                    break;
-                }
-                Ok(Ok(r)) => ReservationGuard::new(ledger.clone(), r),
-            };
-
-            let max_out = cand_max_output(&self.catalog, &cand.model, max_tokens);
-            let req = ChatRequest {
-                model: api_model_name(&cand.model),
-                system: system.map(str::to_string),
-                prompt: prompt.to_string(),
-                max_tokens: max_out,
-            };
-            let t0 = Instant::now();
-            let result = provider.client.complete(&req).await;
-            let latency_ms = t0.elapsed().as_millis() as u64;
-            let base_record = CallRecord {
-                ts_ms: self.now(),
-                user_id: user.clone(),
-                request_id: request_id.clone(),
-                attempt: (i + 1) as u32,
-                provider: cand.provider.as_str().to_string(),
-                model: cand.model.clone(),
-                tier: Some(cand.tier.as_str().to_string()),
-                score: Some(plan.score),
-                latency_ms,
-                forced: forced.map(str::to_string),
-                prompt_sha256: prompt_sha256.clone(),
-                prompt_text: prompt_text.clone(),
-                ..CallRecord::default()
-            };
-            match result {
-                Ok(resp) => {
-                    let (cost, source) =
-                        self.catalog
-                            .price_call(&cand.model, &resp.usage, resp.provider_cost_usd);
-                    let baseline_cost = baseline_price.as_ref().map(|b| b.cost_of(&resp.usage));
-                    let record = CallRecord {
-                        input_tokens: resp.usage.input_tokens,
-                        cache_read_tokens: resp.usage.cache_read_tokens,
-                        cache_write_tokens: resp.usage.cache_write_tokens,
-                        output_tokens: resp.usage.output_tokens,
-                        reasoning_tokens: resp.usage.reasoning_tokens,
-                        cost_usd: cost,
-                        cost_source: cost_source_name(source).into(),
-                        baseline_cost_usd: baseline_cost,
-                        ok: true,
-                        ..base_record
-                    };
-                    let settled = reservation.settle(record).await;
-                    attempts.push(Attempt {
-                        provider: cand.provider,
-                        model: cand.model.clone(),
-                        outcome: "ok".into(),
-                        error: None,
-                        latency_ms,
-                    });
-                    let mut warnings = Vec::new();
-                    if let Err(e) = &settled {
-                        tracing::error!(error = %e, request_id, "answer received but not recorded");
-                        warnings.push(format!(
-                            "This call (${cost:.6}) could NOT be recorded in the ledger: {e}. Its cost is not in your usage totals."
-                        ));
-                    }
-                    if source == CostSource::Unpriced {
-                        warnings.push(format!(
-                            "{} has no known price; the call is recorded at $0 and flagged unpriced. Add [pricing.overrides] for it.",
-                            cand.model
-                        ));
-                    }
-                    let budget_after = budget::status(&ledger, &budget, self.now()).ok();
-                    let (savings, pct) = match baseline_cost {
-                        Some(b) if b > 0.0 => {
-                            ((b - cost).max(0.0), ((b - cost) / b * 100.0).max(0.0))
+                };
+                let reservation = match reserve {
+                    Err(e) => return Err(ToolError::Ledger(e.to_string())),
+                    Ok(Err(over)) => {
+                        let msg = format!(
+                            "Budget limit reached: this call could cost up to ${:.6} on {} (max_tokens {max_tokens}), \
+                             but user {user:?} has ${:.6} spent and ${:.6} held by calls in flight of a ${:.2} monthly budget. \
+                             Raise the limit with set_budget, lower max_tokens, or ask for a cheaper tier.",
+                            cand.worst_case_cost_usd,
+                            cand.model,
+                            to_usd(over.spent_nanos),
+                            to_usd(over.reserved_nanos),
+                            budget.limit_usd
+                        );
+                        if attempts.is_empty() {
+                            return Err(ToolError::BudgetRefused(msg));
                         }
-                        _ => (0.0, 0.0),
-                    };
-                    let mut notes = plan.notes.clone();
-                    if max_out < max_tokens {
-                        notes.push(format!(
-                            "max_tokens lowered to {max_out}, the output limit of {}.",
-                            cand.model
-                        ));
+                        last_error = Some(msg);
+                        break 'candidates;
                     }
-                    return Ok(Completion {
-                        answer: resp.text,
-                        model: cand.model.clone(),
-                        provider: cand.provider,
-                        tier: cand.tier,
-                        cost_usd: cost,
-                        cost_source: source,
-                        tokens: resp.usage.into(),
-                        complexity: Complexity {
-                            score: plan.score,
-                            reasons: plan.reasons.clone(),
-                        },
-                        baseline: baseline_cost.map(|c| Baseline {
-                            model: self.settings.baseline_model.clone(),
-                            cost_usd: c,
-                        }),
-                        savings_usd: savings,
-                        savings_percent: pct,
-                        latency_ms: started.elapsed().as_millis() as u64,
-                        finish_reason: resp.finish_reason,
-                        attempts,
-                        notes,
-                        budget: budget_after,
-                        recorded: settled.is_ok(),
-                        warning: (!warnings.is_empty()).then(|| warnings.join(" ")),
-                        request_id,
-                    });
+                    Ok(Ok(r)) => ReservationGuard::new(ledger.clone(), r),
+                };
+
+                let max_out = cand_max_output(&self.catalog, &cand.model, max_tokens);
+                let req = ChatRequest {
+                    model: api_model_name(&cand.model),
+                    system: system.map(str::to_string),
+                    prompt: prompt.to_string(),
+                    max_tokens: max_out,
+                };
+                let t0 = Instant::now();
+                let result = provider.client.complete(&req, sink).await;
+                let latency_ms = t0.elapsed().as_millis() as u64;
+                let base_record = CallRecord {
+                    ts_ms: self.now(),
+                    user_id: user.clone(),
+                    request_id: request_id.clone(),
+                    attempt: (attempts.len() + 1) as u32,
+                    provider: cand.provider.as_str().to_string(),
+                    model: cand.model.clone(),
+                    tier: Some(cand.tier.as_str().to_string()),
+                    score: Some(plan.score),
+                    latency_ms,
+                    forced: forced.map(str::to_string),
+                    prompt_sha256: prompt_sha256.clone(),
+                    prompt_text: prompt_text.clone(),
+                    ..CallRecord::default()
+                };
+                let err = match result {
+                    Ok(resp) => {
+                        self.breakers.success(cand.provider);
+                        let (cost, source) = self.catalog.price_call(
+                            &cand.model,
+                            &resp.usage,
+                            resp.provider_cost_usd,
+                        );
+                        let baseline_cost = baseline_price.as_ref().map(|b| b.cost_of(&resp.usage));
+                        let record = CallRecord {
+                            input_tokens: resp.usage.input_tokens,
+                            cache_read_tokens: resp.usage.cache_read_tokens,
+                            cache_write_tokens: resp.usage.cache_write_tokens,
+                            output_tokens: resp.usage.output_tokens,
+                            reasoning_tokens: resp.usage.reasoning_tokens,
+                            cost_usd: cost,
+                            cost_source: cost_source_name(source).into(),
+                            baseline_cost_usd: baseline_cost,
+                            ok: true,
+                            ..base_record
+                        };
+                        let settled = reservation.settle(record).await;
+                        attempts.push(Attempt {
+                            provider: cand.provider,
+                            model: cand.model.clone(),
+                            outcome: "ok".into(),
+                            error: None,
+                            latency_ms,
+                        });
+                        let mut warnings = Vec::new();
+                        if let Err(e) = &settled {
+                            tracing::error!(error = %e, request_id, "answer received but not recorded");
+                            warnings.push(format!(
+                                "This call (${cost:.6}) could NOT be recorded in the ledger: {e}. Its cost is not in your usage totals."
+                            ));
+                        }
+                        if source == CostSource::Unpriced {
+                            warnings.push(format!(
+                                "{} has no known price; the call is recorded at $0 and flagged unpriced. Add [pricing.overrides] for it.",
+                                cand.model
+                            ));
+                        }
+                        let budget_after = budget::status(&ledger, &budget, self.now()).ok();
+                        let (savings, pct) = match baseline_cost {
+                            Some(b) if b > 0.0 => {
+                                ((b - cost).max(0.0), ((b - cost) / b * 100.0).max(0.0))
+                            }
+                            _ => (0.0, 0.0),
+                        };
+                        if max_out < max_tokens {
+                            notes.push(format!(
+                                "max_tokens lowered to {max_out}, the output limit of {}.",
+                                cand.model
+                            ));
+                        }
+                        return Ok(Completion {
+                            answer: resp.text,
+                            model: cand.model.clone(),
+                            provider: cand.provider,
+                            tier: cand.tier,
+                            cost_usd: cost,
+                            cost_source: source,
+                            tokens: resp.usage.into(),
+                            complexity: Complexity {
+                                score: plan.score,
+                                reasons: plan.reasons.clone(),
+                            },
+                            baseline: baseline_cost.map(|c| Baseline {
+                                model: self.settings.baseline_model.clone(),
+                                cost_usd: c,
+                            }),
+                            savings_usd: savings,
+                            savings_percent: pct,
+                            latency_ms: started.elapsed().as_millis() as u64,
+                            finish_reason: resp.finish_reason,
+                            attempts,
+                            notes,
+                            budget: budget_after,
+                            recorded: settled.is_ok(),
+                            warning: (!warnings.is_empty()).then(|| warnings.join(" ")),
+                            request_id,
+                        });
+                    }
+                    Err(err) => err,
+                };
+
+                let message = err.user_message();
+                tracing::warn!(
+                    provider = %cand.provider,
+                    model = %cand.model,
+                    kind = err.kind.as_str(),
+                    retry = retries,
+                    "provider attempt failed: {message}"
+                );
+                let record = CallRecord {
+                    cost_source: "provider".into(),
+                    ok: false,
+                    error_kind: Some(err.kind.as_str().into()),
+                    error_message: Some(message.clone()),
+                    ..base_record
+                };
+                if let Err(e) = reservation.settle(record).await {
+                    tracing::error!(error = %e, "failed attempt not recorded");
                 }
-                Err(err) => {
-                    let message = err.user_message();
-                    tracing::warn!(provider = %cand.provider, model = %cand.model, kind = err.kind.as_str(), "provider attempt failed: {message}");
-                    let record = CallRecord {
-                        cost_source: "provider".into(),
-                        ok: false,
-                        error_kind: Some(err.kind.as_str().into()),
-                        error_message: Some(message.clone()),
-                        ..base_record
-                    };
-                    if let Err(e) = reservation.settle(record).await {
-                        tracing::error!(error = %e, "failed attempt not recorded");
-                    }
-                    attempts.push(Attempt {
-                        provider: cand.provider,
-                        model: cand.model.clone(),
-                        outcome: err.kind.as_str().into(),
-                        error: Some(message.clone()),
-                        latency_ms,
-                    });
-                    last_error = Some(message);
-                    if err.kind != ErrorKind::ContextTooLong {
-                        failed_providers.push(cand.provider);
-                    }
-                    if !err.kind.allows_fallback() {
-                        break;
-                    }
+                if self.breakers.failure(cand.provider, err.kind, self.now()) {
+                    notes.push(format!(
+                        "{} failed repeatedly; it is skipped for the next {}s.",
+                        cand.provider,
+                        self.settings.breaker_cooldown.as_secs()
+                    ));
                 }
+                attempts.push(Attempt {
+                    provider: cand.provider,
+                    model: cand.model.clone(),
+                    outcome: err.kind.as_str().into(),
+                    error: Some(message.clone()),
+                    latency_ms,
+                });
+                last_error = Some(message);
+                if err.kind.is_retryable()
+                    && retries < self.settings.max_retries
+                    && let Some(delay) = self.backoff(retries, err.retry_after)
+                    && waited + delay <= self.settings.max_retry_wait
+                {
+                    tokio::time::sleep(delay).await;
+                    waited += delay;
+                    retries += 1;
+                    continue;
+                }
+                if !err.kind.allows_fallback() {
+                    break 'candidates;
+                }
+                if err.kind != ErrorKind::ContextTooLong {
+                    failed_providers.push(cand.provider);
+                }
+                break;
             }
         }
         let tried = attempts
@@ -983,6 +1062,20 @@ impl Optimizer {
                 tried.as_str()
             }
         )))
+    }
+
+    /// How long to wait before retry number `retry + 1`: the provider's own
+    /// `retry-after` if it gave one (none if that is longer than we are
+    /// willing to wait: better to fall back at once), else exponential
+    /// backoff with jitter so concurrent calls do not retry in lockstep.
+    fn backoff(&self, retry: u32, retry_after: Option<Duration>) -> Option<Duration> {
+        if let Some(ra) = retry_after {
+            return (ra <= self.settings.max_retry_wait).then_some(ra);
+        }
+        let base = self.settings.retry_base.as_secs_f64() * 2f64.powi(retry.min(16) as i32);
+        Some(Duration::from_secs_f64(
+            base * (0.5 + 0.5 * fastrand::f64()),
+        ))
     }
 
     /// `query_usage`: spend, calls, savings and breakdowns for a period.

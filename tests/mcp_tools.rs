@@ -126,9 +126,9 @@ async fn recommendation_uses_enabled_providers_and_calls_nothing() {
 
 #[tokio::test]
 async fn complete_prompt_bills_reported_usage_and_records_it() {
-    let fake = FakeProvider::start(openai_ok(
+    let fake = FakeProvider::start(openai_sse(
         "deepseek-v3.2",
-        "Paris.",
+        &["Par", "is."],
         json!({
             "prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500,
             "prompt_tokens_details": {"cached_tokens": 200},
@@ -197,10 +197,11 @@ async fn complete_prompt_bills_reported_usage_and_records_it() {
 
 #[tokio::test]
 async fn anthropic_wire_format_and_cache_pricing() {
-    let fake = FakeProvider::start(anthropic_ok(
+    let fake = FakeProvider::start(anthropic_sse(
         "claude-haiku-4-5",
-        "Hello!",
-        json!({"input_tokens": 100, "output_tokens": 50, "cache_creation_input_tokens": 1000, "cache_read_input_tokens": 4000}),
+        &["Hel", "lo!"],
+        json!({"input_tokens": 100, "output_tokens": 1, "cache_creation_input_tokens": 1000, "cache_read_input_tokens": 4000}),
+        50,
     ))
     .await;
     let dir = tempfile::tempdir().unwrap();
@@ -234,6 +235,7 @@ async fn anthropic_wire_format_and_cache_pricing() {
     assert_eq!(r.body["system"], "Be brief.");
     assert_eq!(r.body["max_tokens"], 100);
     assert_eq!(r.body["model"], "claude-haiku-4-5");
+    assert_eq!(r.body["stream"], json!(true));
     s.stop().await;
 }
 
@@ -245,9 +247,9 @@ async fn openrouter_reported_cost_wins_and_cerebras_sends_completion_limit() {
         json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, "cost": 0.0004321}),
     ))
     .await;
-    let cb = FakeProvider::start(openai_ok(
+    let cb = FakeProvider::start(openai_sse(
         "gpt-oss-120b",
-        "fast",
+        &["fa", "st"],
         json!({"prompt_tokens": 1000, "completion_tokens": 1000, "total_tokens": 2000,
                "completion_tokens_details": {"reasoning_tokens": 300}}),
     ))
@@ -289,7 +291,7 @@ async fn openrouter_reported_cost_wins_and_cerebras_sends_completion_limit() {
 
 #[tokio::test]
 async fn ollama_is_free_and_huggingface_unpriced_is_flagged() {
-    let ol = FakeProvider::start(ollama_ok("llama3.1", "4", 26, 2)).await;
+    let ol = FakeProvider::start(ollama_ndjson("llama3.1", &["4"], 26, 2)).await;
     let hf = FakeProvider::start(openai_ok(
         "meta-llama/Llama-3.1-8B-Instruct",
         "hello",
@@ -314,7 +316,7 @@ async fn ollama_is_free_and_huggingface_unpriced_is_flagged() {
     assert_eq!(c["cost_usd"], json!(0.0));
     assert_eq!(c["tokens"]["input"], json!(26));
     assert_eq!(ol.requests()[0].path, "/api/chat");
-    assert_eq!(ol.requests()[0].body["stream"], json!(false));
+    assert_eq!(ol.requests()[0].body["stream"], json!(true));
 
     let c = s
         .ok(
@@ -360,17 +362,21 @@ async fn failed_provider_falls_back_and_every_attempt_is_recorded() {
             json!({"prompt": "hello", "tier": "medium"}),
         )
         .await;
-    // deepseek-v4-pro is the cheaper medium model, so it is tried first.
+    // deepseek-v4-pro is the cheaper medium model, so it is tried first,
+    // retried twice (500 is transient), then the call falls back.
     let attempts = c["attempts"].as_array().unwrap();
-    assert_eq!(attempts.len(), 2, "{attempts:?}");
-    assert_eq!(attempts[0]["model"], "deepseek/deepseek-v4-pro");
-    assert_eq!(attempts[0]["outcome"], "server");
-    assert_eq!(attempts[1]["outcome"], "ok");
+    assert_eq!(attempts.len(), 4, "{attempts:?}");
+    for a in &attempts[..3] {
+        assert_eq!(a["model"], "deepseek/deepseek-v4-pro");
+        assert_eq!(a["outcome"], "server");
+    }
+    assert_eq!(attempts[3]["outcome"], "ok");
+    assert_eq!(bad.requests().len(), 3);
     assert_eq!(c["answer"], "from anthropic");
     assert_usd(&c["cost_usd"], 10.0 * 1e-6 + 10.0 * 5e-6);
     let u = s.ok("query_usage", json!({})).await;
     assert_eq!(u["calls"], json!(1));
-    assert_eq!(u["totals"]["failed_attempts"], json!(1));
+    assert_eq!(u["totals"]["failed_attempts"], json!(3));
     s.stop().await;
 }
 

@@ -7,12 +7,14 @@
 //! server itself never stops over a bad call.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, ProtocolVersion, ServerCapabilities, ServerConfig,
+    CallToolResult, ContentBlock, Implementation, ProgressNotificationParam, ProtocolVersion,
+    ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{
@@ -24,7 +26,24 @@ use crate::optimizer::{
     BudgetUpdate, CompleteArgs, Completion, CostArgs, CostTable, Optimizer, RecommendArgs,
     Recommendation, SetBudgetArgs, ToolError, UsageArgs, UsageReport,
 };
+use crate::providers::StreamSink;
 use crate::render;
+
+/// How often streamed progress is reported to a client that asked for it.
+const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Counts the characters of a streamed answer for progress notifications.
+#[derive(Default)]
+struct ProgressSink {
+    chars: AtomicU64,
+}
+
+impl StreamSink for ProgressSink {
+    fn on_text(&self, delta: &str) {
+        self.chars
+            .fetch_add(delta.chars().count() as u64, Ordering::Relaxed);
+    }
+}
 
 /// The MCP server state: the shared core and the tool table.
 #[derive(Clone)]
@@ -84,10 +103,33 @@ impl CostServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
         let core = self.core.clone();
+        let sink = Arc::new(ProgressSink::default());
+        // When the client asked for progress, report the streamed answer's
+        // growth a few times a second (not per token: that would flood it).
+        let ticker = ctx.meta.get_progress_token().map(|token| {
+            let sink = sink.clone();
+            let peer = ctx.peer.clone();
+            tokio::spawn(async move {
+                let mut last = 0;
+                let mut interval = tokio::time::interval(PROGRESS_INTERVAL);
+                loop {
+                    interval.tick().await;
+                    let n = sink.chars.load(Ordering::Relaxed);
+                    if n != last {
+                        last = n;
+                        let note = ProgressNotificationParam::new(token.clone(), n as f64)
+                            .with_message(format!("{n} characters of the answer received"));
+                        if peer.notify_progress(note).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            })
+        });
         // Dropping the call's future on cancellation stops the provider
         // request and releases its budget reservation.
-        tokio::select! {
-            r = core.complete(&args) => match r {
+        let outcome = tokio::select! {
+            r = core.complete(&args, sink.as_ref()) => match r {
                 Ok(c) => { let text = render::completion(&c); result(&c, text) }
                 Err(e) => tool_error(e),
             },
@@ -95,7 +137,11 @@ impl CostServer {
                 tracing::info!("complete_prompt cancelled by the client");
                 Err(McpError::internal_error("cancelled by the client", None))
             }
+        };
+        if let Some(t) = ticker {
+            t.abort();
         }
+        outcome
     }
 
     #[tool(

@@ -5,9 +5,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
+use super::openai_compat::is_event_stream;
+use super::stream::{self, SseEvent, SseParser, StreamSink};
 use super::{
     ChatRequest, ChatResponse, ErrorKind, Provider, ProviderConfig, ProviderError, ProviderId,
-    ProviderSpec, Usage, post_json, token_count,
+    ProviderSpec, Usage, token_count,
 };
 
 /// Anthropic: `ANTHROPIC_API_KEY`, base `ANTHROPIC_BASE_URL` (host part; the
@@ -40,11 +42,16 @@ impl Provider for Anthropic {
         ProviderId::Anthropic
     }
 
-    async fn complete(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+    async fn complete(
+        &self,
+        req: &ChatRequest,
+        sink: &dyn StreamSink,
+    ) -> Result<ChatResponse, ProviderError> {
         let mut body = json!({
             "model": req.model,
             "max_tokens": req.max_tokens,
             "messages": [{"role": "user", "content": req.prompt}],
+            "stream": true,
         });
         if let Some(system) = &req.system {
             body["system"] = json!(system);
@@ -57,9 +64,133 @@ impl Provider for Anthropic {
         if let Some(key) = &self.config.api_key {
             builder = builder.header("x-api-key", key.expose());
         }
-        let reply = post_json(ProviderId::Anthropic, builder, &body).await?;
-        parse_response(&reply)
+        let resp = stream::send(ProviderId::Anthropic, builder, &body).await?;
+        if !is_event_stream(&resp) {
+            let bytes = super::read_body(ProviderId::Anthropic, resp).await?;
+            let reply = stream::json(ProviderId::Anthropic, &String::from_utf8_lossy(&bytes))?;
+            return parse_response(&reply);
+        }
+        let mut st = StreamState::default();
+        let mut parser = SseParser::default();
+        stream::drive(ProviderId::Anthropic, resp, |chunk| {
+            for ev in parser.push(chunk) {
+                if st.event(&ev, sink)? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await?;
+        for ev in parser.finish() {
+            st.event(&ev, sink)?;
+        }
+        st.finish()
     }
+}
+
+/// What a Messages stream has delivered so far.
+#[derive(Default)]
+struct StreamState {
+    text: String,
+    model: String,
+    usage: Usage,
+    started: bool,
+    stop_reason: Option<String>,
+    stopped: bool,
+}
+
+impl StreamState {
+    /// Handles one event; `Ok(true)` at `message_stop`.
+    fn event(&mut self, ev: &SseEvent, sink: &dyn StreamSink) -> Result<bool, ProviderError> {
+        let v = stream::json(ProviderId::Anthropic, &ev.data)?;
+        let kind = ev
+            .event
+            .as_deref()
+            .or_else(|| v.get("type").and_then(|t| t.as_str()))
+            .unwrap_or_default();
+        match kind {
+            "message_start" => {
+                self.started = true;
+                if let Some(m) = v.pointer("/message/model").and_then(|m| m.as_str()) {
+                    self.model = m.to_string();
+                }
+                if let Some(u) = v.pointer("/message/usage") {
+                    self.usage = parse_usage(u);
+                }
+            }
+            "content_block_delta" => {
+                if v.pointer("/delta/type").and_then(|t| t.as_str()) == Some("text_delta")
+                    && let Some(t) = v.pointer("/delta/text").and_then(|t| t.as_str())
+                {
+                    self.text.push_str(t);
+                    sink.on_text(t);
+                }
+            }
+            "message_delta" => {
+                if let Some(r) = v.pointer("/delta/stop_reason").and_then(|r| r.as_str()) {
+                    self.stop_reason = Some(r.to_string());
+                }
+                // `usage` here is cumulative; newer API versions repeat the
+                // input counts too, so take every field that is present.
+                if let Some(u) = v.get("usage") {
+                    let later = parse_usage(u);
+                    self.usage.output_tokens = later.output_tokens.max(self.usage.output_tokens);
+                    if u.get("input_tokens").is_some() {
+                        self.usage.input_tokens = later.input_tokens;
+                    }
+                    if u.get("cache_read_input_tokens").is_some() {
+                        self.usage.cache_read_tokens = later.cache_read_tokens;
+                    }
+                    if u.get("cache_creation_input_tokens").is_some() {
+                        self.usage.cache_write_tokens = later.cache_write_tokens;
+                    }
+                }
+            }
+            "message_stop" => {
+                self.stopped = true;
+                return Ok(true);
+            }
+            "error" => return Err(stream_error(&v)),
+            _ => {} // ping, content_block_start/stop, thinking deltas
+        }
+        Ok(false)
+    }
+
+    fn finish(self) -> Result<ChatResponse, ProviderError> {
+        if !self.started || !self.stopped {
+            return Err(stream::truncated(ProviderId::Anthropic, "message_stop"));
+        }
+        Ok(ChatResponse {
+            text: self.text,
+            model: self.model,
+            usage: self.usage,
+            provider_cost_usd: None,
+            finish_reason: self.stop_reason,
+        })
+    }
+}
+
+/// An `error` event inside a 200 stream, mapped to the status the same
+/// error would have had before the stream started.
+fn stream_error(v: &Value) -> ProviderError {
+    let status = match v.pointer("/error/type").and_then(|t| t.as_str()) {
+        Some("overloaded_error") => 529,
+        Some("rate_limit_error") => 429,
+        Some("authentication_error") => 401,
+        Some("permission_error") => 403,
+        Some("billing_error") => 402,
+        Some("invalid_request_error") => 400,
+        Some("not_found_error") => 404,
+        Some("request_too_large") => 413,
+        Some("timeout_error") => 504,
+        _ => 500,
+    };
+    ProviderError::from_http(
+        ProviderId::Anthropic,
+        status,
+        &reqwest::header::HeaderMap::new(),
+        v.to_string().as_bytes(),
+    )
 }
 
 /// Reads a Messages API reply: text blocks joined, usage normalised.
@@ -139,6 +270,43 @@ mod tests {
         assert_eq!(r.usage.cache_read_tokens, 40);
         assert_eq!(r.usage.cache_write_tokens, 3);
         assert_eq!(r.finish_reason.as_deref(), Some("end_turn"));
+    }
+
+    fn run_stream(raw: &str) -> Result<ChatResponse, ProviderError> {
+        let mut st = StreamState::default();
+        let mut p = SseParser::default();
+        for ev in p.push(raw.as_bytes()).into_iter().chain(p.finish()) {
+            if st.event(&ev, &stream::NoSink)? {
+                break;
+            }
+        }
+        st.finish()
+    }
+
+    const START: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-haiku-4-5\",\"content\":[],\"usage\":{\"input_tokens\":25,\"cache_read_input_tokens\":100,\"output_tokens\":1}}}\n\n";
+
+    #[test]
+    fn stream_reads_usage_from_start_and_delta() {
+        let raw = format!(
+            "{START}event: ping\ndata: {{\"type\":\"ping\"}}\n\n\
+             event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"Hi\"}}}}\n\n\
+             event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\"}},\"usage\":{{\"output_tokens\":15}}}}\n\n\
+             event: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n"
+        );
+        let r = run_stream(&raw).unwrap();
+        assert_eq!(r.text, "Hi");
+        assert_eq!(r.usage.input_tokens, 25);
+        assert_eq!(r.usage.cache_read_tokens, 100);
+        assert_eq!(r.usage.output_tokens, 15);
+    }
+
+    #[test]
+    fn stream_error_event_and_truncation() {
+        let raw = format!(
+            "{START}event: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}}}\n\n"
+        );
+        assert_eq!(run_stream(&raw).unwrap_err().kind, ErrorKind::Overloaded);
+        assert_eq!(run_stream(START).unwrap_err().kind, ErrorKind::Malformed);
     }
 
     #[test]

@@ -175,8 +175,9 @@ impl ProviderError {
             _ => ErrorKind::Server,
         };
         let mut err = ProviderError::new(provider, kind, Some(status), message);
-        err.retry_after =
-            retry_after(headers).or_else(|| json.as_ref().and_then(gemini_retry_delay));
+        err.retry_after = retry_after(headers)
+            .or_else(|| anthropic_reset(headers))
+            .or_else(|| json.as_ref().and_then(gemini_retry_delay));
         err
     }
 
@@ -284,6 +285,35 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     ))
 }
 
+/// Anthropic's `anthropic-ratelimit-*-reset` (RFC 3339) for the limits whose
+/// `-remaining` is 0: the latest of those resets is when a retry can pass.
+fn anthropic_reset(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let now = time::OffsetDateTime::now_utc();
+    ["requests", "tokens", "input-tokens", "output-tokens"]
+        .iter()
+        .filter(|l| {
+            headers
+                .get(format!("anthropic-ratelimit-{l}-remaining"))
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim() == "0")
+        })
+        .filter_map(|l| {
+            let v = headers
+                .get(format!("anthropic-ratelimit-{l}-reset"))?
+                .to_str()
+                .ok()?;
+            let t = time::OffsetDateTime::parse(
+                v.trim(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .ok()?;
+            Some(Duration::from_secs_f64(
+                (t - now).as_seconds_f64().clamp(0.0, 3600.0),
+            ))
+        })
+        .max()
+}
+
 /// Gemini puts the delay in the body: `RetryInfo.retryDelay = "37s"`.
 fn gemini_retry_delay(j: &serde_json::Value) -> Option<Duration> {
     let details = j.pointer("/error/details")?.as_array()?;
@@ -344,6 +374,30 @@ mod tests {
         let e =
             ProviderError::from_http(ProviderId::Gemini, 429, &HeaderMap::new(), body.as_bytes());
         assert_eq!(e.retry_after, Some(Duration::from_secs(37)));
+    }
+
+    #[test]
+    fn anthropic_reset_headers_give_the_wait() {
+        let mut h = HeaderMap::new();
+        let reset = time::OffsetDateTime::now_utc() + time::Duration::seconds(20);
+        let reset = reset
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        h.insert(
+            "anthropic-ratelimit-tokens-remaining",
+            HeaderValue::from_static("0"),
+        );
+        h.insert(
+            "anthropic-ratelimit-tokens-reset",
+            HeaderValue::from_str(&reset).unwrap(),
+        );
+        h.insert(
+            "anthropic-ratelimit-requests-remaining",
+            HeaderValue::from_static("40"),
+        );
+        let e = ProviderError::from_http(ProviderId::Anthropic, 429, &h, b"{}");
+        let wait = e.retry_after.unwrap().as_secs_f64();
+        assert!((18.0..=20.5).contains(&wait), "{wait}");
     }
 
     #[test]

@@ -10,10 +10,13 @@ pub mod anthropic;
 pub mod cerebras;
 pub mod deepseek;
 pub mod errors;
+pub mod gemini;
+pub mod health;
 pub mod huggingface;
 pub mod ollama;
 pub mod openai_compat;
 pub mod openrouter;
+pub mod stream;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +27,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use errors::{ErrorKind, ProviderError};
+pub use stream::{NoSink, StreamSink};
 
 use crate::secrets::Secret;
 
@@ -176,8 +180,15 @@ pub struct ChatResponse {
 pub trait Provider: Send + Sync {
     /// Which provider this is.
     fn id(&self) -> ProviderId;
-    /// Sends one chat request and returns the answer with its usage.
-    async fn complete(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError>;
+    /// Sends one chat request, streaming where the provider supports it
+    /// (each piece of text goes to `sink` as it arrives), and returns the
+    /// whole answer with the usage the provider reported. Dropping the
+    /// future aborts the HTTP request.
+    async fn complete(
+        &self,
+        req: &ChatRequest,
+        sink: &dyn StreamSink,
+    ) -> Result<ChatResponse, ProviderError>;
 }
 
 /// What a client needs to talk to its provider.
@@ -212,7 +223,7 @@ pub struct ProviderSpec {
 /// Every provider, in preference order when costs tie.
 pub static SPECS: &[&ProviderSpec] = &[
     &anthropic::SPEC,
-    &GEMINI_SPEC,
+    &gemini::SPEC,
     &cerebras::SPEC,
     &deepseek::SPEC,
     &openrouter::SPEC,
@@ -220,18 +231,6 @@ pub static SPECS: &[&ProviderSpec] = &[
     &ollama::SPEC,
     &CARTESIA_SPEC,
 ];
-
-/// Gemini's client lands with the fallback/streaming work; its spec is here
-/// so `doctor` can already say whether a key is configured.
-static GEMINI_SPEC: ProviderSpec = ProviderSpec {
-    id: ProviderId::Gemini,
-    display_name: "Google Gemini",
-    key_envs: &["GEMINI_API_KEY", "GOOGLE_API_KEY"],
-    base_url_env: "GEMINI_BASE_URL",
-    default_base_url: "https://generativelanguage.googleapis.com",
-    key_help_url: "https://aistudio.google.com/apikey",
-    build: None,
-};
 
 /// Cartesia (voice) is not a chat provider; its client lands with the
 /// voice work.

@@ -6,9 +6,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
+use super::stream::{self, NdjsonParser, StreamSink};
 use super::{
     ChatRequest, ChatResponse, ErrorKind, OLLAMA_PROBE_ENV, Provider, ProviderConfig,
-    ProviderError, ProviderId, ProviderSpec, Usage, post_json, token_count,
+    ProviderError, ProviderId, ProviderSpec, Usage, token_count,
 };
 
 /// Ollama: enabled by `OLLAMA_HOST`, or by a server answering on the default port.
@@ -88,7 +89,11 @@ impl Provider for Ollama {
         ProviderId::Ollama
     }
 
-    async fn complete(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+    async fn complete(
+        &self,
+        req: &ChatRequest,
+        sink: &dyn StreamSink,
+    ) -> Result<ChatResponse, ProviderError> {
         let mut messages = Vec::new();
         if let Some(system) = &req.system {
             messages.push(json!({"role": "system", "content": system}));
@@ -97,57 +102,80 @@ impl Provider for Ollama {
         let body = json!({
             "model": req.model,
             "messages": messages,
-            "stream": false,
+            "stream": true,
             "options": {"num_predict": req.max_tokens},
         });
         let builder = self
             .config
             .http
             .post(format!("{}/api/chat", self.config.base_url));
-        let reply = post_json(ProviderId::Ollama, builder, &body).await?;
-        parse_response(&reply)
+        let resp = stream::send(ProviderId::Ollama, builder, &body).await?;
+        // NDJSON: one object per line, the last with `done: true` and the
+        // counts. A non-streaming reply is the same object on one line.
+        let mut text = String::new();
+        let mut last: Option<Value> = None;
+        let mut parser = NdjsonParser::default();
+        let mut handle = |line: &str| -> Result<bool, ProviderError> {
+            let v = stream::json(ProviderId::Ollama, line)?;
+            if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+                return Err(ollama_error(e));
+            }
+            if let Some(t) = v.pointer("/message/content").and_then(|c| c.as_str())
+                && !t.is_empty()
+            {
+                text.push_str(t);
+                sink.on_text(t);
+            }
+            let done = v.get("done").and_then(|d| d.as_bool()).unwrap_or(false);
+            if done {
+                last = Some(v);
+            }
+            Ok(done)
+        };
+        stream::drive(ProviderId::Ollama, resp, |chunk| {
+            for line in parser.push(chunk) {
+                if handle(&line)? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await?;
+        for line in parser.finish() {
+            handle(&line)?;
+        }
+        let last =
+            last.ok_or_else(|| stream::truncated(ProviderId::Ollama, "the final done line"))?;
+        Ok(ChatResponse {
+            text,
+            model: last
+                .get("model")
+                .and_then(|m| m.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            usage: Usage {
+                input_tokens: token_count(last.get("prompt_eval_count")),
+                output_tokens: token_count(last.get("eval_count")),
+                ..Usage::default()
+            },
+            provider_cost_usd: None,
+            finish_reason: last
+                .get("done_reason")
+                .and_then(|d| d.as_str())
+                .map(str::to_string),
+        })
     }
 }
 
-/// Reads a non-streaming `/api/chat` reply.
-pub fn parse_response(reply: &Value) -> Result<ChatResponse, ProviderError> {
-    if let Some(e) = reply.get("error").and_then(|e| e.as_str()) {
-        return Err(ProviderError::new(
-            ProviderId::Ollama,
-            ErrorKind::BadRequest,
-            Some(200),
-            e,
-        ));
-    }
-    let text = reply
-        .pointer("/message/content")
-        .and_then(|c| c.as_str())
-        .ok_or_else(|| {
-            ProviderError::new(
-                ProviderId::Ollama,
-                ErrorKind::Malformed,
-                Some(200),
-                "no message in the reply",
-            )
-        })?;
-    Ok(ChatResponse {
-        text: text.to_string(),
-        model: reply
-            .get("model")
-            .and_then(|m| m.as_str())
-            .unwrap_or_default()
-            .to_string(),
-        usage: Usage {
-            input_tokens: token_count(reply.get("prompt_eval_count")),
-            output_tokens: token_count(reply.get("eval_count")),
-            ..Usage::default()
-        },
-        provider_cost_usd: None,
-        finish_reason: reply
-            .get("done_reason")
-            .and_then(|d| d.as_str())
-            .map(str::to_string),
-    })
+/// Ollama reports errors as `{"error": "..."}`; "not found" means the model
+/// is not pulled, which is the request's fault, not the server's.
+fn ollama_error(msg: &str) -> ProviderError {
+    let kind = if msg.contains("not found") {
+        ErrorKind::BadRequest
+    } else {
+        ErrorKind::Server
+    };
+    ProviderError::new(ProviderId::Ollama, kind, Some(200), msg)
 }
 
 #[cfg(test)]
@@ -166,16 +194,5 @@ mod tests {
             normalise_host("https://ollama.example"),
             "https://ollama.example"
         );
-    }
-
-    #[test]
-    fn reads_counts() {
-        let r = parse_response(&json!({
-            "model": "llama3.2", "message": {"role": "assistant", "content": "4"},
-            "done": true, "done_reason": "stop", "prompt_eval_count": 26, "eval_count": 2
-        }))
-        .unwrap();
-        assert_eq!(r.text, "4");
-        assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (26, 2));
     }
 }

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
+use super::stream::{self, SseEvent, SseParser, StreamSink};
 use super::{
     ChatRequest, ChatResponse, ErrorKind, Provider, ProviderConfig, ProviderError, ProviderId,
-    Usage, post_json, token_count,
+    Usage, token_count,
 };
 
 /// The small differences between OpenAI-compatible providers.
@@ -50,7 +51,9 @@ impl OpenAiCompatible {
             "model": req.model,
             "messages": messages,
             limit_field: req.max_tokens,
-            "stream": false,
+            "stream": true,
+            // Without this the stream carries no usage, and cost is unknown.
+            "stream_options": {"include_usage": true},
         })
     }
 }
@@ -61,7 +64,11 @@ impl Provider for OpenAiCompatible {
         self.id
     }
 
-    async fn complete(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+    async fn complete(
+        &self,
+        req: &ChatRequest,
+        sink: &dyn StreamSink,
+    ) -> Result<ChatResponse, ProviderError> {
         let url = format!("{}/chat/completions", self.config.base_url);
         let mut builder = self.config.http.post(url);
         if let Some(key) = &self.config.api_key {
@@ -70,9 +77,133 @@ impl Provider for OpenAiCompatible {
         for (k, v) in self.quirks.extra_headers {
             builder = builder.header(*k, *v);
         }
-        let reply = post_json(self.id, builder, &self.body(req)).await?;
-        parse_response(self.id, &reply)
+        let resp = stream::send(self.id, builder, &self.body(req)).await?;
+        if !is_event_stream(&resp) {
+            // Some compatible servers ignore `stream` and answer in one piece.
+            let bytes = super::read_body(self.id, resp).await?;
+            let reply = stream::json(self.id, &String::from_utf8_lossy(&bytes))?;
+            return parse_response(self.id, &reply);
+        }
+        let mut acc = StreamState::default();
+        let mut parser = SseParser::default();
+        let id = self.id;
+        stream::drive(id, resp, |chunk| {
+            for ev in parser.push(chunk) {
+                if acc.event(id, &ev, sink)? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await?;
+        for ev in parser.finish() {
+            acc.event(id, &ev, sink)?;
+        }
+        acc.finish(id)
     }
+}
+
+/// True when the reply is an SSE stream.
+pub fn is_event_stream(resp: &reqwest::Response) -> bool {
+    resp.headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// What a chat-completions stream has delivered so far.
+#[derive(Default)]
+struct StreamState {
+    text: String,
+    model: String,
+    usage: Option<(Usage, Option<f64>)>,
+    finish_reason: Option<String>,
+    done: bool,
+}
+
+impl StreamState {
+    /// Handles one event; `Ok(true)` when the stream is complete.
+    fn event(
+        &mut self,
+        id: ProviderId,
+        ev: &SseEvent,
+        sink: &dyn StreamSink,
+    ) -> Result<bool, ProviderError> {
+        let data = ev.data.trim();
+        if data == "[DONE]" {
+            self.done = true;
+            return Ok(true);
+        }
+        let v = stream::json(id, data)?;
+        if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
+            return Err(error_in_body(id, err, v.get("status_code")));
+        }
+        if let Some(m) = v.get("model").and_then(|m| m.as_str()) {
+            self.model = m.to_string();
+        }
+        if let Some(choices) = v.get("choices").and_then(|c| c.as_array()) {
+            for c in choices {
+                if let Some(t) = c.pointer("/delta/content").and_then(|t| t.as_str())
+                    && !t.is_empty()
+                {
+                    self.text.push_str(t);
+                    sink.on_text(t);
+                }
+                if let Some(f) = c.get("finish_reason").and_then(|f| f.as_str()) {
+                    if f == "error" {
+                        return Err(ProviderError::new(
+                            id,
+                            ErrorKind::Server,
+                            Some(200),
+                            "the provider ended the stream with an error",
+                        ));
+                    }
+                    self.finish_reason = Some(f.to_string());
+                }
+            }
+        }
+        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+            self.usage = Some(parse_usage(u));
+        }
+        Ok(false)
+    }
+
+    fn finish(self, id: ProviderId) -> Result<ChatResponse, ProviderError> {
+        if !self.done && self.finish_reason.is_none() {
+            return Err(stream::truncated(id, "the answer was complete"));
+        }
+        let (usage, cost) = self
+            .usage
+            .ok_or_else(|| malformed(id, "the stream carried no usage; cost cannot be known"))?;
+        Ok(ChatResponse {
+            text: self.text,
+            model: self.model,
+            usage,
+            provider_cost_usd: cost,
+            finish_reason: self.finish_reason,
+        })
+    }
+}
+
+/// An error object inside a 200 reply or a stream (OpenRouter, Cerebras).
+fn error_in_body(id: ProviderId, err: &Value, status_code: Option<&Value>) -> ProviderError {
+    let msg = err
+        .get("message")
+        .and_then(|m| m.as_str())
+        .or_else(|| err.as_str())
+        .unwrap_or("unknown error");
+    let code = status_code
+        .and_then(|c| c.as_u64())
+        .or_else(|| err.get("code").and_then(|c| c.as_u64()))
+        .filter(|c| (400..600).contains(c))
+        .unwrap_or(500) as u16;
+    let body = json!({"error": {"message": msg, "type": err.get("type")}}).to_string();
+    ProviderError::from_http(
+        id,
+        code,
+        &reqwest::header::HeaderMap::new(),
+        body.as_bytes(),
+    )
 }
 
 /// Reads a chat completion. Some providers send errors inside a 200 reply
@@ -194,6 +325,59 @@ mod tests {
         assert_eq!(u.output_tokens, 0);
         assert_eq!(u.reasoning_tokens, 0);
         assert_eq!(cost, None);
+    }
+
+    struct Collect(std::sync::Mutex<String>);
+    impl StreamSink for Collect {
+        fn on_text(&self, d: &str) {
+            self.0.lock().unwrap().push_str(d);
+        }
+    }
+
+    fn run_stream(raw: &str) -> Result<ChatResponse, ProviderError> {
+        let sink = Collect(Default::default());
+        let mut st = StreamState::default();
+        let mut p = SseParser::default();
+        for ev in p.push(raw.as_bytes()).into_iter().chain(p.finish()) {
+            if st.event(ProviderId::Deepseek, &ev, &sink)? {
+                break;
+            }
+        }
+        let r = st.finish(ProviderId::Deepseek)?;
+        assert_eq!(*sink.0.lock().unwrap(), r.text);
+        Ok(r)
+    }
+
+    #[test]
+    fn stream_collects_text_and_final_usage() {
+        let raw = ": keep-alive\n\n\
+            data: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n\
+            data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n\
+            data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n\
+            data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n\
+            data: [DONE]\n\n";
+        let r = run_stream(raw).unwrap();
+        assert_eq!(r.text, "Hello");
+        assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (5, 2));
+        assert_eq!(r.finish_reason.as_deref(), Some("stop"));
+    }
+
+    #[test]
+    fn truncated_stream_and_midstream_error_fail() {
+        let cut = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n";
+        assert_eq!(run_stream(cut).unwrap_err().kind, ErrorKind::Malformed);
+        let err = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n\
+            data: {\"error\":{\"code\":502,\"message\":\"upstream died\"},\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"error\"}]}\n\n";
+        let e = run_stream(err).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Server);
+        assert!(e.detail.contains("upstream died"));
+        let no_usage = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+        assert!(
+            run_stream(no_usage)
+                .unwrap_err()
+                .detail
+                .contains("no usage")
+        );
     }
 
     #[test]

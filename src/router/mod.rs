@@ -567,7 +567,7 @@ fn not_enabled(p: ProviderId, field: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::{ChatRequest, ChatResponse, Provider, ProviderError, SPECS};
+    use crate::providers::{ChatRequest, ChatResponse, Provider, ProviderError, SPECS, StreamSink};
     use std::sync::Arc;
 
     struct Never(ProviderId);
@@ -576,7 +576,11 @@ mod tests {
         fn id(&self) -> ProviderId {
             self.0
         }
-        async fn complete(&self, _: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+        async fn complete(
+            &self,
+            _: &ChatRequest,
+            _: &dyn StreamSink,
+        ) -> Result<ChatResponse, ProviderError> {
             unreachable!("routing never calls providers")
         }
     }

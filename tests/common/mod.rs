@@ -186,6 +186,185 @@ pub fn ollama_ok(model: &str, text: &str, prompt_eval: u64, eval: u64) -> Reply 
     )
 }
 
+/// A reply with a streamed body of the given content type.
+pub fn streamed(content_type: &str, body: String) -> Reply {
+    Reply {
+        status: 200,
+        headers: vec![
+            ("content-type".into(), content_type.into()),
+            ("cache-control".into(), "no-cache".into()),
+        ],
+        body,
+        delay: None,
+    }
+}
+
+fn sse(events: &[(Option<&str>, Value)]) -> String {
+    let mut out = String::new();
+    for (name, data) in events {
+        if let Some(n) = name {
+            out.push_str(&format!("event: {n}\n"));
+        }
+        out.push_str(&format!("data: {data}\n\n"));
+    }
+    out
+}
+
+/// The SSE body of an OpenAI-style streamed completion, `usage` in the
+/// last chunk (as with `stream_options.include_usage`). `done` adds the
+/// closing `[DONE]`; without it and without usage the stream is truncated.
+pub fn openai_sse_body(model: &str, pieces: &[&str], usage: Option<Value>, done: bool) -> String {
+    let mut ev = vec![(
+        None,
+        json!({"id": "c1", "object": "chat.completion.chunk", "model": model,
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]}),
+    )];
+    for p in pieces {
+        ev.push((
+            None,
+            json!({"id": "c1", "object": "chat.completion.chunk", "model": model,
+            "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": null}]}),
+        ));
+    }
+    let mut body = String::from(": keep-alive\n\n");
+    if let Some(u) = usage {
+        ev.push((
+            None,
+            json!({"id": "c1", "object": "chat.completion.chunk", "model": model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": null}),
+        ));
+        ev.push((
+            None,
+            json!({"id": "c1", "object": "chat.completion.chunk", "model": model,
+            "choices": [], "usage": u}),
+        ));
+    }
+    body.push_str(&sse(&ev));
+    if done {
+        body.push_str("data: [DONE]\n\n");
+    }
+    body
+}
+
+/// An OpenAI-style streamed completion.
+pub fn openai_sse(model: &str, pieces: &[&str], usage: Value) -> Reply {
+    streamed(
+        "text/event-stream",
+        openai_sse_body(model, pieces, Some(usage), true),
+    )
+}
+
+/// The SSE body of an Anthropic Messages stream. `start_usage` is the
+/// `message_start` usage; `output_tokens` the final cumulative count.
+pub fn anthropic_sse_body(
+    model: &str,
+    pieces: &[&str],
+    start_usage: Value,
+    output_tokens: u64,
+    stop: bool,
+) -> String {
+    let mut ev = vec![
+        (
+            Some("message_start"),
+            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message",
+            "role": "assistant", "model": model, "content": [], "stop_reason": null, "usage": start_usage}}),
+        ),
+        (
+            Some("content_block_start"),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        (Some("ping"), json!({"type": "ping"})),
+    ];
+    for p in pieces {
+        ev.push((
+            Some("content_block_delta"),
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": p}}),
+        ));
+    }
+    if stop {
+        ev.push((
+            Some("content_block_stop"),
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
+        ev.push((Some("message_delta"), json!({"type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": output_tokens}})));
+        ev.push((Some("message_stop"), json!({"type": "message_stop"})));
+    }
+    sse(&ev)
+}
+
+/// An Anthropic Messages stream.
+pub fn anthropic_sse(
+    model: &str,
+    pieces: &[&str],
+    start_usage: Value,
+    output_tokens: u64,
+) -> Reply {
+    streamed(
+        "text/event-stream",
+        anthropic_sse_body(model, pieces, start_usage, output_tokens, true),
+    )
+}
+
+/// The SSE body of a Gemini `streamGenerateContent?alt=sse` reply.
+pub fn gemini_sse_body(model: &str, pieces: &[&str], usage: Option<Value>) -> String {
+    let mut ev = Vec::new();
+    let n = pieces.len();
+    for (i, p) in pieces.iter().enumerate() {
+        let mut chunk = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": p}]}, "index": 0}],
+            "modelVersion": model, "responseId": "r1"});
+        if i + 1 == n
+            && let Some(u) = &usage
+        {
+            chunk["candidates"][0]["finishReason"] = json!("STOP");
+            chunk["usageMetadata"] = u.clone();
+        }
+        ev.push((None, chunk));
+    }
+    sse(&ev).replace("\n", "\r\n")
+}
+
+/// A Gemini stream.
+pub fn gemini_sse(model: &str, pieces: &[&str], usage: Value) -> Reply {
+    streamed(
+        "text/event-stream",
+        gemini_sse_body(model, pieces, Some(usage)),
+    )
+}
+
+/// An Ollama NDJSON stream.
+pub fn ollama_ndjson_body(model: &str, pieces: &[&str], counts: Option<(u64, u64)>) -> String {
+    let mut out = String::new();
+    for p in pieces {
+        out.push_str(
+            &json!({"model": model, "created_at": "2026-11-27T12:00:00Z",
+            "message": {"role": "assistant", "content": p}, "done": false})
+            .to_string(),
+        );
+        out.push('\n');
+    }
+    if let Some((pe, e)) = counts {
+        out.push_str(
+            &json!({"model": model, "created_at": "2026-11-27T12:00:01Z",
+            "message": {"role": "assistant", "content": ""}, "done": true, "done_reason": "stop",
+            "total_duration": 5_000_000u64, "load_duration": 1_000_000u64, "prompt_eval_count": pe,
+            "prompt_eval_duration": 1_000_000u64, "eval_count": e, "eval_duration": 2_000_000u64})
+            .to_string(),
+        );
+        out.push('\n');
+    }
+    out
+}
+
+/// An Ollama NDJSON stream.
+pub fn ollama_ndjson(model: &str, pieces: &[&str], prompt_eval: u64, eval: u64) -> Reply {
+    streamed(
+        "application/x-ndjson",
+        ollama_ndjson_body(model, pieces, Some((prompt_eval, eval))),
+    )
+}
+
 // ---- the server under test ---------------------------------------------
 
 /// Path of the binary under test.
@@ -210,6 +389,7 @@ pub fn base_env(data_dir: &Path) -> Vec<(String, String)> {
         ("COST_OPTIMIZER_CONFIG".into(), String::new()),
         ("COST_OPTIMIZER_OLLAMA_PROBE".into(), "0".into()),
         ("COST_OPTIMIZER_REQUEST_TIMEOUT_SECS".into(), "10".into()),
+        ("COST_OPTIMIZER_RETRY_BASE_MS".into(), "1".into()),
         ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
         ("HOME".into(), data_dir.display().to_string()),
     ]

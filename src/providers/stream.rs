@@ -1,0 +1,299 @@
+//! Incremental parsers for the two streaming formats providers use:
+//! Server-Sent Events (Anthropic, the OpenAI family, Gemini) and
+//! newline-delimited JSON (Ollama). Both take bytes as they arrive, in
+//! chunks that may split lines anywhere, and bound what they buffer.
+
+use futures_util::StreamExt;
+
+use super::{ErrorKind, MAX_RESPONSE_BYTES, ProviderError, ProviderId};
+
+/// Receives the text of an answer as it streams in, so the caller can
+/// report progress. Called from the request task; keep it cheap.
+pub trait StreamSink: Send + Sync {
+    /// A piece of answer text arrived.
+    fn on_text(&self, delta: &str);
+}
+
+/// A sink that ignores everything.
+pub struct NoSink;
+
+impl StreamSink for NoSink {
+    fn on_text(&self, _delta: &str) {}
+}
+
+/// One dispatched SSE event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The `event:` name, if any.
+    pub event: Option<String>,
+    /// The `data:` lines joined with `\n`.
+    pub data: String,
+}
+
+/// Splits a byte stream into lines, keeping the unfinished tail.
+#[derive(Default)]
+struct Lines {
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    fn push(&mut self, chunk: &[u8], mut f: impl FnMut(&str)) {
+        self.buf.extend_from_slice(chunk);
+        let mut start = 0;
+        while let Some(pos) = self.buf[start..].iter().position(|b| *b == b'\n') {
+            let end = start + pos;
+            let line = &self.buf[start..end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            f(&String::from_utf8_lossy(line));
+            start = end + 1;
+        }
+        self.buf.drain(..start);
+    }
+
+    fn finish(&mut self, mut f: impl FnMut(&str)) {
+        if !self.buf.is_empty() {
+            let tail = std::mem::take(&mut self.buf);
+            let tail = tail.strip_suffix(b"\r").unwrap_or(&tail);
+            f(&String::from_utf8_lossy(tail));
+        }
+    }
+}
+
+/// An incremental SSE parser (the WHATWG event-stream rules that matter:
+/// `event:`/`data:` fields, `:` comments, blank line dispatches).
+#[derive(Default)]
+pub struct SseParser {
+    lines: Lines,
+    event: Option<String>,
+    data: Option<String>,
+}
+
+impl SseParser {
+    /// Feeds bytes; returns the events completed by them.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        let (event, data) = (&mut self.event, &mut self.data);
+        self.lines
+            .push(chunk, |line| sse_line(line, event, data, &mut out));
+        out
+    }
+
+    /// Ends the stream; returns a last event not followed by a blank line
+    /// (Gemini's final chunk sometimes is).
+    pub fn finish(&mut self) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        let (event, data) = (&mut self.event, &mut self.data);
+        self.lines
+            .finish(|line| sse_line(line, event, data, &mut out));
+        sse_line("", event, data, &mut out);
+        out
+    }
+}
+
+fn sse_line(
+    line: &str,
+    event: &mut Option<String>,
+    data: &mut Option<String>,
+    out: &mut Vec<SseEvent>,
+) {
+    if line.is_empty() {
+        if let Some(d) = data.take() {
+            out.push(SseEvent {
+                event: event.take(),
+                data: d,
+            });
+        }
+        *event = None;
+        return;
+    }
+    if line.starts_with(':') {
+        return; // comment / keep-alive
+    }
+    let (field, value) = match line.split_once(':') {
+        Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+        None => (line, ""),
+    };
+    match field {
+        "event" => *event = Some(value.to_string()),
+        "data" => match data {
+            Some(d) => {
+                d.push('\n');
+                d.push_str(value);
+            }
+            None => *data = Some(value.to_string()),
+        },
+        _ => {}
+    }
+}
+
+/// An incremental newline-delimited JSON splitter.
+#[derive(Default)]
+pub struct NdjsonParser {
+    lines: Lines,
+}
+
+impl NdjsonParser {
+    /// Feeds bytes; returns the complete non-empty lines.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        self.lines.push(chunk, |l| {
+            if !l.trim().is_empty() {
+                out.push(l.to_string())
+            }
+        });
+        out
+    }
+
+    /// Ends the stream; returns an unterminated last line, if any.
+    pub fn finish(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        self.lines.finish(|l| {
+            if !l.trim().is_empty() {
+                out.push(l.to_string())
+            }
+        });
+        out
+    }
+}
+
+/// Drives a streaming response: feeds each chunk to `on_chunk` until the
+/// body ends or `on_chunk` returns `Ok(true)` (the stream said it is done).
+/// Bounds the total size and turns transport failures mid-body into
+/// classified errors.
+pub async fn drive(
+    provider: ProviderId,
+    resp: reqwest::Response,
+    mut on_chunk: impl FnMut(&[u8]) -> Result<bool, ProviderError>,
+) -> Result<(), ProviderError> {
+    let mut total = 0usize;
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| {
+            let mut err = ProviderError::from_reqwest(provider, &e);
+            if err.kind == ErrorKind::Malformed || err.kind == ErrorKind::Connection {
+                err.detail = format!("the stream broke mid-answer: {}", err.detail);
+                err.kind = ErrorKind::Connection;
+            }
+            err
+        })?;
+        total += chunk.len();
+        if total > MAX_RESPONSE_BYTES {
+            return Err(ProviderError::new(
+                provider,
+                ErrorKind::Malformed,
+                Some(200),
+                format!("streamed reply larger than {MAX_RESPONSE_BYTES} bytes"),
+            ));
+        }
+        if on_chunk(&chunk)? {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Sends a streaming POST; a non-2xx reply is read whole and classified.
+pub async fn send(
+    provider: ProviderId,
+    builder: reqwest::RequestBuilder,
+    body: &serde_json::Value,
+) -> Result<reqwest::Response, ProviderError> {
+    let resp = builder
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| ProviderError::from_reqwest(provider, &e))?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let headers = resp.headers().clone();
+    let bytes = super::read_body(provider, resp).await?;
+    Err(ProviderError::from_http(
+        provider,
+        status.as_u16(),
+        &headers,
+        &bytes,
+    ))
+}
+
+/// The error for a stream that ended without its closing event.
+pub fn truncated(provider: ProviderId, what: &str) -> ProviderError {
+    ProviderError::new(
+        provider,
+        ErrorKind::Malformed,
+        Some(200),
+        format!("the stream ended before {what}"),
+    )
+}
+
+/// Parses one JSON payload of a stream.
+pub fn json(provider: ProviderId, data: &str) -> Result<serde_json::Value, ProviderError> {
+    serde_json::from_str(data).map_err(|e| {
+        ProviderError::new(
+            provider,
+            ErrorKind::Malformed,
+            Some(200),
+            format!("a streamed chunk is not valid JSON: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_handles_split_chunks_comments_and_crlf() {
+        let mut p = SseParser::default();
+        let mut events = p.push(b": keep-alive\r\nevent: message_start\r\ndata: {\"a\"");
+        assert!(events.is_empty());
+        events.extend(p.push(b":1}\r\n\r\ndata: one\ndata: two\n\n"));
+        events.extend(p.push(b"data: [DONE]\n\n"));
+        assert_eq!(
+            events,
+            vec![
+                SseEvent {
+                    event: Some("message_start".into()),
+                    data: "{\"a\":1}".into()
+                },
+                SseEvent {
+                    event: None,
+                    data: "one\ntwo".into()
+                },
+                SseEvent {
+                    event: None,
+                    data: "[DONE]".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn sse_finish_flushes_an_unterminated_event() {
+        let mut p = SseParser::default();
+        assert!(p.push(b"data: {\"last\":true}").is_empty());
+        assert_eq!(p.finish()[0].data, "{\"last\":true}");
+    }
+
+    #[test]
+    fn ndjson_splits_lines_across_chunks() {
+        let mut p = NdjsonParser::default();
+        let mut lines = p.push(b"{\"a\":1}\n{\"b\"");
+        lines.extend(p.push(b":2}\n\n"));
+        lines.extend(p.push(b"{\"c\":3}"));
+        lines.extend(p.finish());
+        assert_eq!(lines, vec!["{\"a\":1}", "{\"b\":2}", "{\"c\":3}"]);
+    }
+
+    #[test]
+    fn multibyte_characters_split_across_chunks_survive() {
+        let text = "data: héllo 日本\n\n".as_bytes();
+        let mut p = SseParser::default();
+        let mut events = Vec::new();
+        for b in text.chunks(1) {
+            events.extend(p.push(b));
+        }
+        assert_eq!(events[0].data, "héllo 日本");
+    }
+}
