@@ -27,6 +27,8 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
     pub body: String,
     pub delay: Option<Duration>,
+    /// Send the body, then break the connection instead of ending it.
+    pub reset: bool,
 }
 
 impl Reply {
@@ -36,6 +38,7 @@ impl Reply {
             headers: vec![("content-type".into(), "application/json".into())],
             body: body.to_string(),
             delay: None,
+            reset: false,
         }
     }
 
@@ -43,11 +46,24 @@ impl Reply {
         self.headers.push((k.into(), v.into()));
         self
     }
+
+    /// Delays the reply.
+    pub fn delayed(mut self, d: Duration) -> Reply {
+        self.delay = Some(d);
+        self
+    }
+
+    /// Breaks the connection after sending the body.
+    pub fn reset_after_body(mut self) -> Reply {
+        self.reset = true;
+        self
+    }
 }
 
 /// A request the fake received.
 #[derive(Clone, Debug)]
 pub struct Recorded {
+    pub at: std::time::Instant,
     pub path: String,
     pub headers: HeaderMap,
     pub body: Value,
@@ -78,6 +94,7 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request<Body>) 
     let reply = {
         let mut s = state.lock().unwrap();
         s.requests.push(Recorded {
+            at: std::time::Instant::now(),
             path,
             headers,
             body,
@@ -92,6 +109,18 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request<Body>) 
     let mut resp = Response::builder().status(StatusCode::from_u16(reply.status).unwrap());
     for (k, v) in &reply.headers {
         resp = resp.header(k, v);
+    }
+    if reply.reset {
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
+            Ok(reply.body.into_bytes()),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "reset by fake",
+            )),
+        ];
+        return resp
+            .body(Body::from_stream(futures_util::stream::iter(chunks)))
+            .unwrap();
     }
     resp.body(Body::from(reply.body)).unwrap()
 }
@@ -196,6 +225,7 @@ pub fn streamed(content_type: &str, body: String) -> Reply {
         ],
         body,
         delay: None,
+        reset: false,
     }
 }
 

@@ -1,0 +1,621 @@
+//! Fault injection: for every chat provider's wire format, the failures
+//! providers really produce — bad key, no credit, rate limits with and
+//! without `retry-after`, 5xx, overload, connection refused, a connection
+//! reset mid-body, a reply slower than the timeout, malformed JSON, a
+//! truncated stream, an error event mid-stream. Each asserts the outcome
+//! (an answer after a retry, or a clear error), the attempts recorded, the
+//! cost, and that the server still serves the next call.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// How one provider speaks, for the fault matrix.
+struct Case {
+    /// Env var of the key (None: keyless).
+    key_env: Option<&'static str>,
+    /// Env var of the base URL, and the path the fake base must end with.
+    base_env: &'static str,
+    base_suffix: &'static str,
+    /// The model forced for every call.
+    model: &'static str,
+    /// A successful streamed answer "ok!".
+    ok: fn() -> Reply,
+    /// Its cost.
+    ok_cost: f64,
+    /// An error reply in the provider's format.
+    error: fn(u16, &str) -> Reply,
+    /// The status an overloaded provider sends.
+    overloaded: u16,
+    /// Auth failure, if the provider has keys: (status, body).
+    auth: Option<fn() -> Reply>,
+    /// A stream cut before its end.
+    truncated: fn() -> Reply,
+    /// A stream that starts, then reports an error.
+    midstream_error: fn() -> Reply,
+    /// The env-var name the auth message must mention.
+    key_name: &'static str,
+}
+
+fn openai_error_reply(status: u16, msg: &str) -> Reply {
+    openai_error(status, msg, "api_error")
+}
+
+fn openai_family(
+    key_env: &'static str,
+    base_env: &'static str,
+    base_suffix: &'static str,
+    model: &'static str,
+    ok: fn() -> Reply,
+    ok_cost: f64,
+) -> Case {
+    Case {
+        key_env: Some(key_env),
+        base_env,
+        base_suffix,
+        model,
+        ok,
+        ok_cost,
+        error: openai_error_reply,
+        overloaded: 503,
+        auth: Some(|| openai_error(401, "Incorrect API key provided", "invalid_request_error")),
+        truncated: || {
+            streamed(
+                "text/event-stream",
+                openai_sse_body("m", &["o", "k"], None, false),
+            )
+        },
+        midstream_error: || {
+            let mut body = openai_sse_body("m", &["o"], None, false);
+            body.push_str(
+                "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"error\":{\"code\":502,\"message\":\"Upstream provider error\"},\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\"},\"finish_reason\":\"error\"}]}\n\n",
+            );
+            streamed("text/event-stream", body)
+        },
+        key_name: key_env,
+    }
+}
+
+fn usage10() -> Value {
+    json!({"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20})
+}
+
+fn cases() -> Vec<(&'static str, Case)> {
+    vec![
+        (
+            "anthropic",
+            Case {
+                key_env: Some("ANTHROPIC_API_KEY"),
+                base_env: "ANTHROPIC_BASE_URL",
+                base_suffix: "",
+                model: "anthropic/claude-haiku-4-5",
+                ok: || {
+                    anthropic_sse(
+                        "claude-haiku-4-5",
+                        &["o", "k!"],
+                        json!({"input_tokens": 10, "output_tokens": 1}),
+                        10,
+                    )
+                },
+                ok_cost: 10.0 * 1e-6 + 10.0 * 5e-6,
+                error: |status, msg| {
+                    let kind = match status {
+                        402 => "billing_error",
+                        429 => "rate_limit_error",
+                        529 => "overloaded_error",
+                        500 => "api_error",
+                        _ => "invalid_request_error",
+                    };
+                    anthropic_error(status, kind, msg)
+                },
+                overloaded: 529,
+                auth: Some(|| anthropic_error(401, "authentication_error", "invalid x-api-key")),
+                truncated: || {
+                    streamed(
+                        "text/event-stream",
+                        anthropic_sse_body(
+                            "claude-haiku-4-5",
+                            &["o"],
+                            json!({"input_tokens": 10, "output_tokens": 1}),
+                            0,
+                            false,
+                        ),
+                    )
+                },
+                midstream_error: || {
+                    let mut body = anthropic_sse_body(
+                        "claude-haiku-4-5",
+                        &["o"],
+                        json!({"input_tokens": 10, "output_tokens": 1}),
+                        0,
+                        false,
+                    );
+                    body.push_str("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n");
+                    streamed("text/event-stream", body)
+                },
+                key_name: "ANTHROPIC_API_KEY",
+            },
+        ),
+        (
+            "gemini",
+            Case {
+                key_env: Some("GEMINI_API_KEY"),
+                base_env: "GEMINI_BASE_URL",
+                base_suffix: "",
+                model: "gemini/gemini-2.5-flash-lite",
+                ok: || {
+                    gemini_sse(
+                        "gemini-2.5-flash-lite",
+                        &["o", "k!"],
+                        json!({"promptTokenCount": 10, "candidatesTokenCount": 10, "totalTokenCount": 20}),
+                    )
+                },
+                ok_cost: 10.0 * 0.1e-6 + 10.0 * 0.4e-6,
+                error: |status, msg| {
+                    let s = match status {
+                        429 => "RESOURCE_EXHAUSTED",
+                        503 => "UNAVAILABLE",
+                        500 => "INTERNAL",
+                        403 => "PERMISSION_DENIED",
+                        _ => "INVALID_ARGUMENT",
+                    };
+                    Reply::json(
+                        status,
+                        json!({"error": {"code": status, "message": msg, "status": s}}),
+                    )
+                },
+                overloaded: 503,
+                auth: Some(|| {
+                    Reply::json(
+                        400,
+                        json!({"error": {"code": 400, "message": "API key not valid. Please pass a valid API key.", "status": "INVALID_ARGUMENT",
+                        "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]}}),
+                    )
+                }),
+                truncated: || {
+                    streamed(
+                        "text/event-stream",
+                        gemini_sse_body("gemini-2.5-flash-lite", &["o", "k"], None),
+                    )
+                },
+                midstream_error: || {
+                    let mut body = gemini_sse_body("gemini-2.5-flash-lite", &["o"], None);
+                    body.push_str("data: {\"error\":{\"code\":503,\"message\":\"The model is overloaded. Please try again later.\",\"status\":\"UNAVAILABLE\"}}\r\n\r\n");
+                    streamed("text/event-stream", body)
+                },
+                key_name: "GEMINI_API_KEY",
+            },
+        ),
+        (
+            "cerebras",
+            openai_family(
+                "CEREBRAS_API_KEY",
+                "CEREBRAS_BASE_URL",
+                "/v1",
+                "cerebras/gpt-oss-120b",
+                || openai_sse("gpt-oss-120b", &["o", "k!"], usage10()),
+                10.0 * 0.35e-6 + 10.0 * 0.75e-6,
+            ),
+        ),
+        (
+            "deepseek",
+            openai_family(
+                "DEEPSEEK_API_KEY",
+                "DEEPSEEK_BASE_URL",
+                "",
+                "deepseek/deepseek-v3.2",
+                || openai_sse("deepseek-v3.2", &["o", "k!"], usage10()),
+                10.0 * 0.28e-6 + 10.0 * 0.40e-6,
+            ),
+        ),
+        (
+            "openrouter",
+            openai_family(
+                "OPENROUTER_API_KEY",
+                "OPENROUTER_BASE_URL",
+                "/api/v1",
+                "openrouter/google/gemini-2.5-flash-lite",
+                || {
+                    openai_sse(
+                        "google/gemini-2.5-flash-lite",
+                        &["o", "k!"],
+                        json!({"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20, "cost": 0.000123}),
+                    )
+                },
+                0.000123,
+            ),
+        ),
+        (
+            "huggingface",
+            Case {
+                error: |status, msg| Reply::json(status, json!({"error": msg})),
+                ..openai_family(
+                    "HF_TOKEN",
+                    "HF_BASE_URL",
+                    "/v1",
+                    "huggingface/meta-llama/Llama-3.1-8B-Instruct",
+                    || openai_sse("meta-llama/Llama-3.1-8B-Instruct", &["o", "k!"], usage10()),
+                    0.0,
+                )
+            },
+        ),
+        (
+            "ollama",
+            Case {
+                key_env: None,
+                base_env: "OLLAMA_HOST",
+                base_suffix: "",
+                model: "ollama/llama3.1",
+                ok: || ollama_ndjson("llama3.1", &["o", "k!"], 10, 10),
+                ok_cost: 0.0,
+                error: |status, msg| Reply::json(status, json!({"error": msg})),
+                overloaded: 503,
+                auth: None,
+                truncated: || {
+                    streamed(
+                        "application/x-ndjson",
+                        ollama_ndjson_body("llama3.1", &["o", "k"], None),
+                    )
+                },
+                midstream_error: || {
+                    let mut body = ollama_ndjson_body("llama3.1", &["o"], None);
+                    body.push_str("{\"error\":\"an error was encountered while running the model: unexpected EOF\"}\n");
+                    streamed("application/x-ndjson", body)
+                },
+                key_name: "",
+            },
+        ),
+    ]
+}
+
+const FAKE_KEY: &str = "fault-suite-FAKE-key-0123456789abcdef";
+
+struct Harness {
+    s: Server,
+    fake: FakeProvider,
+    case: Case,
+    name: &'static str,
+    failed: u64,
+    calls: u64,
+    cost: f64,
+}
+
+impl Harness {
+    async fn start(name: &'static str, case: Case, dir: &std::path::Path) -> Harness {
+        let fake = FakeProvider::start((case.ok)()).await;
+        let mut env = vec![
+            (case.base_env, format!("{}{}", fake.base, case.base_suffix)),
+            ("COST_OPTIMIZER_REQUEST_TIMEOUT_SECS", "1".to_string()),
+            ("COST_OPTIMIZER_BREAKER_COOLDOWN_SECS", "0.001".to_string()),
+        ];
+        if let Some(k) = case.key_env {
+            env.push((k, FAKE_KEY.to_string()));
+        }
+        let s = spawn(dir, &env).await;
+        Harness {
+            s,
+            fake,
+            case,
+            name,
+            failed: 0,
+            calls: 0,
+            cost: 0.0,
+        }
+    }
+
+    async fn call(&self) -> rmcp::model::CallToolResult {
+        self.s
+            .call(
+                "complete_prompt",
+                json!({"prompt": "say ok", "force_model": self.case.model, "max_tokens": 50}),
+            )
+            .await
+    }
+
+    /// The call succeeds after `failures` failed attempts.
+    async fn expect_recovery(&mut self, what: &str, failures: u64) {
+        let before = self.fake.requests().len();
+        let r = self.call().await;
+        assert_ne!(
+            r.is_error,
+            Some(true),
+            "[{}] {what}: {}",
+            self.name,
+            text(&r)
+        );
+        let c = r.structured_content.clone().unwrap();
+        assert_eq!(c["answer"], "ok!", "[{}] {what}", self.name);
+        assert_eq!(
+            c["attempts"].as_array().unwrap().len() as u64,
+            failures + 1,
+            "[{}] {what}: {}",
+            self.name,
+            c["attempts"]
+        );
+        assert_usd(&c["cost_usd"], self.case.ok_cost);
+        assert_eq!(
+            self.fake.requests().len() - before,
+            failures as usize + 1,
+            "[{}] {what}",
+            self.name
+        );
+        self.failed += failures;
+        self.calls += 1;
+        self.cost += self.case.ok_cost;
+        self.check_ledger(what).await;
+    }
+
+    /// The call fails with an error containing `needle`, after `attempts`.
+    async fn expect_error(&mut self, what: &str, needle: &str, attempts: u64) {
+        let before = self.fake.requests().len();
+        let r = self.call().await;
+        assert_eq!(
+            r.is_error,
+            Some(true),
+            "[{}] {what} should fail: {}",
+            self.name,
+            text(&r)
+        );
+        let t = text(&r);
+        assert!(t.contains(needle), "[{}] {what}: {t}", self.name);
+        assert!(
+            t.contains("Nothing was charged"),
+            "[{}] {what}: {t}",
+            self.name
+        );
+        assert!(!t.contains(FAKE_KEY), "[{}] {what}: key leaked", self.name);
+        assert_eq!(
+            self.fake.requests().len() - before,
+            attempts as usize,
+            "[{}] {what}",
+            self.name
+        );
+        self.failed += attempts;
+        self.check_ledger(what).await;
+        // And the server still serves.
+        self.expect_recovery(&format!("call after {what}"), 0).await;
+    }
+
+    async fn check_ledger(&self, what: &str) {
+        let u = self.s.ok("query_usage", json!({})).await;
+        assert_eq!(u["calls"], json!(self.calls), "[{}] {what}", self.name);
+        assert_eq!(
+            u["totals"]["failed_attempts"],
+            json!(self.failed),
+            "[{}] {what}",
+            self.name
+        );
+        assert_usd(&u["total_cost_usd"], self.cost);
+    }
+}
+
+async fn run_matrix(name: &'static str) {
+    let case = cases().into_iter().find(|(n, _)| *n == name).unwrap().1;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::start(name, case, dir.path()).await;
+    h.expect_recovery("plain success", 0).await;
+
+    // Rejected key: no retry, no charge, a message naming the env var.
+    if let Some(auth) = h.case.auth {
+        h.fake.push(auth());
+        let needle = format!("{} was rejected", h.case.key_name);
+        h.expect_error("401", &needle, 1).await;
+    }
+    // Out of credit (providers that bill: 402).
+    if h.case.key_env.is_some() && name != "gemini" {
+        h.fake.push((h.case.error)(402, "Insufficient credits"));
+        h.expect_error("402", "billing reasons", 1).await;
+    }
+    // Rate limited, told to wait 1 s: waits, then succeeds.
+    h.fake
+        .push((h.case.error)(429, "Rate limit exceeded").header("retry-after", "1"));
+    let before = h.fake.requests().len();
+    h.expect_recovery("429 with retry-after", 1).await;
+    let reqs = h.fake.requests();
+    let waited = reqs[before + 1].at - reqs[before].at;
+    assert!(
+        waited >= Duration::from_millis(900),
+        "[{name}] retry-after ignored: {waited:?}"
+    );
+    // Rate limited, told to wait an hour: no point waiting; fail now.
+    h.fake
+        .push((h.case.error)(429, "Rate limit exceeded").header("retry-after", "3600"));
+    h.expect_error("429 with long retry-after", "rate-limiting", 1)
+        .await;
+    // Rate limited without a hint: exponential backoff, then success.
+    h.fake.push((h.case.error)(429, "Too many requests"));
+    h.expect_recovery("429 without retry-after", 1).await;
+    // Server errors: retried twice, then given up.
+    for _ in 0..3 {
+        h.fake.push((h.case.error)(500, "Internal server error"));
+    }
+    h.expect_error("500 x3", "server error", 3).await;
+    // Overloaded once: retried.
+    h.fake.push((h.case.error)(h.case.overloaded, "Overloaded"));
+    h.expect_recovery("overloaded", 1).await;
+    // Connection reset mid-body: retried.
+    h.fake.push(((h.case.truncated)()).reset_after_body());
+    h.expect_recovery("reset mid-body", 1).await;
+    // Slower than the 1 s timeout: retried.
+    h.fake.push(((h.case.ok)()).delayed(Duration::from_secs(3)));
+    h.expect_recovery("slow reply", 1).await;
+    // Malformed JSON: not retried (the same request would get the same).
+    h.fake.push(Reply {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: "{\"choices\": [oops".into(),
+        delay: None,
+        reset: false,
+    });
+    h.expect_error("malformed JSON", "could not be read", 1)
+        .await;
+    // A stream that stops before its end.
+    h.fake.push((h.case.truncated)());
+    h.expect_error("truncated stream", "stream ended", 1).await;
+    // An error event mid-stream: a server-side failure, retried.
+    h.fake.push((h.case.midstream_error)());
+    h.expect_recovery("error mid-stream", 1).await;
+
+    let stderr = std::fs::read_to_string(&h.s.stderr_path).unwrap();
+    assert!(!stderr.contains(FAKE_KEY), "[{name}] key in stderr");
+    assert!(!stderr.contains("panicked"), "[{name}] panic: {stderr}");
+    h.s.stop().await;
+}
+
+#[tokio::test]
+async fn anthropic_faults() {
+    run_matrix("anthropic").await;
+}
+
+#[tokio::test]
+async fn gemini_faults() {
+    run_matrix("gemini").await;
+}
+
+#[tokio::test]
+async fn cerebras_faults() {
+    run_matrix("cerebras").await;
+}
+
+#[tokio::test]
+async fn deepseek_faults() {
+    run_matrix("deepseek").await;
+}
+
+#[tokio::test]
+async fn openrouter_faults() {
+    run_matrix("openrouter").await;
+}
+
+#[tokio::test]
+async fn huggingface_faults() {
+    run_matrix("huggingface").await;
+}
+
+#[tokio::test]
+async fn ollama_faults() {
+    run_matrix("ollama").await;
+}
+
+#[tokio::test]
+async fn connection_refused_is_explained_and_falls_back() {
+    // A port with nothing listening.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let good = FakeProvider::start(anthropic_sse(
+        "claude-haiku-4-5",
+        &["ok!"],
+        json!({"input_tokens": 10, "output_tokens": 1}),
+        10,
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", FAKE_KEY.into()),
+            ("DEEPSEEK_BASE_URL", format!("http://127.0.0.1:{port}")),
+        ],
+    )
+    .await;
+    let e = s
+        .err(
+            "complete_prompt",
+            json!({"prompt": "hi", "force_model": "deepseek/deepseek-v3.2"}),
+        )
+        .await;
+    assert!(
+        e.contains("could not reach DeepSeek") && e.contains("DEEPSEEK_BASE_URL"),
+        "{e}"
+    );
+    s.stop().await;
+
+    // With a second provider, the call falls back to it.
+    let s = spawn(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", FAKE_KEY.into()),
+            ("DEEPSEEK_BASE_URL", format!("http://127.0.0.1:{port}")),
+            ("ANTHROPIC_API_KEY", FAKE_KEY.into()),
+            ("ANTHROPIC_BASE_URL", good.base.clone()),
+        ],
+    )
+    .await;
+    let c = s
+        .ok("complete_prompt", json!({"prompt": "hi", "tier": "medium"}))
+        .await;
+    assert_eq!(c["provider"], "anthropic");
+    let attempts = c["attempts"].as_array().unwrap();
+    assert!(
+        attempts
+            .iter()
+            .take(attempts.len() - 1)
+            .all(|a| a["outcome"] == "connection"),
+        "{attempts:?}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_provider_is_cooled_down_for_later_calls() {
+    let bad = FakeProvider::start(openai_error(503, "overloaded", "server_error")).await;
+    let good = FakeProvider::start(anthropic_sse(
+        "claude-haiku-4-5",
+        &["ok!"],
+        json!({"input_tokens": 10, "output_tokens": 1}),
+        10,
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", FAKE_KEY.into()),
+            ("DEEPSEEK_BASE_URL", bad.base.clone()),
+            ("ANTHROPIC_API_KEY", FAKE_KEY.into()),
+            ("ANTHROPIC_BASE_URL", good.base.clone()),
+            ("COST_OPTIMIZER_BREAKER_COOLDOWN_SECS", "60".into()),
+        ],
+    )
+    .await;
+    // First call: DeepSeek (cheaper) fails three times, opening its breaker.
+    let c = s
+        .ok("complete_prompt", json!({"prompt": "hi", "tier": "medium"}))
+        .await;
+    assert_eq!(c["provider"], "anthropic");
+    assert_eq!(bad.requests().len(), 3);
+    assert!(
+        c["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("skipped for the next 60s")),
+        "{}",
+        c["notes"]
+    );
+    // Second call goes straight to Anthropic and says why.
+    let c = s
+        .ok("complete_prompt", json!({"prompt": "hi", "tier": "medium"}))
+        .await;
+    assert_eq!(c["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        bad.requests().len(),
+        3,
+        "the cooled-down provider was called again"
+    );
+    assert!(
+        c["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("cooling down")),
+        "{}",
+        c["notes"]
+    );
+    s.stop().await;
+}
