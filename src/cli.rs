@@ -117,6 +117,12 @@ pub enum Command {
         /// Whose budget pays.
         #[arg(long)]
         user: Option<String>,
+        /// Also read the answer aloud (Cartesia) into a WAV file.
+        #[arg(long)]
+        speak: bool,
+        /// Cartesia voice id for --speak.
+        #[arg(long)]
+        voice: Option<String>,
         #[command(flatten)]
         out: Output,
     },
@@ -301,6 +307,8 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
             model,
             tier,
             user,
+            speak,
+            voice,
             out,
         } => {
             let args = CompleteArgs {
@@ -312,6 +320,8 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
                 force_model: model,
                 tier,
                 user_id: user,
+                speak: speak.then_some(true),
+                voice,
             };
             emit(
                 &out,

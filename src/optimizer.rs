@@ -90,6 +90,13 @@ pub struct CompleteArgs {
     /// Whose budget pays (default "default").
     #[serde(default)]
     pub user_id: Option<String>,
+    /// Also read the answer aloud with Cartesia text-to-speech (needs
+    /// CARTESIA_API_KEY); the WAV file's path is returned in `audio`.
+    #[serde(default)]
+    pub speak: Option<bool>,
+    /// Cartesia voice id for `speak` (default: a stock English voice).
+    #[serde(default)]
+    pub voice: Option<String>,
 }
 
 /// Arguments of `get_recommendation`.
@@ -231,6 +238,25 @@ pub struct Baseline {
     pub cost_usd: f64,
 }
 
+/// The spoken answer, when `speak` was asked for.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Audio {
+    /// Where the WAV file was written.
+    pub path: Option<String>,
+    /// Size of the file in bytes.
+    pub bytes: u64,
+    /// Characters synthesised (what Cartesia bills).
+    pub characters: u64,
+    /// Cartesia model.
+    pub model: String,
+    /// Voice id.
+    pub voice: String,
+    /// What the speech cost, USD (on top of `cost_usd`).
+    pub cost_usd: f64,
+    /// Why there is no audio, if synthesis failed or was skipped.
+    pub error: Option<String>,
+}
+
 /// Result of `complete_prompt`.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Completion {
@@ -271,6 +297,8 @@ pub struct Completion {
     pub recorded: bool,
     /// Anything the user must know (unrecorded call, unpriced model).
     pub warning: Option<String>,
+    /// The spoken answer, when `speak` was asked for.
+    pub audio: Option<Audio>,
     /// Id grouping this call's ledger rows.
     pub request_id: String,
 }
@@ -760,6 +788,30 @@ impl Optimizer {
             None => None,
         };
 
+        let speak = args.speak.unwrap_or(false);
+        let voice = match args
+            .voice
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            Some(v)
+                if v.len() <= 64 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+            {
+                v.to_string()
+            }
+            Some(v) => return Err(invalid(format!("voice: {v:?} is not a Cartesia voice id"))),
+            None => crate::providers::cartesia::DEFAULT_VOICE.to_string(),
+        };
+        if args.voice.is_some() && !speak {
+            return Err(invalid("voice is only used with speak: true"));
+        }
+        if speak && self.registry.speech().is_none() {
+            return Err(invalid(
+                "speak: text-to-speech needs Cartesia; set CARTESIA_API_KEY",
+            ));
+        }
+
         let ledger = self.ledger()?.clone();
         let budget = self.budget_of(&ledger, &user)?;
         let status = budget::status(&ledger, &budget, self.now())
@@ -952,6 +1004,23 @@ impl Optimizer {
                                 cand.model
                             ));
                         }
+                        let audio = if speak {
+                            let job = SpeechJob {
+                                ledger: &ledger,
+                                user: &user,
+                                request_id: &request_id,
+                                first_attempt: attempts.len() as u32 + 1,
+                                period_start,
+                                limit_nanos,
+                                prompt_sha256: &prompt_sha256,
+                            };
+                            Some(self.speak(&resp.text, &voice, job).await)
+                        } else {
+                            None
+                        };
+                        if let Some(Audio { error: Some(e), .. }) = &audio {
+                            warnings.push(format!("No audio: {e}"));
+                        }
                         let budget_after = budget::status(&ledger, &budget, self.now()).ok();
                         let (savings, pct) = match baseline_cost {
                             Some(b) if b > 0.0 => {
@@ -990,6 +1059,7 @@ impl Optimizer {
                             budget: budget_after,
                             recorded: settled.is_ok(),
                             warning: (!warnings.is_empty()).then(|| warnings.join(" ")),
+                            audio,
                             request_id,
                         });
                     }
@@ -1062,6 +1132,136 @@ impl Optimizer {
                 tried.as_str()
             }
         )))
+    }
+
+    /// Reads `text` aloud with Cartesia, records the cost, writes the WAV.
+    /// Never fails the call: the answer is already paid for, so problems
+    /// come back in [`Audio::error`].
+    async fn speak(&self, text: &str, voice: &str, job: SpeechJob<'_>) -> Audio {
+        use crate::providers::cartesia::{self, SpeechRequest};
+        let model = cartesia::DEFAULT_MODEL;
+        let transcript: String = text
+            .trim()
+            .chars()
+            .take(cartesia::MAX_TRANSCRIPT_CHARS)
+            .collect();
+        let characters = transcript.chars().count() as u64;
+        let per_char = self
+            .catalog
+            .get(&format!("cartesia/{model}"))
+            .map(|p| p.input)
+            .or_else(|| cartesia::price_per_char(model))
+            .unwrap_or(0.0);
+        let cost = crate::pricing::sane_cost(characters as f64 * per_char);
+        let mut audio = Audio {
+            path: None,
+            bytes: 0,
+            characters,
+            model: format!("cartesia/{model}"),
+            voice: voice.to_string(),
+            cost_usd: 0.0,
+            error: None,
+        };
+        if transcript.is_empty() {
+            audio.error = Some("the answer is empty".into());
+            return audio;
+        }
+        let Some(speech) = self.registry.speech() else {
+            audio.error = Some("Cartesia is not enabled".into());
+            return audio;
+        };
+        let req = SpeechRequest {
+            transcript,
+            model: model.to_string(),
+            voice: voice.to_string(),
+        };
+        let mut retries = 0;
+        let mut attempt = job.first_attempt;
+        loop {
+            let now = self.now();
+            let reserve = {
+                let (ledger, user, limit, start) = (
+                    job.ledger.clone(),
+                    job.user.to_string(),
+                    job.limit_nanos,
+                    job.period_start,
+                );
+                let ttl = reservation_ttl(&self.settings);
+                let amount = to_nanos(cost);
+                blocking(move || ledger.reserve(&user, start, limit, amount, now, ttl)).await
+            };
+            let reservation = match reserve {
+                Ok(Ok(r)) => ReservationGuard::new(job.ledger.clone(), r),
+                Ok(Err(_)) => {
+                    audio.error = Some(format!(
+                        "reading the answer aloud would cost ${cost:.6}, more than the budget has left"
+                    ));
+                    return audio;
+                }
+                Err(e) => {
+                    audio.error = Some(e.to_string());
+                    return audio;
+                }
+            };
+            let t0 = Instant::now();
+            let result = speech.client.synthesize(&req).await;
+            let record = CallRecord {
+                ts_ms: self.now(),
+                user_id: job.user.to_string(),
+                request_id: job.request_id.to_string(),
+                attempt,
+                provider: ProviderId::Cartesia.as_str().into(),
+                model: audio.model.clone(),
+                tier: None,
+                // Cartesia bills characters; they are recorded as input tokens.
+                input_tokens: characters,
+                latency_ms: t0.elapsed().as_millis() as u64,
+                prompt_sha256: job.prompt_sha256.to_string(),
+                cost_source: "catalog".into(),
+                ..CallRecord::default()
+            };
+            attempt += 1;
+            match result {
+                Ok(bytes) => {
+                    let _ = reservation
+                        .settle(CallRecord {
+                            cost_usd: cost,
+                            ok: true,
+                            ..record
+                        })
+                        .await;
+                    audio.cost_usd = cost;
+                    audio.bytes = bytes.len() as u64;
+                    match write_audio(&self.settings.data_dir, job.request_id, &bytes) {
+                        Ok(p) => audio.path = Some(p),
+                        Err(e) => audio.error = Some(format!("could not save the audio: {e}")),
+                    }
+                    return audio;
+                }
+                Err(err) => {
+                    let message = err.user_message();
+                    let _ = reservation
+                        .settle(CallRecord {
+                            ok: false,
+                            error_kind: Some(err.kind.as_str().into()),
+                            error_message: Some(message.clone()),
+                            cost_source: "provider".into(),
+                            ..record
+                        })
+                        .await;
+                    if err.kind.is_retryable()
+                        && retries < self.settings.max_retries
+                        && let Some(d) = self.backoff(retries, err.retry_after)
+                    {
+                        tokio::time::sleep(d).await;
+                        retries += 1;
+                        continue;
+                    }
+                    audio.error = Some(message);
+                    return audio;
+                }
+            }
+        }
     }
 
     /// How long to wait before retry number `retry + 1`: the provider's own
@@ -1261,6 +1461,38 @@ impl Optimizer {
             store_prompts: self.settings.store_prompts,
         }
     }
+}
+
+/// What a speech synthesis needs from the call it belongs to.
+struct SpeechJob<'a> {
+    ledger: &'a Ledger,
+    user: &'a str,
+    request_id: &'a str,
+    first_attempt: u32,
+    period_start: i64,
+    limit_nanos: Option<i64>,
+    prompt_sha256: &'a str,
+}
+
+/// Writes audio to `<data dir>/audio/<request id>.wav`, owner-only.
+fn write_audio(
+    data_dir: &std::path::Path,
+    request_id: &str,
+    bytes: &[u8],
+) -> std::io::Result<String> {
+    let dir = data_dir.join("audio");
+    crate::ledger::create_private_dir(&dir).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let path = dir.join(format!("{request_id}.wav"));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    use std::io::Write;
+    opts.open(&path)?.write_all(bytes)?;
+    Ok(path.display().to_string())
 }
 
 /// Releases its reservation when dropped unless settled, so a cancelled or

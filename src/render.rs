@@ -110,6 +110,17 @@ pub fn completion(c: &Completion) -> String {
             let _ = writeln!(s, "⚠️ {a}");
         }
     }
+    if let Some(a) = &c.audio
+        && let Some(p) = &a.path
+    {
+        let _ = writeln!(
+            s,
+            "🔊 Audio: {p} ({} characters, {} with {})",
+            a.characters,
+            usd(a.cost_usd),
+            a.model
+        );
+    }
     if let Some(w) = &c.warning {
         let _ = writeln!(s, "⚠️ {w}");
     }

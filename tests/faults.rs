@@ -449,6 +449,7 @@ async fn run_matrix(name: &'static str) {
         body: "{\"choices\": [oops".into(),
         delay: None,
         reset: false,
+        raw: None,
     });
     h.expect_error("malformed JSON", "could not be read", 1)
         .await;
@@ -617,5 +618,172 @@ async fn a_failing_provider_is_cooled_down_for_later_calls() {
         "{}",
         c["notes"]
     );
+    s.stop().await;
+}
+
+/// A minimal valid WAV file: RIFF header, fmt chunk, a little silence.
+fn wav() -> Vec<u8> {
+    let data = vec![0u8; 64];
+    let mut w = Vec::new();
+    w.extend_from_slice(b"RIFF");
+    w.extend_from_slice(&((36 + data.len()) as u32).to_le_bytes());
+    w.extend_from_slice(b"WAVEfmt ");
+    w.extend_from_slice(&16u32.to_le_bytes());
+    w.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    w.extend_from_slice(&1u16.to_le_bytes()); // mono
+    w.extend_from_slice(&44100u32.to_le_bytes());
+    w.extend_from_slice(&(44100u32 * 2).to_le_bytes());
+    w.extend_from_slice(&2u16.to_le_bytes());
+    w.extend_from_slice(&16u16.to_le_bytes());
+    w.extend_from_slice(b"data");
+    w.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    w.extend_from_slice(&data);
+    w
+}
+
+fn wav_reply() -> Reply {
+    Reply {
+        status: 200,
+        headers: vec![("content-type".into(), "audio/wav".into())],
+        body: String::new(),
+        delay: None,
+        reset: false,
+        raw: Some(wav()),
+    }
+}
+
+fn cartesia_error(status: u16, msg: &str) -> Reply {
+    Reply::json(
+        status,
+        json!({"title": "Error", "message": msg, "error_code": "error", "request_id": "r1"}),
+    )
+}
+
+#[tokio::test]
+async fn cartesia_speaks_the_answer_and_survives_faults() {
+    let chat =
+        FakeProvider::start(openai_sse("deepseek-v3.2", &["Hello", " there"], usage10())).await;
+    let tts = FakeProvider::start(wav_reply()).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // Without a Cartesia key, speak is refused before anything is spent.
+    let s = spawn(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", FAKE_KEY.into()),
+            ("DEEPSEEK_BASE_URL", chat.base.clone()),
+        ],
+    )
+    .await;
+    let e = s
+        .err("complete_prompt", json!({"prompt": "hi", "speak": true}))
+        .await;
+    assert!(e.contains("CARTESIA_API_KEY"), "{e}");
+    assert!(chat.requests().is_empty());
+    s.stop().await;
+
+    let s = spawn(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", FAKE_KEY.into()),
+            ("DEEPSEEK_BASE_URL", chat.base.clone()),
+            ("CARTESIA_API_KEY", "sk_car_FAKE_0000000000000000".into()),
+            ("CARTESIA_BASE_URL", tts.base.clone()),
+            ("COST_OPTIMIZER_REQUEST_TIMEOUT_SECS", "1".into()),
+        ],
+    )
+    .await;
+    let chat_cost = 10.0 * 0.28e-6 + 10.0 * 0.40e-6;
+    let speech_cost = "Hello there".len() as f64 * 0.000_05;
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "greet me", "tier": "cheap", "speak": true, "voice": "abc-123"}),
+        )
+        .await;
+    assert_eq!(c["answer"], "Hello there");
+    let audio = &c["audio"];
+    assert_eq!(audio["characters"], json!(11));
+    assert_usd(&audio["cost_usd"], speech_cost);
+    assert_usd(&c["cost_usd"], chat_cost);
+    let path = audio["path"].as_str().unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), wav());
+    let r = &tts.requests()[0];
+    assert_eq!(r.path, "/tts/bytes");
+    assert_eq!(
+        r.headers["cartesia-version"].to_str().unwrap(),
+        "2025-04-16"
+    );
+    assert_eq!(
+        r.headers["authorization"].to_str().unwrap(),
+        "Bearer sk_car_FAKE_0000000000000000"
+    );
+    assert_eq!(r.body["transcript"], "Hello there");
+    assert_eq!(r.body["voice"]["id"], "abc-123");
+    assert_eq!(r.body["output_format"]["container"], "wav");
+    let u = s.ok("query_usage", json!({"group_by": "provider"})).await;
+    assert_usd(&u["total_cost_usd"], chat_cost + speech_cost);
+    assert!(
+        u["by_provider"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["key"] == "cartesia")
+    );
+
+    // Faults: the answer is still delivered; the audio says what went wrong.
+    let mut failed = 0;
+    let cases: Vec<(Vec<Reply>, Option<&str>, u64)> = vec![
+        (
+            vec![cartesia_error(401, "Invalid API key")],
+            Some("CARTESIA_API_KEY was rejected"),
+            1,
+        ),
+        (
+            vec![cartesia_error(402, "Out of credits")],
+            Some("billing"),
+            1,
+        ),
+        (
+            vec![cartesia_error(429, "Too many requests").header("retry-after", "0")],
+            None,
+            1,
+        ),
+        (
+            vec![cartesia_error(500, "boom"); 3],
+            Some("server error"),
+            3,
+        ),
+        (
+            vec![Reply::json(200, json!({"not": "audio"}))],
+            Some("not WAV audio"),
+            1,
+        ),
+        (vec![wav_reply().delayed(Duration::from_secs(3))], None, 1),
+    ];
+    for (replies, error, failures) in cases {
+        for r in replies {
+            tts.push(r);
+        }
+        let c = s
+            .ok(
+                "complete_prompt",
+                json!({"prompt": "greet me", "tier": "cheap", "speak": true}),
+            )
+            .await;
+        assert_eq!(c["answer"], "Hello there");
+        match error {
+            Some(needle) => {
+                let e = c["audio"]["error"].as_str().unwrap_or_default();
+                assert!(e.contains(needle), "{needle}: {}", c["audio"]);
+                assert!(c["audio"]["path"].is_null());
+                assert!(c["warning"].as_str().unwrap().contains("No audio"));
+            }
+            None => assert!(c["audio"]["path"].is_string(), "{}", c["audio"]),
+        }
+        failed += failures;
+        let u = s.ok("query_usage", json!({})).await;
+        assert_eq!(u["totals"]["failed_attempts"], json!(failed), "{error:?}");
+    }
     s.stop().await;
 }

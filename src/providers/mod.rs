@@ -7,6 +7,7 @@
 //! [`Usage`] and every failure into one [`ProviderError`].
 
 pub mod anthropic;
+pub mod cartesia;
 pub mod cerebras;
 pub mod deepseek;
 pub mod errors;
@@ -229,20 +230,8 @@ pub static SPECS: &[&ProviderSpec] = &[
     &openrouter::SPEC,
     &huggingface::SPEC,
     &ollama::SPEC,
-    &CARTESIA_SPEC,
+    &cartesia::SPEC,
 ];
-
-/// Cartesia (voice) is not a chat provider; its client lands with the
-/// voice work.
-static CARTESIA_SPEC: ProviderSpec = ProviderSpec {
-    id: ProviderId::Cartesia,
-    display_name: "Cartesia",
-    key_envs: &["CARTESIA_API_KEY"],
-    base_url_env: "CARTESIA_BASE_URL",
-    default_base_url: "https://api.cartesia.ai",
-    key_help_url: "https://play.cartesia.ai/keys",
-    build: None,
-};
 
 /// The spec of `id`.
 pub fn spec(id: ProviderId) -> &'static ProviderSpec {
@@ -281,10 +270,24 @@ pub struct DisabledProvider {
     pub reason: String,
 }
 
+/// The text-to-speech provider, when enabled.
+#[derive(Clone)]
+pub struct EnabledSpeech {
+    /// The client.
+    pub client: Arc<cartesia::Cartesia>,
+    /// Base URL in use.
+    pub base_url: String,
+    /// Human reason.
+    pub reason: String,
+    /// The key, for `doctor`'s masked description.
+    pub key: Option<Secret>,
+}
+
 /// The providers enabled in this process.
 #[derive(Clone, Default)]
 pub struct Registry {
     enabled: BTreeMap<ProviderId, EnabledProvider>,
+    speech: Option<EnabledSpeech>,
     disabled: Vec<DisabledProvider>,
 }
 
@@ -334,6 +337,20 @@ impl Registry {
                 });
                 continue;
             }
+            if spec.id == ProviderId::Cartesia {
+                let key = key.map(|(_, k)| k);
+                reg.speech = Some(EnabledSpeech {
+                    client: Arc::new(cartesia::Cartesia::new(ProviderConfig {
+                        api_key: key.clone(),
+                        base_url: base_url.clone(),
+                        http: http.clone(),
+                    })),
+                    base_url,
+                    reason,
+                    key,
+                });
+                continue;
+            }
             let Some(build) = spec.build else {
                 reg.disabled.push(DisabledProvider {
                     provider: spec.id,
@@ -372,6 +389,11 @@ impl Registry {
     /// True when `id` is enabled.
     pub fn is_enabled(&self, id: ProviderId) -> bool {
         self.enabled.contains_key(&id)
+    }
+
+    /// The text-to-speech provider, if enabled.
+    pub fn speech(&self) -> Option<&EnabledSpeech> {
+        self.speech.as_ref()
     }
 
     /// Enabled providers.

@@ -29,6 +29,8 @@ pub struct Reply {
     pub delay: Option<Duration>,
     /// Send the body, then break the connection instead of ending it.
     pub reset: bool,
+    /// Binary body, sent instead of `body` when set (audio).
+    pub raw: Option<Vec<u8>>,
 }
 
 impl Reply {
@@ -39,6 +41,7 @@ impl Reply {
             body: body.to_string(),
             delay: None,
             reset: false,
+            raw: None,
         }
     }
 
@@ -122,7 +125,10 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request<Body>) 
             .body(Body::from_stream(futures_util::stream::iter(chunks)))
             .unwrap();
     }
-    resp.body(Body::from(reply.body)).unwrap()
+    match reply.raw {
+        Some(raw) => resp.body(Body::from(raw)).unwrap(),
+        None => resp.body(Body::from(reply.body)).unwrap(),
+    }
 }
 
 impl FakeProvider {
@@ -226,6 +232,7 @@ pub fn streamed(content_type: &str, body: String) -> Reply {
         body,
         delay: None,
         reset: false,
+        raw: None,
     }
 }
 
