@@ -944,10 +944,7 @@ impl Optimizer {
                     prompt: prompt.to_string(),
                     max_tokens: max_out,
                 };
-                let t0 = Instant::now();
-                let result = provider.client.complete(&req, sink).await;
-                let latency_ms = t0.elapsed().as_millis() as u64;
-                let base_record = CallRecord {
+                let mut base_record = CallRecord {
                     ts_ms: self.now(),
                     user_id: user.clone(),
                     request_id: request_id.clone(),
@@ -956,12 +953,16 @@ impl Optimizer {
                     model: cand.model.clone(),
                     tier: Some(cand.tier.as_str().to_string()),
                     score: Some(plan.score),
-                    latency_ms,
                     forced: forced.map(str::to_string),
                     prompt_sha256: prompt_sha256.clone(),
                     prompt_text: prompt_text.clone(),
                     ..CallRecord::default()
                 };
+                let reservation = reservation.pending(base_record.clone());
+                let t0 = Instant::now();
+                let result = provider.client.complete(&req, sink).await;
+                let latency_ms = t0.elapsed().as_millis() as u64;
+                base_record.latency_ms = latency_ms;
                 let err = match result {
                     Ok(resp) => {
                         self.breakers.success(cand.provider);
@@ -1496,10 +1497,12 @@ fn write_audio(
 }
 
 /// Releases its reservation when dropped unless settled, so a cancelled or
-/// panicking call never leaves money held.
+/// panicking call never leaves money held. If it was given the attempt's
+/// record, a dropped guard also records the attempt as cancelled.
 struct ReservationGuard {
     ledger: Ledger,
     id: Option<crate::ledger::ReservationId>,
+    pending: Option<(CallRecord, Instant)>,
 }
 
 impl ReservationGuard {
@@ -1507,11 +1510,19 @@ impl ReservationGuard {
         ReservationGuard {
             ledger,
             id: Some(id),
+            pending: None,
         }
+    }
+
+    /// Remembers the attempt about to start, so a cancellation can record it.
+    fn pending(mut self, record: CallRecord) -> Self {
+        self.pending = Some((record, Instant::now()));
+        self
     }
 
     /// Records the attempt and drops the reservation in one transaction.
     async fn settle(mut self, record: CallRecord) -> Result<i64, crate::ledger::LedgerError> {
+        self.pending = None;
         let Some(id) = self.id.take() else {
             return self.ledger.insert_call(&record);
         };
@@ -1527,9 +1538,21 @@ impl ReservationGuard {
 
 impl Drop for ReservationGuard {
     fn drop(&mut self) {
-        if let Some(id) = self.id.take()
-            && let Err(e) = self.ledger.release(id)
-        {
+        let Some(id) = self.id.take() else { return };
+        let result = match self.pending.take() {
+            Some((mut rec, started)) => {
+                rec.latency_ms = started.elapsed().as_millis() as u64;
+                rec.ok = false;
+                rec.error_kind = Some("cancelled".into());
+                rec.error_message = Some(
+                    "cancelled before the answer finished; the provider may bill tokens it already generated".into(),
+                );
+                rec.cost_source = "unpriced".into();
+                self.ledger.settle(id, &rec).map(|_| ())
+            }
+            None => self.ledger.release(id),
+        };
+        if let Err(e) = result {
             tracing::warn!(error = %e, "could not release a reservation; it will expire");
         }
     }

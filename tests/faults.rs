@@ -450,6 +450,7 @@ async fn run_matrix(name: &'static str) {
         delay: None,
         reset: false,
         raw: None,
+        drip: None,
     });
     h.expect_error("malformed JSON", "could not be read", 1)
         .await;
@@ -649,6 +650,7 @@ fn wav_reply() -> Reply {
         delay: None,
         reset: false,
         raw: Some(wav()),
+        drip: None,
     }
 }
 

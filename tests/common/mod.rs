@@ -31,6 +31,9 @@ pub struct Reply {
     pub reset: bool,
     /// Binary body, sent instead of `body` when set (audio).
     pub raw: Option<Vec<u8>>,
+    /// Send the body one SSE event (blank-line separated) at a time, with
+    /// this pause between events.
+    pub drip: Option<Duration>,
 }
 
 impl Reply {
@@ -42,6 +45,7 @@ impl Reply {
             delay: None,
             reset: false,
             raw: None,
+            drip: None,
         }
     }
 
@@ -53,6 +57,12 @@ impl Reply {
     /// Delays the reply.
     pub fn delayed(mut self, d: Duration) -> Reply {
         self.delay = Some(d);
+        self
+    }
+
+    /// Sends the body event by event, `d` apart.
+    pub fn dripped(mut self, d: Duration) -> Reply {
+        self.drip = Some(d);
         self
     }
 
@@ -77,6 +87,23 @@ struct FakeState {
     replies: VecDeque<Reply>,
     default: Option<Reply>,
     requests: Vec<Recorded>,
+    /// Dripped replies whose client went away before the end.
+    aborted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a dripped body dropped before its last event (the client hung up).
+struct DripGuard {
+    done: bool,
+    aborted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for DripGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.aborted
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 /// A fake provider: an HTTP server on 127.0.0.1 that answers with scripted
@@ -94,6 +121,7 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request<Body>) 
         .await
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let aborted = state.lock().unwrap().aborted.clone();
     let reply = {
         let mut s = state.lock().unwrap();
         s.requests.push(Recorded {
@@ -112,6 +140,29 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request<Body>) 
     let mut resp = Response::builder().status(StatusCode::from_u16(reply.status).unwrap());
     for (k, v) in &reply.headers {
         resp = resp.header(k, v);
+    }
+    if let Some(pause) = reply.drip {
+        let mut events: VecDeque<String> = reply
+            .body
+            .split_inclusive("\n\n")
+            .map(str::to_string)
+            .collect();
+        let guard = DripGuard {
+            done: false,
+            aborted,
+        };
+        let stream = futures_util::stream::unfold(
+            (events.drain(..).collect::<VecDeque<_>>(), guard),
+            move |(mut q, mut g)| async move {
+                let next = q.pop_front()?;
+                tokio::time::sleep(pause).await;
+                if q.is_empty() {
+                    g.done = true;
+                }
+                Some((Ok::<_, std::io::Error>(next.into_bytes()), (q, g)))
+            },
+        );
+        return resp.body(Body::from_stream(stream)).unwrap();
     }
     if reply.reset {
         let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
@@ -155,6 +206,15 @@ impl FakeProvider {
     /// Queues a reply to be sent before the default.
     pub fn push(&self, r: Reply) {
         self.state.lock().unwrap().replies.push_back(r);
+    }
+
+    /// How many dripped replies were abandoned by the client mid-stream.
+    pub fn aborted(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .aborted
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Every request received so far.
@@ -233,6 +293,7 @@ pub fn streamed(content_type: &str, body: String) -> Reply {
         delay: None,
         reset: false,
         raw: None,
+        drip: None,
     }
 }
 

@@ -1,0 +1,187 @@
+//! Streaming through a real MCP client: progress notifications while the
+//! answer arrives, and cancellation that stops the provider request,
+//! releases the budget hold and records the abandoned attempt.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use rmcp::handler::client::progress::ProgressDispatcher;
+use rmcp::model::{CallToolRequestParams, ClientRequest, ProgressNotificationParam, Request};
+use rmcp::service::PeerRequestOptions;
+use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+use rmcp::{ClientHandler, ServiceExt};
+use serde_json::json;
+
+#[derive(Clone, Default)]
+struct Client {
+    progress: ProgressDispatcher,
+    seen: Arc<Mutex<Vec<ProgressNotificationParam>>>,
+}
+
+impl ClientHandler for Client {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _ctx: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        self.seen.lock().unwrap().push(params.clone());
+        self.progress.handle_notification(params).await;
+    }
+}
+
+async fn connect(
+    dir: &std::path::Path,
+    env: &[(&str, String)],
+) -> rmcp::service::RunningService<rmcp::RoleClient, Client> {
+    let mut vars = base_env(dir);
+    vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let cmd = tokio::process::Command::new(binary()).configure(|c| {
+        c.env_clear();
+        for (k, v) in &vars {
+            c.env(k, v);
+        }
+    });
+    let (transport, _) = TokioChildProcess::builder(cmd)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    Client::default().serve(transport).await.unwrap()
+}
+
+fn call(args: serde_json::Value) -> ClientRequest {
+    ClientRequest::CallToolRequest(Request::new(
+        CallToolRequestParams::new("complete_prompt")
+            .with_arguments(args.as_object().unwrap().clone()),
+    ))
+}
+
+#[tokio::test]
+async fn progress_is_reported_while_the_answer_streams() {
+    let pieces = ["The ", "quick ", "brown ", "fox ", "jumps."];
+    let fake = FakeProvider::start(
+        openai_sse(
+            "deepseek-v3.2",
+            &pieces,
+            json!({"prompt_tokens": 5, "completion_tokens": 5}),
+        )
+        .dripped(Duration::from_millis(250)),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = connect(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", "sk-stream-FAKE-00000000000".into()),
+            ("DEEPSEEK_BASE_URL", fake.base.clone()),
+        ],
+    )
+    .await;
+    let handle = client
+        .send_cancellable_request(
+            call(json!({"prompt": "fox?", "tier": "cheap"})),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    let token = handle.progress_token.clone();
+    let resp = handle.await_response().await.unwrap();
+    let rmcp::model::ServerResult::CallToolResult(r) = resp else {
+        panic!("unexpected response {resp:?}")
+    };
+    let answer = r.structured_content.unwrap()["answer"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(answer, pieces.concat());
+    let seen = client.service().seen.lock().unwrap().clone();
+    assert!(
+        seen.len() >= 2,
+        "expected several progress notifications, got {seen:?}"
+    );
+    assert!(seen.iter().all(|p| p.progress_token == token));
+    assert!(
+        seen.windows(2).all(|w| w[0].progress < w[1].progress),
+        "{seen:?}"
+    );
+    let last = seen.last().unwrap().progress;
+    assert!(
+        last > 0.0 && last <= answer.chars().count() as f64,
+        "{last}"
+    );
+    assert!(seen[0].message.as_deref().unwrap().contains("characters"));
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn cancelling_stops_the_provider_and_releases_the_hold() {
+    let pieces: Vec<String> = (0..20).map(|i| format!("word{i} ")).collect();
+    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+    let fake = FakeProvider::start(
+        openai_sse(
+            "deepseek-v3.2",
+            &refs,
+            json!({"prompt_tokens": 5, "completion_tokens": 20}),
+        )
+        .dripped(Duration::from_millis(300)),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = connect(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", "sk-stream-FAKE-00000000000".into()),
+            ("DEEPSEEK_BASE_URL", fake.base.clone()),
+        ],
+    )
+    .await;
+    let handle = client
+        .send_cancellable_request(
+            call(json!({"prompt": "count", "tier": "cheap", "max_tokens": 100000})),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    // Wait until the provider is streaming, then cancel.
+    for _ in 0..50 {
+        if !fake.requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    handle
+        .cancel(Some("user pressed stop".into()))
+        .await
+        .unwrap();
+
+    // The provider's stream is abandoned well before its 6 s end.
+    let mut stopped = false;
+    for _ in 0..100 {
+        if fake.aborted() == 1 {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        stopped,
+        "the provider request kept running after cancellation"
+    );
+
+    // No money is held, the attempt is recorded, and the server still serves.
+    let usage = client
+        .call_tool(
+            CallToolRequestParams::new("query_usage")
+                .with_arguments(json!({}).as_object().unwrap().clone()),
+        )
+        .await
+        .unwrap();
+    let u = usage.structured_content.unwrap();
+    assert_eq!(u["budget"]["reserved_usd"], json!(0.0), "{u}");
+    assert_eq!(u["calls"], json!(0));
+    assert_eq!(u["totals"]["failed_attempts"], json!(1));
+    client.cancel().await.unwrap();
+}
