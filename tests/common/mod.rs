@@ -89,12 +89,15 @@ struct FakeState {
     requests: Vec<Recorded>,
     /// Dripped replies whose client went away before the end.
     aborted: Arc<std::sync::atomic::AtomicUsize>,
+    /// Events of dripped replies sent so far.
+    sent: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Counts a dripped body dropped before its last event (the client hung up).
 struct DripGuard {
     done: bool,
     aborted: Arc<std::sync::atomic::AtomicUsize>,
+    sent: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Drop for DripGuard {
@@ -121,7 +124,10 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request<Body>) 
         .await
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let aborted = state.lock().unwrap().aborted.clone();
+    let (aborted, sent) = {
+        let s = state.lock().unwrap();
+        (s.aborted.clone(), s.sent.clone())
+    };
     let reply = {
         let mut s = state.lock().unwrap();
         s.requests.push(Recorded {
@@ -150,11 +156,13 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request<Body>) 
         let guard = DripGuard {
             done: false,
             aborted,
+            sent,
         };
         let stream = futures_util::stream::unfold(
             (events.drain(..).collect::<VecDeque<_>>(), guard),
             move |(mut q, mut g)| async move {
                 let next = q.pop_front()?;
+                g.sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::time::sleep(pause).await;
                 if q.is_empty() {
                     g.done = true;
@@ -214,6 +222,15 @@ impl FakeProvider {
             .lock()
             .unwrap()
             .aborted
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Events of dripped replies sent so far.
+    pub fn drip_sent(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .sent
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
