@@ -42,7 +42,10 @@ All on the UTF-8 bytes of the prompt.
     `uppercase`.)
   * number token: a maximal run matching [0-9]+([.,][0-9]+)* ; its n-gram text is "0".
   * token stream: word and number tokens in order; every other byte is a separator.
-  * token hash: FNV-1a 64 of the lower-cased token bytes; n-gram keys:
+  * token hash: h = TOKEN_SEED; for each 8-byte chunk c of the lower-cased token (little
+    endian, last chunk zero-padded): h = ((rotl64(h, 29) ^ c) * GOLDEN) mod 2**64; then
+    h = ((h ^ len) * GOLDEN) mod 2**64; h ^= h >> 29. (Word-at-a-time so the Rust scanner
+    needs one multiply per 8 letters.) n-gram keys:
     uni = h_i, bi = mix(h_{i-1}, h_i), tri = mix(mix(h_{i-2}, h_{i-1}), h_i),
     mix(a, b) = ((rotl64(a, 23) ^ b) * 0x9E3779B97F4A7C15) mod 2**64;
     bucket(k) = (((k ^ (k >> 32)) * 0x9E3779B97F4A7C15) mod 2**64) >> 49.
@@ -87,8 +90,6 @@ import routing_metrics as rm  # noqa: E402
 
 # ----------------------------------------------------------------------------- spec
 M64 = (1 << 64) - 1
-FNV_OFFSET = 0xCBF29CE484222325
-FNV_PRIME = 0x100000001B3
 GOLDEN = 0x9E3779B97F4A7C15
 BUCKET_BITS = 15
 N_BUCKETS = 1 << BUCKET_BITS
@@ -167,34 +168,44 @@ DENSE = ["length", "avg_word_len", "numbers", "number_density", "questions", "se
          "uppercase"] + ["lex_" + c for c in CLASSES]
 
 
-def fnv1a64(data: bytes, h: int = FNV_OFFSET) -> int:
-    for b in data:
-        h = ((h ^ b) * FNV_PRIME) & M64
-    return h
+TOKEN_SEED = 0x243F6A8885A308D3
+
+
+def rotl(x: int, r: int) -> int:
+    return ((x << r) | (x >> (64 - r))) & M64
+
+
+def token_hash(tok: bytes) -> int:
+    """Hash of a lower-cased token: 8-byte little-endian chunks (last one zero-padded)."""
+    h = TOKEN_SEED
+    for j in range(0, len(tok), 8):
+        c = int.from_bytes(tok[j:j + 8], "little")
+        h = ((rotl(h, 29) ^ c) * GOLDEN) & M64
+    h = ((h ^ len(tok)) * GOLDEN) & M64
+    return h ^ (h >> 29)
 
 
 def mix(a: int, b: int) -> int:
-    rot = ((a << 23) | (a >> 41)) & M64
-    return ((rot ^ b) * GOLDEN) & M64
+    return ((rotl(a, 23) ^ b) * GOLDEN) & M64
 
 
 def bucket(k: int) -> int:
     return (((k ^ (k >> 32)) * GOLDEN) & M64) >> (64 - BUCKET_BITS)
 
 
-NUMBER_HASH = fnv1a64(b"0")
+NUMBER_HASH = token_hash(b"0")
 
 
 def _lexicon_keys():
     keys = {}
     for ci, c in enumerate(CLASSES):
         for w in LEXICON[c].split():
-            k = fnv1a64(w.encode())
+            k = token_hash(w.encode())
             keys[k] = keys.get(k, 0) | (1 << ci)
     for c, phrases in PHRASES.items():
         for p in phrases:
             a, b = p.split()
-            k = mix(fnv1a64(a.encode()), fnv1a64(b.encode()))
+            k = mix(token_hash(a.encode()), token_hash(b.encode()))
             keys[k] = keys.get(k, 0) | (1 << CLASSES.index(c))
     return keys
 
@@ -227,7 +238,7 @@ def extract(prompt: str):
                 continue
             words += 1
             letters_in_words += len(t)
-            h = fnv1a64(t.lower())
+            h = token_hash(t.lower())
             mask = LEX_KEYS.get(h, 0)
             for ci in range(len(CLASSES)):
                 if mask >> ci & 1:

@@ -28,8 +28,12 @@
 //!
 //! # Cost
 //!
-//! Linear in the prompt length, constant extra memory (a 4 KiB bitset and a few
-//! counters on the stack). A multi-megabyte prompt is just a longer loop.
+//! Linear in the prompt length, constant extra memory (about 4.5 KiB on the stack: a
+//! bitset of seen n-gram buckets and a few counters), no heap allocation in `score`. A
+//! multi-megabyte prompt is just a longer loop. Words are classified and hashed eight
+//! bytes at a time (SWAR); the remaining cost is about 150 instructions per token for
+//! the three n-gram lookups, the lexicon filter and the phrase bookkeeping — roughly
+//! 25k instructions (3-4 µs) for a 450-byte prompt.
 
 #![allow(clippy::cast_precision_loss)]
 
@@ -42,11 +46,11 @@ use weights::{
     N_DENSE, NGRAM_Q, NGRAM_SCALE, TEXT_MEAN, Z_MID, Z_SCALE,
 };
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
-/// FNV-1a 64 of "0": every number token hashes to this.
-const NUMBER_HASH: u64 = (FNV_OFFSET ^ b'0' as u64).wrapping_mul(FNV_PRIME);
+/// Starting state of the token hash.
+const TOKEN_SEED: u64 = 0x243f_6a88_85a3_08d3;
+/// Every number token hashes like the word "0".
+const NUMBER_HASH: u64 = token_hash_finish(token_hash_step(TOKEN_SEED, b'0' as u64), 1);
 const N_BUCKETS: usize = 1 << BUCKET_BITS;
 const BITSET_WORDS: usize = N_BUCKETS / 64;
 /// How many example phrases a score keeps per direction (for `reasons`).
@@ -73,49 +77,114 @@ const F_NON_ASCII: usize = 12;
 const F_UPPERCASE: usize = 13;
 const N_LEX: usize = N_DENSE - LEX_FIRST;
 
-// Byte classes for the single scanning pass.
-const C_UPPER: u8 = 1;
-const C_LOWER: u8 = 2;
-const C_DIGIT: u8 = 4;
-const C_SPACE: u8 = 8;
-const C_MATH: u8 = 16;
-const C_CODE: u8 = 32;
-const C_QUANT: u8 = 64;
+// Byte kinds for the scanning pass. Letters and digits start tokens; every other byte
+// goes to one counter (`Scan::other`), and a few need a closer look (SPECIAL).
+const K_NONE: u8 = 0;
+const K_QUESTION: u8 = 1;
+const K_NEWLINE: u8 = 2;
+const K_MATH: u8 = 3;
+const K_QUANT: u8 = 4;
+const K_BACKSLASH: u8 = 5;
+const K_CODE: u8 = 6;
+const K_CONTINUATION: u8 = 7;
+const K_NON_ASCII: u8 = 8;
+const N_KINDS: usize = 9;
+const K_MASK: u8 = 0x0f;
+const LETTER: u8 = 0x10;
+const DIGIT: u8 = 0x20;
+const SPACE: u8 = 0x40;
+const SPECIAL: u8 = 0x80;
 
-const fn byte_classes() -> [u8; 256] {
+const fn byte_kinds() -> [u8; 256] {
     let mut t = [0u8; 256];
     let mut b = 0usize;
     while b < 256 {
         let c = b as u8;
-        let mut k = 0u8;
-        if c.is_ascii_uppercase() {
-            k |= C_UPPER;
-        }
-        if c.is_ascii_lowercase() {
-            k |= C_LOWER;
-        }
-        if c.is_ascii_digit() {
-            k |= C_DIGIT;
-        }
-        if matches!(c, b' ' | b'\t' | b'\r' | b'\n') {
-            k |= C_SPACE;
-        }
-        if matches!(c, b'=' | b'+' | b'^' | b'<' | b'>') {
-            k |= C_MATH;
-        }
-        if matches!(c, b'{' | b'}' | b';' | b'`' | b'_' | b'#') {
-            k |= C_CODE;
-        }
-        if matches!(c, b'%' | b'$') {
-            k |= C_QUANT;
-        }
-        t[b] = k;
+        t[b] = if c.is_ascii_alphabetic() {
+            LETTER
+        } else if c.is_ascii_digit() {
+            DIGIT
+        } else {
+            match c {
+                b'?' => K_QUESTION | SPECIAL,
+                b'.' | b'!' => SPECIAL,
+                b'\n' => K_NEWLINE | SPACE,
+                b' ' | b'\t' | b'\r' => SPACE,
+                b'=' | b'+' | b'^' | b'<' | b'>' => K_MATH,
+                b'%' | b'$' => K_QUANT,
+                b'\\' => K_BACKSLASH,
+                b'`' => K_CODE | SPECIAL,
+                b'{' | b'}' | b';' | b'_' | b'#' => K_CODE,
+                0x80..=0xBF => K_CONTINUATION,
+                0xC2 | 0xC3 | 0xCE | 0xCF | 0xE2 => K_NON_ASCII | SPECIAL,
+                0xC0..=0xFF => K_NON_ASCII,
+                _ => K_NONE,
+            }
+        };
         b += 1;
     }
     t
 }
 
-static CLASS: [u8; 256] = byte_classes();
+static KIND: [u8; 256] = byte_kinds();
+
+/// One 8-byte chunk of a word into the token hash.
+#[inline]
+const fn token_hash_step(h: u64, chunk: u64) -> u64 {
+    (h.rotate_left(29) ^ chunk).wrapping_mul(GOLDEN)
+}
+
+/// Final mixing of the token hash with the token length.
+#[inline]
+const fn token_hash_finish(h: u64, len: u64) -> u64 {
+    let h = (h ^ len).wrapping_mul(GOLDEN);
+    h ^ (h >> 29)
+}
+
+/// Little-endian load of `data[i..i + 8]`, zero-padded past the end.
+#[inline]
+fn load8(data: &[u8], i: usize) -> u64 {
+    let mut buf = [0u8; 8];
+    match data.get(i..i + 8) {
+        Some(chunk) => buf.copy_from_slice(chunk),
+        None => {
+            let tail = data.get(i..).unwrap_or_default();
+            let k = tail.len().min(8);
+            buf[..k].copy_from_slice(&tail[..k]);
+        }
+    }
+    u64::from_le_bytes(buf)
+}
+
+const LO7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+const HI: u64 = 0x8080_8080_8080_8080;
+const ONES: u64 = 0x0101_0101_0101_0101;
+const CASE: u64 = 0x2020_2020_2020_2020;
+
+/// For 8 bytes: how many leading bytes are ASCII letters, those bytes lower-cased (the
+/// rest zeroed), and how many of them were upper-case. SWAR, no per-byte branches.
+#[inline]
+fn leading_letters(v: u64) -> (usize, u64, u32) {
+    let x = v | CASE;
+    let y = x & LO7;
+    let ge_a = y.wrapping_add(ONES * (0x80 - 0x61)) & HI;
+    let gt_z = y.wrapping_add(ONES * (0x80 - 0x7B)) & HI;
+    let letters = ge_a & !gt_z & !(v & HI);
+    let stop = !letters & HI;
+    let len = if stop == 0 {
+        8
+    } else {
+        (stop.trailing_zeros() / 8) as usize
+    };
+    let keep = if len == 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * len)) - 1
+    };
+    // One flag bit (bit 7) per byte, so a multiply sums them (no popcnt needed).
+    let upper = (((letters & !(v << 2) & keep) >> 7).wrapping_mul(ONES) >> 56) as u32;
+    (len, x & keep, upper)
+}
 
 #[inline]
 fn mix(a: u64, b: u64) -> u64 {
@@ -127,9 +196,37 @@ fn bucket(k: u64) -> usize {
     ((k ^ (k >> 32)).wrapping_mul(GOLDEN) >> (64 - BUCKET_BITS)) as usize
 }
 
+/// Bits of the lexicon pre-filter (a one-hash Bloom filter over the lexicon keys).
+const FILTER_BITS: u32 = 16;
+
+const fn lexicon_filter() -> [u64; 1 << (FILTER_BITS - 6)] {
+    let mut f = [0u64; 1 << (FILTER_BITS - 6)];
+    let mut i = 0;
+    while i < LEXICON.len() {
+        let k = LEXICON[i].0;
+        if k != 0 {
+            let b = (k >> (64 - FILTER_BITS)) as usize;
+            f[b >> 6] |= 1 << (b & 63);
+        }
+        i += 1;
+    }
+    f
+}
+
+/// Most tokens are not in the lexicon; this 8 KiB filter rejects them with one load.
+static LEX_FILTER: [u64; 1 << (FILTER_BITS - 6)] = lexicon_filter();
+
 /// Class bit mask of a token or bigram key (0 when not in the lexicon).
 #[inline]
 fn lexicon_classes(key: u64) -> u16 {
+    let fb = (key >> (64 - FILTER_BITS)) as usize;
+    if LEX_FILTER[fb >> 6] & (1 << (fb & 63)) == 0 {
+        return 0;
+    }
+    lexicon_probe(key)
+}
+
+fn lexicon_probe(key: u64) -> u16 {
     let mask = (1usize << LEX_BITS) - 1;
     let mut i = ((key ^ (key >> 32)).wrapping_mul(GOLDEN) >> (64 - LEX_BITS)) as usize;
     // The table is at most half full, so this terminates well before a full cycle.
@@ -151,16 +248,22 @@ fn lexicon_classes(key: u64) -> u16 {
 struct Phrase {
     bytes: [u8; PHRASE_BYTES],
     len: u8,
-    weight: i16,
 }
 
 const NO_PHRASE: Phrase = Phrase {
     bytes: [0; PHRASE_BYTES],
     len: 0,
-    weight: 0,
 };
 
 impl Phrase {
+    fn from_bytes(text: &[u8]) -> Self {
+        let len = text.len().min(PHRASE_BYTES);
+        let mut p = NO_PHRASE;
+        p.bytes[..len].copy_from_slice(&text[..len]);
+        p.len = len as u8; // len <= PHRASE_BYTES < 256
+        p
+    }
+
     fn text(&self) -> String {
         let raw = &self.bytes[..usize::from(self.len)];
         // The excerpt may have been cut inside a UTF-8 sequence: keep the valid prefix.
@@ -185,60 +288,63 @@ impl Phrase {
     }
 }
 
-/// Keeps the `KEEP_PHRASES` phrases with the largest (or, with `sign = -1`, smallest)
-/// weights. Insertion copies at most `PHRASE_BYTES` bytes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct TopPhrases {
-    items: [Phrase; KEEP_PHRASES],
-    n: usize,
+/// The strongest positive and negative n-gram of each order (1, 2, 3 tokens) seen so
+/// far, packed as `weight << 48 | start << 16 | len` in an `i64`, so that keeping the
+/// best is one `max` (positive side) and one `min` (negative side) per n-gram.
+#[derive(Debug, Clone, Copy)]
+struct Best {
+    up: [i64; KEEP_PHRASES],
+    down: [i64; KEEP_PHRASES],
 }
 
-impl TopPhrases {
+impl Best {
     const fn new() -> Self {
         Self {
-            items: [NO_PHRASE; KEEP_PHRASES],
-            n: 0,
+            up: [0; KEEP_PHRASES],
+            down: [0; KEEP_PHRASES],
         }
     }
 
-    /// `key` is the weight already oriented so that larger is better.
-    #[inline]
-    fn offer(&mut self, key: i32, weight: i16, text: &[u8]) {
-        if self.n == KEEP_PHRASES && key <= self.key(KEEP_PHRASES - 1, weight) {
-            return;
-        }
-        // Skip duplicates of the same excerpt (the same phrase can map to several buckets).
-        let len = text.len().min(PHRASE_BYTES);
-        let excerpt = &text[..len];
-        if self.items[..self.n]
-            .iter()
-            .any(|p| &p.bytes[..usize::from(p.len)] == excerpt)
-        {
-            return;
-        }
-        let mut p = NO_PHRASE;
-        p.bytes[..len].copy_from_slice(excerpt);
-        p.len = len as u8; // len <= PHRASE_BYTES < 256
-        p.weight = weight;
-        let mut pos = self.n.min(KEEP_PHRASES - 1);
-        while pos > 0 && self.key(pos - 1, weight) < key {
-            pos -= 1;
-        }
-        let end = self.n.min(KEEP_PHRASES - 1);
-        let mut i = end;
-        while i > pos {
-            self.items[i] = self.items[i - 1];
-            i -= 1;
-        }
-        self.items[pos] = p;
-        self.n = (self.n + 1).min(KEEP_PHRASES);
+    /// `w` must fit in 16 bits (it is an `i16` weight). Offsets past 4 GiB or tokens
+    /// longer than 64 KiB wrap, which can only garble the excerpt (it is bounds-checked
+    /// when read).
+    #[inline(always)]
+    fn consider(&mut self, order: usize, w: i32, start: usize, end: usize) {
+        let pos = (i64::from(start as u32) << 16) | i64::from((end - start) as u16);
+        let key = (i64::from(w) << 48) | pos;
+        self.up[order] = self.up[order].max(key);
+        self.down[order] = self.down[order].min(key);
     }
 
-    /// The orientation of stored items matches the orientation of `weight`'s list.
-    #[inline]
-    fn key(&self, i: usize, probe: i16) -> i32 {
-        let w = i32::from(self.items[i].weight);
-        if probe >= 0 { w } else { -w }
+    /// The kept spans of one direction as excerpts, strongest first, skipping any that
+    /// overlaps a stronger one (e.g. "many" inside "how many").
+    fn phrases(&self, data: &[u8], positive: bool) -> ([Phrase; KEEP_PHRASES], u8) {
+        let mut keys = if positive { self.up } else { self.down };
+        if positive {
+            keys.sort_unstable_by(|a, b| b.cmp(a));
+        } else {
+            keys.sort_unstable();
+        }
+        let mut out = [NO_PHRASE; KEEP_PHRASES];
+        let mut used: [(usize, usize); KEEP_PHRASES] = [(0, 0); KEEP_PHRASES];
+        let mut n = 0usize;
+        for k in keys {
+            let w = k >> 48;
+            if (positive && w <= 0) || (!positive && w >= 0) {
+                continue;
+            }
+            let s = ((k >> 16) & 0xffff_ffff) as usize;
+            let e = s.saturating_add((k & 0xffff) as usize);
+            if used[..n].iter().any(|&(us, ue)| us < e && s < ue) {
+                continue;
+            }
+            if let Some(text) = data.get(s..e) {
+                out[n] = Phrase::from_bytes(text);
+                used[n] = (s, e);
+                n += 1;
+            }
+        }
+        (out, n as u8) // n <= KEEP_PHRASES
     }
 }
 
@@ -261,9 +367,13 @@ pub struct Score {
     /// Contribution of the hashed n-gram (wording) term to `logit`.
     text_contrib: f64,
     /// Phrases with the largest positive n-gram weights present in the prompt.
-    up: TopPhrases,
+    up: [Phrase; KEEP_PHRASES],
+    /// How many entries of `up` are filled.
+    n_up: u8,
     /// Phrases with the largest negative n-gram weights present in the prompt.
-    down: TopPhrases,
+    down: [Phrase; KEEP_PHRASES],
+    /// How many entries of `down` are filled.
+    n_down: u8,
 }
 
 /// One feature's share in a score, for explaining a routing decision to a user.
@@ -320,8 +430,12 @@ impl Score {
     }
 
     fn wording_detail(&self, c: f64) -> String {
-        let list = if c >= 0.0 { &self.up } else { &self.down };
-        let examples: Vec<String> = list.items[..list.n]
+        let list = if c >= 0.0 {
+            &self.up[..usize::from(self.n_up)]
+        } else {
+            &self.down[..usize::from(self.n_down)]
+        };
+        let examples: Vec<String> = list
             .iter()
             .map(Phrase::text)
             .filter(|t| !t.is_empty())
@@ -353,9 +467,13 @@ fn dense_detail(j: usize, raw: f64, c: f64) -> String {
     let dir = if c >= 0.0 { "more" } else { "less" };
     match j {
         F_LENGTH => format!(
-            "{} long; {} prompts tend to need a stronger model",
+            "{} long; {}",
             plural(raw, "character", "characters"),
-            if c >= 0.0 { "longer" } else { "short" }
+            if c >= 0.0 {
+                "longer prompts tend to need a stronger model"
+            } else {
+                "short prompts rarely need a stronger model"
+            }
         ),
         F_AVG_WORD_LEN => format!("average word length {raw:.1} letters"),
         F_NUMBERS => format!(
@@ -363,10 +481,10 @@ fn dense_detail(j: usize, raw: f64, c: f64) -> String {
             plural(raw, "number", "numbers")
         ),
         F_NUMBER_DENSITY => format!("{:.0}% of the tokens are numbers", raw * 100.0),
-        F_QUESTIONS => format!("{}", plural(raw, "question mark", "question marks")),
-        F_SENTENCES => format!("{}", plural(raw, "sentence", "sentences")),
-        F_LINES => format!("{}", plural(raw + 1.0, "line", "lines")),
-        F_MATH_SYMBOLS => format!("{}", plural(raw, "math symbol", "math symbols")),
+        F_QUESTIONS => plural(raw, "question mark", "question marks"),
+        F_SENTENCES => plural(raw, "sentence", "sentences"),
+        F_LINES => plural(raw + 1.0, "line", "lines"),
+        F_MATH_SYMBOLS => plural(raw, "math symbol", "math symbols"),
         F_QUANTITIES => format!(
             "{} (quantities)",
             plural(raw, "% or $ sign", "% or $ signs")
@@ -379,10 +497,10 @@ fn dense_detail(j: usize, raw: f64, c: f64) -> String {
             "{} such as braces or semicolons",
             plural(raw, "code symbol", "code symbols")
         ),
-        F_CODE_BLOCKS => format!("{}", plural(raw, "fenced code block", "fenced code blocks")),
+        F_CODE_BLOCKS => plural(raw, "fenced code block", "fenced code blocks"),
         F_NON_ASCII => format!("{:.0}% non-ASCII characters", raw * 100.0),
         F_UPPERCASE => format!("{:.0}% of the letters are upper-case", raw * 100.0),
-        _ if j >= LEX_FIRST && j < N_DENSE => {
+        _ if (LEX_FIRST..N_DENSE).contains(&j) => {
             let class = DENSE_NAMES[j].trim_start_matches("lex_");
             let hint = match class {
                 "math" => " (e.g. total, percent, equation, how many)",
@@ -408,54 +526,46 @@ fn dense_detail(j: usize, raw: f64, c: f64) -> String {
     }
 }
 
-/// Everything counted in one pass over the bytes.
-struct Scan {
-    chars: u64,
-    non_ascii: u64,
+/// Everything counted in the scan of one prompt (all on the stack, about 4.5 KiB).
+struct Scan<'a> {
+    data: &'a [u8],
+    /// Counters indexed by byte kind (`K_*`).
+    other: [u64; N_KINDS],
     letters: u64,
     upper: u64,
+    sentences: u64,
+    fences: u64,
+    /// Unicode math signs (Greek letters, U+2200..U+22FF, multiply/divide, degree ...).
+    math_unicode: u64,
     words: u64,
     letters_in_words: u64,
     numbers: u64,
-    questions: u64,
-    sentences: u64,
-    lines: u64,
-    math_symbols: u64,
-    quantities: u64,
-    backslashes: u64,
-    code_symbols: u64,
-    fences: u64,
     lex: [u64; N_LEX],
-    // n-gram state
+    /// Which n-gram buckets were already counted (presence, not frequency).
     seen: [u64; BITSET_WORDS],
     distinct: u64,
     qsum: i64,
     prev1: u64,
     prev_bi: u64,
     ntok: u64,
+    /// Start offsets of the last three tokens (for phrase excerpts).
     starts: [usize; 3],
-    up: TopPhrases,
-    down: TopPhrases,
+    best: Best,
 }
 
-impl Scan {
-    fn new() -> Self {
+impl<'a> Scan<'a> {
+    fn new(data: &'a [u8]) -> Self {
         Self {
-            chars: 0,
-            non_ascii: 0,
+            data,
+            other: [0; N_KINDS],
             letters: 0,
             upper: 0,
+            sentences: 0,
+            fences: 0,
+            math_unicode: 0,
             words: 0,
             letters_in_words: 0,
             numbers: 0,
-            questions: 0,
-            sentences: 0,
-            lines: 0,
-            math_symbols: 0,
-            quantities: 0,
-            backslashes: 0,
-            code_symbols: 0,
-            fences: 0,
             lex: [0; N_LEX],
             seen: [0; BITSET_WORDS],
             distinct: 0,
@@ -464,8 +574,7 @@ impl Scan {
             prev_bi: 0,
             ntok: 0,
             starts: [0; 3],
-            up: TopPhrases::new(),
-            down: TopPhrases::new(),
+            best: Best::new(),
         }
     }
 
@@ -478,27 +587,22 @@ impl Scan {
         }
     }
 
-    #[inline]
-    fn add_gram(&mut self, key: u64, text: &[u8]) {
+    #[inline(always)]
+    fn add_gram(&mut self, order: usize, key: u64, start: usize, end: usize) {
         let b = bucket(key);
         let (word, bit) = (b >> 6, 1u64 << (b & 63));
-        if self.seen[word] & bit != 0 {
-            return;
-        }
+        // Branch-free presence counting: a bucket already seen adds nothing.
+        let fresh = (self.seen[word] & bit == 0) as i32;
         self.seen[word] |= bit;
-        self.distinct += 1;
-        let q = NGRAM_Q[b];
-        self.qsum += i64::from(q);
-        if q > 0 {
-            self.up.offer(i32::from(q), q, text);
-        } else if q < 0 {
-            self.down.offer(-i32::from(q), q, text);
-        }
+        self.distinct += fresh as u64;
+        let w = i32::from(NGRAM_Q[b]) * fresh;
+        self.qsum += i64::from(w);
+        self.best.consider(order, w, start, end);
     }
 
     /// A finished word (`is_word`) or number token spanning `data[start..end]`.
-    #[inline]
-    fn token(&mut self, data: &[u8], h: u64, start: usize, end: usize, is_word: bool) {
+    #[inline(always)]
+    fn token(&mut self, h: u64, start: usize, end: usize, is_word: bool) {
         if is_word {
             self.words += 1;
             self.letters_in_words += (end - start) as u64;
@@ -508,15 +612,15 @@ impl Scan {
             self.numbers += 1;
         }
         self.starts = [self.starts[1], self.starts[2], start];
-        self.add_gram(h, &data[start..end]);
+        self.add_gram(0, h, start, end);
         if self.ntok >= 1 {
             let bi = mix(self.prev1, h);
             let c = lexicon_classes(bi);
             self.add_lex(c);
-            self.add_gram(bi, &data[self.starts[1]..end]);
+            self.add_gram(1, bi, self.starts[1], end);
             if self.ntok >= 2 {
                 let tri = mix(self.prev_bi, h);
-                self.add_gram(tri, &data[self.starts[0]..end]);
+                self.add_gram(2, tri, self.starts[0], end);
             }
             self.prev_bi = bi;
         }
@@ -524,107 +628,102 @@ impl Scan {
         self.ntok += 1;
     }
 
-    fn run(&mut self, data: &[u8]) {
+    fn run(&mut self) {
+        let data = self.data;
         let n = data.len();
-        let mut in_word = false;
-        let mut word_start = 0usize;
-        let mut h = FNV_OFFSET;
-        let mut in_num = false;
-        let mut num_start = 0usize;
-        let mut ticks = 0u32;
         let mut i = 0usize;
         while i < n {
             let b = data[i];
-            let k = CLASS[usize::from(b)];
-            // Words: maximal runs of ASCII letters, lower-cased, length >= 2.
-            if k & (C_UPPER | C_LOWER) != 0 {
-                if !in_word {
-                    in_word = true;
-                    word_start = i;
-                    h = FNV_OFFSET;
-                }
-                self.letters += 1;
-                if k & C_UPPER != 0 {
-                    self.upper += 1;
-                }
-                h = (h ^ u64::from(b | 0x20)).wrapping_mul(FNV_PRIME);
-            } else if in_word {
-                in_word = false;
-                if i - word_start >= 2 {
-                    self.token(data, h, word_start, i, true);
-                }
-            }
-            // Numbers: [0-9]+([.,][0-9]+)*
-            if k & C_DIGIT != 0 {
-                if !in_num {
-                    in_num = true;
-                    num_start = i;
-                }
-            } else if in_num {
-                let continues = (b == b'.' || b == b',')
-                    && i + 1 < n
-                    && CLASS[usize::from(data[i + 1])] & C_DIGIT != 0;
-                if !continues {
-                    in_num = false;
-                    self.token(data, NUMBER_HASH, num_start, i, false);
-                }
-            }
-            // Characters and symbols.
-            if b & 0xC0 != 0x80 {
-                self.chars += 1;
-            }
-            if b >= 0xC0 {
-                self.non_ascii += 1;
-            }
-            if b == b'`' {
-                ticks += 1;
-                if ticks == 3 {
-                    self.fences += 1;
-                    ticks = 0;
-                }
-            } else {
-                ticks = 0;
-            }
-            if k & (C_MATH | C_CODE | C_QUANT) != 0 {
-                self.math_symbols += u64::from(k & C_MATH != 0);
-                self.code_symbols += u64::from(k & C_CODE != 0);
-                self.quantities += u64::from(k & C_QUANT != 0);
-            } else {
-                match b {
-                    b'?' => {
-                        self.questions += 1;
-                        if i + 1 == n || CLASS[usize::from(data[i + 1])] & C_SPACE != 0 {
-                            self.sentences += 1;
-                        }
+            let k = KIND[usize::from(b)];
+            if k & LETTER != 0 {
+                // Word: a maximal run of ASCII letters, hashed lower-case 8 bytes at a time.
+                let start = i;
+                let mut h = TOKEN_SEED;
+                loop {
+                    let (len, chunk, upper) = leading_letters(load8(data, i));
+                    if len == 0 {
+                        break;
                     }
-                    b'.' | b'!' => {
-                        if i + 1 == n || CLASS[usize::from(data[i + 1])] & C_SPACE != 0 {
-                            self.sentences += 1;
-                        }
+                    h = token_hash_step(h, chunk);
+                    self.upper += u64::from(upper);
+                    i += len;
+                    if len < 8 {
+                        break;
                     }
-                    b'\n' => self.lines += 1,
-                    b'\\' => self.backslashes += 1,
-                    0xCE | 0xCF => self.math_symbols += 1,
-                    0xC2 | 0xC3 | 0xE2 if i + 1 < n => {
-                        let nx = data[i + 1];
-                        let hit = match b {
-                            0xE2 => (0x88..=0x8B).contains(&nx),
-                            0xC3 => nx == 0x97 || nx == 0xB7,
-                            _ => matches!(nx, 0xB0 | 0xB1 | 0xB2 | 0xB3 | 0xB9),
-                        };
-                        self.math_symbols += u64::from(hit);
+                }
+                let len = i - start;
+                self.letters += len as u64;
+                if len >= 2 {
+                    self.token(token_hash_finish(h, len as u64), start, i, true);
+                }
+                continue;
+            }
+            if k & DIGIT != 0 {
+                // Number: [0-9]+([.,][0-9]+)*
+                let start = i;
+                loop {
+                    while i < n && KIND[usize::from(data[i])] & DIGIT != 0 {
+                        i += 1;
                     }
-                    _ => {}
+                    if i + 1 < n
+                        && (data[i] == b'.' || data[i] == b',')
+                        && KIND[usize::from(data[i + 1])] & DIGIT != 0
+                    {
+                        i += 1;
+                        continue;
+                    }
+                    break;
+                }
+                self.token(NUMBER_HASH, start, i, false);
+                continue;
+            }
+            self.other[usize::from(k & K_MASK)] += 1;
+            if k & SPECIAL != 0 {
+                self.special(b, i);
+                if b == b'`' {
+                    // Code fences: non-overlapping "```" inside a run of backticks.
+                    let start = i;
+                    while i + 1 < n && data[i + 1] == b'`' {
+                        i += 1;
+                    }
+                    let run = (i + 1 - start) as u64;
+                    self.other[usize::from(K_CODE)] += run - 1;
+                    self.fences += run / 3;
                 }
             }
             i += 1;
         }
-        if in_word && n - word_start >= 2 {
-            self.token(data, h, word_start, n, true);
+    }
+
+    /// Sentence ends and two-byte unicode math signs.
+    #[inline(never)]
+    fn special(&mut self, b: u8, i: usize) {
+        let next = self.data.get(i + 1).copied();
+        match b {
+            b'.' | b'!' | b'?' => {
+                let ends = match next {
+                    None => true,
+                    Some(nx) => KIND[usize::from(nx)] & SPACE != 0,
+                };
+                self.sentences += u64::from(ends);
+            }
+            0xCE | 0xCF => self.math_unicode += 1,
+            _ => {
+                if let Some(nx) = next {
+                    let hit = match b {
+                        0xE2 => (0x88..=0x8B).contains(&nx),
+                        0xC3 => nx == 0x97 || nx == 0xB7,
+                        0xC2 => matches!(nx, 0xB0 | 0xB1 | 0xB2 | 0xB3 | 0xB9),
+                        _ => false,
+                    };
+                    self.math_unicode += u64::from(hit);
+                }
+            }
         }
-        if in_num {
-            self.token(data, NUMBER_HASH, num_start, n, false);
-        }
+    }
+
+    fn kind(&self, k: u8) -> u64 {
+        self.other[usize::from(k)]
     }
 }
 
@@ -637,37 +736,38 @@ fn ratio(a: u64, b: u64) -> f64 {
 /// no panics, always returns a finite value in 0.0..=1.0.
 pub fn score(prompt: &str) -> Score {
     let data = prompt.as_bytes();
-    let mut s = Scan::new();
-    s.run(data);
+    let mut s = Scan::new(data);
+    s.run();
 
+    let chars = data.len() as u64 - s.kind(K_CONTINUATION);
     let mut x = [0.0f64; N_DENSE];
     let mut raw = [0.0f64; N_DENSE];
     let counts = [
-        (F_LENGTH, s.chars),
+        (F_LENGTH, chars),
         (F_NUMBERS, s.numbers),
-        (F_QUESTIONS, s.questions),
+        (F_QUESTIONS, s.kind(K_QUESTION)),
         (F_SENTENCES, s.sentences),
-        (F_LINES, s.lines),
-        (F_MATH_SYMBOLS, s.math_symbols),
-        (F_QUANTITIES, s.quantities),
-        (F_LATEX, s.backslashes),
-        (F_CODE_SYMBOLS, s.code_symbols),
+        (F_LINES, s.kind(K_NEWLINE)),
+        (F_MATH_SYMBOLS, s.kind(K_MATH) + s.math_unicode),
+        (F_QUANTITIES, s.kind(K_QUANT)),
+        (F_LATEX, s.kind(K_BACKSLASH)),
+        (F_CODE_SYMBOLS, s.kind(K_CODE)),
         (F_CODE_BLOCKS, s.fences),
     ];
     for (j, c) in counts {
         raw[j] = c as f64;
-        x[j] = raw[j].ln_1p();
+        x[j] = if c == 0 { 0.0 } else { raw[j].ln_1p() };
     }
     raw[F_AVG_WORD_LEN] = ratio(s.letters_in_words, s.words).min(12.0);
     raw[F_NUMBER_DENSITY] = ratio(s.numbers, s.words + s.numbers + 1);
-    raw[F_NON_ASCII] = ratio(s.non_ascii, s.chars);
+    raw[F_NON_ASCII] = ratio(s.kind(K_NON_ASCII), chars);
     raw[F_UPPERCASE] = ratio(s.upper, s.letters);
     for j in [F_AVG_WORD_LEN, F_NUMBER_DENSITY, F_NON_ASCII, F_UPPERCASE] {
         x[j] = raw[j];
     }
     for (i, &c) in s.lex.iter().enumerate() {
         raw[LEX_FIRST + i] = c as f64;
-        x[LEX_FIRST + i] = (c as f64).ln_1p();
+        x[LEX_FIRST + i] = if c == 0 { 0.0 } else { (c as f64).ln_1p() };
     }
 
     let mut contrib = [0.0f64; N_DENSE];
@@ -685,14 +785,18 @@ pub fn score(prompt: &str) -> Score {
     z += text - TEXT_MEAN;
     let logit = ((z - Z_MID) / Z_SCALE).clamp(-700.0, 700.0);
     let value = (1.0 / (1.0 + (-logit).exp())).clamp(0.0, 1.0);
+    let (up, n_up) = s.best.phrases(data, true);
+    let (down, n_down) = s.best.phrases(data, false);
     Score {
         value,
         logit,
         contrib,
         raw,
         text_contrib: (text - TEXT_MEAN) / Z_SCALE,
-        up: s.up,
-        down: s.down,
+        up,
+        n_up,
+        down,
+        n_down,
     }
 }
 
@@ -728,12 +832,11 @@ mod tests {
         ];
         assert_eq!(&DENSE_NAMES[..expected.len()], &expected);
         assert_eq!(LEX_FIRST, expected.len());
-        assert!(N_LEX <= 16, "lexicon classes must fit the u16 mask");
-        assert_eq!(NUMBER_HASH, {
-            let mut h = FNV_OFFSET;
-            h ^= u64::from(b'0');
-            h.wrapping_mul(FNV_PRIME)
-        });
+        const { assert!(N_LEX <= 16, "lexicon classes must fit the u16 mask") };
+        assert_eq!(
+            NUMBER_HASH,
+            token_hash_finish(token_hash_step(TOKEN_SEED, 0x30), 1)
+        );
     }
 
     #[test]
@@ -836,16 +939,18 @@ mod tests {
 
     #[test]
     fn tokeniser_counts() {
-        let mut s = Scan::new();
-        s.run(b"Is 3.14 > 3,000? Yes.\nx = 2 + 2; `code` ```rust``` 50% $5 \\frac");
+        let text = b"Is 3.14 > 3,000? Yes.\nx = 2 + 2; `code` ```rust``` 50% $5 \\frac";
+        let mut s = Scan::new(text);
+        s.run();
         assert_eq!(s.numbers, 6); // 3.14 3,000 2 2 50 5
-        assert_eq!(s.questions, 1);
+        assert_eq!(s.kind(K_QUESTION), 1);
         assert_eq!(s.sentences, 2);
-        assert_eq!(s.lines, 1);
+        assert_eq!(s.kind(K_NEWLINE), 1);
         assert_eq!(s.fences, 2);
-        assert_eq!(s.quantities, 2);
-        assert_eq!(s.backslashes, 1);
-        assert_eq!(s.math_symbols, 3); // > = +
+        assert_eq!(s.kind(K_CODE), 9); // 8 backticks + ;
+        assert_eq!(s.kind(K_QUANT), 2);
+        assert_eq!(s.kind(K_BACKSLASH), 1);
+        assert_eq!(s.kind(K_MATH), 3); // > = +
         // words of >= 2 letters: Is Yes code rust frac
         assert_eq!(s.words, 5);
     }

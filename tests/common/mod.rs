@@ -148,7 +148,7 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request<Body>) 
         resp = resp.header(k, v);
     }
     if let Some(pause) = reply.drip {
-        let mut events: VecDeque<String> = reply
+        let events: VecDeque<String> = reply
             .body
             .split_inclusive("\n\n")
             .map(str::to_string)
@@ -159,7 +159,7 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request<Body>) 
             sent,
         };
         let stream = futures_util::stream::unfold(
-            (events.drain(..).collect::<VecDeque<_>>(), guard),
+            (events, guard),
             move |(mut q, mut g)| async move {
                 let next = q.pop_front()?;
                 g.sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

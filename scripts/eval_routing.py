@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""Evaluate a prompt-complexity scorer on real strong-vs-weak routing outcomes.
+
+Pure Python stdlib. Runs an external scorer command once: it gets JSONL lines
+{"id": ..., "prompt": ...} on stdin and must print one JSONL line {"id": ..., "score": ...}
+(extra keys are ignored) per input line on stdout. Then, per bench (never pooled), it
+reports the RouteLLM figures (see routing_metrics.py) for the scorer, a length-only
+router, a seeded random router (averaged over seeds) and the oracle, with paired
+percentile-bootstrap 95% intervals.
+
+Examples (from the repository root):
+
+    cargo build --release
+    python3 scripts/eval_routing.py --scorer-cmd "target/release/ai-cost-optimizer score"
+    python3 scripts/eval_routing.py --scorer-cmd "..." --split test --out docs/ROUTING.md
+
+The default split is the held-out ("test", odd FNV-1a 64 of the id) half; the weights
+of the bundled scorer are fitted on the even half only (scripts/fit_scorer.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import routing_metrics as rm  # noqa: E402
+
+DEFAULT_DATA = "/work/shared/routing-data/routellm_pairs.jsonl"
+METRICS = ("apgr", "cpt50", "cpt80", "share95")
+
+
+def load(path, split):
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"{path}:{n}: bad JSON: {e}")
+            if r.get("contaminated", False):
+                continue
+            train = rm.is_train(str(r["id"]))
+            if split == "all" or (split == "train") == train:
+                rows.append(r)
+    return rows
+
+
+def run_scorer(cmd, rows, timeout):
+    """Run the scorer command once over all rows; returns ({id: score}, seconds)."""
+    payload = "".join(json.dumps({"id": r["id"], "prompt": r["prompt"]}, ensure_ascii=False) + "\n" for r in rows)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(shlex.split(cmd), input=payload.encode("utf-8"), capture_output=True,
+                              timeout=timeout, check=False)
+    except FileNotFoundError as e:
+        raise SystemExit(f"scorer command not found: {e}")
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"scorer command timed out after {timeout}s")
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace")[-2000:]
+        raise SystemExit(f"scorer command failed with exit code {proc.returncode}:\n{err}")
+    scores = {}
+    for n, line in enumerate(proc.stdout.decode("utf-8", "replace").splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)
+            s = float(obj["score"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise SystemExit(f"scorer output line {n} is not {{\"id\",\"score\"}} JSON: {e}: {line[:200]}")
+        if math.isnan(s):
+            raise SystemExit(f"scorer output line {n}: NaN score")
+        scores[str(obj.get("id"))] = s
+    missing = [r["id"] for r in rows if str(r["id"]) not in scores]
+    if missing:
+        raise SystemExit(f"scorer gave no score for {len(missing)} prompts, e.g. {missing[:3]}")
+    return scores, elapsed
+
+
+def fmt(v, pct=False):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
+
+
+def fmt_ci(point, lo, hi, pct=False):
+    return f"{fmt(point, pct)} [{fmt(lo, pct)}, {fmt(hi, pct)}]"
+
+
+def evaluate_bench(rows, scores, resamples, seed, random_seeds):
+    strong = [float(r["strong"]) for r in rows]
+    weak = [float(r["weak"]) for r in rows]
+    routers = {
+        "scorer": [scores[str(r["id"])] for r in rows],
+        "length-only": [float(len(r["prompt"])) for r in rows],
+        "oracle": rm.oracle_scores(strong, weak),
+    }
+    curves = {name: rm.Curve(s, strong, weak) for name, s in routers.items()}
+    point = {name: rm.metrics_from_points(*c.points()) for name, c in curves.items()}
+    rand_runs = [rm.evaluate(rm.random_scores(len(rows), seed + k), strong, weak) for k in range(random_seeds)]
+    point["random"] = {m: statistics.fmean(run[m] for run in rand_runs) for m in METRICS}
+    rand_sd = statistics.pstdev(run["apgr"] for run in rand_runs) if len(rand_runs) > 1 else 0.0
+    boot = rm.bootstrap(curves, len(rows), resamples=resamples, seed=seed)
+    ci = {name: {m: rm.percentile_interval(boot[name].get(m, [])) for m in METRICS} for name in curves}
+    diff = [a - b for a, b in zip(boot["scorer"].get("apgr", []), boot["length-only"].get("apgr", []))]
+    return {
+        "n": len(rows),
+        "strong_mean": statistics.fmean(strong),
+        "weak_mean": statistics.fmean(weak),
+        "point": point,
+        "ci": ci,
+        "random_apgr_sd": rand_sd,
+        "delta_vs_length": point["scorer"]["apgr"] - point["length-only"]["apgr"],
+        "delta_vs_length_ci": rm.percentile_interval(diff),
+        "delta_vs_length_p_le0": (sum(1 for d in diff if d <= 0) / len(diff)) if diff else float("nan"),
+    }
+
+
+def render(results, args, n_total, elapsed):
+    out = []
+    out.append(f"# Routing evaluation ({args.split} split)\n")
+    out.append(f"Data: `{args.data}` (contaminated rows dropped), split `{args.split}` "
+               f"({'odd' if args.split == 'test' else 'even' if args.split == 'train' else 'both'} "
+               f"FNV-1a 64 of the id), {n_total} prompts. Scorer: `{args.scorer_cmd}` "
+               f"({n_total / elapsed:,.0f} prompts/s end to end, process start included).\n")
+    out.append(f"RouteLLM protocol: threshold sweep from always-weak to always-strong; ties are routed "
+               f"partially (the expected curve under random tie-breaking). APGR = area under the "
+               f"performance-gap-recovered curve; CPT(x%) = strong-call share needed to recover x% of the "
+               f"gap; \"95% quality\" = strong-call share needed to reach 95% of the strong model's mean "
+               f"score. Intervals: paired percentile bootstrap over prompts, {args.resamples} resamples, "
+               f"seed {args.seed}. Random = mean over {args.random_seeds} seeds. Lower is better for "
+               f"CPT and 95% quality.\n")
+    for bench, r in results.items():
+        out.append(f"\n## {bench}\n")
+        out.append(f"{r['n']} prompts; strong mean {r['strong_mean']:.3f}, weak mean {r['weak_mean']:.3f}.\n")
+        out.append("| Router | APGR [95% CI] | CPT(50%) | CPT(80%) | Strong share for 95% quality |")
+        out.append("|---|---|---|---|---|")
+        for name in ("scorer", "length-only", "random", "oracle"):
+            p = r["point"][name]
+            if name == "random":
+                out.append(f"| random | {fmt(p['apgr'])} (sd {r['random_apgr_sd']:.3f}) | {fmt(p['cpt50'], True)} | "
+                           f"{fmt(p['cpt80'], True)} | {fmt(p['share95'], True)} |")
+                continue
+            c = r["ci"][name]
+            out.append(f"| {name} | {fmt_ci(p['apgr'], *c['apgr'])} | {fmt_ci(p['cpt50'], *c['cpt50'], pct=True)} | "
+                       f"{fmt_ci(p['cpt80'], *c['cpt80'], pct=True)} | {fmt_ci(p['share95'], *c['share95'], pct=True)} |")
+        lo, hi = r["delta_vs_length_ci"]
+        out.append(f"\nScorer minus length-only APGR: {r['delta_vs_length']:+.3f} [{lo:+.3f}, {hi:+.3f}] "
+                   f"(share of resamples with no gain: {r['delta_vs_length_p_le0']:.3f}).\n")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Evaluate a prompt scorer with the RouteLLM routing metrics.")
+    ap.add_argument("--scorer-cmd", required=True,
+                    help='command reading {"id","prompt"} JSONL on stdin, writing {"id","score"} JSONL')
+    ap.add_argument("--data", default=DEFAULT_DATA)
+    ap.add_argument("--split", choices=("test", "train", "all"), default="test",
+                    help="test = odd-hash half (default), train = even half, all = both")
+    ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=20240601)
+    ap.add_argument("--random-seeds", type=int, default=100)
+    ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--out", help="write the Markdown report here instead of stdout")
+    ap.add_argument("--json", help="also write the figures as JSON here")
+    args = ap.parse_args(argv)
+
+    rows = load(args.data, args.split)
+    if not rows:
+        raise SystemExit("no rows selected")
+    scores, elapsed = run_scorer(args.scorer_cmd, rows, args.timeout)
+    results = {}
+    for bench in sorted(set(r["bench"] for r in rows)):
+        sub = [r for r in rows if r["bench"] == bench]
+        try:
+            results[bench] = evaluate_bench(sub, scores, args.resamples, args.seed, args.random_seeds)
+        except ZeroDivisionError:
+            print(f"skipping {bench}: strong and weak means are equal", file=sys.stderr)
+    report = render(results, args, len(rows), elapsed)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(report)
+    else:
+        sys.stdout.write(report)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
