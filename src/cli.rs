@@ -89,6 +89,21 @@ pub enum Command {
         /// Whose budget.
         #[arg(long)]
         user: Option<String>,
+        /// Set the global budget (all users together) instead of a user's.
+        #[arg(long)]
+        global: bool,
+        /// daily, weekly or monthly (default monthly).
+        #[arg(long)]
+        period: Option<String>,
+        /// IANA time zone of the period calendar (e.g. Europe/Berlin).
+        #[arg(long)]
+        timezone: Option<String>,
+        /// Webhook URL for threshold alerts ("" removes it).
+        #[arg(long)]
+        webhook_url: Option<String>,
+        /// Webhook payload: json, slack or discord.
+        #[arg(long)]
+        webhook_format: Option<String>,
         #[command(flatten)]
         out: Output,
     },
@@ -265,30 +280,64 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
             thresholds,
             mode,
             user,
+            global,
+            period,
+            timezone,
+            webhook_url,
+            webhook_format,
             out,
         } => match set {
-            Some(limit) => emit(
-                &out,
-                core.set_budget(&SetBudgetArgs {
-                    monthly_limit: limit,
-                    alert_thresholds: thresholds,
-                    user_id: user,
-                    mode,
-                }),
-                render::budget_update,
-            ),
+            Some(limit) => {
+                let r = emit(
+                    &out,
+                    core.set_budget(&SetBudgetArgs {
+                        monthly_limit: limit,
+                        alert_thresholds: thresholds,
+                        user_id: user,
+                        mode,
+                        period,
+                        timezone,
+                        webhook_url,
+                        webhook_format,
+                        global: global.then_some(true),
+                    }),
+                    render::budget_update,
+                );
+                core.flush_alerts().await;
+                r
+            }
             None => {
-                if thresholds.is_some() || mode.is_some() {
-                    bail!("--thresholds and --mode need --set LIMIT");
+                if thresholds.is_some()
+                    || mode.is_some()
+                    || period.is_some()
+                    || timezone.is_some()
+                    || webhook_url.is_some()
+                    || webhook_format.is_some()
+                {
+                    bail!(
+                        "--thresholds, --mode, --period, --timezone and --webhook-* need --set LIMIT"
+                    );
                 }
-                let user = crate::optimizer::validate_user(user.as_deref())?;
+                let status = if global {
+                    core.global_budget_status().and_then(|g| {
+                        g.ok_or_else(|| {
+                            ToolError::Invalid(
+                                "no global budget is set; use --global --set LIMIT".into(),
+                            )
+                        })
+                    })
+                } else {
+                    let user = crate::optimizer::validate_user(user.as_deref())?;
+                    core.budget_status(&user)
+                };
                 emit(
                     &out,
-                    core.budget_status(&user)
-                        .map(|status| crate::optimizer::BudgetUpdate {
-                            previous_limit_usd: None,
-                            status,
-                        }),
+                    status.map(|status| crate::optimizer::BudgetUpdate {
+                        previous_limit_usd: None,
+                        status,
+                        webhook: None,
+                        alerts: Vec::new(),
+                    }),
                     |b| {
                         let mut s = render::budget_update(b);
                         // Showing, not setting: drop the "set to" wording.
@@ -323,11 +372,13 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
                 speak: speak.then_some(true),
                 voice,
             };
-            emit(
+            let r = emit(
                 &out,
                 core.complete(&args, &crate::providers::NoSink).await,
                 render::completion,
-            )
+            );
+            core.flush_alerts().await;
+            r
         }
         Command::Doctor { out } => emit(&out, Ok(core.doctor()), render::doctor),
         Command::Retention { older_than_days } => {

@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-use crate::budget::BudgetMode;
+use crate::budget::alerts::{Webhook, WebhookFormat};
+use crate::budget::{BudgetMode, Period};
 use crate::router::Tier;
 
 /// Env var naming the data directory (ledger, logs, refreshed pricing).
@@ -34,6 +35,12 @@ pub const MAX_RETRIES_ENV: &str = "COST_OPTIMIZER_MAX_RETRIES";
 pub const RETRY_BASE_MS_ENV: &str = "COST_OPTIMIZER_RETRY_BASE_MS";
 /// Env var: seconds a failing provider is skipped once its breaker opens (default 30).
 pub const BREAKER_COOLDOWN_ENV: &str = "COST_OPTIMIZER_BREAKER_COOLDOWN_SECS";
+/// Env var: IANA time zone whose calendar defines budget periods (default UTC).
+pub const TIMEZONE_ENV: &str = "COST_OPTIMIZER_TIMEZONE";
+/// Env var: default webhook URL for budget alerts.
+pub const ALERT_WEBHOOK_ENV: &str = "COST_OPTIMIZER_ALERT_WEBHOOK_URL";
+/// Env var: payload format of that webhook: json, slack or discord.
+pub const ALERT_WEBHOOK_FORMAT_ENV: &str = "COST_OPTIMIZER_ALERT_WEBHOOK_FORMAT";
 /// Env var: tracing filter for the logs (e.g. `debug`, `ai_cost_optimizer=trace`).
 pub const LOG_ENV: &str = "COST_OPTIMIZER_LOG";
 
@@ -58,6 +65,12 @@ pub struct Settings {
     pub default_alert_thresholds: Vec<f64>,
     /// What happens at the hard limit when the user did not say.
     pub default_budget_mode: BudgetMode,
+    /// Period of budgets that do not say.
+    pub default_period: Period,
+    /// Time zone of budgets that do not say.
+    pub default_timezone: String,
+    /// Webhook for alerts of budgets that have none of their own.
+    pub alert_webhook: Option<Webhook>,
     /// `max_tokens` used when a call does not give one.
     pub default_max_tokens: u32,
     /// Store prompt texts in the ledger (opt-in; otherwise only a SHA-256).
@@ -113,6 +126,10 @@ struct FileConfig {
     monthly_budget_usd: Option<f64>,
     alert_thresholds: Option<Vec<f64>>,
     budget_mode: Option<BudgetMode>,
+    budget_period: Option<Period>,
+    timezone: Option<String>,
+    alert_webhook_url: Option<String>,
+    alert_webhook_format: Option<WebhookFormat>,
     default_max_tokens: Option<u32>,
     store_prompts: Option<bool>,
     baseline_model: Option<String>,
@@ -185,6 +202,12 @@ impl Settings {
                 .alert_thresholds
                 .unwrap_or_else(|| DEFAULT_THRESHOLDS.to_vec()),
             default_budget_mode: file.budget_mode.unwrap_or(BudgetMode::Block),
+            default_period: file.budget_period.unwrap_or(Period::Monthly),
+            default_timezone: file.timezone.unwrap_or_else(|| "UTC".into()),
+            alert_webhook: file.alert_webhook_url.map(|url| Webhook {
+                url,
+                format: file.alert_webhook_format.unwrap_or(WebhookFormat::Json),
+            }),
             default_max_tokens: file.default_max_tokens.unwrap_or(1024),
             store_prompts: file.store_prompts.unwrap_or(false),
             baseline_model: file
@@ -225,6 +248,21 @@ impl Settings {
                 format!("{CONNECT_TIMEOUT_ENV}={v:?} is not a number of seconds")
             })?)?;
         }
+        if let Some(v) = non_empty(env(TIMEZONE_ENV)) {
+            settings.default_timezone = v.trim().to_string();
+        }
+        if let Some(v) = non_empty(env(ALERT_WEBHOOK_ENV)) {
+            let format = match non_empty(env(ALERT_WEBHOOK_FORMAT_ENV)) {
+                Some(f) => WebhookFormat::parse(&f).with_context(|| {
+                    format!("{ALERT_WEBHOOK_FORMAT_ENV}={f:?}: use json, slack or discord")
+                })?,
+                None => WebhookFormat::Json,
+            };
+            settings.alert_webhook = Some(Webhook {
+                url: v.trim().to_string(),
+                format,
+            });
+        }
         if let Some(v) = non_empty(env(MAX_RETRIES_ENV)) {
             settings.max_retries = v
                 .trim()
@@ -250,6 +288,11 @@ impl Settings {
             .map_err(anyhow::Error::msg)?;
         crate::budget::validate_thresholds(&self.default_alert_thresholds)
             .map_err(anyhow::Error::msg)?;
+        crate::budget::validate_timezone(&self.default_timezone).map_err(anyhow::Error::msg)?;
+        if let Some(w) = &self.alert_webhook {
+            crate::budget::validate_webhook_url(&w.url).map_err(anyhow::Error::msg)?;
+            crate::secrets::register(&w.url);
+        }
         let t = self.tier_thresholds;
         if !(t.iter().all(|x| x.is_finite() && (0.0..=1.0).contains(x))
             && t[0] <= t[1]

@@ -10,9 +10,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::budget::alerts::{BudgetAlert, Webhook, WebhookFormat};
 use crate::budget::{self, Budget, BudgetMode, BudgetStatus, DEFAULT_USER};
 use crate::config::{MAX_OUTPUT_TOKENS, MAX_PROMPT_BYTES, Settings};
-use crate::ledger::{CallRecord, Group, GroupBy, Ledger, Totals, to_nanos, to_usd};
+use crate::ledger::{
+    CallRecord, GLOBAL_SCOPE, Group, GroupBy, Ledger, LimitCheck, Totals, to_nanos, to_usd,
+};
 use crate::pricing::{Catalog, CostSource};
 use crate::providers::health::Breakers;
 use crate::providers::{ChatRequest, ErrorKind, ProviderId, Registry, StreamSink, Usage};
@@ -172,6 +175,27 @@ pub struct SetBudgetArgs {
     #[serde(default)]
     #[schemars(extend("enum" = ["warn", "downgrade", "block"]))]
     pub mode: Option<String>,
+    /// Budget period: "monthly" (default), "weekly" (from Monday) or "daily".
+    /// `monthly_limit` is then the limit per that period.
+    #[serde(default)]
+    #[schemars(extend("enum" = ["daily", "weekly", "monthly"]))]
+    pub period: Option<String>,
+    /// IANA time zone whose calendar starts the periods (default from the
+    /// config, else "UTC"), e.g. "Europe/Berlin".
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// http(s) URL that receives an alert each time a threshold is crossed
+    /// (once per threshold per period). Empty string removes it.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// Webhook payload: "json" (default), "slack" or "discord".
+    #[serde(default)]
+    #[schemars(extend("enum" = ["json", "slack", "discord"]))]
+    pub webhook_format: Option<String>,
+    /// Set the global budget, which caps all users together, instead of a
+    /// user's (do not combine with user_id).
+    #[serde(default)]
+    pub global: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------
@@ -299,6 +323,10 @@ pub struct Completion {
     pub warning: Option<String>,
     /// The spoken answer, when `speak` was asked for.
     pub audio: Option<Audio>,
+    /// Budget thresholds this call crossed (each is sent once per period).
+    pub alerts: Vec<BudgetAlert>,
+    /// The global budget after this call, if one is set.
+    pub global_budget: Option<BudgetStatus>,
     /// Id grouping this call's ledger rows.
     pub request_id: String,
 }
@@ -399,6 +427,8 @@ pub struct UsageReport {
     pub by_user: Vec<Group>,
     /// The budget of the user (or "default").
     pub budget: BudgetStatus,
+    /// The global budget, if one is set.
+    pub global_budget: Option<BudgetStatus>,
 }
 
 /// Result of `set_budget`.
@@ -408,6 +438,11 @@ pub struct BudgetUpdate {
     pub previous_limit_usd: Option<f64>,
     /// Where the new budget stands.
     pub status: BudgetStatus,
+    /// Where alerts go, redacted to the host (none: the tool text and MCP
+    /// notifications only).
+    pub webhook: Option<String>,
+    /// Thresholds already crossed under the new limit (alerted now).
+    pub alerts: Vec<BudgetAlert>,
 }
 
 /// One provider in `doctor`.
@@ -463,6 +498,10 @@ pub struct Optimizer {
     ledger: Result<Ledger, String>,
     breakers: Breakers,
     clock: Clock,
+    /// HTTP client for alert webhooks (short timeouts, no provider keys).
+    alert_http: reqwest::Client,
+    /// Webhook deliveries still running, so a CLI run can wait for them.
+    deliveries: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// How long a reservation may outlive its call before it stops counting:
@@ -502,7 +541,14 @@ impl Optimizer {
         }
         let router = Router::new(settings.tier_thresholds, &settings.tier_models);
         let breakers = Breakers::new(settings.breaker_threshold, settings.breaker_cooldown);
+        let alert_http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(crate::budget::alerts::WEBHOOK_TIMEOUT)
+            .build()
+            .unwrap_or_default();
         Optimizer {
+            alert_http,
+            deliveries: std::sync::Mutex::new(Vec::new()),
             breakers,
             settings,
             catalog,
@@ -546,8 +592,107 @@ impl Optimizer {
                 thresholds: self.settings.default_alert_thresholds.clone(),
                 mode: self.settings.default_budget_mode,
                 is_default: true,
+                period: self.settings.default_period,
+                timezone: self.settings.default_timezone.clone(),
+                webhook: None,
             },
         })
+    }
+
+    /// The budgets a call by `user` must respect: theirs (or the default),
+    /// then the global one if it was set.
+    fn budgets_for(&self, ledger: &Ledger, user: &str) -> Result<Vec<Budget>, ToolError> {
+        let mut v = vec![self.budget_of(ledger, user)?];
+        if let Some(g) = ledger
+            .budget(GLOBAL_SCOPE)
+            .map_err(|e| ToolError::Ledger(e.to_string()))?
+        {
+            v.push(Budget::from_row(g));
+        }
+        Ok(v)
+    }
+
+    /// Where the global budget stands, if one is set.
+    pub fn global_budget_status(&self) -> Result<Option<BudgetStatus>, ToolError> {
+        let ledger = self.ledger()?;
+        match ledger
+            .budget(GLOBAL_SCOPE)
+            .map_err(|e| ToolError::Ledger(e.to_string()))?
+        {
+            Some(row) => budget::status(ledger, &Budget::from_row(row), self.now())
+                .map(Some)
+                .map_err(|e| ToolError::Ledger(e.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    /// Records each threshold crossed by `budgets` that was not alerted yet
+    /// this period, and starts its webhook delivery. Returns the new alerts.
+    fn fire_alerts(&self, ledger: &Ledger, budgets: &[Budget]) -> Vec<BudgetAlert> {
+        let now = self.now();
+        let mut fired = Vec::new();
+        for b in budgets {
+            let Ok(st) = budget::status(ledger, b, now) else {
+                continue;
+            };
+            let (start, _) = b.bounds(now);
+            for t in &st.crossed_thresholds {
+                let id = match ledger.record_alert(
+                    &b.user_id,
+                    start,
+                    *t,
+                    to_nanos(st.spent_usd),
+                    to_nanos(st.limit_usd),
+                    now,
+                ) {
+                    Ok(Some(id)) => id,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not record a budget alert");
+                        continue;
+                    }
+                };
+                let alert = BudgetAlert::new(id, &st, *t);
+                tracing::warn!(scope = b.user_id, threshold = t, "{}", alert.message);
+                if let Some(hook) = b
+                    .webhook
+                    .clone()
+                    .or_else(|| self.settings.alert_webhook.clone())
+                {
+                    self.spawn_delivery(ledger.clone(), hook, alert.clone());
+                }
+                fired.push(alert);
+            }
+        }
+        fired
+    }
+
+    fn spawn_delivery(&self, ledger: Ledger, hook: Webhook, alert: BudgetAlert) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("no async runtime; budget alert webhook not sent");
+            return;
+        };
+        let http = self.alert_http.clone();
+        let clock = self.clock.clone();
+        let base = self.settings.retry_base.max(Duration::from_millis(1));
+        let task = rt.spawn(async move {
+            budget::alerts::deliver_webhook(&http, &ledger, &hook, &alert, base, || clock()).await;
+        });
+        let mut pending = self.deliveries.lock().unwrap_or_else(|e| e.into_inner());
+        pending.retain(|h| !h.is_finished());
+        pending.push(task);
+    }
+
+    /// Waits for webhook deliveries still running (the CLI calls this
+    /// before exiting so alerts are not cut off).
+    pub async fn flush_alerts(&self) {
+        let pending: Vec<_> = {
+            let mut p = self.deliveries.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut *p)
+        };
+        for h in pending {
+            let _ = h.await;
+        }
     }
 
     /// Where `user`'s budget stands.
@@ -813,10 +958,19 @@ impl Optimizer {
         }
 
         let ledger = self.ledger()?.clone();
-        let budget = self.budget_of(&ledger, &user)?;
-        let status = budget::status(&ledger, &budget, self.now())
-            .map_err(|e| ToolError::Ledger(e.to_string()))?;
-        let enforce = budget.mode.enforces_limit();
+        let budgets = self.budgets_for(&ledger, &user)?;
+        let now = self.now();
+        let mut statuses = Vec::new();
+        for b in &budgets {
+            statuses.push(
+                budget::status(&ledger, b, now).map_err(|e| ToolError::Ledger(e.to_string()))?,
+            );
+        }
+        let budget_remaining = statuses
+            .iter()
+            .filter(|s| s.mode.enforces_limit())
+            .map(|s| s.remaining_usd)
+            .reduce(f64::min);
         let plan = self.plan(&RouteRequest {
             prompt,
             system,
@@ -825,8 +979,8 @@ impl Optimizer {
             force_provider,
             force_model: force_model.clone(),
             tier,
-            budget_remaining: enforce.then_some(status.remaining_usd),
-            downgrade: status.wants_downgrade(),
+            budget_remaining,
+            downgrade: statuses.iter().any(BudgetStatus::wants_downgrade),
         })?;
 
         let forced = if force_model.is_some() {
@@ -844,8 +998,16 @@ impl Optimizer {
             Some(s) => format!("[system] {s}\n\n{prompt}"),
             None => prompt.to_string(),
         });
-        let (period_start, _) = budget::month_bounds(self.now());
-        let limit_nanos = enforce.then(|| to_nanos(budget.limit_usd));
+        // Only `block` and `downgrade` budgets refuse calls; `warn` alerts.
+        let checks: Vec<LimitCheck> = budgets
+            .iter()
+            .filter(|b| b.mode.enforces_limit())
+            .map(|b| LimitCheck {
+                scope: b.user_id.clone(),
+                since_ms: b.bounds(now).0,
+                limit_nanos: to_nanos(b.limit_usd),
+            })
+            .collect();
         let ttl = reservation_ttl(&self.settings);
         let baseline_price = self.catalog.get(&self.settings.baseline_model);
 
@@ -909,24 +1071,27 @@ impl Optimizer {
                 let reserve = {
                     let ledger = ledger.clone();
                     let user = user.clone();
+                    let checks = checks.clone();
                     let amount = to_nanos(cand.worst_case_cost_usd);
-                    blocking(move || {
-                        ledger.reserve(&user, period_start, limit_nanos, amount, now, ttl)
-                    })
-                    .await
+                    blocking(move || ledger.reserve(&user, &checks, amount, now, ttl)).await
                 };
                 let reservation = match reserve {
                     Err(e) => return Err(ToolError::Ledger(e.to_string())),
                     Ok(Err(over)) => {
+                        let whose = if over.scope == GLOBAL_SCOPE {
+                            "the global budget".to_string()
+                        } else {
+                            format!("user {:?}'s budget", over.scope)
+                        };
                         let msg = format!(
                             "Budget limit reached: this call could cost up to ${:.6} on {} (max_tokens {max_tokens}), \
-                             but user {user:?} has ${:.6} spent and ${:.6} held by calls in flight of a ${:.2} monthly budget. \
+                             but {whose} of ${:.2} has ${:.6} spent and ${:.6} held by calls in flight this period. \
                              Raise the limit with set_budget, lower max_tokens, or ask for a cheaper tier.",
                             cand.worst_case_cost_usd,
                             cand.model,
+                            to_usd(over.limit_nanos),
                             to_usd(over.spent_nanos),
                             to_usd(over.reserved_nanos),
-                            budget.limit_usd
                         );
                         if attempts.is_empty() {
                             return Err(ToolError::BudgetRefused(msg));
@@ -1011,8 +1176,7 @@ impl Optimizer {
                                 user: &user,
                                 request_id: &request_id,
                                 first_attempt: attempts.len() as u32 + 1,
-                                period_start,
-                                limit_nanos,
+                                checks: &checks,
                                 prompt_sha256: &prompt_sha256,
                             };
                             Some(self.speak(&resp.text, &voice, job).await)
@@ -1022,7 +1186,12 @@ impl Optimizer {
                         if let Some(Audio { error: Some(e), .. }) = &audio {
                             warnings.push(format!("No audio: {e}"));
                         }
-                        let budget_after = budget::status(&ledger, &budget, self.now()).ok();
+                        let alerts = self.fire_alerts(&ledger, &budgets);
+                        let now = self.now();
+                        let budget_after = budget::status(&ledger, &budgets[0], now).ok();
+                        let global_budget = budgets
+                            .get(1)
+                            .and_then(|g| budget::status(&ledger, g, now).ok());
                         let (savings, pct) = match baseline_cost {
                             Some(b) if b > 0.0 => {
                                 ((b - cost).max(0.0), ((b - cost) / b * 100.0).max(0.0))
@@ -1058,6 +1227,8 @@ impl Optimizer {
                             attempts,
                             notes,
                             budget: budget_after,
+                            global_budget,
+                            alerts,
                             recorded: settled.is_ok(),
                             warning: (!warnings.is_empty()).then(|| warnings.join(" ")),
                             audio,
@@ -1181,15 +1352,14 @@ impl Optimizer {
         loop {
             let now = self.now();
             let reserve = {
-                let (ledger, user, limit, start) = (
+                let (ledger, user, checks) = (
                     job.ledger.clone(),
                     job.user.to_string(),
-                    job.limit_nanos,
-                    job.period_start,
+                    job.checks.to_vec(),
                 );
                 let ttl = reservation_ttl(&self.settings);
                 let amount = to_nanos(cost);
-                blocking(move || ledger.reserve(&user, start, limit, amount, now, ttl)).await
+                blocking(move || ledger.reserve(&user, &checks, amount, now, ttl)).await
             };
             let reservation = match reserve {
                 Ok(Ok(r)) => ReservationGuard::new(job.ledger.clone(), r),
@@ -1350,6 +1520,7 @@ impl Optimizer {
             by_tier: Vec::new(),
             by_user: Vec::new(),
             budget: self.budget_status(user.as_deref().unwrap_or(DEFAULT_USER))?,
+            global_budget: self.global_budget_status()?,
         };
         for g in groups {
             let rows = ledger
@@ -1385,18 +1556,100 @@ impl Optimizer {
             })?,
             None => self.settings.default_budget_mode,
         };
-        let user = validate_user(args.user_id.as_deref())?;
+        let global = args.global.unwrap_or(false);
+        if global
+            && args
+                .user_id
+                .as_deref()
+                .is_some_and(|u| !u.trim().is_empty())
+        {
+            return Err(invalid("give either global: true or user_id, not both"));
+        }
+        let user = if global {
+            GLOBAL_SCOPE.to_string()
+        } else {
+            let u = validate_user(args.user_id.as_deref())?;
+            if u == GLOBAL_SCOPE {
+                return Err(invalid("user_id \"*\" is reserved; use global: true"));
+            }
+            u
+        };
+        let period = match args
+            .period
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            Some(p) => budget::Period::parse(p).ok_or_else(|| {
+                invalid(format!(
+                    "period: {p:?} is not one of daily, weekly, monthly"
+                ))
+            })?,
+            None => self.settings.default_period,
+        };
+        let timezone = match args
+            .timezone
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            Some(tz) => {
+                budget::validate_timezone(tz).map_err(invalid)?;
+                tz.to_string()
+            }
+            None => self.settings.default_timezone.clone(),
+        };
+        let format = match args
+            .webhook_format
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            Some(f) => Some(WebhookFormat::parse(f).ok_or_else(|| {
+                invalid(format!(
+                    "webhook_format: {f:?} is not one of json, slack, discord"
+                ))
+            })?),
+            None => None,
+        };
         let ledger = self.ledger()?;
-        let previous = ledger
+        let previous_row = ledger
             .budget(&user)
-            .map_err(|e| ToolError::Ledger(e.to_string()))?
-            .map(|b| to_usd(b.limit_nanos));
+            .map_err(|e| ToolError::Ledger(e.to_string()))?;
+        let previous = previous_row.as_ref().map(|b| to_usd(b.limit_nanos));
+        // Keep an existing webhook unless the call changes it; "" removes it.
+        let webhook = match args.webhook_url.as_deref().map(str::trim) {
+            Some("") => None,
+            Some(url) => {
+                budget::validate_webhook_url(url).map_err(invalid)?;
+                crate::secrets::register(url);
+                Some(Webhook {
+                    url: url.to_string(),
+                    format: format.unwrap_or(WebhookFormat::Json),
+                })
+            }
+            None => previous_row
+                .map(|r| Budget::from_row(r).webhook)
+                .unwrap_or(None)
+                .map(|mut w| {
+                    if let Some(f) = format {
+                        w.format = f;
+                    }
+                    w
+                }),
+        };
+        if format.is_some() && webhook.is_none() {
+            return Err(invalid("webhook_format needs a webhook_url"));
+        }
         let b = Budget {
             user_id: user.clone(),
             limit_usd: args.monthly_limit,
             thresholds,
             mode,
             is_default: false,
+            period,
+            timezone,
+            webhook,
         };
         ledger
             .set_budget(&b.to_row(), self.now())
@@ -1405,11 +1658,28 @@ impl Optimizer {
             user,
             limit = args.monthly_limit,
             mode = mode.as_str(),
+            period = period.as_str(),
             "budget set"
         );
+        // A lower limit may already be past some thresholds: alert now.
+        let alerts = self.fire_alerts(ledger, std::slice::from_ref(&b));
+        let status =
+            budget::status(ledger, &b, self.now()).map_err(|e| ToolError::Ledger(e.to_string()))?;
         Ok(BudgetUpdate {
             previous_limit_usd: previous,
-            status: self.budget_status(&user)?,
+            status,
+            webhook: b
+                .webhook
+                .as_ref()
+                .or(self.settings.alert_webhook.as_ref())
+                .map(|w| {
+                    format!(
+                        "{} ({})",
+                        budget::alerts::redact_url(&w.url),
+                        w.format.as_str()
+                    )
+                }),
+            alerts,
         })
     }
 
@@ -1470,8 +1740,7 @@ struct SpeechJob<'a> {
     user: &'a str,
     request_id: &'a str,
     first_attempt: u32,
-    period_start: i64,
-    limit_nanos: Option<i64>,
+    checks: &'a [LimitCheck],
     prompt_sha256: &'a str,
 }
 

@@ -37,9 +37,18 @@ fn reasons_line(reasons: &[Reason]) -> String {
 }
 
 fn budget_line(b: &BudgetStatus) -> String {
+    let this = match b.period.as_str() {
+        "daily" => "today",
+        "weekly" => "this week",
+        _ => "this month",
+    };
+    let who = if b.user_id == crate::ledger::GLOBAL_SCOPE {
+        "global".to_string()
+    } else {
+        b.user_id.clone()
+    };
     let mut s = format!(
-        "Budget ({}): {} of {} spent this month ({:.1}%), {} left",
-        b.user_id,
+        "Budget ({who}): {} of {} spent {this} ({:.1}%), {} left",
         usd(b.spent_usd),
         usd(b.limit_usd),
         b.percent_used,
@@ -106,9 +115,12 @@ pub fn completion(c: &Completion) -> String {
     }
     if let Some(b) = &c.budget {
         let _ = writeln!(s, "{}", budget_line(b));
-        if let Some(a) = b.alert_line() {
-            let _ = writeln!(s, "⚠️ {a}");
-        }
+    }
+    if let Some(g) = &c.global_budget {
+        let _ = writeln!(s, "{}", budget_line(g));
+    }
+    for a in &c.alerts {
+        let _ = writeln!(s, "⚠️ Budget alert: {}", a.message);
     }
     if let Some(a) = &c.audio
         && let Some(p) = &a.path
@@ -301,6 +313,9 @@ pub fn usage(u: &UsageReport) -> String {
     s.push_str(&group_table("tier", &u.by_tier));
     s.push_str(&group_table("user", &u.by_user));
     let _ = writeln!(s, "\n{}", budget_line(&u.budget));
+    if let Some(g) = &u.global_budget {
+        let _ = writeln!(s, "{}", budget_line(g));
+    }
     if u.budget.forecast_usd > 0.0 {
         let _ = writeln!(
             s,
@@ -317,9 +332,18 @@ pub fn usage(u: &UsageReport) -> String {
 /// `set_budget`.
 pub fn budget_update(b: &BudgetUpdate) -> String {
     let st = &b.status;
+    let who = if st.user_id == crate::ledger::GLOBAL_SCOPE {
+        "all users (global)".to_string()
+    } else {
+        st.user_id.clone()
+    };
+    let period = match st.period.as_str() {
+        "daily" => "Daily",
+        "weekly" => "Weekly",
+        _ => "Monthly",
+    };
     let mut s = format!(
-        "Monthly budget for **{}** set to **{}**{} (mode {}, alerts at {}).\n",
-        st.user_id,
+        "{period} budget for **{who}** set to **{}**{} (mode {}, alerts at {}; {} calendar).\n",
         usd(st.limit_usd),
         b.previous_limit_usd
             .map(|p| format!(" (was {})", usd(p)))
@@ -329,11 +353,15 @@ pub fn budget_update(b: &BudgetUpdate) -> String {
             .iter()
             .map(|t| format!("{:.0}%", t * 100.0))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        st.timezone
     );
     let _ = writeln!(s, "{}", budget_line(st));
-    if let Some(a) = st.alert_line() {
-        let _ = writeln!(s, "⚠️ {a}");
+    if let Some(w) = &b.webhook {
+        let _ = writeln!(s, "Alerts are also sent to {w}.");
+    }
+    for a in &b.alerts {
+        let _ = writeln!(s, "⚠️ Budget alert: {}", a.message);
     }
     s
 }

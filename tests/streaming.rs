@@ -145,13 +145,16 @@ async fn cancelling_stops_the_provider_and_releases_the_hold() {
         .await
         .unwrap();
     // Wait until the provider is streaming, then cancel.
-    for _ in 0..50 {
-        if !fake.requests().is_empty() {
+    for _ in 0..500 {
+        if fake.drip_sent() >= 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        fake.drip_sent() >= 3,
+        "the provider never started streaming"
+    );
     handle
         .cancel(Some("user pressed stop".into()))
         .await

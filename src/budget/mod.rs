@@ -6,12 +6,14 @@
 //! call the reservation is replaced by the real cost. So no set of concurrent
 //! calls can together cross a `block` limit.
 
+pub mod alerts;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use time::{Date, Month, OffsetDateTime, Time};
 
 use crate::config::MAX_BUDGET_USD;
-use crate::ledger::{BudgetRow, Ledger, LedgerError, to_nanos, to_usd};
+use crate::ledger::{BudgetRow, GLOBAL_SCOPE, Ledger, LedgerError, to_nanos, to_usd};
 
 /// The user id used when a caller gives none.
 pub const DEFAULT_USER: &str = "default";
@@ -54,6 +56,97 @@ impl BudgetMode {
     }
 }
 
+/// How long a budget period lasts; periods start on calendar boundaries
+/// (midnight, Monday, the 1st) in the budget's time zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    /// From midnight to midnight.
+    Daily,
+    /// From Monday 00:00 to the next Monday.
+    Weekly,
+    /// From the 1st 00:00 to the next 1st.
+    Monthly,
+}
+
+impl Period {
+    /// Lowercase name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Daily => "daily",
+            Period::Weekly => "weekly",
+            Period::Monthly => "monthly",
+        }
+    }
+
+    /// Parses a stored or typed name.
+    pub fn parse(s: &str) -> Option<Period> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "daily" | "day" => Some(Period::Daily),
+            "weekly" | "week" => Some(Period::Weekly),
+            "monthly" | "month" => Some(Period::Monthly),
+            _ => None,
+        }
+    }
+}
+
+/// Checks an IANA time zone name (`Europe/Berlin`, `UTC`).
+pub fn validate_timezone(tz: &str) -> Result<(), String> {
+    jiff::tz::TimeZone::get(tz).map(|_| ()).map_err(|_| {
+        format!("timezone: {tz:?} is not a known IANA time zone (e.g. \"Europe/Berlin\", \"UTC\")")
+    })
+}
+
+/// Start and end (exclusive) of the `period` containing `now_ms`, on the
+/// calendar of time zone `tz`, as unix milliseconds. Falls back to UTC
+/// for an unknown zone (validated zones never reach that).
+pub fn period_bounds(period: Period, tz: &str, now_ms: i64) -> (i64, i64) {
+    use jiff::{Timestamp, ToSpan, tz::TimeZone};
+    let zone = TimeZone::get(tz).unwrap_or(TimeZone::UTC);
+    let Ok(ts) = Timestamp::from_millisecond(now_ms) else {
+        return month_bounds(now_ms);
+    };
+    let now = ts.to_zoned_datetime(zone);
+    let bounds = (|| -> Result<(i64, i64), jiff::Error> {
+        let start = match period {
+            Period::Daily => now.start_of_day()?,
+            Period::Weekly => {
+                let back = now.weekday().to_monday_zero_offset();
+                now.start_of_day()?.checked_sub((back as i64).days())?
+            }
+            Period::Monthly => now.first_of_month()?.start_of_day()?,
+        };
+        let end = match period {
+            Period::Daily => start.checked_add(1.day())?,
+            Period::Weekly => start.checked_add(1.week())?,
+            Period::Monthly => start.checked_add(1.month())?,
+        }
+        .start_of_day()?;
+        Ok((
+            start.timestamp().as_millisecond(),
+            end.timestamp().as_millisecond(),
+        ))
+    })();
+    bounds.unwrap_or_else(|_| month_bounds(now_ms))
+}
+
+/// Checks an alert webhook URL: http(s) with a host.
+pub fn validate_webhook_url(url: &str) -> Result<(), String> {
+    let u = url.trim();
+    let rest = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"))
+        .ok_or_else(|| "webhook_url must start with http:// or https://".to_string())?;
+    if rest.is_empty()
+        || rest.starts_with('/')
+        || u.len() > 2048
+        || u.chars().any(char::is_whitespace)
+    {
+        return Err("webhook_url is not a valid URL".into());
+    }
+    Ok(())
+}
+
 /// Checks a limit in USD; the message names `field`.
 pub fn validate_limit(field: &str, usd: f64) -> Result<(), String> {
     if !usd.is_finite() {
@@ -88,12 +181,13 @@ pub fn validate_thresholds(t: &[f64]) -> Result<(), String> {
     Ok(())
 }
 
-/// A user's budget as configured (stored, or the default).
+/// A budget as configured (stored, or the default): a user's, or the
+/// global one (`user_id` = `*`) that caps every user together.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Budget {
-    /// Owner.
+    /// Owner: a user id, or `*` for the global budget.
     pub user_id: String,
-    /// Limit per calendar month, USD.
+    /// Limit per period, USD.
     pub limit_usd: f64,
     /// Alert thresholds, fractions of the limit.
     pub thresholds: Vec<f64>,
@@ -101,6 +195,12 @@ pub struct Budget {
     pub mode: BudgetMode,
     /// True when the user never set one and the default applies.
     pub is_default: bool,
+    /// Period length.
+    pub period: Period,
+    /// IANA time zone of the period calendar.
+    pub timezone: String,
+    /// Where alerts are POSTed (overrides the configured default).
+    pub webhook: Option<alerts::Webhook>,
 }
 
 impl Budget {
@@ -112,6 +212,13 @@ impl Budget {
             thresholds: row.thresholds,
             mode: BudgetMode::parse(&row.mode).unwrap_or(BudgetMode::Block),
             is_default: false,
+            period: Period::parse(&row.period).unwrap_or(Period::Monthly),
+            timezone: row.timezone,
+            webhook: row.webhook_url.map(|url| alerts::Webhook {
+                url,
+                format: alerts::WebhookFormat::parse(&row.webhook_format)
+                    .unwrap_or(alerts::WebhookFormat::Json),
+            }),
         }
     }
 
@@ -120,20 +227,40 @@ impl Budget {
         BudgetRow {
             user_id: self.user_id.clone(),
             limit_nanos: to_nanos(self.limit_usd),
-            period: "monthly".into(),
+            period: self.period.as_str().into(),
             thresholds: self.thresholds.clone(),
             mode: self.mode.as_str().into(),
+            timezone: self.timezone.clone(),
+            webhook_url: self.webhook.as_ref().map(|w| w.url.clone()),
+            webhook_format: self
+                .webhook
+                .as_ref()
+                .map(|w| w.format.as_str())
+                .unwrap_or("json")
+                .into(),
         }
+    }
+
+    /// True for the budget over every user.
+    pub fn is_global(&self) -> bool {
+        self.user_id == GLOBAL_SCOPE
+    }
+
+    /// Bounds of the current period.
+    pub fn bounds(&self, now_ms: i64) -> (i64, i64) {
+        period_bounds(self.period, &self.timezone, now_ms)
     }
 }
 
 /// Where a budget stands now.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct BudgetStatus {
-    /// Owner.
+    /// Owner: a user id, or `*` for the global budget.
     pub user_id: String,
-    /// `monthly`.
+    /// `daily`, `weekly` or `monthly`.
     pub period: String,
+    /// Time zone of the period calendar.
+    pub timezone: String,
     /// Start of the current period (RFC 3339, UTC).
     pub period_start: String,
     /// End of the current period (RFC 3339, UTC, exclusive).
@@ -171,10 +298,16 @@ impl BudgetStatus {
     /// One line for a tool's text when a threshold is crossed.
     pub fn alert_line(&self) -> Option<String> {
         let last = self.crossed_thresholds.last()?;
+        let whose = if self.user_id == GLOBAL_SCOPE {
+            "global".to_string()
+        } else {
+            format!("{}'s", self.user_id)
+        };
         Some(format!(
-            "Budget alert: {:.1}% of the ${:.2} monthly budget used (threshold {:.0}% crossed).",
+            "Budget alert: {:.1}% of the ${:.2} {} {whose} budget used (threshold {:.0}% crossed).",
             self.percent_used,
             self.limit_usd,
+            self.period,
             last * 100.0
         ))
     }
@@ -215,7 +348,7 @@ pub fn rfc3339(ms: i64) -> String {
 
 /// Computes where `budget` stands at `now_ms`.
 pub fn status(ledger: &Ledger, budget: &Budget, now_ms: i64) -> Result<BudgetStatus, LedgerError> {
-    let (start, end) = month_bounds(now_ms);
+    let (start, end) = budget.bounds(now_ms);
     let spent = to_usd(ledger.spent_since(&budget.user_id, start)?);
     let reserved = to_usd(ledger.reserved_now(&budget.user_id, now_ms)?);
     Ok(compute_status(budget, start, end, now_ms, spent, reserved))
@@ -257,7 +390,8 @@ pub fn compute_status(
     };
     BudgetStatus {
         user_id: budget.user_id.clone(),
-        period: "monthly".into(),
+        period: budget.period.as_str().into(),
+        timezone: budget.timezone.clone(),
         period_start: rfc3339(start),
         period_end: rfc3339(end),
         limit_usd: budget.limit_usd,
@@ -295,6 +429,53 @@ mod tests {
         assert_eq!(rfc3339(s), "2026-12-01T00:00:00Z");
     }
 
+    fn utc(y: i32, m: u8, d: u8, h: u8, min: u8) -> i64 {
+        jiff::civil::datetime(y as i16, m as i8, d as i8, h as i8, min as i8, 0, 0)
+            .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+            .unwrap()
+            .timestamp()
+            .as_millisecond()
+    }
+
+    #[test]
+    fn periods_follow_the_time_zone_calendar() {
+        // 2026-11-27 23:30 UTC is already Saturday the 28th in Berlin (UTC+1).
+        let now = utc(2026, 11, 27, 23, 30);
+        assert_eq!(
+            period_bounds(Period::Daily, "Europe/Berlin", now),
+            (utc(2026, 11, 27, 23, 0), utc(2026, 11, 28, 23, 0))
+        );
+        assert_eq!(
+            period_bounds(Period::Daily, "UTC", now),
+            (utc(2026, 11, 27, 0, 0), utc(2026, 11, 28, 0, 0))
+        );
+        // Weeks start on Monday: Monday 2026-11-23.
+        assert_eq!(
+            period_bounds(Period::Weekly, "UTC", now),
+            (utc(2026, 11, 23, 0, 0), utc(2026, 11, 30, 0, 0))
+        );
+        // Months in New York (UTC-5 in November, UTC-5 in December).
+        assert_eq!(
+            period_bounds(Period::Monthly, "America/New_York", now),
+            (utc(2026, 11, 1, 4, 0), utc(2026, 12, 1, 5, 0))
+        );
+        // A DST change inside a day: Berlin's 2026-03-29 has 23 hours.
+        let dst = utc(2026, 3, 29, 12, 0);
+        let (s, e) = period_bounds(Period::Daily, "Europe/Berlin", dst);
+        assert_eq!(e - s, 23 * 3_600_000);
+        assert!(validate_timezone("Mars/Olympus").is_err());
+        assert!(validate_timezone("Asia/Tokyo").is_ok());
+    }
+
+    #[test]
+    fn webhook_urls() {
+        assert!(validate_webhook_url("https://hooks.slack.com/services/T/B/x").is_ok());
+        assert!(validate_webhook_url("http://127.0.0.1:9/hook").is_ok());
+        assert!(validate_webhook_url("ftp://x").is_err());
+        assert!(validate_webhook_url("javascript:alert(1)").is_err());
+        assert!(validate_webhook_url("https://").is_err());
+    }
+
     #[test]
     fn thresholds_validation() {
         assert!(validate_thresholds(&[0.5, 0.8, 1.0]).is_ok());
@@ -325,6 +506,9 @@ mod tests {
             thresholds: vec![0.5, 0.8, 1.0],
             mode: BudgetMode::Downgrade,
             is_default: false,
+            period: Period::Monthly,
+            timezone: "UTC".into(),
+            webhook: None,
         };
         let start = ms(2026, Month::November, 1, 0);
         let end = ms(2026, Month::December, 1, 0);

@@ -19,7 +19,13 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 /// Schema migrations, in order. Append only; never edit a released one.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_budget_scopes_and_alerts.sql"),
+];
+
+/// The scope of the global budget, which caps every user together.
+pub const GLOBAL_SCOPE: &str = "*";
 
 /// How long a write waits for another process's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -127,16 +133,71 @@ pub struct CallRecord {
 /// A stored budget.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BudgetRow {
-    /// Owner.
+    /// Owner: a user id, or [`GLOBAL_SCOPE`].
     pub user_id: String,
     /// Limit per period, nano-dollars.
     pub limit_nanos: i64,
-    /// `monthly` (daily/weekly later).
+    /// `daily`, `weekly` or `monthly`.
     pub period: String,
     /// Alert thresholds, fractions of the limit.
     pub thresholds: Vec<f64>,
     /// `warn`, `downgrade` or `block`.
     pub mode: String,
+    /// IANA time zone whose calendar defines the periods.
+    pub timezone: String,
+    /// Where threshold alerts are POSTed, if anywhere.
+    pub webhook_url: Option<String>,
+    /// `json`, `slack` or `discord`.
+    pub webhook_format: String,
+}
+
+/// One limit a reservation must respect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitCheck {
+    /// A user id, or [`GLOBAL_SCOPE`] for everyone's spend together.
+    pub scope: String,
+    /// Start of the budget's current period.
+    pub since_ms: i64,
+    /// The limit, nano-dollars.
+    pub limit_nanos: i64,
+}
+
+/// A threshold crossing, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct AlertRow {
+    /// Row id.
+    pub id: i64,
+    /// User id or `*`.
+    pub scope: String,
+    /// Start of the period it belongs to, unix ms.
+    pub period_start_ms: i64,
+    /// The threshold crossed (fraction).
+    pub threshold: f64,
+    /// Spend when it was crossed, USD.
+    pub spent_usd: f64,
+    /// The limit, USD.
+    pub limit_usd: f64,
+    /// When, unix ms.
+    pub created_ms: i64,
+}
+
+/// One delivery attempt of an alert.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct DeliveryRow {
+    /// The alert delivered.
+    pub alert_id: i64,
+    /// `webhook` or `mcp`.
+    pub channel: String,
+    /// Redacted target.
+    pub target: Option<String>,
+    /// 1-based attempt.
+    pub attempt: u32,
+    /// Delivered.
+    pub ok: bool,
+    /// HTTP status, if any.
+    pub status: Option<u16>,
+    /// Why it failed.
+    pub error: Option<String>,
 }
 
 /// A held worst-case amount; settle or release it.
@@ -146,6 +207,10 @@ pub struct ReservationId(pub i64);
 /// Why a reservation was refused.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Overspend {
+    /// The scope whose limit would be crossed.
+    pub scope: String,
+    /// Its limit, nano-dollars.
+    pub limit_nanos: i64,
     /// Settled spend in the period, nano-dollars.
     pub spent_nanos: i64,
     /// Held by calls in flight, nano-dollars.
@@ -325,14 +390,15 @@ impl Ledger {
         Ok(id)
     }
 
-    /// Holds `amount_nanos` for `user_id` if settled spend since
-    /// `period_start_ms` plus live reservations plus the amount stays within
-    /// `limit_nanos` (or always, when `limit_nanos` is `None`).
+    /// Holds `amount_nanos` for `user_id` if, for every check, settled
+    /// spend in the check's scope since its period start plus live
+    /// reservations in that scope plus the amount stays within its limit.
+    /// All checks and the insert happen in one `BEGIN IMMEDIATE`
+    /// transaction, so concurrent callers (tasks or processes) serialise.
     pub fn reserve(
         &self,
         user_id: &str,
-        period_start_ms: i64,
-        limit_nanos: Option<i64>,
+        checks: &[LimitCheck],
         amount_nanos: i64,
         now_ms: i64,
         ttl: Duration,
@@ -343,15 +409,17 @@ impl Ledger {
             .map_err(|e| self.err(e))?;
         tx.execute("DELETE FROM reservations WHERE expires_ms <= ?1", [now_ms])
             .map_err(|e| self.err(e))?;
-        let spent = spent(&tx, user_id, period_start_ms).map_err(|e| self.err(e))?;
-        let reserved = reserved(&tx, user_id, now_ms).map_err(|e| self.err(e))?;
-        if let Some(limit) = limit_nanos
-            && spent.saturating_add(reserved).saturating_add(amount_nanos) > limit
-        {
-            return Ok(Err(Overspend {
-                spent_nanos: spent,
-                reserved_nanos: reserved,
-            }));
+        for check in checks {
+            let spent = spent(&tx, &check.scope, check.since_ms).map_err(|e| self.err(e))?;
+            let reserved = reserved(&tx, &check.scope, now_ms).map_err(|e| self.err(e))?;
+            if spent.saturating_add(reserved).saturating_add(amount_nanos) > check.limit_nanos {
+                return Ok(Err(Overspend {
+                    scope: check.scope.clone(),
+                    limit_nanos: check.limit_nanos,
+                    spent_nanos: spent,
+                    reserved_nanos: reserved,
+                }));
+            }
         }
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
         tx.execute(
@@ -362,6 +430,91 @@ impl Ledger {
         let id = tx.last_insert_rowid();
         tx.commit().map_err(|e| self.err(e))?;
         Ok(Ok(ReservationId(id)))
+    }
+
+    /// Records that `threshold` was crossed in `scope`'s period starting at
+    /// `period_start_ms`. Returns the new alert's id, or `None` if this
+    /// crossing was already recorded (so it must not be sent again).
+    pub fn record_alert(
+        &self,
+        scope: &str,
+        period_start_ms: i64,
+        threshold: f64,
+        spent_nanos: i64,
+        limit_nanos: i64,
+        now_ms: i64,
+    ) -> Result<Option<i64>, LedgerError> {
+        let conn = self.lock();
+        let n = conn
+            .execute(
+                "INSERT OR IGNORE INTO alerts (scope, period_start_ms, threshold, spent_nanos, limit_nanos, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![scope, period_start_ms, threshold, spent_nanos, limit_nanos, now_ms],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok((n == 1).then(|| conn.last_insert_rowid()))
+    }
+
+    /// Records one delivery attempt of an alert.
+    pub fn record_delivery(&self, d: &DeliveryRow, now_ms: i64) -> Result<(), LedgerError> {
+        self.lock()
+            .execute(
+                "INSERT INTO alert_deliveries (alert_id, channel, target, attempt, ok, status, error, ts_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![d.alert_id, d.channel, d.target, d.attempt, d.ok, d.status, d.error, now_ms],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Alerts of `scope` (or all), newest first.
+    pub fn alerts(&self, scope: Option<&str>, limit: u32) -> Result<Vec<AlertRow>, LedgerError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, scope, period_start_ms, threshold, spent_nanos, limit_nanos, created_ms
+                 FROM alerts WHERE (?1 IS NULL OR scope = ?1) ORDER BY id DESC LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![scope, limit], |r| {
+                Ok(AlertRow {
+                    id: r.get(0)?,
+                    scope: r.get(1)?,
+                    period_start_ms: r.get(2)?,
+                    threshold: r.get(3)?,
+                    spent_usd: to_usd(r.get(4)?),
+                    limit_usd: to_usd(r.get(5)?),
+                    created_ms: r.get(6)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Delivery attempts of one alert, in order.
+    pub fn deliveries(&self, alert_id: i64) -> Result<Vec<DeliveryRow>, LedgerError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT alert_id, channel, target, attempt, ok, status, error FROM alert_deliveries
+                 WHERE alert_id = ?1 ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([alert_id], |r| {
+                Ok(DeliveryRow {
+                    alert_id: r.get(0)?,
+                    channel: r.get(1)?,
+                    target: r.get(2)?,
+                    attempt: r.get(3)?,
+                    ok: r.get(4)?,
+                    status: r.get(5)?,
+                    error: r.get(6)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
     /// Drops a reservation without recording a call.
@@ -385,31 +538,26 @@ impl Ledger {
     /// The stored budget of `user_id`, if any.
     pub fn budget(&self, user_id: &str) -> Result<Option<BudgetRow>, LedgerError> {
         let conn = self.lock();
-        let row = conn
-            .query_row(
-                "SELECT user_id, limit_nanos, period, thresholds, mode FROM budgets WHERE user_id = ?1",
-                [user_id],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, String>(4)?,
-                    ))
-                },
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        Ok(row.map(
-            |(user_id, limit_nanos, period, thresholds, mode)| BudgetRow {
-                user_id,
-                limit_nanos,
-                period,
-                thresholds: serde_json::from_str(&thresholds).unwrap_or_default(),
-                mode,
+        conn.query_row(
+            "SELECT user_id, limit_nanos, period, thresholds, mode, timezone, webhook_url,
+                    webhook_format
+             FROM budgets WHERE user_id = ?1",
+            [user_id],
+            |r| {
+                Ok(BudgetRow {
+                    user_id: r.get(0)?,
+                    limit_nanos: r.get(1)?,
+                    period: r.get(2)?,
+                    thresholds: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
+                    mode: r.get(4)?,
+                    timezone: r.get(5)?,
+                    webhook_url: r.get(6)?,
+                    webhook_format: r.get(7)?,
+                })
             },
-        ))
+        )
+        .optional()
+        .map_err(|e| self.err(e))
     }
 
     /// Creates or replaces a budget.
@@ -418,18 +566,24 @@ impl Ledger {
             serde_json::to_string(&b.thresholds).map_err(|e| LedgerError::Sqlite(e.to_string()))?;
         self.lock()
             .execute(
-                "INSERT INTO budgets (user_id, limit_nanos, period, thresholds, mode, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO budgets (user_id, limit_nanos, period, thresholds, mode, updated_ms,
+                   timezone, webhook_url, webhook_format)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT(user_id) DO UPDATE SET limit_nanos = excluded.limit_nanos,
                    period = excluded.period, thresholds = excluded.thresholds,
-                   mode = excluded.mode, updated_ms = excluded.updated_ms",
+                   mode = excluded.mode, updated_ms = excluded.updated_ms,
+                   timezone = excluded.timezone, webhook_url = excluded.webhook_url,
+                   webhook_format = excluded.webhook_format",
                 params![
                     b.user_id,
                     b.limit_nanos,
                     b.period,
                     thresholds,
                     b.mode,
-                    now_ms
+                    now_ms,
+                    b.timezone,
+                    b.webhook_url,
+                    b.webhook_format
                 ],
             )
             .map(|_| ())
@@ -598,18 +752,32 @@ fn insert(conn: &Connection, rec: &CallRecord) -> rusqlite::Result<i64> {
     Ok(conn.last_insert_rowid())
 }
 
-fn spent(conn: &Connection, user_id: &str, since_ms: i64) -> rusqlite::Result<i64> {
+/// Settled spend of `scope` (a user, or everyone for [`GLOBAL_SCOPE`]).
+fn spent(conn: &Connection, scope: &str, since_ms: i64) -> rusqlite::Result<i64> {
+    if scope == GLOBAL_SCOPE {
+        return conn
+            .prepare_cached("SELECT coalesce(sum(cost_nanos), 0) FROM calls WHERE ts_ms >= ?1")?
+            .query_row(params![since_ms], |r| r.get(0));
+    }
     conn.prepare_cached(
         "SELECT coalesce(sum(cost_nanos), 0) FROM calls WHERE user_id = ?1 AND ts_ms >= ?2",
     )?
-    .query_row(params![user_id, since_ms], |r| r.get(0))
+    .query_row(params![scope, since_ms], |r| r.get(0))
 }
 
-fn reserved(conn: &Connection, user_id: &str, now_ms: i64) -> rusqlite::Result<i64> {
+/// Live reservations of `scope` (a user, or everyone for [`GLOBAL_SCOPE`]).
+fn reserved(conn: &Connection, scope: &str, now_ms: i64) -> rusqlite::Result<i64> {
+    if scope == GLOBAL_SCOPE {
+        return conn
+            .prepare_cached(
+                "SELECT coalesce(sum(amount_nanos), 0) FROM reservations WHERE expires_ms > ?1",
+            )?
+            .query_row(params![now_ms], |r| r.get(0));
+    }
     conn.prepare_cached(
         "SELECT coalesce(sum(amount_nanos), 0) FROM reservations WHERE user_id = ?1 AND expires_ms > ?2",
     )?
-    .query_row(params![user_id, now_ms], |r| r.get(0))
+    .query_row(params![scope, now_ms], |r| r.get(0))
 }
 
 fn classify(path: &Path, e: rusqlite::Error) -> LedgerError {
@@ -739,37 +907,40 @@ mod tests {
         let (_d, l) = ledger();
         let ttl = Duration::from_secs(60);
         l.insert_call(&rec("u", 10, 0.9, true)).unwrap();
-        let limit = Some(to_nanos(1.0));
-        let r1 = l
-            .reserve("u", 0, limit, to_nanos(0.06), 100, ttl)
-            .unwrap()
-            .unwrap();
+        let limit = [LimitCheck {
+            scope: "u".into(),
+            since_ms: 0,
+            limit_nanos: to_nanos(1.0),
+        }];
+        let reserve = |amount: f64, now: i64, ttl: Duration| {
+            l.reserve("u", &limit, to_nanos(amount), now, ttl).unwrap()
+        };
+        let r1 = reserve(0.06, 100, ttl).unwrap();
         // 0.9 spent + 0.06 held + 0.06 asked > 1.0
-        let refused = l
-            .reserve("u", 0, limit, to_nanos(0.06), 100, ttl)
-            .unwrap()
-            .unwrap_err();
+        let refused = reserve(0.06, 100, ttl).unwrap_err();
+        assert_eq!(refused.scope, "u");
         assert_eq!(refused.spent_nanos, to_nanos(0.9));
         assert_eq!(refused.reserved_nanos, to_nanos(0.06));
         l.release(r1).unwrap();
-        let r2 = l
-            .reserve("u", 0, limit, to_nanos(0.06), 100, ttl)
-            .unwrap()
-            .unwrap();
+        let r2 = reserve(0.06, 100, ttl).unwrap();
         l.settle(r2, &rec("u", 200, 0.01, true)).unwrap();
         assert_eq!(l.reserved_now("u", 300).unwrap(), 0);
         // An expired reservation no longer counts.
-        l.reserve(
-            "u",
-            0,
-            limit,
-            to_nanos(0.05),
-            1000,
-            Duration::from_millis(10),
-        )
-        .unwrap()
-        .unwrap();
+        reserve(0.05, 1000, Duration::from_millis(10)).unwrap();
         assert_eq!(l.reserved_now("u", 2000).unwrap(), 0);
+        // The global scope counts every user's spend.
+        l.insert_call(&rec("other", 10, 0.5, true)).unwrap();
+        let global = [LimitCheck {
+            scope: GLOBAL_SCOPE.into(),
+            since_ms: 0,
+            limit_nanos: to_nanos(1.2),
+        }];
+        let refused = l
+            .reserve("u", &global, to_nanos(0.01), 3000, ttl)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(refused.scope, "*");
+        assert_eq!(refused.spent_nanos, to_nanos(0.9 + 0.01 + 0.5));
     }
 
     #[test]
@@ -782,11 +953,36 @@ mod tests {
             period: "monthly".into(),
             thresholds: vec![0.5, 1.0],
             mode: "block".into(),
+            timezone: "Europe/Paris".into(),
+            webhook_url: Some("https://hooks.example/x".into()),
+            webhook_format: "slack".into(),
         };
         l.set_budget(&b, 1).unwrap();
         b.limit_nanos = to_nanos(7.0);
         l.set_budget(&b, 2).unwrap();
         assert_eq!(l.budget("u").unwrap(), Some(b));
+    }
+
+    #[test]
+    fn alerts_are_recorded_once_per_period_and_threshold() {
+        let (_d, l) = ledger();
+        let a = l.record_alert("u", 1000, 0.5, 5, 10, 1).unwrap();
+        assert!(a.is_some());
+        assert_eq!(l.record_alert("u", 1000, 0.5, 6, 10, 2).unwrap(), None);
+        assert!(l.record_alert("u", 2000, 0.5, 6, 10, 3).unwrap().is_some());
+        assert!(l.record_alert("*", 1000, 0.5, 6, 10, 3).unwrap().is_some());
+        let d = DeliveryRow {
+            alert_id: a.unwrap(),
+            channel: "webhook".into(),
+            target: Some("https://hooks.example/…".into()),
+            attempt: 1,
+            ok: false,
+            status: Some(500),
+            error: Some("boom".into()),
+        };
+        l.record_delivery(&d, 5).unwrap();
+        assert_eq!(l.deliveries(a.unwrap()).unwrap(), vec![d]);
+        assert_eq!(l.alerts(Some("u"), 10).unwrap().len(), 2);
     }
 
     #[test]

@@ -12,9 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
+#[allow(deprecated)]
 use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, ProgressNotificationParam, ProtocolVersion,
-    ServerCapabilities, ServerConfig,
+    CallToolResult, ContentBlock, Implementation, LoggingLevel, LoggingMessageNotificationParam,
+    ProgressNotificationParam, ProtocolVersion, ServerCapabilities, ServerConfig,
+    SetLevelRequestParams,
 };
 use rmcp::service::RequestContext;
 use rmcp::{
@@ -59,6 +61,28 @@ fn result<T: Serialize>(value: &T, text: String) -> Result<CallToolResult, McpEr
     let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
     r.structured_content = Some(json);
     Ok(r)
+}
+
+/// Sends each new budget alert to the client as an MCP logging
+/// notification (level `warning`, logger `budget`), so clients that show
+/// server logs surface it even when the tool text is not read.
+///
+/// Logging is deprecated by SEP-2577 in the spec work after 2025-11-25, but
+/// it is still the only server-to-client message that protocol version and
+/// today's clients offer for this, so we keep using it knowingly.
+#[allow(deprecated)]
+async fn notify_alerts(
+    peer: &rmcp::Peer<RoleServer>,
+    alerts: &[crate::budget::alerts::BudgetAlert],
+) {
+    for a in alerts {
+        let data = serde_json::to_value(a).unwrap_or_else(|_| serde_json::json!(a.message));
+        let note =
+            LoggingMessageNotificationParam::new(LoggingLevel::Warning, data).with_logger("budget");
+        if let Err(e) = peer.notify_logging_message(note).await {
+            tracing::warn!(error = %e, "could not send the budget alert notification");
+        }
+    }
 }
 
 /// A tool error the model can read and act on.
@@ -130,7 +154,11 @@ impl CostServer {
         // request and releases its budget reservation.
         let outcome = tokio::select! {
             r = core.complete(&args, sink.as_ref()) => match r {
-                Ok(c) => { let text = render::completion(&c); result(&c, text) }
+                Ok(c) => {
+                    notify_alerts(&ctx.peer, &c.alerts).await;
+                    let text = render::completion(&c);
+                    result(&c, text)
+                }
                 Err(e) => tool_error(e),
             },
             _ = ctx.ct.cancelled() => {
@@ -207,9 +235,13 @@ impl CostServer {
     async fn set_budget(
         &self,
         Parameters(args): Parameters<SetBudgetArgs>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
         match self.core.set_budget(&args) {
-            Ok(b) => result(&b, render::budget_update(&b)),
+            Ok(b) => {
+                notify_alerts(&ctx.peer, &b.alerts).await;
+                result(&b, render::budget_update(&b))
+            }
             Err(e) => tool_error(e),
         }
     }
@@ -217,19 +249,38 @@ impl CostServer {
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for CostServer {
+    /// Budget alerts are sent as logging notifications; the level a client
+    /// sets is accepted (alerts are always `warning`, above any sane filter).
+    #[allow(deprecated)]
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        tracing::info!(level = ?request.level, "client set the log level");
+        Ok(())
+    }
+
+    // `logging` is advertised for budget alerts; see `notify_alerts`.
+    #[allow(deprecated)]
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new(
-                env!("CARGO_PKG_NAME"),
-                env!("CARGO_PKG_VERSION"),
-            ))
-            .with_protocol_version(ProtocolVersion::V_2025_11_25)
-            .with_instructions(
-                "Cost-optimised LLM calls. Use get_recommendation to see which model a prompt \
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_logging()
+                .build(),
+        )
+        .with_server_info(Implementation::new(
+            env!("CARGO_PKG_NAME"),
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .with_protocol_version(ProtocolVersion::V_2025_11_25)
+        .with_instructions(
+            "Cost-optimised LLM calls. Use get_recommendation to see which model a prompt \
                  needs and what it would cost; complete_prompt to get an answer from the cheapest \
                  capable model with its real cost recorded; check_model_costs for prices; \
                  query_usage for spending and savings; set_budget to set a monthly limit.",
-            )
+        )
     }
 }
 

@@ -1,0 +1,277 @@
+//! Budget alerts: when spending crosses a threshold, say so exactly once per
+//! period, through a webhook (generic JSON, Slack or Discord format), an MCP
+//! notification to the connected client, and a line in the tool's text.
+//!
+//! "Exactly once" rests on the ledger's `alerts` table: a crossing is sent
+//! only by the caller whose insert created its row. Delivery runs in the
+//! background with retries and a timeout; every attempt is recorded, and a
+//! failed delivery never fails the call that caused it.
+
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::BudgetStatus;
+use crate::ledger::{DeliveryRow, GLOBAL_SCOPE, Ledger};
+
+/// Payload shape a webhook receiver expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// A JSON object with every field of the alert.
+    Json,
+    /// Slack incoming webhook: `{"text": ...}`.
+    Slack,
+    /// Discord webhook: `{"content": ...}`.
+    Discord,
+}
+
+impl WebhookFormat {
+    /// Lowercase name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookFormat::Json => "json",
+            WebhookFormat::Slack => "slack",
+            WebhookFormat::Discord => "discord",
+        }
+    }
+
+    /// Parses a stored or typed name.
+    pub fn parse(s: &str) -> Option<WebhookFormat> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "json" | "generic" => Some(WebhookFormat::Json),
+            "slack" => Some(WebhookFormat::Slack),
+            "discord" => Some(WebhookFormat::Discord),
+            _ => None,
+        }
+    }
+}
+
+/// Where to POST alerts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Webhook {
+    /// The URL (may embed a token: it is registered for redaction).
+    pub url: String,
+    /// Payload shape.
+    pub format: WebhookFormat,
+}
+
+/// A threshold crossing fired by a call.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct BudgetAlert {
+    /// Ledger id of the alert.
+    pub id: i64,
+    /// User id, or `*` for the global budget.
+    pub scope: String,
+    /// The threshold crossed (fraction of the limit).
+    pub threshold: f64,
+    /// Spend as a percentage of the limit.
+    pub percent_used: f64,
+    /// Spend in the period, USD.
+    pub spent_usd: f64,
+    /// The limit, USD.
+    pub limit_usd: f64,
+    /// `daily`, `weekly` or `monthly`.
+    pub period: String,
+    /// Start of the period (RFC 3339).
+    pub period_start: String,
+    /// What happens at the limit.
+    pub mode: String,
+    /// A sentence for people.
+    pub message: String,
+}
+
+impl BudgetAlert {
+    /// Builds the alert for `status` crossing `threshold`.
+    pub fn new(id: i64, status: &BudgetStatus, threshold: f64) -> BudgetAlert {
+        let whose = if status.user_id == GLOBAL_SCOPE {
+            "The global".to_string()
+        } else {
+            format!("{}'s", status.user_id)
+        };
+        let message = format!(
+            "{whose} {} budget crossed {:.0}%: ${:.4} of ${:.2} spent ({:.1}%) since {}. Mode: {}.",
+            status.period,
+            threshold * 100.0,
+            status.spent_usd,
+            status.limit_usd,
+            status.percent_used,
+            status.period_start,
+            status.mode.as_str()
+        );
+        BudgetAlert {
+            id,
+            scope: status.user_id.clone(),
+            threshold,
+            percent_used: status.percent_used,
+            spent_usd: status.spent_usd,
+            limit_usd: status.limit_usd,
+            period: status.period.clone(),
+            period_start: status.period_start.clone(),
+            mode: status.mode.as_str().into(),
+            message,
+        }
+    }
+
+    /// The webhook body in `format`.
+    pub fn payload(&self, format: WebhookFormat) -> serde_json::Value {
+        let text = format!(":warning: AI Cost Optimizer — {}", self.message);
+        match format {
+            WebhookFormat::Slack => json!({ "text": text }),
+            WebhookFormat::Discord => json!({ "content": text }),
+            WebhookFormat::Json => json!({
+                "event": "budget_threshold_crossed",
+                "alert_id": self.id,
+                "scope": self.scope,
+                "threshold": self.threshold,
+                "percent_used": self.percent_used,
+                "spent_usd": self.spent_usd,
+                "limit_usd": self.limit_usd,
+                "period": self.period,
+                "period_start": self.period_start,
+                "mode": self.mode,
+                "message": self.message,
+            }),
+        }
+    }
+}
+
+/// Delivery attempts per webhook alert.
+pub const WEBHOOK_ATTEMPTS: u32 = 3;
+/// Timeout of one webhook POST.
+pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A webhook URL with everything after the host hidden, for the ledger and
+/// logs: tokens usually live in the path (Slack, Discord) or the query.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = host.rsplit('@').next().unwrap_or(host);
+    format!("{scheme}://{host}/…")
+}
+
+/// POSTs `alert` to `hook`, retrying failures with backoff, and records
+/// every attempt in the ledger. Returns whether it was delivered.
+pub async fn deliver_webhook(
+    http: &reqwest::Client,
+    ledger: &Ledger,
+    hook: &Webhook,
+    alert: &BudgetAlert,
+    backoff_base: Duration,
+    now: impl Fn() -> i64,
+) -> bool {
+    crate::secrets::register(&hook.url);
+    let body = alert.payload(hook.format);
+    let target = redact_url(&hook.url);
+    for attempt in 1..=WEBHOOK_ATTEMPTS {
+        let result = http
+            .post(&hook.url)
+            .timeout(WEBHOOK_TIMEOUT)
+            .json(&body)
+            .send()
+            .await;
+        let (ok, status, error) = match result {
+            Ok(r) if r.status().is_success() => (true, Some(r.status().as_u16()), None),
+            Ok(r) => (
+                false,
+                Some(r.status().as_u16()),
+                Some(format!("receiver answered HTTP {}", r.status().as_u16())),
+            ),
+            Err(e) => (
+                false,
+                None,
+                Some(crate::secrets::redact(&if e.is_timeout() {
+                    "timed out".to_string()
+                } else {
+                    e.to_string()
+                })),
+            ),
+        };
+        let row = DeliveryRow {
+            alert_id: alert.id,
+            channel: "webhook".into(),
+            target: Some(target.clone()),
+            attempt,
+            ok,
+            status,
+            error: error.clone(),
+        };
+        if let Err(e) = ledger.record_delivery(&row, now()) {
+            tracing::warn!(error = %e, "could not record an alert delivery");
+        }
+        if ok {
+            tracing::info!(alert = alert.id, target, "budget alert delivered");
+            return true;
+        }
+        tracing::warn!(
+            alert = alert.id,
+            target,
+            attempt,
+            error = error.as_deref().unwrap_or(""),
+            "budget alert delivery failed"
+        );
+        if attempt < WEBHOOK_ATTEMPTS {
+            tokio::time::sleep(backoff_base * 2u32.pow(attempt - 1)).await;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> BudgetStatus {
+        BudgetStatus {
+            user_id: "alice".into(),
+            period: "monthly".into(),
+            timezone: "UTC".into(),
+            period_start: "2026-11-01T00:00:00Z".into(),
+            period_end: "2026-12-01T00:00:00Z".into(),
+            limit_usd: 10.0,
+            spent_usd: 8.2,
+            reserved_usd: 0.0,
+            remaining_usd: 1.8,
+            percent_used: 82.0,
+            forecast_usd: 9.0,
+            alert_thresholds: vec![0.5, 0.8, 1.0],
+            crossed_thresholds: vec![0.5, 0.8],
+            next_threshold: Some(1.0),
+            mode: super::super::BudgetMode::Block,
+            is_default: false,
+        }
+    }
+
+    #[test]
+    fn payload_formats() {
+        let a = BudgetAlert::new(7, &status(), 0.8);
+        assert!(
+            a.message.contains("alice's monthly budget crossed 80%"),
+            "{}",
+            a.message
+        );
+        let slack = a.payload(WebhookFormat::Slack);
+        assert!(slack["text"].as_str().unwrap().contains("80%"));
+        assert_eq!(slack.as_object().unwrap().len(), 1);
+        let discord = a.payload(WebhookFormat::Discord);
+        assert!(discord["content"].as_str().unwrap().contains("80%"));
+        let generic = a.payload(WebhookFormat::Json);
+        assert_eq!(generic["event"], "budget_threshold_crossed");
+        assert_eq!(generic["threshold"], 0.8);
+        assert_eq!(generic["alert_id"], 7);
+    }
+
+    #[test]
+    fn urls_are_redacted_to_the_host() {
+        assert_eq!(
+            redact_url("https://hooks.slack.com/services/T000/B000/XXXX"),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(
+            redact_url("https://user:pw@example.com:8443/x?token=1"),
+            "https://example.com:8443/…"
+        );
+    }
+}
