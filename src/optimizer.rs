@@ -709,16 +709,23 @@ impl Optimizer {
         let budget_limit = validate_budget_limit(args.budget_limit)?;
         let user = validate_user(args.user_id.as_deref())?;
         let status = self.budget_status(&user).ok();
+        let global = self.global_budget_status().ok().flatten();
+        let binding = status
+            .iter()
+            .chain(global.iter())
+            .filter(|s| s.mode.enforces_limit())
+            .min_by(|a, b| a.remaining_usd.total_cmp(&b.remaining_usd));
         let req = RouteRequest {
             prompt,
             system: None,
             max_tokens,
             budget_limit,
-            budget_remaining: status
-                .as_ref()
-                .filter(|s| s.mode.enforces_limit())
-                .map(|s| s.remaining_usd),
-            downgrade: status.as_ref().is_some_and(|s| s.wants_downgrade()),
+            budget_remaining: binding.map(|s| s.remaining_usd),
+            remaining_is_global: binding.is_some_and(|s| s.user_id == GLOBAL_SCOPE),
+            downgrade: status
+                .iter()
+                .chain(global.iter())
+                .any(|s| s.wants_downgrade()),
             ..RouteRequest::default()
         };
         let plan = self.plan(&req)?;
@@ -966,11 +973,12 @@ impl Optimizer {
                 budget::status(&ledger, b, now).map_err(|e| ToolError::Ledger(e.to_string()))?,
             );
         }
-        let budget_remaining = statuses
+        let binding = statuses
             .iter()
             .filter(|s| s.mode.enforces_limit())
-            .map(|s| s.remaining_usd)
-            .reduce(f64::min);
+            .min_by(|a, b| a.remaining_usd.total_cmp(&b.remaining_usd));
+        let budget_remaining = binding.map(|s| s.remaining_usd);
+        let remaining_is_global = binding.is_some_and(|s| s.user_id == GLOBAL_SCOPE);
         let plan = self.plan(&RouteRequest {
             prompt,
             system,
@@ -980,6 +988,7 @@ impl Optimizer {
             force_model: force_model.clone(),
             tier,
             budget_remaining,
+            remaining_is_global,
             downgrade: statuses.iter().any(BudgetStatus::wants_downgrade),
         })?;
 

@@ -92,11 +92,11 @@ impl BudgetAlert {
             format!("{}'s", status.user_id)
         };
         let message = format!(
-            "{whose} {} budget crossed {:.0}%: ${:.4} of ${:.2} spent ({:.1}%) since {}. Mode: {}.",
+            "{whose} {} budget crossed {:.0}%: {} of {} spent ({:.1}%) since {}. Mode: {}.",
             status.period,
             threshold * 100.0,
-            status.spent_usd,
-            status.limit_usd,
+            crate::render::usd(status.spent_usd),
+            crate::render::usd(status.limit_usd),
             status.percent_used,
             status.period_start,
             status.mode.as_str()

@@ -138,6 +138,8 @@ pub struct RouteRequest<'a> {
     pub tier: Option<Tier>,
     /// Remaining room in the user's budget, USD.
     pub budget_remaining: Option<f64>,
+    /// The remaining room is the global budget's (for wording refusals).
+    pub remaining_is_global: bool,
     /// Past a budget threshold in `downgrade` mode: prefer one tier cheaper.
     pub downgrade: bool,
 }
@@ -511,10 +513,15 @@ fn search_order(target: Tier) -> Vec<Tier> {
 
 /// The tighter of the per-call limit and the remaining budget.
 fn cap_of(req: &RouteRequest<'_>) -> Option<(f64, &'static str)> {
+    let remaining = if req.remaining_is_global {
+        "the remaining global budget"
+    } else {
+        "the remaining budget"
+    };
     match (req.budget_limit, req.budget_remaining) {
-        (Some(l), Some(r)) if r < l => Some((r.max(0.0), "the remaining budget")),
+        (Some(l), Some(r)) if r < l => Some((r.max(0.0), remaining)),
         (Some(l), _) => Some((l, "budget_limit")),
-        (None, Some(r)) => Some((r.max(0.0), "the remaining budget")),
+        (None, Some(r)) => Some((r.max(0.0), remaining)),
         (None, None) => None,
     }
 }

@@ -1,0 +1,492 @@
+//! Budgets that hold: concurrent calls against a nearly spent budget,
+//! threshold alerts delivered exactly once (Slack and Discord formats, MCP
+//! notifications), failing receivers retried and recorded, global budgets,
+//! downgrade mode, and period resets with an injectable clock.
+
+mod common;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ai_cost_optimizer::ledger::Ledger;
+use ai_cost_optimizer::optimizer::{CompleteArgs, Optimizer, SetBudgetArgs, ToolError};
+use ai_cost_optimizer::pricing::Catalog;
+use ai_cost_optimizer::providers::{NoSink, Registry};
+use common::*;
+#[allow(deprecated)]
+use rmcp::model::LoggingMessageNotificationParam;
+use rmcp::{ClientHandler, ServiceExt};
+use serde_json::{Value, json};
+
+const KEY: &str = "sk-ant-budget-FAKE-key-9999999999";
+
+/// Haiku answering with 100 input and 200 output tokens: $0.0011 a call.
+fn haiku(delay_ms: u64) -> Reply {
+    anthropic_sse(
+        "claude-haiku-4-5",
+        &["fine"],
+        json!({"input_tokens": 100, "output_tokens": 1}),
+        200,
+    )
+    .delayed(Duration::from_millis(delay_ms))
+}
+
+const CALL_COST: f64 = 100.0 * 1e-6 + 200.0 * 5e-6;
+
+fn call_args(user: &str, max_tokens: u32) -> Value {
+    json!({"prompt": "Say fine.", "force_model": "anthropic/claude-haiku-4-5",
+           "max_tokens": max_tokens, "user_id": user})
+}
+
+#[tokio::test]
+async fn fifty_concurrent_calls_never_overspend() {
+    let fake = FakeProvider::start(haiku(300)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("ANTHROPIC_API_KEY", KEY.into()),
+            ("ANTHROPIC_BASE_URL", fake.base.clone()),
+        ],
+    )
+    .await;
+    let limit = 0.01;
+    s.ok(
+        "set_budget",
+        json!({"monthly_limit": limit, "user_id": "team"}),
+    )
+    .await;
+    let calls = (0..50).map(|_| s.call("complete_prompt", call_args("team", 400)));
+    let results = futures_util::future::join_all(calls).await;
+    let ok: Vec<&rmcp::model::CallToolResult> = results
+        .iter()
+        .filter(|r| r.is_error != Some(true))
+        .collect();
+    let refused: Vec<String> = results
+        .iter()
+        .filter(|r| r.is_error == Some(true))
+        .map(text)
+        .collect();
+    // Worst case per call ≈ $0.0021, real cost $0.0011: a handful fit.
+    assert!(ok.len() >= 4, "only {} calls passed", ok.len());
+    assert!(
+        ok.len() as f64 * CALL_COST <= limit + 1e-12,
+        "{} calls passed",
+        ok.len()
+    );
+    assert_eq!(ok.len() + refused.len(), 50);
+    for e in &refused {
+        assert!(
+            e.contains("Refused by budget") && e.contains("set_budget"),
+            "{e}"
+        );
+    }
+    assert_eq!(
+        fake.requests().len(),
+        ok.len(),
+        "a refused call reached the provider"
+    );
+    let u = s.ok("query_usage", json!({"user_id": "team"})).await;
+    assert_eq!(u["calls"], json!(ok.len()));
+    assert!(u["total_cost_usd"].as_f64().unwrap() <= limit + 1e-12);
+    assert_usd(&u["total_cost_usd"], ok.len() as f64 * CALL_COST);
+    assert_eq!(u["budget"]["reserved_usd"], json!(0.0));
+    assert_eq!(u["totals"]["failed_attempts"], json!(0));
+    s.stop().await;
+}
+
+#[allow(deprecated)]
+#[derive(Clone, Default)]
+struct LogClient {
+    logs: Arc<Mutex<Vec<LoggingMessageNotificationParam>>>,
+}
+
+impl ClientHandler for LogClient {
+    #[allow(deprecated)]
+    async fn on_logging_message(
+        &self,
+        params: LoggingMessageNotificationParam,
+        _ctx: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        self.logs.lock().unwrap().push(params);
+    }
+}
+
+async fn wait_for(fake: &FakeProvider, n: usize) -> Vec<Recorded> {
+    for _ in 0..200 {
+        if fake.requests().len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A little longer, to catch a duplicate that should not come.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    fake.requests()
+}
+
+#[tokio::test]
+#[allow(deprecated)]
+async fn each_threshold_alerts_exactly_once_per_period() {
+    let provider = FakeProvider::start(haiku(0)).await;
+    let slack = FakeProvider::start(Reply::json(200, json!({"ok": true}))).await;
+    let discord = FakeProvider::start(Reply::json(204, json!({}))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut vars = base_env(dir.path());
+    vars.push(("ANTHROPIC_API_KEY".into(), KEY.into()));
+    vars.push(("ANTHROPIC_BASE_URL".into(), provider.base.clone()));
+    let cmd = tokio::process::Command::new(binary());
+    let cmd = rmcp::transport::ConfigureCommandExt::configure(cmd, |c| {
+        c.env_clear();
+        for (k, v) in &vars {
+            c.env(k, v);
+        }
+    });
+    let (transport, _) = rmcp::transport::TokioChildProcess::builder(cmd)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let handler = LogClient::default();
+    let client = handler.clone().serve(transport).await.unwrap();
+    let call = |name: &'static str, args: Value| {
+        let client = &client;
+        async move {
+            let r = client
+                .call_tool(
+                    rmcp::model::CallToolRequestParams::new(name)
+                        .with_arguments(args.as_object().unwrap().clone()),
+                )
+                .await
+                .unwrap();
+            assert_ne!(r.is_error, Some(true), "{name}: {}", text(&r));
+            r
+        }
+    };
+
+    // $0.005 with alerts at 25/50/100 %; warn mode, so calls go on past 100 %.
+    let b = call(
+        "set_budget",
+        json!({"monthly_limit": 0.005, "alert_thresholds": [0.25, 0.5, 1.0], "mode": "warn",
+               "user_id": "ann", "webhook_url": format!("{}/services/T0/B0/secret-token", slack.base),
+               "webhook_format": "slack"}),
+    )
+    .await;
+    let st = b.structured_content.unwrap();
+    assert_eq!(st["webhook"], format!("{}/… (slack)", slack.base));
+    // Spend: 22 %, 44 %, 66 %, 88 %, 110 %, 132 %.
+    let mut fired = Vec::new();
+    for _ in 0..6 {
+        let r = call("complete_prompt", call_args("ann", 300)).await;
+        let c = r.structured_content.clone().unwrap();
+        fired.push(
+            c["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["threshold"].as_f64().unwrap())
+                .collect::<Vec<_>>(),
+        );
+        if !c["alerts"].as_array().unwrap().is_empty() {
+            assert!(text(&r).contains("Budget alert"), "{}", text(&r));
+        }
+    }
+    assert_eq!(
+        fired,
+        vec![vec![], vec![0.25], vec![0.5], vec![], vec![1.0], vec![]]
+    );
+    let got = wait_for(&slack, 3).await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    for (r, pct) in got.iter().zip(["25%", "50%", "100%"]) {
+        assert_eq!(r.path, "/services/T0/B0/secret-token");
+        let obj = r.body.as_object().unwrap();
+        assert_eq!(obj.len(), 1, "Slack payload is just text: {obj:?}");
+        let t = obj["text"].as_str().unwrap();
+        assert!(
+            t.contains(&format!("crossed {pct}")) && t.contains("ann's monthly budget"),
+            "{t}"
+        );
+    }
+    // The same crossings reached the client as MCP notifications.
+    let logs = handler.logs.lock().unwrap().clone();
+    let thresholds: Vec<f64> = logs
+        .iter()
+        .filter(|l| l.logger.as_deref() == Some("budget"))
+        .map(|l| l.data["threshold"].as_f64().unwrap())
+        .collect();
+    assert_eq!(thresholds, vec![0.25, 0.5, 1.0]);
+
+    // Discord format for another user; a limit set below the current spend
+    // alerts at once for every threshold already passed, once.
+    call("complete_prompt", call_args("bob", 300)).await;
+    let b = call(
+        "set_budget",
+        json!({"monthly_limit": 0.001, "mode": "warn", "user_id": "bob",
+               "webhook_url": format!("{}/api/webhooks/1/tok", discord.base), "webhook_format": "discord"}),
+    )
+    .await;
+    let alerts = b.structured_content.unwrap()["alerts"].clone();
+    assert_eq!(alerts.as_array().unwrap().len(), 3, "{alerts}");
+    call(
+        "set_budget",
+        json!({"monthly_limit": 0.001, "mode": "warn", "user_id": "bob"}),
+    )
+    .await;
+    let got = wait_for(&discord, 3).await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    for r in &got {
+        assert!(
+            r.body["content"]
+                .as_str()
+                .unwrap()
+                .contains("bob's monthly budget")
+        );
+    }
+    client.cancel().await.unwrap();
+
+    // Every delivery is in the ledger, without the webhook token.
+    let ledger = Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap();
+    let alerts = ledger.alerts(None, 100).unwrap();
+    assert_eq!(alerts.len(), 6);
+    for a in &alerts {
+        let d = ledger.deliveries(a.id).unwrap();
+        assert_eq!(d.len(), 1);
+        assert!(d[0].ok);
+        assert!(!d[0].target.as_deref().unwrap().contains("secret-token"));
+    }
+}
+
+#[tokio::test]
+async fn failing_and_unreachable_webhooks_are_retried_and_recorded() {
+    let provider = FakeProvider::start(haiku(0)).await;
+    let broken = FakeProvider::start(Reply::json(500, json!({"error": "down"}))).await;
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("ANTHROPIC_API_KEY", KEY.into()),
+            ("ANTHROPIC_BASE_URL", provider.base.clone()),
+        ],
+    )
+    .await;
+    // Bad webhook input is refused clearly.
+    for (args, needle) in [
+        (
+            json!({"monthly_limit": 1.0, "webhook_url": "ftp://example.com/x"}),
+            "http:// or https://",
+        ),
+        (
+            json!({"monthly_limit": 1.0, "webhook_format": "teams", "webhook_url": "https://x.example/h"}),
+            "webhook_format",
+        ),
+        (
+            json!({"monthly_limit": 1.0, "webhook_format": "slack"}),
+            "needs a webhook_url",
+        ),
+        (
+            json!({"monthly_limit": 1.0, "timezone": "Mars/Olympus"}),
+            "timezone",
+        ),
+        (json!({"monthly_limit": 1.0, "period": "yearly"}), "period"),
+        (
+            json!({"monthly_limit": 1.0, "global": true, "user_id": "x"}),
+            "not both",
+        ),
+        (json!({"monthly_limit": 1.0, "user_id": "*"}), "reserved"),
+    ] {
+        let e = s.err("set_budget", args.clone()).await;
+        assert!(e.contains(needle), "{args}: {e}");
+    }
+    s.ok(
+        "set_budget",
+        json!({"monthly_limit": 0.002, "alert_thresholds": [0.5], "mode": "warn", "user_id": "u1",
+               "webhook_url": format!("{}/hook", broken.base)}),
+    )
+    .await;
+    s.ok(
+        "set_budget",
+        json!({"monthly_limit": 0.002, "alert_thresholds": [0.5], "mode": "warn", "user_id": "u2",
+               "webhook_url": format!("http://127.0.0.1:{closed_port}/hook")}),
+    )
+    .await;
+    // The calls succeed even though no alert can be delivered.
+    let c = s.ok("complete_prompt", call_args("u1", 300)).await;
+    assert_eq!(c["alerts"].as_array().unwrap().len(), 1);
+    let c = s.ok("complete_prompt", call_args("u2", 300)).await;
+    assert_eq!(c["alerts"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        wait_for(&broken, 3).await.len(),
+        3,
+        "three attempts expected"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.stop().await;
+    let ledger = Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap();
+    let alerts = ledger.alerts(None, 10).unwrap();
+    assert_eq!(alerts.len(), 2);
+    for a in alerts {
+        let d = ledger.deliveries(a.id).unwrap();
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(d.iter().all(|x| !x.ok));
+        if a.scope == "u1" {
+            assert!(d.iter().all(|x| x.status == Some(500)));
+        } else {
+            assert!(d.iter().all(|x| x.status.is_none() && x.error.is_some()));
+        }
+    }
+}
+
+#[tokio::test]
+async fn global_budget_caps_all_users_together() {
+    let fake = FakeProvider::start(haiku(0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("ANTHROPIC_API_KEY", KEY.into()),
+            ("ANTHROPIC_BASE_URL", fake.base.clone()),
+        ],
+    )
+    .await;
+    let g = s
+        .ok(
+            "set_budget",
+            json!({"monthly_limit": 0.004, "global": true}),
+        )
+        .await;
+    assert_eq!(g["status"]["user_id"], "*");
+    // Each user's own $100 budget has room; the global one runs out.
+    let mut passed = 0;
+    let mut refusal = String::new();
+    for user in ["a", "b", "c", "a", "b", "c"] {
+        let r = s.call("complete_prompt", call_args(user, 300)).await;
+        if r.is_error == Some(true) {
+            refusal = text(&r);
+        } else {
+            passed += 1;
+        }
+    }
+    assert!(
+        passed >= 2 && (passed as f64) * CALL_COST <= 0.004,
+        "{passed}"
+    );
+    assert!(refusal.contains("global budget"), "{refusal}");
+    let u = s.ok("query_usage", json!({})).await;
+    assert!(u["global_budget"]["spent_usd"].as_f64().unwrap() <= 0.004);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn downgrade_mode_routes_cheaper_past_the_first_threshold() {
+    let anthropic = FakeProvider::start(haiku(0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Every prompt scores "premium" under these boundaries.
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "[routing]\nthresholds = [0.0, 0.0, 0.0]\n").unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("ANTHROPIC_API_KEY", KEY.into()),
+            ("ANTHROPIC_BASE_URL", anthropic.base.clone()),
+            ("COST_OPTIMIZER_CONFIG", cfg.display().to_string()),
+        ],
+    )
+    .await;
+    s.ok(
+        "set_budget",
+        json!({"monthly_limit": 0.004, "alert_thresholds": [0.25, 1.0], "mode": "downgrade"}),
+    )
+    .await;
+    let before = s
+        .ok(
+            "get_recommendation",
+            json!({"prompt": "Explain entropy.", "max_tokens": 100}),
+        )
+        .await;
+    assert_eq!(before["tier"], "premium");
+    s.ok("complete_prompt", call_args("default", 300)).await; // 27 % spent
+    let after = s
+        .ok(
+            "get_recommendation",
+            json!({"prompt": "Explain entropy.", "max_tokens": 100}),
+        )
+        .await;
+    assert_eq!(after["tier"], "medium", "{after}");
+    assert!(
+        after["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("downgrade mode")),
+        "{}",
+        after["notes"]
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn periods_reset_on_the_calendar_with_an_injected_clock() {
+    let fake = FakeProvider::start(haiku(0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let base = fake.base.clone();
+    let env = move |k: &str| -> Option<String> {
+        match k {
+            "COST_OPTIMIZER_DATA_DIR" => Some(data.clone()),
+            "COST_OPTIMIZER_CONFIG" => Some(String::new()),
+            "COST_OPTIMIZER_OLLAMA_PROBE" => Some("0".into()),
+            "ANTHROPIC_API_KEY" => Some(KEY.into()),
+            "ANTHROPIC_BASE_URL" => Some(base.clone()),
+            _ => None,
+        }
+    };
+    let settings = ai_cost_optimizer::config::Settings::load_with(&env).unwrap();
+    let registry =
+        Registry::from_env(&env, Duration::from_secs(5), Duration::from_secs(5)).unwrap();
+    // 2026-11-27 23:50 in Tokyo (UTC+9) is 14:50 UTC.
+    let now = Arc::new(AtomicI64::new(1_795_791_000_000));
+    let clock_now = now.clone();
+    let clock: ai_cost_optimizer::optimizer::Clock =
+        Arc::new(move || clock_now.load(Ordering::SeqCst));
+    let core = Optimizer::new(settings, Catalog::bundled(), registry, clock);
+    let set = core
+        .set_budget(&SetBudgetArgs {
+            monthly_limit: 0.003,
+            alert_thresholds: Some(vec![0.5, 1.0]),
+            period: Some("daily".into()),
+            timezone: Some("Asia/Tokyo".into()),
+            ..SetBudgetArgs::default()
+        })
+        .unwrap();
+    assert_eq!(set.status.period_start, "2026-11-26T15:00:00Z");
+    let args = CompleteArgs {
+        prompt: "Say fine.".into(),
+        force_model: Some("anthropic/claude-haiku-4-5".into()),
+        max_tokens: Some(300),
+        ..CompleteArgs::default()
+    };
+    let first = core.complete(&args, &NoSink).await.unwrap();
+    assert_eq!(first.alerts.len(), 0);
+    let second = core.complete(&args, &NoSink).await.unwrap();
+    assert_eq!(second.alerts.len(), 1); // 73 % > 50 %
+    let third = core.complete(&args, &NoSink).await;
+    assert!(
+        matches!(third, Err(ToolError::BudgetRefused(_))),
+        "{third:?}"
+    );
+
+    // Twenty minutes later it is a new day in Tokyo: the budget is fresh,
+    // and the 50 % alert may fire again, once, for the new day.
+    now.fetch_add(20 * 60 * 1000, Ordering::SeqCst);
+    let st = core.budget_status("default").unwrap();
+    assert_eq!(st.period_start, "2026-11-27T15:00:00Z");
+    assert_eq!(st.spent_usd, 0.0);
+    let a = core.complete(&args, &NoSink).await.unwrap();
+    assert!(a.alerts.is_empty());
+    let b = core.complete(&args, &NoSink).await.unwrap();
+    assert_eq!(b.alerts.len(), 1);
+    assert_eq!(b.alerts[0].period_start, "2026-11-27T15:00:00Z");
+}
