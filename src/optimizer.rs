@@ -1077,13 +1077,11 @@ impl Optimizer {
             loop {
                 // Reserve the worst case before calling; refuse if it cannot fit.
                 let now = self.now();
-                let reserve = {
-                    let ledger = ledger.clone();
-                    let user = user.clone();
-                    let checks = checks.clone();
-                    let amount = to_nanos(cand.worst_case_cost_usd);
-                    blocking(move || ledger.reserve(&user, &checks, amount, now, ttl)).await
-                };
+                // Synchronous on purpose: if this awaited a blocking task, a
+                // cancellation at that await would leave the hold in the
+                // ledger with nobody to release it.
+                let reserve =
+                    ledger.reserve(&user, &checks, to_nanos(cand.worst_case_cost_usd), now, ttl);
                 let reservation = match reserve {
                     Err(e) => return Err(ToolError::Ledger(e.to_string())),
                     Ok(Err(over)) => {
@@ -1360,16 +1358,14 @@ impl Optimizer {
         let mut attempt = job.first_attempt;
         loop {
             let now = self.now();
-            let reserve = {
-                let (ledger, user, checks) = (
-                    job.ledger.clone(),
-                    job.user.to_string(),
-                    job.checks.to_vec(),
-                );
-                let ttl = reservation_ttl(&self.settings);
-                let amount = to_nanos(cost);
-                blocking(move || ledger.reserve(&user, &checks, amount, now, ttl)).await
-            };
+            // Synchronous for the same reason as in `complete`.
+            let reserve = job.ledger.reserve(
+                job.user,
+                job.checks,
+                to_nanos(cost),
+                now,
+                reservation_ttl(&self.settings),
+            );
             let reservation = match reserve {
                 Ok(Ok(r)) => ReservationGuard::new(job.ledger.clone(), r),
                 Ok(Err(_)) => {
