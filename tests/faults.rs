@@ -465,6 +465,40 @@ async fn run_matrix(name: &'static str) {
     assert!(!stderr.contains(FAKE_KEY), "[{name}] key in stderr");
     assert!(!stderr.contains("panicked"), "[{name}] panic: {stderr}");
     h.s.stop().await;
+
+    // Connection refused: nothing listens at the base URL. Retried (it may
+    // be a blip), then a clear error naming the env var to check.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut env = vec![(
+        h.case.base_env,
+        format!("http://127.0.0.1:{port}{}", h.case.base_suffix),
+    )];
+    if let Some(k) = h.case.key_env {
+        env.push((k, FAKE_KEY.to_string()));
+    }
+    let refused_dir = tempfile::tempdir().unwrap();
+    let s = spawn(refused_dir.path(), &env).await;
+    let e = s
+        .err(
+            "complete_prompt",
+            json!({"prompt": "say ok", "force_model": h.case.model}),
+        )
+        .await;
+    assert!(
+        e.contains("could not reach") && e.contains(h.case.base_env),
+        "[{name}] {e}"
+    );
+    let u = s.ok("query_usage", json!({})).await;
+    assert_eq!(
+        u["totals"]["failed_attempts"],
+        json!(3),
+        "[{name}] retried twice"
+    );
+    assert_eq!(u["calls"], json!(0));
+    s.stop().await;
 }
 
 #[tokio::test]

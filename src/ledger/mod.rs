@@ -313,6 +313,12 @@ impl Ledger {
         Ok(ledger)
     }
 
+    /// Changes how long a write waits for another process's lock (tests
+    /// use a short wait to exercise the "locked" error).
+    pub fn set_busy_timeout(&self, wait: Duration) -> Result<(), LedgerError> {
+        self.lock().busy_timeout(wait).map_err(|e| self.err(e))
+    }
+
     /// Where the file is.
     pub fn path(&self) -> &Path {
         &self.path
@@ -983,6 +989,24 @@ mod tests {
         l.record_delivery(&d, 5).unwrap();
         assert_eq!(l.deliveries(a.unwrap()).unwrap(), vec![d]);
         assert_eq!(l.alerts(Some("u"), 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_lock_held_elsewhere_is_a_clear_error_not_a_hang() {
+        let (dir, l) = ledger();
+        let path = dir.path().join("sub").join("l.sqlite3");
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        l.set_busy_timeout(Duration::from_millis(50)).unwrap();
+        let err = l.insert_call(&rec("u", 1, 0.1, true)).unwrap_err();
+        assert!(matches!(err, LedgerError::Locked { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("locked by another process"),
+            "{err}"
+        );
+        other.execute_batch("ROLLBACK").unwrap();
+        l.insert_call(&rec("u", 1, 0.1, true)).unwrap();
+        assert_eq!(l.count_calls().unwrap(), 1);
     }
 
     #[test]
