@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-use crate::budget::alerts::{Webhook, WebhookFormat};
+use crate::budget::alerts::{EmailConfig, Webhook, WebhookFormat};
 use crate::budget::{BudgetMode, Period};
 use crate::router::Tier;
 
@@ -41,6 +41,13 @@ pub const TIMEZONE_ENV: &str = "COST_OPTIMIZER_TIMEZONE";
 pub const ALERT_WEBHOOK_ENV: &str = "COST_OPTIMIZER_ALERT_WEBHOOK_URL";
 /// Env var: payload format of that webhook: json, slack or discord.
 pub const ALERT_WEBHOOK_FORMAT_ENV: &str = "COST_OPTIMIZER_ALERT_WEBHOOK_FORMAT";
+/// Env var: SMTP server for e-mailed budget alerts, as a URL
+/// (`smtps://user:pass@smtp.example.com:465`, `smtp://…:587?tls=required`).
+pub const SMTP_URL_ENV: &str = "COST_OPTIMIZER_SMTP_URL";
+/// Env var: sender of alert e-mails.
+pub const ALERT_EMAIL_FROM_ENV: &str = "COST_OPTIMIZER_ALERT_EMAIL_FROM";
+/// Env var: recipients of alert e-mails, comma-separated.
+pub const ALERT_EMAIL_TO_ENV: &str = "COST_OPTIMIZER_ALERT_EMAIL_TO";
 /// Env var: tracing filter for the logs (e.g. `debug`, `ai_cost_optimizer=trace`).
 pub const LOG_ENV: &str = "COST_OPTIMIZER_LOG";
 
@@ -71,6 +78,8 @@ pub struct Settings {
     pub default_timezone: String,
     /// Webhook for alerts of budgets that have none of their own.
     pub alert_webhook: Option<Webhook>,
+    /// SMTP delivery of alerts, when configured.
+    pub alert_email: Option<EmailConfig>,
     /// `max_tokens` used when a call does not give one.
     pub default_max_tokens: u32,
     /// Store prompt texts in the ledger (opt-in; otherwise only a SHA-256).
@@ -130,6 +139,9 @@ struct FileConfig {
     timezone: Option<String>,
     alert_webhook_url: Option<String>,
     alert_webhook_format: Option<WebhookFormat>,
+    smtp_url: Option<String>,
+    alert_email_from: Option<String>,
+    alert_email_to: Option<Vec<String>>,
     default_max_tokens: Option<u32>,
     store_prompts: Option<bool>,
     baseline_model: Option<String>,
@@ -208,6 +220,11 @@ impl Settings {
                 url,
                 format: file.alert_webhook_format.unwrap_or(WebhookFormat::Json),
             }),
+            alert_email: file.smtp_url.map(|url| EmailConfig {
+                url,
+                from: file.alert_email_from.unwrap_or_default(),
+                to: file.alert_email_to.unwrap_or_default(),
+            }),
             default_max_tokens: file.default_max_tokens.unwrap_or(1024),
             store_prompts: file.store_prompts.unwrap_or(false),
             baseline_model: file
@@ -263,6 +280,28 @@ impl Settings {
                 format,
             });
         }
+        if let Some(url) = non_empty(env(SMTP_URL_ENV)) {
+            crate::secrets::register(url.trim());
+            let mut cfg = settings.alert_email.take().unwrap_or(EmailConfig {
+                url: String::new(),
+                from: String::new(),
+                to: Vec::new(),
+            });
+            cfg.url = url.trim().to_string();
+            settings.alert_email = Some(cfg);
+        }
+        if let Some(cfg) = settings.alert_email.as_mut() {
+            if let Some(f) = non_empty(env(ALERT_EMAIL_FROM_ENV)) {
+                cfg.from = f.trim().to_string();
+            }
+            if let Some(t) = non_empty(env(ALERT_EMAIL_TO_ENV)) {
+                cfg.to = t
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+            }
+        }
         if let Some(v) = non_empty(env(MAX_RETRIES_ENV)) {
             settings.max_retries = v
                 .trim()
@@ -289,6 +328,14 @@ impl Settings {
         crate::budget::validate_thresholds(&self.default_alert_thresholds)
             .map_err(anyhow::Error::msg)?;
         crate::budget::validate_timezone(&self.default_timezone).map_err(anyhow::Error::msg)?;
+        if let Some(e) = &self.alert_email {
+            crate::secrets::register(&e.url);
+            e.validate().map_err(|m| {
+                anyhow::anyhow!(
+                    "{m} ({SMTP_URL_ENV}, {ALERT_EMAIL_FROM_ENV}, {ALERT_EMAIL_TO_ENV})"
+                )
+            })?;
+        }
         if let Some(w) = &self.alert_webhook {
             crate::budget::validate_webhook_url(&w.url).map_err(anyhow::Error::msg)?;
             crate::secrets::register(&w.url);

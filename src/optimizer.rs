@@ -654,11 +654,11 @@ impl Optimizer {
                 };
                 let alert = BudgetAlert::new(id, &st, *t);
                 tracing::warn!(scope = b.user_id, threshold = t, "{}", alert.message);
-                if let Some(hook) = b
+                let hook = b
                     .webhook
                     .clone()
-                    .or_else(|| self.settings.alert_webhook.clone())
-                {
+                    .or_else(|| self.settings.alert_webhook.clone());
+                if hook.is_some() || self.settings.alert_email.is_some() {
                     self.spawn_delivery(ledger.clone(), hook, alert.clone());
                 }
                 fired.push(alert);
@@ -667,7 +667,7 @@ impl Optimizer {
         fired
     }
 
-    fn spawn_delivery(&self, ledger: Ledger, hook: Webhook, alert: BudgetAlert) {
+    fn spawn_delivery(&self, ledger: Ledger, hook: Option<Webhook>, alert: BudgetAlert) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             tracing::warn!("no async runtime; budget alert webhook not sent");
             return;
@@ -675,8 +675,15 @@ impl Optimizer {
         let http = self.alert_http.clone();
         let clock = self.clock.clone();
         let base = self.settings.retry_base.max(Duration::from_millis(1));
+        let email = self.settings.alert_email.clone();
         let task = rt.spawn(async move {
-            budget::alerts::deliver_webhook(&http, &ledger, &hook, &alert, base, || clock()).await;
+            if let Some(hook) = hook {
+                budget::alerts::deliver_webhook(&http, &ledger, &hook, &alert, base, || clock())
+                    .await;
+            }
+            if let Some(cfg) = email {
+                budget::alerts::deliver_email(&cfg, &ledger, &alert, base, || clock()).await;
+            }
         });
         let mut pending = self.deliveries.lock().unwrap_or_else(|e| e.into_inner());
         pending.retain(|h| !h.is_finished());

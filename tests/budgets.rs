@@ -490,3 +490,135 @@ async fn periods_reset_on_the_calendar_with_an_injected_clock() {
     assert_eq!(b.alerts.len(), 1);
     assert_eq!(b.alerts[0].period_start, "2026-11-27T15:00:00Z");
 }
+
+/// A minimal SMTP server: enough of RFC 5321 for one client to hand over
+/// messages, which it keeps.
+async fn fake_smtp() -> (u16, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let inbox = Arc::new(Mutex::new(Vec::new()));
+    let kept = inbox.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let inbox = kept.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = sock.into_split();
+                let mut lines = BufReader::new(r).lines();
+                let _ = w.write_all(b"220 fake.smtp ESMTP\r\n").await;
+                let mut data: Option<String> = None;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(body) = data.as_mut() {
+                        if line == "." {
+                            inbox.lock().unwrap().push(data.take().unwrap());
+                            let _ = w.write_all(b"250 2.0.0 queued\r\n").await;
+                        } else {
+                            body.push_str(&line);
+                            body.push('\n');
+                        }
+                        continue;
+                    }
+                    let verb = line
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" | "HELO" => b"250 fake.smtp\r\n",
+                        "DATA" => {
+                            data = Some(String::new());
+                            b"354 end with .\r\n"
+                        }
+                        "QUIT" => {
+                            let _ = w.write_all(b"221 bye\r\n").await;
+                            break;
+                        }
+                        _ => b"250 OK\r\n",
+                    };
+                    let _ = w.write_all(reply).await;
+                }
+            });
+        }
+    });
+    (port, inbox)
+}
+
+#[tokio::test]
+async fn alerts_are_emailed_through_smtp() {
+    let provider = FakeProvider::start(haiku(0)).await;
+    let (port, inbox) = fake_smtp().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("ANTHROPIC_API_KEY", KEY.into()),
+            ("ANTHROPIC_BASE_URL", provider.base.clone()),
+            (
+                "COST_OPTIMIZER_SMTP_URL",
+                format!("smtp://127.0.0.1:{port}"),
+            ),
+            (
+                "COST_OPTIMIZER_ALERT_EMAIL_FROM",
+                "Cost Optimizer <alerts@example.com>".into(),
+            ),
+            (
+                "COST_OPTIMIZER_ALERT_EMAIL_TO",
+                "ops@example.com, cfo@example.com".into(),
+            ),
+        ],
+    )
+    .await;
+    s.ok(
+        "set_budget",
+        json!({"monthly_limit": 0.001, "mode": "warn"}),
+    )
+    .await;
+    let c = s.ok("complete_prompt", call_args("default", 300)).await; // 110 %
+    assert_eq!(c["alerts"].as_array().unwrap().len(), 3);
+    for _ in 0..200 {
+        if inbox.lock().unwrap().len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mails = inbox.lock().unwrap().clone();
+    assert_eq!(mails.len(), 3, "{mails:?}");
+    // Deliveries run concurrently, so the mails may arrive in any order.
+    let mut seen: Vec<&str> = Vec::new();
+    for m in &mails {
+        let body = m.replace("=\n", ""); // quoted-printable soft breaks
+        assert!(m.contains("To: ops@example.com, cfo@example.com"), "{m}");
+        let pct = ["50%", "80%", "100%"]
+            .into_iter()
+            .find(|p| {
+                m.contains(&format!(
+                    "Subject: Budget alert: default monthly budget at {p}"
+                ))
+            })
+            .unwrap_or_else(|| panic!("unexpected subject: {m}"));
+        assert!(body.contains(&format!("crossed {pct}")), "{m}");
+        seen.push(pct);
+    }
+    seen.sort();
+    assert_eq!(seen, ["100%", "50%", "80%"]);
+    s.stop().await;
+    let ledger = Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap();
+    for a in ledger.alerts(None, 10).unwrap() {
+        let d = ledger.deliveries(a.id).unwrap();
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].channel.as_str(), d[0].ok), ("email", true));
+    }
+
+    // A broken SMTP setting is refused at start, naming the variables.
+    let out = std::process::Command::new(binary())
+        .env_clear()
+        .envs(base_env(dir.path()))
+        .env("COST_OPTIMIZER_SMTP_URL", "carrier-pigeon://coop")
+        .env("COST_OPTIMIZER_ALERT_EMAIL_TO", "ops@example.com")
+        .arg("doctor")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("COST_OPTIMIZER_SMTP_URL"), "{err}");
+}

@@ -219,6 +219,118 @@ pub async fn deliver_webhook(
     false
 }
 
+/// SMTP settings for e-mailed alerts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmailConfig {
+    /// `smtp://user:pass@host:587?tls=required`, `smtps://…:465`, or plain
+    /// `smtp://host:25` (registered for redaction: it holds a password).
+    pub url: String,
+    /// Sender address.
+    pub from: String,
+    /// Recipients.
+    pub to: Vec<String>,
+}
+
+impl EmailConfig {
+    /// Checks the URL and addresses before the first alert needs them.
+    pub fn validate(&self) -> Result<(), String> {
+        use lettre::message::Mailbox;
+        lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(&self.url)
+            .map_err(|e| format!("the SMTP URL is not valid: {e}"))?;
+        self.from
+            .parse::<Mailbox>()
+            .map_err(|e| format!("alert e-mail sender {:?}: {e}", self.from))?;
+        if self.to.is_empty() {
+            return Err("alert e-mail needs at least one recipient".into());
+        }
+        for t in &self.to {
+            t.parse::<Mailbox>()
+                .map_err(|e| format!("alert e-mail recipient {t:?}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// E-mails `alert` through SMTP, retrying failures, recording every attempt.
+pub async fn deliver_email(
+    cfg: &EmailConfig,
+    ledger: &Ledger,
+    alert: &BudgetAlert,
+    backoff_base: Duration,
+    now: impl Fn() -> i64,
+) -> bool {
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+    crate::secrets::register(&cfg.url);
+    let target = cfg.to.join(", ");
+    let build = || -> Result<(AsyncSmtpTransport<Tokio1Executor>, Message), String> {
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&cfg.url)
+            .map_err(|e| e.to_string())?
+            .timeout(Some(WEBHOOK_TIMEOUT))
+            .build();
+        let mut msg = Message::builder()
+            .from(cfg.from.parse().map_err(|e| format!("{e}"))?)
+            .subject(format!(
+                "Budget alert: {} {} budget at {:.0}%",
+                if alert.scope == GLOBAL_SCOPE {
+                    "global"
+                } else {
+                    alert.scope.as_str()
+                },
+                alert.period,
+                alert.threshold * 100.0
+            ));
+        for t in &cfg.to {
+            msg = msg.to(t.parse().map_err(|e| format!("{e}"))?);
+        }
+        let msg = msg
+            .body(format!("{}\n\n— AI Cost Optimizer\n", alert.message))
+            .map_err(|e| e.to_string())?;
+        Ok((transport, msg))
+    };
+    let (transport, msg) = match build() {
+        Ok(v) => v,
+        Err(e) => {
+            let row = DeliveryRow {
+                alert_id: alert.id,
+                channel: "email".into(),
+                target: Some(target),
+                attempt: 1,
+                ok: false,
+                status: None,
+                error: Some(crate::secrets::redact(&e)),
+            };
+            let _ = ledger.record_delivery(&row, now());
+            return false;
+        }
+    };
+    for attempt in 1..=WEBHOOK_ATTEMPTS {
+        let result = transport.send(msg.clone()).await;
+        let (ok, status, error) = match &result {
+            Ok(resp) => (true, resp.code().to_string().parse::<u16>().ok(), None),
+            Err(e) => (false, None, Some(crate::secrets::redact(&e.to_string()))),
+        };
+        let row = DeliveryRow {
+            alert_id: alert.id,
+            channel: "email".into(),
+            target: Some(target.clone()),
+            attempt,
+            ok,
+            status,
+            error,
+        };
+        if let Err(e) = ledger.record_delivery(&row, now()) {
+            tracing::warn!(error = %e, "could not record an alert delivery");
+        }
+        if ok {
+            return true;
+        }
+        if attempt < WEBHOOK_ATTEMPTS {
+            tokio::time::sleep(backoff_base * 2u32.pow(attempt - 1)).await;
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
