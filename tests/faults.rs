@@ -796,6 +796,7 @@ async fn cartesia_speaks_the_answer_and_survives_faults() {
             1,
         ),
         (vec![wav_reply().delayed(Duration::from_secs(3))], None, 1),
+        (vec![wav_reply().reset_after_body()], None, 1),
     ];
     for (replies, error, failures) in cases {
         for r in replies {
@@ -821,5 +822,34 @@ async fn cartesia_speaks_the_answer_and_survives_faults() {
         let u = s.ok("query_usage", json!({})).await;
         assert_eq!(u["totals"]["failed_attempts"], json!(failed), "{error:?}");
     }
+    s.stop().await;
+
+    // Nothing listening at CARTESIA_BASE_URL: the answer still arrives.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let s = spawn(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", FAKE_KEY.into()),
+            ("DEEPSEEK_BASE_URL", chat.base.clone()),
+            ("CARTESIA_API_KEY", "sk_car_FAKE_0000000000000000".into()),
+            ("CARTESIA_BASE_URL", format!("http://127.0.0.1:{port}")),
+        ],
+    )
+    .await;
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "greet me", "tier": "cheap", "speak": true}),
+        )
+        .await;
+    assert_eq!(c["answer"], "Hello there");
+    let e = c["audio"]["error"].as_str().unwrap();
+    assert!(
+        e.contains("could not reach Cartesia") && e.contains("CARTESIA_BASE_URL"),
+        "{e}"
+    );
     s.stop().await;
 }
