@@ -83,6 +83,25 @@ pub struct ModelPrice {
 }
 
 impl ModelPrice {
+    /// A $0 entry: a local model, or one whose price is unknown.
+    fn zero(id: String, provider: ProviderId, origin: PriceOrigin) -> ModelPrice {
+        ModelPrice {
+            id,
+            provider,
+            input: 0.0,
+            output: 0.0,
+            cache_read: None,
+            cache_write: None,
+            reasoning: None,
+            input_long: None,
+            output_long: None,
+            max_input_tokens: None,
+            max_output_tokens: None,
+            deprecation_date: None,
+            origin,
+        }
+    }
+
     /// The part of the id the provider's API expects (`claude-haiku-4-5`).
     pub fn api_name(&self) -> &str {
         self.id
@@ -277,21 +296,11 @@ impl Catalog {
         }
         let (provider, model) = id.split_once('/')?;
         if provider == ProviderId::Ollama.as_str() && !model.is_empty() {
-            return Some(ModelPrice {
-                id: id.to_string(),
-                provider: ProviderId::Ollama,
-                input: 0.0,
-                output: 0.0,
-                cache_read: None,
-                cache_write: None,
-                reasoning: None,
-                input_long: None,
-                output_long: None,
-                max_input_tokens: None,
-                max_output_tokens: None,
-                deprecation_date: None,
-                origin: PriceOrigin::Local,
-            });
+            return Some(ModelPrice::zero(
+                id.to_string(),
+                ProviderId::Ollama,
+                PriceOrigin::Local,
+            ));
         }
         None
     }
@@ -309,21 +318,11 @@ impl Catalog {
         if model.is_empty() || !OPEN_CATALOG_PROVIDERS.contains(&provider) {
             return None;
         }
-        Some(ModelPrice {
-            id: format!("{}/{model}", provider.as_str()),
+        Some(ModelPrice::zero(
+            format!("{}/{model}", provider.as_str()),
             provider,
-            input: 0.0,
-            output: 0.0,
-            cache_read: None,
-            cache_write: None,
-            reasoning: None,
-            input_long: None,
-            output_long: None,
-            max_input_tokens: None,
-            max_output_tokens: None,
-            deprecation_date: None,
-            origin: PriceOrigin::Unknown,
-        })
+            PriceOrigin::Unknown,
+        ))
     }
 
     /// Resolves what a user typed to a canonical id: an exact id, or a bare

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use super::openai_compat::is_event_stream;
-use super::stream::{self, SseEvent, SseParser, StreamSink};
+use super::stream::{self, SseEvent, StreamSink};
 use super::{
     ChatRequest, ChatResponse, ErrorKind, Provider, ProviderConfig, ProviderError, ProviderId,
     ProviderSpec, Usage, token_count,
@@ -66,24 +66,10 @@ impl Provider for Anthropic {
         }
         let resp = stream::send(ProviderId::Anthropic, builder, &body).await?;
         if !is_event_stream(&resp) {
-            let bytes = super::read_body(ProviderId::Anthropic, resp).await?;
-            let reply = stream::json(ProviderId::Anthropic, &String::from_utf8_lossy(&bytes))?;
-            return parse_response(&reply);
+            return parse_response(&stream::read_json(ProviderId::Anthropic, resp).await?);
         }
         let mut st = StreamState::default();
-        let mut parser = SseParser::default();
-        stream::drive(ProviderId::Anthropic, resp, |chunk| {
-            for ev in parser.push(chunk) {
-                if st.event(&ev, sink)? {
-                    return Ok(true);
-                }
-            }
-            Ok(false)
-        })
-        .await?;
-        for ev in parser.finish() {
-            st.event(&ev, sink)?;
-        }
+        stream::drive_sse(ProviderId::Anthropic, resp, |ev| st.event(ev, sink)).await?;
         st.finish()
     }
 }
@@ -273,6 +259,7 @@ mod tests {
     }
 
     fn run_stream(raw: &str) -> Result<ChatResponse, ProviderError> {
+        use super::super::stream::SseParser;
         let mut st = StreamState::default();
         let mut p = SseParser::default();
         for ev in p.push(raw.as_bytes()).into_iter().chain(p.finish()) {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::stream::{self, SseEvent, SseParser, StreamSink};
+use super::stream::{self, SseEvent, StreamSink};
 use super::{
     ChatRequest, ChatResponse, ErrorKind, Provider, ProviderConfig, ProviderError, ProviderId,
     ProviderSpec, Usage, token_count,
@@ -70,17 +70,11 @@ impl Provider for Gemini {
         }
         let resp = stream::send(ProviderId::Gemini, builder, &body).await?;
         let mut st = StreamState::default();
-        let mut parser = SseParser::default();
-        stream::drive(ProviderId::Gemini, resp, |chunk| {
-            for ev in parser.push(chunk) {
-                st.event(&ev, sink)?;
-            }
-            Ok(false)
+        // Gemini's stream has no closing event: it ends with the body.
+        stream::drive_sse(ProviderId::Gemini, resp, |ev| {
+            st.event(ev, sink).map(|()| false)
         })
         .await?;
-        for ev in parser.finish() {
-            st.event(&ev, sink)?;
-        }
         st.finish()
     }
 }
@@ -189,6 +183,7 @@ mod tests {
     use super::*;
 
     fn run_stream(raw: &str) -> Result<ChatResponse, ProviderError> {
+        use super::super::stream::SseParser;
         let mut st = StreamState::default();
         let mut p = SseParser::default();
         for ev in p.push(raw.as_bytes()).into_iter().chain(p.finish()) {

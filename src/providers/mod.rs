@@ -448,39 +448,6 @@ pub async fn read_body(
     Ok(body)
 }
 
-/// Sends a JSON POST and returns the parsed JSON body of a 2xx reply, or a
-/// classified error. Shared by every JSON client.
-pub async fn post_json(
-    provider: ProviderId,
-    builder: reqwest::RequestBuilder,
-    body: &serde_json::Value,
-) -> Result<serde_json::Value, ProviderError> {
-    let resp = builder
-        .json(body)
-        .send()
-        .await
-        .map_err(|e| ProviderError::from_reqwest(provider, &e))?;
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = read_body(provider, resp).await?;
-    if !status.is_success() {
-        return Err(ProviderError::from_http(
-            provider,
-            status.as_u16(),
-            &headers,
-            &bytes,
-        ));
-    }
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ProviderError::new(
-            provider,
-            ErrorKind::Malformed,
-            Some(status.as_u16()),
-            format!("reply is not valid JSON: {e}"),
-        )
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

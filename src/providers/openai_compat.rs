@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::stream::{self, SseEvent, SseParser, StreamSink};
+use super::stream::{self, SseEvent, StreamSink};
 use super::{
     ChatRequest, ChatResponse, ErrorKind, Provider, ProviderConfig, ProviderError, ProviderId,
     Usage, token_count,
@@ -80,25 +80,11 @@ impl Provider for OpenAiCompatible {
         let resp = stream::send(self.id, builder, &self.body(req)).await?;
         if !is_event_stream(&resp) {
             // Some compatible servers ignore `stream` and answer in one piece.
-            let bytes = super::read_body(self.id, resp).await?;
-            let reply = stream::json(self.id, &String::from_utf8_lossy(&bytes))?;
-            return parse_response(self.id, &reply);
+            return parse_response(self.id, &stream::read_json(self.id, resp).await?);
         }
         let mut acc = StreamState::default();
-        let mut parser = SseParser::default();
         let id = self.id;
-        stream::drive(id, resp, |chunk| {
-            for ev in parser.push(chunk) {
-                if acc.event(id, &ev, sink)? {
-                    return Ok(true);
-                }
-            }
-            Ok(false)
-        })
-        .await?;
-        for ev in parser.finish() {
-            acc.event(id, &ev, sink)?;
-        }
+        stream::drive_sse(id, resp, |ev| acc.event(id, ev, sink)).await?;
         acc.finish(id)
     }
 }
@@ -335,6 +321,7 @@ mod tests {
     }
 
     fn run_stream(raw: &str) -> Result<ChatResponse, ProviderError> {
+        use super::super::stream::SseParser;
         let sink = Collect(Default::default());
         let mut st = StreamState::default();
         let mut p = SseParser::default();

@@ -192,6 +192,44 @@ pub async fn drive(
     Ok(())
 }
 
+/// Feeds each SSE event of `resp` to `on_event` until it returns `Ok(true)`
+/// (the stream said it is complete) or the body ends.
+pub async fn drive_sse(
+    provider: ProviderId,
+    resp: reqwest::Response,
+    mut on_event: impl FnMut(&SseEvent) -> Result<bool, ProviderError>,
+) -> Result<(), ProviderError> {
+    let mut parser = SseParser::default();
+    let mut complete = false;
+    drive(provider, resp, |chunk| {
+        for ev in parser.push(chunk) {
+            if on_event(&ev)? {
+                complete = true;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    })
+    .await?;
+    if !complete {
+        for ev in parser.finish() {
+            if on_event(&ev)? {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads a whole (non-streamed) JSON reply.
+pub async fn read_json(
+    provider: ProviderId,
+    resp: reqwest::Response,
+) -> Result<serde_json::Value, ProviderError> {
+    let bytes = super::read_body(provider, resp).await?;
+    json(provider, &String::from_utf8_lossy(&bytes))
+}
+
 /// Sends a streaming POST; a non-2xx reply is read whole and classified.
 pub async fn send(
     provider: ProviderId,
