@@ -143,7 +143,12 @@ pub enum Command {
     },
     /// Score JSONL prompts: reads {"id","prompt"} lines on stdin, writes
     /// {"id","score","tier","model","reasons"} lines on stdout.
-    Score,
+    Score {
+        /// Score by prompt length alone: the baseline the benchmarks and the
+        /// routing evaluation compare against, through the same I/O path.
+        #[arg(long)]
+        length_only: bool,
+    },
     /// Show what is configured: providers, data dir, ledger, pricing.
     Doctor {
         #[command(flatten)]
@@ -220,7 +225,7 @@ fn emit<T: serde::Serialize>(
 pub async fn run(command: Command, settings: Settings) -> Result<()> {
     match command {
         Command::Serve => unreachable!("serve is handled by main"),
-        Command::Score => score_stdin(&settings),
+        Command::Score { length_only } => score_stdin(&settings, length_only),
         Command::Pricing { action } => pricing_command(action, &settings).await,
         other => {
             let core = Arc::new(Optimizer::from_env(settings)?);
@@ -397,7 +402,7 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
             );
             Ok(())
         }
-        Command::Serve | Command::Score | Command::Pricing { .. } => {
+        Command::Serve | Command::Score { .. } | Command::Pricing { .. } => {
             unreachable!("handled by run")
         }
     }
@@ -422,7 +427,7 @@ struct ScoreOut<'a> {
 
 /// Streams scores for JSONL prompts. Malformed lines produce an `error`
 /// line and do not stop the stream.
-fn score_stdin(settings: &Settings) -> Result<()> {
+fn score_stdin(settings: &Settings, length_only: bool) -> Result<()> {
     let router = Router::new(settings.tier_thresholds, &settings.tier_models);
     let registry = Registry::from_env(
         &|k| std::env::var(k).ok(),
@@ -464,14 +469,25 @@ fn score_stdin(settings: &Settings) -> Result<()> {
         }
         match serde_json::from_str::<ScoreIn>(&line) {
             Ok(item) => {
-                let s = scorer::score(&item.prompt);
-                let (tier, _) = router.tier_for(s.value);
+                let (value, reasons) = if length_only {
+                    (
+                        scorer::length_only(&item.prompt),
+                        vec!["length".to_string()],
+                    )
+                } else {
+                    let s = scorer::score(&item.prompt);
+                    (
+                        s.value,
+                        s.reasons(3).into_iter().map(|r| r.feature).collect(),
+                    )
+                };
+                let (tier, _) = router.tier_for(value);
                 let o = ScoreOut {
                     id: &item.id,
-                    score: s.value,
+                    score: value,
                     tier: tier.as_str(),
                     model: &tier_model[tier as usize],
-                    reasons: s.reasons(3).into_iter().map(|r| r.feature).collect(),
+                    reasons,
                 };
                 serde_json::to_writer(&mut out, &o)?;
                 out.write_all(b"\n")?;
