@@ -115,7 +115,11 @@ def test_manifest_keys():
     cargo = (ROOT / "Cargo.toml").read_text(encoding="utf-8")
     assert f'version = "{m["version"]}"' in cargo
     assert m["icon"] == "icon.png"
-    assert (ROOT / "assets" / "icon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = (ROOT / "assets" / "icon.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (512, 512)
+    for shot in m["screenshots"]:
+        assert (ROOT / "assets" / shot).is_file(), shot
     server = m["server"]
     assert server["type"] == "binary"
     assert server["entry_point"] == "server/ai-cost-optimizer"
@@ -232,8 +236,9 @@ def test_bundle_unpacks_and_serves_as_the_manifest_says():
     with tempfile.TemporaryDirectory() as tmp:
         ext = Path(tmp) / "ext"
         names = unpack(MCPB, ext)
+        m_src = load_manifest()
         for n in ["manifest.json", "icon.png", "server/ai-cost-optimizer", "LICENSE",
-                  "LICENSE-litellm.txt"]:
+                  "LICENSE-litellm.txt", *m_src["screenshots"]]:
             assert n in names, f"{n} missing from the bundle: {names}"
         m = json.loads((ext / "manifest.json").read_text(encoding="utf-8"))
         binary = ext / m["server"]["entry_point"]
