@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test, as CI runs it: formatting, lints, Rust unit and integration
 # tests (the real binary over stdio against fake providers), the official
-# Python MCP SDK as a client, and the routing-metric unit tests.
+# Python MCP SDK as a client, the packaging (release build, .mcpb bundle,
+# skill ZIP) and the routing-metric unit tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,14 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --all-targets --locked
 cargo build --locked --bin ai-cost-optimizer
+
+if [ "${AICO_SKIP_PACKAGE:-0}" != 1 ]; then
+  # The release build, the .mcpb and the skill ZIP, which
+  # tests/python/test_packaging.py unpacks and starts (AICO_SKIP_PACKAGE=1
+  # skips this; those tests then skip too).
+  echo "== scripts/package.sh"
+  scripts/package.sh
+fi
 
 echo "== Python MCP SDK client tests"
 VENV="${AICO_VENV:-target/py-venv}"

@@ -159,6 +159,18 @@ pub enum Command {
         #[command(subcommand)]
         action: PricingAction,
     },
+    /// Add (or update) this server in Claude Desktop's claude_desktop_config.json.
+    InstallClaude {
+        /// Config file (default: Claude Desktop's, per OS).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Server binary to register (default: this executable).
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+        /// Print the resulting config without writing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Delete ledger rows older than N days.
     Retention {
         /// Keep this many days (default: retention_days from the config file).
@@ -227,6 +239,11 @@ pub async fn run(command: Command, settings: Settings) -> Result<()> {
         Command::Serve => unreachable!("serve is handled by main"),
         Command::Score { length_only } => score_stdin(&settings, length_only),
         Command::Pricing { action } => pricing_command(action, &settings).await,
+        Command::InstallClaude {
+            config,
+            binary,
+            dry_run,
+        } => crate::install::run_cli(config, binary, dry_run),
         other => {
             let core = Arc::new(Optimizer::from_env(settings)?);
             run_tool(other, core).await
@@ -402,7 +419,10 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
             );
             Ok(())
         }
-        Command::Serve | Command::Score { .. } | Command::Pricing { .. } => {
+        Command::Serve
+        | Command::Score { .. }
+        | Command::Pricing { .. }
+        | Command::InstallClaude { .. } => {
             unreachable!("handled by run")
         }
     }

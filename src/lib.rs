@@ -20,6 +20,7 @@
 pub mod budget;
 pub mod cli;
 pub mod config;
+pub mod install;
 pub mod ledger;
 pub mod logging;
 pub mod mcp;

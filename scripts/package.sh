@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Builds what a user installs in one step:
+#   dist/ai-cost-optimizer.mcpb        Claude Desktop extension (MCPB bundle:
+#                                      manifest, icon, release binary, licences)
+#   dist/ai-cost-optimizer-skill.zip   the Agent Skill, folder at the top level
+# The bundle holds this machine's binary, so its manifest lists only this
+# platform. mcpb (npm @anthropic-ai/mcpb) is installed under target/npm.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+case "$(uname -s)" in
+  Linux) platform=linux; exe= ;;
+  Darwin) platform=darwin; exe= ;;
+  MINGW*|MSYS*|CYGWIN*) platform=win32; exe=.exe ;;
+  *) echo "unsupported platform $(uname -s)" >&2; exit 1 ;;
+esac
+
+echo "== skill files in sync"
+if ! cmp -s SKILL.md skill/ai-cost-optimizer/SKILL.md; then
+  echo "SKILL.md and skill/ai-cost-optimizer/SKILL.md differ; edit the skill folder's copy and copy it to the top" >&2
+  exit 1
+fi
+
+echo "== cargo build --release"
+cargo build --release --locked --bin ai-cost-optimizer
+bin="target/release/ai-cost-optimizer$exe"
+
+echo "== stage dist/mcpb"
+stage=dist/mcpb
+rm -rf "$stage"
+mkdir -p "$stage/server"
+cp "$bin" "$stage/server/"
+chmod 755 "$stage/server/ai-cost-optimizer$exe"
+cp assets/icon.png "$stage/icon.png"
+mkdir -p "$stage/screenshots"
+cp assets/screenshots/*.png "$stage/screenshots/"
+cp LICENSE "$stage/LICENSE"
+cp src/pricing/LICENSE-litellm.txt "$stage/LICENSE-litellm.txt"
+version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)"
+python3 - "$platform" "$version" packaging/manifest.json "$stage/manifest.json" <<'PY'
+import json, sys
+platform, version, src, dst = sys.argv[1:]
+m = json.load(open(src))
+if m["version"] != version:
+    sys.exit(f"packaging/manifest.json version {m['version']} != Cargo.toml {version}")
+# The bundle carries one platform's binary.
+m["compatibility"]["platforms"] = [platform]
+m["server"]["mcp_config"]["platform_overrides"] = {
+    k: v for k, v in m["server"]["mcp_config"]["platform_overrides"].items() if k == platform
+}
+with open(dst, "w") as f:
+    json.dump(m, f, indent=2, ensure_ascii=False)
+    f.write("\n")
+PY
+
+mcpb=target/npm/node_modules/.bin/mcpb
+if [ ! -x "$mcpb" ]; then
+  echo "== npm install @anthropic-ai/mcpb (local prefix target/npm)"
+  npm install --prefix target/npm --no-save --no-audit --no-fund @anthropic-ai/mcpb@2 >/dev/null
+fi
+echo "== mcpb validate"
+"$mcpb" validate "$stage/manifest.json"
+echo "== mcpb pack"
+rm -f dist/ai-cost-optimizer.mcpb
+"$mcpb" pack "$stage" dist/ai-cost-optimizer.mcpb
+
+echo "== skill ZIP"
+rm -f dist/ai-cost-optimizer-skill.zip
+python3 - skill/ai-cost-optimizer dist/ai-cost-optimizer-skill.zip <<'PY'
+import os, sys, zipfile
+src, out = sys.argv[1:]
+top = os.path.basename(src.rstrip("/"))
+skip_dirs = {"__pycache__", ".git", ".pytest_cache"}
+with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+    for root, dirs, files in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if d not in skip_dirs and not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith(".") or name.endswith((".pyc", ".pyo")) or name in ("Thumbs.db", "desktop.ini"):
+                continue
+            path = os.path.join(root, name)
+            arc = os.path.join(top, os.path.relpath(path, src))
+            info = zipfile.ZipInfo(arc, date_time=(2026, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, open(path, "rb").read())
+    for n in z.namelist():
+        print("   ", n)
+PY
+
+echo "== built"
+for f in "$bin" dist/ai-cost-optimizer.mcpb dist/ai-cost-optimizer-skill.zip; do
+  printf '%-40s %10d bytes (%s)\n' "$f" "$(wc -c <"$f")" "$(du -h "$f" | cut -f1)"
+done

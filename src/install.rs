@@ -1,0 +1,574 @@
+//! `install-claude`: adds (or updates) this server in Claude Desktop's
+//! `claude_desktop_config.json`.
+//!
+//! The merge is a pure function over [`serde_json::Value`]; the file
+//! operations around it never lose the user's file: an unparseable file is
+//! refused untouched, an existing file is copied to a timestamped `.bak`
+//! first, and the new text is written to a temporary file in the same
+//! directory and renamed over the old one.
+//!
+//! Only `mcpServers.ai-cost-optimizer.command` and `.args` are written; every
+//! other server, key and `env` value stays as it was. (serde_json's map is
+//! ordered by key, so a rewritten file lists keys alphabetically.)
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value, json};
+
+/// The key of this server under `mcpServers`.
+pub const SERVER_KEY: &str = "ai-cost-optimizer";
+
+/// Why the config could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The existing file is not a JSON object we can edit; it was not touched.
+    #[error(
+        "{path} is not valid Claude Desktop config JSON ({reason}); it was left untouched. Fix or move it, then run install-claude again"
+    )]
+    Unparseable {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Reading, backing up or writing failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// What [`merge_entry`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The entry was added.
+    Added,
+    /// An existing entry got a new command or args.
+    Updated {
+        /// Its command before, if it had one.
+        previous_command: Option<String>,
+    },
+    /// The entry already had this command and args.
+    Unchanged,
+}
+
+/// The default location of `claude_desktop_config.json` for an OS
+/// (`std::env::consts::OS` values), reading `HOME`, `APPDATA` and
+/// `XDG_CONFIG_HOME` through `env`.
+pub fn default_config_path_for(os: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+    let dir = match os {
+        "macos" => PathBuf::from(get("HOME")?)
+            .join("Library")
+            .join("Application Support")
+            .join("Claude"),
+        "windows" => PathBuf::from(get("APPDATA")?).join("Claude"),
+        _ => match get("XDG_CONFIG_HOME") {
+            Some(x) => PathBuf::from(x).join("Claude"),
+            None => PathBuf::from(get("HOME")?).join(".config").join("Claude"),
+        },
+    };
+    Some(dir.join("claude_desktop_config.json"))
+}
+
+/// The default config path on this machine.
+pub fn default_config_path() -> Option<PathBuf> {
+    default_config_path_for(std::env::consts::OS, &|k| std::env::var(k).ok())
+}
+
+/// Parses the config file's text. Empty (or whitespace-only) text is an
+/// empty config; anything else must be a JSON object whose `mcpServers`, if
+/// present, is an object.
+pub fn parse_config(text: &str) -> Result<Value, String> {
+    let text = text.trim_start_matches('\u{feff}');
+    if text.trim().is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    let v: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let Some(obj) = v.as_object() else {
+        return Err("the top level is not a JSON object".into());
+    };
+    if let Some(s) = obj.get("mcpServers")
+        && !s.is_object()
+    {
+        return Err("\"mcpServers\" is not a JSON object".into());
+    }
+    Ok(v)
+}
+
+/// Sets `mcpServers.ai-cost-optimizer.command` and `.args` in a parsed
+/// config (see [`parse_config`]), creating what is missing. A new entry gets
+/// an empty `env`; an existing entry keeps its `env` and any other key.
+pub fn merge_entry(config: &mut Value, command: &str, args: &[String]) -> Change {
+    let root = match config {
+        Value::Object(m) => m,
+        other => {
+            *other = Value::Object(Map::new());
+            other.as_object_mut().expect("just made an object")
+        }
+    };
+    let servers = root
+        .entry("mcpServers")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !servers.is_object() {
+        *servers = Value::Object(Map::new());
+    }
+    let servers = servers.as_object_mut().expect("checked above");
+    let new_args = Value::Array(args.iter().map(|a| Value::String(a.clone())).collect());
+    match servers.get_mut(SERVER_KEY) {
+        Some(Value::Object(entry)) => {
+            let previous_command = entry
+                .get("command")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let same = previous_command.as_deref() == Some(command)
+                && entry.get("args").unwrap_or(&json!([])) == &new_args;
+            entry.insert("command".into(), Value::String(command.into()));
+            entry.insert("args".into(), new_args);
+            if same {
+                Change::Unchanged
+            } else {
+                Change::Updated { previous_command }
+            }
+        }
+        _ => {
+            servers.insert(
+                SERVER_KEY.into(),
+                json!({"command": command, "args": new_args, "env": {}}),
+            );
+            Change::Added
+        }
+    }
+}
+
+/// The text written to the file: pretty JSON with a final newline.
+pub fn render(config: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(config).expect("a Value always serialises");
+    s.push('\n');
+    s
+}
+
+/// What `install-claude` should do.
+#[derive(Debug, Clone)]
+pub struct InstallOptions {
+    /// The config file to edit.
+    pub config_path: PathBuf,
+    /// The server command (an absolute path to the binary).
+    pub command: PathBuf,
+    /// Show the result without writing anything.
+    pub dry_run: bool,
+}
+
+/// What `install-claude` did.
+#[derive(Debug, Clone)]
+pub struct InstallReport {
+    /// The config file.
+    pub config_path: PathBuf,
+    /// The command written.
+    pub command: String,
+    /// Added, updated or unchanged.
+    pub change: Change,
+    /// The file's new text.
+    pub text: String,
+    /// The backup made of the old file, if any.
+    pub backup: Option<PathBuf>,
+    /// True when nothing was written (dry run or unchanged).
+    pub wrote: bool,
+}
+
+/// Edits the config file as [`InstallOptions`] says.
+pub fn install(opts: &InstallOptions, now_ms: i64) -> Result<InstallReport, InstallError> {
+    let path = &opts.config_path;
+    let shown = path.display().to_string();
+    let old = match std::fs::read(path) {
+        Ok(bytes) => Some(
+            String::from_utf8(bytes).map_err(|_| InstallError::Unparseable {
+                path: shown.clone(),
+                reason: "not UTF-8 text".into(),
+            })?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(InstallError::Io(format!("cannot read {shown}: {e}"))),
+    };
+    let mut config =
+        parse_config(old.as_deref().unwrap_or("")).map_err(|reason| InstallError::Unparseable {
+            path: shown.clone(),
+            reason,
+        })?;
+    let command = opts.command.to_string_lossy().into_owned();
+    let change = merge_entry(&mut config, &command, &[]);
+    let text = render(&config);
+    let mut report = InstallReport {
+        config_path: path.clone(),
+        command,
+        change,
+        text,
+        backup: None,
+        wrote: false,
+    };
+    if opts.dry_run || (report.change == Change::Unchanged && old.is_some()) {
+        return Ok(report);
+    }
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        InstallError::Io(format!("cannot {what} {}: {e}", p.display()))
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
+    if old.is_some() {
+        let backup = backup_path(path, now_ms);
+        std::fs::copy(path, &backup).map_err(|e| io("back up to", &backup, e))?;
+        report.backup = Some(backup);
+    }
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "claude_desktop_config.json".into());
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(report.text.as_bytes())?;
+        f.sync_all()?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            std::fs::set_permissions(&tmp, meta.permissions())?;
+        }
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io("write", path, e));
+    }
+    report.wrote = true;
+    Ok(report)
+}
+
+/// `<file>.<YYYYMMDD-HHMMSS>.bak` beside the file (UTC); a numeric suffix
+/// keeps an earlier backup from the same second.
+pub fn backup_path(path: &Path, now_ms: i64) -> PathBuf {
+    let stamp = time::OffsetDateTime::from_unix_timestamp(now_ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year][month][day]-[hour][minute][second]"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| now_ms.to_string());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut candidate = path.with_file_name(format!("{name}.{stamp}.bak"));
+    let mut n = 1;
+    while candidate.exists() {
+        candidate = path.with_file_name(format!("{name}.{stamp}-{n}.bak"));
+        n += 1;
+    }
+    candidate
+}
+
+/// The command for the entry: `--binary`, made absolute, or the running
+/// executable.
+pub fn resolve_command(binary: Option<&Path>) -> Result<PathBuf, InstallError> {
+    let p = match binary {
+        Some(b) => b.to_path_buf(),
+        None => std::env::current_exe().map_err(|e| {
+            InstallError::Io(format!("cannot find the running executable's path: {e}"))
+        })?,
+    };
+    let abs = if p.is_absolute() {
+        p
+    } else {
+        std::env::current_dir()
+            .map_err(|e| InstallError::Io(format!("cannot read the current directory: {e}")))?
+            .join(p)
+    };
+    // Resolve symlinks and `..` when the file exists, so Claude gets a
+    // stable path; a missing file is kept as given, without `.` parts.
+    let abs: PathBuf = abs
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect();
+    Ok(std::fs::canonicalize(&abs).unwrap_or(abs))
+}
+
+/// The text `install-claude` prints.
+pub fn summary(r: &InstallReport, dry_run: bool) -> String {
+    let what = match &r.change {
+        Change::Added => "added".to_string(),
+        Change::Updated {
+            previous_command: Some(p),
+        } => format!("updated (command was {p})"),
+        Change::Updated {
+            previous_command: None,
+        } => "updated".to_string(),
+        Change::Unchanged => "already up to date".to_string(),
+    };
+    let mut s = String::new();
+    if dry_run {
+        s.push_str(&format!(
+            "Dry run: {} would be written with mcpServers.{SERVER_KEY} {what}:\n\n{}\n",
+            r.config_path.display(),
+            r.text
+        ));
+        return s;
+    }
+    s.push_str(&format!(
+        "mcpServers.{SERVER_KEY} {what} in {}\n  command: {}\n",
+        r.config_path.display(),
+        r.command
+    ));
+    if let Some(b) = &r.backup {
+        s.push_str(&format!("  backup:  {}\n", b.display()));
+    }
+    s.push_str(
+        "Add your provider keys (ANTHROPIC_API_KEY, DEEPSEEK_API_KEY, ...) under its \"env\", then restart Claude Desktop.\n",
+    );
+    s
+}
+
+/// The `install-claude` command. An unparseable config file is an
+/// [`ToolError::Invalid`](crate::optimizer::ToolError::Invalid), so the
+/// process exits with code 2.
+pub fn run_cli(
+    config: Option<PathBuf>,
+    binary: Option<PathBuf>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let config_path = match config {
+        Some(c) => c,
+        None => default_config_path().ok_or_else(|| {
+            anyhow::anyhow!(
+                "cannot find Claude Desktop's config directory (HOME/APPDATA unset); pass --config PATH"
+            )
+        })?,
+    };
+    let opts = InstallOptions {
+        config_path,
+        command: resolve_command(binary.as_deref())?,
+        dry_run,
+    };
+    if !opts.command.is_file() {
+        eprintln!(
+            "warning: {} does not exist yet; Claude Desktop will fail to start the server until it does",
+            opts.command.display()
+        );
+    }
+    let now = crate::optimizer::system_clock()();
+    match install(&opts, now) {
+        Ok(r) => {
+            print!("{}", summary(&r, dry_run));
+            Ok(())
+        }
+        Err(e @ InstallError::Unparseable { .. }) => Err(anyhow::Error::new(
+            crate::optimizer::ToolError::Invalid(e.to_string()),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_795_000_000_000;
+
+    fn opts(dir: &Path) -> InstallOptions {
+        InstallOptions {
+            config_path: dir.join("Claude").join("claude_desktop_config.json"),
+            command: PathBuf::from("/opt/aico/ai-cost-optimizer"),
+            dry_run: false,
+        }
+    }
+
+    fn read(p: &Path) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn default_paths_per_os() {
+        let env = |k: &str| match k {
+            "HOME" => Some("/home/me".to_string()),
+            "APPDATA" => Some(r"C:\Users\me\AppData\Roaming".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            default_config_path_for("macos", &env).unwrap(),
+            PathBuf::from("/home/me/Library/Application Support/Claude/claude_desktop_config.json")
+        );
+        assert_eq!(
+            default_config_path_for("linux", &env).unwrap(),
+            PathBuf::from("/home/me/.config/Claude/claude_desktop_config.json")
+        );
+        assert!(
+            default_config_path_for("windows", &env)
+                .unwrap()
+                .ends_with("Claude/claude_desktop_config.json")
+        );
+        let xdg = |k: &str| (k == "XDG_CONFIG_HOME").then(|| "/x".to_string());
+        assert_eq!(
+            default_config_path_for("linux", &xdg).unwrap(),
+            PathBuf::from("/x/Claude/claude_desktop_config.json")
+        );
+        assert_eq!(default_config_path_for("windows", &|_| None), None);
+    }
+
+    #[test]
+    fn missing_file_is_created_with_the_entry_and_no_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = opts(dir.path());
+        let r = install(&o, NOW).unwrap();
+        assert_eq!(r.change, Change::Added);
+        assert!(r.wrote && r.backup.is_none());
+        let v = read(&o.config_path);
+        assert_eq!(
+            v,
+            json!({"mcpServers": {"ai-cost-optimizer": {
+                "command": "/opt/aico/ai-cost-optimizer", "args": [], "env": {}}}})
+        );
+        // No temp file left behind.
+        let names: Vec<_> = std::fs::read_dir(o.config_path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn empty_file_counts_as_empty_config_and_is_backed_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = opts(dir.path());
+        std::fs::create_dir_all(o.config_path.parent().unwrap()).unwrap();
+        std::fs::write(&o.config_path, "  \n").unwrap();
+        let r = install(&o, NOW).unwrap();
+        assert_eq!(r.change, Change::Added);
+        let b = r.backup.unwrap();
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "  \n");
+        assert!(
+            b.to_string_lossy().ends_with(".bak"),
+            "backup name {}",
+            b.display()
+        );
+        assert!(read(&o.config_path)["mcpServers"][SERVER_KEY].is_object());
+    }
+
+    #[test]
+    fn other_servers_and_keys_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = opts(dir.path());
+        std::fs::create_dir_all(o.config_path.parent().unwrap()).unwrap();
+        let before = json!({
+            "globalShortcut": "Ctrl+Space",
+            "preferences": {"theme": "dark"},
+            "mcpServers": {
+                "filesystem": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem", "/tmp"], "env": {"X": "1"}}
+            }
+        });
+        std::fs::write(&o.config_path, before.to_string()).unwrap();
+        let r = install(&o, NOW).unwrap();
+        assert_eq!(r.change, Change::Added);
+        let after = read(&o.config_path);
+        assert_eq!(after["globalShortcut"], before["globalShortcut"]);
+        assert_eq!(after["preferences"], before["preferences"]);
+        assert_eq!(
+            after["mcpServers"]["filesystem"],
+            before["mcpServers"]["filesystem"]
+        );
+        assert_eq!(
+            after["mcpServers"][SERVER_KEY]["command"],
+            "/opt/aico/ai-cost-optimizer"
+        );
+        // The backup holds the old file byte for byte.
+        assert_eq!(
+            std::fs::read_to_string(r.backup.unwrap()).unwrap(),
+            before.to_string()
+        );
+    }
+
+    #[test]
+    fn existing_entry_is_updated_and_keeps_its_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = opts(dir.path());
+        std::fs::create_dir_all(o.config_path.parent().unwrap()).unwrap();
+        let before = json!({"mcpServers": {SERVER_KEY: {
+            "command": "/old/ai-cost-optimizer", "args": ["serve"],
+            "env": {"ANTHROPIC_API_KEY": "sk-ant-keep", "COST_OPTIMIZER_MONTHLY_BUDGET": "50"},
+            "disabled": false
+        }}});
+        std::fs::write(&o.config_path, before.to_string()).unwrap();
+        let r = install(&o, NOW).unwrap();
+        assert_eq!(
+            r.change,
+            Change::Updated {
+                previous_command: Some("/old/ai-cost-optimizer".into())
+            }
+        );
+        let e = &read(&o.config_path)["mcpServers"][SERVER_KEY];
+        assert_eq!(e["command"], "/opt/aico/ai-cost-optimizer");
+        assert_eq!(e["args"], json!([]));
+        assert_eq!(e["env"], before["mcpServers"][SERVER_KEY]["env"]);
+        assert_eq!(e["disabled"], false);
+
+        // Running again changes nothing and makes no second backup.
+        let again = install(&o, NOW + 1000).unwrap();
+        assert_eq!(again.change, Change::Unchanged);
+        assert!(!again.wrote && again.backup.is_none());
+    }
+
+    #[test]
+    fn malformed_file_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = opts(dir.path());
+        let parent = o.config_path.parent().unwrap();
+        std::fs::create_dir_all(parent).unwrap();
+        for bad in [
+            "{\"mcpServers\": {",
+            "[1, 2]",
+            "{\"mcpServers\": []}",
+            "// comment\n{}",
+        ] {
+            std::fs::write(&o.config_path, bad).unwrap();
+            let err = install(&o, NOW).unwrap_err();
+            assert!(
+                matches!(err, InstallError::Unparseable { .. }),
+                "{bad}: {err}"
+            );
+            assert!(err.to_string().contains("left untouched"));
+            assert_eq!(std::fs::read_to_string(&o.config_path).unwrap(), bad);
+            assert_eq!(std::fs::read_dir(parent).unwrap().count(), 1, "no backup");
+        }
+    }
+
+    #[test]
+    fn dry_run_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = opts(dir.path());
+        o.dry_run = true;
+        let r = install(&o, NOW).unwrap();
+        assert!(!r.wrote);
+        assert!(!o.config_path.exists());
+        assert!(r.text.contains("/opt/aico/ai-cost-optimizer"));
+        assert!(summary(&r, true).starts_with("Dry run"));
+    }
+
+    #[test]
+    fn backups_from_the_same_second_do_not_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.json");
+        let b1 = backup_path(&p, NOW);
+        assert!(b1.to_string_lossy().ends_with(".bak"));
+        std::fs::write(&b1, "x").unwrap();
+        let b2 = backup_path(&p, NOW);
+        assert_ne!(b1, b2);
+    }
+
+    #[test]
+    fn resolve_command_makes_paths_absolute() {
+        let p = resolve_command(Some(Path::new("./some/relative/bin"))).unwrap();
+        assert!(p.is_absolute());
+        assert!(p.ends_with("some/relative/bin"));
+        assert!(!p.to_string_lossy().contains("/./"), "{}", p.display());
+        assert!(resolve_command(None).unwrap().is_absolute());
+    }
+}

@@ -1,0 +1,91 @@
+//! `install-claude` through the real binary: the default command is the
+//! running executable, other servers survive, and a malformed config is
+//! refused with exit code 2 and left untouched.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+
+fn run(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ai-cost-optimizer"))
+        .arg("install-claude")
+        .args(args)
+        .env_clear()
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("APPDATA", home.join("AppData"))
+        .env("COST_OPTIMIZER_DATA_DIR", home.join("data"))
+        .env("COST_OPTIMIZER_CONFIG", "")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn adds_the_running_binary_and_keeps_other_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("claude_desktop_config.json");
+    std::fs::write(
+        &cfg,
+        json!({"mcpServers": {"other": {"command": "x"}}, "theme": "dark"}).to_string(),
+    )
+    .unwrap();
+    let out = run(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_ai-cost-optimizer")).unwrap();
+    assert_eq!(
+        v["mcpServers"]["ai-cost-optimizer"]["command"],
+        json!(exe.to_str().unwrap())
+    );
+    assert_eq!(v["mcpServers"]["other"], json!({"command": "x"}));
+    assert_eq!(v["theme"], "dark");
+    let backups = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".bak")
+        })
+        .count();
+    assert_eq!(backups, 1);
+}
+
+#[test]
+fn default_path_and_dry_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        dir.path(),
+        &["--dry-run", "--binary", "/opt/aico/ai-cost-optimizer"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Claude"), "{text}");
+    assert!(text.contains("/opt/aico/ai-cost-optimizer"), "{text}");
+    assert!(!dir.path().join(".config").exists() && !dir.path().join("Library").exists());
+}
+
+#[test]
+fn malformed_config_exits_2_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("claude_desktop_config.json");
+    std::fs::write(&cfg, "{\"mcpServers\": {").unwrap();
+    let out = run(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("left untouched"), "{err}");
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), "{\"mcpServers\": {");
+    let backups = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".bak")
+        })
+        .count();
+    assert_eq!(backups, 0, "no backup of a file that was not changed");
+}

@@ -1,0 +1,274 @@
+"""Packaging checks: the Agent Skill, the MCPB manifest, and (after
+scripts/package.sh has run) the built .mcpb and skill ZIP.
+
+The bundle test unpacks the .mcpb like Claude Desktop does and starts the
+binary exactly as the manifest says: `${__dirname}` replaced by the unpack
+directory and each `${user_config.KEY}` replaced by that key's default (empty
+when it has none). The official Python MCP SDK then initializes it and lists
+its tools.
+"""
+
+import asyncio
+import json
+import os
+import re
+import stat
+import tempfile
+import zipfile
+from pathlib import Path
+
+import pytest
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+ROOT = Path(__file__).resolve().parents[2]
+SKILL_DIR = ROOT / "skill" / "ai-cost-optimizer"
+MANIFEST = ROOT / "packaging" / "manifest.json"
+DIST = ROOT / "dist"
+MCPB = DIST / "ai-cost-optimizer.mcpb"
+SKILL_ZIP = DIST / "ai-cost-optimizer-skill.zip"
+
+TOOLS = {"complete_prompt", "check_model_costs", "get_recommendation", "query_usage", "set_budget"}
+SECRET_ENVS = [
+    "ANTHROPIC_API_KEY",
+    "GEMINI_API_KEY",
+    "CEREBRAS_API_KEY",
+    "DEEPSEEK_API_KEY",
+    "OPENROUTER_API_KEY",
+    "HF_TOKEN",
+    "CARTESIA_API_KEY",
+]
+NAME_RE = re.compile(r"^[a-z0-9-]+$")
+
+
+def frontmatter(text):
+    """The `key: value` pairs between the leading `---` lines."""
+    assert text.startswith("---\n"), "SKILL.md must start with a --- frontmatter line"
+    end = text.index("\n---\n", 4)
+    fields = {}
+    for line in text[4:end].splitlines():
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        assert sep and not line[0].isspace(), f"unsupported frontmatter line {line!r}"
+        fields[key.strip()] = value.strip()
+    return fields, text[end + 5 :]
+
+
+def check_skill_text(text, folder):
+    fields, body = frontmatter(text)
+    name = fields.get("name", "")
+    assert NAME_RE.match(name), name
+    assert len(name) <= 64 and not name.startswith("-") and not name.endswith("-") and "--" not in name
+    assert name == folder
+    desc = fields.get("description", "")
+    assert 0 < len(desc) <= 1024, len(desc)
+    assert "<" not in desc and ">" not in desc
+    assert desc.lower().startswith("use when"), "the description must say when to use the skill"
+    assert set(fields) <= {"name", "description", "license", "allowed-tools", "metadata", "compatibility"}
+    for tool in TOOLS:
+        assert f"`{tool}`" in body, f"SKILL.md does not teach {tool}"
+    return fields, body
+
+
+def test_skill_frontmatter_and_body():
+    text = (SKILL_DIR / "SKILL.md").read_text(encoding="utf-8")
+    _, body = check_skill_text(text, SKILL_DIR.name)
+    for word in ["cost_source", "provider", "catalog", "local", "unpriced", "savings_usd",
+                 "free", "cheap", "medium", "premium", "block", "downgrade", "warn",
+                 "alert_thresholds", "remaining_usd", "forecast_usd"]:
+        assert word in body, word
+    # Every reference the skill points to exists.
+    for ref in re.findall(r"`(references/[^`]+)`", body):
+        assert (SKILL_DIR / ref).is_file(), ref
+
+
+def test_top_level_skill_is_the_skill_folder_copy():
+    top = (ROOT / "SKILL.md").read_text(encoding="utf-8")
+    assert top == (SKILL_DIR / "SKILL.md").read_text(encoding="utf-8"), (
+        "copy skill/ai-cost-optimizer/SKILL.md to SKILL.md"
+    )
+
+
+def test_skill_fields_exist_in_the_rust_argument_structs():
+    """Every argument the skill names is a field of the tool's argument struct."""
+    src = (ROOT / "src" / "optimizer.rs").read_text(encoding="utf-8")
+    fields = set(re.findall(r"^\s*pub (\w+):", src, re.M))
+    ref = (SKILL_DIR / "references" / "tools.md").read_text(encoding="utf-8")
+    args = re.findall(r"^\| `(\w+)` \|", ref, re.M)
+    assert len(args) >= 20
+    for a in args:
+        assert a in fields, f"references/tools.md names argument {a!r} that src/optimizer.rs lacks"
+
+
+def load_manifest():
+    return json.loads(MANIFEST.read_text(encoding="utf-8"))
+
+
+def test_manifest_keys():
+    m = load_manifest()
+    assert m["manifest_version"] == "0.4"
+    for key in ["name", "version", "description", "author", "server", "icon", "tools",
+                "compatibility", "user_config"]:
+        assert key in m, key
+    assert m["name"] == "ai-cost-optimizer"
+    cargo = (ROOT / "Cargo.toml").read_text(encoding="utf-8")
+    assert f'version = "{m["version"]}"' in cargo
+    assert m["icon"] == "icon.png"
+    png = (ROOT / "assets" / "icon.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (512, 512)
+    for shot in m["screenshots"]:
+        assert (ROOT / "assets" / shot).is_file(), shot
+    server = m["server"]
+    assert server["type"] == "binary"
+    assert server["entry_point"] == "server/ai-cost-optimizer"
+    cfg = server["mcp_config"]
+    assert cfg["command"] == "${__dirname}/server/ai-cost-optimizer"
+    assert cfg["args"] == []
+    assert set(cfg["platform_overrides"]) == {"win32", "darwin", "linux"}
+    assert cfg["platform_overrides"]["win32"]["command"].endswith(".exe")
+    assert set(m["compatibility"]["platforms"]) == {"win32", "darwin", "linux"}
+    assert "claude_desktop" in m["compatibility"]
+    assert {t["name"] for t in m["tools"]} == TOOLS
+    assert all(t["description"] for t in m["tools"])
+    assert "Privacy" in m["long_description"] and "ledger" in m["long_description"]
+
+
+def test_manifest_maps_every_provider_env_var():
+    m = load_manifest()
+    uc = m["user_config"]
+    envs = [m["server"]["mcp_config"]["env"]] + [
+        o["env"] for o in m["server"]["mcp_config"]["platform_overrides"].values()
+    ]
+
+    def option(env, var):
+        v = env.get(var)
+        assert v, f"{var} is not mapped"
+        g = re.fullmatch(r"\$\{user_config\.(\w+)\}", v)
+        assert g and g.group(1) in uc, f"{var} -> {v} is not a user_config key"
+        return uc[g.group(1)]
+
+    for env in envs:
+        for var in SECRET_ENVS:
+            o = option(env, var)
+            assert o["type"] == "string" and o["sensitive"] is True and not o.get("required")
+        o = option(env, "OLLAMA_HOST")
+        assert o["type"] == "string" and not o.get("sensitive")
+        o = option(env, "COST_OPTIMIZER_MONTHLY_BUDGET")
+        assert o["type"] == "number" and o["default"] == 100 and o["min"] > 0
+    for o in uc.values():
+        assert o["title"] and o["description"]
+
+    # The provider list in the Rust source: each provider's first key env var
+    # (and Ollama's host) must be configurable from the extension.
+    primary = set()
+    for f in (ROOT / "src" / "providers").glob("*.rs"):
+        t = f.read_text(encoding="utf-8")
+        for keys in re.findall(r"key_envs: &\[([^\]]*)\]", t):
+            names = re.findall(r'"(\w+)"', keys)
+            if names:
+                primary.add(names[0])
+    assert primary, "no ProviderSpec found"
+    assert primary <= set(SECRET_ENVS), primary - set(SECRET_ENVS)
+
+    # The hand-written config example lists the same variables.
+    example = json.loads((ROOT / "claude_desktop_config.example.json").read_text())
+    example_env = example["mcpServers"]["ai-cost-optimizer"]["env"]
+    for var in m["server"]["mcp_config"]["env"]:
+        assert var in example_env, f"claude_desktop_config.example.json lacks {var}"
+
+
+# --- after scripts/package.sh ------------------------------------------------
+
+needs_dist = pytest.mark.skipif(
+    not MCPB.exists() or not SKILL_ZIP.exists(), reason="run scripts/package.sh first"
+)
+
+
+@needs_dist
+def test_skill_zip_holds_only_the_skill_folder():
+    with zipfile.ZipFile(SKILL_ZIP) as z:
+        names = z.namelist()
+        assert "ai-cost-optimizer/SKILL.md" in names
+        for n in names:
+            assert n.startswith("ai-cost-optimizer/"), n
+            assert not any(p.startswith(".") or p == "__pycache__" for p in n.split("/")), n
+        check_skill_text(z.read("ai-cost-optimizer/SKILL.md").decode("utf-8"), "ai-cost-optimizer")
+        on_disk = sorted(
+            "ai-cost-optimizer/" + str(p.relative_to(SKILL_DIR)).replace(os.sep, "/")
+            for p in SKILL_DIR.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")
+        )
+        assert sorted(names) == on_disk
+
+
+def unpack(mcpb, dest):
+    """Extracts the bundle, restoring the Unix modes stored in the ZIP."""
+    with zipfile.ZipFile(mcpb) as z:
+        for info in z.infolist():
+            path = Path(z.extract(info, dest))
+            mode = info.external_attr >> 16
+            if mode and not info.is_dir():
+                path.chmod(stat.S_IMODE(mode))
+        return z.namelist()
+
+
+def substitute(value, dirname, user_config):
+    def repl(m):
+        key = m.group(1)
+        if key == "__dirname":
+            return str(dirname)
+        if key.startswith("user_config."):
+            default = user_config[key.split(".", 1)[1]].get("default", "")
+            if isinstance(default, bool):
+                return "true" if default else "false"
+            if isinstance(default, (int, float)):
+                return str(default)
+            return str(default)
+        raise AssertionError(f"unexpected substitution {m.group(0)}")
+
+    return re.sub(r"\$\{([^}]+)\}", repl, value)
+
+
+@needs_dist
+def test_bundle_unpacks_and_serves_as_the_manifest_says():
+    with tempfile.TemporaryDirectory() as tmp:
+        ext = Path(tmp) / "ext"
+        names = unpack(MCPB, ext)
+        m_src = load_manifest()
+        for n in ["manifest.json", "icon.png", "server/ai-cost-optimizer", "LICENSE",
+                  "LICENSE-litellm.txt", *m_src["screenshots"]]:
+            assert n in names, f"{n} missing from the bundle: {names}"
+        m = json.loads((ext / "manifest.json").read_text(encoding="utf-8"))
+        binary = ext / m["server"]["entry_point"]
+        assert os.access(binary, os.X_OK), "the server binary is not executable"
+        cfg = m["server"]["mcp_config"]
+        cmd = substitute(cfg["command"], ext, m["user_config"])
+        assert Path(cmd) == binary
+        args = [substitute(a, ext, m["user_config"]) for a in cfg.get("args", [])]
+        env = {k: substitute(v, ext, m["user_config"]) for k, v in cfg["env"].items()}
+        assert env["ANTHROPIC_API_KEY"] == "" and env["COST_OPTIMIZER_MONTHLY_BUDGET"] == "100"
+        data = Path(tmp) / "data"
+        env.update({
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": str(data),
+            "COST_OPTIMIZER_DATA_DIR": str(data),
+            "COST_OPTIMIZER_CONFIG": "",
+            "COST_OPTIMIZER_OLLAMA_PROBE": "0",
+        })
+
+        async def run():
+            params = StdioServerParameters(command=cmd, args=args, env=env)
+            async with stdio_client(params) as (read, write):
+                async with ClientSession(read, write) as session:
+                    init = await session.initialize()
+                    assert init.server_info.name == "ai-cost-optimizer"
+                    tools = (await session.list_tools()).tools
+                    assert {t.name for t in tools} == {t["name"] for t in m["tools"]}
+                    # Empty keys count as unset: the budget default applies.
+                    r = await session.call_tool("query_usage", {})
+                    assert not r.is_error, r
+                    assert r.structured_content["budget"]["limit_usd"] == 100
+
+        asyncio.run(run())
