@@ -18,6 +18,11 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use schemars::JsonSchema;
 use serde::Serialize;
 
+mod analytics;
+pub use analytics::{
+    BANDS, BandStat, Breakdown, CallRow, DayProvider, Snapshot, SnapshotRequest, TokenMix,
+};
+
 /// Schema migrations, in order. Append only; never edit a released one.
 const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
 
