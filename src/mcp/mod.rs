@@ -13,7 +13,8 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, ProgressNotificationParam, ProtocolVersion,
+    CallToolResult, ContentBlock, Implementation, ListResourcesResult, PaginatedRequestParams,
+    ProgressNotificationParam, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
     ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
@@ -27,6 +28,8 @@ use crate::optimizer::{
     Recommendation, SetBudgetArgs, ToolError, UsageArgs, UsageReport,
 };
 use crate::providers::StreamSink;
+
+mod app;
 use crate::render;
 
 /// How often streamed progress is reported to a client that asked for it.
@@ -180,6 +183,7 @@ impl CostServer {
         name = "query_usage",
         description = "Spending report from the local ledger: total cost and calls in a period (last `days`, default 30, or `since` a date), savings against always-premium, breakdowns by model, provider and day (or tier/user via group_by), and the budget status with forecast.",
         output_schema = schema_for_output::<UsageReport>(),
+        meta = app::usage_tool_meta(),
         annotations(title = "Query usage and spending", read_only_hint = true, open_world_hint = false)
     )]
     async fn query_usage(
@@ -218,18 +222,39 @@ impl CostServer {
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for CostServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new(
-                env!("CARGO_PKG_NAME"),
-                env!("CARGO_PKG_VERSION"),
-            ))
-            .with_protocol_version(ProtocolVersion::V_2025_11_25)
-            .with_instructions(
-                "Cost-optimised LLM calls. Use get_recommendation to see which model a prompt \
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build(),
+        )
+        .with_server_info(Implementation::new(
+            env!("CARGO_PKG_NAME"),
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .with_protocol_version(ProtocolVersion::V_2025_11_25)
+        .with_instructions(
+            "Cost-optimised LLM calls. Use get_recommendation to see which model a prompt \
                  needs and what it would cost; complete_prompt to get an answer from the cheapest \
                  capable model with its real cost recorded; check_model_costs for prices; \
                  query_usage for spending and savings; set_budget to set a monthly limit.",
-            )
+        )
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        Ok(ListResourcesResult::with_all_items(vec![app::resource()]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        app::read(&self.core, &request.uri).map(Into::into)
     }
 }
 
