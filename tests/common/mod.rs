@@ -158,9 +158,8 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request<Body>) 
             aborted,
             sent,
         };
-        let stream = futures_util::stream::unfold(
-            (events, guard),
-            move |(mut q, mut g)| async move {
+        let stream =
+            futures_util::stream::unfold((events, guard), move |(mut q, mut g)| async move {
                 let next = q.pop_front()?;
                 g.sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::time::sleep(pause).await;
@@ -168,8 +167,7 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request<Body>) 
                     g.done = true;
                 }
                 Some((Ok::<_, std::io::Error>(next.into_bytes()), (q, g)))
-            },
-        );
+            });
         return resp.body(Body::from_stream(stream)).unwrap();
     }
     if reply.reset {
