@@ -2,18 +2,23 @@
 //! the dashboard show, computed by aggregate SQL.
 //!
 //! Why a rollup: a 1M-row ledger scanned once per breakdown (totals, model,
-//! provider, day, week, …) costs a full table scan each. Instead, one
-//! `GROUP BY` pass folds the period's rows into a small temporary table keyed
-//! by (day, user, provider, model, tier, band) — a few thousand rows at most
-//! for a month — and each breakdown is a second, tiny `GROUP BY` over it.
-//! All of it runs in one read transaction, so the numbers agree with each
-//! other even while calls are being recorded.
+//! provider, day, week, …) costs a full table scan each, and even one
+//! `GROUP BY` over a million rows takes seconds. So the ledger keeps
+//! `calls_daily` (migration 0003): the calls folded per day × user ×
+//! provider × model × tier × band, maintained by triggers in the same
+//! transaction as each write. A period's whole days come from it; only the
+//! partial days at its edges are aggregated from `calls`. The result goes
+//! into a small temporary table, and each breakdown is a tiny `GROUP BY`
+//! over that. All of it runs in one read transaction, so the numbers agree
+//! with each other even while calls are being recorded.
 
 use rusqlite::{Connection, params};
 use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::{Group, Ledger, LedgerError, Totals, read_totals, read_totals_at, to_usd};
+
+const DAY_MS: i64 = 86_400_000;
 
 /// A breakdown of the analytics snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,16 +238,24 @@ impl Ledger {
 }
 
 fn build_snapshot(conn: &Connection, req: &SnapshotRequest) -> rusqlite::Result<Snapshot> {
+    // Same columns, same order as calls_daily.
     conn.execute_batch(
-        "CREATE TEMP TABLE IF NOT EXISTS usage_rollup (
-            day INTEGER, user_id TEXT, provider TEXT, model TEXT, tier TEXT, band TEXT,
-            ok INTEGER, failed INTEGER, cost_nanos INTEGER, baseline_nanos INTEGER,
-            in_tokens INTEGER, out_tokens INTEGER, unpriced INTEGER,
-            ok_input INTEGER, ok_cache_read INTEGER, ok_cache_write INTEGER,
-            ok_output INTEGER, ok_reasoning INTEGER);
+        "CREATE TEMP TABLE IF NOT EXISTS usage_rollup AS SELECT * FROM main.calls_daily WHERE 0;
          DELETE FROM temp.usage_rollup;",
     )?;
     let user = req.user_id.as_deref();
+    // Whole days [first_full, end_full) come from calls_daily; the head
+    // [since, head_end) and tail [tail_start, until) from calls.
+    let (since, until) = (req.since_ms, req.until_ms.max(req.since_ms));
+    let first_full = since.div_euclid(DAY_MS) + i64::from(since.rem_euclid(DAY_MS) != 0);
+    let end_full = until.div_euclid(DAY_MS).max(first_full);
+    let head_end = until.min(first_full.saturating_mul(DAY_MS));
+    let tail_start = end_full.saturating_mul(DAY_MS).max(since);
+    conn.prepare_cached(
+        "INSERT INTO temp.usage_rollup SELECT * FROM calls_daily
+         WHERE day >= ?1 AND day < ?2 AND (?3 IS NULL OR user_id = ?3)",
+    )?
+    .execute(params![first_full, end_full, user])?;
     let fill = format!(
         "INSERT INTO temp.usage_rollup
          SELECT ts_ms / 86400000, user_id, provider, model, coalesce(tier, 'forced'), {BAND_SQL},
@@ -262,8 +275,14 @@ fn build_snapshot(conn: &Connection, req: &SnapshotRequest) -> rusqlite::Result<
          GROUP BY 1, 2, 3, 4, 5, 6",
         super::WHERE_RANGE
     );
-    conn.prepare_cached(&fill)?
-        .execute(params![req.since_ms, req.until_ms, user])?;
+    let mut stmt = conn.prepare_cached(&fill)?;
+    if since < head_end {
+        stmt.execute(params![since, head_end, user])?;
+    }
+    if tail_start < until {
+        stmt.execute(params![tail_start, until, user])?;
+    }
+    drop(stmt);
 
     let mut snap = Snapshot {
         totals: conn.query_row(
@@ -348,9 +367,23 @@ fn build_snapshot(conn: &Connection, req: &SnapshotRequest) -> rusqlite::Result<
             .collect::<rusqlite::Result<Vec<_>>>()?;
     }
 
-    if req.top_calls > 0 {
+    if req.top_calls > 0 && snap.totals.calls > 0 {
+        // When the period holds a good share of the ledger, walking the cost
+        // index from the top finds N of its calls after ~N/share rows; when
+        // it holds little, reading the period's rows and sorting is cheaper.
+        let rows_in_ledger: i64 = conn.query_row(
+            "SELECT coalesce(max(id) - min(id) + 1, 0) FROM calls",
+            [],
+            |r| r.get(0),
+        )?;
+        let share_large = (snap.totals.calls as i64).saturating_mul(20) >= rows_in_ledger;
+        let hint = if share_large {
+            "INDEXED BY calls_by_cost"
+        } else {
+            ""
+        };
         let sql = format!(
-            "SELECT {CALL_COLUMNS} FROM calls
+            "SELECT {CALL_COLUMNS} FROM calls {hint}
              WHERE outcome = 'ok' AND {} ORDER BY cost_nanos DESC, id DESC LIMIT ?4",
             super::WHERE_RANGE
         );
@@ -738,6 +771,96 @@ mod tests {
         assert_eq!(snap.group(Breakdown::Day).len(), 2);
         assert_eq!(snap.top_calls.len(), 3);
         assert_eq!(snap.top_calls[0].cost_usd, 0.2);
+    }
+
+    /// The rollup (whole days from calls_daily, edges from calls) agrees
+    /// with direct SQL over `calls` for periods cut anywhere in a day.
+    #[test]
+    fn partial_days_at_the_edges_match_direct_sql() {
+        let (_d, l) = seeded();
+        use crate::ledger::GroupBy;
+        let cuts = [
+            (0, MON + 60 * DAY),
+            (MON + 1500, MON + 7 * DAY + 3),
+            (MON + 1500, MON + 2500),
+            (MON + 2000, MON + 7 * DAY + 5),
+            (MON + 7 * DAY, MON + 8 * DAY),
+            (MON + 3 * DAY, MON + 4 * DAY),
+            (MON + DAY - 1, MON + 29 * DAY + 1),
+        ];
+        for (since, until) in cuts {
+            let mut req = all(vec![Breakdown::Model, Breakdown::User]);
+            req.since_ms = since;
+            req.until_ms = until;
+            let snap = l.snapshot(&req).unwrap();
+            assert_eq!(
+                snap.totals,
+                l.totals(None, since, until).unwrap(),
+                "{since}..{until}"
+            );
+            let mut direct = l.breakdown(GroupBy::Model, None, since, until).unwrap();
+            let mut got = snap.group(Breakdown::Model).to_vec();
+            direct.sort_by(|a, b| a.key.cmp(&b.key));
+            got.sort_by(|a, b| a.key.cmp(&b.key));
+            assert_eq!(got, direct, "{since}..{until}");
+            req.user_id = Some("bob".into());
+            let snap = l.snapshot(&req).unwrap();
+            assert_eq!(snap.totals, l.totals(Some("bob"), since, until).unwrap());
+        }
+    }
+
+    #[test]
+    fn retention_keeps_the_rollup_exact_and_updates_are_refused() {
+        let (_d, l) = seeded();
+        assert_eq!(l.prune(MON + 7 * DAY).unwrap(), 4);
+        let snap = l.snapshot(&all(vec![Breakdown::Day])).unwrap();
+        assert_eq!(snap.totals, l.totals(None, 0, MON + 60 * DAY).unwrap());
+        assert_eq!(snap.totals.calls, 3);
+        assert_eq!(snap.group(Breakdown::Day).len(), 2);
+        let conn = l.lock();
+        let empty: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM calls_daily WHERE ok = 0 AND failed = 0",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(empty, 0, "no keys left without calls");
+        let err = conn
+            .execute("UPDATE calls SET cost_nanos = 1", [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("append-only"), "{err}");
+    }
+
+    /// A ledger written before migration 0003 gets its rollup backfilled.
+    #[test]
+    fn migration_backfills_existing_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite3");
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(include_str!("migrations/0001_init.sql"))
+                .unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            for (i, cost) in [10_i64, 20, 30].iter().enumerate() {
+                conn.execute(
+                    "INSERT INTO calls (ts_ms, user_id, request_id, attempt, provider, model,
+                        tier, score, cost_nanos, cost_source, baseline_cost_nanos, latency_ms,
+                        outcome, prompt_sha256)
+                     VALUES (?1, 'u', 'r', 1, 'p', 'm', 'cheap', 0.4, ?2, 'catalog', 100, 1,
+                        'ok', 'x')",
+                    params![MON + i as i64 * DAY, cost],
+                )
+                .unwrap();
+            }
+        }
+        let l = Ledger::open(&path).unwrap();
+        let snap = l.snapshot(&all(vec![Breakdown::Band])).unwrap();
+        assert_eq!(snap.totals.calls, 3);
+        assert_eq!(snap.totals.cost_usd, 60e-9);
+        assert_eq!(snap.bands[0].band, "0.25-0.50");
+        assert_eq!(snap.bands[0].avg_cost_usd, 20e-9);
     }
 
     #[test]

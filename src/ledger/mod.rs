@@ -24,7 +24,10 @@ pub use analytics::{
 };
 
 /// Schema migrations, in order. Append only; never edit a released one.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0003_analytics_indexes.sql"),
+];
 
 /// How long a write waits for another process's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
