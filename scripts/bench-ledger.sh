@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Ledger analytics on a big ledger: seeds ROWS calls (default 1,000,000) over
-# the last 30 days with one INSERT … SELECT over a recursive CTE, then times
+# the last 30 days with one INSERT … SELECT over a recursive CTE (in time
+# order, as the program writes them), then times
 # `usage --json`, `usage --group-by band --json` and `dashboard` (each the
 # median of RUNS runs of the real binary, process start included) beside
 # baselines measured in the same run: `doctor` (process start + ledger open +
@@ -42,7 +43,8 @@ with con:
       (6, 'gemini', 'gemini/gemini-3-flash-preview', 'medium', 500, 3000),
       (7, 'anthropic', 'anthropic/claude-sonnet-4-6', 'premium', 3000, 15000),
       (8, 'openrouter', 'openrouter/anthropic/claude-sonnet-4.6', 'premium', 3000, 15000)),
-    r AS (SELECT i, {now} - 1000 - abs(random()) % {span} AS ts, abs(random()) % 9 AS k,
+    -- MATERIALIZED: each row's random() values are drawn once, not per use.
+    r AS MATERIALIZED (SELECT i, {now} - 1000 - abs(random()) % {span} AS ts, abs(random()) % 9 AS k,
              abs(random()) % 4000 + 50 AS tin, abs(random()) % 1500 + 20 AS tout,
              (abs(random()) % 10000) / 10000.0 AS score, abs(random()) % 100 AS fate FROM n)
     INSERT INTO calls (ts_ms, user_id, request_id, attempt, provider, model, tier, score,
@@ -55,7 +57,7 @@ with con:
         CASE WHEN fate < 3 THEN NULL ELSE tin * 3000 + tout * 15000 END,
         abs(random()) % 5000, CASE WHEN fate < 3 THEN 'error' ELSE 'ok' END,
         CASE WHEN fate < 3 THEN 'timeout' END, hex(randomblob(32))
-    FROM r JOIN m USING (k)""")
+    FROM r JOIN m USING (k) ORDER BY ts""")
 seed_s = time.perf_counter() - t0
 con.execute("ANALYZE")
 con.close()

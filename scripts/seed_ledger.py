@@ -71,9 +71,9 @@ def rows(n, days, now_ms, seed):
             tier, forced = None, "model"
         model = pick(rng, by_tier[tier] if tier else MODELS)
         mid, provider, _, pin, pout, _ = model
-        inp = int(rng.lognormvariate(math.log(600 + 2400 * score), 0.7))
+        inp = int(rng.lognormvariate(math.log(1500 + 9000 * score), 0.7))
         cached = int(inp * rng.choice([0, 0, 0, 0.3, 0.6])) if provider in ("anthropic", "deepseek") else 0
-        out = int(rng.lognormvariate(math.log(150 + 900 * score), 0.6))
+        out = int(rng.lognormvariate(math.log(250 + 1800 * score), 0.6))
         reasoning = int(out * 0.3) if "pro" in mid or "gpt-oss" in mid else 0
         user = pick(rng, USERS)[0]
         req = hashlib.md5(f"{seed}-{i}".encode()).hexdigest()
@@ -107,7 +107,8 @@ def main():
     con.execute("PRAGMA synchronous=OFF")
     t0 = time.time()
     with con:
-        con.executemany(SQL, rows(a.rows, a.days, now_ms, a.seed))
+        # In time order, as a real ledger is written.
+        con.executemany(SQL, sorted(rows(a.rows, a.days, now_ms, a.seed), key=lambda r: r[0]))
     con.close()
     print(f"seeded {a.rows} rows over {a.days} days in {time.time() - t0:.1f}s")
 

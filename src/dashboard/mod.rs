@@ -418,7 +418,10 @@ fn models_card(h: &mut String, snap: &Snapshot) {
     let rest: Vec<_> = models.iter().skip(8).collect();
     let rest_cost: f64 = rest.iter().map(|g| g.totals.cost_usd).sum();
     let rest_calls: u64 = rest.iter().map(|g| g.totals.calls).sum();
-    let rest_label = format!("{} other models", rest.len());
+    let rest_label = match rest.len() {
+        1 => "1 other model".to_string(),
+        n => format!("{n} other models"),
+    };
     if !rest.is_empty() {
         rows.push(svg::HBar {
             label: &rest_label,
@@ -550,7 +553,7 @@ fn budget_card(h: &mut String, b: &Result<BudgetStatus, String>) {
             };
             let _ = write!(
                 h,
-                r#"<span class="hint">{} · {} · mode {}</span></div>
+                r#"<span class="hint">user {} · {} · mode {}</span></div>
 <div class="budget-nums"><span class="big" id="budget-spent">{}</span> of <b>{}</b> this month <span class="pill {}">{:.1}%</span></div>
 {}<div class="marks">"#,
                 esc(&b.user_id),
@@ -695,11 +698,12 @@ svg rect.seg{transition:opacity .15s}svg rect.seg:hover{opacity:.8}
 .legend{display:flex;flex-wrap:wrap;gap:8px 18px;margin-top:8px;font-size:12px;color:var(--muted)}
 .legend b{color:var(--text);font-weight:600}
 .key i,.dot{display:inline-block;width:10px;height:10px;border-radius:3px;margin-right:6px;vertical-align:-1px}
-.hbars{display:flex;flex-direction:column;gap:9px}
-.hbar{display:grid;grid-template-columns:minmax(120px,34%) 1fr auto;align-items:center;gap:10px}
-.hbar-label{font-size:12.5px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
-.hbar-track{width:100%;height:12px;background:var(--track);border-radius:3px}
-.hbar-value{font-size:12px;color:var(--muted);font-variant-numeric:tabular-nums;white-space:nowrap}
+.hbars{display:flex;flex-direction:column;gap:10px}
+.hbar{display:grid;grid-template-columns:1fr auto;grid-template-areas:"label value" "bar bar";align-items:baseline;gap:3px 10px}
+.hbar-label{grid-area:label;font-size:12.5px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
+.hbar-track{grid-area:bar;width:100%;height:10px;background:var(--track);border-radius:3px}
+.hbar-value{grid-area:value;text-align:right;font-size:12px;color:var(--muted);font-variant-numeric:tabular-nums;white-space:nowrap}
+.hbars.bands .hbar{grid-template-columns:110px 1fr minmax(230px,auto);grid-template-areas:"label bar value";align-items:center}
 .donut-wrap{display:grid;grid-template-columns:200px 1fr;gap:18px;align-items:center}
 svg.donut{max-width:200px}
 svg .donut-ring{stroke:var(--track)}
