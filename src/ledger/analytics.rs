@@ -247,8 +247,27 @@ fn build_snapshot(conn: &Connection, req: &SnapshotRequest) -> rusqlite::Result<
     // Whole days [first_full, end_full) come from calls_daily; the head
     // [since, head_end) and tail [tail_start, until) from calls.
     let (since, until) = (req.since_ms, req.until_ms.max(req.since_ms));
-    let first_full = since.div_euclid(DAY_MS) + i64::from(since.rem_euclid(DAY_MS) != 0);
-    let end_full = until.div_euclid(DAY_MS).max(first_full);
+    // A partial day is whole as far as the data goes when the period's edge
+    // lies beyond the first or last call: "the last 30 days" usually ends
+    // now, after every call, so today comes from calls_daily too.
+    let (first_ts, last_ts): (Option<i64>, Option<i64>) = conn.query_row(
+        "SELECT (SELECT min(ts_ms) FROM calls), (SELECT max(ts_ms) FROM calls)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let head_is_whole = first_ts.is_none_or(|t| since <= t);
+    let tail_is_whole = last_ts.is_none_or(|t| until > t);
+    let first_full = if head_is_whole {
+        since.div_euclid(DAY_MS)
+    } else {
+        since.div_euclid(DAY_MS) + i64::from(since.rem_euclid(DAY_MS) != 0)
+    };
+    let end_full = if tail_is_whole {
+        until.div_euclid(DAY_MS) + i64::from(until.rem_euclid(DAY_MS) != 0)
+    } else {
+        until.div_euclid(DAY_MS)
+    }
+    .max(first_full);
     let head_end = until.min(first_full.saturating_mul(DAY_MS));
     let tail_start = end_full.saturating_mul(DAY_MS).max(since);
     conn.prepare_cached(
@@ -371,8 +390,10 @@ fn build_snapshot(conn: &Connection, req: &SnapshotRequest) -> rusqlite::Result<
         // When the period holds a good share of the ledger, walking the cost
         // index from the top finds N of its calls after ~N/share rows; when
         // it holds little, reading the period's rows and sorting is cheaper.
+        // Two subqueries: SQLite answers a lone min() or max() from the
+        // rowid in O(1), but not both in one SELECT.
         let rows_in_ledger: i64 = conn.query_row(
-            "SELECT coalesce(max(id) - min(id) + 1, 0) FROM calls",
+            "SELECT coalesce((SELECT max(id) FROM calls) - (SELECT min(id) FROM calls) + 1, 0)",
             [],
             |r| r.get(0),
         )?;
@@ -787,6 +808,10 @@ mod tests {
             (MON + 7 * DAY, MON + 8 * DAY),
             (MON + 3 * DAY, MON + 4 * DAY),
             (MON + DAY - 1, MON + 29 * DAY + 1),
+            // Edges beyond the first / last call: partial days read whole.
+            (MON + 500, MON + 29 * DAY + 1),
+            (MON + 500, MON + 2500),
+            (MON + 29 * DAY - 5, MON + 30 * DAY - 1),
         ];
         for (since, until) in cuts {
             let mut req = all(vec![Breakdown::Model, Breakdown::User]);
