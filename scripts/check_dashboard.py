@@ -78,7 +78,7 @@ def usd(v):
         return f"${v:.6f}"
     if a < 1:
         return f"${v:.4f}"
-    return f"${v:.2f}"
+    return f"${v:,.2f}"
 
 
 def main():
@@ -130,7 +130,7 @@ def main():
     check(total and abs(float(total[0]["data-usd"]) - cost) < 1e-9, "spend data attribute equals the ledger")
     check(dom.text.get("total-cost", "").strip() == usd(cost),
           f"spend shown {dom.text.get('total-cost', '').strip()!r} = {usd(cost)!r}")
-    check(dom.text.get("total-calls", "").strip() == str(calls), f"calls shown = {calls}")
+    check(dom.text.get("total-calls", "").strip() == f"{calls:,}", f"calls shown = {calls:,}")
     m_bars = len(dom.find("rect", "hbar-fill"))
     band_bars = con.execute(
         f"SELECT count(DISTINCT CASE WHEN score IS NULL THEN 9 ELSE min(3, CAST(score*4 AS INT)) END) FROM calls WHERE {rng}",

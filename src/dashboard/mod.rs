@@ -215,6 +215,42 @@ fn short_time(ms: i64) -> String {
     }
 }
 
+/// [`usd`] with thousands separators (`$12,345.67`): dashboards show
+/// big ledgers too.
+pub fn money(v: f64) -> String {
+    let s = usd(v);
+    let Some(rest) = s.strip_prefix('$') else {
+        return s;
+    };
+    let (int, frac) = rest.split_once('.').unwrap_or((rest, ""));
+    let (sign, digits) = match int.strip_prefix('-') {
+        Some(d) => ("-", d),
+        None => ("", int),
+    };
+    let grouped = group(digits);
+    if frac.is_empty() {
+        format!("${sign}{grouped}")
+    } else {
+        format!("${sign}{grouped}.{frac}")
+    }
+}
+
+/// A count with thousands separators.
+pub fn count(n: u64) -> String {
+    group(&n.to_string())
+}
+
+fn group(digits: &str) -> String {
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn pct(part: f64, whole: f64) -> f64 {
     if whole > 0.0 {
         part / whole * 100.0
@@ -261,23 +297,23 @@ pub fn render(d: &DashboardData) -> String {
 <div class="card kpi"><div class="kpi-label">Average per call</div><div class="kpi-value" id="avg-cost" data-usd="{}">{}</div><div class="kpi-note">across {} models</div></div>
 </section>"#,
         t.cost_usd,
-        usd(t.cost_usd),
+        money(t.cost_usd),
         compact(t.input_tokens),
         compact(t.output_tokens),
         t.calls,
-        t.calls,
-        t.failed_attempts,
+        count(t.calls),
+        count(t.failed_attempts),
         if t.unpriced_calls > 0 {
             format!(" · ⚠ {} unpriced", t.unpriced_calls)
         } else {
             String::new()
         },
         saved,
-        usd(saved),
+        money(saved),
         pct(saved, t.baseline_cost_usd),
-        usd(t.baseline_cost_usd),
+        money(t.baseline_cost_usd),
         avg,
-        usd(avg),
+        money(avg),
         snap.group(Breakdown::Model).len()
     );
 
@@ -335,6 +371,20 @@ fn compact(n: u64) -> String {
     }
 }
 
+/// Providers by total spend, largest first: the stacking order of the cost
+/// chart and the colour of each provider everywhere on the page.
+fn provider_order(snap: &Snapshot) -> Vec<(String, f64)> {
+    let mut providers: Vec<(String, f64)> = Vec::new();
+    for dp in &snap.day_provider {
+        match providers.iter_mut().find(|(p, _)| *p == dp.provider) {
+            Some(p) => p.1 += dp.cost_usd,
+            None => providers.push((dp.provider.clone(), dp.cost_usd)),
+        }
+    }
+    providers.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    providers
+}
+
 fn cost_chart(h: &mut String, d: &DashboardData) {
     let snap = &d.snapshot;
     let first_day = d.since_ms.div_euclid(DAY_MS);
@@ -344,15 +394,8 @@ fn cost_chart(h: &mut String, d: &DashboardData) {
             l.get(5..).unwrap_or(&l).to_string()
         })
         .collect();
-    // Providers by total spend, so the biggest sits at the bottom of each stack.
-    let mut providers: Vec<(String, f64)> = Vec::new();
-    for dp in &snap.day_provider {
-        match providers.iter_mut().find(|(p, _)| *p == dp.provider) {
-            Some(p) => p.1 += dp.cost_usd,
-            None => providers.push((dp.provider.clone(), dp.cost_usd)),
-        }
-    }
-    providers.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    // The biggest provider sits at the bottom of each stack.
+    let providers = provider_order(snap);
     let series = |name: &str| providers.iter().position(|(p, _)| p == name).unwrap_or(0);
     let mut segs: Vec<svg::Segment<'_>> = snap
         .day_provider
@@ -372,7 +415,7 @@ fn cost_chart(h: &mut String, d: &DashboardData) {
                     "{} · {}: {} ({} calls)",
                     dp.day,
                     dp.provider,
-                    usd(dp.cost_usd),
+                    money(dp.cost_usd),
                     dp.calls
                 ),
             })
@@ -390,7 +433,7 @@ fn cost_chart(h: &mut String, d: &DashboardData) {
             r#"<span class="key"><i style="background:{}"></i>{} <b>{}</b></span>"#,
             svg::colour(i),
             esc(p),
-            usd(*v)
+            money(*v)
         );
     }
     h.push_str("</div></section>");
@@ -399,20 +442,28 @@ fn cost_chart(h: &mut String, d: &DashboardData) {
 fn models_card(h: &mut String, snap: &Snapshot) {
     let models = snap.group(Breakdown::Model);
     let total = snap.totals.cost_usd;
+    // A model's bar takes its provider's colour from the cost chart.
+    let providers = provider_order(snap);
+    let colour_of = |model: &str| {
+        let provider = model.split_once('/').map_or(model, |(p, _)| p);
+        providers
+            .iter()
+            .position(|(p, _)| p == provider)
+            .map_or("#94a3b8", svg::colour)
+    };
     let mut rows: Vec<svg::HBar<'_>> = models
         .iter()
         .take(8)
-        .enumerate()
-        .map(|(i, g)| svg::HBar {
+        .map(|g| svg::HBar {
             label: &g.key,
             value: g.totals.cost_usd,
             value_text: format!(
                 "{} · {} calls · {:.0}%",
-                usd(g.totals.cost_usd),
-                g.totals.calls,
+                money(g.totals.cost_usd),
+                count(g.totals.calls),
                 pct(g.totals.cost_usd, total)
             ),
-            colour: svg::colour(i),
+            colour: colour_of(&g.key),
         })
         .collect();
     let rest: Vec<_> = models.iter().skip(8).collect();
@@ -426,7 +477,7 @@ fn models_card(h: &mut String, snap: &Snapshot) {
         rows.push(svg::HBar {
             label: &rest_label,
             value: rest_cost,
-            value_text: format!("{} · {} calls", usd(rest_cost), rest_calls),
+            value_text: format!("{} · {} calls", money(rest_cost), count(rest_calls)),
             colour: "#94a3b8",
         });
     }
@@ -473,9 +524,9 @@ fn tiers_card(h: &mut String, snap: &Snapshot) {
             r#"<tr><td><i class="dot" style="background:{}"></i>{}</td><td>{}</td><td>{:.0}%</td><td>{}</td></tr>"#,
             tier_colour(&g.key),
             esc(&g.key),
-            g.totals.calls,
+            count(g.totals.calls),
             pct(g.totals.calls as f64, total_calls as f64),
-            usd(g.totals.cost_usd)
+            money(g.totals.cost_usd)
         );
     }
     h.push_str("</tbody></table></div></div>");
@@ -516,12 +567,12 @@ fn savings_card(h: &mut String, d: &DashboardData) {
 <div class="compare"><div class="cmp-row"><span>You paid</span><div class="cmp-track"><div class="cmp-fill paid" id="paid-bar" style="width:{:.2}%"></div></div><b>{}</b></div>
 <div class="cmp-row"><span>Baseline</span><div class="cmp-track"><div class="cmp-fill base" id="baseline-bar" style="width:{:.2}%"></div></div><b id="baseline-cost">{}</b></div></div>
 <p class="hint">The same successful calls, had every one gone to the baseline model. Other baselines are priced from the period's token totals.</p></div>"#,
-        usd(saved),
+        money(saved),
         pct(saved, base),
         w(paid),
-        usd(paid),
+        money(paid),
         w(base),
-        usd(base)
+        money(base)
     );
 }
 
@@ -563,8 +614,8 @@ fn budget_card(h: &mut String, b: &Result<BudgetStatus, String>) {
                     "monthly"
                 },
                 esc(b.mode.as_str()),
-                usd(b.spent_usd),
-                usd(b.limit_usd),
+                money(b.spent_usd),
+                money(b.limit_usd),
                 if frac >= 1.0 {
                     "bad"
                 } else if b.crossed_thresholds.is_empty() {
@@ -586,10 +637,10 @@ fn budget_card(h: &mut String, b: &Result<BudgetStatus, String>) {
             let _ = write!(
                 h,
                 r#"</div><ul class="facts"><li><span>Remaining</span><b>{}</b></li><li><span>Held by calls in flight</span><b>{}</b></li><li><span>Forecast at month end</span><b class="{}">{}</b></li><li><span>Next alert</span><b>{}</b></li></ul></div>"#,
-                usd(b.remaining_usd),
-                usd(b.reserved_usd),
+                money(b.remaining_usd),
+                money(b.reserved_usd),
                 if forecast > 1.0 { "bad-text" } else { "" },
-                usd(b.forecast_usd),
+                money(b.forecast_usd),
                 b.next_threshold
                     .map(|t| format!("{:.0}%", t * 100.0))
                     .unwrap_or_else(|| "none left".into())
@@ -609,7 +660,11 @@ fn bands_card(h: &mut String, snap: &Snapshot) {
         .map(|(i, b)| svg::HBar {
             label: &b.band,
             value: b.avg_cost_usd,
-            value_text: format!("{} per call · {} calls", usd(b.avg_cost_usd), b.calls),
+            value_text: format!(
+                "{} per call · {} calls",
+                money(b.avg_cost_usd),
+                count(b.calls)
+            ),
             colour: ["#10b981", "#06b6d4", "#6366f1", "#f59e0b", "#94a3b8"][i.min(4)],
         })
         .collect();
@@ -630,7 +685,7 @@ fn calls_table(h: &mut String, title: &str, id: &str, rows: &[CallRow], hint: &s
     for c in rows {
         let saved = c
             .baseline_cost_usd
-            .map(|b| usd((b - c.cost_usd).max(0.0)))
+            .map(|b| money((b - c.cost_usd).max(0.0)))
             .unwrap_or_else(|| "–".into());
         let _ = write!(
             h,
@@ -644,7 +699,7 @@ fn calls_table(h: &mut String, title: &str, id: &str, rows: &[CallRow], hint: &s
                 .unwrap_or_else(|| "–".into()),
             compact(c.input_tokens),
             compact(c.output_tokens),
-            usd(c.cost_usd),
+            money(c.cost_usd),
             saved,
             c.latency_ms,
             if c.outcome == "ok" { "good" } else { "bad" },
@@ -656,16 +711,16 @@ fn calls_table(h: &mut String, title: &str, id: &str, rows: &[CallRow], hint: &s
 
 /// The baseline picker: swaps the savings numbers for the chosen model.
 /// `#baseline=N` in the URL preselects option N (links, and the browser test).
-/// Formatting mirrors `render::usd`.
+/// Formatting mirrors [`money`].
 const JS: &str = r#"(function(){
 var sel=document.getElementById('baseline-select');if(!sel)return;
 var card=document.getElementById('savings');var paid=parseFloat(card.dataset.paid)||0;
-function usd(v){var a=Math.abs(v);if(a===0)return '$0';if(a<0.01)return '$'+v.toFixed(6);if(a<1)return '$'+v.toFixed(4);return '$'+v.toFixed(2);}
+function money(v){var a=Math.abs(v);if(a===0)return '$0';if(a<0.01)return '$'+v.toFixed(6);if(a<1)return '$'+v.toFixed(4);return '$'+v.toFixed(2);}
 function update(){var base=parseFloat(sel.options[sel.selectedIndex].dataset.cost)||0;
 var saved=Math.max(0,base-paid);var max=Math.max(paid,base);
-document.getElementById('savings-amount').textContent=usd(saved);
+document.getElementById('savings-amount').textContent=money(saved);
 document.getElementById('savings-pct').textContent=(base>0?Math.round(saved/base*100):0)+'%';
-document.getElementById('baseline-cost').textContent=usd(base);
+document.getElementById('baseline-cost').textContent=money(base);
 document.getElementById('paid-bar').style.width=(max>0?paid/max*100:0)+'%';
 document.getElementById('baseline-bar').style.width=(max>0?base/max*100:0)+'%';}
 sel.addEventListener('change',update);
@@ -751,6 +806,17 @@ footer{color:var(--muted);font-size:12px;text-align:center;margin-top:8px}
 mod tests {
     use super::*;
     use crate::ledger::{Group, Totals};
+
+    #[test]
+    fn money_and_counts_group_thousands() {
+        assert_eq!(money(0.0), "$0");
+        assert_eq!(money(0.0042), "$0.004200");
+        assert_eq!(money(999.5), "$999.50");
+        assert_eq!(money(5712.842), "$5,712.84");
+        assert_eq!(money(1_234_567.0), "$1,234,567.00");
+        assert_eq!(count(968_641), "968,641");
+        assert_eq!(count(12), "12");
+    }
 
     #[test]
     fn esc_covers_html_specials() {

@@ -201,7 +201,9 @@ pub fn donut(slices: &[(String, f64, &str)], centre_big: &str, centre_small: &st
     }
     let _ = write!(
         s,
-        r#"<text class="donut-big" x="21" y="21.5" text-anchor="middle">{}</text><text class="donut-small" x="21" y="26" text-anchor="middle">{}</text></svg>"#,
+        r#"<text class="donut-big" x="21" y="21.5" text-anchor="middle" style="font-size:{:.2}px">{}</text><text class="donut-small" x="21" y="26" text-anchor="middle">{}</text></svg>"#,
+        // The hole is ~21 units wide: shrink long numbers to fit it.
+        (19.0 / centre_big.chars().count().max(1) as f64 * 1.6).min(7.0),
         esc(centre_big),
         esc(centre_small)
     );
