@@ -69,11 +69,26 @@ pub enum Command {
         /// Only this user.
         #[arg(long)]
         user: Option<String>,
-        /// Breakdown: model, provider, day, tier or user.
+        /// Breakdown: model, provider, day, week, month, tier, user or band.
         #[arg(long)]
         group_by: Option<String>,
         #[command(flatten)]
         out: Output,
+    },
+    /// Write a self-contained HTML usage dashboard and print its path.
+    Dashboard {
+        /// Where to write it (default: <data dir>/dashboard.html).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Open it in the default browser.
+        #[arg(long)]
+        open: bool,
+        /// Days to show, today included (1-3650).
+        #[arg(long, default_value_t = 30, allow_negative_numbers = true)]
+        days: i64,
+        /// Only this user's calls (and their budget).
+        #[arg(long)]
+        user: Option<String>,
     },
     /// Show the budget, or set it with --set.
     Budget {
@@ -401,6 +416,24 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
             );
             core.flush_alerts().await;
             r
+        }
+        Command::Dashboard {
+            out,
+            open,
+            days,
+            user,
+        } => {
+            let opts = crate::dashboard::DashboardOptions {
+                days,
+                user_id: user,
+            };
+            let now = crate::optimizer::system_clock()();
+            let path = crate::dashboard::write(&core, &opts, out.as_deref(), now)?;
+            println!("{}", path.display());
+            if open && let Err(e) = crate::dashboard::open_in_browser(&path) {
+                eprintln!("could not open a browser ({e}); open the file above yourself");
+            }
+            Ok(())
         }
         Command::Doctor { out } => emit(&out, Ok(core.doctor()), render::doctor),
         Command::Retention { older_than_days } => {

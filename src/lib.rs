@@ -15,11 +15,13 @@
 //! - [`budget`]: periods, limits, thresholds and the refusal of calls that would
 //!   overspend.
 //! - [`config`]: every setting in one place (env vars, the TOML file, defaults).
+//! - [`dashboard`]: the self-contained HTML usage dashboard (inline SVG charts).
 //! - [`secrets`]: API keys, and the redaction that keeps them out of every output.
 
 pub mod budget;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod install;
 pub mod ledger;
 pub mod logging;

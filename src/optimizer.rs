@@ -14,7 +14,8 @@ use crate::budget::alerts::{BudgetAlert, Webhook, WebhookFormat};
 use crate::budget::{self, Budget, BudgetMode, BudgetStatus, DEFAULT_USER};
 use crate::config::{MAX_OUTPUT_TOKENS, MAX_PROMPT_BYTES, Settings};
 use crate::ledger::{
-    CallRecord, GLOBAL_SCOPE, Group, GroupBy, Ledger, LimitCheck, Totals, to_nanos, to_usd,
+    BandStat, Breakdown, CallRecord, CallRow, GLOBAL_SCOPE, Group, Ledger, LimitCheck,
+    SnapshotRequest, Totals, to_nanos, to_usd,
 };
 use crate::pricing::{Catalog, CostSource};
 use crate::providers::health::Breakers;
@@ -149,10 +150,10 @@ pub struct UsageArgs {
     /// user's or "default").
     #[serde(default)]
     pub user_id: Option<String>,
-    /// Breakdown to include: model, provider, day, tier or user (default:
-    /// model, provider and day).
+    /// Breakdown to include: model, provider, day, week, month, tier, user
+    /// or band (complexity band; default: model, provider and day).
     #[serde(default)]
-    #[schemars(extend("enum" = ["model", "provider", "day", "tier", "user"]))]
+    #[schemars(extend("enum" = ["model", "provider", "day", "week", "month", "tier", "user", "band"]))]
     pub group_by: Option<String>,
 }
 
@@ -425,6 +426,17 @@ pub struct UsageReport {
     pub by_tier: Vec<Group>,
     /// Per user (when asked).
     pub by_user: Vec<Group>,
+    /// Per UTC week, keyed by its Monday (when asked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_week: Vec<Group>,
+    /// Per UTC month (when asked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_month: Vec<Group>,
+    /// Average cost per call per complexity band (when asked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_band: Vec<BandStat>,
+    /// The most expensive successful calls of the period, most expensive first.
+    pub top_calls: Vec<CallRow>,
     /// The budget of the user (or "default").
     pub budget: BudgetStatus,
     /// The global budget, if one is set.
@@ -1488,22 +1500,25 @@ impl Optimizer {
             Some(u) => Some(validate_user(Some(u))?),
             None => None,
         };
-        let groups: Vec<GroupBy> = match args
+        let groups: Vec<Breakdown> = match args
             .group_by
             .as_deref()
             .map(str::trim)
             .filter(|s| !s.is_empty())
         {
-            None => vec![GroupBy::Model, GroupBy::Provider, GroupBy::Day],
+            None => vec![Breakdown::Model, Breakdown::Provider, Breakdown::Day],
             Some(g) => vec![match g.to_ascii_lowercase().as_str() {
-                "model" => GroupBy::Model,
-                "provider" => GroupBy::Provider,
-                "day" => GroupBy::Day,
-                "tier" => GroupBy::Tier,
-                "user" => GroupBy::User,
+                "model" => Breakdown::Model,
+                "provider" => Breakdown::Provider,
+                "day" => Breakdown::Day,
+                "week" => Breakdown::Week,
+                "month" => Breakdown::Month,
+                "tier" => Breakdown::Tier,
+                "user" => Breakdown::User,
+                "band" => Breakdown::Band,
                 other => {
                     return Err(invalid(format!(
-                        "group_by: {other:?} is not one of model, provider, day, tier, user"
+                        "group_by: {other:?} is not one of model, provider, day, week, month, tier, user, band"
                     )));
                 }
             }],
@@ -1511,7 +1526,19 @@ impl Optimizer {
         let ledger = self.ledger()?;
         let until = now + 1;
         let led = |e: crate::ledger::LedgerError| ToolError::Ledger(e.to_string());
-        let totals = ledger.totals(user.as_deref(), since, until).map_err(led)?;
+        // One consistent read; every breakdown is aggregate SQL over it.
+        let snap = ledger
+            .snapshot(&SnapshotRequest {
+                user_id: user.clone(),
+                since_ms: since,
+                until_ms: until,
+                breakdowns: groups,
+                day_provider: false,
+                top_calls: 5,
+                recent: 0,
+            })
+            .map_err(led)?;
+        let totals = snap.totals.clone();
         let mut report = UsageReport {
             since: budget::rfc3339(since),
             until: budget::rfc3339(now),
@@ -1531,19 +1558,24 @@ impl Optimizer {
             by_day: Vec::new(),
             by_tier: Vec::new(),
             by_user: Vec::new(),
+            by_week: Vec::new(),
+            by_month: Vec::new(),
+            by_band: snap.bands,
+            top_calls: snap.top_calls,
             budget: self.budget_status(user.as_deref().unwrap_or(DEFAULT_USER))?,
             global_budget: self.global_budget_status()?,
         };
-        for g in groups {
-            let rows = ledger
-                .breakdown(g, user.as_deref(), since, until)
-                .map_err(led)?;
+        for (g, rows) in snap.groups {
             match g {
-                GroupBy::Model => report.by_model = rows,
-                GroupBy::Provider => report.by_provider = rows,
-                GroupBy::Day => report.by_day = rows,
-                GroupBy::Tier => report.by_tier = rows,
-                GroupBy::User => report.by_user = rows,
+                Breakdown::Model => report.by_model = rows,
+                Breakdown::Provider => report.by_provider = rows,
+                Breakdown::Day => report.by_day = rows,
+                Breakdown::Week => report.by_week = rows,
+                Breakdown::Month => report.by_month = rows,
+                Breakdown::Tier => report.by_tier = rows,
+                Breakdown::User => report.by_user = rows,
+                // Band rows carry the average per call; `by_band` has them.
+                Breakdown::Band => {}
             }
         }
         Ok(report)

@@ -312,6 +312,41 @@ pub fn usage(u: &UsageReport) -> String {
     s.push_str(&group_table("day", &u.by_day));
     s.push_str(&group_table("tier", &u.by_tier));
     s.push_str(&group_table("user", &u.by_user));
+    s.push_str(&group_table("week", &u.by_week));
+    s.push_str(&group_table("month", &u.by_month));
+    if !u.by_band.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n**By complexity band**\n\n| band | calls | cost | per call |\n|---|---|---|---|"
+        );
+        for b in &u.by_band {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                b.band,
+                b.calls,
+                usd(b.cost_usd),
+                usd(b.avg_cost_usd)
+            );
+        }
+    }
+    if !u.top_calls.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n**Most expensive calls**\n\n| when (UTC) | model | user | cost |\n|---|---|---|---|"
+        );
+        for c in &u.top_calls {
+            let when = crate::budget::rfc3339(c.ts_ms);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                when.get(..16).unwrap_or(&when).replace('T', " "),
+                c.model,
+                c.user_id,
+                usd(c.cost_usd)
+            );
+        }
+    }
     let _ = writeln!(s, "\n{}", budget_line(&u.budget));
     if let Some(g) = &u.global_budget {
         let _ = writeln!(s, "{}", budget_line(g));

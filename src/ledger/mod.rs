@@ -18,10 +18,16 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use schemars::JsonSchema;
 use serde::Serialize;
 
+mod analytics;
+pub use analytics::{
+    BANDS, BandStat, Breakdown, CallRow, DayProvider, Snapshot, SnapshotRequest, TokenMix,
+};
+
 /// Schema migrations, in order. Append only; never edit a released one.
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_budget_scopes_and_alerts.sql"),
+    include_str!("migrations/0003_analytics_indexes.sql"),
 ];
 
 /// The scope of the global budget, which caps every user together.

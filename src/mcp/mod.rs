@@ -14,9 +14,10 @@ use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
 #[allow(deprecated)]
 use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, LoggingLevel, LoggingMessageNotificationParam,
-    ProgressNotificationParam, ProtocolVersion, ServerCapabilities, ServerConfig,
-    SetLevelRequestParams,
+    CallToolResult, ContentBlock, Implementation, ListResourcesResult, LoggingLevel,
+    LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam,
+    ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
+    ServerConfig, SetLevelRequestParams,
 };
 use rmcp::service::RequestContext;
 use rmcp::{
@@ -29,6 +30,8 @@ use crate::optimizer::{
     Recommendation, SetBudgetArgs, ToolError, UsageArgs, UsageReport,
 };
 use crate::providers::StreamSink;
+
+mod app;
 use crate::render;
 
 /// How often streamed progress is reported to a client that asked for it.
@@ -208,6 +211,7 @@ impl CostServer {
         name = "query_usage",
         description = "Spending report from the local ledger: total cost and calls in a period (last `days`, default 30, or `since` a date), savings against always-premium, breakdowns by model, provider and day (or tier/user via group_by), and the budget status with forecast.",
         output_schema = schema_for_output::<UsageReport>(),
+        meta = app::usage_tool_meta(),
         annotations(title = "Query usage and spending", read_only_hint = true, open_world_hint = false)
     )]
     async fn query_usage(
@@ -268,6 +272,7 @@ impl ServerHandler for CostServer {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_logging()
+                .enable_resources()
                 .build(),
         )
         .with_server_info(Implementation::new(
@@ -281,6 +286,22 @@ impl ServerHandler for CostServer {
                  capable model with its real cost recorded; check_model_costs for prices; \
                  query_usage for spending and savings; set_budget to set a monthly limit.",
         )
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        Ok(ListResourcesResult::with_all_items(vec![app::resource()]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        app::read(&self.core, &request.uri).map(Into::into)
     }
 }
 
