@@ -305,12 +305,27 @@ impl ServerHandler for CostServer {
     }
 }
 
+/// How long the server waits, after the client hangs up, for alert
+/// deliveries still in flight (rmcp's own client gives a child 3 s after
+/// closing stdin before it sends SIGTERM).
+const SHUTDOWN_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Serves MCP over stdin/stdout until the client disconnects.
 pub async fn serve_stdio(core: Arc<Optimizer>) -> anyhow::Result<()> {
-    let server = CostServer::new(core);
+    let server = CostServer::new(core.clone());
     let running = server.serve(rmcp::transport::stdio()).await?;
     tracing::info!("MCP server ready on stdio");
     let reason = running.waiting().await?;
     tracing::info!(?reason, "MCP client disconnected");
+    // Alert deliveries run in the background; a client that hangs up right
+    // after the call that crossed a threshold must not cut them off, or the
+    // ledger would show an alert with no delivery record. Bounded, because
+    // a client closing stdin expects the process to exit soon.
+    if tokio::time::timeout(SHUTDOWN_FLUSH, core.flush_alerts())
+        .await
+        .is_err()
+    {
+        tracing::warn!("alert deliveries still running at exit; abandoned");
+    }
     Ok(())
 }
