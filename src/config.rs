@@ -25,6 +25,9 @@ pub const CONFIG_ENV: &str = "COST_OPTIMIZER_CONFIG";
 pub const MONTHLY_BUDGET_ENV: &str = "COST_OPTIMIZER_MONTHLY_BUDGET";
 /// Env var: `1`/`true` stores prompt texts in the ledger (default: only a hash).
 pub const STORE_PROMPTS_ENV: &str = "COST_OPTIMIZER_STORE_PROMPTS";
+/// `full` or `batched`: when a ledger commit is fsynced (see
+/// [`crate::ledger::Durability`]).
+pub const LEDGER_SYNC_ENV: &str = "COST_OPTIMIZER_LEDGER_SYNC";
 /// Env var: total per-request timeout towards a provider, in seconds.
 pub const REQUEST_TIMEOUT_ENV: &str = "COST_OPTIMIZER_REQUEST_TIMEOUT_SECS";
 /// Env var: connect timeout towards a provider, in seconds.
@@ -110,6 +113,8 @@ pub struct Settings {
     pub price_overrides: BTreeMap<String, PriceOverride>,
     /// Days of ledger history kept by `retention`, if set in the file.
     pub retention_days: Option<u32>,
+    /// When ledger commits reach the disk platter, not just the OS.
+    pub ledger_sync: crate::ledger::Durability,
 }
 
 /// A user's price for one model, in USD per million tokens.
@@ -148,6 +153,7 @@ struct FileConfig {
     connect_timeout_secs: Option<f64>,
     request_timeout_secs: Option<f64>,
     retention_days: Option<u32>,
+    ledger_sync: Option<crate::ledger::Durability>,
     max_retries: Option<u32>,
     retry_base_ms: Option<u64>,
     max_retry_wait_secs: Option<f64>,
@@ -244,6 +250,7 @@ impl Settings {
             tier_models: file.routing.tiers,
             price_overrides: file.pricing.overrides,
             retention_days: file.retention_days,
+            ledger_sync: file.ledger_sync.unwrap_or_default(),
         };
 
         if let Some(v) = non_empty(env(MONTHLY_BUDGET_ENV)) {
@@ -254,6 +261,10 @@ impl Settings {
         if let Some(v) = non_empty(env(STORE_PROMPTS_ENV)) {
             settings.store_prompts = parse_bool(&v)
                 .with_context(|| format!("{STORE_PROMPTS_ENV}={v:?}: use true or false"))?;
+        }
+        if let Some(v) = non_empty(env(LEDGER_SYNC_ENV)) {
+            settings.ledger_sync = crate::ledger::Durability::parse(&v)
+                .with_context(|| format!("{LEDGER_SYNC_ENV}={v:?}: use full or batched"))?;
         }
         if let Some(v) = non_empty(env(REQUEST_TIMEOUT_ENV)) {
             settings.request_timeout = secs(v.trim().parse().with_context(|| {

@@ -547,7 +547,8 @@ impl Optimizer {
         registry: Registry,
         clock: Clock,
     ) -> Optimizer {
-        let ledger = Ledger::open(&settings.ledger_path()).map_err(|e| e.to_string());
+        let ledger = Ledger::open_with(&settings.ledger_path(), settings.ledger_sync)
+            .map_err(|e| e.to_string());
         if let Err(e) = &ledger {
             tracing::error!(error = %e, "ledger unavailable; spending tools will refuse");
         }
@@ -1754,7 +1755,13 @@ impl Optimizer {
         providers.sort_by_key(|p| p.provider);
         let ledger = match &self.ledger {
             Ok(l) => match l.count_calls() {
-                Ok(n) => format!("ok ({n} calls recorded)"),
+                Ok(n) => format!(
+                    "ok ({n} calls recorded; {})",
+                    match self.settings.ledger_sync {
+                        crate::ledger::Durability::Full => "fsync on every commit",
+                        crate::ledger::Durability::Batched => "fsync batched every 100 ms",
+                    }
+                ),
                 Err(e) => e.to_string(),
             },
             Err(e) => e.clone(),
