@@ -12,6 +12,7 @@ use ai_cost_optimizer::optimizer::{Optimizer, ToolError};
 use ai_cost_optimizer::{logging, mcp, tokens};
 
 fn main() -> ExitCode {
+    ignore_file_size_signal();
     let cli = Cli::parse();
     let serving = matches!(cli.command, None | Some(Command::Serve));
     let settings = match Settings::load() {
@@ -63,5 +64,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// A file-size limit (`ulimit -f`, RLIMIT_FSIZE) kills a process that
+/// writes past it with SIGXFSZ — mid-transaction, with calls in flight.
+/// Ignored, the write fails with EFBIG instead, SQLite rolls the
+/// transaction back, and the caller is told the cost was not recorded
+/// (the same path as a full disk).
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists;
+    // SIG_IGN installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }

@@ -608,6 +608,15 @@ pub struct RawServer {
 
 /// Spawns the binary (env on top of [`base_env`]) without initialising.
 pub fn spawn_raw(data_dir: &Path, env: &[(&str, String)]) -> RawServer {
+    spawn_raw_with(data_dir, env, |_| {})
+}
+
+/// [`spawn_raw`], with a last say over the command (user id, limits).
+pub fn spawn_raw_with(
+    data_dir: &Path,
+    env: &[(&str, String)],
+    configure: impl FnOnce(&mut tokio::process::Command),
+) -> RawServer {
     use tokio::io::AsyncBufReadExt;
     let mut cmd = tokio::process::Command::new(binary());
     cmd.env_clear();
@@ -625,6 +634,7 @@ pub fn spawn_raw(data_dir: &Path, env: &[(&str, String)]) -> RawServer {
             .as_nanos()
     ));
     let stderr = std::fs::File::create(&stderr_path).unwrap();
+    configure(&mut cmd);
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
