@@ -1666,6 +1666,9 @@ impl Optimizer {
             Some("") => None,
             Some(url) => {
                 budget::validate_webhook_url(url).map_err(invalid)?;
+                // Its path is often the token (Slack, Discord): keep it out
+                // of every log line and error from here on.
+                crate::secrets::register(url);
                 crate::secrets::register(url);
                 Some(Webhook {
                     url: url.to_string(),

@@ -626,7 +626,15 @@ pub fn spawn_raw_with(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let stderr_path = data_dir.join(format!(
+    // Beside the data dir when the server is to create it itself.
+    let stderr_dir = if data_dir.exists() {
+        data_dir.to_path_buf()
+    } else {
+        let parent = data_dir.parent().unwrap().to_path_buf();
+        std::fs::create_dir_all(&parent).unwrap();
+        parent
+    };
+    let stderr_path = stderr_dir.join(format!(
         "stderr-raw-{}.log",
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -634,14 +642,13 @@ pub fn spawn_raw_with(
             .as_nanos()
     ));
     let stderr = std::fs::File::create(&stderr_path).unwrap();
-    configure(&mut cmd);
-    let mut child = cmd
-        .stdin(Stdio::piped())
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        .kill_on_drop(true);
+    // Last, so it may redirect stderr too.
+    configure(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
     let stdin = child.stdin.take();
     let stdout = child.stdout.take().unwrap();
     let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
