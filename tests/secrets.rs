@@ -48,11 +48,9 @@ fn echo(status: u16, secret: &str) -> Reply {
 fn assert_clean(what: &str, hay: &str, secrets: &[&str]) {
     for s in secrets {
         if let Some(at) = hay.find(s) {
-            let from = hay.floor_char_boundary(at.saturating_sub(300));
-            panic!(
-                "{what} contains the secret {s}: …{}…",
-                &hay[from..at + s.len()]
-            );
+            let before: Vec<char> = hay[..at].chars().rev().take(300).collect();
+            let context: String = before.into_iter().rev().collect();
+            panic!("{what} contains the secret {s}: …{context}{s}");
         }
     }
 }
