@@ -324,6 +324,12 @@ async fn lying_providers_cannot_record_absurd_costs() {
                 "{what}: ${cost} reported"
             );
             eprintln!("{what}: ${cost} ({})", c["cost_source"]);
+            // An answer at $0 is never presented as a free call.
+            if cost == 0.0 {
+                assert_eq!(c["cost_source"], "unpriced", "{what}: {c}");
+                let warning = c["warning"].as_str().unwrap_or_default();
+                assert!(warning.contains("probably billed"), "{what}: {warning}");
+            }
         } else {
             eprintln!("{what}: refused: {}", error_text(&r));
         }

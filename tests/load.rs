@@ -79,7 +79,7 @@ async fn many_calls_64_in_flight_lose_nothing() {
             request_ids.insert(c["request_id"].as_str().unwrap().to_string());
             cost_nanos += (c["cost_usd"].as_f64().unwrap() * 1e9).round() as i64;
         }
-        if done % batch == 0 {
+        if done.is_multiple_of(batch) {
             rss.push(rss_kib(pid));
         }
     }
