@@ -45,12 +45,28 @@ impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for RedactingMake<M> {
 /// Keeps the file writer's background thread alive; drop it last.
 pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::WorkerGuard>);
 
+/// At debug level rmcp logs every request whole — prompts, and arguments
+/// such as a budget's webhook URL whose path is its token — before any of
+/// our code sees them, so redaction cannot know what to hide. Keep rmcp at
+/// info unless the filter names it explicitly (a developer debugging the
+/// transport on purpose).
+fn quiet_transport(filter: EnvFilter) -> EnvFilter {
+    let explicit = std::env::var(LOG_ENV).is_ok_and(|v| v.contains("rmcp"));
+    match "rmcp=info".parse() {
+        Ok(d) if !explicit => filter.add_directive(d),
+        _ => filter,
+    }
+}
+
 /// Installs the global subscriber: stderr always, plus a rotating file in
 /// `log_dir` when it can be created. `default_level` applies unless
 /// `COST_OPTIMIZER_LOG` says otherwise.
 pub fn init(log_dir: Option<&Path>, default_level: &str) -> LogGuard {
-    let filter =
-        || EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter = || {
+        quiet_transport(
+            EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+    };
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(RedactingMake(std::io::stderr))
         .with_ansi(false)

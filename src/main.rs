@@ -12,6 +12,8 @@ use ai_cost_optimizer::optimizer::{Optimizer, ToolError};
 use ai_cost_optimizer::{logging, mcp, tokens};
 
 fn main() -> ExitCode {
+    ignore_file_size_signal();
+    private_file_mode();
     let cli = Cli::parse();
     let serving = matches!(cli.command, None | Some(Command::Serve));
     let settings = match Settings::load() {
@@ -63,5 +65,35 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// A file-size limit (`ulimit -f`, RLIMIT_FSIZE) kills a process that
+/// writes past it with SIGXFSZ — mid-transaction, with calls in flight.
+/// Ignored, the write fails with EFBIG instead, SQLite rolls the
+/// transaction back, and the caller is told the cost was not recorded
+/// (the same path as a full disk).
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists;
+    // SIG_IGN installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
+/// Everything this process creates — the data dir, the ledger and SQLite's
+/// `-wal`/`-shm` beside it, log files, instance locks, audio, backups — is
+/// for the user alone: the ledger holds what they spent (and prompts, if
+/// they opted in) and logs name their models and users. Setting the mask
+/// once covers files created by libraries (SQLite, tracing-appender) too,
+/// with no window where a file exists with wider permissions. Existing
+/// files keep theirs (`install-claude` copies the original mode).
+fn private_file_mode() {
+    #[cfg(unix)]
+    // SAFETY: umask only changes this process's creation mask; called
+    // before any thread exists.
+    unsafe {
+        libc::umask(0o077);
     }
 }

@@ -1158,11 +1158,26 @@ impl Optimizer {
                 let err = match result {
                     Ok(resp) => {
                         self.breakers.success(cand.provider);
-                        let (cost, source) = self.catalog.price_call(
+                        let (cost, mut source) = self.catalog.price_call(
                             &cand.model,
                             &resp.usage,
                             resp.provider_cost_usd,
                         );
+                        // A provider that answered but reported no usable
+                        // token counts (absent, negative, mistyped) makes a
+                        // catalog price of $0 — which would read as a free
+                        // call. Flag it as unpriced instead, so totals and
+                        // the caller say its cost is unknown.
+                        let u = &resp.usage;
+                        let no_usage = source == CostSource::Catalog
+                            && u.input_tokens
+                                + u.cache_read_tokens
+                                + u.cache_write_tokens
+                                + u.output_tokens
+                                == 0;
+                        if no_usage {
+                            source = CostSource::Unpriced;
+                        }
                         let baseline_cost = baseline_price.as_ref().map(|b| b.cost_of(&resp.usage));
                         let record = CallRecord {
                             input_tokens: resp.usage.input_tokens,
@@ -1191,7 +1206,12 @@ impl Optimizer {
                                 "This call (${cost:.6}) could NOT be recorded in the ledger: {e}. Its cost is not in your usage totals."
                             ));
                         }
-                        if source == CostSource::Unpriced {
+                        if no_usage {
+                            warnings.push(format!(
+                                "{} answered without usable token counts; the call is recorded at $0 and flagged unpriced, but it was probably billed.",
+                                cand.model
+                            ));
+                        } else if source == CostSource::Unpriced {
                             warnings.push(format!(
                                 "{} has no known price; the call is recorded at $0 and flagged unpriced. Add [pricing.overrides] for it.",
                                 cand.model
@@ -1667,6 +1687,9 @@ impl Optimizer {
             Some("") => None,
             Some(url) => {
                 budget::validate_webhook_url(url).map_err(invalid)?;
+                // Its path is often the token (Slack, Discord): keep it out
+                // of every log line and error from here on.
+                crate::secrets::register(url);
                 crate::secrets::register(url);
                 Some(Webhook {
                     url: url.to_string(),

@@ -24,6 +24,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 mod analytics;
+mod owners;
 pub use analytics::{
     BANDS, BandStat, Breakdown, CallRow, DayProvider, Snapshot, SnapshotRequest, TokenMix,
 };
@@ -33,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_budget_scopes_and_alerts.sql"),
     include_str!("migrations/0003_analytics_indexes.sql"),
+    include_str!("migrations/0004_reservation_owner.sql"),
 ];
 
 /// The scope of the global budget, which caps every user together.
@@ -340,6 +342,9 @@ pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
 pub struct Ledger {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// This process's instance lock, named by every reservation it takes
+    /// (`None` if it could not be created: holds then only expire).
+    owner: Option<Arc<owners::InstanceLock>>,
     /// Settlements waiting for a group commit (see [`Ledger::settle`]).
     pending: Arc<Mutex<Vec<PendingSettle>>>,
     /// Stops the background syncer when the last clone is dropped.
@@ -377,10 +382,12 @@ impl Ledger {
         let mut ledger = Ledger {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
+            owner: None,
             pending: Arc::default(),
             _syncer: None,
         };
         ledger.init(durability)?;
+        ledger.claim_and_sweep();
         if durability == Durability::Batched {
             // The syncer checkpoints; a writer doing it too would pay the
             // fsyncs the batched mode exists to keep off the call path.
@@ -391,6 +398,38 @@ impl Ledger {
             ledger._syncer = Some(Arc::new(SyncerHandle::start(path)?));
         }
         Ok(ledger)
+    }
+
+    /// Takes this process's instance lock, then releases the holds of
+    /// processes that died mid-call (see `owners`). Neither step is fatal:
+    /// without them holds still expire after their TTL.
+    fn claim_and_sweep(&mut self) {
+        let dir = owners::owners_dir(&self.path);
+        match owners::acquire(&dir) {
+            Ok(lock) => self.owner = Some(Arc::new(lock)),
+            Err(e) => tracing::warn!(
+                dir = %dir.display(),
+                error = %e,
+                "cannot create an instance lock; this process's reservations will only expire"
+            ),
+        }
+        let me = self.owner.as_ref().map(|o| o.id.as_str());
+        match owners::release_dead(&self.lock(), &dir, me) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                released = n,
+                "released reservations left by processes that are no longer running"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release reservations of dead processes")
+            }
+        }
+    }
+
+    /// Id of this process's instance lock, as stored in
+    /// `reservations.owner` (tests and diagnostics).
+    pub fn instance_id(&self) -> Option<&str> {
+        self.owner.as_ref().map(|o| o.id.as_str())
     }
 
     /// Changes how long a write waits for another process's lock (tests
@@ -574,8 +613,15 @@ impl Ledger {
         }
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
         tx.execute(
-            "INSERT INTO reservations (user_id, amount_nanos, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![user_id, amount_nanos.max(0), now_ms, now_ms.saturating_add(ttl_ms)],
+            "INSERT INTO reservations (user_id, amount_nanos, created_ms, expires_ms, owner)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                user_id,
+                amount_nanos.max(0),
+                now_ms,
+                now_ms.saturating_add(ttl_ms),
+                self.instance_id()
+            ],
         )
         .map_err(|e| self.err(e))?;
         let id = tx.last_insert_rowid();
@@ -1215,6 +1261,38 @@ mod tests {
             .unwrap_err();
         assert_eq!(refused.scope, "*");
         assert_eq!(refused.spent_nanos, to_nanos(0.9 + 0.01 + 0.5));
+    }
+
+    #[test]
+    fn startup_releases_only_the_holds_of_dead_owners() {
+        let (dir, a) = ledger();
+        let path = dir.path().join("sub").join("l.sqlite3");
+        let ttl = Duration::from_secs(3600);
+        a.reserve("u", &[], 7, 1000, ttl).unwrap().unwrap();
+        // A second process-like opener sees a live owner: its hold stays.
+        let b = Ledger::open(&path).unwrap();
+        assert_ne!(a.instance_id(), b.instance_id());
+        assert_eq!(b.reserved_now("u", 2000).unwrap(), 7);
+        // A hold whose owner has no lock (it died) goes on the next start.
+        b.lock()
+            .execute(
+                "INSERT INTO reservations (user_id, amount_nanos, created_ms, expires_ms, owner)
+                 VALUES ('u', 5, 1000, 999999999, 'deadbeef')",
+                [],
+            )
+            .unwrap();
+        assert_eq!(b.reserved_now("u", 2000).unwrap(), 12);
+        let c = Ledger::open(&path).unwrap();
+        assert_eq!(c.reserved_now("u", 2000).unwrap(), 7);
+        // A closed ledger's lock file goes with it; its holds are then free
+        // for the next sweep.
+        drop(a);
+        let lock_files = std::fs::read_dir(owners::owners_dir(&path))
+            .unwrap()
+            .count();
+        assert_eq!(lock_files, 2, "b and c remain");
+        drop(Ledger::open(&path).unwrap());
+        assert_eq!(c.reserved_now("u", 2000).unwrap(), 0);
     }
 
     #[test]

@@ -591,3 +591,176 @@ pub fn assert_usd(actual: &Value, expected: f64) {
         "expected ${expected}, got ${a}"
     );
 }
+
+// ---- raw JSON-RPC over the binary's stdio ------------------------------
+
+/// The real binary driven with hand-written JSON-RPC lines: for what rmcp's
+/// client will not send (hostile bytes), for many calls in flight without a
+/// client in between, and for killing the process at a chosen moment.
+pub struct RawServer {
+    pub child: tokio::process::Child,
+    pub stdin: Option<tokio::process::ChildStdin>,
+    /// Every line the server wrote to stdout, parsed (unparsable lines
+    /// arrive as `{"unparsable": line}`, which a test should treat as a bug).
+    pub lines: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    pub stderr_path: PathBuf,
+}
+
+/// Spawns the binary (env on top of [`base_env`]) without initialising.
+pub fn spawn_raw(data_dir: &Path, env: &[(&str, String)]) -> RawServer {
+    spawn_raw_with(data_dir, env, |_| {})
+}
+
+/// [`spawn_raw`], with a last say over the command (user id, limits).
+pub fn spawn_raw_with(
+    data_dir: &Path,
+    env: &[(&str, String)],
+    configure: impl FnOnce(&mut tokio::process::Command),
+) -> RawServer {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = tokio::process::Command::new(binary());
+    cmd.env_clear();
+    for (k, v) in base_env(data_dir) {
+        cmd.env(k, v);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    // Beside the data dir when the server is to create it itself.
+    let stderr_dir = if data_dir.exists() {
+        data_dir.to_path_buf()
+    } else {
+        let parent = data_dir.parent().unwrap().to_path_buf();
+        std::fs::create_dir_all(&parent).unwrap();
+        parent
+    };
+    let stderr_path = stderr_dir.join(format!(
+        "stderr-raw-{}.log",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr))
+        .kill_on_drop(true);
+    // Last, so it may redirect stderr too.
+    configure(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut out = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = out.next_line().await {
+            let v = serde_json::from_str(&line).unwrap_or_else(|_| json!({ "unparsable": line }));
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    RawServer {
+        child,
+        stdin,
+        lines,
+        stderr_path,
+    }
+}
+
+impl RawServer {
+    /// Writes raw bytes to the server's stdin.
+    pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(bytes).await?;
+        stdin.flush().await
+    }
+
+    /// Writes one JSON-RPC message (one line).
+    pub async fn send(&mut self, msg: &Value) {
+        self.write(format!("{msg}\n").as_bytes()).await.unwrap();
+    }
+
+    /// The next line from the server, within `wait`.
+    pub async fn next(&mut self, wait: Duration) -> Option<Value> {
+        tokio::time::timeout(wait, self.lines.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The reply to request `id` (notifications before it are skipped).
+    pub async fn reply(&mut self, id: i64, wait: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let v = self
+                .next(left)
+                .await
+                .unwrap_or_else(|| panic!("no reply to request {id} within {wait:?}"));
+            assert!(v.get("unparsable").is_none(), "non-JSON on stdout: {v}");
+            if v["id"] == json!(id) {
+                return v;
+            }
+        }
+    }
+
+    /// `initialize` + `notifications/initialized`.
+    pub async fn init(&mut self) {
+        self.send(
+            &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "raw-test", "version": "0"}}}),
+        )
+        .await;
+        let r = self.reply(0, Duration::from_secs(30)).await;
+        assert!(r["result"]["protocolVersion"].is_string(), "{r}");
+        self.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+    }
+
+    /// Sends a `tools/call` with id `id` (does not wait).
+    pub async fn call(&mut self, id: i64, name: &str, args: Value) {
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": name, "arguments": args}}))
+            .await;
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Is the process still running?
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL, then reap.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    /// Closes stdin (a clean shutdown) and waits for the exit.
+    pub async fn close(mut self) -> std::process::ExitStatus {
+        self.stdin.take();
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("server exits after stdin closes")
+            .unwrap()
+    }
+}
+
+/// Resident memory of a process in KiB (Linux `/proc`), if readable.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}

@@ -1,0 +1,280 @@
+//! Storage faults under the real server: a read-only data directory, a
+//! ledger locked by another process, a disk that fills up in the middle of
+//! a call. The server must say what is wrong and where, keep answering the
+//! tools that do not write, refuse to spend money it cannot record, and
+//! never present a call it could not record as recorded.
+//! (A corrupt ledger file: tests/mcp_tools.rs
+//! `corrupt_ledger_keeps_read_only_tools_working`.)
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use rusqlite::Connection;
+use serde_json::{Value, json};
+
+const KEY: &str = "sk-deepseek-FAKE-storage-key-6262626262";
+
+fn env(fake: &FakeProvider) -> Vec<(&'static str, String)> {
+    vec![
+        ("DEEPSEEK_API_KEY", KEY.into()),
+        ("DEEPSEEK_BASE_URL", fake.base.clone()),
+    ]
+}
+
+fn reply_ok() -> Reply {
+    openai_sse(
+        "deepseek-v3.2",
+        &["ok"],
+        json!({"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}),
+    )
+}
+
+fn prompt(p: &str) -> Value {
+    json!({"prompt": p, "tier": "cheap", "max_tokens": 600})
+}
+
+/// The text of a `tools/call` reply, and whether it is an error.
+fn tool_text(v: &Value) -> (String, bool) {
+    let r = &v["result"];
+    let text = r["content"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default();
+    (text, r["isError"] == json!(true))
+}
+
+async fn call(s: &mut RawServer, id: i64, name: &str, args: Value) -> Value {
+    s.call(id, name, args).await;
+    s.reply(id, Duration::from_secs(60)).await
+}
+
+/// The read-only tools still answer.
+async fn read_only_tools_answer(s: &mut RawServer, id: i64) {
+    let v = call(s, id, "check_model_costs", json!({"provider": "deepseek"})).await;
+    assert!(!tool_text(&v).1, "check_model_costs: {v}");
+    let v = call(s, id + 1, "get_recommendation", json!({"prompt": "hello"})).await;
+    assert!(!tool_text(&v).1, "get_recommendation: {v}");
+}
+
+async fn wait_for_requests(fake: &FakeProvider, n: usize) {
+    for _ in 0..1000 {
+        if fake.requests().len() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the provider never got request {n}");
+}
+
+fn calls_in(ledger: &Path) -> i64 {
+    Connection::open(ledger)
+        .unwrap()
+        .query_row("SELECT count(*) FROM calls", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn read_only_data_directory() {
+    let fake = FakeProvider::start(reply_ok()).await;
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    // A ledger with one call in it, then the directory turns read-only.
+    let s = spawn(&data, &env(&fake)).await;
+    s.ok("complete_prompt", prompt("first")).await;
+    s.stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    use std::os::unix::fs::PermissionsExt;
+    let set = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    for entry in walk(&data) {
+        set(&entry, if entry.is_dir() { 0o555 } else { 0o444 });
+    }
+    set(&data, 0o555);
+    set(root.path(), 0o755);
+    // Root writes anywhere, so as root the server runs as `nobody`.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let stderr_path = root.path().join("stderr.log");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    set(&stderr_path, 0o666);
+    let mut s = spawn_raw_with(&data, &env(&fake), |cmd| {
+        if as_root {
+            cmd.uid(65534).gid(65534);
+        }
+        cmd.stderr(stderr);
+    });
+    s.init().await;
+    read_only_tools_answer(&mut s, 1).await;
+    let before = fake.requests().len();
+    let v = call(&mut s, 3, "complete_prompt", prompt("second")).await;
+    let (text, is_error) = tool_text(&v);
+    assert!(is_error, "{v}");
+    assert!(
+        text.contains(&data.display().to_string()),
+        "the error names the path: {text}"
+    );
+    assert!(
+        text.contains("readonly") || text.contains("read-only") || text.contains("unable to open"),
+        "the error names the cause: {text}"
+    );
+    assert_eq!(
+        fake.requests().len(),
+        before,
+        "no provider call without a ledger to record it"
+    );
+    let v = call(&mut s, 4, "query_usage", json!({"days": 1})).await;
+    eprintln!("query_usage on a read-only ledger: {}", tool_text(&v).0);
+    assert!(s.alive());
+    s.close().await;
+    for entry in walk(&data) {
+        set(&entry, if entry.is_dir() { 0o755 } else { 0o644 });
+    }
+    set(&data, 0o755);
+    assert_eq!(calls_in(&data.join("ledger.sqlite3")), 1);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+#[tokio::test]
+async fn ledger_locked_by_another_process() {
+    let fake = FakeProvider::start(reply_ok()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.sqlite3");
+    let mut s = spawn_raw(dir.path(), &env(&fake));
+    s.init().await;
+    let v = call(&mut s, 1, "complete_prompt", prompt("first")).await;
+    assert!(!tool_text(&v).1, "{v}");
+
+    // Another process holds the write lock.
+    let other = Connection::open(&ledger).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    read_only_tools_answer(&mut s, 2).await;
+    let v = call(&mut s, 4, "query_usage", json!({"days": 1})).await;
+    assert!(!tool_text(&v).1, "reports read through a writer: {v}");
+    let v = call(&mut s, 5, "complete_prompt", prompt("while locked")).await;
+    let (text, is_error) = tool_text(&v);
+    assert!(is_error, "{v}");
+    assert!(
+        text.contains("locked by another process") && text.contains(&ledger.display().to_string()),
+        "{text}"
+    );
+    assert_eq!(fake.requests().len(), 1, "refused before calling anyone");
+    other.execute_batch("ROLLBACK").unwrap();
+
+    // The lock is taken while the provider is answering: the answer comes
+    // back, and says plainly that its cost is not in the ledger.
+    fake.push(reply_ok().delayed(Duration::from_millis(800)));
+    s.call(6, "complete_prompt", prompt("locked mid-call"))
+        .await;
+    wait_for_requests(&fake, 2).await;
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    // Longer than the ledger's busy timeout (5 s) after the answer.
+    let v = s.reply(6, Duration::from_secs(60)).await;
+    other.execute_batch("ROLLBACK").unwrap();
+    let (text, is_error) = tool_text(&v);
+    let c = &v["result"]["structuredContent"];
+    assert!(!is_error, "the answer is delivered: {v}");
+    assert_eq!(c["answer"], "ok");
+    assert_eq!(c["recorded"], json!(false), "{v}");
+    assert!(
+        c["warning"]
+            .as_str()
+            .unwrap()
+            .contains("could NOT be recorded"),
+        "{c}"
+    );
+    assert!(
+        text.contains("NOT be recorded"),
+        "the text says it too: {text}"
+    );
+    assert_eq!(calls_in(&ledger), 1);
+
+    // Lock gone: business as usual.
+    let v = call(&mut s, 7, "complete_prompt", prompt("after")).await;
+    assert_eq!(v["result"]["structuredContent"]["recorded"], json!(true));
+    assert_eq!(calls_in(&ledger), 2);
+    s.close().await;
+}
+
+/// The disk fills up (here: a file-size limit, RLIMIT_FSIZE, lowered on
+/// the running server with `prlimit`, so writes past the end of any file
+/// fail as on a full disk) after the call reserved its budget and while
+/// the provider is answering.
+#[tokio::test]
+async fn disk_full_in_the_middle_of_a_call() {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: prlimit (util-linux) is not installed");
+        return;
+    }
+    let fake = FakeProvider::start(reply_ok()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.sqlite3");
+    let mut s = spawn_raw(dir.path(), &env(&fake));
+    s.init().await;
+    let v = call(&mut s, 1, "complete_prompt", prompt("first")).await;
+    assert_eq!(v["result"]["structuredContent"]["recorded"], json!(true));
+
+    fake.push(reply_ok().delayed(Duration::from_millis(800)));
+    s.call(2, "complete_prompt", prompt("disk fills")).await;
+    wait_for_requests(&fake, 2).await;
+    let out = std::process::Command::new("prlimit")
+        .args(["--pid", &s.pid().to_string(), "--fsize=1"])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!(
+            "SKIPPED: prlimit cannot lower the limit here: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let v = s.reply(2, Duration::from_secs(60)).await;
+    let c = &v["result"]["structuredContent"];
+    assert_eq!(c["answer"], "ok", "{v}");
+    assert_eq!(c["recorded"], json!(false), "{v}");
+    let warning = c["warning"].as_str().unwrap();
+    assert!(warning.contains("could NOT be recorded"), "{warning}");
+    assert!(
+        warning.contains(&dir.path().display().to_string()),
+        "names the path: {warning}"
+    );
+    // A new call cannot reserve: refused before any provider is called.
+    let v = call(&mut s, 3, "complete_prompt", prompt("still full")).await;
+    let (text, is_error) = tool_text(&v);
+    assert!(is_error, "{v}");
+    assert!(text.contains(&dir.path().display().to_string()), "{text}");
+    assert_eq!(fake.requests().len(), 2);
+    read_only_tools_answer(&mut s, 4).await;
+    assert!(s.alive(), "SIGXFSZ did not kill the server");
+    s.kill().await;
+    let db = Connection::open(&ledger).unwrap();
+    let integrity: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    assert_eq!(calls_in(&ledger), 1, "only the recorded call is there");
+}
