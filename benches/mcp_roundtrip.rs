@@ -52,7 +52,20 @@ async fn fake_provider() -> String {
     format!("http://{addr}")
 }
 
-async fn spawn(data: &std::path::Path, base: &str) -> Client {
+/// Resident memory of process `pid`, KiB (Linux; 0 elsewhere).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn spawn(data: &std::path::Path, base: &str) -> (Client, u32) {
     let cmd =
         tokio::process::Command::new(env!("CARGO_BIN_EXE_ai-cost-optimizer")).configure(|c| {
             c.env_clear()
@@ -70,7 +83,8 @@ async fn spawn(data: &std::path::Path, base: &str) -> Client {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    ().serve(t).await.unwrap()
+    let pid = t.id().unwrap_or(0);
+    (().serve(t).await.unwrap(), pid)
 }
 
 async fn call(c: &Client, name: &'static str, args: serde_json::Value) -> Duration {
@@ -91,7 +105,8 @@ async fn main() {
     let n = if bench { 2000 } else { 5 };
     let dir = tempfile::tempdir().unwrap();
     let base = fake_provider().await;
-    let c = spawn(dir.path(), &base).await;
+    let (c, pid) = spawn(dir.path(), &base).await;
+    let idle_rss = rss_kib(pid);
     let http = reqwest::Client::new();
     println!("MCP round trips over stdio (rmcp client → real binary), {n} sequential calls each:");
 
@@ -188,5 +203,33 @@ async fn main() {
         t50 - d50,
         t99 - d99
     );
+
+    // Memory: idle after initialize, then after each batch of calls.
+    let batch = if bench { 1024 } else { 32 };
+    println!("\nresident memory (VmRSS) of the server:");
+    println!(
+        "{:<58} {:>8} KiB",
+        "baseline: this benchmark process (rmcp client + fake)",
+        rss_kib(std::process::id())
+    );
+    println!("{:<58} {:>8} KiB", "server idle after initialize", idle_rss);
+    let mut done = 2 * n + rounds * inflight;
+    println!(
+        "{:<58} {:>8} KiB",
+        format!("server after {done} calls"),
+        rss_kib(pid)
+    );
+    for _ in 0..5 {
+        for _ in 0..batch / inflight {
+            let calls = (0..inflight).map(|_| call(&c, "complete_prompt", args.clone()));
+            futures_util::future::join_all(calls).await;
+        }
+        done += batch / inflight * inflight;
+        println!(
+            "{:<58} {:>8} KiB",
+            format!("server after {done} calls"),
+            rss_kib(pid)
+        );
+    }
     let _ = c.cancel().await;
 }
