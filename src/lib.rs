@@ -22,6 +22,7 @@ pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod dashboard;
+pub mod feedback;
 pub mod install;
 pub mod ledger;
 pub mod logging;

@@ -19,15 +19,18 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 mod analytics;
+mod feedback;
 pub use analytics::{
     BANDS, BandStat, Breakdown, CallRow, DayProvider, Snapshot, SnapshotRequest, TokenMix,
 };
+pub use feedback::{FeedbackCall, HistoryCall};
 
 /// Schema migrations, in order. Append only; never edit a released one.
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_budget_scopes_and_alerts.sql"),
     include_str!("migrations/0003_analytics_indexes.sql"),
+    include_str!("migrations/0004_feedback.sql"),
 ];
 
 /// The scope of the global budget, which caps every user together.
