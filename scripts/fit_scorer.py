@@ -30,6 +30,17 @@ The model is ridge regression (squared loss, L2) over
     (--cv, "LOBO") they transfer poorly between benches while length transfers well;
   * hashed word 1-, 2- and 3-grams (2**15 buckets, presence, scaled by
     1/sqrt(#distinct buckets)), alpha = ALPHA_TEXT.
+Tried on the train half (2-fold CV / leave-one-bench-out APGR, `--cv`) and not adopted, because
+none improved both the in-bench and the held-out-bench figures of GSM8K and MMLU without losing
+more on MT-Bench (November 2026, figures are gsm8k / mmlu / mt-bench):
+  * label "weak fails" (1 - weak) instead of the gain: CV 0.609/0.576/0.844, LOBO 0.559/0.554/0.857
+    (shipped: CV 0.646/0.614/0.843, LOBO 0.571/0.552/0.824);
+  * half gain, half "weak fails": CV 0.653/0.587/0.831;
+  * ALPHA_TEXT 10..3000 (flat in CV; 3000 ~ length alone: LOBO 0.611/0.567/0.757);
+  * engineered features other than length shrunk (DENSE_SCALE 0.01, TRUSTED_SCALE 0.1):
+    CV 0.657/0.616/0.829, LOBO 0.580/0.563/0.810;
+  * gradient-boosted trees over the engineered features + the ridge output (stacked, sklearn):
+    no consistent gain across the two folds (gsm8k +0.03/-0.03, mmlu -0.01/+0.03).
 The linear predictor z is mapped to 0..1 by a logistic curve whose centre is the weighted
 median of the training z and whose slope puts the 10th/90th percentiles at 0.2/0.8.
 

@@ -727,6 +727,27 @@ impl<'a> Scan<'a> {
     }
 }
 
+/// `ln(1 + n)` of the counts 0..256, computed once with `ln_1p` itself (so
+/// the values are bit-identical): nearly every count a prompt yields is small,
+/// and a table load is far cheaper than the ~20 calls to `ln_1p` a score
+/// would otherwise make.
+static LN1P: std::sync::LazyLock<[f64; 256]> = std::sync::LazyLock::new(|| {
+    let mut t = [0.0f64; 256];
+    for (i, v) in t.iter_mut().enumerate() {
+        *v = (i as f64).ln_1p();
+    }
+    t
+});
+
+/// `ln(1 + c)` for a count.
+#[inline]
+fn ln1p_count(c: u64) -> f64 {
+    match usize::try_from(c).ok().and_then(|i| LN1P.get(i)) {
+        Some(v) => *v,
+        None => (c as f64).ln_1p(),
+    }
+}
+
 #[inline]
 fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }
@@ -756,7 +777,7 @@ pub fn score(prompt: &str) -> Score {
     ];
     for (j, c) in counts {
         raw[j] = c as f64;
-        x[j] = if c == 0 { 0.0 } else { raw[j].ln_1p() };
+        x[j] = ln1p_count(c);
     }
     raw[F_AVG_WORD_LEN] = ratio(s.letters_in_words, s.words).min(12.0);
     raw[F_NUMBER_DENSITY] = ratio(s.numbers, s.words + s.numbers + 1);
@@ -767,7 +788,7 @@ pub fn score(prompt: &str) -> Score {
     }
     for (i, &c) in s.lex.iter().enumerate() {
         raw[LEX_FIRST + i] = c as f64;
-        x[LEX_FIRST + i] = if c == 0 { 0.0 } else { (c as f64).ln_1p() };
+        x[LEX_FIRST + i] = ln1p_count(c);
     }
 
     let mut contrib = [0.0f64; N_DENSE];
