@@ -556,7 +556,7 @@ struct ScoreOut<'a> {
     score: f64,
     tier: &'static str,
     model: &'a str,
-    reasons: Vec<String>,
+    reasons: Vec<&'static str>,
 }
 
 /// Streams scores for JSONL prompts. Malformed lines produce an `error`
@@ -604,16 +604,10 @@ fn score_stdin(settings: &Settings, length_only: bool) -> Result<()> {
         match serde_json::from_str::<ScoreIn>(&line) {
             Ok(item) => {
                 let (value, reasons) = if length_only {
-                    (
-                        scorer::length_only(&item.prompt),
-                        vec!["length".to_string()],
-                    )
+                    (scorer::length_only(&item.prompt), vec!["length"])
                 } else {
                     let s = scorer::score(&item.prompt);
-                    (
-                        s.value,
-                        s.reasons(3).into_iter().map(|r| r.feature).collect(),
-                    )
+                    (s.value, s.top_features(3))
                 };
                 let (tier, _) = router.tier_for(value);
                 let o = ScoreOut {

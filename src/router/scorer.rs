@@ -393,18 +393,8 @@ impl Score {
     /// explaining the decision. Sorted by |contribution|; features whose push is
     /// negligible (below 0.001 log-odds) are left out, so an empty prompt may have none.
     pub fn reasons(&self, n: usize) -> Vec<Reason> {
-        let mut idx: Vec<(usize, f64)> = Vec::with_capacity(N_DENSE + 1);
-        for (j, &c) in self.contrib.iter().enumerate() {
-            if c.abs() >= MIN_REASON {
-                idx.push((j, c));
-            }
-        }
-        if self.text_contrib.abs() >= MIN_REASON {
-            idx.push((N_DENSE, self.text_contrib));
-        }
-        idx.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
-        idx.truncate(n);
-        idx.into_iter()
+        self.ranked(n)
+            .into_iter()
             .map(|(j, c)| {
                 if j == N_DENSE {
                     Reason {
@@ -421,6 +411,33 @@ impl Score {
                 }
             })
             .collect()
+    }
+
+    /// Just the names of the features [`Score::reasons`] would list, in the same
+    /// order: for bulk scoring (`ai-cost-optimizer score`), where building the
+    /// human sentences would cost more than the score itself.
+    pub fn top_features(&self, n: usize) -> Vec<&'static str> {
+        self.ranked(n)
+            .into_iter()
+            .map(|(j, _)| DENSE_NAMES.get(j).copied().unwrap_or("wording"))
+            .collect()
+    }
+
+    /// (feature index, contribution) of the `n` largest contributions; index
+    /// `N_DENSE` is the wording term.
+    fn ranked(&self, n: usize) -> Vec<(usize, f64)> {
+        let mut idx: Vec<(usize, f64)> = Vec::with_capacity(N_DENSE + 1);
+        for (j, &c) in self.contrib.iter().enumerate() {
+            if c.abs() >= MIN_REASON {
+                idx.push((j, c));
+            }
+        }
+        if self.text_contrib.abs() >= MIN_REASON {
+            idx.push((N_DENSE, self.text_contrib));
+        }
+        idx.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
+        idx.truncate(n);
+        idx
     }
 
     /// The score before the logistic squash (log-odds scale); useful for thresholds
@@ -945,6 +962,9 @@ mod tests {
             }
         }
         assert!(score("hello").reasons(0).is_empty());
+        let s = score("Prove that there are infinitely many primes.");
+        let names: Vec<String> = s.reasons(4).into_iter().map(|r| r.feature).collect();
+        assert_eq!(s.top_features(4), names);
     }
 
     #[test]
