@@ -186,6 +186,35 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Rate an earlier answer (by the request_id complete printed), so
+    /// `calibrate` can learn which prompts need a stronger tier.
+    Feedback {
+        /// The request_id of the call being rated.
+        request_id: String,
+        /// good, ok, bad, or 1 (bad) to 5 (good).
+        #[arg(long)]
+        rating: String,
+        /// Optional note, kept with the rating.
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Propose routing thresholds from ratings and overrides in the ledger,
+    /// with the effect on cost; --apply writes them to the config file.
+    Calibrate {
+        /// Look back this many days (1-3650, default 90).
+        #[arg(long, default_value_t = 90, allow_negative_numbers = true)]
+        days: i64,
+        /// Only this user's calls.
+        #[arg(long)]
+        user: Option<String>,
+        /// Write the proposed thresholds to the config file.
+        #[arg(long)]
+        apply: bool,
+        #[command(flatten)]
+        out: Output,
+    },
     /// Delete ledger rows older than N days.
     Retention {
         /// Keep this many days (default: retention_days from the config file).
@@ -408,6 +437,7 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
                 user_id: user,
                 speak: speak.then_some(true),
                 voice,
+                feedback: None,
             };
             let r = emit(
                 &out,
@@ -436,6 +466,57 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
             Ok(())
         }
         Command::Doctor { out } => emit(&out, Ok(core.doctor()), render::doctor),
+        Command::Feedback {
+            request_id,
+            rating,
+            note,
+            out,
+        } => {
+            let args = crate::feedback::FeedbackArgs {
+                request_id,
+                rating: crate::feedback::RatingInput::Word(rating),
+                note,
+            };
+            let now = crate::optimizer::system_clock()();
+            emit(
+                &out,
+                crate::feedback::record(&core, &args, "cli", now),
+                crate::feedback::render_receipt,
+            )
+        }
+        Command::Calibrate {
+            days,
+            user,
+            apply,
+            out,
+        } => {
+            if !(1..=3650).contains(&days) {
+                bail!("--days must be between 1 and 3650, got {days}");
+            }
+            let days = days as u32; // 1..=3650
+            let user = match user {
+                Some(u) => Some(crate::optimizer::validate_user(Some(&u))?),
+                None => None,
+            };
+            let now = crate::optimizer::system_clock()();
+            let proposal = crate::feedback::calibrate(&core, days, user.as_deref(), now)?;
+            let target = crate::feedback::config_target(&core);
+            let mut applied = false;
+            if apply && proposal.changed {
+                let path = target
+                    .as_deref()
+                    .context("no config file path; set COST_OPTIMIZER_CONFIG")?;
+                crate::feedback::write_thresholds(path, proposal.proposed)?;
+                applied = true;
+            }
+            let c = crate::feedback::Calibration {
+                proposal,
+                days,
+                config_file: target.map(|p| p.display().to_string()),
+                applied,
+            };
+            emit(&out, Ok(c), crate::feedback::render_calibration)
+        }
         Command::Retention { older_than_days } => {
             let days = older_than_days
                 .or(core.settings().retention_days)
@@ -475,7 +556,7 @@ struct ScoreOut<'a> {
     score: f64,
     tier: &'static str,
     model: &'a str,
-    reasons: Vec<String>,
+    reasons: Vec<&'static str>,
 }
 
 /// Streams scores for JSONL prompts. Malformed lines produce an `error`
@@ -523,16 +604,10 @@ fn score_stdin(settings: &Settings, length_only: bool) -> Result<()> {
         match serde_json::from_str::<ScoreIn>(&line) {
             Ok(item) => {
                 let (value, reasons) = if length_only {
-                    (
-                        scorer::length_only(&item.prompt),
-                        vec!["length".to_string()],
-                    )
+                    (scorer::length_only(&item.prompt), vec!["length"])
                 } else {
                     let s = scorer::score(&item.prompt);
-                    (
-                        s.value,
-                        s.reasons(3).into_iter().map(|r| r.feature).collect(),
-                    )
+                    (s.value, s.top_features(3))
                 };
                 let (tier, _) = router.tier_for(value);
                 let o = ScoreOut {

@@ -7,7 +7,9 @@
 //! - [`mcp`]: the stdio MCP server; thin tool handlers over [`optimizer`].
 //! - [`optimizer`]: the core that ties routing, providers, pricing, ledger and
 //!   budgets together; the CLI and the MCP tools both call it.
-//! - [`router`]: the complexity scorer and the tier/model choice.
+//! - [`router`]: the complexity scorer, the tier/model choice and threshold
+//!   calibration.
+//! - [`feedback`]: ratings of answers, and `calibrate` from ratings and overrides.
 //! - [`providers`]: one file per provider over a shared OpenAI-compatible module.
 //! - [`pricing`]: the bundled LiteLLM catalog, refreshes and user overrides.
 //! - [`tokens`]: token estimates before a call (tiktoken-rs).
@@ -22,6 +24,7 @@ pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod dashboard;
+pub mod feedback;
 pub mod install;
 pub mod ledger;
 pub mod logging;

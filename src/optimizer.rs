@@ -101,6 +101,11 @@ pub struct CompleteArgs {
     /// Cartesia voice id for `speak` (default: a stock English voice).
     #[serde(default)]
     pub voice: Option<String>,
+    /// Rate an earlier answer while asking this prompt: its `request_id`
+    /// and a rating (`good`, `ok`, `bad` or 1-5). Recorded before this call
+    /// is routed; `ai-cost-optimizer calibrate` learns thresholds from it.
+    #[serde(default)]
+    pub feedback: Option<crate::feedback::FeedbackArgs>,
 }
 
 /// Arguments of `get_recommendation`.
@@ -330,6 +335,9 @@ pub struct Completion {
     pub global_budget: Option<BudgetStatus>,
     /// Id grouping this call's ledger rows.
     pub request_id: String,
+    /// The rating recorded from the `feedback` argument, if given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<crate::feedback::FeedbackReceipt>,
 }
 
 /// Result of `get_recommendation`.
@@ -580,6 +588,16 @@ impl Optimizer {
     /// The pricing catalog.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// The router in force (thresholds and tier lists).
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The providers and which are enabled.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The ledger, or why it is unavailable.
@@ -984,6 +1002,12 @@ impl Optimizer {
             ));
         }
 
+        // A rating of an earlier answer is stored first: it stands on its
+        // own, whatever happens to this call.
+        let feedback = match &args.feedback {
+            Some(f) => Some(crate::feedback::record(self, f, "mcp", self.now())?),
+            None => None,
+        };
         let ledger = self.ledger()?.clone();
         let budgets = self.budgets_for(&ledger, &user)?;
         let now = self.now();
@@ -1280,6 +1304,7 @@ impl Optimizer {
                             warning: (!warnings.is_empty()).then(|| warnings.join(" ")),
                             audio,
                             request_id,
+                            feedback,
                         });
                     }
                     Err(err) => err,

@@ -24,10 +24,12 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 mod analytics;
+mod feedback;
 mod owners;
 pub use analytics::{
     BANDS, BandStat, Breakdown, CallRow, DayProvider, Snapshot, SnapshotRequest, TokenMix,
 };
+pub use feedback::{FeedbackCall, HistoryCall};
 
 /// Schema migrations, in order. Append only; never edit a released one.
 const MIGRATIONS: &[&str] = &[
@@ -35,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_budget_scopes_and_alerts.sql"),
     include_str!("migrations/0003_analytics_indexes.sql"),
     include_str!("migrations/0004_reservation_owner.sql"),
+    include_str!("migrations/0005_feedback.sql"),
 ];
 
 /// The scope of the global budget, which caps every user together.

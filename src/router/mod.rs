@@ -4,6 +4,7 @@
 //! Every step that changes the outcome adds a sentence to
 //! [`RoutePlan::notes`], so a user can always see *why* a model was chosen.
 
+pub mod calibrate;
 pub mod scorer;
 
 use std::collections::BTreeMap;

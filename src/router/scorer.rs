@@ -393,18 +393,8 @@ impl Score {
     /// explaining the decision. Sorted by |contribution|; features whose push is
     /// negligible (below 0.001 log-odds) are left out, so an empty prompt may have none.
     pub fn reasons(&self, n: usize) -> Vec<Reason> {
-        let mut idx: Vec<(usize, f64)> = Vec::with_capacity(N_DENSE + 1);
-        for (j, &c) in self.contrib.iter().enumerate() {
-            if c.abs() >= MIN_REASON {
-                idx.push((j, c));
-            }
-        }
-        if self.text_contrib.abs() >= MIN_REASON {
-            idx.push((N_DENSE, self.text_contrib));
-        }
-        idx.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
-        idx.truncate(n);
-        idx.into_iter()
+        self.ranked(n)
+            .into_iter()
             .map(|(j, c)| {
                 if j == N_DENSE {
                     Reason {
@@ -421,6 +411,33 @@ impl Score {
                 }
             })
             .collect()
+    }
+
+    /// Just the names of the features [`Score::reasons`] would list, in the same
+    /// order: for bulk scoring (`ai-cost-optimizer score`), where building the
+    /// human sentences would cost more than the score itself.
+    pub fn top_features(&self, n: usize) -> Vec<&'static str> {
+        self.ranked(n)
+            .into_iter()
+            .map(|(j, _)| DENSE_NAMES.get(j).copied().unwrap_or("wording"))
+            .collect()
+    }
+
+    /// (feature index, contribution) of the `n` largest contributions; index
+    /// `N_DENSE` is the wording term.
+    fn ranked(&self, n: usize) -> Vec<(usize, f64)> {
+        let mut idx: Vec<(usize, f64)> = Vec::with_capacity(N_DENSE + 1);
+        for (j, &c) in self.contrib.iter().enumerate() {
+            if c.abs() >= MIN_REASON {
+                idx.push((j, c));
+            }
+        }
+        if self.text_contrib.abs() >= MIN_REASON {
+            idx.push((N_DENSE, self.text_contrib));
+        }
+        idx.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
+        idx.truncate(n);
+        idx
     }
 
     /// The score before the logistic squash (log-odds scale); useful for thresholds
@@ -727,6 +744,27 @@ impl<'a> Scan<'a> {
     }
 }
 
+/// `ln(1 + n)` of the counts 0..256, computed once with `ln_1p` itself (so
+/// the values are bit-identical): nearly every count a prompt yields is small,
+/// and a table load is far cheaper than the ~20 calls to `ln_1p` a score
+/// would otherwise make.
+static LN1P: std::sync::LazyLock<[f64; 256]> = std::sync::LazyLock::new(|| {
+    let mut t = [0.0f64; 256];
+    for (i, v) in t.iter_mut().enumerate() {
+        *v = (i as f64).ln_1p();
+    }
+    t
+});
+
+/// `ln(1 + c)` for a count.
+#[inline]
+fn ln1p_count(c: u64) -> f64 {
+    match usize::try_from(c).ok().and_then(|i| LN1P.get(i)) {
+        Some(v) => *v,
+        None => (c as f64).ln_1p(),
+    }
+}
+
 #[inline]
 fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }
@@ -756,7 +794,7 @@ pub fn score(prompt: &str) -> Score {
     ];
     for (j, c) in counts {
         raw[j] = c as f64;
-        x[j] = if c == 0 { 0.0 } else { raw[j].ln_1p() };
+        x[j] = ln1p_count(c);
     }
     raw[F_AVG_WORD_LEN] = ratio(s.letters_in_words, s.words).min(12.0);
     raw[F_NUMBER_DENSITY] = ratio(s.numbers, s.words + s.numbers + 1);
@@ -767,7 +805,7 @@ pub fn score(prompt: &str) -> Score {
     }
     for (i, &c) in s.lex.iter().enumerate() {
         raw[LEX_FIRST + i] = c as f64;
-        x[LEX_FIRST + i] = if c == 0 { 0.0 } else { (c as f64).ln_1p() };
+        x[LEX_FIRST + i] = ln1p_count(c);
     }
 
     let mut contrib = [0.0f64; N_DENSE];
@@ -924,6 +962,9 @@ mod tests {
             }
         }
         assert!(score("hello").reasons(0).is_empty());
+        let s = score("Prove that there are infinitely many primes.");
+        let names: Vec<String> = s.reasons(4).into_iter().map(|r| r.feature).collect();
+        assert_eq!(s.top_features(4), names);
     }
 
     #[test]

@@ -1,0 +1,346 @@
+//! Learning from the user: ratings of answers, and threshold calibration
+//! from ratings and overrides.
+//!
+//! Ratings arrive through `ai-cost-optimizer feedback REQUEST_ID --rating R`
+//! or the optional `feedback` argument of `complete_prompt` (rate the
+//! previous answer while asking the next question, so the MCP surface keeps
+//! its five tools). Overrides (`force_model`, `tier`) are already in the
+//! ledger's `calls.forced` column. `ai-cost-optimizer calibrate` turns both
+//! into proposed thresholds ([`crate::router::calibrate`]) and, with
+//! `--apply`, writes them to the config file's `[routing] thresholds`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::HistoryCall;
+use crate::optimizer::{Optimizer, ToolError};
+use crate::providers::Usage;
+use crate::router::Tier;
+use crate::router::calibrate::{self, Proposal};
+
+/// Longest note kept with a rating, in bytes.
+pub const MAX_NOTE_BYTES: usize = 2000;
+
+/// A rating as people and models write it: `good`, `bad`, `ok`, or 1-5.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RatingInput {
+    /// 1 (useless) to 5 (perfect).
+    Stars(i64),
+    /// `good` (= 5), `ok` (= 3), `bad` (= 1), or a digit 1-5.
+    Word(String),
+}
+
+impl RatingInput {
+    /// The rating on the stored 1-5 scale, or a message naming the problem.
+    pub fn stars(&self) -> Result<u8, String> {
+        let n = match self {
+            RatingInput::Stars(n) => *n,
+            RatingInput::Word(w) => match w.trim().to_ascii_lowercase().as_str() {
+                "good" | "great" | "up" => 5,
+                "ok" | "okay" | "neutral" => 3,
+                "bad" | "poor" | "down" => 1,
+                other => other.parse::<i64>().map_err(|_| {
+                    format!("rating: {w:?} is not a rating; use good, ok, bad or 1-5")
+                })?,
+            },
+        };
+        u8::try_from(n)
+            .ok()
+            .filter(|n| (1..=5).contains(n))
+            .ok_or_else(|| format!("rating: {n} is out of range; use 1 (bad) to 5 (good)"))
+    }
+}
+
+/// Feedback on one earlier answer (`complete_prompt`'s `feedback` argument).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackArgs {
+    /// `request_id` of the earlier `complete_prompt` result being rated.
+    pub request_id: String,
+    /// `good`, `ok`, `bad`, or 1 (bad) to 5 (good). Bad ratings teach the
+    /// router to send similar prompts to a stronger tier.
+    pub rating: RatingInput,
+    /// Optional free-text note (at most 2000 bytes).
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// What was recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct FeedbackReceipt {
+    /// The rated request.
+    pub request_id: String,
+    /// Stored rating, 1-5.
+    pub rating: u8,
+    /// Model that gave the rated answer.
+    pub model: String,
+    /// Tier it was chosen from.
+    pub tier: Option<String>,
+    /// Complexity score of the rated prompt.
+    pub score: Option<f64>,
+}
+
+/// Validates and stores `args`; `source` is `cli` or `mcp`.
+pub fn record(
+    core: &Optimizer,
+    args: &FeedbackArgs,
+    source: &str,
+    now_ms: i64,
+) -> Result<FeedbackReceipt, ToolError> {
+    let id = args.request_id.trim();
+    if id.is_empty() || id.len() > 200 {
+        return Err(ToolError::Invalid(
+            "request_id: give the request_id of an earlier complete_prompt result".into(),
+        ));
+    }
+    let rating = args.rating.stars().map_err(ToolError::Invalid)?;
+    let note = args
+        .note
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty());
+    if note.is_some_and(|n| n.len() > MAX_NOTE_BYTES) {
+        return Err(ToolError::Invalid(format!(
+            "note: at most {MAX_NOTE_BYTES} bytes"
+        )));
+    }
+    let ledger = core.ledger()?;
+    let lerr = |e: crate::ledger::LedgerError| ToolError::Ledger(e.to_string());
+    let call = ledger.feedback_call(id).map_err(lerr)?.ok_or_else(|| {
+        ToolError::Invalid(format!(
+            "request_id: no call {id:?} in the ledger (it may have been pruned by retention)"
+        ))
+    })?;
+    ledger
+        .record_feedback(id, rating, source, note, now_ms)
+        .map_err(lerr)?;
+    Ok(FeedbackReceipt {
+        request_id: id.to_owned(),
+        rating,
+        model: call.model,
+        tier: call.tier,
+        score: call.score,
+    })
+}
+
+/// The proposal and where `--apply` writes it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Calibration {
+    /// The proposal.
+    #[serde(flatten)]
+    pub proposal: Proposal,
+    /// Days of history read.
+    pub days: u32,
+    /// Config file the thresholds are (or would be) written to.
+    pub config_file: Option<String>,
+    /// Whether the thresholds were written.
+    pub applied: bool,
+}
+
+/// Reads `days` of history (optionally one user's) and proposes thresholds.
+pub fn calibrate(
+    core: &Optimizer,
+    days: u32,
+    user: Option<&str>,
+    now_ms: i64,
+) -> Result<Proposal, ToolError> {
+    let since = now_ms.saturating_sub(i64::from(days) * 86_400_000);
+    let history = core
+        .ledger()?
+        .routing_history(user, since)
+        .map_err(|e| ToolError::Ledger(e.to_string()))?;
+    let price = |tier: Tier, c: &HistoryCall| tier_price(core, tier, c);
+    Ok(calibrate::propose(
+        &history,
+        core.settings().tier_thresholds,
+        &price,
+    ))
+}
+
+/// The recorded usage of `c` on `tier`'s model: the first listed model that
+/// is priced and enabled, else the first priced one.
+fn tier_price(core: &Optimizer, tier: Tier, c: &HistoryCall) -> Option<f64> {
+    let catalog = core.catalog();
+    let priced: Vec<_> = core
+        .router()
+        .models(tier)
+        .iter()
+        .filter_map(|m| catalog.get(m))
+        .collect();
+    let price = priced
+        .iter()
+        .find(|p| core.registry().is_enabled(p.provider))
+        .or(priced.first())?;
+    Some(price.cost_of(&Usage {
+        input_tokens: c.input_tokens,
+        cache_read_tokens: c.cache_read_tokens,
+        cache_write_tokens: c.cache_write_tokens,
+        output_tokens: c.output_tokens,
+        reasoning_tokens: 0,
+    }))
+}
+
+/// Where `--apply` writes: the config file in use, else the default path.
+pub fn config_target(core: &Optimizer) -> Option<PathBuf> {
+    core.settings().config_file.clone().or_else(|| {
+        directories::ProjectDirs::from("dev", "ai-cost-optimizer", "ai-cost-optimizer")
+            .map(|d| d.config_dir().join("config.toml"))
+    })
+}
+
+/// Sets `[routing] thresholds` in the TOML file at `path` (created if
+/// missing), keeping every other key and comment as written. The file is
+/// replaced atomically (write, then rename).
+pub fn write_thresholds(path: &Path, t: [f64; 3]) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .with_context(|| format!("{} is not valid TOML; fix it first", path.display()))?;
+    let routing = doc
+        .entry("routing")
+        .or_insert_with(|| toml_edit::Item::Table(toml_edit::Table::new()));
+    let Some(routing) = routing.as_table_like_mut() else {
+        anyhow::bail!("{}: `routing` is not a table", path.display());
+    };
+    // Two decimals: the calibration grid is 0.01.
+    let arr: toml_edit::Array = t.iter().map(|x| (x * 100.0).round() / 100.0).collect();
+    routing.insert("thresholds", toml_edit::value(arr));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, doc.to_string())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+/// Text form of a recorded rating.
+pub fn render_receipt(r: &FeedbackReceipt) -> String {
+    let score = r
+        .score
+        .map(|s| format!(", score {s:.2}"))
+        .unwrap_or_default();
+    let tier = r.tier.as_deref().unwrap_or("no tier");
+    format!(
+        "Recorded rating {}/5 for {} ({}, {tier}{score}).\nRun `ai-cost-optimizer calibrate` to see what the ratings suggest.\n",
+        r.rating, r.request_id, r.model
+    )
+}
+
+/// Text form of a calibration.
+pub fn render_calibration(c: &Calibration) -> String {
+    use std::fmt::Write;
+    let p = &c.proposal;
+    let e = &p.evidence;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Calibration over the last {} days: {} answered calls, {} rated bad, {} rated good, \
+         {} overridden to a stronger tier, {} to a cheaper one.",
+        c.days, e.calls, e.rated_bad, e.rated_good, e.overrides_up, e.overrides_down
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| Boundary | Current | Proposed | Signals | Contradicted now | Contradicted after |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for b in &p.boundaries {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} | {:.2} | {} | {} | {} |",
+            b.boundary,
+            b.current,
+            b.proposed,
+            b.signals,
+            b.violations_current,
+            b.violations_proposed
+        );
+    }
+    let _ = writeln!(s);
+    if !p.changed {
+        let _ = writeln!(
+            s,
+            "No change proposed: a boundary moves only when the move agrees with at least {} more \
+             ratings or overrides than the current value does.",
+            calibrate::MIN_EVIDENCE
+        );
+        return s;
+    }
+    let k = &p.cost;
+    let _ = writeln!(
+        s,
+        "Effect on the same calls: ${:.6} recorded -> ${:.6} projected ({}{:.6} USD); \
+         {} calls to a stronger tier, {} to a cheaper one{}.",
+        k.recorded_usd,
+        k.projected_usd,
+        if k.delta_usd >= 0.0 { "+" } else { "-" },
+        k.delta_usd.abs(),
+        k.calls_up,
+        k.calls_down,
+        if k.unpriced > 0 {
+            format!(", {} kept at recorded cost (no priced model)", k.unpriced)
+        } else {
+            String::new()
+        }
+    );
+    let target = c.config_file.as_deref().unwrap_or("the config file");
+    if c.applied {
+        let _ = writeln!(s, "Written to {target} ([routing] thresholds).");
+    } else {
+        let _ = writeln!(s, "Run with --apply to write them to {target}.");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratings_parse() {
+        let w = |s: &str| RatingInput::Word(s.into()).stars();
+        assert_eq!(w("good"), Ok(5));
+        assert_eq!(w(" BAD "), Ok(1));
+        assert_eq!(w("3"), Ok(3));
+        assert!(w("meh").unwrap_err().contains("good, ok, bad"));
+        assert!(w("0").unwrap_err().contains("out of range"));
+        assert_eq!(RatingInput::Stars(4).stars(), Ok(4));
+        assert!(RatingInput::Stars(6).stars().is_err());
+    }
+
+    #[test]
+    fn thresholds_written_and_other_keys_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.toml");
+        std::fs::write(
+            &p,
+            "# my budget\nmonthly_budget_usd = 20.0\n\n[routing.tiers]\nfree = [\"ollama/llama3.1\"]\n",
+        )
+        .unwrap();
+        write_thresholds(&p, [0.2, 0.5, 0.8]).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("# my budget"), "{text}");
+        let v: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(v["monthly_budget_usd"].as_float(), Some(20.0));
+        assert_eq!(
+            v["routing"]["thresholds"].as_array().unwrap().len(),
+            3,
+            "{text}"
+        );
+        assert!(v["routing"]["tiers"]["free"].is_array());
+        // A second write replaces the value rather than adding a key.
+        write_thresholds(&p, [0.1, 0.5, 0.8]).unwrap();
+        let v: toml::Table = toml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        assert_eq!(v["routing"]["thresholds"][0].as_float(), Some(0.1));
+    }
+}

@@ -1,0 +1,138 @@
+//! Feedback on answers and the routing history `calibrate` learns from.
+//!
+//! Kept apart from the call write path: feedback is written rarely (once per
+//! rating a person gives) and read in bulk only by `calibrate`.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Ledger, LedgerError, to_usd};
+
+/// The answered call a rating refers to (its last successful attempt, or
+/// the last attempt if none succeeded).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackCall {
+    /// Model that answered.
+    pub model: String,
+    /// Tier the model was chosen from.
+    pub tier: Option<String>,
+    /// Complexity score of the prompt.
+    pub score: Option<f64>,
+    /// Whose call it was.
+    pub user_id: String,
+}
+
+/// One answered call with what the user said or did about it: the input of
+/// threshold calibration.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistoryCall {
+    /// Groups the attempts of the call.
+    pub request_id: String,
+    /// Complexity score of the prompt.
+    pub score: f64,
+    /// Tier the answering model was chosen from.
+    pub tier: Option<String>,
+    /// Model that answered.
+    pub model: String,
+    /// What the caller forced: `model`, `provider`, `tier` or nothing.
+    pub forced: Option<String>,
+    /// Uncached input tokens.
+    pub input_tokens: u64,
+    /// Cache-read input tokens.
+    pub cache_read_tokens: u64,
+    /// Cache-write input tokens.
+    pub cache_write_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// What the answer cost, USD.
+    pub cost_usd: f64,
+    /// The newest rating (1-5), if any.
+    pub rating: Option<u8>,
+}
+
+impl Ledger {
+    /// The call `request_id` refers to, or `None` when the ledger has no such
+    /// request (a typo, or a call pruned by retention).
+    pub fn feedback_call(&self, request_id: &str) -> Result<Option<FeedbackCall>, LedgerError> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT model, tier, score, user_id FROM calls WHERE request_id = ?1
+             ORDER BY outcome = 'ok' DESC, attempt DESC LIMIT 1",
+            [request_id],
+            |r| {
+                Ok(FeedbackCall {
+                    model: r.get(0)?,
+                    tier: r.get(1)?,
+                    score: r.get(2)?,
+                    user_id: r.get(3)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(|e| self.err(e))
+    }
+
+    /// Stores a rating (1-5) of `request_id`. The caller checks that the
+    /// request exists ([`Ledger::feedback_call`]) and the rating's range (the
+    /// table's CHECK constraint also refuses anything outside 1-5).
+    pub fn record_feedback(
+        &self,
+        request_id: &str,
+        rating: u8,
+        source: &str,
+        note: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), LedgerError> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT INTO feedback (request_id, ts_ms, rating, source, note)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![request_id, now_ms, rating, source, note],
+        )
+        .map(|_| ())
+        .map_err(|e| self.err(e))
+    }
+
+    /// Every answered call since `since_ms` (optionally of one user) that
+    /// has a score, with its newest rating: one row per request, the
+    /// successful attempt's model, tier, usage and cost.
+    pub fn routing_history(
+        &self,
+        user_id: Option<&str>,
+        since_ms: i64,
+    ) -> Result<Vec<HistoryCall>, LedgerError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT c.request_id, c.score, c.tier, c.model, c.forced, c.input_tokens,
+                        c.cache_read_tokens, c.cache_write_tokens, c.output_tokens, c.cost_nanos,
+                        (SELECT f.rating FROM feedback f WHERE f.request_id = c.request_id
+                         ORDER BY f.ts_ms DESC, f.id DESC LIMIT 1)
+                 FROM calls c
+                 WHERE c.outcome = 'ok' AND c.score IS NOT NULL AND c.ts_ms >= ?1
+                   AND (?2 IS NULL OR c.user_id = ?2)
+                 ORDER BY c.ts_ms, c.id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![since_ms, user_id], |r| {
+                let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+                Ok(HistoryCall {
+                    request_id: r.get(0)?,
+                    score: r.get(1)?,
+                    tier: r.get(2)?,
+                    model: r.get(3)?,
+                    forced: r.get(4)?,
+                    input_tokens: n(5)?,
+                    cache_read_tokens: n(6)?,
+                    cache_write_tokens: n(7)?,
+                    output_tokens: n(8)?,
+                    cost_usd: to_usd(r.get(9)?),
+                    rating: r
+                        .get::<_, Option<i64>>(10)?
+                        .and_then(|v| u8::try_from(v).ok()),
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+}

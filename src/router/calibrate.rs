@@ -1,0 +1,392 @@
+//! Threshold calibration from what users said and did about past routing.
+//!
+//! # Why it works this way
+//!
+//! The scorer ranks prompts; the three thresholds decide where each rank
+//! lands. Whether a boundary sits too low or too high is something only the
+//! user can tell us, in two ways the ledger records:
+//!
+//! * **overrides**: a call where the caller forced a tier (or a model of a
+//!   tier) other than the one its score pointed to says "a prompt with this
+//!   score belongs in that tier";
+//! * **ratings**: an answer rated bad (1-2 of 5) says "this prompt needed a
+//!   stronger tier than the one that answered"; an answer rated good (4-5)
+//!   says "this tier was enough" and so defends the boundary against being
+//!   raised over its score.
+//!
+//! Each signal is a constraint on every boundary it crosses. For each
+//! boundary we pick, on a 0.01 grid, the value that violates the fewest
+//! constraints, preferring the current value on ties and moving only when at
+//! least [`MIN_EVIDENCE`] fewer constraints are violated, so one stray click
+//! cannot move routing. The result is re-priced over the recorded calls: a
+//! call whose tier would change is costed at the recorded token usage on the
+//! tier's first priced model; all others keep their recorded cost.
+
+use serde::Serialize;
+
+use super::{Tier, UNSURE_MARGIN};
+use crate::ledger::HistoryCall;
+
+/// A boundary moves only if the move satisfies at least this many more
+/// signals than the current value does.
+pub const MIN_EVIDENCE: usize = 2;
+/// Ratings at or below this are "bad".
+pub const BAD_AT_MOST: u8 = 2;
+/// Ratings at or above this are "good".
+pub const GOOD_AT_LEAST: u8 = 4;
+
+/// What one signal asks of the tier of a prompt with `score`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Want {
+    /// The tier should be at least this one.
+    AtLeast(usize),
+    /// The tier should be at most this one.
+    AtMost(usize),
+}
+
+/// The tier a score gets under `t`, including the cost-aware "unsure, take
+/// the cheaper tier" rule of [`super::Router::tier_for`] (budget downgrades
+/// are per-call circumstances and are left out).
+pub fn effective_tier(t: [f64; 3], score: f64) -> usize {
+    let idx = t.iter().filter(|b| score >= **b).count().min(3);
+    if idx > 0 && score - t[idx - 1] < UNSURE_MARGIN {
+        idx - 1
+    } else {
+        idx
+    }
+}
+
+/// How much evidence of each kind the history holds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct Evidence {
+    /// Answered calls with a score in the window.
+    pub calls: usize,
+    /// Calls rated bad (1-2).
+    pub rated_bad: usize,
+    /// Calls rated good (4-5).
+    pub rated_good: usize,
+    /// Calls where the caller forced a stronger tier than the score's.
+    pub overrides_up: usize,
+    /// Calls where the caller forced a cheaper tier than the score's.
+    pub overrides_down: usize,
+}
+
+/// One boundary's proposal.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct BoundaryChange {
+    /// `free|cheap`, `cheap|medium` or `medium|premium`.
+    pub boundary: String,
+    /// Value in force.
+    pub current: f64,
+    /// Proposed value (equal to `current` when the evidence is too thin).
+    pub proposed: f64,
+    /// Signals the current value contradicts.
+    pub violations_current: usize,
+    /// Signals the proposed value contradicts.
+    pub violations_proposed: usize,
+    /// Signals that bear on this boundary.
+    pub signals: usize,
+}
+
+/// Re-pricing of the recorded calls under the proposed thresholds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct CostEffect {
+    /// What the recorded calls cost, USD.
+    pub recorded_usd: f64,
+    /// What they would have cost under the proposal, USD.
+    pub projected_usd: f64,
+    /// `projected - recorded`, USD (negative saves money).
+    pub delta_usd: f64,
+    /// Unforced calls that would go to a stronger tier.
+    pub calls_up: usize,
+    /// Unforced calls that would go to a cheaper tier.
+    pub calls_down: usize,
+    /// Calls whose new tier has no priced model (kept at recorded cost).
+    pub unpriced: usize,
+}
+
+/// The outcome of calibration.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct Proposal {
+    /// Thresholds in force.
+    pub current: [f64; 3],
+    /// Proposed thresholds (ascending).
+    pub proposed: [f64; 3],
+    /// Whether `proposed` differs from `current`.
+    pub changed: bool,
+    /// Per-boundary detail.
+    pub boundaries: Vec<BoundaryChange>,
+    /// What the history holds.
+    pub evidence: Evidence,
+    /// Effect on cost over the same calls.
+    pub cost: CostEffect,
+}
+
+fn tier_index(name: Option<&str>) -> Option<usize> {
+    name.and_then(Tier::parse).map(|t| t as usize)
+}
+
+/// The signals in `history` under thresholds `t`, as (score, want).
+fn signals(history: &[HistoryCall], t: [f64; 3], ev: &mut Evidence) -> Vec<(f64, Want)> {
+    let mut out = Vec::new();
+    for c in history {
+        ev.calls += 1;
+        let Some(actual) = tier_index(c.tier.as_deref()) else {
+            continue;
+        };
+        let scored = effective_tier(t, c.score);
+        let forced_tier = matches!(c.forced.as_deref(), Some("tier" | "model"));
+        if forced_tier && actual != scored {
+            if actual > scored {
+                ev.overrides_up += 1;
+                out.push((c.score, Want::AtLeast(actual)));
+            } else {
+                ev.overrides_down += 1;
+                out.push((c.score, Want::AtMost(actual)));
+            }
+        }
+        match c.rating {
+            Some(r) if r <= BAD_AT_MOST => {
+                ev.rated_bad += 1;
+                if actual < 3 {
+                    out.push((c.score, Want::AtLeast(actual + 1)));
+                }
+            }
+            Some(r) if r >= GOOD_AT_LEAST => {
+                ev.rated_good += 1;
+                out.push((c.score, Want::AtMost(actual)));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Constraints on boundary `k` (between tier k and k+1) as (score, wants
+/// the prompt above the boundary).
+fn constraints(sig: &[(f64, Want)], k: usize) -> Vec<(f64, bool)> {
+    sig.iter()
+        .filter_map(|&(s, w)| match w {
+            Want::AtLeast(m) if k < m => Some((s, true)),
+            Want::AtMost(m) if k >= m => Some((s, false)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn violations(cons: &[(f64, bool)], b: f64) -> usize {
+    cons.iter()
+        .filter(|&&(s, above)| {
+            // "Above" needs the score past the boundary by the unsure margin.
+            let is_above = s >= b + UNSURE_MARGIN - 1e-12;
+            is_above != above
+        })
+        .count()
+}
+
+const BOUNDARY_NAMES: [&str; 3] = ["free|cheap", "cheap|medium", "medium|premium"];
+
+/// Proposes thresholds from `history`, and re-prices the history under them.
+/// `price(tier, call)` is the cost of the call's recorded usage on the
+/// tier's model, `None` when the tier has no priced model.
+pub fn propose(
+    history: &[HistoryCall],
+    current: [f64; 3],
+    price: &dyn Fn(Tier, &HistoryCall) -> Option<f64>,
+) -> Proposal {
+    let mut evidence = Evidence::default();
+    let sig = signals(history, current, &mut evidence);
+    let mut proposed = current;
+    let mut boundaries = Vec::with_capacity(3);
+    for (k, slot) in proposed.iter_mut().enumerate() {
+        let cons = constraints(&sig, k);
+        let now = violations(&cons, current[k]);
+        let mut best = (now, current[k]);
+        for step in 1..100 {
+            let b = f64::from(step) / 100.0;
+            let v = violations(&cons, b);
+            let closer = (b - current[k]).abs() < (best.1 - current[k]).abs();
+            if v < best.0 || (v == best.0 && closer) {
+                best = (v, b);
+            }
+        }
+        if best.0 + MIN_EVIDENCE <= now {
+            *slot = best.1;
+        }
+        boundaries.push(BoundaryChange {
+            boundary: BOUNDARY_NAMES[k].to_owned(),
+            current: current[k],
+            proposed: *slot,
+            violations_current: now,
+            violations_proposed: violations(&cons, *slot),
+            signals: cons.len(),
+        });
+    }
+    // Keep the boundaries ascending (a raised lower boundary pushes the
+    // ones above it up with it).
+    proposed[1] = proposed[1].max(proposed[0]);
+    proposed[2] = proposed[2].max(proposed[1]);
+    for (b, p) in boundaries.iter_mut().zip(proposed) {
+        b.proposed = p;
+    }
+    let changed = proposed != current;
+    let cost = cost_effect(history, current, proposed, price);
+    Proposal {
+        current,
+        proposed,
+        changed,
+        boundaries,
+        evidence,
+        cost,
+    }
+}
+
+fn cost_effect(
+    history: &[HistoryCall],
+    current: [f64; 3],
+    proposed: [f64; 3],
+    price: &dyn Fn(Tier, &HistoryCall) -> Option<f64>,
+) -> CostEffect {
+    let mut e = CostEffect::default();
+    for c in history {
+        e.recorded_usd += c.cost_usd;
+        let forced = c.forced.is_some();
+        let (a, b) = (
+            effective_tier(current, c.score),
+            effective_tier(proposed, c.score),
+        );
+        if forced || a == b {
+            e.projected_usd += c.cost_usd;
+            continue;
+        }
+        match price(Tier::ALL[b], c) {
+            Some(p) => {
+                e.projected_usd += p;
+                if b > a {
+                    e.calls_up += 1;
+                } else {
+                    e.calls_down += 1;
+                }
+            }
+            None => {
+                e.unpriced += 1;
+                e.projected_usd += c.cost_usd;
+            }
+        }
+    }
+    e.delta_usd = e.projected_usd - e.recorded_usd;
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(score: f64, tier: &str, forced: Option<&str>, rating: Option<u8>) -> HistoryCall {
+        HistoryCall {
+            request_id: format!("r{score}"),
+            score,
+            tier: Some(tier.into()),
+            model: "m/x".into(),
+            forced: forced.map(Into::into),
+            input_tokens: 1000,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
+            output_tokens: 100,
+            cost_usd: flat(Tier::parse(tier).unwrap(), &HistoryCall::default()).unwrap(),
+            rating,
+        }
+    }
+
+    const T: [f64; 3] = [0.25, 0.5, 0.75];
+
+    fn flat(t: Tier, _: &HistoryCall) -> Option<f64> {
+        Some([0.0, 0.002, 0.01, 0.1][t as usize])
+    }
+
+    #[test]
+    fn effective_tier_prefers_cheaper_when_unsure() {
+        assert_eq!(effective_tier(T, 0.1), 0);
+        assert_eq!(effective_tier(T, 0.26), 0); // within the margin above 0.25
+        assert_eq!(effective_tier(T, 0.30), 1);
+        assert_eq!(effective_tier(T, 0.99), 3);
+    }
+
+    #[test]
+    fn no_evidence_no_change() {
+        let h = vec![
+            call(0.2, "free", None, None),
+            call(0.6, "medium", None, None),
+        ];
+        let p = propose(&h, T, &flat);
+        assert!(!p.changed);
+        assert_eq!(p.proposed, T);
+        assert_eq!(p.cost.delta_usd, 0.0);
+    }
+
+    #[test]
+    fn one_bad_rating_is_not_enough() {
+        let h = vec![call(0.20, "free", None, Some(1))];
+        assert!(!propose(&h, T, &flat).changed);
+    }
+
+    #[test]
+    fn bad_ratings_on_free_lower_the_free_boundary_and_cost_more() {
+        let h = vec![
+            call(0.18, "free", None, Some(1)),
+            call(0.20, "free", None, Some(2)),
+            call(0.22, "free", None, Some(1)),
+            call(0.05, "free", None, Some(5)),
+            call(0.10, "free", None, None),
+        ];
+        let p = propose(&h, T, &flat);
+        assert!(p.changed);
+        // All three bad answers must now reach the cheap tier (beyond the
+        // unsure margin); the good one at 0.05 stays free.
+        assert!(
+            p.proposed[0] + UNSURE_MARGIN <= 0.18 + 1e-9,
+            "{:?}",
+            p.proposed
+        );
+        assert!(p.proposed[0] + UNSURE_MARGIN > 0.05);
+        assert_eq!(p.proposed[1..], T[1..]);
+        assert_eq!(p.evidence.rated_bad, 3);
+        assert_eq!(p.evidence.rated_good, 1);
+        assert_eq!(p.cost.calls_up, 3);
+        assert!(p.cost.delta_usd > 0.0);
+        // Each moved call is re-priced at the cheap tier: 3 x $0.002.
+        assert!((p.cost.projected_usd - 0.006).abs() < 1e-12);
+        assert!((p.cost.recorded_usd - 0.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn downward_overrides_raise_the_premium_boundary_and_save() {
+        let h = vec![
+            call(0.80, "medium", Some("tier"), None),
+            call(0.85, "medium", Some("tier"), None),
+            call(0.82, "medium", Some("model"), None),
+            call(0.81, "premium", None, None),
+        ];
+        let p = propose(&h, T, &flat);
+        assert!(p.changed);
+        assert!(p.proposed[2] + UNSURE_MARGIN > 0.85, "{:?}", p.proposed);
+        assert_eq!(p.evidence.overrides_down, 3);
+        assert_eq!(p.cost.calls_down, 1);
+        assert!(p.cost.delta_usd < 0.0);
+    }
+
+    #[test]
+    fn boundaries_stay_ascending() {
+        // Bad answers at medium with high-ish scores push the medium|premium
+        // boundary down; overrides down at cheap push free|cheap up past it.
+        let mut h = Vec::new();
+        for s in [0.55, 0.56, 0.57] {
+            h.push(call(s, "medium", None, Some(1)));
+        }
+        for s in [0.60, 0.62, 0.64] {
+            h.push(call(s, "free", Some("tier"), None));
+        }
+        let p = propose(&h, T, &flat);
+        assert!(p.proposed[0] <= p.proposed[1] && p.proposed[1] <= p.proposed[2]);
+    }
+}
