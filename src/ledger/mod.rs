@@ -348,18 +348,38 @@ pub struct Ledger {
     /// This process's instance lock, named by every reservation it takes
     /// (`None` if it could not be created: holds then only expire).
     owner: Option<Arc<owners::InstanceLock>>,
-    /// Settlements waiting for a group commit (see [`Ledger::settle`]).
-    pending: Arc<Mutex<Vec<PendingSettle>>>,
+    /// Writes waiting for a group commit (see [`Ledger::group_commit`]).
+    pending: Arc<Mutex<Vec<Pending>>>,
     /// Stops the background syncer when the last clone is dropped.
     _syncer: Option<Arc<SyncerHandle>>,
 }
 
-/// A settlement queued for the next group commit, with the slot its
-/// caller collects the result from.
-struct PendingSettle {
-    reservation: ReservationId,
-    rec: CallRecord,
-    slot: Arc<Mutex<Option<Result<i64, LedgerError>>>>,
+/// A write queued for the next group commit, with the slot its caller
+/// collects the result from.
+struct Pending {
+    op: Op,
+    slot: Arc<Mutex<Option<Done>>>,
+}
+
+/// The writes every call makes, which are group-committed.
+enum Op {
+    Reserve {
+        user_id: String,
+        checks: Vec<LimitCheck>,
+        amount_nanos: i64,
+        now_ms: i64,
+        ttl: Duration,
+    },
+    Settle {
+        reservation: ReservationId,
+        rec: Box<CallRecord>,
+    },
+}
+
+/// The answer to an [`Op`].
+enum Done {
+    Reserved(Result<Result<ReservationId, Overspend>, LedgerError>),
+    Settled(Result<i64, LedgerError>),
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked
@@ -523,62 +543,96 @@ impl Ledger {
     /// WAL page writes, an fsync in `full` mode) per call into one per
     /// batch.
     pub fn settle(&self, reservation: ReservationId, rec: &CallRecord) -> Result<i64, LedgerError> {
-        let slot: Arc<Mutex<Option<Result<i64, LedgerError>>>> = Arc::default();
-        lock_ignoring_poison(&self.pending).push(PendingSettle {
+        match self.group_commit(Op::Settle {
             reservation,
-            rec: rec.clone(),
+            rec: Box::new(rec.clone()),
+        }) {
+            Done::Settled(r) => r,
+            Done::Reserved(_) => Err(LedgerError::Sqlite(
+                "internal error: a settlement was answered as a reservation".into(),
+            )),
+        }
+    }
+
+    /// Queues `op`, then takes the connection; whoever gets it first runs
+    /// every queued op, in queue order, in one transaction and hands each
+    /// caller its result before releasing the connection. So an op still
+    /// unanswered when its caller gets the connection is still queued.
+    fn group_commit(&self, op: Op) -> Done {
+        let slot: Arc<Mutex<Option<Done>>> = Arc::default();
+        lock_ignoring_poison(&self.pending).push(Pending {
+            op,
             slot: slot.clone(),
         });
         let mut conn = self.lock();
         if let Some(done) = lock_ignoring_poison(&slot).take() {
-            return done; // a previous leader wrote it
+            return done; // a previous leader ran it
         }
-        // Not written yet, so still queued: results are handed out before
-        // the connection is released, and a leader takes the whole queue.
         let batch = std::mem::take(&mut *lock_ignoring_poison(&self.pending));
-        let results = self.settle_batch(&mut conn, &batch);
+        let results = self.run_batch(&mut conn, &batch);
         for (p, r) in batch.iter().zip(results) {
             *lock_ignoring_poison(&p.slot) = Some(r);
         }
         drop(conn);
         let mine = lock_ignoring_poison(&slot).take();
         mine.unwrap_or_else(|| {
-            Err(LedgerError::Sqlite(
-                "internal error: settlement lost from the commit queue".into(),
-            ))
+            Done::Settled(Err(LedgerError::Sqlite(
+                "internal error: an operation was lost from the commit queue".into(),
+            )))
         })
     }
 
-    /// Writes `batch` in one transaction; if that fails, each row alone,
-    /// so one bad row (or a full disk halfway) gives each caller its own
+    /// Runs `batch` in one transaction; if that fails, each op alone, so
+    /// one bad op (or a full disk halfway) gives each caller its own
     /// answer instead of failing them all.
-    fn settle_batch(
-        &self,
-        conn: &mut Connection,
-        batch: &[PendingSettle],
-    ) -> Vec<Result<i64, LedgerError>> {
-        let write = |conn: &mut Connection, items: &[PendingSettle]| {
+    fn run_batch(&self, conn: &mut Connection, batch: &[Pending]) -> Vec<Done> {
+        let owner = self.instance_id();
+        let run = |conn: &mut Connection, items: &[Pending]| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut ids = Vec::with_capacity(items.len());
+            let mut out = Vec::with_capacity(items.len());
             for p in items {
-                ids.push(insert(&tx, &p.rec)?);
-                tx.prepare_cached("DELETE FROM reservations WHERE id = ?1")?
-                    .execute([p.reservation.0])?;
+                out.push(match &p.op {
+                    Op::Settle { reservation, rec } => {
+                        let id = insert(&tx, rec)?;
+                        tx.prepare_cached("DELETE FROM reservations WHERE id = ?1")?
+                            .execute([reservation.0])?;
+                        Done::Settled(Ok(id))
+                    }
+                    Op::Reserve {
+                        user_id,
+                        checks,
+                        amount_nanos,
+                        now_ms,
+                        ttl,
+                    } => Done::Reserved(Ok(hold(
+                        &tx,
+                        user_id,
+                        checks,
+                        *amount_nanos,
+                        *now_ms,
+                        *ttl,
+                        owner,
+                    )?)),
+                });
             }
             tx.commit()?;
-            Ok::<_, rusqlite::Error>(ids)
+            Ok::<_, rusqlite::Error>(out)
         };
         if batch.len() > 1
-            && let Ok(ids) = write(conn, batch)
+            && let Ok(out) = run(conn, batch)
         {
-            return ids.into_iter().map(Ok).collect();
+            return out;
         }
         batch
             .iter()
-            .map(|p| {
-                write(conn, std::slice::from_ref(p))
-                    .map(|ids| ids[0])
-                    .map_err(|e| self.err(e))
+            .map(|p| match run(conn, std::slice::from_ref(p)) {
+                Ok(mut out) => out.pop().unwrap_or_else(|| {
+                    Done::Settled(Err(LedgerError::Sqlite("internal error: no result".into())))
+                }),
+                Err(e) => match p.op {
+                    Op::Settle { .. } => Done::Settled(Err(self.err(e))),
+                    Op::Reserve { .. } => Done::Reserved(Err(self.err(e))),
+                },
             })
             .collect()
     }
@@ -596,40 +650,18 @@ impl Ledger {
         now_ms: i64,
         ttl: Duration,
     ) -> Result<Result<ReservationId, Overspend>, LedgerError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        tx.execute("DELETE FROM reservations WHERE expires_ms <= ?1", [now_ms])
-            .map_err(|e| self.err(e))?;
-        for check in checks {
-            let spent = spent(&tx, &check.scope, check.since_ms).map_err(|e| self.err(e))?;
-            let reserved = reserved(&tx, &check.scope, now_ms).map_err(|e| self.err(e))?;
-            if spent.saturating_add(reserved).saturating_add(amount_nanos) > check.limit_nanos {
-                return Ok(Err(Overspend {
-                    scope: check.scope.clone(),
-                    limit_nanos: check.limit_nanos,
-                    spent_nanos: spent,
-                    reserved_nanos: reserved,
-                }));
-            }
+        match self.group_commit(Op::Reserve {
+            user_id: user_id.to_string(),
+            checks: checks.to_vec(),
+            amount_nanos,
+            now_ms,
+            ttl,
+        }) {
+            Done::Reserved(r) => r,
+            Done::Settled(_) => Err(LedgerError::Sqlite(
+                "internal error: a reservation was answered as a settlement".into(),
+            )),
         }
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
-        tx.execute(
-            "INSERT INTO reservations (user_id, amount_nanos, created_ms, expires_ms, owner)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                user_id,
-                amount_nanos.max(0),
-                now_ms,
-                now_ms.saturating_add(ttl_ms),
-                self.instance_id()
-            ],
-        )
-        .map_err(|e| self.err(e))?;
-        let id = tx.last_insert_rowid();
-        tx.commit().map_err(|e| self.err(e))?;
-        Ok(Ok(ReservationId(id)))
     }
 
     /// Records that `threshold` was crossed in `scope`'s period starting at
@@ -912,6 +944,47 @@ fn read_totals_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Totals> 
         output_tokens: n(5)?,
         unpriced_calls: n(6)?,
     })
+}
+
+/// Checks every budget and inserts the hold, inside the caller's
+/// `BEGIN IMMEDIATE` transaction: holds earlier in the same group commit
+/// count, exactly as if each had committed alone.
+fn hold(
+    tx: &Connection,
+    user_id: &str,
+    checks: &[LimitCheck],
+    amount_nanos: i64,
+    now_ms: i64,
+    ttl: Duration,
+    owner: Option<&str>,
+) -> rusqlite::Result<Result<ReservationId, Overspend>> {
+    tx.prepare_cached("DELETE FROM reservations WHERE expires_ms <= ?1")?
+        .execute([now_ms])?;
+    for check in checks {
+        let spent = spent(tx, &check.scope, check.since_ms)?;
+        let reserved = reserved(tx, &check.scope, now_ms)?;
+        if spent.saturating_add(reserved).saturating_add(amount_nanos) > check.limit_nanos {
+            return Ok(Err(Overspend {
+                scope: check.scope.clone(),
+                limit_nanos: check.limit_nanos,
+                spent_nanos: spent,
+                reserved_nanos: reserved,
+            }));
+        }
+    }
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+    tx.prepare_cached(
+        "INSERT INTO reservations (user_id, amount_nanos, created_ms, expires_ms, owner)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        user_id,
+        amount_nanos.max(0),
+        now_ms,
+        now_ms.saturating_add(ttl_ms),
+        owner
+    ])?;
+    Ok(Ok(ReservationId(tx.last_insert_rowid())))
 }
 
 fn insert(conn: &Connection, rec: &CallRecord) -> rusqlite::Result<i64> {
@@ -1532,5 +1605,38 @@ mod tests {
             })
             .unwrap();
         assert_eq!(distinct, 1200);
+    }
+
+    /// Holds taken together in one group commit still see each other:
+    /// 8 threads asking 20 holds of 10 each against a limit of 500 get
+    /// exactly 50, never 51.
+    #[test]
+    fn group_committed_holds_never_overspend() {
+        let (_d, l) = ledger();
+        let limit = [LimitCheck {
+            scope: "u".into(),
+            since_ms: 0,
+            limit_nanos: 500,
+        }];
+        let granted: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let l = l.clone();
+                    let limit = &limit;
+                    s.spawn(move || {
+                        (0..20)
+                            .filter(|_| {
+                                l.reserve("u", limit, 10, 100, Duration::from_secs(60))
+                                    .unwrap()
+                                    .is_ok()
+                            })
+                            .count()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(granted, 50);
+        assert_eq!(l.reserved_now("u", 100).unwrap(), 500);
     }
 }
