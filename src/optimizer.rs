@@ -576,6 +576,11 @@ impl Optimizer {
         &self.settings
     }
 
+    /// The providers: which are enabled and why.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The pricing catalog.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog

@@ -19,6 +19,8 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 mod analytics;
+mod keys;
+pub use keys::ApiKeyRow;
 pub use analytics::{
     BANDS, BandStat, Breakdown, CallRow, DayProvider, Snapshot, SnapshotRequest, TokenMix,
 };
@@ -28,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_budget_scopes_and_alerts.sql"),
     include_str!("migrations/0003_analytics_indexes.sql"),
+    include_str!("migrations/0004_api_keys.sql"),
 ];
 
 /// The scope of the global budget, which caps every user together.
