@@ -162,7 +162,9 @@ impl Metrics {
         self.tokens_in
             .get_or_create(&labels)
             .inc_by(c.tokens.input + c.tokens.cached + c.tokens.cache_write);
-        self.tokens_out.get_or_create(&labels).inc_by(c.tokens.output);
+        self.tokens_out
+            .get_or_create(&labels)
+            .inc_by(c.tokens.output);
         for a in c.attempts.iter().filter(|a| a.outcome != "ok") {
             self.provider_error(a.provider.as_str(), &a.outcome);
         }

@@ -157,7 +157,11 @@ impl HostGuard {
     fn origin_ok(&self, origin: Option<&str>) -> bool {
         let Some(origin) = origin else { return true };
         let origin = origin.trim().to_ascii_lowercase();
-        if self.origins.iter().any(|o| o.to_ascii_lowercase() == origin) {
+        if self
+            .origins
+            .iter()
+            .any(|o| o.to_ascii_lowercase() == origin)
+        {
             return true;
         }
         if !self.loopback_origins {
@@ -176,11 +180,7 @@ impl HostGuard {
     }
 }
 
-async fn guard_host(
-    State(guard): State<Arc<HostGuard>>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn guard_host(State(guard): State<Arc<HostGuard>>, req: Request, next: Next) -> Response {
     let host = req
         .headers()
         .get(header::HOST)
@@ -333,7 +333,10 @@ impl Server {
                     Some("not_found"),
                 )
             })
-            .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                metrics::track,
+            ))
             .layer(middleware::from_fn_with_state(Arc::new(guard), guard_host))
             .layer(RequestBodyLimitLayer::new(self.settings.max_body_bytes))
             .with_state(state);
@@ -368,21 +371,22 @@ impl Server {
         }
         app.layer(PropagateRequestIdLayer::new(REQUEST_ID))
             .layer(
-                TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                    let id = req
-                        .headers()
-                        .get(REQUEST_ID)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("-");
-                    // Only method, path and id: never headers (the key).
-                    tracing::info_span!(
-                        "http",
-                        request_id = %id,
-                        method = %req.method(),
-                        path = %req.uri().path(),
-                        key_id = tracing::field::Empty,
-                    )
-                })
+                TraceLayer::new_for_http()
+                    .make_span_with(|req: &Request| {
+                        let id = req
+                            .headers()
+                            .get(REQUEST_ID)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-");
+                        // Only method, path and id: never headers (the key).
+                        tracing::info_span!(
+                            "http",
+                            request_id = %id,
+                            method = %req.method(),
+                            path = %req.uri().path(),
+                            key_id = tracing::field::Empty,
+                        )
+                    })
                     .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
             )
             .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -401,7 +405,8 @@ impl Server {
                 stop.cancel();
             });
         }
-        let serve = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+        let serve =
+            axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
         let mut serve = Box::pin(serve.into_future());
         tokio::select! {
             r = &mut serve => { r.context("the HTTP server failed")?; }
@@ -457,7 +462,9 @@ async fn shutdown_signal() {
 /// Parses the bind address (`HOST:PORT`, IPv6 in brackets).
 pub fn parse_addr(addr: &str) -> Result<SocketAddr> {
     addr.trim().parse().with_context(|| {
-        format!("{addr:?} is not an address to bind; use IP:PORT, e.g. 127.0.0.1:8080 or 0.0.0.0:8080")
+        format!(
+            "{addr:?} is not an address to bind; use IP:PORT, e.g. 127.0.0.1:8080 or 0.0.0.0:8080"
+        )
     })
 }
 

@@ -38,7 +38,12 @@ use super::AppState;
 use super::auth::Caller;
 
 /// An error in OpenAI's body format: `{"error": {message, type, param, code}}`.
-pub fn error_response(status: StatusCode, message: &str, kind: &str, code: Option<&str>) -> Response {
+pub fn error_response(
+    status: StatusCode,
+    message: &str,
+    kind: &str,
+    code: Option<&str>,
+) -> Response {
     (
         status,
         axum::Json(json!({
@@ -465,7 +470,8 @@ fn stream(state: AppState, args: CompleteArgs, include_usage: bool) -> Response 
         done: false,
     };
     let first = sse(&st.chunk(json!({"role": "assistant", "content": ""}), None));
-    let head = futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(first)) });
+    let head =
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(first)) });
     let rest = futures_util::stream::unfold(st, |mut st| async move {
         if st.done {
             return None;

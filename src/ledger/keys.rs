@@ -85,12 +85,10 @@ impl Ledger {
                 "SELECT {COLUMNS} FROM api_keys ORDER BY created_ms, id"
             ))
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], row)
+        stmt.query_map([], row)
             .map_err(|e| self.err(e))?
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e));
-        rows
+            .map_err(|e| self.err(e))
     }
 
     /// Number of keys not revoked.

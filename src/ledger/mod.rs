@@ -20,10 +20,10 @@ use serde::Serialize;
 
 mod analytics;
 mod keys;
-pub use keys::ApiKeyRow;
 pub use analytics::{
     BANDS, BandStat, Breakdown, CallRow, DayProvider, Snapshot, SnapshotRequest, TokenMix,
 };
+pub use keys::ApiKeyRow;
 
 /// Schema migrations, in order. Append only; never edit a released one.
 const MIGRATIONS: &[&str] = &[

@@ -374,7 +374,9 @@ impl ServerHandler for CostServer {
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         // A plain HTTP key sees only its own user's calls.
-        let user = caller(&context).filter(|c| !c.admin).and_then(|c| c.user_id);
+        let user = caller(&context)
+            .filter(|c| !c.admin)
+            .and_then(|c| c.user_id);
         app::read(&self.core, &request.uri, user).map(Into::into)
     }
 }
