@@ -37,6 +37,13 @@ pub enum Command {
         #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "")]
         http: Option<String>,
     },
+    /// Exit 0 if an HTTP server answers its /health probe (for container
+    /// health checks: the image needs no curl).
+    Healthcheck {
+        /// The probe's URL.
+        #[arg(default_value = "http://127.0.0.1:8080/health")]
+        url: String,
+    },
     /// Manage the HTTP server's client API keys.
     Keys {
         #[command(subcommand)]
@@ -257,6 +264,22 @@ pub struct Output {
     pub json: bool,
 }
 
+async fn healthcheck(url: &str) -> Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?;
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("no answer from {url}"))?;
+    if !resp.status().is_success() {
+        bail!("{url} answered {}", resp.status());
+    }
+    println!("ok");
+    Ok(())
+}
+
 fn keys_command(action: KeysAction, settings: &Settings) -> Result<()> {
     let ledger = crate::ledger::Ledger::open(&settings.ledger_path())?;
     let now = crate::optimizer::system_clock()();
@@ -342,6 +365,7 @@ pub async fn run(command: Command, settings: Settings) -> Result<()> {
     match command {
         Command::Serve { .. } => unreachable!("serve is handled by main"),
         Command::Keys { action } => keys_command(action, &settings),
+        Command::Healthcheck { url } => healthcheck(&url).await,
         Command::Score { length_only } => score_stdin(&settings, length_only),
         Command::Pricing { action } => pricing_command(action, &settings).await,
         Command::InstallClaude {
@@ -544,6 +568,7 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
         }
         Command::Serve { .. }
         | Command::Keys { .. }
+        | Command::Healthcheck { .. }
         | Command::Score { .. }
         | Command::Pricing { .. }
         | Command::InstallClaude { .. } => {

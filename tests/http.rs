@@ -167,6 +167,19 @@ async fn probes_openai_completion_usage_and_metrics() {
     assert!(h.headers().contains_key("x-request-id"));
     let r = c.get(format!("{}/ready", s.base)).send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // The container's HEALTHCHECK: the binary probes itself.
+    let (ok, out, err) = cli(
+        dir.path(),
+        &[],
+        &["healthcheck", &format!("{}/health", s.base)],
+    );
+    assert!(ok && out.trim() == "ok", "{err}");
+    let (ok, _, _) = cli(
+        dir.path(),
+        &[],
+        &["healthcheck", &format!("{}/nope", s.base)],
+    );
+    assert!(!ok);
 
     let models = json_of(c.get(format!("{}/v1/models", s.base)).send().await.unwrap()).await;
     let ids: Vec<&str> = models["data"]

@@ -520,3 +520,47 @@ pub async fn models(State(state): State<AppState>) -> Response {
     }
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msgs(v: Value) -> Vec<Message> {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn one_user_turn_is_sent_as_is_and_systems_are_joined() {
+        let (system, prompt) = flatten(&msgs(json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "developer", "content": [{"type": "text", "text": "No lists."}]},
+            {"role": "user", "content": "Hi"}
+        ])))
+        .unwrap();
+        assert_eq!(system.as_deref(), Some("Be brief.\n\nNo lists."));
+        assert_eq!(prompt, "Hi");
+    }
+
+    #[test]
+    fn conversations_become_a_transcript() {
+        let (system, prompt) = flatten(&msgs(json!([
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "times 3?"}
+        ])))
+        .unwrap();
+        assert_eq!(system, None);
+        assert_eq!(prompt, "User: 2+2?\n\nAssistant: 4\n\nUser: times 3?");
+    }
+
+    #[test]
+    fn unsupported_input_is_refused_with_the_field() {
+        assert!(flatten(&msgs(json!([{"role": "system", "content": "x"}]))).is_err());
+        let e = flatten(&msgs(
+            json!([{"role": "user", "content": [{"type": "image_url"}]}]),
+        ))
+        .unwrap_err();
+        assert!(e.contains("messages[0].content"), "{e}");
+        assert!(flatten(&msgs(json!([{"role": "robot", "content": "x"}]))).is_err());
+    }
+}
