@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tracing::Instrument;
 
 use crate::ledger::{ApiKeyRow, Ledger};
 
@@ -168,11 +169,15 @@ pub async fn require_key(State(state): State<AppState>, mut req: Request, next: 
             }
         }
     };
-    if let Some(id) = &caller.key_id {
-        tracing::Span::current().record("key_id", id.as_str());
-    }
+    // The key's id (never the key) on every log line of the request. An
+    // inner span rather than a field recorded on the request's span: the
+    // stderr and file log layers would each append a recorded field.
+    let span = match &caller.key_id {
+        Some(id) => tracing::info_span!("key", key_id = %id),
+        None => tracing::Span::none(),
+    };
     req.extensions_mut().insert(caller);
-    next.run(req).await
+    next.run(req).instrument(span).await
 }
 
 fn refuse(e: KeyError) -> Response {
