@@ -384,7 +384,6 @@ impl Server {
                             request_id = %id,
                             method = %req.method(),
                             path = %req.uri().path(),
-                            key_id = tracing::field::Empty,
                         )
                     })
                     .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
