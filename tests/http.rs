@@ -806,3 +806,58 @@ async fn ready_says_why_not() {
         "{b}"
     );
 }
+
+#[tokio::test]
+async fn a_client_leaving_a_stream_stops_the_provider_and_releases_the_hold() {
+    let pieces: Vec<String> = (0..40).map(|i| format!("word{i} ")).collect();
+    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+    let fake = FakeProvider::start(
+        openai_sse(
+            "deepseek-v3.2",
+            &refs,
+            json!({"prompt_tokens": 5, "completion_tokens": 40}),
+        )
+        .dripped(Duration::from_millis(100)),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
+    let mut r = http()
+        .post(format!("{}/v1/chat/completions", s.base))
+        .json(&json!({"model": "auto", "stream": true,
+            "messages": [{"role": "user", "content": "Count"}]}))
+        .send()
+        .await
+        .unwrap();
+    // Read until answer text arrives, then hang up.
+    let mut got = String::new();
+    while !got.contains("word1") {
+        let chunk = r.chunk().await.unwrap().expect("stream ended early");
+        got.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(r);
+    let at_hangup = fake.drip_sent();
+    for _ in 0..100 {
+        if fake.aborted() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        fake.aborted(),
+        1,
+        "the provider stream kept going after the client left ({at_hangup} → {} events)",
+        fake.drip_sent()
+    );
+    let u = json_of(
+        http()
+            .get(format!("{}/v1/usage", s.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(u["budget"]["reserved_usd"], json!(0.0), "{u}");
+    assert_eq!(u["calls"], json!(0));
+    assert_eq!(u["totals"]["failed_attempts"], json!(1));
+}
