@@ -586,6 +586,10 @@ async fn budgets_apply_per_key_and_only_admins_set_them() {
         "{metrics}"
     );
     assert!(metrics.contains(r#"aco_budget_spent_usd{scope="bob"}"#));
+    assert!(
+        metrics.contains(r#"aco_call_errors_total{kind="budget_refused"} 2"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -730,6 +734,55 @@ async fn rebinding_hosts_and_foreign_origins_are_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+}
+
+#[tokio::test]
+async fn cors_is_off_by_default_and_on_for_configured_origins() {
+    let fake = FakeProvider::start(ds_reply()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = http();
+    let preflight = |base: &str, origin: &str| {
+        c.request(
+            reqwest::Method::OPTIONS,
+            format!("{base}/v1/chat/completions"),
+        )
+        .header("origin", origin.to_string())
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+    };
+    let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
+    let r = preflight(&s.base, "https://app.example").await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    drop(s);
+
+    let mut env = deepseek_env(&fake);
+    env.push((
+        "COST_OPTIMIZER_HTTP_CORS_ORIGINS",
+        "https://app.example".into(),
+    ));
+    let s = start(dir.path(), &env, "127.0.0.1:0");
+    let r = preflight(&s.base, "https://app.example").await.unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let r = c
+        .get(format!("{}/v1/models", s.base))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let r = preflight(&s.base, "https://other.example").await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
 }
 
 #[tokio::test]

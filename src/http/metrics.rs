@@ -50,6 +50,11 @@ struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BudgetLabels {
     scope: String,
 }
@@ -69,6 +74,7 @@ pub struct Metrics {
     tokens_in: Family<ModelLabels, Counter>,
     tokens_out: Family<ModelLabels, Counter>,
     provider_errors: Family<ErrorLabels, Counter>,
+    call_errors: Family<KindLabels, Counter>,
     budget_limit: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
     budget_spent: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
     budget_reserved: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
@@ -92,6 +98,7 @@ impl Metrics {
             tokens_in: Family::default(),
             tokens_out: Family::default(),
             provider_errors: Family::default(),
+            call_errors: Family::default(),
             budget_limit: Family::default(),
             budget_spent: Family::default(),
             budget_reserved: Family::default(),
@@ -133,6 +140,11 @@ impl Metrics {
             m.provider_errors.clone(),
         );
         registry.register(
+            "call_errors",
+            "Calls that returned no answer, by reason (invalid, budget_refused, provider_failed, ledger)",
+            m.call_errors.clone(),
+        );
+        registry.register(
             "budget_limit_usd",
             "Budget limit of the current period",
             m.budget_limit.clone(),
@@ -168,6 +180,20 @@ impl Metrics {
         for a in c.attempts.iter().filter(|a| a.outcome != "ok") {
             self.provider_error(a.provider.as_str(), &a.outcome);
         }
+    }
+
+    /// Counts a call that returned no answer.
+    pub fn call_error(&self, e: &crate::optimizer::ToolError) {
+        use crate::optimizer::ToolError;
+        let kind = match e {
+            ToolError::Invalid(_) => "invalid",
+            ToolError::BudgetRefused(_) => "budget_refused",
+            ToolError::ProviderFailed(_) => "provider_failed",
+            ToolError::Ledger(_) => "ledger",
+        };
+        self.call_errors
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
     }
 
     /// Counts one failed provider attempt.

@@ -113,6 +113,10 @@ impl CallObserver for AppState {
     fn completed(&self, c: &Completion) {
         self.metrics.record_completion(c);
     }
+
+    fn failed(&self, e: &crate::optimizer::ToolError) {
+        self.metrics.call_error(e);
+    }
 }
 
 /// Which `Host` and `Origin` values are accepted (the DNS-rebinding guard).

@@ -331,6 +331,7 @@ pub async fn chat_completions(
             resp
         }
         Err(e) => {
+            state.metrics.call_error(&e);
             tracing::info!(error = %e, "chat completion refused");
             tool_error_response(&e)
         }
@@ -454,8 +455,9 @@ fn stream(state: AppState, args: CompleteArgs, include_usage: bool) -> Response 
         let _in_flight = in_flight;
         let sink = ChannelSink(tx.clone());
         let result = core.complete(&args, &sink).await;
-        if let Ok(c) = &result {
-            metrics.record_completion(c);
+        match &result {
+            Ok(c) => metrics.record_completion(c),
+            Err(e) => metrics.call_error(e),
         }
         let _ = tx.send(Event::Done(Box::new(result)));
     });

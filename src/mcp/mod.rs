@@ -59,6 +59,8 @@ pub trait CallObserver: Send + Sync {
     fn call_started(&self) -> Box<dyn Send>;
     /// A `complete_prompt` call succeeded.
     fn completed(&self, c: &Completion);
+    /// A `complete_prompt` call returned no answer.
+    fn failed(&self, e: &ToolError);
 }
 
 /// The MCP server state: the shared core and the tool table.
@@ -212,7 +214,12 @@ impl CostServer {
                     let text = render::completion(&c);
                     result(&c, text)
                 }
-                Err(e) => tool_error(e),
+                Err(e) => {
+                    if let Some(o) = &self.observer {
+                        o.failed(&e);
+                    }
+                    tool_error(e)
+                }
             },
             _ = ctx.ct.cancelled() => {
                 tracing::info!("complete_prompt cancelled by the client");
