@@ -11,6 +11,7 @@
 #
 #   scripts/bench-http.sh                      # RATE=500 DURATION=20s CONNS=20
 #   RATE=200 DURATION=10s scripts/bench-http.sh
+#   DATA_ROOT=/dev/shm scripts/bench-http.sh  # ledger on tmpfs: the cost of fsync
 #
 # wrk has no fixed-rate mode; each connection waits CONNS*1000/RATE ms between
 # requests (a Lua `delay`), so the offered rate is at most RATE and drops when
@@ -24,13 +25,13 @@ CONNS="${CONNS:-20}"
 BIN="${AICO_BIN:-target/release/ai-cost-optimizer}"
 command -v wrk >/dev/null || { echo "needs wrk (Debian: apt-get install wrk)"; exit 1; }
 [ -x "$BIN" ] || cargo build --release --locked --bin ai-cost-optimizer
-cargo build --release --locked --example fake_openai >/dev/null 2>&1 \
-  || cargo build --release --locked --example fake_openai
-FAKE_BIN=target/release/examples/fake_openai
+FAKE_BIN="${FAKE_BIN:-target/release/examples/fake_openai}"
+[ -x "$FAKE_BIN" ] || cargo build --release --locked --example fake_openai
 
 WORK="$(mktemp -d)"
+DATA="$(mktemp -d "${DATA_ROOT:-$WORK}/aco-bench-XXXXXX")"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$DATA" "$WORK"; }
 trap cleanup EXIT
 
 "$FAKE_BIN" 127.0.0.1:0 >"$WORK/fake.addr" &
@@ -38,7 +39,7 @@ PIDS+=($!)
 for _ in $(seq 1 100); do [ -s "$WORK/fake.addr" ] && break; sleep 0.05; done
 FAKE="$(head -1 "$WORK/fake.addr")"
 
-env -i PATH="$PATH" HOME="$WORK" COST_OPTIMIZER_DATA_DIR="$WORK/data" COST_OPTIMIZER_CONFIG= \
+env -i PATH="$PATH" HOME="$WORK" COST_OPTIMIZER_DATA_DIR="$DATA" COST_OPTIMIZER_CONFIG= \
   COST_OPTIMIZER_OLLAMA_PROBE=0 COST_OPTIMIZER_LOG=warn \
   COST_OPTIMIZER_MONTHLY_BUDGET=100000 \
   DEEPSEEK_API_KEY=sk-bench-FAKE-0000000000 DEEPSEEK_BASE_URL="$FAKE" \
@@ -67,9 +68,14 @@ wrk -t1 -c2 -d2s -s "$WORK/post.lua" "$FAKE/chat/completions" >/dev/null
 echo "== rate target ${RATE}/s, ${CONNS} connections, ${DURATION}, delay ${DELAY_MS} ms per connection"
 echo "== direct: fake provider"
 wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$FAKE/chat/completions"
+echo "== server stack only: ai-cost-optimizer GET /health (no core, no ledger)"
+cat >"$WORK/get.lua" <<LUA
+function delay() return ${DELAY_MS} end
+LUA
+wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/get.lua" "$PROXY/health"
 echo "== proxy: ai-cost-optimizer /v1/chat/completions (forced model, so the same upstream call)"
 wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$PROXY/v1/chat/completions"
 echo "== ledger rows written"
-COST_OPTIMIZER_DATA_DIR="$WORK/data" COST_OPTIMIZER_CONFIG= COST_OPTIMIZER_OLLAMA_PROBE=0 \
+COST_OPTIMIZER_DATA_DIR="$DATA" COST_OPTIMIZER_CONFIG= COST_OPTIMIZER_OLLAMA_PROBE=0 \
   "$BIN" usage --json 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); print("calls", d["calls"], "failed", d["totals"].get("failed_attempts"))' \
   || true
