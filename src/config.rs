@@ -560,6 +560,55 @@ mod tests {
     }
 
     #[test]
+    fn http_settings_from_file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let s = Settings::load_with(&env_of(&[(DATA_DIR_ENV, d), (CONFIG_ENV, "")])).unwrap();
+        assert_eq!(s.http.addr, "127.0.0.1:8080");
+        assert!(!s.http.require_auth);
+        assert!(s.http.cors_origins.is_empty(), "CORS is off by default");
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            "[http]
+addr = \"0.0.0.0:9000\"
+cors_origins = [\"https://a.example\"]
+\
+             allowed_hosts = [\"opt.example\"]
+shutdown_grace_secs = 5
+",
+        )
+        .unwrap();
+        let env = env_of(&[
+            (DATA_DIR_ENV, d),
+            (CONFIG_ENV, cfg.to_str().unwrap()),
+            (HTTP_REQUIRE_AUTH_ENV, "yes"),
+            (
+                HTTP_CORS_ORIGINS_ENV,
+                "https://b.example, https://c.example",
+            ),
+        ]);
+        let s = Settings::load_with(&env).unwrap();
+        assert_eq!(s.http.addr, "0.0.0.0:9000");
+        assert!(s.http.require_auth);
+        assert_eq!(
+            s.http.cors_origins,
+            ["https://b.example", "https://c.example"]
+        );
+        assert_eq!(s.http.allowed_hosts, ["opt.example"]);
+        assert_eq!(s.http.shutdown_grace, Duration::from_secs(5));
+        let bad = env_of(&[
+            (DATA_DIR_ENV, d),
+            (CONFIG_ENV, ""),
+            (HTTP_MAX_BODY_ENV, "12"),
+        ]);
+        assert!(
+            Settings::load_with(&bad).is_err(),
+            "a tiny body limit is refused"
+        );
+    }
+
+    #[test]
     fn bad_values_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let env = env_of(&[
