@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test, as CI runs it: formatting, lints, Rust unit and integration
 # tests (the real binary over stdio against fake providers), the official
-# Python MCP SDK as a client, the packaging (release build, .mcpb bundle,
+# Python MCP SDK and the openai package as clients, the MCP conformance
+# suite against `serve --http`, the packaging (release build, .mcpb bundle,
 # skill ZIP) and the routing-metric unit tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,9 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --all-targets --locked
 cargo build --locked --bin ai-cost-optimizer
+
+echo "== MCP conformance (streamable HTTP)"
+scripts/conformance.sh
 
 if [ "${AICO_SKIP_PACKAGE:-0}" != 1 ]; then
   # The release build, the .mcpb and the skill ZIP, which

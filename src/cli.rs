@@ -29,8 +29,26 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve MCP over stdin/stdout (the default).
-    Serve,
+    /// Serve MCP over stdin/stdout (the default), or over HTTP with --http.
+    Serve {
+        /// Serve HTTP instead: MCP at /mcp, the OpenAI-compatible API at
+        /// /v1, health, metrics. Without a value: http.addr from the config
+        /// (COST_OPTIMIZER_HTTP_ADDR), else 127.0.0.1:8080.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "")]
+        http: Option<String>,
+    },
+    /// Exit 0 if an HTTP server answers its /health probe (for container
+    /// health checks: the image needs no curl).
+    Healthcheck {
+        /// The probe's URL.
+        #[arg(default_value = "http://127.0.0.1:8080/health")]
+        url: String,
+    },
+    /// Manage the HTTP server's client API keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Recommend a model for a prompt without calling it.
     Recommend {
         /// The prompt ("-" reads stdin).
@@ -240,12 +258,106 @@ pub enum PricingAction {
     Reset,
 }
 
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Create a key for a user and print it (shown only this once).
+    Create {
+        /// Whose budget the key's calls spend.
+        #[arg(long)]
+        user: String,
+        /// A label, e.g. the machine or tool using it.
+        #[arg(long)]
+        name: Option<String>,
+        /// May act for any user and set budgets.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List keys (ids, users, names; never the keys).
+    List {
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Revoke a key by its id; it is refused from the next request on.
+    Revoke {
+        /// The key's id (from `keys list`).
+        id: String,
+    },
+}
+
 /// Output format flag shared by commands.
 #[derive(Debug, Args)]
 pub struct Output {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+async fn healthcheck(url: &str) -> Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?;
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("no answer from {url}"))?;
+    if !resp.status().is_success() {
+        bail!("{url} answered {}", resp.status());
+    }
+    println!("ok");
+    Ok(())
+}
+
+fn keys_command(action: KeysAction, settings: &Settings) -> Result<()> {
+    let ledger = crate::ledger::Ledger::open(&settings.ledger_path())?;
+    let now = crate::optimizer::system_clock()();
+    match action {
+        KeysAction::Create { user, name, admin } => {
+            let user = crate::optimizer::validate_user(Some(&user))?;
+            let k = crate::http::auth::create_key(&ledger, &user, name.as_deref(), admin, now)?;
+            eprintln!(
+                "Created key {} for user {:?}{}. It is shown only now; store it safely:",
+                k.row.id,
+                user,
+                if admin { " (admin)" } else { "" }
+            );
+            println!("{}", k.key);
+            Ok(())
+        }
+        KeysAction::List { out } => {
+            let keys = ledger.api_keys()?;
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&keys)?);
+                return Ok(());
+            }
+            if keys.is_empty() {
+                println!("No API keys. Create one with `ai-cost-optimizer keys create --user ID`.");
+            }
+            for k in keys {
+                println!(
+                    "{}  user={}  {}{}created {}{}",
+                    k.id,
+                    k.user_id,
+                    k.name.map(|n| format!("name={n}  ")).unwrap_or_default(),
+                    if k.admin { "admin  " } else { "" },
+                    crate::budget::rfc3339(k.created_ms),
+                    k.revoked_ms
+                        .map(|r| format!("  REVOKED {}", crate::budget::rfc3339(r)))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        KeysAction::Revoke { id } => {
+            if ledger.revoke_api_key(id.trim(), now)? {
+                println!("revoked key {}", id.trim());
+                Ok(())
+            } else {
+                bail!("no active key with id {:?} (see `keys list`)", id.trim())
+            }
+        }
+    }
 }
 
 fn read_prompt(p: String) -> Result<String> {
@@ -280,7 +392,9 @@ fn emit<T: serde::Serialize>(
 /// Runs a non-serve command.
 pub async fn run(command: Command, settings: Settings) -> Result<()> {
     match command {
-        Command::Serve => unreachable!("serve is handled by main"),
+        Command::Serve { .. } => unreachable!("serve is handled by main"),
+        Command::Keys { action } => keys_command(action, &settings),
+        Command::Healthcheck { url } => healthcheck(&url).await,
         Command::Score { length_only } => score_stdin(&settings, length_only),
         Command::Pricing { action } => pricing_command(action, &settings).await,
         Command::InstallClaude {
@@ -533,7 +647,9 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
             );
             Ok(())
         }
-        Command::Serve
+        Command::Serve { .. }
+        | Command::Keys { .. }
+        | Command::Healthcheck { .. }
         | Command::Score { .. }
         | Command::Pricing { .. }
         | Command::InstallClaude { .. } => {

@@ -51,6 +51,16 @@ pub const SMTP_URL_ENV: &str = "COST_OPTIMIZER_SMTP_URL";
 pub const ALERT_EMAIL_FROM_ENV: &str = "COST_OPTIMIZER_ALERT_EMAIL_FROM";
 /// Env var: recipients of alert e-mails, comma-separated.
 pub const ALERT_EMAIL_TO_ENV: &str = "COST_OPTIMIZER_ALERT_EMAIL_TO";
+/// Env var: address `serve --http` binds when none is given (default 127.0.0.1:8080).
+pub const HTTP_ADDR_ENV: &str = "COST_OPTIMIZER_HTTP_ADDR";
+/// Env var: `true` requires a client API key even on a loopback address.
+pub const HTTP_REQUIRE_AUTH_ENV: &str = "COST_OPTIMIZER_HTTP_REQUIRE_AUTH";
+/// Env var: browser origins allowed by CORS, comma-separated (default none: CORS off).
+pub const HTTP_CORS_ORIGINS_ENV: &str = "COST_OPTIMIZER_HTTP_CORS_ORIGINS";
+/// Env var: `Host` header values accepted, comma-separated (DNS-rebinding guard).
+pub const HTTP_ALLOWED_HOSTS_ENV: &str = "COST_OPTIMIZER_HTTP_ALLOWED_HOSTS";
+/// Env var: largest request body the HTTP server reads, in bytes.
+pub const HTTP_MAX_BODY_ENV: &str = "COST_OPTIMIZER_HTTP_MAX_BODY_BYTES";
 /// Env var: tracing filter for the logs (e.g. `debug`, `ai_cost_optimizer=trace`).
 pub const LOG_ENV: &str = "COST_OPTIMIZER_LOG";
 
@@ -115,6 +125,55 @@ pub struct Settings {
     pub retention_days: Option<u32>,
     /// When ledger commits reach the disk platter, not just the OS.
     pub ledger_sync: crate::ledger::Durability,
+    /// The HTTP server (`serve --http`).
+    pub http: HttpSettings,
+}
+
+/// Settings of `serve --http`: the `[http]` table of the config file and the
+/// `COST_OPTIMIZER_HTTP_*` variables.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Address bound when `--http` is given without one.
+    pub addr: String,
+    /// Require a client key on a loopback address too. A non-loopback
+    /// address always requires one: anyone who can reach it could spend.
+    pub require_auth: bool,
+    /// Browser origins allowed by CORS. Empty (the default) sends no CORS
+    /// headers, so browsers cannot call the API from other sites.
+    pub cors_origins: Vec<String>,
+    /// `Host` values accepted (with or without port). Empty means the
+    /// loopback names on a loopback address (a DNS-rebinding guard), and any
+    /// host on other addresses, where a key is required anyway.
+    pub allowed_hosts: Vec<String>,
+    /// Largest request body read, in bytes: the prompt limit plus room for
+    /// JSON, so a client cannot make the server buffer arbitrary input.
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for calls in flight before giving up.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            addr: "127.0.0.1:8080".into(),
+            require_auth: false,
+            cors_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            max_body_bytes: MAX_PROMPT_BYTES * 2,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpFile {
+    addr: Option<String>,
+    require_auth: Option<bool>,
+    cors_origins: Option<Vec<String>>,
+    allowed_hosts: Option<Vec<String>>,
+    max_body_bytes: Option<usize>,
+    shutdown_grace_secs: Option<f64>,
 }
 
 /// A user's price for one model, in USD per million tokens.
@@ -163,6 +222,8 @@ struct FileConfig {
     routing: RoutingFile,
     #[serde(default)]
     pricing: PricingFile,
+    #[serde(default)]
+    http: HttpFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -251,7 +312,40 @@ impl Settings {
             price_overrides: file.pricing.overrides,
             retention_days: file.retention_days,
             ledger_sync: file.ledger_sync.unwrap_or_default(),
+            http: HttpSettings {
+                addr: file
+                    .http
+                    .addr
+                    .unwrap_or_else(|| HttpSettings::default().addr),
+                require_auth: file.http.require_auth.unwrap_or(false),
+                cors_origins: file.http.cors_origins.unwrap_or_default(),
+                allowed_hosts: file.http.allowed_hosts.unwrap_or_default(),
+                max_body_bytes: file
+                    .http
+                    .max_body_bytes
+                    .unwrap_or(HttpSettings::default().max_body_bytes),
+                shutdown_grace: secs(file.http.shutdown_grace_secs.unwrap_or(30.0))?,
+            },
         };
+        if let Some(v) = non_empty(env(HTTP_ADDR_ENV)) {
+            settings.http.addr = v.trim().to_string();
+        }
+        if let Some(v) = non_empty(env(HTTP_REQUIRE_AUTH_ENV)) {
+            settings.http.require_auth = parse_bool(&v)
+                .with_context(|| format!("{HTTP_REQUIRE_AUTH_ENV}={v:?}: use true or false"))?;
+        }
+        if let Some(v) = env(HTTP_CORS_ORIGINS_ENV) {
+            settings.http.cors_origins = comma_list(&v);
+        }
+        if let Some(v) = env(HTTP_ALLOWED_HOSTS_ENV) {
+            settings.http.allowed_hosts = comma_list(&v);
+        }
+        if let Some(v) = non_empty(env(HTTP_MAX_BODY_ENV)) {
+            settings.http.max_body_bytes = v
+                .trim()
+                .parse()
+                .with_context(|| format!("{HTTP_MAX_BODY_ENV}={v:?} is not a number of bytes"))?;
+        }
 
         if let Some(v) = non_empty(env(MONTHLY_BUDGET_ENV)) {
             settings.default_monthly_budget_usd = v.trim().parse().with_context(|| {
@@ -364,6 +458,9 @@ impl Settings {
         if self.retry_base > Duration::from_secs(60) {
             bail!("retry_base_ms must be at most 60000");
         }
+        if self.http.max_body_bytes < 1024 {
+            bail!("http.max_body_bytes must be at least 1024");
+        }
         if self.default_max_tokens == 0 || self.default_max_tokens > MAX_OUTPUT_TOKENS {
             bail!("default_max_tokens must be between 1 and {MAX_OUTPUT_TOKENS}");
         }
@@ -402,6 +499,13 @@ fn read_file_config(path: &Path) -> Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
+}
+
+fn comma_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn non_empty(v: Option<String>) -> Option<String> {
@@ -464,6 +568,55 @@ mod tests {
         assert_eq!(s.default_monthly_budget_usd, 35.5);
         assert_eq!(s.tier_models[&Tier::Cheap], vec!["deepseek/deepseek-chat"]);
         assert!(s.price_overrides.contains_key("ollama/x"));
+    }
+
+    #[test]
+    fn http_settings_from_file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let s = Settings::load_with(&env_of(&[(DATA_DIR_ENV, d), (CONFIG_ENV, "")])).unwrap();
+        assert_eq!(s.http.addr, "127.0.0.1:8080");
+        assert!(!s.http.require_auth);
+        assert!(s.http.cors_origins.is_empty(), "CORS is off by default");
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            "[http]
+addr = \"0.0.0.0:9000\"
+cors_origins = [\"https://a.example\"]
+\
+             allowed_hosts = [\"opt.example\"]
+shutdown_grace_secs = 5
+",
+        )
+        .unwrap();
+        let env = env_of(&[
+            (DATA_DIR_ENV, d),
+            (CONFIG_ENV, cfg.to_str().unwrap()),
+            (HTTP_REQUIRE_AUTH_ENV, "yes"),
+            (
+                HTTP_CORS_ORIGINS_ENV,
+                "https://b.example, https://c.example",
+            ),
+        ]);
+        let s = Settings::load_with(&env).unwrap();
+        assert_eq!(s.http.addr, "0.0.0.0:9000");
+        assert!(s.http.require_auth);
+        assert_eq!(
+            s.http.cors_origins,
+            ["https://b.example", "https://c.example"]
+        );
+        assert_eq!(s.http.allowed_hosts, ["opt.example"]);
+        assert_eq!(s.http.shutdown_grace, Duration::from_secs(5));
+        let bad = env_of(&[
+            (DATA_DIR_ENV, d),
+            (CONFIG_ENV, ""),
+            (HTTP_MAX_BODY_ENV, "12"),
+        ]);
+        assert!(
+            Settings::load_with(&bad).is_err(),
+            "a tiny body limit is refused"
+        );
     }
 
     #[test]

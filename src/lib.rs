@@ -4,7 +4,9 @@
 //! The crate is a library with a thin binary on top. Read the modules in this
 //! order to follow one `complete_prompt` call from the outside in:
 //!
-//! - [`mcp`]: the stdio MCP server; thin tool handlers over [`optimizer`].
+//! - [`mcp`]: the MCP server; thin tool handlers over [`optimizer`].
+//! - [`http`]: `serve --http`: MCP over streamable HTTP, the OpenAI-compatible
+//!   proxy, REST, metrics and client API keys.
 //! - [`optimizer`]: the core that ties routing, providers, pricing, ledger and
 //!   budgets together; the CLI and the MCP tools both call it.
 //! - [`router`]: the complexity scorer, the tier/model choice and threshold
@@ -25,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod dashboard;
 pub mod feedback;
+pub mod http;
 pub mod install;
 pub mod ledger;
 pub mod logging;

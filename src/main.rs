@@ -9,13 +9,13 @@ use clap::Parser;
 use ai_cost_optimizer::cli::{Cli, Command};
 use ai_cost_optimizer::config::Settings;
 use ai_cost_optimizer::optimizer::{Optimizer, ToolError};
-use ai_cost_optimizer::{logging, mcp, tokens};
+use ai_cost_optimizer::{http, logging, mcp, tokens};
 
 fn main() -> ExitCode {
     ignore_file_size_signal();
     private_file_mode();
     let cli = Cli::parse();
-    let serving = matches!(cli.command, None | Some(Command::Serve));
+    let serving = matches!(cli.command, None | Some(Command::Serve { .. }));
     let settings = match Settings::load() {
         Ok(s) => s,
         Err(e) => {
@@ -42,11 +42,21 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            None | Some(Command::Serve) => {
+            None | Some(Command::Serve { http: None }) => {
                 let core = Arc::new(Optimizer::from_env(settings)?);
                 // Build the tokenizer off the request path.
                 tokio::task::spawn_blocking(tokens::warm_up);
                 mcp::serve_stdio(core).await
+            }
+            Some(Command::Serve { http: Some(addr) }) => {
+                let addr = if addr.trim().is_empty() {
+                    settings.http.addr.clone()
+                } else {
+                    addr
+                };
+                let core = Arc::new(Optimizer::from_env(settings)?);
+                tokio::task::spawn_blocking(tokens::warm_up);
+                http::serve_http(core, &addr).await
             }
             Some(cmd) => ai_cost_optimizer::cli::run(cmd, settings).await,
         }

@@ -585,6 +585,11 @@ impl Optimizer {
         &self.settings
     }
 
+    /// The providers: which are enabled and why.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The pricing catalog.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
@@ -593,11 +598,6 @@ impl Optimizer {
     /// The router in force (thresholds and tier lists).
     pub fn router(&self) -> &Router {
         &self.router
-    }
-
-    /// The providers and which are enabled.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
     }
 
     /// The ledger, or why it is unavailable.

@@ -25,11 +25,13 @@ use serde::Serialize;
 
 mod analytics;
 mod feedback;
+mod keys;
 mod owners;
 pub use analytics::{
     BANDS, BandStat, Breakdown, CallRow, DayProvider, Snapshot, SnapshotRequest, TokenMix,
 };
 pub use feedback::{FeedbackCall, HistoryCall};
+pub use keys::ApiKeyRow;
 
 /// Schema migrations, in order. Append only; never edit a released one.
 const MIGRATIONS: &[&str] = &[
@@ -38,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_analytics_indexes.sql"),
     include_str!("migrations/0004_reservation_owner.sql"),
     include_str!("migrations/0005_feedback.sql"),
+    include_str!("migrations/0006_api_keys.sql"),
 ];
 
 /// The scope of the global budget, which caps every user together.

@@ -38,15 +38,24 @@ pub fn resource() -> Resource {
         .with_mime_type(APP_MIME)
 }
 
-/// Renders the dashboard for `resources/read`.
-pub fn read(core: &Optimizer, uri: &str) -> Result<ReadResourceResult, McpError> {
+/// Renders the dashboard for `resources/read`: everyone's calls, or only
+/// `user`'s (an HTTP client whose key may see no one else).
+pub fn read(
+    core: &Optimizer,
+    uri: &str,
+    user: Option<String>,
+) -> Result<ReadResourceResult, McpError> {
     if uri != DASHBOARD_URI {
         return Err(McpError::resource_not_found(
             format!("no resource {uri}; this server has {DASHBOARD_URI}"),
             None,
         ));
     }
-    let data = dashboard::collect(core, &DashboardOptions::default(), system_clock()())
+    let opts = DashboardOptions {
+        user_id: user,
+        ..DashboardOptions::default()
+    };
+    let data = dashboard::collect(core, &opts, system_clock()())
         .map_err(|e: ToolError| McpError::internal_error(e.to_string(), None))?;
     let html = dashboard::render(&data);
     Ok(ReadResourceResult::new(vec![

@@ -50,11 +50,46 @@ impl StreamSink for ProgressSink {
     }
 }
 
+/// What a transport wants to know about calls: the HTTP server counts
+/// completions for its metrics and waits for calls in flight at shutdown.
+/// The stdio server needs neither.
+pub trait CallObserver: Send + Sync {
+    /// A `complete_prompt` call starts; the returned guard lives until it
+    /// ends.
+    fn call_started(&self) -> Box<dyn Send>;
+    /// A `complete_prompt` call succeeded.
+    fn completed(&self, c: &Completion);
+    /// A `complete_prompt` call returned no answer.
+    fn failed(&self, e: &ToolError);
+}
+
 /// The MCP server state: the shared core and the tool table.
 #[derive(Clone)]
 pub struct CostServer {
     core: Arc<Optimizer>,
     tool_router: ToolRouter<CostServer>,
+    observer: Option<Arc<dyn CallObserver>>,
+}
+
+/// The HTTP caller of a request, if it came over HTTP: its key decides
+/// which users the request may act for.
+fn caller(ctx: &RequestContext<RoleServer>) -> Option<crate::http::auth::Caller> {
+    ctx.extensions
+        .get::<http::request::Parts>()
+        .and_then(|p| p.extensions.get::<crate::http::auth::Caller>())
+        .cloned()
+}
+
+/// The user a tool call acts for, after the caller's key has had its say
+/// (stdio clients are trusted as they are).
+fn scoped_user(
+    ctx: &RequestContext<RoleServer>,
+    requested: Option<String>,
+) -> Result<Option<String>, ToolError> {
+    match caller(ctx) {
+        Some(c) => c.user_for(requested.as_deref()).map_err(ToolError::Invalid),
+        None => Ok(requested),
+    }
 }
 
 /// Builds a tool result: Markdown for people, structured JSON for programs.
@@ -109,6 +144,15 @@ impl CostServer {
         CostServer {
             core,
             tool_router: Self::tool_router(),
+            observer: None,
+        }
+    }
+
+    /// A server whose calls are reported to `observer`.
+    pub fn with_observer(core: Arc<Optimizer>, observer: Arc<dyn CallObserver>) -> CostServer {
+        CostServer {
+            observer: Some(observer),
+            ..CostServer::new(core)
         }
     }
 
@@ -126,9 +170,14 @@ impl CostServer {
     )]
     async fn complete_prompt(
         &self,
-        Parameters(args): Parameters<CompleteArgs>,
+        Parameters(mut args): Parameters<CompleteArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
+        args.user_id = match scoped_user(&ctx, args.user_id.take()) {
+            Ok(u) => u,
+            Err(e) => return tool_error(e),
+        };
+        let _in_flight = self.observer.as_ref().map(|o| o.call_started());
         let core = self.core.clone();
         let sink = Arc::new(ProgressSink::default());
         // When the client asked for progress, report the streamed answer's
@@ -158,11 +207,19 @@ impl CostServer {
         let outcome = tokio::select! {
             r = core.complete(&args, sink.as_ref()) => match r {
                 Ok(c) => {
+                    if let Some(o) = &self.observer {
+                        o.completed(&c);
+                    }
                     notify_alerts(&ctx.peer, &c.alerts).await;
                     let text = render::completion(&c);
                     result(&c, text)
                 }
-                Err(e) => tool_error(e),
+                Err(e) => {
+                    if let Some(o) = &self.observer {
+                        o.failed(&e);
+                    }
+                    tool_error(e)
+                }
             },
             _ = ctx.ct.cancelled() => {
                 tracing::info!("complete_prompt cancelled by the client");
@@ -199,8 +256,13 @@ impl CostServer {
     )]
     async fn get_recommendation(
         &self,
-        Parameters(args): Parameters<RecommendArgs>,
+        Parameters(mut args): Parameters<RecommendArgs>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
+        args.user_id = match scoped_user(&ctx, args.user_id.take()) {
+            Ok(u) => u,
+            Err(e) => return tool_error(e),
+        };
         match self.core.recommend(&args) {
             Ok(r) => result(&r, render::recommendation(&r)),
             Err(e) => tool_error(e),
@@ -216,8 +278,13 @@ impl CostServer {
     )]
     async fn query_usage(
         &self,
-        Parameters(args): Parameters<UsageArgs>,
+        Parameters(mut args): Parameters<UsageArgs>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
+        args.user_id = match scoped_user(&ctx, args.user_id.take()) {
+            Ok(u) => u,
+            Err(e) => return tool_error(e),
+        };
         match self.core.usage(&args) {
             Ok(u) => result(&u, render::usage(&u)),
             Err(e) => tool_error(e),
@@ -238,9 +305,21 @@ impl CostServer {
     )]
     async fn set_budget(
         &self,
-        Parameters(args): Parameters<SetBudgetArgs>,
+        Parameters(mut args): Parameters<SetBudgetArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
+        // A key that could raise its own limit would make limits pointless.
+        if caller(&ctx).is_some_and(|c| !c.admin) {
+            return tool_error(ToolError::Invalid(
+                "setting budgets needs an admin API key (`keys create --admin`)".into(),
+            ));
+        }
+        if args.global != Some(true) {
+            args.user_id = match scoped_user(&ctx, args.user_id.take()) {
+                Ok(u) => u,
+                Err(e) => return tool_error(e),
+            };
+        }
         match self.core.set_budget(&args) {
             Ok(b) => {
                 notify_alerts(&ctx.peer, &b.alerts).await;
@@ -299,9 +378,13 @@ impl ServerHandler for CostServer {
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
-        app::read(&self.core, &request.uri).map(Into::into)
+        // A plain HTTP key sees only its own user's calls.
+        let user = caller(&context)
+            .filter(|c| !c.admin)
+            .and_then(|c| c.user_id);
+        app::read(&self.core, &request.uri, user).map(Into::into)
     }
 }
 

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Load on loopback: the proxy overhead of `serve --http`.
+#
+# Starts a minimal fake OpenAI-compatible provider (examples/fake_openai.rs)
+# and the release binary in front of it (DeepSeek pointed at the fake), then
+# drives both with wrk at the same paced rate and the same body:
+#   direct: wrk → fake /chat/completions
+#   proxy:  wrk → ai-cost-optimizer /v1/chat/completions → fake
+# and prints wrk's latency distributions. Overhead = proxy − direct at the
+# same percentile.
+#
+#   scripts/bench-http.sh                      # RATE=500 DURATION=20s CONNS=20
+#   RATE=200 DURATION=10s scripts/bench-http.sh
+#   DATA_ROOT=/dev/shm scripts/bench-http.sh  # ledger on tmpfs: the cost of fsync
+#
+# wrk has no fixed-rate mode; each connection waits CONNS*1000/RATE ms between
+# requests (a Lua `delay`), so the offered rate is at most RATE and drops when
+# responses are slow. The achieved rate is printed: compare it with RATE.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RATE="${RATE:-500}"
+DURATION="${DURATION:-20s}"
+CONNS="${CONNS:-20}"
+BIN="${AICO_BIN:-target/release/ai-cost-optimizer}"
+command -v wrk >/dev/null || { echo "needs wrk (Debian: apt-get install wrk)"; exit 1; }
+[ -x "$BIN" ] || cargo build --release --locked --bin ai-cost-optimizer
+FAKE_BIN="${FAKE_BIN:-target/release/examples/fake_openai}"
+[ -x "$FAKE_BIN" ] || cargo build --release --locked --example fake_openai
+
+WORK="$(mktemp -d)"
+DATA="$(mktemp -d "${DATA_ROOT:-$WORK}/aco-bench-XXXXXX")"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$DATA" "$WORK"; }
+trap cleanup EXIT
+
+"$FAKE_BIN" 127.0.0.1:0 >"$WORK/fake.addr" &
+PIDS+=($!)
+for _ in $(seq 1 100); do [ -s "$WORK/fake.addr" ] && break; sleep 0.05; done
+FAKE="$(head -1 "$WORK/fake.addr")"
+
+env -i PATH="$PATH" HOME="$WORK" COST_OPTIMIZER_DATA_DIR="$DATA" COST_OPTIMIZER_CONFIG= \
+  COST_OPTIMIZER_OLLAMA_PROBE=0 COST_OPTIMIZER_LOG=warn \
+  COST_OPTIMIZER_MONTHLY_BUDGET=100000 \
+  DEEPSEEK_API_KEY=sk-bench-FAKE-0000000000 DEEPSEEK_BASE_URL="$FAKE" \
+  "$BIN" serve --http 127.0.0.1:0 2>"$WORK/server.log" &
+PIDS+=($!)
+PROXY=""
+for _ in $(seq 1 200); do
+  PROXY="$(grep -o 'listening on http://[0-9.:]*' "$WORK/server.log" | sed 's/listening on //' || true)"
+  [ -n "$PROXY" ] && break
+  sleep 0.05
+done
+[ -n "$PROXY" ] || { cat "$WORK/server.log"; exit 1; }
+
+DELAY_MS=$(( CONNS * 1000 / RATE ))
+cat >"$WORK/post.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"model":"deepseek/deepseek-v3.2","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":64}'
+function delay() return ${DELAY_MS} end
+LUA
+
+# Warm up both (tokenizer, connections, SQLite pages).
+wrk -t1 -c2 -d2s -s "$WORK/post.lua" "$PROXY/v1/chat/completions" >/dev/null
+wrk -t1 -c2 -d2s -s "$WORK/post.lua" "$FAKE/chat/completions" >/dev/null
+
+echo "== rate target ${RATE}/s, ${CONNS} connections, ${DURATION}, delay ${DELAY_MS} ms per connection"
+echo "== direct: fake provider"
+wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$FAKE/chat/completions"
+echo "== server stack only: ai-cost-optimizer GET /health (no core, no ledger)"
+cat >"$WORK/get.lua" <<LUA
+function delay() return ${DELAY_MS} end
+LUA
+wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/get.lua" "$PROXY/health"
+echo "== proxy: ai-cost-optimizer /v1/chat/completions (forced model, so the same upstream call)"
+wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$PROXY/v1/chat/completions"
+echo "== ledger rows written"
+COST_OPTIMIZER_DATA_DIR="$DATA" COST_OPTIMIZER_CONFIG= COST_OPTIMIZER_OLLAMA_PROBE=0 \
+  "$BIN" usage --json 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); print("calls", d["calls"], "failed", d["totals"].get("failed_attempts"))' \
+  || true

@@ -1,0 +1,486 @@
+//! `serve --http`: the same core over HTTP for servers, containers and
+//! every tool that speaks the OpenAI API.
+//!
+//! Routes (one file per concern):
+//! - `/mcp`: MCP streamable HTTP (rmcp's transport), the same five tools as
+//!   stdio;
+//! - `/v1/chat/completions`, `/v1/models`: the OpenAI-compatible proxy
+//!   ([`openai`]);
+//! - `/health`, `/ready`, `/v1/usage`, `/v1/recommendation`, `PUT /v1/budget`,
+//!   `/dashboard` ([`rest`]); `/metrics` ([`metrics`]).
+//!
+//! Around them, outermost first: a request id (`x-request-id`, generated
+//! unless the client sent one, echoed back and put in every log line of
+//! the request), a trace span, CORS (only if origins are configured), a
+//! body size limit, the `Host`/`Origin` guard against DNS rebinding, the
+//! metrics, and bearer-key auth ([`auth`]) on everything but the probes.
+
+pub mod auth;
+pub mod metrics;
+pub mod openai;
+pub mod rest;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+
+use crate::config::HttpSettings;
+use crate::mcp::{CallObserver, CostServer};
+use crate::optimizer::{Completion, Optimizer};
+
+use metrics::Metrics;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// How long, after the calls in flight are done, idle MCP streams get to
+/// close before the server ends them.
+const MCP_STREAM_GRACE: Duration = Duration::from_secs(1);
+/// How long shutdown waits for alert deliveries (webhook, e-mail).
+const ALERT_FLUSH: Duration = Duration::from_secs(3);
+
+/// Calls in flight (chat completions and MCP `complete_prompt`), so
+/// shutdown can let them finish.
+#[derive(Default)]
+pub struct InFlight {
+    n: AtomicUsize,
+    zero: Notify,
+}
+
+/// Counts one call while alive.
+pub struct InFlightGuard(Arc<InFlight>);
+
+impl InFlight {
+    /// Starts counting a call.
+    pub fn start(self: &Arc<Self>) -> InFlightGuard {
+        self.n.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.clone())
+    }
+
+    async fn wait_zero(&self) {
+        loop {
+            let notified = self.zero.notified();
+            if self.n.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.n.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.zero.notify_waiters();
+        }
+    }
+}
+
+/// State shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The core.
+    pub core: Arc<Optimizer>,
+    /// The Prometheus registry.
+    pub metrics: Arc<Metrics>,
+    /// Calls in flight.
+    pub in_flight: Arc<InFlight>,
+    /// Whether every request (but the probes) needs a key.
+    pub require_auth: bool,
+}
+
+impl CallObserver for AppState {
+    fn call_started(&self) -> Box<dyn Send> {
+        Box::new(self.in_flight.start())
+    }
+
+    fn completed(&self, c: &Completion) {
+        self.metrics.record_completion(c);
+    }
+
+    fn failed(&self, e: &crate::optimizer::ToolError) {
+        self.metrics.call_error(e);
+    }
+}
+
+/// Which `Host` and `Origin` values are accepted (the DNS-rebinding guard).
+#[derive(Debug, Clone)]
+struct HostGuard {
+    /// Accepted hosts, with or without port; empty: any.
+    hosts: Vec<String>,
+    /// Accepted origins beyond loopback ones (the CORS list).
+    origins: Vec<String>,
+    /// Whether browser origins on loopback hosts are accepted (loopback
+    /// binds only).
+    loopback_origins: bool,
+}
+
+const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+fn host_name(authority: &str) -> &str {
+    let a = authority.trim();
+    if let Some(rest) = a.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match a.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => a,
+    }
+}
+
+impl HostGuard {
+    fn host_ok(&self, host: Option<&str>) -> bool {
+        if self.hosts.is_empty() {
+            return true;
+        }
+        let Some(host) = host else { return false };
+        let host = host.trim().to_ascii_lowercase();
+        let name = host_name(&host);
+        self.hosts.iter().any(|h| {
+            let h = h.to_ascii_lowercase();
+            h == host || h.trim_matches(|c| c == '[' || c == ']') == name
+        })
+    }
+
+    fn origin_ok(&self, origin: Option<&str>) -> bool {
+        let Some(origin) = origin else { return true };
+        let origin = origin.trim().to_ascii_lowercase();
+        if self
+            .origins
+            .iter()
+            .any(|o| o.to_ascii_lowercase() == origin)
+        {
+            return true;
+        }
+        if !self.loopback_origins {
+            // Not a loopback bind: a key is required, which a page on
+            // another site cannot send, so the origin adds nothing.
+            return self.hosts.is_empty();
+        }
+        let Some(authority) = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+        else {
+            return false;
+        };
+        let name = host_name(authority);
+        LOOPBACK_HOSTS.contains(&name)
+    }
+}
+
+async fn guard_host(State(guard): State<Arc<HostGuard>>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    if !guard.host_ok(host) {
+        return openai::error_response(
+            StatusCode::FORBIDDEN,
+            "Host not allowed (DNS-rebinding protection); add it to http.allowed_hosts",
+            "permission_error",
+            Some("host_not_allowed"),
+        );
+    }
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    if !guard.origin_ok(origin) {
+        return openai::error_response(
+            StatusCode::FORBIDDEN,
+            "Origin not allowed; add it to http.cors_origins",
+            "permission_error",
+            Some("origin_not_allowed"),
+        );
+    }
+    next.run(req).await
+}
+
+/// Everything needed to build the router.
+pub struct Server {
+    state: AppState,
+    settings: HttpSettings,
+    loopback: bool,
+    mcp_cancel: CancellationToken,
+}
+
+impl Server {
+    /// Checks the configuration for `addr` and prepares the state. Refuses
+    /// a non-loopback address (or `require_auth`) with no active key: such
+    /// a server would either be open to anyone or refuse everyone.
+    pub fn new(core: Arc<Optimizer>, addr: SocketAddr) -> Result<Server> {
+        let settings = core.settings().http.clone();
+        let loopback = addr.ip().is_loopback();
+        let require_auth = !loopback || settings.require_auth;
+        if require_auth {
+            let keys = core
+                .ledger()
+                .map_err(anyhow::Error::new)
+                .and_then(|l| l.active_api_keys().map_err(anyhow::Error::new))
+                .context("cannot read the API keys from the ledger")?;
+            if keys == 0 {
+                if loopback {
+                    bail!(
+                        "require_auth is on but no API key exists; create one with \
+                         `ai-cost-optimizer keys create --user ID`"
+                    );
+                }
+                bail!(
+                    "refusing to serve on {addr} without API keys: anyone who can reach a \
+                     non-loopback address could spend your budget. Create a client key with \
+                     `ai-cost-optimizer keys create --user ID` (or bind 127.0.0.1)"
+                );
+            }
+        }
+        Ok(Server {
+            state: AppState {
+                core,
+                metrics: Arc::new(Metrics::new()),
+                in_flight: Arc::new(InFlight::default()),
+                require_auth,
+            },
+            settings,
+            loopback,
+            mcp_cancel: CancellationToken::new(),
+        })
+    }
+
+    fn host_guard(&self) -> HostGuard {
+        let hosts = if !self.settings.allowed_hosts.is_empty() {
+            self.settings.allowed_hosts.clone()
+        } else if self.loopback {
+            LOOPBACK_HOSTS.iter().map(|s| s.to_string()).collect()
+        } else {
+            Vec::new()
+        };
+        HostGuard {
+            hosts,
+            origins: self.settings.cors_origins.clone(),
+            loopback_origins: self.loopback,
+        }
+    }
+
+    /// The whole application.
+    pub fn router(&self) -> Router {
+        let state = self.state.clone();
+        let guard = self.host_guard();
+
+        let mut mcp_config = StreamableHttpServerConfig::default()
+            .with_cancellation_token(self.mcp_cancel.clone())
+            .with_max_request_body_bytes(self.settings.max_body_bytes);
+        // Our own guard checks Host and Origin on every route; rmcp's copy
+        // of the check stays on with the same lists, as a second line.
+        mcp_config = if guard.hosts.is_empty() {
+            mcp_config.disable_allowed_hosts()
+        } else {
+            mcp_config.with_allowed_hosts(guard.hosts.clone())
+        };
+        let mut origins = guard.origins.clone();
+        if guard.loopback_origins {
+            for h in ["localhost", "127.0.0.1", "[::1]"] {
+                origins.push(format!("http://{h}:*"));
+                origins.push(format!("https://{h}:*"));
+            }
+            mcp_config = mcp_config.with_allowed_origins(origins);
+        } else if !guard.origins.is_empty() {
+            mcp_config = mcp_config.with_allowed_origins(origins);
+        }
+        let observer: Arc<dyn CallObserver> = Arc::new(state.clone());
+        let core = state.core.clone();
+        let mcp = StreamableHttpService::new(
+            move || Ok(CostServer::with_observer(core.clone(), observer.clone())),
+            Arc::new(LocalSessionManager::default()),
+            mcp_config,
+        );
+
+        let protected = Router::new()
+            .nest_service("/mcp", mcp)
+            .route("/v1/chat/completions", post(openai::chat_completions))
+            .route("/v1/models", get(openai::models))
+            .route("/v1/usage", get(rest::usage))
+            .route("/v1/recommendation", get(rest::recommendation))
+            .route("/v1/budget", put(rest::set_budget))
+            .route("/dashboard", get(rest::dashboard))
+            .route("/metrics", get(metrics::handler))
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                auth::require_key,
+            ));
+        let open = Router::new()
+            .route("/health", get(rest::health))
+            .route("/ready", get(rest::ready));
+
+        let mut app = protected
+            .merge(open)
+            .fallback(|| async {
+                openai::error_response(
+                    StatusCode::NOT_FOUND,
+                    "no such route",
+                    "invalid_request_error",
+                    Some("not_found"),
+                )
+            })
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                metrics::track,
+            ))
+            .layer(middleware::from_fn_with_state(Arc::new(guard), guard_host))
+            .layer(RequestBodyLimitLayer::new(self.settings.max_body_bytes))
+            .with_state(state);
+        if !self.settings.cors_origins.is_empty() {
+            let origins: Vec<HeaderValue> = self
+                .settings
+                .cors_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect();
+            app = app.layer(
+                CorsLayer::new()
+                    .allow_origin(AllowOrigin::list(origins))
+                    .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+                    .allow_headers([
+                        header::AUTHORIZATION,
+                        header::CONTENT_TYPE,
+                        header::ACCEPT,
+                        HeaderName::from_static("mcp-session-id"),
+                        HeaderName::from_static("mcp-protocol-version"),
+                        HeaderName::from_static("last-event-id"),
+                    ])
+                    .expose_headers([
+                        REQUEST_ID,
+                        HeaderName::from_static("mcp-session-id"),
+                        HeaderName::from_static("x-cost-usd"),
+                        HeaderName::from_static("x-routed-model"),
+                        HeaderName::from_static("x-routed-provider"),
+                        HeaderName::from_static("x-complexity"),
+                    ]),
+            );
+        }
+        app.layer(PropagateRequestIdLayer::new(REQUEST_ID))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(|req: &Request| {
+                        let id = req
+                            .headers()
+                            .get(REQUEST_ID)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-");
+                        // Only method, path and id: never headers (the key).
+                        tracing::info_span!(
+                            "http",
+                            request_id = %id,
+                            method = %req.method(),
+                            path = %req.uri().path(),
+                        )
+                    })
+                    .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+            )
+            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+    }
+
+    /// Serves on `listener` until SIGTERM or ctrl-c, then shuts down
+    /// gracefully: stop accepting, let calls in flight finish (bounded by
+    /// `http.shutdown_grace`), close MCP streams, flush alert deliveries.
+    pub async fn run(self, listener: tokio::net::TcpListener) -> Result<()> {
+        let app = self.router();
+        let stop = CancellationToken::new();
+        {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                stop.cancel();
+            });
+        }
+        let serve =
+            axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+        let mut serve = Box::pin(serve.into_future());
+        tokio::select! {
+            r = &mut serve => { r.context("the HTTP server failed")?; }
+            _ = stop.cancelled() => {
+                let grace = self.settings.shutdown_grace;
+                tracing::info!(?grace, "shutting down: no new connections; waiting for calls in flight");
+                if tokio::time::timeout(grace, self.state.in_flight.wait_zero()).await.is_err() {
+                    tracing::warn!("calls still in flight after the grace period; abandoning them");
+                }
+                // Standalone MCP streams never end by themselves.
+                if tokio::time::timeout(MCP_STREAM_GRACE, &mut serve).await.is_err() {
+                    self.mcp_cancel.cancel();
+                    if tokio::time::timeout(Duration::from_secs(5), &mut serve).await.is_err() {
+                        tracing::warn!("connections still open at exit; closing them");
+                    }
+                }
+            }
+        }
+        if tokio::time::timeout(ALERT_FLUSH, self.state.core.flush_alerts())
+            .await
+            .is_err()
+        {
+            tracing::warn!("alert deliveries still running at exit; abandoned");
+        }
+        tracing::info!("HTTP server stopped");
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("ctrl-c received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// Parses the bind address (`HOST:PORT`, IPv6 in brackets).
+pub fn parse_addr(addr: &str) -> Result<SocketAddr> {
+    addr.trim().parse().with_context(|| {
+        format!(
+            "{addr:?} is not an address to bind; use IP:PORT, e.g. 127.0.0.1:8080 or 0.0.0.0:8080"
+        )
+    })
+}
+
+/// `serve --http ADDR`: binds, says where on stderr, and serves.
+pub async fn serve_http(core: Arc<Optimizer>, addr: &str) -> Result<()> {
+    let addr = parse_addr(addr)?;
+    let server = Server::new(core, addr)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let bound = listener.local_addr().context("no local address")?;
+    tracing::info!(%bound, auth = server.state.require_auth, "HTTP server ready");
+    // A stable line for scripts and tests that bind port 0.
+    eprintln!("ai-cost-optimizer: listening on http://{bound}");
+    server.run(listener).await
+}

@@ -1,0 +1,569 @@
+//! The OpenAI-compatible API: `POST /v1/chat/completions` (plain and SSE
+//! streaming) and `GET /v1/models`, so any tool that speaks OpenAI gets the
+//! routing, the budgets and the ledger without code changes.
+//!
+//! Every call goes through [`Optimizer::complete`], exactly as an MCP
+//! `complete_prompt` does. What does not map one to one:
+//!
+//! - **Conversations.** The core sends one prompt and an optional system
+//!   prompt. `system`/`developer` messages become the system prompt (joined
+//!   by blank lines). A single user turn is sent as is; several turns are
+//!   flattened into one prompt as a transcript (`User: …`, `Assistant: …`),
+//!   which every model understands but which is not the provider's native
+//!   multi-turn format.
+//! - **Model.** `auto` (or no model) routes by complexity; anything else is
+//!   honoured as `force_model` (`provider/model`, or a bare catalog id).
+//! - **Sampling options** (`temperature`, `top_p`, `stop`, …) are accepted and
+//!   ignored; `n > 1`, tools and non-text content are refused with 400.
+//! - **Extensions** in the body: `tier`, `provider`, `budget_limit` (USD).
+//! - **Streaming.** Headers leave before the model is chosen, so a stream
+//!   carries the route and cost in its last chunk (`x_optimizer`) instead of
+//!   in `x-*` headers. If a provider fails after part of its answer was
+//!   streamed and the call falls back to another, the text already sent
+//!   cannot be withdrawn: the stream ends with an `error` event.
+
+use axum::Extension;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::optimizer::{CompleteArgs, Completion, CostArgs, ToolError};
+use crate::providers::StreamSink;
+
+use super::AppState;
+use super::auth::Caller;
+
+/// An error in OpenAI's body format: `{"error": {message, type, param, code}}`.
+pub fn error_response(
+    status: StatusCode,
+    message: &str,
+    kind: &str,
+    code: Option<&str>,
+) -> Response {
+    (
+        status,
+        axum::Json(json!({
+            "error": {"message": message, "type": kind, "param": null, "code": code}
+        })),
+    )
+        .into_response()
+}
+
+/// Maps a core error to the status and error type OpenAI clients expect.
+/// A budget refusal is 402, not 429: OpenAI clients retry 429 on their own,
+/// and retrying cannot make a spent budget pass.
+pub fn tool_error_response(e: &ToolError) -> Response {
+    let msg = crate::secrets::redact(&e.to_string());
+    match e {
+        ToolError::Invalid(m) if m.starts_with("force_model") => error_response(
+            StatusCode::NOT_FOUND,
+            &msg,
+            "invalid_request_error",
+            Some("model_not_found"),
+        ),
+        ToolError::Invalid(_) => {
+            error_response(StatusCode::BAD_REQUEST, &msg, "invalid_request_error", None)
+        }
+        ToolError::BudgetRefused(_) => error_response(
+            StatusCode::PAYMENT_REQUIRED,
+            &msg,
+            "insufficient_quota",
+            Some("budget_exceeded"),
+        ),
+        ToolError::ProviderFailed(_) => error_response(
+            StatusCode::BAD_GATEWAY,
+            &msg,
+            "api_error",
+            Some("provider_failed"),
+        ),
+        ToolError::Ledger(_) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &msg,
+            "api_error",
+            Some("ledger_unavailable"),
+        ),
+    }
+}
+
+fn bad_request(msg: impl AsRef<str>) -> Response {
+    error_response(
+        StatusCode::BAD_REQUEST,
+        msg.as_ref(),
+        "invalid_request_error",
+        None,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatBody {
+    #[serde(default)]
+    model: Option<String>,
+    messages: Vec<Message>,
+    #[serde(default)]
+    max_tokens: Option<i64>,
+    #[serde(default)]
+    max_completion_tokens: Option<i64>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(default)]
+    tools: Option<Value>,
+    #[serde(default)]
+    functions: Option<Value>,
+    // Extensions.
+    #[serde(default)]
+    tier: Option<String>,
+    #[serde(default)]
+    provider: Option<String>,
+    #[serde(default)]
+    budget_limit: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct Message {
+    role: String,
+    #[serde(default)]
+    content: Option<Value>,
+}
+
+/// The text of a message's content: a string, or text parts.
+fn content_text(i: usize, c: &Option<Value>) -> Result<String, String> {
+    match c {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut out = Vec::new();
+            for p in parts {
+                match p.get("type").and_then(Value::as_str) {
+                    Some("text") => out.push(
+                        p.get("text")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
+                    ),
+                    other => {
+                        return Err(format!(
+                            "messages[{i}].content: only text parts are supported, got {:?}",
+                            other.unwrap_or("no type")
+                        ));
+                    }
+                }
+            }
+            Ok(out.join("\n"))
+        }
+        Some(_) => Err(format!(
+            "messages[{i}].content must be a string or an array of text parts"
+        )),
+    }
+}
+
+/// Splits the messages into the core's system prompt and prompt (see the
+/// module docs for how conversations are flattened).
+fn flatten(messages: &[Message]) -> Result<(Option<String>, String), String> {
+    let mut system = Vec::new();
+    let mut turns: Vec<(&str, String)> = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let text = content_text(i, &m.content)?;
+        match m.role.as_str() {
+            "system" | "developer" => system.push(text),
+            "user" => turns.push(("User", text)),
+            "assistant" => turns.push(("Assistant", text)),
+            "tool" | "function" => turns.push(("Tool result", text)),
+            other => return Err(format!("messages[{i}].role {other:?} is not supported")),
+        }
+    }
+    let system = (!system.is_empty()).then(|| system.join("\n\n"));
+    let prompt = match turns.as_slice() {
+        [] => return Err("messages must contain at least one user message".into()),
+        [("User", only)] => only.clone(),
+        many => many
+            .iter()
+            .map(|(who, text)| format!("{who}: {text}"))
+            .collect::<Vec<_>>()
+            .join("\n\n"),
+    };
+    Ok((system, prompt))
+}
+
+fn finish_reason(c: &Completion) -> &'static str {
+    match c.finish_reason.as_deref().map(str::to_ascii_lowercase) {
+        Some(r) if r.contains("max") || r.contains("length") => "length",
+        _ => "stop",
+    }
+}
+
+fn usage_json(c: &Completion) -> Value {
+    let prompt = c.tokens.input + c.tokens.cached + c.tokens.cache_write;
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": c.tokens.output,
+        "total_tokens": prompt + c.tokens.output,
+        "prompt_tokens_details": {"cached_tokens": c.tokens.cached},
+        "completion_tokens_details": {"reasoning_tokens": c.tokens.reasoning},
+    })
+}
+
+/// What the optimizer adds to a response body: the route and the money.
+fn optimizer_json(c: &Completion) -> Value {
+    json!({
+        "provider": c.provider.as_str(),
+        "model": c.model,
+        "tier": c.tier.as_str(),
+        "complexity": c.complexity.score,
+        "cost_usd": c.cost_usd,
+        "cost_source": c.cost_source,
+        "savings_usd": c.savings_usd,
+        "request_id": c.request_id,
+        "recorded": c.recorded,
+        "warning": c.warning,
+    })
+}
+
+fn now_secs() -> i64 {
+    crate::optimizer::system_clock()() / 1000
+}
+
+fn route_headers(h: &mut HeaderMap, c: &Completion) {
+    let pairs = [
+        ("x-cost-usd", format!("{:.9}", c.cost_usd)),
+        ("x-routed-model", c.model.clone()),
+        ("x-routed-provider", c.provider.as_str().to_string()),
+        ("x-routed-tier", c.tier.as_str().to_string()),
+        ("x-complexity", format!("{:.3}", c.complexity.score)),
+        ("x-ledger-request-id", c.request_id.clone()),
+    ];
+    for (k, v) in pairs {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(HeaderName::from_static(k), v);
+        }
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Response {
+    let req: ChatBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return bad_request(format!("invalid request body: {e}")),
+    };
+    if req.n.is_some_and(|n| n != 1) {
+        return bad_request("n: only one choice per request is supported");
+    }
+    if req.tools.is_some() || req.functions.is_some() {
+        return bad_request("tools and functions are not supported by this proxy");
+    }
+    let (system, prompt) = match flatten(&req.messages) {
+        Ok(x) => x,
+        Err(e) => return bad_request(e),
+    };
+    // A plain key always spends its own budget; OpenAI's `user` field is
+    // an end-user tag many clients set, so it only picks the budget when
+    // the caller may act for anyone.
+    let user = match caller.user_for(if caller.admin {
+        req.user.as_deref()
+    } else {
+        None
+    }) {
+        Ok(u) => u,
+        Err(e) => {
+            return error_response(StatusCode::FORBIDDEN, &e, "permission_error", None);
+        }
+    };
+    let model = req
+        .model
+        .as_deref()
+        .map(str::trim)
+        .filter(|m| !m.is_empty() && *m != "auto")
+        .map(str::to_string);
+    let args = CompleteArgs {
+        prompt,
+        system,
+        max_tokens: req.max_completion_tokens.or(req.max_tokens),
+        budget_limit: req.budget_limit,
+        force_provider: req.provider,
+        force_model: model,
+        tier: req.tier,
+        user_id: user,
+        speak: None,
+        voice: None,
+        feedback: None,
+    };
+    if req.stream.unwrap_or(false) {
+        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+        return stream(state, args, include_usage);
+    }
+    let _in_flight = state.in_flight.start();
+    match state.core.complete(&args, &crate::providers::NoSink).await {
+        Ok(c) => {
+            state.metrics.record_completion(&c);
+            let body = json!({
+                "id": format!("chatcmpl-{}", c.request_id),
+                "object": "chat.completion",
+                "created": now_secs(),
+                "model": c.model,
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": c.answer},
+                    "finish_reason": finish_reason(&c),
+                }],
+                "usage": usage_json(&c),
+                "x_optimizer": optimizer_json(&c),
+            });
+            let mut resp = axum::Json(body).into_response();
+            route_headers(resp.headers_mut(), &c);
+            resp
+        }
+        Err(e) => {
+            state.metrics.call_error(&e);
+            tracing::info!(error = %e, "chat completion refused");
+            tool_error_response(&e)
+        }
+    }
+}
+
+enum Event {
+    Text(String),
+    Done(Box<Result<Completion, ToolError>>),
+}
+
+/// Forwards streamed answer text to the response.
+struct ChannelSink(mpsc::UnboundedSender<Event>);
+
+impl StreamSink for ChannelSink {
+    fn on_text(&self, delta: &str) {
+        if !delta.is_empty() {
+            let _ = self.0.send(Event::Text(delta.to_string()));
+        }
+    }
+}
+
+/// Aborts the call when the response stream is dropped (the client went
+/// away): dropping the core's future stops the provider request and
+/// releases the budget hold, as a cancelled MCP call does.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn sse(data: &Value) -> String {
+    format!("data: {data}\n\n")
+}
+
+struct StreamState {
+    rx: mpsc::UnboundedReceiver<Event>,
+    _task: AbortOnDrop,
+    id: String,
+    created: i64,
+    model: String,
+    sent: String,
+    include_usage: bool,
+    done: bool,
+}
+
+impl StreamState {
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
+        json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
+    }
+
+    /// The closing events of a finished call.
+    fn finish(&mut self, result: Result<Completion, ToolError>) -> String {
+        let mut out = String::new();
+        match result {
+            Ok(c) => {
+                self.model = c.model.clone();
+                if let Some(rest) = c.answer.strip_prefix(self.sent.as_str()) {
+                    // Providers that answered without streaming (or text the
+                    // sink did not see) arrive here in one piece.
+                    if !rest.is_empty() {
+                        out.push_str(&sse(&self.chunk(json!({"content": rest}), None)));
+                    }
+                    let mut last = self.chunk(json!({}), Some(finish_reason(&c)));
+                    last["x_optimizer"] = optimizer_json(&c);
+                    out.push_str(&sse(&last));
+                    if self.include_usage {
+                        out.push_str(&sse(&json!({
+                            "id": self.id, "object": "chat.completion.chunk",
+                            "created": self.created, "model": self.model,
+                            "choices": [], "usage": usage_json(&c),
+                            "x_optimizer": optimizer_json(&c),
+                        })));
+                    }
+                } else {
+                    tracing::warn!(
+                        request_id = c.request_id,
+                        "a provider failed mid-stream and the call fell back; the streamed text is inconsistent"
+                    );
+                    out.push_str(&sse(&json!({"error": {
+                        "message": format!(
+                            "a provider failed after part of the answer was streamed, and the call was \
+                             answered by {} instead; the text streamed so far is not that answer. \
+                             Retry without streaming.", c.model),
+                        "type": "api_error", "param": null, "code": "fallback_mid_stream",
+                    }})));
+                }
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "streamed chat completion refused");
+                let (kind, code) = match &e {
+                    ToolError::Invalid(_) => ("invalid_request_error", None),
+                    ToolError::BudgetRefused(_) => ("insufficient_quota", Some("budget_exceeded")),
+                    ToolError::ProviderFailed(_) => ("api_error", Some("provider_failed")),
+                    ToolError::Ledger(_) => ("api_error", Some("ledger_unavailable")),
+                };
+                out.push_str(&sse(&json!({"error": {
+                    "message": crate::secrets::redact(&e.to_string()),
+                    "type": kind, "param": null, "code": code,
+                }})));
+            }
+        }
+        out.push_str("data: [DONE]\n\n");
+        out
+    }
+}
+
+/// The SSE response of a `stream: true` request.
+fn stream(state: AppState, args: CompleteArgs, include_usage: bool) -> Response {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let core = state.core.clone();
+    let metrics = state.metrics.clone();
+    let in_flight = state.in_flight.start();
+    let task = tokio::spawn(async move {
+        let _in_flight = in_flight;
+        let sink = ChannelSink(tx.clone());
+        let result = core.complete(&args, &sink).await;
+        match &result {
+            Ok(c) => metrics.record_completion(c),
+            Err(e) => metrics.call_error(e),
+        }
+        let _ = tx.send(Event::Done(Box::new(result)));
+    });
+    let st = StreamState {
+        rx,
+        _task: AbortOnDrop(task),
+        id: format!("chatcmpl-{}", uuid::Uuid::new_v4()),
+        created: now_secs(),
+        model: "auto".into(),
+        sent: String::new(),
+        include_usage,
+        done: false,
+    };
+    let first = sse(&st.chunk(json!({"role": "assistant", "content": ""}), None));
+    let head =
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(first)) });
+    let rest = futures_util::stream::unfold(st, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        let bytes = match st.rx.recv().await {
+            Some(Event::Text(t)) => {
+                let s = sse(&st.chunk(json!({"content": t}), None));
+                st.sent.push_str(&t);
+                s
+            }
+            Some(Event::Done(r)) => {
+                st.done = true;
+                st.finish(*r)
+            }
+            None => return None,
+        };
+        Some((Ok::<_, std::io::Error>(Bytes::from(bytes)), st))
+    });
+    let body = Body::from_stream(futures_util::StreamExt::chain(head, rest));
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /v1/models`: `auto`, then the routing models of the enabled
+/// providers.
+pub async fn models(State(state): State<AppState>) -> Response {
+    let mut data = vec![json!({
+        "id": "auto", "object": "model", "created": 0, "owned_by": "ai-cost-optimizer",
+    })];
+    match state.core.check_costs(&CostArgs::default()) {
+        Ok(t) => {
+            for m in t.models.iter().filter(|m| m.enabled) {
+                data.push(json!({
+                    "id": m.model, "object": "model", "created": 0,
+                    "owned_by": m.provider.as_str(),
+                }));
+            }
+        }
+        Err(e) => return tool_error_response(&e),
+    }
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msgs(v: Value) -> Vec<Message> {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn one_user_turn_is_sent_as_is_and_systems_are_joined() {
+        let (system, prompt) = flatten(&msgs(json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "developer", "content": [{"type": "text", "text": "No lists."}]},
+            {"role": "user", "content": "Hi"}
+        ])))
+        .unwrap();
+        assert_eq!(system.as_deref(), Some("Be brief.\n\nNo lists."));
+        assert_eq!(prompt, "Hi");
+    }
+
+    #[test]
+    fn conversations_become_a_transcript() {
+        let (system, prompt) = flatten(&msgs(json!([
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "times 3?"}
+        ])))
+        .unwrap();
+        assert_eq!(system, None);
+        assert_eq!(prompt, "User: 2+2?\n\nAssistant: 4\n\nUser: times 3?");
+    }
+
+    #[test]
+    fn unsupported_input_is_refused_with_the_field() {
+        assert!(flatten(&msgs(json!([{"role": "system", "content": "x"}]))).is_err());
+        let e = flatten(&msgs(
+            json!([{"role": "user", "content": [{"type": "image_url"}]}]),
+        ))
+        .unwrap_err();
+        assert!(e.contains("messages[0].content"), "{e}");
+        assert!(flatten(&msgs(json!([{"role": "robot", "content": "x"}]))).is_err());
+    }
+}

@@ -1,0 +1,929 @@
+//! `serve --http`: the real binary on 127.0.0.1 (port 0, address read from
+//! its stderr) against fake providers, driven by plain HTTP (reqwest) and
+//! by rmcp's streamable-HTTP MCP client.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use rmcp::ServiceExt;
+use rmcp::model::CallToolRequestParams;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use serde_json::{Value, json};
+
+const DS_KEY: &str = "sk-http-FAKE-deepseek-0000000000";
+
+/// The binary serving HTTP; killed on drop.
+struct HttpServer {
+    child: Child,
+    base: String,
+    stderr: PathBuf,
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn env_for(dir: &Path, extra: &[(&str, String)]) -> Vec<(String, String)> {
+    let mut vars = base_env(dir);
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    vars
+}
+
+/// Runs a CLI command of the binary; returns (status ok, stdout, stderr).
+fn cli(dir: &Path, extra: &[(&str, String)], args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(binary())
+        .env_clear()
+        .envs(env_for(dir, extra))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Starts `serve --http ADDR` and waits for its "listening on" line.
+fn start(dir: &Path, extra: &[(&str, String)], addr: &str) -> HttpServer {
+    let stderr_path = dir.join(format!("http-{}.log", fastrand::u64(..)));
+    let mut child = Command::new(binary())
+        .env_clear()
+        .envs(env_for(dir, extra))
+        .args(["serve", "--http", addr])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log = stderr_path.clone();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&log).unwrap();
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(file, "{line}");
+            if !sent && let Some(a) = line.split("listening on ").nth(1) {
+                let _ = tx.send(a.trim().to_string());
+                sent = true;
+            }
+        }
+    });
+    let base = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| {
+            panic!(
+                "server did not start: {}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            )
+        });
+    HttpServer {
+        child,
+        base,
+        stderr: stderr_path,
+    }
+}
+
+fn deepseek_env(fake: &FakeProvider) -> Vec<(&'static str, String)> {
+    vec![
+        ("DEEPSEEK_API_KEY", DS_KEY.to_string()),
+        ("DEEPSEEK_BASE_URL", fake.base.clone()),
+    ]
+}
+
+fn ds_reply() -> Reply {
+    openai_ok(
+        "deepseek-v3.2",
+        "Paris.",
+        json!({"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}),
+    )
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn json_of(r: reqwest::Response) -> Value {
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
+}
+
+fn create_key(dir: &Path, user: &str, admin: bool) -> (String, String) {
+    let mut args = vec!["keys", "create", "--user", user];
+    if admin {
+        args.push("--admin");
+    }
+    let (ok, out, err) = cli(dir, &[], &args);
+    assert!(ok, "keys create failed: {err}");
+    let key = out.trim().to_string();
+    let id = key.split('_').nth(1).unwrap().to_string();
+    (key, id)
+}
+
+/// Every file the server wrote (logs, stderr) must be free of `secret`.
+fn assert_not_logged(dir: &Path, secret: &str) {
+    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files);
+    for f in files {
+        if f.extension().is_some_and(|e| e == "log") || f.to_string_lossy().contains("logs") {
+            let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
+            assert!(!text.contains(secret), "{} contains a secret", f.display());
+        }
+    }
+}
+
+#[tokio::test]
+async fn probes_openai_completion_usage_and_metrics() {
+    let fake = FakeProvider::start(ds_reply()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
+    let c = http();
+
+    let h = c.get(format!("{}/health", s.base)).send().await.unwrap();
+    assert_eq!(h.status(), 200);
+    assert!(h.headers().contains_key("x-request-id"));
+    let r = c.get(format!("{}/ready", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // The container's HEALTHCHECK: the binary probes itself.
+    let (ok, out, err) = cli(
+        dir.path(),
+        &[],
+        &["healthcheck", &format!("{}/health", s.base)],
+    );
+    assert!(ok && out.trim() == "ok", "{err}");
+    let (ok, _, _) = cli(
+        dir.path(),
+        &[],
+        &["healthcheck", &format!("{}/nope", s.base)],
+    );
+    assert!(!ok);
+
+    let models = json_of(c.get(format!("{}/v1/models", s.base)).send().await.unwrap()).await;
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids[0], "auto");
+    assert!(ids.iter().any(|i| i.starts_with("deepseek/")), "{ids:?}");
+    assert!(!ids.iter().any(|i| i.starts_with("anthropic/")), "{ids:?}");
+
+    let resp = c
+        .post(format!("{}/v1/chat/completions", s.base))
+        .header("x-request-id", "test-req-42")
+        .json(&json!({
+            "model": "auto",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "What is the capital of France?"}
+            ]
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers().clone();
+    assert_eq!(h["x-request-id"], "test-req-42", "the client's id is kept");
+    assert_eq!(h["x-routed-provider"], "deepseek");
+    assert!(
+        h["x-routed-model"]
+            .to_str()
+            .unwrap()
+            .starts_with("deepseek/")
+    );
+    assert!(h.contains_key("x-complexity"));
+    let cost: f64 = h["x-cost-usd"].to_str().unwrap().parse().unwrap();
+    assert!(cost > 0.0);
+    let body = json_of(resp).await;
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["choices"][0]["message"]["content"], "Paris.");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["usage"]["prompt_tokens"], 1000);
+    assert_eq!(body["usage"]["completion_tokens"], 500);
+    assert_eq!(body["usage"]["total_tokens"], 1500);
+    // The provider got the system prompt and the user turn as they were.
+    let sent = &fake.requests()[0].body;
+    assert_eq!(sent["messages"][0]["content"], "Be brief.");
+    assert_eq!(
+        sent["messages"][1]["content"],
+        "What is the capital of France?"
+    );
+
+    // The ledger has it, at the cost the header gave.
+    let usage = json_of(c.get(format!("{}/v1/usage", s.base)).send().await.unwrap()).await;
+    assert_eq!(usage["calls"], 1);
+    assert_usd(&usage["total_cost_usd"], cost);
+
+    let rec = json_of(
+        c.get(format!("{}/v1/recommendation", s.base))
+            .query(&[("prompt", "hello")])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(rec["recommended"]["model"].is_string(), "{rec}");
+
+    let metrics = c
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"aco_http_requests_total{route="/v1/chat/completions",method="POST",status="200"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("aco_http_request_duration_seconds_bucket"));
+    let cost_line = metrics
+        .lines()
+        .find(|l| l.starts_with("aco_llm_cost_usd_total{") && l.contains(r#"provider="deepseek""#))
+        .unwrap_or_else(|| panic!("no cost counter: {metrics}"));
+    let counted: f64 = cost_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((counted - cost).abs() < 1e-9, "{cost_line} vs {cost}");
+    assert!(
+        metrics.contains(r#"aco_budget_limit_usd{scope="default"} 100"#),
+        "{metrics}"
+    );
+
+    let page = c.get(format!("{}/dashboard", s.base)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("<html"));
+
+    // Request ids reach the logs.
+    let log = std::fs::read_to_string(&s.stderr).unwrap();
+    assert!(log.contains("test-req-42"), "{log}");
+    assert_not_logged(dir.path(), DS_KEY);
+}
+
+#[tokio::test]
+async fn openai_errors_have_openai_bodies_and_statuses() {
+    let fake = FakeProvider::start(ds_reply()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
+    let c = http();
+    let url = format!("{}/v1/chat/completions", s.base);
+    for (body, status) in [
+        (json!({"messages": "nope"}), 400),
+        (json!({"model": "auto", "messages": []}), 400),
+        (
+            json!({"model": "auto", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+            400,
+        ),
+        (
+            json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}),
+            400,
+        ),
+        (
+            json!({"model": "no-such/model-x", "messages": [{"role": "user", "content": "hi"}]}),
+            404,
+        ),
+    ] {
+        let r = c.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), status, "{body}");
+        let e = json_of(r).await;
+        assert!(e["error"]["message"].as_str().unwrap().len() > 3, "{e}");
+        assert!(e["error"]["type"].is_string());
+    }
+    // Bad input never reached the provider nor the ledger.
+    assert!(fake.requests().is_empty());
+    // Over the body limit: refused from the announced length, before any of
+    // the body is read. (Raw TCP: a client still writing the body could see
+    // the early close as a broken pipe instead of the answer.)
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let hostport = s.base.trim_start_matches("http://");
+        let mut tcp = tokio::net::TcpStream::connect(hostport).await.unwrap();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {hostport}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            9 * 1024 * 1024
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 512];
+        let n = tcp.read(&mut buf).await.unwrap();
+        let reply = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            reply.starts_with("HTTP/1.1 413"),
+            "body size limit: {reply}"
+        );
+    }
+    let r = c.get(format!("{}/nope", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn streaming_sends_openai_chunks_and_a_usage_chunk() {
+    let fake = FakeProvider::start(openai_sse(
+        "deepseek-v3.2",
+        &["Hel", "lo ", "there."],
+        json!({"prompt_tokens": 40, "completion_tokens": 3}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
+    let r = http()
+        .post(format!("{}/v1/chat/completions", s.base))
+        .json(&json!({
+            "model": "auto", "stream": true, "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "Say hello"}]
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let text = r.text().await.unwrap();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let answer: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(answer, "Hello there.");
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["prompt_tokens"], 40);
+    assert_eq!(usage["usage"]["completion_tokens"], 3);
+    let cost = usage["x_optimizer"]["cost_usd"].as_f64().unwrap();
+    assert!(cost > 0.0);
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+
+    let usage = json_of(
+        http()
+            .get(format!("{}/v1/usage", s.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_usd(&usage["total_cost_usd"], cost);
+}
+
+#[test]
+fn a_public_address_needs_a_key_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(binary())
+        .env_clear()
+        .envs(env_for(dir.path(), &[]))
+        .args(["serve", "--http", "0.0.0.0:0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to serve on 0.0.0.0:0 without API keys")
+            && err.contains("keys create"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn keys_are_required_checked_revocable_and_never_logged() {
+    let fake = FakeProvider::start(ds_reply()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, alice_id) = create_key(dir.path(), "alice", false);
+    let (_, listed, _) = cli(dir.path(), &[], &["keys", "list"]);
+    assert!(listed.contains(&alice_id) && listed.contains("user=alice"));
+    assert!(
+        !listed.contains(&alice),
+        "the key itself is never shown again"
+    );
+
+    let mut env = deepseek_env(&fake);
+    env.push(("COST_OPTIMIZER_HTTP_REQUIRE_AUTH", "true".into()));
+    let s = start(dir.path(), &env, "127.0.0.1:0");
+    let c = http();
+    let url = format!("{}/v1/chat/completions", s.base);
+    let body = json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]});
+
+    // Probes need no key.
+    assert_eq!(
+        c.get(format!("{}/health", s.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let none = c.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    assert_eq!(none.headers()["www-authenticate"], "Bearer");
+    assert_eq!(json_of(none).await["error"]["code"], "missing_api_key");
+    let wrong = format!("{}X", &alice[..alice.len() - 1]);
+    for bad in [wrong.as_str(), "sk-not-ours", "aco_zzzz_nope"] {
+        let r = c
+            .post(&url)
+            .bearer_auth(bad)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{bad}");
+    }
+    for path in ["/metrics", "/v1/usage", "/v1/models", "/dashboard"] {
+        let r = c.get(format!("{}{path}", s.base)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
+    let ok = c
+        .post(&url)
+        .bearer_auth(&alice)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+
+    // The call was charged to the key's user.
+    let u = json_of(
+        c.get(format!("{}/v1/usage?group_by=user", s.base))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(u["user_id"], "alice");
+    assert_eq!(u["calls"], 1);
+    // A plain key cannot look at someone else.
+    let r = c
+        .get(format!("{}/v1/usage?user_id=bob", s.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    let (ok, _, err) = cli(dir.path(), &[], &["keys", "revoke", &alice_id]);
+    assert!(ok, "{err}");
+    let r = c
+        .post(&url)
+        .bearer_auth(&alice)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a revoked key is refused at once");
+    let (ok, _, _) = cli(dir.path(), &[], &["keys", "revoke", &alice_id]);
+    assert!(!ok, "revoking twice says so");
+
+    drop(s);
+    assert_not_logged(dir.path(), &alice);
+    assert_not_logged(dir.path(), &alice[alice.len() - 20..]);
+}
+
+#[tokio::test]
+async fn budgets_apply_per_key_and_only_admins_set_them() {
+    let fake = FakeProvider::start(ds_reply()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, _) = create_key(dir.path(), "ops", true);
+    let (alice, _) = create_key(dir.path(), "alice", false);
+    let (bob, _) = create_key(dir.path(), "bob", false);
+    let mut env = deepseek_env(&fake);
+    env.push(("COST_OPTIMIZER_HTTP_REQUIRE_AUTH", "1".into()));
+    let s = start(dir.path(), &env, "127.0.0.1:0");
+    let c = http();
+    let budget = format!("{}/v1/budget", s.base);
+
+    let r = c
+        .put(&budget)
+        .bearer_auth(&alice)
+        .json(&json!({"monthly_limit": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a plain key cannot raise its own limit");
+    let r = c
+        .put(&budget)
+        .bearer_auth(&admin)
+        .json(&json!({"monthly_limit": 0.000001, "user_id": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    let url = format!("{}/v1/chat/completions", s.base);
+    let body = json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]});
+    let r = c
+        .post(&url)
+        .bearer_auth(&alice)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 402);
+    let e = json_of(r).await;
+    assert_eq!(e["error"]["code"], "budget_exceeded");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("budget"),
+        "{e}"
+    );
+    let r = c
+        .post(&url)
+        .bearer_auth(&bob)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "bob's budget is his own");
+    // `user` in the body does not move a plain key's spending elsewhere.
+    let mut as_bob = body.clone();
+    as_bob["user"] = json!("bob");
+    let r = c
+        .post(&url)
+        .bearer_auth(&alice)
+        .json(&as_bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 402);
+    assert_eq!(
+        fake.requests().len(),
+        1,
+        "refused calls never reach the provider"
+    );
+
+    let metrics = c
+        .get(format!("{}/metrics", s.base))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"aco_budget_limit_usd{scope="alice"} 0.000001"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"aco_budget_spent_usd{scope="bob"}"#));
+    assert!(
+        metrics.contains(r#"aco_call_errors_total{kind="budget_refused"} 2"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn mcp_over_streamable_http_with_a_key() {
+    let fake = FakeProvider::start(ds_reply()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, _) = create_key(dir.path(), "alice", false);
+    let mut env = deepseek_env(&fake);
+    env.push(("COST_OPTIMIZER_HTTP_REQUIRE_AUTH", "true".into()));
+    let s = start(dir.path(), &env, "127.0.0.1:0");
+
+    // Without a key the transport cannot even initialize.
+    let anon = StreamableHttpClientTransport::from_uri(format!("{}/mcp", s.base));
+    assert!(().serve(anon).await.is_err());
+
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", s.base))
+            .auth_header(alice.clone()),
+    );
+    let client = ().serve(transport).await.expect("initialize over HTTP");
+    let info = client.peer_info().unwrap();
+    assert_eq!(info.server_info.as_ref().unwrap().name, "ai-cost-optimizer");
+    let tools = client.list_all_tools().await.unwrap();
+    let mut names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "check_model_costs",
+            "complete_prompt",
+            "get_recommendation",
+            "query_usage",
+            "set_budget"
+        ]
+    );
+    let r = client
+        .call_tool(
+            CallToolRequestParams::new("complete_prompt").with_arguments(
+                json!({"prompt": "capital of France?"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    let sc = r.structured_content.unwrap();
+    assert_eq!(sc["answer"], "Paris.");
+    let cost = sc["cost_usd"].as_f64().unwrap();
+
+    // The key's user paid; a plain key can act for nobody else.
+    let r = client
+        .call_tool(
+            CallToolRequestParams::new("query_usage")
+                .with_arguments(json!({}).as_object().unwrap().clone()),
+        )
+        .await
+        .unwrap();
+    let u = r.structured_content.unwrap();
+    assert_eq!(u["user_id"], "alice");
+    assert_usd(&u["total_cost_usd"], cost);
+    let r = client
+        .call_tool(
+            CallToolRequestParams::new("complete_prompt").with_arguments(
+                json!({"prompt": "hi", "user_id": "bob"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert!(
+        text(&r).contains("cannot act for user \"bob\""),
+        "{}",
+        text(&r)
+    );
+    let r = client
+        .call_tool(
+            CallToolRequestParams::new("set_budget")
+                .with_arguments(json!({"monthly_limit": 500}).as_object().unwrap().clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true), "plain keys cannot set budgets");
+    let _ = client.cancel().await;
+
+    let metrics = http()
+        .get(format!("{}/metrics", s.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"aco_llm_calls_total{provider="deepseek""#),
+        "MCP calls are counted too: {metrics}"
+    );
+    assert_not_logged(dir.path(), &alice);
+}
+
+#[tokio::test]
+async fn rebinding_hosts_and_foreign_origins_are_refused() {
+    let fake = FakeProvider::start(ds_reply()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
+    let c = http();
+    let port = s.base.rsplit(':').next().unwrap().to_string();
+    let r = c
+        .get(format!("{}/v1/models", s.base))
+        .header("host", format!("evil.example:{port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .get(format!("{}/v1/models", s.base))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    let r = c
+        .get(format!("{}/v1/models", s.base))
+        .header("host", format!("localhost:{port}"))
+        .header("origin", format!("http://localhost:{port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .post(format!("{}/mcp", s.base))
+        .header("host", "evil.example")
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}
+
+#[tokio::test]
+async fn cors_is_off_by_default_and_on_for_configured_origins() {
+    let fake = FakeProvider::start(ds_reply()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = http();
+    let preflight = |base: &str, origin: &str| {
+        c.request(
+            reqwest::Method::OPTIONS,
+            format!("{base}/v1/chat/completions"),
+        )
+        .header("origin", origin.to_string())
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+    };
+    let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
+    let r = preflight(&s.base, "https://app.example").await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    drop(s);
+
+    let mut env = deepseek_env(&fake);
+    env.push((
+        "COST_OPTIMIZER_HTTP_CORS_ORIGINS",
+        "https://app.example".into(),
+    ));
+    let s = start(dir.path(), &env, "127.0.0.1:0");
+    let r = preflight(&s.base, "https://app.example").await.unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let r = c
+        .get(format!("{}/v1/models", s.base))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let r = preflight(&s.base, "https://other.example").await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_call_in_flight_finish() {
+    let fake = FakeProvider::start(ds_reply().delayed(Duration::from_millis(1500))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
+    let url = format!("{}/v1/chat/completions", s.base);
+    let call = tokio::spawn(async move {
+        http()
+            .post(url)
+            .json(&json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+    });
+    // Wait until the provider has the request, then ask the server to stop.
+    // (The first call also waits for the tokenizer to load.)
+    for _ in 0..3000 {
+        if !fake.requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(fake.requests().len(), 1);
+    let pid = s.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let r = call.await.unwrap().expect("the call in flight is answered");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        json_of(r).await["choices"][0]["message"]["content"],
+        "Paris."
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let st = s.child.wait().unwrap();
+        (st, s)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "clean exit after SIGTERM");
+    let log = std::fs::read_to_string(&status.1.stderr).unwrap();
+    assert!(
+        log.contains("SIGTERM received") && log.contains("HTTP server stopped"),
+        "{log}"
+    );
+    // The call is in the ledger.
+    let (ok, out, err) = cli(dir.path(), &deepseek_env(&fake), &["usage", "--json"]);
+    assert!(ok, "{err}");
+    let u: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(u["calls"], 1, "{out}");
+}
+
+#[tokio::test]
+async fn ready_says_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &[], "127.0.0.1:0");
+    let r = http()
+        .get(format!("{}/ready", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let b = json_of(r).await;
+    assert!(
+        b["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("no provider is enabled"),
+        "{b}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_leaving_a_stream_stops_the_provider_and_releases_the_hold() {
+    let pieces: Vec<String> = (0..40).map(|i| format!("word{i} ")).collect();
+    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+    let fake = FakeProvider::start(
+        openai_sse(
+            "deepseek-v3.2",
+            &refs,
+            json!({"prompt_tokens": 5, "completion_tokens": 40}),
+        )
+        .dripped(Duration::from_millis(100)),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
+    let mut r = http()
+        .post(format!("{}/v1/chat/completions", s.base))
+        .json(&json!({"model": "auto", "stream": true,
+            "messages": [{"role": "user", "content": "Count"}]}))
+        .send()
+        .await
+        .unwrap();
+    // Read until answer text arrives, then hang up.
+    let mut got = String::new();
+    while !got.contains("word1") {
+        let chunk = r.chunk().await.unwrap().expect("stream ended early");
+        got.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(r);
+    let at_hangup = fake.drip_sent();
+    for _ in 0..100 {
+        if fake.aborted() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        fake.aborted(),
+        1,
+        "the provider stream kept going after the client left ({at_hangup} → {} events)",
+        fake.drip_sent()
+    );
+    let u = json_of(
+        http()
+            .get(format!("{}/v1/usage", s.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(u["budget"]["reserved_usd"], json!(0.0), "{u}");
+    assert_eq!(u["calls"], json!(0));
+    assert_eq!(u["totals"]["failed_attempts"], json!(1));
+}

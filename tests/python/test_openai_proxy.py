@@ -1,0 +1,168 @@
+"""The OpenAI-compatible proxy driven by the official `openai` Python package.
+
+A fake DeepSeek endpoint (OpenAI chat-completions wire format, plain JSON or
+SSE as asked) runs in a thread on 127.0.0.1; the real binary (AICO_BIN,
+default target/debug) serves `serve --http 127.0.0.1:0` and the client talks
+to it as it would to api.openai.com. Costs must land in the ledger, read back
+over /v1/usage.
+"""
+
+import json
+import os
+import subprocess
+import tempfile
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import openai
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = os.environ.get("AICO_BIN", str(ROOT / "target" / "debug" / "ai-cost-optimizer"))
+KEY = "sk-openai-proxy-FAKE-key-7777777777"
+USAGE = {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500}
+
+
+class FakeDeepSeek(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):  # noqa: N802 (http.server API)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if body.get("stream"):
+            events = []
+            for piece in ["The answer ", "is ", "42."]:
+                events.append({"id": "c1", "object": "chat.completion.chunk", "model": body["model"],
+                               "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+            events.append({"id": "c1", "object": "chat.completion.chunk", "model": body["model"],
+                           "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            events.append({"id": "c1", "object": "chat.completion.chunk", "model": body["model"],
+                           "choices": [], "usage": USAGE})
+            data = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+            data = data.encode()
+            ctype = "text/event-stream"
+        else:
+            data = json.dumps({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "The answer is 42."},
+                             "finish_reason": "stop"}],
+                "usage": USAGE,
+            }).encode()
+            ctype = "application/json"
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeDeepSeek)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    with tempfile.TemporaryDirectory() as data:
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": data,
+            "COST_OPTIMIZER_DATA_DIR": data,
+            "COST_OPTIMIZER_CONFIG": "",
+            "COST_OPTIMIZER_OLLAMA_PROBE": "0",
+            "DEEPSEEK_API_KEY": KEY,
+            "DEEPSEEK_BASE_URL": f"http://127.0.0.1:{httpd.server_address[1]}",
+        }
+        client_key = subprocess.run(
+            [BIN, "keys", "create", "--user", "py"], env=env, check=True, capture_output=True, text=True
+        ).stdout.strip()
+        env["COST_OPTIMIZER_HTTP_REQUIRE_AUTH"] = "true"
+        proc = subprocess.Popen(
+            [BIN, "serve", "--http", "127.0.0.1:0"], env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            base = None
+            for line in proc.stderr:
+                if "listening on " in line:
+                    base = line.split("listening on ", 1)[1].strip()
+                    break
+            assert base, "server did not start"
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+            yield base, client_key, data
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            httpd.shutdown()
+
+
+def usage(base, key):
+    req = urllib.request.Request(f"{base}/v1/usage", headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(req) as r:
+        return json.load(r)
+
+
+def test_models_list_auto_first(server):
+    base, key, _ = server
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key)
+    ids = [m.id for m in client.models.list()]
+    assert ids[0] == "auto"
+    assert any(i.startswith("deepseek/") for i in ids)
+
+
+def test_completion_records_cost(server):
+    base, key, _ = server
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+    before = usage(base, key)
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto",
+        messages=[{"role": "system", "content": "Be terse."}, {"role": "user", "content": "What is 6*7?"}],
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "The answer is 42."
+    assert completion.usage.prompt_tokens == 1200
+    assert completion.usage.completion_tokens == 300
+    assert raw.headers["x-routed-provider"] == "deepseek"
+    cost = float(raw.headers["x-cost-usd"])
+    assert cost > 0
+    after = usage(base, key)
+    assert after["user_id"] == "py"
+    assert after["calls"] == before["calls"] + 1
+    assert after["total_cost_usd"] == pytest.approx(before["total_cost_usd"] + cost, abs=1e-9)
+
+
+def test_streaming_with_usage_records_cost(server):
+    base, key, _ = server
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+    before = usage(base, key)
+    stream = client.chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": "What is 6*7?"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, last = "", None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+        last = chunk
+    assert text == "The answer is 42."
+    assert last.usage.prompt_tokens == 1200
+    assert last.usage.completion_tokens == 300
+    cost = last.model_extra["x_optimizer"]["cost_usd"]
+    after = usage(base, key)
+    assert after["calls"] == before["calls"] + 1
+    assert after["total_cost_usd"] == pytest.approx(before["total_cost_usd"] + cost, abs=1e-9)
+
+
+def test_wrong_key_and_budget_refusal_raise_typed_errors(server):
+    base, key, _ = server
+    bad = openai.OpenAI(base_url=f"{base}/v1", api_key="aco_000000000000_wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nobody/no-model", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="auto", messages=[])
