@@ -396,7 +396,13 @@ const SHUTDOWN_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
 /// Serves MCP over stdin/stdout until the client disconnects.
 pub async fn serve_stdio(core: Arc<Optimizer>) -> anyhow::Result<()> {
     let server = CostServer::new(core.clone());
-    let running = server.serve(rmcp::transport::stdio()).await?;
+    // Non-blocking pipes when the client launched us with pipes (as MCP
+    // clients do): reads and writes stay on the IO reactor instead of a
+    // blocking-pool thread hand-off per message, which dominated the
+    // latency of small requests. Anything else falls back to plain stdio.
+    // rmcp bounds each incoming line (16 MiB), so a client that never sends
+    // a newline cannot grow our memory without limit.
+    let running = server.serve(rmcp::transport::stdio_pipes()).await?;
     tracing::info!("MCP server ready on stdio");
     let reason = running.waiting().await?;
     tracing::info!(?reason, "MCP client disconnected");
