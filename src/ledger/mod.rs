@@ -41,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_reservation_owner.sql"),
     include_str!("migrations/0005_feedback.sql"),
     include_str!("migrations/0006_api_keys.sql"),
+    include_str!("migrations/0007_leaner_call_indexes.sql"),
 ];
 
 /// The scope of the global budget, which caps every user together.
