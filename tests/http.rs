@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use reqwest::Method;
 use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
 use rmcp::transport::StreamableHttpClientTransport;
@@ -115,6 +116,33 @@ fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// Sends one request, with a bearer key and a JSON body when given.
+async fn request(
+    c: &reqwest::Client,
+    method: Method,
+    url: impl reqwest::IntoUrl,
+    key: Option<&str>,
+    body: Option<&Value>,
+) -> reqwest::Response {
+    let mut r = c.request(method, url);
+    if let Some(key) = key {
+        r = r.bearer_auth(key);
+    }
+    if let Some(body) = body {
+        r = r.json(body);
+    }
+    r.send().await.unwrap()
+}
+
+/// A GET, with a bearer key when given.
+async fn get(
+    c: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    key: Option<&str>,
+) -> reqwest::Response {
+    request(c, Method::GET, url, key, None).await
+}
+
 async fn json_of(r: reqwest::Response) -> Value {
     let status = r.status();
     let text = r.text().await.unwrap();
@@ -162,10 +190,10 @@ async fn probes_openai_completion_usage_and_metrics() {
     let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
     let c = http();
 
-    let h = c.get(format!("{}/health", s.base)).send().await.unwrap();
+    let h = get(&c, format!("{}/health", s.base), None).await;
     assert_eq!(h.status(), 200);
     assert!(h.headers().contains_key("x-request-id"));
-    let r = c.get(format!("{}/ready", s.base)).send().await.unwrap();
+    let r = get(&c, format!("{}/ready", s.base), None).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     // The container's HEALTHCHECK: the binary probes itself.
     let (ok, out, err) = cli(
@@ -181,7 +209,7 @@ async fn probes_openai_completion_usage_and_metrics() {
     );
     assert!(!ok);
 
-    let models = json_of(c.get(format!("{}/v1/models", s.base)).send().await.unwrap()).await;
+    let models = json_of(get(&c, format!("{}/v1/models", s.base), None).await).await;
     let ids: Vec<&str> = models["data"]
         .as_array()
         .unwrap()
@@ -234,7 +262,7 @@ async fn probes_openai_completion_usage_and_metrics() {
     );
 
     // The ledger has it, at the cost the header gave.
-    let usage = json_of(c.get(format!("{}/v1/usage", s.base)).send().await.unwrap()).await;
+    let usage = json_of(get(&c, format!("{}/v1/usage", s.base), None).await).await;
     assert_eq!(usage["calls"], 1);
     assert_usd(&usage["total_cost_usd"], cost);
 
@@ -248,11 +276,8 @@ async fn probes_openai_completion_usage_and_metrics() {
     .await;
     assert!(rec["recommended"]["model"].is_string(), "{rec}");
 
-    let metrics = c
-        .get(format!("{}/metrics", s.base))
-        .send()
+    let metrics = get(&c, format!("{}/metrics", s.base), None)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -274,7 +299,7 @@ async fn probes_openai_completion_usage_and_metrics() {
         "{metrics}"
     );
 
-    let page = c.get(format!("{}/dashboard", s.base)).send().await.unwrap();
+    let page = get(&c, format!("{}/dashboard", s.base), None).await;
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("<html"));
 
@@ -307,7 +332,7 @@ async fn openai_errors_have_openai_bodies_and_statuses() {
             404,
         ),
     ] {
-        let r = c.post(&url).json(&body).send().await.unwrap();
+        let r = request(&c, Method::POST, &url, None, Some(&body)).await;
         assert_eq!(r.status(), status, "{body}");
         let e = json_of(r).await;
         assert!(e["error"]["message"].as_str().unwrap().len() > 3, "{e}");
@@ -336,7 +361,7 @@ async fn openai_errors_have_openai_bodies_and_statuses() {
             "body size limit: {reply}"
         );
     }
-    let r = c.get(format!("{}/nope", s.base)).send().await.unwrap();
+    let r = get(&c, format!("{}/nope", s.base), None).await;
     assert_eq!(r.status(), 404);
 }
 
@@ -350,15 +375,17 @@ async fn streaming_sends_openai_chunks_and_a_usage_chunk() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
-    let r = http()
-        .post(format!("{}/v1/chat/completions", s.base))
-        .json(&json!({
+    let r = request(
+        &http(),
+        Method::POST,
+        format!("{}/v1/chat/completions", s.base),
+        None,
+        Some(&json!({
             "model": "auto", "stream": true, "stream_options": {"include_usage": true},
             "messages": [{"role": "user", "content": "Say hello"}]
-        }))
-        .send()
-        .await
-        .unwrap();
+        })),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let text = r.text().await.unwrap();
@@ -390,14 +417,7 @@ async fn streaming_sends_openai_chunks_and_a_usage_chunk() {
     let finish = &chunks[chunks.len() - 2];
     assert_eq!(finish["choices"][0]["finish_reason"], "stop");
 
-    let usage = json_of(
-        http()
-            .get(format!("{}/v1/usage", s.base))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let usage = json_of(get(&http(), format!("{}/v1/usage", s.base), None).await).await;
     assert_usd(&usage["total_cost_usd"], cost);
 }
 
@@ -441,70 +461,44 @@ async fn keys_are_required_checked_revocable_and_never_logged() {
 
     // Probes need no key.
     assert_eq!(
-        c.get(format!("{}/health", s.base))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get(&c, format!("{}/health", s.base), None).await.status(),
         200
     );
-    let none = c.post(&url).json(&body).send().await.unwrap();
+    let none = request(&c, Method::POST, &url, None, Some(&body)).await;
     assert_eq!(none.status(), 401);
     assert_eq!(none.headers()["www-authenticate"], "Bearer");
     assert_eq!(json_of(none).await["error"]["code"], "missing_api_key");
     let wrong = format!("{}X", &alice[..alice.len() - 1]);
     for bad in [wrong.as_str(), "sk-not-ours", "aco_zzzz_nope"] {
-        let r = c
-            .post(&url)
-            .bearer_auth(bad)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = request(&c, Method::POST, &url, Some(bad), Some(&body)).await;
         assert_eq!(r.status(), 401, "{bad}");
     }
     for path in ["/metrics", "/v1/usage", "/v1/models", "/dashboard"] {
-        let r = c.get(format!("{}{path}", s.base)).send().await.unwrap();
+        let r = get(&c, format!("{}{path}", s.base), None).await;
         assert_eq!(r.status(), 401, "{path}");
     }
-    let ok = c
-        .post(&url)
-        .bearer_auth(&alice)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let ok = request(&c, Method::POST, &url, Some(&alice), Some(&body)).await;
     assert_eq!(ok.status(), 200);
 
     // The call was charged to the key's user.
     let u = json_of(
-        c.get(format!("{}/v1/usage?group_by=user", s.base))
-            .bearer_auth(&alice)
-            .send()
-            .await
-            .unwrap(),
+        get(
+            &c,
+            format!("{}/v1/usage?group_by=user", s.base),
+            Some(&alice),
+        )
+        .await,
     )
     .await;
     assert_eq!(u["user_id"], "alice");
     assert_eq!(u["calls"], 1);
     // A plain key cannot look at someone else.
-    let r = c
-        .get(format!("{}/v1/usage?user_id=bob", s.base))
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .unwrap();
+    let r = get(&c, format!("{}/v1/usage?user_id=bob", s.base), Some(&alice)).await;
     assert_eq!(r.status(), 403);
 
     let (ok, _, err) = cli(dir.path(), &[], &["keys", "revoke", &alice_id]);
     assert!(ok, "{err}");
-    let r = c
-        .post(&url)
-        .bearer_auth(&alice)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = request(&c, Method::POST, &url, Some(&alice), Some(&body)).await;
     assert_eq!(r.status(), 401, "a revoked key is refused at once");
     let (ok, _, _) = cli(dir.path(), &[], &["keys", "revoke", &alice_id]);
     assert!(!ok, "revoking twice says so");
@@ -527,32 +521,28 @@ async fn budgets_apply_per_key_and_only_admins_set_them() {
     let c = http();
     let budget = format!("{}/v1/budget", s.base);
 
-    let r = c
-        .put(&budget)
-        .bearer_auth(&alice)
-        .json(&json!({"monthly_limit": 1000}))
-        .send()
-        .await
-        .unwrap();
+    let r = request(
+        &c,
+        Method::PUT,
+        &budget,
+        Some(&alice),
+        Some(&json!({"monthly_limit": 1000})),
+    )
+    .await;
     assert_eq!(r.status(), 403, "a plain key cannot raise its own limit");
-    let r = c
-        .put(&budget)
-        .bearer_auth(&admin)
-        .json(&json!({"monthly_limit": 0.000001, "user_id": "alice"}))
-        .send()
-        .await
-        .unwrap();
+    let r = request(
+        &c,
+        Method::PUT,
+        &budget,
+        Some(&admin),
+        Some(&json!({"monthly_limit": 0.000001, "user_id": "alice"})),
+    )
+    .await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 
     let url = format!("{}/v1/chat/completions", s.base);
     let body = json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]});
-    let r = c
-        .post(&url)
-        .bearer_auth(&alice)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = request(&c, Method::POST, &url, Some(&alice), Some(&body)).await;
     assert_eq!(r.status(), 402);
     let e = json_of(r).await;
     assert_eq!(e["error"]["code"], "budget_exceeded");
@@ -560,24 +550,12 @@ async fn budgets_apply_per_key_and_only_admins_set_them() {
         e["error"]["message"].as_str().unwrap().contains("budget"),
         "{e}"
     );
-    let r = c
-        .post(&url)
-        .bearer_auth(&bob)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = request(&c, Method::POST, &url, Some(&bob), Some(&body)).await;
     assert_eq!(r.status(), 200, "bob's budget is his own");
     // `user` in the body does not move a plain key's spending elsewhere.
     let mut as_bob = body.clone();
     as_bob["user"] = json!("bob");
-    let r = c
-        .post(&url)
-        .bearer_auth(&alice)
-        .json(&as_bob)
-        .send()
-        .await
-        .unwrap();
+    let r = request(&c, Method::POST, &url, Some(&alice), Some(&as_bob)).await;
     assert_eq!(r.status(), 402);
     assert_eq!(
         fake.requests().len(),
@@ -585,12 +563,8 @@ async fn budgets_apply_per_key_and_only_admins_set_them() {
         "refused calls never reach the provider"
     );
 
-    let metrics = c
-        .get(format!("{}/metrics", s.base))
-        .bearer_auth(&admin)
-        .send()
+    let metrics = get(&c, format!("{}/metrics", s.base), Some(&admin))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -692,12 +666,8 @@ async fn mcp_over_streamable_http_with_a_key() {
     assert_eq!(r.is_error, Some(true), "plain keys cannot set budgets");
     let _ = client.cancel().await;
 
-    let metrics = http()
-        .get(format!("{}/metrics", s.base))
-        .bearer_auth(&alice)
-        .send()
+    let metrics = get(&http(), format!("{}/metrics", s.base), Some(&alice))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -857,11 +827,7 @@ async fn sigterm_lets_a_call_in_flight_finish() {
 async fn ready_says_why_not() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path(), &[], "127.0.0.1:0");
-    let r = http()
-        .get(format!("{}/ready", s.base))
-        .send()
-        .await
-        .unwrap();
+    let r = get(&http(), format!("{}/ready", s.base), None).await;
     assert_eq!(r.status(), 503);
     let b = json_of(r).await;
     assert!(
@@ -888,13 +854,15 @@ async fn a_client_leaving_a_stream_stops_the_provider_and_releases_the_hold() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
-    let mut r = http()
-        .post(format!("{}/v1/chat/completions", s.base))
-        .json(&json!({"model": "auto", "stream": true,
-            "messages": [{"role": "user", "content": "Count"}]}))
-        .send()
-        .await
-        .unwrap();
+    let mut r = request(
+        &http(),
+        Method::POST,
+        format!("{}/v1/chat/completions", s.base),
+        None,
+        Some(&json!({"model": "auto", "stream": true,
+            "messages": [{"role": "user", "content": "Count"}]})),
+    )
+    .await;
     // Read until answer text arrives, then hang up.
     let mut got = String::new();
     while !got.contains("word1") {
@@ -915,14 +883,7 @@ async fn a_client_leaving_a_stream_stops_the_provider_and_releases_the_hold() {
         "the provider stream kept going after the client left ({at_hangup} → {} events)",
         fake.drip_sent()
     );
-    let u = json_of(
-        http()
-            .get(format!("{}/v1/usage", s.base))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let u = json_of(get(&http(), format!("{}/v1/usage", s.base), None).await).await;
     assert_eq!(u["budget"]["reserved_usd"], json!(0.0), "{u}");
     assert_eq!(u["calls"], json!(0));
     assert_eq!(u["totals"]["failed_attempts"], json!(1));

@@ -7,17 +7,14 @@ is spawned over stdio by the SDK.
 
 import asyncio
 import json
-import os
 import tempfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from http.server import BaseHTTPRequestHandler
 
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = os.environ.get("AICO_BIN", str(ROOT / "target" / "debug" / "ai-cost-optimizer"))
+from fakes import BIN, server_env, start_fake
+
 KEY = "sk-python-sdk-FAKE-key-5555555555"
 
 
@@ -53,18 +50,9 @@ def run(coro):
 
 
 async def with_session(fn):
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeDeepSeek)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = start_fake(FakeDeepSeek)
     with tempfile.TemporaryDirectory() as data:
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "HOME": data,
-            "COST_OPTIMIZER_DATA_DIR": data,
-            "COST_OPTIMIZER_CONFIG": "",
-            "COST_OPTIMIZER_OLLAMA_PROBE": "0",
-            "DEEPSEEK_API_KEY": KEY,
-            "DEEPSEEK_BASE_URL": f"http://127.0.0.1:{httpd.server_address[1]}",
-        }
+        env = server_env(data, httpd, KEY)
         params = StdioServerParameters(command=BIN, args=[], env=env)
         try:
             async with stdio_client(params) as (read, write):

@@ -8,19 +8,17 @@ over /v1/usage.
 """
 
 import json
-import os
 import subprocess
 import tempfile
 import threading
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from http.server import BaseHTTPRequestHandler
 
 import openai
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = os.environ.get("AICO_BIN", str(ROOT / "target" / "debug" / "ai-cost-optimizer"))
+from fakes import BIN, server_env, start_fake
+
 KEY = "sk-openai-proxy-FAKE-key-7777777777"
 USAGE = {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500}
 
@@ -62,18 +60,9 @@ class FakeDeepSeek(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeDeepSeek)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = start_fake(FakeDeepSeek)
     with tempfile.TemporaryDirectory() as data:
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "HOME": data,
-            "COST_OPTIMIZER_DATA_DIR": data,
-            "COST_OPTIMIZER_CONFIG": "",
-            "COST_OPTIMIZER_OLLAMA_PROBE": "0",
-            "DEEPSEEK_API_KEY": KEY,
-            "DEEPSEEK_BASE_URL": f"http://127.0.0.1:{httpd.server_address[1]}",
-        }
+        env = server_env(data, httpd, KEY)
         client_key = subprocess.run(
             [BIN, "keys", "create", "--user", "py"], env=env, check=True, capture_output=True, text=True
         ).stdout.strip()
