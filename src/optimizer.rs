@@ -19,7 +19,9 @@ use crate::ledger::{
 };
 use crate::pricing::{Catalog, CostSource};
 use crate::providers::health::Breakers;
-use crate::providers::{ChatRequest, ErrorKind, ProviderId, Registry, StreamSink, Usage};
+use crate::providers::{
+    AttemptRoute, ChatRequest, ErrorKind, ProviderId, Registry, StreamSink, Usage,
+};
 use crate::router::{Candidate, Reason, RoutePlan, RouteRequest, Router, Tier};
 
 /// Returns the current time as unix milliseconds. Injectable so budget
@@ -1175,6 +1177,13 @@ impl Optimizer {
                     ..CallRecord::default()
                 };
                 let reservation = reservation.pending(base_record.clone());
+                sink.on_attempt(&AttemptRoute {
+                    provider: cand.provider,
+                    model: &cand.model,
+                    tier: cand.tier.as_str(),
+                    score: plan.score,
+                    request_id: &request_id,
+                });
                 let t0 = Instant::now();
                 let result = provider.client.complete(&req, sink).await;
                 let latency_ms = t0.elapsed().as_millis() as u64;

@@ -388,6 +388,7 @@ async fn streaming_sends_openai_chunks_and_a_usage_chunk() {
     .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let headers = r.headers().clone();
     let text = r.text().await.unwrap();
     let events: Vec<&str> = text
         .split("\n\n")
@@ -416,9 +417,46 @@ async fn streaming_sends_openai_chunks_and_a_usage_chunk() {
     assert!(cost > 0.0);
     let finish = &chunks[chunks.len() - 2];
     assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    // The headers named the route before the text: the model that answered.
+    let routed = &usage["x_optimizer"];
+    assert_eq!(headers["x-routed-provider"], "deepseek");
+    assert_eq!(headers["x-routed-model"], routed["model"].as_str().unwrap());
+    assert_eq!(headers["x-routed-tier"], routed["tier"].as_str().unwrap());
+    assert_eq!(
+        headers["x-ledger-request-id"],
+        routed["request_id"].as_str().unwrap()
+    );
+    let complexity: f64 = headers["x-complexity"].to_str().unwrap().parse().unwrap();
+    assert!((complexity - routed["complexity"].as_f64().unwrap()).abs() < 1e-3);
+    assert!(chunks.iter().all(|c| c["model"] == routed["model"]));
 
     let usage = json_of(get(&http(), format!("{}/v1/usage", s.base), None).await).await;
     assert_usd(&usage["total_cost_usd"], cost);
+
+    // Refused before any text: the same status and body as without streaming.
+    let r = request(
+        &http(),
+        Method::PUT,
+        format!("{}/v1/budget", s.base),
+        None,
+        Some(&json!({"monthly_limit": 0.000001})),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let r = request(
+        &http(),
+        Method::POST,
+        format!("{}/v1/chat/completions", s.base),
+        None,
+        Some(&json!({
+            "model": "auto", "stream": true,
+            "messages": [{"role": "user", "content": "Say hello"}]
+        })),
+    )
+    .await;
+    assert_eq!(r.status(), 402);
+    assert_eq!(json_of(r).await["error"]["code"], "budget_exceeded");
+    assert_eq!(fake.requests().len(), 1, "the refused call never left");
 }
 
 #[test]

@@ -16,11 +16,16 @@
 //! - **Sampling options** (`temperature`, `top_p`, `stop`, …) are accepted and
 //!   ignored; `n > 1`, tools and non-text content are refused with 400.
 //! - **Extensions** in the body: `tier`, `provider`, `budget_limit` (USD).
-//! - **Streaming.** Headers leave before the model is chosen, so a stream
-//!   carries the route and cost in its last chunk (`x_optimizer`) instead of
-//!   in `x-*` headers. If a provider fails after part of its answer was
-//!   streamed and the call falls back to another, the text already sent
-//!   cannot be withdrawn: the stream ends with an `error` event.
+//! - **Streaming.** The response starts when the first answer text arrives
+//!   (or the call ends), so its headers name the model that is answering
+//!   (`x-routed-model`, `x-routed-provider`, `x-routed-tier`, `x-complexity`,
+//!   `x-ledger-request-id`), and a call refused before any text (budget,
+//!   bad model, every provider down) gets the same HTTP status and error
+//!   body as without streaming. The cost is only known at the end, so it
+//!   comes in the last chunk (`x_optimizer`). If a provider fails after part
+//!   of its answer was streamed and the call falls back to another, the
+//!   text already sent cannot be withdrawn: the stream ends with an `error`
+//!   event.
 
 use axum::Extension;
 use axum::body::{Body, Bytes};
@@ -32,7 +37,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::optimizer::{CompleteArgs, Completion, CostArgs, ToolError};
-use crate::providers::StreamSink;
+use crate::providers::{AttemptRoute, StreamSink};
 
 use super::AppState;
 use super::auth::Caller;
@@ -239,14 +244,20 @@ fn now_secs() -> i64 {
 }
 
 fn route_headers(h: &mut HeaderMap, c: &Completion) {
-    let pairs = [
-        ("x-cost-usd", format!("{:.9}", c.cost_usd)),
-        ("x-routed-model", c.model.clone()),
-        ("x-routed-provider", c.provider.as_str().to_string()),
-        ("x-routed-tier", c.tier.as_str().to_string()),
-        ("x-complexity", format!("{:.3}", c.complexity.score)),
-        ("x-ledger-request-id", c.request_id.clone()),
-    ];
+    insert_headers(
+        h,
+        [
+            ("x-cost-usd", format!("{:.9}", c.cost_usd)),
+            ("x-routed-model", c.model.clone()),
+            ("x-routed-provider", c.provider.as_str().to_string()),
+            ("x-routed-tier", c.tier.as_str().to_string()),
+            ("x-complexity", format!("{:.3}", c.complexity.score)),
+            ("x-ledger-request-id", c.request_id.clone()),
+        ],
+    );
+}
+
+fn insert_headers<const N: usize>(h: &mut HeaderMap, pairs: [(&'static str, String); N]) {
     for (k, v) in pairs {
         if let Ok(v) = HeaderValue::from_str(&v) {
             h.insert(HeaderName::from_static(k), v);
@@ -308,7 +319,7 @@ pub async fn chat_completions(
     };
     if req.stream.unwrap_or(false) {
         let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-        return stream(state, args, include_usage);
+        return stream(state, args, include_usage).await;
     }
     let _in_flight = state.in_flight.start();
     match state.core.complete(&args, &crate::providers::NoSink).await {
@@ -340,11 +351,14 @@ pub async fn chat_completions(
 }
 
 enum Event {
+    /// An attempt is starting: the route headers, should its text come first.
+    Attempt(HeaderMap),
     Text(String),
     Done(Box<Result<Completion, ToolError>>),
 }
 
-/// Forwards streamed answer text to the response.
+/// Forwards streamed answer text (and where each attempt goes) to the
+/// response.
 struct ChannelSink(mpsc::UnboundedSender<Event>);
 
 impl StreamSink for ChannelSink {
@@ -352,6 +366,21 @@ impl StreamSink for ChannelSink {
         if !delta.is_empty() {
             let _ = self.0.send(Event::Text(delta.to_string()));
         }
+    }
+
+    fn on_attempt(&self, r: &AttemptRoute<'_>) {
+        let mut h = HeaderMap::new();
+        insert_headers(
+            &mut h,
+            [
+                ("x-routed-model", r.model.to_string()),
+                ("x-routed-provider", r.provider.as_str().to_string()),
+                ("x-routed-tier", r.tier.to_string()),
+                ("x-complexity", format!("{:.3}", r.score)),
+                ("x-ledger-request-id", r.request_id.to_string()),
+            ],
+        );
+        let _ = self.0.send(Event::Attempt(h));
     }
 }
 
@@ -372,6 +401,8 @@ fn sse(data: &Value) -> String {
 
 struct StreamState {
     rx: mpsc::UnboundedReceiver<Event>,
+    /// The event that started the response, sent before reading more.
+    first: Option<Event>,
     _task: AbortOnDrop,
     id: String,
     created: i64,
@@ -446,13 +477,17 @@ impl StreamState {
     }
 }
 
-/// The SSE response of a `stream: true` request.
-fn stream(state: AppState, args: CompleteArgs, include_usage: bool) -> Response {
-    let (tx, rx) = mpsc::unbounded_channel();
+/// The SSE response of a `stream: true` request. It starts when the first
+/// answer text arrives or the call ends, so the headers can name the route
+/// and an early refusal can keep its HTTP status.
+async fn stream(state: AppState, args: CompleteArgs, include_usage: bool) -> Response {
+    let (tx, mut rx) = mpsc::unbounded_channel();
     let core = state.core.clone();
     let metrics = state.metrics.clone();
     let in_flight = state.in_flight.start();
-    let task = tokio::spawn(async move {
+    // Held from here on: if the client leaves while we wait for the first
+    // text, dropping this future aborts the call.
+    let task = AbortOnDrop(tokio::spawn(async move {
         let _in_flight = in_flight;
         let sink = ChannelSink(tx.clone());
         let result = core.complete(&args, &sink).await;
@@ -461,47 +496,86 @@ fn stream(state: AppState, args: CompleteArgs, include_usage: bool) -> Response 
             Err(e) => metrics.call_error(e),
         }
         let _ = tx.send(Event::Done(Box::new(result)));
-    });
+    }));
+    let mut headers = HeaderMap::new();
+    let first = loop {
+        match rx.recv().await {
+            Some(Event::Attempt(h)) => headers = h,
+            Some(Event::Done(r)) => match *r {
+                Err(e) => {
+                    tracing::info!(error = %e, "streamed chat completion refused");
+                    return tool_error_response(&e);
+                }
+                Ok(c) => {
+                    // Answered before any text streamed: the whole route,
+                    // cost included, fits in the headers.
+                    headers.clear();
+                    route_headers(&mut headers, &c);
+                    break Event::Done(Box::new(Ok(c)));
+                }
+            },
+            Some(text) => break text,
+            None => {
+                return error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the call ended without a result",
+                    "api_error",
+                    None,
+                );
+            }
+        }
+    };
+    let model = headers
+        .get("x-routed-model")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("auto")
+        .to_string();
     let st = StreamState {
         rx,
-        _task: AbortOnDrop(task),
+        first: Some(first),
+        _task: task,
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4()),
         created: now_secs(),
-        model: "auto".into(),
+        model,
         sent: String::new(),
         include_usage,
         done: false,
     };
-    let first = sse(&st.chunk(json!({"role": "assistant", "content": ""}), None));
+    let role = sse(&st.chunk(json!({"role": "assistant", "content": ""}), None));
     let head =
-        futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(first)) });
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(role)) });
     let rest = futures_util::stream::unfold(st, |mut st| async move {
         if st.done {
             return None;
         }
-        let bytes = match st.rx.recv().await {
-            Some(Event::Text(t)) => {
-                let s = sse(&st.chunk(json!({"content": t}), None));
-                st.sent.push_str(&t);
-                s
+        let bytes = loop {
+            let ev = match st.first.take() {
+                Some(ev) => ev,
+                None => st.rx.recv().await?,
+            };
+            match ev {
+                // A fallback after text was sent: `finish` says so.
+                Event::Attempt(_) => continue,
+                Event::Text(t) => {
+                    let s = sse(&st.chunk(json!({"content": t}), None));
+                    st.sent.push_str(&t);
+                    break s;
+                }
+                Event::Done(r) => {
+                    st.done = true;
+                    break st.finish(*r);
+                }
             }
-            Some(Event::Done(r)) => {
-                st.done = true;
-                st.finish(*r)
-            }
-            None => return None,
         };
         Some((Ok::<_, std::io::Error>(Bytes::from(bytes)), st))
     });
     let body = Body::from_stream(futures_util::StreamExt::chain(head, rest));
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response()
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    (headers, body).into_response()
 }
 
 /// `GET /v1/models`: `auto`, then the routing models of the enabled

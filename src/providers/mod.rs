@@ -28,7 +28,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use errors::{ErrorKind, ProviderError};
-pub use stream::{NoSink, StreamSink};
+pub use stream::{AttemptRoute, NoSink, StreamSink};
 
 use crate::secrets::Secret;
 

@@ -12,6 +12,26 @@ use super::{ErrorKind, MAX_RESPONSE_BYTES, ProviderError, ProviderId};
 pub trait StreamSink: Send + Sync {
     /// A piece of answer text arrived.
     fn on_text(&self, delta: &str);
+
+    /// An attempt is about to call a provider. Told before every attempt
+    /// (fallbacks included), so a caller that streams can name the model
+    /// that answers before its text arrives; most sinks ignore it.
+    fn on_attempt(&self, _route: &AttemptRoute<'_>) {}
+}
+
+/// Where one attempt of a call goes, as told to [`StreamSink::on_attempt`].
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptRoute<'a> {
+    /// The provider called.
+    pub provider: ProviderId,
+    /// The catalog model id.
+    pub model: &'a str,
+    /// The tier the model was picked from.
+    pub tier: &'a str,
+    /// The prompt's complexity score.
+    pub score: f64,
+    /// The ledger's id for the whole call (all attempts share it).
+    pub request_id: &'a str,
 }
 
 /// A sink that ignores everything.
