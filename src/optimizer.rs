@@ -1794,7 +1794,8 @@ impl Optimizer {
                 provider: p.spec.id,
                 enabled: true,
                 reason: p.reason.clone(),
-                base_url: p.base_url.clone(),
+                // A base URL may carry a credential (`https://token@proxy`).
+                base_url: crate::secrets::redact(&p.base_url),
                 key: p.key.as_ref().map(crate::secrets::describe),
             })
             .collect();

@@ -60,6 +60,28 @@ pub fn register(value: &str) {
     }
 }
 
+/// Registers the credentials a URL carries: the password (or lone user
+/// token) of `user:pass@host`, and every query value, since proxies and
+/// self-hosted gateways are often reached as `https://token@host/v1` or
+/// `…/v1?key=…`. reqwest's errors quote the URL, so without this a base URL
+/// override could carry a credential into a log line or an error.
+pub fn register_url_credentials(url: &str) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if let Some((userinfo, _host)) = authority.rsplit_once('@') {
+        register(userinfo);
+        if let Some((_user, password)) = userinfo.split_once(':') {
+            register(password);
+        }
+    }
+    if let Some((_, query)) = url.split_once('?') {
+        let query = query.split('#').next().unwrap_or("");
+        for pair in query.split('&') {
+            register(pair.split_once('=').map_or(pair, |(_, v)| v));
+        }
+    }
+}
+
 /// Returns `text` with every registered secret replaced by `[REDACTED]`.
 pub fn redact(text: &str) -> String {
     let list = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
@@ -94,6 +116,22 @@ pub fn describe(secret: &Secret) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_credentials_are_registered_but_hosts_are_not() {
+        register_url_credentials(
+            "https://gateway-user:pw-3f9a7c1e2b@proxy.example.com:8443/v1?api_key=qk-55aa77bb99&x=1#frag",
+        );
+        let shown = redact(
+            "error sending request for url (https://gateway-user:pw-3f9a7c1e2b@proxy.example.com:8443/v1?api_key=qk-55aa77bb99&x=1)",
+        );
+        assert!(!shown.contains("pw-3f9a7c1e2b"), "{shown}");
+        assert!(!shown.contains("qk-55aa77bb99"), "{shown}");
+        assert!(shown.contains("proxy.example.com:8443/v1"), "{shown}");
+        // A plain URL registers nothing.
+        register_url_credentials("http://127.0.0.1:11434");
+        assert_eq!(redact("http://127.0.0.1:11434"), "http://127.0.0.1:11434");
+    }
 
     #[test]
     fn debug_and_display_hide_the_value() {

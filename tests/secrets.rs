@@ -20,6 +20,8 @@ const CEREBRAS: &str = "csk-LEAKCHECK-cerebras-4444444444444444";
 const OPENROUTER: &str = "sk-or-LEAKCHECK-openrouter-3333333333333";
 const HF: &str = "hf_LEAKCHECKhuggingface2222222222222222";
 const HOOK_TOKEN: &str = "LEAKCHECK-hook-token-ZZZ999888777";
+/// A gateway password in a base URL override (`http://user:pass@host`).
+const PROXY_PASSWORD: &str = "LEAKCHECK-proxy-pass-AAA111222333";
 
 const KEYS: [&str; 6] = [DEEPSEEK, ANTHROPIC, GEMINI, CEREBRAS, OPENROUTER, HF];
 
@@ -96,7 +98,12 @@ async fn no_output_or_file_holds_a_key_and_files_are_private() {
         ("GEMINI_API_KEY", GEMINI.into()),
         ("GEMINI_BASE_URL", echoing[0].base.clone()),
         ("CEREBRAS_API_KEY", CEREBRAS.into()),
-        ("CEREBRAS_BASE_URL", echoing[1].base.clone()),
+        (
+            "CEREBRAS_BASE_URL",
+            echoing[1]
+                .base
+                .replacen("http://", &format!("http://gateway:{PROXY_PASSWORD}@"), 1),
+        ),
         ("OPENROUTER_API_KEY", OPENROUTER.into()),
         ("OPENROUTER_BASE_URL", echoing[2].base.clone()),
         ("HF_TOKEN", HF.into()),
@@ -193,6 +200,7 @@ async fn no_output_or_file_holds_a_key_and_files_are_private() {
     // Files while the server runs: the WAL still holds the recent writes.
     let mut all_secrets: Vec<&str> = KEYS.to_vec();
     all_secrets.push(HOOK_TOKEN);
+    all_secrets.push(PROXY_PASSWORD);
     let ledger = data.join("ledger.sqlite3");
     let wal = data.join("ledger.sqlite3-wal");
     assert!(wal.exists(), "WAL present while running");

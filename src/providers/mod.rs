@@ -314,6 +314,7 @@ impl Registry {
             let base_url = get(spec.base_url_env)
                 .map(|b| b.trim().trim_end_matches('/').to_string())
                 .unwrap_or_else(|| spec.default_base_url.to_string());
+            crate::secrets::register_url_credentials(&base_url);
             let key = spec
                 .key_envs
                 .iter()
