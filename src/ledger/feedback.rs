@@ -49,15 +49,37 @@ pub struct HistoryCall {
     pub rating: Option<u8>,
 }
 
+/// How far below its newest row the rows of the same request are looked
+/// for: a request's attempts (and its speech row) are written as they end,
+/// interleaved only with the other calls in flight, so they sit close
+/// together; the newest row itself is always in range.
+const MAX_ATTEMPT_SPAN: i64 = 1_000;
+
 impl Ledger {
     /// The call `request_id` refers to, or `None` when the ledger has no such
     /// request (a typo, or a call pruned by retention).
     pub fn feedback_call(&self, request_id: &str) -> Result<Option<FeedbackCall>, LedgerError> {
         let conn = self.lock();
+        // No index on request_id (it would cost a page write on every call).
+        // Ratings come soon after the call, so walk the rowid backwards to the
+        // newest attempt of the request (a short scan for a recent call), then
+        // read that request's attempts, which sit just below it.
+        let newest: Option<i64> = conn
+            .query_row(
+                "SELECT id FROM calls WHERE request_id = ?1 ORDER BY id DESC LIMIT 1",
+                [request_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let Some(newest) = newest else {
+            return Ok(None);
+        };
         conn.query_row(
-            "SELECT model, tier, score, user_id FROM calls WHERE request_id = ?1
+            "SELECT model, tier, score, user_id FROM calls
+             WHERE id <= ?2 AND id > ?2 - ?3 AND request_id = ?1 AND provider != 'cartesia'
              ORDER BY outcome = 'ok' DESC, attempt DESC LIMIT 1",
-            [request_id],
+            params![request_id, newest, MAX_ATTEMPT_SPAN],
             |r| {
                 Ok(FeedbackCall {
                     model: r.get(0)?,
@@ -134,5 +156,57 @@ impl Ledger {
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::CallRecord;
+    use super::*;
+
+    fn row(request_id: &str, attempt: u32, model: &str, ok: bool) -> CallRecord {
+        CallRecord {
+            ts_ms: 1_000,
+            user_id: "u".into(),
+            request_id: request_id.into(),
+            attempt,
+            provider: "deepseek".into(),
+            model: model.into(),
+            tier: Some("cheap".into()),
+            score: Some(0.25),
+            ok,
+            cost_source: "catalog".into(),
+            ..CallRecord::default()
+        }
+    }
+
+    #[test]
+    fn a_rating_finds_the_answering_attempt_among_interleaved_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("ledger.sqlite")).unwrap();
+        ledger
+            .insert_call(&row("r-1", 1, "deepseek/fails", false))
+            .unwrap();
+        for i in 0..50 {
+            ledger
+                .insert_call(&row(&format!("other-{i}"), 1, "x/y", true))
+                .unwrap();
+        }
+        ledger
+            .insert_call(&row("r-1", 2, "deepseek/answers", true))
+            .unwrap();
+        // A later speech row of the same request is not the answer.
+        ledger
+            .insert_call(&row("r-1", 3, "cartesia/voice", false))
+            .unwrap();
+        for i in 0..10 {
+            ledger
+                .insert_call(&row(&format!("later-{i}"), 1, "x/y", true))
+                .unwrap();
+        }
+        let call = ledger.feedback_call("r-1").unwrap().unwrap();
+        assert_eq!(call.model, "deepseek/answers");
+        assert_eq!(call.user_id, "u");
+        assert_eq!(ledger.feedback_call("no-such-request").unwrap(), None);
     }
 }
