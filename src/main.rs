@@ -9,7 +9,7 @@ use clap::Parser;
 use ai_cost_optimizer::cli::{Cli, Command};
 use ai_cost_optimizer::config::Settings;
 use ai_cost_optimizer::optimizer::{Optimizer, ToolError};
-use ai_cost_optimizer::{http, logging, mcp, tokens};
+use ai_cost_optimizer::{http, logging, mcp};
 
 fn main() -> ExitCode {
     ignore_file_size_signal();
@@ -43,9 +43,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             None | Some(Command::Serve { http: None }) => {
+                // The tokenizer is built on the first estimate, not here:
+                // an idle server stays small (see `ai_cost_optimizer::tokens`).
                 let core = Arc::new(Optimizer::from_env(settings)?);
-                // Build the tokenizer off the request path.
-                tokio::task::spawn_blocking(tokens::warm_up);
                 mcp::serve_stdio(core).await
             }
             Some(Command::Serve { http: Some(addr) }) => {
@@ -55,7 +55,6 @@ fn main() -> ExitCode {
                     addr
                 };
                 let core = Arc::new(Optimizer::from_env(settings)?);
-                tokio::task::spawn_blocking(tokens::warm_up);
                 http::serve_http(core, &addr).await
             }
             Some(cmd) => ai_cost_optimizer::cli::run(cmd, settings).await,

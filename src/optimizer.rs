@@ -660,12 +660,21 @@ impl Optimizer {
     }
 
     /// Records each threshold crossed by `budgets` that was not alerted yet
-    /// this period, and starts its webhook delivery. Returns the new alerts.
-    fn fire_alerts(&self, ledger: &Ledger, budgets: &[Budget]) -> Vec<BudgetAlert> {
+    /// this period, and starts its webhook delivery. Returns the new alerts
+    /// and each budget's status as read for them (`None` where the ledger
+    /// could not say), so callers that report the status too do not query
+    /// it a second time.
+    fn fire_alerts(
+        &self,
+        ledger: &Ledger,
+        budgets: &[Budget],
+    ) -> (Vec<BudgetAlert>, Vec<Option<BudgetStatus>>) {
         let now = self.now();
         let mut fired = Vec::new();
+        let mut statuses = Vec::with_capacity(budgets.len());
         for b in budgets {
             let Ok(st) = budget::status(ledger, b, now) else {
+                statuses.push(None);
                 continue;
             };
             let (start, _) = b.bounds(now);
@@ -696,8 +705,9 @@ impl Optimizer {
                 }
                 fired.push(alert);
             }
+            statuses.push(Some(st));
         }
-        fired
+        (fired, statuses)
     }
 
     fn spawn_delivery(&self, ledger: Ledger, hook: Option<Webhook>, alert: BudgetAlert) {
@@ -1224,7 +1234,7 @@ impl Optimizer {
                             ok: true,
                             ..base_record
                         };
-                        let settled = reservation.settle(record).await;
+                        let settled = reservation.settle(record);
                         attempts.push(Attempt {
                             provider: cand.provider,
                             model: cand.model.clone(),
@@ -1266,12 +1276,12 @@ impl Optimizer {
                         if let Some(Audio { error: Some(e), .. }) = &audio {
                             warnings.push(format!("No audio: {e}"));
                         }
-                        let alerts = self.fire_alerts(&ledger, &budgets);
-                        let now = self.now();
-                        let budget_after = budget::status(&ledger, &budgets[0], now).ok();
-                        let global_budget = budgets
-                            .get(1)
-                            .and_then(|g| budget::status(&ledger, g, now).ok());
+                        // The statuses read for the alerts are the budgets
+                        // after this call: report those rather than reading
+                        // them again.
+                        let (alerts, mut after) = self.fire_alerts(&ledger, &budgets);
+                        let global_budget = after.get_mut(1).and_then(Option::take);
+                        let budget_after = after.get_mut(0).and_then(Option::take);
                         let (savings, pct) = match baseline_cost {
                             Some(b) if b > 0.0 => {
                                 ((b - cost).max(0.0), ((b - cost) / b * 100.0).max(0.0))
@@ -1334,7 +1344,7 @@ impl Optimizer {
                     error_message: Some(message.clone()),
                     ..base_record
                 };
-                if let Err(e) = reservation.settle(record).await {
+                if let Err(e) = reservation.settle(record) {
                     tracing::error!(error = %e, "failed attempt not recorded");
                 }
                 if self.breakers.failure(cand.provider, err.kind, self.now()) {
@@ -1473,13 +1483,11 @@ impl Optimizer {
             attempt += 1;
             match result {
                 Ok(bytes) => {
-                    let _ = reservation
-                        .settle(CallRecord {
-                            cost_usd: cost,
-                            ok: true,
-                            ..record
-                        })
-                        .await;
+                    let _ = reservation.settle(CallRecord {
+                        cost_usd: cost,
+                        ok: true,
+                        ..record
+                    });
                     audio.cost_usd = cost;
                     audio.bytes = bytes.len() as u64;
                     match write_audio(&self.settings.data_dir, job.request_id, &bytes) {
@@ -1490,15 +1498,13 @@ impl Optimizer {
                 }
                 Err(err) => {
                     let message = err.user_message();
-                    let _ = reservation
-                        .settle(CallRecord {
-                            ok: false,
-                            error_kind: Some(err.kind.as_str().into()),
-                            error_message: Some(message.clone()),
-                            cost_source: "provider".into(),
-                            ..record
-                        })
-                        .await;
+                    let _ = reservation.settle(CallRecord {
+                        ok: false,
+                        error_kind: Some(err.kind.as_str().into()),
+                        error_message: Some(message.clone()),
+                        cost_source: "provider".into(),
+                        ..record
+                    });
                     if err.kind.is_retryable()
                         && retries < self.settings.max_retries
                         && let Some(d) = self.backoff(retries, err.retry_after)
@@ -1764,9 +1770,12 @@ impl Optimizer {
             "budget set"
         );
         // A lower limit may already be past some thresholds: alert now.
-        let alerts = self.fire_alerts(ledger, std::slice::from_ref(&b));
-        let status =
-            budget::status(ledger, &b, self.now()).map_err(|e| ToolError::Ledger(e.to_string()))?;
+        let (alerts, mut after) = self.fire_alerts(ledger, std::slice::from_ref(&b));
+        let status = match after.pop().flatten() {
+            Some(s) => s,
+            None => budget::status(ledger, &b, self.now())
+                .map_err(|e| ToolError::Ledger(e.to_string()))?,
+        };
         Ok(BudgetUpdate {
             previous_limit_usd: previous,
             status,
@@ -1899,13 +1908,18 @@ impl ReservationGuard {
     }
 
     /// Records the attempt and drops the reservation in one transaction.
-    async fn settle(mut self, record: CallRecord) -> Result<i64, crate::ledger::LedgerError> {
+    ///
+    /// Synchronous, like `Ledger::reserve`: a batched commit takes tens of
+    /// microseconds, while handing it to the blocking pool and back cost
+    /// two thread wake-ups per call (the largest item in a profile of
+    /// `complete_prompt` after SQLite itself). With no await inside, a
+    /// cancellation cannot interrupt it halfway either.
+    fn settle(mut self, record: CallRecord) -> Result<i64, crate::ledger::LedgerError> {
         self.pending = None;
         let Some(id) = self.id.take() else {
             return self.ledger.insert_call(&record);
         };
-        let ledger = self.ledger.clone();
-        let result = blocking(move || ledger.settle(id, &record)).await;
+        let result = self.ledger.settle(id, &record);
         if result.is_err() {
             // Keep the money held no longer than the failed write.
             let _ = self.ledger.release(id);
@@ -1933,14 +1947,6 @@ impl Drop for ReservationGuard {
         if let Err(e) = result {
             tracing::warn!(error = %e, "could not release a reservation; it will expire");
         }
-    }
-}
-
-/// Runs blocking ledger work off the async executor.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(v) => v,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 

@@ -7,8 +7,25 @@
 //! to ~30 % more for its newest models (see `../shared/reference`). Bills
 //! always come from the usage the provider reports; this is only a forecast.
 //!
-//! The tokenizer is built on first use (it takes tens of milliseconds), so
-//! start-up stays fast; `warm_up` lets the server build it in the background.
+//! **Memory.** tiktoken-rs's `CoreBPE` keeps the 200k-token vocabulary three
+//! times over (an encoder map, a decoder map and a sorted copy, each entry
+//! its own heap allocation) plus 256 clones of its two regexes: about 45 MB
+//! resident for a server whose every other part fits in 15. Counting needs
+//! only the encoder. So we build tiktoken-rs's o200k `CoreBPE` once, copy its
+//! byte → rank map out of it, drop it, hand the freed pages back to the
+//! kernel, and count with tiktoken-rs's own BPE merge
+//! ([`tiktoken_rs::byte_pair_split`]) over that one map and the o200k
+//! pre-tokenizer pattern ([`tiktoken_rs::O200K_BASE_PAT_STR`]). The counts
+//! are tiktoken's `encode_ordinary` counts (tested below against tiktoken-rs
+//! itself); the resident cost is about 15 MB instead of 45.
+//!
+//! The table is built on first use (tens of milliseconds), not at start-up,
+//! so a server that has not estimated anything yet stays small.
+
+use std::sync::OnceLock;
+
+use rustc_hash::FxHashMap;
+use tiktoken_rs::Rank;
 
 use crate::providers::ProviderId;
 
@@ -17,14 +34,110 @@ use crate::providers::ProviderId;
 /// only has to be roughly right (about 4 bytes per token for English).
 const TOKENIZE_LIMIT_BYTES: usize = 256 * 1024;
 
-/// Tokens of `text` under o200k_base.
-pub fn count_o200k(text: &str) -> u64 {
-    if text.len() > TOKENIZE_LIMIT_BYTES {
-        return (text.len() as u64).div_ceil(4);
+/// Bytes per token assumed when a text is not tokenized.
+const BYTES_PER_TOKEN: u64 = 4;
+
+/// Pre-tokenizer pieces longer than this (a base64 blob, a minified line)
+/// are merged in chunks of this size. tiktoken's pair merge is quadratic in
+/// the piece length; a token never spans two chunks, so chunking can only
+/// add tokens — the estimate errs high, which is the safe side for a budget
+/// hold.
+const MAX_PIECE_BYTES: usize = 256;
+
+/// Highest rank probed when copying the vocabulary out of tiktoken-rs
+/// (o200k's ordinary tokens are 0..=199_997; its special tokens sit just
+/// above and are skipped).
+const MAX_RANK: Rank = 201_000;
+
+/// What counting needs and nothing else: the byte → rank map and the
+/// pre-tokenizer.
+struct Counter {
+    ranks: FxHashMap<Vec<u8>, Rank>,
+    pieces: fancy_regex::Regex,
+}
+
+static COUNTER: OnceLock<Option<Counter>> = OnceLock::new();
+
+/// Builds the counter from tiktoken-rs's o200k tables. `None` only if
+/// tiktoken-rs cannot build its own bundled encoding (then every estimate
+/// falls back to bytes rather than failing a call).
+fn build() -> Option<Counter> {
+    let pieces = fancy_regex::Regex::new(tiktoken_rs::O200K_BASE_PAT_STR).ok()?;
+    let ranks = {
+        let bpe = tiktoken_rs::o200k_base().ok()?;
+        let special: Vec<&str> = bpe.special_tokens().into_iter().collect();
+        let mut ranks = FxHashMap::with_capacity_and_hasher(200_000, Default::default());
+        for rank in 0..MAX_RANK {
+            if let Ok(bytes) = bpe.decode_bytes(&[rank])
+                && !special.iter().any(|s| s.as_bytes() == bytes.as_slice())
+            {
+                ranks.insert(bytes, rank);
+            }
+        }
+        ranks
+        // `bpe` (three copies of the vocabulary) is dropped here.
+    };
+    release_free_heap();
+    Some(Counter { ranks, pieces })
+}
+
+/// Returns freed heap pages to the kernel. glibc keeps freed memory for
+/// reuse, and building the tables frees about 30 MB in small chunks that
+/// would otherwise stay resident for the life of the process.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers and only releases memory the
+    // allocator already considers free.
+    unsafe {
+        libc::malloc_trim(0);
     }
-    tiktoken_rs::o200k_base_singleton()
-        .encode_with_special_tokens(text)
-        .len() as u64
+}
+
+fn counter() -> Option<&'static Counter> {
+    COUNTER.get_or_init(build).as_ref()
+}
+
+/// Tokens of one pre-tokenizer piece.
+fn piece_tokens(ranks: &FxHashMap<Vec<u8>, Rank>, piece: &[u8]) -> u64 {
+    if ranks.contains_key(piece) {
+        return 1;
+    }
+    piece
+        .chunks(MAX_PIECE_BYTES)
+        .map(|chunk| match chunk.len() {
+            0 => 0,
+            1 => 1, // every single byte is a token in o200k
+            _ if ranks.contains_key(chunk) => 1,
+            _ => tiktoken_rs::byte_pair_split(chunk, ranks).len() as u64,
+        })
+        .sum()
+}
+
+/// Tokens of `text` under o200k_base, special-token strings counted as
+/// ordinary text (as tiktoken's `encode_ordinary` does; a literal
+/// `<|endoftext|>` in a prompt counts a few tokens instead of one, erring
+/// high).
+pub fn count_o200k(text: &str) -> u64 {
+    let by_bytes = |len: usize| (len as u64).div_ceil(BYTES_PER_TOKEN);
+    if text.len() > TOKENIZE_LIMIT_BYTES {
+        return by_bytes(text.len());
+    }
+    let Some(c) = counter() else {
+        return by_bytes(text.len());
+    };
+    let mut n = 0;
+    let mut done = 0;
+    for m in c.pieces.find_iter(text) {
+        match m {
+            Ok(m) => {
+                n += piece_tokens(&c.ranks, m.as_str().as_bytes());
+                done = m.end();
+            }
+            // The regex engine gave up (backtrack limit): estimate the rest.
+            Err(_) => return n + by_bytes(text.len() - done),
+        }
+    }
+    n
 }
 
 /// The factor by which `provider`'s tokenizer tends to exceed o200k.
@@ -45,20 +158,72 @@ pub fn estimate_input(provider: ProviderId, system: Option<&str>, prompt: &str) 
     ((base as f64) * provider_factor(provider)).ceil() as u64 + 4 * messages
 }
 
-/// Builds the tokenizer now, so the first real call does not pay for it.
+/// Builds the tables now, so the next estimate does not pay for it (for
+/// commands that know they will estimate; the server builds them on
+/// first use instead, to stay small while idle).
 pub fn warm_up() {
-    let _ = count_o200k("warm up");
+    let _ = counter();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// tiktoken-rs's own count, the reference.
+    fn reference(text: &str) -> u64 {
+        tiktoken_rs::o200k_base_singleton()
+            .encode_ordinary(text)
+            .len() as u64
+    }
+
     #[test]
     fn counts_are_plausible() {
         let n = count_o200k("The quick brown fox jumps over the lazy dog.");
         assert!((8..=12).contains(&n), "{n}");
         assert_eq!(count_o200k(""), 0);
+    }
+
+    #[test]
+    fn counts_equal_tiktoken_rs() {
+        let texts = [
+            "The quick brown fox jumps over the lazy dog.",
+            "What is the capital of France?",
+            "fn main() {\n    println!(\"hello, world\");\n}\n\n\n    \t  trailing   ",
+            "Explain the difference between a mutex and a semaphore in detail, with examples in C++ and Rust.",
+            "数学の問題を解いてください：x² + 2x + 1 = 0。Ответьте по-русски, пожалуйста! 🚀🔥👍🏽",
+            "1234567890 3.14159 1,000,000 0xDEADBEEF 2026-12-01T16:52:11Z",
+            "I'm sure they'll say we've done it; he'd THINK it's FINE.  Double  spaces\r\nand CRLF\r\n",
+            "<|endoftext|> is a special token string in plain text",
+            "SELECT count(*) FROM calls WHERE ts_ms >= ?1 AND user_id = ?2; -- sql\n",
+            "      leading spaces, then tabs\t\t\tand newlines\n\n\n\nend",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        ];
+        for t in texts {
+            assert_eq!(count_o200k(t), reference(t), "{t:?}");
+        }
+        // A realistic long prompt: many pieces, some repeated.
+        let long = texts.join(" ").repeat(50);
+        assert_eq!(count_o200k(&long), reference(&long));
+    }
+
+    #[test]
+    fn long_pieces_never_count_low() {
+        // One 4 KB pre-tokenizer piece (random lower-case letters, no
+        // spaces): chunked, so the count may exceed tiktoken's, but never
+        // falls below it.
+        let mut x = 0x2545_f491_u32;
+        let blob: String = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (b'a' + (x % 26) as u8) as char
+            })
+            .collect();
+        let ours = count_o200k(&blob);
+        let exact = reference(&blob);
+        assert!(ours >= exact, "{ours} < {exact}");
+        assert!(ours <= exact + exact / 10, "{ours} far above {exact}");
     }
 
     #[test]

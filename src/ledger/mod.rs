@@ -774,12 +774,15 @@ impl Ledger {
     /// The stored budget of `user_id`, if any.
     pub fn budget(&self, user_id: &str) -> Result<Option<BudgetRow>, LedgerError> {
         let conn = self.lock();
-        conn.query_row(
+        // Cached: every call reads its budgets, and preparing this statement
+        // anew each time was 5 % of a `complete_prompt`'s CPU.
+        conn.prepare_cached(
             "SELECT user_id, limit_nanos, period, thresholds, mode, timezone, webhook_url,
                     webhook_format
              FROM budgets WHERE user_id = ?1",
-            [user_id],
-            |r| {
+        )
+        .and_then(|mut stmt| {
+            stmt.query_row([user_id], |r| {
                 Ok(BudgetRow {
                     user_id: r.get(0)?,
                     limit_nanos: r.get(1)?,
@@ -790,9 +793,9 @@ impl Ledger {
                     webhook_url: r.get(6)?,
                     webhook_format: r.get(7)?,
                 })
-            },
-        )
-        .optional()
+            })
+            .optional()
+        })
         .map_err(|e| self.err(e))
     }
 
