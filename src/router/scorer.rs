@@ -41,7 +41,7 @@
 //! then a second tight loop does the lexicon filter and the three n-gram lookups per
 //! token. Presence of an n-gram bucket is answered by a per-thread copy of the weight
 //! table stamped with the current prompt (see `Scratch`), so nothing is cleared
-//! between prompts. What remains is about 16k instructions for the average (447-byte,
+//! between prompts. What remains is about 15k instructions for the average (447-byte,
 //! 70-token) routing prompt with `decide` (25.7k before December 2026), most of it the
 //! three n-gram hashes and lookups per token; see `docs/BENCHMARKS.md`.
 
@@ -553,11 +553,10 @@ fn dense_detail(j: usize, raw: f64, c: f64) -> String {
 /// per thread and reused by every prompt scored on it).
 ///
 /// * `table`: this thread's copy of [`NGRAM_Q`], each weight paired with the stamp of
-///   the last prompt that counted its bucket. Presence
-///   (not frequency) is part of the model, so every n-gram asks "seen this bucket
-///   before in this prompt?"; answering from the weight's own entry costs one load and
-///   one store, and nothing has to be cleared between prompts: a new prompt takes a
-///   new stamp. (A separate bitset cost a second table, a shift and a test per n-gram
+///   the last prompt that counted its bucket. Presence (not frequency) is part of the
+///   model, so every n-gram asks "seen this bucket before in this prompt?"; answering
+///   from the weight's own entry costs one load and one store, and nothing has to be
+///   cleared between prompts: a new prompt takes a new stamp. (A separate bitset cost a second table, a shift and a test per n-gram
 ///   and a 4 KiB clear per prompt.)
 /// * `hashes` (and `spans` when explaining): the tokens of the prompt, buffered so that
 ///   tokenising and n-gram counting run as two tight loops instead of one whose state
@@ -765,6 +764,9 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
         self.g = g;
     }
 
+    // `SCAN_CAP` is generated: `usize::MAX` while the cap is off (then `i >= SCAN_CAP`
+    // never holds), a real offset when a fit turns it on.
+    #[allow(clippy::absurd_extreme_comparisons)]
     fn run(&mut self, s: &mut Scratch) {
         let stamp = s.next_stamp();
         let data = self.data;
