@@ -111,9 +111,9 @@ BUCKET_BITS = 15
 N_BUCKETS = 1 << BUCKET_BITS
 # Optional speed lever, off (None): scan only about the first SCAN_CAP bytes (see scan_end);
 # the length feature still counts the whole prompt. Tried in December 2026 (issue 8), not
-# adopted: every cap tried (256..768) lowered a train-half figure (--cv) by more than
-# 0.005 (MT-Bench CV 0.843 -> 0.817 at 512, 0.808 at 384; MMLU CV 0.614 -> 0.609 at 384),
-# although 384 happened to pass on the held-out half; figures in docs/BENCHMARKS.md.
+# adopted: on the train half (--cv) caps of 512 and 384 bytes lowered MT-Bench's CV APGR
+# from 0.843 to 0.817 and 0.808 (MMLU 0.614 -> 0.610 / 0.609), although 384 happened to
+# pass on the held-out half; figures in docs/BENCHMARKS.md.
 SCAN_CAP = None
 LEX_BITS = 10  # lexicon hash table: 1024 slots, open addressing
 
