@@ -556,8 +556,8 @@ fn dense_detail(j: usize, raw: f64, c: f64) -> String {
 ///   the last prompt that counted its bucket. Presence (not frequency) is part of the
 ///   model, so every n-gram asks "seen this bucket before in this prompt?"; answering
 ///   from the weight's own entry costs one load and one store, and nothing has to be
-///   cleared between prompts: a new prompt takes a new stamp. (A separate bitset cost a second table, a shift and a test per n-gram
-///   and a 4 KiB clear per prompt.)
+///   cleared between prompts: a new prompt takes a new stamp. (A separate bitset cost
+///   a second table, a shift and a test per n-gram and a 4 KiB clear per prompt.)
 /// * `hashes` (and `spans` when explaining): the tokens of the prompt, buffered so that
 ///   tokenising and n-gram counting run as two tight loops instead of one whose state
 ///   does not fit in registers.
