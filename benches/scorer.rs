@@ -1,5 +1,7 @@
-//! In-process scoring throughput: the fitted scorer against the
-//! prompt-length baseline, over the real prompts of the routing data.
+//! In-process scoring throughput: the fitted scorer (the bare routing decision,
+//! the `score` command's value + feature names, and the MCP tools' explained
+//! reasons) against the prompt-length baseline, over the real prompts of the
+//! routing data.
 //!
 //! Run: `cargo bench --bench scorer` (reads `../shared/routing-data/
 //! routellm_pairs.jsonl`, or the file named by `ROUTING_DATA`).
@@ -47,20 +49,30 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
-    g.bench_function("fitted scorer", |b| {
+    g.bench_function("fitted scorer: decision (decide)", |b| {
         b.iter(|| {
             for p in &prompts {
-                black_box(scorer::score(black_box(p)).value);
+                black_box(scorer::decide(black_box(p)));
             }
         })
     });
-    g.bench_function("fitted scorer + top-3 reasons", |b| {
+    g.bench_function("fitted scorer + top-3 feature names (score command)", |b| {
         b.iter(|| {
             for p in &prompts {
-                black_box(scorer::score(black_box(p)).reasons(3));
+                black_box(scorer::score_unexplained(black_box(p)).top_features(3));
             }
         })
     });
+    g.bench_function(
+        "fitted scorer + top-3 reasons with phrases (MCP tools)",
+        |b| {
+            b.iter(|| {
+                for p in &prompts {
+                    black_box(scorer::score(black_box(p)).reasons(3));
+                }
+            })
+        },
+    );
     g.finish();
 }
 

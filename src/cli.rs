@@ -722,7 +722,9 @@ fn score_stdin(settings: &Settings, length_only: bool) -> Result<()> {
                 let (value, reasons) = if length_only {
                     (scorer::length_only(&item.prompt), vec!["length"])
                 } else {
-                    let s = scorer::score(&item.prompt);
+                    // Feature names only: the example phrases behind `reasons()`
+                    // sentences are never printed here, so they are not tracked.
+                    let s = scorer::score_unexplained(&item.prompt);
                     (s.value, s.top_features(3))
                 };
                 let (tier, _) = router.tier_for(value);

@@ -28,12 +28,22 @@
 //!
 //! # Cost
 //!
-//! Linear in the prompt length, constant extra memory (about 4.5 KiB on the stack: a
-//! bitset of seen n-gram buckets and a few counters), no heap allocation in `score`. A
-//! multi-megabyte prompt is just a longer loop. Words are classified and hashed eight
-//! bytes at a time (SWAR); the remaining cost is about 150 instructions per token for
-//! the three n-gram lookups, the lexicon filter and the phrase bookkeeping — roughly
-//! 25k instructions (3-4 µs) for a 450-byte prompt.
+//! Linear in the prompt length, no heap allocation per call. Three entry points, the
+//! same arithmetic (bit-identical values, checked in the tests):
+//!
+//! * [`decide`]: the routing decision only (the value).
+//! * [`score_unexplained`]: value, logit and per-feature contributions, so
+//!   [`Score::top_features`] works; no example phrases (what `ai-cost-optimizer score`
+//!   prints).
+//! * [`score`]: everything, including the prompt phrases [`Score::reasons`] quotes.
+//!
+//! Words are classified and hashed eight bytes at a time (SWAR) into a small buffer,
+//! then a second tight loop does the lexicon filter and the three n-gram lookups per
+//! token. Presence of an n-gram bucket is answered by a per-thread copy of the weight
+//! table stamped with the current prompt (see `Scratch`), so nothing is cleared
+//! between prompts. What remains is about 15k instructions for the average (447-byte,
+//! 70-token) routing prompt with `decide` (25.7k before December 2026), most of it the
+//! three n-gram hashes and lookups per token; see `docs/BENCHMARKS.md`.
 
 #![allow(clippy::cast_precision_loss)]
 
@@ -43,7 +53,7 @@ mod weights {
 
 use weights::{
     BUCKET_BITS, DENSE_COEF, DENSE_MEAN, DENSE_NAMES, INTERCEPT, LEX_BITS, LEX_FIRST, LEXICON,
-    N_DENSE, NGRAM_Q, NGRAM_SCALE, TEXT_MEAN, Z_MID, Z_SCALE,
+    N_DENSE, NGRAM_Q, NGRAM_SCALE, SCAN_CAP, TEXT_MEAN, Z_MID, Z_SCALE,
 };
 
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -52,7 +62,6 @@ const TOKEN_SEED: u64 = 0x243f_6a88_85a3_08d3;
 /// Every number token hashes like the word "0".
 const NUMBER_HASH: u64 = token_hash_finish(token_hash_step(TOKEN_SEED, b'0' as u64), 1);
 const N_BUCKETS: usize = 1 << BUCKET_BITS;
-const BITSET_WORDS: usize = N_BUCKETS / 64;
 /// How many example phrases a score keeps per direction (for `reasons`).
 const KEEP_PHRASES: usize = 3;
 /// Longest phrase excerpt kept, in bytes.
@@ -161,10 +170,10 @@ const HI: u64 = 0x8080_8080_8080_8080;
 const ONES: u64 = 0x0101_0101_0101_0101;
 const CASE: u64 = 0x2020_2020_2020_2020;
 
-/// For 8 bytes: how many leading bytes are ASCII letters, those bytes lower-cased (the
-/// rest zeroed), and how many of them were upper-case. SWAR, no per-byte branches.
+/// For 8 bytes: how many leading bytes are ASCII letters, and those bytes lower-cased
+/// (the rest zeroed). SWAR, no per-byte branches.
 #[inline]
-fn leading_letters(v: u64) -> (usize, u64, u32) {
+fn leading_letters(v: u64) -> (usize, u64) {
     let x = v | CASE;
     let y = x & LO7;
     let ge_a = y.wrapping_add(ONES * (0x80 - 0x61)) & HI;
@@ -181,9 +190,7 @@ fn leading_letters(v: u64) -> (usize, u64, u32) {
     } else {
         (1u64 << (8 * len)) - 1
     };
-    // One flag bit (bit 7) per byte, so a multiply sums them (no popcnt needed).
-    let upper = (((letters & !(v << 2) & keep) >> 7).wrapping_mul(ONES) >> 56) as u32;
-    (len, x & keep, upper)
+    (len, x & keep)
 }
 
 #[inline]
@@ -216,16 +223,15 @@ const fn lexicon_filter() -> [u64; 1 << (FILTER_BITS - 6)] {
 /// Most tokens are not in the lexicon; this 8 KiB filter rejects them with one load.
 static LEX_FILTER: [u64; 1 << (FILTER_BITS - 6)] = lexicon_filter();
 
-/// Class bit mask of a token or bigram key (0 when not in the lexicon).
-#[inline]
-fn lexicon_classes(key: u64) -> u16 {
+/// Whether a token or bigram key may be in the lexicon (false: certainly not).
+#[inline(always)]
+fn lexicon_maybe(key: u64) -> bool {
     let fb = (key >> (64 - FILTER_BITS)) as usize;
-    if LEX_FILTER[fb >> 6] & (1 << (fb & 63)) == 0 {
-        return 0;
-    }
-    lexicon_probe(key)
+    LEX_FILTER[fb >> 6] & (1 << (fb & 63)) != 0
 }
 
+/// Class bit mask of a token or bigram key (0 when not in the lexicon); callers check
+/// [`lexicon_maybe`] first.
 fn lexicon_probe(key: u64) -> u16 {
     let mask = (1usize << LEX_BITS) - 1;
     let mut i = ((key ^ (key >> 32)).wrapping_mul(GOLDEN) >> (64 - LEX_BITS)) as usize;
@@ -543,141 +549,269 @@ fn dense_detail(j: usize, raw: f64, c: f64) -> String {
     }
 }
 
-/// Everything counted in the scan of one prompt (all on the stack, about 4.5 KiB).
-struct Scan<'a> {
+/// Per-thread scratch memory of the scan (about 130 KiB on the heap, allocated once
+/// per thread and reused by every prompt scored on it).
+///
+/// * `table`: this thread's copy of [`NGRAM_Q`], each weight paired with the stamp of
+///   the last prompt that counted its bucket. Presence (not frequency) is part of the
+///   model, so every n-gram asks "seen this bucket before in this prompt?"; answering
+///   from the weight's own entry costs one load and one store, and nothing has to be
+///   cleared between prompts: a new prompt takes a new stamp. (A separate bitset cost
+///   a second table, a shift and a test per n-gram and a 4 KiB clear per prompt.)
+/// * `hashes` (and `spans` when explaining): the tokens of the prompt, buffered so that
+///   tokenising and n-gram counting run as two tight loops instead of one whose state
+///   does not fit in registers.
+struct Scratch {
+    table: [Entry; N_BUCKETS],
+    /// Stamp of the current prompt (never 0 while scanning; 0 marks "no prompt yet").
+    stamp: u16,
+    hashes: [u64; CHUNK],
+    /// Byte span of each buffered token (only filled when explaining).
+    spans: [(usize, usize); CHUNK],
+}
+
+/// One n-gram bucket of a thread's table: its weight and the stamp of the last prompt
+/// that counted it.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    stamp: u16,
+    weight: i16,
+}
+
+/// Tokens buffered between the tokeniser and the n-gram loop (a power of two).
+const CHUNK: usize = 128;
+
+impl Scratch {
+    fn new() -> Box<Self> {
+        let mut s = Box::new(Self {
+            table: [Entry {
+                stamp: 0,
+                weight: 0,
+            }; N_BUCKETS],
+            stamp: 0,
+            hashes: [0; CHUNK],
+            spans: [(0, 0); CHUNK],
+        });
+        s.restamp();
+        s
+    }
+
+    /// Every entry back to stamp 0 with its weight.
+    fn restamp(&mut self) {
+        for (e, &weight) in self.table.iter_mut().zip(NGRAM_Q.iter()) {
+            *e = Entry { stamp: 0, weight };
+        }
+        self.stamp = 0;
+    }
+
+    /// Takes a stamp no entry carries yet, for the next prompt.
+    #[inline]
+    fn next_stamp(&mut self) -> u16 {
+        if self.stamp == u16::MAX {
+            // Once per 65,535 prompts: clear the old stamps (128 KiB of stores).
+            self.restamp();
+        }
+        self.stamp += 1;
+        self.stamp
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Box<Scratch>> = std::cell::RefCell::new(Scratch::new());
+}
+
+/// Runs `f` with this thread's scratch. A nested call (impossible today: scoring calls
+/// nothing that scores) would get a fresh scratch, not a panic.
+#[inline]
+fn with_scratch<R>(mut f: impl FnMut(&mut Scratch) -> R) -> R {
+    match SCRATCH.try_with(|cell| cell.try_borrow_mut().ok().map(|mut s| f(&mut s))) {
+        Ok(Some(r)) => r,
+        // Thread-local storage being torn down, or a nested call.
+        _ => f(&mut Scratch::new()),
+    }
+}
+
+/// Everything counted in the scan of one prompt. With `EXPLAIN` it also keeps the
+/// strongest phrases for [`Score::reasons`]; without it (the routing decision) that
+/// bookkeeping compiles away.
+struct Scan<'a, const EXPLAIN: bool> {
     data: &'a [u8],
     /// Counters indexed by byte kind (`K_*`).
     other: [u64; N_KINDS],
-    letters: u64,
-    upper: u64,
     sentences: u64,
     fences: u64,
     /// Unicode math signs (Greek letters, U+2200..U+22FF, multiply/divide, degree ...).
     math_unicode: u64,
-    words: u64,
-    letters_in_words: u64,
-    numbers: u64,
-    lex: [u64; N_LEX],
-    /// Which n-gram buckets were already counted (presence, not frequency).
-    seen: [u64; BITSET_WORDS],
-    distinct: u64,
-    qsum: i64,
-    prev1: u64,
-    prev_bi: u64,
+    /// Bytes scanned: all of them, or up to the first token that starts at or after
+    /// `SCAN_CAP` (the length feature still counts the rest).
+    scanned: usize,
+    /// Word and number tokens.
     ntok: u64,
-    /// Start offsets of the last three tokens (for phrase excerpts).
+    numbers: u64,
+    letters_in_words: u64,
+    lex: [u64; N_LEX],
+    g: Grams,
+    /// Start offsets of the last three tokens (for phrase excerpts; `EXPLAIN` only).
     starts: [usize; 3],
     best: Best,
 }
 
-impl<'a> Scan<'a> {
+/// The n-gram state carried from one buffered batch of tokens to the next.
+#[derive(Debug, Clone, Copy, Default)]
+struct Grams {
+    /// Distinct n-gram buckets seen.
+    distinct: usize,
+    /// Sum of the quantised weights of those buckets.
+    qsum: i64,
+    /// Key of the previous token and of the previous bigram.
+    prev1: u64,
+    prev_bi: u64,
+    /// Tokens counted so far (only whether it is 0, 1 or more matters).
+    seen_tokens: u64,
+}
+
+impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
     fn new(data: &'a [u8]) -> Self {
         Self {
             data,
             other: [0; N_KINDS],
-            letters: 0,
-            upper: 0,
             sentences: 0,
             fences: 0,
             math_unicode: 0,
-            words: 0,
-            letters_in_words: 0,
-            numbers: 0,
-            lex: [0; N_LEX],
-            seen: [0; BITSET_WORDS],
-            distinct: 0,
-            qsum: 0,
-            prev1: 0,
-            prev_bi: 0,
+            scanned: data.len(),
             ntok: 0,
+            numbers: 0,
+            letters_in_words: 0,
+            lex: [0; N_LEX],
+            g: Grams::default(),
             starts: [0; 3],
             best: Best::new(),
         }
     }
 
-    #[inline]
-    fn add_lex(&mut self, classes: u16) {
-        if classes != 0 {
-            for (i, slot) in self.lex.iter_mut().enumerate() {
-                *slot += u64::from((classes >> i) & 1);
-            }
+    /// Counts the lexicon classes of a token or bigram key. Most keys are in no class:
+    /// the filter rejects them inline, the rest take the out-of-line path.
+    #[inline(always)]
+    fn add_lex(&mut self, key: u64) {
+        if lexicon_maybe(key) {
+            self.add_lex_slow(key);
         }
     }
 
+    #[inline(never)]
+    fn add_lex_slow(&mut self, key: u64) {
+        let classes = lexicon_probe(key);
+        for (i, slot) in self.lex.iter_mut().enumerate() {
+            *slot += u64::from((classes >> i) & 1);
+        }
+    }
+
+    /// Counts one n-gram key; returns its (quantised) weight if its bucket is new in
+    /// this prompt (its entry does not carry this prompt's `stamp`), else 0.
     #[inline(always)]
-    fn add_gram(&mut self, order: usize, key: u64, start: usize, end: usize) {
+    fn add_gram(g: &mut Grams, table: &mut [Entry; N_BUCKETS], stamp: u16, key: u64) -> i32 {
         let b = bucket(key);
-        let (word, bit) = (b >> 6, 1u64 << (b & 63));
-        // Branch-free presence counting: a bucket already seen adds nothing.
-        let fresh = (self.seen[word] & bit == 0) as i32;
-        self.seen[word] |= bit;
-        self.distinct += fresh as u64;
-        let w = i32::from(NGRAM_Q[b]) * fresh;
-        self.qsum += i64::from(w);
-        self.best.consider(order, w, start, end);
+        let e = table[b];
+        // Only the stamp half is written back: the weight never changes.
+        table[b].stamp = stamp;
+        let fresh = e.stamp != stamp;
+        g.distinct += usize::from(fresh);
+        let w = if fresh { i32::from(e.weight) } else { 0 };
+        g.qsum += i64::from(w);
+        w
     }
 
-    /// A finished word (`is_word`) or number token spanning `data[start..end]`.
+    /// Lexicon and n-gram counting of the first `m` buffered tokens.
     #[inline(always)]
-    fn token(&mut self, h: u64, start: usize, end: usize, is_word: bool) {
-        if is_word {
-            self.words += 1;
-            self.letters_in_words += (end - start) as u64;
-            let c = lexicon_classes(h);
-            self.add_lex(c);
-        } else {
-            self.numbers += 1;
-        }
-        self.starts = [self.starts[1], self.starts[2], start];
-        self.add_gram(0, h, start, end);
-        if self.ntok >= 1 {
-            let bi = mix(self.prev1, h);
-            let c = lexicon_classes(bi);
-            self.add_lex(c);
-            self.add_gram(1, bi, self.starts[1], end);
-            if self.ntok >= 2 {
-                let tri = mix(self.prev_bi, h);
-                self.add_gram(2, tri, self.starts[0], end);
+    fn flush(&mut self, s: &mut Scratch, m: usize, stamp: u16) {
+        let Scratch {
+            table,
+            hashes,
+            spans,
+            ..
+        } = s;
+        let mut g = self.g;
+        for j in 0..m.min(CHUNK) {
+            let h = hashes[j];
+            // Number tokens share one hash that is not in the lexicon (checked in the
+            // tests), so looking every token up is the same as looking up words only.
+            self.add_lex(h);
+            let w1 = Self::add_gram(&mut g, table, stamp, h);
+            if EXPLAIN {
+                let (start, end) = spans[j];
+                self.starts = [self.starts[1], self.starts[2], start];
+                self.best.consider(0, w1, start, end);
             }
-            self.prev_bi = bi;
+            if g.seen_tokens >= 1 {
+                let bi = mix(g.prev1, h);
+                self.add_lex(bi);
+                let w2 = Self::add_gram(&mut g, table, stamp, bi);
+                if EXPLAIN {
+                    self.best.consider(1, w2, self.starts[1], spans[j].1);
+                }
+                if g.seen_tokens >= 2 {
+                    let tri = mix(g.prev_bi, h);
+                    let w3 = Self::add_gram(&mut g, table, stamp, tri);
+                    if EXPLAIN {
+                        self.best.consider(2, w3, self.starts[0], spans[j].1);
+                    }
+                }
+                g.prev_bi = bi;
+            }
+            g.prev1 = h;
+            g.seen_tokens += 1;
         }
-        self.prev1 = h;
-        self.ntok += 1;
+        self.g = g;
     }
 
-    fn run(&mut self) {
+    // `SCAN_CAP` is generated: `usize::MAX` while the cap is off (then `i >= SCAN_CAP`
+    // never holds), a real offset when a fit turns it on.
+    #[allow(clippy::absurd_extreme_comparisons)]
+    fn run(&mut self, s: &mut Scratch) {
+        let stamp = s.next_stamp();
         let data = self.data;
         let n = data.len();
         let mut i = 0usize;
+        // Tokens buffered in `s.hashes`, always < CHUNK between tokens.
+        let mut m = 0usize;
+        let mut liw = 0u64;
         while i < n {
             let b = data[i];
             let k = KIND[usize::from(b)];
+            let start = i;
+            let h;
+            if k & (LETTER | DIGIT) != 0 && i >= SCAN_CAP {
+                // The model reads the first ~SCAN_CAP bytes, cut before a token (the
+                // fitter's `scan_end`); long prompts' tails only count in the length.
+                self.scanned = i;
+                break;
+            }
             if k & LETTER != 0 {
                 // Word: a maximal run of ASCII letters, hashed lower-case 8 bytes at a time.
-                let start = i;
-                let mut h = TOKEN_SEED;
+                let mut hw = TOKEN_SEED;
                 loop {
-                    let (len, chunk, upper) = leading_letters(load8(data, i));
+                    let (len, chunk) = leading_letters(load8(data, i));
                     if len == 0 {
                         break;
                     }
-                    h = token_hash_step(h, chunk);
-                    self.upper += u64::from(upper);
+                    hw = token_hash_step(hw, chunk);
                     i += len;
                     if len < 8 {
                         break;
                     }
                 }
-                let len = i - start;
-                self.letters += len as u64;
-                if len >= 2 {
-                    self.token(token_hash_finish(h, len as u64), start, i, true);
+                let len = (i - start) as u64;
+                if len < 2 {
+                    continue;
                 }
+                liw += len;
+                h = token_hash_finish(hw, len);
+            } else if k == SPACE {
+                // Plain blank (space, tab, CR): separates tokens, counted nowhere.
+                i += 1;
                 continue;
-            }
-            if k & DIGIT != 0 {
+            } else if k & DIGIT != 0 {
                 // Number: [0-9]+([.,][0-9]+)*
-                let start = i;
                 loop {
                     while i < n && KIND[usize::from(data[i])] & DIGIT != 0 {
                         i += 1;
@@ -691,32 +825,53 @@ impl<'a> Scan<'a> {
                     }
                     break;
                 }
-                self.token(NUMBER_HASH, start, i, false);
+                self.numbers += 1;
+                h = NUMBER_HASH;
+            } else {
+                // Any other byte: one counter by kind; the few that need a look at
+                // their neighbours go out of line.
+                self.other[usize::from(k & K_MASK)] += 1;
+                if k & SPECIAL != 0 {
+                    i = self.special(b, i);
+                }
+                i += 1;
                 continue;
             }
-            self.other[usize::from(k & K_MASK)] += 1;
-            if k & SPECIAL != 0 {
-                self.special(b, i);
-                if b == b'`' {
-                    // Code fences: non-overlapping "```" inside a run of backticks.
-                    let start = i;
-                    while i + 1 < n && data[i + 1] == b'`' {
-                        i += 1;
-                    }
-                    let run = (i + 1 - start) as u64;
-                    self.other[usize::from(K_CODE)] += run - 1;
-                    self.fences += run / 3;
-                }
+            s.hashes[m % CHUNK] = h;
+            if EXPLAIN {
+                s.spans[m % CHUNK] = (start, i);
             }
-            i += 1;
+            m += 1;
+            if m == CHUNK {
+                self.flush(s, m, stamp);
+                self.ntok += m as u64;
+                m = 0;
+            }
         }
+        self.flush(s, m, stamp);
+        self.ntok += m as u64;
+        self.letters_in_words = liw;
     }
 
-    /// Sentence ends and two-byte unicode math signs.
+    /// Sentence ends, two-byte unicode math signs and code fences, for the byte `b` at
+    /// `i`; returns the offset of the last byte it consumed (a run of backticks is
+    /// consumed whole).
     #[inline(never)]
-    fn special(&mut self, b: u8, i: usize) {
-        let next = self.data.get(i + 1).copied();
+    fn special(&mut self, b: u8, i: usize) -> usize {
+        let data = self.data;
+        let next = data.get(i + 1).copied();
         match b {
+            b'`' => {
+                // Code fences: non-overlapping "```" inside a run of backticks.
+                let mut j = i;
+                while data.get(j + 1) == Some(&b'`') {
+                    j += 1;
+                }
+                let run = (j + 1 - i) as u64;
+                self.other[usize::from(K_CODE)] += run - 1;
+                self.fences += run / 3;
+                return j;
+            }
             b'.' | b'!' | b'?' => {
                 let ends = match next {
                     None => true,
@@ -737,11 +892,66 @@ impl<'a> Scan<'a> {
                 }
             }
         }
+        i
     }
 
     fn kind(&self, k: u8) -> u64 {
         self.other[usize::from(k)]
     }
+
+    /// The dense feature values (`x`, what the weights multiply) and the human-scale
+    /// quantities behind them (`raw`), plus the n-gram text term.
+    #[inline(always)]
+    fn features(&self) -> Features {
+        let scanned_chars = self.scanned as u64 - self.kind(K_CONTINUATION);
+        let rest = self.data.get(self.scanned..).unwrap_or_default();
+        let chars = scanned_chars + count_chars(rest);
+        let mut x = [0.0f64; N_DENSE];
+        let mut raw = [0.0f64; N_DENSE];
+        let counts = [
+            (F_LENGTH, chars),
+            (F_NUMBERS, self.numbers),
+            (F_QUESTIONS, self.kind(K_QUESTION)),
+            (F_SENTENCES, self.sentences),
+            (F_LINES, self.kind(K_NEWLINE)),
+            (F_MATH_SYMBOLS, self.kind(K_MATH) + self.math_unicode),
+            (F_QUANTITIES, self.kind(K_QUANT)),
+            (F_LATEX, self.kind(K_BACKSLASH)),
+            (F_CODE_SYMBOLS, self.kind(K_CODE)),
+            (F_CODE_BLOCKS, self.fences),
+        ];
+        for (j, c) in counts {
+            raw[j] = c as f64;
+            x[j] = ln1p_count(c);
+        }
+        let words = self.ntok - self.numbers;
+        raw[F_AVG_WORD_LEN] = ratio(self.letters_in_words, words).min(12.0);
+        raw[F_NUMBER_DENSITY] = ratio(self.numbers, words + self.numbers + 1);
+        raw[F_NON_ASCII] = ratio(self.kind(K_NON_ASCII), scanned_chars);
+        let (upper, letters) = count_letters(self.data.get(..self.scanned).unwrap_or_default());
+        raw[F_UPPERCASE] = ratio(upper, letters);
+        for j in [F_AVG_WORD_LEN, F_NUMBER_DENSITY, F_NON_ASCII, F_UPPERCASE] {
+            x[j] = raw[j];
+        }
+        for (i, &c) in self.lex.iter().enumerate() {
+            raw[LEX_FIRST + i] = c as f64;
+            x[LEX_FIRST + i] = ln1p_count(c);
+        }
+        let text = if self.g.distinct > 0 {
+            self.g.qsum as f64 * NGRAM_SCALE / (self.g.distinct as f64).sqrt()
+        } else {
+            0.0
+        };
+        Features { x, raw, text }
+    }
+}
+
+/// What the linear model reads from one prompt.
+struct Features {
+    x: [f64; N_DENSE],
+    raw: [f64; N_DENSE],
+    /// The hashed n-gram (wording) term, in z units.
+    text: f64,
 }
 
 /// `ln(1 + n)` of the counts 0..256, computed once with `ln_1p` itself (so
@@ -765,77 +975,124 @@ fn ln1p_count(c: u64) -> f64 {
     }
 }
 
+/// (Upper-case, all) ASCII letters of the scanned text: a second pass over bytes still
+/// in cache, in `u8` lanes the compiler vectorises, is cheaper than counting them per
+/// word in the tokeniser.
+fn count_letters(bytes: &[u8]) -> (u64, u64) {
+    let (mut upper, mut letters) = (0u64, 0u64);
+    for chunk in bytes.chunks(255) {
+        let (u, l) = chunk.iter().fold((0u8, 0u8), |(u, l), &b| {
+            (
+                u.wrapping_add(u8::from(b.wrapping_sub(b'A') < 26)),
+                l.wrapping_add(u8::from((b | 0x20).wrapping_sub(b'a') < 26)),
+            )
+        });
+        upper += u64::from(u);
+        letters += u64::from(l);
+    }
+    (upper, letters)
+}
+
+/// Characters (bytes that are not UTF-8 continuation bytes) of an unscanned tail.
+/// Counted in `u8` lanes per 255-byte chunk, which the compiler vectorises (16 bytes
+/// per compare-and-subtract) where `u64` lanes would widen every byte.
+fn count_chars(bytes: &[u8]) -> u64 {
+    bytes
+        .chunks(255)
+        .map(|chunk| {
+            let n = chunk
+                .iter()
+                .fold(0u8, |n, &b| n.wrapping_add(u8::from((b as i8) >= -0x40)));
+            u64::from(n)
+        })
+        .sum()
+}
+
 #[inline]
 fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }
 }
 
-/// Scores one prompt. Pure function of the text: one linear pass, no heap allocation,
-/// no panics, always returns a finite value in 0.0..=1.0.
-pub fn score(prompt: &str) -> Score {
-    let data = prompt.as_bytes();
-    let mut s = Scan::new(data);
-    s.run();
+/// Scans `data`, with or without phrase bookkeeping; returns the features and, when
+/// explaining, the strongest phrases seen.
+#[inline(always)]
+fn scan<const EXPLAIN: bool>(data: &[u8]) -> (Features, Best) {
+    with_scratch(|scratch| {
+        let mut s = Scan::<EXPLAIN>::new(data);
+        s.run(scratch);
+        (s.features(), s.best)
+    })
+}
 
-    let chars = data.len() as u64 - s.kind(K_CONTINUATION);
-    let mut x = [0.0f64; N_DENSE];
-    let mut raw = [0.0f64; N_DENSE];
-    let counts = [
-        (F_LENGTH, chars),
-        (F_NUMBERS, s.numbers),
-        (F_QUESTIONS, s.kind(K_QUESTION)),
-        (F_SENTENCES, s.sentences),
-        (F_LINES, s.kind(K_NEWLINE)),
-        (F_MATH_SYMBOLS, s.kind(K_MATH) + s.math_unicode),
-        (F_QUANTITIES, s.kind(K_QUANT)),
-        (F_LATEX, s.kind(K_BACKSLASH)),
-        (F_CODE_SYMBOLS, s.kind(K_CODE)),
-        (F_CODE_BLOCKS, s.fences),
-    ];
-    for (j, c) in counts {
-        raw[j] = c as f64;
-        x[j] = ln1p_count(c);
-    }
-    raw[F_AVG_WORD_LEN] = ratio(s.letters_in_words, s.words).min(12.0);
-    raw[F_NUMBER_DENSITY] = ratio(s.numbers, s.words + s.numbers + 1);
-    raw[F_NON_ASCII] = ratio(s.kind(K_NON_ASCII), chars);
-    raw[F_UPPERCASE] = ratio(s.upper, s.letters);
-    for j in [F_AVG_WORD_LEN, F_NUMBER_DENSITY, F_NON_ASCII, F_UPPERCASE] {
-        x[j] = raw[j];
-    }
-    for (i, &c) in s.lex.iter().enumerate() {
-        raw[LEX_FIRST + i] = c as f64;
-        x[LEX_FIRST + i] = ln1p_count(c);
-    }
+/// Squashes z onto 0..1; returns (value, logit).
+#[inline]
+fn squash(z: f64) -> (f64, f64) {
+    let logit = ((z - Z_MID) / Z_SCALE).clamp(-700.0, 700.0);
+    let value = (1.0 / (1.0 + (-logit).exp())).clamp(0.0, 1.0);
+    (value, logit)
+}
 
+/// Builds a [`Score`] (contributions and all) from the scan's output.
+fn assemble(data: &[u8], f: &Features, best: Option<&Best>) -> Score {
     let mut contrib = [0.0f64; N_DENSE];
     let mut z = INTERCEPT;
     for j in 0..N_DENSE {
-        let c = DENSE_COEF[j] * (x[j] - DENSE_MEAN[j]);
+        let c = DENSE_COEF[j] * (f.x[j] - DENSE_MEAN[j]);
         contrib[j] = c / Z_SCALE;
         z += c;
     }
-    let text = if s.distinct > 0 {
-        s.qsum as f64 * NGRAM_SCALE / (s.distinct as f64).sqrt()
-    } else {
-        0.0
+    z += f.text - TEXT_MEAN;
+    let (value, logit) = squash(z);
+    let ((up, n_up), (down, n_down)) = match best {
+        Some(b) => (b.phrases(data, true), b.phrases(data, false)),
+        None => (
+            ([NO_PHRASE; KEEP_PHRASES], 0),
+            ([NO_PHRASE; KEEP_PHRASES], 0),
+        ),
     };
-    z += text - TEXT_MEAN;
-    let logit = ((z - Z_MID) / Z_SCALE).clamp(-700.0, 700.0);
-    let value = (1.0 / (1.0 + (-logit).exp())).clamp(0.0, 1.0);
-    let (up, n_up) = s.best.phrases(data, true);
-    let (down, n_down) = s.best.phrases(data, false);
     Score {
         value,
         logit,
         contrib,
-        raw,
-        text_contrib: (text - TEXT_MEAN) / Z_SCALE,
+        raw: f.raw,
+        text_contrib: (f.text - TEXT_MEAN) / Z_SCALE,
         up,
         n_up,
         down,
         n_down,
     }
+}
+
+/// Scores one prompt and keeps everything [`Score::reasons`] needs, including
+/// example phrases for the wording reason. Pure function of the text: one linear
+/// pass, no heap allocation, no panics, always returns a finite value in 0.0..=1.0.
+pub fn score(prompt: &str) -> Score {
+    let data = prompt.as_bytes();
+    let (f, best) = scan::<true>(data);
+    assemble(data, &f, Some(&best))
+}
+
+/// [`score`] without the example phrases: the same value, logit and per-feature
+/// contributions (so [`Score::top_features`] and the ranking of [`Score::reasons`] are
+/// identical), but the wording reason quotes no prompt text. For bulk scoring
+/// (`ai-cost-optimizer score`), where tracking phrases nobody reads would cost more
+/// than the feature names it prints.
+pub fn score_unexplained(prompt: &str) -> Score {
+    let data = prompt.as_bytes();
+    let (f, _) = scan::<false>(data);
+    assemble(data, &f, None)
+}
+
+/// The routing decision only: exactly `score(prompt).value`, without the phrase
+/// bookkeeping or the per-feature contributions (the hot path of routing).
+pub fn decide(prompt: &str) -> f64 {
+    let (f, _) = scan::<false>(prompt.as_bytes());
+    let mut z = INTERCEPT;
+    for j in 0..N_DENSE {
+        z += DENSE_COEF[j] * (f.x[j] - DENSE_MEAN[j]);
+    }
+    z += f.text - TEXT_MEAN;
+    squash(z).0
 }
 
 /// Baseline used by the benchmarks and evaluation: prompt length only, squashed to
@@ -981,8 +1238,8 @@ mod tests {
     #[test]
     fn tokeniser_counts() {
         let text = b"Is 3.14 > 3,000? Yes.\nx = 2 + 2; `code` ```rust``` 50% $5 \\frac";
-        let mut s = Scan::new(text);
-        s.run();
+        let mut s = Scan::<false>::new(text);
+        with_scratch(|scratch| s.run(scratch));
         assert_eq!(s.numbers, 6); // 3.14 3,000 2 2 50 5
         assert_eq!(s.kind(K_QUESTION), 1);
         assert_eq!(s.sentences, 2);
@@ -993,7 +1250,88 @@ mod tests {
         assert_eq!(s.kind(K_BACKSLASH), 1);
         assert_eq!(s.kind(K_MATH), 3); // > = +
         // words of >= 2 letters: Is Yes code rust frac
-        assert_eq!(s.words, 5);
+        assert_eq!(s.ntok - s.numbers, 5);
+    }
+
+    /// Prompts that exercise every path of the scan: empty, one token, exactly and
+    /// more than one token buffer, repeats (presence), numbers, non-ASCII, fences.
+    fn varied_prompts() -> Vec<String> {
+        let mut v: Vec<String> = [
+            "",
+            "hi",
+            "Hi there! How are you?",
+            "Janet has 16 eggs. She eats 3 and bakes with 4 more. She sells the rest for $2 each. How much does she make?",
+            "Implement a lock-free queue in Rust; explain the memory ordering of every atomic operation.",
+            "∀x∈ℝ: x² ≥ 0 ⇒ √(x²) = |x| ± π ```rust fn main() {}```",
+            "the the the the the the the the",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for n in [CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 7] {
+            v.push((0..n).map(|i| format!("w{} ", i % 37)).collect());
+        }
+        v.push("Compute the eigenvalues of the matrix and prove the bound. ".repeat(400));
+        v
+    }
+
+    #[test]
+    fn fast_paths_match_the_explained_score() {
+        for p in varied_prompts() {
+            let full = score(&p);
+            let lean = score_unexplained(&p);
+            assert_eq!(full.value.to_bits(), decide(&p).to_bits(), "{p:.40}");
+            assert_eq!(full.value.to_bits(), lean.value.to_bits());
+            assert_eq!(full.logit.to_bits(), lean.logit.to_bits());
+            assert_eq!(full.contrib, lean.contrib);
+            assert_eq!(full.text_contrib.to_bits(), lean.text_contrib.to_bits());
+            assert_eq!(full.top_features(5), lean.top_features(5));
+            assert_eq!(lean.n_up + lean.n_down, 0);
+        }
+    }
+
+    #[test]
+    fn stamp_wrap_and_threads_give_the_same_scores() {
+        let prompts = varied_prompts();
+        let expected: Vec<u64> = prompts.iter().map(|p| decide(p).to_bits()).collect();
+        // Force the once-per-65,535-prompts restamp in the middle of a run.
+        SCRATCH.with(|c| c.borrow_mut().stamp = 0xfffd);
+        for _ in 0..3 {
+            let got: Vec<u64> = prompts.iter().map(|p| decide(p).to_bits()).collect();
+            assert_eq!(got, expected);
+        }
+        // A fresh scratch (a new thread) starts from the same state.
+        let other = std::thread::spawn(move || {
+            prompts
+                .iter()
+                .map(|p| decide(p).to_bits())
+                .collect::<Vec<u64>>()
+        })
+        .join()
+        .unwrap_or_default();
+        assert_eq!(other, expected);
+    }
+
+    #[test]
+    fn byte_counts_match_a_plain_count() {
+        // Longer than one 255-byte chunk, all byte values, upper and lower case.
+        let mut bytes: Vec<u8> = (0..=255u8).cycle().take(3 * 255 + 17).collect();
+        bytes.extend("Ünïcödé ΑΒΓ abc XYZ".as_bytes().repeat(40));
+        for len in [0, 1, 254, 255, 256, 511, bytes.len()] {
+            let b = &bytes[..len];
+            let upper = b.iter().filter(|c| c.is_ascii_uppercase()).count() as u64;
+            let letters = b.iter().filter(|c| c.is_ascii_alphabetic()).count() as u64;
+            let chars = b.iter().filter(|&&c| c & 0xC0 != 0x80).count() as u64;
+            assert_eq!(count_letters(b), (upper, letters), "len {len}");
+            assert_eq!(count_chars(b), chars, "len {len}");
+        }
+    }
+
+    #[test]
+    fn numbers_are_not_lexicon_words() {
+        // `flush` looks every token up, numbers included; that equals the specified
+        // "word tokens only" because the number hash is in no lexicon class.
+        assert_eq!(lexicon_probe(NUMBER_HASH), 0);
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub(super) const Z_MID: f64 = -0.014979739683561859;
 pub(super) const Z_SCALE: f64 = 0.06439479925245069;
 /// log2 of the number of n-gram buckets.
 pub(super) const BUCKET_BITS: u32 = 15;
+/// Bytes scanned: features come from the text up to the first token that starts at or
+/// after this offset, except the length, which counts the whole prompt.
+pub(super) const SCAN_CAP: usize = usize::MAX;
 /// Multiply an entry of `NGRAM_Q` by this to get its weight in z units.
 pub(super) const NGRAM_SCALE: f64 = 3.7722252261342483e-06;
 /// Quantised weight of each hashed 1/2/3-gram bucket.
