@@ -693,6 +693,11 @@ impl RawServer {
 
     /// The reply to request `id` (notifications before it are skipped).
     pub async fn reply(&mut self, id: i64, wait: Duration) -> Value {
+        self.reply_to(json!(id), wait).await
+    }
+
+    /// The reply to the request whose id is `id` (any JSON-RPC id).
+    pub async fn reply_to(&mut self, id: Value, wait: Duration) -> Value {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -701,7 +706,7 @@ impl RawServer {
                 .await
                 .unwrap_or_else(|| panic!("no reply to request {id} within {wait:?}"));
             assert!(v.get("unparsable").is_none(), "non-JSON on stdout: {v}");
-            if v["id"] == json!(id) {
+            if v["id"] == id {
                 return v;
             }
         }
