@@ -17,6 +17,7 @@ use std::io;
 use std::time::Duration;
 
 use rmcp::RoleServer;
+use rmcp::model::{CallToolRequestParams, ClientRequest, JsonRpcMessage};
 use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use serde_json::Value;
@@ -321,7 +322,12 @@ fn decode(raw: &[u8]) -> Decoded {
         }
     };
     let e = match serde_json::from_str::<RxJsonRpcMessage<RoleServer>>(text) {
-        Ok(m) => return Decoded::Message(Box::new(m)),
+        Ok(m) => {
+            return match misfit_params(&m) {
+                Some(reply) => Decoded::Reply(reply),
+                None => Decoded::Message(Box::new(m)),
+            };
+        }
         Err(e) => e,
     };
     if e.is_syntax() || e.is_eof() {
@@ -365,7 +371,7 @@ fn decode(raw: &[u8]) -> Decoded {
             Decoded::Reply(error_line(
                 id,
                 INVALID_PARAMS,
-                &format!("Invalid params: {e}"),
+                &format!("Invalid params for {method}: {e}"),
             ))
         }
         (id, _) => {
@@ -384,6 +390,55 @@ fn decode(raw: &[u8]) -> Decoded {
             ))
         }
     }
+}
+
+/// Methods rmcp decodes into a typed request. One of these arriving as a
+/// `CustomRequest` means its params did not fit (rmcp falls back to the
+/// untyped variant), which rmcp would answer "method not found": wrong,
+/// since the method exists. JSON-RPC calls that "Invalid params".
+const TYPED_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "tools/call",
+    "tools/list",
+    "resources/list",
+    "resources/read",
+    "resources/templates/list",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "prompts/get",
+    "prompts/list",
+    "completion/complete",
+    "logging/setLevel",
+];
+
+/// The -32602 reply to a known method whose params do not fit it.
+fn misfit_params(m: &RxJsonRpcMessage<RoleServer>) -> Option<Vec<u8>> {
+    let JsonRpcMessage::Request(r) = m else {
+        return None;
+    };
+    let ClientRequest::CustomRequest(c) = &r.request else {
+        return None;
+    };
+    if !TYPED_METHODS.contains(&c.method.as_str()) {
+        return None;
+    }
+    // The reason, where it is worth finding: the tool call is what
+    // clients (and models writing arguments) get wrong.
+    let why = match (c.method.as_str(), &c.params) {
+        ("tools/call", Some(p)) => serde_json::from_value::<CallToolRequestParams>(p.clone())
+            .err()
+            .map(|e| e.to_string()),
+        _ => None,
+    }
+    .unwrap_or_else(|| "they do not match the method's schema".into());
+    tracing::info!(method = c.method, why, "refused a request with invalid params");
+    let id = serde_json::to_value(&r.id).unwrap_or(Value::Null);
+    Some(error_line(
+        id,
+        INVALID_PARAMS,
+        &format!("Invalid params for {}: {why}", c.method),
+    ))
 }
 
 /// A JSON-RPC error response, encoded as one line.
@@ -441,6 +496,17 @@ mod tests {
         let v = reply(decode(br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#));
         assert_eq!(v["id"], Value::Null);
         assert_eq!(v["error"]["code"], json!(-32600));
+    }
+
+    #[test]
+    fn known_methods_with_misfit_params_are_invalid_params() {
+        let v = reply(decode(
+            br#"{"jsonrpc":"2.0","id":"p","method":"tools/call","params":{"name":5}}"#,
+        ));
+        assert_eq!(v["id"], json!("p"));
+        assert_eq!(v["error"]["code"], json!(-32602));
+        let d = decode(br#"{"jsonrpc":"2.0","id":3,"method":"x/custom","params":{"a":1}}"#);
+        assert!(matches!(d, Decoded::Message(_)), "{d:?}");
     }
 
     #[test]
