@@ -432,7 +432,11 @@ fn misfit_params(m: &RxJsonRpcMessage<RoleServer>) -> Option<Vec<u8>> {
         _ => None,
     }
     .unwrap_or_else(|| "they do not match the method's schema".into());
-    tracing::info!(method = c.method, why, "refused a request with invalid params");
+    tracing::info!(
+        method = c.method,
+        why,
+        "refused a request with invalid params"
+    );
     let id = serde_json::to_value(&r.id).unwrap_or(Value::Null);
     Some(error_line(
         id,

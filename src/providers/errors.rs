@@ -229,6 +229,9 @@ impl ProviderError {
                 format!("the prompt is too long for the model at {name}{status}{detail}")
             }
             ErrorKind::Malformed => format!("{name} sent a reply that could not be read{detail}"),
+            ErrorKind::Connection if self.accepted.is_some() => {
+                format!("the connection to {name} broke during its reply{detail}")
+            }
             ErrorKind::Connection => format!(
                 "could not reach {name} at its base URL ({}){detail}",
                 spec.base_url_env

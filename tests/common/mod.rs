@@ -171,16 +171,21 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request<Body>) 
         return resp.body(Body::from_stream(stream)).unwrap();
     }
     if reply.reset {
-        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
-            Ok(reply.body.into_bytes()),
-            Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "reset by fake",
-            )),
-        ];
-        return resp
-            .body(Body::from_stream(futures_util::stream::iter(chunks)))
-            .unwrap();
+        use futures_util::StreamExt;
+        // The break comes a moment after the body, so the status and the
+        // body really reach the client first (an error in the same poll
+        // makes hyper drop the whole response before its headers, which
+        // would be a failure before the reply, not mid-body).
+        let body = reply.body.into_bytes();
+        let chunks = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) })
+            .chain(futures_util::stream::once(async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "reset by fake",
+                ))
+            }));
+        return resp.body(Body::from_stream(chunks)).unwrap();
     }
     match reply.raw {
         Some(raw) => resp.body(Body::from(raw)).unwrap(),
