@@ -231,6 +231,72 @@ async fn read_only_data_directory() {
     assert_eq!(calls_in(&ledger), 1);
 }
 
+/// A writer that died (SIGKILL) leaves its `-wal` (with commits the main
+/// file does not have yet) and `-shm` behind; then the directory turns
+/// read-only. The reader must open through them (`mode=ro`), not around
+/// them (`immutable=1` would not see the WAL's commits).
+#[tokio::test]
+async fn read_only_directory_after_a_writer_crashed() {
+    let fake = FakeProvider::start(reply_ok()).await;
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let ledger = data.join("ledger.sqlite3");
+    // `full`: no background checkpoint, so the commits stay in the WAL.
+    let mut env_full = env(&fake);
+    env_full.push(("COST_OPTIMIZER_LEDGER_SYNC", "full".into()));
+    let mut s = spawn_raw(&data, &env_full);
+    s.init().await;
+    let v = call(&mut s, 1, "complete_prompt", prompt("first")).await;
+    let cost = v["result"]["structuredContent"]["cost_usd"].clone();
+    assert!(cost.as_f64().unwrap() > 0.0, "{v}");
+    s.kill().await;
+    let wal = data.join("ledger.sqlite3-wal");
+    assert!(
+        std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) > 0,
+        "the WAL holds the commits"
+    );
+
+    use std::os::unix::fs::PermissionsExt;
+    let set = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    for entry in walk(&data) {
+        set(&entry, if entry.is_dir() { 0o555 } else { 0o444 });
+    }
+    set(&data, 0o555);
+    set(root.path(), 0o755);
+    let uid = (unsafe { libc::geteuid() } == 0).then_some(65534);
+    let stderr = std::fs::File::create(root.path().join("stderr.log")).unwrap();
+    let mut s = spawn_raw_with(&data, &env(&fake), |cmd| {
+        if let Some(uid) = uid {
+            cmd.uid(uid).gid(uid);
+        }
+        cmd.stderr(stderr);
+    });
+    s.init().await;
+    let v = call(&mut s, 2, "query_usage", json!({"days": 1})).await;
+    let u = &v["result"]["structuredContent"];
+    assert_eq!(u["calls"], json!(1), "the WAL's commit is read: {v}");
+    assert_usd(&u["total_cost_usd"], cost.as_f64().unwrap());
+    assert!(
+        u["warning"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is read-only"),
+        "{u}"
+    );
+    let v = call(&mut s, 3, "complete_prompt", prompt("second")).await;
+    assert!(tool_text(&v).1, "{v}");
+    assert_eq!(fake.requests().len(), 1, "no provider call");
+    s.close().await;
+    for entry in walk(&data) {
+        set(&entry, if entry.is_dir() { 0o755 } else { 0o644 });
+    }
+    set(&data, 0o755);
+    assert_eq!(calls_in(&ledger), 1);
+}
+
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {

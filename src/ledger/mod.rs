@@ -454,28 +454,40 @@ impl Ledger {
     /// working, and every write fails with [`LedgerError::ReadOnly`], which
     /// says why and what to do. Any other failure is returned as it is.
     pub fn open_or_read_only(path: &Path, durability: Durability) -> Result<Ledger, LedgerError> {
-        let err = match Ledger::open_with(path, durability) {
-            Ok(l) => return Ok(l),
-            Err(e @ LedgerError::Storage { .. }) => e,
-            Err(e) => return Err(e),
-        };
-        let Some(reason) = path.exists().then(|| not_writable(path)).flatten() else {
-            return Err(err);
-        };
-        match Ledger::open_read_only(path, &reason) {
-            Ok(l) => {
-                tracing::warn!(
-                    path = %path.display(),
-                    reason,
-                    "ledger opened read-only: reports work, spending is refused"
-                );
-                Ok(l)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "the ledger cannot be opened read-only either");
-                Err(err)
-            }
+        // Decided up front: SQLite itself may open an unwritable file
+        // "successfully" (read-only, silently), and only fail at the first
+        // write, mid-call.
+        if path.exists()
+            && let Some(reason) = not_writable(path)
+        {
+            return match Ledger::open_read_only(path, &reason) {
+                Ok(l) => {
+                    tracing::warn!(
+                        path = %path.display(),
+                        reason,
+                        "ledger opened read-only: reports work, spending is refused"
+                    );
+                    Ok(l)
+                }
+                Err(e) => Err(LedgerError::Storage {
+                    dir: data_dir_of(path),
+                    file: Some(path.to_path_buf()),
+                    detail: format!("{reason}, and it cannot be opened read-only either: {e}"),
+                }),
+            };
         }
+        let mut ledger = Ledger::open_with(path, durability)?;
+        // What `access` cannot see (an ACL, a mount option it misses):
+        // SQLite's own verdict after the open.
+        let read_only = ledger
+            .lock()
+            .is_readonly(rusqlite::MAIN_DB)
+            .unwrap_or(false);
+        if read_only {
+            tracing::warn!(path = %path.display(), "SQLite opened the ledger read-only");
+            ledger.read_only = Some("SQLite could open the file only for reading".into());
+        }
+        Ok(ledger)
     }
 
     /// Opens an existing ledger read-only; `reason` says why not for
