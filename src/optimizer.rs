@@ -451,6 +451,10 @@ pub struct UsageReport {
     pub budget: BudgetStatus,
     /// The global budget, if one is set.
     pub global_budget: Option<BudgetStatus>,
+    /// Set when the report comes from a ledger opened read-only: why, and
+    /// that calls which spend money are refused until it is writable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// Result of `set_budget`.
@@ -557,7 +561,7 @@ impl Optimizer {
         registry: Registry,
         clock: Clock,
     ) -> Optimizer {
-        let ledger = Ledger::open_with(&settings.ledger_path(), settings.ledger_sync)
+        let ledger = Ledger::open_or_read_only(&settings.ledger_path(), settings.ledger_sync)
             .map_err(|e| e.to_string());
         if let Err(e) = &ledger {
             tracing::error!(error = %e, "ledger unavailable; spending tools will refuse");
@@ -1014,6 +1018,11 @@ impl Optimizer {
             ));
         }
 
+        // A call whose cost cannot be recorded is not made: refuse before
+        // anything is written or sent.
+        self.ledger()?
+            .ensure_writable()
+            .map_err(|e| ToolError::Ledger(e.to_string()))?;
         // A rating of an earlier answer is stored first: it stands on its
         // own, whatever happens to this call.
         let feedback = match &args.feedback {
@@ -1080,6 +1089,9 @@ impl Optimizer {
         let mut notes = plan.notes.clone();
         let mut attempts: Vec<Attempt> = Vec::new();
         let mut last_error: Option<String> = None;
+        // Attempts cut off after the provider accepted them, which it may
+        // bill: the caller is told, whatever the outcome of the call.
+        let mut cut_off: Vec<CutOff> = Vec::new();
         // Providers that failed as a whole in this call (bad key, no credit,
         // down after retries): their other models are not worth a try.
         let mut failed_providers: Vec<ProviderId> = Vec::new();
@@ -1249,6 +1261,9 @@ impl Optimizer {
                                 "This call (${cost:.6}) could NOT be recorded in the ledger: {e}. Its cost is not in your usage totals."
                             ));
                         }
+                        if let Some(note) = billed_note(&cut_off) {
+                            warnings.push(note);
+                        }
                         if no_usage {
                             warnings.push(format!(
                                 "{} answered without usable token counts; the call is recorded at $0 and flagged unpriced, but it was probably billed.",
@@ -1337,15 +1352,40 @@ impl Optimizer {
                     retry = retries,
                     "provider attempt failed: {message}"
                 );
+                // Refused or unanswered: nothing was billed. Cut off after
+                // the provider accepted: it may bill what it produced, so
+                // the attempt is recorded at the cost of the usage seen.
+                let partial = err
+                    .accepted
+                    .map(|usage| self.partial_charge(&cand.model, usage));
+                let (cost, source, usage) = match &partial {
+                    Some(p) => (p.cost_usd, p.source, p.usage),
+                    None => (0.0, "provider", Usage::default()),
+                };
                 let record = CallRecord {
-                    cost_source: "provider".into(),
+                    input_tokens: usage.input_tokens,
+                    cache_read_tokens: usage.cache_read_tokens,
+                    cache_write_tokens: usage.cache_write_tokens,
+                    output_tokens: usage.output_tokens,
+                    reasoning_tokens: usage.reasoning_tokens,
+                    cost_usd: cost,
+                    cost_source: source.into(),
                     ok: false,
                     error_kind: Some(err.kind.as_str().into()),
                     error_message: Some(message.clone()),
                     ..base_record
                 };
-                if let Err(e) = reservation.settle(record) {
+                let recorded = reservation.settle(record);
+                if let Err(e) = &recorded {
                     tracing::error!(error = %e, "failed attempt not recorded");
+                }
+                if let Some(p) = partial.filter(|p| p.maybe_billed) {
+                    cut_off.push(CutOff {
+                        model: cand.model.clone(),
+                        cost_usd: p.cost_usd,
+                        estimated: p.source == "estimate",
+                        recorded: recorded.is_ok(),
+                    });
                 }
                 if self.breakers.failure(cand.provider, err.kind, self.now()) {
                     notes.push(format!(
@@ -1387,14 +1427,40 @@ impl Optimizer {
             .collect::<Vec<_>>()
             .join(", ");
         Err(ToolError::ProviderFailed(format!(
-            "{} Tried: {}. Nothing was charged.",
+            "{} Tried: {}. {}",
             last_error.unwrap_or_else(|| "No provider could take the call.".into()),
             if tried.is_empty() {
                 "none"
             } else {
                 tried.as_str()
+            },
+            match billed_note(&cut_off) {
+                Some(note) => note,
+                None => "Nothing was charged.".into(),
             }
         )))
+    }
+
+    /// What to record for an attempt on `model` that failed after the
+    /// provider accepted it, having reported `usage` so far.
+    fn partial_charge(&self, model: &str, usage: Usage) -> PartialCharge {
+        let (cost, source) = self.catalog.price_call(model, &usage, None);
+        let seen = usage.input_tokens
+            + usage.cache_read_tokens
+            + usage.cache_write_tokens
+            + usage.output_tokens
+            > 0;
+        let (cost_usd, source, maybe_billed) = match source {
+            CostSource::Local => (0.0, "local", false),
+            CostSource::Catalog | CostSource::Provider if seen => (cost, "estimate", true),
+            _ => (0.0, "unpriced", true),
+        };
+        PartialCharge {
+            usage,
+            cost_usd,
+            source,
+            maybe_billed,
+        }
     }
 
     /// Reads `text` aloud with Cartesia, records the cost, writes the WAV.
@@ -1625,6 +1691,7 @@ impl Optimizer {
             top_calls: snap.top_calls,
             budget: self.budget_status(user.as_deref().unwrap_or(DEFAULT_USER))?,
             global_budget: self.global_budget_status()?,
+            warning: ledger.ensure_writable().err().map(|e| e.to_string()),
         };
         for (g, rows) in snap.groups {
             match g {
@@ -1718,6 +1785,9 @@ impl Optimizer {
             None => None,
         };
         let ledger = self.ledger()?;
+        ledger
+            .ensure_writable()
+            .map_err(|e| ToolError::Ledger(e.to_string()))?;
         let previous_row = ledger
             .budget(&user)
             .map_err(|e| ToolError::Ledger(e.to_string()))?;
@@ -1822,6 +1892,13 @@ impl Optimizer {
         providers.sort_by_key(|p| p.provider);
         let ledger = match &self.ledger {
             Ok(l) => match l.count_calls() {
+                Ok(n) if l.read_only_reason().is_some() => format!(
+                    "READ-ONLY ({n} calls recorded): {}",
+                    l.ensure_writable()
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default()
+                ),
                 Ok(n) => format!(
                     "ok ({n} calls recorded; {})",
                     match self.settings.ledger_sync {
@@ -1948,6 +2025,63 @@ impl Drop for ReservationGuard {
             tracing::warn!(error = %e, "could not release a reservation; it will expire");
         }
     }
+}
+
+/// What an attempt cut off after the provider accepted it may have cost.
+struct PartialCharge {
+    /// The usage the reply reported before it broke off.
+    usage: Usage,
+    /// The cost recorded for it.
+    cost_usd: f64,
+    /// `estimate` (usage × catalog price), `unpriced` (no usage reported
+    /// or no known price: cost unknown, recorded at $0 and flagged) or
+    /// `local` (a local model: free).
+    source: &'static str,
+    /// Whether the provider may bill it at all.
+    maybe_billed: bool,
+}
+
+/// An attempt the provider may bill although it failed.
+struct CutOff {
+    model: String,
+    cost_usd: f64,
+    estimated: bool,
+    recorded: bool,
+}
+
+/// The sentence telling the caller about attempts that were cut off after
+/// the provider accepted them, if there were any.
+fn billed_note(cut_off: &[CutOff]) -> Option<String> {
+    if cut_off.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = cut_off
+        .iter()
+        .map(|c| {
+            let what = if c.estimated {
+                format!("an estimated ${:.6} from the usage it reported", c.cost_usd)
+            } else {
+                "$0 and flagged unpriced: it reported no usage, so its cost is unknown".into()
+            };
+            if c.recorded {
+                format!("{} (recorded at {what})", c.model)
+            } else {
+                format!(
+                    "{} (NOT recorded: the ledger write failed; {what})",
+                    c.model
+                )
+            }
+        })
+        .collect();
+    Some(format!(
+        "The provider may have billed the partial answer of {} cut off mid-response: {}.",
+        if cut_off.len() == 1 {
+            "an attempt"
+        } else {
+            "attempts"
+        },
+        parts.join("; ")
+    ))
 }
 
 fn cost_source_name(s: CostSource) -> &'static str {

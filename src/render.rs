@@ -272,6 +272,9 @@ fn group_table(title: &str, groups: &[Group]) -> String {
 /// `query_usage`.
 pub fn usage(u: &UsageReport) -> String {
     let mut s = String::new();
+    if let Some(w) = &u.warning {
+        let _ = writeln!(s, "⚠️ {w}\n");
+    }
     let who = u
         .user_id
         .as_deref()
@@ -296,7 +299,7 @@ pub fn usage(u: &UsageReport) -> String {
     if u.totals.failed_attempts > 0 {
         let _ = writeln!(
             s,
-            "{} failed provider attempts (not charged).",
+            "{} failed provider attempts ($0, except answers cut off mid-stream: those are counted at their estimated cost, since the provider may bill them).",
             u.totals.failed_attempts
         );
     }

@@ -38,6 +38,11 @@ struct Case {
     midstream_error: fn() -> Reply,
     /// The env-var name the auth message must mention.
     key_name: &'static str,
+    /// What an attempt cut off mid-stream is recorded at: the cost of the
+    /// usage the stream reported before it broke (Anthropic's
+    /// `message_start` carries the input tokens; the others report usage
+    /// only at the end).
+    partial_cost: f64,
 }
 
 fn openai_error_reply(status: u16, msg: &str) -> Reply {
@@ -76,6 +81,7 @@ fn openai_family(
             streamed("text/event-stream", body)
         },
         key_name: key_env,
+        partial_cost: 0.0,
     }
 }
 
@@ -137,6 +143,8 @@ fn cases() -> Vec<(&'static str, Case)> {
                     streamed("text/event-stream", body)
                 },
                 key_name: "ANTHROPIC_API_KEY",
+                // message_start: 10 input + 1 output token at $1/$5 per M.
+                partial_cost: 10.0 * 1e-6 + 1.0 * 5e-6,
             },
         ),
         (
@@ -187,6 +195,7 @@ fn cases() -> Vec<(&'static str, Case)> {
                     streamed("text/event-stream", body)
                 },
                 key_name: "GEMINI_API_KEY",
+                partial_cost: 0.0,
             },
         ),
         (
@@ -266,6 +275,7 @@ fn cases() -> Vec<(&'static str, Case)> {
                     streamed("application/x-ndjson", body)
                 },
                 key_name: "",
+                partial_cost: 0.0,
             },
         ),
     ]
@@ -315,8 +325,51 @@ impl Harness {
             .await
     }
 
-    /// The call succeeds after `failures` failed attempts.
-    async fn expect_recovery(&mut self, what: &str, failures: u64) {
+    /// What the caller is told about an attempt cut off after the
+    /// provider accepted it: a local model bills nothing; otherwise the
+    /// provider may have billed it, recorded at the cost of the usage the
+    /// stream reported, or at $0 flagged unpriced when it reported none.
+    fn cut_off_note(&self, usage_seen: bool) -> String {
+        if self.name == "ollama" {
+            return "Nothing was charged.".into();
+        }
+        let recorded = if usage_seen && self.case.partial_cost > 0.0 {
+            format!(
+                "an estimated ${:.6} from the usage it reported",
+                self.case.partial_cost
+            )
+        } else {
+            "$0 and flagged unpriced: it reported no usage, so its cost is unknown".into()
+        };
+        format!(
+            "The provider may have billed the partial answer of an attempt cut off mid-response: {} (recorded at {recorded}).",
+            self.case.model
+        )
+    }
+
+    /// The call succeeds after a stream cut off mid-answer: the answer's
+    /// own cost is exact, the cut-off attempt is in the ledger at the cost
+    /// of the usage it reported, and the caller is told.
+    async fn expect_recovery_after_cutoff(&mut self, what: &str) {
+        self.cost += self.case.partial_cost;
+        let c = self.expect_recovery(what, 1).await;
+        let warning = c["warning"].as_str().unwrap_or_default().to_string();
+        let note = self.cut_off_note(true);
+        match self.name {
+            // A local model: nothing to warn about.
+            "ollama" => assert_eq!(c["warning"], Value::Null, "[ollama] {what}"),
+            // Unpriced: its own warning follows.
+            "huggingface" => assert!(
+                warning.starts_with(&format!("{note} ")) && warning.contains("no known price"),
+                "[huggingface] {what}: {warning}"
+            ),
+            _ => assert_eq!(warning, note, "[{}] {what}", self.name),
+        }
+    }
+
+    /// The call succeeds after `failures` failed attempts; returns its
+    /// structured content.
+    async fn expect_recovery(&mut self, what: &str, failures: u64) -> Value {
         let before = self.fake.requests().len();
         let r = self.call().await;
         assert_ne!(
@@ -346,10 +399,19 @@ impl Harness {
         self.calls += 1;
         self.cost += self.case.ok_cost;
         self.check_ledger(what).await;
+        c
     }
 
-    /// The call fails with an error containing `needle`, after `attempts`.
+    /// The call fails with an error containing `needle`, after `attempts`
+    /// that cost nothing.
     async fn expect_error(&mut self, what: &str, needle: &str, attempts: u64) {
+        self.expect_failure(what, needle, attempts, "Nothing was charged.")
+            .await;
+    }
+
+    /// The call fails with an error containing `needle`, after `attempts`,
+    /// its text ending with `charged` (what the caller may have paid).
+    async fn expect_failure(&mut self, what: &str, needle: &str, attempts: u64, charged: &str) {
         let before = self.fake.requests().len();
         let r = self.call().await;
         assert_eq!(
@@ -361,11 +423,7 @@ impl Harness {
         );
         let t = text(&r);
         assert!(t.contains(needle), "[{}] {what}: {t}", self.name);
-        assert!(
-            t.contains("Nothing was charged"),
-            "[{}] {what}: {t}",
-            self.name
-        );
+        assert!(t.ends_with(charged), "[{}] {what}: {t}", self.name);
         assert!(!t.contains(FAKE_KEY), "[{}] {what}: key leaked", self.name);
         assert_eq!(
             self.fake.requests().len() - before,
@@ -436,9 +494,10 @@ async fn run_matrix(name: &'static str) {
     // Overloaded once: retried.
     h.fake.push((h.case.error)(h.case.overloaded, "Overloaded"));
     h.expect_recovery("overloaded", 1).await;
-    // Connection reset mid-body: retried.
+    // Connection reset mid-body: retried; the cut-off attempt may be
+    // billed, so it is recorded at what its usage so far cost.
     h.fake.push(((h.case.truncated)()).reset_after_body());
-    h.expect_recovery("reset mid-body", 1).await;
+    h.expect_recovery_after_cutoff("reset mid-body").await;
     // Slower than the 1 s timeout: retried.
     h.fake.push(((h.case.ok)()).delayed(Duration::from_secs(3)));
     h.expect_recovery("slow reply", 1).await;
@@ -452,14 +511,20 @@ async fn run_matrix(name: &'static str) {
         raw: None,
         drip: None,
     });
-    h.expect_error("malformed JSON", "could not be read", 1)
+    // The provider accepted the request (200), so it may bill it; the
+    // reply reported no usage, so its cost is unknown.
+    let note = h.cut_off_note(false);
+    h.expect_failure("malformed JSON", "could not be read", 1, &note)
         .await;
     // A stream that stops before its end.
     h.fake.push((h.case.truncated)());
-    h.expect_error("truncated stream", "stream ended", 1).await;
+    h.cost += h.case.partial_cost;
+    let note = h.cut_off_note(true);
+    h.expect_failure("truncated stream", "stream ended", 1, &note)
+        .await;
     // An error event mid-stream: a server-side failure, retried.
     h.fake.push((h.case.midstream_error)());
-    h.expect_recovery("error mid-stream", 1).await;
+    h.expect_recovery_after_cutoff("error mid-stream").await;
 
     let stderr = std::fs::read_to_string(&h.s.stderr_path).unwrap();
     assert!(!stderr.contains(FAKE_KEY), "[{name}] key in stderr");

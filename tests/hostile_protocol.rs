@@ -74,36 +74,147 @@ async fn junk_on_stdin_never_takes_the_server_down() {
     let pid = s.pid();
     let rss_start = rss_kib(pid);
 
-    // Lines that are not JSON-RPC at all. rmcp's transport skips a line it
-    // cannot decode (there is no id to answer); what matters is that the
-    // next request is served.
+    // Lines that are not JSON-RPC at all: each gets the JSON-RPC 2.0 error
+    // reply (-32700 for what is not JSON, -32600 for JSON that is not a
+    // request, -32602 for a request whose parameters do not fit, with the
+    // request's id when it can be read), and the next request is served.
+    let parse_error = |message: &str| json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": message}});
+    let invalid = |id: Value, code: i64, message: &str| json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
     let deep = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000));
-    let junk: Vec<(&str, Vec<u8>)> = vec![
+    let junk: Vec<(&str, Vec<u8>, Value)> = vec![
         (
             "invalid UTF-8",
             b"\xff\xfe\xfd{\"jsonrpc\":\"2.0\"}".to_vec(),
+            parse_error("Parse error: invalid UTF-8 at byte 0"),
         ),
-        ("text", b"hello, is this the server?".to_vec()),
-        ("NUL and control bytes", b"\x00\x01\x02\x1b[2J\x07".to_vec()),
-        ("deeply nested JSON", deep.into_bytes()),
+        (
+            "invalid UTF-8 inside a request",
+            b"{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"ping\",\"x\":\"\xc3\x28\"}".to_vec(),
+            parse_error("Parse error: invalid UTF-8 at byte 45"),
+        ),
+        (
+            "text",
+            b"hello, is this the server?".to_vec(),
+            parse_error("Parse error: expected value at line 1 column 1"),
+        ),
+        (
+            "NUL and control bytes",
+            b"\x00\x01\x02\x1b[2J\x07".to_vec(),
+            parse_error("Parse error: expected value at line 1 column 1"),
+        ),
+        (
+            "deeply nested JSON",
+            deep.into_bytes(),
+            parse_error("Parse error: recursion limit exceeded at line 1 column 128"),
+        ),
         (
             "a lone surrogate",
             br#"{"jsonrpc":"2.0","id":77,"method":"tools/list","params":{"x":"\ud800"}}"#.to_vec(),
+            parse_error("Parse error: unexpected end of hex escape at line 1 column 69"),
+        ),
+        (
+            "truncated JSON",
+            br#"{"jsonrpc":"2.0","id":78,"method":"tools/li"#.to_vec(),
+            parse_error("Parse error: EOF while parsing a string at line 1 column 43"),
         ),
         (
             "wrong types",
             br#"{"jsonrpc":2,"id":{"a":1},"method":["tools/list"]}"#.to_vec(),
+            invalid(
+                Value::Null,
+                -32600,
+                r#"Invalid Request: "jsonrpc" must be "2.0""#,
+            ),
         ),
-        ("a bare number", b"12345678901234567890123456789".to_vec()),
-        ("10 MB of one line", vec![b'x'; 10 * 1024 * 1024]),
+        (
+            "an old JSON-RPC version, id kept",
+            br#"{"jsonrpc":"1.0","id":"v1","method":"tools/list"}"#.to_vec(),
+            invalid(
+                json!("v1"),
+                -32600,
+                r#"Invalid Request: "jsonrpc" must be "2.0""#,
+            ),
+        ),
+        (
+            "a method that is not a string, id kept",
+            br#"{"jsonrpc":"2.0","id":79,"method":42}"#.to_vec(),
+            invalid(
+                json!(79),
+                -32600,
+                r#"Invalid Request: "method" must be a string"#,
+            ),
+        ),
+        (
+            "a batch",
+            br#"[{"jsonrpc":"2.0","id":80,"method":"tools/list"}]"#.to_vec(),
+            invalid(
+                Value::Null,
+                -32600,
+                "Invalid Request: batches are not supported; send one message per line",
+            ),
+        ),
+        (
+            "a bare number",
+            b"12345678901234567890123456789".to_vec(),
+            invalid(
+                Value::Null,
+                -32600,
+                "Invalid Request: a JSON-RPC message is an object",
+            ),
+        ),
+        (
+            "10 MB of one line",
+            vec![b'x'; 10 * 1024 * 1024],
+            parse_error("Parse error: expected value at line 1 column 1"),
+        ),
+        (
+            // Over the 16 MiB cap: refused as it streams in, never held whole.
+            "17 MB of one line",
+            vec![b'{'; 17 * 1024 * 1024],
+            invalid(
+                Value::Null,
+                -32600,
+                "Invalid Request: message longer than 16777216 bytes; it was discarded",
+            ),
+        ),
     ];
     let mut id = 100;
-    for (what, mut bytes) in junk {
+    for (what, mut bytes, expected) in junk {
         bytes.push(b'\n');
         s.write(&bytes).await.unwrap();
+        let reply = s
+            .next(LONG)
+            .await
+            .unwrap_or_else(|| panic!("no error reply to {what}"));
+        assert_eq!(reply, expected, "{what}");
         id += 1;
         still_answers(&mut s, id, what).await;
     }
+    // A request whose parameters do not fit its method: -32602, by id.
+    s.write(
+        b"{\"jsonrpc\":\"2.0\",\"id\":\"p-1\",\"method\":\"tools/call\",\"params\":{\"name\":5}}\n",
+    )
+    .await
+    .unwrap();
+    let reply = s.reply_to(json!("p-1"), LONG).await;
+    assert_eq!(reply["error"]["code"], json!(-32602), "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Invalid params for tools/call: ")),
+        "{reply}"
+    );
+    // Notifications are never answered, not even broken ones; blank lines
+    // are not messages. The next line on stdout is the answer to the next
+    // request.
+    s.write(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/made_up\",\"params\":7}\n\r\n   \n")
+        .await
+        .unwrap();
+    id += 1;
+    s.send(&json!({"jsonrpc": "2.0", "id": id, "method": "ping"}))
+        .await;
+    let next = s.next(LONG).await.expect("a reply to the ping");
+    assert_eq!(next, json!({"jsonrpc": "2.0", "id": id, "result": {}}));
 
     // Requests that parse but are wrong: answered with an error, by id.
     id += 1;

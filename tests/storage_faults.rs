@@ -81,17 +81,37 @@ fn calls_in(ledger: &Path) -> i64 {
         .unwrap()
 }
 
+/// Runs the CLI as `uid` (when set) with the test environment.
+fn cli_as(data: &Path, uid: Option<u32>, args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(binary());
+    cmd.env_clear();
+    for (k, v) in base_env(data) {
+        cmd.env(k, v);
+    }
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn read_only_data_directory() {
     let fake = FakeProvider::start(reply_ok()).await;
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
     std::fs::create_dir(&data).unwrap();
+    let ledger = data.join("ledger.sqlite3");
     // A ledger with one call in it, then the directory turns read-only.
     let s = spawn(&data, &env(&fake)).await;
-    s.ok("complete_prompt", prompt("first")).await;
+    let first = s.ok("complete_prompt", prompt("first")).await;
     s.stop().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // 1000 input and 500 output tokens on deepseek-v3.2.
+    assert_usd(&first["cost_usd"], 1000.0 * 0.28e-6 + 500.0 * 0.40e-6);
 
     use std::os::unix::fs::PermissionsExt;
     let set = |p: &Path, mode: u32| {
@@ -102,45 +122,179 @@ async fn read_only_data_directory() {
     }
     set(&data, 0o555);
     set(root.path(), 0o755);
+    // An empty read-only directory too: there is no ledger to read.
+    let empty = root.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    set(&empty, 0o555);
     // Root writes anywhere, so as root the server runs as `nobody`.
     let as_root = unsafe { libc::geteuid() } == 0;
+    let uid = as_root.then_some(65534);
     let stderr_path = root.path().join("stderr.log");
     let stderr = std::fs::File::create(&stderr_path).unwrap();
     set(&stderr_path, 0o666);
     let mut s = spawn_raw_with(&data, &env(&fake), |cmd| {
-        if as_root {
-            cmd.uid(65534).gid(65534);
+        if let Some(uid) = uid {
+            cmd.uid(uid).gid(uid);
         }
         cmd.stderr(stderr);
     });
     s.init().await;
     read_only_tools_answer(&mut s, 1).await;
+
+    // Reports read the ledger as it is, and say it is read-only.
+    let v = call(&mut s, 3, "query_usage", json!({"days": 1})).await;
+    let (text, is_error) = tool_text(&v);
+    assert!(!is_error, "{v}");
+    let u = &v["result"]["structuredContent"];
+    assert_eq!(u["calls"], json!(1), "{u}");
+    assert_usd(&u["total_cost_usd"], first["cost_usd"].as_f64().unwrap());
+    assert_eq!(u["totals"]["input_tokens"], json!(1000), "{u}");
+    assert_eq!(u["totals"]["output_tokens"], json!(500), "{u}");
+    assert_eq!(u["totals"]["failed_attempts"], json!(0), "{u}");
+    let dir = data.display().to_string();
+    let reason = format!("the data directory {dir} is not writable by this user");
+    let read_only = format!(
+        "the ledger at {} is read-only ({reason}): usage reports work, but calls that spend money and budget changes are refused, since their cost could not be recorded. Make {dir} and the files in it writable by this user, or set COST_OPTIMIZER_DATA_DIR to a writable directory",
+        ledger.display()
+    );
+    assert_eq!(u["warning"], json!(read_only), "{u}");
+    assert!(text.contains(&read_only), "the text says it too: {text}");
+    // Budget status is shown with the recommendation.
+    let v = call(&mut s, 4, "get_recommendation", json!({"prompt": "hello"})).await;
+    assert!(
+        v["result"]["structuredContent"]["budget"].is_object(),
+        "{v}"
+    );
+
+    // Spending is refused, before any provider call, saying why and how.
     let before = fake.requests().len();
-    let v = call(&mut s, 3, "complete_prompt", prompt("second")).await;
+    let v = call(&mut s, 5, "complete_prompt", prompt("second")).await;
     let (text, is_error) = tool_text(&v);
     assert!(is_error, "{v}");
-    assert!(
-        text.contains(&data.display().to_string()),
-        "the error names the path: {text}"
-    );
-    assert!(
-        text.contains("readonly") || text.contains("read-only") || text.contains("unable to open"),
-        "the error names the cause: {text}"
-    );
+    assert_eq!(text, format!("Ledger unavailable: {read_only}"));
     assert_eq!(
         fake.requests().len(),
         before,
         "no provider call without a ledger to record it"
     );
-    let v = call(&mut s, 4, "query_usage", json!({"days": 1})).await;
-    eprintln!("query_usage on a read-only ledger: {}", tool_text(&v).0);
+    let v = call(&mut s, 6, "set_budget", json!({"monthly_limit": 5})).await;
+    let (text, is_error) = tool_text(&v);
+    assert!(is_error, "{v}");
+    assert_eq!(text, format!("Ledger unavailable: {read_only}"));
     assert!(s.alive());
+    s.close().await;
+
+    // The CLI reports too.
+    let o = cli_as(&data, uid, &["usage", "--days", "1", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let u: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(u["calls"], json!(1), "{u}");
+    assert_eq!(u["warning"], json!(read_only), "{u}");
+    let o = cli_as(&data, uid, &["budget", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let b: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_usd(
+        &b["status"]["spent_usd"],
+        first["cost_usd"].as_f64().unwrap(),
+    );
+
+    // No ledger at all in a read-only directory: the error names the
+    // directory (and the file it could not create).
+    let mut s = spawn_raw_with(&empty, &env(&fake), |cmd| {
+        if let Some(uid) = uid {
+            cmd.uid(uid).gid(uid);
+        }
+        cmd.stderr(std::fs::File::create(root.path().join("stderr2.log")).unwrap());
+    });
+    s.init().await;
+    let v = call(&mut s, 1, "complete_prompt", prompt("third")).await;
+    let (text, is_error) = tool_text(&v);
+    assert!(is_error, "{v}");
+    assert!(
+        text.starts_with(&format!(
+            "Ledger unavailable: cannot use the data directory {}: ",
+            empty.display()
+        )) && text.contains(&format!(
+            "(ledger file {})",
+            empty.join("ledger.sqlite3").display()
+        )),
+        "{text}"
+    );
+    assert_eq!(fake.requests().len(), before);
+    s.close().await;
+
+    for entry in walk(&data) {
+        set(&entry, if entry.is_dir() { 0o755 } else { 0o644 });
+    }
+    set(&data, 0o755);
+    set(&empty, 0o755);
+    assert_eq!(calls_in(&ledger), 1);
+}
+
+/// A writer that died (SIGKILL) leaves its `-wal` (with commits the main
+/// file does not have yet) and `-shm` behind; then the directory turns
+/// read-only. The reader must open through them (`mode=ro`), not around
+/// them (`immutable=1` would not see the WAL's commits).
+#[tokio::test]
+async fn read_only_directory_after_a_writer_crashed() {
+    let fake = FakeProvider::start(reply_ok()).await;
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let ledger = data.join("ledger.sqlite3");
+    // `full`: no background checkpoint, so the commits stay in the WAL.
+    let mut env_full = env(&fake);
+    env_full.push(("COST_OPTIMIZER_LEDGER_SYNC", "full".into()));
+    let mut s = spawn_raw(&data, &env_full);
+    s.init().await;
+    let v = call(&mut s, 1, "complete_prompt", prompt("first")).await;
+    let cost = v["result"]["structuredContent"]["cost_usd"].clone();
+    assert!(cost.as_f64().unwrap() > 0.0, "{v}");
+    s.kill().await;
+    let wal = data.join("ledger.sqlite3-wal");
+    assert!(
+        std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) > 0,
+        "the WAL holds the commits"
+    );
+
+    use std::os::unix::fs::PermissionsExt;
+    let set = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    for entry in walk(&data) {
+        set(&entry, if entry.is_dir() { 0o555 } else { 0o444 });
+    }
+    set(&data, 0o555);
+    set(root.path(), 0o755);
+    let uid = (unsafe { libc::geteuid() } == 0).then_some(65534);
+    let stderr = std::fs::File::create(root.path().join("stderr.log")).unwrap();
+    let mut s = spawn_raw_with(&data, &env(&fake), |cmd| {
+        if let Some(uid) = uid {
+            cmd.uid(uid).gid(uid);
+        }
+        cmd.stderr(stderr);
+    });
+    s.init().await;
+    let v = call(&mut s, 2, "query_usage", json!({"days": 1})).await;
+    let u = &v["result"]["structuredContent"];
+    assert_eq!(u["calls"], json!(1), "the WAL's commit is read: {v}");
+    assert_usd(&u["total_cost_usd"], cost.as_f64().unwrap());
+    assert!(
+        u["warning"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is read-only"),
+        "{u}"
+    );
+    let v = call(&mut s, 3, "complete_prompt", prompt("second")).await;
+    assert!(tool_text(&v).1, "{v}");
+    assert_eq!(fake.requests().len(), 1, "no provider call");
     s.close().await;
     for entry in walk(&data) {
         set(&entry, if entry.is_dir() { 0o755 } else { 0o644 });
     }
     set(&data, 0o755);
-    assert_eq!(calls_in(&data.join("ledger.sqlite3")), 1);
+    assert_eq!(calls_in(&ledger), 1);
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -259,8 +413,11 @@ async fn disk_full_in_the_middle_of_a_call() {
     let warning = c["warning"].as_str().unwrap();
     assert!(warning.contains("could NOT be recorded"), "{warning}");
     assert!(
-        warning.contains(&dir.path().display().to_string()),
-        "names the path: {warning}"
+        warning.contains(&format!(
+            "cannot use the data directory {}: ",
+            dir.path().display()
+        )) && warning.contains(&format!("(ledger file {})", ledger.display())),
+        "names the directory and the file: {warning}"
     );
     // A new call cannot reserve: refused before any provider is called.
     let v = call(&mut s, 3, "complete_prompt", prompt("still full")).await;

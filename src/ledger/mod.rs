@@ -86,13 +86,30 @@ pub enum LedgerError {
     },
     /// The data directory cannot be created or written.
     #[error(
-        "cannot use the data directory {path}: {detail} (set COST_OPTIMIZER_DATA_DIR to a writable directory)"
+        "cannot use the data directory {dir}: {detail}{} (set COST_OPTIMIZER_DATA_DIR to a writable directory)",
+        .file.as_ref().map(|f| format!(" (ledger file {})", f.display())).unwrap_or_default()
     )]
     Storage {
-        /// Path of the directory.
-        path: PathBuf,
-        /// The OS error.
+        /// The data directory.
+        dir: PathBuf,
+        /// The ledger file, when the failure was on it rather than on the
+        /// directory itself.
+        file: Option<PathBuf>,
+        /// The OS or SQLite error.
         detail: String,
+    },
+    /// The ledger was opened read-only (the data directory or the file is
+    /// not writable by this user) and something tried to write.
+    #[error(
+        "the ledger at {path} is read-only ({reason}): usage reports work, but calls that spend money and budget changes are refused, since their cost could not be recorded. Make {dir} and the files in it writable by this user, or set COST_OPTIMIZER_DATA_DIR to a writable directory"
+    )]
+    ReadOnly {
+        /// The ledger file.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+        /// Why it could not be opened for writing.
+        reason: String,
     },
     /// Any other SQLite error.
     #[error("ledger error: {0}")]
@@ -130,7 +147,8 @@ pub struct CallRecord {
     pub reasoning_tokens: u64,
     /// What the call cost, USD.
     pub cost_usd: f64,
-    /// `provider`, `catalog`, `local` or `unpriced`.
+    /// `provider`, `catalog`, `local`, `unpriced`, or `estimate` (a failed
+    /// attempt cut off mid-answer, priced from the usage it reported).
     pub cost_source: String,
     /// What the baseline model would have cost for the same usage.
     pub baseline_cost_usd: Option<f64>,
@@ -356,6 +374,9 @@ pub struct Ledger {
     pending: Arc<Mutex<Vec<Pending>>>,
     /// Stops the background syncer when the last clone is dropped.
     _syncer: Option<Arc<SyncerHandle>>,
+    /// Why the ledger is open read-only, if it is (see
+    /// [`Ledger::open_or_read_only`]).
+    read_only: Option<Arc<str>>,
 }
 
 /// A write queued for the next group commit, with the slot its caller
@@ -412,6 +433,7 @@ impl Ledger {
             owner: None,
             pending: Arc::default(),
             _syncer: None,
+            read_only: None,
         };
         ledger.init(durability)?;
         ledger.claim_and_sweep();
@@ -425,6 +447,133 @@ impl Ledger {
             ledger._syncer = Some(Arc::new(SyncerHandle::start(path)?));
         }
         Ok(ledger)
+    }
+
+    /// Opens the ledger for writing or, when this user may not write it
+    /// (a read-only data directory or file), read-only: reports keep
+    /// working, and every write fails with [`LedgerError::ReadOnly`], which
+    /// says why and what to do. Any other failure is returned as it is.
+    pub fn open_or_read_only(path: &Path, durability: Durability) -> Result<Ledger, LedgerError> {
+        // Decided up front: SQLite itself may open an unwritable file
+        // "successfully" (read-only, silently), and only fail at the first
+        // write, mid-call.
+        if path.exists()
+            && let Some(reason) = not_writable(path)
+        {
+            return match Ledger::open_read_only(path, &reason) {
+                Ok(l) => {
+                    tracing::warn!(
+                        path = %path.display(),
+                        reason,
+                        "ledger opened read-only: reports work, spending is refused"
+                    );
+                    Ok(l)
+                }
+                Err(e) => Err(LedgerError::Storage {
+                    dir: data_dir_of(path),
+                    file: Some(path.to_path_buf()),
+                    detail: format!("{reason}, and it cannot be opened read-only either: {e}"),
+                }),
+            };
+        }
+        let mut ledger = Ledger::open_with(path, durability)?;
+        // What `access` cannot see (an ACL, a mount option it misses):
+        // SQLite's own verdict after the open.
+        let read_only = ledger
+            .lock()
+            .is_readonly(rusqlite::MAIN_DB)
+            .unwrap_or(false);
+        if read_only {
+            tracing::warn!(path = %path.display(), "SQLite opened the ledger read-only");
+            ledger.read_only = Some("SQLite could open the file only for reading".into());
+        }
+        Ok(ledger)
+    }
+
+    /// Opens an existing ledger read-only; `reason` says why not for
+    /// writing.
+    ///
+    /// A WAL database opened read-only needs its `-shm` file, which a
+    /// reader in a directory it cannot write can neither create nor, if the
+    /// last writer removed it at exit, find. So: `mode=ro` first (it works
+    /// while the `-wal`/`-shm` files exist, e.g. a writer is running or
+    /// crashed); failing that, and only when there is no `-wal` file with
+    /// commits that are not in the main file yet, `immutable=1`, which
+    /// reads the main file without locks or shared memory. Immutable reads
+    /// assume nobody writes the file meanwhile: reports could then be
+    /// stale, never wrong about what was read.
+    pub fn open_read_only(path: &Path, reason: &str) -> Result<Ledger, LedgerError> {
+        use rusqlite::OpenFlags;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let check = |conn: Connection| -> Result<Connection, LedgerError> {
+            let version: i64 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(|e| classify(path, e))?;
+            conn.query_row("SELECT count(*) FROM calls_daily LIMIT 1", [], |_| Ok(()))
+                .map_err(|e| classify(path, e))?;
+            if usize::try_from(version).ok() != Some(MIGRATIONS.len()) {
+                return Err(LedgerError::Sqlite(format!(
+                    "the ledger at {} has schema {version}, this version needs {}, and it cannot be migrated while read-only",
+                    path.display(),
+                    MIGRATIONS.len()
+                )));
+            }
+            Ok(conn)
+        };
+        #[cfg(unix)]
+        let conn = {
+            let ro = Connection::open_with_flags(sqlite_uri(path, "mode=ro"), flags)
+                .map_err(|e| classify(path, e))
+                .and_then(check);
+            match ro {
+                Ok(c) => c,
+                Err(first) => {
+                    let wal = wal_path(path);
+                    let wal_has_commits = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
+                    if wal_has_commits {
+                        return Err(first);
+                    }
+                    Connection::open_with_flags(sqlite_uri(path, "mode=ro&immutable=1"), flags)
+                        .map_err(|e| classify(path, e))
+                        .and_then(check)?
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| classify(path, e))
+            .and_then(check)?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| classify(path, e))?;
+        Ok(Ledger {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+            owner: None,
+            pending: Arc::default(),
+            _syncer: None,
+            read_only: Some(reason.into()),
+        })
+    }
+
+    /// Why the ledger is read-only, if it is.
+    pub fn read_only_reason(&self) -> Option<&str> {
+        self.read_only.as_deref()
+    }
+
+    /// `Ok` if the ledger can be written; the read-only error otherwise.
+    /// Callers that are about to spend money check this first, so the
+    /// refusal comes before anything else happens.
+    pub fn ensure_writable(&self) -> Result<(), LedgerError> {
+        match &self.read_only {
+            None => Ok(()),
+            Some(reason) => Err(LedgerError::ReadOnly {
+                path: self.path.clone(),
+                dir: data_dir_of(&self.path),
+                reason: reason.to_string(),
+            }),
+        }
     }
 
     /// Takes this process's instance lock, then releases the holds of
@@ -477,6 +626,14 @@ impl Ledger {
     }
 
     fn err(&self, e: rusqlite::Error) -> LedgerError {
+        // On a read-only ledger every write fails with SQLITE_READONLY:
+        // say why it is read-only rather than just that it is.
+        if self.read_only.is_some()
+            && e.sqlite_error_code() == Some(rusqlite::ffi::ErrorCode::ReadOnly)
+            && let Err(ro) = self.ensure_writable()
+        {
+            return ro;
+        }
         classify(&self.path, e)
     }
 
@@ -547,6 +704,7 @@ impl Ledger {
     /// WAL page writes, an fsync in `full` mode) per call into one per
     /// batch.
     pub fn settle(&self, reservation: ReservationId, rec: &CallRecord) -> Result<i64, LedgerError> {
+        self.ensure_writable()?;
         match self.group_commit(Op::Settle {
             reservation,
             rec: Box::new(rec.clone()),
@@ -654,6 +812,7 @@ impl Ledger {
         now_ms: i64,
         ttl: Duration,
     ) -> Result<Result<ReservationId, Overspend>, LedgerError> {
+        self.ensure_writable()?;
         match self.group_commit(Op::Reserve {
             user_id: user_id.to_string(),
             checks: checks.to_vec(),
@@ -1102,7 +1261,8 @@ fn classify(path: &Path, e: rusqlite::Error) -> LedgerError {
         | Some(ErrorCode::DiskFull)
         | Some(ErrorCode::PermissionDenied)
         | Some(ErrorCode::SystemIoFailure) => LedgerError::Storage {
-            path: path.to_path_buf(),
+            dir: data_dir_of(path),
+            file: Some(path.to_path_buf()),
             detail: e.to_string(),
         },
         _ => LedgerError::Sqlite(e.to_string()),
@@ -1134,7 +1294,8 @@ impl SyncerHandle {
             .name("ledger-sync".into())
             .spawn(move || run_syncer(conn, &wal, rx))
             .map_err(|e| LedgerError::Storage {
-                path: path.to_path_buf(),
+                dir: data_dir_of(path),
+                file: Some(path.to_path_buf()),
                 detail: format!("cannot start the ledger sync thread: {e}"),
             })?;
         Ok(SyncerHandle {
@@ -1209,7 +1370,8 @@ fn sync_wal(conn: &Connection, wal: &Path) {
 /// what a user spent and, if they opted in, their prompts.
 pub fn create_private_dir(dir: &Path) -> Result<(), LedgerError> {
     let storage = |e: std::io::Error| LedgerError::Storage {
-        path: dir.to_path_buf(),
+        dir: dir.to_path_buf(),
+        file: None,
         detail: e.to_string(),
     };
     if !dir.exists() {
@@ -1223,6 +1385,71 @@ pub fn create_private_dir(dir: &Path) -> Result<(), LedgerError> {
         builder.create(dir).map_err(storage)?;
     }
     Ok(())
+}
+
+/// The directory a ledger file lives in (the data directory).
+fn data_dir_of(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Why this user cannot write the ledger at `file`, if it cannot: the
+/// directory must be writable too (SQLite creates `-wal`/`-shm` beside it).
+fn not_writable(file: &Path) -> Option<String> {
+    let dir = data_dir_of(file);
+    if !can_write(&dir) {
+        return Some(format!(
+            "the data directory {} is not writable by this user",
+            dir.display()
+        ));
+    }
+    if file.exists() && !can_write(file) {
+        return Some(format!(
+            "the file {} is not writable by this user",
+            file.display()
+        ));
+    }
+    None
+}
+
+/// Whether this process may write `p`, as the kernel decides (`access`
+/// honours the effective user, root's override and read-only mounts,
+/// which mode bits alone do not tell).
+#[cfg(unix)]
+fn can_write(p: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+        return true; // a NUL in the path: let the open itself fail
+    };
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call;
+    // `access` only reads it.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+#[cfg(not(unix))]
+fn can_write(p: &Path) -> bool {
+    std::fs::metadata(p).map_or(true, |m| !m.permissions().readonly())
+}
+
+/// A `file:` URI for `path` with `query`, every byte outside the
+/// unreserved set percent-encoded (a `?` or `#` in a directory name would
+/// otherwise end the path).
+#[cfg(unix)]
+fn sqlite_uri(path: &Path, query: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(b as char);
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push('?');
+    uri.push_str(query);
+    uri
 }
 
 fn restrict_permissions(path: &Path) {

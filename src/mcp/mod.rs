@@ -32,6 +32,7 @@ use crate::optimizer::{
 use crate::providers::StreamSink;
 
 mod app;
+pub mod stdio;
 use crate::render;
 
 /// How often streamed progress is reported to a client that asked for it.
@@ -400,9 +401,12 @@ pub async fn serve_stdio(core: Arc<Optimizer>) -> anyhow::Result<()> {
     // clients do): reads and writes stay on the IO reactor instead of a
     // blocking-pool thread hand-off per message, which dominated the
     // latency of small requests. Anything else falls back to plain stdio.
-    // rmcp bounds each incoming line (16 MiB), so a client that never sends
-    // a newline cannot grow our memory without limit.
-    let running = server.serve(rmcp::transport::stdio_pipes()).await?;
+    // Our transport reads the lines itself (bounded, 16 MiB) so that junk
+    // gets the JSON-RPC error reply rmcp's own transport would not send.
+    let (stdin, stdout) = rmcp::transport::stdio_pipes();
+    let running = server
+        .serve(stdio::StdioTransport::new(stdin, stdout))
+        .await?;
     tracing::info!("MCP server ready on stdio");
     let reason = running.waiting().await?;
     tracing::info!(?reason, "MCP client disconnected");

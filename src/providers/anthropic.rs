@@ -65,12 +65,21 @@ impl Provider for Anthropic {
             builder = builder.header("x-api-key", key.expose());
         }
         let resp = stream::send(ProviderId::Anthropic, builder, &body).await?;
+        // From here on the request was accepted: a failure may be billed.
         if !is_event_stream(&resp) {
-            return parse_response(&stream::read_json(ProviderId::Anthropic, resp).await?);
+            return stream::read_json(ProviderId::Anthropic, resp)
+                .await
+                .and_then(|reply| parse_response(&reply))
+                .map_err(|e| e.after_acceptance(Usage::default()));
         }
         let mut st = StreamState::default();
-        stream::drive_sse(ProviderId::Anthropic, resp, |ev| st.event(ev, sink)).await?;
-        st.finish()
+        let driven = stream::drive_sse(ProviderId::Anthropic, resp, |ev| st.event(ev, sink)).await;
+        // `message_start` reports the input tokens: a stream cut off after
+        // it is billed at least for those.
+        let usage = st.usage;
+        driven
+            .and_then(|()| st.finish())
+            .map_err(|e| e.after_acceptance(usage))
     }
 }
 

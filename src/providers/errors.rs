@@ -84,6 +84,13 @@ pub struct ProviderError {
     pub detail: String,
     /// How long the provider asked us to wait, if it said.
     pub retry_after: Option<Duration>,
+    /// Set when the failure came after the provider accepted the request
+    /// (a 2xx reply whose body then broke off, ended early, carried an
+    /// error or could not be read): it had started working, so it may bill
+    /// for what it produced. Holds the usage the reply reported before it
+    /// failed (all zero when it reported none). `None`: the request was
+    /// refused or never answered, and nothing was billed.
+    pub accepted: Option<super::Usage>,
 }
 
 /// Longest provider message kept in an error.
@@ -103,7 +110,16 @@ impl ProviderError {
             status,
             detail: clean_detail(detail.as_ref()),
             retry_after: None,
+            accepted: None,
         }
+    }
+
+    /// Marks a failure that came after the provider accepted the request,
+    /// with the usage its reply had reported so far (see
+    /// [`ProviderError::accepted`]).
+    pub fn after_acceptance(mut self, usage_so_far: super::Usage) -> Self {
+        self.accepted = Some(usage_so_far);
+        self
     }
 
     /// Classifies a transport-level failure.
@@ -213,6 +229,9 @@ impl ProviderError {
                 format!("the prompt is too long for the model at {name}{status}{detail}")
             }
             ErrorKind::Malformed => format!("{name} sent a reply that could not be read{detail}"),
+            ErrorKind::Connection if self.accepted.is_some() => {
+                format!("the connection to {name} broke during its reply{detail}")
+            }
             ErrorKind::Connection => format!(
                 "could not reach {name} at its base URL ({}){detail}",
                 spec.base_url_env

@@ -71,11 +71,16 @@ impl Provider for Gemini {
         let resp = stream::send(ProviderId::Gemini, builder, &body).await?;
         let mut st = StreamState::default();
         // Gemini's stream has no closing event: it ends with the body.
-        stream::drive_sse(ProviderId::Gemini, resp, |ev| {
+        let driven = stream::drive_sse(ProviderId::Gemini, resp, |ev| {
             st.event(ev, sink).map(|()| false)
         })
-        .await?;
-        st.finish()
+        .await;
+        // From here on the request was accepted: a failure may be billed,
+        // at least for the usage the chunks so far reported.
+        let usage = st.usage.unwrap_or_default();
+        driven
+            .and_then(|()| st.finish())
+            .map_err(|e| e.after_acceptance(usage))
     }
 }
 

@@ -435,7 +435,16 @@ pub async fn read_body(
     let mut body = Vec::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ProviderError::from_reqwest(provider, &e))?;
+        // A body the transport breaks off is a connection failure (worth a
+        // retry), not a reply that could not be understood.
+        let chunk = chunk.map_err(|e| {
+            let mut err = ProviderError::from_reqwest(provider, &e);
+            if err.kind == ErrorKind::Malformed {
+                err.kind = ErrorKind::Connection;
+                err.detail = format!("the reply broke off: {}", err.detail);
+            }
+            err
+        })?;
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
             return Err(ProviderError::new(
                 provider,

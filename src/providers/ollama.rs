@@ -110,6 +110,20 @@ impl Provider for Ollama {
             .http
             .post(format!("{}/api/chat", self.config.base_url));
         let resp = stream::send(ProviderId::Ollama, builder, &body).await?;
+        // From here on the request was accepted (a local model bills
+        // nothing, but the caller decides that from the price).
+        read_reply(resp, sink)
+            .await
+            .map_err(|e| e.after_acceptance(Usage::default()))
+    }
+}
+
+/// Reads an accepted `/api/chat` reply, streamed or not.
+async fn read_reply(
+    resp: reqwest::Response,
+    sink: &dyn StreamSink,
+) -> Result<ChatResponse, ProviderError> {
+    {
         // NDJSON: one object per line, the last with `done: true` and the
         // counts. A non-streaming reply is the same object on one line.
         let mut text = String::new();

@@ -78,14 +78,22 @@ impl Provider for OpenAiCompatible {
             builder = builder.header(*k, *v);
         }
         let resp = stream::send(self.id, builder, &self.body(req)).await?;
+        let id = self.id;
+        // From here on the request was accepted: a failure may be billed.
         if !is_event_stream(&resp) {
             // Some compatible servers ignore `stream` and answer in one piece.
-            return parse_response(self.id, &stream::read_json(self.id, resp).await?);
+            return stream::read_json(id, resp)
+                .await
+                .and_then(|reply| parse_response(id, &reply))
+                .map_err(|e| e.after_acceptance(Usage::default()));
         }
         let mut acc = StreamState::default();
-        let id = self.id;
-        stream::drive_sse(id, resp, |ev| acc.event(id, ev, sink)).await?;
-        acc.finish(id)
+        let driven = stream::drive_sse(id, resp, |ev| acc.event(id, ev, sink)).await;
+        // Usage comes in the last chunk, so a cut-off stream rarely has it.
+        let usage = acc.usage.map(|(u, _)| u).unwrap_or_default();
+        driven
+            .and_then(|()| acc.finish(id))
+            .map_err(|e| e.after_acceptance(usage))
     }
 }
 

@@ -171,16 +171,21 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request<Body>) 
         return resp.body(Body::from_stream(stream)).unwrap();
     }
     if reply.reset {
-        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
-            Ok(reply.body.into_bytes()),
-            Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "reset by fake",
-            )),
-        ];
-        return resp
-            .body(Body::from_stream(futures_util::stream::iter(chunks)))
-            .unwrap();
+        use futures_util::StreamExt;
+        // The break comes a moment after the body, so the status and the
+        // body really reach the client first (an error in the same poll
+        // makes hyper drop the whole response before its headers, which
+        // would be a failure before the reply, not mid-body).
+        let body = reply.body.into_bytes();
+        let chunks = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) })
+            .chain(futures_util::stream::once(async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "reset by fake",
+                ))
+            }));
+        return resp.body(Body::from_stream(chunks)).unwrap();
     }
     match reply.raw {
         Some(raw) => resp.body(Body::from(raw)).unwrap(),
@@ -693,6 +698,11 @@ impl RawServer {
 
     /// The reply to request `id` (notifications before it are skipped).
     pub async fn reply(&mut self, id: i64, wait: Duration) -> Value {
+        self.reply_to(json!(id), wait).await
+    }
+
+    /// The reply to the request whose id is `id` (any JSON-RPC id).
+    pub async fn reply_to(&mut self, id: Value, wait: Duration) -> Value {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -701,7 +711,7 @@ impl RawServer {
                 .await
                 .unwrap_or_else(|| panic!("no reply to request {id} within {wait:?}"));
             assert!(v.get("unparsable").is_none(), "non-JSON on stdout: {v}");
-            if v["id"] == json!(id) {
+            if v["id"] == id {
                 return v;
             }
         }

@@ -1,0 +1,521 @@
+//! The stdio transport of the MCP server: newline-delimited JSON-RPC on
+//! stdin/stdout, with the error replies JSON-RPC 2.0 requires.
+//!
+//! rmcp's own stdio transport drops a line it cannot parse without a word,
+//! so a client that sent junk (or a message its own bug mangled) waits for
+//! an answer that never comes. JSON-RPC 2.0 says an unparseable message gets
+//! `{"id": null, "error": {"code": -32700}}` and a parseable one that is not
+//! a valid request gets -32600 (with its id when one can be read). So we
+//! read the lines ourselves and hand rmcp only messages that decode.
+//!
+//! Every line written to stdout, rmcp's replies and ours alike, goes
+//! through one writer task fed by a channel: two writers on one pipe could
+//! interleave the bytes of two messages.
+
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use rmcp::RoleServer;
+use rmcp::model::{CallToolRequestParams, ClientRequest, JsonRpcMessage};
+use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
+use rmcp::transport::Transport;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+/// The longest message accepted, in bytes (newline included). A longer
+/// line is answered with an error and skipped as it arrives, never held in
+/// memory whole, so a client that never sends a newline cannot grow the
+/// server without bound. 16 MiB: the cap rmcp's transport had, comfortably
+/// above the 4 MiB prompt limit plus JSON escaping.
+pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Lines waiting for the writer. Enough that replies to a burst of
+/// requests do not wait for each other; a client that stops reading
+/// stdout slows the server down instead of growing this queue.
+const WRITE_QUEUE: usize = 256;
+
+/// How long `close` waits for queued lines to reach stdout.
+const CLOSE_FLUSH: Duration = Duration::from_secs(3);
+
+/// A line buffer larger than this is freed after use rather than kept, so
+/// one huge message does not pin its size in memory for the session.
+const KEEP_LINE_CAPACITY: usize = 1024 * 1024;
+
+/// JSON-RPC 2.0 error codes.
+const PARSE_ERROR: i64 = -32700;
+const INVALID_REQUEST: i64 = -32600;
+const INVALID_PARAMS: i64 = -32602;
+
+/// The server side of MCP over a byte stream pair (stdin/stdout in
+/// production): see the module docs.
+pub struct StdioTransport<R> {
+    read: BufReader<R>,
+    /// The line being read; kept across calls, because rmcp polls
+    /// `receive` in a `select!` and drops the future whenever something
+    /// else is ready first: a partial line must survive that.
+    line: Vec<u8>,
+    /// Skipping the rest of a line already refused as too long.
+    discarding: bool,
+    /// Stdin has ended: the next `receive` returns `None`.
+    eof: bool,
+    /// An error reply not yet handed to the writer (the queue was full).
+    pending: Option<Vec<u8>>,
+    /// The writer's queue; `None` once closed.
+    out: Option<mpsc::Sender<Vec<u8>>>,
+    writer: Option<tokio::task::JoinHandle<()>>,
+    max_line: usize,
+}
+
+/// What one line of input turned out to be.
+#[derive(Debug)]
+enum Decoded {
+    /// A message for rmcp.
+    Message(Box<RxJsonRpcMessage<RoleServer>>),
+    /// Nothing to do (a blank line, or a notification rmcp does not know:
+    /// JSON-RPC forbids replying to notifications).
+    Nothing,
+    /// An error reply to write, already encoded as a line.
+    Reply(Vec<u8>),
+}
+
+/// How a bounded line read ended.
+enum LineRead {
+    /// `line` holds a whole line, newline included.
+    Complete,
+    /// The line was longer than the limit; it is being skipped.
+    TooLong,
+    /// End of input.
+    Eof,
+    /// Reading failed.
+    Failed(io::Error),
+}
+
+impl<R: AsyncRead + Unpin + Send> StdioTransport<R> {
+    /// A transport reading `read` and writing `write` (a writer task is
+    /// spawned on the current Tokio runtime).
+    pub fn new<W>(read: R, write: W) -> Self
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        StdioTransport {
+            read: BufReader::new(read),
+            line: Vec::new(),
+            discarding: false,
+            eof: false,
+            pending: None,
+            out: Some(tx),
+            writer: Some(tokio::spawn(write_lines(write, rx))),
+            max_line: MAX_LINE_BYTES,
+        }
+    }
+
+    /// Lowers (or raises) the line limit; tests use a small one.
+    pub fn with_max_line(mut self, bytes: usize) -> Self {
+        self.max_line = bytes.max(1);
+        self
+    }
+
+    /// Reads one line into `self.line`, never letting it grow past the
+    /// limit. Cancellation-safe: bytes move from the reader's buffer into
+    /// `self.line` (or are skipped) and are consumed in the same
+    /// synchronous step, so a dropped future loses nothing.
+    async fn read_line(&mut self) -> LineRead {
+        loop {
+            let available = match self.read.fill_buf().await {
+                Ok(b) => b,
+                Err(e) => return LineRead::Failed(e),
+            };
+            if available.is_empty() {
+                return LineRead::Eof;
+            }
+            let newline = memchr::memchr(b'\n', available);
+            let used = newline.map_or(available.len(), |i| i + 1);
+            let mut outcome = None;
+            if self.discarding {
+                self.discarding = newline.is_none();
+            } else if self.line.len() + used > self.max_line {
+                self.line.clear();
+                self.discarding = newline.is_none();
+                outcome = Some(LineRead::TooLong);
+            } else {
+                self.line.extend_from_slice(&available[..used]);
+                if newline.is_some() {
+                    outcome = Some(LineRead::Complete);
+                }
+            }
+            self.read.consume(used);
+            if let Some(o) = outcome {
+                return o;
+            }
+        }
+    }
+
+    /// Hands an error reply to the writer. Waiting for room in the queue is
+    /// cancellation-safe: the reply stays in `pending` until it is queued.
+    async fn flush_pending(&mut self) {
+        if self.pending.is_none() {
+            return;
+        }
+        let Some(out) = &self.out else {
+            self.pending = None;
+            return;
+        };
+        match out.reserve().await {
+            Ok(permit) => {
+                if let Some(line) = self.pending.take() {
+                    permit.send(line);
+                }
+            }
+            // The writer is gone (stdout closed): nobody can read it.
+            Err(_) => self.pending = None,
+        }
+    }
+
+    /// Queues an error reply, without waiting if there is room.
+    fn queue_reply(&mut self, line: Vec<u8>) {
+        match self.out.as_ref().map(|out| out.try_send(line)) {
+            Some(Err(mpsc::error::TrySendError::Full(line))) => self.pending = Some(line),
+            Some(Ok(())) | Some(Err(mpsc::error::TrySendError::Closed(_))) | None => {}
+        }
+    }
+
+    /// Empties the line buffer, freeing it if one huge line inflated it.
+    fn reset_line(&mut self) {
+        self.line.clear();
+        if self.line.capacity() > KEEP_LINE_CAPACITY {
+            self.line = Vec::new();
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send> Transport<RoleServer> for StdioTransport<R> {
+    type Error = io::Error;
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleServer>,
+    ) -> impl Future<Output = Result<(), io::Error>> + Send + 'static {
+        let out = self.out.clone();
+        // Encoded in the caller's task, not the writer's: a large tool
+        // result does not hold up the other replies being written.
+        async move {
+            let mut line = Vec::with_capacity(256);
+            serde_json::to_writer(&mut line, &item)?;
+            line.push(b'\n');
+            match out {
+                Some(out) => out.send(line).await.map_err(|_| stdout_closed()),
+                None => Err(stdout_closed()),
+            }
+        }
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleServer>> {
+        loop {
+            self.flush_pending().await;
+            if self.eof {
+                return None;
+            }
+            let decoded = match self.read_line().await {
+                LineRead::Complete => {
+                    let d = decode(&self.line);
+                    self.reset_line();
+                    d
+                }
+                LineRead::TooLong => {
+                    self.reset_line();
+                    tracing::warn!(
+                        limit = self.max_line,
+                        "a message longer than the limit was refused and skipped"
+                    );
+                    Decoded::Reply(error_line(
+                        Value::Null,
+                        INVALID_REQUEST,
+                        &format!(
+                            "Invalid Request: message longer than {} bytes; it was discarded",
+                            self.max_line
+                        ),
+                    ))
+                }
+                LineRead::Eof => {
+                    // A last message without its newline is still a message.
+                    self.eof = true;
+                    if self.line.is_empty() || self.discarding {
+                        return None;
+                    }
+                    let d = decode(&self.line);
+                    self.reset_line();
+                    d
+                }
+                LineRead::Failed(e) => {
+                    tracing::error!(error = %e, "cannot read stdin; closing the session");
+                    return None;
+                }
+            };
+            match decoded {
+                Decoded::Message(m) => return Some(*m),
+                Decoded::Nothing => {}
+                Decoded::Reply(line) => self.queue_reply(line),
+            }
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), io::Error> {
+        // The writer ends once every sender is gone and the queue is
+        // written; wait for that (bounded: a send still blocked on a client
+        // that stopped reading must not keep the process alive).
+        self.out = None;
+        if let Some(w) = self.writer.take()
+            && tokio::time::timeout(CLOSE_FLUSH, w).await.is_err()
+        {
+            tracing::warn!("stdout did not drain at exit; unwritten replies were dropped");
+        }
+        Ok(())
+    }
+}
+
+fn stdout_closed() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "stdout is closed")
+}
+
+/// The writer task: the only code that writes stdout. Writes what is
+/// queued, flushing once per batch, until every sender is gone.
+async fn write_lines<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut batch = Vec::with_capacity(16);
+    while rx.recv_many(&mut batch, 64).await > 0 {
+        for line in batch.drain(..) {
+            if let Err(e) = w.write_all(&line).await {
+                tracing::info!(error = %e, "cannot write stdout; the client has gone");
+                return;
+            }
+        }
+        if let Err(e) = w.flush().await {
+            tracing::info!(error = %e, "cannot flush stdout; the client has gone");
+            return;
+        }
+    }
+}
+
+/// Decodes one line (newline included) into a message for rmcp, or the
+/// error reply JSON-RPC 2.0 asks for.
+fn decode(raw: &[u8]) -> Decoded {
+    let line = raw.strip_suffix(b"\n").unwrap_or(raw);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // RFC 8259 §8.1: a parser may ignore a leading byte order mark.
+    let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Decoded::Nothing;
+    }
+    // Checked once here, so serde_json reads a `&str` and does not
+    // validate each string again.
+    let text = match std::str::from_utf8(line) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::info!(at = e.valid_up_to(), "refused a line that is not UTF-8");
+            return Decoded::Reply(error_line(
+                Value::Null,
+                PARSE_ERROR,
+                &format!("Parse error: invalid UTF-8 at byte {}", e.valid_up_to()),
+            ));
+        }
+    };
+    let e = match serde_json::from_str::<RxJsonRpcMessage<RoleServer>>(text) {
+        Ok(m) => {
+            return match misfit_params(&m) {
+                Some(reply) => Decoded::Reply(reply),
+                None => Decoded::Message(Box::new(m)),
+            };
+        }
+        Err(e) => e,
+    };
+    if e.is_syntax() || e.is_eof() {
+        tracing::info!(error = %e, "refused a line that is not JSON");
+        return Decoded::Reply(error_line(
+            Value::Null,
+            PARSE_ERROR,
+            &format!("Parse error: {e}"),
+        ));
+    }
+    // Valid JSON, but not a message rmcp knows: find what can be answered.
+    let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let Value::Object(obj) = &value else {
+        let what = if value.is_array() {
+            "batches are not supported; send one message per line"
+        } else {
+            "a JSON-RPC message is an object"
+        };
+        tracing::info!(what, "refused a line that is not a JSON-RPC message");
+        return Decoded::Reply(error_line(
+            Value::Null,
+            INVALID_REQUEST,
+            &format!("Invalid Request: {what}"),
+        ));
+    };
+    let version_ok = obj.get("jsonrpc").and_then(Value::as_str) == Some("2.0");
+    let method = obj.get("method").and_then(Value::as_str);
+    let id = obj
+        .get("id")
+        .filter(|id| id.is_string() || id.is_number())
+        .cloned();
+    match (id, method) {
+        // A notification: never answered, whatever is wrong with it.
+        (None, Some(method)) if version_ok && !obj.contains_key("id") => {
+            tracing::info!(method, error = %e, "ignored a notification that does not decode");
+            Decoded::Nothing
+        }
+        // A well-formed request whose parameters do not fit its method.
+        (Some(id), Some(method)) if version_ok => {
+            tracing::info!(method, error = %e, "refused a request with invalid parameters");
+            Decoded::Reply(error_line(
+                id,
+                INVALID_PARAMS,
+                &format!("Invalid params for {method}: {e}"),
+            ))
+        }
+        (id, _) => {
+            tracing::info!(error = %e, "refused an invalid JSON-RPC request");
+            let why = if !version_ok {
+                "\"jsonrpc\" must be \"2.0\"".to_string()
+            } else if method.is_none() && obj.contains_key("method") {
+                "\"method\" must be a string".to_string()
+            } else {
+                e.to_string()
+            };
+            Decoded::Reply(error_line(
+                id.unwrap_or(Value::Null),
+                INVALID_REQUEST,
+                &format!("Invalid Request: {why}"),
+            ))
+        }
+    }
+}
+
+/// Methods rmcp decodes into a typed request. One of these arriving as a
+/// `CustomRequest` means its params did not fit (rmcp falls back to the
+/// untyped variant), which rmcp would answer "method not found": wrong,
+/// since the method exists. JSON-RPC calls that "Invalid params".
+const TYPED_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "tools/call",
+    "tools/list",
+    "resources/list",
+    "resources/read",
+    "resources/templates/list",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "prompts/get",
+    "prompts/list",
+    "completion/complete",
+    "logging/setLevel",
+];
+
+/// The -32602 reply to a known method whose params do not fit it.
+fn misfit_params(m: &RxJsonRpcMessage<RoleServer>) -> Option<Vec<u8>> {
+    let JsonRpcMessage::Request(r) = m else {
+        return None;
+    };
+    let ClientRequest::CustomRequest(c) = &r.request else {
+        return None;
+    };
+    if !TYPED_METHODS.contains(&c.method.as_str()) {
+        return None;
+    }
+    // The reason, where it is worth finding: the tool call is what
+    // clients (and models writing arguments) get wrong.
+    let why = match (c.method.as_str(), &c.params) {
+        ("tools/call", Some(p)) => serde_json::from_value::<CallToolRequestParams>(p.clone())
+            .err()
+            .map(|e| e.to_string()),
+        _ => None,
+    }
+    .unwrap_or_else(|| "they do not match the method's schema".into());
+    tracing::info!(
+        method = c.method,
+        why,
+        "refused a request with invalid params"
+    );
+    let id = serde_json::to_value(&r.id).unwrap_or(Value::Null);
+    Some(error_line(
+        id,
+        INVALID_PARAMS,
+        &format!("Invalid params for {}: {why}", c.method),
+    ))
+}
+
+/// A JSON-RPC error response, encoded as one line.
+fn error_line(id: Value, code: i64, message: &str) -> Vec<u8> {
+    let v = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {"code": code, "message": message},
+    });
+    let mut line = v.to_string().into_bytes();
+    line.push(b'\n');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn reply(d: Decoded) -> Value {
+        match d {
+            Decoded::Reply(line) => serde_json::from_slice(&line).unwrap(),
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn good_messages_decode_and_blank_lines_are_skipped() {
+        let d = decode(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}\r\n");
+        assert!(matches!(d, Decoded::Message(_)), "{d:?}");
+        let d = decode(b"\xEF\xBB\xBF{\"jsonrpc\":\"2.0\",\"id\":\"a\",\"method\":\"ping\"}\n");
+        assert!(matches!(d, Decoded::Message(_)), "{d:?}");
+        assert!(matches!(decode(b" \t\r\n"), Decoded::Nothing));
+    }
+
+    #[test]
+    fn errors_follow_json_rpc() {
+        assert_eq!(
+            reply(decode(b"\xff\xfe{}\n")),
+            json!({"jsonrpc": "2.0", "id": null,
+                   "error": {"code": -32700, "message": "Parse error: invalid UTF-8 at byte 0"}})
+        );
+        assert_eq!(
+            reply(decode(b"hello\n")),
+            json!({"jsonrpc": "2.0", "id": null,
+                   "error": {"code": -32700, "message": "Parse error: expected value at line 1 column 1"}})
+        );
+        let v = reply(decode(br#"{"jsonrpc":2,"id":7,"method":"tools/list"}"#));
+        assert_eq!(v["id"], json!(7));
+        assert_eq!(v["error"]["code"], json!(-32600));
+        assert_eq!(
+            v["error"]["message"],
+            json!("Invalid Request: \"jsonrpc\" must be \"2.0\"")
+        );
+        let v = reply(decode(br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#));
+        assert_eq!(v["id"], Value::Null);
+        assert_eq!(v["error"]["code"], json!(-32600));
+    }
+
+    #[test]
+    fn known_methods_with_misfit_params_are_invalid_params() {
+        let v = reply(decode(
+            br#"{"jsonrpc":"2.0","id":"p","method":"tools/call","params":{"name":5}}"#,
+        ));
+        assert_eq!(v["id"], json!("p"));
+        assert_eq!(v["error"]["code"], json!(-32602));
+        let d = decode(br#"{"jsonrpc":"2.0","id":3,"method":"x/custom","params":{"a":1}}"#);
+        assert!(matches!(d, Decoded::Message(_)), "{d:?}");
+    }
+
+    #[test]
+    fn unknown_notifications_get_no_reply() {
+        let d = decode(br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":5}"#);
+        assert!(matches!(d, Decoded::Nothing), "{d:?}");
+    }
+}
