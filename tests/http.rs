@@ -375,17 +375,14 @@ async fn streaming_sends_openai_chunks_and_a_usage_chunk() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
-    let r = request(
-        &http(),
-        Method::POST,
-        format!("{}/v1/chat/completions", s.base),
-        None,
-        Some(&json!({
-            "model": "auto", "stream": true, "stream_options": {"include_usage": true},
-            "messages": [{"role": "user", "content": "Say hello"}]
-        })),
-    )
-    .await;
+    let completions = format!("{}/v1/chat/completions", s.base);
+    let say_hello = json!({
+        "model": "auto", "stream": true,
+        "messages": [{"role": "user", "content": "Say hello"}]
+    });
+    let mut with_usage = say_hello.clone();
+    with_usage["stream_options"] = json!({"include_usage": true});
+    let r = request(&http(), Method::POST, &completions, None, Some(&with_usage)).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let headers = r.headers().clone();
@@ -443,17 +440,7 @@ async fn streaming_sends_openai_chunks_and_a_usage_chunk() {
     )
     .await;
     assert_eq!(r.status(), 200);
-    let r = request(
-        &http(),
-        Method::POST,
-        format!("{}/v1/chat/completions", s.base),
-        None,
-        Some(&json!({
-            "model": "auto", "stream": true,
-            "messages": [{"role": "user", "content": "Say hello"}]
-        })),
-    )
-    .await;
+    let r = request(&http(), Method::POST, &completions, None, Some(&say_hello)).await;
     assert_eq!(r.status(), 402);
     assert_eq!(json_of(r).await["error"]["code"], "budget_exceeded");
     assert_eq!(fake.requests().len(), 1, "the refused call never left");

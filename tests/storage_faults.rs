@@ -113,25 +113,18 @@ async fn read_only_data_directory() {
     // 1000 input and 500 output tokens on deepseek-v3.2.
     assert_usd(&first["cost_usd"], 1000.0 * 0.28e-6 + 500.0 * 0.40e-6);
 
-    use std::os::unix::fs::PermissionsExt;
-    let set = |p: &Path, mode: u32| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
-    };
-    for entry in walk(&data) {
-        set(&entry, if entry.is_dir() { 0o555 } else { 0o444 });
-    }
-    set(&data, 0o555);
-    set(root.path(), 0o755);
+    make_read_only(&data);
+    set_mode(root.path(), 0o755);
     // An empty read-only directory too: there is no ledger to read.
     let empty = root.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    set(&empty, 0o555);
+    set_mode(&empty, 0o555);
     // Root writes anywhere, so as root the server runs as `nobody`.
     let as_root = unsafe { libc::geteuid() } == 0;
     let uid = as_root.then_some(65534);
     let stderr_path = root.path().join("stderr.log");
     let stderr = std::fs::File::create(&stderr_path).unwrap();
-    set(&stderr_path, 0o666);
+    set_mode(&stderr_path, 0o666);
     let mut s = spawn_raw_with(&data, &env(&fake), |cmd| {
         if let Some(uid) = uid {
             cmd.uid(uid).gid(uid);
@@ -223,11 +216,8 @@ async fn read_only_data_directory() {
     assert_eq!(fake.requests().len(), before);
     s.close().await;
 
-    for entry in walk(&data) {
-        set(&entry, if entry.is_dir() { 0o755 } else { 0o644 });
-    }
-    set(&data, 0o755);
-    set(&empty, 0o755);
+    make_writable(&data);
+    set_mode(&empty, 0o755);
     assert_eq!(calls_in(&ledger), 1);
 }
 
@@ -257,15 +247,8 @@ async fn read_only_directory_after_a_writer_crashed() {
         "the WAL holds the commits"
     );
 
-    use std::os::unix::fs::PermissionsExt;
-    let set = |p: &Path, mode: u32| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
-    };
-    for entry in walk(&data) {
-        set(&entry, if entry.is_dir() { 0o555 } else { 0o444 });
-    }
-    set(&data, 0o555);
-    set(root.path(), 0o755);
+    make_read_only(&data);
+    set_mode(root.path(), 0o755);
     let uid = (unsafe { libc::geteuid() } == 0).then_some(65534);
     let stderr = std::fs::File::create(root.path().join("stderr.log")).unwrap();
     let mut s = spawn_raw_with(&data, &env(&fake), |cmd| {
@@ -290,10 +273,7 @@ async fn read_only_directory_after_a_writer_crashed() {
     assert!(tool_text(&v).1, "{v}");
     assert_eq!(fake.requests().len(), 1, "no provider call");
     s.close().await;
-    for entry in walk(&data) {
-        set(&entry, if entry.is_dir() { 0o755 } else { 0o644 });
-    }
-    set(&data, 0o755);
+    make_writable(&data);
     assert_eq!(calls_in(&ledger), 1);
 }
 
@@ -307,6 +287,28 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         out.push(p);
     }
     out
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+}
+
+/// Makes `dir` and everything in it read-only (dirs 0555, files 0444).
+fn make_read_only(dir: &Path) {
+    chmod_tree(dir, 0o555, 0o444);
+}
+
+/// Undoes [`make_read_only`], so the test can read the ledger back.
+fn make_writable(dir: &Path) {
+    chmod_tree(dir, 0o755, 0o644);
+}
+
+fn chmod_tree(dir: &Path, dirs: u32, files: u32) {
+    for entry in walk(dir) {
+        set_mode(&entry, if entry.is_dir() { dirs } else { files });
+    }
+    set_mode(dir, dirs);
 }
 
 #[tokio::test]
