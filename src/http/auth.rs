@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
-use crate::ledger::{ApiKeyRow, Ledger};
+use crate::ledger::{ApiKeyRow, KeyReader, Ledger};
 
 use super::AppState;
 use super::openai::error_response;
@@ -112,14 +112,14 @@ pub enum KeyError {
 }
 
 /// Checks a presented key against the ledger.
-pub fn verify(ledger: &Ledger, presented: &str) -> Result<ApiKeyRow, KeyError> {
+pub fn verify(keys: &KeyReader, presented: &str) -> Result<ApiKeyRow, KeyError> {
     let id = presented
         .strip_prefix(PREFIX)
         .and_then(|rest| rest.split_once('_'))
         .map(|(id, _)| id)
         .filter(|id| id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()))
         .ok_or(KeyError::Invalid)?;
-    let row = ledger
+    let row = keys
         .api_key(id)
         .map_err(|e| KeyError::Unavailable(e.to_string()))?
         .ok_or(KeyError::Invalid)?;
@@ -155,9 +155,9 @@ pub async fn require_key(State(state): State<AppState>, mut req: Request, next: 
             admin: true,
         },
         Some(token) => {
-            let checked = match state.core.ledger() {
-                Ok(ledger) => verify(ledger, token),
-                Err(e) => Err(KeyError::Unavailable(e.to_string())),
+            let checked = match &state.keys {
+                Ok(keys) => verify(keys, token),
+                Err(e) => Err(KeyError::Unavailable(e.clone())),
             };
             match checked {
                 Ok(row) => Caller {
@@ -222,15 +222,24 @@ mod tests {
         let k = create_key(&l, "alice", Some("ci"), false, 1).unwrap();
         assert!(k.key.starts_with("aco_"));
         assert_ne!(k.row.key_sha256, k.key, "only the hash is stored");
-        assert_eq!(verify(&l, &k.key).unwrap().user_id, "alice");
+        assert_eq!(
+            verify(&KeyReader::new(&l), &k.key).unwrap().user_id,
+            "alice"
+        );
         let mut wrong = k.key.clone();
         let last = wrong.pop().unwrap();
         wrong.push(if last == 'A' { 'B' } else { 'A' });
-        assert_eq!(verify(&l, &wrong), Err(KeyError::Invalid));
-        assert_eq!(verify(&l, "sk-something"), Err(KeyError::Invalid));
-        assert_eq!(verify(&l, "aco_zz_x"), Err(KeyError::Invalid));
+        assert_eq!(verify(&KeyReader::new(&l), &wrong), Err(KeyError::Invalid));
+        assert_eq!(
+            verify(&KeyReader::new(&l), "sk-something"),
+            Err(KeyError::Invalid)
+        );
+        assert_eq!(
+            verify(&KeyReader::new(&l), "aco_zz_x"),
+            Err(KeyError::Invalid)
+        );
         l.revoke_api_key(&k.row.id, 2).unwrap();
-        assert_eq!(verify(&l, &k.key), Err(KeyError::Invalid));
+        assert_eq!(verify(&KeyReader::new(&l), &k.key), Err(KeyError::Invalid));
     }
 
     #[test]

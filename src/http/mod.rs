@@ -42,6 +42,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::config::HttpSettings;
+use crate::ledger::KeyReader;
 use crate::mcp::{CallObserver, CostServer};
 use crate::optimizer::{Completion, Optimizer};
 
@@ -103,6 +104,9 @@ pub struct AppState {
     pub in_flight: Arc<InFlight>,
     /// Whether every request (but the probes) needs a key.
     pub require_auth: bool,
+    /// API-key lookups, off the ledger's write connection (the error when
+    /// there is no ledger).
+    pub keys: Result<Arc<KeyReader>, String>,
 }
 
 impl CallObserver for AppState {
@@ -249,12 +253,17 @@ impl Server {
                 );
             }
         }
+        let keys = core
+            .ledger()
+            .map(|l| Arc::new(KeyReader::new(l)))
+            .map_err(|e| e.to_string());
         Ok(Server {
             state: AppState {
                 core,
                 metrics: Arc::new(Metrics::new()),
                 in_flight: Arc::new(InFlight::default()),
                 require_auth,
+                keys,
             },
             settings,
             loopback,

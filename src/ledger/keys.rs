@@ -5,7 +5,10 @@
 //! that must be backed up and kept private; a second store would be a second
 //! thing to lose.
 
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
 use super::{Ledger, LedgerError};
@@ -126,9 +129,96 @@ impl Ledger {
     }
 }
 
+/// API-key lookups on a read-only connection of their own.
+///
+/// Every HTTP request checks its key. On the ledger's one connection that
+/// check would queue behind call settlements and holds; in WAL mode a
+/// second connection reads beside the writer instead, and still sees a
+/// revocation (from `keys revoke` in another process) at its next lookup,
+/// since each lookup is its own read transaction.
+pub struct KeyReader {
+    ledger: Ledger,
+    conn: Mutex<Option<Connection>>,
+}
+
+/// How long a lookup waits on a lock (a checkpoint, WAL recovery).
+const READER_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl KeyReader {
+    /// A reader over `ledger`'s file. The connection opens on first use.
+    pub fn new(ledger: &Ledger) -> KeyReader {
+        KeyReader {
+            ledger: ledger.clone(),
+            conn: Mutex::new(None),
+        }
+    }
+
+    fn open(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            self.ledger.path(),
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(READER_BUSY_TIMEOUT)?;
+        Ok(conn)
+    }
+
+    /// The key with this public id, revoked or not. Falls back to the
+    /// ledger's own connection if a reader cannot be opened or fails (a
+    /// read-only ledger opened `immutable`, say), so a lookup never fails
+    /// where the ledger itself would answer.
+    pub fn api_key(&self, id: &str) -> Result<Option<ApiKeyRow>, LedgerError> {
+        let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = self.open().ok();
+        }
+        if let Some(conn) = slot.as_ref() {
+            let found = conn
+                .prepare_cached(&format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?1"))
+                .and_then(|mut stmt| stmt.query_row([id], row).optional());
+            match found {
+                Ok(found) => return Ok(found),
+                Err(e) => {
+                    tracing::debug!(error = %e, "key reader failed; using the ledger connection");
+                    *slot = None;
+                }
+            }
+        }
+        drop(slot);
+        self.ledger.api_key(id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_reader_sees_inserts_and_revocations_from_any_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.sqlite3");
+        let l = Ledger::open(&path).unwrap();
+        let reader = KeyReader::new(&l);
+        assert_eq!(reader.api_key("abc").unwrap(), None);
+        let k = ApiKeyRow {
+            id: "abc".into(),
+            key_sha256: "00".into(),
+            user_id: "alice".into(),
+            name: None,
+            admin: false,
+            created_ms: 5,
+            revoked_ms: None,
+        };
+        l.insert_api_key(&k).unwrap();
+        assert_eq!(reader.api_key("abc").unwrap(), Some(k));
+        assert!(
+            reader.conn.lock().unwrap().is_some(),
+            "a connection of its own"
+        );
+        // Revoked by another process (another connection to the file).
+        let other = Ledger::open(&path).unwrap();
+        assert!(other.revoke_api_key("abc", 9).unwrap());
+        assert_eq!(reader.api_key("abc").unwrap().unwrap().revoked_ms, Some(9));
+    }
 
     #[test]
     fn keys_round_trip_and_revoke() {
