@@ -98,9 +98,74 @@ pub fn init(log_dir: Option<&Path>, default_level: &str) -> LogGuard {
     LogGuard(guard)
 }
 
+/// Replaces the default panic hook, whose report goes to stderr as is: a
+/// panic message can quote anything the code held (a request, a provider's
+/// reply, a URL), so the report passes through the same redaction as every
+/// log line and lands in the log file too. With `RUST_BACKTRACE` set it
+/// carries the backtrace, also redacted.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_string());
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
+        let location = info.location().map(|l| l.to_string());
+        let backtrace = std::backtrace::Backtrace::capture();
+        let backtrace = match backtrace.status() {
+            std::backtrace::BacktraceStatus::Captured => Some(backtrace.to_string()),
+            _ => None,
+        };
+        let report = panic_report(&thread, &message, location.as_deref(), backtrace.as_deref());
+        if tracing::dispatcher::has_been_set() {
+            tracing::error!("{report}");
+        } else {
+            eprintln!("{report}");
+        }
+    }));
+}
+
+/// The text of a crash report, with every registered secret redacted.
+pub fn panic_report(
+    thread: &str,
+    message: &str,
+    location: Option<&str>,
+    backtrace: Option<&str>,
+) -> String {
+    let mut report = format!(
+        "panic in thread '{thread}' at {}: {message}",
+        location.unwrap_or("an unknown location")
+    );
+    if let Some(bt) = backtrace {
+        report.push_str("\nbacktrace:\n");
+        report.push_str(bt);
+    }
+    crate::secrets::redact(&report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crash_reports_are_redacted() {
+        let _k = crate::secrets::Secret::new("sk-panic-leak-test-4242424242");
+        let r = panic_report(
+            "tokio-runtime-worker",
+            "unexpected reply: {\"error\": \"bad key sk-panic-leak-test-4242424242\"}",
+            Some("src/providers/anthropic.rs:10:5"),
+            Some("   0: frame holding sk-panic-leak-test-4242424242"),
+        );
+        assert!(!r.contains("sk-panic-leak-test-4242424242"), "{r}");
+        assert!(r.contains("[REDACTED]"), "{r}");
+        assert!(r.contains("src/providers/anthropic.rs:10:5"), "{r}");
+        assert!(r.contains("tokio-runtime-worker"), "{r}");
+    }
 
     #[test]
     fn writer_redacts() {

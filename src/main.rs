@@ -12,6 +12,7 @@ use ai_cost_optimizer::optimizer::{Optimizer, ToolError};
 use ai_cost_optimizer::{http, logging, mcp};
 
 fn main() -> ExitCode {
+    logging::install_panic_hook();
     ignore_file_size_signal();
     private_file_mode();
     let cli = Cli::parse();
