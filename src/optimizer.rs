@@ -1891,22 +1891,16 @@ impl Optimizer {
         }));
         providers.sort_by_key(|p| p.provider);
         let ledger = match &self.ledger {
-            Ok(l) => match l.count_calls() {
-                Ok(n) if l.read_only_reason().is_some() => format!(
-                    "READ-ONLY ({n} calls recorded): {}",
-                    l.ensure_writable()
-                        .err()
-                        .map(|e| e.to_string())
-                        .unwrap_or_default()
-                ),
-                Ok(n) => format!(
+            Ok(l) => match (l.count_calls(), l.ensure_writable()) {
+                (Ok(n), Err(read_only)) => format!("READ-ONLY ({n} calls recorded): {read_only}"),
+                (Ok(n), Ok(())) => format!(
                     "ok ({n} calls recorded; {})",
                     match self.settings.ledger_sync {
                         crate::ledger::Durability::Full => "fsync on every commit",
                         crate::ledger::Durability::Batched => "fsync batched every 100 ms",
                     }
                 ),
-                Err(e) => e.to_string(),
+                (Err(e), _) => e.to_string(),
             },
             Err(e) => e.clone(),
         };

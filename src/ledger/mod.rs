@@ -557,11 +557,6 @@ impl Ledger {
         })
     }
 
-    /// Why the ledger is read-only, if it is.
-    pub fn read_only_reason(&self) -> Option<&str> {
-        self.read_only.as_deref()
-    }
-
     /// `Ok` if the ledger can be written; the read-only error otherwise.
     /// Callers that are about to spend money check this first, so the
     /// refusal comes before anything else happens.

@@ -368,10 +368,16 @@ fn decode(raw: &[u8]) -> Decoded {
         // A well-formed request whose parameters do not fit its method.
         (Some(id), Some(method)) if version_ok => {
             tracing::info!(method, error = %e, "refused a request with invalid parameters");
+            // serde's own message here ("unrecognized JSON-RPC message")
+            // names no field; say what is wrong in the client's terms.
+            let why = match obj.get("params") {
+                Some(p) if !p.is_object() => "params must be a JSON object",
+                _ => "the params do not match the method's schema",
+            };
             Decoded::Reply(error_line(
                 id,
                 INVALID_PARAMS,
-                &format!("Invalid params for {method}: {e}"),
+                &format!("Invalid params for {method}: {why}"),
             ))
         }
         (id, _) => {
@@ -509,6 +515,15 @@ mod tests {
         ));
         assert_eq!(v["id"], json!("p"));
         assert_eq!(v["error"]["code"], json!(-32602));
+        let v = reply(decode(
+            br#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":"oops"}"#,
+        ));
+        assert_eq!(v["id"], json!(8));
+        assert_eq!(v["error"]["code"], json!(-32602));
+        assert_eq!(
+            v["error"]["message"],
+            json!("Invalid params for tools/call: params must be a JSON object")
+        );
         let d = decode(br#"{"jsonrpc":"2.0","id":3,"method":"x/custom","params":{"a":1}}"#);
         assert!(matches!(d, Decoded::Message(_)), "{d:?}");
     }
