@@ -201,9 +201,12 @@ fn main() {
         );
         let l = Ledger::open_with(&dir.path().join(format!("l-{sync}.db")), mode).expect("open");
         for threads in [1, 8] {
+            let (b0, o0) = l.commit_stats();
             let rate = calls_per_sec(&l, n, threads, now);
+            let (b1, o1) = l.commit_stats();
+            let per_commit = (o1 - o0) as f64 / (b1 - b0).max(1) as f64;
             println!(
-                "   {mode:?}: reserve + settle, {threads} thread(s)               {rate:>10.0} calls/s"
+                "   {mode:?}: reserve + settle, {threads} thread(s)               {rate:>10.0} calls/s  ({per_commit:.2} writes per commit)"
             );
         }
     }

@@ -14,9 +14,10 @@
 //! - Schema changes are numbered files in `migrations/`, applied in order
 //!   and tracked by `PRAGMA user_version`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -42,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_feedback.sql"),
     include_str!("migrations/0006_api_keys.sql"),
     include_str!("migrations/0007_leaner_call_indexes.sql"),
+    include_str!("migrations/0008_unindexed_reservations.sql"),
 ];
 
 /// The scope of the global budget, which caps every user together.
@@ -371,7 +373,7 @@ pub struct Ledger {
     /// (`None` if it could not be created: holds then only expire).
     owner: Option<Arc<owners::InstanceLock>>,
     /// Writes waiting for a group commit (see [`Ledger::group_commit`]).
-    pending: Arc<Mutex<Vec<Pending>>>,
+    queue: Arc<CommitQueue>,
     /// Stops the background syncer when the last clone is dropped.
     _syncer: Option<Arc<SyncerHandle>>,
     /// Why the ledger is open read-only, if it is (see
@@ -379,11 +381,71 @@ pub struct Ledger {
     read_only: Option<Arc<str>>,
 }
 
-/// A write queued for the next group commit, with the slot its caller
-/// collects the result from.
+/// The group-commit queue: writes waiting for the next commit, and the
+/// answers of committed ones until their callers collect them.
+///
+/// Callers wait on `answered`, never on the connection: a caller whose
+/// write was committed by someone else wakes as soon as the answers are
+/// published, instead of queueing for the connection just to learn it is
+/// done. (An earlier version did that; with 8 threads each commit then
+/// held one write, because callers learned their results one mutex
+/// hand-off at a time and so were never queued when the next batch was
+/// taken.)
+#[derive(Default)]
+struct CommitQueue {
+    state: Mutex<QueueState>,
+    /// Signalled whenever a batch's answers are published (and when a
+    /// leader steps down), so waiters re-check their ticket.
+    answered: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    /// Writes not yet taken by a leader, in arrival order.
+    pending: Vec<Pending>,
+    /// Answers not yet collected, by ticket.
+    answers: HashMap<u64, Done>,
+    /// Whether some caller is running a batch right now.
+    leader: bool,
+    next_ticket: u64,
+    /// Batches run and writes committed in them, for [`Ledger::commit_stats`].
+    batches: u64,
+    ops: u64,
+}
+
+/// A write queued for the next group commit, with the ticket its caller
+/// collects the answer by.
 struct Pending {
     op: Op,
-    slot: Arc<Mutex<Option<Done>>>,
+    ticket: u64,
+}
+
+/// Steps the leader down even if running the batch panicked, answering
+/// every write of the batch that was not answered, so no waiter is left
+/// waiting for a leader that is gone.
+struct LeaderGuard<'a> {
+    queue: &'a CommitQueue,
+    tickets: Vec<u64>,
+    answered: bool,
+}
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        let mut st = lock_ignoring_poison(&self.queue.state);
+        if !self.answered {
+            for t in &self.tickets {
+                st.answers.insert(
+                    *t,
+                    Done::Settled(Err(LedgerError::Sqlite(
+                        "internal error: the ledger write panicked".into(),
+                    ))),
+                );
+            }
+        }
+        st.leader = false;
+        drop(st);
+        self.queue.answered.notify_all();
+    }
 }
 
 /// The writes every call makes, which are group-committed.
@@ -431,7 +493,7 @@ impl Ledger {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
             owner: None,
-            pending: Arc::default(),
+            queue: Arc::default(),
             _syncer: None,
             read_only: None,
         };
@@ -551,7 +613,7 @@ impl Ledger {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
             owner: None,
-            pending: Arc::default(),
+            queue: Arc::default(),
             _syncer: None,
             read_only: Some(reason.into()),
         })
@@ -711,32 +773,58 @@ impl Ledger {
         }
     }
 
-    /// Queues `op`, then takes the connection; whoever gets it first runs
-    /// every queued op, in queue order, in one transaction and hands each
-    /// caller its result before releasing the connection. So an op still
-    /// unanswered when its caller gets the connection is still queued.
+    /// How many group commits ran in this process, and how many writes
+    /// (holds and settlements) they held: writes per commit is what
+    /// batching buys under concurrency (`benches/ledger.rs` prints it).
+    pub fn commit_stats(&self) -> (u64, u64) {
+        let st = lock_ignoring_poison(&self.queue.state);
+        (st.batches, st.ops)
+    }
+
+    /// Queues `op` and returns its answer once it is committed.
+    ///
+    /// If no batch is running, the caller becomes the leader: it takes
+    /// every queued op, runs them in queue order in one transaction and
+    /// publishes each op's answer. Otherwise it waits for the running
+    /// batch's answers; if its op was queued too late for that batch, it
+    /// leads the next one, which holds everything queued meanwhile.
     fn group_commit(&self, op: Op) -> Done {
-        let slot: Arc<Mutex<Option<Done>>> = Arc::default();
-        lock_ignoring_poison(&self.pending).push(Pending {
-            op,
-            slot: slot.clone(),
-        });
-        let mut conn = self.lock();
-        if let Some(done) = lock_ignoring_poison(&slot).take() {
-            return done; // a previous leader ran it
+        let queue = &*self.queue;
+        let mut st = lock_ignoring_poison(&queue.state);
+        let ticket = st.next_ticket;
+        st.next_ticket = st.next_ticket.wrapping_add(1);
+        st.pending.push(Pending { op, ticket });
+        loop {
+            if let Some(done) = st.answers.remove(&ticket) {
+                return done;
+            }
+            if st.leader {
+                st = queue.answered.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            st.leader = true;
+            let batch = std::mem::take(&mut st.pending);
+            st.batches += 1;
+            st.ops += batch.len() as u64;
+            drop(st);
+            let mut guard = LeaderGuard {
+                queue,
+                tickets: batch.iter().map(|p| p.ticket).collect(),
+                answered: false,
+            };
+            let results = {
+                let mut conn = self.lock();
+                self.run_batch(&mut conn, &batch)
+            };
+            st = lock_ignoring_poison(&queue.state);
+            for (p, r) in batch.iter().zip(results) {
+                st.answers.insert(p.ticket, r);
+            }
+            guard.answered = true;
+            drop(st);
+            drop(guard); // steps down and wakes the waiters
+            st = lock_ignoring_poison(&queue.state);
         }
-        let batch = std::mem::take(&mut *lock_ignoring_poison(&self.pending));
-        let results = self.run_batch(&mut conn, &batch);
-        for (p, r) in batch.iter().zip(results) {
-            *lock_ignoring_poison(&p.slot) = Some(r);
-        }
-        drop(conn);
-        let mine = lock_ignoring_poison(&slot).take();
-        mine.unwrap_or_else(|| {
-            Done::Settled(Err(LedgerError::Sqlite(
-                "internal error: an operation was lost from the commit queue".into(),
-            )))
-        })
     }
 
     /// Runs `batch` in one transaction; if that fails, each op alone, so
@@ -1834,6 +1922,47 @@ mod tests {
             })
             .unwrap();
         assert_eq!(distinct, 1200);
+    }
+
+    /// Writes queued while a batch runs are committed together in the
+    /// next one, whatever order their callers wake in: with the
+    /// connection held, the first of 8 holds leads (and waits for the
+    /// connection), the other 7 queue; once it is free, exactly one more
+    /// commit writes all 7.
+    #[test]
+    fn writes_queued_during_a_commit_share_the_next_one() {
+        let (_d, l) = ledger();
+        let limit = [LimitCheck {
+            scope: "u".into(),
+            since_ms: 0,
+            limit_nanos: i64::MAX / 4,
+        }];
+        let (b0, o0) = l.commit_stats();
+        let conn = l.lock();
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                let l = l.clone();
+                let limit = &limit;
+                s.spawn(move || {
+                    l.reserve("u", limit, 10, 100, Duration::from_secs(60))
+                        .unwrap()
+                        .unwrap();
+                });
+            }
+            // Wait until one leads and 7 are queued behind it.
+            loop {
+                let st = lock_ignoring_poison(&l.queue.state);
+                if st.leader && st.pending.len() == 7 {
+                    break;
+                }
+                drop(st);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            drop(conn);
+        });
+        let (b1, o1) = l.commit_stats();
+        assert_eq!((b1 - b0, o1 - o0), (2, 8));
+        assert_eq!(l.reserved_now("u", 100).unwrap(), 80);
     }
 
     /// Holds taken together in one group commit still see each other:
