@@ -193,6 +193,213 @@ fn leading_letters(v: u64) -> (usize, u64) {
     (len, x & keep)
 }
 
+/// Bytes per block of the classifying pass: one bit per byte in a `u64`.
+const BLOCK: usize = 64;
+/// Bytes the token pass of one block may read: the block, the next one (for words
+/// that run across the boundary) and 8 more, so an 8-byte load at any offset of the
+/// two blocks stays inside.
+const VIEW: usize = 2 * BLOCK + 8;
+
+/// One block's bytes by class, bit `i` for byte `i` of the block.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Masks {
+    /// ASCII letters.
+    letter: u64,
+    /// ASCII digits.
+    digit: u64,
+    /// Every other byte except the plain space: what the per-kind counters and the
+    /// special cases look at. Punctuation nobody counts (',', '(' ...) is in here too
+    /// and costs a table lookup; spaces, the most common byte after letters, are not.
+    other: u64,
+}
+
+/// Little-endian `u64` at `b[i..i + 8]` (0 if that is out of range, which the callers'
+/// offsets never are).
+#[inline(always)]
+fn le64(b: &[u8; VIEW], i: usize) -> u64 {
+    let mut w = [0u8; 8];
+    if let Some(s) = b.get(i..i + 8) {
+        w.copy_from_slice(s);
+    }
+    u64::from_le_bytes(w)
+}
+
+/// `VIEW` bytes of `text` from `base`: borrowed when the text has them, else the rest
+/// of the text copied into `pad` and zero-filled (only the last two blocks of a
+/// prompt).
+#[inline]
+fn view_at<'t>(text: &'t [u8], base: usize, pad: &'t mut [u8; VIEW]) -> &'t [u8; VIEW] {
+    let tail = text.get(base..).unwrap_or_default();
+    if let Some(v) = tail.first_chunk::<VIEW>() {
+        return v;
+    }
+    let k = tail.len().min(VIEW);
+    *pad = [0; VIEW];
+    pad[..k].copy_from_slice(&tail[..k]);
+    pad
+}
+
+/// The masks of the block at `view[at..at + BLOCK]`, of which the first `avail` bytes
+/// are text (the rest, if any, is `view_at`'s zero padding).
+#[inline]
+fn block_masks(view: &[u8; VIEW], at: usize, avail: usize) -> Masks {
+    let mut m = classify(view, at);
+    if avail < BLOCK {
+        let valid = (1u64 << avail) - 1;
+        m.letter &= valid;
+        m.digit &= valid;
+        m.other &= valid;
+    }
+    m
+}
+
+/// Classifies 64 bytes with SSE2, 16 per compare: about 40 instructions a block,
+/// where a lookup per byte costs over 200.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline]
+fn classify(view: &[u8; VIEW], at: usize) -> Masks {
+    // SAFETY: `classify_sse2` only requires SSE2, which the `cfg` above guarantees
+    // the target has (SSE2 is part of the x86_64 baseline). It takes no pointers.
+    unsafe { classify_sse2(view, at) }
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[target_feature(enable = "sse2")]
+#[inline]
+fn classify_sse2(view: &[u8; VIEW], at: usize) -> Masks {
+    use std::arch::x86_64::{
+        _mm_add_epi8, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set_epi64x, _mm_set1_epi8,
+    };
+    let mut m = Masks::default();
+    for k in 0..BLOCK / 16 {
+        let lo = le64(view, at + 16 * k);
+        let hi = le64(view, at + 16 * k + 8);
+        let v = _mm_set_epi64x(hi as i64, lo as i64);
+        // SSE2 compares signed bytes only, so each range is moved to start at -128:
+        // a letter is (v | 0x20) in b'a'..=b'z', i.e. (v | 0x20) + 0x1f < -128 + 26;
+        // a digit is v + 0x50 < -128 + 10. Bytes >= 0x80 land outside both.
+        let folded = _mm_add_epi8(_mm_or_si128(v, _mm_set1_epi8(0x20)), _mm_set1_epi8(0x1f));
+        let letter = _mm_cmplt_epi8(folded, _mm_set1_epi8(-128 + 26));
+        let digit = _mm_cmplt_epi8(
+            _mm_add_epi8(v, _mm_set1_epi8(0x50)),
+            _mm_set1_epi8(-128 + 10),
+        );
+        let space = _mm_cmpeq_epi8(v, _mm_set1_epi8(0x20));
+        let plain = _mm_or_si128(_mm_or_si128(letter, digit), space);
+        // `movemask` puts one bit per byte in the low 16 bits.
+        let shift = 16 * k;
+        m.letter |= u64::from(_mm_movemask_epi8(letter) as u16) << shift;
+        m.digit |= u64::from(_mm_movemask_epi8(digit) as u16) << shift;
+        m.other |= u64::from(!(_mm_movemask_epi8(plain) as u16)) << shift;
+    }
+    m
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+#[inline]
+fn classify(view: &[u8; VIEW], at: usize) -> Masks {
+    classify_portable(view, at)
+}
+
+/// The same masks one byte at a time (other targets; on x86_64 the tests compare it
+/// with the SSE2 version).
+#[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "sse2"))))]
+fn classify_portable(view: &[u8; VIEW], at: usize) -> Masks {
+    let mut m = Masks::default();
+    for (i, &b) in view.iter().skip(at).take(BLOCK).enumerate() {
+        let k = KIND[usize::from(b)];
+        m.letter |= u64::from(k & LETTER != 0) << i;
+        m.digit |= u64::from(k & DIGIT != 0) << i;
+        m.other |= u64::from(k & (LETTER | DIGIT) == 0 && b != b' ') << i;
+    }
+    m
+}
+
+/// Token hash of the `len` (>= 1) ASCII letters at `view[p..]`, lower-cased and
+/// hashed 8 bytes at a time (the last chunk zero-padded).
+#[inline(always)]
+fn hash_letters(view: &[u8; VIEW], p: usize, len: usize) -> u64 {
+    let mut h = TOKEN_SEED;
+    let mut i = 0;
+    while len - i > 8 {
+        h = token_hash_step(h, le64(view, p + i) | CASE);
+        i += 8;
+    }
+    // 1..=8 letters left: keep those bytes, zero the rest.
+    let keep = u64::MAX >> (64 - 8 * (len - i));
+    h = token_hash_step(h, (le64(view, p + i) | CASE) & keep);
+    token_hash_finish(h, len as u64)
+}
+
+/// Token hash and end of the letter run at `data[start..]`, for the rare word too long
+/// for [`hash_letters`]'s view.
+#[inline(never)]
+fn hash_word(data: &[u8], start: usize) -> (u64, usize) {
+    let mut h = TOKEN_SEED;
+    let mut i = start;
+    loop {
+        let (len, chunk) = leading_letters(load8(data, i));
+        if len == 0 {
+            break;
+        }
+        h = token_hash_step(h, chunk);
+        i += len;
+        if len < 8 {
+            break;
+        }
+    }
+    (token_hash_finish(h, (i - start) as u64), i)
+}
+
+/// End of the number token starting at `data[start]` (a digit): `[0-9]+([.,][0-9]+)*`.
+#[inline(never)]
+fn scan_number(data: &[u8], start: usize) -> usize {
+    let digit = |i: usize| data.get(i).is_some_and(u8::is_ascii_digit);
+    let mut i = start;
+    loop {
+        while digit(i) {
+            i += 1;
+        }
+        if matches!(data.get(i), Some(b'.' | b',')) && digit(i + 1) {
+            i += 1;
+            continue;
+        }
+        return i;
+    }
+}
+
+/// Bytes the features are computed from: all of `data`, or (when a fit sets
+/// `SCAN_CAP`) up to the first token, single letters included, that starts at or after
+/// `SCAN_CAP`.
+// `SCAN_CAP` is generated: `usize::MAX` while the cap is off (then the comparison
+// never holds), a real offset when a fit turns it on.
+#[allow(clippy::absurd_extreme_comparisons)]
+fn scan_end(data: &[u8]) -> usize {
+    if data.len() <= SCAN_CAP {
+        return data.len();
+    }
+    let mut i = 0;
+    while let Some(&b) = data.get(i) {
+        let k = KIND[usize::from(b)];
+        if k & (LETTER | DIGIT) == 0 {
+            i += 1;
+            continue;
+        }
+        if i >= SCAN_CAP {
+            return i;
+        }
+        if k & LETTER != 0 {
+            while data.get(i).is_some_and(u8::is_ascii_alphabetic) {
+                i += 1;
+            }
+        } else {
+            i = scan_number(data, i);
+        }
+    }
+    data.len()
+}
+
 #[inline]
 fn mix(a: u64, b: u64) -> u64 {
     (a.rotate_left(23) ^ b).wrapping_mul(GOLDEN)
@@ -640,6 +847,8 @@ struct Scan<'a, const EXPLAIN: bool> {
     other: [u64; N_KINDS],
     sentences: u64,
     fences: u64,
+    /// Length of the current run of backticks (for `fences`).
+    tick_run: u64,
     /// Unicode math signs (Greek letters, U+2200..U+22FF, multiply/divide, degree ...).
     math_unicode: u64,
     /// Bytes scanned: all of them, or up to the first token that starts at or after
@@ -677,8 +886,9 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
             other: [0; N_KINDS],
             sentences: 0,
             fences: 0,
+            tick_run: 0,
             math_unicode: 0,
-            scanned: data.len(),
+            scanned: scan_end(data),
             ntok: 0,
             numbers: 0,
             letters_in_words: 0,
@@ -700,9 +910,11 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
 
     #[inline(never)]
     fn add_lex_slow(&mut self, key: u64) {
-        let classes = lexicon_probe(key);
-        for (i, slot) in self.lex.iter_mut().enumerate() {
-            *slot += u64::from((classes >> i) & 1);
+        let mut classes = lexicon_probe(key);
+        // Nearly always one class: visit the set bits only.
+        while classes != 0 {
+            self.lex[classes.trailing_zeros() as usize % N_LEX] += 1;
+            classes &= classes - 1;
         }
     }
 
@@ -721,8 +933,50 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
         w
     }
 
-    /// Lexicon and n-gram counting of the first `m` buffered tokens.
+    /// Lexicon and n-gram counting of one token (hash `h`, byte span `span`) given
+    /// how many tokens precede it in the prompt, capped at 2 (`before`: 0 means no
+    /// bigram or trigram yet, 1 no trigram). Called with a literal 2 in the hot loop,
+    /// so the checks fold away there.
     #[inline(always)]
+    fn token(
+        &mut self,
+        g: &mut Grams,
+        table: &mut [Entry; N_BUCKETS],
+        stamp: u16,
+        h: u64,
+        span: (usize, usize),
+        before: u64,
+    ) {
+        // Number tokens share one hash that is not in the lexicon (checked in the
+        // tests), so looking every token up is the same as looking up words only.
+        self.add_lex(h);
+        let w1 = Self::add_gram(g, table, stamp, h);
+        if EXPLAIN {
+            self.starts = [self.starts[1], self.starts[2], span.0];
+            self.best.consider(0, w1, span.0, span.1);
+        }
+        if before >= 1 {
+            let bi = mix(g.prev1, h);
+            self.add_lex(bi);
+            let w2 = Self::add_gram(g, table, stamp, bi);
+            if EXPLAIN {
+                self.best.consider(1, w2, self.starts[1], span.1);
+            }
+            if before >= 2 {
+                let tri = mix(g.prev_bi, h);
+                let w3 = Self::add_gram(g, table, stamp, tri);
+                if EXPLAIN {
+                    self.best.consider(2, w3, self.starts[0], span.1);
+                }
+            }
+            g.prev_bi = bi;
+        }
+        g.prev1 = h;
+    }
+
+    /// Lexicon and n-gram counting of the first `m` buffered tokens. Out of line: it
+    /// runs once per `CHUNK` tokens, and the tokeniser loop keeps its registers.
+    #[inline(never)]
     fn flush(&mut self, s: &mut Scratch, m: usize, stamp: u16) {
         let Scratch {
             table,
@@ -730,123 +984,117 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
             spans,
             ..
         } = s;
+        let m = m.min(CHUNK);
         let mut g = self.g;
-        for j in 0..m.min(CHUNK) {
-            let h = hashes[j];
-            // Number tokens share one hash that is not in the lexicon (checked in the
-            // tests), so looking every token up is the same as looking up words only.
-            self.add_lex(h);
-            let w1 = Self::add_gram(&mut g, table, stamp, h);
-            if EXPLAIN {
-                let (start, end) = spans[j];
-                self.starts = [self.starts[1], self.starts[2], start];
-                self.best.consider(0, w1, start, end);
-            }
-            if g.seen_tokens >= 1 {
-                let bi = mix(g.prev1, h);
-                self.add_lex(bi);
-                let w2 = Self::add_gram(&mut g, table, stamp, bi);
-                if EXPLAIN {
-                    self.best.consider(1, w2, self.starts[1], spans[j].1);
-                }
-                if g.seen_tokens >= 2 {
-                    let tri = mix(g.prev_bi, h);
-                    let w3 = Self::add_gram(&mut g, table, stamp, tri);
-                    if EXPLAIN {
-                        self.best.consider(2, w3, self.starts[0], spans[j].1);
-                    }
-                }
-                g.prev_bi = bi;
-            }
-            g.prev1 = h;
+        let mut j = 0;
+        // The prompt's first two tokens lack a bigram or trigram; every later one
+        // has all three, without a check per token.
+        while j < m && g.seen_tokens < 2 {
+            let before = g.seen_tokens;
+            self.token(&mut g, table, stamp, hashes[j], spans[j], before);
             g.seen_tokens += 1;
+            j += 1;
         }
+        if EXPLAIN {
+            for (&h, &span) in hashes[j..m].iter().zip(&spans[j..m]) {
+                self.token(&mut g, table, stamp, h, span, 2);
+            }
+        } else {
+            for &h in &hashes[j..m] {
+                self.token(&mut g, table, stamp, h, (0, 0), 2);
+            }
+        }
+        g.seen_tokens += (m - j) as u64;
         self.g = g;
     }
 
-    // `SCAN_CAP` is generated: `usize::MAX` while the cap is off (then `i >= SCAN_CAP`
-    // never holds), a real offset when a fit turns it on.
-    #[allow(clippy::absurd_extreme_comparisons)]
+    /// Tokenises the scanned bytes (word and number tokens into the scratch buffer,
+    /// n-grams counted per full buffer) and counts every other byte by kind.
+    ///
+    /// The bytes are classified 64 at a time into bit masks (letters, digits, and
+    /// "other": neither nor a plain space), so the loops below visit token starts
+    /// and the few bytes that need counting, never the letters inside words or the
+    /// spaces between them one by one.
     fn run(&mut self, s: &mut Scratch) {
         let stamp = s.next_stamp();
         let data = self.data;
-        let n = data.len();
-        let mut i = 0usize;
+        let text = data.get(..self.scanned).unwrap_or_default();
+        let n = text.len();
         // Tokens buffered in `s.hashes`, always < CHUNK between tokens.
         let mut m = 0usize;
         let mut liw = 0u64;
-        while i < n {
-            let b = data[i];
-            let k = KIND[usize::from(b)];
-            let start = i;
-            let h;
-            if k & (LETTER | DIGIT) != 0 && i >= SCAN_CAP {
-                // The model reads the first ~SCAN_CAP bytes, cut before a token (the
-                // fitter's `scan_end`); long prompts' tails only count in the length.
-                self.scanned = i;
-                break;
-            }
-            if k & LETTER != 0 {
-                // Word: a maximal run of ASCII letters, hashed lower-case 8 bytes at a time.
-                let mut hw = TOKEN_SEED;
-                loop {
-                    let (len, chunk) = leading_letters(load8(data, i));
-                    if len == 0 {
-                        break;
-                    }
-                    hw = token_hash_step(hw, chunk);
-                    i += len;
-                    if len < 8 {
-                        break;
-                    }
-                }
-                let len = (i - start) as u64;
-                if len < 2 {
-                    continue;
-                }
-                liw += len;
-                h = token_hash_finish(hw, len);
-            } else if k == SPACE {
-                // Plain blank (space, tab, CR): separates tokens, counted nowhere.
-                i += 1;
-                continue;
-            } else if k & DIGIT != 0 {
-                // Number: [0-9]+([.,][0-9]+)*
-                loop {
-                    while i < n && KIND[usize::from(data[i])] & DIGIT != 0 {
-                        i += 1;
-                    }
-                    if i + 1 < n
-                        && (data[i] == b'.' || data[i] == b',')
-                        && KIND[usize::from(data[i + 1])] & DIGIT != 0
-                    {
-                        i += 1;
+        // End of the last number token: a digit run that starts before it (after the
+        // '.' of "3.14") belongs to that number.
+        let mut number_end = 0usize;
+        // Whether the byte before the block is a letter (bit 0) or a digit (bit 1).
+        let mut carry = 0u64;
+        let mut pad = [0u8; VIEW];
+        let mut cur = block_masks(view_at(text, 0, &mut pad), 0, n);
+        let mut base = 0usize;
+        while base < n {
+            let view = view_at(text, base, &mut pad);
+            let next = block_masks(view, BLOCK, n.saturating_sub(base + BLOCK));
+            let (l, d) = (cur.letter, cur.digit);
+            // First letter of a run of two or more (a single letter is no token) and
+            // first digit of a run.
+            let word_starts = l & !((l << 1) | (carry & 1)) & ((l >> 1) | (next.letter << 63));
+            let number_starts = d & !((d << 1) | (carry >> 1));
+            let mut starts = word_starts | number_starts;
+            while starts != 0 {
+                let p = starts.trailing_zeros() as usize;
+                starts &= starts - 1;
+                let start = base + p;
+                let (h, end);
+                if (number_starts >> p) & 1 != 0 {
+                    if start < number_end {
                         continue;
                     }
-                    break;
+                    number_end = scan_number(data, start);
+                    end = number_end;
+                    self.numbers += 1;
+                    h = NUMBER_HASH;
+                } else {
+                    // The letter run, continued into the next block if it reaches
+                    // this one's end; hashed from the view unless it runs past that too.
+                    let mut len = (!(l >> p)).trailing_zeros() as usize;
+                    if p + len == BLOCK {
+                        len += (!next.letter).trailing_zeros() as usize;
+                    }
+                    if p + len < 2 * BLOCK {
+                        h = hash_letters(view, p, len);
+                        end = start + len;
+                    } else {
+                        (h, end) = hash_word(data, start);
+                    }
+                    liw += (end - start) as u64;
                 }
-                self.numbers += 1;
-                h = NUMBER_HASH;
-            } else {
-                // Any other byte: one counter by kind; the few that need a look at
-                // their neighbours go out of line.
+                s.hashes[m % CHUNK] = h;
+                if EXPLAIN {
+                    s.spans[m % CHUNK] = (start, end);
+                }
+                m += 1;
+                if m == CHUNK {
+                    self.flush(s, m, stamp);
+                    self.ntok += m as u64;
+                    m = 0;
+                }
+            }
+            carry = (l >> 63) | ((d >> 63) << 1);
+            // Every byte that is not a letter, digit or space: one counter by kind;
+            // the few that need a look at their neighbours go out of line.
+            let mut other = cur.other;
+            while other != 0 {
+                let p = other.trailing_zeros() as usize;
+                other &= other - 1;
+                let b = view[p];
+                let k = KIND[usize::from(b)];
                 self.other[usize::from(k & K_MASK)] += 1;
                 if k & SPECIAL != 0 {
-                    i = self.special(b, i);
+                    self.special(b, base + p);
                 }
-                i += 1;
-                continue;
             }
-            s.hashes[m % CHUNK] = h;
-            if EXPLAIN {
-                s.spans[m % CHUNK] = (start, i);
-            }
-            m += 1;
-            if m == CHUNK {
-                self.flush(s, m, stamp);
-                self.ntok += m as u64;
-                m = 0;
-            }
+            cur = next;
+            base += BLOCK;
         }
         self.flush(s, m, stamp);
         self.ntok += m as u64;
@@ -854,23 +1102,18 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
     }
 
     /// Sentence ends, two-byte unicode math signs and code fences, for the byte `b` at
-    /// `i`; returns the offset of the last byte it consumed (a run of backticks is
-    /// consumed whole).
+    /// `i` (bytes are visited in order).
     #[inline(never)]
-    fn special(&mut self, b: u8, i: usize) -> usize {
+    fn special(&mut self, b: u8, i: usize) {
         let data = self.data;
         let next = data.get(i + 1).copied();
         match b {
             b'`' => {
-                // Code fences: non-overlapping "```" inside a run of backticks.
-                let mut j = i;
-                while data.get(j + 1) == Some(&b'`') {
-                    j += 1;
-                }
-                let run = (j + 1 - i) as u64;
-                self.other[usize::from(K_CODE)] += run - 1;
-                self.fences += run / 3;
-                return j;
+                // Code fences: non-overlapping "```" inside a run of backticks, i.e.
+                // one per third backtick of a run.
+                let continues = i > 0 && data.get(i - 1) == Some(&b'`');
+                self.tick_run = if continues { self.tick_run + 1 } else { 1 };
+                self.fences += u64::from(self.tick_run % 3 == 0);
             }
             b'.' | b'!' | b'?' => {
                 let ends = match next {
@@ -892,7 +1135,6 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
                 }
             }
         }
-        i
     }
 
     fn kind(&self, k: u8) -> u64 {
