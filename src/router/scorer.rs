@@ -406,20 +406,17 @@ fn mix(a: u64, b: u64) -> u64 {
 }
 
 #[inline]
-fn bucket(k: u64) -> usize {
+const fn bucket(k: u64) -> usize {
     ((k ^ (k >> 32)).wrapping_mul(GOLDEN) >> (64 - BUCKET_BITS)) as usize
 }
 
-/// Bits of the lexicon pre-filter (a one-hash Bloom filter over the lexicon keys).
-const FILTER_BITS: u32 = 16;
-
-const fn lexicon_filter() -> [u64; 1 << (FILTER_BITS - 6)] {
-    let mut f = [0u64; 1 << (FILTER_BITS - 6)];
+const fn lexicon_buckets() -> [u64; N_BUCKETS / 64] {
+    let mut f = [0u64; N_BUCKETS / 64];
     let mut i = 0;
     while i < LEXICON.len() {
         let k = LEXICON[i].0;
         if k != 0 {
-            let b = (k >> (64 - FILTER_BITS)) as usize;
+            let b = bucket(k);
             f[b >> 6] |= 1 << (b & 63);
         }
         i += 1;
@@ -427,14 +424,17 @@ const fn lexicon_filter() -> [u64; 1 << (FILTER_BITS - 6)] {
     f
 }
 
-/// Most tokens are not in the lexicon; this 8 KiB filter rejects them with one load.
-static LEX_FILTER: [u64; 1 << (FILTER_BITS - 6)] = lexicon_filter();
+/// The n-gram buckets some lexicon key falls in (a 4 KiB bit set). Most tokens and
+/// bigrams are not in the lexicon; as their bucket is computed anyway for the weight,
+/// this rejects them with one load and a bit test (about 1.5% of buckets are set, so
+/// a few keys per prompt take the exact lookup for nothing).
+static LEX_BUCKETS: [u64; N_BUCKETS / 64] = lexicon_buckets();
 
-/// Whether a token or bigram key may be in the lexicon (false: certainly not).
+/// Whether a token or bigram key whose n-gram bucket is `b` may be in the lexicon
+/// (false: certainly not).
 #[inline(always)]
-fn lexicon_maybe(key: u64) -> bool {
-    let fb = (key >> (64 - FILTER_BITS)) as usize;
-    LEX_FILTER[fb >> 6] & (1 << (fb & 63)) != 0
+fn lexicon_maybe(b: usize) -> bool {
+    LEX_BUCKETS[(b >> 6) % (N_BUCKETS / 64)] & (1 << (b & 63)) != 0
 }
 
 /// Class bit mask of a token or bigram key (0 when not in the lexicon); callers check
@@ -775,14 +775,19 @@ struct Scratch {
     hashes: [u64; CHUNK],
     /// Byte span of each buffered token (only filled when explaining).
     spans: [(usize, usize); CHUNK],
+    /// Token and bigram keys that passed the lexicon filter in one `flush`, looked up
+    /// after its loop (a call inside the loop would make it spill its registers).
+    lex_keys: [u64; 2 * CHUNK],
 }
 
-/// One n-gram bucket of a thread's table: its weight and the stamp of the last prompt
-/// that counted it.
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    stamp: u16,
-    weight: i16,
+/// One n-gram bucket of a thread's table: the weight (`i16`) in the high half, the
+/// stamp of the last prompt that counted it in the low half. One `u32`, loaded whole,
+/// so that the weight is in a register before the "seen already?" test and the
+/// compiler selects it branch-free rather than loading it behind a branch.
+type Entry = u32;
+
+const fn entry(weight: i16, stamp: u16) -> Entry {
+    ((weight as u16 as u32) << 16) | stamp as u32
 }
 
 /// Tokens buffered between the tokeniser and the n-gram loop (a power of two).
@@ -791,13 +796,11 @@ const CHUNK: usize = 128;
 impl Scratch {
     fn new() -> Box<Self> {
         let mut s = Box::new(Self {
-            table: [Entry {
-                stamp: 0,
-                weight: 0,
-            }; N_BUCKETS],
+            table: [0; N_BUCKETS],
             stamp: 0,
             hashes: [0; CHUNK],
             spans: [(0, 0); CHUNK],
+            lex_keys: [0; 2 * CHUNK],
         });
         s.restamp();
         s
@@ -806,7 +809,7 @@ impl Scratch {
     /// Every entry back to stamp 0 with its weight.
     fn restamp(&mut self) {
         for (e, &weight) in self.table.iter_mut().zip(NGRAM_Q.iter()) {
-            *e = Entry { stamp: 0, weight };
+            *e = entry(weight, 0);
         }
         self.stamp = 0;
     }
@@ -865,13 +868,19 @@ struct Scan<'a, const EXPLAIN: bool> {
     best: Best,
 }
 
+/// The lexicon candidates of one `flush`: `keys[..n]`.
+struct Lex<'s> {
+    keys: &'s mut [u64; 2 * CHUNK],
+    n: usize,
+}
+
 /// The n-gram state carried from one buffered batch of tokens to the next.
 #[derive(Debug, Clone, Copy, Default)]
 struct Grams {
-    /// Distinct n-gram buckets seen.
-    distinct: usize,
-    /// Sum of the quantised weights of those buckets.
-    qsum: i64,
+    /// Over the distinct n-gram buckets seen, `weight * 65536 + 1` summed: the sum of
+    /// their weights in the high bits, their number (at most 32,768 < 65,536) in the
+    /// low 16, so that one add per n-gram counts both.
+    acc: i64,
     /// Key of the previous token and of the previous bigram.
     prev1: u64,
     prev_bi: u64,
@@ -899,12 +908,13 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
         }
     }
 
-    /// Counts the lexicon classes of a token or bigram key. Most keys are in no class:
-    /// the filter rejects them inline, the rest take the out-of-line path.
+    /// Queues a token or bigram key whose n-gram bucket is `b` for the lexicon lookup
+    /// if it passes the filter (most keys are in no class and do not).
     #[inline(always)]
-    fn add_lex(&mut self, key: u64) {
-        if lexicon_maybe(key) {
-            self.add_lex_slow(key);
+    fn add_lex(lex: &mut Lex<'_>, key: u64, b: usize) {
+        if lexicon_maybe(b) {
+            lex.keys[lex.n % (2 * CHUNK)] = key;
+            lex.n += 1;
         }
     }
 
@@ -913,24 +923,27 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
         let mut classes = lexicon_probe(key);
         // Nearly always one class: visit the set bits only.
         while classes != 0 {
-            self.lex[classes.trailing_zeros() as usize % N_LEX] += 1;
+            if let Some(c) = self.lex.get_mut(classes.trailing_zeros() as usize) {
+                *c += 1;
+            }
             classes &= classes - 1;
         }
     }
 
-    /// Counts one n-gram key; returns its (quantised) weight if its bucket is new in
-    /// this prompt (its entry does not carry this prompt's `stamp`), else 0.
+    /// Counts the n-gram in bucket `b`; returns its (quantised) weight if the bucket is
+    /// new in this prompt (its entry does not carry this prompt's `stamp`), else 0.
     #[inline(always)]
-    fn add_gram(g: &mut Grams, table: &mut [Entry; N_BUCKETS], stamp: u16, key: u64) -> i32 {
-        let b = bucket(key);
+    fn add_gram(g: &mut Grams, table: &mut [Entry; N_BUCKETS], stamp: u16, b: usize) -> i32 {
         let e = table[b];
-        // Only the stamp half is written back: the weight never changes.
-        table[b].stamp = stamp;
-        let fresh = e.stamp != stamp;
-        g.distinct += usize::from(fresh);
-        let w = if fresh { i32::from(e.weight) } else { 0 };
-        g.qsum += i64::from(w);
-        w
+        // The weight half stays, the stamp half becomes this prompt's.
+        table[b] = (e & 0xffff_0000) | u32::from(stamp);
+        // The entry's share of `acc`: the weight above bit 16, a count of 1 below.
+        // Selected branch-free on purpose: about 40% of unigrams repeat within a
+        // prompt, far too irregular for a branch predictor.
+        let v = (i64::from(e as i32) & !0xffff) | 1;
+        let v = if e as u16 != stamp { v } else { 0 };
+        g.acc += v;
+        (v >> 16) as i32
     }
 
     /// Lexicon and n-gram counting of one token (hash `h`, byte span `span`) given
@@ -938,10 +951,12 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
     /// bigram or trigram yet, 1 no trigram). Called with a literal 2 in the hot loop,
     /// so the checks fold away there.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn token(
         &mut self,
         g: &mut Grams,
         table: &mut [Entry; N_BUCKETS],
+        lex: &mut Lex<'_>,
         stamp: u16,
         h: u64,
         span: (usize, usize),
@@ -949,22 +964,23 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
     ) {
         // Number tokens share one hash that is not in the lexicon (checked in the
         // tests), so looking every token up is the same as looking up words only.
-        self.add_lex(h);
-        let w1 = Self::add_gram(g, table, stamp, h);
+        let b1 = bucket(h);
+        Self::add_lex(lex, h, b1);
+        let w1 = Self::add_gram(g, table, stamp, b1);
         if EXPLAIN {
             self.starts = [self.starts[1], self.starts[2], span.0];
             self.best.consider(0, w1, span.0, span.1);
         }
         if before >= 1 {
             let bi = mix(g.prev1, h);
-            self.add_lex(bi);
-            let w2 = Self::add_gram(g, table, stamp, bi);
+            let b2 = bucket(bi);
+            Self::add_lex(lex, bi, b2);
+            let w2 = Self::add_gram(g, table, stamp, b2);
             if EXPLAIN {
                 self.best.consider(1, w2, self.starts[1], span.1);
             }
             if before >= 2 {
-                let tri = mix(g.prev_bi, h);
-                let w3 = Self::add_gram(g, table, stamp, tri);
+                let w3 = Self::add_gram(g, table, stamp, bucket(mix(g.prev_bi, h)));
                 if EXPLAIN {
                     self.best.consider(2, w3, self.starts[0], span.1);
                 }
@@ -982,8 +998,10 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
             table,
             hashes,
             spans,
+            lex_keys,
             ..
         } = s;
+        let mut lex = Lex { keys: lex_keys, n: 0 };
         let m = m.min(CHUNK);
         let mut g = self.g;
         let mut j = 0;
@@ -991,21 +1009,24 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
         // has all three, without a check per token.
         while j < m && g.seen_tokens < 2 {
             let before = g.seen_tokens;
-            self.token(&mut g, table, stamp, hashes[j], spans[j], before);
+            self.token(&mut g, table, &mut lex, stamp, hashes[j], spans[j], before);
             g.seen_tokens += 1;
             j += 1;
         }
         if EXPLAIN {
             for (&h, &span) in hashes[j..m].iter().zip(&spans[j..m]) {
-                self.token(&mut g, table, stamp, h, span, 2);
+                self.token(&mut g, table, &mut lex, stamp, h, span, 2);
             }
         } else {
             for &h in &hashes[j..m] {
-                self.token(&mut g, table, stamp, h, (0, 0), 2);
+                self.token(&mut g, table, &mut lex, stamp, h, (0, 0), 2);
             }
         }
         g.seen_tokens += (m - j) as u64;
         self.g = g;
+        for &key in &lex.keys[..lex.n.min(2 * CHUNK)] {
+            self.add_lex_slow(key);
+        }
     }
 
     /// Tokenises the scanned bytes (word and number tokens into the scratch buffer,
@@ -1179,8 +1200,9 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
             raw[LEX_FIRST + i] = c as f64;
             x[LEX_FIRST + i] = ln1p_count(c);
         }
-        let text = if self.g.distinct > 0 {
-            self.g.qsum as f64 * NGRAM_SCALE / (self.g.distinct as f64).sqrt()
+        let (distinct, qsum) = (self.g.acc & 0xffff, self.g.acc >> 16);
+        let text = if distinct > 0 {
+            qsum as f64 * NGRAM_SCALE / (distinct as f64).sqrt()
         } else {
             0.0
         };
