@@ -316,6 +316,18 @@ fn classify_portable(view: &[u8; VIEW], at: usize) -> Masks {
     m
 }
 
+/// `KEEP[k]`: a mask of the low `k` bytes (k <= 8; padded to 16 entries so that an
+/// index taken modulo 16 needs no bounds check).
+const KEEP: [u64; 16] = {
+    let mut t = [u64::MAX; 16];
+    let mut k = 0;
+    while k < 8 {
+        t[k] = (1u64 << (8 * k)) - 1;
+        k += 1;
+    }
+    t
+};
+
 /// Token hash of the `len` (>= 1) ASCII letters at `view[p..]`, lower-cased and
 /// hashed 8 bytes at a time (the last chunk zero-padded).
 #[inline(always)]
@@ -327,8 +339,7 @@ fn hash_letters(view: &[u8; VIEW], p: usize, len: usize) -> u64 {
         i += 8;
     }
     // 1..=8 letters left: keep those bytes, zero the rest.
-    let keep = u64::MAX >> (64 - 8 * (len - i));
-    h = token_hash_step(h, (le64(view, p + i) | CASE) & keep);
+    h = token_hash_step(h, (le64(view, p + i) | CASE) & KEEP[(len - i) % 16]);
     token_hash_finish(h, len as u64)
 }
 
@@ -765,14 +776,15 @@ fn dense_detail(j: usize, raw: f64, c: f64) -> String {
 ///   from the weight's own entry costs one load and one store, and nothing has to be
 ///   cleared between prompts: a new prompt takes a new stamp. (A separate bitset cost
 ///   a second table, a shift and a test per n-gram and a 4 KiB clear per prompt.)
-/// * `hashes` (and `spans` when explaining): the tokens of the prompt, buffered so that
-///   tokenising and n-gram counting run as two tight loops instead of one whose state
-///   does not fit in registers.
+/// * `spans` (when explaining): the byte spans of the tokens buffered for `flush`
+///   (their hashes are on the stack of `Scan::run`), so that tokenising and n-gram
+///   counting run as two tight loops instead of one whose state does not fit in
+///   registers.
+/// * `lex_keys`: the lexicon candidates of one `flush`.
 struct Scratch {
     table: [Entry; N_BUCKETS],
     /// Stamp of the current prompt (never 0 while scanning; 0 marks "no prompt yet").
     stamp: u16,
-    hashes: [u64; CHUNK],
     /// Byte span of each buffered token (only filled when explaining).
     spans: [(usize, usize); CHUNK],
     /// Token and bigram keys that passed the lexicon filter in one `flush`, looked up
@@ -798,7 +810,6 @@ impl Scratch {
         let mut s = Box::new(Self {
             table: [0; N_BUCKETS],
             stamp: 0,
-            hashes: [0; CHUNK],
             spans: [(0, 0); CHUNK],
             lex_keys: [0; 2 * CHUNK],
         });
@@ -860,7 +871,8 @@ struct Scan<'a, const EXPLAIN: bool> {
     /// Word and number tokens.
     ntok: u64,
     numbers: u64,
-    letters_in_words: u64,
+    /// ASCII letters with no letter on either side (runs of one: not word tokens).
+    single_letters: u64,
     lex: [u64; N_LEX],
     g: Grams,
     /// Start offsets of the last three tokens (for phrase excerpts; `EXPLAIN` only).
@@ -900,7 +912,7 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
             scanned: scan_end(data),
             ntok: 0,
             numbers: 0,
-            letters_in_words: 0,
+            single_letters: 0,
             lex: [0; N_LEX],
             g: Grams::default(),
             starts: [0; 3],
@@ -993,10 +1005,9 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
     /// Lexicon and n-gram counting of the first `m` buffered tokens. Out of line: it
     /// runs once per `CHUNK` tokens, and the tokeniser loop keeps its registers.
     #[inline(never)]
-    fn flush(&mut self, s: &mut Scratch, m: usize, stamp: u16) {
+    fn flush(&mut self, s: &mut Scratch, hashes: &[u64; CHUNK], m: usize, stamp: u16) {
         let Scratch {
             table,
-            hashes,
             spans,
             lex_keys,
             ..
@@ -1041,9 +1052,15 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
         let data = self.data;
         let text = data.get(..self.scanned).unwrap_or_default();
         let n = text.len();
-        // Tokens buffered in `s.hashes`, always < CHUNK between tokens.
+        // The token hashes, counted by `flush` in batches; on the stack, so that the
+        // loop below needs no register for the buffer's address.
+        let mut hashes = [0u64; CHUNK];
+        // Tokens buffered in `hashes`: at most CHUNK - BLOCK when a block starts, and
+        // a block adds at most BLOCK (one per byte at most), so the buffer is checked
+        // once per block, not per token.
         let mut m = 0usize;
-        let mut liw = 0u64;
+        // Letters in runs of one (not tokens); every other letter is in a word token.
+        let mut single_letters = 0u64;
         // End of the last number token: a digit run that starts before it (after the
         // '.' of "3.14") belongs to that number.
         let mut number_end = 0usize;
@@ -1055,11 +1072,25 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
         while base < n {
             let view = view_at(text, base, &mut pad);
             let next = block_masks(view, BLOCK, n.saturating_sub(base + BLOCK));
+            if m > CHUNK - BLOCK {
+                self.flush(s, &hashes, m, stamp);
+                self.ntok += m as u64;
+                m = 0;
+            }
             let (l, d) = (cur.letter, cur.digit);
+            // Letters with a letter before / after them (across block boundaries too).
+            let (l_before, l_after) = ((l << 1) | (carry & 1), (l >> 1) | (next.letter << 63));
             // First letter of a run of two or more (a single letter is no token) and
             // first digit of a run.
-            let word_starts = l & !((l << 1) | (carry & 1)) & ((l >> 1) | (next.letter << 63));
+            let word_starts = l & !l_before & l_after;
             let number_starts = d & !((d << 1) | (carry >> 1));
+            // Usually zero to two per block: a loop over the set bits is cheaper than
+            // `count_ones` without a popcount instruction in the x86_64 baseline.
+            let mut singles = l & !l_before & !l_after;
+            while singles != 0 {
+                single_letters += 1;
+                singles &= singles - 1;
+            }
             let mut starts = word_starts | number_starts;
             while starts != 0 {
                 let p = starts.trailing_zeros() as usize;
@@ -1087,18 +1118,12 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
                     } else {
                         (h, end) = hash_word(data, start);
                     }
-                    liw += (end - start) as u64;
                 }
-                s.hashes[m % CHUNK] = h;
+                hashes[m % CHUNK] = h;
                 if EXPLAIN {
                     s.spans[m % CHUNK] = (start, end);
                 }
                 m += 1;
-                if m == CHUNK {
-                    self.flush(s, m, stamp);
-                    self.ntok += m as u64;
-                    m = 0;
-                }
             }
             carry = (l >> 63) | ((d >> 63) << 1);
             // Every byte that is not a letter, digit or space: one counter by kind;
@@ -1117,9 +1142,9 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
             cur = next;
             base += BLOCK;
         }
-        self.flush(s, m, stamp);
+        self.flush(s, &hashes, m, stamp);
         self.ntok += m as u64;
-        self.letters_in_words = liw;
+        self.single_letters = single_letters;
     }
 
     /// Sentence ends, two-byte unicode math signs and code fences, for the byte `b` at
@@ -1188,10 +1213,12 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
             x[j] = ln1p_count(c);
         }
         let words = self.ntok - self.numbers;
-        raw[F_AVG_WORD_LEN] = ratio(self.letters_in_words, words).min(12.0);
+        let (upper, letters) = count_letters(self.data.get(..self.scanned).unwrap_or_default());
+        // Letters in word tokens: every letter except those standing alone.
+        let letters_in_words = letters - self.single_letters;
+        raw[F_AVG_WORD_LEN] = ratio(letters_in_words, words).min(12.0);
         raw[F_NUMBER_DENSITY] = ratio(self.numbers, words + self.numbers + 1);
         raw[F_NON_ASCII] = ratio(self.kind(K_NON_ASCII), scanned_chars);
-        let (upper, letters) = count_letters(self.data.get(..self.scanned).unwrap_or_default());
         raw[F_UPPERCASE] = ratio(upper, letters);
         for j in [F_AVG_WORD_LEN, F_NUMBER_DENSITY, F_NON_ASCII, F_UPPERCASE] {
             x[j] = raw[j];
@@ -1350,12 +1377,19 @@ pub fn score_unexplained(prompt: &str) -> Score {
 /// The routing decision only: exactly `score(prompt).value`, without the phrase
 /// bookkeeping or the per-feature contributions (the hot path of routing).
 pub fn decide(prompt: &str) -> f64 {
-    let (f, _) = scan::<false>(prompt.as_bytes());
-    let mut z = INTERCEPT;
-    for j in 0..N_DENSE {
-        z += DENSE_COEF[j] * (f.x[j] - DENSE_MEAN[j]);
-    }
-    z += f.text - TEXT_MEAN;
+    // The linear predictor is computed inside the scratch closure, so that only the
+    // `f64` leaves it (the `Features` arrays are not copied out, and the unused `raw`
+    // half is never built).
+    let z = with_scratch(|scratch| {
+        let mut s = Scan::<false>::new(prompt.as_bytes());
+        s.run(scratch);
+        let f = s.features();
+        let mut z = INTERCEPT;
+        for j in 0..N_DENSE {
+            z += DENSE_COEF[j] * (f.x[j] - DENSE_MEAN[j]);
+        }
+        z + (f.text - TEXT_MEAN)
+    });
     squash(z).0
 }
 
