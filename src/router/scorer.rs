@@ -1012,7 +1012,10 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
             lex_keys,
             ..
         } = s;
-        let mut lex = Lex { keys: lex_keys, n: 0 };
+        let mut lex = Lex {
+            keys: lex_keys,
+            n: 0,
+        };
         let m = m.min(CHUNK);
         let mut g = self.g;
         let mut j = 0;
@@ -1622,6 +1625,246 @@ mod tests {
             let chars = b.iter().filter(|&&c| c & 0xC0 != 0x80).count() as u64;
             assert_eq!(count_letters(b), (upper, letters), "len {len}");
             assert_eq!(count_chars(b), chars, "len {len}");
+        }
+    }
+
+    /// The scan's counts, recomputed from the specification in `scripts/fit_scorer.py`
+    /// one byte at a time: tokens by walking the text, n-gram presence with a
+    /// `HashSet`, byte kinds with plain `match`es. Independent of the block masks,
+    /// the stamped table and the lexicon filter that `Scan::run` uses.
+    #[derive(Debug, PartialEq)]
+    struct SpecCounts {
+        tokens: u64,
+        numbers: u64,
+        letters_in_words: u64,
+        /// '?', '\n', math signs, quantities, backslashes, code symbols, continuation
+        /// bytes, lead bytes >= 0xC0.
+        kinds: [u64; 8],
+        sentences: u64,
+        fences: u64,
+        math_unicode: u64,
+        lex: [u64; N_LEX],
+        distinct: i64,
+        qsum: i64,
+    }
+
+    fn spec_counts(data: &[u8]) -> SpecCounts {
+        let n = data.len();
+        let digit = |i: usize| data.get(i).is_some_and(u8::is_ascii_digit);
+        let mut toks: Vec<u64> = Vec::new();
+        let (mut numbers, mut letters_in_words) = (0, 0);
+        let mut lex = [0u64; N_LEX];
+        let count_lex = |key: u64, lex: &mut [u64; N_LEX]| {
+            for (c, slot) in lex.iter_mut().enumerate() {
+                *slot += u64::from((lexicon_probe(key) >> c) & 1);
+            }
+        };
+        let mut i = 0;
+        while i < n {
+            if data[i].is_ascii_alphabetic() {
+                let s = i;
+                while i < n && data[i].is_ascii_alphabetic() {
+                    i += 1;
+                }
+                if i - s >= 2 {
+                    let lower = data[s..i].to_ascii_lowercase();
+                    let mut h = TOKEN_SEED;
+                    for chunk in lower.chunks(8) {
+                        let mut b = [0u8; 8];
+                        b[..chunk.len()].copy_from_slice(chunk);
+                        h = token_hash_step(h, u64::from_le_bytes(b));
+                    }
+                    let h = token_hash_finish(h, (i - s) as u64);
+                    count_lex(h, &mut lex);
+                    toks.push(h);
+                    letters_in_words += (i - s) as u64;
+                }
+            } else if digit(i) {
+                loop {
+                    while digit(i) {
+                        i += 1;
+                    }
+                    if i + 1 < n && (data[i] == b'.' || data[i] == b',') && digit(i + 1) {
+                        i += 1;
+                        continue;
+                    }
+                    break;
+                }
+                toks.push(NUMBER_HASH);
+                numbers += 1;
+            } else {
+                i += 1;
+            }
+        }
+        let mut buckets = std::collections::HashSet::new();
+        for (t, &h) in toks.iter().enumerate() {
+            buckets.insert(bucket(h));
+            if t >= 1 {
+                let bi = mix(toks[t - 1], h);
+                count_lex(bi, &mut lex);
+                buckets.insert(bucket(bi));
+            }
+            if t >= 2 {
+                buckets.insert(bucket(mix(mix(toks[t - 2], toks[t - 1]), h)));
+            }
+        }
+        let qsum = buckets.iter().map(|&b| i64::from(NGRAM_Q[b])).sum();
+        let mut kinds = [0u64; 8];
+        let (mut sentences, mut fences, mut math_unicode, mut run) = (0, 0, 0, 0);
+        for (i, &b) in data.iter().enumerate() {
+            let next = data.get(i + 1).copied();
+            let k = match b {
+                b'?' => Some(0),
+                b'\n' => Some(1),
+                b'=' | b'+' | b'^' | b'<' | b'>' => Some(2),
+                b'%' | b'$' => Some(3),
+                b'\\' => Some(4),
+                b'{' | b'}' | b';' | b'_' | b'#' | b'`' => Some(5),
+                0x80..=0xBF => Some(6),
+                0xC0..=0xFF => Some(7),
+                _ => None,
+            };
+            if let Some(k) = k {
+                kinds[k] += 1;
+            }
+            if matches!(b, b'.' | b'!' | b'?')
+                && next.is_none_or(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
+            {
+                sentences += 1;
+            }
+            math_unicode += u64::from(match (b, next) {
+                (0xCE | 0xCF, _) => true,
+                (0xE2, Some(c)) => (0x88..=0x8B).contains(&c),
+                (0xC3, Some(c)) => c == 0x97 || c == 0xB7,
+                (0xC2, Some(c)) => matches!(c, 0xB0 | 0xB1 | 0xB2 | 0xB3 | 0xB9),
+                _ => false,
+            });
+            run = if b == b'`' { run + 1 } else { 0 };
+            fences += u64::from(b == b'`' && next != Some(b'`')) * (run / 3);
+        }
+        SpecCounts {
+            tokens: toks.len() as u64,
+            numbers,
+            letters_in_words,
+            kinds,
+            sentences,
+            fences,
+            math_unicode,
+            lex,
+            distinct: buckets.len() as i64,
+            qsum,
+        }
+    }
+
+    fn scan_counts(data: &[u8]) -> SpecCounts {
+        let mut s = Scan::<false>::new(data);
+        with_scratch(|scratch| s.run(scratch));
+        let (_, letters) = count_letters(data);
+        SpecCounts {
+            tokens: s.ntok,
+            numbers: s.numbers,
+            letters_in_words: letters - s.single_letters,
+            kinds: [
+                s.kind(K_QUESTION),
+                s.kind(K_NEWLINE),
+                s.kind(K_MATH),
+                s.kind(K_QUANT),
+                s.kind(K_BACKSLASH),
+                s.kind(K_CODE),
+                s.kind(K_CONTINUATION),
+                s.kind(K_NON_ASCII),
+            ],
+            sentences: s.sentences,
+            fences: s.fences,
+            math_unicode: s.math_unicode,
+            lex: s.lex,
+            distinct: s.g.acc & 0xffff,
+            qsum: s.g.acc >> 16,
+        }
+    }
+
+    /// Prompts whose tokens straddle the 64-byte blocks and 136-byte views of the scan
+    /// in every way: words of 1..=200 letters at every offset around a block end,
+    /// numbers and backtick runs across it, multi-byte characters on it.
+    fn boundary_prompts() -> Vec<String> {
+        let mut v = Vec::new();
+        for offset in [0, 1, 7, 55, 56, 57, 62, 63, 64, 65, 120, 127, 128, 129] {
+            for len in [
+                1, 2, 7, 8, 9, 16, 17, 63, 64, 65, 72, 127, 128, 129, 136, 200,
+            ] {
+                let word: String = "AbcdefghijKLMNOPQRstuvwxyz"
+                    .chars()
+                    .cycle()
+                    .take(len)
+                    .collect();
+                v.push(format!("{}{word} x 12.5", " ".repeat(offset)));
+                v.push(format!("{}{word}3.14,15{word}?", "9".repeat(offset)));
+            }
+            let pad = "z ".repeat(offset / 2);
+            v.push(format!("{pad}1.2.3,4,,5..6 `````` ``` é ∀x ×² α. end."));
+            v.push(format!("{pad}{}", "`".repeat(offset + 5)));
+        }
+        v
+    }
+
+    #[test]
+    fn scan_counts_match_the_specification() {
+        let mut prompts = boundary_prompts();
+        prompts.extend(varied_prompts());
+        for p in &prompts {
+            assert_eq!(
+                scan_counts(p.as_bytes()),
+                spec_counts(p.as_bytes()),
+                "{p:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, .. proptest::prelude::ProptestConfig::default() })]
+        #[test]
+        fn scan_counts_match_the_specification_on_random_text(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "a", "I", "to", "the", "How", "many", "more", "step", "prove", "python",
+                    "Supercalifragilisticexpialidocious", "0", "42", "3.14", "1,000", "7.", ",",
+                    " ", "  ", "\t", "\r\n", "\n", ".", "?", "!", "`", "```", "{", "}", ";",
+                    "_", "#", "=", "+", "^", "<", ">", "%", "$", "\\", "é", "∀", "≥", "×", "÷",
+                    "°", "±", "²", "α", "Ω", "中文", "😀", "\u{0}",
+                ]),
+                0..160,
+            )
+        ) {
+            let p = pieces.concat();
+            proptest::prop_assert_eq!(scan_counts(p.as_bytes()), spec_counts(p.as_bytes()));
+        }
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    #[test]
+    fn sse2_masks_match_the_byte_table() {
+        // Every byte value at every position of a block, and text around a boundary.
+        let mut views: Vec<[u8; VIEW]> = Vec::new();
+        for shift in 0..4u8 {
+            let mut v = [0u8; VIEW];
+            for (i, b) in v.iter_mut().enumerate() {
+                *b = (i as u8)
+                    .wrapping_mul(67)
+                    .wrapping_add(shift.wrapping_mul(64));
+            }
+            views.push(v);
+        }
+        for start in 0..=255u8 {
+            let mut v = [b' '; VIEW];
+            for (i, b) in v.iter_mut().enumerate() {
+                *b = start.wrapping_add(i as u8);
+            }
+            views.push(v);
+        }
+        for v in &views {
+            for at in [0, BLOCK] {
+                assert_eq!(classify(v, at), classify_portable(v, at), "{v:?} at {at}");
+            }
         }
     }
 
