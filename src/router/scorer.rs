@@ -334,12 +334,16 @@ const KEEP: [u64; 16] = {
 fn hash_letters(view: &[u8; VIEW], p: usize, len: usize) -> u64 {
     let mut h = TOKEN_SEED;
     let mut i = 0;
+    // `p + i < 2 * BLOCK` (the word ends inside the view's two blocks); the modulo
+    // shows the compiler that the 8-byte loads stay inside the view, so it drops the
+    // bounds checks.
     while len - i > 8 {
-        h = token_hash_step(h, le64(view, p + i) | CASE);
+        h = token_hash_step(h, le64(view, (p + i) % (2 * BLOCK)) | CASE);
         i += 8;
     }
     // 1..=8 letters left: keep those bytes, zero the rest.
-    h = token_hash_step(h, (le64(view, p + i) | CASE) & KEEP[(len - i) % 16]);
+    let last = le64(view, (p + i) % (2 * BLOCK)) | CASE;
+    h = token_hash_step(h, last & KEEP[(len - i) % 16]);
     token_hash_finish(h, len as u64)
 }
 
@@ -863,6 +867,9 @@ struct Scan<'a, const EXPLAIN: bool> {
     fences: u64,
     /// Length of the current run of backticks (for `fences`).
     tick_run: u64,
+    /// End of the last number token: a digit run that starts before it (after the '.'
+    /// of "3.14") belongs to that number.
+    number_end: usize,
     /// Unicode math signs (Greek letters, U+2200..U+22FF, multiply/divide, degree ...).
     math_unicode: u64,
     /// Bytes scanned: all of them, or up to the first token that starts at or after
@@ -908,6 +915,7 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
             sentences: 0,
             fences: 0,
             tick_run: 0,
+            number_end: 0,
             math_unicode: 0,
             scanned: scan_end(data),
             ntok: 0,
@@ -1064,9 +1072,6 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
         let mut m = 0usize;
         // Letters in runs of one (not tokens); every other letter is in a word token.
         let mut single_letters = 0u64;
-        // End of the last number token: a digit run that starts before it (after the
-        // '.' of "3.14") belongs to that number.
-        let mut number_end = 0usize;
         // Whether the byte before the block is a letter (bit 0) or a digit (bit 1).
         let mut carry = 0u64;
         let mut pad = [0u8; VIEW];
@@ -1101,12 +1106,10 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
                 let start = base + p;
                 let (h, end);
                 if (number_starts >> p) & 1 != 0 {
-                    if start < number_end {
-                        continue;
+                    match self.number(start) {
+                        Some(e) => end = e,
+                        None => continue,
                     }
-                    number_end = scan_number(data, start);
-                    end = number_end;
-                    self.numbers += 1;
                     h = NUMBER_HASH;
                 } else {
                     // The letter run, continued into the next block if it reaches
@@ -1150,6 +1153,19 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
         self.single_letters = single_letters;
     }
 
+    /// The number token starting at `start` (a digit), unless that digit run belongs
+    /// to the previous number (the "14" of "3.14"): counts it and returns its end. Out
+    /// of line: numbers are rare, and the word loop keeps its registers.
+    #[inline(never)]
+    fn number(&mut self, start: usize) -> Option<usize> {
+        if start < self.number_end {
+            return None;
+        }
+        self.number_end = scan_number(self.data, start);
+        self.numbers += 1;
+        Some(self.number_end)
+    }
+
     /// Sentence ends, two-byte unicode math signs and code fences, for the byte `b` at
     /// `i` (bytes are visited in order).
     #[inline(never)]
@@ -1162,7 +1178,7 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
                 // one per third backtick of a run.
                 let continues = i > 0 && data.get(i - 1) == Some(&b'`');
                 self.tick_run = if continues { self.tick_run + 1 } else { 1 };
-                self.fences += u64::from(self.tick_run % 3 == 0);
+                self.fences += u64::from(self.tick_run.is_multiple_of(3));
             }
             b'.' | b'!' | b'?' => {
                 let ends = match next {
