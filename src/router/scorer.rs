@@ -115,8 +115,7 @@ const fn byte_kinds() -> [u8; 256] {
             DIGIT
         } else {
             match c {
-                b'?' => K_QUESTION | SPECIAL,
-                b'.' | b'!' => SPECIAL,
+                b'?' => K_QUESTION,
                 b'\n' => K_NEWLINE | SPACE,
                 b' ' | b'\t' | b'\r' => SPACE,
                 b'=' | b'+' | b'^' | b'<' | b'>' => K_MATH,
@@ -1092,13 +1091,9 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
             // first digit of a run.
             let word_starts = l & !l_before & l_after;
             let number_starts = d & !((d << 1) | (carry >> 1));
-            // Usually zero to two per block: a loop over the set bits is cheaper than
-            // `count_ones` without a popcount instruction in the x86_64 baseline.
-            let mut singles = l & !l_before & !l_after;
-            while singles != 0 {
-                single_letters += 1;
-                singles &= singles - 1;
-            }
+            // `count_ones`, not a loop over the bits: zero to a few per block, too
+            // irregular for the loop's exit branch to be predicted.
+            single_letters += u64::from((l & !l_before & !l_after).count_ones());
             let mut starts = word_starts | number_starts;
             while starts != 0 {
                 let p = starts.trailing_zeros() as usize;
@@ -1133,14 +1128,23 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
             }
             carry = (l >> 63) | ((d >> 63) << 1);
             // Every byte that is not a letter, digit or space: one counter by kind;
-            // the few that need a look at their neighbours go out of line.
+            // the rare ones that need a look at their neighbours go out of line.
             let mut other = cur.other;
             while other != 0 {
-                let p = other.trailing_zeros() as usize;
+                let p = (other.trailing_zeros() & 63) as usize;
                 other &= other - 1;
                 let b = view[p];
                 let k = KIND[usize::from(b)];
                 self.other[usize::from(k & K_MASK)] += 1;
+                // A sentence ends at '.', '!' or '?' followed by a blank or the end of
+                // the prompt. Counted branch-free: such punctuation is about half of
+                // these bytes, in no pattern a branch predictor could learn. (Past the
+                // scanned prefix the view holds zero padding, no blank; the real next
+                // byte there starts a token, no blank either.)
+                let end = matches!(b, b'.' | b'!' | b'?');
+                let then_blank = KIND[usize::from(view[p + 1])] & SPACE != 0;
+                let last = base + p + 1 == data.len();
+                self.sentences += u64::from(end & (then_blank | last));
                 if k & SPECIAL != 0 {
                     self.special(b, base + p);
                 }
@@ -1166,8 +1170,8 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
         Some(self.number_end)
     }
 
-    /// Sentence ends, two-byte unicode math signs and code fences, for the byte `b` at
-    /// `i` (bytes are visited in order).
+    /// Two-byte unicode math signs and code fences, for the byte `b` at `i` (bytes are
+    /// visited in order).
     #[inline(never)]
     fn special(&mut self, b: u8, i: usize) {
         let data = self.data;
@@ -1179,13 +1183,6 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
                 let continues = i > 0 && data.get(i - 1) == Some(&b'`');
                 self.tick_run = if continues { self.tick_run + 1 } else { 1 };
                 self.fences += u64::from(self.tick_run.is_multiple_of(3));
-            }
-            b'.' | b'!' | b'?' => {
-                let ends = match next {
-                    None => true,
-                    Some(nx) => KIND[usize::from(nx)] & SPACE != 0,
-                };
-                self.sentences += u64::from(ends);
             }
             0xCE | 0xCF => self.math_unicode += 1,
             _ => {
