@@ -37,13 +37,19 @@
 //!   prints).
 //! * [`score`]: everything, including the prompt phrases [`Score::reasons`] quotes.
 //!
-//! Words are classified and hashed eight bytes at a time (SWAR) into a small buffer,
-//! then a second tight loop does the lexicon filter and the three n-gram lookups per
-//! token. Presence of an n-gram bucket is answered by a per-thread copy of the weight
-//! table stamped with the current prompt (see `Scratch`), so nothing is cleared
-//! between prompts. What remains is about 15k instructions for the average (447-byte,
-//! 70-token) routing prompt with `decide` (25.7k before December 2026), most of it the
-//! three n-gram hashes and lookups per token; see `docs/BENCHMARKS.md`.
+//! The scan classifies the prompt 64 bytes at a time into bit masks (letters,
+//! digits, bytes worth counting; SSE2 on x86_64), so it visits token starts and the
+//! few counted bytes only, never the letters inside a word or the spaces between
+//! words one by one. Words are lower-cased and hashed eight bytes at a time into a
+//! buffer; a second tight loop does the lexicon filter and the three n-gram lookups
+//! per token. Presence of an n-gram bucket is answered by a per-thread copy of the
+//! weight table stamped with the current prompt (see `Scratch`), so nothing is
+//! cleared between prompts, and the hot loops avoid branches whose outcome follows
+//! the text (repeated n-grams, sentence ends), which no predictor could learn. What
+//! remains is about 12.6k instructions for the average (447-byte, 70-token) routing
+//! prompt with `decide` (15.2k before this layout, 25.7k before December 2026), two
+//! thirds of it the three n-gram hashes and table lookups per token and the per-word
+//! hash; see `docs/BENCHMARKS.md`.
 
 #![allow(clippy::cast_precision_loss)]
 
@@ -805,8 +811,10 @@ const fn entry(weight: i16, stamp: u16) -> Entry {
     ((weight as u16 as u32) << 16) | stamp as u32
 }
 
-/// Tokens buffered between the tokeniser and the n-gram loop (a power of two).
+/// Tokens buffered between the tokeniser and the n-gram loop (a power of two, and at
+/// least a block's worth: the buffer is flushed when a block could overfill it).
 const CHUNK: usize = 128;
+const _: () = assert!(CHUNK.is_power_of_two() && CHUNK >= BLOCK);
 
 impl Scratch {
     fn new() -> Box<Self> {
