@@ -307,16 +307,35 @@ fn classify(view: &[u8; VIEW], at: usize) -> Masks {
     classify_portable(view, at)
 }
 
-/// The same masks one byte at a time (other targets; on x86_64 the tests compare it
-/// with the SSE2 version).
+/// The same masks eight bytes at a time in a `u64` (SWAR), for targets without the
+/// SSE2 path (about 35 instructions per 8 bytes; on x86_64 the tests compare both
+/// with a byte-by-byte classification).
 #[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "sse2"))))]
 fn classify_portable(view: &[u8; VIEW], at: usize) -> Masks {
+    // Per byte, the high bit is set iff the byte (its low 7 bits `x7`, high bit clear)
+    // is in `lo..lo + n`: adding `0x80 - lo` to `x7` cannot carry into the next byte.
+    fn in_range(x7: u64, v: u64, lo: u8, n: u8) -> u64 {
+        let ge_lo = x7.wrapping_add(ONES * u64::from(0x80 - lo));
+        let ge_hi = x7.wrapping_add(ONES * u64::from(0x80 - (lo + n)));
+        ge_lo & !ge_hi & !v & HI
+    }
+    // The high bit of each byte of `m` (a flag per byte) gathered into 8 bits: the
+    // multiply moves flag i to bit 56 + i, with no two partial products colliding.
+    fn gather(m: u64) -> u64 {
+        ((m >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
+    }
     let mut m = Masks::default();
-    for (i, &b) in view.iter().skip(at).take(BLOCK).enumerate() {
-        let k = KIND[usize::from(b)];
-        m.letter |= u64::from(k & LETTER != 0) << i;
-        m.digit |= u64::from(k & DIGIT != 0) << i;
-        m.other |= u64::from(k & (LETTER | DIGIT) == 0 && b != b' ') << i;
+    for k in 0..BLOCK / 8 {
+        let v = le64(view, at + 8 * k);
+        let letter = in_range((v | CASE) & LO7, v, b'a', 26);
+        let digit = in_range(v & LO7, v, b'0', 10);
+        // Zero-byte test of v ^ spaces: the high bit is set iff the byte is not a space.
+        let d = v ^ (ONES * u64::from(b' '));
+        let not_space = (((d & LO7).wrapping_add(LO7)) | d) & HI;
+        let plain = letter | digit | (!not_space & HI);
+        m.letter |= gather(letter) << (8 * k);
+        m.digit |= gather(digit) << (8 * k);
+        m.other |= gather(!plain & HI) << (8 * k);
     }
     m
 }
@@ -1861,9 +1880,8 @@ mod tests {
         }
     }
 
-    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     #[test]
-    fn sse2_masks_match_the_byte_table() {
+    fn block_masks_match_a_byte_by_byte_classification() {
         // Every byte value at every position of a block, and text around a boundary.
         let mut views: Vec<[u8; VIEW]> = Vec::new();
         for shift in 0..4u8 {
@@ -1884,7 +1902,14 @@ mod tests {
         }
         for v in &views {
             for at in [0, BLOCK] {
-                assert_eq!(classify(v, at), classify_portable(v, at), "{v:?} at {at}");
+                let mut want = Masks::default();
+                for (i, &b) in v[at..at + BLOCK].iter().enumerate() {
+                    want.letter |= u64::from(b.is_ascii_alphabetic()) << i;
+                    want.digit |= u64::from(b.is_ascii_digit()) << i;
+                    want.other |= u64::from(!b.is_ascii_alphanumeric() && b != b' ') << i;
+                }
+                assert_eq!(classify(v, at), want, "{v:?} at {at}");
+                assert_eq!(classify_portable(v, at), want, "{v:?} at {at}");
             }
         }
     }
