@@ -46,7 +46,7 @@
 //! weight table stamped with the current prompt (see `Scratch`), so nothing is
 //! cleared between prompts, and the hot loops avoid branches whose outcome follows
 //! the text (repeated n-grams, sentence ends), which no predictor could learn. What
-//! remains is about 12.6k instructions for the average (447-byte, 70-token) routing
+//! remains is about 12.9k instructions for the average (447-byte, 70-token) routing
 //! prompt with `decide` (15.2k before this layout, 25.7k before December 2026), two
 //! thirds of it the three n-gram hashes and table lookups per token and the per-word
 //! hash; see `docs/BENCHMARKS.md`.
