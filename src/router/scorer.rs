@@ -37,13 +37,19 @@
 //!   prints).
 //! * [`score`]: everything, including the prompt phrases [`Score::reasons`] quotes.
 //!
-//! Words are classified and hashed eight bytes at a time (SWAR) into a small buffer,
-//! then a second tight loop does the lexicon filter and the three n-gram lookups per
-//! token. Presence of an n-gram bucket is answered by a per-thread copy of the weight
-//! table stamped with the current prompt (see `Scratch`), so nothing is cleared
-//! between prompts. What remains is about 15k instructions for the average (447-byte,
-//! 70-token) routing prompt with `decide` (25.7k before December 2026), most of it the
-//! three n-gram hashes and lookups per token; see `docs/BENCHMARKS.md`.
+//! The scan classifies the prompt 64 bytes at a time into bit masks (letters,
+//! digits, bytes worth counting; SSE2 on x86_64), so it visits token starts and the
+//! few counted bytes only, never the letters inside a word or the spaces between
+//! words one by one. Words are lower-cased and hashed eight bytes at a time into a
+//! buffer; a second tight loop does the lexicon filter and the three n-gram lookups
+//! per token. Presence of an n-gram bucket is answered by a per-thread copy of the
+//! weight table stamped with the current prompt (see `Scratch`), so nothing is
+//! cleared between prompts, and the hot loops avoid branches whose outcome follows
+//! the text (repeated n-grams, sentence ends), which no predictor could learn. What
+//! remains is about 12.9k instructions for the average (447-byte, 70-token) routing
+//! prompt with `decide` (15.2k before this layout, 25.7k before December 2026), two
+//! thirds of it the three n-gram hashes and table lookups per token and the per-word
+//! hash; see `docs/BENCHMARKS.md`.
 
 #![allow(clippy::cast_precision_loss)]
 
@@ -115,8 +121,7 @@ const fn byte_kinds() -> [u8; 256] {
             DIGIT
         } else {
             match c {
-                b'?' => K_QUESTION | SPECIAL,
-                b'.' | b'!' => SPECIAL,
+                b'?' => K_QUESTION,
                 b'\n' => K_NEWLINE | SPACE,
                 b' ' | b'\t' | b'\r' => SPACE,
                 b'=' | b'+' | b'^' | b'<' | b'>' => K_MATH,
@@ -193,26 +198,264 @@ fn leading_letters(v: u64) -> (usize, u64) {
     (len, x & keep)
 }
 
+/// Bytes per block of the classifying pass: one bit per byte in a `u64`.
+const BLOCK: usize = 64;
+/// Bytes the token pass of one block may read: the block, the next one (for words
+/// that run across the boundary) and 8 more, so an 8-byte load at any offset of the
+/// two blocks stays inside.
+const VIEW: usize = 2 * BLOCK + 8;
+
+/// One block's bytes by class, bit `i` for byte `i` of the block.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Masks {
+    /// ASCII letters.
+    letter: u64,
+    /// ASCII digits.
+    digit: u64,
+    /// Every other byte except the plain space: what the per-kind counters and the
+    /// special cases look at. Punctuation nobody counts (',', '(' ...) is in here too
+    /// and costs a table lookup; spaces, the most common byte after letters, are not.
+    other: u64,
+}
+
+/// Little-endian `u64` at `b[i..i + 8]` (0 if that is out of range, which the callers'
+/// offsets never are).
+#[inline(always)]
+fn le64(b: &[u8; VIEW], i: usize) -> u64 {
+    let mut w = [0u8; 8];
+    if let Some(s) = b.get(i..i + 8) {
+        w.copy_from_slice(s);
+    }
+    u64::from_le_bytes(w)
+}
+
+/// `VIEW` bytes of `text` from `base`: borrowed when the text has them, else the rest
+/// of the text copied into `pad` and zero-filled (only the last two blocks of a
+/// prompt).
+#[inline]
+fn view_at<'t>(text: &'t [u8], base: usize, pad: &'t mut [u8; VIEW]) -> &'t [u8; VIEW] {
+    let tail = text.get(base..).unwrap_or_default();
+    if let Some(v) = tail.first_chunk::<VIEW>() {
+        return v;
+    }
+    let k = tail.len().min(VIEW);
+    *pad = [0; VIEW];
+    pad[..k].copy_from_slice(&tail[..k]);
+    pad
+}
+
+/// The masks of the block at `view[at..at + BLOCK]`, of which the first `avail` bytes
+/// are text (the rest, if any, is `view_at`'s zero padding).
+#[inline]
+fn block_masks(view: &[u8; VIEW], at: usize, avail: usize) -> Masks {
+    let mut m = classify(view, at);
+    if avail < BLOCK {
+        let valid = (1u64 << avail) - 1;
+        m.letter &= valid;
+        m.digit &= valid;
+        m.other &= valid;
+    }
+    m
+}
+
+/// Classifies 64 bytes with SSE2, 16 per compare: about 40 instructions a block,
+/// where a lookup per byte costs over 200.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline]
+fn classify(view: &[u8; VIEW], at: usize) -> Masks {
+    // SAFETY: `classify_sse2` only requires SSE2, which the `cfg` above guarantees
+    // the target has (SSE2 is part of the x86_64 baseline). It takes no pointers.
+    unsafe { classify_sse2(view, at) }
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[target_feature(enable = "sse2")]
+#[inline]
+fn classify_sse2(view: &[u8; VIEW], at: usize) -> Masks {
+    use std::arch::x86_64::{
+        _mm_add_epi8, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set_epi64x, _mm_set1_epi8,
+    };
+    let mut m = Masks::default();
+    for k in 0..BLOCK / 16 {
+        let lo = le64(view, at + 16 * k);
+        let hi = le64(view, at + 16 * k + 8);
+        let v = _mm_set_epi64x(hi as i64, lo as i64);
+        // SSE2 compares signed bytes only, so each range is moved to start at -128:
+        // a letter is (v | 0x20) in b'a'..=b'z', i.e. (v | 0x20) + 0x1f < -128 + 26;
+        // a digit is v + 0x50 < -128 + 10. Bytes >= 0x80 land outside both.
+        let folded = _mm_add_epi8(_mm_or_si128(v, _mm_set1_epi8(0x20)), _mm_set1_epi8(0x1f));
+        let letter = _mm_cmplt_epi8(folded, _mm_set1_epi8(-128 + 26));
+        let digit = _mm_cmplt_epi8(
+            _mm_add_epi8(v, _mm_set1_epi8(0x50)),
+            _mm_set1_epi8(-128 + 10),
+        );
+        let space = _mm_cmpeq_epi8(v, _mm_set1_epi8(0x20));
+        let plain = _mm_or_si128(_mm_or_si128(letter, digit), space);
+        // `movemask` puts one bit per byte in the low 16 bits.
+        let shift = 16 * k;
+        m.letter |= u64::from(_mm_movemask_epi8(letter) as u16) << shift;
+        m.digit |= u64::from(_mm_movemask_epi8(digit) as u16) << shift;
+        m.other |= u64::from(!(_mm_movemask_epi8(plain) as u16)) << shift;
+    }
+    m
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+#[inline]
+fn classify(view: &[u8; VIEW], at: usize) -> Masks {
+    classify_portable(view, at)
+}
+
+/// The same masks eight bytes at a time in a `u64` (SWAR), for targets without the
+/// SSE2 path (about 35 instructions per 8 bytes; on x86_64 the tests compare both
+/// with a byte-by-byte classification).
+#[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "sse2"))))]
+fn classify_portable(view: &[u8; VIEW], at: usize) -> Masks {
+    // Per byte, the high bit is set iff the byte (its low 7 bits `x7`, high bit clear)
+    // is in `lo..lo + n`: adding `0x80 - lo` to `x7` cannot carry into the next byte.
+    fn in_range(x7: u64, v: u64, lo: u8, n: u8) -> u64 {
+        let ge_lo = x7.wrapping_add(ONES * u64::from(0x80 - lo));
+        let ge_hi = x7.wrapping_add(ONES * u64::from(0x80 - (lo + n)));
+        ge_lo & !ge_hi & !v & HI
+    }
+    // The high bit of each byte of `m` (a flag per byte) gathered into 8 bits: the
+    // multiply moves flag i to bit 56 + i, with no two partial products colliding.
+    fn gather(m: u64) -> u64 {
+        ((m >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
+    }
+    let mut m = Masks::default();
+    for k in 0..BLOCK / 8 {
+        let v = le64(view, at + 8 * k);
+        let letter = in_range((v | CASE) & LO7, v, b'a', 26);
+        let digit = in_range(v & LO7, v, b'0', 10);
+        // Zero-byte test of v ^ spaces: the high bit is set iff the byte is not a space.
+        let d = v ^ (ONES * u64::from(b' '));
+        let not_space = (((d & LO7).wrapping_add(LO7)) | d) & HI;
+        let plain = letter | digit | (!not_space & HI);
+        m.letter |= gather(letter) << (8 * k);
+        m.digit |= gather(digit) << (8 * k);
+        m.other |= gather(!plain & HI) << (8 * k);
+    }
+    m
+}
+
+/// `KEEP[k]`: a mask of the low `k` bytes (k <= 8; padded to 16 entries so that an
+/// index taken modulo 16 needs no bounds check).
+const KEEP: [u64; 16] = {
+    let mut t = [u64::MAX; 16];
+    let mut k = 0;
+    while k < 8 {
+        t[k] = (1u64 << (8 * k)) - 1;
+        k += 1;
+    }
+    t
+};
+
+/// Token hash of the `len` (>= 1) ASCII letters at `view[p..]`, lower-cased and
+/// hashed 8 bytes at a time (the last chunk zero-padded).
+#[inline(always)]
+fn hash_letters(view: &[u8; VIEW], p: usize, len: usize) -> u64 {
+    let mut h = TOKEN_SEED;
+    let mut i = 0;
+    // `p + i < 2 * BLOCK` (the word ends inside the view's two blocks); the modulo
+    // shows the compiler that the 8-byte loads stay inside the view, so it drops the
+    // bounds checks.
+    while len - i > 8 {
+        h = token_hash_step(h, le64(view, (p + i) % (2 * BLOCK)) | CASE);
+        i += 8;
+    }
+    // 1..=8 letters left: keep those bytes, zero the rest.
+    let last = le64(view, (p + i) % (2 * BLOCK)) | CASE;
+    h = token_hash_step(h, last & KEEP[(len - i) % 16]);
+    token_hash_finish(h, len as u64)
+}
+
+/// Token hash and end of the letter run at `data[start..]`, for the rare word too long
+/// for [`hash_letters`]'s view.
+#[inline(never)]
+fn hash_word(data: &[u8], start: usize) -> (u64, usize) {
+    let mut h = TOKEN_SEED;
+    let mut i = start;
+    loop {
+        let (len, chunk) = leading_letters(load8(data, i));
+        if len == 0 {
+            break;
+        }
+        h = token_hash_step(h, chunk);
+        i += len;
+        if len < 8 {
+            break;
+        }
+    }
+    (token_hash_finish(h, (i - start) as u64), i)
+}
+
+/// End of the number token starting at `data[start]` (a digit): `[0-9]+([.,][0-9]+)*`.
+#[inline(never)]
+fn scan_number(data: &[u8], start: usize) -> usize {
+    let digit = |i: usize| data.get(i).is_some_and(u8::is_ascii_digit);
+    let mut i = start;
+    loop {
+        while digit(i) {
+            i += 1;
+        }
+        if matches!(data.get(i), Some(b'.' | b',')) && digit(i + 1) {
+            i += 1;
+            continue;
+        }
+        return i;
+    }
+}
+
+/// Bytes the features are computed from: all of `data`, or (when a fit sets
+/// `SCAN_CAP`) up to the first token, single letters included, that starts at or after
+/// `SCAN_CAP`.
+// `SCAN_CAP` is generated: `usize::MAX` while the cap is off (then the comparison
+// never holds), a real offset when a fit turns it on.
+#[allow(clippy::absurd_extreme_comparisons)]
+fn scan_end(data: &[u8]) -> usize {
+    if data.len() <= SCAN_CAP {
+        return data.len();
+    }
+    let mut i = 0;
+    while let Some(&b) = data.get(i) {
+        let k = KIND[usize::from(b)];
+        if k & (LETTER | DIGIT) == 0 {
+            i += 1;
+            continue;
+        }
+        if i >= SCAN_CAP {
+            return i;
+        }
+        if k & LETTER != 0 {
+            while data.get(i).is_some_and(u8::is_ascii_alphabetic) {
+                i += 1;
+            }
+        } else {
+            i = scan_number(data, i);
+        }
+    }
+    data.len()
+}
+
 #[inline]
 fn mix(a: u64, b: u64) -> u64 {
     (a.rotate_left(23) ^ b).wrapping_mul(GOLDEN)
 }
 
 #[inline]
-fn bucket(k: u64) -> usize {
+const fn bucket(k: u64) -> usize {
     ((k ^ (k >> 32)).wrapping_mul(GOLDEN) >> (64 - BUCKET_BITS)) as usize
 }
 
-/// Bits of the lexicon pre-filter (a one-hash Bloom filter over the lexicon keys).
-const FILTER_BITS: u32 = 16;
-
-const fn lexicon_filter() -> [u64; 1 << (FILTER_BITS - 6)] {
-    let mut f = [0u64; 1 << (FILTER_BITS - 6)];
+const fn lexicon_buckets() -> [u64; N_BUCKETS / 64] {
+    let mut f = [0u64; N_BUCKETS / 64];
     let mut i = 0;
     while i < LEXICON.len() {
         let k = LEXICON[i].0;
         if k != 0 {
-            let b = (k >> (64 - FILTER_BITS)) as usize;
+            let b = bucket(k);
             f[b >> 6] |= 1 << (b & 63);
         }
         i += 1;
@@ -220,14 +463,17 @@ const fn lexicon_filter() -> [u64; 1 << (FILTER_BITS - 6)] {
     f
 }
 
-/// Most tokens are not in the lexicon; this 8 KiB filter rejects them with one load.
-static LEX_FILTER: [u64; 1 << (FILTER_BITS - 6)] = lexicon_filter();
+/// The n-gram buckets some lexicon key falls in (a 4 KiB bit set). Most tokens and
+/// bigrams are not in the lexicon; as their bucket is computed anyway for the weight,
+/// this rejects them with one load and a bit test (about 1.5% of buckets are set, so
+/// a few keys per prompt take the exact lookup for nothing).
+static LEX_BUCKETS: [u64; N_BUCKETS / 64] = lexicon_buckets();
 
-/// Whether a token or bigram key may be in the lexicon (false: certainly not).
+/// Whether a token or bigram key whose n-gram bucket is `b` may be in the lexicon
+/// (false: certainly not).
 #[inline(always)]
-fn lexicon_maybe(key: u64) -> bool {
-    let fb = (key >> (64 - FILTER_BITS)) as usize;
-    LEX_FILTER[fb >> 6] & (1 << (fb & 63)) != 0
+fn lexicon_maybe(b: usize) -> bool {
+    LEX_BUCKETS[(b >> 6) % (N_BUCKETS / 64)] & (1 << (b & 63)) != 0
 }
 
 /// Class bit mask of a token or bigram key (0 when not in the lexicon); callers check
@@ -558,39 +804,44 @@ fn dense_detail(j: usize, raw: f64, c: f64) -> String {
 ///   from the weight's own entry costs one load and one store, and nothing has to be
 ///   cleared between prompts: a new prompt takes a new stamp. (A separate bitset cost
 ///   a second table, a shift and a test per n-gram and a 4 KiB clear per prompt.)
-/// * `hashes` (and `spans` when explaining): the tokens of the prompt, buffered so that
-///   tokenising and n-gram counting run as two tight loops instead of one whose state
-///   does not fit in registers.
+/// * `spans` (when explaining): the byte spans of the tokens buffered for `flush`
+///   (their hashes are on the stack of `Scan::run`), so that tokenising and n-gram
+///   counting run as two tight loops instead of one whose state does not fit in
+///   registers.
+/// * `lex_keys`: the lexicon candidates of one `flush`.
 struct Scratch {
     table: [Entry; N_BUCKETS],
     /// Stamp of the current prompt (never 0 while scanning; 0 marks "no prompt yet").
     stamp: u16,
-    hashes: [u64; CHUNK],
     /// Byte span of each buffered token (only filled when explaining).
     spans: [(usize, usize); CHUNK],
+    /// Token and bigram keys that passed the lexicon filter in one `flush`, looked up
+    /// after its loop (a call inside the loop would make it spill its registers).
+    lex_keys: [u64; 2 * CHUNK],
 }
 
-/// One n-gram bucket of a thread's table: its weight and the stamp of the last prompt
-/// that counted it.
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    stamp: u16,
-    weight: i16,
+/// One n-gram bucket of a thread's table: the weight (`i16`) in the high half, the
+/// stamp of the last prompt that counted it in the low half. One `u32`, loaded whole,
+/// so that the weight is in a register before the "seen already?" test and the
+/// compiler selects it branch-free rather than loading it behind a branch.
+type Entry = u32;
+
+const fn entry(weight: i16, stamp: u16) -> Entry {
+    ((weight as u16 as u32) << 16) | stamp as u32
 }
 
-/// Tokens buffered between the tokeniser and the n-gram loop (a power of two).
+/// Tokens buffered between the tokeniser and the n-gram loop (a power of two, and at
+/// least a block's worth: the buffer is flushed when a block could overfill it).
 const CHUNK: usize = 128;
+const _: () = assert!(CHUNK.is_power_of_two() && CHUNK >= BLOCK);
 
 impl Scratch {
     fn new() -> Box<Self> {
         let mut s = Box::new(Self {
-            table: [Entry {
-                stamp: 0,
-                weight: 0,
-            }; N_BUCKETS],
+            table: [0; N_BUCKETS],
             stamp: 0,
-            hashes: [0; CHUNK],
             spans: [(0, 0); CHUNK],
+            lex_keys: [0; 2 * CHUNK],
         });
         s.restamp();
         s
@@ -599,7 +850,7 @@ impl Scratch {
     /// Every entry back to stamp 0 with its weight.
     fn restamp(&mut self) {
         for (e, &weight) in self.table.iter_mut().zip(NGRAM_Q.iter()) {
-            *e = Entry { stamp: 0, weight };
+            *e = entry(weight, 0);
         }
         self.stamp = 0;
     }
@@ -640,6 +891,11 @@ struct Scan<'a, const EXPLAIN: bool> {
     other: [u64; N_KINDS],
     sentences: u64,
     fences: u64,
+    /// Length of the current run of backticks (for `fences`).
+    tick_run: u64,
+    /// End of the last number token: a digit run that starts before it (after the '.'
+    /// of "3.14") belongs to that number.
+    number_end: usize,
     /// Unicode math signs (Greek letters, U+2200..U+22FF, multiply/divide, degree ...).
     math_unicode: u64,
     /// Bytes scanned: all of them, or up to the first token that starts at or after
@@ -648,7 +904,8 @@ struct Scan<'a, const EXPLAIN: bool> {
     /// Word and number tokens.
     ntok: u64,
     numbers: u64,
-    letters_in_words: u64,
+    /// ASCII letters with no letter on either side (runs of one: not word tokens).
+    single_letters: u64,
     lex: [u64; N_LEX],
     g: Grams,
     /// Start offsets of the last three tokens (for phrase excerpts; `EXPLAIN` only).
@@ -656,13 +913,19 @@ struct Scan<'a, const EXPLAIN: bool> {
     best: Best,
 }
 
+/// The lexicon candidates of one `flush`: `keys[..n]`.
+struct Lex<'s> {
+    keys: &'s mut [u64; 2 * CHUNK],
+    n: usize,
+}
+
 /// The n-gram state carried from one buffered batch of tokens to the next.
 #[derive(Debug, Clone, Copy, Default)]
 struct Grams {
-    /// Distinct n-gram buckets seen.
-    distinct: usize,
-    /// Sum of the quantised weights of those buckets.
-    qsum: i64,
+    /// Over the distinct n-gram buckets seen, `weight * 65536 + 1` summed: the sum of
+    /// their weights in the high bits, their number (at most 32,768 < 65,536) in the
+    /// low 16, so that one add per n-gram counts both.
+    acc: i64,
     /// Key of the previous token and of the previous bigram.
     prev1: u64,
     prev_bi: u64,
@@ -677,11 +940,13 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
             other: [0; N_KINDS],
             sentences: 0,
             fences: 0,
+            tick_run: 0,
+            number_end: 0,
             math_unicode: 0,
-            scanned: data.len(),
+            scanned: scan_end(data),
             ntok: 0,
             numbers: 0,
-            letters_in_words: 0,
+            single_letters: 0,
             lex: [0; N_LEX],
             g: Grams::default(),
             starts: [0; 3],
@@ -689,195 +954,262 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
         }
     }
 
-    /// Counts the lexicon classes of a token or bigram key. Most keys are in no class:
-    /// the filter rejects them inline, the rest take the out-of-line path.
+    /// Queues a token or bigram key whose n-gram bucket is `b` for the lexicon lookup
+    /// if it passes the filter (most keys are in no class and do not).
     #[inline(always)]
-    fn add_lex(&mut self, key: u64) {
-        if lexicon_maybe(key) {
-            self.add_lex_slow(key);
+    fn add_lex(lex: &mut Lex<'_>, key: u64, b: usize) {
+        if lexicon_maybe(b) {
+            lex.keys[lex.n % (2 * CHUNK)] = key;
+            lex.n += 1;
         }
     }
 
     #[inline(never)]
     fn add_lex_slow(&mut self, key: u64) {
-        let classes = lexicon_probe(key);
-        for (i, slot) in self.lex.iter_mut().enumerate() {
-            *slot += u64::from((classes >> i) & 1);
+        let mut classes = lexicon_probe(key);
+        // Nearly always one class: visit the set bits only.
+        while classes != 0 {
+            if let Some(c) = self.lex.get_mut(classes.trailing_zeros() as usize) {
+                *c += 1;
+            }
+            classes &= classes - 1;
         }
     }
 
-    /// Counts one n-gram key; returns its (quantised) weight if its bucket is new in
-    /// this prompt (its entry does not carry this prompt's `stamp`), else 0.
+    /// Counts the n-gram in bucket `b`; returns its (quantised) weight if the bucket is
+    /// new in this prompt (its entry does not carry this prompt's `stamp`), else 0.
     #[inline(always)]
-    fn add_gram(g: &mut Grams, table: &mut [Entry; N_BUCKETS], stamp: u16, key: u64) -> i32 {
-        let b = bucket(key);
+    fn add_gram(g: &mut Grams, table: &mut [Entry; N_BUCKETS], stamp: u16, b: usize) -> i32 {
         let e = table[b];
-        // Only the stamp half is written back: the weight never changes.
-        table[b].stamp = stamp;
-        let fresh = e.stamp != stamp;
-        g.distinct += usize::from(fresh);
-        let w = if fresh { i32::from(e.weight) } else { 0 };
-        g.qsum += i64::from(w);
-        w
+        // The weight half stays, the stamp half becomes this prompt's.
+        table[b] = (e & 0xffff_0000) | u32::from(stamp);
+        // The entry's share of `acc`: the weight above bit 16, a count of 1 below.
+        // Selected branch-free on purpose: about 40% of unigrams repeat within a
+        // prompt, far too irregular for a branch predictor.
+        let v = (i64::from(e as i32) & !0xffff) | 1;
+        let v = if e as u16 != stamp { v } else { 0 };
+        g.acc += v;
+        (v >> 16) as i32
     }
 
-    /// Lexicon and n-gram counting of the first `m` buffered tokens.
+    /// Lexicon and n-gram counting of one token (hash `h`, byte span `span`) given
+    /// how many tokens precede it in the prompt, capped at 2 (`before`: 0 means no
+    /// bigram or trigram yet, 1 no trigram). Called with a literal 2 in the hot loop,
+    /// so the checks fold away there.
     #[inline(always)]
-    fn flush(&mut self, s: &mut Scratch, m: usize, stamp: u16) {
+    #[allow(clippy::too_many_arguments)]
+    fn token(
+        &mut self,
+        g: &mut Grams,
+        table: &mut [Entry; N_BUCKETS],
+        lex: &mut Lex<'_>,
+        stamp: u16,
+        h: u64,
+        span: (usize, usize),
+        before: u64,
+    ) {
+        // Number tokens share one hash that is not in the lexicon (checked in the
+        // tests), so looking every token up is the same as looking up words only.
+        let b1 = bucket(h);
+        Self::add_lex(lex, h, b1);
+        let w1 = Self::add_gram(g, table, stamp, b1);
+        if EXPLAIN {
+            self.starts = [self.starts[1], self.starts[2], span.0];
+            self.best.consider(0, w1, span.0, span.1);
+        }
+        if before >= 1 {
+            let bi = mix(g.prev1, h);
+            let b2 = bucket(bi);
+            Self::add_lex(lex, bi, b2);
+            let w2 = Self::add_gram(g, table, stamp, b2);
+            if EXPLAIN {
+                self.best.consider(1, w2, self.starts[1], span.1);
+            }
+            if before >= 2 {
+                let w3 = Self::add_gram(g, table, stamp, bucket(mix(g.prev_bi, h)));
+                if EXPLAIN {
+                    self.best.consider(2, w3, self.starts[0], span.1);
+                }
+            }
+            g.prev_bi = bi;
+        }
+        g.prev1 = h;
+    }
+
+    /// Lexicon and n-gram counting of the first `m` buffered tokens. Out of line: it
+    /// runs once per `CHUNK` tokens, and the tokeniser loop keeps its registers.
+    #[inline(never)]
+    fn flush(&mut self, s: &mut Scratch, hashes: &[u64; CHUNK], m: usize, stamp: u16) {
         let Scratch {
             table,
-            hashes,
             spans,
+            lex_keys,
             ..
         } = s;
+        let mut lex = Lex {
+            keys: lex_keys,
+            n: 0,
+        };
+        let m = m.min(CHUNK);
         let mut g = self.g;
-        for j in 0..m.min(CHUNK) {
-            let h = hashes[j];
-            // Number tokens share one hash that is not in the lexicon (checked in the
-            // tests), so looking every token up is the same as looking up words only.
-            self.add_lex(h);
-            let w1 = Self::add_gram(&mut g, table, stamp, h);
-            if EXPLAIN {
-                let (start, end) = spans[j];
-                self.starts = [self.starts[1], self.starts[2], start];
-                self.best.consider(0, w1, start, end);
-            }
-            if g.seen_tokens >= 1 {
-                let bi = mix(g.prev1, h);
-                self.add_lex(bi);
-                let w2 = Self::add_gram(&mut g, table, stamp, bi);
-                if EXPLAIN {
-                    self.best.consider(1, w2, self.starts[1], spans[j].1);
-                }
-                if g.seen_tokens >= 2 {
-                    let tri = mix(g.prev_bi, h);
-                    let w3 = Self::add_gram(&mut g, table, stamp, tri);
-                    if EXPLAIN {
-                        self.best.consider(2, w3, self.starts[0], spans[j].1);
-                    }
-                }
-                g.prev_bi = bi;
-            }
-            g.prev1 = h;
+        let mut j = 0;
+        // The prompt's first two tokens lack a bigram or trigram; every later one
+        // has all three, without a check per token.
+        while j < m && g.seen_tokens < 2 {
+            let before = g.seen_tokens;
+            self.token(&mut g, table, &mut lex, stamp, hashes[j], spans[j], before);
             g.seen_tokens += 1;
+            j += 1;
         }
+        if EXPLAIN {
+            for (&h, &span) in hashes[j..m].iter().zip(&spans[j..m]) {
+                self.token(&mut g, table, &mut lex, stamp, h, span, 2);
+            }
+        } else {
+            for &h in &hashes[j..m] {
+                self.token(&mut g, table, &mut lex, stamp, h, (0, 0), 2);
+            }
+        }
+        g.seen_tokens += (m - j) as u64;
         self.g = g;
+        for &key in &lex.keys[..lex.n.min(2 * CHUNK)] {
+            self.add_lex_slow(key);
+        }
     }
 
-    // `SCAN_CAP` is generated: `usize::MAX` while the cap is off (then `i >= SCAN_CAP`
-    // never holds), a real offset when a fit turns it on.
-    #[allow(clippy::absurd_extreme_comparisons)]
+    /// Tokenises the scanned bytes (word and number tokens into the scratch buffer,
+    /// n-grams counted per full buffer) and counts every other byte by kind.
+    ///
+    /// The bytes are classified 64 at a time into bit masks (letters, digits, and
+    /// "other": neither nor a plain space), so the loops below visit token starts
+    /// and the few bytes that need counting, never the letters inside words or the
+    /// spaces between them one by one.
     fn run(&mut self, s: &mut Scratch) {
         let stamp = s.next_stamp();
         let data = self.data;
-        let n = data.len();
-        let mut i = 0usize;
-        // Tokens buffered in `s.hashes`, always < CHUNK between tokens.
+        let text = data.get(..self.scanned).unwrap_or_default();
+        let n = text.len();
+        // The token hashes, counted by `flush` in batches; on the stack, so that the
+        // loop below needs no register for the buffer's address.
+        let mut hashes = [0u64; CHUNK];
+        // Tokens buffered in `hashes`: at most CHUNK - BLOCK when a block starts, and
+        // a block adds at most BLOCK (one per byte at most), so the buffer is checked
+        // once per block, not per token.
         let mut m = 0usize;
-        let mut liw = 0u64;
-        while i < n {
-            let b = data[i];
-            let k = KIND[usize::from(b)];
-            let start = i;
-            let h;
-            if k & (LETTER | DIGIT) != 0 && i >= SCAN_CAP {
-                // The model reads the first ~SCAN_CAP bytes, cut before a token (the
-                // fitter's `scan_end`); long prompts' tails only count in the length.
-                self.scanned = i;
-                break;
-            }
-            if k & LETTER != 0 {
-                // Word: a maximal run of ASCII letters, hashed lower-case 8 bytes at a time.
-                let mut hw = TOKEN_SEED;
-                loop {
-                    let (len, chunk) = leading_letters(load8(data, i));
-                    if len == 0 {
-                        break;
-                    }
-                    hw = token_hash_step(hw, chunk);
-                    i += len;
-                    if len < 8 {
-                        break;
-                    }
-                }
-                let len = (i - start) as u64;
-                if len < 2 {
-                    continue;
-                }
-                liw += len;
-                h = token_hash_finish(hw, len);
-            } else if k == SPACE {
-                // Plain blank (space, tab, CR): separates tokens, counted nowhere.
-                i += 1;
-                continue;
-            } else if k & DIGIT != 0 {
-                // Number: [0-9]+([.,][0-9]+)*
-                loop {
-                    while i < n && KIND[usize::from(data[i])] & DIGIT != 0 {
-                        i += 1;
-                    }
-                    if i + 1 < n
-                        && (data[i] == b'.' || data[i] == b',')
-                        && KIND[usize::from(data[i + 1])] & DIGIT != 0
-                    {
-                        i += 1;
-                        continue;
-                    }
-                    break;
-                }
-                self.numbers += 1;
-                h = NUMBER_HASH;
-            } else {
-                // Any other byte: one counter by kind; the few that need a look at
-                // their neighbours go out of line.
-                self.other[usize::from(k & K_MASK)] += 1;
-                if k & SPECIAL != 0 {
-                    i = self.special(b, i);
-                }
-                i += 1;
-                continue;
-            }
-            s.hashes[m % CHUNK] = h;
-            if EXPLAIN {
-                s.spans[m % CHUNK] = (start, i);
-            }
-            m += 1;
-            if m == CHUNK {
-                self.flush(s, m, stamp);
+        // Letters in runs of one (not tokens); every other letter is in a word token.
+        let mut single_letters = 0u64;
+        // Whether the byte before the block is a letter (bit 0) or a digit (bit 1).
+        let mut carry = 0u64;
+        let mut pad = [0u8; VIEW];
+        let mut cur = block_masks(view_at(text, 0, &mut pad), 0, n);
+        let mut base = 0usize;
+        while base < n {
+            let view = view_at(text, base, &mut pad);
+            let next = block_masks(view, BLOCK, n.saturating_sub(base + BLOCK));
+            if m > CHUNK - BLOCK {
+                self.flush(s, &hashes, m, stamp);
                 self.ntok += m as u64;
                 m = 0;
             }
+            let (l, d) = (cur.letter, cur.digit);
+            // Letters with a letter before / after them (across block boundaries too).
+            let (l_before, l_after) = ((l << 1) | (carry & 1), (l >> 1) | (next.letter << 63));
+            // First letter of a run of two or more (a single letter is no token) and
+            // first digit of a run.
+            let word_starts = l & !l_before & l_after;
+            let number_starts = d & !((d << 1) | (carry >> 1));
+            // `count_ones`, not a loop over the bits: zero to a few per block, too
+            // irregular for the loop's exit branch to be predicted.
+            single_letters += u64::from((l & !l_before & !l_after).count_ones());
+            let mut starts = word_starts | number_starts;
+            while starts != 0 {
+                let p = starts.trailing_zeros() as usize;
+                starts &= starts - 1;
+                let start = base + p;
+                let (h, end);
+                if (number_starts >> p) & 1 != 0 {
+                    match self.number(start) {
+                        Some(e) => end = e,
+                        None => continue,
+                    }
+                    h = NUMBER_HASH;
+                } else {
+                    // The letter run, continued into the next block if it reaches
+                    // this one's end; hashed from the view unless it runs past that too.
+                    let mut len = (!(l >> p)).trailing_zeros() as usize;
+                    if p + len == BLOCK {
+                        len += (!next.letter).trailing_zeros() as usize;
+                    }
+                    if p + len < 2 * BLOCK {
+                        h = hash_letters(view, p, len);
+                        end = start + len;
+                    } else {
+                        (h, end) = hash_word(data, start);
+                    }
+                }
+                hashes[m % CHUNK] = h;
+                if EXPLAIN {
+                    s.spans[m % CHUNK] = (start, end);
+                }
+                m += 1;
+            }
+            carry = (l >> 63) | ((d >> 63) << 1);
+            // Every byte that is not a letter, digit or space: one counter by kind;
+            // the rare ones that need a look at their neighbours go out of line.
+            let mut other = cur.other;
+            while other != 0 {
+                let p = (other.trailing_zeros() & 63) as usize;
+                other &= other - 1;
+                let b = view[p];
+                let k = KIND[usize::from(b)];
+                self.other[usize::from(k & K_MASK)] += 1;
+                // A sentence ends at '.', '!' or '?' followed by a blank or the end of
+                // the prompt. Counted branch-free: such punctuation is about half of
+                // these bytes, in no pattern a branch predictor could learn. (Past the
+                // scanned prefix the view holds zero padding, no blank; the real next
+                // byte there starts a token, no blank either.)
+                let end = matches!(b, b'.' | b'!' | b'?');
+                let then_blank = KIND[usize::from(view[p + 1])] & SPACE != 0;
+                let last = base + p + 1 == data.len();
+                self.sentences += u64::from(end & (then_blank | last));
+                if k & SPECIAL != 0 {
+                    self.special(b, base + p);
+                }
+            }
+            cur = next;
+            base += BLOCK;
         }
-        self.flush(s, m, stamp);
+        self.flush(s, &hashes, m, stamp);
         self.ntok += m as u64;
-        self.letters_in_words = liw;
+        self.single_letters = single_letters;
     }
 
-    /// Sentence ends, two-byte unicode math signs and code fences, for the byte `b` at
-    /// `i`; returns the offset of the last byte it consumed (a run of backticks is
-    /// consumed whole).
+    /// The number token starting at `start` (a digit), unless that digit run belongs
+    /// to the previous number (the "14" of "3.14"): counts it and returns its end. Out
+    /// of line: numbers are rare, and the word loop keeps its registers.
     #[inline(never)]
-    fn special(&mut self, b: u8, i: usize) -> usize {
+    fn number(&mut self, start: usize) -> Option<usize> {
+        if start < self.number_end {
+            return None;
+        }
+        self.number_end = scan_number(self.data, start);
+        self.numbers += 1;
+        Some(self.number_end)
+    }
+
+    /// Two-byte unicode math signs and code fences, for the byte `b` at `i` (bytes are
+    /// visited in order).
+    #[inline(never)]
+    fn special(&mut self, b: u8, i: usize) {
         let data = self.data;
         let next = data.get(i + 1).copied();
         match b {
             b'`' => {
-                // Code fences: non-overlapping "```" inside a run of backticks.
-                let mut j = i;
-                while data.get(j + 1) == Some(&b'`') {
-                    j += 1;
-                }
-                let run = (j + 1 - i) as u64;
-                self.other[usize::from(K_CODE)] += run - 1;
-                self.fences += run / 3;
-                return j;
-            }
-            b'.' | b'!' | b'?' => {
-                let ends = match next {
-                    None => true,
-                    Some(nx) => KIND[usize::from(nx)] & SPACE != 0,
-                };
-                self.sentences += u64::from(ends);
+                // Code fences: non-overlapping "```" inside a run of backticks, i.e.
+                // one per third backtick of a run.
+                let continues = i > 0 && data.get(i - 1) == Some(&b'`');
+                self.tick_run = if continues { self.tick_run + 1 } else { 1 };
+                self.fences += u64::from(self.tick_run.is_multiple_of(3));
             }
             0xCE | 0xCF => self.math_unicode += 1,
             _ => {
@@ -892,7 +1224,6 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
                 }
             }
         }
-        i
     }
 
     fn kind(&self, k: u8) -> u64 {
@@ -925,10 +1256,12 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
             x[j] = ln1p_count(c);
         }
         let words = self.ntok - self.numbers;
-        raw[F_AVG_WORD_LEN] = ratio(self.letters_in_words, words).min(12.0);
+        let (upper, letters) = count_letters(self.data.get(..self.scanned).unwrap_or_default());
+        // Letters in word tokens: every letter except those standing alone.
+        let letters_in_words = letters - self.single_letters;
+        raw[F_AVG_WORD_LEN] = ratio(letters_in_words, words).min(12.0);
         raw[F_NUMBER_DENSITY] = ratio(self.numbers, words + self.numbers + 1);
         raw[F_NON_ASCII] = ratio(self.kind(K_NON_ASCII), scanned_chars);
-        let (upper, letters) = count_letters(self.data.get(..self.scanned).unwrap_or_default());
         raw[F_UPPERCASE] = ratio(upper, letters);
         for j in [F_AVG_WORD_LEN, F_NUMBER_DENSITY, F_NON_ASCII, F_UPPERCASE] {
             x[j] = raw[j];
@@ -937,8 +1270,9 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
             raw[LEX_FIRST + i] = c as f64;
             x[LEX_FIRST + i] = ln1p_count(c);
         }
-        let text = if self.g.distinct > 0 {
-            self.g.qsum as f64 * NGRAM_SCALE / (self.g.distinct as f64).sqrt()
+        let (distinct, qsum) = (self.g.acc & 0xffff, self.g.acc >> 16);
+        let text = if distinct > 0 {
+            qsum as f64 * NGRAM_SCALE / (distinct as f64).sqrt()
         } else {
             0.0
         };
@@ -1086,12 +1420,19 @@ pub fn score_unexplained(prompt: &str) -> Score {
 /// The routing decision only: exactly `score(prompt).value`, without the phrase
 /// bookkeeping or the per-feature contributions (the hot path of routing).
 pub fn decide(prompt: &str) -> f64 {
-    let (f, _) = scan::<false>(prompt.as_bytes());
-    let mut z = INTERCEPT;
-    for j in 0..N_DENSE {
-        z += DENSE_COEF[j] * (f.x[j] - DENSE_MEAN[j]);
-    }
-    z += f.text - TEXT_MEAN;
+    // The linear predictor is computed inside the scratch closure, so that only the
+    // `f64` leaves it (the `Features` arrays are not copied out, and the unused `raw`
+    // half is never built).
+    let z = with_scratch(|scratch| {
+        let mut s = Scan::<false>::new(prompt.as_bytes());
+        s.run(scratch);
+        let f = s.features();
+        let mut z = INTERCEPT;
+        for j in 0..N_DENSE {
+            z += DENSE_COEF[j] * (f.x[j] - DENSE_MEAN[j]);
+        }
+        z + (f.text - TEXT_MEAN)
+    });
     squash(z).0
 }
 
@@ -1324,6 +1665,252 @@ mod tests {
             let chars = b.iter().filter(|&&c| c & 0xC0 != 0x80).count() as u64;
             assert_eq!(count_letters(b), (upper, letters), "len {len}");
             assert_eq!(count_chars(b), chars, "len {len}");
+        }
+    }
+
+    /// The scan's counts, recomputed from the specification in `scripts/fit_scorer.py`
+    /// one byte at a time: tokens by walking the text, n-gram presence with a
+    /// `HashSet`, byte kinds with plain `match`es. Independent of the block masks,
+    /// the stamped table and the lexicon filter that `Scan::run` uses.
+    #[derive(Debug, PartialEq)]
+    struct SpecCounts {
+        tokens: u64,
+        numbers: u64,
+        letters_in_words: u64,
+        /// '?', '\n', math signs, quantities, backslashes, code symbols, continuation
+        /// bytes, lead bytes >= 0xC0.
+        kinds: [u64; 8],
+        sentences: u64,
+        fences: u64,
+        math_unicode: u64,
+        lex: [u64; N_LEX],
+        distinct: i64,
+        qsum: i64,
+    }
+
+    fn spec_counts(data: &[u8]) -> SpecCounts {
+        let n = data.len();
+        let digit = |i: usize| data.get(i).is_some_and(u8::is_ascii_digit);
+        let mut toks: Vec<u64> = Vec::new();
+        let (mut numbers, mut letters_in_words) = (0, 0);
+        let mut lex = [0u64; N_LEX];
+        let count_lex = |key: u64, lex: &mut [u64; N_LEX]| {
+            for (c, slot) in lex.iter_mut().enumerate() {
+                *slot += u64::from((lexicon_probe(key) >> c) & 1);
+            }
+        };
+        let mut i = 0;
+        while i < n {
+            if data[i].is_ascii_alphabetic() {
+                let s = i;
+                while i < n && data[i].is_ascii_alphabetic() {
+                    i += 1;
+                }
+                if i - s >= 2 {
+                    let lower = data[s..i].to_ascii_lowercase();
+                    let mut h = TOKEN_SEED;
+                    for chunk in lower.chunks(8) {
+                        let mut b = [0u8; 8];
+                        b[..chunk.len()].copy_from_slice(chunk);
+                        h = token_hash_step(h, u64::from_le_bytes(b));
+                    }
+                    let h = token_hash_finish(h, (i - s) as u64);
+                    count_lex(h, &mut lex);
+                    toks.push(h);
+                    letters_in_words += (i - s) as u64;
+                }
+            } else if digit(i) {
+                loop {
+                    while digit(i) {
+                        i += 1;
+                    }
+                    if i + 1 < n && (data[i] == b'.' || data[i] == b',') && digit(i + 1) {
+                        i += 1;
+                        continue;
+                    }
+                    break;
+                }
+                toks.push(NUMBER_HASH);
+                numbers += 1;
+            } else {
+                i += 1;
+            }
+        }
+        let mut buckets = std::collections::HashSet::new();
+        for (t, &h) in toks.iter().enumerate() {
+            buckets.insert(bucket(h));
+            if t >= 1 {
+                let bi = mix(toks[t - 1], h);
+                count_lex(bi, &mut lex);
+                buckets.insert(bucket(bi));
+            }
+            if t >= 2 {
+                buckets.insert(bucket(mix(mix(toks[t - 2], toks[t - 1]), h)));
+            }
+        }
+        let qsum = buckets.iter().map(|&b| i64::from(NGRAM_Q[b])).sum();
+        let mut kinds = [0u64; 8];
+        let (mut sentences, mut fences, mut math_unicode, mut run) = (0, 0, 0, 0);
+        for (i, &b) in data.iter().enumerate() {
+            let next = data.get(i + 1).copied();
+            let k = match b {
+                b'?' => Some(0),
+                b'\n' => Some(1),
+                b'=' | b'+' | b'^' | b'<' | b'>' => Some(2),
+                b'%' | b'$' => Some(3),
+                b'\\' => Some(4),
+                b'{' | b'}' | b';' | b'_' | b'#' | b'`' => Some(5),
+                0x80..=0xBF => Some(6),
+                0xC0..=0xFF => Some(7),
+                _ => None,
+            };
+            if let Some(k) = k {
+                kinds[k] += 1;
+            }
+            if matches!(b, b'.' | b'!' | b'?')
+                && next.is_none_or(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
+            {
+                sentences += 1;
+            }
+            math_unicode += u64::from(match (b, next) {
+                (0xCE | 0xCF, _) => true,
+                (0xE2, Some(c)) => (0x88..=0x8B).contains(&c),
+                (0xC3, Some(c)) => c == 0x97 || c == 0xB7,
+                (0xC2, Some(c)) => matches!(c, 0xB0 | 0xB1 | 0xB2 | 0xB3 | 0xB9),
+                _ => false,
+            });
+            run = if b == b'`' { run + 1 } else { 0 };
+            fences += u64::from(b == b'`' && next != Some(b'`')) * (run / 3);
+        }
+        SpecCounts {
+            tokens: toks.len() as u64,
+            numbers,
+            letters_in_words,
+            kinds,
+            sentences,
+            fences,
+            math_unicode,
+            lex,
+            distinct: buckets.len() as i64,
+            qsum,
+        }
+    }
+
+    fn scan_counts(data: &[u8]) -> SpecCounts {
+        let mut s = Scan::<false>::new(data);
+        with_scratch(|scratch| s.run(scratch));
+        let (_, letters) = count_letters(data);
+        SpecCounts {
+            tokens: s.ntok,
+            numbers: s.numbers,
+            letters_in_words: letters - s.single_letters,
+            kinds: [
+                s.kind(K_QUESTION),
+                s.kind(K_NEWLINE),
+                s.kind(K_MATH),
+                s.kind(K_QUANT),
+                s.kind(K_BACKSLASH),
+                s.kind(K_CODE),
+                s.kind(K_CONTINUATION),
+                s.kind(K_NON_ASCII),
+            ],
+            sentences: s.sentences,
+            fences: s.fences,
+            math_unicode: s.math_unicode,
+            lex: s.lex,
+            distinct: s.g.acc & 0xffff,
+            qsum: s.g.acc >> 16,
+        }
+    }
+
+    /// Prompts whose tokens straddle the 64-byte blocks and 136-byte views of the scan
+    /// in every way: words of 1..=200 letters at every offset around a block end,
+    /// numbers and backtick runs across it, multi-byte characters on it.
+    fn boundary_prompts() -> Vec<String> {
+        let mut v = Vec::new();
+        for offset in [0, 1, 7, 55, 56, 57, 62, 63, 64, 65, 120, 127, 128, 129] {
+            for len in [
+                1, 2, 7, 8, 9, 16, 17, 63, 64, 65, 72, 127, 128, 129, 136, 200,
+            ] {
+                let word: String = "AbcdefghijKLMNOPQRstuvwxyz"
+                    .chars()
+                    .cycle()
+                    .take(len)
+                    .collect();
+                v.push(format!("{}{word} x 12.5", " ".repeat(offset)));
+                v.push(format!("{}{word}3.14,15{word}?", "9".repeat(offset)));
+            }
+            let pad = "z ".repeat(offset / 2);
+            v.push(format!("{pad}1.2.3,4,,5..6 `````` ``` é ∀x ×² α. end."));
+            v.push(format!("{pad}{}", "`".repeat(offset + 5)));
+        }
+        v
+    }
+
+    #[test]
+    fn scan_counts_match_the_specification() {
+        let mut prompts = boundary_prompts();
+        prompts.extend(varied_prompts());
+        for p in &prompts {
+            assert_eq!(
+                scan_counts(p.as_bytes()),
+                spec_counts(p.as_bytes()),
+                "{p:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, .. proptest::prelude::ProptestConfig::default() })]
+        #[test]
+        fn scan_counts_match_the_specification_on_random_text(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "a", "I", "to", "the", "How", "many", "more", "step", "prove", "python",
+                    "Supercalifragilisticexpialidocious", "0", "42", "3.14", "1,000", "7.", ",",
+                    " ", "  ", "\t", "\r\n", "\n", ".", "?", "!", "`", "```", "{", "}", ";",
+                    "_", "#", "=", "+", "^", "<", ">", "%", "$", "\\", "é", "∀", "≥", "×", "÷",
+                    "°", "±", "²", "α", "Ω", "中文", "😀", "\u{0}",
+                ]),
+                0..160,
+            )
+        ) {
+            let p = pieces.concat();
+            proptest::prop_assert_eq!(scan_counts(p.as_bytes()), spec_counts(p.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn block_masks_match_a_byte_by_byte_classification() {
+        // Every byte value at every position of a block, and text around a boundary.
+        let mut views: Vec<[u8; VIEW]> = Vec::new();
+        for shift in 0..4u8 {
+            let mut v = [0u8; VIEW];
+            for (i, b) in v.iter_mut().enumerate() {
+                *b = (i as u8)
+                    .wrapping_mul(67)
+                    .wrapping_add(shift.wrapping_mul(64));
+            }
+            views.push(v);
+        }
+        for start in 0..=255u8 {
+            let mut v = [b' '; VIEW];
+            for (i, b) in v.iter_mut().enumerate() {
+                *b = start.wrapping_add(i as u8);
+            }
+            views.push(v);
+        }
+        for v in &views {
+            for at in [0, BLOCK] {
+                let mut want = Masks::default();
+                for (i, &b) in v[at..at + BLOCK].iter().enumerate() {
+                    want.letter |= u64::from(b.is_ascii_alphabetic()) << i;
+                    want.digit |= u64::from(b.is_ascii_digit()) << i;
+                    want.other |= u64::from(!b.is_ascii_alphanumeric() && b != b' ') << i;
+                }
+                assert_eq!(classify(v, at), want, "{v:?} at {at}");
+                assert_eq!(classify_portable(v, at), want, "{v:?} at {at}");
+            }
         }
     }
 
