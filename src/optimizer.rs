@@ -676,8 +676,10 @@ impl Optimizer {
         let now = self.now();
         let mut fired = Vec::new();
         let mut statuses = Vec::with_capacity(budgets.len());
-        for b in budgets {
-            let Ok(st) = budget::status(ledger, b, now) else {
+        // One read for all of them; if it fails, each status is unknown.
+        let read = budget::statuses(ledger, budgets, now).ok();
+        for (i, b) in budgets.iter().enumerate() {
+            let Some(st) = read.as_ref().and_then(|r| r.get(i)).cloned() else {
                 statuses.push(None);
                 continue;
             };
@@ -1032,12 +1034,8 @@ impl Optimizer {
         let ledger = self.ledger()?.clone();
         let budgets = self.budgets_for(&ledger, &user)?;
         let now = self.now();
-        let mut statuses = Vec::new();
-        for b in &budgets {
-            statuses.push(
-                budget::status(&ledger, b, now).map_err(|e| ToolError::Ledger(e.to_string()))?,
-            );
-        }
+        let statuses = budget::statuses(&ledger, &budgets, now)
+            .map_err(|e| ToolError::Ledger(e.to_string()))?;
         let binding = statuses
             .iter()
             .filter(|s| s.mode.enforces_limit())

@@ -354,6 +354,30 @@ pub fn status(ledger: &Ledger, budget: &Budget, now_ms: i64) -> Result<BudgetSta
     Ok(compute_status(budget, start, end, now_ms, spent, reserved))
 }
 
+/// [`status`] of several budgets at `now_ms`, read in one ledger
+/// transaction (see [`Ledger::standings`]).
+pub fn statuses(
+    ledger: &Ledger,
+    budgets: &[Budget],
+    now_ms: i64,
+) -> Result<Vec<BudgetStatus>, LedgerError> {
+    let bounds: Vec<(i64, i64)> = budgets.iter().map(|b| b.bounds(now_ms)).collect();
+    let scopes: Vec<(&str, i64)> = budgets
+        .iter()
+        .zip(&bounds)
+        .map(|(b, (start, _))| (b.user_id.as_str(), *start))
+        .collect();
+    let standings = ledger.standings(&scopes, now_ms)?;
+    Ok(budgets
+        .iter()
+        .zip(bounds)
+        .zip(standings)
+        .map(|((b, (start, end)), (spent, reserved))| {
+            compute_status(b, start, end, now_ms, to_usd(spent), to_usd(reserved))
+        })
+        .collect())
+}
+
 /// The arithmetic of [`status`], separated so it can be tested by value.
 pub fn compute_status(
     budget: &Budget,
