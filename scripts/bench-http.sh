@@ -44,7 +44,8 @@ env -i PATH="$PATH" HOME="$WORK" COST_OPTIMIZER_DATA_DIR="$DATA" COST_OPTIMIZER_
   COST_OPTIMIZER_MONTHLY_BUDGET=100000 \
   DEEPSEEK_API_KEY=sk-bench-FAKE-0000000000 DEEPSEEK_BASE_URL="$FAKE" \
   "$BIN" serve --http 127.0.0.1:0 2>"$WORK/server.log" &
-PIDS+=($!)
+SERVER_PID=$!
+PIDS+=($SERVER_PID)
 PROXY=""
 for _ in $(seq 1 200); do
   PROXY="$(grep -o 'listening on http://[0-9.:]*' "$WORK/server.log" | sed 's/listening on //' || true)"
@@ -74,7 +75,14 @@ function delay() return ${DELAY_MS} end
 LUA
 wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/get.lua" "$PROXY/health"
 echo "== proxy: ai-cost-optimizer /v1/chat/completions (forced model, so the same upstream call)"
-wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$PROXY/v1/chat/completions"
+# The server's CPU time (user + system, from /proc) over the run, per
+# request: what the latency is made of once the machine is busy.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
+T0=$(cpu_ticks)
+wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$PROXY/v1/chat/completions" | tee "$WORK/proxy.txt"
+T1=$(cpu_ticks)
+N=$(grep -o '[0-9]* requests in' "$WORK/proxy.txt" | awk '{print $1}')
+echo "server CPU per request: $(( (T1 - T0) * 1000000 / $(getconf CLK_TCK) / N )) us (user + system)"
 echo "== ledger rows written"
 COST_OPTIMIZER_DATA_DIR="$DATA" COST_OPTIMIZER_CONFIG= COST_OPTIMIZER_OLLAMA_PROBE=0 \
   "$BIN" usage --json 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); print("calls", d["calls"], "failed", d["totals"].get("failed_attempts"))' \
