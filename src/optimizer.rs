@@ -677,9 +677,12 @@ impl Optimizer {
         let mut fired = Vec::new();
         let mut statuses = Vec::with_capacity(budgets.len());
         // One read for all of them; if it fails, each status is unknown.
-        let read = budget::statuses(ledger, budgets, now).ok();
-        for (i, b) in budgets.iter().enumerate() {
-            let Some(st) = read.as_ref().and_then(|r| r.get(i)).cloned() else {
+        let read: Vec<Option<BudgetStatus>> = match budget::statuses(ledger, budgets, now) {
+            Ok(v) => v.into_iter().map(Some).collect(),
+            Err(_) => vec![None; budgets.len()],
+        };
+        for (b, st) in budgets.iter().zip(read) {
+            let Some(st) = st else {
                 statuses.push(None);
                 continue;
             };

@@ -348,10 +348,9 @@ pub fn rfc3339(ms: i64) -> String {
 
 /// Computes where `budget` stands at `now_ms`.
 pub fn status(ledger: &Ledger, budget: &Budget, now_ms: i64) -> Result<BudgetStatus, LedgerError> {
-    let (start, end) = budget.bounds(now_ms);
-    let spent = to_usd(ledger.spent_since(&budget.user_id, start)?);
-    let reserved = to_usd(ledger.reserved_now(&budget.user_id, now_ms)?);
-    Ok(compute_status(budget, start, end, now_ms, spent, reserved))
+    statuses(ledger, std::slice::from_ref(budget), now_ms)?
+        .pop()
+        .ok_or_else(|| LedgerError::Sqlite("internal error: no budget status was read".into()))
 }
 
 /// [`status`] of several budgets at `now_ms`, read in one ledger

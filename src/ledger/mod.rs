@@ -425,7 +425,8 @@ struct Pending {
 /// waiting for a leader that is gone.
 struct LeaderGuard<'a> {
     queue: &'a CommitQueue,
-    tickets: Vec<u64>,
+    /// Each write of the batch: its ticket and whether it is a hold.
+    tickets: Vec<(u64, bool)>,
     answered: bool,
 }
 
@@ -433,13 +434,14 @@ impl Drop for LeaderGuard<'_> {
     fn drop(&mut self) {
         let mut st = lock_ignoring_poison(&self.queue.state);
         if !self.answered {
-            for t in &self.tickets {
-                st.answers.insert(
-                    *t,
-                    Done::Settled(Err(LedgerError::Sqlite(
-                        "internal error: the ledger write panicked".into(),
-                    ))),
-                );
+            for &(t, is_hold) in &self.tickets {
+                let e = || LedgerError::Sqlite("internal error: the ledger write panicked".into());
+                let answer = if is_hold {
+                    Done::Reserved(Err(e()))
+                } else {
+                    Done::Settled(Err(e()))
+                };
+                st.answers.insert(t, answer);
             }
         }
         st.leader = false;
@@ -809,7 +811,10 @@ impl Ledger {
             drop(st);
             let mut guard = LeaderGuard {
                 queue,
-                tickets: batch.iter().map(|p| p.ticket).collect(),
+                tickets: batch
+                    .iter()
+                    .map(|p| (p.ticket, matches!(p.op, Op::Reserve { .. })))
+                    .collect(),
                 answered: false,
             };
             let results = {
