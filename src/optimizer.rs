@@ -1146,11 +1146,13 @@ impl Optimizer {
             loop {
                 // Reserve the worst case before calling; refuse if it cannot fit.
                 let now = self.now();
-                // Synchronous on purpose: if this awaited a blocking task, a
-                // cancellation at that await would leave the hold in the
-                // ledger with nobody to release it.
-                let reserve =
-                    ledger.reserve(&user, &checks, to_nanos(cand.worst_case_cost_usd), now, ttl);
+                // Awaits instead of blocking the worker while another
+                // call's batch commits, so concurrent holds share a commit.
+                // Cancel-safe: a hold granted to a dropped future is
+                // released by the ledger itself.
+                let reserve = ledger
+                    .reserve_async(&user, &checks, to_nanos(cand.worst_case_cost_usd), now, ttl)
+                    .await;
                 let reservation = match reserve {
                     Err(e) => return Err(ToolError::Ledger(e.to_string())),
                     Ok(Err(over)) => {
@@ -1247,7 +1249,7 @@ impl Optimizer {
                             ok: true,
                             ..base_record
                         };
-                        let settled = reservation.settle(record);
+                        let settled = reservation.settle(record).await;
                         attempts.push(Attempt {
                             provider: cand.provider,
                             model: cand.model.clone(),
@@ -1376,7 +1378,7 @@ impl Optimizer {
                     error_message: Some(message.clone()),
                     ..base_record
                 };
-                let recorded = reservation.settle(record);
+                let recorded = reservation.settle(record).await;
                 if let Err(e) = &recorded {
                     tracing::error!(error = %e, "failed attempt not recorded");
                 }
@@ -1509,14 +1511,17 @@ impl Optimizer {
         let mut attempt = job.first_attempt;
         loop {
             let now = self.now();
-            // Synchronous for the same reason as in `complete`.
-            let reserve = job.ledger.reserve(
-                job.user,
-                job.checks,
-                to_nanos(cost),
-                now,
-                reservation_ttl(&self.settings),
-            );
+            // Cancel-safe, as in `complete`.
+            let reserve = job
+                .ledger
+                .reserve_async(
+                    job.user,
+                    job.checks,
+                    to_nanos(cost),
+                    now,
+                    reservation_ttl(&self.settings),
+                )
+                .await;
             let reservation = match reserve {
                 Ok(Ok(r)) => ReservationGuard::new(job.ledger.clone(), r),
                 Ok(Err(_)) => {
@@ -1550,11 +1555,13 @@ impl Optimizer {
             attempt += 1;
             match result {
                 Ok(bytes) => {
-                    let _ = reservation.settle(CallRecord {
-                        cost_usd: cost,
-                        ok: true,
-                        ..record
-                    });
+                    let _ = reservation
+                        .settle(CallRecord {
+                            cost_usd: cost,
+                            ok: true,
+                            ..record
+                        })
+                        .await;
                     audio.cost_usd = cost;
                     audio.bytes = bytes.len() as u64;
                     match write_audio(&self.settings.data_dir, job.request_id, &bytes) {
@@ -1565,13 +1572,15 @@ impl Optimizer {
                 }
                 Err(err) => {
                     let message = err.user_message();
-                    let _ = reservation.settle(CallRecord {
-                        ok: false,
-                        error_kind: Some(err.kind.as_str().into()),
-                        error_message: Some(message.clone()),
-                        cost_source: "provider".into(),
-                        ..record
-                    });
+                    let _ = reservation
+                        .settle(CallRecord {
+                            ok: false,
+                            error_kind: Some(err.kind.as_str().into()),
+                            error_message: Some(message.clone()),
+                            cost_source: "provider".into(),
+                            ..record
+                        })
+                        .await;
                     if err.kind.is_retryable()
                         && retries < self.settings.max_retries
                         && let Some(d) = self.backoff(retries, err.retry_after)
@@ -1981,17 +1990,17 @@ impl ReservationGuard {
 
     /// Records the attempt and drops the reservation in one transaction.
     ///
-    /// Synchronous, like `Ledger::reserve`: a batched commit takes tens of
-    /// microseconds, while handing it to the blocking pool and back cost
-    /// two thread wake-ups per call (the largest item in a profile of
-    /// `complete_prompt` after SQLite itself). With no await inside, a
-    /// cancellation cannot interrupt it halfway either.
-    fn settle(mut self, record: CallRecord) -> Result<i64, crate::ledger::LedgerError> {
+    /// Group-committed on the calling task (no hand-off to the blocking
+    /// pool, which cost two thread wake-ups per call); while another
+    /// call's batch commits it awaits rather than blocking the worker.
+    /// Cancel-safe: once this runs, the row is queued and the ledger
+    /// commits it even if the future is dropped.
+    async fn settle(mut self, record: CallRecord) -> Result<i64, crate::ledger::LedgerError> {
         self.pending = None;
         let Some(id) = self.id.take() else {
             return self.ledger.insert_call(&record);
         };
-        let result = self.ledger.settle(id, &record);
+        let result = self.ledger.settle_async(id, &record).await;
         if result.is_err() {
             // Keep the money held no longer than the failed write.
             let _ = self.ledger.release(id);

@@ -14,10 +14,9 @@
 //! - Schema changes are numbered files in `migrations/`, applied in order
 //!   and tracked by `PRAGMA user_version`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -26,6 +25,7 @@ use serde::Serialize;
 
 mod analytics;
 mod feedback;
+mod group_commit;
 mod keys;
 mod owners;
 pub use analytics::{
@@ -373,102 +373,12 @@ pub struct Ledger {
     /// (`None` if it could not be created: holds then only expire).
     owner: Option<Arc<owners::InstanceLock>>,
     /// Writes waiting for a group commit (see [`Ledger::group_commit`]).
-    queue: Arc<CommitQueue>,
+    queue: Arc<group_commit::CommitQueue>,
     /// Stops the background syncer when the last clone is dropped.
     _syncer: Option<Arc<SyncerHandle>>,
     /// Why the ledger is open read-only, if it is (see
     /// [`Ledger::open_or_read_only`]).
     read_only: Option<Arc<str>>,
-}
-
-/// The group-commit queue: writes waiting for the next commit, and the
-/// answers of committed ones until their callers collect them.
-///
-/// Callers wait on `answered`, never on the connection: a caller whose
-/// write was committed by someone else wakes as soon as the answers are
-/// published, instead of queueing for the connection just to learn it is
-/// done. (An earlier version did that; with 8 threads each commit then
-/// held one write, because callers learned their results one mutex
-/// hand-off at a time and so were never queued when the next batch was
-/// taken.)
-#[derive(Default)]
-struct CommitQueue {
-    state: Mutex<QueueState>,
-    /// Signalled whenever a batch's answers are published (and when a
-    /// leader steps down), so waiters re-check their ticket.
-    answered: Condvar,
-}
-
-#[derive(Default)]
-struct QueueState {
-    /// Writes not yet taken by a leader, in arrival order.
-    pending: Vec<Pending>,
-    /// Answers not yet collected, by ticket.
-    answers: HashMap<u64, Done>,
-    /// Whether some caller is running a batch right now.
-    leader: bool,
-    next_ticket: u64,
-    /// Batches run and writes committed in them, for [`Ledger::commit_stats`].
-    batches: u64,
-    ops: u64,
-}
-
-/// A write queued for the next group commit, with the ticket its caller
-/// collects the answer by.
-struct Pending {
-    op: Op,
-    ticket: u64,
-}
-
-/// Steps the leader down even if running the batch panicked, answering
-/// every write of the batch that was not answered, so no waiter is left
-/// waiting for a leader that is gone.
-struct LeaderGuard<'a> {
-    queue: &'a CommitQueue,
-    /// Each write of the batch: its ticket and whether it is a hold.
-    tickets: Vec<(u64, bool)>,
-    answered: bool,
-}
-
-impl Drop for LeaderGuard<'_> {
-    fn drop(&mut self) {
-        let mut st = lock_ignoring_poison(&self.queue.state);
-        if !self.answered {
-            for &(t, is_hold) in &self.tickets {
-                let e = || LedgerError::Sqlite("internal error: the ledger write panicked".into());
-                let answer = if is_hold {
-                    Done::Reserved(Err(e()))
-                } else {
-                    Done::Settled(Err(e()))
-                };
-                st.answers.insert(t, answer);
-            }
-        }
-        st.leader = false;
-        drop(st);
-        self.queue.answered.notify_all();
-    }
-}
-
-/// The writes every call makes, which are group-committed.
-enum Op {
-    Reserve {
-        user_id: String,
-        checks: Vec<LimitCheck>,
-        amount_nanos: i64,
-        now_ms: i64,
-        ttl: Duration,
-    },
-    Settle {
-        reservation: ReservationId,
-        rec: Box<CallRecord>,
-    },
-}
-
-/// The answer to an [`Op`].
-enum Done {
-    Reserved(Result<Result<ReservationId, Overspend>, LedgerError>),
-    Settled(Result<i64, LedgerError>),
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked
@@ -753,26 +663,27 @@ impl Ledger {
 
     /// Writes one attempt and drops its reservation, atomically.
     ///
-    /// Group commit: concurrent settlements share one transaction. Each
-    /// caller queues its row, then takes the connection; whoever gets it
-    /// first writes every queued row in one transaction and hands each
-    /// caller its result, so a caller whose row was already written just
-    /// collects it. Every row is committed before its `settle` returns —
-    /// batching changes how many commits there are, never when a caller
-    /// learns its row is safe. Under load this turns one commit (a dozen
-    /// WAL page writes, an fsync in `full` mode) per call into one per
-    /// batch.
+    /// Group-committed (see `group_commit.rs`): concurrent writes share one
+    /// transaction, and the row is committed before this returns. Blocks
+    /// the thread while a batch runs; tasks use [`Ledger::settle_async`].
     pub fn settle(&self, reservation: ReservationId, rec: &CallRecord) -> Result<i64, LedgerError> {
         self.ensure_writable()?;
-        match self.group_commit(Op::Settle {
-            reservation,
-            rec: Box::new(rec.clone()),
-        }) {
-            Done::Settled(r) => r,
-            Done::Reserved(_) => Err(LedgerError::Sqlite(
-                "internal error: a settlement was answered as a reservation".into(),
-            )),
-        }
+        settled(self.group_commit(settle_op(reservation, rec)))
+    }
+
+    /// [`Ledger::settle`] without blocking the runtime worker while
+    /// another caller's batch commits, so concurrent calls' writes batch.
+    ///
+    /// Cancel-safe: dropping the future never loses the row, which is
+    /// queued before the first await and committed whether or not anyone
+    /// is left to hear about it.
+    pub async fn settle_async(
+        &self,
+        reservation: ReservationId,
+        rec: &CallRecord,
+    ) -> Result<i64, LedgerError> {
+        self.ensure_writable()?;
+        settled(self.group_commit_async(settle_op(reservation, rec)).await)
     }
 
     /// How many group commits ran in this process, and how many writes
@@ -783,115 +694,13 @@ impl Ledger {
         (st.batches, st.ops)
     }
 
-    /// Queues `op` and returns its answer once it is committed.
-    ///
-    /// If no batch is running, the caller becomes the leader: it takes
-    /// every queued op, runs them in queue order in one transaction and
-    /// publishes each op's answer. Otherwise it waits for the running
-    /// batch's answers; if its op was queued too late for that batch, it
-    /// leads the next one, which holds everything queued meanwhile.
-    fn group_commit(&self, op: Op) -> Done {
-        let queue = &*self.queue;
-        let mut st = lock_ignoring_poison(&queue.state);
-        let ticket = st.next_ticket;
-        st.next_ticket = st.next_ticket.wrapping_add(1);
-        st.pending.push(Pending { op, ticket });
-        loop {
-            if let Some(done) = st.answers.remove(&ticket) {
-                return done;
-            }
-            if st.leader {
-                st = queue.answered.wait(st).unwrap_or_else(|e| e.into_inner());
-                continue;
-            }
-            st.leader = true;
-            let batch = std::mem::take(&mut st.pending);
-            st.batches += 1;
-            st.ops += batch.len() as u64;
-            drop(st);
-            let mut guard = LeaderGuard {
-                queue,
-                tickets: batch
-                    .iter()
-                    .map(|p| (p.ticket, matches!(p.op, Op::Reserve { .. })))
-                    .collect(),
-                answered: false,
-            };
-            let results = {
-                let mut conn = self.lock();
-                self.run_batch(&mut conn, &batch)
-            };
-            st = lock_ignoring_poison(&queue.state);
-            for (p, r) in batch.iter().zip(results) {
-                st.answers.insert(p.ticket, r);
-            }
-            guard.answered = true;
-            drop(st);
-            drop(guard); // steps down and wakes the waiters
-            st = lock_ignoring_poison(&queue.state);
-        }
-    }
-
-    /// Runs `batch` in one transaction; if that fails, each op alone, so
-    /// one bad op (or a full disk halfway) gives each caller its own
-    /// answer instead of failing them all.
-    fn run_batch(&self, conn: &mut Connection, batch: &[Pending]) -> Vec<Done> {
-        let owner = self.instance_id();
-        let run = |conn: &mut Connection, items: &[Pending]| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut out = Vec::with_capacity(items.len());
-            for p in items {
-                out.push(match &p.op {
-                    Op::Settle { reservation, rec } => {
-                        let id = insert(&tx, rec)?;
-                        tx.prepare_cached("DELETE FROM reservations WHERE id = ?1")?
-                            .execute([reservation.0])?;
-                        Done::Settled(Ok(id))
-                    }
-                    Op::Reserve {
-                        user_id,
-                        checks,
-                        amount_nanos,
-                        now_ms,
-                        ttl,
-                    } => Done::Reserved(Ok(hold(
-                        &tx,
-                        user_id,
-                        checks,
-                        *amount_nanos,
-                        *now_ms,
-                        *ttl,
-                        owner,
-                    )?)),
-                });
-            }
-            tx.commit()?;
-            Ok::<_, rusqlite::Error>(out)
-        };
-        if batch.len() > 1
-            && let Ok(out) = run(conn, batch)
-        {
-            return out;
-        }
-        batch
-            .iter()
-            .map(|p| match run(conn, std::slice::from_ref(p)) {
-                Ok(mut out) => out.pop().unwrap_or_else(|| {
-                    Done::Settled(Err(LedgerError::Sqlite("internal error: no result".into())))
-                }),
-                Err(e) => match p.op {
-                    Op::Settle { .. } => Done::Settled(Err(self.err(e))),
-                    Op::Reserve { .. } => Done::Reserved(Err(self.err(e))),
-                },
-            })
-            .collect()
-    }
-
     /// Holds `amount_nanos` for `user_id` if, for every check, settled
     /// spend in the check's scope since its period start plus live
     /// reservations in that scope plus the amount stays within its limit.
     /// All checks and the insert happen in one `BEGIN IMMEDIATE`
     /// transaction, so concurrent callers (tasks or processes) serialise.
+    /// Blocks the thread while a batch runs; tasks use
+    /// [`Ledger::reserve_async`].
     pub fn reserve(
         &self,
         user_id: &str,
@@ -901,18 +710,25 @@ impl Ledger {
         ttl: Duration,
     ) -> Result<Result<ReservationId, Overspend>, LedgerError> {
         self.ensure_writable()?;
-        match self.group_commit(Op::Reserve {
-            user_id: user_id.to_string(),
-            checks: checks.to_vec(),
-            amount_nanos,
-            now_ms,
-            ttl,
-        }) {
-            Done::Reserved(r) => r,
-            Done::Settled(_) => Err(LedgerError::Sqlite(
-                "internal error: a reservation was answered as a settlement".into(),
-            )),
-        }
+        reserved_answer(self.group_commit(reserve_op(user_id, checks, amount_nanos, now_ms, ttl)))
+    }
+
+    /// [`Ledger::reserve`] without blocking the runtime worker while
+    /// another caller's batch commits.
+    ///
+    /// Cancel-safe: if the future is dropped before it returns, a hold
+    /// granted meanwhile is released, never left to expire.
+    pub async fn reserve_async(
+        &self,
+        user_id: &str,
+        checks: &[LimitCheck],
+        amount_nanos: i64,
+        now_ms: i64,
+        ttl: Duration,
+    ) -> Result<Result<ReservationId, Overspend>, LedgerError> {
+        self.ensure_writable()?;
+        let op = reserve_op(user_id, checks, amount_nanos, now_ms, ttl);
+        reserved_answer(self.group_commit_async(op).await)
     }
 
     /// Records that `threshold` was crossed in `scope`'s period starting at
@@ -1223,6 +1039,53 @@ fn read_totals_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Totals> 
         output_tokens: n(5)?,
         unpriced_calls: n(6)?,
     })
+}
+
+/// The group-commit op of [`Ledger::settle`].
+fn settle_op(reservation: ReservationId, rec: &CallRecord) -> group_commit::Op {
+    group_commit::Op::Settle {
+        reservation,
+        rec: Box::new(rec.clone()),
+    }
+}
+
+/// The group-commit op of [`Ledger::reserve`].
+fn reserve_op(
+    user_id: &str,
+    checks: &[LimitCheck],
+    amount_nanos: i64,
+    now_ms: i64,
+    ttl: Duration,
+) -> group_commit::Op {
+    group_commit::Op::Reserve {
+        user_id: user_id.to_string(),
+        checks: checks.to_vec(),
+        amount_nanos,
+        now_ms,
+        ttl,
+    }
+}
+
+/// A settlement's answer (any other kind is a bug, reported as an error).
+fn settled(done: group_commit::Done) -> Result<i64, LedgerError> {
+    match done {
+        group_commit::Done::Settled(r) => r,
+        _ => Err(LedgerError::Sqlite(
+            "internal error: a settlement was answered as another write".into(),
+        )),
+    }
+}
+
+/// A hold's answer (any other kind is a bug, reported as an error).
+fn reserved_answer(
+    done: group_commit::Done,
+) -> Result<Result<ReservationId, Overspend>, LedgerError> {
+    match done {
+        group_commit::Done::Reserved(r) => r,
+        _ => Err(LedgerError::Sqlite(
+            "internal error: a reservation was answered as another write".into(),
+        )),
+    }
 }
 
 /// Checks every budget and inserts the hold, inside the caller's
@@ -1579,13 +1442,13 @@ fn restrict_permissions(path: &Path) {
 mod tests {
     use super::*;
 
-    fn ledger() -> (tempfile::TempDir, Ledger) {
+    pub(super) fn ledger() -> (tempfile::TempDir, Ledger) {
         let dir = tempfile::tempdir().unwrap();
         let l = Ledger::open(&dir.path().join("sub").join("l.sqlite3")).unwrap();
         (dir, l)
     }
 
-    fn rec(user: &str, ts: i64, cost: f64, ok: bool) -> CallRecord {
+    pub(super) fn rec(user: &str, ts: i64, cost: f64, ok: bool) -> CallRecord {
         CallRecord {
             ts_ms: ts,
             user_id: user.into(),
@@ -2031,7 +1894,7 @@ mod tests {
             // Wait until one leads and 7 are queued behind it.
             loop {
                 let st = lock_ignoring_poison(&l.queue.state);
-                if st.leader && st.pending.len() == 7 {
+                if st.lead == group_commit::Lead::Running && st.pending.len() == 7 {
                     break;
                 }
                 drop(st);
