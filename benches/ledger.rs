@@ -5,7 +5,9 @@
 //!    hold (`reserve`: `BEGIN IMMEDIATE`, spend and holds checked against
 //!    the user's and the global budget, hold inserted) and its settlement
 //!    (`settle`: the call row with its indexes and rollup trigger, hold
-//!    dropped). Sequential and from 8 threads, in both durability modes.
+//!    dropped). Sequential, from 8 threads, and from 32 and 128 tasks on a
+//!    two-worker runtime (the async API the server uses), in both
+//!    durability modes.
 //!    Baseline: a bare `INSERT` of the same columns into a table with no
 //!    index or trigger, one transaction per row, same sync mode.
 //! 2. **A hold on a big ledger**: `reserve` + `release` with ROWS calls in
@@ -93,6 +95,47 @@ fn calls_per_sec(l: &Ledger, n: u64, threads: u64, now: i64) -> f64 {
                     one_call(l, now, t * n + i);
                 }
             });
+        }
+    });
+    n as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// Calls from `in_flight` tasks on a two-worker runtime, as the server
+/// runs them: waiting tasks do not hold a worker, so holds and
+/// settlements queue up and share commits.
+fn calls_per_sec_tasks(l: &Ledger, n: u64, in_flight: u64, now: i64) -> f64 {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    let t0 = Instant::now();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..in_flight)
+            .map(|t| {
+                let l = l.clone();
+                tokio::spawn(async move {
+                    let checks = checks(now - 20 * DAY);
+                    for i in 0..n / in_flight {
+                        let hold = l
+                            .reserve_async(
+                                "default",
+                                &checks,
+                                10_000,
+                                now,
+                                Duration::from_secs(600),
+                            )
+                            .await
+                            .expect("reserve")
+                            .expect("within budget");
+                        l.settle_async(hold, &record(now, t * n + i))
+                            .await
+                            .expect("settle");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
         }
     });
     n as f64 / t0.elapsed().as_secs_f64()
@@ -207,6 +250,15 @@ fn main() {
             let per_commit = (o1 - o0) as f64 / (b1 - b0).max(1) as f64;
             println!(
                 "   {mode:?}: reserve + settle, {threads} thread(s)               {rate:>10.0} calls/s  ({per_commit:.2} writes per commit)"
+            );
+        }
+        for tasks in [32, 128] {
+            let (b0, o0) = l.commit_stats();
+            let rate = calls_per_sec_tasks(&l, n, tasks, now);
+            let (b1, o1) = l.commit_stats();
+            let per_commit = (o1 - o0) as f64 / (b1 - b0).max(1) as f64;
+            println!(
+                "   {mode:?}: reserve_async + settle_async, {tasks:>3} tasks      {rate:>10.0} calls/s  ({per_commit:.2} writes per commit)"
             );
         }
     }

@@ -37,8 +37,8 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::Notify;
 
 use super::{
-    CallRecord, Ledger, LedgerError, LimitCheck, Overspend, ReservationId, hold, insert,
-    lock_ignoring_poison,
+    CallRecord, Ledger, LedgerError, LimitCheck, Overspend, ReservationId, drop_expired_holds,
+    hold, insert, lock_ignoring_poison,
 };
 
 /// The group-commit queue: writes waiting for the next commit, and the
@@ -269,29 +269,26 @@ impl Drop for TaskWait<'_> {
         let queue = &*self.ledger.queue;
         let mut st = lock_ignoring_poison(&queue.state);
         let ticket = self.ticket;
-        let mut release = None;
         if let Some(done) = st.answers.remove(&ticket) {
-            release = done.granted_hold();
+            if let Some(id) = done.granted_hold() {
+                enqueue(&mut st, Op::Release(id), Waiter::Nobody);
+            }
         } else if let Some(p) = st.pending.iter_mut().find(|p| p.ticket == ticket) {
             p.waiter = Waiter::Nobody;
         } else {
             st.abandoned.insert(ticket);
         }
-        if let Some(id) = release {
-            enqueue(&mut st, Op::Release(id), Waiter::Nobody);
-            // Someone must run it; if a batch is running, its leader will.
-            if st.lead == Lead::Idle {
-                st.lead = Lead::Running;
-                st = self.ledger.lead(st);
-            }
-        }
         if st.lead == Lead::Handed(ticket) {
-            if pass_lead(&mut st) {
-                st = self.ledger.lead(st);
-            }
-            drop(st);
-            queue.answered.notify_all();
+            st.lead = Lead::Idle;
         }
+        // With nobody leading, what is queued (this write, a release) must
+        // not wait for a caller that may never come: a settlement would sit
+        // uncommitted in memory. Hand it on, or run it here.
+        if st.lead == Lead::Idle && !st.pending.is_empty() && pass_lead(&mut st) {
+            st = self.ledger.lead(st);
+        }
+        drop(st);
+        queue.answered.notify_all();
     }
 }
 
@@ -327,44 +324,50 @@ impl Ledger {
     /// runtime worker, so while one caller commits, the others keep
     /// running and queue their writes for the next batch.
     ///
-    /// A caller that finds no batch running leads at once, synchronously
-    /// (a commit takes tens of microseconds; handing it to another thread
-    /// would cost two wake-ups). Cancel-safe: if the future is dropped
+    /// A caller that finds no batch running leads after one yield,
+    /// synchronously on its own worker (a commit takes tens of
+    /// microseconds; handing it to another thread would cost two
+    /// wake-ups). Cancel-safe: if the future is dropped
     /// while waiting, the write is still committed, a hold granted to
     /// nobody is released, and a lead handed to it is passed on.
     pub(super) async fn group_commit_async(&self, op: Op) -> Done {
         let queue = &*self.queue;
         let notify = Arc::new(Notify::new());
-        let ticket = {
-            let mut st = lock_ignoring_poison(&queue.state);
-            let ticket = enqueue(&mut st, op, Waiter::Task(notify.clone()));
-            if st.lead == Lead::Idle {
-                st.lead = Lead::Running;
-                st = self.lead(st);
-                if let Some(done) = st.answers.remove(&ticket) {
-                    return done;
-                }
-            }
-            ticket
-        };
+        let ticket = enqueue(
+            &mut lock_ignoring_poison(&queue.state),
+            op,
+            Waiter::Task(notify.clone()),
+        );
         let mut wait = TaskWait {
             ledger: self,
             ticket,
             finished: false,
         };
+        let mut yielded = false;
         loop {
-            notify.notified().await;
-            let mut st = lock_ignoring_poison(&queue.state);
-            for _ in 0..2 {
+            let ours = {
+                let mut st = lock_ignoring_poison(&queue.state);
                 if let Some(done) = st.answers.remove(&ticket) {
                     wait.finished = true;
                     return done;
                 }
-                if st.lead != Lead::Idle && st.lead != Lead::Handed(ticket) {
-                    break;
+                let ours = st.lead == Lead::Idle || st.lead == Lead::Handed(ticket);
+                if ours && yielded {
+                    st.lead = Lead::Running;
+                    drop(self.lead(st));
+                    continue;
                 }
-                st.lead = Lead::Running;
-                st = self.lead(st);
+                ours
+            };
+            if ours {
+                // Yield once before leading: tasks that are ready (woken by
+                // the last batch's answers, say) queue their writes first,
+                // so this batch holds them too. Free when nothing else is
+                // ready; without it, batches stayed near one write each.
+                yielded = true;
+                tokio::task::yield_now().await;
+            } else {
+                notify.notified().await;
             }
         }
     }
@@ -428,6 +431,12 @@ impl Ledger {
         let owner = self.instance_id();
         let run = |conn: &mut Connection, items: &[Op]| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(now_ms) = items.iter().find_map(|op| match op {
+                Op::Reserve { now_ms, .. } => Some(*now_ms),
+                _ => None,
+            }) {
+                drop_expired_holds(&tx, now_ms)?;
+            }
             let mut out = Vec::with_capacity(items.len());
             for op in items {
                 out.push(match op {
@@ -501,9 +510,13 @@ mod tests {
     /// Waits (briefly sleeping) until the queue is in the state `done`
     /// describes: the tests line callers up behind a blocked leader.
     fn wait_for(l: &Ledger, done: impl Fn(Lead, usize) -> bool) {
+        wait_for_state(l, |st| done(st.lead, st.pending.len()))
+    }
+
+    fn wait_for_state(l: &Ledger, done: impl Fn(&super::QueueState) -> bool) {
         loop {
             let st = lock_ignoring_poison(&l.queue.state);
-            if done(st.lead, st.pending.len()) {
+            if done(&st) {
                 return;
             }
             drop(st);
@@ -526,23 +539,58 @@ mod tests {
             .build()
             .unwrap();
         let (b0, o0) = l.commit_stats();
+        let limit = roomy();
         let conn = l.lock();
-        let tasks: Vec<_> = (0..8)
-            .map(|_| {
-                let l = l.clone();
-                rt.spawn(async move {
-                    let limit = roomy();
-                    l.reserve_async("u", &limit, 10, 100, TTL).await
+        std::thread::scope(|s| {
+            // A leader blocked on the connection with its one write.
+            let leader = s.spawn(|| l.reserve("u", &limit, 10, 100, TTL).unwrap().unwrap());
+            wait_for(&l, |lead, n| lead == Lead::Running && n == 0);
+            let tasks: Vec<_> = (0..8)
+                .map(|_| {
+                    let l = l.clone();
+                    rt.spawn(async move {
+                        let limit = roomy();
+                        l.reserve_async("u", &limit, 10, 100, TTL).await
+                    })
                 })
-            })
-            .collect();
-        wait_for(&l, |lead, n| lead == Lead::Running && n == 7);
-        drop(conn);
-        for t in tasks {
-            rt.block_on(t).unwrap().unwrap().unwrap();
-        }
+                .collect();
+            wait_for(&l, |lead, n| lead == Lead::Running && n == 8);
+            drop(conn);
+            leader.join().unwrap();
+            for t in tasks {
+                rt.block_on(t).unwrap().unwrap().unwrap();
+            }
+        });
         let (b1, o1) = l.commit_stats();
-        assert_eq!((b1 - b0, o1 - o0), (2, 8));
+        assert_eq!((b1 - b0, o1 - o0), (2, 9));
+        assert_eq!(holds(&l), 90);
+    }
+
+    /// Ready tasks that find nobody leading yield once before leading, so
+    /// writes issued together share a commit even with no batch running.
+    #[test]
+    fn tasks_ready_together_share_a_commit() {
+        let (_d, l) = ledger();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (b0, o0) = l.commit_stats();
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..8)
+                .map(|_| {
+                    let l = l.clone();
+                    tokio::spawn(async move {
+                        let limit = roomy();
+                        l.reserve_async("u", &limit, 10, 100, TTL).await
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap().unwrap().unwrap();
+            }
+        });
+        let (b1, o1) = l.commit_stats();
+        assert_eq!((b1 - b0, o1 - o0), (1, 8));
         assert_eq!(holds(&l), 80);
     }
 
@@ -580,6 +628,24 @@ mod tests {
         let (b, o) = l.commit_stats();
         // The reserve, the leader's batch, the orphans' batch, the release.
         assert_eq!((b, o), (4, 5));
+    }
+
+    /// A task dropped while it yields before leading (nobody else
+    /// leading): its settlement is committed by the drop itself, not left
+    /// in memory for a next write that may never come.
+    #[test]
+    fn a_write_dropped_before_its_leader_ran_is_committed_by_the_drop() {
+        let (_d, l) = ledger();
+        let limit = roomy();
+        let h = l.reserve("u", &limit, 7, 100, TTL).unwrap().unwrap();
+        let calls = l.count_calls().unwrap();
+        let record = rec("u", 100, 0.5, true);
+        assert!(l.settle_async(h, &record).now_or_never().is_none());
+        assert_eq!(l.count_calls().unwrap(), calls + 1);
+        assert_eq!(holds(&l), 0);
+        let held = l.reserve_async("u", &limit, 5, 100, TTL).now_or_never();
+        assert!(held.is_none());
+        assert_eq!(holds(&l), 0, "a hold granted to a dropped caller stayed");
     }
 
     /// A lead handed to a task that is then dropped, before it ran, passes

@@ -1090,7 +1090,9 @@ fn reserved_answer(
 
 /// Checks every budget and inserts the hold, inside the caller's
 /// `BEGIN IMMEDIATE` transaction: holds earlier in the same group commit
-/// count, exactly as if each had committed alone.
+/// count, exactly as if each had committed alone. Expired holds never
+/// count (`reserved` filters them); [`drop_expired_holds`] only keeps the
+/// table small.
 fn hold(
     tx: &Connection,
     user_id: &str,
@@ -1100,8 +1102,6 @@ fn hold(
     ttl: Duration,
     owner: Option<&str>,
 ) -> rusqlite::Result<Result<ReservationId, Overspend>> {
-    tx.prepare_cached("DELETE FROM reservations WHERE expires_ms <= ?1")?
-        .execute([now_ms])?;
     for check in checks {
         let spent = spent(tx, &check.scope, check.since_ms)?;
         let reserved = reserved(tx, &check.scope, now_ms)?;
@@ -1127,6 +1127,16 @@ fn hold(
         owner
     ])?;
     Ok(Ok(ReservationId(tx.last_insert_rowid())))
+}
+
+/// Deletes holds that expired by `now_ms` (their calls crashed or hung).
+/// Once per group commit, not per hold: the table is scanned (it has no
+/// index, being only the calls in flight), and a batch of many holds
+/// would otherwise scan it once each.
+fn drop_expired_holds(tx: &Connection, now_ms: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM reservations WHERE expires_ms <= ?1")?
+        .execute([now_ms])
+        .map(|_| ())
 }
 
 fn insert(conn: &Connection, rec: &CallRecord) -> rusqlite::Result<i64> {
@@ -1583,6 +1593,16 @@ mod tests {
         // An expired reservation no longer counts.
         reserve(0.05, 1000, Duration::from_millis(10)).unwrap();
         assert_eq!(l.reserved_now("u", 2000).unwrap(), 0);
+        // The next hold's commit deletes it.
+        let rows = |l: &Ledger| -> i64 {
+            l.lock()
+                .query_row("SELECT count(*) FROM reservations", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(rows(&l), 1);
+        let r3 = reserve(0.01, 2000, ttl).unwrap();
+        assert_eq!(rows(&l), 1, "the expired hold was not deleted");
+        l.release(r3).unwrap();
         // The global scope counts every user's spend.
         l.insert_call(&rec("other", 10, 0.5, true)).unwrap();
         let global = [LimitCheck {
