@@ -8,7 +8,8 @@
 //!    budget hold, ledger writes with fsync, rendering). Sequential, and
 //!    with 32 calls in flight.
 //!
-//! Run: `cargo bench --bench mcp_roundtrip` (release build). Under
+//! Run: `cargo bench --bench mcp_roundtrip` (release build);
+//! `AICO_BIN=<server binary>` measures another build of the server. Under
 //! `cargo test` it runs a few iterations only, as a smoke test.
 
 use std::time::{Duration, Instant};
@@ -66,19 +67,22 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 async fn spawn(data: &std::path::Path, base: &str) -> (Client, u32) {
-    let cmd =
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_ai-cost-optimizer")).configure(|c| {
-            c.env_clear()
-                .env("PATH", std::env::var("PATH").unwrap_or_default())
-                .env("HOME", data)
-                .env("COST_OPTIMIZER_DATA_DIR", data)
-                .env("COST_OPTIMIZER_CONFIG", "")
-                .env("COST_OPTIMIZER_OLLAMA_PROBE", "0")
-                .env("COST_OPTIMIZER_LOG", "warn")
-                .env("COST_OPTIMIZER_MONTHLY_BUDGET", "1000000")
-                .env("DEEPSEEK_API_KEY", "sk-bench-FAKE-0000000000")
-                .env("DEEPSEEK_BASE_URL", base);
-        });
+    // AICO_BIN runs another build of the server (say, the previous
+    // commit's) under the same client, for before/after pairs.
+    let bin = std::env::var_os("AICO_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_ai-cost-optimizer").into());
+    let cmd = tokio::process::Command::new(bin).configure(|c| {
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", data)
+            .env("COST_OPTIMIZER_DATA_DIR", data)
+            .env("COST_OPTIMIZER_CONFIG", "")
+            .env("COST_OPTIMIZER_OLLAMA_PROBE", "0")
+            .env("COST_OPTIMIZER_LOG", "warn")
+            .env("COST_OPTIMIZER_MONTHLY_BUDGET", "1000000")
+            .env("DEEPSEEK_API_KEY", "sk-bench-FAKE-0000000000")
+            .env("DEEPSEEK_BASE_URL", base);
+    });
     let (t, _) = TokioChildProcess::builder(cmd)
         .stderr(std::process::Stdio::null())
         .spawn()
