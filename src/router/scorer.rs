@@ -13,9 +13,12 @@
 //!   sentence/question/line counts, and word-class counts (math, logic, science, law,
 //!   medicine, code, writing, formatting, role-play, constraints, sequencing, small
 //!   talk);
-//! * hashed word 1-, 2- and 3-grams (2^15 buckets, presence, divided by the square root
-//!   of the number of distinct buckets), so wording such as "how many more" or
-//!   "implement a function" can count without a vocabulary file.
+//! * hashed words and word pairs (1- and 2-grams; 2^15 buckets taken from the top bits
+//!   of the key, presence, divided by the square root of the number of distinct
+//!   buckets, `i8` weights), so wording such as "how many" or "implement a" can count
+//!   without a vocabulary file. (Trigrams and a separate bucket hash were dropped in
+//!   December 2026: they cost a third of the scan and, on the train half, bought no
+//!   routing quality beyond the noise; `fit_scorer.py` lists the figures.)
 //!
 //! The linear predictor is squashed with a logistic curve whose centre is the median
 //! training prompt (0.5) and whose 10th/90th training percentiles land on 0.2/0.8.
@@ -41,15 +44,13 @@
 //! digits, bytes worth counting; SSE2 on x86_64), so it visits token starts and the
 //! few counted bytes only, never the letters inside a word or the spaces between
 //! words one by one. Words are lower-cased and hashed eight bytes at a time into a
-//! buffer; a second tight loop does the lexicon filter and the three n-gram lookups
+//! buffer; a second tight loop does the lexicon filter and the two n-gram lookups
 //! per token. Presence of an n-gram bucket is answered by a per-thread copy of the
 //! weight table stamped with the current prompt (see `Scratch`), so nothing is
 //! cleared between prompts, and the hot loops avoid branches whose outcome follows
 //! the text (repeated n-grams, sentence ends), which no predictor could learn. What
-//! remains is about 12.9k instructions for the average (447-byte, 70-token) routing
-//! prompt with `decide` (15.2k before this layout, 25.7k before December 2026), two
-//! thirds of it the three n-gram hashes and table lookups per token and the per-word
-//! hash; see `docs/BENCHMARKS.md`.
+//! remains is measured in `docs/BENCHMARKS.md` ("Scoring throughput") for the average
+//! (447-byte, 70-token) routing prompt with `decide`.
 
 #![allow(clippy::cast_precision_loss)]
 
@@ -58,9 +59,18 @@ mod weights {
 }
 
 use weights::{
-    BUCKET_BITS, DENSE_COEF, DENSE_MEAN, DENSE_NAMES, INTERCEPT, LEX_BITS, LEX_FIRST, LEXICON,
-    N_DENSE, NGRAM_Q, NGRAM_SCALE, SCAN_CAP, TEXT_MEAN, Z_MID, Z_SCALE,
+    BUCKET_BITS, BUCKET_FROM_KEY, DENSE_COEF, DENSE_MEAN, DENSE_NAMES, INTERCEPT, LEX_BITS,
+    LEX_FIRST, LEXICON, N_DENSE, NGRAM_ORDER, NGRAM_PRESENCE, NGRAM_Q, NGRAM_SCALE, SCAN_CAP,
+    TEXT_MEAN, TOKEN_FINISH, Z_MID, Z_SCALE,
 };
+
+// The scan implements one n-gram specification of `scripts/fit_scorer.py`: words and
+// bigrams, distinct buckets, the bucket from the key's top bits, the token hash with its
+// finishing mix. Weights fitted with other settings must not compile against it.
+const _: () = assert!(
+    NGRAM_ORDER == 2 && NGRAM_PRESENCE && BUCKET_FROM_KEY && TOKEN_FINISH,
+    "scorer_weights.rs was fitted with an n-gram specification this scanner does not implement"
+);
 
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 /// Starting state of the token hash.
@@ -444,9 +454,12 @@ fn mix(a: u64, b: u64) -> u64 {
     (a.rotate_left(23) ^ b).wrapping_mul(GOLDEN)
 }
 
+/// The n-gram bucket of a key: its top `BUCKET_BITS` bits. Every key is the output of
+/// a multiply by `GOLDEN` (the token hash, `mix`), whose top bits depend on all of its
+/// input, so no second hash is needed (the model is fitted with this bucketing).
 #[inline]
 const fn bucket(k: u64) -> usize {
-    ((k ^ (k >> 32)).wrapping_mul(GOLDEN) >> (64 - BUCKET_BITS)) as usize
+    (k >> (64 - BUCKET_BITS)) as usize
 }
 
 const fn lexicon_buckets() -> [u64; N_BUCKETS / 64] {
@@ -540,9 +553,10 @@ impl Phrase {
     }
 }
 
-/// The strongest positive and negative n-gram of each order (1, 2, 3 tokens) seen so
-/// far, packed as `weight << 48 | start << 16 | len` in an `i64`, so that keeping the
-/// best is one `max` (positive side) and one `min` (negative side) per n-gram.
+/// The strongest positive and negative n-gram of each order (1 or 2 tokens; the third
+/// slot stays empty) seen so far, packed as `weight << 48 | start << 16 | len` in an
+/// `i64`, so that keeping the best is one `max` (positive side) and one `min`
+/// (negative side) per n-gram.
 #[derive(Debug, Clone, Copy)]
 struct Best {
     up: [i64; KEEP_PHRASES],
@@ -557,7 +571,7 @@ impl Best {
         }
     }
 
-    /// `w` must fit in 16 bits (it is an `i16` weight). Offsets past 4 GiB or tokens
+    /// `w` must fit in 16 bits (it is an `i8` weight). Offsets past 4 GiB or tokens
     /// longer than 64 KiB wrap, which can only garble the excerpt (it is bounds-checked
     /// when read).
     #[inline(always)]
@@ -820,14 +834,14 @@ struct Scratch {
     lex_keys: [u64; 2 * CHUNK],
 }
 
-/// One n-gram bucket of a thread's table: the weight (`i16`) in the high half, the
+/// One n-gram bucket of a thread's table: the weight (`i8`, sign-extended) in the high half, the
 /// stamp of the last prompt that counted it in the low half. One `u32`, loaded whole,
 /// so that the weight is in a register before the "seen already?" test and the
 /// compiler selects it branch-free rather than loading it behind a branch.
 type Entry = u32;
 
-const fn entry(weight: i16, stamp: u16) -> Entry {
-    ((weight as u16 as u32) << 16) | stamp as u32
+const fn entry(weight: i8, stamp: u16) -> Entry {
+    ((weight as i32) << 16) as u32 | stamp as u32
 }
 
 /// Tokens buffered between the tokeniser and the n-gram loop (a power of two, and at
@@ -926,10 +940,9 @@ struct Grams {
     /// their weights in the high bits, their number (at most 32,768 < 65,536) in the
     /// low 16, so that one add per n-gram counts both.
     acc: i64,
-    /// Key of the previous token and of the previous bigram.
+    /// Key of the previous token (for the bigram).
     prev1: u64,
-    prev_bi: u64,
-    /// Tokens counted so far (only whether it is 0, 1 or more matters).
+    /// Tokens counted so far (only whether it is 0 matters).
     seen_tokens: u64,
 }
 
@@ -992,10 +1005,10 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
         (v >> 16) as i32
     }
 
-    /// Lexicon and n-gram counting of one token (hash `h`, byte span `span`) given
-    /// how many tokens precede it in the prompt, capped at 2 (`before`: 0 means no
-    /// bigram or trigram yet, 1 no trigram). Called with a literal 2 in the hot loop,
-    /// so the checks fold away there.
+    /// Lexicon and n-gram counting of one token (hash `h`, byte span `span`): its
+    /// unigram, and its bigram with the previous token unless it is the prompt's first
+    /// (`first`). Called with a literal `false` in the hot loop, so the check folds
+    /// away there.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn token(
@@ -1006,7 +1019,7 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
         stamp: u16,
         h: u64,
         span: (usize, usize),
-        before: u64,
+        first: bool,
     ) {
         // Number tokens share one hash that is not in the lexicon (checked in the
         // tests), so looking every token up is the same as looking up words only.
@@ -1017,7 +1030,7 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
             self.starts = [self.starts[1], self.starts[2], span.0];
             self.best.consider(0, w1, span.0, span.1);
         }
-        if before >= 1 {
+        if !first {
             let bi = mix(g.prev1, h);
             let b2 = bucket(bi);
             Self::add_lex(lex, bi, b2);
@@ -1025,13 +1038,6 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
             if EXPLAIN {
                 self.best.consider(1, w2, self.starts[1], span.1);
             }
-            if before >= 2 {
-                let w3 = Self::add_gram(g, table, stamp, bucket(mix(g.prev_bi, h)));
-                if EXPLAIN {
-                    self.best.consider(2, w3, self.starts[0], span.1);
-                }
-            }
-            g.prev_bi = bi;
         }
         g.prev1 = h;
     }
@@ -1053,21 +1059,20 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
         let m = m.min(CHUNK);
         let mut g = self.g;
         let mut j = 0;
-        // The prompt's first two tokens lack a bigram or trigram; every later one
-        // has all three, without a check per token.
-        while j < m && g.seen_tokens < 2 {
-            let before = g.seen_tokens;
-            self.token(&mut g, table, &mut lex, stamp, hashes[j], spans[j], before);
+        // The prompt's first token has no bigram; every later one has one, without a
+        // check per token.
+        if j < m && g.seen_tokens == 0 {
+            self.token(&mut g, table, &mut lex, stamp, hashes[j], spans[j], true);
             g.seen_tokens += 1;
             j += 1;
         }
         if EXPLAIN {
             for (&h, &span) in hashes[j..m].iter().zip(&spans[j..m]) {
-                self.token(&mut g, table, &mut lex, stamp, h, span, 2);
+                self.token(&mut g, table, &mut lex, stamp, h, span, false);
             }
         } else {
             for &h in &hashes[j..m] {
-                self.token(&mut g, table, &mut lex, stamp, h, (0, 0), 2);
+                self.token(&mut g, table, &mut lex, stamp, h, (0, 0), false);
             }
         }
         g.seen_tokens += (m - j) as u64;
@@ -1744,9 +1749,6 @@ mod tests {
                 count_lex(bi, &mut lex);
                 buckets.insert(bucket(bi));
             }
-            if t >= 2 {
-                buckets.insert(bucket(mix(mix(toks[t - 2], toks[t - 1]), h)));
-            }
         }
         let qsum = buckets.iter().map(|&b| i64::from(NGRAM_Q[b])).sum();
         let mut kinds = [0u64; 8];
@@ -1911,6 +1913,17 @@ mod tests {
                 assert_eq!(classify(v, at), want, "{v:?} at {at}");
                 assert_eq!(classify_portable(v, at), want, "{v:?} at {at}");
             }
+        }
+    }
+
+    #[test]
+    fn scores_match_the_python_mirror() {
+        // `fit_scorer.py` scores these prompts with its own implementation of the
+        // specification and writes the values beside the weights.
+        for (p, want) in weights::PARITY {
+            let got = decide(p);
+            assert!((got - want).abs() < 1e-9, "{p:.40}: {got} != {want}");
+            assert_eq!(score(p).value.to_bits(), got.to_bits());
         }
     }
 
