@@ -476,21 +476,22 @@ const fn lexicon_buckets() -> [u64; N_BUCKETS / 64] {
     f
 }
 
-/// The n-gram buckets some lexicon key falls in (a 4 KiB bit set). Most tokens and
-/// bigrams are not in the lexicon; as their bucket is computed anyway for the weight,
-/// this rejects them with one load and a bit test (about 1.5% of buckets are set, so
-/// a few keys per prompt take the exact lookup for nothing).
+/// The n-gram buckets some lexicon key falls in (a 4 KiB bit set), copied into the
+/// flag bit of each `Scratch` table entry (`LEX_FLAG`). Most tokens and bigrams are
+/// not in the lexicon; as their bucket's entry is loaded anyway for the weight, the
+/// flag rejects them with one bit test (about 1.5% of buckets are flagged, so a few
+/// keys per prompt take the exact lookup for nothing).
 static LEX_BUCKETS: [u64; N_BUCKETS / 64] = lexicon_buckets();
 
-/// Whether a token or bigram key whose n-gram bucket is `b` may be in the lexicon
-/// (false: certainly not).
-#[inline(always)]
-fn lexicon_maybe(b: usize) -> bool {
-    LEX_BUCKETS[(b >> 6) % (N_BUCKETS / 64)] & (1 << (b & 63)) != 0
+/// Whether some lexicon key falls in n-gram bucket `b`.
+fn lexicon_bucket(b: usize) -> bool {
+    LEX_BUCKETS
+        .get(b >> 6)
+        .is_some_and(|w| w & (1 << (b & 63)) != 0)
 }
 
 /// Class bit mask of a token or bigram key (0 when not in the lexicon); callers check
-/// [`lexicon_maybe`] first.
+/// the bucket's `LEX_FLAG` first.
 fn lexicon_probe(key: u64) -> u16 {
     let mask = (1usize << LEX_BITS) - 1;
     let mut i = ((key ^ (key >> 32)).wrapping_mul(GOLDEN) >> (64 - LEX_BITS)) as usize;
@@ -834,14 +835,19 @@ struct Scratch {
     lex_keys: [u64; 2 * CHUNK],
 }
 
-/// One n-gram bucket of a thread's table: the weight (`i8`, sign-extended) in the high half, the
-/// stamp of the last prompt that counted it in the low half. One `u32`, loaded whole,
-/// so that the weight is in a register before the "seen already?" test and the
-/// compiler selects it branch-free rather than loading it behind a branch.
+/// One n-gram bucket of a thread's table: the weight (`i8`) in the top byte, whether
+/// some lexicon key falls in the bucket (`LEX_FLAG`) below it, and the stamp of the
+/// last prompt that counted the bucket in the low half. One `u32`, loaded whole, so
+/// that the weight is in a register before the "seen already?" test and the compiler
+/// selects it branch-free rather than loading it behind a branch, and the lexicon
+/// filter needs no load of its own.
 type Entry = u32;
 
-const fn entry(weight: i8, stamp: u16) -> Entry {
-    ((weight as i32) << 16) as u32 | stamp as u32
+/// The entry bit that says "some lexicon key falls in this bucket".
+const LEX_FLAG: Entry = 1 << 16;
+
+const fn entry(weight: i8, lexicon: bool, stamp: u16) -> Entry {
+    ((weight as i32) << 24) as u32 | if lexicon { LEX_FLAG } else { 0 } | stamp as u32
 }
 
 /// Tokens buffered between the tokeniser and the n-gram loop (a power of two, and at
@@ -861,10 +867,10 @@ impl Scratch {
         s
     }
 
-    /// Every entry back to stamp 0 with its weight.
+    /// Every entry back to stamp 0 with its weight and lexicon flag.
     fn restamp(&mut self) {
-        for (e, &weight) in self.table.iter_mut().zip(NGRAM_Q.iter()) {
-            *e = entry(weight, 0);
+        for (b, (e, &weight)) in self.table.iter_mut().zip(NGRAM_Q.iter()).enumerate() {
+            *e = entry(weight, lexicon_bucket(b), 0);
         }
         self.stamp = 0;
     }
@@ -967,16 +973,6 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
         }
     }
 
-    /// Queues a token or bigram key whose n-gram bucket is `b` for the lexicon lookup
-    /// if it passes the filter (most keys are in no class and do not).
-    #[inline(always)]
-    fn add_lex(lex: &mut Lex<'_>, key: u64, b: usize) {
-        if lexicon_maybe(b) {
-            lex.keys[lex.n % (2 * CHUNK)] = key;
-            lex.n += 1;
-        }
-    }
-
     #[inline(never)]
     fn add_lex_slow(&mut self, key: u64) {
         let mut classes = lexicon_probe(key);
@@ -989,19 +985,34 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
         }
     }
 
-    /// Counts the n-gram in bucket `b`; returns its (quantised) weight if the bucket is
-    /// new in this prompt (its entry does not carry this prompt's `stamp`), else 0.
+    /// Counts the n-gram `key` in bucket `b`: queues the key for the lexicon lookup if
+    /// its bucket is flagged (most keys are in no class and are not; every occurrence
+    /// counts there, repeated or not), and returns its (quantised) weight if the
+    /// bucket is new in this prompt (its entry does not carry this prompt's `stamp`),
+    /// else 0.
     #[inline(always)]
-    fn add_gram(g: &mut Grams, table: &mut [Entry; N_BUCKETS], stamp: u16, b: usize) -> i32 {
+    fn add_gram(
+        g: &mut Grams,
+        table: &mut [Entry; N_BUCKETS],
+        lex: &mut Lex<'_>,
+        stamp: u16,
+        key: u64,
+        b: usize,
+    ) -> i32 {
         let e = table[b];
-        // The weight half stays, the stamp half becomes this prompt's.
+        // Weight and flag stay, the stamp half becomes this prompt's.
         table[b] = (e & 0xffff_0000) | u32::from(stamp);
-        // The entry's share of `acc`: the weight above bit 16, a count of 1 below.
-        // Selected branch-free on purpose: about 40% of unigrams repeat within a
-        // prompt, far too irregular for a branch predictor.
-        let v = (i64::from(e as i32) & !0xffff) | 1;
+        // The entry's share of `acc`: the weight above bit 16 (the arithmetic shift
+        // brings the top byte down, sign and all; the mask drops flag and stamp), a
+        // count of 1 below. Selected branch-free on purpose: about 40% of unigrams
+        // repeat within a prompt, far too irregular for a branch predictor.
+        let v = (i64::from((e as i32) >> 8) & !0xffff) | 1;
         let v = if e as u16 != stamp { v } else { 0 };
         g.acc += v;
+        if e & LEX_FLAG != 0 {
+            lex.keys[lex.n % (2 * CHUNK)] = key;
+            lex.n += 1;
+        }
         (v >> 16) as i32
     }
 
@@ -1023,18 +1034,14 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
     ) {
         // Number tokens share one hash that is not in the lexicon (checked in the
         // tests), so looking every token up is the same as looking up words only.
-        let b1 = bucket(h);
-        Self::add_lex(lex, h, b1);
-        let w1 = Self::add_gram(g, table, stamp, b1);
+        let w1 = Self::add_gram(g, table, lex, stamp, h, bucket(h));
         if EXPLAIN {
             self.starts = [self.starts[1], self.starts[2], span.0];
             self.best.consider(0, w1, span.0, span.1);
         }
         if !first {
             let bi = mix(g.prev1, h);
-            let b2 = bucket(bi);
-            Self::add_lex(lex, bi, b2);
-            let w2 = Self::add_gram(g, table, stamp, b2);
+            let w2 = Self::add_gram(g, table, lex, stamp, bi, bucket(bi));
             if EXPLAIN {
                 self.best.consider(1, w2, self.starts[1], span.1);
             }
@@ -1924,6 +1931,29 @@ mod tests {
             let got = decide(p);
             assert!((got - want).abs() < 1e-9, "{p:.40}: {got} != {want}");
             assert_eq!(score(p).value.to_bits(), got.to_bits());
+        }
+    }
+
+    #[test]
+    fn lexicon_buckets_are_flagged_in_the_table() {
+        // The n-gram loop looks a key up in the lexicon only if its bucket's entry
+        // carries LEX_FLAG: every lexicon key's bucket must, and weights and stamps
+        // must be unaffected by the flag.
+        let s = Scratch::new();
+        let keys: Vec<u64> = LEXICON
+            .iter()
+            .map(|&(k, _)| k)
+            .filter(|&k| k != 0)
+            .collect();
+        assert!(keys.len() > 300);
+        for k in keys {
+            assert_ne!(s.table[bucket(k)] & LEX_FLAG, 0, "{k:#x}");
+        }
+        let flagged = s.table.iter().filter(|&&e| e & LEX_FLAG != 0).count();
+        let buckets: u32 = LEX_BUCKETS.iter().map(|w| w.count_ones()).sum();
+        assert_eq!(flagged, buckets as usize);
+        for (e, &w) in s.table.iter().zip(NGRAM_Q.iter()) {
+            assert_eq!(((*e as i32) >> 24, *e as u16), (i32::from(w), 0));
         }
     }
 
