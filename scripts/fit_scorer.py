@@ -8,6 +8,7 @@ Usage (from the repository root; needs Python 3.9+ and numpy):
     python3 scripts/fit_scorer.py --cross-bench-md     # leave-one-bench-out table (held-out half)
     python3 scripts/fit_scorer.py --emit-scores F.jsonl  # score every row with the Python mirror
                                                         # (parity check against the Rust scorer)
+    python3 scripts/fit_scorer.py --cv --no-write --set NGRAM_ORDER=3   # try a model variant
 
 The run is deterministic: no randomness, a fixed-iteration conjugate-gradient solve, and a
 stable vocabulary-free (hashed) text representation.
@@ -64,6 +65,10 @@ only which n-grams collide changes) moves the November model's figures over CV
     repeats, 1/sqrt(#n-grams); would drop the per-prompt "seen?" table): CV 0.645/0.615/0.840
     but LOBO 0.579/0.541/0.551 (MT-Bench -0.27, MMLU -0.011); with BUCKET_FROM_KEY, i8 and
     NGRAM_ORDER=2 as well: LOBO 0.578/0.539/0.518;
+  * NOT adopted, the adopted model without the token hash's finishing mix (TOKEN_FINISH=False,
+    one multiply less per word), five seeds: CV 0.639/0.615/0.848, LOBO 0.560/0.551/0.797
+    (GSM8K CV 0.634-0.644 and LOBO 0.555-0.564, below the adopted model's 0.642-0.645 and
+    0.563-0.569, for about 5 instructions per word);
   * NOT adopted, 2**13 / 2**12 buckets (seed 0): CV 0.644/0.616/0.839 and 0.628/0.607/0.845,
     LOBO 0.569/0.553/0.764 and 0.568/0.553/0.791;
   * (by accident, a harness that changed the token seed without re-hashing the lexicon, i.e.
@@ -74,8 +79,10 @@ only which n-grams collide changes) moves the November model's figures over CV
 The linear predictor z is mapped to 0..1 by a logistic curve whose centre is the weighted
 median of the training z and whose slope puts the 10th/90th percentiles at 0.2/0.8.
 
-Feature specification (MUST match `src/router/scorer.rs`; `--emit-scores` + the Rust
-`scorer-scratch` binary check parity on all 15k rows)
+Feature specification (MUST match `src/router/scorer.rs`: it refuses to compile against
+weights whose n-gram settings it does not implement, and its unit test
+`scores_match_the_python_mirror` checks the PARITY scores this script writes beside the
+weights; for all rows, compare `--emit-scores` with `ai-cost-optimizer score`)
 ------------------------------------------------------------------------------------
 All on the UTF-8 bytes of the prompt.
   * scanned prefix: the prompt up to the start of the first token (as below, single letters

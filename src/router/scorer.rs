@@ -48,9 +48,12 @@
 //! per token. Presence of an n-gram bucket is answered by a per-thread copy of the
 //! weight table stamped with the current prompt (see `Scratch`), so nothing is
 //! cleared between prompts, and the hot loops avoid branches whose outcome follows
-//! the text (repeated n-grams, sentence ends), which no predictor could learn. What
-//! remains is measured in `docs/BENCHMARKS.md` ("Scoring throughput") for the average
-//! (447-byte, 70-token) routing prompt with `decide`.
+//! the text (repeated n-grams, sentence ends), which no predictor could learn. On
+//! x86_64 CPUs with AVX2 and BMI, a second build of the scan runs (same integers,
+//! fewer instructions; see `Scan::run`). About 9.9k instructions remain for the
+//! average (447-byte, 70-token) routing prompt with `decide` (12.9k before the
+//! December 2026 model change, 25.7k before December 2026); `docs/BENCHMARKS.md`
+//! ("Scoring throughput") says where they go.
 
 #![allow(clippy::cast_precision_loss)]
 
