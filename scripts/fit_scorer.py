@@ -8,6 +8,7 @@ Usage (from the repository root; needs Python 3.9+ and numpy):
     python3 scripts/fit_scorer.py --cross-bench-md     # leave-one-bench-out table (held-out half)
     python3 scripts/fit_scorer.py --emit-scores F.jsonl  # score every row with the Python mirror
                                                         # (parity check against the Rust scorer)
+    python3 scripts/fit_scorer.py --cv --no-write --set NGRAM_ORDER=3   # try a model variant
 
 The run is deterministic: no randomness, a fixed-iteration conjugate-gradient solve, and a
 stable vocabulary-free (hashed) text representation.
@@ -28,8 +29,8 @@ The model is ridge regression (squared loss, L2) over
     ALPHA_TEXT), five sign-stable ones (TRUSTED) moderately, every other engineered feature
     heavily (alpha = ALPHA_TEXT / DENSE_SCALE**2), because on the held-out-bench check
     (--cv, "LOBO") they transfer poorly between benches while length transfers well;
-  * hashed word 1-, 2- and 3-grams (2**15 buckets, presence, scaled by
-    1/sqrt(#distinct buckets)), alpha = ALPHA_TEXT.
+  * hashed word 1- and 2-grams (2**15 buckets, presence, scaled by 1/sqrt(#distinct
+    buckets), weights stored as i8), alpha = ALPHA_TEXT.
 Tried on the train half (2-fold CV / leave-one-bench-out APGR, `--cv`) and not adopted, because
 none improved both the in-bench and the held-out-bench figures of GSM8K and MMLU without losing
 more on MT-Bench (November 2026, figures are gsm8k / mmlu / mt-bench):
@@ -41,11 +42,47 @@ more on MT-Bench (November 2026, figures are gsm8k / mmlu / mt-bench):
     CV 0.657/0.616/0.829, LOBO 0.580/0.563/0.810;
   * gradient-boosted trees over the engineered features + the ridge output (stacked, sklearn):
     no consistent gain across the two folds (gsm8k +0.03/-0.03, mmlu -0.01/+0.03).
+Cheaper n-gram definitions (December 2026, issue 8: the n-gram loop is most of the scorer's
+cost). Noise first: refitting with five token-hash seeds (TOKEN_SEED + 7919*s, s = 0..4;
+only which n-grams collide changes) moves the November model's figures over CV
+0.635-0.655 / 0.614-0.616 / 0.843-0.853, LOBO 0.556-0.571 / 0.551-0.553 / 0.777-0.824
+(mean CV 0.647/0.615/0.848, LOBO 0.564/0.552/0.802). Means over the same five seeds:
+  * ADOPTED, bucket = top 15 bits of the key (BUCKET_FROM_KEY) + i8 weights (WEIGHT_BITS=8)
+    + words and bigrams only (NGRAM_ORDER=2): CV 0.643/0.615/0.846, LOBO 0.566/0.551/0.802
+    (ranges CV 0.642-0.645 / 0.613-0.617 / 0.834-0.867, LOBO 0.563-0.569 / 0.550-0.552 /
+    0.792-0.811): inside the seed noise on every bench. At the shipped seed: CV
+    0.645/0.615/0.834, LOBO 0.564/0.551/0.805 (the November model: 0.646/0.614/0.843, LOBO
+    0.571/0.552/0.824). One n-gram fewer per token, no bucket hash;
+  * the same with trigrams (NGRAM_ORDER=3): CV 0.643/0.615/0.837, LOBO 0.566/0.552/0.804;
+  * the same with 2**14 buckets: CV 0.640/0.615/0.842, LOBO 0.565/0.552/0.799 (kept 2**15:
+    a smaller table bought no time when tried, see docs/BENCHMARKS.md);
+  * single-seed runs (seed 0): BUCKET_FROM_KEY alone 0.647/0.615/0.844, LOBO
+    0.563/0.552/0.821; i8 weights alone 0.647/0.614/0.843, LOBO 0.570/0.552/0.825;
+    NGRAM_ORDER=2 alone 0.640/0.613/0.842, LOBO 0.570/0.552/0.814;
+  * NOT adopted, words only (NGRAM_ORDER=1): CV 0.616/0.608/0.846, LOBO 0.567/0.549/0.744
+    (gsm8k CV -0.03);
+  * NOT adopted, counts instead of presence (NGRAM_PRESENCE=False, every n-gram with its
+    repeats, 1/sqrt(#n-grams); would drop the per-prompt "seen?" table): CV 0.645/0.615/0.840
+    but LOBO 0.579/0.541/0.551 (MT-Bench -0.27, MMLU -0.011); with BUCKET_FROM_KEY, i8 and
+    NGRAM_ORDER=2 as well: LOBO 0.578/0.539/0.518;
+  * NOT adopted, the adopted model without the token hash's finishing mix (TOKEN_FINISH=False,
+    one multiply less per word), five seeds: CV 0.639/0.615/0.848, LOBO 0.560/0.551/0.797
+    (GSM8K CV 0.634-0.644 and LOBO 0.555-0.564, below the adopted model's 0.642-0.645 and
+    0.563-0.569, for about 5 instructions per word);
+  * NOT adopted, 2**13 / 2**12 buckets (seed 0): CV 0.644/0.616/0.839 and 0.628/0.607/0.845,
+    LOBO 0.569/0.553/0.764 and 0.568/0.553/0.791;
+  * (by accident, a harness that changed the token seed without re-hashing the lexicon, i.e.
+    all lex_* features zero: MT-Bench CV 0.65-0.73, LOBO 0.64-0.74 over five seeds. The
+    lexicon classes carry most of MT-Bench.)
+  Reproduce one: python3 scripts/fit_scorer.py --cv --no-write --set NGRAM_ORDER=3
+  --set BUCKET_FROM_KEY=False --set WEIGHT_BITS=16 (the November model) [--set TOKEN_SEED=N].
 The linear predictor z is mapped to 0..1 by a logistic curve whose centre is the weighted
 median of the training z and whose slope puts the 10th/90th percentiles at 0.2/0.8.
 
-Feature specification (MUST match `src/router/scorer.rs`; `--emit-scores` + the Rust
-`scorer-scratch` binary check parity on all 15k rows)
+Feature specification (MUST match `src/router/scorer.rs`: it refuses to compile against
+weights whose n-gram settings it does not implement, and its unit test
+`scores_match_the_python_mirror` checks the PARITY scores this script writes beside the
+weights; for all rows, compare `--emit-scores` with `ai-cost-optimizer score`)
 ------------------------------------------------------------------------------------
 All on the UTF-8 bytes of the prompt.
   * scanned prefix: the prompt up to the start of the first token (as below, single letters
@@ -61,10 +98,10 @@ All on the UTF-8 bytes of the prompt.
   * token hash: h = TOKEN_SEED; for each 8-byte chunk c of the lower-cased token (little
     endian, last chunk zero-padded): h = ((rotl64(h, 29) ^ c) * GOLDEN) mod 2**64; then
     h = ((h ^ len) * GOLDEN) mod 2**64; h ^= h >> 29. (Word-at-a-time so the Rust scanner
-    needs one multiply per 8 letters.) n-gram keys:
-    uni = h_i, bi = mix(h_{i-1}, h_i), tri = mix(mix(h_{i-2}, h_{i-1}), h_i),
+    needs one multiply per 8 letters.) n-gram keys (NGRAM_ORDER = 2):
+    uni = h_i, bi = mix(h_{i-1}, h_i),
     mix(a, b) = ((rotl64(a, 23) ^ b) * 0x9E3779B97F4A7C15) mod 2**64;
-    bucket(k) = (((k ^ (k >> 32)) * 0x9E3779B97F4A7C15) mod 2**64) >> 49.
+    bucket(k) = k >> 49 (the top BUCKET_BITS bits: every key ends in a multiply).
   * text term = sum over DISTINCT buckets of W[bucket] / sqrt(#distinct buckets).
   * lexicon: each word token whose hash is in LEXICON adds 1 to each of its classes; each
     bigram whose key is in PHRASES adds 1 to its class.
@@ -116,6 +153,15 @@ N_BUCKETS = 1 << BUCKET_BITS
 # pass on the held-out half; figures in docs/BENCHMARKS.md.
 SCAN_CAP = None
 LEX_BITS = 10  # lexicon hash table: 1024 slots, open addressing
+# Model-definition levers for the speed/quality trade of issue 8 (December 2026); the shipped
+# values below are adopted (see "Tried" above); the November 2026 model was NGRAM_ORDER=3,
+# BUCKET_FROM_KEY=False, WEIGHT_BITS=16. Try others with `--cv --no-write --set NAME=VALUE`.
+NGRAM_ORDER = 2          # longest n-gram hashed: 1 (words), 2 (+ bigrams) or 3 (+ trigrams)
+NGRAM_PRESENCE = True    # True: distinct buckets, 1/sqrt(#distinct); False: every n-gram counts
+                         # (with repeats), 1/sqrt(#n-grams), so no "seen in this prompt?" state
+BUCKET_FROM_KEY = True   # True: bucket = the key's top BUCKET_BITS bits (no bucket hash)
+WEIGHT_BITS = 8          # n-gram weights stored as signed integers of this many bits
+TOKEN_FINISH = True      # token hash ends with the length mix and the xor-shift (False: neither)
 
 # Hyper-parameters (chosen by the --cv figures on the train half only; see README above).
 ALPHA_TEXT = 30.0
@@ -203,6 +249,8 @@ def token_hash(tok: bytes) -> int:
     for j in range(0, len(tok), 8):
         c = int.from_bytes(tok[j:j + 8], "little")
         h = ((rotl(h, 29) ^ c) * GOLDEN) & M64
+    if not TOKEN_FINISH:
+        return h
     h = ((h ^ len(tok)) * GOLDEN) & M64
     return h ^ (h >> 29)
 
@@ -212,6 +260,8 @@ def mix(a: int, b: int) -> int:
 
 
 def bucket(k: int) -> int:
+    if BUCKET_FROM_KEY:
+        return k >> (64 - BUCKET_BITS)
     return (((k ^ (k >> 32)) * GOLDEN) & M64) >> (64 - BUCKET_BITS)
 
 
@@ -286,9 +336,14 @@ def extract(prompt: str):
                     cls[ci] += 1
         hashes.append(h)
     keys = list(hashes)
-    keys += [mix(hashes[i - 1], hashes[i]) for i in range(1, len(hashes))]
-    keys += [mix(mix(hashes[i - 2], hashes[i - 1]), hashes[i]) for i in range(2, len(hashes))]
-    buckets = sorted(set(bucket(k) for k in keys))
+    if NGRAM_ORDER >= 2:
+        keys += [mix(hashes[i - 1], hashes[i]) for i in range(1, len(hashes))]
+    if NGRAM_ORDER >= 3:
+        keys += [mix(mix(hashes[i - 2], hashes[i - 1]), hashes[i]) for i in range(2, len(hashes))]
+    if NGRAM_PRESENCE:
+        buckets = sorted(set(bucket(k) for k in keys))
+    else:  # with repeats: sums and 1/sqrt(len) below then count every n-gram
+        buckets = sorted(bucket(k) for k in keys)
     math_uni = 0
     for i in range(cut):  # the byte after a scanned byte is read from the full text
         b = full[i]
@@ -441,7 +496,8 @@ def fit(feats, rows, np):
     coef = w[:nd] / sd
     text_w = w[nd:nd + N_BUCKETS]
     # Quantise text weights to i16 (what Rust stores); the Python mirror uses the same values.
-    qscale = float(np.max(np.abs(text_w))) / 32767.0 or 1.0
+    qmax = (1 << (WEIGHT_BITS - 1)) - 1
+    qscale = float(np.max(np.abs(text_w))) / qmax or 1.0
     q = np.round(text_w / qscale).astype(np.int64)
     text_q = [int(x) for x in q]
     text_wq = [x * qscale for x in text_q]
@@ -486,6 +542,43 @@ def lexicon_table():
     return slots
 
 
+# Prompts whose Python-mirror scores are written into the weights file (`PARITY`), so that a
+# Rust unit test fails when the scanner and this specification disagree: every feature, repeats
+# (presence), numbers, long words, non-ASCII, fences, lexicon words and phrases.
+PARITY_PROMPTS = [
+    "",
+    "hi",
+    "Hi there! How are you?",
+    "Janet has 16 eggs. She eats 3 and bakes with 4 more. She sells the rest for $2 each. "
+    "How much does she make?",
+    "Prove that for every integer n > 1 there is a prime between n and 2n. Show that the bound "
+    "holds step by step, at least for n = 10^6.",
+    "Implement a lock-free queue in Rust; explain the memory ordering of every atomic operation.\n"
+    "```rust\nfn main() { let x_1 = 3.14; }\n```",
+    "Write a persuasive email to my manager asking for a day off. Pretend you are a pirate!",
+    "\u2200x\u2208\u211d: x\u00b2 \u2265 0 \u21d2 \u221a(x\u00b2) = |x| \u00b1 \u03c0; 3\u00d74 \u00f7 2 = 6 (90\u00b0)",
+    "the the the the the the the the how many how many more than less than",
+    "Supercalifragilisticexpialidocious antidisestablishmentarianism pneumonoultramicroscopic "
+    "A I x y z 1.2.3,4,,5..6 50% \\frac{a}{b} <tag> a+b=c ^ # _ ; {}",
+    "The plaintiff sued the defendant for negligence; the patient's diagnosis: chronic renal "
+    "disease, dose 5 mg. Summarize in a table with columns, then classify the velocity of the "
+    "electron.\n\nThanks, hello!",
+    " ".join(f"word{i % 37} {i}" for i in range(300)),
+]
+
+
+def rust_str(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in "\\\"":
+            out.append("\\" + ch)
+        elif 0x20 <= ord(ch) < 0x7F:
+            out.append(ch)
+        else:
+            out.append(f"\\u{{{ord(ch):x}}}")
+    return '"' + "".join(out) + '"'
+
+
 def write_rust(model, path, n_train):
     out = []
     out.append("// @generated by scripts/fit_scorer.py -- DO NOT EDIT BY HAND.\n")
@@ -511,7 +604,14 @@ def write_rust(model, path, n_train):
     out.append("/// after this offset, except the length, which counts the whole prompt.\n")
     out.append(f"pub(super) const SCAN_CAP: usize = {'usize::MAX' if SCAN_CAP is None else SCAN_CAP};\n")
     out.append(f"/// Multiply an entry of `NGRAM_Q` by this to get its weight in z units.\npub(super) const NGRAM_SCALE: f64 = {rust_f64(model.qscale)};\n")
-    out.append(f"/// Quantised weight of each hashed 1/2/3-gram bucket.\n#[rustfmt::skip]\npub(super) static NGRAM_Q: [i16; {N_BUCKETS}] = [\n")
+    out.append("/// The n-gram specification the weights were fitted with (`scorer.rs` checks, at compile\n")
+    out.append("/// time, that it implements the same).\n")
+    out.append(f"pub(super) const NGRAM_ORDER: u32 = {NGRAM_ORDER};\n")
+    out.append(f"pub(super) const NGRAM_PRESENCE: bool = {str(NGRAM_PRESENCE).lower()};\n")
+    out.append(f"pub(super) const BUCKET_FROM_KEY: bool = {str(BUCKET_FROM_KEY).lower()};\n")
+    out.append(f"pub(super) const TOKEN_FINISH: bool = {str(TOKEN_FINISH).lower()};\n")
+    out.append(f"/// Quantised weight of each hashed n-gram bucket (1- to {NGRAM_ORDER}-grams).\n#[rustfmt::skip]\n"
+               f"pub(super) static NGRAM_Q: [i{WEIGHT_BITS}; {N_BUCKETS}] = [\n")
     for i in range(0, N_BUCKETS, 24):
         out.append(",".join(str(x) for x in model.text_q[i:i + 24]) + ",\n")
     out.append("];\n")
@@ -523,6 +623,12 @@ def write_rust(model, path, n_train):
     slots = lexicon_table()
     for i in range(0, len(slots), 6):
         out.append(" ".join(f"({k:#018x}, {m:#06x})," for k, m in slots[i:i + 6]) + "\n")
+    out.append("];\n")
+    out.append("/// (prompt, score by the Python mirror of the model): the Rust scorer must agree (parity test).\n")
+    out.append("#[cfg(test)]\n#[rustfmt::skip]\n")
+    out.append(f"pub(super) const PARITY: [(&str, f64); {len(PARITY_PROMPTS)}] = [\n")
+    for ptext in PARITY_PROMPTS:
+        out.append(f"    ({rust_str(ptext)}, {rust_f64(model.score(extract(ptext)))}),\n")
     out.append("];\n")
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -597,7 +703,21 @@ def main(argv=None):
     ap.add_argument("--no-write", action="store_true", help="do not write the Rust weights")
     ap.add_argument("--cross-bench-md", action="store_true",
                     help="only print the leave-one-bench-out table (test half) as Markdown; writes nothing")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a spec lever or hyper-parameter for an experiment (e.g. NGRAM_ORDER=2); "
+                         "use with --cv --no-write: the Rust scanner implements only the shipped values")
     args = ap.parse_args(argv)
+    for kv in args.set:
+        name, _, value = kv.partition("=")
+        if name not in globals() or not name.isupper():
+            raise SystemExit(f"--set: unknown setting {name}")
+        v = eval(value, {})  # a literal: number, True/False, None
+        globals()[name] = v if globals()[name] is None or v is None else type(globals()[name])(v)
+        print(f"setting {name} = {globals()[name]!r}", file=sys.stderr)
+    # Derived values, recomputed in case a setting they depend on changed.
+    globals()["N_BUCKETS"] = 1 << BUCKET_BITS
+    globals()["NUMBER_HASH"] = token_hash(b"0")
+    globals()["LEX_KEYS"] = _lexicon_keys()
     try:
         import numpy as np
     except ImportError:

@@ -12,8 +12,10 @@ use common::*;
 use serde_json::{Value, json};
 
 const DEEPSEEK_KEY: &str = "sk-test-deepseek-feedback-0000";
-/// Scores about 0.23 with the bundled weights: the free tier by default.
-const LEGAL: &str = "Summarize the main argument of this legal brief in two sentences.";
+/// Scores about 0.18 with the bundled weights: the free tier by default, with room on
+/// both sides of the test's bounds (0.1, 0.25). Re-pick it when the weights change
+/// (`ai-cost-optimizer score` prints the score).
+const LEGAL: &str = "Summarize the legal brief below in two sentences.";
 
 fn run(data: &Path, args: &[&str], extra: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(binary());
