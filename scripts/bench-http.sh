@@ -55,6 +55,7 @@ done
 [ -n "$PROXY" ] || { cat "$WORK/server.log"; exit 1; }
 
 DELAY_MS=$(( CONNS * 1000 / RATE ))
+THREADS=$(( CONNS < 2 ? CONNS : 2 ))   # wrk needs connections >= threads
 cat >"$WORK/post.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -68,18 +69,18 @@ wrk -t1 -c2 -d2s -s "$WORK/post.lua" "$FAKE/chat/completions" >/dev/null
 
 echo "== rate target ${RATE}/s, ${CONNS} connections, ${DURATION}, delay ${DELAY_MS} ms per connection"
 echo "== direct: fake provider"
-wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$FAKE/chat/completions"
+wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$FAKE/chat/completions"
 echo "== server stack only: ai-cost-optimizer GET /health (no core, no ledger)"
 cat >"$WORK/get.lua" <<LUA
 function delay() return ${DELAY_MS} end
 LUA
-wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/get.lua" "$PROXY/health"
+wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/get.lua" "$PROXY/health"
 echo "== proxy: ai-cost-optimizer /v1/chat/completions (forced model, so the same upstream call)"
 # The server's CPU time (user + system, from /proc) over the run, per
 # request: what the latency is made of once the machine is busy.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
 T0=$(cpu_ticks)
-wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$PROXY/v1/chat/completions" | tee "$WORK/proxy.txt"
+wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$PROXY/v1/chat/completions" | tee "$WORK/proxy.txt"
 T1=$(cpu_ticks)
 N=$(grep -o '[0-9]* requests in' "$WORK/proxy.txt" | awk '{print $1}')
 echo "server CPU per request: $(( (T1 - T0) * 1000000 / $(getconf CLK_TCK) / N )) us (user + system)"
