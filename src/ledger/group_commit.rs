@@ -24,6 +24,9 @@
 //!   on: to the waiting threads if any is queued, else to the first queued
 //!   task ([`Lead::Handed`]). A handed lead may be taken by anyone who sees
 //!   it first, so a task that is slow to be polled never stalls a thread.
+//! - A task about to lead yields once first if others are likely to write
+//!   too (answers not yet collected, writes queued), so their writes join
+//!   its batch; a lone caller leads at once.
 //! - A task that goes away (its future dropped) never strands anything:
 //!   its write is still committed (a settlement is a record, never lost); a
 //!   hold committed for nobody is released in a later batch; a lead handed
@@ -324,10 +327,10 @@ impl Ledger {
     /// runtime worker, so while one caller commits, the others keep
     /// running and queue their writes for the next batch.
     ///
-    /// A caller that finds no batch running leads after one yield,
-    /// synchronously on its own worker (a commit takes tens of
-    /// microseconds; handing it to another thread would cost two
-    /// wake-ups). Cancel-safe: if the future is dropped
+    /// A caller that finds no batch running leads, synchronously on its
+    /// own worker (a commit takes tens of microseconds; handing it to
+    /// another thread would cost two wake-ups): at once when alone, after
+    /// one yield when others are likely to write too. Cancel-safe: if the future is dropped
     /// while waiting, the write is still committed, a hold granted to
     /// nobody is released, and a lead handed to it is passed on.
     pub(super) async fn group_commit_async(&self, op: Op) -> Done {
