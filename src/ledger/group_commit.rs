@@ -22,8 +22,9 @@
 //!   waiting on a running leader always wakes.
 //! - When a leader finishes and writes are still queued, it hands the lead
 //!   on: to the waiting threads if any is queued, else to the first queued
-//!   task ([`Lead::Handed`]). A handed lead may be taken by anyone who sees
-//!   it first, so a task that is slow to be polled never stalls a thread.
+//!   task ([`Lead::Handed`]). A handed lead may be taken by any caller
+//!   who sees it first, so a task that is slow to be polled never stalls
+//!   the others.
 //! - A task about to lead yields once first if others are likely to write
 //!   too (answers not yet collected, writes queued), so their writes join
 //!   its batch; a lone caller leads at once.
@@ -354,7 +355,10 @@ impl Ledger {
                     wait.finished = true;
                     return done;
                 }
-                let ours = st.lead == Lead::Idle || st.lead == Lead::Handed(ticket);
+                // A lead handed to another task is ours to take too, as it
+                // is for threads: the task it was offered to may be slow to
+                // be polled (or held unpolled), and must not stall the rest.
+                let ours = matches!(st.lead, Lead::Idle | Lead::Handed(_));
                 // A yield is worth it only with company: callers answered
                 // but not yet back (they tend to write again at once), or
                 // writes already queued. A lone caller leads at once: on
@@ -758,6 +762,53 @@ mod tests {
             got.unwrap().unwrap().unwrap();
         });
         assert_eq!(holds(&l), 30, "the dropped task's hold must be released");
+    }
+
+    /// A lead offered to a task that is never polled again (a future held
+    /// but not awaited) does not stall anyone: the next task to arrive
+    /// takes it and commits the waiting writes with its own.
+    #[test]
+    fn a_lead_offered_to_an_idle_future_is_taken_by_the_next_task() {
+        let (_d, l) = ledger();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        let limit = roomy();
+        let conn = l.lock();
+        let (first, second) = std::thread::scope(|s| {
+            let leader = s.spawn(|| l.reserve("u", &limit, 10, 100, TTL).unwrap().unwrap());
+            wait_for(&l, |lead, n| lead == Lead::Running && n == 0);
+            let mut first = Box::pin(l.reserve_async("u", &limit, 1000, 100, TTL));
+            assert!((&mut first).now_or_never().is_none());
+            let second = {
+                let l = l.clone();
+                rt.spawn(async move { l.reserve_async("u", &roomy(), 20, 100, TTL).await })
+            };
+            wait_for(&l, |_, n| n == 2);
+            drop(conn);
+            leader.join().unwrap();
+            (first, second)
+        });
+        wait_for(&l, |lead, _| matches!(lead, Lead::Handed(_)));
+        let third = {
+            let l = l.clone();
+            rt.spawn(async move { l.reserve_async("u", &roomy(), 40, 100, TTL).await })
+        };
+        let done = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                (third.await, second.await)
+            })
+            .await
+        });
+        let (third, second) = done.expect("the waiting tasks stalled behind an idle future");
+        third.unwrap().unwrap().unwrap();
+        second.unwrap().unwrap().unwrap();
+        // `first`'s hold was granted in that batch; dropping it releases it.
+        assert_eq!(holds(&l), 1070);
+        drop(first);
+        assert_eq!(holds(&l), 70);
     }
 
     /// Threads and tasks, some tasks dropped half-way, all on one queue:
