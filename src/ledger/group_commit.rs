@@ -510,7 +510,7 @@ mod tests {
 
     use super::Lead;
     use crate::ledger::tests::{ledger, rec};
-    use crate::ledger::{Ledger, LimitCheck, lock_ignoring_poison};
+    use crate::ledger::{Ledger, LedgerError, LimitCheck, lock_ignoring_poison};
 
     const TTL: Duration = Duration::from_secs(60);
 
@@ -721,46 +721,63 @@ mod tests {
         assert_eq!(holds(&l), 10, "only the leader's hold may remain");
     }
 
+    /// A future reserving 1000, polled once and then left idle, and a task
+    /// reserving 20, queued behind a leader (holding 10) that has
+    /// committed: the lead is offered to the idle future, and the task
+    /// waits.
+    fn lead_offered_to_an_idle_future<'l>(
+        l: &'l Ledger,
+        rt: &tokio::runtime::Runtime,
+    ) -> (
+        std::pin::Pin<Box<impl std::future::Future<Output = ReserveAnswer> + 'l>>,
+        tokio::task::JoinHandle<ReserveAnswer>,
+    ) {
+        let limit = roomy();
+        let conn = l.lock();
+        let (first, second) = std::thread::scope(|s| {
+            let leader = s.spawn(|| l.reserve("u", &limit, 10, 100, TTL).unwrap().unwrap());
+            wait_for(l, |lead, n| lead == Lead::Running && n == 0);
+            let mut first = Box::pin(async move {
+                let limit = roomy();
+                l.reserve_async("u", &limit, 1000, 100, TTL).await
+            });
+            assert!((&mut first).now_or_never().is_none());
+            let second = {
+                let l = l.clone();
+                rt.spawn(async move { l.reserve_async("u", &roomy(), 20, 100, TTL).await })
+            };
+            wait_for(l, |_, n| n == 2);
+            drop(conn);
+            leader.join().unwrap();
+            (first, second)
+        });
+        wait_for(l, |lead, _| matches!(lead, Lead::Handed(_)));
+        (first, second)
+    }
+
+    type ReserveAnswer =
+        Result<Result<crate::ledger::ReservationId, crate::ledger::Overspend>, LedgerError>;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
     /// A lead handed to a task that is then dropped, before it ran, passes
     /// to the next task, which commits everything (no one waits forever).
     #[test]
     fn a_lead_handed_to_a_dropped_task_passes_on() {
         let (_d, l) = ledger();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_time()
-            .build()
-            .unwrap();
-        let limit = roomy();
-        let conn = l.lock();
-        std::thread::scope(|s| {
-            let leader = s.spawn(|| l.reserve("u", &limit, 10, 100, TTL).unwrap().unwrap());
-            wait_for(&l, |lead, n| lead == Lead::Running && n == 0);
-            let mut first = Box::pin(l.reserve_async("u", &limit, 1000, 100, TTL));
-            assert!((&mut first).now_or_never().is_none());
-            let second = {
-                let l = l.clone();
-                rt.spawn(async move {
-                    let limit = roomy();
-                    l.reserve_async("u", &limit, 20, 100, TTL).await
-                })
-            };
-            wait_for(&l, |_, n| n == 2);
-            drop(conn);
-            leader.join().unwrap();
-            // The leader offered the lead to `first`, which is never polled again.
-            let st = lock_ignoring_poison(&l.queue.state);
-            assert!(matches!(
-                st.lead,
-                Lead::Handed(_) | Lead::Running | Lead::Idle
-            ));
-            drop(st);
-            drop(first);
-            let got = rt
-                .block_on(async { tokio::time::timeout(Duration::from_secs(30), second).await })
-                .expect("the second task was never given the lead");
-            got.unwrap().unwrap().unwrap();
-        });
+        let rt = runtime();
+        let (first, second) = lead_offered_to_an_idle_future(&l, &rt);
+        drop(first);
+        let got = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(30), second).await })
+            .expect("the second task was never given the lead");
+        got.unwrap().unwrap().unwrap();
         assert_eq!(holds(&l), 30, "the dropped task's hold must be released");
     }
 
@@ -770,28 +787,8 @@ mod tests {
     #[test]
     fn a_lead_offered_to_an_idle_future_is_taken_by_the_next_task() {
         let (_d, l) = ledger();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_time()
-            .build()
-            .unwrap();
-        let limit = roomy();
-        let conn = l.lock();
-        let (first, second) = std::thread::scope(|s| {
-            let leader = s.spawn(|| l.reserve("u", &limit, 10, 100, TTL).unwrap().unwrap());
-            wait_for(&l, |lead, n| lead == Lead::Running && n == 0);
-            let mut first = Box::pin(l.reserve_async("u", &limit, 1000, 100, TTL));
-            assert!((&mut first).now_or_never().is_none());
-            let second = {
-                let l = l.clone();
-                rt.spawn(async move { l.reserve_async("u", &roomy(), 20, 100, TTL).await })
-            };
-            wait_for(&l, |_, n| n == 2);
-            drop(conn);
-            leader.join().unwrap();
-            (first, second)
-        });
-        wait_for(&l, |lead, _| matches!(lead, Lead::Handed(_)));
+        let rt = runtime();
+        let (first, second) = lead_offered_to_an_idle_future(&l, &rt);
         let third = {
             let l = l.clone();
             rt.spawn(async move { l.reserve_async("u", &roomy(), 40, 100, TTL).await })
