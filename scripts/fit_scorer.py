@@ -31,6 +31,30 @@ The model is ridge regression (squared loss, L2) over
     (--cv, "LOBO") they transfer poorly between benches while length transfers well;
   * hashed word 1- and 2-grams (2**15 buckets, presence, scaled by 1/sqrt(#distinct
     buckets), weights stored as i8), alpha = ALPHA_TEXT.
+Chosen for transfer (December 2026). The project is also judged on routing data that is not
+published, so what counts most is the leave-one-bench-out (LOBO) figure: fitted on two benches,
+measured on the third. With ALPHA_TEXT = 30 (the November-December choice, best in-bench) the
+model LOST to prompt length alone on two of the three unseen benches (train half: LOBO 0.564 /
+0.551 / 0.805 against length's 0.599 / 0.570 / 0.720). Neither part alone was to blame: shrinking
+only the n-grams (ALPHA_TEXT 300..3000, dense penalties unchanged) left LOBO at 0.575 / 0.553,
+shrinking only the engineered features (DENSE_SCALE 0.003..0.01, TRUSTED_SCALE 0.03..0.1) at
+0.567..0.572 / 0.551..0.564. Shrinking both (ALPHA_TEXT = A, length's penalty kept at 30 by
+LENGTH_SCALE = sqrt(A / 30)), train half:
+    A       2-fold CV gsm8k / mmlu / mt-bench    LOBO gsm8k / mmlu / mt-bench
+    30      0.645 / 0.615 / 0.834                0.564 / 0.551 / 0.805   (the previous model)
+    100     0.642 / 0.609 / 0.849                0.580 / 0.559 / 0.838
+    300     0.633 / 0.600 / 0.831                0.600 / 0.566 / 0.808   ADOPTED
+    500     0.629 / 0.593 / 0.808                0.605 / 0.568 / 0.779
+    1000    0.621 / 0.584 / 0.813                0.609 / 0.569 / 0.776
+    2500    0.612 / 0.578 / 0.765                0.610 / 0.570 / 0.755
+    length  0.599 / 0.570 / 0.720 (no fit: the same rows in both columns)
+  Rule: the smallest A whose LOBO APGR is within 0.005 of length alone, or better, on every
+  bench (0.005 is about the token-seed noise below). A = 300 under two more token seeds: CV
+  0.631 / 0.600 / 0.825..0.831, LOBO 0.598..0.599 / 0.566 / 0.799..0.805. The price is in-bench
+  APGR (about -0.012 / -0.015 on GSM8K / MMLU), bought back as not losing to length on a bench
+  the scorer has never seen. Reproduce a row: --cv --no-write --set ALPHA_TEXT=A --set
+  LENGTH_SCALE=<sqrt(A/30)>; the previous model: --set ALPHA_TEXT=30 --set LENGTH_SCALE=1.
+Everything below was measured at the previous ALPHA_TEXT = 30.
 Tried on the train half (2-fold CV / leave-one-bench-out APGR, `--cv`) and not adopted, because
 none improved both the in-bench and the held-out-bench figures of GSM8K and MMLU without losing
 more on MT-Bench (November 2026, figures are gsm8k / mmlu / mt-bench):
@@ -164,9 +188,13 @@ WEIGHT_BITS = 8          # n-gram weights stored as signed integers of this many
 TOKEN_FINISH = True      # token hash ends with the length mix and the xor-shift (False: neither)
 
 # Hyper-parameters (chosen by the --cv figures on the train half only; see README above).
-ALPHA_TEXT = 30.0
+# ALPHA_TEXT was 30 until December 2026; raised to 300 (length's own penalty kept at 30 by
+# LENGTH_SCALE = sqrt(10)) because at 30 the model lost to length alone on benches it had
+# not seen (LOBO, train half: 0.564 / 0.551 against length's 0.599 / 0.570); see "Chosen for
+# transfer" above.
+ALPHA_TEXT = 300.0
 DENSE_SCALE = 0.03
-LENGTH_SCALE = 1.0
+LENGTH_SCALE = math.sqrt(10.0)
 BENCH_WEIGHT_POWER = 0.5
 JUDGE_POINTS_PER_UNIT = 3.0
 CG_ITERS = 600
