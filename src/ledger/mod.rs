@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use schemars::JsonSchema;
@@ -611,9 +611,22 @@ impl Ledger {
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| classify(&self.path, e))?;
         // journal_mode returns a row; query it rather than execute.
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(|e| classify(&self.path, e))?;
+        // Switching a new file to WAL needs an exclusive lock, and SQLite
+        // answers BUSY at once instead of calling the busy handler when
+        // another connection is doing the same (processes starting together
+        // on a fresh ledger), so wait here, as the busy timeout would.
+        let started = Instant::now();
+        let mode: String = loop {
+            match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)) {
+                Err(e)
+                    if e.sqlite_error_code() == Some(rusqlite::ffi::ErrorCode::DatabaseBusy)
+                        && started.elapsed() < BUSY_TIMEOUT =>
+                {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                r => break r.map_err(|e| classify(&self.path, e))?,
+            }
+        };
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(mode, "ledger could not switch to WAL mode");
         }
@@ -639,6 +652,16 @@ impl Ledger {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| classify(&self.path, e))?;
+            // Another process may have applied this migration while we
+            // waited for the write lock (two servers starting together on a
+            // ledger that needs migrating): the version read above is stale,
+            // so read it again under the lock and skip what is done.
+            let now_at: i64 = tx
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(|e| classify(&self.path, e))?;
+            if usize::try_from(now_at).unwrap_or(0) > i {
+                continue;
+            }
             tx.execute_batch(sql).map_err(|e| classify(&self.path, e))?;
             tx.pragma_update(None, "user_version", (i + 1) as i64)
                 .map_err(|e| classify(&self.path, e))?;
@@ -1484,6 +1507,39 @@ mod tests {
         assert_eq!(to_nanos(-1.0), 0);
         assert_eq!(to_nanos(f64::NAN), 0);
         assert_eq!(to_usd(to_nanos(12.345_678_901)), 12.345_678_901);
+    }
+
+    /// Several processes starting together on a ledger that needs
+    /// migrating (a fresh install, or the first start after an upgrade):
+    /// each read the schema version before taking the write lock, so the
+    /// ones that waited ran migrations already applied and failed ("table
+    /// calls already exists"). Threads with their own connections race the
+    /// same way; every one must open the ledger.
+    #[test]
+    fn concurrent_first_opens_all_succeed() {
+        for round in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(format!("l{round}.sqlite3"));
+            let n = 8;
+            let gate = std::sync::Arc::new(std::sync::Barrier::new(n));
+            let opened: Vec<Result<i64, String>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..n)
+                    .map(|_| {
+                        let (gate, path) = (gate.clone(), path.clone());
+                        s.spawn(move || {
+                            gate.wait();
+                            Ledger::open(&path)
+                                .and_then(|l| l.schema_version())
+                                .map_err(|e| e.to_string())
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for r in opened {
+                assert_eq!(r, Ok(MIGRATIONS.len() as i64), "round {round}");
+            }
+        }
     }
 
     #[test]
