@@ -4,6 +4,7 @@
 //! five operations here, so both behave identically.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use schemars::JsonSchema;
@@ -17,7 +18,7 @@ use crate::ledger::{
     BandStat, Breakdown, CallRecord, CallRow, GLOBAL_SCOPE, Group, Ledger, LimitCheck,
     SnapshotRequest, Totals, to_nanos, to_usd,
 };
-use crate::pricing::{Catalog, CostSource};
+use crate::pricing::{Catalog, CostSource, PriceOrigin};
 use crate::providers::health::Breakers;
 use crate::providers::{
     AttemptRoute, ChatRequest, ErrorKind, ProviderId, Registry, StreamSink, Usage,
@@ -1201,7 +1202,18 @@ impl Optimizer {
                     prompt_text: prompt_text.clone(),
                     ..CallRecord::default()
                 };
-                let reservation = reservation.pending(base_record.clone());
+                // Counts the answer text as it streams, so a cancelled
+                // attempt can be charged for what the provider already
+                // generated (see `CancelCharge`).
+                let counting = CountingSink {
+                    inner: sink,
+                    bytes: Arc::default(),
+                };
+                let reservation = reservation.pending(
+                    base_record.clone(),
+                    self.cancel_charge(&cand.model, cand.estimated_input_tokens, &counting),
+                );
+                let sink: &dyn StreamSink = &counting;
                 sink.on_attempt(&AttemptRoute {
                     provider: cand.provider,
                     model: &cand.model,
@@ -1446,6 +1458,23 @@ impl Optimizer {
 
     /// What to record for an attempt on `model` that failed after the
     /// provider accepted it, having reported `usage` so far.
+    /// How to charge an attempt on `model` if the caller goes away before
+    /// it finishes: the estimated prompt plus the text streamed so far.
+    fn cancel_charge(&self, model: &str, input_tokens: u64, sink: &CountingSink) -> CancelCharge {
+        let price = match self.catalog.get(model) {
+            Some(p) if p.origin == PriceOrigin::Local || p.provider == ProviderId::Ollama => {
+                CancelPrice::Local
+            }
+            Some(p) if p.origin != PriceOrigin::Unknown => CancelPrice::Catalog(Box::new(p)),
+            _ => CancelPrice::Unpriced,
+        };
+        CancelCharge {
+            price,
+            input_tokens,
+            streamed_bytes: sink.bytes.clone(),
+        }
+    }
+
     fn partial_charge(&self, model: &str, usage: Usage) -> PartialCharge {
         let (cost, source) = self.catalog.price_call(model, &usage, None);
         let seen = usage.input_tokens
@@ -1970,7 +1999,71 @@ fn write_audio(
 struct ReservationGuard {
     ledger: Ledger,
     id: Option<crate::ledger::ReservationId>,
-    pending: Option<(CallRecord, Instant)>,
+    pending: Option<(CallRecord, Instant, CancelCharge)>,
+}
+
+/// Forwards answer text to the caller's sink and counts its bytes, so a
+/// cancelled attempt knows how much the provider had generated.
+struct CountingSink<'a> {
+    inner: &'a dyn StreamSink,
+    bytes: Arc<AtomicU64>,
+}
+
+impl StreamSink for CountingSink<'_> {
+    fn on_text(&self, delta: &str) {
+        self.bytes.fetch_add(delta.len() as u64, Ordering::Relaxed);
+        self.inner.on_text(delta);
+    }
+
+    fn on_attempt(&self, route: &AttemptRoute<'_>) {
+        self.inner.on_attempt(route);
+    }
+}
+
+/// Bytes of answer text per output token assumed for a cancelled attempt
+/// (about 4 for English with the o200k and cl100k tokenizers; rounding up
+/// charges at least one token for any text).
+const BYTES_PER_OUTPUT_TOKEN: u64 = 4;
+
+/// What a cancelled attempt is charged. The provider bills a request it
+/// accepted, and the caller going away (an MCP cancel, an HTTP client
+/// hanging up) does not undo that: recording such attempts at $0 would let
+/// a caller spend without limit by leaving every call just before it ends.
+/// No usage came back, so the charge is an estimate: the prompt as the
+/// router estimated it plus the answer text streamed so far, at catalog
+/// prices, recorded with `cost_source = "estimate"`.
+struct CancelCharge {
+    price: CancelPrice,
+    input_tokens: u64,
+    streamed_bytes: Arc<AtomicU64>,
+}
+
+enum CancelPrice {
+    /// A local model: free.
+    Local,
+    Catalog(Box<crate::pricing::ModelPrice>),
+    /// No known price: recorded at $0 and flagged, as for a finished call.
+    Unpriced,
+}
+
+impl CancelCharge {
+    /// The usage, cost and cost source to record.
+    fn settle(&self) -> (Usage, f64, &'static str) {
+        let bytes = self.streamed_bytes.load(Ordering::Relaxed);
+        let usage = Usage {
+            input_tokens: self.input_tokens,
+            output_tokens: bytes.div_ceil(BYTES_PER_OUTPUT_TOKEN),
+            ..Usage::default()
+        };
+        match &self.price {
+            CancelPrice::Local => (usage, 0.0, "local"),
+            CancelPrice::Catalog(p) => {
+                let cost = p.cost_of(&usage);
+                (usage, cost, "estimate")
+            }
+            CancelPrice::Unpriced => (usage, 0.0, "unpriced"),
+        }
+    }
 }
 
 impl ReservationGuard {
@@ -1982,9 +2075,10 @@ impl ReservationGuard {
         }
     }
 
-    /// Remembers the attempt about to start, so a cancellation can record it.
-    fn pending(mut self, record: CallRecord) -> Self {
-        self.pending = Some((record, Instant::now()));
+    /// Remembers the attempt about to start, so a cancellation can record
+    /// it, charged as `charge` says.
+    fn pending(mut self, record: CallRecord, charge: CancelCharge) -> Self {
+        self.pending = Some((record, Instant::now(), charge));
         self
     }
 
@@ -2013,14 +2107,18 @@ impl Drop for ReservationGuard {
     fn drop(&mut self) {
         let Some(id) = self.id.take() else { return };
         let result = match self.pending.take() {
-            Some((mut rec, started)) => {
+            Some((mut rec, started, charge)) => {
+                let (usage, cost, source) = charge.settle();
                 rec.latency_ms = started.elapsed().as_millis() as u64;
                 rec.ok = false;
                 rec.error_kind = Some("cancelled".into());
                 rec.error_message = Some(
-                    "cancelled before the answer finished; the provider may bill tokens it already generated".into(),
+                    "cancelled before the answer finished; charged an estimate: the prompt and the answer text received so far".into(),
                 );
-                rec.cost_source = "unpriced".into();
+                rec.input_tokens = usage.input_tokens;
+                rec.output_tokens = usage.output_tokens;
+                rec.cost_usd = cost;
+                rec.cost_source = source.into();
                 self.ledger.settle(id, &rec).map(|_| ())
             }
             None => self.ledger.release(id),
@@ -2198,6 +2296,35 @@ fn parse_since(s: &str) -> Result<i64, ToolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cancelled attempt is charged the estimated prompt plus the text
+    /// streamed so far (rounded up to whole tokens) at catalog prices; a
+    /// local model is free and a model without a price stays flagged.
+    #[test]
+    fn cancel_charge_counts_prompt_and_streamed_text() {
+        let catalog = Catalog::bundled();
+        let price = catalog.get("deepseek/deepseek-v3.2").unwrap();
+        let streamed = Arc::new(AtomicU64::new(9)); // 9 bytes → 3 tokens
+        let charge = |price| CancelCharge {
+            price,
+            input_tokens: 100,
+            streamed_bytes: streamed.clone(),
+        };
+        let (usage, cost, source) = charge(CancelPrice::Catalog(Box::new(price.clone()))).settle();
+        assert_eq!((usage.input_tokens, usage.output_tokens), (100, 3));
+        assert_eq!(source, "estimate");
+        let expected = 100.0 * price.input + 3.0 * price.output;
+        assert!(
+            cost > 0.0 && (cost - expected).abs() < 1e-15,
+            "{cost} vs {expected}"
+        );
+        assert_eq!(charge(CancelPrice::Local).settle().1, 0.0);
+        assert_eq!(charge(CancelPrice::Local).settle().2, "local");
+        assert_eq!(charge(CancelPrice::Unpriced).settle().2, "unpriced");
+        streamed.store(0, Ordering::Relaxed);
+        let (usage, _, _) = charge(CancelPrice::Unpriced).settle();
+        assert_eq!(usage.output_tokens, 0);
+    }
 
     #[test]
     fn prompt_validation() {

@@ -912,4 +912,11 @@ async fn a_client_leaving_a_stream_stops_the_provider_and_releases_the_hold() {
     assert_eq!(u["budget"]["reserved_usd"], json!(0.0), "{u}");
     assert_eq!(u["calls"], json!(0));
     assert_eq!(u["totals"]["failed_attempts"], json!(1));
+    // Hanging up does not make the call free: the prompt and the text
+    // streamed before the hang-up are charged as an estimate.
+    let t = &u["totals"];
+    assert!(t["input_tokens"].as_u64().unwrap() >= 1, "{u}");
+    assert!(t["output_tokens"].as_u64().unwrap() >= 1, "{u}");
+    assert!(t["cost_usd"].as_f64().unwrap() > 0.0, "{u}");
+    assert_eq!(u["budget"]["spent_usd"], t["cost_usd"], "{u}");
 }

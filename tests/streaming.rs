@@ -183,5 +183,24 @@ async fn cancelling_stops_the_provider_and_releases_the_hold() {
     assert_eq!(u["budget"]["reserved_usd"], json!(0.0), "{u}");
     assert_eq!(u["calls"], json!(0));
     assert_eq!(u["totals"]["failed_attempts"], json!(1));
+    // The provider bills what it generated before the cancel: the attempt
+    // is charged an estimate (prompt + text streamed so far), not $0, and
+    // far less than the 100,000-token worst case that was held.
+    let row = &u["totals"];
+    let out = row["output_tokens"].as_u64().unwrap();
+    let streamed_max = pieces
+        .iter()
+        .map(|p| p.len() as u64)
+        .sum::<u64>()
+        .div_ceil(4);
+    // (The cancel can overtake the last pieces sent, so 0 is possible.)
+    assert!(out <= streamed_max, "{row}");
+    assert!(row["input_tokens"].as_u64().unwrap() >= 1, "{row}");
+    let cost = row["cost_usd"].as_f64().unwrap();
+    assert!(
+        cost > 0.0,
+        "a cancelled attempt was recorded as free: {row}"
+    );
+    assert_eq!(u["budget"]["spent_usd"].as_f64().unwrap(), cost, "{u}");
     client.cancel().await.unwrap();
 }
