@@ -187,6 +187,8 @@ fn assert_not_logged(dir: &Path, secret: &str) {
 async fn probes_openai_completion_usage_and_metrics() {
     let fake = FakeProvider::start(ds_reply()).await;
     let dir = tempfile::tempdir().unwrap();
+    // A key owner whose user id needs escaping in the metrics text.
+    create_key(dir.path(), "o\"brien\\ops", false);
     let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
     let c = http();
 
@@ -276,6 +278,27 @@ async fn probes_openai_completion_usage_and_metrics() {
     .await;
     assert!(rec["recommended"]["model"].is_string(), "{rec}");
 
+    // No key is needed here (loopback), but a malformed one is still refused.
+    let r = c
+        .get(format!("{}/v1/models", s.base))
+        .header("authorization", "Basic dXNlcjpwYXNz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Made-up methods share one label, so they cannot grow the series.
+    for m in ["FOO", "BAR"] {
+        let r = c
+            .request(
+                Method::from_bytes(m.as_bytes()).unwrap(),
+                format!("{}/nope", s.base),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    }
+
     let metrics = get(&c, format!("{}/metrics", s.base), None)
         .await
         .text()
@@ -286,6 +309,17 @@ async fn probes_openai_completion_usage_and_metrics() {
             r#"aco_http_requests_total{route="/v1/chat/completions",method="POST",status="200"} 1"#
         ),
         "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"aco_http_requests_total{route="unmatched",method="OTHER",status="404"} 2"#
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("FOO"), "{metrics}");
+    assert!(
+        metrics.contains(r#"aco_budget_limit_usd{scope="o\"brien\\ops"} 100"#),
+        "label values are escaped: {metrics}"
     );
     assert!(metrics.contains("aco_http_request_duration_seconds_bucket"));
     let cost_line = metrics
@@ -361,6 +395,21 @@ async fn openai_errors_have_openai_bodies_and_statuses() {
             "body size limit: {reply}"
         );
     }
+    // Under the configured limit (8 MiB) but over axum's own 2 MiB default
+    // for body extractors: the body is read and judged on its content (here
+    // a bad max_tokens), with the usual JSON error, not a bare 413.
+    let big = json!({"model": "auto", "max_tokens": -5,
+        "messages": [{"role": "user", "content": "x".repeat(3 * 1024 * 1024)}]});
+    let r = request(&c, Method::POST, &url, None, Some(&big)).await;
+    assert_eq!(r.status(), 400);
+    let e = json_of(r).await;
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_tokens"),
+        "{e}"
+    );
     let r = get(&c, format!("{}/nope", s.base), None).await;
     assert_eq!(r.status(), 404);
 }
@@ -498,6 +547,20 @@ async fn keys_are_required_checked_revocable_and_never_logged() {
         let r = request(&c, Method::POST, &url, Some(bad), Some(&body)).await;
         assert_eq!(r.status(), 401, "{bad}");
     }
+    // An Authorization header that is not `Bearer <key>` is a key given
+    // wrongly, not "no key": refused as invalid (also where no key is
+    // needed: see `probes_openai_completion_usage_and_metrics`).
+    for header in [alice.clone(), format!("Basic {alice}"), "Bearer ".into()] {
+        let r = c
+            .post(&url)
+            .header("authorization", &header)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{header}");
+        assert_eq!(json_of(r).await["error"]["code"], "invalid_api_key");
+    }
     for path in ["/metrics", "/v1/usage", "/v1/models", "/dashboard"] {
         let r = get(&c, format!("{}{path}", s.base), None).await;
         assert_eq!(r.status(), 401, "{path}");
@@ -609,6 +672,7 @@ async fn mcp_over_streamable_http_with_a_key() {
     let fake = FakeProvider::start(ds_reply()).await;
     let dir = tempfile::tempdir().unwrap();
     let (alice, _) = create_key(dir.path(), "alice", false);
+    let (ops, _) = create_key(dir.path(), "ops", true);
     let mut env = deepseek_env(&fake);
     env.push(("COST_OPTIMIZER_HTTP_REQUIRE_AUTH", "true".into()));
     let s = start(dir.path(), &env, "127.0.0.1:0");
@@ -691,7 +755,10 @@ async fn mcp_over_streamable_http_with_a_key() {
     assert_eq!(r.is_error, Some(true), "plain keys cannot set budgets");
     let _ = client.cancel().await;
 
-    let metrics = get(&http(), format!("{}/metrics", s.base), Some(&alice))
+    // Metrics name every user's budget: admin keys only.
+    let r = get(&http(), format!("{}/metrics", s.base), Some(&alice)).await;
+    assert_eq!(r.status(), 403);
+    let metrics = get(&http(), format!("{}/metrics", s.base), Some(&ops))
         .await
         .text()
         .await

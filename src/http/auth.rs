@@ -134,12 +134,20 @@ pub fn verify(keys: &KeyReader, presented: &str) -> Result<ApiKeyRow, KeyError> 
     Ok(row)
 }
 
-fn bearer(req: &Request) -> Option<&str> {
-    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
+/// The bearer token: `None` when no `Authorization` header was sent,
+/// `Some(Err)` when one was sent that is not `Bearer <token>` (a key pasted
+/// without the scheme, `Basic` credentials...). The second must be refused,
+/// not treated as "no key": on an open loopback server that would quietly
+/// act as the admin instead of telling the client its key is not used.
+fn bearer(req: &Request) -> Option<Result<&str, KeyError>> {
+    let v = req.headers().get(header::AUTHORIZATION)?;
+    let token = v
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
+        .map(|(_, token)| token.trim());
+    Some(token.ok_or(KeyError::Invalid))
 }
 
 /// Middleware: resolves the caller from the bearer key. A key that is
@@ -154,7 +162,8 @@ pub async fn require_key(State(state): State<AppState>, mut req: Request, next: 
             user_id: None,
             admin: true,
         },
-        Some(token) => {
+        Some(Err(e)) => return refuse(e),
+        Some(Ok(token)) => {
             let checked = match &state.keys {
                 Ok(keys) => verify(keys, token),
                 Err(e) => Err(KeyError::Unavailable(e.clone())),

@@ -59,6 +59,43 @@ struct BudgetLabels {
     scope: String,
 }
 
+/// A label value as the text format needs it: prometheus-client writes
+/// label values as given, and a user id, a forced model id or a provider's
+/// error kind may hold `"`, `\` or a line break, which would end the value
+/// early and make the whole scrape unparseable.
+fn label(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The method label: the standard methods by name, anything else as
+/// `OTHER`. hyper accepts any token as a method, so labelling raw methods
+/// would let anyone (this middleware runs before authentication) add a
+/// series per request.
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms … ~33 s: proxy overhead at the low end, slow models at the top.
     Histogram::new(exponential_buckets(0.0005, 2.0, 17))
@@ -167,7 +204,7 @@ impl Metrics {
     pub fn record_completion(&self, c: &Completion) {
         let labels = ModelLabels {
             provider: c.provider.as_str().to_string(),
-            model: c.model.clone(),
+            model: label(&c.model),
         };
         self.cost.get_or_create(&labels).inc_by(c.cost_usd.max(0.0));
         self.calls.get_or_create(&labels).inc();
@@ -200,8 +237,8 @@ impl Metrics {
     pub fn provider_error(&self, provider: &str, kind: &str) {
         self.provider_errors
             .get_or_create(&ErrorLabels {
-                provider: provider.to_string(),
-                kind: kind.to_string(),
+                provider: label(provider),
+                kind: label(kind),
             })
             .inc();
     }
@@ -242,8 +279,15 @@ impl Metrics {
         if let Ok(Some(g)) = core.global_budget_status() {
             statuses.push(g);
         }
+        // Start from empty families, so a user whose keys were all revoked
+        // stops being reported instead of showing stale figures forever.
+        self.budget_limit.clear();
+        self.budget_spent.clear();
+        self.budget_reserved.clear();
         for s in statuses {
-            let l = BudgetLabels { scope: s.user_id };
+            let l = BudgetLabels {
+                scope: label(&s.user_id),
+            };
             self.budget_limit.get_or_create(&l).set(s.limit_usd);
             self.budget_spent.get_or_create(&l).set(s.spent_usd);
             self.budget_reserved.get_or_create(&l).set(s.reserved_usd);
@@ -268,20 +312,33 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         // Unmatched paths share one label so scanners cannot blow up the
         // label set.
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = req.method().as_str().to_string();
+    let method = method_label(req.method());
     let t0 = Instant::now();
     let resp = next.run(req).await;
     state.metrics.observe(
         &route,
-        &method,
+        method,
         resp.status().as_u16(),
         t0.elapsed().as_secs_f64(),
     );
     resp
 }
 
-/// `GET /metrics`.
-pub async fn handler(State(state): State<AppState>) -> Response {
+/// `GET /metrics`. Admin keys only (or an open loopback server): the
+/// budget gauges name every key owner with their limit and spend, and a
+/// plain key sees only its own user everywhere else.
+pub async fn handler(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<super::auth::Caller>,
+) -> Response {
+    if !caller.admin {
+        return super::openai::error_response(
+            StatusCode::FORBIDDEN,
+            "metrics show every user's budget; they need an admin key (`keys create --admin`)",
+            "permission_error",
+            None,
+        );
+    }
     let core = state.core.clone();
     let metrics = state.metrics.clone();
     let text = tokio::task::spawn_blocking(move || metrics.render(&core)).await;

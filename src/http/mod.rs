@@ -352,6 +352,11 @@ impl Server {
             ))
             .layer(middleware::from_fn_with_state(Arc::new(guard), guard_host))
             .layer(RequestBodyLimitLayer::new(self.settings.max_body_bytes))
+            // axum's body extractors stop at 2 MiB by their own default,
+            // whatever the layer above allows: set theirs to the same limit.
+            .layer(axum::extract::DefaultBodyLimit::max(
+                self.settings.max_body_bytes,
+            ))
             .with_state(state);
         if !self.settings.cors_origins.is_empty() {
             let origins: Vec<HeaderValue> = self
