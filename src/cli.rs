@@ -640,6 +640,24 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
             }
             let now = crate::optimizer::system_clock()();
             let cutoff = now - i64::from(days) * 86_400_000;
+            // Deleting a call takes its cost out of its budget period's
+            // spend: pruning into a current period would hand that money
+            // back to be spent again.
+            let (start, scope) = core.earliest_period_start(now)?;
+            if cutoff > start {
+                let need = (now - start).div_euclid(86_400_000) + 1;
+                bail!(
+                    "--older-than-days {days} would delete calls of a current budget period \
+                     ({} budget, period started {}), and their cost would no longer count against it; \
+                     keep at least {need} days",
+                    if scope == crate::ledger::GLOBAL_SCOPE {
+                        "the global".to_string()
+                    } else {
+                        format!("{scope:?}'s")
+                    },
+                    crate::budget::rfc3339(start)
+                );
+            }
             let n = core.ledger()?.prune(cutoff)?;
             println!(
                 "deleted {n} ledger rows older than {days} days (before {})",

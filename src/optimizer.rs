@@ -637,6 +637,23 @@ impl Optimizer {
         })
     }
 
+    /// The earliest start of a current budget period: of the default
+    /// budget and of every stored one. Calls from then on are what those
+    /// budgets have spent, so history before it is all that may be pruned
+    /// (deleting a call takes its cost out of the period's spend).
+    pub fn earliest_period_start(&self, now_ms: i64) -> Result<(i64, String), ToolError> {
+        let ledger = self.ledger()?;
+        let mut budgets = vec![self.budget_of(ledger, DEFAULT_USER)?];
+        budgets.extend(
+            ledger
+                .budget_rows()
+                .map_err(|e| ToolError::Ledger(e.to_string()))?
+                .into_iter()
+                .map(Budget::from_row),
+        );
+        Ok(budget::earliest_period_start(&budgets, now_ms))
+    }
+
     /// The budgets a call by `user` must respect: theirs (or the default),
     /// then the global one if it was set.
     fn budgets_for(&self, ledger: &Ledger, user: &str) -> Result<Vec<Budget>, ToolError> {
@@ -2262,6 +2279,13 @@ pub fn validate_user(u: Option<&str>) -> Result<String, ToolError> {
     if u.chars().count() > 128 || u.chars().any(|c| c.is_control()) {
         return Err(invalid("user_id must be 1 to 128 printable characters"));
     }
+    // `*` names the global budget's scope in the ledger; a user by that
+    // name would mix their calls and alerts with the global ones.
+    if u == GLOBAL_SCOPE {
+        return Err(invalid(
+            "user_id \"*\" is reserved for the global budget; use set_budget with global: true",
+        ));
+    }
     Ok(u.to_string())
 }
 
@@ -2349,6 +2373,8 @@ mod tests {
         assert_eq!(validate_user(Some("  ")).unwrap(), "default");
         assert!(validate_user(Some("a\u{7}b")).is_err());
         assert!(validate_user(Some(&"x".repeat(129))).is_err());
+        let e = validate_user(Some(" * ")).unwrap_err().to_string();
+        assert!(e.contains("reserved for the global budget"), "{e}");
     }
 
     #[test]

@@ -161,9 +161,34 @@ fn pricing_refresh_validates_before_replacing() {
 #[test]
 fn retention_prunes_and_corrupt_ledger_is_explained() {
     let dir = tempfile::tempdir().unwrap();
-    let o = run(dir.path(), &["retention", "--older-than-days", "30"], None);
+    // 40 days: always before the default monthly period.
+    let o = run(dir.path(), &["retention", "--older-than-days", "40"], None);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("deleted 0 ledger rows"));
+    // Pruning into the current period would take its calls out of the
+    // budget's spend: refused. A daily budget set for "u" does not move the
+    // floor, which is the default budget's month (UTC): from the 3rd of a
+    // month on, keeping 1 day would cut into it (on the 1st and 2nd, 1 day
+    // still reaches back before it, and the command rightly runs).
+    let o = run(
+        dir.path(),
+        &["budget", "--set", "5", "--user", "u", "--period", "daily"],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(dir.path(), &["retention", "--older-than-days", "1"], None);
+    let day = jiff::Timestamp::now().in_tz("UTC").unwrap().day();
+    if day >= 3 {
+        assert!(!o.status.success());
+        let e = stderr(&o);
+        assert!(
+            e.contains("current budget period") && e.contains("\"default\"'s budget"),
+            "{e}"
+        );
+        assert!(e.contains(&format!("keep at least {day} days")), "{e}");
+    } else {
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
     let o = run(dir.path(), &["retention"], None);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--older-than-days"));

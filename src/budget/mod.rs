@@ -147,6 +147,12 @@ pub fn validate_webhook_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The smallest limit: one nano-dollar, the ledger's unit.
+pub const MIN_BUDGET_USD: f64 = 1e-9;
+
+/// The smallest alert threshold, 0.1% of the limit.
+pub const MIN_THRESHOLD: f64 = 0.001;
+
 /// Checks a limit in USD; the message names `field`.
 pub fn validate_limit(field: &str, usd: f64) -> Result<(), String> {
     if !usd.is_finite() {
@@ -154,6 +160,12 @@ pub fn validate_limit(field: &str, usd: f64) -> Result<(), String> {
     }
     if usd <= 0.0 {
         return Err(format!("{field} must be greater than 0, got {usd}"));
+    }
+    // The ledger keeps nano-dollars: a smaller limit would be stored as 0.
+    if usd < MIN_BUDGET_USD {
+        return Err(format!(
+            "{field} of {usd} is below the smallest limit the ledger can hold, {MIN_BUDGET_USD} US dollars"
+        ));
     }
     if usd > MAX_BUDGET_USD {
         return Err(format!(
@@ -163,15 +175,16 @@ pub fn validate_limit(field: &str, usd: f64) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks alert thresholds: fractions in (0, 1], ascending, no repeats.
+/// Checks alert thresholds: fractions in [0.001, 1], ascending, no repeats.
 pub fn validate_thresholds(t: &[f64]) -> Result<(), String> {
     if t.is_empty() || t.len() > 10 {
         return Err("alert_thresholds must list 1 to 10 fractions, e.g. [0.5, 0.8, 1.0]".into());
     }
     for x in t {
-        if !x.is_finite() || *x <= 0.0 || *x > 1.0 {
+        // Below 0.1% a threshold would count as crossed at $0 spent.
+        if !x.is_finite() || *x < MIN_THRESHOLD || *x > 1.0 {
             return Err(format!(
-                "alert_thresholds: {x} is outside (0, 1]; use fractions of the limit, e.g. 0.8 for 80%"
+                "alert_thresholds: {x} is outside [{MIN_THRESHOLD}, 1]; use fractions of the limit, e.g. 0.8 for 80%"
             ));
         }
     }
@@ -179,6 +192,16 @@ pub fn validate_thresholds(t: &[f64]) -> Result<(), String> {
         return Err("alert_thresholds must be in ascending order without repeats".into());
     }
     Ok(())
+}
+
+/// The earliest start of the current period among `budgets` at `now_ms`,
+/// and whose it is (`now_ms` and the default user if there are none).
+pub fn earliest_period_start(budgets: &[Budget], now_ms: i64) -> (i64, String) {
+    budgets
+        .iter()
+        .map(|b| (b.bounds(now_ms).0, b.user_id.clone()))
+        .min_by_key(|(start, _)| *start)
+        .unwrap_or((now_ms, DEFAULT_USER.to_string()))
 }
 
 /// A budget as configured (stored, or the default): a user's, or the
@@ -507,6 +530,19 @@ mod tests {
         assert!(validate_thresholds(&[1.5]).is_err());
         assert!(validate_thresholds(&[f64::NAN]).is_err());
         assert!(validate_thresholds(&[]).is_err());
+        // So small it would count as crossed at $0.
+        assert!(validate_thresholds(&[1e-12, 0.5]).is_err());
+        assert!(validate_thresholds(&[0.001, 0.5]).is_ok());
+    }
+
+    /// A limit the ledger would store as 0 nano-dollars (and then refuse
+    /// with a CHECK constraint) is refused here, with a clear message.
+    #[test]
+    fn limits_below_a_nano_dollar_are_refused() {
+        let e = validate_limit("monthly_limit", 1e-10).unwrap_err();
+        assert!(e.contains("smallest limit"), "{e}");
+        assert!(validate_limit("monthly_limit", 1e-9).is_ok());
+        assert!(crate::ledger::to_nanos(1e-9) >= 1);
     }
 
     #[test]
@@ -519,6 +555,46 @@ mod tests {
         assert!(validate_limit("monthly_limit", f64::NAN).is_err());
         assert!(validate_limit("monthly_limit", 1e12).is_err());
         assert!(validate_limit("monthly_limit", 10.0).is_ok());
+    }
+
+    /// Retention may prune only before every current period: the earliest
+    /// start wins, whichever budget it belongs to.
+    #[test]
+    fn earliest_period_start_is_the_oldest_current_period() {
+        let b = |user: &str, period, tz: &str| Budget {
+            user_id: user.into(),
+            limit_usd: 10.0,
+            thresholds: vec![1.0],
+            mode: BudgetMode::Block,
+            is_default: false,
+            period,
+            timezone: tz.into(),
+            webhook: None,
+        };
+        let now = utc(2026, 11, 27, 12, 0);
+        let set = [
+            b("daily", Period::Daily, "UTC"),
+            b("*", Period::Weekly, "UTC"),
+            b("ny", Period::Monthly, "America/New_York"),
+            b("default", Period::Monthly, "UTC"),
+        ];
+        assert_eq!(
+            earliest_period_start(&set, now),
+            (utc(2026, 11, 1, 0, 0), "default".to_string())
+        );
+        // New York's month starts 4 hours (EDT) after UTC's: UTC's is earlier.
+        assert_eq!(
+            earliest_period_start(&set[..3], now),
+            (utc(2026, 11, 1, 4, 0), "ny".to_string())
+        );
+        assert_eq!(
+            earliest_period_start(&set[..2], now),
+            (utc(2026, 11, 23, 0, 0), "*".to_string())
+        );
+        assert_eq!(
+            earliest_period_start(&[], now),
+            (now, DEFAULT_USER.to_string())
+        );
     }
 
     #[test]

@@ -755,8 +755,16 @@ impl Ledger {
     }
 
     /// Records that `threshold` was crossed in `scope`'s period starting at
-    /// `period_start_ms`. Returns the new alert's id, or `None` if this
-    /// crossing was already recorded (so it must not be sent again).
+    /// `period_start_ms` under a limit of `limit_nanos`. Returns the alert's
+    /// id, or `None` if this crossing was already recorded (so it must not
+    /// be sent again).
+    ///
+    /// A crossing is one per period, threshold *and limit*: after the limit
+    /// changes mid-period, a threshold crossed under the old limit fires
+    /// again when crossed under the new one (raising $10 to $100 after
+    /// 100% of $10 was reached must still warn at $50, $80 and $100). The
+    /// row is then updated to the new crossing and keeps its id, so its
+    /// deliveries stay together.
     pub fn record_alert(
         &self,
         scope: &str,
@@ -766,15 +774,24 @@ impl Ledger {
         limit_nanos: i64,
         now_ms: i64,
     ) -> Result<Option<i64>, LedgerError> {
-        let conn = self.lock();
-        let n = conn
-            .execute(
-                "INSERT OR IGNORE INTO alerts (scope, period_start_ms, threshold, spent_nanos, limit_nanos, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![scope, period_start_ms, threshold, spent_nanos, limit_nanos, now_ms],
+        self.lock()
+            .prepare_cached(
+                "INSERT INTO alerts (scope, period_start_ms, threshold, spent_nanos, limit_nanos, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (scope, period_start_ms, threshold) DO UPDATE SET
+                   spent_nanos = excluded.spent_nanos, limit_nanos = excluded.limit_nanos,
+                   created_ms = excluded.created_ms
+                 WHERE alerts.limit_nanos <> excluded.limit_nanos
+                 RETURNING id",
             )
-            .map_err(|e| self.err(e))?;
-        Ok((n == 1).then(|| conn.last_insert_rowid()))
+            .and_then(|mut stmt| {
+                stmt.query_row(
+                    params![scope, period_start_ms, threshold, spent_nanos, limit_nanos, now_ms],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .map_err(|e| self.err(e))
     }
 
     /// Records one delivery attempt of an alert.
@@ -887,27 +904,17 @@ impl Ledger {
         let conn = self.lock();
         // Cached: every call reads its budgets, and preparing this statement
         // anew each time was 5 % of a `complete_prompt`'s CPU.
-        conn.prepare_cached(
-            "SELECT user_id, limit_nanos, period, thresholds, mode, timezone, webhook_url,
-                    webhook_format
-             FROM budgets WHERE user_id = ?1",
-        )
-        .and_then(|mut stmt| {
-            stmt.query_row([user_id], |r| {
-                Ok(BudgetRow {
-                    user_id: r.get(0)?,
-                    limit_nanos: r.get(1)?,
-                    period: r.get(2)?,
-                    thresholds: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
-                    mode: r.get(4)?,
-                    timezone: r.get(5)?,
-                    webhook_url: r.get(6)?,
-                    webhook_format: r.get(7)?,
-                })
-            })
-            .optional()
-        })
-        .map_err(|e| self.err(e))
+        conn.prepare_cached(&format!("{BUDGET_SELECT} WHERE user_id = ?1"))
+            .and_then(|mut stmt| stmt.query_row([user_id], budget_row).optional())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every stored budget (users' and the global one).
+    pub fn budget_rows(&self) -> Result<Vec<BudgetRow>, LedgerError> {
+        let conn = self.lock();
+        conn.prepare(&format!("{BUDGET_SELECT} ORDER BY user_id"))
+            .and_then(|mut stmt| stmt.query_map([], budget_row)?.collect())
+            .map_err(|e| self.err(e))
     }
 
     /// Creates or replaces a budget.
@@ -1034,6 +1041,22 @@ impl Ledger {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .map_err(|e| self.err(e))
     }
+}
+
+const BUDGET_SELECT: &str = "SELECT user_id, limit_nanos, period, thresholds, mode, timezone,
+    webhook_url, webhook_format FROM budgets";
+
+fn budget_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BudgetRow> {
+    Ok(BudgetRow {
+        user_id: r.get(0)?,
+        limit_nanos: r.get(1)?,
+        period: r.get(2)?,
+        thresholds: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
+        mode: r.get(4)?,
+        timezone: r.get(5)?,
+        webhook_url: r.get(6)?,
+        webhook_format: r.get(7)?,
+    })
 }
 
 const TOTALS_COLUMNS: &str = "
@@ -1734,6 +1757,10 @@ mod tests {
         assert_eq!(l.record_alert("u", 1000, 0.5, 6, 10, 2).unwrap(), None);
         assert!(l.record_alert("u", 2000, 0.5, 6, 10, 3).unwrap().is_some());
         assert!(l.record_alert("*", 1000, 0.5, 6, 10, 3).unwrap().is_some());
+        // The limit changed mid-period: the threshold is armed again for the
+        // new limit, once, under the same alert id.
+        assert_eq!(l.record_alert("u", 1000, 0.5, 50, 100, 4).unwrap(), a);
+        assert_eq!(l.record_alert("u", 1000, 0.5, 60, 100, 5).unwrap(), None);
         let d = DeliveryRow {
             alert_id: a.unwrap(),
             channel: "webhook".into(),
