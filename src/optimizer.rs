@@ -1434,6 +1434,19 @@ impl Optimizer {
                     latency_ms,
                 });
                 last_error = Some(message);
+                // Text that already reached a client that cannot take it
+                // back (an OpenAI-style SSE stream) must not be followed by
+                // another answer: a retry or a fallback would append a
+                // second, different answer to the part already shown, and
+                // be paid for only to be garbled.
+                if counting.bytes.load(Ordering::Relaxed) > 0 && sink.is_final() {
+                    last_error = last_error.map(|m| {
+                        format!(
+                            "{m} Not retried or sent elsewhere: part of the answer was already streamed to you."
+                        )
+                    });
+                    break 'candidates;
+                }
                 if err.kind.is_retryable()
                     && retries < self.settings.max_retries
                     && let Some(delay) = self.backoff(retries, err.retry_after)
@@ -2034,6 +2047,10 @@ impl StreamSink for CountingSink<'_> {
 
     fn on_attempt(&self, route: &AttemptRoute<'_>) {
         self.inner.on_attempt(route);
+    }
+
+    fn is_final(&self) -> bool {
+        self.inner.is_final()
     }
 }
 

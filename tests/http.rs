@@ -414,6 +414,69 @@ async fn openai_errors_have_openai_bodies_and_statuses() {
     assert_eq!(r.status(), 404);
 }
 
+/// A provider that fails after part of the answer was streamed to an
+/// OpenAI client: that text cannot be taken back, so the call is neither
+/// retried nor sent elsewhere (which would append a second answer to the
+/// first); the stream ends with an error event.
+#[tokio::test]
+async fn a_failure_after_streamed_text_is_not_retried() {
+    let fake = FakeProvider::start(openai_sse(
+        "deepseek-v3.2",
+        &["A second answer."],
+        json!({"prompt_tokens": 4, "completion_tokens": 3}),
+    ))
+    .await;
+    let mut broken = openai_sse_body("deepseek-v3.2", &["Hel", "lo"], None, false);
+    broken.push_str(
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"error\":{\"code\":502,\"message\":\"Upstream provider error\"},\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\"},\"finish_reason\":\"error\"}]}\n\n",
+    );
+    fake.push(streamed("text/event-stream", broken));
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
+    let url = format!("{}/v1/chat/completions", s.base);
+    let body = json!({"model": "deepseek/deepseek-v3.2", "stream": true,
+        "messages": [{"role": "user", "content": "Say hello"}]});
+    let r = request(&http(), Method::POST, &url, None, Some(&body)).await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let events: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let answer: String = events
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(answer, "Hello", "only the first attempt's text: {text}");
+    let err = &events.last().unwrap()["error"];
+    assert_eq!(err["code"], "provider_failed", "{text}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("already streamed"),
+        "{err}"
+    );
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert_eq!(fake.requests().len(), 1, "no retry after text was sent");
+
+    // Without streaming the same failure is retried, as before.
+    fake.push({
+        let mut b = openai_sse_body("deepseek-v3.2", &["Hel"], None, false);
+        b.push_str("data: {\"error\":{\"code\":502,\"message\":\"boom\"}}\n\n");
+        streamed("text/event-stream", b)
+    });
+    let mut plain = body.clone();
+    plain["stream"] = json!(false);
+    let r = request(&http(), Method::POST, &url, None, Some(&plain)).await;
+    assert_eq!(r.status(), 200);
+    let v = json_of(r).await;
+    assert_eq!(v["choices"][0]["message"]["content"], "A second answer.");
+    assert_eq!(fake.requests().len(), 3);
+}
+
 #[tokio::test]
 async fn streaming_sends_openai_chunks_and_a_usage_chunk() {
     let fake = FakeProvider::start(openai_sse(

@@ -382,6 +382,10 @@ impl StreamSink for ChannelSink {
         );
         let _ = self.0.send(Event::Attempt(h));
     }
+
+    fn is_final(&self) -> bool {
+        true
+    }
 }
 
 /// Aborts the call when the response stream is dropped (the client went

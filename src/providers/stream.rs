@@ -17,6 +17,16 @@ pub trait StreamSink: Send + Sync {
     /// (fallbacks included), so a caller that streams can name the model
     /// that answers before its text arrives; most sinks ignore it.
     fn on_attempt(&self, _route: &AttemptRoute<'_>) {}
+
+    /// Whether text passed to [`StreamSink::on_text`] is final for the
+    /// caller: shown as the answer and impossible to take back (an OpenAI
+    /// SSE stream). The optimizer then never retries or falls back after
+    /// an attempt that streamed text, which would append a second answer to
+    /// the first. Progress reports (MCP), replaced by the final result, are
+    /// not final.
+    fn is_final(&self) -> bool {
+        false
+    }
 }
 
 /// Where one attempt of a call goes, as told to [`StreamSink::on_attempt`].
