@@ -851,6 +851,32 @@ impl Optimizer {
     }
 
     /// `check_model_costs`: prices, and the cost of a prompt on each model.
+    /// Refuses a forced model with no known price for a caller held to a
+    /// budget it cannot change (a plain HTTP key). Such a model holds $0
+    /// against the budget before the call, so calls to it are never
+    /// refused and parallel ones all pass; an admin or a local user may
+    /// still choose one, with the router's note.
+    pub fn require_priced_model(&self, force_model: Option<&str>) -> Result<(), ToolError> {
+        let Some(m) = force_model
+            .map(str::trim)
+            .filter(|m| !m.is_empty() && *m != "auto")
+        else {
+            return Ok(());
+        };
+        let Ok(id) = self.catalog.resolve(m) else {
+            // Unknown models are refused by the router with its own message.
+            return Ok(());
+        };
+        match self.catalog.get_or_unpriced(&id) {
+            Some(p) if p.origin == PriceOrigin::Unknown => Err(invalid(format!(
+                "{id} has no known price, so a budget cannot bound what a call to it costs; \
+                 this key may only use priced models (an admin can add its price under \
+                 [pricing.overrides], or use an admin key)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     pub fn check_costs(&self, args: &CostArgs) -> Result<CostTable, ToolError> {
         let provider = match args
             .provider

@@ -703,6 +703,29 @@ async fn budgets_apply_per_key_and_only_admins_set_them() {
     );
     let r = request(&c, Method::POST, &url, Some(&bob), Some(&body)).await;
     assert_eq!(r.status(), 200, "bob's budget is his own");
+    // A model with no known price would hold $0 against the budget, so a
+    // plain key may not force one (an admin may).
+    let mut unpriced = body.clone();
+    unpriced["model"] = json!("openrouter/some-lab/unlisted-model");
+    let r = request(&c, Method::POST, &url, Some(&bob), Some(&unpriced)).await;
+    assert_eq!(r.status(), 400);
+    let e = json_of(r).await;
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no known price"),
+        "{e}"
+    );
+    let r = request(&c, Method::POST, &url, Some(&admin), Some(&unpriced)).await;
+    let e = json_of(r).await;
+    assert!(
+        !e["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no known price"),
+        "admins may force unpriced models: {e}"
+    );
     // `user` in the body does not move a plain key's spending elsewhere.
     let mut as_bob = body.clone();
     as_bob["user"] = json!("bob");
@@ -816,6 +839,19 @@ async fn mcp_over_streamable_http_with_a_key() {
         .await
         .unwrap();
     assert_eq!(r.is_error, Some(true), "plain keys cannot set budgets");
+    let r = client
+        .call_tool(
+            CallToolRequestParams::new("complete_prompt").with_arguments(
+                json!({"prompt": "hi", "force_model": "openrouter/some-lab/unlisted-model"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert!(text(&r).contains("no known price"), "{}", text(&r));
     let _ = client.cancel().await;
 
     // Metrics name every user's budget: admin keys only.

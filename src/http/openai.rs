@@ -304,6 +304,11 @@ pub async fn chat_completions(
         .map(str::trim)
         .filter(|m| !m.is_empty() && *m != "auto")
         .map(str::to_string);
+    if !caller.admin
+        && let Err(e) = state.core.require_priced_model(model.as_deref())
+    {
+        return tool_error_response(&e);
+    }
     let args = CompleteArgs {
         prompt,
         system,

@@ -178,6 +178,11 @@ impl CostServer {
             Ok(u) => u,
             Err(e) => return tool_error(e),
         };
+        if caller(&ctx).is_some_and(|c| !c.admin)
+            && let Err(e) = self.core.require_priced_model(args.force_model.as_deref())
+        {
+            return tool_error(e);
+        }
         let _in_flight = self.observer.as_ref().map(|o| o.call_started());
         let core = self.core.clone();
         let sink = Arc::new(ProgressSink::default());
