@@ -1492,24 +1492,36 @@ impl Optimizer {
                 break;
             }
         }
+        // Attempts cut off after the provider accepted them were recorded at
+        // a cost: that spend may cross a threshold, whose alert must not
+        // wait for the next successful call. The error has no alerts field
+        // (for an MCP notification), so its text carries them.
+        let mut alerted = String::new();
+        if cut_off.iter().any(|c| c.recorded && c.cost_usd > 0.0) {
+            for a in self.fire_alerts(&ledger, &budgets).0 {
+                alerted.push_str(&format!(" Budget alert: {}", a.message));
+            }
+        }
         let tried = attempts
             .iter()
             .map(|a| format!("{} ({})", a.model, a.outcome))
             .collect::<Vec<_>>()
             .join(", ");
-        Err(ToolError::ProviderFailed(format!(
-            "{} Tried: {}. {}",
-            last_error.unwrap_or_else(|| "No provider could take the call.".into()),
-            if tried.is_empty() {
-                "none"
-            } else {
-                tried.as_str()
-            },
-            match billed_note(&cut_off) {
-                Some(note) => note,
-                None => "Nothing was charged.".into(),
-            }
-        )))
+        Err(ToolError::ProviderFailed(
+            format!(
+                "{} Tried: {}. {}",
+                last_error.unwrap_or_else(|| "No provider could take the call.".into()),
+                if tried.is_empty() {
+                    "none"
+                } else {
+                    tried.as_str()
+                },
+                match billed_note(&cut_off) {
+                    Some(note) => note,
+                    None => "Nothing was charged.".into(),
+                }
+            ) + &alerted,
+        ))
     }
 
     /// What to record for an attempt on `model` that failed after the

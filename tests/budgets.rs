@@ -623,3 +623,52 @@ async fn alerts_are_emailed_through_smtp() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("COST_OPTIMIZER_SMTP_URL"), "{err}");
 }
+
+/// A call that fails after the provider accepted it is recorded at the
+/// usage the stream had reported; when that spend crosses a threshold the
+/// alert fires with the failure, not at the next successful call.
+#[tokio::test]
+async fn a_failed_call_that_was_charged_fires_its_alert() {
+    let truncated = streamed(
+        "text/event-stream",
+        anthropic_sse_body(
+            "claude-haiku-4-5",
+            &["o"],
+            json!({"input_tokens": 10, "output_tokens": 1}),
+            0,
+            false,
+        ),
+    );
+    let fake = FakeProvider::start(truncated).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("ANTHROPIC_API_KEY", KEY.into()),
+            ("ANTHROPIC_BASE_URL", fake.base.clone()),
+        ],
+    )
+    .await;
+    // The cut-off attempt costs $0.000015 (10 input, 1 output token): 75%.
+    s.ok(
+        "set_budget",
+        json!({"monthly_limit": 0.00002, "alert_thresholds": [0.5, 1.0], "mode": "warn"}),
+    )
+    .await;
+    let e = s.err("complete_prompt", call_args("default", 50)).await;
+    assert!(e.contains("stream ended"), "{e}");
+    assert!(e.contains("Budget alert") && e.contains("50%"), "{e}");
+    // Recorded once: the next failure does not alert again.
+    fake.push(streamed(
+        "text/event-stream",
+        anthropic_sse_body(
+            "claude-haiku-4-5",
+            &["o"],
+            json!({"input_tokens": 1, "output_tokens": 0}),
+            0,
+            false,
+        ),
+    ));
+    let e = s.err("complete_prompt", call_args("default", 50)).await;
+    assert!(!e.contains("Budget alert"), "{e}");
+}
