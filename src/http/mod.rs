@@ -430,11 +430,25 @@ impl Server {
             _ = stop.cancelled() => {
                 let grace = self.settings.shutdown_grace;
                 tracing::info!(?grace, "shutting down: no new connections; waiting for calls in flight");
-                if tokio::time::timeout(grace, self.state.in_flight.wait_zero()).await.is_err() {
+                // Keep polling the server while waiting: its next poll drops
+                // the listener, so new clients are refused at once instead
+                // of sitting in the accept backlog for the whole grace.
+                let drained = tokio::time::timeout(grace, self.state.in_flight.wait_zero());
+                tokio::pin!(drained);
+                let mut served = false;
+                let waited = tokio::select! {
+                    r = &mut serve => {
+                        served = true;
+                        r.context("the HTTP server failed")?;
+                        drained.await
+                    }
+                    w = &mut drained => w,
+                };
+                if waited.is_err() {
                     tracing::warn!("calls still in flight after the grace period; abandoning them");
                 }
                 // Standalone MCP streams never end by themselves.
-                if tokio::time::timeout(MCP_STREAM_GRACE, &mut serve).await.is_err() {
+                if !served && tokio::time::timeout(MCP_STREAM_GRACE, &mut serve).await.is_err() {
                     self.mcp_cancel.cancel();
                     if tokio::time::timeout(Duration::from_secs(5), &mut serve).await.is_err() {
                         tracing::warn!("connections still open at exit; closing them");
