@@ -850,7 +850,6 @@ impl Optimizer {
             })
     }
 
-    /// `check_model_costs`: prices, and the cost of a prompt on each model.
     /// Refuses a forced model with no known price for a caller held to a
     /// budget it cannot change (a plain HTTP key). Such a model holds $0
     /// against the budget before the call, so calls to it are never
@@ -877,6 +876,7 @@ impl Optimizer {
         }
     }
 
+    /// `check_model_costs`: prices, and the cost of a prompt on each model.
     pub fn check_costs(&self, args: &CostArgs) -> Result<CostTable, ToolError> {
         let provider = match args
             .provider
@@ -1080,27 +1080,57 @@ impl Optimizer {
         };
         let ledger = self.ledger()?.clone();
         let budgets = self.budgets_for(&ledger, &user)?;
+        // Dead processes' holds are looked for at most once per call.
+        let mut swept_dead = false;
         let now = self.now();
-        let statuses = budget::statuses(&ledger, &budgets, now)
-            .map_err(|e| ToolError::Ledger(e.to_string()))?;
-        let binding = statuses
-            .iter()
-            .filter(|s| s.mode.enforces_limit())
-            .min_by(|a, b| a.remaining_usd.total_cmp(&b.remaining_usd));
-        let budget_remaining = binding.map(|s| s.remaining_usd);
-        let remaining_is_global = binding.is_some_and(|s| s.user_id == GLOBAL_SCOPE);
-        let plan = self.plan(&RouteRequest {
-            prompt,
-            system,
-            max_tokens,
-            budget_limit,
-            force_provider,
-            force_model: force_model.clone(),
-            tier,
-            budget_remaining,
-            remaining_is_global,
-            downgrade: statuses.iter().any(BudgetStatus::wants_downgrade),
-        })?;
+        let route = |statuses: &[BudgetStatus]| {
+            let binding = statuses
+                .iter()
+                .filter(|s| s.mode.enforces_limit())
+                .min_by(|a, b| a.remaining_usd.total_cmp(&b.remaining_usd));
+            self.plan(&RouteRequest {
+                prompt,
+                system,
+                max_tokens,
+                budget_limit,
+                force_provider,
+                force_model: force_model.clone(),
+                tier,
+                budget_remaining: binding.map(|s| s.remaining_usd),
+                remaining_is_global: binding.is_some_and(|s| s.user_id == GLOBAL_SCOPE),
+                downgrade: statuses.iter().any(BudgetStatus::wants_downgrade),
+            })
+        };
+        let read = |now| {
+            budget::statuses(&ledger, &budgets, now).map_err(|e| ToolError::Ledger(e.to_string()))
+        };
+        let statuses = read(now)?;
+        let plan = match route(&statuses) {
+            // Refused with money held by calls in flight: some of it may
+            // belong to a process that died mid-call (a CLI `complete`
+            // stopped with Ctrl-C, a crashed server), which would block
+            // calls until its hold expires. Release those holds and route
+            // again. Only on a refusal: the lock-file checks cost nothing on
+            // the normal path.
+            Err(ToolError::BudgetRefused(_)) if statuses.iter().any(|s| s.reserved_usd > 0.0) => {
+                swept_dead = true;
+                match ledger.release_dead_holds() {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(
+                            released = n,
+                            "released holds of processes no longer running"
+                        );
+                        route(&read(now)?)?
+                    }
+                    Ok(_) => route(&statuses)?,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not check for dead processes' holds");
+                        route(&statuses)?
+                    }
+                }
+            }
+            r => r?,
+        };
 
         let forced = if force_model.is_some() {
             Some("model")
@@ -1194,9 +1224,31 @@ impl Optimizer {
                 // call's batch commits, so concurrent holds share a commit.
                 // Cancel-safe: a hold granted to a dropped future is
                 // released by the ledger itself.
-                let reserve = ledger
-                    .reserve_async(&user, &checks, to_nanos(cand.worst_case_cost_usd), now, ttl)
-                    .await;
+                let amount = to_nanos(cand.worst_case_cost_usd);
+                let mut reserve = ledger.reserve_async(&user, &checks, amount, now, ttl).await;
+                // Refused with money held by calls in flight: some of it may
+                // belong to a process that died mid-call. Release those
+                // holds and try once more (only on a refusal, so the file
+                // checks cost nothing on the normal path).
+                if let Ok(Err(over)) = &reserve
+                    && over.reserved_nanos > 0
+                    && !swept_dead
+                {
+                    swept_dead = true;
+                    match ledger.release_dead_holds() {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!(
+                                released = n,
+                                "released holds of processes no longer running"
+                            );
+                            reserve = ledger.reserve_async(&user, &checks, amount, now, ttl).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not check for dead processes' holds")
+                        }
+                    }
+                }
                 let reservation = match reserve {
                     Err(e) => return Err(ToolError::Ledger(e.to_string())),
                     Ok(Err(over)) => {

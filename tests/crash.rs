@@ -275,3 +275,76 @@ async fn a_second_process_keeps_the_live_servers_holds() {
     assert!(reservations(&db).is_empty());
     s.close().await;
 }
+
+/// A server that keeps running while another process dies mid-call: the
+/// dead process's hold must not block this server's calls until the hold
+/// expires (minutes). When a hold is refused with money held, the server
+/// releases the holds of processes that are gone and tries again.
+#[tokio::test]
+async fn a_running_server_releases_a_dead_process_hold_when_it_matters() {
+    let fake = FakeProvider::start(openai_sse(
+        "deepseek-v3.2",
+        &["ok"],
+        json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn(dir.path(), &env(&fake)).await;
+    let args =
+        json!({"prompt": "hold", "force_model": "deepseek/deepseek-v3.2", "max_tokens": 4000});
+    let costs = a
+        .ok("check_model_costs", json!({"provider": "deepseek"}))
+        .await;
+    let row = costs["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == "deepseek/deepseek-v3.2")
+        .unwrap_or_else(|| panic!("{costs}"))
+        .clone();
+    // A call's worst case is its 4,000 output tokens plus a few of input:
+    // room for one, not two.
+    let output_worst = 4000.0 * row["output_per_mtok"].as_f64().unwrap() / 1e6;
+    assert!(output_worst > 0.0, "{row}");
+    a.ok("set_budget", json!({"monthly_limit": output_worst * 1.5}))
+        .await;
+
+    // Another process takes the hold and dies before the provider answers.
+    fake.push(
+        openai_sse(
+            "deepseek-v3.2",
+            &["late"],
+            json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}),
+        )
+        .delayed(Duration::from_secs(30)),
+    );
+    let mut b = spawn_raw(dir.path(), &env(&fake));
+    b.init().await;
+    b.call(1, "complete_prompt", args.clone()).await;
+    for _ in 0..600 {
+        if !fake.requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        fake.requests().len(),
+        1,
+        "the other process is at the provider"
+    );
+    b.kill().await;
+    let held = reservations(&Connection::open(dir.path().join("ledger.sqlite3")).unwrap());
+    assert_eq!(
+        held.len(),
+        1,
+        "the dead process's hold is still there: {held:?}"
+    );
+
+    // The running server's call fits once that hold is released.
+    let c = a.ok("complete_prompt", args).await;
+    assert_eq!(c["answer"], "ok", "{c}");
+    assert_eq!(c["recorded"], json!(true));
+    a.stop().await;
+    let db = Connection::open(dir.path().join("ledger.sqlite3")).unwrap();
+    assert!(reservations(&db).is_empty());
+}

@@ -571,6 +571,18 @@ impl Ledger {
         }
     }
 
+    /// Releases the holds of processes that are no longer running (their
+    /// instance lock is free), as start-up does. A long-running server
+    /// calls it when a hold is refused: a process killed mid-call (a CLI
+    /// `complete` stopped with Ctrl-C, a crashed server) would otherwise
+    /// keep its worst case held against the budget until the hold's TTL.
+    pub fn release_dead_holds(&self) -> Result<usize, LedgerError> {
+        self.ensure_writable()?;
+        let dir = owners::owners_dir(&self.path);
+        let me = self.owner.as_ref().map(|o| o.id.as_str());
+        owners::release_dead(&self.lock(), &dir, me).map_err(|e| self.err(e))
+    }
+
     /// Id of this process's instance lock, as stored in
     /// `reservations.owner` (tests and diagnostics).
     pub fn instance_id(&self) -> Option<&str> {
