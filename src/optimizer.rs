@@ -1538,7 +1538,12 @@ impl Optimizer {
                 if !err.kind.allows_fallback() {
                     break 'candidates;
                 }
-                if err.kind != ErrorKind::ContextTooLong {
+                // A model-specific failure leaves the provider's other
+                // models worth a try.
+                if !matches!(
+                    err.kind,
+                    ErrorKind::ContextTooLong | ErrorKind::ModelUnavailable
+                ) {
                     failed_providers.push(cand.provider);
                 }
                 break;

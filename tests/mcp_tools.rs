@@ -336,6 +336,50 @@ async fn ollama_is_free_and_huggingface_unpriced_is_flagged() {
     s.stop().await;
 }
 
+/// A model that is not pulled (Ollama's 404 "not found") is that model's
+/// problem, not the request's: the call goes on to the next candidate
+/// instead of failing, and the provider is not marked as failing.
+#[tokio::test]
+async fn a_model_not_pulled_falls_through_to_the_next_candidate() {
+    let ol = FakeProvider::start(ollama_ndjson("llama3.1", &["4"], 26, 2)).await;
+    ol.push(Reply {
+        status: 404,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: r#"{"error":"model \"llama3.1\" not found, try pulling it first"}"#.into(),
+        delay: None,
+        reset: false,
+        raw: None,
+        drip: None,
+    });
+    let ds = FakeProvider::start(openai_sse(
+        "deepseek-v3.2",
+        &["4"],
+        json!({"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("OLLAMA_HOST", ol.base.clone()),
+            ("DEEPSEEK_API_KEY", "sk-FAKE-deepseek-000000000000".into()),
+            ("DEEPSEEK_BASE_URL", ds.base.clone()),
+        ],
+    )
+    .await;
+    let c = s
+        .ok("complete_prompt", json!({"prompt": "2+2?", "tier": "free"}))
+        .await;
+    let attempts = c["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{c}");
+    assert_eq!(attempts[0]["model"], "ollama/llama3.1", "{c}");
+    assert_eq!(attempts[0]["outcome"], "model_unavailable", "{c}");
+    assert_eq!(attempts[1]["outcome"], "ok", "{c}");
+    assert_ne!(attempts[0]["model"], attempts[1]["model"], "{c}");
+    assert_eq!(ol.requests().len() + ds.requests().len(), 2);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn failed_provider_falls_back_and_every_attempt_is_recorded() {
     let bad = FakeProvider::start(openai_error(500, "internal error", "server_error")).await;

@@ -29,6 +29,12 @@ pub enum ErrorKind {
     BadRequest,
     /// The prompt does not fit the model's context window.
     ContextTooLong,
+    /// This model cannot serve the call here, though others may: not
+    /// found (404, an Ollama model not pulled), no endpoint for it at a
+    /// gateway, a free model's daily quota used up, or not offered where
+    /// the account is (Gemini `FAILED_PRECONDITION`). Another model is
+    /// tried; the provider is not counted as failing.
+    ModelUnavailable,
     /// The reply could not be understood.
     Malformed,
     /// The provider could not be reached.
@@ -65,6 +71,7 @@ impl ErrorKind {
             ErrorKind::Server => "server",
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::ContextTooLong => "context_too_long",
+            ErrorKind::ModelUnavailable => "model_unavailable",
             ErrorKind::Malformed => "malformed",
             ErrorKind::Connection => "connection",
         }
@@ -174,19 +181,27 @@ impl ProviderError {
                 .and_then(|v| v.as_str())
                 .is_some_and(|c| c.contains("spend_limit"));
         let bad_key = lower.contains("api_key_invalid") || lower.contains("api key not valid");
+        // Anthropic says "Your credit balance is too low" with a 400.
+        let no_credit = lower.contains("credit balance") || lower.contains("insufficient_quota");
         let kind = match status {
             401 | 403 => ErrorKind::Auth,
             400 if bad_key => ErrorKind::Auth,
             402 => ErrorKind::Billing,
-            429 if spend_limit => ErrorKind::Billing,
-            429 if lower.contains("insufficient_quota") || lower.contains("credit") => {
-                ErrorKind::Billing
-            }
+            400 if no_credit => ErrorKind::Billing,
+            429 if spend_limit || no_credit => ErrorKind::Billing,
+            // OpenRouter's daily quota of free-model calls ("free-models-
+            // per-day ... add credits"): the paid models still work.
+            429 if lower.contains("free-models-per") => ErrorKind::ModelUnavailable,
+            429 if lower.contains("credit") => ErrorKind::Billing,
             429 => ErrorKind::RateLimit,
             503 | 529 => ErrorKind::Overloaded,
             408 | 504 => ErrorKind::Timeout,
             413 => ErrorKind::ContextTooLong,
             400 | 404 | 422 if is_context_message(&lower) => ErrorKind::ContextTooLong,
+            // Model not found, no endpoint for it (OpenRouter), not served
+            // where the account is (Gemini).
+            404 => ErrorKind::ModelUnavailable,
+            400 if lower.contains("failed_precondition") => ErrorKind::ModelUnavailable,
             400..=499 => ErrorKind::BadRequest,
             _ => ErrorKind::Server,
         };
@@ -225,6 +240,9 @@ impl ProviderError {
             ErrorKind::Timeout => format!("{name} did not answer in time{status}{detail}"),
             ErrorKind::Server => format!("{name} had a server error{status}{detail}"),
             ErrorKind::BadRequest => format!("{name} refused the request{status}{detail}"),
+            ErrorKind::ModelUnavailable => {
+                format!("the model is not available at {name}{status}{detail}")
+            }
             ErrorKind::ContextTooLong => {
                 format!("the prompt is too long for the model at {name}{status}{detail}")
             }
@@ -381,6 +399,53 @@ mod tests {
             classify(429, r#"{"type":"error","error":{"type":"rate_limit_error","message":"spend limit","details":{"error_code":"enforced_spend_limit_reached"}}}"#).kind,
             ErrorKind::Billing
         );
+    }
+
+    /// Failures of one model, or of the account, that must not end the
+    /// whole call the way a malformed request does (wire bodies as the
+    /// providers send them).
+    #[test]
+    fn model_and_account_failures_are_not_bad_requests() {
+        // Anthropic: out of credit, with a 400.
+        assert_eq!(
+            classify(400, r#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."}}"#).kind,
+            ErrorKind::Billing
+        );
+        // OpenAI-style model not found; OpenRouter without an endpoint.
+        assert_eq!(
+            classify(404, r#"{"error":{"message":"The model `x` does not exist","type":"invalid_request_error","code":"model_not_found"}}"#).kind,
+            ErrorKind::ModelUnavailable
+        );
+        assert_eq!(
+            classify(
+                404,
+                r#"{"error":{"message":"No endpoints found for some-lab/some-model.","code":404}}"#
+            )
+            .kind,
+            ErrorKind::ModelUnavailable
+        );
+        // OpenRouter's free-model daily quota: the paid models still work.
+        let free = classify(
+            429,
+            r#"{"error":{"message":"Rate limit exceeded: free-models-per-day. Add 10 credits to unlock 1000 free model requests per day","code":429}}"#,
+        );
+        assert_eq!(free.kind, ErrorKind::ModelUnavailable);
+        // Gemini: not offered where the account is.
+        assert_eq!(
+            classify(400, r#"{"error":{"code":400,"message":"User location is not supported for the API use.","status":"FAILED_PRECONDITION"}}"#).kind,
+            ErrorKind::ModelUnavailable
+        );
+        // Still the request's fault: a bad parameter.
+        assert_eq!(
+            classify(
+                400,
+                r#"{"error":{"message":"temperature: must be at most 2"}}"#
+            )
+            .kind,
+            ErrorKind::BadRequest
+        );
+        assert!(ErrorKind::ModelUnavailable.allows_fallback());
+        assert!(!ErrorKind::ModelUnavailable.is_retryable());
     }
 
     #[test]

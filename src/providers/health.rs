@@ -62,7 +62,10 @@ impl Breakers {
     /// provider's health (a bad request, a prompt too long) do not count.
     /// Returns true when this failure opened the breaker.
     pub fn failure(&self, p: ProviderId, kind: ErrorKind, now_ms: i64) -> bool {
-        if matches!(kind, ErrorKind::BadRequest | ErrorKind::ContextTooLong) {
+        if matches!(
+            kind,
+            ErrorKind::BadRequest | ErrorKind::ContextTooLong | ErrorKind::ModelUnavailable
+        ) {
             return false;
         }
         let cooldown_ms = i64::try_from(self.cooldown.as_millis()).unwrap_or(i64::MAX / 4);

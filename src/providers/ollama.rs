@@ -182,10 +182,11 @@ async fn read_reply(
 }
 
 /// Ollama reports errors as `{"error": "..."}`; "not found" means the model
-/// is not pulled, which is the request's fault, not the server's.
+/// is not pulled: another model (perhaps another local one) can still take
+/// the call.
 fn ollama_error(msg: &str) -> ProviderError {
     let kind = if msg.contains("not found") {
-        ErrorKind::BadRequest
+        ErrorKind::ModelUnavailable
     } else {
         ErrorKind::Server
     };
