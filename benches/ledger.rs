@@ -318,6 +318,7 @@ fn main() {
             &env,
             Duration::from_secs(5),
             Duration::from_secs(5),
+            Duration::from_secs(5),
         )
         .expect("registry"),
         Arc::new(move || now),

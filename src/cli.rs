@@ -700,6 +700,7 @@ fn score_stdin(settings: &Settings, length_only: bool) -> Result<()> {
     let registry = Registry::from_env(
         &|k| std::env::var(k).ok(),
         settings.connect_timeout,
+        settings.idle_timeout,
         settings.request_timeout,
     )?;
     let catalog = Catalog::bundled();

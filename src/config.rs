@@ -30,6 +30,9 @@ pub const STORE_PROMPTS_ENV: &str = "COST_OPTIMIZER_STORE_PROMPTS";
 pub const LEDGER_SYNC_ENV: &str = "COST_OPTIMIZER_LEDGER_SYNC";
 /// Env var: total per-request timeout towards a provider, in seconds.
 pub const REQUEST_TIMEOUT_ENV: &str = "COST_OPTIMIZER_REQUEST_TIMEOUT_SECS";
+/// Env var: longest wait for the next bytes of a provider's reply, in
+/// seconds (the first byte included).
+pub const IDLE_TIMEOUT_ENV: &str = "COST_OPTIMIZER_IDLE_TIMEOUT_SECS";
 /// Env var: connect timeout towards a provider, in seconds.
 pub const CONNECT_TIMEOUT_ENV: &str = "COST_OPTIMIZER_CONNECT_TIMEOUT_SECS";
 /// Env var: retries of one provider on a transient failure (default 2).
@@ -101,8 +104,14 @@ pub struct Settings {
     pub baseline_model: String,
     /// Connect timeout towards providers.
     pub connect_timeout: Duration,
-    /// Total timeout of one provider request.
+    /// Total timeout of one provider request, streamed answer included
+    /// (default 15 minutes: long answers from slow local models or
+    /// reasoning models must not be cut off while they are still coming).
     pub request_timeout: Duration,
+    /// Longest silence within one provider request: no first byte, or no
+    /// further bytes of a streamed answer, for this long ends it (default
+    /// 120 s). This, not the total, is what catches a stalled provider.
+    pub idle_timeout: Duration,
     /// Retries of one provider on a transient failure (rate limit,
     /// overload, 5xx, timeout, connection) before falling back.
     pub max_retries: u32,
@@ -211,6 +220,7 @@ struct FileConfig {
     baseline_model: Option<String>,
     connect_timeout_secs: Option<f64>,
     request_timeout_secs: Option<f64>,
+    idle_timeout_secs: Option<f64>,
     retention_days: Option<u32>,
     ledger_sync: Option<crate::ledger::Durability>,
     max_retries: Option<u32>,
@@ -298,7 +308,8 @@ impl Settings {
                 .baseline_model
                 .unwrap_or_else(|| crate::router::DEFAULT_BASELINE_MODEL.to_string()),
             connect_timeout: secs(file.connect_timeout_secs.unwrap_or(10.0))?,
-            request_timeout: secs(file.request_timeout_secs.unwrap_or(120.0))?,
+            request_timeout: secs(file.request_timeout_secs.unwrap_or(900.0))?,
+            idle_timeout: secs(file.idle_timeout_secs.unwrap_or(120.0))?,
             max_retries: file.max_retries.unwrap_or(2),
             retry_base: Duration::from_millis(file.retry_base_ms.unwrap_or(500)),
             max_retry_wait: secs(file.max_retry_wait_secs.unwrap_or(20.0))?,
@@ -363,6 +374,11 @@ impl Settings {
         if let Some(v) = non_empty(env(REQUEST_TIMEOUT_ENV)) {
             settings.request_timeout = secs(v.trim().parse().with_context(|| {
                 format!("{REQUEST_TIMEOUT_ENV}={v:?} is not a number of seconds")
+            })?)?;
+        }
+        if let Some(v) = non_empty(env(IDLE_TIMEOUT_ENV)) {
+            settings.idle_timeout = secs(v.trim().parse().with_context(|| {
+                format!("{IDLE_TIMEOUT_ENV}={v:?} is not a number of seconds")
             })?)?;
         }
         if let Some(v) = non_empty(env(CONNECT_TIMEOUT_ENV)) {

@@ -544,6 +544,7 @@ impl Optimizer {
         let registry = Registry::from_env(
             &|k| std::env::var(k).ok(),
             settings.connect_timeout,
+            settings.idle_timeout,
             settings.request_timeout,
         )?;
         let catalog = Catalog::load(

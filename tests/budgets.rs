@@ -445,8 +445,13 @@ async fn periods_reset_on_the_calendar_with_an_injected_clock() {
         }
     };
     let settings = ai_cost_optimizer::config::Settings::load_with(&env).unwrap();
-    let registry =
-        Registry::from_env(&env, Duration::from_secs(5), Duration::from_secs(5)).unwrap();
+    let registry = Registry::from_env(
+        &env,
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+    )
+    .unwrap();
     // 2026-11-27 23:50 in Tokyo (UTC+9) is 14:50 UTC.
     let now = Arc::new(AtomicI64::new(1_795_791_000_000));
     let clock_now = now.clone();

@@ -204,3 +204,58 @@ async fn cancelling_stops_the_provider_and_releases_the_hold() {
     assert_eq!(u["budget"]["spent_usd"].as_f64().unwrap(), cost, "{u}");
     client.cancel().await.unwrap();
 }
+
+/// Two timeouts: an answer that keeps streaming is not cut off however
+/// long it takes overall (here 2.4 s against a 1 s idle limit), while a
+/// provider that goes silent for longer than the idle limit is.
+#[tokio::test]
+async fn a_long_stream_is_not_cut_off_but_a_stall_is() {
+    let pieces: Vec<String> = (0..12).map(|i| format!("w{i} ")).collect();
+    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+    let reply = |gap_ms| {
+        openai_sse(
+            "deepseek-v3.2",
+            &refs,
+            json!({"prompt_tokens": 5, "completion_tokens": 12}),
+        )
+        .dripped(Duration::from_millis(gap_ms))
+    };
+    let fake = FakeProvider::start(reply(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = connect(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", "sk-stream-FAKE-00000000000".into()),
+            ("DEEPSEEK_BASE_URL", fake.base.clone()),
+            ("COST_OPTIMIZER_IDLE_TIMEOUT_SECS", "1".into()),
+            ("COST_OPTIMIZER_REQUEST_TIMEOUT_SECS", "60".into()),
+            ("COST_OPTIMIZER_MAX_RETRIES", "0".into()),
+        ],
+    )
+    .await;
+    let args = json!({"prompt": "count", "force_model": "deepseek/deepseek-v3.2"});
+    let r = client
+        .call_tool(
+            CallToolRequestParams::new("complete_prompt")
+                .with_arguments(args.as_object().unwrap().clone()),
+        )
+        .await
+        .unwrap();
+    assert_ne!(r.is_error, Some(true), "{:?}", r.content);
+    let c = r.structured_content.unwrap();
+    assert_eq!(c["answer"], pieces.concat(), "{c}");
+
+    // Silent for 1.5 s between events: ended by the idle limit.
+    fake.push(reply(1500));
+    let r = client
+        .call_tool(
+            CallToolRequestParams::new("complete_prompt")
+                .with_arguments(args.as_object().unwrap().clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true));
+    let text = format!("{:?}", r.content);
+    assert!(text.contains("did not answer in time"), "{text}");
+    client.cancel().await.unwrap();
+}

@@ -297,10 +297,15 @@ impl Registry {
     pub fn from_env(
         env: &dyn Fn(&str) -> Option<String>,
         connect_timeout: Duration,
+        idle_timeout: Duration,
         request_timeout: Duration,
     ) -> anyhow::Result<Registry> {
+        // Two timeouts: the idle one (reset by every read) catches a
+        // stalled provider quickly; the total one only bounds a call that
+        // keeps streaming, so a long answer is not cut off mid-way.
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
+            .read_timeout(idle_timeout)
             .timeout(request_timeout)
             .user_agent(concat!(
                 env!("CARGO_PKG_NAME"),
@@ -490,7 +495,13 @@ mod tests {
             OLLAMA_PROBE_ENV => Some("0".to_string()),
             _ => None,
         };
-        let r = Registry::from_env(&env, Duration::from_secs(1), Duration::from_secs(1)).unwrap();
+        let r = Registry::from_env(
+            &env,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .unwrap();
         let d = r.get(ProviderId::Deepseek).unwrap();
         assert_eq!(d.base_url, "http://127.0.0.1:9");
         assert_eq!(d.reason, "DEEPSEEK_API_KEY is set");
