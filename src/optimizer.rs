@@ -1059,7 +1059,7 @@ impl Optimizer {
             Some(v) => return Err(invalid(format!("voice: {v:?} is not a Cartesia voice id"))),
             None => crate::providers::cartesia::DEFAULT_VOICE.to_string(),
         };
-        if args.voice.is_some() && !speak {
+        if args.voice.as_deref().is_some_and(|v| !v.trim().is_empty()) && !speak {
             return Err(invalid("voice is only used with speak: true"));
         }
         if speak && self.registry.speech().is_none() {
@@ -1788,7 +1788,14 @@ impl Optimizer {
         if since > now {
             return Err(invalid("since is in the future"));
         }
-        let user = match args.user_id.as_deref() {
+        // Blank means "not given" (every user), as for the other tools'
+        // optional fields: models often send "" for an optional string.
+        let user = match args
+            .user_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
             Some(u) => Some(validate_user(Some(u))?),
             None => None,
         };

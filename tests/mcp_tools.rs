@@ -333,6 +333,10 @@ async fn ollama_is_free_and_huggingface_unpriced_is_flagged() {
     let u = s.ok("query_usage", json!({})).await;
     assert_eq!(u["totals"]["unpriced_calls"], json!(1));
     assert_eq!(u["calls"], json!(2));
+    // A blank user_id is "not given" (every user), not the default user.
+    let u = s.ok("query_usage", json!({"user_id": " "})).await;
+    assert_eq!(u["user_id"], Value::Null, "{u}");
+    assert_eq!(u["calls"], json!(2));
     s.stop().await;
 }
 

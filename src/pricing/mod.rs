@@ -337,6 +337,28 @@ impl Catalog {
             .keys()
             .filter(|k| k.split_once('/').is_some_and(|(_, m)| m == name))
             .collect();
+        // A name that starts with a provider ("anthropic/claude-sonnet-4.5")
+        // names that provider. If it has no such model, the same text under
+        // a gateway ("openrouter/anthropic/claude-sonnet-4.5") is another
+        // provider at another price: suggest it, never switch to it.
+        if let Some((provider, _)) = name.split_once('/')
+            && ProviderId::parse(provider).is_some()
+        {
+            let mut hint: Vec<String> = matches.iter().map(|s| s.to_string()).collect();
+            for h in self.suggest(name) {
+                if !hint.contains(&h) {
+                    hint.push(h);
+                }
+            }
+            hint.truncate(5);
+            return Err(if hint.is_empty() {
+                format!(
+                    "unknown model {name:?}; check_model_costs lists the models of each provider"
+                )
+            } else {
+                format!("unknown model {name:?}; did you mean {}?", hint.join(", "))
+            });
+        }
         match matches.as_slice() {
             [one] => Ok((*one).clone()),
             [] => {
@@ -600,6 +622,20 @@ mod tests {
             "huggingface/meta-llama/Llama-3.1-8B-Instruct"
         );
         assert!(c.resolve("deepseek/deepseek-typo").is_err());
+        // A provider's name followed by a model it does not have is not
+        // quietly sent through a gateway that lists the same text.
+        let gw = c
+            .models
+            .keys()
+            .filter_map(|k| k.strip_prefix("openrouter/anthropic/"))
+            .find(|m| c.get(&format!("anthropic/{m}")).is_none())
+            .expect("OpenRouter lists an Anthropic model under a name Anthropic does not use")
+            .to_string();
+        let e = c.resolve(&format!("anthropic/{gw}")).unwrap_err();
+        assert!(e.contains(&format!("openrouter/anthropic/{gw}")), "{e}");
+        // Without a provider prefix, a name the gateways alone list still
+        // resolves when it is unique.
+        assert!(c.resolve("claude-haiku-4-5").is_ok());
         let err = c.resolve("claude-haiku-9").unwrap_err();
         assert!(err.contains("unknown model"), "{err}");
         assert!(err.contains("claude-haiku-4-5"), "{err}");
