@@ -243,7 +243,7 @@ impl Catalog {
     }
 
     fn apply_override(&mut self, id: &str, o: &PriceOverride) -> Result<()> {
-        let Some((provider, _)) = id.split_once('/') else {
+        let Some((provider, model)) = id.split_once('/') else {
             bail!(
                 "pricing override {id:?}: use a provider/model id, e.g. \"deepseek/deepseek-chat\""
             );
@@ -251,7 +251,20 @@ impl Catalog {
         let Some(provider) = ProviderId::parse(provider) else {
             bail!("pricing override {id:?}: unknown provider {provider:?}");
         };
+        // Stored under the canonical provider name: "claude/…" or
+        // "Anthropic/…" must replace the catalog's "anthropic/…" price, not
+        // add a second entry beside it that nothing uses.
+        let canonical = format!("{}/{}", provider.as_str(), model.trim());
+        let id = canonical.as_str();
         let existing = self.models.get(id).cloned();
+        if existing.is_none() && !OPEN_CATALOG_PROVIDERS.contains(&provider) {
+            let hint = self.suggest(id);
+            tracing::warn!(
+                model = id,
+                did_you_mean = hint.join(", "),
+                "pricing override for a model the catalog does not list: added as a new model (check the spelling)"
+            );
+        }
         let price = ModelPrice {
             id: id.to_string(),
             provider,
@@ -658,6 +671,30 @@ mod tests {
         let m = c.get("deepseek/deepseek-chat").unwrap();
         assert_eq!(m.origin, PriceOrigin::Override);
         assert!((m.estimate(1_000_000, 1_000_000) - 3.0).abs() < 1e-9);
+    }
+
+    /// An override spelt with a provider alias or other case replaces the
+    /// catalog's price instead of adding an entry beside it.
+    #[test]
+    fn overrides_use_the_canonical_provider_name() {
+        let price = PriceOverride {
+            input_per_mtok: 7.0,
+            output_per_mtok: 9.0,
+            cache_read_per_mtok: None,
+            cache_write_per_mtok: None,
+            max_input_tokens: None,
+        };
+        let bundled = Catalog::bundled();
+        let before = bundled.len();
+        for alias in ["claude/claude-haiku-4-5", "Anthropic/claude-haiku-4-5"] {
+            let mut o = BTreeMap::new();
+            o.insert(alias.to_string(), price.clone());
+            let c = Catalog::load(None, &o).unwrap();
+            let m = c.get("anthropic/claude-haiku-4-5").unwrap();
+            assert_eq!(m.origin, PriceOrigin::Override, "{alias}");
+            assert_eq!(m.input, 7e-6, "{alias}");
+            assert_eq!(c.len(), before, "{alias}: no second entry");
+        }
     }
 
     #[test]
