@@ -389,17 +389,21 @@ impl Settings {
         if let Some(v) = non_empty(env(TIMEZONE_ENV)) {
             settings.default_timezone = v.trim().to_string();
         }
+        // The format applies to the webhook wherever its URL was set (here
+        // or in the config file), and a wrong value is an error either way.
+        let env_format = match non_empty(env(ALERT_WEBHOOK_FORMAT_ENV)) {
+            Some(f) => Some(WebhookFormat::parse(&f).with_context(|| {
+                format!("{ALERT_WEBHOOK_FORMAT_ENV}={f:?}: use json, slack or discord")
+            })?),
+            None => None,
+        };
         if let Some(v) = non_empty(env(ALERT_WEBHOOK_ENV)) {
-            let format = match non_empty(env(ALERT_WEBHOOK_FORMAT_ENV)) {
-                Some(f) => WebhookFormat::parse(&f).with_context(|| {
-                    format!("{ALERT_WEBHOOK_FORMAT_ENV}={f:?}: use json, slack or discord")
-                })?,
-                None => WebhookFormat::Json,
-            };
             settings.alert_webhook = Some(Webhook {
                 url: v.trim().to_string(),
-                format,
+                format: env_format.unwrap_or(WebhookFormat::Json),
             });
+        } else if let (Some(hook), Some(f)) = (settings.alert_webhook.as_mut(), env_format) {
+            hook.format = f;
         }
         if let Some(url) = non_empty(env(SMTP_URL_ENV)) {
             crate::secrets::register(url.trim());
@@ -584,6 +588,34 @@ mod tests {
         assert_eq!(s.default_monthly_budget_usd, 35.5);
         assert_eq!(s.tier_models[&Tier::Cheap], vec!["deepseek/deepseek-chat"]);
         assert!(s.price_overrides.contains_key("ollama/x"));
+    }
+
+    /// The webhook format from the environment applies to a webhook set
+    /// in the file too, and a wrong one is an error even then.
+    #[test]
+    fn webhook_format_env_applies_to_the_file_webhook() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, "alert_webhook_url = \"https://hooks.example/x\"\n").unwrap();
+        let d = dir.path().to_str().unwrap();
+        let c = cfg.to_str().unwrap();
+        let s = Settings::load_with(&env_of(&[
+            (DATA_DIR_ENV, d),
+            (CONFIG_ENV, c),
+            (ALERT_WEBHOOK_FORMAT_ENV, "slack"),
+        ]))
+        .unwrap();
+        assert_eq!(s.alert_webhook.unwrap().format, WebhookFormat::Slack);
+        let err = format!(
+            "{:#}",
+            Settings::load_with(&env_of(&[
+                (DATA_DIR_ENV, d),
+                (CONFIG_ENV, c),
+                (ALERT_WEBHOOK_FORMAT_ENV, "bogus"),
+            ]))
+            .unwrap_err()
+        );
+        assert!(err.contains(ALERT_WEBHOOK_FORMAT_ENV), "{err}");
     }
 
     #[test]
