@@ -64,10 +64,50 @@ fn budget_line(b: &BudgetStatus) -> String {
     s
 }
 
+/// A table cell: a `|` in a user id or model id would split the cell, and
+/// a line break would end the row.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+/// The answer as Markdown that cannot swallow what follows it: an answer
+/// cut off (at max_tokens, say) inside a fenced code block leaves the
+/// fence open, and the cost line after it would show as code. Such a
+/// fence is closed with the same marker.
+fn closed_answer(answer: &str) -> String {
+    let mut open: Option<String> = None;
+    for line in answer.lines() {
+        let t = line.trim_start();
+        let marker: String = t.chars().take_while(|c| *c == '`' || *c == '~').collect();
+        let fence = marker.len() >= 3
+            && marker
+                .chars()
+                .all(|c| c == marker.chars().next().unwrap_or('`'));
+        if !fence {
+            continue;
+        }
+        match &open {
+            None => open = Some(marker),
+            // A closing fence: the same character, at least as long, and
+            // nothing after it.
+            Some(m) if marker.starts_with(m.as_str()) && t[marker.len()..].trim().is_empty() => {
+                open = None
+            }
+            Some(_) => {}
+        }
+    }
+    let mut out = answer.trim_end().to_string();
+    if let Some(m) = open {
+        out.push('\n');
+        out.push_str(&m);
+    }
+    out
+}
+
 /// `complete_prompt`.
 pub fn completion(c: &Completion) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{}\n\n---", c.answer.trim_end());
+    let _ = writeln!(s, "{}\n\n---", closed_answer(&c.answer));
     let _ = writeln!(
         s,
         "**{}** ({} tier) · cost **{}**{} · {} in / {} out tokens{} · {} ms",
@@ -257,7 +297,7 @@ fn group_table(title: &str, groups: &[Group]) -> String {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} |",
-            g.key,
+            cell(&g.key),
             g.totals.calls,
             usd(g.totals.cost_usd),
             usd((g.totals.baseline_cost_usd - g.totals.cost_usd).max(0.0))
@@ -344,8 +384,8 @@ pub fn usage(u: &UsageReport) -> String {
                 s,
                 "| {} | {} | {} | {} |",
                 when.get(..16).unwrap_or(&when).replace('T', " "),
-                c.model,
-                c.user_id,
+                cell(&c.model),
+                cell(&c.user_id),
                 usd(c.cost_usd)
             );
         }
@@ -452,6 +492,28 @@ pub fn doctor(d: &DoctorReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_open_code_fence_is_closed_before_the_footer() {
+        assert_eq!(
+            closed_answer("text\n```rust\nfn main() {"),
+            "text\n```rust\nfn main() {\n```"
+        );
+        assert_eq!(closed_answer("a\n```\nx\n```\n"), "a\n```\nx\n```");
+        // A longer or tilde fence closes only with its own kind.
+        assert_eq!(closed_answer("~~~~\n```\n"), "~~~~\n```\n~~~~");
+        assert_eq!(
+            closed_answer("````md\n```\nx\n```\n````"),
+            "````md\n```\nx\n```\n````"
+        );
+        assert_eq!(closed_answer("no code"), "no code");
+    }
+
+    #[test]
+    fn table_cells_cannot_split() {
+        assert_eq!(cell("bob|x"), "bob\\|x");
+        assert_eq!(cell("a\nb"), "a b");
+    }
 
     #[test]
     fn usd_formats_small_and_large() {
