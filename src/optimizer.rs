@@ -1318,7 +1318,11 @@ impl Optimizer {
                     request_id: &request_id,
                 });
                 let t0 = Instant::now();
-                let result = provider.client.complete(&req, sink).await;
+                let result = provider
+                    .client
+                    .complete(&req, sink)
+                    .await
+                    .and_then(|r| refuse_empty(cand.provider, r));
                 let latency_ms = t0.elapsed().as_millis() as u64;
                 base_record.latency_ms = latency_ms;
                 let err = match result {
@@ -1543,7 +1547,9 @@ impl Optimizer {
                 // models worth a try.
                 if !matches!(
                     err.kind,
-                    ErrorKind::ContextTooLong | ErrorKind::ModelUnavailable
+                    ErrorKind::ContextTooLong
+                        | ErrorKind::ModelUnavailable
+                        | ErrorKind::EmptyAnswer
                 ) {
                     failed_providers.push(cand.provider);
                 }
@@ -2161,6 +2167,45 @@ impl StreamSink for CountingSink<'_> {
 /// (about 4 for English with the o200k and cl100k tokenizers; rounding up
 /// charges at least one token for any text).
 const BYTES_PER_OUTPUT_TOKEN: u64 = 4;
+
+/// An answer with no text that stopped early (output limit used up, often
+/// by a reasoning model's thinking; a safety stop) is billed but useless:
+/// it becomes a failure after acceptance, recorded at the usage the reply
+/// reported, so the next model is tried. An empty answer that ended
+/// normally is returned as it is.
+fn refuse_empty(
+    provider: ProviderId,
+    r: crate::providers::ChatResponse,
+) -> Result<crate::providers::ChatResponse, crate::providers::ProviderError> {
+    let stopped_early = r.finish_reason.as_deref().is_some_and(|f| {
+        let f = f.to_ascii_lowercase();
+        [
+            "length",
+            "max",
+            "safety",
+            "content_filter",
+            "recitation",
+            "prohibited",
+            "blocklist",
+        ]
+        .iter()
+        .any(|k| f.contains(k))
+    });
+    if !r.text.trim().is_empty() || !stopped_early {
+        return Ok(r);
+    }
+    let mut e = crate::providers::ProviderError::new(
+        provider,
+        ErrorKind::EmptyAnswer,
+        None,
+        format!(
+            "finish reason {}; raise max_tokens if the model reasons before answering",
+            r.finish_reason.as_deref().unwrap_or("?")
+        ),
+    );
+    e.accepted = Some(r.usage);
+    Err(e)
+}
 
 /// What a cancelled attempt is charged. The provider bills a request it
 /// accepted, and the caller going away (an MCP cancel, an HTTP client

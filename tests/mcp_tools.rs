@@ -428,6 +428,72 @@ async fn failed_provider_falls_back_and_every_attempt_is_recorded() {
     s.stop().await;
 }
 
+/// A reasoning model that spends its whole output limit thinking answers
+/// with no text and `finish_reason: length`. That reply is billed (at the
+/// usage it reported) but useless: the next model answers instead.
+#[tokio::test]
+async fn an_empty_answer_cut_at_the_limit_falls_back() {
+    let empty = FakeProvider::start(Reply::json(
+        200,
+        json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000,
+            "model": "deepseek-v4-pro",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": ""},
+                         "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 1024, "total_tokens": 1034,
+                      "completion_tokens_details": {"reasoning_tokens": 1024}}
+        }),
+    ))
+    .await;
+    let good = FakeProvider::start(anthropic_ok(
+        "claude-haiku-4-5",
+        "from anthropic",
+        json!({"input_tokens": 10, "output_tokens": 10}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", DEEPSEEK_KEY.into()),
+            ("DEEPSEEK_BASE_URL", empty.base.clone()),
+            ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.into()),
+            ("ANTHROPIC_BASE_URL", good.base.clone()),
+        ],
+    )
+    .await;
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "hello", "tier": "medium"}),
+        )
+        .await;
+    let attempts = c["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0]["outcome"], "empty_answer", "{attempts:?}");
+    assert!(
+        attempts[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("raise max_tokens"),
+        "{attempts:?}"
+    );
+    assert_eq!(c["answer"], "from anthropic");
+    assert_eq!(empty.requests().len(), 1, "not retried");
+    // The empty reply was billed: its usage is recorded and said so.
+    assert!(
+        c["warning"].as_str().unwrap_or_default().contains("billed"),
+        "{c}"
+    );
+    let u = s.ok("query_usage", json!({})).await;
+    assert_eq!(u["totals"]["failed_attempts"], json!(1));
+    assert!(
+        u["totals"]["output_tokens"].as_u64().unwrap() >= 1024,
+        "{u}"
+    );
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn rejected_key_is_a_clear_error_without_the_key() {
     let fake = FakeProvider::start(openai_error(

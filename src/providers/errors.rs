@@ -35,6 +35,11 @@ pub enum ErrorKind {
     /// the account is (Gemini `FAILED_PRECONDITION`). Another model is
     /// tried; the provider is not counted as failing.
     ModelUnavailable,
+    /// The model answered with no text because it stopped early: its
+    /// output limit was used up (reasoning models spend it on thinking
+    /// first) or a safety filter ended it. Billed, useless: another model
+    /// is tried.
+    EmptyAnswer,
     /// The reply could not be understood.
     Malformed,
     /// The provider could not be reached.
@@ -72,6 +77,7 @@ impl ErrorKind {
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::ContextTooLong => "context_too_long",
             ErrorKind::ModelUnavailable => "model_unavailable",
+            ErrorKind::EmptyAnswer => "empty_answer",
             ErrorKind::Malformed => "malformed",
             ErrorKind::Connection => "connection",
         }
@@ -243,6 +249,7 @@ impl ProviderError {
             ErrorKind::ModelUnavailable => {
                 format!("the model is not available at {name}{status}{detail}")
             }
+            ErrorKind::EmptyAnswer => format!("{name} answered with no text{detail}"),
             ErrorKind::ContextTooLong => {
                 format!("the prompt is too long for the model at {name}{status}{detail}")
             }

@@ -64,7 +64,10 @@ impl Breakers {
     pub fn failure(&self, p: ProviderId, kind: ErrorKind, now_ms: i64) -> bool {
         if matches!(
             kind,
-            ErrorKind::BadRequest | ErrorKind::ContextTooLong | ErrorKind::ModelUnavailable
+            ErrorKind::BadRequest
+                | ErrorKind::ContextTooLong
+                | ErrorKind::ModelUnavailable
+                | ErrorKind::EmptyAnswer
         ) {
             return false;
         }
