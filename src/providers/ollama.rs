@@ -27,24 +27,45 @@ fn build(config: ProviderConfig) -> Arc<dyn Provider> {
     Arc::new(Ollama { config })
 }
 
-/// Turns an `OLLAMA_HOST` value (`0.0.0.0`, `localhost:11434`,
-/// `http://host:port`) into a base URL, as Ollama's own CLI does.
+/// Turns an `OLLAMA_HOST` value (`0.0.0.0`, `localhost:11434`, `:8080`,
+/// `http://host:port`) into a base URL, read the way Ollama's own client
+/// reads it: without a scheme, `http` and port 11434; with `http://` or
+/// `https://`, that scheme's usual port (80, 443) unless one is given; no
+/// host means this machine; `0.0.0.0` (set so the server listens
+/// everywhere) is reached on loopback.
 pub fn normalise_host(raw: &str) -> String {
     let raw = raw.trim().trim_end_matches('/');
-    let (scheme, rest) = match raw.split_once("://") {
-        Some((s, r)) => (s.to_string(), r.to_string()),
-        None => ("http".to_string(), raw.to_string()),
+    let (scheme, rest, default_port) = match raw.split_once("://") {
+        Some((s, r)) => {
+            let s = s.to_ascii_lowercase();
+            let port = if s == "https" { "443" } else { "80" };
+            (s, r, port)
+        }
+        None => ("http".to_string(), raw, "11434"),
     };
-    let rest = rest.replace("0.0.0.0", "127.0.0.1");
-    let has_port = rest
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()) && !p.is_empty());
-    // Ollama's own client defaults to 11434 for http and 443 for https.
-    if has_port || rest.contains('/') || scheme == "https" {
-        format!("{scheme}://{rest}")
-    } else {
-        format!("{scheme}://{rest}:11434")
-    }
+    // A path after the address is kept (a proxy may serve Ollama there).
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        // `[::1]:port`, `host:port`, `:port`; a bare IPv6 address has
+        // colons but no brackets and no port.
+        Some((h, p))
+            if !p.is_empty()
+                && p.chars().all(|c| c.is_ascii_digit())
+                && (h.is_empty() || !h.contains(':') || h.ends_with(']')) =>
+        {
+            (h, p)
+        }
+        _ => (hostport, default_port),
+    };
+    let host = match host {
+        "" | "0.0.0.0" => "127.0.0.1",
+        "[::]" | "::" => "[::1]",
+        h => h,
+    };
+    format!("{scheme}://{host}:{port}{path}")
 }
 
 /// Decides whether Ollama is enabled: `OLLAMA_HOST` set, or a server
@@ -207,7 +228,18 @@ mod tests {
         );
         assert_eq!(
             normalise_host("https://ollama.example"),
-            "https://ollama.example"
+            "https://ollama.example:443"
+        );
+        // As Ollama reads it: a scheme brings its own default port.
+        assert_eq!(normalise_host("http://ollama.lan"), "http://ollama.lan:80");
+        assert_eq!(normalise_host("ollama.lan"), "http://ollama.lan:11434");
+        assert_eq!(normalise_host(":8080"), "http://127.0.0.1:8080");
+        assert_eq!(normalise_host("HTTP://10.0.0.2"), "http://10.0.0.2:80");
+        assert_eq!(normalise_host("[::1]:11500"), "http://[::1]:11500");
+        assert_eq!(normalise_host("0.0.0.0:11434"), "http://127.0.0.1:11434");
+        assert_eq!(
+            normalise_host("https://gw.example/ollama/"),
+            "https://gw.example:443/ollama"
         );
     }
 }
