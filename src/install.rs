@@ -176,7 +176,20 @@ pub struct InstallReport {
 
 /// Edits the config file as [`InstallOptions`] says.
 pub fn install(opts: &InstallOptions, now_ms: i64) -> Result<InstallReport, InstallError> {
-    let path = &opts.config_path;
+    // A config file that is a symlink (kept by a dotfile manager) is edited
+    // where it points: replacing the link with a file would cut it off.
+    let resolved = match std::fs::symlink_metadata(&opts.config_path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            std::fs::canonicalize(&opts.config_path).map_err(|e| {
+                InstallError::Io(format!(
+                    "cannot follow the symlink {}: {e}",
+                    opts.config_path.display()
+                ))
+            })?
+        }
+        _ => opts.config_path.clone(),
+    };
+    let path = &resolved;
     let shown = path.display().to_string();
     let old = match std::fs::read(path) {
         Ok(bytes) => Some(
@@ -197,7 +210,7 @@ pub fn install(opts: &InstallOptions, now_ms: i64) -> Result<InstallReport, Inst
     let change = merge_entry(&mut config, &command, &[]);
     let text = render(&config);
     let mut report = InstallReport {
-        config_path: path.clone(),
+        config_path: opts.config_path.clone(),
         command,
         change,
         text,

@@ -89,3 +89,35 @@ fn malformed_config_exits_2_untouched() {
         .count();
     assert_eq!(backups, 0, "no backup of a file that was not changed");
 }
+
+/// A config file kept as a symlink (dotfile managers) stays a symlink: the
+/// file it points to is the one edited.
+#[cfg(unix)]
+#[test]
+fn a_symlinked_config_is_edited_where_it_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("dotfiles").join("claude.json");
+    std::fs::create_dir_all(real.parent().unwrap()).unwrap();
+    std::fs::write(
+        &real,
+        json!({"mcpServers": {"other": {"command": "x"}}}).to_string(),
+    )
+    .unwrap();
+    let link = dir.path().join("claude_desktop_config.json");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let out = run(dir.path(), &["--config", link.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link was replaced by a file"
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&real).unwrap()).unwrap();
+    assert!(
+        v["mcpServers"]["ai-cost-optimizer"]["command"].is_string(),
+        "{v}"
+    );
+    assert_eq!(v["mcpServers"]["other"], json!({"command": "x"}));
+}
