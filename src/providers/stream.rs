@@ -68,14 +68,20 @@ struct Lines {
 
 impl Lines {
     fn push(&mut self, chunk: &[u8], mut f: impl FnMut(&str)) {
+        // The kept tail holds no newline (every complete line was taken
+        // out): search only the new bytes, or a long line arriving in many
+        // small chunks is rescanned from its start on every chunk
+        // (quadratic: a 16 MiB line in 16 KiB chunks is ~8 G comparisons).
+        let mut from = self.buf.len();
         self.buf.extend_from_slice(chunk);
         let mut start = 0;
-        while let Some(pos) = self.buf[start..].iter().position(|b| *b == b'\n') {
-            let end = start + pos;
+        while let Some(pos) = self.buf[from..].iter().position(|b| *b == b'\n') {
+            let end = from + pos;
             let line = &self.buf[start..end];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             f(&String::from_utf8_lossy(line));
             start = end + 1;
+            from = start;
         }
         self.buf.drain(..start);
     }
@@ -342,6 +348,29 @@ mod tests {
         let mut p = SseParser::default();
         assert!(p.push(b"data: {\"last\":true}").is_empty());
         assert_eq!(p.finish()[0].data, "{\"last\":true}");
+    }
+
+    #[test]
+    fn lines_are_the_same_whatever_the_chunking() {
+        let text = format!("a\r\nbb\n\n{}\r\nccc\ntail", "x".repeat(5000));
+        let whole = {
+            let mut l = Lines::default();
+            let mut out = Vec::new();
+            l.push(text.as_bytes(), |s| out.push(s.to_string()));
+            l.finish(|s| out.push(s.to_string()));
+            out
+        };
+        assert_eq!(whole.len(), 6);
+        assert_eq!(whole[3], "x".repeat(5000));
+        for size in [1, 2, 3, 7, 64, 4999, 5001] {
+            let mut l = Lines::default();
+            let mut out = Vec::new();
+            for c in text.as_bytes().chunks(size) {
+                l.push(c, |s| out.push(s.to_string()));
+            }
+            l.finish(|s| out.push(s.to_string()));
+            assert_eq!(out, whole, "chunks of {size}");
+        }
     }
 
     #[test]
