@@ -510,6 +510,11 @@ pub struct DoctorReport {
     pub default_monthly_budget_usd: f64,
     /// Whether prompts are stored in the ledger.
     pub store_prompts: bool,
+    /// The "always premium" model savings are measured against, and
+    /// whether the catalog prices it (if not, no savings can be shown).
+    pub baseline_model: String,
+    /// False when `baseline_model` has no price: a typo in the config.
+    pub baseline_priced: bool,
 }
 
 // ---------------------------------------------------------------------------
@@ -551,6 +556,12 @@ impl Optimizer {
             Some(&settings.refreshed_pricing_path()),
             &settings.price_overrides,
         )?;
+        if catalog.get(&settings.baseline_model).is_none() {
+            tracing::warn!(
+                baseline_model = settings.baseline_model,
+                "the baseline model has no price in the catalog: savings cannot be computed (check baseline_model in the config file)"
+            );
+        }
         Ok(Self::new(settings, catalog, registry, system_clock()))
     }
 
@@ -2097,6 +2108,8 @@ impl Optimizer {
             catalog_models: self.catalog.len(),
             default_monthly_budget_usd: self.settings.default_monthly_budget_usd,
             store_prompts: self.settings.store_prompts,
+            baseline_model: self.settings.baseline_model.clone(),
+            baseline_priced: self.catalog.get(&self.settings.baseline_model).is_some(),
         }
     }
 }

@@ -459,6 +459,16 @@ pub fn doctor(d: &DoctorReport) -> String {
     let _ = writeln!(s, "pricing:     {} models priced", d.catalog_models);
     let _ = writeln!(
         s,
+        "baseline:    {}{}",
+        d.baseline_model,
+        if d.baseline_priced {
+            ""
+        } else {
+            " — NOT IN THE CATALOG: savings cannot be computed; fix baseline_model in the config file"
+        }
+    );
+    let _ = writeln!(
+        s,
         "budget:      ${:.2}/month by default; prompts {}",
         d.default_monthly_budget_usd,
         if d.store_prompts {

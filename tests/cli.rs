@@ -50,6 +50,23 @@ fn doctor_reports_providers_and_paths_as_json() {
     assert_eq!(d["providers"].as_array().unwrap().len(), 8);
     assert!(d["ledger"].as_str().unwrap().starts_with("ok"));
     assert_eq!(d["data_dir"], dir.path().display().to_string());
+    assert_eq!(d["baseline_priced"], true, "{d}");
+
+    // A typo in baseline_model is said, not silently ignored.
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "baseline_model = \"anthropic/claude-opus-typo\"\n").unwrap();
+    let mut cmd = Command::new(common::binary());
+    cmd.env_clear();
+    for (k, v) in common::base_env(dir.path()) {
+        cmd.env(k, v);
+    }
+    let o = cmd
+        .env("COST_OPTIMIZER_CONFIG", &cfg)
+        .arg("doctor")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("NOT IN THE CATALOG"), "{}", stdout(&o));
 }
 
 #[test]
