@@ -384,9 +384,13 @@ async fn a_model_not_pulled_falls_through_to_the_next_candidate() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn failed_provider_falls_back_and_every_attempt_is_recorded() {
-    let bad = FakeProvider::start(openai_error(500, "internal error", "server_error")).await;
+/// A server with DeepSeek answering `first` (tried first for the medium
+/// tier: deepseek-v4-pro is its cheaper model) and Anthropic answering
+/// "from anthropic" behind it.
+async fn deepseek_then_anthropic(
+    first: Reply,
+) -> (FakeProvider, FakeProvider, tempfile::TempDir, Server) {
+    let bad = FakeProvider::start(first).await;
     let good = FakeProvider::start(anthropic_ok(
         "claude-haiku-4-5",
         "from anthropic",
@@ -404,6 +408,13 @@ async fn failed_provider_falls_back_and_every_attempt_is_recorded() {
         ],
     )
     .await;
+    (bad, good, dir, s)
+}
+
+#[tokio::test]
+async fn failed_provider_falls_back_and_every_attempt_is_recorded() {
+    let (bad, _good, _dir, s) =
+        deepseek_then_anthropic(openai_error(500, "internal error", "server_error")).await;
     let c = s
         .ok(
             "complete_prompt",
@@ -433,7 +444,7 @@ async fn failed_provider_falls_back_and_every_attempt_is_recorded() {
 /// usage it reported) but useless: the next model answers instead.
 #[tokio::test]
 async fn an_empty_answer_cut_at_the_limit_falls_back() {
-    let empty = FakeProvider::start(Reply::json(
+    let (empty, _good, _dir, s) = deepseek_then_anthropic(Reply::json(
         200,
         json!({
             "id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000,
@@ -444,23 +455,6 @@ async fn an_empty_answer_cut_at_the_limit_falls_back() {
                       "completion_tokens_details": {"reasoning_tokens": 1024}}
         }),
     ))
-    .await;
-    let good = FakeProvider::start(anthropic_ok(
-        "claude-haiku-4-5",
-        "from anthropic",
-        json!({"input_tokens": 10, "output_tokens": 10}),
-    ))
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let s = spawn(
-        dir.path(),
-        &[
-            ("DEEPSEEK_API_KEY", DEEPSEEK_KEY.into()),
-            ("DEEPSEEK_BASE_URL", empty.base.clone()),
-            ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.into()),
-            ("ANTHROPIC_BASE_URL", good.base.clone()),
-        ],
-    )
     .await;
     let c = s
         .ok(

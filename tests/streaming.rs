@@ -234,26 +234,20 @@ async fn a_long_stream_is_not_cut_off_but_a_stall_is() {
     )
     .await;
     let args = json!({"prompt": "count", "force_model": "deepseek/deepseek-v3.2"});
-    let r = client
-        .call_tool(
+    let complete = || {
+        client.call_tool(
             CallToolRequestParams::new("complete_prompt")
                 .with_arguments(args.as_object().unwrap().clone()),
         )
-        .await
-        .unwrap();
+    };
+    let r = complete().await.unwrap();
     assert_ne!(r.is_error, Some(true), "{:?}", r.content);
     let c = r.structured_content.unwrap();
     assert_eq!(c["answer"], pieces.concat(), "{c}");
 
     // Silent for 1.5 s between events: ended by the idle limit.
     fake.push(reply(1500));
-    let r = client
-        .call_tool(
-            CallToolRequestParams::new("complete_prompt")
-                .with_arguments(args.as_object().unwrap().clone()),
-        )
-        .await
-        .unwrap();
+    let r = complete().await.unwrap();
     assert_eq!(r.is_error, Some(true));
     let text = format!("{:?}", r.content);
     assert!(text.contains("did not answer in time"), "{text}");
