@@ -177,6 +177,22 @@ async fn junk_on_stdin_never_takes_the_server_down() {
                 "Invalid Request: message longer than 16777216 bytes; it was discarded",
             ),
         ),
+        (
+            // The same, from a client that named its request first: the
+            // refusal carries that id, so the client is not left waiting.
+            "17 MB tool call with its id up front",
+            {
+                let mut m = br#"{"jsonrpc":"2.0","id":91,"method":"tools/call","params":{"name":"get_recommendation","arguments":{"prompt":""#.to_vec();
+                m.extend(std::iter::repeat_n(b'a', 17 * 1024 * 1024));
+                m.extend_from_slice(br#""}}}"#);
+                m
+            },
+            invalid(
+                json!(91),
+                -32600,
+                "Invalid Request: message longer than 16777216 bytes; it was discarded",
+            ),
+        ),
     ];
     let mut id = 100;
     for (what, mut bytes, expected) in junk {

@@ -58,6 +58,10 @@ pub struct StdioTransport<R> {
     line: Vec<u8>,
     /// Skipping the rest of a line already refused as too long.
     discarding: bool,
+    /// The id of the last line refused as too long, if its first bytes
+    /// named one: the error reply carries it, so the client can match it
+    /// to its request instead of waiting for a timeout.
+    too_long_id: Value,
     /// Stdin has ended: the next `receive` returns `None`.
     eof: bool,
     /// An error reply not yet handed to the writer (the queue was full).
@@ -104,6 +108,7 @@ impl<R: AsyncRead + Unpin + Send> StdioTransport<R> {
             read: BufReader::new(read),
             line: Vec::new(),
             discarding: false,
+            too_long_id: Value::Null,
             eof: false,
             pending: None,
             out: Some(tx),
@@ -137,7 +142,9 @@ impl<R: AsyncRead + Unpin + Send> StdioTransport<R> {
             if self.discarding {
                 self.discarding = newline.is_none();
             } else if self.line.len() + used > self.max_line {
-                self.line.clear();
+                let mut head = std::mem::take(&mut self.line);
+                head.extend_from_slice(&available[..used.min(ID_SCAN_BYTES)]);
+                self.too_long_id = early_id(&head[..head.len().min(ID_SCAN_BYTES)]);
                 self.discarding = newline.is_none();
                 outcome = Some(LineRead::TooLong);
             } else {
@@ -231,7 +238,7 @@ impl<R: AsyncRead + Unpin + Send> Transport<RoleServer> for StdioTransport<R> {
                         "a message longer than the limit was refused and skipped"
                     );
                     Decoded::Reply(error_line(
-                        Value::Null,
+                        std::mem::take(&mut self.too_long_id),
                         INVALID_REQUEST,
                         &format!(
                             "Invalid Request: message longer than {} bytes; it was discarded",
@@ -452,6 +459,61 @@ fn misfit_params(m: &RxJsonRpcMessage<RoleServer>) -> Option<Vec<u8>> {
 }
 
 /// A JSON-RPC error response, encoded as one line.
+/// How much of an over-long line is searched for its id.
+const ID_SCAN_BYTES: usize = 64 * 1024;
+
+/// The top-level `"id"` of a JSON-RPC message, from its first bytes only
+/// (the rest was never kept): a number or a string, if the key comes
+/// before the cut. Clients usually write `jsonrpc`, `id`, `method` first.
+fn early_id(head: &[u8]) -> Value {
+    let mut depth = 0usize;
+    let mut i = 0;
+    // Whether the next string at depth 1 is a key.
+    let mut key_next = false;
+    while i < head.len() {
+        match head[i] {
+            b'{' => {
+                depth += 1;
+                key_next = depth == 1;
+            }
+            b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' => key_next = depth == 1,
+            b'"' => {
+                // The string's end, skipping escapes.
+                let start = i + 1;
+                let mut j = start;
+                while j < head.len() && head[j] != b'"' {
+                    j += if head[j] == b'\\' { 2 } else { 1 };
+                }
+                if j >= head.len() {
+                    return Value::Null;
+                }
+                let is_id_key = key_next && &head[start..j] == b"id";
+                key_next = false;
+                i = j + 1;
+                if is_id_key {
+                    let rest = &head[i..];
+                    let colon = rest.iter().position(|b| !b.is_ascii_whitespace());
+                    if let Some(c) = colon.filter(|c| rest[*c] == b':') {
+                        let value = serde_json::Deserializer::from_slice(&rest[c + 1..])
+                            .into_iter::<Value>()
+                            .next();
+                        return match value {
+                            Some(Ok(v @ (Value::Number(_) | Value::String(_)))) => v,
+                            _ => Value::Null,
+                        };
+                    }
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Value::Null
+}
+
 fn error_line(id: Value, code: i64, message: &str) -> Vec<u8> {
     let v = serde_json::json!({
         "jsonrpc": "2.0",
@@ -466,6 +528,34 @@ fn error_line(id: Value, code: i64, message: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn early_id_reads_the_top_level_id_from_the_head() {
+        let cut = |s: &str| early_id(s.as_bytes());
+        assert_eq!(
+            cut(r#"{"jsonrpc":"2.0","id":91,"method":"tools/call","params":{"x":"aaa"#),
+            json!(91)
+        );
+        assert_eq!(
+            cut(r#"{ "id" : "req-7" , "method":"x","params":"#),
+            json!("req-7")
+        );
+        // A nested "id" is not the message's.
+        assert_eq!(cut(r#"{"params":{"id":5,"x":"aaaa"#), Value::Null);
+        assert_eq!(
+            cut(r#"{"method":"x","params":{"id":5},"id":6,"x":"#),
+            json!(6)
+        );
+        // A string value "id" is not a key; escapes inside strings are skipped.
+        assert_eq!(cut(r#"{"a":"id","b":"q\"id\"","id":3}"#), json!(3));
+        // Cut before the id, or an id of the wrong type: none.
+        assert_eq!(
+            cut(r#"{"jsonrpc":"2.0","method":"x","params":{"#),
+            Value::Null
+        );
+        assert_eq!(cut(r#"{"id":{"a":1}}"#), Value::Null);
+        assert_eq!(cut("{{{{{{"), Value::Null);
+    }
     use serde_json::json;
 
     fn reply(d: Decoded) -> Value {
