@@ -50,6 +50,15 @@ const MIGRATIONS: &[&str] = &[
 pub const GLOBAL_SCOPE: &str = "*";
 
 /// How long a write waits for another process's lock before failing.
+/// The budget columns `budget_row` reads, as a literal so each query is
+/// built at compile time (`budget` runs on every call: no `format!` there).
+macro_rules! budget_select {
+    () => {
+        "SELECT user_id, limit_nanos, period, thresholds, mode, timezone, webhook_url, \
+         webhook_format FROM budgets"
+    };
+}
+
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// USD → nano-dollars, rounded; negative and non-finite become 0.
@@ -916,7 +925,7 @@ impl Ledger {
         let conn = self.lock();
         // Cached: every call reads its budgets, and preparing this statement
         // anew each time was 5 % of a `complete_prompt`'s CPU.
-        conn.prepare_cached(&format!("{BUDGET_SELECT} WHERE user_id = ?1"))
+        conn.prepare_cached(concat!(budget_select!(), " WHERE user_id = ?1"))
             .and_then(|mut stmt| stmt.query_row([user_id], budget_row).optional())
             .map_err(|e| self.err(e))
     }
@@ -924,7 +933,7 @@ impl Ledger {
     /// Every stored budget (users' and the global one).
     pub fn budget_rows(&self) -> Result<Vec<BudgetRow>, LedgerError> {
         let conn = self.lock();
-        conn.prepare(&format!("{BUDGET_SELECT} ORDER BY user_id"))
+        conn.prepare(concat!(budget_select!(), " ORDER BY user_id"))
             .and_then(|mut stmt| stmt.query_map([], budget_row)?.collect())
             .map_err(|e| self.err(e))
     }
@@ -1054,9 +1063,6 @@ impl Ledger {
             .map_err(|e| self.err(e))
     }
 }
-
-const BUDGET_SELECT: &str = "SELECT user_id, limit_nanos, period, thresholds, mode, timezone,
-    webhook_url, webhook_format FROM budgets";
 
 fn budget_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BudgetRow> {
     Ok(BudgetRow {
