@@ -49,7 +49,6 @@ const MIGRATIONS: &[&str] = &[
 /// The scope of the global budget, which caps every user together.
 pub const GLOBAL_SCOPE: &str = "*";
 
-/// How long a write waits for another process's lock before failing.
 /// The budget columns `budget_row` reads, as a literal so each query is
 /// built at compile time (`budget` runs on every call: no `format!` there).
 macro_rules! budget_select {
@@ -59,6 +58,7 @@ macro_rules! budget_select {
     };
 }
 
+/// How long a write waits for another process's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// USD → nano-dollars, rounded; negative and non-finite become 0.
