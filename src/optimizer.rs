@@ -1481,9 +1481,14 @@ impl Optimizer {
                 // Refused or unanswered: nothing was billed. Cut off after
                 // the provider accepted: it may bill what it produced, so
                 // the attempt is recorded at the cost of the usage seen.
-                let partial = err
-                    .accepted
-                    .map(|usage| self.partial_charge(&cand.model, usage));
+                let partial = err.accepted.map(|usage| {
+                    partial_charge(
+                        &self.catalog,
+                        &cand.model,
+                        usage,
+                        reservation.cancel_usage(),
+                    )
+                });
                 let (cost, source, usage) = match &partial {
                     Some(p) => (p.cost_usd, p.source, p.usage),
                     None => (0.0, "provider", Usage::default()),
@@ -1509,7 +1514,7 @@ impl Optimizer {
                     cut_off.push(CutOff {
                         model: cand.model.clone(),
                         cost_usd: p.cost_usd,
-                        estimated: p.source == "estimate",
+                        basis: (p.source == "estimate").then_some(p.basis),
                         recorded: recorded.is_ok(),
                     });
                 }
@@ -1599,8 +1604,6 @@ impl Optimizer {
         ))
     }
 
-    /// What to record for an attempt on `model` that failed after the
-    /// provider accepted it, having reported `usage` so far.
     /// How to charge an attempt on `model` if the caller goes away before
     /// it finishes: the estimated prompt plus the text streamed so far.
     fn cancel_charge(&self, model: &str, input_tokens: u64, sink: &CountingSink) -> CancelCharge {
@@ -1615,26 +1618,6 @@ impl Optimizer {
             price,
             input_tokens,
             streamed_bytes: sink.bytes.clone(),
-        }
-    }
-
-    fn partial_charge(&self, model: &str, usage: Usage) -> PartialCharge {
-        let (cost, source) = self.catalog.price_call(model, &usage, None);
-        let seen = usage.input_tokens
-            + usage.cache_read_tokens
-            + usage.cache_write_tokens
-            + usage.output_tokens
-            > 0;
-        let (cost_usd, source, maybe_billed) = match source {
-            CostSource::Local => (0.0, "local", false),
-            CostSource::Catalog | CostSource::Provider if seen => (cost, "estimate", true),
-            _ => (0.0, "unpriced", true),
-        };
-        PartialCharge {
-            usage,
-            cost_usd,
-            source,
-            maybe_billed,
         }
     }
 
@@ -2270,6 +2253,15 @@ impl ReservationGuard {
         }
     }
 
+    /// The usage a cancellation would record for the pending attempt now
+    /// (zero when none is pending).
+    fn cancel_usage(&self) -> Usage {
+        self.pending
+            .as_ref()
+            .map(|(_, _, charge)| charge.settle().0)
+            .unwrap_or_default()
+    }
+
     /// Remembers the attempt about to start, so a cancellation can record
     /// it, charged as `charge` says.
     fn pending(mut self, record: CallRecord, charge: CancelCharge) -> Self {
@@ -2324,25 +2316,80 @@ impl Drop for ReservationGuard {
     }
 }
 
+/// What to record for an attempt on `model` that failed after the
+/// provider accepted it, having reported `reported` so far.
+///
+/// What the reply did not report is filled in as for a cancelled
+/// attempt (`guess`, see [`CancelCharge`]): the router's estimate of the prompt when no
+/// prompt tokens came back, and the text received so far when it is
+/// more than the output reported. OpenAI-style streams report usage
+/// only in their last chunk, so without this a stream broken just
+/// before its end was recorded at $0 — and a budget could be spent
+/// past its limit by calls that all fail late.
+fn partial_charge(catalog: &Catalog, model: &str, reported: Usage, guess: Usage) -> PartialCharge {
+    let prompt_reported =
+        reported.input_tokens + reported.cache_read_tokens + reported.cache_write_tokens > 0;
+    let output_reported = reported.output_tokens >= guess.output_tokens;
+    let mut usage = reported;
+    if !prompt_reported {
+        usage.input_tokens = guess.input_tokens;
+    }
+    usage.output_tokens = reported.output_tokens.max(guess.output_tokens);
+    let basis = match (prompt_reported, output_reported) {
+        (true, true) => PartialBasis::Reported,
+        (false, _) if reported.output_tokens == 0 => PartialBasis::Estimated,
+        _ => PartialBasis::Mixed,
+    };
+    let (cost, source) = catalog.price_call(model, &usage, None);
+    let (cost_usd, source, maybe_billed) = match source {
+        CostSource::Local => (0.0, "local", false),
+        CostSource::Catalog | CostSource::Provider => (cost, "estimate", true),
+        CostSource::Unpriced => (0.0, "unpriced", true),
+    };
+    PartialCharge {
+        usage,
+        cost_usd,
+        source,
+        maybe_billed,
+        basis,
+    }
+}
+
 /// What an attempt cut off after the provider accepted it may have cost.
 struct PartialCharge {
-    /// The usage the reply reported before it broke off.
+    /// The usage to record: what the reply reported, completed by the
+    /// estimate where it reported less (see [`partial_charge`]).
     usage: Usage,
     /// The cost recorded for it.
     cost_usd: f64,
-    /// `estimate` (usage × catalog price), `unpriced` (no usage reported
-    /// or no known price: cost unknown, recorded at $0 and flagged) or
-    /// `local` (a local model: free).
+    /// `estimate` (usage × catalog price), `unpriced` (no known price:
+    /// cost unknown, recorded at $0 and flagged) or `local` (a local
+    /// model: free).
     source: &'static str,
     /// Whether the provider may bill it at all.
     maybe_billed: bool,
+    /// Where the recorded usage came from.
+    basis: PartialBasis,
+}
+
+/// Where the usage recorded for a cut-off attempt came from, so the
+/// caller is told how far to trust its cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PartialBasis {
+    /// All of it from the provider's reply.
+    Reported,
+    /// The reply's usage, with the output raised to the text received.
+    Mixed,
+    /// None reported: the prompt estimate and the text received.
+    Estimated,
 }
 
 /// An attempt the provider may bill although it failed.
 struct CutOff {
     model: String,
     cost_usd: f64,
-    estimated: bool,
+    /// How its cost was estimated; `None` when it is unknown (no price).
+    basis: Option<PartialBasis>,
     recorded: bool,
 }
 
@@ -2355,10 +2402,19 @@ fn billed_note(cut_off: &[CutOff]) -> Option<String> {
     let parts: Vec<String> = cut_off
         .iter()
         .map(|c| {
-            let what = if c.estimated {
-                format!("an estimated ${:.6} from the usage it reported", c.cost_usd)
-            } else {
-                "$0 and flagged unpriced: it reported no usage, so its cost is unknown".into()
+            let what = match c.basis {
+                Some(PartialBasis::Reported) => {
+                    format!("an estimated ${:.6} from the usage it reported", c.cost_usd)
+                }
+                Some(PartialBasis::Mixed) => format!(
+                    "an estimated ${:.6} from the usage it reported and the text received",
+                    c.cost_usd
+                ),
+                Some(PartialBasis::Estimated) => format!(
+                    "an estimated ${:.6} from the prompt and the text received; it reported no usage",
+                    c.cost_usd
+                ),
+                None => "$0 and flagged unpriced: the model has no known price".into(),
             };
             if c.recorded {
                 format!("{} (recorded at {what})", c.model)
@@ -2498,6 +2554,76 @@ fn parse_since(s: &str) -> Result<i64, ToolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cut-off attempt is recorded at the usage its reply reported,
+    /// completed by the estimate (prompt, text received) where the reply
+    /// reported less: an OpenAI-style stream broken before its last chunk
+    /// reported nothing and must not be recorded at $0.
+    #[test]
+    fn partial_charge_completes_the_reported_usage_with_the_estimate() {
+        let catalog = Catalog::bundled();
+        let model = "deepseek/deepseek-v3.2";
+        let price = catalog.get(model).unwrap();
+        let usage = |input_tokens, output_tokens| Usage {
+            input_tokens,
+            output_tokens,
+            ..Usage::default()
+        };
+        let cost =
+            |u: Usage| u.input_tokens as f64 * price.input + u.output_tokens as f64 * price.output;
+        for (reported, guess, recorded, basis) in [
+            // Anthropic's message_start: prompt and first token reported.
+            (
+                usage(10, 1),
+                usage(50, 1),
+                usage(10, 1),
+                PartialBasis::Reported,
+            ),
+            // More text arrived than the last usage event counted.
+            (
+                usage(10, 1),
+                usage(50, 5),
+                usage(10, 5),
+                PartialBasis::Mixed,
+            ),
+            // An OpenAI-style stream cut before its usage chunk.
+            (
+                usage(0, 0),
+                usage(50, 3),
+                usage(50, 3),
+                PartialBasis::Estimated,
+            ),
+            // A 200 whose body could not be read: the prompt only.
+            (
+                usage(0, 0),
+                usage(50, 0),
+                usage(50, 0),
+                PartialBasis::Estimated,
+            ),
+        ] {
+            let p = partial_charge(&catalog, model, reported, guess);
+            assert_eq!(p.usage, recorded, "{reported:?} + {guess:?}");
+            assert_eq!(p.basis, basis, "{reported:?} + {guess:?}");
+            assert_eq!(p.source, "estimate");
+            assert!(p.maybe_billed);
+            assert!(p.cost_usd > 0.0 && (p.cost_usd - cost(recorded)).abs() < 1e-15);
+        }
+        let local = partial_charge(&catalog, "ollama/llama3.1", usage(0, 0), usage(50, 3));
+        assert_eq!(
+            (local.cost_usd, local.source, local.maybe_billed),
+            (0.0, "local", false)
+        );
+        let unknown = partial_charge(
+            &catalog,
+            "huggingface/acme/unknown-7b",
+            usage(0, 0),
+            usage(50, 3),
+        );
+        assert_eq!(
+            (unknown.cost_usd, unknown.source, unknown.maybe_billed),
+            (0.0, "unpriced", true)
+        );
+    }
 
     /// A cancelled attempt is charged the estimated prompt plus the text
     /// streamed so far (rounded up to whole tokens) at catalog prices; a

@@ -654,16 +654,18 @@ async fn a_failed_call_that_was_charged_fires_its_alert() {
         ],
     )
     .await;
-    // The cut-off attempt costs $0.000015 (10 input, 1 output token): 75%.
+    // The cut-off attempt costs $0.000015 (10 input, 1 output token): 60%.
     s.ok(
         "set_budget",
-        json!({"monthly_limit": 0.00002, "alert_thresholds": [0.5, 1.0], "mode": "warn"}),
+        json!({"monthly_limit": 0.000025, "alert_thresholds": [0.5, 1.0], "mode": "warn"}),
     )
     .await;
     let e = s.err("complete_prompt", call_args("default", 50)).await;
     assert!(e.contains("stream ended"), "{e}");
     assert!(e.contains("Budget alert") && e.contains("50%"), "{e}");
-    // Recorded once: the next failure does not alert again.
+    // Recorded once: the next failure ($0.000006: 1 input token reported,
+    // and the streamed "o" as 1 output token; 84% in all) does not alert
+    // again.
     fake.push(streamed(
         "text/event-stream",
         anthropic_sse_body(

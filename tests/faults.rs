@@ -38,10 +38,10 @@ struct Case {
     midstream_error: fn() -> Reply,
     /// The env-var name the auth message must mention.
     key_name: &'static str,
-    /// What an attempt cut off mid-stream is recorded at: the cost of the
-    /// usage the stream reported before it broke (Anthropic's
-    /// `message_start` carries the input tokens; the others report usage
-    /// only at the end).
+    /// The cost of the usage a stream reports before it breaks
+    /// (Anthropic's `message_start` carries the input tokens and the first
+    /// output token); 0 for the others, which report usage only at the
+    /// end, so a cut-off attempt is charged an estimate instead.
     partial_cost: f64,
 }
 
@@ -291,6 +291,11 @@ struct Harness {
     failed: u64,
     calls: u64,
     cost: f64,
+    /// USD of the test prompt's estimated input tokens and of one output
+    /// token, as `check_model_costs` prices them (0 for an unpriced or
+    /// local model): what an attempt that reported no usage is charged.
+    prompt_cost: f64,
+    token_cost: f64,
 }
 
 impl Harness {
@@ -305,6 +310,34 @@ impl Harness {
             env.push((k, FAKE_KEY.to_string()));
         }
         let s = spawn(dir, &env).await;
+        // HuggingFace's model has no price (nothing to estimate) and
+        // Ollama's is local (free).
+        let priced = !matches!(name, "huggingface" | "ollama");
+        let costs = if priced {
+            s.ok(
+                "check_model_costs",
+                json!({"model": case.model, "prompt": "say ok"}),
+            )
+            .await
+        } else {
+            json!({"models": []})
+        };
+        let row = costs["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["model"] == case.model)
+            .cloned();
+        assert_eq!(row.is_some(), priced, "[{name}] {costs}");
+        let (prompt_cost, token_cost) = match row {
+            Some(m) => {
+                let token = m["output_per_mtok"].as_f64().unwrap() / 1e6;
+                let assumed = costs["assumed_output_tokens"].as_f64().unwrap();
+                let estimate = m["estimated_cost_usd"].as_f64().unwrap();
+                (estimate - assumed * token, token)
+            }
+            _ => (0.0, 0.0),
+        };
         Harness {
             s,
             fake,
@@ -313,6 +346,20 @@ impl Harness {
             failed: 0,
             calls: 0,
             cost: 0.0,
+            prompt_cost,
+            token_cost,
+        }
+    }
+
+    /// What an attempt cut off after the provider accepted it is recorded
+    /// at: the usage its stream reported, or, when it reported none, the
+    /// estimated prompt plus the text received (every cut-off stream of
+    /// this suite delivered one or two bytes: one token).
+    fn cut_off_cost(&self, streamed: bool) -> f64 {
+        if streamed && self.case.partial_cost > 0.0 {
+            self.case.partial_cost
+        } else {
+            self.prompt_cost + if streamed { self.token_cost } else { 0.0 }
         }
     }
 
@@ -328,18 +375,21 @@ impl Harness {
     /// What the caller is told about an attempt cut off after the
     /// provider accepted it: a local model bills nothing; otherwise the
     /// provider may have billed it, recorded at the cost of the usage the
-    /// stream reported, or at $0 flagged unpriced when it reported none.
-    fn cut_off_note(&self, usage_seen: bool) -> String {
+    /// stream reported or at an estimate when it reported none, or at $0
+    /// flagged unpriced when the model has no price.
+    fn cut_off_note(&self, streamed: bool) -> String {
         if self.name == "ollama" {
             return "Nothing was charged.".into();
         }
-        let recorded = if usage_seen && self.case.partial_cost > 0.0 {
-            format!(
-                "an estimated ${:.6} from the usage it reported",
-                self.case.partial_cost
-            )
+        let cost = self.cut_off_cost(streamed);
+        let recorded = if self.name == "huggingface" {
+            "$0 and flagged unpriced: the model has no known price".into()
+        } else if streamed && self.case.partial_cost > 0.0 {
+            format!("an estimated ${cost:.6} from the usage it reported")
         } else {
-            "$0 and flagged unpriced: it reported no usage, so its cost is unknown".into()
+            format!(
+                "an estimated ${cost:.6} from the prompt and the text received; it reported no usage"
+            )
         };
         format!(
             "The provider may have billed the partial answer of an attempt cut off mid-response: {} (recorded at {recorded}).",
@@ -351,7 +401,7 @@ impl Harness {
     /// own cost is exact, the cut-off attempt is in the ledger at the cost
     /// of the usage it reported, and the caller is told.
     async fn expect_recovery_after_cutoff(&mut self, what: &str) {
-        self.cost += self.case.partial_cost;
+        self.cost += self.cut_off_cost(true);
         let c = self.expect_recovery(what, 1).await;
         let warning = c["warning"].as_str().unwrap_or_default().to_string();
         let note = self.cut_off_note(true);
@@ -512,13 +562,14 @@ async fn run_matrix(name: &'static str) {
         drip: None,
     });
     // The provider accepted the request (200), so it may bill it; the
-    // reply reported no usage, so its cost is unknown.
+    // reply reported no usage, so the prompt is charged as estimated.
+    h.cost += h.cut_off_cost(false);
     let note = h.cut_off_note(false);
     h.expect_failure("malformed JSON", "could not be read", 1, &note)
         .await;
     // A stream that stops before its end.
     h.fake.push((h.case.truncated)());
-    h.cost += h.case.partial_cost;
+    h.cost += h.cut_off_cost(true);
     let note = h.cut_off_note(true);
     h.expect_failure("truncated stream", "stream ended", 1, &note)
         .await;
