@@ -169,7 +169,14 @@ impl ProviderError {
         let message = json
             .as_ref()
             .and_then(extract_message)
-            .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect());
+            // Redacted before it is cut short: a key straddling the cut
+            // would otherwise leak its first part.
+            .unwrap_or_else(|| {
+                redact(&String::from_utf8_lossy(body))
+                    .chars()
+                    .take(200)
+                    .collect()
+            });
         let error_type = json
             .as_ref()
             .and_then(|j| {
@@ -380,6 +387,24 @@ mod tests {
             &HeaderMap::new(),
             body.as_bytes(),
         )
+    }
+
+    /// A key echoed in a non-JSON error page (a proxy's HTML 502) is
+    /// redacted before the page is cut to its first 200 characters, so no
+    /// part of it survives even where it straddles the cut.
+    #[test]
+    fn a_key_straddling_the_cut_of_an_error_page_is_not_leaked() {
+        let key = "sk-straddle-0123456789abcdefghijklmnopqrstuv";
+        crate::secrets::register(key);
+        for pad in [180, 190, 195, 199] {
+            let body = format!("<html>{}{key} bad gateway</html>", "x".repeat(pad - 6));
+            let e = classify(502, &body);
+            let shown = e.user_message();
+            for window in key.as_bytes().windows(8) {
+                let part = std::str::from_utf8(window).unwrap();
+                assert!(!shown.contains(part), "pad {pad}: {part:?} in {shown}");
+            }
+        }
     }
 
     #[test]
