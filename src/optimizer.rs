@@ -636,26 +636,33 @@ impl Optimizer {
             .map_err(|e| ToolError::Ledger(e.to_string()))?;
         Ok(match row {
             Some(r) => Budget::from_row(r),
-            None => Budget {
-                user_id: user.to_string(),
-                limit_usd: self.settings.default_monthly_budget_usd,
-                thresholds: self.settings.default_alert_thresholds.clone(),
-                mode: self.settings.default_budget_mode,
-                is_default: true,
-                period: self.settings.default_period,
-                timezone: self.settings.default_timezone.clone(),
-                webhook: None,
-            },
+            None => self.configured_default(user),
         })
     }
 
-    /// The earliest start of a current budget period: of the default
-    /// budget and of every stored one. Calls from then on are what those
-    /// budgets have spent, so history before it is all that may be pruned
-    /// (deleting a call takes its cost out of the period's spend).
+    /// The budget of a user who never set one: the configured default.
+    fn configured_default(&self, user: &str) -> Budget {
+        Budget {
+            user_id: user.to_string(),
+            limit_usd: self.settings.default_monthly_budget_usd,
+            thresholds: self.settings.default_alert_thresholds.clone(),
+            mode: self.settings.default_budget_mode,
+            is_default: true,
+            period: self.settings.default_period,
+            timezone: self.settings.default_timezone.clone(),
+            webhook: None,
+        }
+    }
+
+    /// The earliest start of a current budget period: of the configured
+    /// default and of every stored budget. Calls from then on are what
+    /// those budgets have spent, so history before it is all that may be
+    /// pruned (deleting a call takes its cost out of the period's spend).
+    /// The configured default counts even when user `default` stored a
+    /// budget of its own: it still governs every user without one.
     pub fn earliest_period_start(&self, now_ms: i64) -> Result<(i64, String), ToolError> {
         let ledger = self.ledger()?;
-        let mut budgets = vec![self.budget_of(ledger, DEFAULT_USER)?];
+        let mut budgets = vec![self.configured_default(DEFAULT_USER)];
         budgets.extend(
             ledger
                 .budget_rows()

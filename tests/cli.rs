@@ -193,6 +193,15 @@ fn retention_prunes_and_corrupt_ledger_is_explained() {
         None,
     );
     assert!(o.status.success(), "{}", stderr(&o));
+    // Nor does a daily budget stored for user "default": the configured
+    // monthly default still governs every user without a budget of their
+    // own (it used to be skipped once "default" had a row).
+    let o = run(
+        dir.path(),
+        &["budget", "--set", "5", "--period", "daily"],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
     let o = run(dir.path(), &["retention", "--older-than-days", "1"], None);
     let day = jiff::Timestamp::now().in_tz("UTC").unwrap().day();
     if day >= 3 {
