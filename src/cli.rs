@@ -552,6 +552,7 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
                 speak: speak.then_some(true),
                 voice,
                 feedback: None,
+                feedback_owner: None,
             };
             let r = emit(
                 &out,
@@ -594,7 +595,7 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
             let now = crate::optimizer::system_clock()();
             emit(
                 &out,
-                crate::feedback::record(&core, &args, "cli", now),
+                crate::feedback::record(&core, &args, "cli", now, None),
                 crate::feedback::render_receipt,
             )
         }

@@ -84,12 +84,16 @@ pub struct FeedbackReceipt {
     pub score: Option<f64>,
 }
 
-/// Validates and stores `args`; `source` is `cli` or `mcp`.
+/// Validates and stores `args`; `source` is `cli` or `mcp`. With `owner`,
+/// only that user's calls may be rated: another user's request id is
+/// refused exactly like an unknown one, so a key learns nothing of other
+/// users' calls.
 pub fn record(
     core: &Optimizer,
     args: &FeedbackArgs,
     source: &str,
     now_ms: i64,
+    owner: Option<&str>,
 ) -> Result<FeedbackReceipt, ToolError> {
     let id = args.request_id.trim();
     if id.is_empty() || id.len() > 200 {
@@ -110,11 +114,15 @@ pub fn record(
     }
     let ledger = core.ledger()?;
     let lerr = |e: crate::ledger::LedgerError| ToolError::Ledger(e.to_string());
-    let call = ledger.feedback_call(id).map_err(lerr)?.ok_or_else(|| {
-        ToolError::Invalid(format!(
-            "request_id: no call {id:?} in the ledger (it may have been pruned by retention)"
-        ))
-    })?;
+    let call = ledger
+        .feedback_call(id)
+        .map_err(lerr)?
+        .filter(|call| owner.is_none_or(|o| o == call.user_id))
+        .ok_or_else(|| {
+            ToolError::Invalid(format!(
+                "request_id: no call {id:?} in the ledger (it may have been pruned by retention)"
+            ))
+        })?;
     ledger
         .record_feedback(id, rating, source, note, now_ms)
         .map_err(lerr)?;

@@ -109,6 +109,13 @@ pub struct CompleteArgs {
     /// is routed; `ai-cost-optimizer calibrate` learns thresholds from it.
     #[serde(default)]
     pub feedback: Option<crate::feedback::FeedbackArgs>,
+    /// Set by the transport, never by a client: the only user whose calls
+    /// `feedback` may rate (a plain HTTP key's user). Ratings reveal the
+    /// rated call's model and score and feed calibration for everyone, so
+    /// one key must not rate another user's calls.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub feedback_owner: Option<String>,
 }
 
 /// Arguments of `get_recommendation`.
@@ -1094,7 +1101,13 @@ impl Optimizer {
         // A rating of an earlier answer is stored first: it stands on its
         // own, whatever happens to this call.
         let feedback = match &args.feedback {
-            Some(f) => Some(crate::feedback::record(self, f, "mcp", self.now())?),
+            Some(f) => Some(crate::feedback::record(
+                self,
+                f,
+                "mcp",
+                self.now(),
+                args.feedback_owner.as_deref(),
+            )?),
             None => None,
         };
         let ledger = self.ledger()?.clone();

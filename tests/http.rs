@@ -753,6 +753,19 @@ async fn budgets_apply_per_key_and_only_admins_set_them() {
     );
 }
 
+async fn complete_over_mcp(
+    client: &rmcp::service::RunningService<rmcp::RoleClient, ()>,
+    args: Value,
+) -> rmcp::model::CallToolResult {
+    client
+        .call_tool(
+            CallToolRequestParams::new("complete_prompt")
+                .with_arguments(args.as_object().unwrap().clone()),
+        )
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn mcp_over_streamable_http_with_a_key() {
     let fake = FakeProvider::start(ds_reply()).await;
@@ -852,6 +865,53 @@ async fn mcp_over_streamable_http_with_a_key() {
         .unwrap();
     assert_eq!(r.is_error, Some(true));
     assert!(text(&r).contains("no known price"), "{}", text(&r));
+
+    // A plain key rates only its own user's calls: bob's request id is
+    // refused like an unknown one (revealing nothing of bob's call), and
+    // nothing is called or charged; alice's own is recorded.
+    let admin = ()
+        .serve(StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", s.base))
+                .auth_header(ops.clone()),
+        ))
+        .await
+        .expect("initialize over HTTP");
+    let r = complete_over_mcp(
+        &admin,
+        json!({"prompt": "capital of Spain?", "user_id": "bob"}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    let bobs = r.structured_content.unwrap()["request_id"].clone();
+    let alices = sc["request_id"].clone();
+    let before = fake.requests().len();
+    let r = complete_over_mcp(
+        &client,
+        json!({"prompt": "hi", "feedback": {"request_id": bobs, "rating": "bad"}}),
+    )
+    .await;
+    assert_eq!(r.is_error, Some(true), "{}", text(&r));
+    assert!(text(&r).contains("no call"), "{}", text(&r));
+    assert_eq!(
+        fake.requests().len(),
+        before,
+        "a refused rating calls nothing"
+    );
+    let r = complete_over_mcp(
+        &client,
+        json!({"prompt": "hi", "feedback": {"request_id": alices, "rating": "good"}}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    assert_eq!(r.structured_content.unwrap()["feedback"]["rating"], 5);
+    // An admin may rate anyone's.
+    let r = complete_over_mcp(
+        &admin,
+        json!({"prompt": "hi", "feedback": {"request_id": bobs, "rating": "ok"}}),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    let _ = admin.cancel().await;
     let _ = client.cancel().await;
 
     // Metrics name every user's budget: admin keys only.

@@ -321,6 +321,7 @@ pub async fn chat_completions(
         speak: None,
         voice: None,
         feedback: None,
+        feedback_owner: None,
     };
     if req.stream.unwrap_or(false) {
         let include_usage = req.stream_options.is_some_and(|o| o.include_usage);

@@ -183,6 +183,8 @@ impl CostServer {
         {
             return tool_error(e);
         }
+        // A plain key rates only its own user's calls.
+        args.feedback_owner = caller(&ctx).filter(|c| !c.admin).and_then(|c| c.user_id);
         let _in_flight = self.observer.as_ref().map(|o| o.call_started());
         let core = self.core.clone();
         let sink = Arc::new(ProgressSink::default());
