@@ -689,13 +689,19 @@ struct ScoreIn {
 struct ScoreOut<'a> {
     id: &'a serde_json::Value,
     score: f64,
+    /// The tier routing would use: the scored one, or one cheaper when
+    /// the score is within the unsure margin of its boundary.
     tier: &'static str,
-    model: &'a str,
+    /// The model routing would try first for a typical short prompt in
+    /// that tier (`null` when the tier lists none).
+    model: Option<&'a str>,
     reasons: Vec<&'static str>,
 }
 
-/// Streams scores for JSONL prompts. Malformed lines produce an `error`
-/// line and do not stop the stream.
+/// Streams scores for JSONL prompts. A malformed line (not JSON, not
+/// UTF-8) produces an `error` line and does not stop the stream; output is
+/// flushed whenever the input has nothing more buffered, so a caller that
+/// writes one line and waits gets its answer.
 fn score_stdin(settings: &Settings, length_only: bool) -> Result<()> {
     let router = Router::new(settings.tier_thresholds, &settings.tier_models);
     let registry = Registry::from_env(
@@ -704,40 +710,44 @@ fn score_stdin(settings: &Settings, length_only: bool) -> Result<()> {
         settings.idle_timeout,
         settings.request_timeout,
     )?;
-    let catalog = Catalog::bundled();
-    // The model shown per tier: the first listed model whose provider is
-    // enabled, else the first listed.
-    let tier_model: Vec<String> = crate::router::Tier::ALL
+    let catalog = Catalog::load(
+        Some(&settings.refreshed_pricing_path()),
+        &settings.price_overrides,
+    )?;
+    let tier_model: Vec<Option<String>> = crate::router::Tier::ALL
         .iter()
-        .map(|t| {
-            let list = router.models(*t);
-            list.iter()
-                .find(|m| {
-                    catalog
-                        .get(m)
-                        .is_some_and(|p| registry.is_enabled(p.provider))
-                })
-                .or(list.first())
-                .cloned()
-                .unwrap_or_default()
-        })
+        .map(|t| router.typical_model(*t, &catalog, &registry))
         .collect();
-    let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut line = String::new();
-    let mut input = stdin.lock();
+    let mut input = std::io::BufReader::with_capacity(1 << 16, std::io::stdin().lock());
+    let mut bytes = Vec::new();
     let mut line_no = 0u64;
     loop {
-        line.clear();
-        if input.read_line(&mut line)? == 0 {
+        if input.buffer().is_empty() {
+            out.flush()?;
+        }
+        bytes.clear();
+        if input.read_until(b'\n', &mut bytes)? == 0 {
             break;
         }
         line_no += 1;
-        if line.trim().is_empty() {
+        let mut text = match std::str::from_utf8(&bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = serde_json::json!({"line": line_no, "error": format!("not UTF-8: {e}")});
+                serde_json::to_writer(&mut out, &msg)?;
+                out.write_all(b"\n")?;
+                continue;
+            }
+        };
+        if line_no == 1 {
+            text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        }
+        if text.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<ScoreIn>(&line) {
+        match serde_json::from_str::<ScoreIn>(text) {
             Ok(item) => {
                 let (value, reasons) = if length_only {
                     (scorer::length_only(&item.prompt), vec!["length"])
@@ -747,12 +757,12 @@ fn score_stdin(settings: &Settings, length_only: bool) -> Result<()> {
                     let s = scorer::score_unexplained(&item.prompt);
                     (s.value, s.top_features(3))
                 };
-                let (tier, _) = router.tier_for(value);
+                let tier = router.routed_tier(value);
                 let o = ScoreOut {
                     id: &item.id,
                     score: value,
                     tier: tier.as_str(),
-                    model: &tier_model[tier as usize],
+                    model: tier_model[tier as usize].as_deref(),
                     reasons,
                 };
                 serde_json::to_writer(&mut out, &o)?;

@@ -90,7 +90,10 @@ pub struct CompleteArgs {
     /// `anthropic/claude-haiku-4-5`); skips routing.
     #[serde(default)]
     pub force_model: Option<String>,
-    /// Use this tier instead of the one the complexity score picks.
+    /// Use this tier instead of the one the complexity score picks. Honoured
+    /// exactly: refused (with the reason) rather than swapped for another
+    /// tier when none of its models is available, fits the prompt or fits
+    /// the budget.
     #[serde(default)]
     #[schemars(extend("enum" = ["free", "cheap", "medium", "premium"]))]
     pub tier: Option<String>,
@@ -1322,7 +1325,11 @@ impl Optimizer {
                     attempt: (attempts.len() + 1) as u32,
                     provider: cand.provider.as_str().to_string(),
                     model: cand.model.clone(),
-                    tier: Some(cand.tier.as_str().to_string()),
+                    // A forced model in no routing tier has none (shown as
+                    // `forced`): recording the score's tier would read to
+                    // calibration as the caller overriding the router.
+                    tier: (forced != Some("model") || self.router.tier_of(&cand.model).is_some())
+                        .then(|| cand.tier.as_str().to_string()),
                     score: Some(plan.score),
                     forced: forced.map(str::to_string),
                     prompt_sha256: prompt_sha256.clone(),
@@ -2471,11 +2478,7 @@ fn api_model_name(id: &str) -> String {
 }
 
 fn cand_max_output(catalog: &Catalog, model: &str, asked: u32) -> u32 {
-    catalog
-        .get(model)
-        .and_then(|p| p.max_output_tokens)
-        .map(|m| asked.min(u32::try_from(m).unwrap_or(u32::MAX)))
-        .unwrap_or(asked)
+    catalog.get(model).map_or(asked, |p| p.output_cap(asked))
 }
 
 fn prompt_hash(system: Option<&str>, prompt: &str) -> String {

@@ -3,6 +3,7 @@
 mod common;
 
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -91,6 +92,104 @@ fn score_streams_jsonl_and_survives_bad_lines() {
         assert!(l["model"].as_str().unwrap().contains('/'));
         assert!(l["reasons"].is_array());
     }
+}
+
+/// `score` answers each line as soon as it is read (a caller that writes
+/// a line and waits is not left hanging until EOF), survives a line that
+/// is not UTF-8, accepts a byte-order mark, and reports the tier routing
+/// would use (one cheaper when the score is unsure) with a model of it.
+#[test]
+fn score_answers_line_by_line_and_survives_bytes_that_are_not_utf8() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(common::binary());
+    cmd.env_clear();
+    for (k, v) in common::base_env(dir.path()) {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .env("DEEPSEEK_API_KEY", "sk-FAKE-score-0000000000")
+        .arg("score")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let answers = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(answers).lines() {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    let next = || {
+        let l = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("no answer to a line while stdin stays open");
+        serde_json::from_str::<Value>(&l).unwrap()
+    };
+    stdin
+        .write_all("\u{feff}{\"id\":\"bom\",\"prompt\":\"hi\"}\n".as_bytes())
+        .unwrap();
+    stdin.flush().unwrap();
+    let first = next();
+    assert_eq!(first["id"], "bom", "{first}");
+    stdin
+        .write_all(b"{\"id\":\"x\",\"prompt\":\"\xff\xfe\"}\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    let bad = next();
+    assert_eq!(bad["line"], 2, "{bad}");
+    assert!(
+        bad["error"].as_str().unwrap().contains("not UTF-8"),
+        "{bad}"
+    );
+    stdin
+        .write_all(b"{\"id\":3,\"prompt\":\"What is the capital of France?\"}\n")
+        .unwrap();
+    drop(stdin);
+    let third = next();
+    assert_eq!(third["id"], 3, "{third}");
+    assert!(child.wait().unwrap().success());
+    // Only DeepSeek is enabled: every tier is answered by one of its
+    // models, the way routing would move to the nearest enabled tier.
+    for l in [&first, &third] {
+        let model = l["model"].as_str().unwrap();
+        assert!(model.starts_with("deepseek/"), "{l}");
+    }
+    // The tier is routing's: one cheaper than the scored tier when unsure.
+    let cfg = dir.path().join("cfg.toml");
+    let s = third["score"].as_f64().unwrap();
+    std::fs::write(
+        &cfg,
+        format!("[routing]\nthresholds = [{:.6}, 0.98, 0.99]\n", s - 0.01),
+    )
+    .unwrap();
+    let mut cmd = Command::new(common::binary());
+    cmd.env_clear();
+    for (k, v) in common::base_env(dir.path()) {
+        cmd.env(k, v);
+    }
+    let o = cmd
+        .env("COST_OPTIMIZER_CONFIG", &cfg)
+        .arg("score")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(b"{\"id\":1,\"prompt\":\"What is the capital of France?\"}\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let l: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(
+        l["tier"], "free",
+        "score {s} is within 0.03 above the cheap boundary: {l}"
+    );
 }
 
 #[test]

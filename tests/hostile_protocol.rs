@@ -288,7 +288,7 @@ async fn junk_on_stdin_never_takes_the_server_down() {
     s.call(
         id,
         "complete_prompt",
-        json!({"prompt": "word ".repeat(600_000), "tier": "cheap", "max_tokens": 10}),
+        json!({"prompt": "word ".repeat(600_000), "max_tokens": 10}),
     )
     .await;
     let r = s.reply(id, LONG).await;

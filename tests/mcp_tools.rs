@@ -371,9 +371,9 @@ async fn a_model_not_pulled_falls_through_to_the_next_candidate() {
         ],
     )
     .await;
-    let c = s
-        .ok("complete_prompt", json!({"prompt": "2+2?", "tier": "free"}))
-        .await;
+    // Scored free (not forced: a forced tier is never left for another).
+    let c = s.ok("complete_prompt", json!({"prompt": "2+2?"})).await;
+    assert_eq!(c["tier"], "cheap", "answered by the cheap tier's best: {c}");
     let attempts = c["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{c}");
     assert_eq!(attempts[0]["model"], "ollama/llama3.1", "{c}");

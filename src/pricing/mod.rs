@@ -143,6 +143,14 @@ impl ModelPrice {
         })
     }
 
+    /// The output tokens a request asking for `asked` may get: the model's
+    /// own output limit caps it (the request is sent with the lower of the
+    /// two, and the worst case a budget holds is priced on it).
+    pub fn output_cap(&self, asked: u32) -> u32 {
+        self.max_output_tokens
+            .map_or(asked, |m| asked.min(u32::try_from(m).unwrap_or(u32::MAX)))
+    }
+
     /// USD per million input tokens, for display.
     pub fn input_per_mtok(&self) -> f64 {
         self.input * 1e6

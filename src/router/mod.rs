@@ -220,6 +220,45 @@ impl Router {
         Router { thresholds, tiers }
     }
 
+    /// The tier routing uses for `score` when the caller forces nothing and
+    /// no budget mode intervenes: the scored tier, one cheaper when the
+    /// score is unsure (the cost-aware default).
+    pub fn routed_tier(&self, score: f64) -> Tier {
+        match self.tier_for(score) {
+            (t, true) if t > Tier::Free => Tier::ALL[t.index() - 1],
+            (t, _) => t,
+        }
+    }
+
+    /// The model routing would try first for a typical short prompt in
+    /// `tier`: the cheapest enabled one of the nearest tier that has one
+    /// (the same, then stronger, then cheaper, as [`Router::plan`] looks);
+    /// the tier's first listed model when no provider is enabled at all.
+    pub fn typical_model(
+        &self,
+        tier: Tier,
+        catalog: &Catalog,
+        registry: &Registry,
+    ) -> Option<String> {
+        /// Input tokens of the "typical short prompt" the choice is priced on.
+        const TYPICAL_INPUT_TOKENS: u64 = 100;
+        search_order(tier)
+            .into_iter()
+            .find_map(|t| {
+                self.models(t)
+                    .iter()
+                    .filter_map(|m| catalog.get(m))
+                    .filter(|p| registry.is_enabled(p.provider))
+                    .map(|p| {
+                        let cost = p.estimate(TYPICAL_INPUT_TOKENS, EXPECTED_OUTPUT_TOKENS);
+                        (cost, p.id)
+                    })
+                    .min_by(|a, b| a.0.total_cmp(&b.0))
+                    .map(|(_, id)| id)
+            })
+            .or_else(|| self.models(tier).first().cloned())
+    }
+
     /// The tier a score points to, and whether it is within
     /// [`UNSURE_MARGIN`] above the boundary below it.
     pub fn tier_for(&self, score: f64) -> (Tier, bool) {
@@ -263,7 +302,10 @@ impl Router {
                 estimated_input_tokens: input,
                 estimated_cost_usd: price
                     .estimate(input, EXPECTED_OUTPUT_TOKENS.min(req.max_tokens as u64)),
-                worst_case_cost_usd: price.estimate(input, req.max_tokens as u64),
+                // The request is capped at the model's output limit, so a
+                // max_tokens above it must not inflate the worst case (a
+                // wrongful step-down, or a hold larger than the call).
+                worst_case_cost_usd: price.estimate(input, price.output_cap(req.max_tokens) as u64),
                 input_per_mtok: price.input_per_mtok(),
                 output_per_mtok: price.output_per_mtok(),
                 available: registry.is_enabled(price.provider),
@@ -291,10 +333,23 @@ impl Router {
             if !registry.is_enabled(price.provider) {
                 return Err(RouteError(not_enabled(price.provider, "force_model")));
             }
-            let tier = req
-                .tier
-                .or_else(|| self.tier_of(model))
-                .unwrap_or(scored_tier);
+            // The model decides the tier. A different tier asked for too
+            // is a contradiction: refused, rather than answered by the model
+            // and recorded under a tier it is not in (calibration would
+            // read that as the caller overriding the router).
+            let model_tier = self.tier_of(model);
+            if let Some(t) = req.tier
+                && model_tier != Some(t)
+            {
+                return Err(RouteError(format!(
+                    "force_model {model:?} {} and tier {t} contradict each other; give one or the other",
+                    match model_tier {
+                        Some(mt) => format!("is a {mt} model"),
+                        None => "is in no routing tier".to_string(),
+                    }
+                )));
+            }
+            let tier = model_tier.unwrap_or(scored_tier);
             let c = candidate(&price, tier);
             check_context(&price, c.estimated_input_tokens, "force_model")?;
             check_budget(&c, req)?;
@@ -405,6 +460,32 @@ impl Router {
                  (ai-cost-optimizer doctor shows how) or configure [routing.tiers]"
             )));
         };
+        // A tier the caller asked for is honoured exactly: never swapped
+        // for a neighbour they did not ask for (which may cost ten times
+        // more, or answer worse).
+        if let Some(t) = req.tier
+            && chosen != t
+        {
+            let too_small: Vec<&str> = self
+                .models(t)
+                .iter()
+                .filter(|m| skipped_context.contains(m))
+                .map(String::as_str)
+                .collect();
+            return Err(RouteError(if too_small.is_empty() {
+                format!(
+                    "tier {t}: no model of the {t} tier is available (its models: {}); \
+                     enable one of their providers or leave tier unset",
+                    self.models(t).join(", ")
+                )
+            } else {
+                format!(
+                    "tier {t}: the prompt is longer than the context window of every \
+                     available {t} model ({}); shorten it or leave tier unset",
+                    too_small.join(", ")
+                )
+            }));
+        }
         if chosen != target {
             notes.push(format!(
                 "No enabled model in the {target} tier; using the {chosen} tier instead."
@@ -423,6 +504,14 @@ impl Router {
                     .copied()
                     .find(|t| by_tier[t].iter().any(fits));
                 match cheaper {
+                    Some(_) if req.tier.is_some() => {
+                        return Err(RouteError(format!(
+                            "tier {chosen}: no {chosen} model fits {what} of ${cap:.6} in the \
+                             worst case (max_tokens {}); {}",
+                            req.max_tokens,
+                            budget_advice(what)
+                        )));
+                    }
                     Some(t) => {
                         notes.push(format!(
                             "No {chosen} model fits {what} of ${cap:.6} in the worst case; \
@@ -450,9 +539,15 @@ impl Router {
             }
         }
 
-        // Try list: the chosen tier's models, then the neighbours' best.
+        // Try list: the chosen tier's models, then the neighbours' best
+        // (not when the caller asked for this tier).
         let mut candidates: Vec<Candidate> = by_tier[&chosen].clone();
-        for t in search_order(chosen).into_iter().skip(1) {
+        let neighbours = if req.tier.is_some() {
+            0
+        } else {
+            Tier::ALL.len()
+        };
+        for t in search_order(chosen).into_iter().skip(1).take(neighbours) {
             if let Some(best) = by_tier.get(&t).and_then(|l| l.first()) {
                 candidates.push(best.clone());
             }
@@ -653,11 +748,15 @@ mod tests {
     #[test]
     fn missing_tier_moves_up_then_down() {
         let reg = registry(&[ProviderId::Anthropic]);
-        let mut rq = req("hi");
-        rq.tier = Some(Tier::Free);
         let plan = router()
-            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+            .plan(
+                &req("hi"),
+                &Catalog::bundled(),
+                &reg,
+                DEFAULT_BASELINE_MODEL,
+            )
             .unwrap();
+        assert_eq!(plan.scored_tier, Tier::Free);
         assert_eq!(plan.tier, Tier::Medium);
         assert!(
             plan.notes
@@ -666,15 +765,66 @@ mod tests {
         );
     }
 
+    /// A tier the caller asked for is honoured exactly: refused when none
+    /// of its models is available or fits the budget, and never followed
+    /// by another tier's models on failure.
     #[test]
-    fn budget_limit_steps_down_or_refuses() {
+    fn a_forced_tier_is_never_swapped_for_another() {
         let reg = registry(&[ProviderId::Anthropic, ProviderId::Deepseek]);
         let mut rq = req("hi");
-        rq.tier = Some(Tier::Premium);
-        rq.budget_limit = Some(0.006);
+        rq.tier = Some(Tier::Free);
+        let err = router()
+            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+            .unwrap_err();
+        assert!(
+            err.0.starts_with("tier free: no model of the free tier"),
+            "{err}"
+        );
+        rq.tier = Some(Tier::Cheap);
         let plan = router()
             .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
             .unwrap();
+        assert!(!plan.candidates.is_empty());
+        assert!(
+            plan.candidates.iter().all(|c| c.tier == Tier::Cheap),
+            "{plan:?}"
+        );
+        rq.tier = Some(Tier::Premium);
+        rq.budget_limit = Some(0.006);
+        let err = router()
+            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+            .unwrap_err();
+        assert!(
+            err.0
+                .starts_with("tier premium: no premium model fits budget_limit"),
+            "{err}"
+        );
+        // DeepSeek's cheap model holds 163,840 tokens: a longer prompt is
+        // refused for that reason, not answered by the medium tier.
+        let reg = registry(&[ProviderId::Deepseek]);
+        let long = "word ".repeat(200_000);
+        let mut rq = req(&long);
+        rq.tier = Some(Tier::Cheap);
+        let err = router()
+            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+            .unwrap_err();
+        assert!(
+            err.0.contains("longer than the context window of every available cheap model (deepseek/deepseek-v3.2)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn budget_limit_steps_down_or_refuses() {
+        let reg = registry(&[ProviderId::Anthropic, ProviderId::Deepseek]);
+        // Low boundaries, so this prompt scores premium.
+        let r = Router::new([0.02, 0.05, 0.1], &BTreeMap::new());
+        let mut rq = req("Prove that there are infinitely many primes, step by step.");
+        rq.budget_limit = Some(0.006);
+        let plan = r
+            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+            .unwrap();
+        assert_eq!(plan.scored_tier, Tier::Premium, "{plan:?}");
         assert!(plan.tier < Tier::Premium, "{plan:?}");
         assert!(
             plan.candidates
@@ -682,10 +832,61 @@ mod tests {
                 .all(|c| c.worst_case_cost_usd <= 0.006)
         );
         rq.budget_limit = Some(1e-9);
-        let err = router()
+        let err = r
             .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
             .unwrap_err();
         assert!(err.0.contains("budget_limit"), "{err}");
+    }
+
+    /// A forced model decides the tier; a different tier asked for with it
+    /// is a contradiction, refused.
+    #[test]
+    fn a_forced_model_and_another_tier_contradict() {
+        let reg = registry(&[ProviderId::Deepseek]);
+        let mut rq = req("hi");
+        rq.force_model = Some("deepseek/deepseek-v4-pro".into());
+        let plan = router()
+            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+            .unwrap();
+        assert_eq!(plan.tier, Tier::Medium);
+        rq.tier = Some(Tier::Medium);
+        assert!(
+            router()
+                .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+                .is_ok()
+        );
+        rq.tier = Some(Tier::Free);
+        let err = router()
+            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+            .unwrap_err();
+        assert!(
+            err.0.contains("is a medium model and tier free contradict"),
+            "{err}"
+        );
+    }
+
+    /// The worst case a budget holds is priced at the output the request
+    /// can get: max_tokens capped by the model's own output limit.
+    #[test]
+    fn the_worst_case_is_capped_at_the_model_output_limit() {
+        let reg = registry(&[ProviderId::Anthropic]);
+        let catalog = Catalog::bundled();
+        let model = "anthropic/claude-haiku-4-5";
+        let price = catalog.get(model).unwrap();
+        let limit = price.max_output_tokens.unwrap();
+        let mut rq = req("hi");
+        rq.force_model = Some(model.into());
+        rq.max_tokens = (limit as u32) * 4;
+        let plan = router()
+            .plan(&rq, &catalog, &reg, DEFAULT_BASELINE_MODEL)
+            .unwrap();
+        let c = &plan.candidates[0];
+        let expected = price.estimate(c.estimated_input_tokens, limit);
+        assert!(
+            (c.worst_case_cost_usd - expected).abs() < 1e-12,
+            "{} vs {expected}",
+            c.worst_case_cost_usd
+        );
     }
 
     #[test]
