@@ -1386,7 +1386,13 @@ impl Optimizer {
                         if no_usage {
                             source = CostSource::Unpriced;
                         }
-                        let baseline_cost = baseline_price.as_ref().map(|b| b.cost_of(&resp.usage));
+                        // An unpriced call's own cost is unknown, so what
+                        // it saved is too: no baseline, rather than the whole
+                        // baseline counted as saved.
+                        let baseline_cost = baseline_price
+                            .as_ref()
+                            .filter(|_| source != CostSource::Unpriced)
+                            .map(|b| b.cost_of(&resp.usage));
                         let record = CallRecord {
                             input_tokens: resp.usage.input_tokens,
                             cache_read_tokens: resp.usage.cache_read_tokens,
@@ -1451,9 +1457,9 @@ impl Optimizer {
                         let global_budget = after.get_mut(1).and_then(Option::take);
                         let budget_after = after.get_mut(0).and_then(Option::take);
                         let (savings, pct) = match baseline_cost {
-                            Some(b) if b > 0.0 => {
-                                ((b - cost).max(0.0), ((b - cost) / b * 100.0).max(0.0))
-                            }
+                            // Negative when the model cost more than the
+                            // baseline (e.g. a forced dearer model).
+                            Some(b) if b > 0.0 => (b - cost, (b - cost) / b * 100.0),
                             _ => (0.0, 0.0),
                         };
                         if max_out < max_tokens {
@@ -1871,10 +1877,10 @@ impl Optimizer {
             user_id: user.clone(),
             total_cost_usd: totals.cost_usd,
             calls: totals.calls,
-            savings_usd: (totals.baseline_cost_usd - totals.cost_usd).max(0.0),
+            // Signed: calls dearer than the baseline count against it.
+            savings_usd: totals.baseline_cost_usd - totals.cost_usd,
             savings_percent: if totals.baseline_cost_usd > 0.0 {
-                ((totals.baseline_cost_usd - totals.cost_usd) / totals.baseline_cost_usd * 100.0)
-                    .max(0.0)
+                (totals.baseline_cost_usd - totals.cost_usd) / totals.baseline_cost_usd * 100.0
             } else {
                 0.0
             },

@@ -13,6 +13,9 @@ use crate::router::{Candidate, Reason};
 
 /// Formats a USD amount with enough digits for sub-cent call costs.
 pub fn usd(v: f64) -> String {
+    if v < 0.0 {
+        return format!("-{}", usd(-v));
+    }
     let a = v.abs();
     if a == 0.0 {
         "$0".into()
@@ -22,6 +25,17 @@ pub fn usd(v: f64) -> String {
         format!("${v:.4}")
     } else {
         format!("${v:.2}")
+    }
+}
+
+/// "Saved **$x** (y%)", or, when the calls cost more than the baseline
+/// (a forced premium model dearer than it), "Cost **$x** (y%) more" — a
+/// loss is shown, not rounded up to a zero saving.
+fn savings_phrase(saved: f64, percent: f64) -> String {
+    if saved < 0.0 {
+        format!("Cost **{}** ({:.0}%) more", usd(-saved), -percent)
+    } else {
+        format!("Saved **{}** ({percent:.0}%)", usd(saved))
     }
 }
 
@@ -37,11 +51,7 @@ fn reasons_line(reasons: &[Reason]) -> String {
 }
 
 fn budget_line(b: &BudgetStatus) -> String {
-    let this = match b.period.as_str() {
-        "daily" => "today",
-        "weekly" => "this week",
-        _ => "this month",
-    };
+    let (this, _) = b.period_words();
     let who = if b.user_id == crate::ledger::GLOBAL_SCOPE {
         "global".to_string()
     } else {
@@ -132,9 +142,8 @@ pub fn completion(c: &Completion) -> String {
     if let Some(b) = &c.baseline {
         let _ = writeln!(
             s,
-            "Saved **{}** ({:.0}%) against {} at {}.",
-            usd(c.savings_usd),
-            c.savings_percent,
+            "{} against {} at {}.",
+            savings_phrase(c.savings_usd, c.savings_percent),
             b.model,
             usd(b.cost_usd)
         );
@@ -284,6 +293,12 @@ pub fn cost_table(t: &CostTable) -> String {
     s
 }
 
+/// Rows a breakdown table shows; the rest are summed up in one line.
+const MAX_GROUP_ROWS: usize = 20;
+
+/// A breakdown as a table. Time breakdowns (`day`, `week`, `month`) come
+/// oldest first and keep their latest rows (today matters most); the
+/// others come largest first and keep their first rows.
 fn group_table(title: &str, groups: &[Group]) -> String {
     let mut s = String::new();
     if groups.is_empty() {
@@ -293,18 +308,28 @@ fn group_table(title: &str, groups: &[Group]) -> String {
         s,
         "\n**By {title}**\n\n| {title} | calls | cost | saved |\n|---|---|---|---|"
     );
-    for g in groups.iter().take(20) {
+    let by_time = matches!(title, "day" | "week" | "month");
+    let hidden = groups.len().saturating_sub(MAX_GROUP_ROWS);
+    let shown = if by_time {
+        if hidden > 0 {
+            let _ = writeln!(s, "| … {hidden} earlier | | | |");
+        }
+        &groups[hidden..]
+    } else {
+        &groups[..groups.len() - hidden]
+    };
+    for g in shown {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} |",
             cell(&g.key),
             g.totals.calls,
             usd(g.totals.cost_usd),
-            usd((g.totals.baseline_cost_usd - g.totals.cost_usd).max(0.0))
+            usd(g.totals.baseline_cost_usd - g.totals.cost_usd)
         );
     }
-    if groups.len() > 20 {
-        let _ = writeln!(s, "| … {} more | | | |", groups.len() - 20);
+    if hidden > 0 && !by_time {
+        let _ = writeln!(s, "| … {hidden} more | | | |");
     }
     s
 }
@@ -330,10 +355,9 @@ pub fn usage(u: &UsageReport) -> String {
     if u.totals.baseline_cost_usd > 0.0 {
         let _ = writeln!(
             s,
-            "Always-premium would have cost {}: saved **{}** ({:.0}%).",
+            "Always-premium would have cost {}: {}.",
             usd(u.totals.baseline_cost_usd),
-            usd(u.savings_usd),
-            u.savings_percent
+            savings_phrase(u.savings_usd, u.savings_percent).to_lowercase()
         );
     }
     if u.totals.failed_attempts > 0 {
@@ -397,7 +421,8 @@ pub fn usage(u: &UsageReport) -> String {
     if u.budget.forecast_usd > 0.0 {
         let _ = writeln!(
             s,
-            "Forecast for the month at this rate: {}.",
+            "Forecast for {} at this rate: {}.",
+            u.budget.period_words().1,
             usd(u.budget.forecast_usd)
         );
     }
@@ -525,8 +550,45 @@ mod tests {
         assert_eq!(cell("a\nb"), "a b");
     }
 
+    /// A long time breakdown keeps its latest rows (today included); a
+    /// ranked one keeps its largest; savings are signed.
+    #[test]
+    fn breakdowns_keep_the_rows_that_matter_and_show_losses() {
+        use crate::ledger::{Group, Totals};
+        let groups: Vec<Group> = (1..=25)
+            .map(|d| Group {
+                key: format!("2026-11-{d:02}"),
+                totals: Totals {
+                    calls: 1,
+                    cost_usd: 1.0,
+                    baseline_cost_usd: 0.5,
+                    ..Totals::default()
+                },
+            })
+            .collect();
+        let days = group_table("day", &groups);
+        assert!(
+            days.contains("| … 5 earlier |") && days.contains("2026-11-25"),
+            "{days}"
+        );
+        assert!(
+            !days.contains("2026-11-05 ") && days.contains("2026-11-06"),
+            "{days}"
+        );
+        assert!(days.contains("| -$0.5000 |"), "a loss, not $0: {days}");
+        let models = group_table("model", &groups);
+        assert!(
+            models.contains("2026-11-01") && models.contains("| … 5 more |"),
+            "{models}"
+        );
+        assert!(!models.contains("2026-11-21"), "{models}");
+        assert_eq!(savings_phrase(-0.5, -100.0), "Cost **$0.5000** (100%) more");
+        assert_eq!(savings_phrase(0.5, 50.0), "Saved **$0.5000** (50%)");
+    }
+
     #[test]
     fn usd_formats_small_and_large() {
+        assert_eq!(usd(-0.25), "-$0.2500");
         assert_eq!(usd(0.0), "$0");
         assert_eq!(usd(0.000123), "$0.000123");
         assert_eq!(usd(0.5), "$0.5000");

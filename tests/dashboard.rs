@@ -139,6 +139,39 @@ fn dashboard_command_writes_a_page_that_matches_the_ledger() {
         !html.contains("http://") && !html.contains("https://"),
         "no network"
     );
+    assert!(
+        html.contains("monthly (default budget)")
+            && html.contains("this month")
+            && html.contains("Forecast at the end of the month"),
+        "budget card"
+    );
+
+    // A daily budget is described as one: the card, the forecast and the
+    // `usage` text speak of today, not of a month.
+    let o = run(dir.path(), &["budget", "--set", "5", "--period", "daily"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(
+        dir.path(),
+        &["dashboard", "--days", "7", "--out", out.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        html.contains("· daily ·")
+            && html.contains("</b> today <span")
+            && html.contains("Forecast at the end of the day")
+            && !html.contains("this month")
+            && !html.contains("month end"),
+        "daily budget card"
+    );
+    let o = run(dir.path(), &["usage"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("spent today"), "{text}");
+    assert!(
+        !text.contains("Forecast for the month")
+            && !text.contains("Forecast for the end of the month"),
+        "{text}"
+    );
 
     // Default path and the empty state.
     let empty = tempfile::tempdir().unwrap();

@@ -180,6 +180,9 @@ async fn complete_prompt_bills_reported_usage_and_records_it() {
     );
     assert_eq!(reqs[0].body["model"], "deepseek-v3.2");
     assert_eq!(reqs[0].body["max_tokens"], 64);
+    // Usage is only streamed to clients that ask for it.
+    assert_eq!(reqs[0].body["stream"], true);
+    assert_eq!(reqs[0].body["stream_options"]["include_usage"], true);
     assert_eq!(
         reqs[0].body["messages"][0]["content"],
         "What is the capital of France?"
@@ -192,6 +195,74 @@ async fn complete_prompt_bills_reported_usage_and_records_it() {
     assert_eq!(u["by_model"][0]["key"], "deepseek/deepseek-v3.2");
     assert_eq!(u["by_provider"][0]["key"], "deepseek");
     assert_eq!(u["by_day"].as_array().unwrap().len(), 1);
+    s.stop().await;
+}
+
+/// Savings are signed: a forced model dearer than the baseline shows what
+/// it cost over it (in the call, `query_usage` and the text), not a $0
+/// saving; an unpriced call has no baseline, its saving being unknown, so
+/// it adds nothing to the savings either way.
+#[tokio::test]
+async fn savings_are_signed_and_unknown_for_unpriced_calls() {
+    let an = FakeProvider::start(anthropic_sse(
+        "claude-opus-4-7",
+        &["ok"],
+        json!({"input_tokens": 1000, "output_tokens": 1}),
+        500,
+    ))
+    .await;
+    let or = FakeProvider::start(openai_sse(
+        "some-lab/unlisted-model",
+        &["ok"],
+        json!({"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("ANTHROPIC_API_KEY", "sk-ant-FAKE-savings-0000000000".into()),
+            ("ANTHROPIC_BASE_URL", an.base.clone()),
+            ("OPENROUTER_API_KEY", "sk-or-FAKE-savings-0000000000".into()),
+            ("OPENROUTER_BASE_URL", format!("{}/api/v1", or.base)),
+        ],
+    )
+    .await;
+    let r = s
+        .call(
+            "complete_prompt",
+            json!({"prompt": "say ok", "force_model": "anthropic/claude-opus-4-7", "max_tokens": 600}),
+        )
+        .await;
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    let c = r.structured_content.clone().unwrap();
+    let cost = c["cost_usd"].as_f64().unwrap();
+    let base = c["baseline"]["cost_usd"].as_f64().unwrap();
+    assert!(cost > base, "opus costs more than the sonnet baseline: {c}");
+    assert_usd(&c["savings_usd"], base - cost);
+    assert!(c["savings_percent"].as_f64().unwrap() < 0.0, "{c}");
+    assert!(
+        text(&r).contains("more against anthropic/claude-sonnet-4-6"),
+        "{}",
+        text(&r)
+    );
+
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "say ok", "force_model": "openrouter/some-lab/unlisted-model"}),
+        )
+        .await;
+    assert_eq!(c["cost_source"], "unpriced", "{c}");
+    assert_eq!(c["baseline"], Value::Null, "{c}");
+    assert_usd(&c["savings_usd"], 0.0);
+
+    let r = s.call("query_usage", json!({})).await;
+    let u = r.structured_content.clone().unwrap();
+    assert_eq!(u["calls"], 2);
+    assert_usd(&u["totals"]["baseline_cost_usd"], base);
+    assert_usd(&u["savings_usd"], base - cost);
+    assert!(text(&r).contains("cost **"), "{}", text(&r));
     s.stop().await;
 }
 

@@ -313,6 +313,16 @@ pub struct BudgetStatus {
 }
 
 impl BudgetStatus {
+    /// How the current period reads in a sentence, and its end: ("today",
+    /// "the end of the day"), ("this week", …), ("this month", …).
+    pub fn period_words(&self) -> (&'static str, &'static str) {
+        match Period::parse(&self.period) {
+            Some(Period::Daily) => ("today", "the end of the day"),
+            Some(Period::Weekly) => ("this week", "the end of the week"),
+            _ => ("this month", "the end of the month"),
+        }
+    }
+
     /// True when `downgrade` mode should route cheaper.
     pub fn wants_downgrade(&self) -> bool {
         self.mode == BudgetMode::Downgrade && !self.crossed_thresholds.is_empty()

@@ -218,6 +218,9 @@ fn short_time(ms: i64) -> String {
 /// [`usd`] with thousands separators (`$12,345.67`): dashboards show
 /// big ledgers too.
 pub fn money(v: f64) -> String {
+    if v < 0.0 {
+        return format!("-{}", money(-v));
+    }
     let s = usd(v);
     let Some(rest) = s.strip_prefix('$') else {
         return s;
@@ -282,7 +285,8 @@ pub fn render(d: &DashboardData) -> String {
     );
 
     // KPI cards.
-    let saved = (t.baseline_cost_usd - t.cost_usd).max(0.0);
+    // Signed: calls dearer than the baseline count against it.
+    let saved = t.baseline_cost_usd - t.cost_usd;
     let avg = if t.calls > 0 {
         t.cost_usd / t.calls as f64
     } else {
@@ -293,7 +297,7 @@ pub fn render(d: &DashboardData) -> String {
         r#"<section class="kpis">
 <div class="card kpi"><div class="kpi-label">Spend</div><div class="kpi-value" id="total-cost" data-usd="{}">{}</div><div class="kpi-note">{} input · {} output tokens</div></div>
 <div class="card kpi"><div class="kpi-label">Calls</div><div class="kpi-value" id="total-calls" data-calls="{}">{}</div><div class="kpi-note">{} failed attempts{}</div></div>
-<div class="card kpi"><div class="kpi-label">Saved vs always-premium</div><div class="kpi-value good" id="total-saved" data-usd="{}">{}</div><div class="kpi-note">{:.0}% of {} baseline</div></div>
+<div class="card kpi"><div class="kpi-label">Saved vs always-premium</div><div class="kpi-value {}" id="total-saved" data-usd="{}">{}</div><div class="kpi-note">{:.0}% of {} baseline</div></div>
 <div class="card kpi"><div class="kpi-label">Average per call</div><div class="kpi-value" id="avg-cost" data-usd="{}">{}</div><div class="kpi-note">across {} models</div></div>
 </section>"#,
         t.cost_usd,
@@ -308,6 +312,7 @@ pub fn render(d: &DashboardData) -> String {
         } else {
             String::new()
         },
+        if saved < 0.0 { "bad-text" } else { "good" },
         saved,
         money(saved),
         pct(saved, t.baseline_cost_usd),
@@ -538,7 +543,7 @@ fn savings_card(h: &mut String, d: &DashboardData) {
         return;
     };
     let base = first.cost_usd;
-    let saved = (base - paid).max(0.0);
+    let saved = base - paid;
     let w = |v: f64| {
         let max = paid.max(base);
         if max > 0.0 {
@@ -563,12 +568,19 @@ fn savings_card(h: &mut String, d: &DashboardData) {
     let _ = write!(
         h,
         r#"</select></label></div>
-<div class="big-savings"><span id="savings-amount" class="good">{}</span> saved <span id="savings-pct" class="pill good">{:.0}%</span></div>
+<div class="big-savings"><span id="savings-amount" class="{}">{}</span> <span id="savings-word">{}</span> <span id="savings-pct" class="pill {}">{:.0}%</span></div>
 <div class="compare"><div class="cmp-row"><span>You paid</span><div class="cmp-track"><div class="cmp-fill paid" id="paid-bar" style="width:{:.2}%"></div></div><b>{}</b></div>
 <div class="cmp-row"><span>Baseline</span><div class="cmp-track"><div class="cmp-fill base" id="baseline-bar" style="width:{:.2}%"></div></div><b id="baseline-cost">{}</b></div></div>
 <p class="hint">The same successful calls, had every one gone to the baseline model. Other baselines are priced from the period's token totals.</p></div>"#,
-        money(saved),
-        pct(saved, base),
+        if saved < 0.0 { "bad-text" } else { "good" },
+        money(saved.abs()),
+        if saved < 0.0 {
+            "more than the baseline"
+        } else {
+            "saved"
+        },
+        if saved < 0.0 { "bad" } else { "good" },
+        pct(saved.abs(), base),
         w(paid),
         money(paid),
         w(base),
@@ -605,17 +617,18 @@ fn budget_card(h: &mut String, b: &Result<BudgetStatus, String>) {
             let _ = write!(
                 h,
                 r#"<span class="hint">user {} · {} · mode {}</span></div>
-<div class="budget-nums"><span class="big" id="budget-spent">{}</span> of <b>{}</b> this month <span class="pill {}">{:.1}%</span></div>
+<div class="budget-nums"><span class="big" id="budget-spent">{}</span> of <b>{}</b> {} <span class="pill {}">{:.1}%</span></div>
 {}<div class="marks">"#,
                 esc(&b.user_id),
                 if b.is_default {
-                    "default budget"
+                    format!("{} (default budget)", esc(&b.period))
                 } else {
-                    "monthly"
+                    esc(&b.period)
                 },
                 esc(b.mode.as_str()),
                 money(b.spent_usd),
                 money(b.limit_usd),
+                b.period_words().0,
                 if frac >= 1.0 {
                     "bad"
                 } else if b.crossed_thresholds.is_empty() {
@@ -636,9 +649,10 @@ fn budget_card(h: &mut String, b: &Result<BudgetStatus, String>) {
             }
             let _ = write!(
                 h,
-                r#"</div><ul class="facts"><li><span>Remaining</span><b>{}</b></li><li><span>Held by calls in flight</span><b>{}</b></li><li><span>Forecast at month end</span><b class="{}">{}</b></li><li><span>Next alert</span><b>{}</b></li></ul></div>"#,
+                r#"</div><ul class="facts"><li><span>Remaining</span><b>{}</b></li><li><span>Held by calls in flight</span><b>{}</b></li><li><span>Forecast at {}</span><b class="{}">{}</b></li><li><span>Next alert</span><b>{}</b></li></ul></div>"#,
                 money(b.remaining_usd),
                 money(b.reserved_usd),
+                b.period_words().1,
                 if forecast > 1.0 { "bad-text" } else { "" },
                 money(b.forecast_usd),
                 b.next_threshold
@@ -685,7 +699,7 @@ fn calls_table(h: &mut String, title: &str, id: &str, rows: &[CallRow], hint: &s
     for c in rows {
         let saved = c
             .baseline_cost_usd
-            .map(|b| money((b - c.cost_usd).max(0.0)))
+            .map(|b| money(b - c.cost_usd))
             .unwrap_or_else(|| "–".into());
         let _ = write!(
             h,
@@ -717,9 +731,10 @@ var sel=document.getElementById('baseline-select');if(!sel)return;
 var card=document.getElementById('savings');var paid=parseFloat(card.dataset.paid)||0;
 function money(v){var a=Math.abs(v);if(a===0)return '$0';if(a<0.01)return '$'+v.toFixed(6);if(a<1)return '$'+v.toFixed(4);return '$'+v.toFixed(2);}
 function update(){var base=parseFloat(sel.options[sel.selectedIndex].dataset.cost)||0;
-var saved=Math.max(0,base-paid);var max=Math.max(paid,base);
-document.getElementById('savings-amount').textContent=money(saved);
-document.getElementById('savings-pct').textContent=(base>0?Math.round(saved/base*100):0)+'%';
+var saved=base-paid;var max=Math.max(paid,base);var over=saved<0;
+var amount=document.getElementById('savings-amount');amount.textContent=money(Math.abs(saved));amount.className=over?'bad-text':'good';
+document.getElementById('savings-word').textContent=over?'more than the baseline':'saved';
+var pill=document.getElementById('savings-pct');pill.textContent=(base>0?Math.round(Math.abs(saved)/base*100):0)+'%';pill.className='pill '+(over?'bad':'good');
 document.getElementById('baseline-cost').textContent=money(base);
 document.getElementById('paid-bar').style.width=(max>0?paid/max*100:0)+'%';
 document.getElementById('baseline-bar').style.width=(max>0?base/max*100:0)+'%';}

@@ -34,17 +34,29 @@ pub fn nice_ceiling(max: f64) -> (f64, f64) {
     ((max / step).ceil().max(1.0) * step, step)
 }
 
-/// Short money label for an axis (`$0.25`, `$1.2k`).
-pub fn axis_usd(v: f64) -> String {
-    if v >= 1000.0 {
-        format!("${:.1}k", v / 1000.0)
-    } else if v >= 10.0 || v == 0.0 {
-        format!("${v:.0}")
-    } else if v >= 0.1 {
-        format!("${v:.2}")
-    } else {
-        format!("${v:.3}")
+/// Short money label for an axis gridline at `v`, with as many decimals as
+/// the gridline `step` needs (`$0.25`, `$0.00005`, `$1.25k`): cheap models
+/// spend fractions of a cent a day, and a fixed precision would print the
+/// same label on every gridline.
+pub fn axis_usd(v: f64, step: f64) -> String {
+    if v == 0.0 {
+        return "$0".into();
     }
+    if v >= 1000.0 && step >= 10.0 {
+        return format!("${:.*}k", decimals(step / 1000.0), v / 1000.0);
+    }
+    format!("${v:.*}", decimals(step))
+}
+
+/// The fewest decimals that print every multiple of `step` exactly (steps
+/// come from [`nice_ceiling`]: 1, 2, 2.5 or 5 times a power of ten).
+fn decimals(step: f64) -> usize {
+    (0..=12)
+        .find(|d| {
+            let scaled = step * 10f64.powi(*d as i32);
+            (scaled - scaled.round()).abs() < 1e-6 * scaled.max(1.0)
+        })
+        .unwrap_or(12)
 }
 
 /// One bar segment of a stacked chart.
@@ -95,7 +107,7 @@ pub fn stacked_bars(slot_labels: &[String], segments: &[Segment<'_>]) -> String 
             w - right,
             left - 8.0,
             yy + 4.0,
-            esc(&axis_usd(v))
+            esc(&axis_usd(v, step))
         );
         v += step;
     }
@@ -267,6 +279,24 @@ mod tests {
         assert_eq!(nice_ceiling(3.7), (4.0, 1.0));
         let (c, s) = nice_ceiling(0.0123);
         assert!(c >= 0.0123 && (c / s - (c / s).round()).abs() < 1e-9);
+    }
+
+    /// Every gridline of a small-spend chart gets its own label.
+    #[test]
+    fn axis_labels_are_distinct_at_any_scale() {
+        for max in [0.00003, 0.0005, 0.0123, 0.7, 3.7, 42.0, 1250.0, 98_765.0] {
+            let (ceil, step) = nice_ceiling(max);
+            let labels: Vec<String> = (0..=((ceil / step).round() as usize))
+                .map(|i| axis_usd(i as f64 * step, step))
+                .collect();
+            let mut unique = labels.clone();
+            unique.dedup();
+            assert_eq!(unique, labels, "max {max}: {labels:?}");
+        }
+        assert_eq!(axis_usd(0.00005, 0.00001), "$0.00005");
+        assert_eq!(axis_usd(0.25, 0.25), "$0.25");
+        assert_eq!(axis_usd(1250.0, 250.0), "$1.25k");
+        assert_eq!(axis_usd(0.0, 0.25), "$0");
     }
 
     #[test]
