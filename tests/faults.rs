@@ -500,6 +500,31 @@ impl Harness {
     }
 }
 
+/// A 429 telling the client to wait `secs`, as each provider says it:
+/// Gemini in the body (`RetryInfo.retryDelay`, no headers), Cerebras in its
+/// `x-ratelimit-*` headers (float seconds, the exhausted limit's remaining
+/// at 0), Anthropic and the others with `retry-after`.
+fn rate_limited(name: &str, case: &Case, secs: &str) -> Reply {
+    match name {
+        "gemini" => Reply::json(
+            429,
+            json!({"error": {"code": 429, "message": "Resource has been exhausted (e.g. check quota).", "status": "RESOURCE_EXHAUSTED",
+                "details": [
+                    {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests"}]},
+                    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{secs}s")}
+                ]}}),
+        ),
+        "cerebras" => (case.error)(429, "Tokens per minute limit exceeded - too many tokens processed.")
+            .header("x-ratelimit-limit-tokens-minute", "60000")
+            .header("x-ratelimit-remaining-tokens-minute", "0")
+            .header("x-ratelimit-reset-tokens-minute", &format!("{secs}.0"))
+            .header("x-ratelimit-limit-requests-day", "14400")
+            .header("x-ratelimit-remaining-requests-day", "14000")
+            .header("x-ratelimit-reset-requests-day", "51234.5"),
+        _ => (case.error)(429, "Rate limit exceeded").header("retry-after", secs),
+    }
+}
+
 async fn run_matrix(name: &'static str) {
     let case = cases().into_iter().find(|(n, _)| *n == name).unwrap().1;
     let dir = tempfile::tempdir().unwrap();
@@ -517,9 +542,9 @@ async fn run_matrix(name: &'static str) {
         h.fake.push((h.case.error)(402, "Insufficient credits"));
         h.expect_error("402", "billing reasons", 1).await;
     }
-    // Rate limited, told to wait 1 s: waits, then succeeds.
-    h.fake
-        .push((h.case.error)(429, "Rate limit exceeded").header("retry-after", "1"));
+    // Rate limited, told to wait 1 s the way the provider says it: waits,
+    // then succeeds.
+    h.fake.push(rate_limited(name, &h.case, "1"));
     let before = h.fake.requests().len();
     h.expect_recovery("429 with retry-after", 1).await;
     let reqs = h.fake.requests();
@@ -529,8 +554,7 @@ async fn run_matrix(name: &'static str) {
         "[{name}] retry-after ignored: {waited:?}"
     );
     // Rate limited, told to wait an hour: no point waiting; fail now.
-    h.fake
-        .push((h.case.error)(429, "Rate limit exceeded").header("retry-after", "3600"));
+    h.fake.push(rate_limited(name, &h.case, "3600"));
     h.expect_error("429 with long retry-after", "rate-limiting", 1)
         .await;
     // Rate limited without a hint: exponential backoff, then success.

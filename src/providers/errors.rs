@@ -221,6 +221,7 @@ impl ProviderError {
         let mut err = ProviderError::new(provider, kind, Some(status), message);
         err.retry_after = retry_after(headers)
             .or_else(|| anthropic_reset(headers))
+            .or_else(|| ratelimit_reset(headers))
             .or_else(|| json.as_ref().and_then(gemini_retry_delay));
         err
     }
@@ -366,6 +367,69 @@ fn anthropic_reset(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 }
 
 /// Gemini puts the delay in the body: `RetryInfo.retryDelay = "37s"`.
+/// The `x-ratelimit-reset-*` headers of the OpenAI family (Cerebras:
+/// `-tokens-minute` and `-requests-day`, in float seconds; OpenAI style:
+/// `-tokens` and `-requests`, as `1s`, `6m0s`, `250ms`). The latest reset of
+/// the limits whose `-remaining` is 0 is when a retry can pass; with no
+/// exhausted limit named, the soonest reset. Without this a Cerebras 429
+/// was retried after 0.5 s and 1 s, both bound to fail.
+fn ratelimit_reset(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let mut exhausted: Option<Duration> = None;
+    let mut soonest: Option<Duration> = None;
+    for limit in ["tokens-minute", "requests-day", "tokens", "requests"] {
+        let Some(reset) = headers
+            .get(format!("x-ratelimit-reset-{limit}"))
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_reset)
+        else {
+            continue;
+        };
+        let spent = headers
+            .get(format!("x-ratelimit-remaining-{limit}"))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .is_some_and(|r| r <= 0.0);
+        if spent {
+            exhausted = exhausted.max(Some(reset));
+        }
+        soonest = Some(soonest.map_or(reset, |s| s.min(reset)));
+    }
+    exhausted
+        .or(soonest)
+        .map(|d| d.min(Duration::from_secs(3600)))
+}
+
+/// `1.5` (seconds), or a Go-style duration: `1s`, `6m0s`, `1h2m`, `250ms`.
+fn parse_reset(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::from_secs_f64(secs.min(3600.0)));
+    }
+    let mut total = 0.0;
+    let mut rest = v;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&i| i > 0)?;
+        let n: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return None,
+        };
+        total += n * scale;
+        rest = &rest[unit_len..];
+    }
+    (total.is_finite() && !v.is_empty()).then(|| Duration::from_secs_f64(total.min(3600.0)))
+}
+
 fn gemini_retry_delay(j: &serde_json::Value) -> Option<Duration> {
     let details = j.pointer("/error/details")?.as_array()?;
     details.iter().find_map(|d| {
@@ -387,6 +451,53 @@ mod tests {
             &HeaderMap::new(),
             body.as_bytes(),
         )
+    }
+
+    /// Cerebras and OpenAI-style rate-limit headers give the wait when no
+    /// `retry-after` does: the exhausted limit's reset.
+    #[test]
+    fn ratelimit_reset_headers_give_the_wait() {
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            ProviderError::from_http(ProviderId::Cerebras, 429, &h, b"{}").retry_after
+        };
+        let secs = |s: f64| Some(Duration::from_secs_f64(s));
+        assert_eq!(
+            with(&[
+                ("x-ratelimit-reset-tokens-minute", "1.5"),
+                ("x-ratelimit-remaining-tokens-minute", "0"),
+                ("x-ratelimit-reset-requests-day", "40000.2"),
+                ("x-ratelimit-remaining-requests-day", "1200"),
+            ]),
+            secs(1.5)
+        );
+        // The daily limit is the one spent: no point retrying within the hour.
+        assert_eq!(
+            with(&[
+                ("x-ratelimit-reset-tokens-minute", "1.5"),
+                ("x-ratelimit-remaining-tokens-minute", "5000"),
+                ("x-ratelimit-reset-requests-day", "40000.2"),
+                ("x-ratelimit-remaining-requests-day", "0"),
+            ]),
+            secs(3600.0)
+        );
+        assert_eq!(
+            with(&[("x-ratelimit-reset-tokens-minute", "2.25")]),
+            secs(2.25)
+        );
+        assert_eq!(
+            with(&[
+                ("x-ratelimit-reset-requests", "6m0s"),
+                ("x-ratelimit-remaining-requests", "0")
+            ]),
+            secs(360.0)
+        );
+        assert_eq!(with(&[("x-ratelimit-reset-tokens", "250ms")]), secs(0.25));
+        assert_eq!(with(&[("x-ratelimit-reset-tokens", "soon")]), None);
+        assert_eq!(with(&[]), None);
     }
 
     /// A key echoed in a non-JSON error page (a proxy's HTML 502) is
