@@ -509,18 +509,21 @@ fn rate_limited(name: &str, case: &Case, secs: &str) -> Reply {
         "gemini" => Reply::json(
             429,
             json!({"error": {"code": 429, "message": "Resource has been exhausted (e.g. check quota).", "status": "RESOURCE_EXHAUSTED",
-                "details": [
-                    {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests"}]},
-                    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{secs}s")}
-                ]}}),
+            "details": [
+                {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests"}]},
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{secs}s")}
+            ]}}),
         ),
-        "cerebras" => (case.error)(429, "Tokens per minute limit exceeded - too many tokens processed.")
-            .header("x-ratelimit-limit-tokens-minute", "60000")
-            .header("x-ratelimit-remaining-tokens-minute", "0")
-            .header("x-ratelimit-reset-tokens-minute", &format!("{secs}.0"))
-            .header("x-ratelimit-limit-requests-day", "14400")
-            .header("x-ratelimit-remaining-requests-day", "14000")
-            .header("x-ratelimit-reset-requests-day", "51234.5"),
+        "cerebras" => (case.error)(
+            429,
+            "Tokens per minute limit exceeded - too many tokens processed.",
+        )
+        .header("x-ratelimit-limit-tokens-minute", "60000")
+        .header("x-ratelimit-remaining-tokens-minute", "0")
+        .header("x-ratelimit-reset-tokens-minute", &format!("{secs}.0"))
+        .header("x-ratelimit-limit-requests-day", "14400")
+        .header("x-ratelimit-remaining-requests-day", "14000")
+        .header("x-ratelimit-reset-requests-day", "51234.5"),
         _ => (case.error)(429, "Rate limit exceeded").header("retry-after", secs),
     }
 }

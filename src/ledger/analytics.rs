@@ -12,7 +12,7 @@
 //! over that. All of it runs in one read transaction, so the numbers agree
 //! with each other even while calls are being recorded.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use schemars::JsonSchema;
 use serde::Serialize;
 
@@ -204,6 +204,73 @@ const ROLLUP_SUMS: &str = "
     sum(ok) , sum(failed), sum(cost_nanos), sum(baseline_nanos),
     sum(in_tokens), sum(out_tokens), sum(unpriced)";
 
+/// Cost-index entries the walk for the most expensive calls may visit
+/// before it gives up and sorts the period instead (see [`top_calls`]).
+const TOP_CALLS_WALK: i64 = 5_000;
+
+/// The `req.top_calls` most expensive successful calls of the period.
+///
+/// When the period holds a good share of the ledger, walking the cost index
+/// from the top finds them after ~N/share rows; when it holds little,
+/// reading the period's rows and sorting is cheaper. The walk is bounded:
+/// a period whose calls are all cheap (the usual result of routing well!)
+/// sits at the bottom of the index, and an unbounded walk visited every
+/// dearer older call first — over a second on a million rows, holding the
+/// ledger. So it only visits calls at least as dear as the
+/// `walk`-th dearest of the ledger ([`TOP_CALLS_WALK`]); if that yields
+/// fewer than N, the period is sorted. Either way the answer is exact: N
+/// calls of the period at or above that floor are its N dearest.
+fn top_calls(
+    conn: &Connection,
+    req: &SnapshotRequest,
+    user: Option<&str>,
+    calls_in_period: u64,
+    walk: i64,
+) -> rusqlite::Result<Vec<CallRow>> {
+    // Two subqueries: SQLite answers a lone min() or max() from the rowid
+    // in O(1), but not both in one SELECT.
+    let rows_in_ledger: i64 = conn.query_row(
+        "SELECT coalesce((SELECT max(id) FROM calls) - (SELECT min(id) FROM calls) + 1, 0)",
+        [],
+        |r| r.get(0),
+    )?;
+    let args = params![req.since_ms, req.until_ms, user, req.top_calls];
+    if (calls_in_period as i64).saturating_mul(20) >= rows_in_ledger {
+        let floor: i64 = conn
+            .prepare_cached(
+                "SELECT cost_nanos FROM calls INDEXED BY calls_by_cost
+                 ORDER BY cost_nanos DESC LIMIT 1 OFFSET ?1",
+            )?
+            .query_row([walk], |r| r.get(0))
+            .optional()?
+            .unwrap_or(i64::MIN);
+        let sql = format!(
+            "SELECT {CALL_COLUMNS} FROM calls INDEXED BY calls_by_cost
+             WHERE cost_nanos >= ?5 AND outcome = 'ok' AND {}
+             ORDER BY cost_nanos DESC, id DESC LIMIT ?4",
+            super::WHERE_RANGE
+        );
+        let found = conn
+            .prepare_cached(&sql)?
+            .query_map(
+                params![req.since_ms, req.until_ms, user, req.top_calls, floor],
+                read_call,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        if found.len() as u64 >= req.top_calls as u64 {
+            return Ok(found);
+        }
+    }
+    let sql = format!(
+        "SELECT {CALL_COLUMNS} FROM calls
+         WHERE outcome = 'ok' AND {} ORDER BY cost_nanos DESC, id DESC LIMIT ?4",
+        super::WHERE_RANGE
+    );
+    conn.prepare_cached(&sql)?
+        .query_map(args, read_call)?
+        .collect()
+}
+
 const CALL_COLUMNS: &str = "id, ts_ms, user_id, provider, model, tier, score,
     input_tokens + cache_read_tokens + cache_write_tokens, output_tokens, cost_nanos,
     baseline_cost_nanos, latency_ms, outcome";
@@ -387,34 +454,7 @@ fn build_snapshot(conn: &Connection, req: &SnapshotRequest) -> rusqlite::Result<
     }
 
     if req.top_calls > 0 && snap.totals.calls > 0 {
-        // When the period holds a good share of the ledger, walking the cost
-        // index from the top finds N of its calls after ~N/share rows; when
-        // it holds little, reading the period's rows and sorting is cheaper.
-        // Two subqueries: SQLite answers a lone min() or max() from the
-        // rowid in O(1), but not both in one SELECT.
-        let rows_in_ledger: i64 = conn.query_row(
-            "SELECT coalesce((SELECT max(id) FROM calls) - (SELECT min(id) FROM calls) + 1, 0)",
-            [],
-            |r| r.get(0),
-        )?;
-        let share_large = (snap.totals.calls as i64).saturating_mul(20) >= rows_in_ledger;
-        let hint = if share_large {
-            "INDEXED BY calls_by_cost"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "SELECT {CALL_COLUMNS} FROM calls {hint}
-             WHERE outcome = 'ok' AND {} ORDER BY cost_nanos DESC, id DESC LIMIT ?4",
-            super::WHERE_RANGE
-        );
-        let mut stmt = conn.prepare_cached(&sql)?;
-        snap.top_calls = stmt
-            .query_map(
-                params![req.since_ms, req.until_ms, user, req.top_calls],
-                read_call,
-            )?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        snap.top_calls = top_calls(conn, req, user, snap.totals.calls, TOP_CALLS_WALK)?;
     }
 
     if req.recent > 0 {
@@ -744,6 +784,62 @@ mod tests {
                 .zip(BANDS)
                 .all(|(b, k)| b.band == k)
         );
+    }
+
+    /// The dearest calls of a period whose calls are all cheaper than
+    /// the ledger's older ones are exact whichever way they are found: the
+    /// bounded walk finding them, giving up and sorting the period, or
+    /// walking the whole index.
+    #[test]
+    fn top_calls_of_a_cheap_period_are_exact_however_found() {
+        let (_d, l) = ledger();
+        let (ds, son) = ("deepseek/deepseek-v3.2", "anthropic/claude-sonnet-4-6");
+        for i in 0..10 {
+            let c = call(
+                MON - 40 * DAY + i,
+                "u",
+                "anthropic",
+                son,
+                Some("premium"),
+                None,
+                1.0 + i as f64,
+                2.0,
+                true,
+            );
+            l.insert_call(&c).unwrap();
+        }
+        for i in 0..5 {
+            let c = call(
+                MON + i * 1000,
+                "u",
+                "deepseek",
+                ds,
+                Some("cheap"),
+                None,
+                0.001 * (i + 1) as f64,
+                0.1,
+                true,
+            );
+            l.insert_call(&c).unwrap();
+        }
+        let req = SnapshotRequest {
+            since_ms: MON,
+            until_ms: MON + DAY,
+            top_calls: 3,
+            ..all(vec![])
+        };
+        let conn = l.lock();
+        // 12: the floor is the third cheap call (found by the walk); 3:
+        // an old dear call (the walk finds none: sorted instead); 100:
+        // past the end (no floor: the whole index).
+        for walk in [12, 3, 100] {
+            let got: Vec<f64> = top_calls(&conn, &req, None, 5, walk)
+                .unwrap()
+                .iter()
+                .map(|c| c.cost_usd)
+                .collect();
+            assert_eq!(got, [0.005, 0.004, 0.003], "walk {walk}");
+        }
     }
 
     #[test]
