@@ -169,27 +169,24 @@ pub fn calibrate(
     ))
 }
 
-/// The recorded usage of `c` on `tier`'s model: the first listed model that
-/// is priced and enabled, else the first priced one.
+/// The recorded usage of `c` on the model routing would pick for `tier`:
+/// the cheapest enabled model of that tier, or of the nearest tier with
+/// one, as routing moves (`None` when no provider is enabled). A model of
+/// a disabled provider is never priced: a free tier with no local model
+/// running does not make calls free, it sends them to the cheap tier.
 fn tier_price(core: &Optimizer, tier: Tier, c: &HistoryCall) -> Option<f64> {
-    let catalog = core.catalog();
-    let priced: Vec<_> = core
-        .router()
-        .models(tier)
-        .iter()
-        .filter_map(|m| catalog.get(m))
-        .collect();
-    let price = priced
-        .iter()
-        .find(|p| core.registry().is_enabled(p.provider))
-        .or(priced.first())?;
-    Some(price.cost_of(&Usage {
+    let usage = Usage {
         input_tokens: c.input_tokens,
         cache_read_tokens: c.cache_read_tokens,
         cache_write_tokens: c.cache_write_tokens,
         output_tokens: c.output_tokens,
         reasoning_tokens: 0,
-    }))
+    };
+    core.router()
+        .serving_models(tier, core.catalog(), core.registry())
+        .iter()
+        .map(|p| p.cost_of(&usage))
+        .min_by(f64::total_cmp)
 }
 
 /// Where `--apply` writes: the config file in use, else the default path.
@@ -201,9 +198,12 @@ pub fn config_target(core: &Optimizer) -> Option<PathBuf> {
 }
 
 /// Sets `[routing] thresholds` in the TOML file at `path` (created if
-/// missing), keeping every other key and comment as written. The file is
-/// replaced atomically (write, then rename).
+/// missing), keeping every other key and comment as written, the comment
+/// on the `thresholds` line included. The file is replaced atomically
+/// (see [`crate::atomic_file`]); a symlink is followed, not replaced.
 pub fn write_thresholds(path: &Path, t: [f64; 3]) -> Result<()> {
+    let path = &crate::atomic_file::resolve(path)
+        .with_context(|| format!("cannot follow the symlink {}", path.display()))?;
     let text = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -218,16 +218,22 @@ pub fn write_thresholds(path: &Path, t: [f64; 3]) -> Result<()> {
     let Some(routing) = routing.as_table_like_mut() else {
         anyhow::bail!("{}: `routing` is not a table", path.display());
     };
-    // Two decimals: the calibration grid is 0.01.
-    let arr: toml_edit::Array = t.iter().map(|x| (x * 100.0).round() / 100.0).collect();
-    routing.insert("thresholds", toml_edit::value(arr));
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // Moved boundaries sit on the 0.01 grid of the calibration, up to
+    // float noise, which is rounded off; a boundary it kept is written
+    // exactly as it was (0.255 stays 0.255).
+    let tidy = |x: f64| {
+        let r = (x * 100.0).round() / 100.0;
+        if (x - r).abs() < 1e-9 { r } else { x }
+    };
+    let mut arr: toml_edit::Array = t.iter().map(|x| tidy(*x)).collect();
+    arr.fmt();
+    let mut value = toml_edit::Value::Array(arr);
+    if let Some(old) = routing.get("thresholds").and_then(|i| i.as_value()) {
+        *value.decor_mut() = old.decor().clone();
     }
-    let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, doc.to_string())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    routing.insert("thresholds", toml_edit::Item::Value(value));
+    crate::atomic_file::replace(path, &doc.to_string())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
@@ -350,5 +356,41 @@ mod tests {
         write_thresholds(&p, [0.1, 0.5, 0.8]).unwrap();
         let v: toml::Table = toml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
         assert_eq!(v["routing"]["thresholds"][0].as_float(), Some(0.1));
+    }
+
+    /// The comment on the thresholds line survives, a boundary that did not
+    /// move keeps its exact value (0.255 is not rounded to 0.26), float
+    /// noise on a moved one is rounded off, and a symlinked config is
+    /// edited where it points.
+    #[cfg(unix)]
+    #[test]
+    fn thresholds_keep_their_comment_exact_values_and_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("dotfiles/config.toml");
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(
+            &target,
+            "[routing]\nthresholds = [0.255, 0.5, 0.75] # tuned\n",
+        )
+        .unwrap();
+        let link = dir.path().join("config.toml");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_thresholds(&link, [0.255, 0.1 + 0.2 + 0.15, 0.75]).unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        let text = std::fs::read_to_string(&target).unwrap();
+        assert!(text.contains("# tuned"), "{text}");
+        let v: toml::Table = toml::from_str(&text).unwrap();
+        let t: Vec<f64> = v["routing"]["thresholds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_float().unwrap())
+            .collect();
+        assert_eq!(t, [0.255, 0.45, 0.75], "{text}");
     }
 }

@@ -178,17 +178,12 @@ pub struct InstallReport {
 pub fn install(opts: &InstallOptions, now_ms: i64) -> Result<InstallReport, InstallError> {
     // A config file that is a symlink (kept by a dotfile manager) is edited
     // where it points: replacing the link with a file would cut it off.
-    let resolved = match std::fs::symlink_metadata(&opts.config_path) {
-        Ok(m) if m.file_type().is_symlink() => {
-            std::fs::canonicalize(&opts.config_path).map_err(|e| {
-                InstallError::Io(format!(
-                    "cannot follow the symlink {}: {e}",
-                    opts.config_path.display()
-                ))
-            })?
-        }
-        _ => opts.config_path.clone(),
-    };
+    let resolved = crate::atomic_file::resolve(&opts.config_path).map_err(|e| {
+        InstallError::Io(format!(
+            "cannot follow the symlink {}: {e}",
+            opts.config_path.display()
+        ))
+    })?;
     let path = &resolved;
     let shown = path.display().to_string();
     let old = match std::fs::read(path) {
@@ -223,35 +218,12 @@ pub fn install(opts: &InstallOptions, now_ms: i64) -> Result<InstallReport, Inst
     let io = |what: &str, p: &Path, e: std::io::Error| {
         InstallError::Io(format!("cannot {what} {}: {e}", p.display()))
     };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
     if old.is_some() {
         let backup = backup_path(path, now_ms);
         std::fs::copy(path, &backup).map_err(|e| io("back up to", &backup, e))?;
         report.backup = Some(backup);
     }
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "claude_desktop_config.json".into());
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(report.text.as_bytes())?;
-        f.sync_all()?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            std::fs::set_permissions(&tmp, meta.permissions())?;
-        }
-        std::fs::rename(&tmp, path)
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io("write", path, e));
-    }
+    crate::atomic_file::replace(path, &report.text).map_err(|e| io("write", path, e))?;
     report.wrote = true;
     Ok(report)
 }

@@ -22,6 +22,7 @@
 //! - [`dashboard`]: the self-contained HTML usage dashboard (inline SVG charts).
 //! - [`secrets`]: API keys, and the redaction that keeps them out of every output.
 
+pub mod atomic_file;
 pub mod budget;
 pub mod cli;
 pub mod config;

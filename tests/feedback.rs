@@ -271,3 +271,84 @@ fn calibrate_proposes_applies_and_recommend_follows() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--days must be between 1 and 3650"));
 }
+
+/// What a proposal would cost is priced where the calls would really go:
+/// with no local model enabled, calls the proposal moves to the free tier
+/// land on the cheap tier's cheapest enabled model, not on Ollama's $0.
+#[test]
+fn calibrate_prices_moved_calls_on_enabled_models_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = [("DEEPSEEK_API_KEY", DEEPSEEK_KEY)];
+    // Ollama is off (tests disable the probe), DeepSeek is on.
+    let costs = json_of(&run(
+        dir.path(),
+        &["costs", "--model", "deepseek/deepseek-v3.2", "--json"],
+        &keys,
+    ));
+    let m = costs["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == "deepseek/deepseek-v3.2")
+        .unwrap_or_else(|| panic!("{costs}"));
+    let on_cheap = 1000.0 * m["input_per_mtok"].as_f64().unwrap() / 1e6
+        + 400.0 * m["output_per_mtok"].as_f64().unwrap() / 1e6;
+    // Create the ledger, then seed: the caller forced the free tier on three
+    // prompts scoring cheap (the free|cheap boundary should rise), and two
+    // unforced calls scoring between them went to the cheap tier at $0.001.
+    json_of(&run(dir.path(), &["usage", "--json"], &keys));
+    let conn = rusqlite::Connection::open(dir.path().join("ledger.sqlite3")).unwrap();
+    let rows = [
+        ("f1", 0.30, "free", "ollama/llama3.1", Some("tier"), 0_i64),
+        ("f2", 0.31, "free", "ollama/llama3.1", Some("tier"), 0),
+        ("f3", 0.32, "free", "ollama/llama3.1", Some("tier"), 0),
+        (
+            "u1",
+            0.305,
+            "cheap",
+            "deepseek/deepseek-v3.2",
+            None,
+            1_000_000,
+        ),
+        (
+            "u2",
+            0.315,
+            "cheap",
+            "deepseek/deepseek-v3.2",
+            None,
+            1_000_000,
+        ),
+    ];
+    for (id, s, tier, model, forced, nanos) in rows {
+        conn.execute(
+            "INSERT INTO calls (ts_ms, user_id, request_id, attempt, provider, model, tier, score,
+                input_tokens, output_tokens, cost_nanos, cost_source, latency_ms, outcome,
+                prompt_sha256, forced)
+             VALUES (?1, 'default', ?2, 1, ?3, ?4, ?5, ?6, 1000, 400, ?7, 'catalog', 10, 'ok', 'x', ?8)",
+            rusqlite::params![
+                now_ms() - 3_600_000,
+                id,
+                model.split('/').next().unwrap(),
+                model,
+                tier,
+                s,
+                nanos,
+                forced
+            ],
+        )
+        .unwrap();
+    }
+    drop(conn);
+    let c = json_of(&run(dir.path(), &["calibrate", "--json"], &keys));
+    assert_eq!(c["changed"], true, "{c}");
+    assert_eq!(c["evidence"]["overrides_down"], 3, "{c}");
+    assert!(c["proposed"][0].as_f64().unwrap() > 0.25, "{c}");
+    assert_eq!(c["cost"]["calls_down"], 2, "{c}");
+    // Each moved call is priced on deepseek-v3.2 (the nearest enabled
+    // tier's cheapest model), not at $0.
+    let delta = c["cost"]["delta_usd"].as_f64().unwrap();
+    assert!(
+        (delta - 2.0 * (on_cheap - 0.001)).abs() < 1e-12,
+        "{delta} {c}"
+    );
+}

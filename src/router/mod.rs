@@ -242,21 +242,38 @@ impl Router {
     ) -> Option<String> {
         /// Input tokens of the "typical short prompt" the choice is priced on.
         const TYPICAL_INPUT_TOKENS: u64 = 100;
+        self.serving_models(tier, catalog, registry)
+            .into_iter()
+            .map(|p| {
+                let cost = p.estimate(TYPICAL_INPUT_TOKENS, EXPECTED_OUTPUT_TOKENS);
+                (cost, p.id)
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, id)| id)
+            .or_else(|| self.models(tier).first().cloned())
+    }
+
+    /// The priced, enabled models a call routed to `tier` can land on: that
+    /// tier's, or the nearest tier's that has any (the same, then
+    /// stronger, then cheaper, as [`Router::plan`] looks); empty when no
+    /// provider of any tier is enabled.
+    pub fn serving_models(
+        &self,
+        tier: Tier,
+        catalog: &Catalog,
+        registry: &Registry,
+    ) -> Vec<ModelPrice> {
         search_order(tier)
             .into_iter()
-            .find_map(|t| {
+            .map(|t| {
                 self.models(t)
                     .iter()
                     .filter_map(|m| catalog.get(m))
                     .filter(|p| registry.is_enabled(p.provider))
-                    .map(|p| {
-                        let cost = p.estimate(TYPICAL_INPUT_TOKENS, EXPECTED_OUTPUT_TOKENS);
-                        (cost, p.id)
-                    })
-                    .min_by(|a, b| a.0.total_cmp(&b.0))
-                    .map(|(_, id)| id)
+                    .collect::<Vec<_>>()
             })
-            .or_else(|| self.models(tier).first().cloned())
+            .find(|l| !l.is_empty())
+            .unwrap_or_default()
     }
 
     /// The tier a score points to, and whether it is within
