@@ -57,8 +57,36 @@ async fn fifty_concurrent_calls_never_overspend() {
         json!({"monthly_limit": limit, "user_id": "team"}),
     )
     .await;
-    let calls = (0..50).map(|_| s.call("complete_prompt", call_args("team", 400)));
-    let results = futures_util::future::join_all(calls).await;
+    // The provider holds its answers: calls that got a budget hold stay in
+    // flight, so the others are decided while those holds are all taken.
+    // The worst case of a call (its estimated prompt at $1/MTok plus all
+    // 400 output tokens at $5/MTok) is about $0.0021: exactly 4 fit in
+    // $0.01.
+    fake.close_gate();
+    let refused_so_far = std::sync::atomic::AtomicUsize::new(0);
+    let calls = (0..50).map(|_| async {
+        let r = s.call("complete_prompt", call_args("team", 400)).await;
+        if r.is_error == Some(true) {
+            refused_so_far.fetch_add(1, Ordering::SeqCst);
+        }
+        r
+    });
+    let watch = async {
+        // Every call is either refused or waiting at the provider; no
+        // timing assumption (a server that ran calls one at a time would
+        // never get here, and the test would time out).
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while refused_so_far.load(Ordering::SeqCst) + fake.requests().len() < 50 {
+            assert!(std::time::Instant::now() < deadline, "calls never settled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let in_flight = fake.requests().len();
+        fake.open_gate();
+        in_flight
+    };
+    let (results, in_flight) =
+        futures_util::future::join(futures_util::future::join_all(calls), watch).await;
+    assert_eq!(in_flight, 4, "holds granted while all were in flight");
     let ok: Vec<&rmcp::model::CallToolResult> = results
         .iter()
         .filter(|r| r.is_error != Some(true))
@@ -68,8 +96,8 @@ async fn fifty_concurrent_calls_never_overspend() {
         .filter(|r| r.is_error == Some(true))
         .map(text)
         .collect();
-    // Worst case per call ≈ $0.0021, real cost $0.0011: a handful fit.
-    assert!(ok.len() >= 4, "only {} calls passed", ok.len());
+    // Worst case per call ≈ $0.0021, real cost $0.0011.
+    assert_eq!(ok.len(), 4, "{} calls passed", ok.len());
     assert!(
         ok.len() as f64 * CALL_COST <= limit + 1e-12,
         "{} calls passed",

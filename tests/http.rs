@@ -666,8 +666,16 @@ async fn budgets_apply_per_key_and_only_admins_set_them() {
     let (admin, _) = create_key(dir.path(), "ops", true);
     let (alice, _) = create_key(dir.path(), "alice", false);
     let (bob, _) = create_key(dir.path(), "bob", false);
+    let or = FakeProvider::start(openai_ok(
+        "some-lab/unlisted-model",
+        "Paris.",
+        json!({"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}),
+    ))
+    .await;
     let mut env = deepseek_env(&fake);
     env.push(("COST_OPTIMIZER_HTTP_REQUIRE_AUTH", "1".into()));
+    env.push(("OPENROUTER_API_KEY", "sk-or-FAKE-http-000000000000".into()));
+    env.push(("OPENROUTER_BASE_URL", format!("{}/api/v1", or.base)));
     let s = start(dir.path(), &env, "127.0.0.1:0");
     let c = http();
     let budget = format!("{}/v1/budget", s.base);
@@ -692,7 +700,9 @@ async fn budgets_apply_per_key_and_only_admins_set_them() {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 
     let url = format!("{}/v1/chat/completions", s.base);
-    let body = json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]});
+    // Routed among DeepSeek's models (OpenRouter, enabled below for the
+    // unpriced model, lists free ones).
+    let body = json!({"model": "auto", "provider": "deepseek", "messages": [{"role": "user", "content": "hi"}]});
     let r = request(&c, Method::POST, &url, Some(&alice), Some(&body)).await;
     assert_eq!(r.status(), 402);
     let e = json_of(r).await;
@@ -707,6 +717,7 @@ async fn budgets_apply_per_key_and_only_admins_set_them() {
     // plain key may not force one (an admin may).
     let mut unpriced = body.clone();
     unpriced["model"] = json!("openrouter/some-lab/unlisted-model");
+    unpriced.as_object_mut().unwrap().remove("provider");
     let r = request(&c, Method::POST, &url, Some(&bob), Some(&unpriced)).await;
     assert_eq!(r.status(), 400);
     let e = json_of(r).await;
@@ -717,15 +728,12 @@ async fn budgets_apply_per_key_and_only_admins_set_them() {
             .contains("no known price"),
         "{e}"
     );
+    assert!(or.requests().is_empty(), "refused before any call");
     let r = request(&c, Method::POST, &url, Some(&admin), Some(&unpriced)).await;
+    assert_eq!(r.status(), 200, "admins may force unpriced models");
     let e = json_of(r).await;
-    assert!(
-        !e["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("no known price"),
-        "admins may force unpriced models: {e}"
-    );
+    assert_eq!(e["x_optimizer"]["cost_source"], "unpriced", "{e}");
+    assert_eq!(or.requests().len(), 1);
     // `user` in the body does not move a plain key's spending elsewhere.
     let mut as_bob = body.clone();
     as_bob["user"] = json!("bob");

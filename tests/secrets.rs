@@ -139,13 +139,7 @@ async fn no_output_or_file_holds_a_key_and_files_are_private() {
         json!({"prompt": "hi", "force_provider": "deepseek"}),
     )
     .await;
-    for provider in [
-        "anthropic",
-        "gemini",
-        "cerebras",
-        "openrouter",
-        "huggingface",
-    ] {
+    for provider in ["anthropic", "gemini", "cerebras", "openrouter"] {
         run(
             &mut s,
             "complete_prompt",
@@ -153,6 +147,13 @@ async fn no_output_or_file_holds_a_key_and_files_are_private() {
         )
         .await;
     }
+    // No routing tier lists a HuggingFace model: name one.
+    run(
+        &mut s,
+        "complete_prompt",
+        json!({"prompt": "hi", "force_model": "huggingface/meta-llama/Llama-3.1-8B-Instruct"}),
+    )
+    .await;
     // Every tool, with a webhook whose URL carries a token.
     run(
         &mut s,
@@ -189,13 +190,23 @@ async fn no_output_or_file_holds_a_key_and_files_are_private() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // The faults really carried the keys back to the server.
-    assert!(
-        outputs
-            .iter()
-            .any(|o| o.to_string().contains("[REDACTED]") || o.to_string().contains("rejected")),
-        "the faults happened: {outputs:?}"
-    );
+    // The faults really carried the keys back to the server: every fake
+    // was called, and each provider's error (the two DeepSeek calls, then
+    // anthropic, gemini, cerebras, openrouter, huggingface) quotes the
+    // echoed key as redacted.
+    assert!(!anthropic.requests().is_empty(), "anthropic was called");
+    for (fake, name) in echoing
+        .iter()
+        .zip(["gemini", "cerebras", "openrouter", "huggingface"])
+    {
+        assert!(!fake.requests().is_empty(), "{name} was called");
+    }
+    for (i, o) in outputs.iter().take(7).enumerate() {
+        assert!(
+            o.to_string().contains("[REDACTED]"),
+            "output {i} quotes the echoed key, redacted: {o}"
+        );
+    }
 
     // Files while the server runs: the WAL still holds the recent writes.
     let mut all_secrets: Vec<&str> = KEYS.to_vec();

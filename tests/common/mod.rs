@@ -84,6 +84,10 @@ pub struct Recorded {
 
 #[derive(Default)]
 struct FakeState {
+    /// While closed, requests are recorded but not answered (see
+    /// [`FakeProvider::close_gate`]).
+    gate: Option<tokio::sync::watch::Receiver<bool>>,
+    gate_tx: Option<Arc<tokio::sync::watch::Sender<bool>>>,
     replies: VecDeque<Reply>,
     default: Option<Reply>,
     requests: Vec<Recorded>,
@@ -140,6 +144,14 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request<Body>) 
     };
     let reply = reply
         .unwrap_or_else(|| Reply::json(500, json!({"error": {"message": "no scripted reply"}})));
+    let gate = state.lock().unwrap().gate.clone();
+    if let Some(mut open) = gate {
+        while !*open.borrow_and_update() {
+            if open.changed().await.is_err() {
+                break;
+            }
+        }
+    }
     if let Some(d) = reply.delay {
         tokio::time::sleep(d).await;
     }
@@ -212,6 +224,25 @@ impl FakeProvider {
             base: format!("http://{addr}"),
             state,
         }
+    }
+
+    /// Holds every reply (requests are still recorded) until
+    /// [`FakeProvider::open_gate`]: calls then stay in flight for as long as
+    /// a test needs, with no timing guess.
+    pub fn close_gate(&self) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut s = self.state.lock().unwrap();
+        s.gate = Some(rx);
+        s.gate_tx = Some(Arc::new(tx));
+    }
+
+    /// Releases the held replies and answers the next ones at once.
+    pub fn open_gate(&self) {
+        let mut s = self.state.lock().unwrap();
+        if let Some(tx) = s.gate_tx.take() {
+            let _ = tx.send(true);
+        }
+        s.gate = None;
     }
 
     /// Queues a reply to be sent before the default.
