@@ -1209,6 +1209,7 @@ impl Optimizer {
         // Skip providers whose circuit breaker is open, unless that would
         // leave nothing to try.
         let now = self.now();
+        let mut try_anyway = false;
         let mut order: Vec<&Candidate> = plan
             .candidates
             .iter()
@@ -1229,7 +1230,8 @@ impl Optimizer {
                     }
                 }
             }
-            if healthy.is_empty() {
+            try_anyway = healthy.is_empty();
+            if try_anyway {
                 notes.push(format!(
                     "Every candidate provider is cooling down after repeated failures ({}); trying anyway.",
                     cooling.join(", ")
@@ -1250,6 +1252,17 @@ impl Optimizer {
             let Some(provider) = self.registry.get(cand.provider) else {
                 continue;
             };
+            // A cooled-down breaker lets one call through; the others
+            // move on (an earlier candidate's probe, or another call's).
+            if !try_anyway && !self.breakers.admit(cand.provider, self.now()) {
+                last_error.get_or_insert_with(|| {
+                    format!(
+                        "{} is recovering from repeated failures and another call is testing it; try again in a moment.",
+                        cand.provider
+                    )
+                });
+                continue;
+            }
             let mut retries = 0u32;
             let mut waited = Duration::ZERO;
             loop {

@@ -799,6 +799,75 @@ async fn a_failing_provider_is_cooled_down_for_later_calls() {
     s.stop().await;
 }
 
+/// After the cooldown, one call probes the provider while the others keep
+/// going elsewhere: a provider still down costs one call's wait, not one
+/// per caller. The probe's answer is held at the fake, so the check needs
+/// no timing beyond outwaiting the cooldown.
+#[tokio::test]
+async fn after_the_cooldown_one_call_probes_the_provider() {
+    let bad = FakeProvider::start(openai_sse(
+        "deepseek-v4-pro",
+        &["probe ok"],
+        json!({"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}),
+    ))
+    .await;
+    for _ in 0..3 {
+        bad.push(openai_error(503, "overloaded", "server_error"));
+    }
+    let good = FakeProvider::start(anthropic_sse(
+        "claude-haiku-4-5",
+        &["ok!"],
+        json!({"input_tokens": 10, "output_tokens": 1}),
+        10,
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", FAKE_KEY.into()),
+            ("DEEPSEEK_BASE_URL", bad.base.clone()),
+            ("ANTHROPIC_API_KEY", FAKE_KEY.into()),
+            ("ANTHROPIC_BASE_URL", good.base.clone()),
+            ("COST_OPTIMIZER_BREAKER_COOLDOWN_SECS", "1".into()),
+        ],
+    )
+    .await;
+    let args = json!({"prompt": "hi", "tier": "medium"});
+    let c = s.ok("complete_prompt", args.clone()).await;
+    assert_eq!(c["provider"], "anthropic");
+    assert_eq!(bad.requests().len(), 3, "DeepSeek's breaker is open");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    bad.close_gate();
+    let answered = std::sync::atomic::AtomicUsize::new(0);
+    let calls = (0..5).map(|_| async {
+        let c = s.ok("complete_prompt", args.clone()).await;
+        answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        c
+    });
+    let watch = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while answered.load(std::sync::atomic::Ordering::SeqCst) < 4 {
+            assert!(std::time::Instant::now() < deadline, "calls never answered");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Four answered elsewhere while the probe is held: one request.
+        let probes = bad.requests().len() - 3;
+        bad.open_gate();
+        probes
+    };
+    let (results, probes) =
+        futures_util::future::join(futures_util::future::join_all(calls), watch).await;
+    assert_eq!(probes, 1, "one probe while the breaker was half-open");
+    let by = |p: &str| results.iter().filter(|c| c["provider"] == p).count();
+    assert_eq!((by("deepseek"), by("anthropic")), (1, 4));
+    // The probe succeeded: the breaker is closed for the next call.
+    let c = s.ok("complete_prompt", args).await;
+    assert_eq!(c["provider"], "deepseek", "{c}");
+    s.stop().await;
+}
+
 /// A minimal valid WAV file: RIFF header, fmt chunk, a little silence.
 fn wav() -> Vec<u8> {
     let data = vec![0u8; 64];

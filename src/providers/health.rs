@@ -4,8 +4,12 @@
 //!
 //! A breaker opens after `threshold` provider-wide failures in a row (at
 //! once for a rejected key or exhausted credit, which will not heal in
-//! seconds), stays open for `cooldown`, then lets one call through: success
-//! closes it, failure opens it again.
+//! seconds), stays open for `cooldown`, then lets one call through (the
+//! probe; [`Breakers::admit`]): success closes it, failure opens it again.
+//! While the probe is out, other calls keep skipping the provider, so a
+//! provider that is still down costs one call's timeout, not one per call
+//! waiting. A probe that never reports (its call was cancelled) frees the
+//! slot after another `cooldown`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -17,6 +21,9 @@ use super::{ErrorKind, ProviderId};
 struct Health {
     consecutive_failures: u32,
     open_until_ms: Option<i64>,
+    /// Set while a probe call is out after the cooldown: until when it
+    /// holds the slot.
+    probe_until_ms: Option<i64>,
 }
 
 /// Per-provider breakers for one server process.
@@ -42,12 +49,40 @@ impl Breakers {
         f(&mut g)
     }
 
-    /// `Ok` if `p` may be called now; otherwise the milliseconds until it
-    /// may be tried again.
+    /// `Ok` if `p` may be called now (closed, or cooled down with no probe
+    /// out); otherwise the milliseconds until it may be tried again. Reads
+    /// only: the call that goes ahead claims the probe with
+    /// [`Breakers::admit`].
     pub fn check(&self, p: ProviderId, now_ms: i64) -> Result<(), i64> {
-        self.with(|m| match m.get(&p).and_then(|h| h.open_until_ms) {
-            Some(until) if until > now_ms => Err(until - now_ms),
-            _ => Ok(()),
+        self.with(|m| match m.get(&p) {
+            Some(h) => match (h.open_until_ms, h.probe_until_ms) {
+                (Some(until), _) if until > now_ms => Err(until - now_ms),
+                (Some(_), Some(probe)) if probe > now_ms => Err(probe - now_ms),
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        })
+    }
+
+    /// Whether a call to `p` may go now, claiming the single probe when
+    /// the breaker has cooled down: the first caller after the cooldown
+    /// gets `true` and every other `false` until the probe reports (or
+    /// its slot lapses after a cooldown).
+    pub fn admit(&self, p: ProviderId, now_ms: i64) -> bool {
+        let lease_ms = i64::try_from(self.cooldown.as_millis()).unwrap_or(i64::MAX / 4);
+        self.with(|m| {
+            let Some(h) = m.get_mut(&p) else {
+                return true;
+            };
+            match (h.open_until_ms, h.probe_until_ms) {
+                (None, _) => true,
+                (Some(until), _) if until > now_ms => false,
+                (Some(_), Some(probe)) if probe > now_ms => false,
+                (Some(_), _) => {
+                    h.probe_until_ms = Some(now_ms.saturating_add(lease_ms.max(1)));
+                    true
+                }
+            }
         })
     }
 
@@ -69,12 +104,20 @@ impl Breakers {
                 | ErrorKind::ModelUnavailable
                 | ErrorKind::EmptyAnswer
         ) {
+            // Says nothing of the provider's health: a probe that ended so
+            // frees the slot for the next call.
+            self.with(|m| {
+                if let Some(h) = m.get_mut(&p) {
+                    h.probe_until_ms = None;
+                }
+            });
             return false;
         }
         let cooldown_ms = i64::try_from(self.cooldown.as_millis()).unwrap_or(i64::MAX / 4);
         self.with(|m| {
             let h = m.entry(p).or_default();
             h.consecutive_failures += 1;
+            h.probe_until_ms = None;
             let hard = matches!(kind, ErrorKind::Auth | ErrorKind::Billing);
             if hard || h.consecutive_failures >= self.threshold {
                 let was_open = h.open_until_ms.is_some_and(|u| u > now_ms);
@@ -103,6 +146,38 @@ mod tests {
         assert!(b.check(p, 31_000).is_ok());
         b.success(p);
         assert!(b.check(p, 31_000).is_ok());
+    }
+
+    /// After the cooldown exactly one call is let through; the others keep
+    /// skipping the provider until it reports: failure reopens the
+    /// breaker, success closes it, and a probe that never reports frees
+    /// its slot after a cooldown.
+    #[test]
+    fn one_probe_after_the_cooldown() {
+        let b = Breakers::new(1, Duration::from_secs(30));
+        let p = ProviderId::Gemini;
+        assert!(b.admit(p, 0), "closed: every call goes");
+        assert!(b.failure(p, ErrorKind::Server, 0));
+        assert!(!b.admit(p, 10_000));
+        assert_eq!(b.check(p, 10_000), Err(20_000));
+        // Cooled down: one probe, the rest wait for it.
+        assert!(b.check(p, 30_000).is_ok());
+        assert!(b.admit(p, 30_000));
+        assert!(!b.admit(p, 30_001));
+        assert_eq!(b.check(p, 30_001), Err(29_999));
+        // It fails: open again for a full cooldown.
+        assert!(b.failure(p, ErrorKind::Timeout, 31_000));
+        assert!(!b.admit(p, 60_000));
+        assert!(b.admit(p, 61_000));
+        // This probe never reports (cancelled): the slot lapses.
+        assert!(!b.admit(p, 90_000));
+        assert!(b.admit(p, 91_000));
+        // A bad request says nothing: the slot is freed at once.
+        b.failure(p, ErrorKind::BadRequest, 91_500);
+        assert!(b.admit(p, 91_600));
+        // Success closes the breaker for everyone.
+        b.success(p);
+        assert!(b.admit(p, 91_700) && b.admit(p, 91_700));
     }
 
     #[test]
