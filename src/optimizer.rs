@@ -1324,7 +1324,12 @@ impl Optimizer {
                     Ok(Ok(r)) => ReservationGuard::new(ledger.clone(), r),
                 };
 
-                let max_out = cand_max_output(&self.catalog, &cand.model, max_tokens);
+                let max_out = cand_max_output(
+                    &self.catalog,
+                    &cand.model,
+                    max_tokens,
+                    cand.estimated_input_tokens,
+                );
                 let req = ChatRequest {
                     model: api_model_name(&cand.model),
                     system: system.map(str::to_string),
@@ -1477,7 +1482,7 @@ impl Optimizer {
                         };
                         if max_out < max_tokens {
                             notes.push(format!(
-                                "max_tokens lowered to {max_out}, the output limit of {}.",
+                                "max_tokens lowered to {max_out}: the output limit of {}, or the context left after the prompt.",
                                 cand.model
                             ));
                         }
@@ -2496,8 +2501,24 @@ fn api_model_name(id: &str) -> String {
     id.split_once('/').map(|(_, m)| m).unwrap_or(id).to_string()
 }
 
-fn cand_max_output(catalog: &Catalog, model: &str, asked: u32) -> u32 {
-    catalog.get(model).map_or(asked, |p| p.output_cap(asked))
+/// The `max_tokens` sent to `model`: what was asked, capped by the model's
+/// output limit and by the context left after the prompt. Anthropic (and
+/// others) refuse a request whose prompt plus `max_tokens` exceeds the
+/// context window rather than shortening it; the prompt's token count is
+/// an estimate, so a tenth more is kept free. Never below 1: a prompt that
+/// fills the window fails as too long and the next model is tried.
+fn cand_max_output(catalog: &Catalog, model: &str, asked: u32, input_tokens: u64) -> u32 {
+    let Some(p) = catalog.get(model) else {
+        return asked;
+    };
+    let cap = p.output_cap(asked);
+    match p.max_input_tokens {
+        Some(window) => {
+            let room = window.saturating_sub(input_tokens.saturating_add(input_tokens / 10));
+            cap.min(u32::try_from(room).unwrap_or(u32::MAX)).max(1)
+        }
+        None => cap,
+    }
 }
 
 fn prompt_hash(system: Option<&str>, prompt: &str) -> String {
@@ -2596,6 +2617,34 @@ fn parse_since(s: &str) -> Result<i64, ToolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// max_tokens is capped by the model's output limit and by the
+    /// context window left after the prompt (plus a tenth for the
+    /// estimate's error), never below 1.
+    #[test]
+    fn max_tokens_fits_the_output_limit_and_the_context_left() {
+        let catalog = Catalog::bundled();
+        let model = "anthropic/claude-haiku-4-5";
+        let p = catalog.get(model).unwrap();
+        let (window, out) = (p.max_input_tokens.unwrap(), p.max_output_tokens.unwrap());
+        assert_eq!(cand_max_output(&catalog, model, 1024, 100), 1024);
+        assert_eq!(cand_max_output(&catalog, model, u32::MAX, 100), out as u32);
+        // A prompt of 80% of the window leaves 12% of it (a tenth of the
+        // prompt kept free for the estimate's error).
+        let input = window * 8 / 10;
+        let left = window - input - input / 10;
+        assert!(left < out, "{left} {out}");
+        assert_eq!(
+            cand_max_output(&catalog, model, out as u32, input),
+            left as u32
+        );
+        assert_eq!(cand_max_output(&catalog, model, 1024, input), 1024);
+        assert_eq!(cand_max_output(&catalog, model, 4096, window), 1);
+        assert_eq!(
+            cand_max_output(&catalog, "acme/unknown", 77, 10_000_000),
+            77
+        );
+    }
 
     /// A cut-off attempt is recorded at the usage its reply reported,
     /// completed by the estimate (prompt, text received) where the reply
