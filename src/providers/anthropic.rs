@@ -130,13 +130,16 @@ impl StreamState {
                 if let Some(u) = v.get("usage") {
                     let later = parse_usage(u);
                     self.usage.output_tokens = later.output_tokens.max(self.usage.output_tokens);
-                    if u.get("input_tokens").is_some() {
+                    // A field given as `null` (the SDKs type them optional;
+                    // a proxy may send them so) is absent, not zero.
+                    let given = |k: &str| u.get(k).is_some_and(|v| !v.is_null());
+                    if given("input_tokens") {
                         self.usage.input_tokens = later.input_tokens;
                     }
-                    if u.get("cache_read_input_tokens").is_some() {
+                    if given("cache_read_input_tokens") {
                         self.usage.cache_read_tokens = later.cache_read_tokens;
                     }
-                    if u.get("cache_creation_input_tokens").is_some() {
+                    if given("cache_creation_input_tokens") {
                         self.usage.cache_write_tokens = later.cache_write_tokens;
                     }
                 }
@@ -294,6 +297,36 @@ mod tests {
         assert_eq!(r.usage.input_tokens, 25);
         assert_eq!(r.usage.cache_read_tokens, 100);
         assert_eq!(r.usage.output_tokens, 15);
+    }
+
+    /// A `message_delta` that gives the input counts as `null` keeps the
+    /// ones `message_start` reported; given as numbers, they replace them.
+    #[test]
+    fn null_counts_in_message_delta_keep_the_start_usage() {
+        let raw = |usage: &str| {
+            format!(
+                "{START}event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"Hi\"}}}}\n\n\
+                 event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\"}},\"usage\":{usage}}}\n\n\
+                 event: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n"
+            )
+        };
+        let r = run_stream(&raw(
+            r#"{"input_tokens":null,"cache_read_input_tokens":null,"cache_creation_input_tokens":null,"output_tokens":800}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            (
+                r.usage.input_tokens,
+                r.usage.cache_read_tokens,
+                r.usage.output_tokens
+            ),
+            (25, 100, 800)
+        );
+        let r = run_stream(&raw(
+            r#"{"input_tokens":30,"cache_read_input_tokens":0,"output_tokens":800}"#,
+        ))
+        .unwrap();
+        assert_eq!((r.usage.input_tokens, r.usage.cache_read_tokens), (30, 0));
     }
 
     #[test]

@@ -266,10 +266,21 @@ pub fn parse_usage(u: &Value) -> (Usage, Option<f64>) {
         output_tokens: completion,
         reasoning_tokens: reasoning.min(completion),
     };
-    let cost = u
-        .get("cost")
-        .and_then(|c| c.as_f64())
-        .filter(|c| c.is_finite() && *c >= 0.0);
+    let usd = |v: Option<&Value>| {
+        v.and_then(|c| c.as_f64())
+            .filter(|c| c.is_finite() && *c >= 0.0)
+    };
+    let cost = usd(u.get("cost"));
+    // OpenRouter with the user's own provider key ("BYOK"): `cost` is only
+    // OpenRouter's fee ($0 within the free allowance) and the tokens are
+    // billed by the provider, as `cost_details.upstream_inference_cost`.
+    // Without the key it reports that field too, equal to `cost`, so it is
+    // added only when `is_byok` says so.
+    let byok = u.get("is_byok").and_then(Value::as_bool) == Some(true);
+    let cost = match usd(u.pointer("/cost_details/upstream_inference_cost")) {
+        Some(upstream) if byok => Some(cost.unwrap_or(0.0) + upstream),
+        _ => cost,
+    };
     (usage, cost)
 }
 
@@ -295,6 +306,29 @@ mod tests {
         assert_eq!(u.output_tokens, 400);
         assert_eq!(u.reasoning_tokens, 150);
         assert_eq!(cost, Some(0.00123));
+    }
+
+    /// OpenRouter's `cost` is its own charge: with the user's provider key
+    /// the tokens' cost comes as `upstream_inference_cost` and is added;
+    /// without it the same field repeats `cost` and is not.
+    #[test]
+    fn openrouter_byok_cost_includes_the_upstream_charge() {
+        let usage = |byok: bool, cost: f64, upstream: f64| {
+            parse_usage(&json!({
+                "prompt_tokens": 10000, "completion_tokens": 2000,
+                "cost": cost, "is_byok": byok,
+                "cost_details": {"upstream_inference_cost": upstream}
+            }))
+            .1
+        };
+        assert_eq!(usage(true, 0.0, 0.06), Some(0.06));
+        assert_eq!(usage(true, 0.003, 0.06), Some(0.063));
+        assert_eq!(usage(false, 0.06, 0.06), Some(0.06));
+        let (_, no_cost) = parse_usage(&json!({
+            "prompt_tokens": 1, "completion_tokens": 1, "is_byok": true,
+            "cost_details": {"upstream_inference_cost": 0.5}
+        }));
+        assert_eq!(no_cost, Some(0.5));
     }
 
     #[test]
