@@ -1532,13 +1532,20 @@ impl Optimizer {
                 // Refused or unanswered: nothing was billed. Cut off after
                 // the provider accepted: it may bill what it produced, so
                 // the attempt is recorded at the cost of the usage seen.
-                let partial = err.accepted.map(|usage| {
-                    partial_charge(
+                let partial = err.accepted.map(|usage| match err.accepted_cost_usd {
+                    Some(cost) => PartialCharge {
+                        usage,
+                        cost_usd: crate::pricing::sane_cost(cost),
+                        source: "provider",
+                        maybe_billed: true,
+                        basis: PartialBasis::Provider,
+                    },
+                    None => partial_charge(
                         &self.catalog,
                         &cand.model,
                         usage,
                         reservation.cancel_usage(),
-                    )
+                    ),
                 });
                 let (cost, source, usage) = match &partial {
                     Some(p) => (p.cost_usd, p.source, p.usage),
@@ -1565,7 +1572,7 @@ impl Optimizer {
                     cut_off.push(CutOff {
                         model: cand.model.clone(),
                         cost_usd: p.cost_usd,
-                        basis: (p.source == "estimate").then_some(p.basis),
+                        basis: (p.source != "unpriced").then_some(p.basis),
                         recorded: recorded.is_ok(),
                     });
                 }
@@ -2251,6 +2258,7 @@ fn refuse_empty(
         ),
     );
     e.accepted = Some(r.usage);
+    e.accepted_cost_usd = r.provider_cost_usd;
     Err(e)
 }
 
@@ -2427,6 +2435,8 @@ struct PartialCharge {
 /// caller is told how far to trust its cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PartialBasis {
+    /// The cost the provider itself reported.
+    Provider,
     /// All of it from the provider's reply.
     Reported,
     /// The reply's usage, with the output raised to the text received.
@@ -2454,6 +2464,9 @@ fn billed_note(cut_off: &[CutOff]) -> Option<String> {
         .iter()
         .map(|c| {
             let what = match c.basis {
+                Some(PartialBasis::Provider) => {
+                    format!("${:.6}, the cost it reported", c.cost_usd)
+                }
                 Some(PartialBasis::Reported) => {
                     format!("an estimated ${:.6} from the usage it reported", c.cost_usd)
                 }

@@ -512,7 +512,8 @@ async fn failed_provider_falls_back_and_every_attempt_is_recorded() {
 
 /// A reasoning model that spends its whole output limit thinking answers
 /// with no text and `finish_reason: length`. That reply is billed (at the
-/// usage it reported) but useless: the next model answers instead.
+/// cost it reported, as OpenRouter's `usage.cost` does; otherwise at its
+/// usage) but useless: the next model answers instead.
 #[tokio::test]
 async fn an_empty_answer_cut_at_the_limit_falls_back() {
     let (empty, _good, _dir, s) = deepseek_then_anthropic(Reply::json(
@@ -523,7 +524,7 @@ async fn an_empty_answer_cut_at_the_limit_falls_back() {
             "choices": [{"index": 0, "message": {"role": "assistant", "content": ""},
                          "finish_reason": "length"}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 1024, "total_tokens": 1034,
-                      "completion_tokens_details": {"reasoning_tokens": 1024}}
+                      "completion_tokens_details": {"reasoning_tokens": 1024}, "cost": 0.0092}
         }),
     ))
     .await;
@@ -547,11 +548,18 @@ async fn an_empty_answer_cut_at_the_limit_falls_back() {
     assert_eq!(empty.requests().len(), 1, "not retried");
     // The empty reply was billed: its usage is recorded and said so.
     assert!(
-        c["warning"].as_str().unwrap_or_default().contains("billed"),
+        c["warning"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("(recorded at $0.009200, the cost it reported)"),
         "{c}"
     );
     let u = s.ok("query_usage", json!({})).await;
     assert_eq!(u["totals"]["failed_attempts"], json!(1));
+    assert_usd(
+        &u["total_cost_usd"],
+        0.0092 + c["cost_usd"].as_f64().unwrap(),
+    );
     assert!(
         u["totals"]["output_tokens"].as_u64().unwrap() >= 1024,
         "{u}"

@@ -104,6 +104,10 @@ pub struct ProviderError {
     /// failed (all zero when it reported none). `None`: the request was
     /// refused or never answered, and nothing was billed.
     pub accepted: Option<super::Usage>,
+    /// What the provider said the accepted attempt cost, when its reply
+    /// was complete enough to say (OpenRouter's `usage.cost` on an answer
+    /// refused as empty): recorded instead of an estimate.
+    pub accepted_cost_usd: Option<f64>,
 }
 
 /// Longest provider message kept in an error.
@@ -124,6 +128,7 @@ impl ProviderError {
             detail: clean_detail(detail.as_ref()),
             retry_after: None,
             accepted: None,
+            accepted_cost_usd: None,
         }
     }
 
