@@ -705,7 +705,7 @@ struct ScoreOut<'a> {
 fn score_stdin(settings: &Settings, length_only: bool) -> Result<()> {
     let router = Router::new(settings.tier_thresholds, &settings.tier_models);
     let registry = Registry::from_env(
-        &|k| std::env::var(k).ok(),
+        &|k| crate::config::env_var(k),
         settings.connect_timeout,
         settings.idle_timeout,
         settings.request_timeout,

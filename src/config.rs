@@ -254,10 +254,25 @@ struct PricingFile {
 /// Default alert thresholds: 50 %, 80 % and 100 % of the limit.
 pub const DEFAULT_THRESHOLDS: [f64; 3] = [0.5, 0.8, 1.0];
 
+/// A variable of the process environment, as every setting and provider
+/// reads it. A value that is a host's template left unfilled — Claude
+/// Desktop passes `${user_config.anthropic_api_key}` through as it is when
+/// the user left an optional extension field blank — counts as unset: it
+/// would otherwise enable a provider with a bogus key.
+pub fn env_var(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !is_unfilled_template(v))
+}
+
+/// `${user_config.…}` (or any `${…}`) with nothing substituted.
+pub fn is_unfilled_template(v: &str) -> bool {
+    let v = v.trim();
+    v.starts_with("${") && v.ends_with('}') && !v[2..].contains("${")
+}
+
 impl Settings {
     /// Reads the settings from the process environment and the config file.
     pub fn load() -> Result<Settings> {
-        Self::load_with(&|k| std::env::var(k).ok())
+        Self::load_with(&|k| env_var(k))
     }
 
     /// Reads the settings through `env`, so tests can supply variables
@@ -549,6 +564,17 @@ fn secs(v: f64) -> Result<Duration> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn unfilled_templates_are_unset() {
+        assert!(is_unfilled_template("${user_config.anthropic_api_key}"));
+        assert!(is_unfilled_template(" ${user_config.monthly_budget} "));
+        assert!(!is_unfilled_template("sk-ant-123"));
+        assert!(!is_unfilled_template("${a}-${b}"));
+        assert!(!is_unfilled_template("$5"));
+        assert!(!is_unfilled_template(""));
+    }
+
     use super::*;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {

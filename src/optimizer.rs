@@ -557,7 +557,7 @@ impl Optimizer {
     /// Builds the optimizer from settings and the process environment.
     pub fn from_env(settings: Settings) -> anyhow::Result<Optimizer> {
         let registry = Registry::from_env(
-            &|k| std::env::var(k).ok(),
+            &|k| crate::config::env_var(k),
             settings.connect_timeout,
             settings.idle_timeout,
             settings.request_timeout,

@@ -42,6 +42,40 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Claude Desktop passes a blank optional extension field through as its
+/// unfilled template (`${user_config.…}`): that is no key and no budget, not
+/// a key that enables the provider or a budget that fails to parse.
+#[test]
+fn unfilled_extension_templates_count_as_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(common::binary());
+    cmd.env_clear();
+    for (k, v) in common::base_env(dir.path()) {
+        cmd.env(k, v);
+    }
+    let o = cmd
+        .env("ANTHROPIC_API_KEY", "${user_config.anthropic_api_key}")
+        .env("DEEPSEEK_API_KEY", "sk-FAKE-deepseek-template-test")
+        .env("COST_OPTIMIZER_MONTHLY_BUDGET", "${user_config.monthly_budget}")
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let d: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let enabled = |name: &str| {
+        d["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["provider"] == name)
+            .unwrap_or_else(|| panic!("{d}"))["enabled"]
+            .clone()
+    };
+    assert_eq!(enabled("anthropic"), false, "{d}");
+    assert_eq!(enabled("deepseek"), true, "{d}");
+    assert_eq!(d["default_monthly_budget_usd"], 100.0, "{d}");
+}
+
 #[test]
 fn doctor_reports_providers_and_paths_as_json() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,8 +3,9 @@ scripts/package.sh has run) the built .mcpb and skill ZIP.
 
 The bundle test unpacks the .mcpb like Claude Desktop does and starts the
 binary exactly as the manifest says: `${__dirname}` replaced by the unpack
-directory and each `${user_config.KEY}` replaced by that key's default (empty
-when it has none). The official Python MCP SDK then initializes it and lists
+directory and each `${user_config.KEY}` replaced by that key's default, or
+left as it is when it has none (as the MCPB reference code and Claude Desktop
+do with a blank optional field). The official Python MCP SDK then initializes it and lists
 its tools.
 """
 
@@ -153,10 +154,16 @@ def test_manifest_maps_every_provider_env_var():
         for var in SECRET_ENVS:
             o = option(env, var)
             assert o["type"] == "string" and o["sensitive"] is True and not o.get("required")
+            # A blank optional field without a default reaches the server as
+            # the literal template: give each an empty default.
+            assert o.get("default") == "", f"{var} needs \"default\": \"\""
+
         o = option(env, "OLLAMA_HOST")
         assert o["type"] == "string" and not o.get("sensitive")
         o = option(env, "COST_OPTIMIZER_MONTHLY_BUDGET")
-        assert o["type"] == "number" and o["default"] == 100 and o["min"] > 0
+        # No default: a value always passed would override the config
+        # file's monthly_budget_usd; left blank, the template is ignored.
+        assert o["type"] == "number" and "default" not in o and o["min"] > 0
     for o in uc.values():
         assert o["title"] and o["description"]
 
@@ -220,7 +227,10 @@ def substitute(value, dirname, user_config):
         if key == "__dirname":
             return str(dirname)
         if key.startswith("user_config."):
-            default = user_config[key.split(".", 1)[1]].get("default", "")
+            field = user_config[key.split(".", 1)[1]]
+            if "default" not in field:
+                return m.group(0)
+            default = field["default"]
             if isinstance(default, bool):
                 return "true" if default else "false"
             if isinstance(default, (int, float)):
@@ -248,7 +258,10 @@ def test_bundle_unpacks_and_serves_as_the_manifest_says():
         assert Path(cmd) == binary
         args = [substitute(a, ext, m["user_config"]) for a in cfg.get("args", [])]
         env = {k: substitute(v, ext, m["user_config"]) for k, v in cfg["env"].items()}
-        assert env["ANTHROPIC_API_KEY"] == "" and env["COST_OPTIMIZER_MONTHLY_BUDGET"] == "100"
+        # Blank keys arrive empty (their default); the budget, which has no
+        # default, arrives as the unfilled template, which counts as unset.
+        assert env["ANTHROPIC_API_KEY"] == ""
+        assert env["COST_OPTIMIZER_MONTHLY_BUDGET"] == "${user_config.monthly_budget}"
         data = Path(tmp) / "data"
         env.update({
             "PATH": os.environ.get("PATH", ""),
@@ -266,9 +279,13 @@ def test_bundle_unpacks_and_serves_as_the_manifest_says():
                     assert init.server_info.name == "ai-cost-optimizer"
                     tools = (await session.list_tools()).tools
                     assert {t.name for t in tools} == {t["name"] for t in m["tools"]}
-                    # Empty keys count as unset: the budget default applies.
+                    # Empty keys and unfilled templates count as unset: the
+                    # budget default applies and no provider is enabled.
                     r = await session.call_tool("query_usage", {})
                     assert not r.is_error, r
                     assert r.structured_content["budget"]["limit_usd"] == 100
+                    r = await session.call_tool("check_model_costs", {})
+                    assert not r.is_error, r
+                    assert not any(m["enabled"] for m in r.structured_content["models"]), r
 
         asyncio.run(run())
