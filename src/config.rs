@@ -193,9 +193,12 @@ pub struct PriceOverride {
     pub input_per_mtok: f64,
     /// Price of an output token (reasoning included).
     pub output_per_mtok: f64,
-    /// Price of a cache-read input token; defaults to the input price.
+    /// Price of a cache-read input token; defaults to the catalog's, scaled
+    /// by this input price's ratio to the catalog's (the input price for a
+    /// model the catalog does not list). Long-context (>200k) and
+    /// reasoning prices are kept scaled the same way.
     pub cache_read_per_mtok: Option<f64>,
-    /// Price of a cache-write input token; defaults to the input price.
+    /// Price of a cache-write input token; defaults as `cache_read_per_mtok`.
     pub cache_write_per_mtok: Option<f64>,
     /// Context window, if known.
     pub max_input_tokens: Option<u64>,

@@ -56,7 +56,10 @@ fn unfilled_extension_templates_count_as_unset() {
     let o = cmd
         .env("ANTHROPIC_API_KEY", "${user_config.anthropic_api_key}")
         .env("DEEPSEEK_API_KEY", "sk-FAKE-deepseek-template-test")
-        .env("COST_OPTIMIZER_MONTHLY_BUDGET", "${user_config.monthly_budget}")
+        .env(
+            "COST_OPTIMIZER_MONTHLY_BUDGET",
+            "${user_config.monthly_budget}",
+        )
         .args(["doctor", "--json"])
         .output()
         .unwrap();

@@ -273,16 +273,35 @@ impl Catalog {
                 "pricing override for a model the catalog does not list: added as a new model (check the spelling)"
             );
         }
+        // What the override leaves out keeps the catalog's structure at the
+        // override's level: a cache read at a tenth of input, or a price
+        // doubled above 200k tokens, stays so, scaled by the ratio of the
+        // new input (or output) price to the catalog's. Dropping them
+        // would bill long prompts at the short rate and cache reads at the
+        // full input price.
+        let (input, output) = (o.input_per_mtok / 1e6, o.output_per_mtok / 1e6);
+        let ratio = |new: f64, old: f64| (old > 0.0).then(|| new / old);
+        let in_ratio = existing.as_ref().and_then(|e| ratio(input, e.input));
+        let out_ratio = existing.as_ref().and_then(|e| ratio(output, e.output));
+        let scaled = |field: fn(&ModelPrice) -> Option<f64>, r: Option<f64>| {
+            existing.as_ref().and_then(field).zip(r).map(|(v, r)| v * r)
+        };
         let price = ModelPrice {
             id: id.to_string(),
             provider,
-            input: o.input_per_mtok / 1e6,
-            output: o.output_per_mtok / 1e6,
-            cache_read: o.cache_read_per_mtok.map(|v| v / 1e6),
-            cache_write: o.cache_write_per_mtok.map(|v| v / 1e6),
-            reasoning: None,
-            input_long: None,
-            output_long: None,
+            input,
+            output,
+            cache_read: o
+                .cache_read_per_mtok
+                .map(|v| v / 1e6)
+                .or_else(|| scaled(|e| e.cache_read, in_ratio)),
+            cache_write: o
+                .cache_write_per_mtok
+                .map(|v| v / 1e6)
+                .or_else(|| scaled(|e| e.cache_write, in_ratio)),
+            reasoning: scaled(|e| e.reasoning, out_ratio),
+            input_long: scaled(|e| e.input_long, in_ratio),
+            output_long: scaled(|e| e.output_long, out_ratio),
             max_input_tokens: o
                 .max_input_tokens
                 .or(existing.as_ref().and_then(|e| e.max_input_tokens)),
@@ -679,6 +698,49 @@ mod tests {
         let m = c.get("deepseek/deepseek-chat").unwrap();
         assert_eq!(m.origin, PriceOrigin::Override);
         assert!((m.estimate(1_000_000, 1_000_000) - 3.0).abs() < 1e-9);
+    }
+
+    /// An override keeps the catalog's price structure at its own level:
+    /// the long-context and cache prices it does not give are the
+    /// catalog's, scaled by the new price's ratio to the old.
+    #[test]
+    fn overrides_keep_long_context_and_cache_prices_scaled() {
+        let bundled = Catalog::bundled();
+        let id = "gemini/gemini-2.5-pro";
+        let before = bundled.get(id).unwrap();
+        let (long_in, long_out, cache) = (
+            before.input_long.unwrap(),
+            before.output_long.unwrap(),
+            before.cache_read.unwrap(),
+        );
+        let mut o = BTreeMap::new();
+        o.insert(
+            id.to_string(),
+            PriceOverride {
+                input_per_mtok: before.input * 1e6 / 2.0,
+                output_per_mtok: before.output * 1e6 / 2.0,
+                cache_read_per_mtok: None,
+                cache_write_per_mtok: None,
+                max_input_tokens: None,
+            },
+        );
+        let m = Catalog::load(None, &o).unwrap().get(id).unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-15;
+        assert!(close(m.input_long.unwrap(), long_in / 2.0));
+        assert!(close(m.output_long.unwrap(), long_out / 2.0));
+        assert!(close(m.cache_read.unwrap(), cache / 2.0));
+        // A 300k-token prompt is billed at the (halved) long rates.
+        let u = Usage {
+            input_tokens: 300_000,
+            output_tokens: 2_000,
+            ..Usage::default()
+        };
+        assert!(
+            close(m.cost_of(&u), before.cost_of(&u) / 2.0),
+            "{} {}",
+            m.cost_of(&u),
+            before.cost_of(&u)
+        );
     }
 
     /// An override spelt with a provider alias or other case replaces the
