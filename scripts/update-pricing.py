@@ -18,7 +18,8 @@ FIELDS = [
     "litellm_provider", "mode", "input_cost_per_token", "output_cost_per_token",
     "cache_read_input_token_cost", "cache_creation_input_token_cost",
     "output_cost_per_reasoning_token", "input_cost_per_token_above_200k_tokens",
-    "output_cost_per_token_above_200k_tokens", "max_input_tokens", "max_output_tokens",
+    "output_cost_per_token_above_200k_tokens", "cache_read_input_token_cost_above_200k_tokens",
+    "max_input_tokens", "max_output_tokens",
     "deprecation_date",
 ]
 

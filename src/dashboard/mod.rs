@@ -904,6 +904,7 @@ mod tests {
             cache_write: None,
             reasoning: Some(20.0),
             input_long: None,
+            cache_read_long: None,
             output_long: None,
             max_input_tokens: None,
             max_output_tokens: None,

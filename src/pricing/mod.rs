@@ -72,6 +72,9 @@ pub struct ModelPrice {
     pub input_long: Option<f64>,
     /// Output price above 200k input tokens.
     pub output_long: Option<f64>,
+    /// Cache-read price above 200k input tokens (Gemini's long-context
+    /// cache reads cost double, like its input).
+    pub cache_read_long: Option<f64>,
     /// Context window.
     pub max_input_tokens: Option<u64>,
     /// Output limit.
@@ -95,6 +98,7 @@ impl ModelPrice {
             reasoning: None,
             input_long: None,
             output_long: None,
+            cache_read_long: None,
             max_input_tokens: None,
             max_output_tokens: None,
             deprecation_date: None,
@@ -124,10 +128,14 @@ impl ModelPrice {
         } else {
             self.output
         };
+        let cache_read = match (long, self.cache_read_long) {
+            (true, Some(p)) => p,
+            _ => self.cache_read.unwrap_or(input),
+        };
         let reasoning = usage.reasoning_tokens.min(usage.output_tokens);
         let plain_output = usage.output_tokens - reasoning;
         let cost = usage.input_tokens as f64 * input
-            + usage.cache_read_tokens as f64 * self.cache_read.unwrap_or(input)
+            + usage.cache_read_tokens as f64 * cache_read
             + usage.cache_write_tokens as f64 * self.cache_write.unwrap_or(input)
             + plain_output as f64 * output
             + reasoning as f64 * self.reasoning.unwrap_or(output);
@@ -205,6 +213,7 @@ struct LiteLlmEntry {
     output_cost_per_reasoning_token: Option<f64>,
     input_cost_per_token_above_200k_tokens: Option<f64>,
     output_cost_per_token_above_200k_tokens: Option<f64>,
+    cache_read_input_token_cost_above_200k_tokens: Option<f64>,
     max_input_tokens: Option<f64>,
     max_output_tokens: Option<f64>,
     deprecation_date: Option<String>,
@@ -302,6 +311,7 @@ impl Catalog {
             reasoning: scaled(|e| e.reasoning, out_ratio),
             input_long: scaled(|e| e.input_long, in_ratio),
             output_long: scaled(|e| e.output_long, out_ratio),
+            cache_read_long: scaled(|e| e.cache_read_long, in_ratio),
             max_input_tokens: o
                 .max_input_tokens
                 .or(existing.as_ref().and_then(|e| e.max_input_tokens)),
@@ -510,6 +520,7 @@ fn parse_litellm(text: &str, origin: PriceOrigin) -> Result<BTreeMap<String, Mod
             entry.output_cost_per_reasoning_token,
             entry.input_cost_per_token_above_200k_tokens,
             entry.output_cost_per_token_above_200k_tokens,
+            entry.cache_read_input_token_cost_above_200k_tokens,
         ];
         if prices.iter().flatten().any(|p| !p.is_finite() || *p < 0.0) {
             bail!("entry {key:?} has a negative or non-numeric price");
@@ -527,6 +538,7 @@ fn parse_litellm(text: &str, origin: PriceOrigin) -> Result<BTreeMap<String, Mod
                 reasoning: entry.output_cost_per_reasoning_token,
                 input_long: entry.input_cost_per_token_above_200k_tokens,
                 output_long: entry.output_cost_per_token_above_200k_tokens,
+                cache_read_long: entry.cache_read_input_token_cost_above_200k_tokens,
                 max_input_tokens: tokens(entry.max_input_tokens),
                 max_output_tokens: tokens(entry.max_output_tokens),
                 deprecation_date: entry.deprecation_date,
@@ -698,6 +710,38 @@ mod tests {
         let m = c.get("deepseek/deepseek-chat").unwrap();
         assert_eq!(m.origin, PriceOrigin::Override);
         assert!((m.estimate(1_000_000, 1_000_000) - 3.0).abs() < 1e-9);
+    }
+
+    /// Above 200k input tokens Gemini bills cache reads at their own long
+    /// rate too (double, like input), not at the short cache rate.
+    #[test]
+    fn long_prompts_bill_cache_reads_at_the_long_rate() {
+        let m = Catalog::bundled().get("gemini/gemini-2.5-pro").unwrap();
+        let (input_long, output_long, cache_long) = (
+            m.input_long.unwrap(),
+            m.output_long.unwrap(),
+            m.cache_read_long.unwrap(),
+        );
+        assert!(cache_long > m.cache_read.unwrap());
+        let u = Usage {
+            input_tokens: 50_000,
+            cache_read_tokens: 250_000,
+            output_tokens: 3_000,
+            reasoning_tokens: 2_000,
+            ..Usage::default()
+        };
+        let expected = 50_000.0 * input_long + 250_000.0 * cache_long + 3_000.0 * output_long;
+        assert!(
+            (m.cost_of(&u) - expected).abs() < 1e-12,
+            "{} vs {expected}",
+            m.cost_of(&u)
+        );
+        // Below 200k the short cache rate applies.
+        let short = Usage {
+            cache_read_tokens: 100_000,
+            ..Usage::default()
+        };
+        assert!((m.cost_of(&short) - 100_000.0 * m.cache_read.unwrap()).abs() < 1e-12);
     }
 
     /// An override keeps the catalog's price structure at its own level:
