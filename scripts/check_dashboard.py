@@ -147,11 +147,13 @@ def main():
     check(len(opts) >= 2, f"{len(opts)} baseline options")
     if len(opts) >= 2:
         alt = float(opts[1]["data-cost"])
-        want = usd(max(0.0, alt - cost))
+        # The amount is shown unsigned; "saved" or "more than the baseline"
+        # says which way.
+        want = usd(abs(alt - cost))
         got = dom.text.get("savings-amount", "").strip()
         check(got == want, f"baseline picker recomputed savings: {got!r} = {want!r}")
         check(dom.text.get("baseline-cost", "").strip() == usd(alt), "baseline cost swapped")
-    saved = max(0.0, base - cost)
+    saved = base - cost  # signed: a dearer history shows its loss
     check(abs(float([x for t, x in dom.elements if x.get("id") == "total-saved"][0]["data-usd"]) - saved) < 1e-9,
           f"savings card equals ledger baseline − cost = {saved:.6f}")
     check(failed >= 0, f"{failed} failed attempts in the ledger")

@@ -33,7 +33,12 @@ cp "$bin" "$stage/server/"
 chmod 755 "$stage/server/ai-cost-optimizer$exe"
 cp assets/icon.png "$stage/icon.png"
 mkdir -p "$stage/screenshots"
-cp assets/screenshots/*.png "$stage/screenshots/"
+# Only the screenshots the manifest lists (the dashboard shots are for the
+# README and would add ~400 KB to every install).
+python3 -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["screenshots"]))' \
+  packaging/manifest.json | while read -r shot; do
+  cp "assets/$shot" "$stage/$shot"
+done
 cp LICENSE "$stage/LICENSE"
 cp src/pricing/LICENSE-litellm.txt "$stage/LICENSE-litellm.txt"
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)"

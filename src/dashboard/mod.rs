@@ -127,18 +127,20 @@ pub fn collect(
     let budget = core
         .budget_status(user.as_deref().unwrap_or(DEFAULT_USER))
         .map_err(|e| e.to_string());
+    // The recorded figure is each call's baseline when it was made, which
+    // may be another model than the one configured now: it is labelled as
+    // what it is, and the configured model gets its own re-priced option.
     let configured = core.settings().baseline_model.clone();
     let mut baselines = vec![BaselineOption {
-        label: format!("{configured} (as recorded)"),
+        label: "as recorded (each call's baseline when it was made)".into(),
         cost_usd: snapshot.totals.baseline_cost_usd,
     }];
-    let mut seen = vec![configured];
-    let candidates = default_models(Tier::Premium)
-        .iter()
-        .copied()
+    let mut seen: Vec<String> = Vec::new();
+    let candidates = std::iter::once(configured.as_str())
+        .chain(default_models(Tier::Premium).iter().copied())
         .chain(["anthropic/claude-opus-4-6", "openrouter/openai/gpt-5"]);
     for id in candidates {
-        if baselines.len() >= 5 || seen.iter().any(|s| s == id) {
+        if baselines.len() >= 6 || seen.iter().any(|s| s == id) {
             continue;
         }
         if let Some(p) = core.catalog().get(id) {

@@ -250,6 +250,8 @@ def test_bundle_unpacks_and_serves_as_the_manifest_says():
         for n in ["manifest.json", "icon.png", "server/ai-cost-optimizer", "LICENSE",
                   "LICENSE-litellm.txt", *m_src["screenshots"]]:
             assert n in names, f"{n} missing from the bundle: {names}"
+        shots = {n for n in names if n.startswith("screenshots/") and not n.endswith("/")}
+        assert shots == set(m_src["screenshots"]), f"unlisted screenshots in the bundle: {shots}"
         m = json.loads((ext / "manifest.json").read_text(encoding="utf-8"))
         binary = ext / m["server"]["entry_point"]
         assert os.access(binary, os.X_OK), "the server binary is not executable"
