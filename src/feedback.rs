@@ -120,7 +120,8 @@ pub fn record(
         .filter(|call| owner.is_none_or(|o| o == call.user_id))
         .ok_or_else(|| {
             ToolError::Invalid(format!(
-                "request_id: no call {id:?} in the ledger (it may have been pruned by retention)"
+                "request_id: no call {id:?} among the last {} recorded (it may be older, or pruned by retention)",
+                crate::ledger::FEEDBACK_WINDOW
             ))
         })?;
     ledger

@@ -131,6 +131,23 @@ fn dashboard_command_writes_a_page_that_matches_the_ledger() {
         "spend"
     );
     assert!(html.contains(r#"data-calls="5""#));
+    // A blank user means every user, as for `usage`.
+    let blank = dir.path().join("blank.html");
+    let o = run(
+        dir.path(),
+        &[
+            "dashboard",
+            "--days",
+            "7",
+            "--user",
+            "",
+            "--out",
+            blank.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let page = std::fs::read_to_string(&blank).unwrap();
+    assert!(page.contains(r#"data-calls="5""#), "every user's calls");
     // Saved: 5 × 0.3 − 0.283
     assert!(html.contains(r#"id="total-saved" data-usd="1.217""#));
     assert_eq!(html.matches(r#"class="slice""#).count(), 3, "three tiers");

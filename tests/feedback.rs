@@ -122,7 +122,7 @@ async fn ratings_from_cli_and_mcp_are_recorded_and_bad_input_is_explained() {
     let o = run(dir.path(), &["feedback", "nope", "--rating", "bad"], &[]);
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("no call \"nope\" in the ledger"),
+        stderr(&o).contains("no call \"nope\" among the last"),
         "{}",
         stderr(&o)
     );

@@ -107,9 +107,10 @@ pub fn collect(
             opts.days
         )));
     }
-    let user = match opts.user_id.as_deref() {
-        Some(u) => Some(validate_user(Some(u))?),
-        None => None,
+    // A blank user means every user, as for `usage` and query_usage.
+    let user = match opts.user_id.as_deref().map(str::trim) {
+        Some(u) if !u.is_empty() => Some(validate_user(Some(u))?),
+        _ => None,
     };
     let since_ms = (now_ms.div_euclid(DAY_MS) - (opts.days - 1)) * DAY_MS;
     let snapshot = core

@@ -55,19 +55,37 @@ pub struct HistoryCall {
 /// together; the newest row itself is always in range.
 const MAX_ATTEMPT_SPAN: i64 = 1_000;
 
+/// How many of the most recent ledger rows a rating's request id is looked
+/// up in (a few weeks of heavy use); older calls cannot be rated.
+pub const FEEDBACK_WINDOW: i64 = 200_000;
+
 impl Ledger {
     /// The call `request_id` refers to, or `None` when the ledger has no such
     /// request (a typo, or a call pruned by retention).
     pub fn feedback_call(&self, request_id: &str) -> Result<Option<FeedbackCall>, LedgerError> {
+        self.feedback_call_within(request_id, FEEDBACK_WINDOW)
+    }
+
+    /// [`Ledger::feedback_call`] among the last `window` rows.
+    fn feedback_call_within(
+        &self,
+        request_id: &str,
+        window: i64,
+    ) -> Result<Option<FeedbackCall>, LedgerError> {
         let conn = self.lock();
         // No index on request_id (it would cost a page write on every call).
         // Ratings come soon after the call, so walk the rowid backwards to the
         // newest attempt of the request (a short scan for a recent call), then
-        // read that request's attempts, which sit just below it.
+        // read that request's attempts, which sit just below it. The walk
+        // stops after the last FEEDBACK_WINDOW rows: an unknown id (a typo,
+        // or a caller probing) must not scan a million-row ledger while
+        // holding it, delaying every call.
         let newest: Option<i64> = conn
             .query_row(
-                "SELECT id FROM calls WHERE request_id = ?1 ORDER BY id DESC LIMIT 1",
-                [request_id],
+                "SELECT id FROM calls WHERE request_id = ?1
+                   AND id > (SELECT coalesce(max(id), 0) FROM calls) - ?2
+                 ORDER BY id DESC LIMIT 1",
+                params![request_id, window],
                 |r| r.get(0),
             )
             .optional()
@@ -208,5 +226,10 @@ mod tests {
         assert_eq!(call.model, "deepseek/answers");
         assert_eq!(call.user_id, "u");
         assert_eq!(ledger.feedback_call("no-such-request").unwrap(), None);
+        // The lookup reads only the most recent rows: the last row of "r-1"
+        // (its speech) has 10 rows after it, so a window of 11 finds it and
+        // one of 10 does not.
+        assert!(ledger.feedback_call_within("r-1", 11).unwrap().is_some());
+        assert_eq!(ledger.feedback_call_within("r-1", 10).unwrap(), None);
     }
 }

@@ -31,7 +31,7 @@ mod owners;
 pub use analytics::{
     BANDS, BandStat, Breakdown, CallRow, DayProvider, Snapshot, SnapshotRequest, TokenMix,
 };
-pub use feedback::{FeedbackCall, HistoryCall};
+pub use feedback::{FEEDBACK_WINDOW, FeedbackCall, HistoryCall};
 pub use keys::{ApiKeyRow, KeyReader};
 
 /// Schema migrations, in order. Append only; never edit a released one.
