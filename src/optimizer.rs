@@ -1748,8 +1748,15 @@ impl Optimizer {
                     return audio;
                 }
             };
+            let path = match audio_path(&self.settings.data_dir, job.request_id) {
+                Ok(p) => p,
+                Err(e) => {
+                    audio.error = Some(format!("could not save the audio: {e}"));
+                    return audio;
+                }
+            };
             let t0 = Instant::now();
-            let result = speech.client.synthesize(&req).await;
+            let result = speech.client.synthesize_to(&req, &path).await;
             let record = CallRecord {
                 ts_ms: self.now(),
                 user_id: job.user.to_string(),
@@ -1767,7 +1774,7 @@ impl Optimizer {
             };
             attempt += 1;
             match result {
-                Ok(bytes) => {
+                Ok(size) => {
                     let _ = reservation
                         .settle(CallRecord {
                             cost_usd: cost,
@@ -1776,11 +1783,8 @@ impl Optimizer {
                         })
                         .await;
                     audio.cost_usd = cost;
-                    audio.bytes = bytes.len() as u64;
-                    match write_audio(&self.settings.data_dir, job.request_id, &bytes) {
-                        Ok(p) => audio.path = Some(p),
-                        Err(e) => audio.error = Some(format!("could not save the audio: {e}")),
-                    }
+                    audio.bytes = size;
+                    audio.path = Some(path.display().to_string());
                     return audio;
                 }
                 Err(err) => {
@@ -2166,24 +2170,12 @@ struct SpeechJob<'a> {
 }
 
 /// Writes audio to `<data dir>/audio/<request id>.wav`, owner-only.
-fn write_audio(
-    data_dir: &std::path::Path,
-    request_id: &str,
-    bytes: &[u8],
-) -> std::io::Result<String> {
+/// Where the audio of `request_id` is saved: `<data dir>/audio/<id>.wav`,
+/// the directory created private if missing.
+fn audio_path(data_dir: &std::path::Path, request_id: &str) -> std::io::Result<std::path::PathBuf> {
     let dir = data_dir.join("audio");
     crate::ledger::create_private_dir(&dir).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let path = dir.join(format!("{request_id}.wav"));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    use std::io::Write;
-    opts.open(&path)?.write_all(bytes)?;
-    Ok(path.display().to_string())
+    Ok(dir.join(format!("{request_id}.wav")))
 }
 
 /// Releases its reservation when dropped unless settled, so a cancelled or

@@ -870,7 +870,12 @@ async fn after_the_cooldown_one_call_probes_the_provider() {
 
 /// A minimal valid WAV file: RIFF header, fmt chunk, a little silence.
 fn wav() -> Vec<u8> {
-    let data = vec![0u8; 64];
+    wav_of(64)
+}
+
+/// A valid WAV file with `len` bytes of silence.
+fn wav_of(len: usize) -> Vec<u8> {
+    let data = vec![0u8; len];
     let mut w = Vec::new();
     w.extend_from_slice(b"RIFF");
     w.extend_from_slice(&((36 + data.len()) as u32).to_le_bytes());
@@ -1034,6 +1039,48 @@ async fn cartesia_speaks_the_answer_and_survives_faults() {
         let u = s.ok("query_usage", json!({})).await;
         assert_eq!(u["totals"]["failed_attempts"], json!(failed), "{error:?}");
     }
+
+    // Audio far longer than its transcript could take (6 MB for "Hello
+    // there", over a minute of silence per character) is refused, and no
+    // partial file is left.
+    let audio_dir = dir.path().join("audio");
+    let before = std::fs::read_dir(&audio_dir).unwrap().count();
+    tts.push(Reply {
+        raw: Some(wav_of(6_000_000)),
+        ..wav_reply()
+    });
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "greet me", "tier": "cheap", "speak": true}),
+        )
+        .await;
+    let e = c["audio"]["error"].as_str().unwrap_or_default();
+    assert!(e.contains("longer than"), "{}", c["audio"]);
+    assert_eq!(std::fs::read_dir(&audio_dir).unwrap().count(), before);
+    failed += 1;
+    // A long answer's audio, over the 16 MiB any other reply may take, is
+    // saved whole: 1,500 characters read aloud are about 100 s (9 MB) at
+    // a normal pace; 20 MiB is within what they can take.
+    let long = "word ".repeat(300);
+    chat.push(openai_sse("deepseek-v3.2", &[long.as_str()], usage10()));
+    let big = wav_of(20 * 1024 * 1024);
+    tts.push(Reply {
+        raw: Some(big.clone()),
+        ..wav_reply()
+    });
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "read me a long text", "tier": "cheap", "speak": true}),
+        )
+        .await;
+    assert_eq!(c["audio"]["error"], Value::Null, "{}", c["audio"]);
+    assert_eq!(c["audio"]["bytes"], json!(big.len()));
+    let saved = std::fs::read(c["audio"]["path"].as_str().unwrap()).unwrap();
+    assert!(saved == big, "the file holds the audio as sent");
+    let u = s.ok("query_usage", json!({})).await;
+    assert_eq!(u["totals"]["failed_attempts"], json!(failed));
     s.stop().await;
 
     // Nothing listening at CARTESIA_BASE_URL: the answer still arrives.

@@ -7,7 +7,10 @@
 //! `[pricing.overrides."cartesia/<model>"] input_per_mtok`, read as USD per
 //! million characters).
 
+use std::path::Path;
+
 use serde_json::json;
+use tokio::io::AsyncWriteExt;
 
 use super::{ErrorKind, ProviderConfig, ProviderError, ProviderId, ProviderSpec, read_body};
 
@@ -50,6 +53,19 @@ pub fn price_per_char(model: &str) -> Option<f64> {
 /// Longest transcript sent in one request, in characters.
 pub const MAX_TRANSCRIPT_CHARS: usize = 20_000;
 
+/// Bytes per second of the audio asked for (16-bit mono PCM at 44.1 kHz).
+const WAV_BYTES_PER_SECOND: u64 = 44_100 * 2;
+
+/// The most WAV bytes a transcript of `chars` characters can take: read at
+/// a very slow 4 characters a second, plus a minute of slack. Speech is
+/// about 15 characters a second, so a real reply never comes near it,
+/// while a misbehaving server cannot fill the disk. (A fixed cap cannot do
+/// both: 16 MiB is only about 190 s of audio, and Cartesia bills the
+/// characters whether or not we keep the audio.)
+pub fn max_wav_bytes(chars: usize) -> u64 {
+    44 + WAV_BYTES_PER_SECOND * (chars as u64 / 4 + 60)
+}
+
 /// One text-to-speech request.
 #[derive(Debug, Clone)]
 pub struct SpeechRequest {
@@ -72,8 +88,14 @@ impl Cartesia {
         Cartesia { config }
     }
 
-    /// Synthesises `req` to WAV bytes (16-bit PCM, 44.1 kHz).
-    pub async fn synthesize(&self, req: &SpeechRequest) -> Result<Vec<u8>, ProviderError> {
+    /// Synthesises `req` as WAV audio (16-bit PCM, 44.1 kHz) streamed into a
+    /// new file at `out` (created private); returns its size. On failure
+    /// nothing is left at `out`.
+    pub async fn synthesize_to(
+        &self,
+        req: &SpeechRequest,
+        out: &Path,
+    ) -> Result<u64, ProviderError> {
         let body = json!({
             "model_id": req.model,
             "transcript": req.transcript,
@@ -95,9 +117,9 @@ impl Cartesia {
             .await
             .map_err(|e| ProviderError::from_reqwest(ProviderId::Cartesia, &e))?;
         let status = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = read_body(ProviderId::Cartesia, resp).await?;
         if !status.is_success() {
+            let headers = resp.headers().clone();
+            let bytes = read_body(ProviderId::Cartesia, resp).await?;
             return Err(ProviderError::from_http(
                 ProviderId::Cartesia,
                 status.as_u16(),
@@ -105,17 +127,97 @@ impl Cartesia {
                 &bytes,
             ));
         }
-        // A WAV file starts with "RIFF....WAVE"; anything else (an HTML
-        // error page from a proxy, JSON) is not audio.
-        if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
-            return Err(ProviderError::new(
-                ProviderId::Cartesia,
+        let cap = max_wav_bytes(req.transcript.chars().count());
+        let result = stream_wav(resp, out, cap, status.as_u16()).await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(out).await;
+        }
+        result
+    }
+}
+
+/// Writes the body of an accepted reply to `out`, checking it is WAV and
+/// no longer than `cap` bytes.
+async fn stream_wav(
+    resp: reqwest::Response,
+    out: &Path,
+    cap: u64,
+    status: u16,
+) -> Result<u64, ProviderError> {
+    use futures_util::StreamExt;
+    let err =
+        |kind, detail: String| ProviderError::new(ProviderId::Cartesia, kind, Some(status), detail);
+    let io = |e: std::io::Error| {
+        err(
+            ErrorKind::Malformed,
+            format!("could not save the audio: {e}"),
+        )
+    };
+    let mut opts = tokio::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut file = opts.open(out).await.map_err(io)?;
+    let mut head: Vec<u8> = Vec::with_capacity(12);
+    let mut written = 0u64;
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            let mut e = ProviderError::from_reqwest(ProviderId::Cartesia, &e);
+            if e.kind == ErrorKind::Malformed {
+                e.kind = ErrorKind::Connection;
+                e.detail = format!("the audio broke off: {}", e.detail);
+            }
+            e
+        })?;
+        if head.len() < 12 {
+            let take = (12 - head.len()).min(chunk.len());
+            head.extend_from_slice(&chunk[..take]);
+            // A WAV file starts with "RIFF....WAVE"; anything else (an
+            // HTML page from a proxy, JSON) is not audio.
+            if head.len() == 12 && (&head[0..4] != b"RIFF" || &head[8..12] != b"WAVE") {
+                return Err(err(
+                    ErrorKind::Malformed,
+                    "the reply is not WAV audio".into(),
+                ));
+            }
+        }
+        written += chunk.len() as u64;
+        if written > cap {
+            return Err(err(
                 ErrorKind::Malformed,
-                Some(status.as_u16()),
-                "the reply is not WAV audio",
+                format!("the audio is longer than {cap} bytes, more than its transcript can take"),
             ));
         }
-        Ok(bytes)
+        file.write_all(&chunk).await.map_err(io)?;
+    }
+    if head.len() < 12 {
+        return Err(err(
+            ErrorKind::Malformed,
+            "the reply is not WAV audio".into(),
+        ));
+    }
+    file.flush().await.map_err(io)?;
+    Ok(written)
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::*;
+
+    /// The cap grows with the transcript: a long answer read aloud (20,000
+    /// characters, over 20 minutes at a normal pace) fits, 16 MiB would not.
+    #[test]
+    fn the_audio_cap_follows_the_transcript() {
+        let normal_pace = |chars: u64| 44 + WAV_BYTES_PER_SECOND * chars / 15;
+        for chars in [1usize, 200, 3_000, MAX_TRANSCRIPT_CHARS] {
+            assert!(
+                max_wav_bytes(chars) > normal_pace(chars as u64) * 3,
+                "{chars}"
+            );
+        }
+        assert!(normal_pace(MAX_TRANSCRIPT_CHARS as u64) > 16 * 1024 * 1024);
+        assert!(max_wav_bytes(3) < 6 * 1024 * 1024);
     }
 }
 
