@@ -303,7 +303,9 @@ impl Harness {
         let fake = FakeProvider::start((case.ok)()).await;
         let mut env = vec![
             (case.base_env, format!("{}{}", fake.base, case.base_suffix)),
-            ("COST_OPTIMIZER_REQUEST_TIMEOUT_SECS", "1".to_string()),
+            // Long enough that a normal reply never hits it on a loaded
+            // machine running seven matrices at once.
+            ("COST_OPTIMIZER_REQUEST_TIMEOUT_SECS", "4".to_string()),
             ("COST_OPTIMIZER_BREAKER_COOLDOWN_SECS", "0.001".to_string()),
         ];
         if let Some(k) = case.key_env {
@@ -575,8 +577,8 @@ async fn run_matrix(name: &'static str) {
     // billed, so it is recorded at what its usage so far cost.
     h.fake.push(((h.case.truncated)()).reset_after_body());
     h.expect_recovery_after_cutoff("reset mid-body").await;
-    // Slower than the 1 s timeout: retried.
-    h.fake.push(((h.case.ok)()).delayed(Duration::from_secs(3)));
+    // Slower than the 4 s timeout: retried.
+    h.fake.push(((h.case.ok)()).delayed(Duration::from_secs(8)));
     h.expect_recovery("slow reply", 1).await;
     // Malformed JSON: not retried (the same request would get the same).
     h.fake.push(Reply {
@@ -942,7 +944,7 @@ async fn cartesia_speaks_the_answer_and_survives_faults() {
             ("DEEPSEEK_BASE_URL", chat.base.clone()),
             ("CARTESIA_API_KEY", "sk_car_FAKE_0000000000000000".into()),
             ("CARTESIA_BASE_URL", tts.base.clone()),
-            ("COST_OPTIMIZER_REQUEST_TIMEOUT_SECS", "1".into()),
+            ("COST_OPTIMIZER_REQUEST_TIMEOUT_SECS", "4".into()),
         ],
     )
     .await;
@@ -1012,7 +1014,7 @@ async fn cartesia_speaks_the_answer_and_survives_faults() {
             Some("not WAV audio"),
             1,
         ),
-        (vec![wav_reply().delayed(Duration::from_secs(3))], None, 1),
+        (vec![wav_reply().delayed(Duration::from_secs(8))], None, 1),
         (vec![wav_reply().reset_after_body()], None, 1),
     ];
     for (replies, error, failures) in cases {
