@@ -131,6 +131,43 @@ fn dashboard_command_writes_a_page_that_matches_the_ledger() {
         "spend"
     );
     assert!(html.contains(r#"data-calls="5""#));
+    // Long ranges get one bar per 7 or 30 days (3,650 daily bars would
+    // paint over each other), labelled with the year.
+    for (days, per, bars) in [
+        ("400", "per 7 UTC days", 58),
+        ("3650", "per 30 UTC days", 122),
+    ] {
+        let long = dir.path().join(format!("long-{days}.html"));
+        let o = run(
+            dir.path(),
+            &["dashboard", "--days", days, "--out", long.to_str().unwrap()],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let page = std::fs::read_to_string(&long).unwrap();
+        assert!(page.contains(per), "{days}: {per}");
+        let segs = page.matches(r#"<rect class="seg""#).count();
+        // The five (day, provider) pairs fall in one or two bars of each
+        // of the two providers.
+        assert!((2..=4).contains(&segs), "{days}: {segs} segments");
+        let slots: std::collections::BTreeSet<&str> = page
+            .match_indices("data-slot=\"")
+            .map(|(i, _)| &page[i + 11..i + 11 + page[i + 11..].find('"').unwrap()])
+            .collect();
+        assert!(
+            slots.iter().all(|s| s.parse::<usize>().unwrap() < bars),
+            "{slots:?}"
+        );
+        // The first bar's label is the range's first day, with its year.
+        let first_day = now_ms() / DAY - (days.parse::<i64>().unwrap() - 1);
+        let first = time::OffsetDateTime::from_unix_timestamp(first_day * 86_400)
+            .unwrap()
+            .date();
+        let label = format!(">{first}<");
+        assert!(
+            page.contains(&label),
+            "{days}: {label} labels the first bar"
+        );
+    }
     // A blank user means every user, as for `usage`.
     let blank = dir.path().join("blank.html");
     let o = run(

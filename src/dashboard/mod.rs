@@ -393,13 +393,32 @@ fn provider_order(snap: &Snapshot) -> Vec<(String, f64)> {
     providers
 }
 
+/// Days per bar of the cost chart for a range of `days`: one bar a day up
+/// to four months, then a week, then 30 days, so every bar keeps a few
+/// pixels of its own (3,650 daily bars would paint over each other).
+fn days_per_bar(days: i64) -> i64 {
+    match days {
+        ..=120 => 1,
+        121..=730 => 7,
+        _ => 30,
+    }
+}
+
 fn cost_chart(h: &mut String, d: &DashboardData) {
     let snap = &d.snapshot;
     let first_day = d.since_ms.div_euclid(DAY_MS);
-    let labels: Vec<String> = (0..d.days)
+    let per_bar = days_per_bar(d.days);
+    let bars = (d.days + per_bar - 1) / per_bar;
+    // The year is shown when the range reaches into another one.
+    let with_year = day_label(d.since_ms).get(..4) != day_label(d.generated_ms).get(..4);
+    let labels: Vec<String> = (0..bars)
         .map(|i| {
-            let l = day_label((first_day + i) * DAY_MS);
-            l.get(5..).unwrap_or(&l).to_string()
+            let l = day_label((first_day + i * per_bar) * DAY_MS);
+            if with_year {
+                l
+            } else {
+                l.get(5..).unwrap_or(&l).to_string()
+            }
         })
         .collect();
     // The biggest provider sits at the bottom of each stack.
@@ -413,26 +432,48 @@ fn cost_chart(h: &mut String, d: &DashboardData) {
                 time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]")).ok()
             })?;
             let day_ms = day.midnight().assume_utc().unix_timestamp() * 1000;
-            let slot = usize::try_from(day_ms.div_euclid(DAY_MS) - first_day).ok()?;
-            Some(svg::Segment {
-                slot,
-                series: series(&dp.provider),
-                series_name: &dp.provider,
-                value: dp.cost_usd,
-                title: format!(
-                    "{} · {}: {} ({} calls)",
-                    dp.day,
-                    dp.provider,
-                    money(dp.cost_usd),
-                    dp.calls
-                ),
-            })
+            let slot = usize::try_from((day_ms.div_euclid(DAY_MS) - first_day) / per_bar).ok()?;
+            Some((slot, dp))
+        })
+        // One segment per bar and provider: days of a bar are summed.
+        .fold(
+            Vec::<(usize, &str, f64, u64)>::new(),
+            |mut acc, (slot, dp)| {
+                match acc
+                    .iter_mut()
+                    .find(|(s, p, _, _)| *s == slot && *p == dp.provider)
+                {
+                    Some(a) => {
+                        a.2 += dp.cost_usd;
+                        a.3 += dp.calls;
+                    }
+                    None => acc.push((slot, &dp.provider, dp.cost_usd, dp.calls)),
+                }
+                acc
+            },
+        )
+        .into_iter()
+        .map(|(slot, provider, cost, calls)| svg::Segment {
+            slot,
+            series: series(provider),
+            series_name: provider,
+            value: cost,
+            title: format!(
+                "{}{} · {provider}: {} ({calls} calls)",
+                if per_bar > 1 { "from " } else { "" },
+                day_label((first_day + slot as i64 * per_bar) * DAY_MS),
+                money(cost),
+            ),
         })
         .collect();
     segs.sort_by_key(|s| (s.slot, s.series));
+    let per = match per_bar {
+        1 => "per UTC day".to_string(),
+        n => format!("per {n} UTC days"),
+    };
     let _ = write!(
         h,
-        r#"<section class="card" id="cost-over-time"><div class="card-head"><h2>Cost over time</h2><span class="hint">per UTC day, stacked by provider</span></div>{}<div class="legend">"#,
+        r#"<section class="card" id="cost-over-time"><div class="card-head"><h2>Cost over time</h2><span class="hint">{per}, stacked by provider</span></div>{}<div class="legend">"#,
         svg::stacked_bars(&labels, &segs)
     );
     for (i, (p, v)) in providers.iter().enumerate() {
