@@ -321,8 +321,8 @@ fn dashboard_in_headless_chromium() {
                 .is_ok_and(|o| o.status.success())
         });
     if !found {
-        eprintln!(
-            "SKIPPED dashboard_in_headless_chromium: chromium is not installed (apt-get install -y chromium)"
+        common::skip(
+            "dashboard_in_headless_chromium: chromium is not installed (apt-get install -y chromium)",
         );
         return;
     }

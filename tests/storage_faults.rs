@@ -339,11 +339,13 @@ async fn ledger_locked_by_another_process() {
 
     // The lock is taken while the provider is answering: the answer comes
     // back, and says plainly that its cost is not in the ledger.
-    fake.push(reply_ok().delayed(Duration::from_millis(800)));
+    // The provider holds its answer until the lock is taken.
+    fake.close_gate();
     s.call(6, "complete_prompt", prompt("locked mid-call"))
         .await;
     wait_for_requests(&fake, 2).await;
     other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    fake.open_gate();
     // Longer than the ledger's busy timeout (5 s) after the answer.
     let v = s.reply(6, Duration::from_secs(60)).await;
     other.execute_batch("ROLLBACK").unwrap();
@@ -383,7 +385,7 @@ async fn disk_full_in_the_middle_of_a_call() {
         .output()
         .is_err()
     {
-        eprintln!("SKIPPED: prlimit (util-linux) is not installed");
+        skip("prlimit (util-linux) is not installed");
         return;
     }
     let fake = FakeProvider::start(reply_ok()).await;
@@ -394,7 +396,8 @@ async fn disk_full_in_the_middle_of_a_call() {
     let v = call(&mut s, 1, "complete_prompt", prompt("first")).await;
     assert_eq!(v["result"]["structuredContent"]["recorded"], json!(true));
 
-    fake.push(reply_ok().delayed(Duration::from_millis(800)));
+    // The provider holds its answer until the limit is lowered.
+    fake.close_gate();
     s.call(2, "complete_prompt", prompt("disk fills")).await;
     wait_for_requests(&fake, 2).await;
     let out = std::process::Command::new("prlimit")
@@ -402,12 +405,13 @@ async fn disk_full_in_the_middle_of_a_call() {
         .output()
         .unwrap();
     if !out.status.success() {
-        eprintln!(
-            "SKIPPED: prlimit cannot lower the limit here: {}",
+        skip(&format!(
+            "prlimit cannot lower the limit here: {}",
             String::from_utf8_lossy(&out.stderr)
-        );
+        ));
         return;
     }
+    fake.open_gate();
     let v = s.reply(2, Duration::from_secs(60)).await;
     let c = &v["result"]["structuredContent"];
     assert_eq!(c["answer"], "ok", "{v}");

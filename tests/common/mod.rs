@@ -20,6 +20,16 @@ use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::{Value, json};
 
+/// Reports a test that cannot run here (a tool missing). Under
+/// `AICO_REQUIRE_TOOLS=1` (set by CI, which installs every tool) that is a
+/// failure, not a silent pass.
+pub fn skip(why: &str) {
+    if std::env::var_os("AICO_REQUIRE_TOOLS").is_some_and(|v| v == "1") {
+        panic!("cannot run: {why} (AICO_REQUIRE_TOOLS=1)");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
 /// One scripted reply.
 #[derive(Clone, Debug)]
 pub struct Reply {
