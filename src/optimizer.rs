@@ -2507,22 +2507,22 @@ fn api_model_name(id: &str) -> String {
 }
 
 /// The `max_tokens` sent to `model`: what was asked, capped by the model's
-/// output limit and by the context left after the prompt. Anthropic (and
-/// others) refuse a request whose prompt plus `max_tokens` exceeds the
-/// context window rather than shortening it; the prompt's token count is
-/// an estimate, so a tenth more is kept free. Never below 1: a prompt that
-/// fills the window fails as too long and the next model is tried.
+/// output limit and by the context the estimated prompt leaves. Anthropic
+/// (and others) refuse a request whose prompt plus `max_tokens` exceeds
+/// the context window rather than shortening it. No margin is kept for the
+/// estimate's error: a margin would cut answers that fit (a 185k-token
+/// prompt in a 200k window would get a handful of tokens); a prompt the
+/// estimate undercounts fails as too long and the next model is tried, as
+/// before. A prompt the router let through but that leaves no room at all
+/// keeps what was asked, for the provider to judge.
 fn cand_max_output(catalog: &Catalog, model: &str, asked: u32, input_tokens: u64) -> u32 {
     let Some(p) = catalog.get(model) else {
         return asked;
     };
     let cap = p.output_cap(asked);
-    match p.max_input_tokens {
-        Some(window) => {
-            let room = window.saturating_sub(input_tokens.saturating_add(input_tokens / 10));
-            cap.min(u32::try_from(room).unwrap_or(u32::MAX)).max(1)
-        }
-        None => cap,
+    match p.max_input_tokens.map(|w| w.saturating_sub(input_tokens)) {
+        Some(room) if room > 0 => cap.min(u32::try_from(room).unwrap_or(u32::MAX)),
+        _ => cap,
     }
 }
 
@@ -2624,8 +2624,8 @@ mod tests {
     use super::*;
 
     /// max_tokens is capped by the model's output limit and by the
-    /// context window left after the prompt (plus a tenth for the
-    /// estimate's error), never below 1.
+    /// context window the prompt leaves; a prompt near the window keeps
+    /// every token of room it has.
     #[test]
     fn max_tokens_fits_the_output_limit_and_the_context_left() {
         let catalog = Catalog::bundled();
@@ -2634,17 +2634,22 @@ mod tests {
         let (window, out) = (p.max_input_tokens.unwrap(), p.max_output_tokens.unwrap());
         assert_eq!(cand_max_output(&catalog, model, 1024, 100), 1024);
         assert_eq!(cand_max_output(&catalog, model, u32::MAX, 100), out as u32);
-        // A prompt of 80% of the window leaves 12% of it (a tenth of the
-        // prompt kept free for the estimate's error).
-        let input = window * 8 / 10;
-        let left = window - input - input / 10;
+        // A prompt of 90% of the window leaves the other 10%.
+        let input = window * 9 / 10;
+        let left = window - input;
         assert!(left < out, "{left} {out}");
         assert_eq!(
             cand_max_output(&catalog, model, out as u32, input),
             left as u32
         );
         assert_eq!(cand_max_output(&catalog, model, 1024, input), 1024);
-        assert_eq!(cand_max_output(&catalog, model, 4096, window), 1);
+        // 185k of 200k: the 1,024 asked fit and are sent whole.
+        assert_eq!(
+            cand_max_output(&catalog, model, 1024, window - 15_000),
+            1024
+        );
+        assert_eq!(cand_max_output(&catalog, model, 4096, window - 100), 100);
+        assert_eq!(cand_max_output(&catalog, model, 4096, window), 4096);
         assert_eq!(
             cand_max_output(&catalog, "acme/unknown", 77, 10_000_000),
             77

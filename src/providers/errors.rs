@@ -224,9 +224,15 @@ impl ProviderError {
             _ => ErrorKind::Server,
         };
         let mut err = ProviderError::new(provider, kind, Some(status), message);
+        // OpenAI-style reset headers come with every reply: they say when
+        // to retry only when the reply is a rate limit.
         err.retry_after = retry_after(headers)
             .or_else(|| anthropic_reset(headers))
-            .or_else(|| ratelimit_reset(headers))
+            .or_else(|| {
+                (kind == ErrorKind::RateLimit)
+                    .then(|| ratelimit_reset(headers))
+                    .flatten()
+            })
             .or_else(|| json.as_ref().and_then(gemini_retry_delay));
         err
     }
@@ -371,13 +377,12 @@ fn anthropic_reset(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .max()
 }
 
-/// Gemini puts the delay in the body: `RetryInfo.retryDelay = "37s"`.
 /// The `x-ratelimit-reset-*` headers of the OpenAI family (Cerebras:
 /// `-tokens-minute` and `-requests-day`, in float seconds; OpenAI style:
 /// `-tokens` and `-requests`, as `1s`, `6m0s`, `250ms`). The latest reset of
 /// the limits whose `-remaining` is 0 is when a retry can pass; with no
-/// exhausted limit named, the soonest reset. Without this a Cerebras 429
-/// was retried after 0.5 s and 1 s, both bound to fail.
+/// exhausted limit named, the soonest reset. Read for a 429 only. Without
+/// this a Cerebras 429 was retried after 0.5 s and 1 s, both bound to fail.
 fn ratelimit_reset(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let mut exhausted: Option<Duration> = None;
     let mut soonest: Option<Duration> = None;
@@ -435,6 +440,7 @@ fn parse_reset(v: &str) -> Option<Duration> {
     (total.is_finite() && !v.is_empty()).then(|| Duration::from_secs_f64(total.min(3600.0)))
 }
 
+/// Gemini puts the delay in the body: `RetryInfo.retryDelay = "37s"`.
 fn gemini_retry_delay(j: &serde_json::Value) -> Option<Duration> {
     let details = j.pointer("/error/details")?.as_array()?;
     details.iter().find_map(|d| {
@@ -503,6 +509,14 @@ mod tests {
         assert_eq!(with(&[("x-ratelimit-reset-tokens", "250ms")]), secs(0.25));
         assert_eq!(with(&[("x-ratelimit-reset-tokens", "soon")]), None);
         assert_eq!(with(&[]), None);
+        // On a 503 the same headers (sent with every reply) set no wait.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-ratelimit-reset-tokens-minute",
+            HeaderValue::from_static("45"),
+        );
+        let e = ProviderError::from_http(ProviderId::Cerebras, 503, &h, b"{}");
+        assert_eq!(e.retry_after, None);
     }
 
     /// A key echoed in a non-JSON error page (a proxy's HTML 502) is
