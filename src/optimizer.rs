@@ -1572,7 +1572,7 @@ impl Optimizer {
                     cut_off.push(CutOff {
                         model: cand.model.clone(),
                         cost_usd: p.cost_usd,
-                        basis: (p.source != "unpriced").then_some(p.basis),
+                        basis: p.basis,
                         recorded: recorded.is_ok(),
                     });
                 }
@@ -2377,6 +2377,12 @@ impl Drop for ReservationGuard {
 /// only in their last chunk, so without this a stream broken just
 /// before its end was recorded at $0 — and a budget could be spent
 /// past its limit by calls that all fail late.
+///
+/// A reply that reported nothing and delivered no text (an error event
+/// before the stream started, an unreadable body) shows no sign of work
+/// done: it stays at $0, flagged `unpriced` ("may have been billed"),
+/// rather than charged a prompt each retry for an error the provider
+/// usually does not bill.
 fn partial_charge(catalog: &Catalog, model: &str, reported: Usage, guess: Usage) -> PartialCharge {
     let prompt_reported =
         reported.input_tokens + reported.cache_read_tokens + reported.cache_write_tokens > 0;
@@ -2391,11 +2397,16 @@ fn partial_charge(catalog: &Catalog, model: &str, reported: Usage, guess: Usage)
         (false, _) if reported.output_tokens == 0 => PartialBasis::Estimated,
         _ => PartialBasis::Mixed,
     };
+    let nothing_seen = !prompt_reported && reported.output_tokens == 0 && guess.output_tokens == 0;
     let (cost, source) = catalog.price_call(model, &usage, None);
-    let (cost_usd, source, maybe_billed) = match source {
-        CostSource::Local => (0.0, "local", false),
-        CostSource::Catalog | CostSource::Provider => (cost, "estimate", true),
-        CostSource::Unpriced => (0.0, "unpriced", true),
+    let (cost_usd, source, maybe_billed, basis) = match source {
+        CostSource::Local => (0.0, "local", false, basis),
+        CostSource::Unpriced => (0.0, "unpriced", true, PartialBasis::NoPrice),
+        _ if nothing_seen => {
+            usage = reported;
+            (0.0, "unpriced", true, PartialBasis::NoUsage)
+        }
+        CostSource::Catalog | CostSource::Provider => (cost, "estimate", true, basis),
     };
     PartialCharge {
         usage,
@@ -2435,14 +2446,18 @@ enum PartialBasis {
     Mixed,
     /// None reported: the prompt estimate and the text received.
     Estimated,
+    /// Nothing reported or received: cost unknown, recorded at $0.
+    NoUsage,
+    /// The model has no known price: recorded at $0.
+    NoPrice,
 }
 
 /// An attempt the provider may bill although it failed.
 struct CutOff {
     model: String,
     cost_usd: f64,
-    /// How its cost was estimated; `None` when it is unknown (no price).
-    basis: Option<PartialBasis>,
+    /// How its cost was found (or why it is unknown).
+    basis: PartialBasis,
     recorded: bool,
 }
 
@@ -2456,21 +2471,26 @@ fn billed_note(cut_off: &[CutOff]) -> Option<String> {
         .iter()
         .map(|c| {
             let what = match c.basis {
-                Some(PartialBasis::Provider) => {
+                PartialBasis::Provider => {
                     format!("${:.6}, the cost it reported", c.cost_usd)
                 }
-                Some(PartialBasis::Reported) => {
+                PartialBasis::Reported => {
                     format!("an estimated ${:.6} from the usage it reported", c.cost_usd)
                 }
-                Some(PartialBasis::Mixed) => format!(
+                PartialBasis::Mixed => format!(
                     "an estimated ${:.6} from the usage it reported and the text received",
                     c.cost_usd
                 ),
-                Some(PartialBasis::Estimated) => format!(
+                PartialBasis::Estimated => format!(
                     "an estimated ${:.6} from the prompt and the text received; it reported no usage",
                     c.cost_usd
                 ),
-                None => "$0 and flagged unpriced: the model has no known price".into(),
+                PartialBasis::NoUsage => {
+                    "$0 and flagged unpriced: it reported no usage, so its cost is unknown".into()
+                }
+                PartialBasis::NoPrice => {
+                    "$0 and flagged unpriced: the model has no known price".into()
+                }
             };
             if c.recorded {
                 format!("{} (recorded at {what})", c.model)
@@ -2694,13 +2714,6 @@ mod tests {
                 usage(50, 3),
                 PartialBasis::Estimated,
             ),
-            // A 200 whose body could not be read: the prompt only.
-            (
-                usage(0, 0),
-                usage(50, 0),
-                usage(50, 0),
-                PartialBasis::Estimated,
-            ),
         ] {
             let p = partial_charge(&catalog, model, reported, guess);
             assert_eq!(p.usage, recorded, "{reported:?} + {guess:?}");
@@ -2709,6 +2722,19 @@ mod tests {
             assert!(p.maybe_billed);
             assert!(p.cost_usd > 0.0 && (p.cost_usd - cost(recorded)).abs() < 1e-15);
         }
+        // A 200 whose body could not be read, or an error event before
+        // any text: no sign of work, so $0 flagged unpriced, not a prompt.
+        let nothing = partial_charge(&catalog, model, usage(0, 0), usage(50, 0));
+        assert_eq!(
+            (
+                nothing.cost_usd,
+                nothing.source,
+                nothing.basis,
+                nothing.usage
+            ),
+            (0.0, "unpriced", PartialBasis::NoUsage, usage(0, 0))
+        );
+        assert!(nothing.maybe_billed);
         let local = partial_charge(&catalog, "ollama/llama3.1", usage(0, 0), usage(50, 3));
         assert_eq!(
             (local.cost_usd, local.source, local.maybe_billed),

@@ -356,12 +356,15 @@ impl Harness {
     /// What an attempt cut off after the provider accepted it is recorded
     /// at: the usage its stream reported, or, when it reported none, the
     /// estimated prompt plus the text received (every cut-off stream of
-    /// this suite delivered one or two bytes: one token).
+    /// this suite delivered one or two bytes: one token). A reply with no
+    /// usage and no text (an unreadable body) is recorded at $0.
     fn cut_off_cost(&self, streamed: bool) -> f64 {
-        if streamed && self.case.partial_cost > 0.0 {
+        if !streamed {
+            0.0
+        } else if self.case.partial_cost > 0.0 {
             self.case.partial_cost
         } else {
-            self.prompt_cost + if streamed { self.token_cost } else { 0.0 }
+            self.prompt_cost + self.token_cost
         }
     }
 
@@ -386,7 +389,9 @@ impl Harness {
         let cost = self.cut_off_cost(streamed);
         let recorded = if self.name == "huggingface" {
             "$0 and flagged unpriced: the model has no known price".into()
-        } else if streamed && self.case.partial_cost > 0.0 {
+        } else if !streamed {
+            "$0 and flagged unpriced: it reported no usage, so its cost is unknown".into()
+        } else if self.case.partial_cost > 0.0 {
             format!("an estimated ${cost:.6} from the usage it reported")
         } else {
             format!(
@@ -591,7 +596,7 @@ async fn run_matrix(name: &'static str) {
         drip: None,
     });
     // The provider accepted the request (200), so it may bill it; the
-    // reply reported no usage, so the prompt is charged as estimated.
+    // reply reported no usage and gave no text, so its cost is unknown.
     h.cost += h.cut_off_cost(false);
     let note = h.cut_off_note(false);
     h.expect_failure("malformed JSON", "could not be read", 1, &note)
