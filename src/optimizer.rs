@@ -19,7 +19,7 @@ use crate::ledger::{
     SnapshotRequest, Totals, to_nanos, to_usd,
 };
 use crate::pricing::{Catalog, CostSource, PriceOrigin};
-use crate::providers::health::Breakers;
+use crate::providers::health::{Admission, Breakers};
 use crate::providers::{
     AttemptRoute, ChatRequest, ErrorKind, ProviderId, Registry, StreamSink, Usage,
 };
@@ -1245,24 +1245,28 @@ impl Optimizer {
             }
         }
 
-        'candidates: for cand in order {
+        let last_candidate = order.len().saturating_sub(1);
+        'candidates: for (index, cand) in order.into_iter().enumerate() {
             if failed_providers.contains(&cand.provider) {
                 continue;
             }
             let Some(provider) = self.registry.get(cand.provider) else {
                 continue;
             };
-            // A cooled-down breaker lets one call through; the others
-            // move on (an earlier candidate's probe, or another call's).
-            if !try_anyway && !self.breakers.admit(cand.provider, self.now()) {
-                last_error.get_or_insert_with(|| {
-                    format!(
-                        "{} is recovering from repeated failures and another call is testing it; try again in a moment.",
-                        cand.provider
-                    )
-                });
-                continue;
-            }
+            // A cooled-down breaker lets one call through (the probe, whose
+            // slot `_probe` holds until this candidate is done); the others
+            // move on — except the last candidate of a call that tried
+            // nothing yet, which goes anyway, as when every candidate
+            // cools down.
+            let _probe = match try_anyway {
+                true => None,
+                false => match self.breakers.admit(cand.provider, self.now()) {
+                    Admission::Go => None,
+                    Admission::Probe(id) => Some(self.breakers.slot(cand.provider, id)),
+                    Admission::Wait if index == last_candidate && attempts.is_empty() => None,
+                    Admission::Wait => continue,
+                },
+            };
             let mut retries = 0u32;
             let mut waited = Duration::ZERO;
             loop {
