@@ -36,7 +36,7 @@ mkdir -p "$stage/screenshots"
 # Only the screenshots the manifest lists (the dashboard shots are for the
 # README and would add ~400 KB to every install).
 python3 -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["screenshots"]))' \
-  packaging/manifest.json | while read -r shot; do
+  packaging/manifest.json | tr -d '\r' | while read -r shot; do
   cp "assets/$shot" "$stage/$shot"
 done
 cp LICENSE "$stage/LICENSE"

@@ -710,10 +710,16 @@ fn score_stdin(settings: &Settings, length_only: bool) -> Result<()> {
         settings.idle_timeout,
         settings.request_timeout,
     )?;
+    // A damaged refreshed catalog does not stop scoring: the model shown
+    // per tier then comes from the bundled one.
     let catalog = Catalog::load(
         Some(&settings.refreshed_pricing_path()),
         &settings.price_overrides,
-    )?;
+    )
+    .unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "pricing catalog not loaded; using the bundled one");
+        Catalog::bundled()
+    });
     let tier_model: Vec<Option<String>> = crate::router::Tier::ALL
         .iter()
         .map(|t| router.typical_model(*t, &catalog, &registry))

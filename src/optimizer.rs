@@ -433,7 +433,9 @@ pub struct UsageReport {
     pub calls: u64,
     /// Totals in detail.
     pub totals: Totals,
-    /// Baseline minus actual, USD.
+    /// The successful calls' baseline minus all spend of the period
+    /// (failed attempts and speech included: conservative), USD; negative
+    /// when the calls cost more than always-premium.
     pub savings_usd: f64,
     /// Savings as a percentage of the baseline.
     pub savings_percent: f64,
@@ -1786,22 +1788,29 @@ impl Optimizer {
                             ..record
                         })
                         .await;
-                    audio.cost_usd = cost;
+                    audio.cost_usd += cost;
                     audio.bytes = size;
                     audio.path = Some(path.display().to_string());
                     return audio;
                 }
                 Err(err) => {
                     let message = err.user_message();
+                    // Cartesia bills the characters once it accepted the
+                    // request, whether or not the audio arrived whole.
+                    let billed = err.accepted.is_some();
                     let _ = reservation
                         .settle(CallRecord {
                             ok: false,
                             error_kind: Some(err.kind.as_str().into()),
                             error_message: Some(message.clone()),
-                            cost_source: "provider".into(),
+                            cost_usd: if billed { cost } else { 0.0 },
+                            cost_source: if billed { "estimate" } else { "provider" }.into(),
                             ..record
                         })
                         .await;
+                    if billed {
+                        audio.cost_usd += cost;
+                    }
                     if err.kind.is_retryable()
                         && retries < self.settings.max_retries
                         && let Some(d) = self.backoff(retries, err.retry_after)

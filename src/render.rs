@@ -355,7 +355,7 @@ pub fn usage(u: &UsageReport) -> String {
     if u.totals.baseline_cost_usd > 0.0 {
         let _ = writeln!(
             s,
-            "Always-premium would have cost {}: {}.",
+            "Always-premium would have cost {} for the successful calls: {} (all spend counted, failed attempts and speech included).",
             usd(u.totals.baseline_cost_usd),
             savings_phrase(u.savings_usd, u.savings_percent).to_lowercase()
         );

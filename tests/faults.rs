@@ -1049,9 +1049,13 @@ async fn cartesia_speaks_the_answer_and_survives_faults() {
 
     // Audio far longer than its transcript could take (6 MB for "Hello
     // there", over a minute of silence per character) is refused, and no
-    // partial file is left.
+    // partial file is left; Cartesia accepted the request, so the
+    // characters are charged.
     let audio_dir = dir.path().join("audio");
     let before = std::fs::read_dir(&audio_dir).unwrap().count();
+    let spent = s.ok("query_usage", json!({})).await["total_cost_usd"]
+        .as_f64()
+        .unwrap();
     tts.push(Reply {
         raw: Some(wav_of(6_000_000)),
         ..wav_reply()
@@ -1065,6 +1069,9 @@ async fn cartesia_speaks_the_answer_and_survives_faults() {
     let e = c["audio"]["error"].as_str().unwrap_or_default();
     assert!(e.contains("longer than"), "{}", c["audio"]);
     assert_eq!(std::fs::read_dir(&audio_dir).unwrap().count(), before);
+    assert_usd(&c["audio"]["cost_usd"], speech_cost);
+    let u = s.ok("query_usage", json!({})).await;
+    assert_usd(&u["total_cost_usd"], spent + chat_cost + speech_cost);
     failed += 1;
     // A long answer's audio, over the 16 MiB any other reply may take, is
     // saved whole: 1,500 characters read aloud are about 100 s (9 MB) at

@@ -615,7 +615,7 @@ fn savings_card(h: &mut String, d: &DashboardData) {
 <div class="big-savings"><span id="savings-amount" class="{}">{}</span> <span id="savings-word">{}</span> <span id="savings-pct" class="pill {}">{:.0}%</span></div>
 <div class="compare"><div class="cmp-row"><span>You paid</span><div class="cmp-track"><div class="cmp-fill paid" id="paid-bar" style="width:{:.2}%"></div></div><b>{}</b></div>
 <div class="cmp-row"><span>Baseline</span><div class="cmp-track"><div class="cmp-fill base" id="baseline-bar" style="width:{:.2}%"></div></div><b id="baseline-cost">{}</b></div></div>
-<p class="hint">The same successful calls, had every one gone to the baseline model. Other baselines are priced from the period's token totals.</p></div>"#,
+<p class="hint">You paid: every cost of the period, failed attempts and speech included. Baseline: the successful calls, had every one gone to the baseline model (other baselines are priced from the period's token totals). The saving is conservative.</p></div>"#,
         if saved < 0.0 { "bad-text" } else { "good" },
         money(saved.abs()),
         if saved < 0.0 {

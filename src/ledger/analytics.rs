@@ -244,21 +244,26 @@ fn top_calls(
             .query_row([walk], |r| r.get(0))
             .optional()?
             .unwrap_or(i64::MIN);
+        // Past the floor every call may cost the same (thousands of free
+        // local or unpriced calls at $0): the bound is gone, so sort.
+        let bounded = floor > 0 || floor == i64::MIN;
         let sql = format!(
             "SELECT {CALL_COLUMNS} FROM calls INDEXED BY calls_by_cost
              WHERE cost_nanos >= ?5 AND outcome = 'ok' AND {}
              ORDER BY cost_nanos DESC, id DESC LIMIT ?4",
             super::WHERE_RANGE
         );
-        let found = conn
-            .prepare_cached(&sql)?
-            .query_map(
-                params![req.since_ms, req.until_ms, user, req.top_calls, floor],
-                read_call,
-            )?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        if found.len() as u64 >= req.top_calls as u64 {
-            return Ok(found);
+        if bounded {
+            let found = conn
+                .prepare_cached(&sql)?
+                .query_map(
+                    params![req.since_ms, req.until_ms, user, req.top_calls, floor],
+                    read_call,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            if found.len() as u64 >= req.top_calls as u64 {
+                return Ok(found);
+            }
         }
     }
     let sql = format!(

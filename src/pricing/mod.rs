@@ -311,7 +311,18 @@ impl Catalog {
             reasoning: scaled(|e| e.reasoning, out_ratio),
             input_long: scaled(|e| e.input_long, in_ratio),
             output_long: scaled(|e| e.output_long, out_ratio),
-            cache_read_long: scaled(|e| e.cache_read_long, in_ratio),
+            // Scaled like the cache read it goes with: by the override's
+            // own cache price when it gives one, else by its input price.
+            cache_read_long: scaled(
+                |e| e.cache_read_long,
+                match o.cache_read_per_mtok {
+                    Some(v) => existing
+                        .as_ref()
+                        .and_then(|e| e.cache_read)
+                        .and_then(|old| ratio(v / 1e6, old)),
+                    None => in_ratio,
+                },
+            ),
             max_input_tokens: o
                 .max_input_tokens
                 .or(existing.as_ref().and_then(|e| e.max_input_tokens)),
@@ -785,6 +796,24 @@ mod tests {
             m.cost_of(&u),
             before.cost_of(&u)
         );
+        // An override that gives its own cache price scales the long cache
+        // price by that one: cache reads at double, long ones too.
+        let mut o = BTreeMap::new();
+        o.insert(
+            id.to_string(),
+            PriceOverride {
+                input_per_mtok: before.input * 1e6,
+                output_per_mtok: before.output * 1e6,
+                cache_read_per_mtok: Some(before.cache_read.unwrap() * 1e6 * 2.0),
+                cache_write_per_mtok: None,
+                max_input_tokens: None,
+            },
+        );
+        let m = Catalog::load(None, &o).unwrap().get(id).unwrap();
+        assert!(close(
+            m.cache_read_long.unwrap(),
+            before.cache_read_long.unwrap() * 2.0
+        ));
     }
 
     /// An override spelt with a provider alias or other case replaces the

@@ -89,8 +89,11 @@ impl Cartesia {
     }
 
     /// Synthesises `req` as WAV audio (16-bit PCM, 44.1 kHz) streamed into a
-    /// new file at `out` (created private); returns its size. On failure
-    /// nothing is left at `out`.
+    /// new file at `out` (created private); returns its size. The audio is
+    /// written beside it as `<out>.part` and renamed when complete, so on
+    /// failure or cancellation nothing is left at `out` (nor a `.part`). A
+    /// failure after Cartesia accepted the request is marked
+    /// [`ProviderError::accepted`]: the characters are billed anyway.
     pub async fn synthesize_to(
         &self,
         req: &SpeechRequest,
@@ -128,11 +131,30 @@ impl Cartesia {
             ));
         }
         let cap = max_wav_bytes(req.transcript.chars().count());
-        let result = stream_wav(resp, out, cap, status.as_u16()).await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(out).await;
-        }
-        result
+        let part = PartFile(out.with_extension("wav.part"));
+        let size = stream_wav(resp, &part.0, cap, status.as_u16())
+            .await
+            .map_err(|e| e.after_acceptance(super::Usage::default()))?;
+        tokio::fs::rename(&part.0, out).await.map_err(|e| {
+            ProviderError::new(
+                ProviderId::Cartesia,
+                ErrorKind::Malformed,
+                Some(status.as_u16()),
+                format!("could not save the audio: {e}"),
+            )
+            .after_acceptance(super::Usage::default())
+        })?;
+        Ok(size)
+    }
+}
+
+/// A partly written audio file, removed when dropped (after a rename it is
+/// gone already): an error or a cancelled call leaves nothing behind.
+struct PartFile(std::path::PathBuf);
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
