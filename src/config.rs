@@ -300,6 +300,7 @@ impl Settings {
             Some(path) => read_file_config(path)?,
             None => FileConfig::default(),
         };
+        let file_webhook_format = file.alert_webhook_format;
 
         let mut settings = Settings {
             data_dir,
@@ -325,14 +326,26 @@ impl Settings {
             baseline_model: file
                 .baseline_model
                 .unwrap_or_else(|| crate::router::DEFAULT_BASELINE_MODEL.to_string()),
-            connect_timeout: secs(file.connect_timeout_secs.unwrap_or(10.0))?,
-            request_timeout: secs(file.request_timeout_secs.unwrap_or(900.0))?,
-            idle_timeout: secs(file.idle_timeout_secs.unwrap_or(120.0))?,
+            connect_timeout: secs(
+                "connect_timeout_secs",
+                file.connect_timeout_secs.unwrap_or(10.0),
+            )?,
+            request_timeout: secs(
+                "request_timeout_secs",
+                file.request_timeout_secs.unwrap_or(900.0),
+            )?,
+            idle_timeout: secs("idle_timeout_secs", file.idle_timeout_secs.unwrap_or(120.0))?,
             max_retries: file.max_retries.unwrap_or(2),
             retry_base: Duration::from_millis(file.retry_base_ms.unwrap_or(500)),
-            max_retry_wait: secs(file.max_retry_wait_secs.unwrap_or(20.0))?,
+            max_retry_wait: secs(
+                "max_retry_wait_secs",
+                file.max_retry_wait_secs.unwrap_or(20.0),
+            )?,
             breaker_threshold: file.breaker_threshold.unwrap_or(3),
-            breaker_cooldown: secs(file.breaker_cooldown_secs.unwrap_or(30.0))?,
+            breaker_cooldown: secs(
+                "breaker_cooldown_secs",
+                file.breaker_cooldown_secs.unwrap_or(30.0),
+            )?,
             tier_thresholds: file
                 .routing
                 .thresholds
@@ -353,7 +366,10 @@ impl Settings {
                     .http
                     .max_body_bytes
                     .unwrap_or(HttpSettings::default().max_body_bytes),
-                shutdown_grace: secs(file.http.shutdown_grace_secs.unwrap_or(30.0))?,
+                shutdown_grace: secs(
+                    "http.shutdown_grace_secs",
+                    file.http.shutdown_grace_secs.unwrap_or(30.0),
+                )?,
             },
         };
         if let Some(v) = non_empty(env(HTTP_ADDR_ENV)) {
@@ -363,10 +379,13 @@ impl Settings {
             settings.http.require_auth = parse_bool(&v)
                 .with_context(|| format!("{HTTP_REQUIRE_AUTH_ENV}={v:?}: use true or false"))?;
         }
-        if let Some(v) = env(HTTP_CORS_ORIGINS_ENV) {
+        // Empty counts as unset, as everywhere: an empty allowed-hosts
+        // variable must not wipe the file's list (and with it the guard
+        // against DNS rebinding).
+        if let Some(v) = non_empty(env(HTTP_CORS_ORIGINS_ENV)) {
             settings.http.cors_origins = comma_list(&v);
         }
-        if let Some(v) = env(HTTP_ALLOWED_HOSTS_ENV) {
+        if let Some(v) = non_empty(env(HTTP_ALLOWED_HOSTS_ENV)) {
             settings.http.allowed_hosts = comma_list(&v);
         }
         if let Some(v) = non_empty(env(HTTP_MAX_BODY_ENV)) {
@@ -390,19 +409,28 @@ impl Settings {
                 .with_context(|| format!("{LEDGER_SYNC_ENV}={v:?}: use full or batched"))?;
         }
         if let Some(v) = non_empty(env(REQUEST_TIMEOUT_ENV)) {
-            settings.request_timeout = secs(v.trim().parse().with_context(|| {
-                format!("{REQUEST_TIMEOUT_ENV}={v:?} is not a number of seconds")
-            })?)?;
+            settings.request_timeout = secs(
+                REQUEST_TIMEOUT_ENV,
+                v.trim().parse().with_context(|| {
+                    format!("{REQUEST_TIMEOUT_ENV}={v:?} is not a number of seconds")
+                })?,
+            )?;
         }
         if let Some(v) = non_empty(env(IDLE_TIMEOUT_ENV)) {
-            settings.idle_timeout = secs(v.trim().parse().with_context(|| {
-                format!("{IDLE_TIMEOUT_ENV}={v:?} is not a number of seconds")
-            })?)?;
+            settings.idle_timeout = secs(
+                IDLE_TIMEOUT_ENV,
+                v.trim().parse().with_context(|| {
+                    format!("{IDLE_TIMEOUT_ENV}={v:?} is not a number of seconds")
+                })?,
+            )?;
         }
         if let Some(v) = non_empty(env(CONNECT_TIMEOUT_ENV)) {
-            settings.connect_timeout = secs(v.trim().parse().with_context(|| {
-                format!("{CONNECT_TIMEOUT_ENV}={v:?} is not a number of seconds")
-            })?)?;
+            settings.connect_timeout = secs(
+                CONNECT_TIMEOUT_ENV,
+                v.trim().parse().with_context(|| {
+                    format!("{CONNECT_TIMEOUT_ENV}={v:?} is not a number of seconds")
+                })?,
+            )?;
         }
         if let Some(v) = non_empty(env(TIMEZONE_ENV)) {
             settings.default_timezone = v.trim().to_string();
@@ -416,9 +444,13 @@ impl Settings {
             None => None,
         };
         if let Some(v) = non_empty(env(ALERT_WEBHOOK_ENV)) {
+            // The URL (a token) in the environment, the format in the file
+            // is the natural split: keep the file's format then.
             settings.alert_webhook = Some(Webhook {
                 url: v.trim().to_string(),
-                format: env_format.unwrap_or(WebhookFormat::Json),
+                format: env_format
+                    .or(file_webhook_format)
+                    .unwrap_or(WebhookFormat::Json),
             });
         } else if let (Some(hook), Some(f)) = (settings.alert_webhook.as_mut(), env_format) {
             hook.format = f;
@@ -457,9 +489,12 @@ impl Settings {
             })?);
         }
         if let Some(v) = non_empty(env(BREAKER_COOLDOWN_ENV)) {
-            settings.breaker_cooldown = secs(v.trim().parse().with_context(|| {
-                format!("{BREAKER_COOLDOWN_ENV}={v:?} is not a number of seconds")
-            })?)?;
+            settings.breaker_cooldown = secs(
+                BREAKER_COOLDOWN_ENV,
+                v.trim().parse().with_context(|| {
+                    format!("{BREAKER_COOLDOWN_ENV}={v:?} is not a number of seconds")
+                })?,
+            )?;
         }
         settings.validate()?;
         Ok(settings)
@@ -536,7 +571,25 @@ impl Settings {
 fn read_file_config(path: &Path) -> Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
+    toml::from_str(&text).map_err(|e| {
+        // toml's own message quotes the offending line, which may hold a
+        // secret (an unquoted webhook URL, a misspelt `smtp_url` with its
+        // password): say where and what, never the line itself.
+        let at = e
+            .span()
+            .map(|s| {
+                let before = &text[..s.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(" at line {line}, column {column}")
+            })
+            .unwrap_or_default();
+        anyhow::anyhow!(
+            "config file {} is not valid{at}: {}",
+            path.display(),
+            e.message().trim()
+        )
+    })
 }
 
 fn comma_list(v: &str) -> Vec<String> {
@@ -558,9 +611,11 @@ fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
-fn secs(v: f64) -> Result<Duration> {
+/// A duration setting `what` (its config key or env var, named in the
+/// error) in seconds: more than 0, at most an hour.
+fn secs(what: &str, v: f64) -> Result<Duration> {
     if !v.is_finite() || v <= 0.0 || v > 3600.0 {
-        bail!("timeouts must be between 0 and 3600 seconds, got {v}");
+        bail!("{what} must be more than 0 and at most 3600 seconds, got {v}");
     }
     Ok(Duration::from_secs_f64(v))
 }
@@ -586,6 +641,77 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| pairs.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone())
+    }
+
+    /// Loads settings from a config file holding `toml` plus `extra` env.
+    fn with_file(toml: &str, extra: &[(&str, &str)]) -> Result<Settings> {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let (d, c) = (
+            dir.path().to_str().unwrap().to_string(),
+            cfg.to_str().unwrap().to_string(),
+        );
+        let mut pairs = vec![(DATA_DIR_ENV, d.as_str()), (CONFIG_ENV, c.as_str())];
+        pairs.extend_from_slice(extra);
+        Settings::load_with(&env_of(&pairs))
+    }
+
+    /// A config file that does not parse is reported by line and column,
+    /// never by quoting the line: it may hold a secret.
+    #[test]
+    fn config_errors_never_quote_the_line() {
+        for (toml, secret, line) in [
+            (
+                "monthly_budget_usd = 5\nalert_webhook_url = https://hooks.slack.com/services/T0/B0/XXSECRETXX\n",
+                "XXSECRETXX",
+                2,
+            ),
+            (
+                "smtp_ulr = \"smtps://alerts:Sup3rS3cretPassw0rd@mail.example\"\n",
+                "Sup3rS3cretPassw0rd",
+                1,
+            ),
+        ] {
+            let e = format!("{:#}", with_file(toml, &[]).unwrap_err());
+            assert!(!e.contains(secret), "{e}");
+            assert!(e.contains(&format!("at line {line}")), "{e}");
+        }
+    }
+
+    /// The webhook's URL in the environment keeps the file's format; an
+    /// empty list variable does not wipe the file's list; a bad duration
+    /// names its setting.
+    #[test]
+    fn env_and_file_combine() {
+        let s = with_file(
+            "alert_webhook_format = \"slack\"\n",
+            &[(
+                ALERT_WEBHOOK_ENV,
+                "https://hooks.slack.com/services/T/B/tok",
+            )],
+        )
+        .unwrap();
+        assert_eq!(s.alert_webhook.unwrap().format, WebhookFormat::Slack);
+        let s = with_file(
+            "[http]\nallowed_hosts = [\"opt.example\"]\n",
+            &[(HTTP_ALLOWED_HOSTS_ENV, " "), (HTTP_CORS_ORIGINS_ENV, "")],
+        )
+        .unwrap();
+        assert_eq!(s.http.allowed_hosts, ["opt.example"]);
+        let e = format!(
+            "{:#}",
+            with_file("", &[(REQUEST_TIMEOUT_ENV, "0")]).unwrap_err()
+        );
+        assert!(
+            e.contains(REQUEST_TIMEOUT_ENV) && e.contains("more than 0"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            with_file("idle_timeout_secs = 7200\n", &[]).unwrap_err()
+        );
+        assert!(e.contains("idle_timeout_secs"), "{e}");
     }
 
     #[test]

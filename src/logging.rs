@@ -51,7 +51,7 @@ pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::W
 /// info unless the filter names it explicitly (a developer debugging the
 /// transport on purpose).
 fn quiet_transport(filter: EnvFilter) -> EnvFilter {
-    let explicit = std::env::var(LOG_ENV).is_ok_and(|v| v.contains("rmcp"));
+    let explicit = crate::config::env_var(LOG_ENV).is_some_and(|v| v.contains("rmcp"));
     match "rmcp=info".parse() {
         Ok(d) if !explicit => filter.add_directive(d),
         _ => filter,
@@ -64,7 +64,13 @@ fn quiet_transport(filter: EnvFilter) -> EnvFilter {
 pub fn init(log_dir: Option<&Path>, default_level: &str) -> LogGuard {
     let filter = || {
         quiet_transport(
-            EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new(default_level)),
+            // Empty counts as unset (an empty filter would silence even
+            // warnings and errors); a filter that does not parse falls back
+            // to the default too.
+            crate::config::env_var(LOG_ENV)
+                .filter(|v| !v.trim().is_empty())
+                .and_then(|v| EnvFilter::try_new(v.trim()).ok())
+                .unwrap_or_else(|| EnvFilter::new(default_level)),
         )
     };
     let stderr = tracing_subscriber::fmt::layer()
