@@ -527,6 +527,9 @@ pub struct DoctorReport {
     pub baseline_model: String,
     /// False when `baseline_model` has no price: a typo in the config.
     pub baseline_priced: bool,
+    /// Models of the routing tiers the catalog does not price (a typo in
+    /// `[routing.tiers]`): routing skips them.
+    pub unpriced_tier_models: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -574,7 +577,15 @@ impl Optimizer {
                 "the baseline model has no price in the catalog: savings cannot be computed (check baseline_model in the config file)"
             );
         }
-        Ok(Self::new(settings, catalog, registry, system_clock()))
+        let core = Self::new(settings, catalog, registry, system_clock());
+        let unpriced = core.unpriced_tier_models();
+        if !unpriced.is_empty() {
+            tracing::warn!(
+                models = unpriced.join(", "),
+                "routing tiers list models the catalog does not price; routing skips them (check [routing.tiers] in the config file, or price them with [pricing.overrides])"
+            );
+        }
+        Ok(core)
     }
 
     /// Builds the optimizer from parts (tests, embedders). A ledger that
@@ -2168,7 +2179,18 @@ impl Optimizer {
             store_prompts: self.settings.store_prompts,
             baseline_model: self.settings.baseline_model.clone(),
             baseline_priced: self.catalog.get(&self.settings.baseline_model).is_some(),
+            unpriced_tier_models: self.unpriced_tier_models(),
         }
+    }
+
+    /// Models listed in the routing tiers that the catalog does not price.
+    pub fn unpriced_tier_models(&self) -> Vec<String> {
+        crate::router::Tier::ALL
+            .iter()
+            .flat_map(|t| self.router.models(*t))
+            .filter(|m| self.catalog.get(m).is_none())
+            .cloned()
+            .collect()
     }
 }
 

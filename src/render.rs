@@ -492,6 +492,13 @@ pub fn doctor(d: &DoctorReport) -> String {
             " — NOT IN THE CATALOG: savings cannot be computed; fix baseline_model in the config file"
         }
     );
+    if !d.unpriced_tier_models.is_empty() {
+        let _ = writeln!(
+            s,
+            "routing:     NOT IN THE CATALOG, skipped: {} (fix [routing.tiers], or price them with [pricing.overrides])",
+            d.unpriced_tier_models.join(", ")
+        );
+    }
     let _ = writeln!(
         s,
         "budget:      ${:.2}/month by default; prompts {}",

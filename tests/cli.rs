@@ -92,7 +92,12 @@ fn doctor_reports_providers_and_paths_as_json() {
 
     // A typo in baseline_model is said, not silently ignored.
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, "baseline_model = \"anthropic/claude-opus-typo\"\n").unwrap();
+    // A typo in [routing.tiers] too: said, not silently skipped.
+    std::fs::write(
+        &cfg,
+        "baseline_model = \"anthropic/claude-opus-typo\"\n[routing.tiers]\ncheap = [\"deepseek/deepseek-v3.2-typo\", \"deepseek/deepseek-v3.2\"]\n",
+    )
+    .unwrap();
     let mut cmd = Command::new(common::binary());
     cmd.env_clear();
     for (k, v) in common::base_env(dir.path()) {
@@ -105,6 +110,11 @@ fn doctor_reports_providers_and_paths_as_json() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("NOT IN THE CATALOG"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("NOT IN THE CATALOG, skipped: deepseek/deepseek-v3.2-typo ("),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
