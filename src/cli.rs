@@ -314,6 +314,11 @@ fn keys_command(action: KeysAction, settings: &Settings) -> Result<()> {
     let now = crate::optimizer::system_clock()();
     match action {
         KeysAction::Create { user, name, admin } => {
+            // `--user "$UNSET"` must not quietly make a key that spends the
+            // default budget.
+            if user.trim().is_empty() {
+                bail!("--user must name the key's user (it was empty)");
+            }
             let user = crate::optimizer::validate_user(Some(&user))?;
             let k = crate::http::auth::create_key(&ledger, &user, name.as_deref(), admin, now)?;
             eprintln!(

@@ -588,6 +588,10 @@ async fn keys_are_required_checked_revocable_and_never_logged() {
         !listed.contains(&alice),
         "the key itself is never shown again"
     );
+    // An empty --user (an unset shell variable) is refused, not a key for
+    // the default user.
+    let (ok, _, err) = cli(dir.path(), &[], &["keys", "create", "--user", " "]);
+    assert!(!ok && err.contains("--user must name"), "{err}");
 
     let mut env = deepseek_env(&fake);
     env.push(("COST_OPTIMIZER_HTTP_REQUIRE_AUTH", "true".into()));

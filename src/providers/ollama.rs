@@ -48,6 +48,12 @@ pub fn normalise_host(raw: &str) -> String {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
+    // Credentials (`user:pass@host`, a proxy's) are kept and do not count
+    // as the port.
+    let (userinfo, hostport) = match hostport.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), hostport),
+    };
     let (host, port) = match hostport.rsplit_once(':') {
         // `[::1]:port`, `host:port`, `:port`; a bare IPv6 address has
         // colons but no brackets and no port.
@@ -65,7 +71,7 @@ pub fn normalise_host(raw: &str) -> String {
         "[::]" | "::" => "[::1]",
         h => h,
     };
-    format!("{scheme}://{host}:{port}{path}")
+    format!("{scheme}://{userinfo}{host}:{port}{path}")
 }
 
 /// Decides whether Ollama is enabled: `OLLAMA_HOST` set, or a server
@@ -235,6 +241,14 @@ mod tests {
         assert_eq!(normalise_host("ollama.lan"), "http://ollama.lan:11434");
         assert_eq!(normalise_host(":8080"), "http://127.0.0.1:8080");
         assert_eq!(normalise_host("HTTP://10.0.0.2"), "http://10.0.0.2:80");
+        assert_eq!(
+            normalise_host("https://user:pa:ss@ollama.example:8443"),
+            "https://user:pa:ss@ollama.example:8443"
+        );
+        assert_eq!(
+            normalise_host("https://token@ollama.example"),
+            "https://token@ollama.example:443"
+        );
         assert_eq!(normalise_host("[::1]:11500"), "http://[::1]:11500");
         assert_eq!(normalise_host("0.0.0.0:11434"), "http://127.0.0.1:11434");
         assert_eq!(
