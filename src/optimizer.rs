@@ -56,6 +56,18 @@ pub enum ToolError {
     Ledger(String),
 }
 
+impl ToolError {
+    /// A stable name of the error's kind, for programs (`--json` output).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ToolError::Invalid(_) => "invalid_argument",
+            ToolError::BudgetRefused(_) => "budget_refused",
+            ToolError::ProviderFailed(_) => "provider_failed",
+            ToolError::Ledger(_) => "ledger_unavailable",
+        }
+    }
+}
+
 fn invalid(msg: impl Into<String>) -> ToolError {
     ToolError::Invalid(msg.into())
 }

@@ -258,6 +258,18 @@ fn budget_and_usage_commands_round_trip() {
     let o = run(dir.path(), &["budget", "--set", "-3"], None);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("monthly_limit"), "{}", stderr(&o));
+    // With --json the failure is JSON on stdout too, for scripts.
+    let o = run(dir.path(), &["budget", "--set", "-3", "--json"], None);
+    assert_eq!(o.status.code(), Some(2));
+    let e: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(e["error"]["kind"], "invalid_argument", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("monthly_limit"),
+        "{e}"
+    );
 }
 
 #[test]
