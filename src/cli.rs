@@ -8,6 +8,14 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
+/// Returns a wrong-argument error from a command: exit code 2, like the
+/// tools' own validation (`ToolError::Invalid`), and JSON with `--json`.
+macro_rules! invalid_arg {
+    ($($t:tt)*) => {
+        return Err(anyhow::Error::new(crate::optimizer::ToolError::Invalid(format!($($t)*))))
+    };
+}
+
 use crate::config::Settings;
 use crate::optimizer::{
     CompleteArgs, CostArgs, Optimizer, RecommendArgs, SetBudgetArgs, ToolError, UsageArgs,
@@ -317,7 +325,7 @@ fn keys_command(action: KeysAction, settings: &Settings) -> Result<()> {
             // `--user "$UNSET"` must not quietly make a key that spends the
             // default budget.
             if user.trim().is_empty() {
-                bail!("--user must name the key's user (it was empty)");
+                invalid_arg!("--user must name the key's user (it was empty)");
             }
             let user = crate::optimizer::validate_user(Some(&user))?;
             let k = crate::http::auth::create_key(&ledger, &user, name.as_deref(), admin, now)?;
@@ -359,7 +367,7 @@ fn keys_command(action: KeysAction, settings: &Settings) -> Result<()> {
                 println!("revoked key {}", id.trim());
                 Ok(())
             } else {
-                bail!("no active key with id {:?} (see `keys list`)", id.trim())
+                invalid_arg!("no active key with id {:?} (see `keys list`)", id.trim())
             }
         }
     }
@@ -511,7 +519,7 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
                     || webhook_url.is_some()
                     || webhook_format.is_some()
                 {
-                    bail!(
+                    invalid_arg!(
                         "--thresholds, --mode, --period, --timezone and --webhook-* need --set LIMIT"
                     );
                 }
@@ -623,7 +631,7 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
             out,
         } => {
             if !(1..=3650).contains(&days) {
-                bail!("--days must be between 1 and 3650, got {days}");
+                invalid_arg!("--days must be between 1 and 3650, got {days}");
             }
             let days = days as u32; // 1..=3650
             let user = match user {
@@ -650,11 +658,11 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
             emit(&out, Ok(c), crate::feedback::render_calibration)
         }
         Command::Retention { older_than_days } => {
-            let days = older_than_days
-                .or(core.settings().retention_days)
-                .context("give --older-than-days N (or set retention_days in the config file)")?;
+            let Some(days) = older_than_days.or(core.settings().retention_days) else {
+                invalid_arg!("give --older-than-days N (or set retention_days in the config file)");
+            };
             if days == 0 {
-                bail!("--older-than-days must be at least 1");
+                invalid_arg!("--older-than-days must be at least 1");
             }
             let now = crate::optimizer::system_clock()();
             let cutoff = now - i64::from(days) * 86_400_000;
@@ -664,7 +672,7 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
             let (start, scope) = core.earliest_period_start(now)?;
             if cutoff > start {
                 let need = (now - start).div_euclid(86_400_000) + 1;
-                bail!(
+                invalid_arg!(
                     "--older-than-days {days} would delete calls of a current budget period \
                      ({} budget, period started {}), and their cost would no longer count against it; \
                      keep at least {need} days",
@@ -822,7 +830,7 @@ async fn pricing_command(action: PricingAction, settings: &Settings) -> Result<(
                 (None, u) => {
                     let u = u.unwrap_or_else(|| pricing::DEFAULT_REFRESH_URL.to_string());
                     if !(u.starts_with("https://") || u.starts_with("http://")) {
-                        bail!("--url must be an http(s) URL, got {u:?}");
+                        invalid_arg!("--url must be an http(s) URL, got {u:?}");
                     }
                     let client = reqwest::Client::builder()
                         .timeout(std::time::Duration::from_secs(60))

@@ -374,8 +374,16 @@ fn retention_prunes_and_corrupt_ledger_is_explained() {
         assert!(o.status.success(), "{}", stderr(&o));
     }
     let o = run(dir.path(), &["retention"], None);
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(2), "a wrong argument: exit 2");
     assert!(stderr(&o).contains("--older-than-days"));
+    for args in [
+        &["retention", "--older-than-days", "0"][..],
+        &["calibrate", "--days", "0"],
+        &["budget", "--thresholds", "0.5"],
+    ] {
+        let o = run(dir.path(), args, None);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
 
     let bad = tempfile::tempdir().unwrap();
     std::fs::write(
