@@ -445,9 +445,10 @@ pub struct UsageReport {
     pub calls: u64,
     /// Totals in detail.
     pub totals: Totals,
-    /// The successful calls' baseline minus all spend of the period
-    /// (failed attempts and speech included: conservative), USD; negative
-    /// when the calls cost more than always-premium.
+    /// The successful calls' baseline minus the period's spend on answers
+    /// (failed attempts included: conservative; speech left out, as the
+    /// baseline has none), USD; negative when the calls cost more than
+    /// always-premium.
     pub savings_usd: f64,
     /// Savings as a percentage of the baseline.
     pub savings_percent: f64,
@@ -1897,7 +1898,7 @@ impl Optimizer {
             Some(u) => Some(validate_user(Some(u))?),
             None => None,
         };
-        let groups: Vec<Breakdown> = match args
+        let mut groups: Vec<Breakdown> = match args
             .group_by
             .as_deref()
             .map(str::trim)
@@ -1920,6 +1921,11 @@ impl Optimizer {
                 }
             }],
         };
+        // The provider breakdown is always read: savings leave speech out.
+        let want_providers = groups.contains(&Breakdown::Provider);
+        if !want_providers {
+            groups.push(Breakdown::Provider);
+        }
         let ledger = self.ledger()?;
         let until = now + 1;
         let led = |e: crate::ledger::LedgerError| ToolError::Ledger(e.to_string());
@@ -1936,16 +1942,19 @@ impl Optimizer {
             })
             .map_err(led)?;
         let totals = snap.totals.clone();
+        // Signed: calls dearer than the baseline count against it. Speech
+        // is left out (the baseline covers answers only); failed attempts
+        // stay in (conservative).
+        let compared = totals.cost_usd - snap.speech_cost_usd();
         let mut report = UsageReport {
             since: budget::rfc3339(since),
             until: budget::rfc3339(now),
             user_id: user.clone(),
             total_cost_usd: totals.cost_usd,
             calls: totals.calls,
-            // Signed: calls dearer than the baseline count against it.
-            savings_usd: totals.baseline_cost_usd - totals.cost_usd,
+            savings_usd: totals.baseline_cost_usd - compared,
             savings_percent: if totals.baseline_cost_usd > 0.0 {
-                (totals.baseline_cost_usd - totals.cost_usd) / totals.baseline_cost_usd * 100.0
+                (totals.baseline_cost_usd - compared) / totals.baseline_cost_usd * 100.0
             } else {
                 0.0
             },
@@ -1966,7 +1975,8 @@ impl Optimizer {
         for (g, rows) in snap.groups {
             match g {
                 Breakdown::Model => report.by_model = rows,
-                Breakdown::Provider => report.by_provider = rows,
+                Breakdown::Provider if want_providers => report.by_provider = rows,
+                Breakdown::Provider => {}
                 Breakdown::Day => report.by_day = rows,
                 Breakdown::Week => report.by_week = rows,
                 Breakdown::Month => report.by_month = rows,

@@ -325,7 +325,12 @@ fn group_table(title: &str, groups: &[Group]) -> String {
             cell(&g.key),
             g.totals.calls,
             usd(g.totals.cost_usd),
-            usd(g.totals.baseline_cost_usd - g.totals.cost_usd)
+            // No baseline (speech, failed attempts only): nothing to compare.
+            if g.totals.baseline_cost_usd > 0.0 {
+                usd(g.totals.baseline_cost_usd - g.totals.cost_usd)
+            } else {
+                "–".into()
+            }
         );
     }
     if hidden > 0 && !by_time {
@@ -355,7 +360,7 @@ pub fn usage(u: &UsageReport) -> String {
     if u.totals.baseline_cost_usd > 0.0 {
         let _ = writeln!(
             s,
-            "Always-premium would have cost {} for the successful calls: {} (all spend counted, failed attempts and speech included).",
+            "Always-premium would have cost {} for the successful calls: {} (failed attempts counted, speech left out).",
             usd(u.totals.baseline_cost_usd),
             savings_phrase(u.savings_usd, u.savings_percent).to_lowercase()
         );

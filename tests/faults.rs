@@ -983,6 +983,13 @@ async fn cartesia_speaks_the_answer_and_survives_faults() {
     assert_eq!(r.body["output_format"]["container"], "wav");
     let u = s.ok("query_usage", json!({"group_by": "provider"})).await;
     assert_usd(&u["total_cost_usd"], chat_cost + speech_cost);
+    // Savings compare answers with the baseline: speech is left out.
+    let baseline = u["totals"]["baseline_cost_usd"].as_f64().unwrap();
+    assert!(baseline > 0.0, "{u}");
+    assert_usd(&u["savings_usd"], baseline - chat_cost);
+    let by_tier = s.ok("query_usage", json!({"group_by": "tier"})).await;
+    assert_usd(&by_tier["savings_usd"], baseline - chat_cost);
+    assert_eq!(by_tier["by_provider"], json!([]), "only what was asked for");
     assert!(
         u["by_provider"]
             .as_array()

@@ -289,7 +289,7 @@ pub fn render(d: &DashboardData) -> String {
 
     // KPI cards.
     // Signed: calls dearer than the baseline count against it.
-    let saved = t.baseline_cost_usd - t.cost_usd;
+    let saved = t.baseline_cost_usd - (t.cost_usd - d.snapshot.speech_cost_usd());
     let avg = if t.calls > 0 {
         t.cost_usd / t.calls as f64
     } else {
@@ -582,7 +582,8 @@ fn tiers_card(h: &mut String, snap: &Snapshot) {
 }
 
 fn savings_card(h: &mut String, d: &DashboardData) {
-    let paid = d.snapshot.totals.cost_usd;
+    // Speech is left out: the baseline covers answers only.
+    let paid = d.snapshot.totals.cost_usd - d.snapshot.speech_cost_usd();
     let Some(first) = d.baselines.first() else {
         return;
     };
@@ -615,7 +616,7 @@ fn savings_card(h: &mut String, d: &DashboardData) {
 <div class="big-savings"><span id="savings-amount" class="{}">{}</span> <span id="savings-word">{}</span> <span id="savings-pct" class="pill {}">{:.0}%</span></div>
 <div class="compare"><div class="cmp-row"><span>You paid</span><div class="cmp-track"><div class="cmp-fill paid" id="paid-bar" style="width:{:.2}%"></div></div><b>{}</b></div>
 <div class="cmp-row"><span>Baseline</span><div class="cmp-track"><div class="cmp-fill base" id="baseline-bar" style="width:{:.2}%"></div></div><b id="baseline-cost">{}</b></div></div>
-<p class="hint">You paid: every cost of the period, failed attempts and speech included. Baseline: the successful calls, had every one gone to the baseline model (other baselines are priced from the period's token totals). The saving is conservative.</p></div>"#,
+<p class="hint">You paid: the period's cost of answers, failed attempts included (speech left out). Baseline: the successful calls, had every one gone to the baseline model (other baselines are priced from the period's token totals). The saving is conservative.</p></div>"#,
         if saved < 0.0 { "bad-text" } else { "good" },
         money(saved.abs()),
         if saved < 0.0 {

@@ -171,6 +171,29 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// What speech (Cartesia) cost in the period, from the provider
+    /// breakdown or, failing that, the day × provider one (0 when neither
+    /// was asked for). The always-premium baseline covers answers only, so
+    /// savings leave speech out.
+    pub fn speech_cost_usd(&self) -> f64 {
+        const SPEECH: &str = "cartesia";
+        match self.groups.iter().find(|(b, _)| *b == Breakdown::Provider) {
+            Some((_, rows)) => rows
+                .iter()
+                .filter(|g| g.key == SPEECH)
+                .map(|g| g.totals.cost_usd)
+                .sum(),
+            None => self
+                .day_provider
+                .iter()
+                .filter(|d| d.provider == SPEECH)
+                .map(|d| d.cost_usd)
+                .sum(),
+        }
+    }
+}
+
+impl Snapshot {
     /// The rows of breakdown `b`, empty when not asked for.
     pub fn group(&self, b: Breakdown) -> &[Group] {
         self.groups
