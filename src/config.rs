@@ -577,19 +577,49 @@ fn read_file_config(path: &Path) -> Result<FileConfig> {
         // password): say where and what, never the line itself.
         let at = e
             .span()
-            .map(|s| {
-                let before = &text[..s.start.min(text.len())];
+            .and_then(|s| text.get(..s.start))
+            .map(|before| {
                 let line = before.matches('\n').count() + 1;
-                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                let column = before[line_start..].chars().count() + 1;
                 format!(" at line {line}, column {column}")
             })
             .unwrap_or_default();
         anyhow::anyhow!(
             "config file {} is not valid{at}: {}",
             path.display(),
-            e.message().trim()
+            without_values(e.message().trim())
         )
     })
+}
+
+/// A parse message with the values it quotes shortened: serde repeats a
+/// wrong value (`unknown variant \`https://hooks…/TOKEN\``), which may be a
+/// secret put under the wrong key. Short quoted words (field names, the
+/// variants expected) are kept.
+fn without_values(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find(['`', '"']) {
+        let quote = rest[i..].chars().next().unwrap_or('`');
+        out.push_str(&rest[..=i]);
+        let after = &rest[i + 1..];
+        match after.find(quote) {
+            Some(j) => {
+                let quoted = &after[..j];
+                let secret_like =
+                    quoted.chars().count() > 24 || quoted.contains("://") || quoted.contains('@');
+                out.push_str(if secret_like { "…" } else { quoted });
+                out.push(quote);
+                rest = &after[j + 1..];
+            }
+            None => {
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn comma_list(v: &str) -> Vec<String> {
@@ -671,6 +701,12 @@ mod tests {
                 "smtp_ulr = \"smtps://alerts:Sup3rS3cretPassw0rd@mail.example\"\n",
                 "Sup3rS3cretPassw0rd",
                 1,
+            ),
+            // A URL under the wrong key: serde quotes the value it refused.
+            (
+                "# café\nalert_webhook_format = \"https://hooks.slack.com/services/T0/B0/XXSECRETXX\"\n",
+                "XXSECRETXX",
+                2,
             ),
         ] {
             let e = format!("{:#}", with_file(toml, &[]).unwrap_err());

@@ -1785,6 +1785,28 @@ impl Optimizer {
                     return audio;
                 }
             };
+            // Cancelled while Cartesia reads it out: the characters are
+            // billed all the same, so the guard records the attempt at its
+            // price.
+            let pending = CallRecord {
+                ts_ms: self.now(),
+                user_id: job.user.to_string(),
+                request_id: job.request_id.to_string(),
+                attempt,
+                provider: ProviderId::Cartesia.as_str().into(),
+                model: audio.model.clone(),
+                input_tokens: characters,
+                prompt_sha256: job.prompt_sha256.to_string(),
+                ..CallRecord::default()
+            };
+            let reservation = reservation.pending(
+                pending,
+                CancelCharge {
+                    price: CancelPrice::Fixed(cost),
+                    input_tokens: characters,
+                    streamed_bytes: Arc::default(),
+                },
+            );
             let t0 = Instant::now();
             let result = speech.client.synthesize_to(&req, &path).await;
             let record = CallRecord {
@@ -2330,6 +2352,9 @@ enum CancelPrice {
     Catalog(Box<crate::pricing::ModelPrice>),
     /// No known price: recorded at $0 and flagged, as for a finished call.
     Unpriced,
+    /// A fixed price, whatever was received (speech: Cartesia bills the
+    /// transcript's characters once it accepted the request).
+    Fixed(f64),
 }
 
 impl CancelCharge {
@@ -2348,6 +2373,14 @@ impl CancelCharge {
                 (usage, cost, "estimate")
             }
             CancelPrice::Unpriced => (usage, 0.0, "unpriced"),
+            CancelPrice::Fixed(cost) => (
+                Usage {
+                    output_tokens: 0,
+                    ..usage
+                },
+                *cost,
+                "estimate",
+            ),
         }
     }
 }

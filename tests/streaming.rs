@@ -253,3 +253,90 @@ async fn a_long_stream_is_not_cut_off_but_a_stall_is() {
     assert!(text.contains("did not answer in time"), "{text}");
     client.cancel().await.unwrap();
 }
+
+/// Cancelled while Cartesia reads the answer out: Cartesia accepted the
+/// request and bills its characters, so the speech attempt is recorded at
+/// its price (not dropped from the ledger), no hold is left and no audio
+/// file either.
+#[tokio::test]
+async fn speech_cancelled_midway_is_charged_and_leaves_no_file() {
+    let chat = FakeProvider::start(openai_sse(
+        "deepseek-v3.2",
+        &["Hello", " there"],
+        json!({"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}),
+    ))
+    .await;
+    let mut wav = b"RIFF\x24\x00\x00\x00WAVEfmt ".to_vec();
+    wav.extend_from_slice(&[0u8; 28]);
+    let tts = FakeProvider::start(Reply {
+        status: 200,
+        headers: vec![("content-type".into(), "audio/wav".into())],
+        body: String::new(),
+        delay: None,
+        reset: false,
+        raw: Some(wav),
+        drip: None,
+    })
+    .await;
+    tts.close_gate();
+    let dir = tempfile::tempdir().unwrap();
+    let client = connect(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", "sk-stream-FAKE-00000000000".into()),
+            ("DEEPSEEK_BASE_URL", chat.base.clone()),
+            ("CARTESIA_API_KEY", "sk_car_FAKE_0000000000000000".into()),
+            ("CARTESIA_BASE_URL", tts.base.clone()),
+        ],
+    )
+    .await;
+    let handle = client
+        .send_cancellable_request(
+            call(json!({"prompt": "greet me", "tier": "cheap", "speak": true})),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while tts.requests().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "speech never requested"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    handle.cancel(Some("stop".into())).await.unwrap();
+    let usage = || async {
+        client
+            .call_tool(
+                CallToolRequestParams::new("query_usage")
+                    .with_arguments(json!({}).as_object().unwrap().clone()),
+            )
+            .await
+            .unwrap()
+            .structured_content
+            .unwrap()
+    };
+    let mut u = usage().await;
+    while u["totals"]["failed_attempts"] != json!(1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "speech attempt never recorded: {u}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        u = usage().await;
+    }
+    let chat_cost = 10.0 * 0.28e-6 + 10.0 * 0.40e-6;
+    let speech_cost = "Hello there".len() as f64 * 0.000_05;
+    assert_usd(&u["total_cost_usd"], chat_cost + speech_cost);
+    assert_eq!(u["calls"], json!(1), "the answer itself was recorded");
+    assert_eq!(u["budget"]["reserved_usd"], json!(0.0), "{u}");
+    tts.open_gate();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let audio = dir.path().join("audio");
+    let files: Vec<_> = std::fs::read_dir(&audio)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(files.is_empty(), "no audio left behind: {files:?}");
+    client.cancel().await.unwrap();
+}

@@ -407,7 +407,8 @@ fn build_snapshot(conn: &Connection, req: &SnapshotRequest) -> rusqlite::Result<
         tokens: conn.query_row(
             "SELECT coalesce(sum(ok_input), 0), coalesce(sum(ok_cache_read), 0),
                 coalesce(sum(ok_cache_write), 0), coalesce(sum(ok_output), 0),
-                coalesce(sum(ok_reasoning), 0) FROM temp.usage_rollup",
+                coalesce(sum(ok_reasoning), 0) FROM temp.usage_rollup
+             WHERE provider != 'cartesia'",
             [],
             |r| {
                 let n =

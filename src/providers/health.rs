@@ -167,7 +167,9 @@ impl Breakers {
         self.with(|m| {
             let h = m.entry(p).or_default();
             h.consecutive_failures += 1;
-            h.probe = None;
+            // The probe's slot stays with its guard: the probing call may
+            // still be retrying, and another call's failure must not free
+            // it.
             let hard = matches!(kind, ErrorKind::Auth | ErrorKind::Billing);
             if hard || h.consecutive_failures >= self.threshold {
                 let was_open = h.open_until_ms.is_some_and(|u| u > now_ms);
