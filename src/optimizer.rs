@@ -1785,31 +1785,7 @@ impl Optimizer {
                     return audio;
                 }
             };
-            // Cancelled while Cartesia reads it out: the characters are
-            // billed all the same, so the guard records the attempt at its
-            // price.
-            let pending = CallRecord {
-                ts_ms: self.now(),
-                user_id: job.user.to_string(),
-                request_id: job.request_id.to_string(),
-                attempt,
-                provider: ProviderId::Cartesia.as_str().into(),
-                model: audio.model.clone(),
-                input_tokens: characters,
-                prompt_sha256: job.prompt_sha256.to_string(),
-                ..CallRecord::default()
-            };
-            let reservation = reservation.pending(
-                pending,
-                CancelCharge {
-                    price: CancelPrice::Fixed(cost),
-                    input_tokens: characters,
-                    streamed_bytes: Arc::default(),
-                },
-            );
-            let t0 = Instant::now();
-            let result = speech.client.synthesize_to(&req, &path).await;
-            let record = CallRecord {
+            let mut record = CallRecord {
                 ts_ms: self.now(),
                 user_id: job.user.to_string(),
                 request_id: job.request_id.to_string(),
@@ -1819,11 +1795,24 @@ impl Optimizer {
                 tier: None,
                 // Cartesia bills characters; they are recorded as input tokens.
                 input_tokens: characters,
-                latency_ms: t0.elapsed().as_millis() as u64,
                 prompt_sha256: job.prompt_sha256.to_string(),
                 cost_source: "catalog".into(),
                 ..CallRecord::default()
             };
+            // Cancelled while Cartesia reads it out: the characters are
+            // billed all the same, so the guard records the attempt at its
+            // price.
+            let reservation = reservation.pending(
+                record.clone(),
+                CancelCharge {
+                    price: CancelPrice::Fixed(cost),
+                    input_tokens: characters,
+                    streamed_bytes: Arc::default(),
+                },
+            );
+            let t0 = Instant::now();
+            let result = speech.client.synthesize_to(&req, &path).await;
+            record.latency_ms = t0.elapsed().as_millis() as u64;
             attempt += 1;
             match result {
                 Ok(size) => {

@@ -7,12 +7,18 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-fn run(data: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Output {
+/// The binary with only the test environment (`base_env`) over `data`.
+fn command(data: &std::path::Path) -> Command {
     let mut cmd = Command::new(common::binary());
     cmd.env_clear();
     for (k, v) in common::base_env(data) {
         cmd.env(k, v);
     }
+    cmd
+}
+
+fn run(data: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = command(data);
     cmd.args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -48,11 +54,7 @@ fn stderr(o: &Output) -> String {
 #[test]
 fn unfilled_extension_templates_count_as_unset() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(common::binary());
-    cmd.env_clear();
-    for (k, v) in common::base_env(dir.path()) {
-        cmd.env(k, v);
-    }
+    let mut cmd = command(dir.path());
     let o = cmd
         .env("ANTHROPIC_API_KEY", "${user_config.anthropic_api_key}")
         .env("DEEPSEEK_API_KEY", "sk-FAKE-deepseek-template-test")
@@ -98,11 +100,7 @@ fn doctor_reports_providers_and_paths_as_json() {
         "baseline_model = \"anthropic/claude-opus-typo\"\n[routing.tiers]\ncheap = [\"deepseek/deepseek-v3.2-typo\", \"deepseek/deepseek-v3.2\"]\n",
     )
     .unwrap();
-    let mut cmd = Command::new(common::binary());
-    cmd.env_clear();
-    for (k, v) in common::base_env(dir.path()) {
-        cmd.env(k, v);
-    }
+    let mut cmd = command(dir.path());
     let o = cmd
         .env("COST_OPTIMIZER_CONFIG", &cfg)
         .arg("doctor")
@@ -149,11 +147,7 @@ fn score_streams_jsonl_and_survives_bad_lines() {
 fn score_answers_line_by_line_and_survives_bytes_that_are_not_utf8() {
     use std::io::{BufRead, BufReader, Write};
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(common::binary());
-    cmd.env_clear();
-    for (k, v) in common::base_env(dir.path()) {
-        cmd.env(k, v);
-    }
+    let mut cmd = command(dir.path());
     let mut child = cmd
         .env("DEEPSEEK_API_KEY", "sk-FAKE-score-0000000000")
         .arg("score")
@@ -213,11 +207,7 @@ fn score_answers_line_by_line_and_survives_bytes_that_are_not_utf8() {
         format!("[routing]\nthresholds = [{:.6}, 0.98, 0.99]\n", s - 0.01),
     )
     .unwrap();
-    let mut cmd = Command::new(common::binary());
-    cmd.env_clear();
-    for (k, v) in common::base_env(dir.path()) {
-        cmd.env(k, v);
-    }
+    let mut cmd = command(dir.path());
     let o = cmd
         .env("COST_OPTIMIZER_CONFIG", &cfg)
         .arg("score")

@@ -747,9 +747,12 @@ async fn connection_refused_is_explained_and_falls_back() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn a_failing_provider_is_cooled_down_for_later_calls() {
-    let bad = FakeProvider::start(openai_error(503, "overloaded", "server_error")).await;
+/// A server whose medium tier tries DeepSeek (`bad`) first, then a
+/// healthy Anthropic, with a circuit-breaker cooldown of `cooldown` s.
+async fn deepseek_before_haiku(
+    bad: &FakeProvider,
+    cooldown: &str,
+) -> (FakeProvider, tempfile::TempDir, Server) {
     let good = FakeProvider::start(anthropic_sse(
         "claude-haiku-4-5",
         &["ok!"],
@@ -765,10 +768,17 @@ async fn a_failing_provider_is_cooled_down_for_later_calls() {
             ("DEEPSEEK_BASE_URL", bad.base.clone()),
             ("ANTHROPIC_API_KEY", FAKE_KEY.into()),
             ("ANTHROPIC_BASE_URL", good.base.clone()),
-            ("COST_OPTIMIZER_BREAKER_COOLDOWN_SECS", "60".into()),
+            ("COST_OPTIMIZER_BREAKER_COOLDOWN_SECS", cooldown.into()),
         ],
     )
     .await;
+    (good, dir, s)
+}
+
+#[tokio::test]
+async fn a_failing_provider_is_cooled_down_for_later_calls() {
+    let bad = FakeProvider::start(openai_error(503, "overloaded", "server_error")).await;
+    let (_good, _dir, s) = deepseek_before_haiku(&bad, "60").await;
     // First call: DeepSeek (cheaper) fails three times, opening its breaker.
     let c = s
         .ok("complete_prompt", json!({"prompt": "hi", "tier": "medium"}))
@@ -821,25 +831,7 @@ async fn after_the_cooldown_one_call_probes_the_provider() {
     for _ in 0..3 {
         bad.push(openai_error(503, "overloaded", "server_error"));
     }
-    let good = FakeProvider::start(anthropic_sse(
-        "claude-haiku-4-5",
-        &["ok!"],
-        json!({"input_tokens": 10, "output_tokens": 1}),
-        10,
-    ))
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let s = spawn(
-        dir.path(),
-        &[
-            ("DEEPSEEK_API_KEY", FAKE_KEY.into()),
-            ("DEEPSEEK_BASE_URL", bad.base.clone()),
-            ("ANTHROPIC_API_KEY", FAKE_KEY.into()),
-            ("ANTHROPIC_BASE_URL", good.base.clone()),
-            ("COST_OPTIMIZER_BREAKER_COOLDOWN_SECS", "1".into()),
-        ],
-    )
-    .await;
+    let (_good, _dir, s) = deepseek_before_haiku(&bad, "1").await;
     let args = json!({"prompt": "hi", "tier": "medium"});
     let c = s.ok("complete_prompt", args.clone()).await;
     assert_eq!(c["provider"], "anthropic");
