@@ -398,19 +398,8 @@ fn emit<T: serde::Serialize>(
             }
             Ok(())
         }
-        Err(e) => {
-            // A script reading --json output gets the failure as JSON too
-            // (stdout; the message also goes to stderr, the exit code
-            // says it failed).
-            if out.json {
-                let body = serde_json::json!({"error": {
-                    "kind": e.kind(),
-                    "message": crate::secrets::redact(&e.to_string()),
-                }});
-                println!("{}", serde_json::to_string_pretty(&body)?);
-            }
-            Err(anyhow::Error::new(e))
-        }
+        // With --json, `main` prints the failure as JSON too.
+        Err(e) => Err(anyhow::Error::new(e)),
     }
 }
 

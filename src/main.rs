@@ -17,6 +17,10 @@ fn main() -> ExitCode {
     private_file_mode();
     let cli = Cli::parse();
     let serving = matches!(cli.command, None | Some(Command::Serve { .. }));
+    // A script reading a command's --json output gets its failure as JSON
+    // on stdout too (the message also goes to stderr; the exit code says
+    // it failed).
+    let json_out = !serving && std::env::args().skip(1).any(|a| a == "--json");
     let settings = match Settings::load() {
         Ok(s) => s,
         Err(e) => {
@@ -65,10 +69,15 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let invalid = matches!(e.downcast_ref::<ToolError>(), Some(ToolError::Invalid(_)));
-            eprintln!(
-                "ai-cost-optimizer: {}",
-                ai_cost_optimizer::secrets::redact(&format!("{e:#}"))
-            );
+            let message = ai_cost_optimizer::secrets::redact(&format!("{e:#}"));
+            if json_out {
+                let kind = e
+                    .downcast_ref::<ToolError>()
+                    .map_or("error", ToolError::kind);
+                let body = serde_json::json!({"error": {"kind": kind, "message": message}});
+                println!("{body:#}");
+            }
+            eprintln!("ai-cost-optimizer: {message}");
             if invalid {
                 ExitCode::from(2)
             } else {

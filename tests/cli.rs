@@ -374,6 +374,12 @@ fn retention_prunes_and_corrupt_ledger_is_explained() {
         let o = run(dir.path(), args, None);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
     }
+    // With --json the failure is JSON on stdout too, whichever check
+    // refused it.
+    let o = run(dir.path(), &["calibrate", "--days", "0", "--json"], None);
+    assert_eq!(o.status.code(), Some(2));
+    let e: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(e["error"]["kind"], "invalid_argument", "{e}");
 
     let bad = tempfile::tempdir().unwrap();
     std::fs::write(

@@ -240,8 +240,11 @@ impl FakeProvider {
     /// [`FakeProvider::open_gate`]: calls then stay in flight for as long as
     /// a test needs, with no timing guess.
     pub fn close_gate(&self) {
-        let (tx, rx) = tokio::sync::watch::channel(false);
         let mut s = self.state.lock().unwrap();
+        if s.gate.is_some() {
+            return; // closed already: keep holding what it holds
+        }
+        let (tx, rx) = tokio::sync::watch::channel(false);
         s.gate = Some(rx);
         s.gate_tx = Some(Arc::new(tx));
     }
