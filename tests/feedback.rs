@@ -54,6 +54,36 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// Adds an answered call an hour old (1,000 tokens in, 400 out) to the
+/// ledger history, as the program records one.
+fn seed_call(
+    conn: &rusqlite::Connection,
+    id: &str,
+    score: f64,
+    tier: &str,
+    model: &str,
+    forced: Option<&str>,
+    cost_nanos: i64,
+) {
+    conn.execute(
+        "INSERT INTO calls (ts_ms, user_id, request_id, attempt, provider, model, tier, score,
+            input_tokens, output_tokens, cost_nanos, cost_source, latency_ms, outcome,
+            prompt_sha256, forced)
+         VALUES (?1, 'default', ?2, 1, ?3, ?4, ?5, ?6, 1000, 400, ?7, 'catalog', 10, 'ok', 'x', ?8)",
+        rusqlite::params![
+            now_ms() - 3_600_000,
+            id,
+            model.split('/').next().unwrap(),
+            model,
+            tier,
+            score,
+            cost_nanos,
+            forced
+        ],
+    )
+    .unwrap();
+}
+
 #[tokio::test]
 async fn ratings_from_cli_and_mcp_are_recorded_and_bad_input_is_explained() {
     let fake = FakeProvider::start(openai_sse(
@@ -189,22 +219,7 @@ fn calibrate_proposes_applies_and_recommend_follows() {
         } else {
             "anthropic/claude-haiku-4-5"
         };
-        conn.execute(
-            "INSERT INTO calls (ts_ms, user_id, request_id, attempt, provider, model, tier, score,
-                input_tokens, output_tokens, cost_nanos, cost_source, latency_ms, outcome,
-                prompt_sha256)
-             VALUES (?1, 'default', ?2, 1, ?3, ?4, ?5, ?6, 1000, 400, ?7, 'catalog', 10, 'ok', 'x')",
-            rusqlite::params![
-                now_ms() - 3_600_000,
-                id,
-                model.split('/').next().unwrap(),
-                model,
-                tier,
-                s,
-                nanos
-            ],
-        )
-        .unwrap();
+        seed_call(&conn, id, s, tier, model, None, nanos);
     }
     drop(conn);
     for id in ["r1", "r2", "r3"] {
@@ -320,23 +335,7 @@ fn calibrate_prices_moved_calls_on_enabled_models_only() {
         ),
     ];
     for (id, s, tier, model, forced, nanos) in rows {
-        conn.execute(
-            "INSERT INTO calls (ts_ms, user_id, request_id, attempt, provider, model, tier, score,
-                input_tokens, output_tokens, cost_nanos, cost_source, latency_ms, outcome,
-                prompt_sha256, forced)
-             VALUES (?1, 'default', ?2, 1, ?3, ?4, ?5, ?6, 1000, 400, ?7, 'catalog', 10, 'ok', 'x', ?8)",
-            rusqlite::params![
-                now_ms() - 3_600_000,
-                id,
-                model.split('/').next().unwrap(),
-                model,
-                tier,
-                s,
-                nanos,
-                forced
-            ],
-        )
-        .unwrap();
+        seed_call(&conn, id, s, tier, model, forced, nanos);
     }
     drop(conn);
     let c = json_of(&run(dir.path(), &["calibrate", "--json"], &keys));
