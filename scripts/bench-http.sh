@@ -5,6 +5,9 @@
 # and the release binary in front of it (DeepSeek pointed at the fake), then
 # drives both with wrk at the same paced rate and the same body:
 #   direct: wrk → fake /chat/completions
+#   floor:  wrk → bare_proxy → fake (examples/bare_proxy.rs: the same axum +
+#           reqwest stack forwarding bytes, no work of ours: what any proxy
+#           pays on this machine for the two extra hops)
 #   proxy:  wrk → ai-cost-optimizer /v1/chat/completions → fake
 # and prints wrk's latency distributions. Overhead = proxy − direct at the
 # same percentile.
@@ -27,6 +30,8 @@ command -v wrk >/dev/null || { echo "needs wrk (Debian: apt-get install wrk)"; e
 [ -x "$BIN" ] || cargo build --release --locked --bin ai-cost-optimizer
 FAKE_BIN="${FAKE_BIN:-target/release/examples/fake_openai}"
 [ -x "$FAKE_BIN" ] || cargo build --release --locked --example fake_openai
+BARE_BIN="${BARE_BIN:-target/release/examples/bare_proxy}"
+[ -x "$BARE_BIN" ] || cargo build --release --locked --example bare_proxy
 
 WORK="$(mktemp -d)"
 DATA="$(mktemp -d "${DATA_ROOT:-$WORK}/aco-bench-XXXXXX")"
@@ -38,6 +43,10 @@ trap cleanup EXIT
 PIDS+=($!)
 for _ in $(seq 1 100); do [ -s "$WORK/fake.addr" ] && break; sleep 0.05; done
 FAKE="$(head -1 "$WORK/fake.addr")"
+"$BARE_BIN" 127.0.0.1:0 "$FAKE" >"$WORK/bare.addr" &
+PIDS+=($!)
+for _ in $(seq 1 100); do [ -s "$WORK/bare.addr" ] && break; sleep 0.05; done
+BARE="$(head -1 "$WORK/bare.addr")"
 
 env -i PATH="$PATH" HOME="$WORK" COST_OPTIMIZER_DATA_DIR="$DATA" COST_OPTIMIZER_CONFIG= \
   COST_OPTIMIZER_OLLAMA_PROBE=0 COST_OPTIMIZER_LOG=warn \
@@ -66,10 +75,13 @@ LUA
 # Warm up both (tokenizer, connections, SQLite pages).
 wrk -t1 -c2 -d2s -s "$WORK/post.lua" "$PROXY/v1/chat/completions" >/dev/null
 wrk -t1 -c2 -d2s -s "$WORK/post.lua" "$FAKE/chat/completions" >/dev/null
+wrk -t1 -c2 -d2s -s "$WORK/post.lua" "$BARE/v1/chat/completions" >/dev/null
 
 echo "== rate target ${RATE}/s, ${CONNS} connections, ${DURATION}, delay ${DELAY_MS} ms per connection"
 echo "== direct: fake provider"
 wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$FAKE/chat/completions"
+echo "== floor: bare forwarder (axum + reqwest, no work; examples/bare_proxy.rs)"
+wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$BARE/v1/chat/completions"
 echo "== server stack only: ai-cost-optimizer GET /health (no core, no ledger)"
 cat >"$WORK/get.lua" <<LUA
 function delay() return ${DELAY_MS} end
