@@ -427,7 +427,7 @@ impl Ledger {
                 .lock()
                 .execute_batch("PRAGMA wal_autocheckpoint=0;")
                 .map_err(|e| classify(path, e))?;
-            ledger._syncer = Some(Arc::new(SyncerHandle::start(path, ledger.conn.clone())?));
+            ledger._syncer = Some(Arc::new(SyncerHandle::start(path)?));
         }
         Ok(ledger)
     }
@@ -1319,29 +1319,20 @@ fn classify(path: &Path, e: rusqlite::Error) -> LedgerError {
     }
 }
 
-/// The background fsync of [`Durability::Batched`], on its own connection.
-///
-/// Every [`SYNC_INTERVAL`] in which another connection committed, it
-/// fsyncs the WAL: that alone makes the batch of commits power-safe. It
-/// copies the WAL into the database (a checkpoint) only when the ledger
-/// has been quiet for an interval or the WAL has grown past
-/// [`CHECKPOINT_WAL_BYTES`], and then restarts the WAL itself with a
-/// one-page write. Why: the first write into a restarted WAL fsyncs its
-/// header (SQLite does so to survive reordered writes), about 1.5 ms on a
-/// VM disk under the connection's lock. Checkpointing every interval, as
-/// this thread once did, put that fsync on a caller's hold or settlement
-/// ten times a second under load. Dropping the handle makes the thread
-/// sync and checkpoint once more and exit.
+/// The background fsync of [`Durability::Batched`]: its own connection
+/// checkpoints the WAL whenever another connection committed since the
+/// last look. A checkpoint fsyncs the WAL before copying it into the
+/// database, which is what makes the batch of commits power-safe; copying
+/// also keeps the WAL short, so writers rarely pay for an automatic
+/// checkpoint themselves. Dropping the handle makes the thread sync once
+/// more and exit.
 struct SyncerHandle {
     stop: Mutex<Option<mpsc::Sender<()>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl SyncerHandle {
-    /// `main` is the ledger's own connection, used only to restart the WAL
-    /// (see [`restart_wal`]), so its writers wait on its lock rather than
-    /// in SQLite's busy handler, which sleeps a millisecond at a time.
-    fn start(path: &Path, main: Arc<Mutex<Connection>>) -> Result<SyncerHandle, LedgerError> {
+    fn start(path: &Path) -> Result<SyncerHandle, LedgerError> {
         let conn = Connection::open(path).map_err(|e| classify(path, e))?;
         // NORMAL: the checkpoint itself syncs the WAL first and the
         // database after, which is all this connection is for.
@@ -1351,7 +1342,7 @@ impl SyncerHandle {
         let (tx, rx) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("ledger-sync".into())
-            .spawn(move || run_syncer(conn, &main, &wal, rx))
+            .spawn(move || run_syncer(conn, &wal, rx))
             .map_err(|e| LedgerError::Storage {
                 dir: data_dir_of(path),
                 file: Some(path.to_path_buf()),
@@ -1380,41 +1371,22 @@ fn wal_path(db: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn run_syncer(conn: Connection, main: &Mutex<Connection>, wal: &Path, stop: mpsc::Receiver<()>) {
+fn run_syncer(conn: Connection, wal: &Path, stop: mpsc::Receiver<()>) {
     let version = |c: &Connection| -> Option<i64> {
         c.query_row("PRAGMA data_version", [], |r| r.get(0)).ok()
     };
     // None: the first round always syncs, so commits made before this
     // thread first looked (by us or another process) are covered too.
-    let mut seen = None;
-    // Whether commits may be in the WAL that no checkpoint copied yet.
-    let mut uncopied = true;
+    let mut synced = None;
     loop {
         let last_round = !matches!(
             stop.recv_timeout(SYNC_INTERVAL),
             Err(RecvTimeoutError::Timeout)
         );
         let now = version(&conn);
-        let busy = now != seen;
-        if busy {
-            sync_file(wal);
-            seen = now;
-            uncopied = true;
-        }
-        let long = std::fs::metadata(wal).is_ok_and(|m| m.len() > CHECKPOINT_WAL_BYTES);
-        if (uncopied && !busy) || long || last_round {
-            uncopied = !checkpoint(&conn, wal);
-            if !uncopied && !last_round {
-                // The restart is a commit of another connection: look past
-                // it, so an idle ledger is not restarted again and again.
-                // Under the lock no commit of this process can slip in
-                // between; another process's commits are synced by that
-                // process's own syncer.
-                let main = lock_ignoring_poison(main);
-                restart_wal(&main);
-                seen = version(&conn);
-                drop(main);
-            }
+        if now != synced || last_round {
+            sync_wal(&conn, wal);
+            synced = now;
         }
         if last_round {
             return;
@@ -1422,26 +1394,10 @@ fn run_syncer(conn: Connection, main: &Mutex<Connection>, wal: &Path, stop: mpsc
     }
 }
 
-/// How long the WAL may grow under steady writes before the syncer copies
-/// it into the database. Each copy costs a WAL restart (one header fsync,
-/// see [`SyncerHandle`]); a longer WAL costs readers a little more lookup.
-/// 16 MiB is a few thousand calls.
-const CHECKPOINT_WAL_BYTES: u64 = 16 << 20;
-
-/// fsyncs a file (the WAL) by path; a missing file has nothing to sync.
-fn sync_file(path: &Path) {
-    match std::fs::File::open(path).and_then(|f| f.sync_data()) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(error = %e, "ledger WAL fsync failed"),
-    }
-}
-
-/// Copies the WAL into the database with a PASSIVE checkpoint (which never
-/// waits for readers or writers); true when everything was copied. A
-/// checkpoint that readers kept from copying everything may skip the WAL
-/// fsync, so the file is then synced directly.
-fn checkpoint(conn: &Connection, wal: &Path) -> bool {
+/// Makes every commit so far power-safe. A PASSIVE checkpoint never waits
+/// for readers or writers; when readers keep it from copying everything
+/// it may skip the WAL fsync, so the file is then synced directly.
+fn sync_wal(conn: &Connection, wal: &Path) {
     let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
         Ok((
             r.get::<_, i64>(0)?,
@@ -1450,28 +1406,13 @@ fn checkpoint(conn: &Connection, wal: &Path) -> bool {
         ))
     });
     match done {
-        Ok((0, log, copied)) if copied >= log => true,
+        Ok((0, log, copied)) if copied >= log => {}
         Ok(_) => {
-            sync_file(wal);
-            false
+            if let Err(e) = std::fs::File::open(wal).and_then(|f| f.sync_data()) {
+                tracing::warn!(error = %e, "ledger WAL fsync failed");
+            }
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "ledger checkpoint failed");
-            false
-        }
-    }
-}
-
-/// Restarts a fully copied WAL with a write of page 1 that changes nothing
-/// (the header's application id, set to itself), so that this thread pays
-/// the restart's header fsync rather than the next caller. Best effort: if
-/// a reader still uses the WAL it is not restarted, and a writer of ours
-/// does it later.
-fn restart_wal(conn: &Connection) {
-    let id = conn.query_row("PRAGMA application_id", [], |r| r.get::<_, i64>(0));
-    let done = id.and_then(|id| conn.execute_batch(&format!("PRAGMA application_id = {id}")));
-    if let Err(e) = done {
-        tracing::debug!(error = %e, "ledger WAL restart skipped");
+        Err(e) => tracing::warn!(error = %e, "ledger checkpoint failed"),
     }
 }
 
@@ -1991,47 +1932,6 @@ mod tests {
         assert_eq!(Durability::parse(" Batched "), Some(Durability::Batched));
         assert_eq!(Durability::parse("full"), Some(Durability::Full));
         assert_eq!(Durability::parse("sometimes"), None);
-    }
-
-    /// After a quiet interval the syncer copies the WAL and restarts it
-    /// itself, so the next caller's write does not pay the restart's header
-    /// fsync; an idle ledger is then left alone (no restart every round).
-    #[test]
-    fn the_syncer_restarts_a_quiet_wal_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("l.sqlite3");
-        let l = Ledger::open_with(&path, Durability::Batched).unwrap();
-        for i in 0..20 {
-            l.insert_call(&rec("u", i, 0.25, true)).unwrap();
-        }
-        let wal = wal_path(&path);
-        // Frames in the WAL, as a checkpoint reports them (a checkpoint
-        // never restarts the WAL; only a write does).
-        let other = Connection::open(&path).unwrap();
-        let frames = || -> i64 {
-            other
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
-                .unwrap()
-        };
-        assert!(frames() > 1);
-        let salt = || std::fs::read(&wal).unwrap()[16..24].to_vec();
-        let mut restarted = false;
-        for _ in 0..100 {
-            std::thread::sleep(SYNC_INTERVAL);
-            if frames() == 1 {
-                restarted = true;
-                break;
-            }
-        }
-        assert!(restarted, "the syncer never restarted the quiet WAL");
-        let first = salt();
-        std::thread::sleep(SYNC_INTERVAL * 6);
-        assert_eq!(salt(), first, "an idle WAL was restarted again");
-        assert_eq!(frames(), 1);
-        drop(other);
-        drop(l);
-        let l = Ledger::open_with(&path, Durability::Batched).unwrap();
-        assert_eq!(l.count_calls().unwrap(), 20);
     }
 
     /// Many threads settling at once: group commits write every row
