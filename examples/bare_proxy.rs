@@ -18,7 +18,10 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::post;
 
-async fn forward(State((http, url)): State<(reqwest::Client, String)>, body: Bytes) -> impl IntoResponse {
+async fn forward(
+    State((http, url)): State<(reqwest::Client, String)>,
+    body: Bytes,
+) -> impl IntoResponse {
     let sent = http
         .post(&url)
         .header(header::CONTENT_TYPE, "application/json")

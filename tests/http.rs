@@ -982,6 +982,99 @@ async fn rebinding_hosts_and_foreign_origins_are_refused() {
     assert_eq!(r.status(), 403);
 }
 
+/// The TLS recipe of DEPLOY.md: bound to loopback behind a reverse proxy
+/// that forwards a public Host. Such a server is reachable by anyone who
+/// reaches that name, so it needs keys like a public bind; its probes still
+/// answer the container's own health check (Host 127.0.0.1); and an open
+/// loopback server refuses keyless requests a proxy forwarded.
+#[tokio::test]
+async fn behind_a_reverse_proxy_keys_are_required_and_probes_answer() {
+    let fake = FakeProvider::start(ds_reply()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = deepseek_env(&fake);
+    env.push((
+        "COST_OPTIMIZER_HTTP_ALLOWED_HOSTS",
+        "optimizer.example.com".into(),
+    ));
+    let out = Command::new(binary())
+        .env_clear()
+        .envs(env_for(dir.path(), &env))
+        .args(["serve", "--http", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("http.allowed_hosts") && err.contains("keys create"),
+        "{err}"
+    );
+
+    let (alice, _) = create_key(dir.path(), "alice", false);
+    let s = start(dir.path(), &env, "127.0.0.1:0");
+    let c = http();
+    let models = format!("{}/v1/models", s.base);
+    let r = c
+        .get(&models)
+        .header("host", "optimizer.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a keyless request through the proxy");
+    let r = c
+        .get(&models)
+        .header("host", "optimizer.example.com")
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The guard still refuses other names on other routes...
+    let r = c.get(&models).bearer_auth(&alice).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    // ...but not on the probes, which `healthcheck` calls by 127.0.0.1.
+    let r = c.get(format!("{}/health", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.get(format!("{}/ready", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let (ok, _, err) = cli(
+        dir.path(),
+        &[],
+        &["healthcheck", &format!("{}/health", s.base)],
+    );
+    assert!(ok, "{err}");
+    drop(s);
+
+    // An open loopback server (no key needed from this machine) refuses a
+    // keyless request that a proxy forwarded, instead of making it admin.
+    let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
+    let models = format!("{}/v1/models", s.base);
+    assert_eq!(c.get(&models).send().await.unwrap().status(), 200);
+    for h in [
+        "x-forwarded-for",
+        "forwarded",
+        "x-real-ip",
+        "x-forwarded-host",
+    ] {
+        let r = c
+            .get(&models)
+            .header(h, "203.0.113.7")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{h}");
+        let body = json_of(r).await;
+        assert_eq!(body["error"]["code"], "missing_api_key", "{body}");
+    }
+    let r = c
+        .get(&models)
+        .header("x-forwarded-for", "203.0.113.7")
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 #[tokio::test]
 async fn cors_is_off_by_default_and_on_for_configured_origins() {
     let fake = FakeProvider::start(ds_reply()).await;
@@ -996,7 +1089,7 @@ async fn cors_is_off_by_default_and_on_for_configured_origins() {
         .header("access-control-request-method", "POST")
         .header(
             "access-control-request-headers",
-            "authorization,content-type",
+            "authorization,content-type,x-stainless-lang,x-stainless-runtime",
         )
         .send()
     };
@@ -1016,6 +1109,15 @@ async fn cors_is_off_by_default_and_on_for_configured_origins() {
         r.headers()["access-control-allow-origin"],
         "https://app.example"
     );
+    // The headers the `openai` JS SDK adds in a browser are allowed.
+    let allowed = r.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        allowed.contains("x-stainless-runtime") && allowed.contains("authorization"),
+        "{allowed}"
+    );
     let r = c
         .get(format!("{}/v1/models", s.base))
         .header("origin", "https://app.example")
@@ -1027,6 +1129,13 @@ async fn cors_is_off_by_default_and_on_for_configured_origins() {
         r.headers()["access-control-allow-origin"],
         "https://app.example"
     );
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for h in ["x-cost-usd", "x-routed-tier", "x-ledger-request-id"] {
+        assert!(exposed.contains(h), "{h} not exposed: {exposed}");
+    }
     let r = preflight(&s.base, "https://other.example").await.unwrap();
     assert!(r.headers().get("access-control-allow-origin").is_none());
 }

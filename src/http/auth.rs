@@ -105,6 +105,8 @@ pub fn create_key(
 pub enum KeyError {
     /// No `Authorization: Bearer` header.
     Missing,
+    /// No key, on an open loopback server, from a request a proxy forwarded.
+    Forwarded,
     /// Malformed, unknown, wrong or revoked.
     Invalid,
     /// The ledger could not be read.
@@ -150,6 +152,19 @@ fn bearer(req: &Request) -> Option<Result<&str, KeyError>> {
     Some(token.ok_or(KeyError::Invalid))
 }
 
+/// Whether a reverse proxy forwarded `req` (the headers common proxies
+/// add: nginx, Caddy, Traefik, cloud load balancers, RunPod's proxy).
+fn forwarded(req: &Request) -> bool {
+    [
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-real-ip",
+    ]
+    .iter()
+    .any(|h| req.headers().contains_key(*h))
+}
+
 /// Middleware: resolves the caller from the bearer key. A key that is
 /// given is always checked (a wrong key fails even where none is needed,
 /// so a misconfigured client notices); a missing key fails only when the
@@ -157,6 +172,10 @@ fn bearer(req: &Request) -> Option<Result<&str, KeyError>> {
 pub async fn require_key(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let caller = match bearer(&req) {
         None if state.require_auth => return refuse(KeyError::Missing),
+        // An open (loopback, no keys required) server reached through a
+        // reverse proxy: the request is not from this machine, so it must
+        // not act as the local admin.
+        None if forwarded(&req) => return refuse(KeyError::Forwarded),
         None => Caller {
             key_id: None,
             user_id: None,
@@ -194,6 +213,15 @@ fn refuse(e: KeyError) -> Response {
         KeyError::Missing => (
             StatusCode::UNAUTHORIZED,
             "missing API key: send `Authorization: Bearer <key>` (create one with `ai-cost-optimizer keys create --user ID`)".to_string(),
+            "missing_api_key",
+        ),
+        KeyError::Forwarded => (
+            StatusCode::UNAUTHORIZED,
+            "missing API key: this request came through a proxy (it carries Forwarded or \
+             X-Forwarded-* headers), and only clients on this machine may call an open server \
+             without a key. Send `Authorization: Bearer <key>`; the operator should set \
+             http.require_auth = true and create keys with `ai-cost-optimizer keys create --user ID`"
+                .to_string(),
             "missing_api_key",
         ),
         KeyError::Invalid => (

@@ -36,7 +36,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -148,6 +148,18 @@ fn host_name(authority: &str) -> &str {
     }
 }
 
+/// True when an `allowed_hosts` entry (a name, with or without a port)
+/// names this machine's loopback interface only.
+fn names_loopback(entry: &str) -> bool {
+    let name = host_name(entry.trim()).trim_matches(|c| c == '[' || c == ']');
+    let name = name.to_ascii_lowercase();
+    LOOPBACK_HOSTS.contains(&name.as_str())
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl HostGuard {
     fn host_ok(&self, host: Option<&str>) -> bool {
         if self.hosts.is_empty() {
@@ -189,6 +201,13 @@ impl HostGuard {
 }
 
 async fn guard_host(State(guard): State<Arc<HostGuard>>, req: Request, next: Next) -> Response {
+    // The probes answer anyone (no key, nothing secret, nothing spent), and
+    // container health checks and orchestrators call them by IP or
+    // 127.0.0.1, which a list naming the public host would refuse: the
+    // image's HEALTHCHECK then failed whenever allowed_hosts was set.
+    if matches!(req.uri().path(), "/health" | "/ready") {
+        return next.run(req).await;
+    }
     let host = req
         .headers()
         .get(header::HOST)
@@ -232,7 +251,12 @@ impl Server {
     pub fn new(core: Arc<Optimizer>, addr: SocketAddr) -> Result<Server> {
         let settings = core.settings().http.clone();
         let loopback = addr.ip().is_loopback();
-        let require_auth = !loopback || settings.require_auth;
+        // A loopback bind that allows other host names is reached through
+        // a reverse proxy or a tunnel (the TLS recipe in DEPLOY.md): open
+        // to whoever reaches that name, so keys are required as for a
+        // public bind.
+        let public_names = settings.allowed_hosts.iter().any(|h| !names_loopback(h));
+        let require_auth = !loopback || settings.require_auth || public_names;
         if require_auth {
             let keys = core
                 .ledger()
@@ -240,6 +264,14 @@ impl Server {
                 .and_then(|l| l.active_api_keys().map_err(anyhow::Error::new))
                 .context("cannot read the API keys from the ledger")?;
             if keys == 0 {
+                if loopback && public_names {
+                    bail!(
+                        "refusing to serve {addr} to the host names in http.allowed_hosts without \
+                         API keys: a reverse proxy or tunnel makes it reachable by anyone who \
+                         reaches that name. Create a client key with \
+                         `ai-cost-optimizer keys create --user ID`"
+                    );
+                }
                 if loopback {
                     bail!(
                         "require_auth is on but no API key exists; create one with \
@@ -369,21 +401,21 @@ impl Server {
                 CorsLayer::new()
                     .allow_origin(AllowOrigin::list(origins))
                     .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
-                    .allow_headers([
-                        header::AUTHORIZATION,
-                        header::CONTENT_TYPE,
-                        header::ACCEPT,
-                        HeaderName::from_static("mcp-session-id"),
-                        HeaderName::from_static("mcp-protocol-version"),
-                        HeaderName::from_static("last-event-id"),
-                    ])
+                    // Whatever headers the listed origins' preflights ask
+                    // for: client libraries add their own (the `openai` JS
+                    // SDK sends six `x-stainless-*` headers on every call,
+                    // which a fixed list blocked). Safe: the origins are the
+                    // operator's own list, and a key is still needed.
+                    .allow_headers(AllowHeaders::mirror_request())
                     .expose_headers([
                         REQUEST_ID,
                         HeaderName::from_static("mcp-session-id"),
                         HeaderName::from_static("x-cost-usd"),
                         HeaderName::from_static("x-routed-model"),
                         HeaderName::from_static("x-routed-provider"),
+                        HeaderName::from_static("x-routed-tier"),
                         HeaderName::from_static("x-complexity"),
+                        HeaderName::from_static("x-ledger-request-id"),
                     ]),
             );
         }
