@@ -152,6 +152,19 @@ pub fn redact_url(url: &str) -> String {
     format!("{scheme}://{host}/…")
 }
 
+/// An error and its causes on one line (reqwest's own text names only the
+/// outermost, "error sending request").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// POSTs `alert` to `hook`, retrying failures with backoff, and records
 /// every attempt in the ledger. Returns whether it was delivered.
 pub async fn deliver_webhook(
@@ -182,10 +195,14 @@ pub async fn deliver_webhook(
             Err(e) => (
                 false,
                 None,
+                // Without its URL: reqwest prints the URL normalised
+                // (lower-cased host, `/` added before `?`), which the
+                // redaction of the URL as configured would not match, and a
+                // webhook URL's path or query is often its secret.
                 Some(crate::secrets::redact(&if e.is_timeout() {
                     "timed out".to_string()
                 } else {
-                    e.to_string()
+                    error_chain(&e.without_url())
                 })),
             ),
         };
@@ -373,6 +390,47 @@ mod tests {
         assert_eq!(generic["event"], "budget_threshold_crossed");
         assert_eq!(generic["threshold"], 0.8);
         assert_eq!(generic["alert_id"], 7);
+    }
+
+    /// A receiver that cannot be reached: the recorded error says why, but
+    /// not the URL's secret, even though reqwest prints the URL normalised
+    /// (host lower-cased, `/` before the query), unlike the configured text.
+    #[tokio::test]
+    async fn a_failed_delivery_does_not_record_the_url_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("l.sqlite3")).unwrap();
+        let id = ledger
+            .record_alert("alice", 0, 0.8, 8, 10, 1)
+            .unwrap()
+            .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let hook = Webhook {
+            url: format!("http://LOCALHOST:{port}?token=Hook-Secret-4242"),
+            format: WebhookFormat::Json,
+        };
+        let mut alert = BudgetAlert::new(7, &status(), 0.8);
+        alert.id = id;
+        let http = reqwest::Client::new();
+        let ok = deliver_webhook(
+            &http,
+            &ledger,
+            &hook,
+            &alert,
+            Duration::from_millis(1),
+            || 1,
+        )
+        .await;
+        assert!(!ok);
+        let rows = ledger.deliveries(id).unwrap();
+        assert_eq!(rows.len(), WEBHOOK_ATTEMPTS as usize);
+        for r in &rows {
+            let e = r.error.as_deref().unwrap_or_default();
+            assert!(!e.is_empty() && !e.contains("Hook-Secret-4242"), "{e}");
+        }
     }
 
     #[test]
