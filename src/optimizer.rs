@@ -194,32 +194,35 @@ pub struct SetBudgetArgs {
     /// Spending limit per calendar month, in USD (> 0).
     pub monthly_limit: f64,
     /// Alert thresholds as fractions of the limit, ascending, each in (0, 1]
-    /// (default [0.5, 0.8, 1.0]).
+    /// (omitted: the budget's current ones, or [0.5, 0.8, 1.0] for a new
+    /// budget).
     #[serde(default)]
     pub alert_thresholds: Option<Vec<f64>>,
     /// Whose budget (default "default").
     #[serde(default)]
     pub user_id: Option<String>,
-    /// At the limit: "block" refuses calls (default), "downgrade" routes
-    /// cheaper past the first threshold and refuses at the limit, "warn" only
-    /// alerts.
+    /// At the limit: "block" refuses calls, "downgrade" routes cheaper past
+    /// the first threshold and refuses at the limit, "warn" only alerts
+    /// (omitted: the budget's current mode, or "block" for a new budget).
     #[serde(default)]
     #[schemars(extend("enum" = ["warn", "downgrade", "block"]))]
     pub mode: Option<String>,
-    /// Budget period: "monthly" (default), "weekly" (from Monday) or "daily".
+    /// Budget period: "monthly", "weekly" (from Monday) or "daily" (omitted:
+    /// the budget's current period, or "monthly" for a new budget).
     /// `monthly_limit` is then the limit per that period.
     #[serde(default)]
     #[schemars(extend("enum" = ["daily", "weekly", "monthly"]))]
     pub period: Option<String>,
-    /// IANA time zone whose calendar starts the periods (default from the
-    /// config, else "UTC"), e.g. "Europe/Berlin".
+    /// IANA time zone whose calendar starts the periods, e.g. "Europe/Berlin"
+    /// (omitted: the budget's current one, or the config's, else "UTC").
     #[serde(default)]
     pub timezone: Option<String>,
     /// http(s) URL that receives an alert each time a threshold is crossed
     /// (once per threshold per period). Empty string removes it.
     #[serde(default)]
     pub webhook_url: Option<String>,
-    /// Webhook payload: "json" (default), "slack" or "discord".
+    /// Webhook payload: "json" (default for a new webhook), "slack" or
+    /// "discord".
     #[serde(default)]
     #[schemars(extend("enum" = ["json", "slack", "discord"]))]
     pub webhook_format: Option<String>,
@@ -2000,24 +2003,25 @@ impl Optimizer {
         Ok(report)
     }
 
-    /// `set_budget`: creates or replaces a user's budget.
+    /// `set_budget`: creates a user's budget, or updates it: a setting the
+    /// call leaves out keeps its stored value (only a new budget takes the
+    /// configured defaults), so "raise it to $30" does not also turn a
+    /// weekly `warn` budget into a monthly `block` one.
     pub fn set_budget(&self, args: &SetBudgetArgs) -> Result<BudgetUpdate, ToolError> {
         budget::validate_limit("monthly_limit", args.monthly_limit).map_err(invalid)?;
-        let thresholds = args
-            .alert_thresholds
-            .clone()
-            .unwrap_or_else(|| self.settings.default_alert_thresholds.clone());
-        budget::validate_thresholds(&thresholds).map_err(invalid)?;
+        if let Some(t) = &args.alert_thresholds {
+            budget::validate_thresholds(t).map_err(invalid)?;
+        }
         let mode = match args
             .mode
             .as_deref()
             .map(str::trim)
             .filter(|s| !s.is_empty())
         {
-            Some(m) => BudgetMode::parse(m).ok_or_else(|| {
+            Some(m) => Some(BudgetMode::parse(m).ok_or_else(|| {
                 invalid(format!("mode: {m:?} is not one of warn, downgrade, block"))
-            })?,
-            None => self.settings.default_budget_mode,
+            })?),
+            None => None,
         };
         let global = args.global.unwrap_or(false);
         if global
@@ -2043,12 +2047,12 @@ impl Optimizer {
             .map(str::trim)
             .filter(|s| !s.is_empty())
         {
-            Some(p) => budget::Period::parse(p).ok_or_else(|| {
+            Some(p) => Some(budget::Period::parse(p).ok_or_else(|| {
                 invalid(format!(
                     "period: {p:?} is not one of daily, weekly, monthly"
                 ))
-            })?,
-            None => self.settings.default_period,
+            })?),
+            None => None,
         };
         let timezone = match args
             .timezone
@@ -2058,9 +2062,9 @@ impl Optimizer {
         {
             Some(tz) => {
                 budget::validate_timezone(tz).map_err(invalid)?;
-                tz.to_string()
+                Some(tz.to_string())
             }
-            None => self.settings.default_timezone.clone(),
+            None => None,
         };
         let format = match args
             .webhook_format
@@ -2083,6 +2087,21 @@ impl Optimizer {
             .budget(&user)
             .map_err(|e| ToolError::Ledger(e.to_string()))?;
         let previous = previous_row.as_ref().map(|b| to_usd(b.limit_nanos));
+        let stored = previous_row.clone().map(Budget::from_row);
+        let thresholds = match (&args.alert_thresholds, &stored) {
+            (Some(t), _) => t.clone(),
+            (None, Some(b)) => b.thresholds.clone(),
+            (None, None) => self.settings.default_alert_thresholds.clone(),
+        };
+        let mode = mode
+            .or(stored.as_ref().map(|b| b.mode))
+            .unwrap_or(self.settings.default_budget_mode);
+        let period = period
+            .or(stored.as_ref().map(|b| b.period))
+            .unwrap_or(self.settings.default_period);
+        let timezone = timezone
+            .or(stored.as_ref().map(|b| b.timezone.clone()))
+            .unwrap_or_else(|| self.settings.default_timezone.clone());
         // Keep an existing webhook unless the call changes it; "" removes it.
         let webhook = match args.webhook_url.as_deref().map(str::trim) {
             Some("") => None,

@@ -367,6 +367,57 @@ async fn failing_and_unreachable_webhooks_are_retried_and_recorded() {
     }
 }
 
+/// Changing only the limit keeps the budget's other settings: a weekly
+/// `warn` budget in Berlin with its own thresholds and webhook stays all of
+/// that; each setting given changes only itself.
+#[tokio::test]
+async fn updating_a_budget_changes_only_what_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(dir.path(), &[]).await;
+    let first = s
+        .ok(
+            "set_budget",
+            json!({"monthly_limit": 20, "user_id": "ana", "period": "weekly", "mode": "warn",
+                   "alert_thresholds": [0.9, 1.0], "timezone": "Europe/Berlin",
+                   "webhook_url": "https://hooks.example.com/services/T1/B2/abc",
+                   "webhook_format": "slack"}),
+        )
+        .await;
+    assert_eq!(first["status"]["period"], "weekly");
+    let raised = s
+        .ok("set_budget", json!({"monthly_limit": 30, "user_id": "ana"}))
+        .await;
+    let st = &raised["status"];
+    assert_eq!(raised["previous_limit_usd"], 20.0);
+    assert_eq!(st["limit_usd"], 30.0);
+    assert_eq!(st["period"], "weekly", "{raised}");
+    assert_eq!(st["mode"], "warn", "{raised}");
+    assert_eq!(st["timezone"], "Europe/Berlin", "{raised}");
+    assert_eq!(st["alert_thresholds"], json!([0.9, 1.0]), "{raised}");
+    assert!(
+        raised["webhook"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hooks.example.com")
+    );
+    let moded = s
+        .ok(
+            "set_budget",
+            json!({"monthly_limit": 30, "user_id": "ana", "mode": "block"}),
+        )
+        .await;
+    assert_eq!(moded["status"]["mode"], "block");
+    assert_eq!(moded["status"]["period"], "weekly");
+    // A new budget still takes the defaults.
+    let fresh = s
+        .ok("set_budget", json!({"monthly_limit": 5, "user_id": "ben"}))
+        .await;
+    assert_eq!(fresh["status"]["period"], "monthly");
+    assert_eq!(fresh["status"]["mode"], "block");
+    assert_eq!(fresh["status"]["alert_thresholds"], json!([0.5, 0.8, 1.0]));
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn global_budget_caps_all_users_together() {
     let fake = FakeProvider::start(haiku(0)).await;
