@@ -1228,6 +1228,7 @@ impl Optimizer {
         let mut notes = plan.notes.clone();
         let mut attempts: Vec<Attempt> = Vec::new();
         let mut last_error: Option<String> = None;
+        let mut stopped_by_budget = false;
         // Attempts cut off after the provider accepted them, which it may
         // bill: the caller is told, whatever the outcome of the call.
         let mut cut_off: Vec<CutOff> = Vec::new();
@@ -1340,11 +1341,11 @@ impl Optimizer {
                         };
                         let msg = format!(
                             "Budget limit reached: this call could cost up to ${:.6} on {} (max_tokens {max_tokens}), \
-                             but {whose} of ${:.2} has ${:.6} spent and ${:.6} held by calls in flight this period. \
+                             but {whose} of {} has ${:.6} spent and ${:.6} held by calls in flight this period. \
                              Raise the limit with set_budget, lower max_tokens, or ask for a cheaper tier.",
                             cand.worst_case_cost_usd,
                             cand.model,
-                            to_usd(over.limit_nanos),
+                            crate::render::usd(to_usd(over.limit_nanos)),
                             to_usd(over.spent_nanos),
                             to_usd(over.reserved_nanos),
                         );
@@ -1352,6 +1353,7 @@ impl Optimizer {
                             return Err(ToolError::BudgetRefused(msg));
                         }
                         last_error = Some(msg);
+                        stopped_by_budget = true;
                         break 'candidates;
                     }
                     Ok(Ok(r)) => ReservationGuard::new(ledger.clone(), r),
@@ -1678,7 +1680,15 @@ impl Optimizer {
             .map(|a| format!("{} ({})", a.model, a.outcome))
             .collect::<Vec<_>>()
             .join(", ");
-        Err(ToolError::ProviderFailed(
+        // A fallback the budget could not cover ends the call on the
+        // budget, not on the provider that failed first: the caller should
+        // raise the limit or ask for less, not retry.
+        let kind = if stopped_by_budget {
+            ToolError::BudgetRefused
+        } else {
+            ToolError::ProviderFailed
+        };
+        Err(kind(
             format!(
                 "{} Tried: {}. {}",
                 last_error.unwrap_or_else(|| "No provider could take the call.".into()),

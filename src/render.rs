@@ -19,12 +19,41 @@ pub fn usd(v: f64) -> String {
     let a = v.abs();
     if a == 0.0 {
         "$0".into()
+    } else if a < 0.000_000_5 {
+        // Below what six decimals show: keep two significant digits
+        // rather than print a real cost as "$0.000000".
+        let decimals = ((-a.log10()).ceil() as usize + 1).min(15);
+        format!("${v:.decimals$}")
     } else if a < 0.01 {
         format!("${v:.6}")
     } else if a < 1.0 {
         format!("${v:.4}")
     } else {
         format!("${v:.2}")
+    }
+}
+
+/// A fraction as a percentage with the decimals it needs: 0.8 → "80%",
+/// 0.125 → "12.5%", 0.001 → "0.1%" (a threshold of 0.1% printed as "0%"
+/// reads as no threshold).
+pub fn percent(fraction: f64) -> String {
+    let p = fraction * 100.0;
+    for decimals in 0..=3 {
+        let scale = 10f64.powi(decimals);
+        if ((p * scale).round() - p * scale).abs() < 1e-6 {
+            return format!("{p:.prec$}%", prec = decimals as usize);
+        }
+    }
+    format!("{p:.3}%")
+}
+
+/// A price per million tokens: cents when that says it, more digits for
+/// the cheap models ($0.0075 is not "$0.01").
+pub fn per_mtok(v: f64) -> String {
+    if v == 0.0 || v >= 0.1 {
+        format!("${v:.2}")
+    } else {
+        usd(v)
     }
 }
 
@@ -68,7 +97,7 @@ fn budget_line(b: &BudgetStatus) -> String {
         let _ = write!(s, ", {} held by calls in flight", usd(b.reserved_usd));
     }
     if let Some(t) = b.next_threshold {
-        let _ = write!(s, "; next alert at {:.0}%", t * 100.0);
+        let _ = write!(s, "; next alert at {}", percent(t));
     }
     let _ = write!(s, " (mode: {}).", b.mode.as_str());
     s
@@ -195,7 +224,11 @@ fn candidate_row(c: &Candidate) -> String {
         c.tier,
         usd(c.estimated_cost_usd),
         usd(c.worst_case_cost_usd),
-        format_args!("${:.2} / ${:.2}", c.input_per_mtok, c.output_per_mtok),
+        format_args!(
+            "{} / {}",
+            per_mtok(c.input_per_mtok),
+            per_mtok(c.output_per_mtok)
+        ),
         if c.available {
             ""
         } else {
@@ -459,7 +492,7 @@ pub fn budget_update(b: &BudgetUpdate) -> String {
         st.mode.as_str(),
         st.alert_thresholds
             .iter()
-            .map(|t| format!("{:.0}%", t * 100.0))
+            .map(|&t| percent(t))
             .collect::<Vec<_>>()
             .join(", "),
         st.timezone
@@ -554,6 +587,27 @@ mod tests {
             "````md\n```\nx\n```\n````"
         );
         assert_eq!(closed_answer("no code"), "no code");
+    }
+
+    /// Money keeps a real cost visible however small, and thresholds keep
+    /// their decimals.
+    #[test]
+    fn small_amounts_and_thresholds_are_not_rounded_away() {
+        assert_eq!(usd(0.0), "$0");
+        assert_eq!(usd(0.00000036), "$0.00000036");
+        assert_eq!(usd(0.0000002), "$0.00000020");
+        assert_eq!(usd(0.000168), "$0.000168");
+        assert_eq!(usd(0.25), "$0.2500");
+        assert_eq!(usd(12.5), "$12.50");
+        assert_eq!(usd(-0.00000036), "-$0.00000036");
+        assert_eq!(percent(0.8), "80%");
+        assert_eq!(percent(1.0), "100%");
+        assert_eq!(percent(0.125), "12.5%");
+        assert_eq!(percent(0.001), "0.1%");
+        assert_eq!(percent(0.004), "0.4%");
+        assert_eq!(per_mtok(3.0), "$3.00");
+        assert_eq!(per_mtok(0.0075), "$0.007500");
+        assert_eq!(per_mtok(0.0), "$0.00");
     }
 
     #[test]

@@ -510,6 +510,42 @@ async fn failed_provider_falls_back_and_every_attempt_is_recorded() {
     s.stop().await;
 }
 
+/// A cut-off attempt is charged; if what is left of the budget then cannot
+/// cover the next attempt, the call ends on the budget ("Refused by
+/// budget", so the caller raises the limit instead of retrying), not as a
+/// provider failure.
+#[tokio::test]
+async fn a_fallback_the_budget_cannot_cover_is_a_budget_refusal() {
+    let cut = streamed(
+        "text/event-stream",
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c1", "object": "chat.completion.chunk", "model": "deepseek-v4-pro",
+                   "choices": [{"index": 0, "delta": {"content": "A partial answer that stops here, ".repeat(8)}}]})
+        ),
+    )
+    .reset_after_body();
+    let (bad, _good, _dir, s) = deepseek_then_anthropic(cut).await;
+    // The route get_recommendation shows is the one complete_prompt takes.
+    let args = json!({"prompt": "hello there", "max_tokens": 200});
+    let rec = s.ok("get_recommendation", args.clone()).await;
+    let first = rec["recommended"]["model"].as_str().unwrap();
+    assert!(first.starts_with("deepseek/"), "{rec}");
+    let worst = rec["recommended"]["worst_case_cost_usd"].as_f64().unwrap();
+    s.ok("set_budget", json!({"monthly_limit": worst * 1.05}))
+        .await;
+    let e = s.err("complete_prompt", args).await;
+    assert!(
+        e.starts_with("Refused by budget") && e.contains("Budget limit reached"),
+        "{e}"
+    );
+    assert!(e.contains("charged") || e.contains("billed"), "{e}");
+    assert_eq!(bad.requests().len(), 1);
+    let u = s.ok("query_usage", json!({})).await;
+    assert!(u["total_cost_usd"].as_f64().unwrap() > 0.0, "{u}");
+    s.stop().await;
+}
+
 /// A reasoning model that spends its whole output limit thinking answers
 /// with no text and `finish_reason: length`. That reply is billed (at the
 /// cost it reported, as OpenRouter's `usage.cost` does; otherwise at its

@@ -92,9 +92,9 @@ impl BudgetAlert {
             format!("{}'s", status.user_id)
         };
         let message = format!(
-            "{whose} {} budget crossed {:.0}%: {} of {} spent ({:.1}%) since {}. Mode: {}.",
+            "{whose} {} budget crossed {}: {} of {} spent ({:.1}%) since {}. Mode: {}.",
             status.period,
-            threshold * 100.0,
+            crate::render::percent(threshold),
             crate::render::usd(status.spent_usd),
             crate::render::usd(status.limit_usd),
             status.percent_used,

@@ -337,11 +337,11 @@ impl BudgetStatus {
             format!("{}'s", self.user_id)
         };
         Some(format!(
-            "Budget alert: {:.1}% of the ${:.2} {} {whose} budget used (threshold {:.0}% crossed).",
+            "Budget alert: {:.1}% of the {} {} {whose} budget used (threshold {} crossed).",
             self.percent_used,
-            self.limit_usd,
+            crate::render::usd(self.limit_usd),
             self.period,
-            last * 100.0
+            crate::render::percent(*last)
         ))
     }
 }
