@@ -955,7 +955,9 @@ impl Optimizer {
         {
             return Err(invalid("model: at most 200 characters"));
         }
-        let prompt = match &args.prompt {
+        // A blank prompt is "no prompt", as blank optional strings are
+        // everywhere else (models often send "" for an argument they skip).
+        let prompt = match args.prompt.as_deref().filter(|p| !p.trim().is_empty()) {
             Some(p) => Some(validate_prompt("prompt", p)?),
             None => None,
         };
@@ -1004,9 +1006,10 @@ impl Optimizer {
         };
         if let Some(p) = prompt {
             let assumed = crate::router::EXPECTED_OUTPUT_TOKENS;
+            let counted = crate::tokens::PromptCount::of(None, p);
             for r in &mut rows {
                 if let Some(price) = self.catalog.get(&r.model) {
-                    let input = crate::tokens::estimate_input(r.provider, None, p);
+                    let input = counted.for_provider(r.provider);
                     r.estimated_cost_usd = Some(price.estimate(input, assumed));
                 }
             }

@@ -153,9 +153,31 @@ pub fn provider_factor(provider: ProviderId) -> f64 {
 /// Estimated input tokens of a chat call (system + prompt + a small
 /// per-message overhead for role markers).
 pub fn estimate_input(provider: ProviderId, system: Option<&str>, prompt: &str) -> u64 {
-    let base = count_o200k(prompt) + system.map(count_o200k).unwrap_or(0);
-    let messages = if system.is_some() { 2 } else { 1 };
-    ((base as f64) * provider_factor(provider)).ceil() as u64 + 4 * messages
+    PromptCount::of(system, prompt).for_provider(provider)
+}
+
+/// A prompt counted once with o200k, to estimate its input tokens on many
+/// providers (`check_model_costs` lists hundreds of models: counting the
+/// prompt again for each cost seconds of CPU on a large one).
+#[derive(Debug, Clone, Copy)]
+pub struct PromptCount {
+    base: u64,
+    messages: u64,
+}
+
+impl PromptCount {
+    /// Counts `prompt` (and `system`).
+    pub fn of(system: Option<&str>, prompt: &str) -> PromptCount {
+        PromptCount {
+            base: count_o200k(prompt) + system.map(count_o200k).unwrap_or(0),
+            messages: if system.is_some() { 2 } else { 1 },
+        }
+    }
+
+    /// The estimate for `provider`: the same as [`estimate_input`].
+    pub fn for_provider(self, provider: ProviderId) -> u64 {
+        ((self.base as f64) * provider_factor(provider)).ceil() as u64 + 4 * self.messages
+    }
 }
 
 /// Builds the tables now, so the next estimate does not pay for it (for

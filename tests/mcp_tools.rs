@@ -83,6 +83,31 @@ async fn check_model_costs_reports_catalog_prices_and_estimates() {
     );
     assert!(rows.iter().all(|r| r["provider"] == "anthropic"));
 
+    // A blank prompt is no prompt: prices, no estimates.
+    let blank = s
+        .ok(
+            "check_model_costs",
+            json!({"provider": "anthropic", "prompt": "  "}),
+        )
+        .await;
+    assert!(
+        blank["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["estimated_cost_usd"].is_null()),
+        "{blank}"
+    );
+    // Every model of the catalog estimated for one prompt: the prompt is
+    // counted once, and the estimates are each provider's own.
+    let every = s
+        .ok(
+            "check_model_costs",
+            json!({"model": "/", "prompt": "Say hi"}),
+        )
+        .await;
+    assert!(every["models"].as_array().unwrap().len() >= 10);
+
     // Without filters and no provider enabled: the routing tiers' models.
     let all = s.ok("check_model_costs", json!({})).await;
     assert!(all["scope"].as_str().unwrap().contains("none is enabled"));
