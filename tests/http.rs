@@ -763,6 +763,23 @@ async fn budgets_apply_per_key_and_only_admins_set_them() {
         metrics.contains(r#"aco_call_errors_total{kind="budget_refused"} 2"#),
         "{metrics}"
     );
+
+    // An admin naming nobody sees everyone's usage (bob's call included,
+    // not only the admin key's own user's), and sets the default budget.
+    let u = json_of(get(&c, format!("{}/v1/usage", s.base), Some(&admin)).await).await;
+    assert_eq!(u["calls"], json!(2), "{u}");
+    let b = json_of(get(&c, format!("{}/v1/usage", s.base), Some(&bob)).await).await;
+    assert_eq!(b["calls"], json!(1), "a plain key sees its own: {b}");
+    let r = request(
+        &c,
+        Method::PUT,
+        &budget,
+        Some(&admin),
+        Some(&json!({"monthly_limit": 42})),
+    )
+    .await;
+    let set = json_of(r).await;
+    assert_eq!(set["status"]["user_id"], "default", "{set}");
 }
 
 async fn complete_over_mcp(

@@ -55,6 +55,21 @@ impl Caller {
             (None, r) => Ok(r.map(str::to_string)),
         }
     }
+
+    /// Whose figures a report (usage, dashboard) shows, or whose budget
+    /// `set_budget` sets, when the caller asks for `requested`. Unlike
+    /// [`Caller::user_for`], an admin who names nobody means what a local
+    /// caller would: everyone's usage, the "default" budget, not the
+    /// admin key's own user (whose calls are all an admin otherwise saw).
+    pub fn scope_for(&self, requested: Option<&str>) -> Result<Option<String>, String> {
+        if self.admin {
+            return Ok(requested
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string));
+        }
+        self.user_for(requested)
+    }
 }
 
 /// A key just created: the only time its secret exists outside the client.
@@ -295,6 +310,11 @@ mod tests {
         };
         assert_eq!(admin.user_for(Some("bob")), Ok(Some("bob".into())));
         assert_eq!(admin.user_for(None), Ok(Some("alice".into())));
+        // Reports and budgets: an admin naming nobody means everyone.
+        assert_eq!(admin.scope_for(None), Ok(None));
+        assert_eq!(admin.scope_for(Some(" bob ")), Ok(Some("bob".into())));
+        assert_eq!(plain.scope_for(None), Ok(Some("alice".into())));
+        assert!(plain.scope_for(Some("bob")).is_err());
         let open = Caller {
             key_id: None,
             user_id: None,

@@ -75,7 +75,7 @@ pub async fn usage(
     Extension(caller): Extension<Caller>,
     Query(mut args): Query<UsageArgs>,
 ) -> Response {
-    args.user_id = match caller.user_for(args.user_id.as_deref()) {
+    args.user_id = match caller.scope_for(args.user_id.as_deref()) {
         Ok(u) => u,
         Err(e) => return forbidden(&e),
     };
@@ -124,7 +124,7 @@ pub async fn set_budget(
         Err(e) => return bad_request(&format!("invalid request body: {e}")),
     };
     if args.global != Some(true) {
-        args.user_id = match caller.user_for(args.user_id.as_deref()) {
+        args.user_id = match caller.scope_for(args.user_id.as_deref()) {
             Ok(u) => u,
             Err(e) => return forbidden(&e),
         };
@@ -152,7 +152,7 @@ pub async fn dashboard(
     Extension(caller): Extension<Caller>,
     Query(q): Query<DashboardQuery>,
 ) -> Response {
-    let user_id = match caller.user_for(q.user_id.as_deref()) {
+    let user_id = match caller.scope_for(q.user_id.as_deref()) {
         Ok(u) => u,
         Err(e) => return forbidden(&e),
     };

@@ -93,6 +93,21 @@ fn scoped_user(
     }
 }
 
+/// [`scoped_user`] for reports and budget settings: an admin key that
+/// names nobody means everyone (usage) or the default budget, as for a
+/// local client, not its own user.
+fn scoped_report(
+    ctx: &RequestContext<RoleServer>,
+    requested: Option<String>,
+) -> Result<Option<String>, ToolError> {
+    match caller(ctx) {
+        Some(c) => c
+            .scope_for(requested.as_deref())
+            .map_err(ToolError::Invalid),
+        None => Ok(requested),
+    }
+}
+
 /// Builds a tool result: Markdown for people, structured JSON for programs.
 fn result<T: Serialize>(value: &T, text: String) -> Result<CallToolResult, McpError> {
     let json = serde_json::to_value(value)
@@ -289,7 +304,7 @@ impl CostServer {
         Parameters(mut args): Parameters<UsageArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
-        args.user_id = match scoped_user(&ctx, args.user_id.take()) {
+        args.user_id = match scoped_report(&ctx, args.user_id.take()) {
             Ok(u) => u,
             Err(e) => return tool_error(e),
         };
@@ -323,7 +338,7 @@ impl CostServer {
             ));
         }
         if args.global != Some(true) {
-            args.user_id = match scoped_user(&ctx, args.user_id.take()) {
+            args.user_id = match scoped_report(&ctx, args.user_id.take()) {
                 Ok(u) => u,
                 Err(e) => return tool_error(e),
             };
