@@ -1054,6 +1054,85 @@ impl Optimizer {
         args: &CompleteArgs,
         sink: &dyn StreamSink,
     ) -> Result<Completion, ToolError> {
+        match self.complete_once(args, sink).await {
+            Err(ToolError::BudgetRefused(msg)) => {
+                Err(ToolError::BudgetRefused(self.alert_refusal(args, msg)))
+            }
+            r => r,
+        }
+    }
+
+    /// Fires the 100% alert of the budget that refused a call (see
+    /// [`BudgetAlert::exhausted`]), once per period and limit like any
+    /// alert, and appends it to the refusal's text. The refusing budget is
+    /// the enforcing one with the least room, as in routing.
+    fn alert_refusal(&self, args: &CompleteArgs, mut msg: String) -> String {
+        let Ok(ledger) = self.ledger() else {
+            return msg;
+        };
+        let Ok(user) = validate_user(args.user_id.as_deref()) else {
+            return msg;
+        };
+        let Ok(budgets) = self.budgets_for(ledger, &user) else {
+            return msg;
+        };
+        let now = self.now();
+        let Ok(statuses) = budget::statuses(ledger, &budgets, now) else {
+            return msg;
+        };
+        let Some((b, st)) = budgets
+            .iter()
+            .zip(&statuses)
+            .filter(|(b, _)| b.mode.enforces_limit())
+            .min_by(|(_, x), (_, y)| x.remaining_usd.total_cmp(&y.remaining_usd))
+        else {
+            return msg;
+        };
+        // Refused by the call's own `budget_limit`, not by the budget: the
+        // budget is not used up.
+        if args.budget_limit.is_some_and(|l| l <= st.remaining_usd) {
+            return msg;
+        }
+        // Only a budget that alerts at its limit: thresholds under 100%
+        // keep their meaning (spend actually crossed).
+        let Some(&top) = b.thresholds.iter().rfind(|t| **t >= 1.0 - 1e-9) else {
+            return msg;
+        };
+        let (start, _) = b.bounds(now);
+        let id = match ledger.record_alert(
+            &b.user_id,
+            start,
+            top,
+            to_nanos(st.spent_usd),
+            to_nanos(st.limit_usd),
+            now,
+        ) {
+            Ok(Some(id)) => id,
+            Ok(None) => return msg,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record a budget alert");
+                return msg;
+            }
+        };
+        let alert = BudgetAlert::exhausted(id, st, top);
+        tracing::warn!(scope = b.user_id, threshold = top, "{}", alert.message);
+        let hook = b
+            .webhook
+            .clone()
+            .or_else(|| self.settings.alert_webhook.clone());
+        if hook.is_some() || self.settings.alert_email.is_some() {
+            self.spawn_delivery(ledger.clone(), hook, alert.clone());
+        }
+        msg.push_str(" Budget alert: ");
+        msg.push_str(&alert.message);
+        msg
+    }
+
+    async fn complete_once(
+        &self,
+        args: &CompleteArgs,
+        sink: &dyn StreamSink,
+    ) -> Result<Completion, ToolError> {
         let prompt = validate_prompt("prompt", &args.prompt)?;
         let system = match &args.system {
             Some(s) if s.trim().is_empty() => None,

@@ -283,6 +283,61 @@ async fn each_threshold_alerts_exactly_once_per_period() {
     }
 }
 
+/// In `block` mode spend never reaches the limit itself (a call that
+/// could cross it is refused first), so the 100% alert fires when a call
+/// is refused: once per period, by webhook and in the refusal's text.
+#[tokio::test]
+async fn a_refusal_fires_the_limit_alert_once() {
+    let provider = FakeProvider::start(haiku(0)).await;
+    let slack = FakeProvider::start(Reply::json(200, json!({"ok": true}))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("ANTHROPIC_API_KEY", KEY.into()),
+            ("ANTHROPIC_BASE_URL", provider.base.clone()),
+        ],
+    )
+    .await;
+    s.ok(
+        "set_budget",
+        json!({"monthly_limit": 0.004, "alert_thresholds": [0.5, 1.0], "user_id": "cy",
+               "webhook_url": format!("{}/services/T0/B0/tok", slack.base),
+               "webhook_format": "slack"}),
+    )
+    .await;
+    // A call refused by its own budget_limit leaves the budget alone.
+    let mut capped = call_args("cy", 300);
+    capped["budget_limit"] = json!(0.000001);
+    let e = s.err("complete_prompt", capped).await;
+    assert!(
+        e.contains("budget_limit") && !e.contains("Budget alert"),
+        "{e}"
+    );
+    // 27 %, 55 % (the 50 % alert), 82 %; then the worst case no longer fits.
+    for _ in 0..3 {
+        s.ok("complete_prompt", call_args("cy", 300)).await;
+    }
+    let e = s.err("complete_prompt", call_args("cy", 300)).await;
+    assert!(e.starts_with("Refused by budget"), "{e}");
+    assert!(
+        e.contains("Budget alert: cy's monthly budget is used up"),
+        "{e}"
+    );
+    let again = s.err("complete_prompt", call_args("cy", 300)).await;
+    assert!(!again.contains("Budget alert"), "fired twice: {again}");
+    let got = wait_for(&slack, 2).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    let texts: Vec<&str> = got
+        .iter()
+        .map(|r| r.body["text"].as_str().unwrap())
+        .collect();
+    assert!(texts[0].contains("crossed 50%"), "{texts:?}");
+    assert!(texts[1].contains("is used up"), "{texts:?}");
+    assert_eq!(provider.requests().len(), 3);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn failing_and_unreachable_webhooks_are_retried_and_recorded() {
     let provider = FakeProvider::start(haiku(0)).await;

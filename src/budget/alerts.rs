@@ -115,6 +115,30 @@ impl BudgetAlert {
         }
     }
 
+    /// The alert for the top threshold (100%) of a budget that refused a
+    /// call: in `block` and `downgrade` modes spend never reaches the limit
+    /// itself (a call that could cross it is refused first), so without
+    /// this the last alert never fired while calls were being refused.
+    pub fn exhausted(id: i64, status: &BudgetStatus, threshold: f64) -> BudgetAlert {
+        let mut a = BudgetAlert::new(id, status, threshold);
+        let whose = if status.user_id == GLOBAL_SCOPE {
+            "The global".to_string()
+        } else {
+            format!("{}'s", status.user_id)
+        };
+        a.message = format!(
+            "{whose} {} budget is used up: a call was refused because it could cost more than \
+             what is left ({} of {} spent, {} held by calls in flight, since {}). Mode: {}.",
+            status.period,
+            crate::render::usd(status.spent_usd),
+            crate::render::usd(status.limit_usd),
+            crate::render::usd(status.reserved_usd),
+            status.period_start,
+            status.mode.as_str()
+        );
+        a
+    }
+
     /// The webhook body in `format`.
     pub fn payload(&self, format: WebhookFormat) -> serde_json::Value {
         let text = format!(":warning: AI Cost Optimizer — {}", self.message);
