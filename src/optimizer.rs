@@ -1314,6 +1314,9 @@ impl Optimizer {
         // Attempts cut off after the provider accepted them, which it may
         // bill: the caller is told, whatever the outcome of the call.
         let mut cut_off: Vec<CutOff> = Vec::new();
+        // What this call's failed attempts were charged so far: `budget_limit`
+        // caps the whole call, retries and fallbacks included.
+        let mut call_spent = 0.0_f64;
         // Providers that failed as a whole in this call (bad key, no credit,
         // down after retries): their other models are not worth a try.
         let mut failed_providers: Vec<ProviderId> = Vec::new();
@@ -1382,6 +1385,22 @@ impl Optimizer {
             let mut retries = 0u32;
             let mut waited = Duration::ZERO;
             loop {
+                if let Some(limit) = budget_limit
+                    && call_spent > 0.0
+                    && call_spent + cand.worst_case_cost_usd > limit
+                {
+                    last_error = Some(format!(
+                        "budget_limit of {} reached: earlier attempts of this call were charged {}, \
+                         and {} could cost up to {} more (max_tokens {max_tokens}). Raise budget_limit \
+                         or lower max_tokens.",
+                        crate::render::usd(limit),
+                        crate::render::usd(call_spent),
+                        cand.model,
+                        crate::render::usd(cand.worst_case_cost_usd),
+                    ));
+                    stopped_by_budget = true;
+                    break 'candidates;
+                }
                 // Reserve the worst case before calling; refuse if it cannot fit.
                 let now = self.now();
                 // Awaits instead of blocking the worker while another
@@ -1685,6 +1704,7 @@ impl Optimizer {
                 if let Err(e) = &recorded {
                     tracing::error!(error = %e, "failed attempt not recorded");
                 }
+                call_spent += cost;
                 if let Some(p) = partial.filter(|p| p.maybe_billed) {
                     cut_off.push(CutOff {
                         model: cand.model.clone(),

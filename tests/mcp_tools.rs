@@ -571,6 +571,37 @@ async fn a_fallback_the_budget_cannot_cover_is_a_budget_refusal() {
     s.stop().await;
 }
 
+/// `budget_limit` caps the whole call: once a cut-off attempt was charged,
+/// a retry whose worst case no longer fits in what is left is not made.
+#[tokio::test]
+async fn budget_limit_caps_the_whole_call_with_its_retries() {
+    let cut = streamed(
+        "text/event-stream",
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c1", "object": "chat.completion.chunk", "model": "deepseek-v4-pro",
+                   "choices": [{"index": 0, "delta": {"content": "A partial answer that stops here, ".repeat(8)}}]})
+        ),
+    )
+    .reset_after_body();
+    let (bad, _good, _dir, s) = deepseek_then_anthropic(cut).await;
+    let args = json!({"prompt": "hello there", "max_tokens": 200});
+    let rec = s.ok("get_recommendation", args.clone()).await;
+    let worst = rec["recommended"]["worst_case_cost_usd"].as_f64().unwrap();
+    let mut capped = args.clone();
+    capped["budget_limit"] = json!(worst * 1.05);
+    let e = s.err("complete_prompt", capped).await;
+    assert!(
+        e.starts_with("Refused by budget") && e.contains("budget_limit of"),
+        "{e}"
+    );
+    assert_eq!(bad.requests().len(), 1, "no retry past the call's limit");
+    let u = s.ok("query_usage", json!({})).await;
+    let spent = u["total_cost_usd"].as_f64().unwrap();
+    assert!(spent > 0.0 && spent <= worst * 1.05, "{u}");
+    s.stop().await;
+}
+
 /// A reasoning model that spends its whole output limit thinking answers
 /// with no text and `finish_reason: length`. That reply is billed (at the
 /// cost it reported, as OpenRouter's `usage.cost` does; otherwise at its
