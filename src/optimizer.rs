@@ -1055,9 +1055,9 @@ impl Optimizer {
         sink: &dyn StreamSink,
     ) -> Result<Completion, ToolError> {
         match self.complete_once(args, sink).await {
-            Err(ToolError::BudgetRefused(msg)) => {
-                Err(ToolError::BudgetRefused(self.alert_refusal(args, msg)))
-            }
+            Err(ToolError::BudgetRefused(msg)) => Err(ToolError::BudgetRefused(
+                self.alert_refusal(args, msg, sink),
+            )),
             r => r,
         }
     }
@@ -1066,7 +1066,7 @@ impl Optimizer {
     /// [`BudgetAlert::exhausted`]), once per period and limit like any
     /// alert, and appends it to the refusal's text. The refusing budget is
     /// the enforcing one with the least room, as in routing.
-    fn alert_refusal(&self, args: &CompleteArgs, mut msg: String) -> String {
+    fn alert_refusal(&self, args: &CompleteArgs, mut msg: String, sink: &dyn StreamSink) -> String {
         let Ok(ledger) = self.ledger() else {
             return msg;
         };
@@ -1125,6 +1125,7 @@ impl Optimizer {
         }
         msg.push_str(" Budget alert: ");
         msg.push_str(&alert.message);
+        sink.on_alert(&alert);
         msg
     }
 
@@ -1769,12 +1770,13 @@ impl Optimizer {
         }
         // Attempts cut off after the provider accepted them were recorded at
         // a cost: that spend may cross a threshold, whose alert must not
-        // wait for the next successful call. The error has no alerts field
-        // (for an MCP notification), so its text carries them.
+        // wait for the next successful call. The error has no alerts field:
+        // its text carries them, and the sink hears of each (MCP notifies).
         let mut alerted = String::new();
         if cut_off.iter().any(|c| c.recorded && c.cost_usd > 0.0) {
             for a in self.fire_alerts(&ledger, &budgets).0 {
                 alerted.push_str(&format!(" Budget alert: {}", a.message));
+                sink.on_alert(&a);
             }
         }
         let tried = attempts

@@ -160,32 +160,18 @@ async fn each_threshold_alerts_exactly_once_per_period() {
     let slack = FakeProvider::start(Reply::json(200, json!({"ok": true}))).await;
     let discord = FakeProvider::start(Reply::json(204, json!({}))).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut vars = base_env(dir.path());
-    vars.push(("ANTHROPIC_API_KEY".into(), KEY.into()));
-    vars.push(("ANTHROPIC_BASE_URL".into(), provider.base.clone()));
-    let cmd = tokio::process::Command::new(binary());
-    let cmd = rmcp::transport::ConfigureCommandExt::configure(cmd, |c| {
-        c.env_clear();
-        for (k, v) in &vars {
-            c.env(k, v);
-        }
-    });
-    let (transport, _) = rmcp::transport::TokioChildProcess::builder(cmd)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let handler = LogClient::default();
-    let client = handler.clone().serve(transport).await.unwrap();
+    let (client, handler) = spawn_logged(
+        dir.path(),
+        &[
+            ("ANTHROPIC_API_KEY", KEY.into()),
+            ("ANTHROPIC_BASE_URL", provider.base.clone()),
+        ],
+    )
+    .await;
     let call = |name: &'static str, args: Value| {
         let client = &client;
         async move {
-            let r = client
-                .call_tool(
-                    rmcp::model::CallToolRequestParams::new(name)
-                        .with_arguments(args.as_object().unwrap().clone()),
-                )
-                .await
-                .unwrap();
+            let r = call_logged(client, name, args).await;
             assert_ne!(r.is_error, Some(true), "{name}: {}", text(&r));
             r
         }
@@ -283,15 +269,57 @@ async fn each_threshold_alerts_exactly_once_per_period() {
     }
 }
 
+/// A server whose client records the MCP logging notifications it gets.
+async fn spawn_logged(
+    dir: &std::path::Path,
+    extra: &[(&str, String)],
+) -> (
+    rmcp::service::RunningService<rmcp::RoleClient, LogClient>,
+    LogClient,
+) {
+    let mut vars = base_env(dir);
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let cmd = tokio::process::Command::new(binary());
+    let cmd = rmcp::transport::ConfigureCommandExt::configure(cmd, |c| {
+        c.env_clear();
+        for (k, v) in &vars {
+            c.env(k, v);
+        }
+    });
+    let (transport, _) = rmcp::transport::TokioChildProcess::builder(cmd)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let handler = LogClient::default();
+    let client = handler.clone().serve(transport).await.unwrap();
+    (client, handler)
+}
+
+async fn call_logged(
+    client: &rmcp::service::RunningService<rmcp::RoleClient, LogClient>,
+    name: &'static str,
+    args: Value,
+) -> rmcp::model::CallToolResult {
+    client
+        .call_tool(
+            rmcp::model::CallToolRequestParams::new(name)
+                .with_arguments(args.as_object().unwrap().clone()),
+        )
+        .await
+        .unwrap()
+}
+
 /// In `block` mode spend never reaches the limit itself (a call that
 /// could cross it is refused first), so the 100% alert fires when a call
-/// is refused: once per period, by webhook and in the refusal's text.
+/// is refused: once per period, by webhook, in the refusal's text and as an
+/// MCP notification (a failed call has no `alerts` field).
 #[tokio::test]
+#[allow(deprecated)]
 async fn a_refusal_fires_the_limit_alert_once() {
     let provider = FakeProvider::start(haiku(0)).await;
     let slack = FakeProvider::start(Reply::json(200, json!({"ok": true}))).await;
     let dir = tempfile::tempdir().unwrap();
-    let s = spawn(
+    let (client, handler) = spawn_logged(
         dir.path(),
         &[
             ("ANTHROPIC_API_KEY", KEY.into()),
@@ -299,32 +327,37 @@ async fn a_refusal_fires_the_limit_alert_once() {
         ],
     )
     .await;
-    s.ok(
+    let set = call_logged(
+        &client,
         "set_budget",
         json!({"monthly_limit": 0.004, "alert_thresholds": [0.5, 1.0], "user_id": "cy",
                "webhook_url": format!("{}/services/T0/B0/tok", slack.base),
                "webhook_format": "slack"}),
     )
     .await;
+    assert_ne!(set.is_error, Some(true), "{}", text(&set));
     // A call refused by its own budget_limit leaves the budget alone.
     let mut capped = call_args("cy", 300);
     capped["budget_limit"] = json!(0.000001);
-    let e = s.err("complete_prompt", capped).await;
+    let r = call_logged(&client, "complete_prompt", capped).await;
+    let e = text(&r);
     assert!(
-        e.contains("budget_limit") && !e.contains("Budget alert"),
+        r.is_error == Some(true) && e.contains("budget_limit") && !e.contains("Budget alert"),
         "{e}"
     );
     // 27 %, 55 % (the 50 % alert), 82 %; then the worst case no longer fits.
     for _ in 0..3 {
-        s.ok("complete_prompt", call_args("cy", 300)).await;
+        let r = call_logged(&client, "complete_prompt", call_args("cy", 300)).await;
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
     }
-    let e = s.err("complete_prompt", call_args("cy", 300)).await;
+    let r = call_logged(&client, "complete_prompt", call_args("cy", 300)).await;
+    let e = text(&r);
     assert!(e.starts_with("Refused by budget"), "{e}");
     assert!(
         e.contains("Budget alert: cy's monthly budget is used up"),
         "{e}"
     );
-    let again = s.err("complete_prompt", call_args("cy", 300)).await;
+    let again = text(&call_logged(&client, "complete_prompt", call_args("cy", 300)).await);
     assert!(!again.contains("Budget alert"), "fired twice: {again}");
     let got = wait_for(&slack, 2).await;
     assert_eq!(got.len(), 2, "{got:?}");
@@ -335,7 +368,17 @@ async fn a_refusal_fires_the_limit_alert_once() {
     assert!(texts[0].contains("crossed 50%"), "{texts:?}");
     assert!(texts[1].contains("is used up"), "{texts:?}");
     assert_eq!(provider.requests().len(), 3);
-    s.stop().await;
+    // Both alerts reached the client as notifications, the refusal's too.
+    let notified: Vec<f64> = handler
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.logger.as_deref() == Some("budget"))
+        .map(|l| l.data["threshold"].as_f64().unwrap())
+        .collect();
+    assert_eq!(notified, vec![0.5, 1.0]);
+    client.cancel().await.unwrap();
 }
 
 #[tokio::test]

@@ -42,12 +42,21 @@ const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 #[derive(Default)]
 struct ProgressSink {
     chars: AtomicU64,
+    /// Alerts fired by a call that then failed, to notify the client.
+    alerts: std::sync::Mutex<Vec<crate::budget::alerts::BudgetAlert>>,
 }
 
 impl StreamSink for ProgressSink {
     fn on_text(&self, delta: &str) {
         self.chars
             .fetch_add(delta.chars().count() as u64, Ordering::Relaxed);
+    }
+
+    fn on_alert(&self, alert: &crate::budget::alerts::BudgetAlert) {
+        self.alerts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(alert.clone());
     }
 }
 
@@ -241,6 +250,10 @@ impl CostServer {
                     if let Some(o) = &self.observer {
                         o.failed(&e);
                     }
+                    let alerts = std::mem::take(
+                        &mut *sink.alerts.lock().unwrap_or_else(|e| e.into_inner()),
+                    );
+                    notify_alerts(&ctx.peer, &alerts).await;
                     tool_error(e)
                 }
             },

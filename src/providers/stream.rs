@@ -27,6 +27,12 @@ pub trait StreamSink: Send + Sync {
     fn is_final(&self) -> bool {
         false
     }
+
+    /// A budget alert fired by a call that then failed (told by the
+    /// optimizer, never by a provider): the failed result has no `alerts`
+    /// field, so a transport that notifies its client (MCP) hears of it
+    /// here. Alerts of a successful call are in its result instead.
+    fn on_alert(&self, _alert: &crate::budget::alerts::BudgetAlert) {}
 }
 
 /// Where one attempt of a call goes, as told to [`StreamSink::on_attempt`].
