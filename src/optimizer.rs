@@ -1054,15 +1054,20 @@ impl Optimizer {
         args: &CompleteArgs,
         sink: &dyn StreamSink,
     ) -> Result<Completion, ToolError> {
-        match self.complete_once(args, sink).await {
-            Err(ToolError::BudgetRefused(msg)) => Err(ToolError::BudgetRefused(
-                self.alert_refusal(args, msg, sink),
-            )),
+        let mut refused_by_call_limit = false;
+        match self
+            .complete_once(args, sink, &mut refused_by_call_limit)
+            .await
+        {
+            Err(ToolError::BudgetRefused(msg)) if !refused_by_call_limit => Err(
+                ToolError::BudgetRefused(self.alert_refusal(args, msg, sink)),
+            ),
             r => r,
         }
     }
 
-    /// Fires the 100% alert of the budget that refused a call (see
+    /// Fires the 100% alert of the budget that refused a call, once its
+    /// settled spend is at least [`EXHAUSTED_AT`] of the limit (see
     /// [`BudgetAlert::exhausted`]), once per period and limit like any
     /// alert, and appends it to the refusal's text. The refusing budget is
     /// the enforcing one with the least room, as in routing.
@@ -1088,9 +1093,12 @@ impl Optimizer {
         else {
             return msg;
         };
-        // Refused by the call's own `budget_limit`, not by the budget: the
-        // budget is not used up.
-        if args.budget_limit.is_some_and(|l| l <= st.remaining_usd) {
+        // A refusal says the budget is used up only once most of it is
+        // spent: earlier, a call refused for its own size (a forced premium
+        // model, a huge max_tokens) or for other calls' holds would spend
+        // the period's one 100% alert while plenty is left. Settled spend
+        // only, so holds of calls in flight do not count.
+        if st.spent_usd < EXHAUSTED_AT * st.limit_usd {
             return msg;
         }
         // Only a budget that alerts at its limit: thresholds under 100%
@@ -1129,10 +1137,14 @@ impl Optimizer {
         msg
     }
 
+    /// The call itself. `refused_by_call_limit` tells [`Optimizer::complete`]
+    /// whether a budget refusal came from the call's own `budget_limit`
+    /// rather than from a budget.
     async fn complete_once(
         &self,
         args: &CompleteArgs,
         sink: &dyn StreamSink,
+        refused_by_call_limit: &mut bool,
     ) -> Result<Completion, ToolError> {
         let prompt = validate_prompt("prompt", &args.prompt)?;
         let system = match &args.system {
@@ -1252,6 +1264,14 @@ impl Optimizer {
             budget::statuses(&ledger, &budgets, now).map_err(|e| ToolError::Ledger(e.to_string()))
         };
         let statuses = read(now)?;
+        // Routing caps candidates at the tighter of `budget_limit` and the
+        // room left: if it refuses, this says which one did.
+        *refused_by_call_limit = budget_limit.is_some_and(|l| {
+            statuses
+                .iter()
+                .filter(|s| s.mode.enforces_limit())
+                .all(|s| l <= s.remaining_usd)
+        });
         let plan = match route(&statuses) {
             // Refused with money held by calls in flight: some of it may
             // belong to a process that died mid-call (a CLI `complete`
@@ -1279,6 +1299,7 @@ impl Optimizer {
             r => r?,
         };
 
+        *refused_by_call_limit = false;
         let forced = if force_model.is_some() {
             Some("model")
         } else if force_provider.is_some() {
@@ -1400,7 +1421,9 @@ impl Optimizer {
                         crate::render::usd(cand.worst_case_cost_usd),
                     ));
                     stopped_by_budget = true;
-                    break 'candidates;
+                    *refused_by_call_limit = true;
+                    // A cheaper candidate further on may still fit.
+                    continue 'candidates;
                 }
                 // Reserve the worst case before calling; refuse if it cannot fit.
                 let now = self.now();
@@ -1456,6 +1479,7 @@ impl Optimizer {
                         }
                         last_error = Some(msg);
                         stopped_by_budget = true;
+                        *refused_by_call_limit = false;
                         break 'candidates;
                     }
                     Ok(Ok(r)) => ReservationGuard::new(ledger.clone(), r),
@@ -1729,6 +1753,7 @@ impl Optimizer {
                     latency_ms,
                 });
                 last_error = Some(message);
+                stopped_by_budget = false;
                 // Text that already reached a client that cannot take it
                 // back (an OpenAI-style SSE stream) must not be followed by
                 // another answer: a retry or a fallback would append a
@@ -2794,6 +2819,10 @@ fn validate_max_tokens(v: Option<i64>, default: u32) -> Result<u32, ToolError> {
         ))),
     }
 }
+
+/// The share of a budget's limit spent from which a call it refuses fires
+/// its 100% alert ("used up"; see `Optimizer::alert_refusal`).
+const EXHAUSTED_AT: f64 = 0.9;
 
 fn validate_budget_limit(v: Option<f64>) -> Result<Option<f64>, ToolError> {
     match v {

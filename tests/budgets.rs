@@ -311,8 +311,10 @@ async fn call_logged(
 
 /// In `block` mode spend never reaches the limit itself (a call that
 /// could cross it is refused first), so the 100% alert fires when a call
-/// is refused: once per period, by webhook, in the refusal's text and as an
-/// MCP notification (a failed call has no `alerts` field).
+/// is refused with at least 90% spent: once per period, by webhook, in the
+/// refusal's text and as an MCP notification (a failed call has no
+/// `alerts` field). A refusal with more left, or by the call's own
+/// `budget_limit`, fires nothing.
 #[tokio::test]
 #[allow(deprecated)]
 async fn a_refusal_fires_the_limit_alert_once() {
@@ -327,10 +329,12 @@ async fn a_refusal_fires_the_limit_alert_once() {
         ],
     )
     .await;
+    // Each call costs $0.0011 (100 + 200 tokens); with max_tokens 220 its
+    // worst case is $0.0012, and with 600, $0.0031.
     let set = call_logged(
         &client,
         "set_budget",
-        json!({"monthly_limit": 0.004, "alert_thresholds": [0.5, 1.0], "user_id": "cy",
+        json!({"monthly_limit": 0.0035, "alert_thresholds": [0.5, 1.0], "user_id": "cy",
                "webhook_url": format!("{}/services/T0/B0/tok", slack.base),
                "webhook_format": "slack"}),
     )
@@ -345,19 +349,28 @@ async fn a_refusal_fires_the_limit_alert_once() {
         r.is_error == Some(true) && e.contains("budget_limit") && !e.contains("Budget alert"),
         "{e}"
     );
-    // 27 %, 55 % (the 50 % alert), 82 %; then the worst case no longer fits.
-    for _ in 0..3 {
-        let r = call_logged(&client, "complete_prompt", call_args("cy", 300)).await;
+    // 31 %, 63 % (the 50 % alert); then a big call is refused with a
+    // third of the budget left: no alert, the budget is not used up.
+    for _ in 0..2 {
+        let r = call_logged(&client, "complete_prompt", call_args("cy", 220)).await;
         assert_ne!(r.is_error, Some(true), "{}", text(&r));
     }
-    let r = call_logged(&client, "complete_prompt", call_args("cy", 300)).await;
+    let big = text(&call_logged(&client, "complete_prompt", call_args("cy", 600)).await);
+    assert!(
+        big.starts_with("Refused by budget") && !big.contains("Budget alert"),
+        "{big}"
+    );
+    // 94 %; then even a small call no longer fits: used up.
+    let r = call_logged(&client, "complete_prompt", call_args("cy", 220)).await;
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    let r = call_logged(&client, "complete_prompt", call_args("cy", 220)).await;
     let e = text(&r);
     assert!(e.starts_with("Refused by budget"), "{e}");
     assert!(
         e.contains("Budget alert: cy's monthly budget is used up"),
         "{e}"
     );
-    let again = text(&call_logged(&client, "complete_prompt", call_args("cy", 300)).await);
+    let again = text(&call_logged(&client, "complete_prompt", call_args("cy", 220)).await);
     assert!(!again.contains("Budget alert"), "fired twice: {again}");
     let got = wait_for(&slack, 2).await;
     assert_eq!(got.len(), 2, "{got:?}");

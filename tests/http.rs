@@ -770,6 +770,7 @@ async fn budgets_apply_per_key_and_only_admins_set_them() {
     assert_eq!(u["calls"], json!(2), "{u}");
     let b = json_of(get(&c, format!("{}/v1/usage", s.base), Some(&bob)).await).await;
     assert_eq!(b["calls"], json!(1), "a plain key sees its own: {b}");
+    // Budgets default to the key's user ("default" would cap nobody here).
     let r = request(
         &c,
         Method::PUT,
@@ -779,7 +780,7 @@ async fn budgets_apply_per_key_and_only_admins_set_them() {
     )
     .await;
     let set = json_of(r).await;
-    assert_eq!(set["status"]["user_id"], "default", "{set}");
+    assert_ne!(set["status"]["user_id"], "default", "{set}");
 }
 
 async fn complete_over_mcp(

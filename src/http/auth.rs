@@ -56,11 +56,12 @@ impl Caller {
         }
     }
 
-    /// Whose figures a report (usage, dashboard) shows, or whose budget
-    /// `set_budget` sets, when the caller asks for `requested`. Unlike
-    /// [`Caller::user_for`], an admin who names nobody means what a local
-    /// caller would: everyone's usage, the "default" budget, not the
-    /// admin key's own user (whose calls are all an admin otherwise saw).
+    /// Whose figures a report (usage, dashboard) shows when the caller asks
+    /// for `requested`. Unlike [`Caller::user_for`], an admin who names
+    /// nobody sees what a local caller would, everyone's usage, not only
+    /// the admin key's own user's calls. (Budgets still default to the
+    /// key's user: a "default" user's budget caps nobody on a server where
+    /// every call comes with a key.)
     pub fn scope_for(&self, requested: Option<&str>) -> Result<Option<String>, String> {
         if self.admin {
             return Ok(requested
@@ -167,8 +168,10 @@ fn bearer(req: &Request) -> Option<Result<&str, KeyError>> {
     Some(token.ok_or(KeyError::Invalid))
 }
 
-/// Whether a reverse proxy forwarded `req` (the headers common proxies
-/// add: nginx, Caddy, Traefik, cloud load balancers, RunPod's proxy).
+/// Whether a reverse proxy forwarded `req`, by the headers proxies add:
+/// Caddy and Traefik always, cloud load balancers and most proxy setups;
+/// nginx only when configured to (`proxy_set_header X-Forwarded-For`), so
+/// this is a second line, not a substitute for keys behind a proxy.
 fn forwarded(req: &Request) -> bool {
     [
         "forwarded",
@@ -310,7 +313,7 @@ mod tests {
         };
         assert_eq!(admin.user_for(Some("bob")), Ok(Some("bob".into())));
         assert_eq!(admin.user_for(None), Ok(Some("alice".into())));
-        // Reports and budgets: an admin naming nobody means everyone.
+        // Reports: an admin naming nobody means everyone.
         assert_eq!(admin.scope_for(None), Ok(None));
         assert_eq!(admin.scope_for(Some(" bob ")), Ok(Some("bob".into())));
         assert_eq!(plain.scope_for(None), Ok(Some("alice".into())));

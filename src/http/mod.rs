@@ -151,7 +151,13 @@ fn host_name(authority: &str) -> &str {
 /// True when an `allowed_hosts` entry (a name, with or without a port)
 /// names this machine's loopback interface only.
 fn names_loopback(entry: &str) -> bool {
-    let name = host_name(entry.trim()).trim_matches(|c| c == '[' || c == ']');
+    let entry = entry.trim();
+    // A bare IPv6 address first: "::1" would otherwise lose its last
+    // group to the port split.
+    if let Ok(ip) = entry.parse::<std::net::IpAddr>() {
+        return ip.is_loopback();
+    }
+    let name = host_name(entry).trim_matches(|c| c == '[' || c == ']');
     let name = name.to_ascii_lowercase();
     LOOPBACK_HOSTS.contains(&name.as_str())
         || name.ends_with(".localhost")
@@ -543,4 +549,39 @@ pub async fn serve_http(core: Arc<Optimizer>, addr: &str) -> Result<()> {
     // A stable line for scripts and tests that bind port 0.
     eprintln!("ai-cost-optimizer: listening on http://{bound}");
     server.run(listener).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_loopback;
+
+    /// Which `allowed_hosts` entries keep a loopback server keyless: only
+    /// names of this machine, with or without a port, IPv6 included.
+    #[test]
+    fn loopback_entries_are_told_from_public_names() {
+        for e in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.1.2.3",
+            "::1",
+            "[::1]",
+            "[::1]:8080",
+            "0:0:0:0:0:0:0:1",
+            "app.localhost",
+        ] {
+            assert!(names_loopback(e), "{e}");
+        }
+        for e in [
+            "optimizer.example.com",
+            "optimizer.example.com:443",
+            "10.0.0.5",
+            "[2001:db8::1]:8080",
+            "2001:db8::1",
+            "localhost.example.com",
+        ] {
+            assert!(!names_loopback(e), "{e}");
+        }
+    }
 }

@@ -124,7 +124,7 @@ pub async fn set_budget(
         Err(e) => return bad_request(&format!("invalid request body: {e}")),
     };
     if args.global != Some(true) {
-        args.user_id = match caller.scope_for(args.user_id.as_deref()) {
+        args.user_id = match caller.user_for(args.user_id.as_deref()) {
             Ok(u) => u,
             Err(e) => return forbidden(&e),
         };

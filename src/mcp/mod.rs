@@ -102,9 +102,8 @@ fn scoped_user(
     }
 }
 
-/// [`scoped_user`] for reports and budget settings: an admin key that
-/// names nobody means everyone (usage) or the default budget, as for a
-/// local client, not its own user.
+/// [`scoped_user`] for reports: an admin key that names nobody sees
+/// everyone's usage, as a local client does, not only its own user's.
 fn scoped_report(
     ctx: &RequestContext<RoleServer>,
     requested: Option<String>,
@@ -351,7 +350,7 @@ impl CostServer {
             ));
         }
         if args.global != Some(true) {
-            args.user_id = match scoped_report(&ctx, args.user_id.take()) {
+            args.user_id = match scoped_user(&ctx, args.user_id.take()) {
                 Ok(u) => u,
                 Err(e) => return tool_error(e),
             };
