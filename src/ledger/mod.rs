@@ -1179,9 +1179,14 @@ fn hold(
         }
     }
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+    // A random id, not the next rowid: SQLite reuses the highest id once
+    // its row is deleted, and this table is nearly empty, so a call that
+    // outlived its hold (a laptop suspended mid-call: the hold expired and
+    // was dropped) would settle by an id another call's hold now has, and
+    // delete that hold. 2^64 ids make a repeat negligible.
     tx.prepare_cached(
-        "INSERT INTO reservations (user_id, amount_nanos, created_ms, expires_ms, owner)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO reservations (id, user_id, amount_nanos, created_ms, expires_ms, owner)
+         VALUES (random(), ?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![
         user_id,
@@ -1932,6 +1937,39 @@ mod tests {
         assert_eq!(Durability::parse(" Batched "), Some(Durability::Batched));
         assert_eq!(Durability::parse("full"), Some(Durability::Full));
         assert_eq!(Durability::parse("sometimes"), None);
+    }
+
+    /// A call that outlived its hold (expired and dropped by a later
+    /// reservation) settles without touching the hold granted after it.
+    #[test]
+    fn a_late_settlement_leaves_a_newer_hold_alone() {
+        let (_d, l) = ledger();
+        let limit = [LimitCheck {
+            scope: "u".into(),
+            since_ms: 0,
+            limit_nanos: i64::MAX / 4,
+        }];
+        for round in 0..20 {
+            let t = 1_000_000 * (round + 1);
+            let a = l
+                .reserve("u", &limit, 10, t, Duration::from_millis(1))
+                .unwrap()
+                .unwrap();
+            // Past a's expiry: this reservation's batch drops a first.
+            let b = l
+                .reserve("u", &limit, 20, t + 5000, Duration::from_secs(60))
+                .unwrap()
+                .unwrap();
+            assert_ne!(a, b);
+            assert_eq!(l.reserved_now("u", t + 5000).unwrap(), 20);
+            l.settle(a, &rec("u", t + 5000, 0.1, true)).unwrap();
+            assert_eq!(
+                l.reserved_now("u", t + 5000).unwrap(),
+                20,
+                "the late settlement took the newer hold"
+            );
+            l.release(b).unwrap();
+        }
     }
 
     /// Many threads settling at once: group commits write every row
