@@ -394,6 +394,74 @@ async fn a_refusal_fires_the_limit_alert_once() {
     client.cancel().await.unwrap();
 }
 
+/// Alerts are `warning` logging notifications: a client that set its
+/// level to `error` gets none; back at `warning`, it gets them again.
+#[tokio::test]
+#[allow(deprecated)]
+async fn alert_notifications_follow_the_clients_log_level() {
+    use rmcp::model::{LoggingLevel, SetLevelRequestParams};
+    let provider = FakeProvider::start(haiku(0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (client, handler) = spawn_logged(
+        dir.path(),
+        &[
+            ("ANTHROPIC_API_KEY", KEY.into()),
+            ("ANTHROPIC_BASE_URL", provider.base.clone()),
+        ],
+    )
+    .await;
+    let r = call_logged(&client, "complete_prompt", call_args("dee", 300)).await;
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    let budget_notes = || {
+        handler
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.logger.as_deref() == Some("budget"))
+            .count()
+    };
+    client
+        .set_level(SetLevelRequestParams::new(LoggingLevel::Error))
+        .await
+        .unwrap();
+    // A limit below what was spent crosses all three thresholds at once.
+    let set = call_logged(
+        &client,
+        "set_budget",
+        json!({"monthly_limit": 0.0005, "mode": "warn", "user_id": "dee"}),
+    )
+    .await;
+    assert_eq!(
+        set.structured_content.unwrap()["alerts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(budget_notes(), 0, "notified below the client's level");
+    client
+        .set_level(SetLevelRequestParams::new(LoggingLevel::Warning))
+        .await
+        .unwrap();
+    // A new limit re-arms the thresholds.
+    call_logged(
+        &client,
+        "set_budget",
+        json!({"monthly_limit": 0.0006, "mode": "warn", "user_id": "dee"}),
+    )
+    .await;
+    for _ in 0..50 {
+        if budget_notes() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(budget_notes(), 3);
+    client.cancel().await.unwrap();
+}
+
 #[tokio::test]
 async fn failing_and_unreachable_webhooks_are_retried_and_recorded() {
     let provider = FakeProvider::start(haiku(0)).await;

@@ -7,7 +7,7 @@
 //! server itself never stops over a bad call.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::schema_for_output;
@@ -79,6 +79,24 @@ pub struct CostServer {
     core: Arc<Optimizer>,
     tool_router: ToolRouter<CostServer>,
     observer: Option<Arc<dyn CallObserver>>,
+    /// The least severe logging level the client wants (`logging/setLevel`),
+    /// as [`level_rank`]; alerts below it are not sent. Per session.
+    min_level: Arc<AtomicU8>,
+}
+
+/// Severity order of MCP logging levels (RFC 5424's, lowest first).
+#[allow(deprecated)]
+fn level_rank(l: LoggingLevel) -> u8 {
+    match l {
+        LoggingLevel::Debug => 0,
+        LoggingLevel::Info => 1,
+        LoggingLevel::Notice => 2,
+        LoggingLevel::Warning => 3,
+        LoggingLevel::Error => 4,
+        LoggingLevel::Critical => 5,
+        LoggingLevel::Alert => 6,
+        LoggingLevel::Emergency => 7,
+    }
 }
 
 /// The HTTP caller of a request, if it came over HTTP: its key decides
@@ -135,8 +153,12 @@ fn result<T: Serialize>(value: &T, text: String) -> Result<CallToolResult, McpEr
 #[allow(deprecated)]
 async fn notify_alerts(
     peer: &rmcp::Peer<RoleServer>,
+    min_level: &AtomicU8,
     alerts: &[crate::budget::alerts::BudgetAlert],
 ) {
+    if level_rank(LoggingLevel::Warning) < min_level.load(Ordering::Relaxed) {
+        return;
+    }
     for a in alerts {
         let data = serde_json::to_value(a).unwrap_or_else(|_| serde_json::json!(a.message));
         let note =
@@ -169,6 +191,7 @@ impl CostServer {
             core,
             tool_router: Self::tool_router(),
             observer: None,
+            min_level: Arc::default(),
         }
     }
 
@@ -241,7 +264,7 @@ impl CostServer {
                     if let Some(o) = &self.observer {
                         o.completed(&c);
                     }
-                    notify_alerts(&ctx.peer, &c.alerts).await;
+                    notify_alerts(&ctx.peer, &self.min_level, &c.alerts).await;
                     let text = render::completion(&c);
                     result(&c, text)
                 }
@@ -252,7 +275,7 @@ impl CostServer {
                     let alerts = std::mem::take(
                         &mut *sink.alerts.lock().unwrap_or_else(|e| e.into_inner()),
                     );
-                    notify_alerts(&ctx.peer, &alerts).await;
+                    notify_alerts(&ctx.peer, &self.min_level, &alerts).await;
                     tool_error(e)
                 }
             },
@@ -357,7 +380,7 @@ impl CostServer {
         }
         match self.core.set_budget(&args) {
             Ok(b) => {
-                notify_alerts(&ctx.peer, &b.alerts).await;
+                notify_alerts(&ctx.peer, &self.min_level, &b.alerts).await;
                 result(&b, render::budget_update(&b))
             }
             Err(e) => tool_error(e),
@@ -367,8 +390,8 @@ impl CostServer {
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for CostServer {
-    /// Budget alerts are sent as logging notifications; the level a client
-    /// sets is accepted (alerts are always `warning`, above any sane filter).
+    /// Budget alerts are sent as `warning` logging notifications; a client
+    /// that sets a more severe minimum (`error` and up) gets none.
     #[allow(deprecated)]
     async fn set_level(
         &self,
@@ -376,6 +399,8 @@ impl ServerHandler for CostServer {
         _ctx: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         tracing::info!(level = ?request.level, "client set the log level");
+        self.min_level
+            .store(level_rank(request.level), Ordering::Relaxed);
         Ok(())
     }
 
