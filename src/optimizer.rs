@@ -1266,12 +1266,15 @@ impl Optimizer {
         let statuses = read(now)?;
         // Routing caps candidates at the tighter of `budget_limit` and the
         // room left: if it refuses, this says which one did.
-        *refused_by_call_limit = budget_limit.is_some_and(|l| {
-            statuses
-                .iter()
-                .filter(|s| s.mode.enforces_limit())
-                .all(|s| l <= s.remaining_usd)
-        });
+        let by_call_limit = |statuses: &[BudgetStatus]| {
+            budget_limit.is_some_and(|l| {
+                statuses
+                    .iter()
+                    .filter(|s| s.mode.enforces_limit())
+                    .all(|s| l <= s.remaining_usd)
+            })
+        };
+        *refused_by_call_limit = by_call_limit(&statuses);
         let plan = match route(&statuses) {
             // Refused with money held by calls in flight: some of it may
             // belong to a process that died mid-call (a CLI `complete`
@@ -1287,7 +1290,9 @@ impl Optimizer {
                             released = n,
                             "released holds of processes no longer running"
                         );
-                        route(&read(now)?)?
+                        let fresh = read(now)?;
+                        *refused_by_call_limit = by_call_limit(&fresh);
+                        route(&fresh)?
                     }
                     Ok(_) => route(&statuses)?,
                     Err(e) => {
@@ -1767,8 +1772,32 @@ impl Optimizer {
                     });
                     break 'candidates;
                 }
+                // A retry must fit in what `budget_limit` leaves (checked
+                // before waiting for it); if not, fall back as when the
+                // retries are used up, and say why if nothing else runs.
+                let retry_fits =
+                    budget_limit.is_none_or(|l| call_spent + cand.worst_case_cost_usd <= l);
                 if err.kind.is_retryable()
                     && retries < self.settings.max_retries
+                    && !retry_fits
+                    && let Some(l) = budget_limit
+                {
+                    last_error = last_error.map(|m| {
+                        format!(
+                            "{m} Not retried: budget_limit of {} leaves {} after the {} this call was charged, \
+                             and a retry could cost up to {}. Raise budget_limit or lower max_tokens.",
+                            crate::render::usd(l),
+                            crate::render::usd((l - call_spent).max(0.0)),
+                            crate::render::usd(call_spent),
+                            crate::render::usd(cand.worst_case_cost_usd),
+                        )
+                    });
+                    stopped_by_budget = true;
+                    *refused_by_call_limit = true;
+                }
+                if err.kind.is_retryable()
+                    && retries < self.settings.max_retries
+                    && retry_fits
                     && let Some(delay) = self.backoff(retries, err.retry_after)
                     && waited + delay <= self.settings.max_retry_wait
                 {
