@@ -780,19 +780,30 @@ impl Optimizer {
                     }
                 };
                 let alert = BudgetAlert::new(id, &st, *t);
-                tracing::warn!(scope = b.user_id, threshold = t, "{}", alert.message);
-                let hook = b
-                    .webhook
-                    .clone()
-                    .or_else(|| self.settings.alert_webhook.clone());
-                if hook.is_some() || self.settings.alert_email.is_some() {
-                    self.spawn_delivery(ledger.clone(), hook, alert.clone());
-                }
+                self.send_alert(ledger, b, &alert);
                 fired.push(alert);
             }
             statuses.push(Some(st));
         }
         (fired, statuses)
+    }
+
+    /// Logs a recorded alert of budget `b` and starts its delivery (the
+    /// budget's webhook, else the configured one, and e-mail if set).
+    fn send_alert(&self, ledger: &Ledger, b: &Budget, alert: &BudgetAlert) {
+        tracing::warn!(
+            scope = b.user_id,
+            threshold = alert.threshold,
+            "{}",
+            alert.message
+        );
+        let hook = b
+            .webhook
+            .clone()
+            .or_else(|| self.settings.alert_webhook.clone());
+        if hook.is_some() || self.settings.alert_email.is_some() {
+            self.spawn_delivery(ledger.clone(), hook, alert.clone());
+        }
     }
 
     fn spawn_delivery(&self, ledger: Ledger, hook: Option<Webhook>, alert: BudgetAlert) {
@@ -1123,14 +1134,7 @@ impl Optimizer {
             }
         };
         let alert = BudgetAlert::exhausted(id, st, top);
-        tracing::warn!(scope = b.user_id, threshold = top, "{}", alert.message);
-        let hook = b
-            .webhook
-            .clone()
-            .or_else(|| self.settings.alert_webhook.clone());
-        if hook.is_some() || self.settings.alert_email.is_some() {
-            self.spawn_delivery(ledger.clone(), hook, alert.clone());
-        }
+        self.send_alert(ledger, b, &alert);
         msg.push_str(" Budget alert: ");
         msg.push_str(&alert.message);
         sink.on_alert(&alert);

@@ -160,14 +160,7 @@ async fn each_threshold_alerts_exactly_once_per_period() {
     let slack = FakeProvider::start(Reply::json(200, json!({"ok": true}))).await;
     let discord = FakeProvider::start(Reply::json(204, json!({}))).await;
     let dir = tempfile::tempdir().unwrap();
-    let (client, handler) = spawn_logged(
-        dir.path(),
-        &[
-            ("ANTHROPIC_API_KEY", KEY.into()),
-            ("ANTHROPIC_BASE_URL", provider.base.clone()),
-        ],
-    )
-    .await;
+    let (client, handler) = spawn_logged(dir.path(), &haiku_env(&provider)).await;
     let call = |name: &'static str, args: Value| {
         let client = &client;
         async move {
@@ -295,6 +288,14 @@ async fn spawn_logged(
     (client, handler)
 }
 
+/// The environment of a server with Anthropic pointed at `provider`.
+fn haiku_env(provider: &FakeProvider) -> [(&'static str, String); 2] {
+    [
+        ("ANTHROPIC_API_KEY", KEY.into()),
+        ("ANTHROPIC_BASE_URL", provider.base.clone()),
+    ]
+}
+
 async fn call_logged(
     client: &rmcp::service::RunningService<rmcp::RoleClient, LogClient>,
     name: &'static str,
@@ -321,14 +322,7 @@ async fn a_refusal_fires_the_limit_alert_once() {
     let provider = FakeProvider::start(haiku(0)).await;
     let slack = FakeProvider::start(Reply::json(200, json!({"ok": true}))).await;
     let dir = tempfile::tempdir().unwrap();
-    let (client, handler) = spawn_logged(
-        dir.path(),
-        &[
-            ("ANTHROPIC_API_KEY", KEY.into()),
-            ("ANTHROPIC_BASE_URL", provider.base.clone()),
-        ],
-    )
-    .await;
+    let (client, handler) = spawn_logged(dir.path(), &haiku_env(&provider)).await;
     // Each call costs $0.0011 (100 + 200 tokens); with max_tokens 220 its
     // worst case is $0.0012, and with 600, $0.0031.
     let set = call_logged(
@@ -402,14 +396,7 @@ async fn alert_notifications_follow_the_clients_log_level() {
     use rmcp::model::{LoggingLevel, SetLevelRequestParams};
     let provider = FakeProvider::start(haiku(0)).await;
     let dir = tempfile::tempdir().unwrap();
-    let (client, handler) = spawn_logged(
-        dir.path(),
-        &[
-            ("ANTHROPIC_API_KEY", KEY.into()),
-            ("ANTHROPIC_BASE_URL", provider.base.clone()),
-        ],
-    )
-    .await;
+    let (client, handler) = spawn_logged(dir.path(), &haiku_env(&provider)).await;
     let r = call_logged(&client, "complete_prompt", call_args("dee", 300)).await;
     assert_ne!(r.is_error, Some(true), "{}", text(&r));
     let budget_notes = || {

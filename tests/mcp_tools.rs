@@ -535,12 +535,17 @@ async fn failed_provider_falls_back_and_every_attempt_is_recorded() {
     s.stop().await;
 }
 
-/// A cut-off attempt is charged; if what is left of the budget then cannot
-/// cover the next attempt, the call ends on the budget ("Refused by
-/// budget", so the caller raises the limit instead of retrying), not as a
-/// provider failure.
-#[tokio::test]
-async fn a_fallback_the_budget_cannot_cover_is_a_budget_refusal() {
+/// DeepSeek cutting its stream off mid-answer (charged an estimate), with
+/// Anthropic behind it; returns the call's arguments and the worst case of
+/// its first (DeepSeek) route.
+async fn deepseek_cut_off() -> (
+    FakeProvider,
+    FakeProvider,
+    tempfile::TempDir,
+    Server,
+    serde_json::Value,
+    f64,
+) {
     let cut = streamed(
         "text/event-stream",
         format!(
@@ -550,13 +555,23 @@ async fn a_fallback_the_budget_cannot_cover_is_a_budget_refusal() {
         ),
     )
     .reset_after_body();
-    let (bad, _good, _dir, s) = deepseek_then_anthropic(cut).await;
+    let (bad, good, dir, s) = deepseek_then_anthropic(cut).await;
     // The route get_recommendation shows is the one complete_prompt takes.
     let args = json!({"prompt": "hello there", "max_tokens": 200});
     let rec = s.ok("get_recommendation", args.clone()).await;
     let first = rec["recommended"]["model"].as_str().unwrap();
     assert!(first.starts_with("deepseek/"), "{rec}");
     let worst = rec["recommended"]["worst_case_cost_usd"].as_f64().unwrap();
+    (bad, good, dir, s, args, worst)
+}
+
+/// A cut-off attempt is charged; if what is left of the budget then cannot
+/// cover the next attempt, the call ends on the budget ("Refused by
+/// budget", so the caller raises the limit instead of retrying), not as a
+/// provider failure.
+#[tokio::test]
+async fn a_fallback_the_budget_cannot_cover_is_a_budget_refusal() {
+    let (bad, _good, _dir, s, args, worst) = deepseek_cut_off().await;
     s.ok("set_budget", json!({"monthly_limit": worst * 1.05}))
         .await;
     let e = s.err("complete_prompt", args).await;
@@ -575,19 +590,7 @@ async fn a_fallback_the_budget_cannot_cover_is_a_budget_refusal() {
 /// a retry whose worst case no longer fits in what is left is not made.
 #[tokio::test]
 async fn budget_limit_caps_the_whole_call_with_its_retries() {
-    let cut = streamed(
-        "text/event-stream",
-        format!(
-            "data: {}\n\n",
-            json!({"id": "c1", "object": "chat.completion.chunk", "model": "deepseek-v4-pro",
-                   "choices": [{"index": 0, "delta": {"content": "A partial answer that stops here, ".repeat(8)}}]})
-        ),
-    )
-    .reset_after_body();
-    let (bad, _good, _dir, s) = deepseek_then_anthropic(cut).await;
-    let args = json!({"prompt": "hello there", "max_tokens": 200});
-    let rec = s.ok("get_recommendation", args.clone()).await;
-    let worst = rec["recommended"]["worst_case_cost_usd"].as_f64().unwrap();
+    let (bad, _good, _dir, s, args, worst) = deepseek_cut_off().await;
     let mut capped = args.clone();
     capped["budget_limit"] = json!(worst * 1.05);
     let e = s.err("complete_prompt", capped).await;
