@@ -83,14 +83,19 @@ pub struct BudgetAlert {
     pub message: String,
 }
 
+/// "The global" or "alice's": whose budget an alert sentence is about.
+fn whose(status: &BudgetStatus) -> String {
+    if status.user_id == GLOBAL_SCOPE {
+        "The global".to_string()
+    } else {
+        format!("{}'s", status.user_id)
+    }
+}
+
 impl BudgetAlert {
     /// Builds the alert for `status` crossing `threshold`.
     pub fn new(id: i64, status: &BudgetStatus, threshold: f64) -> BudgetAlert {
-        let whose = if status.user_id == GLOBAL_SCOPE {
-            "The global".to_string()
-        } else {
-            format!("{}'s", status.user_id)
-        };
+        let whose = whose(status);
         let message = format!(
             "{whose} {} budget crossed {}: {} of {} spent ({:.1}%) since {}. Mode: {}.",
             status.period,
@@ -121,11 +126,7 @@ impl BudgetAlert {
     /// this the last alert never fired while calls were being refused.
     pub fn exhausted(id: i64, status: &BudgetStatus, threshold: f64) -> BudgetAlert {
         let mut a = BudgetAlert::new(id, status, threshold);
-        let whose = if status.user_id == GLOBAL_SCOPE {
-            "The global".to_string()
-        } else {
-            format!("{}'s", status.user_id)
-        };
+        let whose = whose(status);
         a.message = format!(
             "{whose} {} budget is used up: a call was refused because it could cost more than \
              what is left ({} of {} spent, {} held by calls in flight, since {}). Mode: {}.",
