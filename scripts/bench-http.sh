@@ -96,6 +96,9 @@ wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$PROXY/
 T1=$(cpu_ticks)
 N=$(grep -o '[0-9]* requests in' "$WORK/proxy.txt" | awk '{print $1}')
 echo "server CPU per request: $(( (T1 - T0) * 1000000 / $(getconf CLK_TCK) / N )) us (user + system)"
+# The WAL must start over while calls keep coming (it grew without bound
+# before the syncer's locked pass; the file is trimmed to 16 MiB on restart).
+echo "ledger WAL after the run: $(( $(stat -c %s "$DATA/ledger.sqlite3-wal" 2>/dev/null || echo 0) / 1024 )) KiB"
 echo "== ledger rows written"
 COST_OPTIMIZER_DATA_DIR="$DATA" COST_OPTIMIZER_CONFIG= COST_OPTIMIZER_OLLAMA_PROBE=0 \
   "$BIN" usage --json 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); print("calls", d["calls"], "failed", d["totals"].get("failed_attempts"))' \

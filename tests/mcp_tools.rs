@@ -535,6 +535,54 @@ async fn failed_provider_falls_back_and_every_attempt_is_recorded() {
     s.stop().await;
 }
 
+/// Gemini's models are the cheapest of every tier, so a try list of the
+/// four cheapest was all Gemini: a Gemini outage failed the call though
+/// Anthropic was configured. Now its best model closes the list.
+#[tokio::test]
+async fn a_provider_outage_falls_back_to_another_provider() {
+    let gemini = FakeProvider::start(Reply::json(
+        503,
+        json!({"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}),
+    ))
+    .await;
+    let anthropic = FakeProvider::start(anthropic_ok(
+        "claude-haiku-4-5",
+        "from anthropic",
+        json!({"input_tokens": 10, "output_tokens": 10}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("GEMINI_API_KEY", "AIza-FAKE-gemini-key-5555555555".into()),
+            ("GEMINI_BASE_URL", gemini.base.clone()),
+            ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.into()),
+            ("ANTHROPIC_BASE_URL", anthropic.base.clone()),
+        ],
+    )
+    .await;
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "What is the capital of France?"}),
+        )
+        .await;
+    assert_eq!(c["answer"], "from anthropic", "{c}");
+    assert_eq!(c["provider"], "anthropic");
+    let attempts = c["attempts"].as_array().unwrap();
+    // One Gemini model, retried (503 is transient); its others are skipped.
+    assert_eq!(gemini.requests().len(), attempts.len() - 1, "{attempts:?}");
+    assert!(
+        attempts[..attempts.len() - 1]
+            .iter()
+            .all(|a| a["model"] == attempts[0]["model"] && a["outcome"] == "overloaded"),
+        "{attempts:?}"
+    );
+    assert_eq!(anthropic.requests().len(), 1);
+    s.stop().await;
+}
+
 /// DeepSeek cutting its stream off mid-answer (charged an estimate), with
 /// Anthropic behind it; returns the call's arguments and the worst case of
 /// its first (DeepSeek) route.

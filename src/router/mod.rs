@@ -570,6 +570,17 @@ impl Router {
             }
         }
         candidates.truncate(4);
+        // Then the nearest, cheapest model of every provider not on it yet:
+        // a provider-wide failure (rate limit, outage, bad key) skips that
+        // provider's other models, so a list of one provider's models (the
+        // cheapest of every tier can all be Gemini) had no fallback at all.
+        for t in search_order(chosen).into_iter().take(1 + neighbours) {
+            for c in by_tier.get(&t).into_iter().flatten() {
+                if !candidates.iter().any(|x| x.provider == c.provider) {
+                    candidates.push(c.clone());
+                }
+            }
+        }
         let alternatives = Tier::ALL
             .iter()
             .filter(|t| **t != chosen)
@@ -760,6 +771,52 @@ mod tests {
         assert_eq!(plan.candidates[0].model, "deepseek/deepseek-v4-pro");
         assert_eq!(plan.candidates[1].model, "anthropic/claude-haiku-4-5");
         assert!(plan.candidates.iter().all(|c| c.available));
+    }
+
+    /// A provider-wide failure skips the provider's other models, so the
+    /// try list must reach every enabled provider: with Gemini and
+    /// Anthropic the cheapest model of every tier is Gemini's.
+    #[test]
+    fn the_try_list_reaches_every_enabled_provider() {
+        let reg = registry(&[ProviderId::Gemini, ProviderId::Anthropic]);
+        let plan = router()
+            .plan(
+                &req("What is the capital of France?"),
+                &Catalog::bundled(),
+                &reg,
+                DEFAULT_BASELINE_MODEL,
+            )
+            .unwrap();
+        assert!(
+            plan.candidates[..4]
+                .iter()
+                .all(|c| c.provider == ProviderId::Gemini)
+        );
+        let last = plan.candidates.last().unwrap();
+        assert_eq!(
+            last.provider,
+            ProviderId::Anthropic,
+            "{:?}",
+            plan.candidates
+        );
+        assert_eq!(plan.candidates.len(), 5);
+        // A caller's tier bounds the list to that tier, other providers too.
+        let mut rq = req("What is the capital of France?");
+        rq.tier = Some(Tier::Premium);
+        let plan = router()
+            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+            .unwrap();
+        assert!(plan.candidates.iter().all(|c| c.tier == Tier::Premium));
+        assert!(
+            plan.candidates
+                .iter()
+                .any(|c| c.provider == ProviderId::Anthropic)
+        );
+        assert!(
+            plan.candidates
+                .iter()
+                .any(|c| c.provider == ProviderId::Gemini)
+        );
     }
 
     #[test]
