@@ -2474,7 +2474,7 @@ impl StreamSink for CountingSink<'_> {
 const BYTES_PER_OUTPUT_TOKEN: u64 = 4;
 
 /// An answer with no text that stopped early (output limit used up, often
-/// by a reasoning model's thinking; a safety stop) is billed but useless:
+/// by a reasoning model's thinking; a safety stop or refusal) is billed but useless:
 /// it becomes a failure after acceptance, recorded at the usage the reply
 /// reported, so the next model is tried. An empty answer that ended
 /// normally is returned as it is.
@@ -2482,6 +2482,23 @@ fn refuse_empty(
     provider: ProviderId,
     r: crate::providers::ChatResponse,
 ) -> Result<crate::providers::ChatResponse, crate::providers::ProviderError> {
+    // DeepSeek ends an answer it could not finish ("interrupted due to
+    // insufficient resource of the inference system") as if it were done:
+    // a server failure after acceptance, billed at its usage and retried.
+    if r.finish_reason
+        .as_deref()
+        .is_some_and(|f| f.eq_ignore_ascii_case("insufficient_system_resource"))
+    {
+        let mut e = crate::providers::ProviderError::new(
+            provider,
+            ErrorKind::Server,
+            None,
+            "the answer was cut short (finish reason insufficient_system_resource)",
+        );
+        e.accepted = Some(r.usage);
+        e.accepted_cost_usd = r.provider_cost_usd;
+        return Err(e);
+    }
     let stopped_early = r.finish_reason.as_deref().is_some_and(|f| {
         let f = f.to_ascii_lowercase();
         [
@@ -2492,6 +2509,8 @@ fn refuse_empty(
             "recitation",
             "prohibited",
             "blocklist",
+            // Anthropic's classifiers stopping the answer.
+            "refusal",
         ]
         .iter()
         .any(|k| f.contains(k))
@@ -2503,10 +2522,12 @@ fn refuse_empty(
         provider,
         ErrorKind::EmptyAnswer,
         None,
-        format!(
-            "finish reason {}; raise max_tokens if the model reasons before answering",
-            r.finish_reason.as_deref().unwrap_or("?")
-        ),
+        match r.finish_reason.as_deref().unwrap_or("?") {
+            f if f.contains("length") || f.contains("max") => {
+                format!("finish reason {f}; raise max_tokens if the model reasons before answering")
+            }
+            f => format!("finish reason {f}: the model declined or a safety filter stopped it"),
+        },
     );
     e.accepted = Some(r.usage);
     e.accepted_cost_usd = r.provider_cost_usd;

@@ -710,6 +710,85 @@ async fn an_empty_answer_cut_at_the_limit_falls_back() {
     s.stop().await;
 }
 
+/// DeepSeek ends an answer it could not finish with `finish_reason:
+/// insufficient_system_resource` and a 200: a cut answer, billed at its
+/// usage, retried as a server failure, then another provider answers.
+#[tokio::test]
+async fn an_answer_deepseek_could_not_finish_is_retried_not_returned() {
+    let (cut, _good, _dir, s) = deepseek_then_anthropic(Reply::json(
+        200,
+        json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000,
+            "model": "deepseek-v4-pro",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "The first step is"},
+                         "finish_reason": "insufficient_system_resource"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+        }),
+    ))
+    .await;
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "hello", "tier": "medium"}),
+        )
+        .await;
+    assert_eq!(c["answer"], "from anthropic", "{c}");
+    let attempts = c["attempts"].as_array().unwrap();
+    assert_eq!(cut.requests().len(), 3, "retried twice: {attempts:?}");
+    assert!(
+        attempts[..3].iter().all(|a| a["outcome"] == "server"),
+        "{attempts:?}"
+    );
+    let u = s.ok("query_usage", json!({})).await;
+    assert_eq!(u["totals"]["failed_attempts"], json!(3));
+    // Each cut answer was billed at the usage it reported.
+    assert_eq!(u["totals"]["output_tokens"], json!(3 * 5 + 10), "{u}");
+    s.stop().await;
+}
+
+/// Anthropic's classifiers stop an answer with `stop_reason: refusal`;
+/// with no text it is an empty answer (billed; the next model would be
+/// tried), not a successful empty reply.
+#[tokio::test]
+async fn an_empty_refusal_is_an_empty_answer() {
+    let anthropic = FakeProvider::start(Reply::json(
+        200,
+        json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+            "content": [], "stop_reason": "refusal", "stop_sequence": null,
+            "usage": {"input_tokens": 12, "output_tokens": 0}
+        }),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.into()),
+            ("ANTHROPIC_BASE_URL", anthropic.base.clone()),
+        ],
+    )
+    .await;
+    // Forced, so nothing else is tried: the error says what happened.
+    let e = s
+        .err(
+            "complete_prompt",
+            json!({"prompt": "hello", "force_model": "anthropic/claude-haiku-4-5"}),
+        )
+        .await;
+    assert!(e.contains("(empty_answer)"), "{e}");
+    assert!(
+        e.contains("finish reason refusal: the model declined"),
+        "{e}"
+    );
+    assert!(!e.contains("raise max_tokens"), "{e}");
+    assert_eq!(anthropic.requests().len(), 1, "not retried");
+    let u = s.ok("query_usage", json!({})).await;
+    assert_eq!(u["totals"]["failed_attempts"], json!(1));
+    assert_eq!(u["totals"]["input_tokens"], json!(12), "billed: {u}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn rejected_key_is_a_clear_error_without_the_key() {
     let fake = FakeProvider::start(openai_error(

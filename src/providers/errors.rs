@@ -198,11 +198,30 @@ impl ProviderError {
                 .and_then(|j| j.pointer("/error/details/error_code"))
                 .and_then(|v| v.as_str())
                 .is_some_and(|c| c.contains("spend_limit"));
-        let bad_key = lower.contains("api_key_invalid") || lower.contains("api key not valid");
+        // Gemini names the reason only in `details` ("API key expired"
+        // has no other sign of being about the key).
+        let reasons: String = json
+            .as_ref()
+            .and_then(|j| j.pointer("/error/details"))
+            .and_then(|d| d.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.get("reason").and_then(|r| r.as_str()))
+            .map(|r| r.to_ascii_lowercase())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let bad_key = lower.contains("api_key_invalid")
+            || lower.contains("api key not valid")
+            || reasons.contains("api_key_invalid");
         // Anthropic says "Your credit balance is too low" with a 400.
         let no_credit = lower.contains("credit balance") || lower.contains("insufficient_quota");
         let kind = match status {
-            401 | 403 => ErrorKind::Auth,
+            401 => ErrorKind::Auth,
+            // 403 is also "not this prompt" (OpenRouter's moderation of
+            // some models) and "not this model" (a gated HuggingFace
+            // repo): another model may answer, and the key is fine.
+            403 if is_model_refusal(&lower) => ErrorKind::ModelUnavailable,
+            403 => ErrorKind::Auth,
             400 if bad_key => ErrorKind::Auth,
             402 => ErrorKind::Billing,
             400 if no_credit => ErrorKind::Billing,
@@ -220,6 +239,8 @@ impl ProviderError {
             // where the account is (Gemini).
             404 => ErrorKind::ModelUnavailable,
             400 if lower.contains("failed_precondition") => ErrorKind::ModelUnavailable,
+            // DeepSeek answers a retired or unknown model with a 400.
+            400 | 422 if is_unknown_model(&lower) => ErrorKind::ModelUnavailable,
             400..=499 => ErrorKind::BadRequest,
             _ => ErrorKind::Server,
         };
@@ -314,9 +335,38 @@ fn is_context_message(lower: &str) -> bool {
         "maximum context",
         "prompt is too long",
         "too many tokens",
+        // Anthropic: "input length and `max_tokens` exceed context limit".
+        "context limit",
+        // Gemini: "The input token count (…) exceeds the maximum number of
+        // tokens allowed (…)".
+        "maximum number of tokens",
+        // Cerebras: "Please reduce the length of the messages or completion".
+        "reduce the length",
     ]
     .iter()
     .any(|p| lower.contains(p))
+}
+
+/// A 400 about the model name rather than the request: DeepSeek's "Model
+/// Not Exist", OpenAI-style `model_not_found`, OpenRouter's "is not a
+/// valid model ID".
+fn is_unknown_model(lower: &str) -> bool {
+    [
+        "model not exist",
+        "model_not_found",
+        "not a valid model",
+        "model does not exist",
+        "unknown model",
+    ]
+    .iter()
+    .any(|p| lower.contains(p))
+}
+
+/// A 403 that refuses this model or this prompt, not the key.
+fn is_model_refusal(lower: &str) -> bool {
+    ["moderation", "flagged", "gated", "access to model"]
+        .iter()
+        .any(|p| lower.contains(p))
 }
 
 /// The human message in the error bodies of every provider we speak to:
@@ -608,6 +658,52 @@ mod tests {
         );
         assert!(ErrorKind::ModelUnavailable.allows_fallback());
         assert!(!ErrorKind::ModelUnavailable.is_retryable());
+    }
+
+    /// Wire bodies the providers send for a key, a model or a prompt
+    /// length, which must not be read as a malformed request (that ends
+    /// the call with no fallback).
+    #[test]
+    fn keys_models_and_lengths_are_told_apart() {
+        // Gemini: an expired key says so only in `details[].reason`.
+        assert_eq!(
+            classify(400, r#"{"error":{"code":400,"message":"API key expired. Please renew the API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}"#).kind,
+            ErrorKind::Auth
+        );
+        for body in [
+            r#"{"type":"error","error":{"type":"invalid_request_error","message":"input length and `max_tokens` exceed context limit: 199759 + 8192 > 200000, decrease input length or `max_tokens` and try again"}}"#,
+            r#"{"error":{"code":400,"message":"The input token count (1231302) exceeds the maximum number of tokens allowed (1048576).","status":"INVALID_ARGUMENT"}}"#,
+            r#"{"message":"Please reduce the length of the messages or completion. Current length is 70000 while limit is 65536","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}"#,
+        ] {
+            assert_eq!(
+                classify(400, body).kind,
+                ErrorKind::ContextTooLong,
+                "{body}"
+            );
+        }
+        // DeepSeek: a retired model.
+        assert_eq!(
+            classify(400, r#"{"error":{"message":"Model Not Exist","type":"invalid_request_error","param":null,"code":"invalid_request_error"}}"#).kind,
+            ErrorKind::ModelUnavailable
+        );
+        // OpenRouter's moderation and a gated HuggingFace model: not the key.
+        assert_eq!(
+            classify(403, r#"{"error":{"code":403,"message":"openai/gpt-4o requires moderation on OpenRouter. Your input was flagged for \"harassment\". No credits were charged.","metadata":{"reasons":["harassment"],"flagged_input":"..."}}}"#).kind,
+            ErrorKind::ModelUnavailable
+        );
+        assert_eq!(
+            classify(403, r#"{"error":"Access to model meta-llama/Llama-3.1-8B-Instruct is restricted. You must have access to it and be authenticated to access it. Please log in."}"#).kind,
+            ErrorKind::ModelUnavailable
+        );
+        // Anthropic's and Gemini's 403 for the key itself stay auth errors.
+        assert_eq!(
+            classify(403, r#"{"type":"error","error":{"type":"permission_error","message":"Your API key does not have permission to use the specified resource."}}"#).kind,
+            ErrorKind::Auth
+        );
+        assert_eq!(
+            classify(403, r#"{"error":{"code":403,"message":"Your API key was reported as leaked. Please use another API key.","status":"PERMISSION_DENIED"}}"#).kind,
+            ErrorKind::Auth
+        );
     }
 
     #[test]
