@@ -11,17 +11,24 @@ Usage: python3 scripts/update-pricing.py [PRICING_DIR]   (default ../shared/pric
 """
 import json
 import os
+import re
 import sys
 
 PROVIDERS = {"anthropic", "gemini", "cerebras", "deepseek", "openrouter", "huggingface", "ollama"}
 FIELDS = [
     "litellm_provider", "mode", "input_cost_per_token", "output_cost_per_token",
     "cache_read_input_token_cost", "cache_creation_input_token_cost",
-    "output_cost_per_reasoning_token", "input_cost_per_token_above_200k_tokens",
-    "output_cost_per_token_above_200k_tokens", "cache_read_input_token_cost_above_200k_tokens",
+    "output_cost_per_reasoning_token",
     "max_input_tokens", "max_output_tokens",
     "deprecation_date",
 ]
+
+# Prices by input length (`input_cost_per_token_above_200k_tokens`, 100k,
+# 128k, 32k, 272k…); not the `_priority`/`_batches`/`_flex` variants.
+LONG_FIELD = re.compile(
+    r"^(input_cost_per_token|output_cost_per_token|cache_read_input_token_cost"
+    r"|cache_creation_input_token_cost)_above_\d+k_tokens$"
+)
 
 
 def keep(entry):
@@ -41,7 +48,7 @@ def main():
     for source in (main_file, openrouter):
         for key, entry in source.items():
             if keep(entry) and key not in out:
-                out[key] = {f: entry[f] for f in FIELDS if f in entry}
+                out[key] = {f: v for f, v in entry.items() if f in FIELDS or LONG_FIELD.match(f)}
     dest = os.path.join(root, "src", "pricing", "litellm_subset.json")
     with open(dest, "w") as f:
         json.dump(dict(sorted(out.items())), f, indent=0, sort_keys=True)

@@ -29,12 +29,16 @@ use tiktoken_rs::Rank;
 
 use crate::providers::ProviderId;
 
-/// Texts longer than this are estimated from their byte length instead of
-/// being tokenized: BPE over megabytes costs real time and the estimate
-/// only has to be roughly right (about 4 bytes per token for English).
+/// Texts longer than this are estimated from samples instead of being
+/// tokenized whole: BPE over megabytes costs real time and the estimate
+/// only has to be roughly right.
 const TOKENIZE_LIMIT_BYTES: usize = 256 * 1024;
 
-/// Bytes per token assumed when a text is not tokenized.
+/// The size of each of the three samples of a longer text.
+const SAMPLE_BYTES: usize = 64 * 1024;
+
+/// Bytes per token assumed when a text cannot be tokenized at all (the
+/// tokenizer failed to build; about 4 for English).
 const BYTES_PER_TOKEN: u64 = 4;
 
 /// Pre-tokenizer pieces longer than this (a base64 blob, a minified line)
@@ -118,10 +122,47 @@ fn piece_tokens(ranks: &FxHashMap<Vec<u8>, Rank>, piece: &[u8]) -> u64 {
 /// `<|endoftext|>` in a prompt counts a few tokens instead of one, erring
 /// high).
 pub fn count_o200k(text: &str) -> u64 {
-    let by_bytes = |len: usize| (len as u64).div_ceil(BYTES_PER_TOKEN);
     if text.len() > TOKENIZE_LIMIT_BYTES {
-        return by_bytes(text.len());
+        return sampled_count(text);
     }
+    count_whole(text)
+}
+
+/// Tokens of a text too long to tokenize whole: its start, middle and end
+/// are tokenized and their tokens per byte scaled to the whole length. A
+/// flat 4 bytes per token undercounted dense text (JSON numbers, base64,
+/// code) two to three times, and a budget hold sized on it came out as
+/// small.
+fn sampled_count(text: &str) -> u64 {
+    let len = text.len();
+    let mut tokens = 0;
+    let mut sampled = 0;
+    for start in [0, len / 2 - SAMPLE_BYTES / 2, len - SAMPLE_BYTES] {
+        let (from, to) = (
+            char_start(text, start),
+            char_start(text, start + SAMPLE_BYTES),
+        );
+        tokens += count_whole(&text[from..to]);
+        sampled += to - from;
+    }
+    if sampled == 0 {
+        return (len as u64).div_ceil(BYTES_PER_TOKEN);
+    }
+    (tokens as f64 * len as f64 / sampled as f64).ceil() as u64
+}
+
+/// The start of the character at or before byte `i`.
+fn char_start(text: &str, mut i: usize) -> usize {
+    i = i.min(text.len());
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Tokens of `text`, tokenized whole.
+fn count_whole(text: &str) -> u64 {
+    let by_bytes = |len: usize| (len as u64).div_ceil(BYTES_PER_TOKEN);
     let Some(c) = counter() else {
         return by_bytes(text.len());
     };
@@ -257,9 +298,47 @@ mod tests {
         );
     }
 
+    /// Past 256 KiB the count is sampled, and stays near the whole count
+    /// for dense text: 4 bytes per token counted JSON of numbers at half
+    /// its tokens, so budget holds for it came out half as large.
     #[test]
-    fn huge_inputs_use_the_byte_estimate() {
-        let big = "word ".repeat(200_000);
-        assert_eq!(count_o200k(&big), (big.len() as u64).div_ceil(4));
+    fn huge_inputs_are_sampled_not_guessed_at_four_bytes() {
+        let words = "word ".repeat(200_000);
+        // (Samples cut words at their edges: a few tokens more.)
+        assert!((200_000..200_100).contains(&count_o200k(&words)));
+        let row = |i: u64| {
+            format!(
+                "{{\"id\":{i},\"v\":[{}.{},{}]}},",
+                i * 7919 % 10007,
+                i % 97,
+                i * 31 % 1009
+            )
+        };
+        let dense: String = (0..200_000u64)
+            .map(row)
+            .take_while({
+                let mut n = 0;
+                move |r| {
+                    n += r.len();
+                    n < 600_000
+                }
+            })
+            .collect();
+        assert!(dense.len() > TOKENIZE_LIMIT_BYTES);
+        let sampled = count_o200k(&dense);
+        let whole = count_whole(&dense);
+        assert!(
+            whole > dense.len() as u64 / 3,
+            "dense: {whole} tokens in {} bytes",
+            dense.len()
+        );
+        let off = sampled as f64 / whole as f64;
+        assert!(
+            (0.9..1.1).contains(&off),
+            "sampled {sampled} vs whole {whole}"
+        );
+        // Multi-byte text is cut at character boundaries.
+        let cjk = "漢字かな交じり文。".repeat(40_000);
+        assert!(count_o200k(&cjk) > 0);
     }
 }

@@ -32,8 +32,88 @@ pub const DEFAULT_REFRESH_URL: &str =
 /// Providers that serve far more models than any catalog prices: a model
 /// of theirs may be called by name even when we know no price for it.
 const OPEN_CATALOG_PROVIDERS: [ProviderId; 2] = [ProviderId::Huggingface, ProviderId::Openrouter];
-/// Input length above which long-context prices apply, for models that have them.
-const LONG_CONTEXT_TOKENS: u64 = 200_000;
+/// The catalog fields priced by input length, LiteLLM's
+/// `<field>_above_<N>k_tokens` (200k for Gemini 2.5 Pro, 100k for Claude
+/// Haiku 5.5, 32k and 128k for some Qwen models…), in the order of
+/// [`LongPrice`]'s prices.
+const LONG_FIELDS: [&str; 4] = [
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
+];
+
+/// How far (percent) a pre-call token estimate may fall short of the
+/// provider's count, for choosing the length tier of a worst case.
+const LENGTH_MARGIN_PERCENT: u64 = 15;
+
+/// Prices that apply to a whole call once its input (cached tokens
+/// included) is longer than `above_tokens`; a price not given is the
+/// model's short one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongPrice {
+    /// Input tokens above which these prices apply.
+    pub above_tokens: u64,
+    /// Uncached input token.
+    pub input: Option<f64>,
+    /// Output token.
+    pub output: Option<f64>,
+    /// Cache-read input token (Gemini's long-context cache reads cost
+    /// double, like its input).
+    pub cache_read: Option<f64>,
+    /// Cache-write input token.
+    pub cache_write: Option<f64>,
+}
+
+impl LongPrice {
+    fn prices(&self) -> [Option<f64>; 4] {
+        [self.input, self.output, self.cache_read, self.cache_write]
+    }
+}
+
+/// The length-priced tiers of one catalog entry, shortest threshold
+/// first. Variants (`…_tokens_priority`, `_batches`, `_flex`, `_1hr`) are
+/// other services than the one we call, so they are not read.
+fn long_prices(entry: &serde_json::Map<String, serde_json::Value>) -> Vec<LongPrice> {
+    let mut tiers: Vec<LongPrice> = Vec::new();
+    for (key, value) in entry {
+        let Some(price) = value.as_f64() else {
+            continue;
+        };
+        let Some((field, k)) = LONG_FIELDS.iter().enumerate().find_map(|(i, f)| {
+            let k = key
+                .strip_prefix(f)?
+                .strip_prefix("_above_")?
+                .strip_suffix("k_tokens")?;
+            Some((i, k.parse::<u64>().ok()?))
+        }) else {
+            continue;
+        };
+        let above_tokens = k.saturating_mul(1000);
+        let at = match tiers.iter().position(|t| t.above_tokens == above_tokens) {
+            Some(at) => at,
+            None => {
+                tiers.push(LongPrice {
+                    above_tokens,
+                    input: None,
+                    output: None,
+                    cache_read: None,
+                    cache_write: None,
+                });
+                tiers.len() - 1
+            }
+        };
+        let t = &mut tiers[at];
+        *[
+            &mut t.input,
+            &mut t.output,
+            &mut t.cache_read,
+            &mut t.cache_write,
+        ][field] = Some(price);
+    }
+    tiers.sort_by_key(|t| t.above_tokens);
+    tiers
+}
 
 /// Where a model's price came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -68,13 +148,9 @@ pub struct ModelPrice {
     pub cache_write: Option<f64>,
     /// Reasoning token, when priced apart from output.
     pub reasoning: Option<f64>,
-    /// Input price above 200k input tokens.
-    pub input_long: Option<f64>,
-    /// Output price above 200k input tokens.
-    pub output_long: Option<f64>,
-    /// Cache-read price above 200k input tokens (Gemini's long-context
-    /// cache reads cost double, like its input).
-    pub cache_read_long: Option<f64>,
+    /// Prices by input length, shortest threshold first (empty for most
+    /// models): the longest one a call passes prices all of it.
+    pub long: Vec<LongPrice>,
     /// Context window.
     pub max_input_tokens: Option<u64>,
     /// Output limit.
@@ -96,9 +172,7 @@ impl ModelPrice {
             cache_read: None,
             cache_write: None,
             reasoning: None,
-            input_long: None,
-            output_long: None,
-            cache_read_long: None,
+            long: Vec::new(),
             max_input_tokens: None,
             max_output_tokens: None,
             deprecation_date: None,
@@ -117,26 +191,41 @@ impl ModelPrice {
     /// What `usage` costs at these prices.
     pub fn cost_of(&self, usage: &Usage) -> f64 {
         let total_input = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens;
-        let long = total_input > LONG_CONTEXT_TOKENS;
-        let input = if long {
-            self.input_long.unwrap_or(self.input)
-        } else {
-            self.input
+        self.cost_at_length(usage, total_input)
+    }
+
+    /// The most `input_tokens` in (an estimate) and `output_tokens` out
+    /// may cost: an estimate a little under a length threshold is priced
+    /// at the longer tier, since the provider's own count may pass it.
+    pub fn worst_case(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        let usage = Usage {
+            input_tokens,
+            output_tokens,
+            ..Usage::default()
         };
-        let output = if long {
-            self.output_long.unwrap_or(self.output)
-        } else {
-            self.output
-        };
-        let cache_read = match (long, self.cache_read_long) {
-            (true, Some(p)) => p,
-            _ => self.cache_read.unwrap_or(input),
-        };
+        let margin = input_tokens.div_ceil(100) * LENGTH_MARGIN_PERCENT;
+        self.cost_of(&usage)
+            .max(self.cost_at_length(&usage, input_tokens.saturating_add(margin)))
+    }
+
+    /// `usage` priced at the length tier of `length` input tokens.
+    fn cost_at_length(&self, usage: &Usage, length: u64) -> f64 {
+        let long = self.long.iter().rev().find(|t| length > t.above_tokens);
+        let input = long.and_then(|t| t.input).unwrap_or(self.input);
+        let output = long.and_then(|t| t.output).unwrap_or(self.output);
+        let cache_read = long
+            .and_then(|t| t.cache_read)
+            .or(self.cache_read)
+            .unwrap_or(input);
+        let cache_write = long
+            .and_then(|t| t.cache_write)
+            .or(self.cache_write)
+            .unwrap_or(input);
         let reasoning = usage.reasoning_tokens.min(usage.output_tokens);
         let plain_output = usage.output_tokens - reasoning;
         let cost = usage.input_tokens as f64 * input
             + usage.cache_read_tokens as f64 * cache_read
-            + usage.cache_write_tokens as f64 * self.cache_write.unwrap_or(input)
+            + usage.cache_write_tokens as f64 * cache_write
             + plain_output as f64 * output
             + reasoning as f64 * self.reasoning.unwrap_or(output);
         sane_cost(cost)
@@ -211,9 +300,6 @@ struct LiteLlmEntry {
     cache_read_input_token_cost: Option<f64>,
     cache_creation_input_token_cost: Option<f64>,
     output_cost_per_reasoning_token: Option<f64>,
-    input_cost_per_token_above_200k_tokens: Option<f64>,
-    output_cost_per_token_above_200k_tokens: Option<f64>,
-    cache_read_input_token_cost_above_200k_tokens: Option<f64>,
     max_input_tokens: Option<f64>,
     max_output_tokens: Option<f64>,
     deprecation_date: Option<String>,
@@ -309,20 +395,32 @@ impl Catalog {
                 .map(|v| v / 1e6)
                 .or_else(|| scaled(|e| e.cache_write, in_ratio)),
             reasoning: scaled(|e| e.reasoning, out_ratio),
-            input_long: scaled(|e| e.input_long, in_ratio),
-            output_long: scaled(|e| e.output_long, out_ratio),
-            // Scaled like the cache read it goes with: by the override's
-            // own cache price when it gives one, else by its input price.
-            cache_read_long: scaled(
-                |e| e.cache_read_long,
-                match o.cache_read_per_mtok {
-                    Some(v) => existing
-                        .as_ref()
-                        .and_then(|e| e.cache_read)
-                        .and_then(|old| ratio(v / 1e6, old)),
-                    None => in_ratio,
-                },
-            ),
+            long: existing
+                .as_ref()
+                .map(|e| {
+                    // Long cache prices scale like the short ones they go
+                    // with: by the override's own cache price when it
+                    // gives one, else by its input price.
+                    let cache_ratio = |given: Option<f64>, old: Option<f64>| match given {
+                        Some(v) => old.and_then(|old| ratio(v / 1e6, old)),
+                        None => in_ratio,
+                    };
+                    let read_ratio = cache_ratio(o.cache_read_per_mtok, e.cache_read);
+                    let write_ratio = cache_ratio(o.cache_write_per_mtok, e.cache_write);
+                    let times = |v: Option<f64>, r: Option<f64>| v.zip(r).map(|(v, r)| v * r);
+                    e.long
+                        .iter()
+                        .map(|t| LongPrice {
+                            above_tokens: t.above_tokens,
+                            input: times(t.input, in_ratio),
+                            output: times(t.output, out_ratio),
+                            cache_read: times(t.cache_read, read_ratio),
+                            cache_write: times(t.cache_write, write_ratio),
+                        })
+                        .filter(|t| t.prices().iter().any(Option::is_some))
+                        .collect()
+                })
+                .unwrap_or_default(),
             max_input_tokens: o
                 .max_input_tokens
                 .or(existing.as_ref().and_then(|e| e.max_input_tokens)),
@@ -492,6 +590,7 @@ fn parse_litellm(text: &str, origin: PriceOrigin) -> Result<BTreeMap<String, Mod
         if key == "sample_spec" {
             continue;
         }
+        let long = value.as_object().map(long_prices).unwrap_or_default();
         // Entries of other providers may carry fields of other shapes; a
         // catalog is not rejected for an entry we would skip anyway.
         let Ok(entry) = serde_json::from_value::<LiteLlmEntry>(value) else {
@@ -529,11 +628,13 @@ fn parse_litellm(text: &str, origin: PriceOrigin) -> Result<BTreeMap<String, Mod
             entry.cache_read_input_token_cost,
             entry.cache_creation_input_token_cost,
             entry.output_cost_per_reasoning_token,
-            entry.input_cost_per_token_above_200k_tokens,
-            entry.output_cost_per_token_above_200k_tokens,
-            entry.cache_read_input_token_cost_above_200k_tokens,
         ];
-        if prices.iter().flatten().any(|p| !p.is_finite() || *p < 0.0) {
+        if prices
+            .into_iter()
+            .chain(long.iter().flat_map(LongPrice::prices))
+            .flatten()
+            .any(|p| !p.is_finite() || p < 0.0)
+        {
             bail!("entry {key:?} has a negative or non-numeric price");
         }
         let tokens = |v: Option<f64>| v.filter(|t| t.is_finite() && *t > 0.0).map(|t| t as u64);
@@ -547,9 +648,7 @@ fn parse_litellm(text: &str, origin: PriceOrigin) -> Result<BTreeMap<String, Mod
                 cache_read: entry.cache_read_input_token_cost,
                 cache_write: entry.cache_creation_input_token_cost,
                 reasoning: entry.output_cost_per_reasoning_token,
-                input_long: entry.input_cost_per_token_above_200k_tokens,
-                output_long: entry.output_cost_per_token_above_200k_tokens,
-                cache_read_long: entry.cache_read_input_token_cost_above_200k_tokens,
+                long,
                 max_input_tokens: tokens(entry.max_input_tokens),
                 max_output_tokens: tokens(entry.max_output_tokens),
                 deprecation_date: entry.deprecation_date,
@@ -728,10 +827,12 @@ mod tests {
     #[test]
     fn long_prompts_bill_cache_reads_at_the_long_rate() {
         let m = Catalog::bundled().get("gemini/gemini-2.5-pro").unwrap();
+        assert_eq!(m.long.len(), 1);
+        assert_eq!(m.long[0].above_tokens, 200_000);
         let (input_long, output_long, cache_long) = (
-            m.input_long.unwrap(),
-            m.output_long.unwrap(),
-            m.cache_read_long.unwrap(),
+            m.long[0].input.unwrap(),
+            m.long[0].output.unwrap(),
+            m.long[0].cache_read.unwrap(),
         );
         assert!(cache_long > m.cache_read.unwrap());
         let u = Usage {
@@ -755,6 +856,67 @@ mod tests {
         assert!((m.cost_of(&short) - 100_000.0 * m.cache_read.unwrap()).abs() < 1e-12);
     }
 
+    /// Length tiers at any threshold LiteLLM gives, several per model:
+    /// Claude Haiku 5.5 costs five times as much above 100k input tokens
+    /// (it was billed at the short rate: only 200k was read), and a model
+    /// with 32k and 128k tiers bills each call at the longest it passes.
+    #[test]
+    fn length_tiers_at_any_threshold() {
+        let m = Catalog::bundled()
+            .get("anthropic/claude-haiku-5-5")
+            .unwrap();
+        assert_eq!(m.long.len(), 1);
+        let t = &m.long[0];
+        assert_eq!(t.above_tokens, 100_000);
+        let u = Usage {
+            input_tokens: 140_000,
+            cache_write_tokens: 10_000,
+            output_tokens: 2_000,
+            ..Usage::default()
+        };
+        let expected = 140_000.0 * t.input.unwrap()
+            + 10_000.0 * t.cache_write.unwrap()
+            + 2_000.0 * t.output.unwrap();
+        assert!((m.cost_of(&u) - expected).abs() < 1e-12);
+        assert!(m.cost_of(&u) > 4.9 * (150_000.0 * m.input + 2_000.0 * m.output));
+        assert!(
+            (m.estimate(100_000, 0) - 100_000.0 * m.input).abs() < 1e-12,
+            "at the threshold: short"
+        );
+        // A worst case near the threshold is held at the long rate: the
+        // provider's count may pass it.
+        assert!((m.worst_case(95_000, 0) - 95_000.0 * t.input.unwrap()).abs() < 1e-12);
+        assert!((m.worst_case(80_000, 0) - 80_000.0 * m.input).abs() < 1e-12);
+
+        let text = r#"{"qwen3-max": {"litellm_provider": "openrouter", "mode": "chat",
+            "input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6,
+            "input_cost_per_token_above_32k_tokens": 2e-6,
+            "input_cost_per_token_above_128k_tokens": 3e-6,
+            "output_cost_per_token_above_128k_tokens": 6e-6,
+            "input_cost_per_token_above_128k_tokens_priority": 9e-6,
+            "input_cost_per_token_above_1hr": 9e-6}}"#;
+        let parsed = parse_litellm(text, PriceOrigin::Refreshed).unwrap();
+        let m = &parsed["openrouter/qwen3-max"];
+        let tiers: Vec<u64> = m.long.iter().map(|t| t.above_tokens).collect();
+        assert_eq!(tiers, [32_000, 128_000]);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!(close(
+            m.estimate(10_000, 1_000),
+            10_000.0 * 1e-6 + 1_000.0 * 2e-6
+        ));
+        assert!(close(
+            m.estimate(50_000, 1_000),
+            50_000.0 * 2e-6 + 1_000.0 * 2e-6
+        ));
+        assert!(close(
+            m.estimate(200_000, 1_000),
+            200_000.0 * 3e-6 + 1_000.0 * 6e-6
+        ));
+        // A negative tier price rejects the catalog like any other.
+        let bad = text.replace("3e-6", "-3e-6");
+        assert!(parse_litellm(&bad, PriceOrigin::Refreshed).is_err());
+    }
+
     /// An override keeps the catalog's price structure at its own level:
     /// the long-context and cache prices it does not give are the
     /// catalog's, scaled by the new price's ratio to the old.
@@ -764,8 +926,8 @@ mod tests {
         let id = "gemini/gemini-2.5-pro";
         let before = bundled.get(id).unwrap();
         let (long_in, long_out, cache) = (
-            before.input_long.unwrap(),
-            before.output_long.unwrap(),
+            before.long[0].input.unwrap(),
+            before.long[0].output.unwrap(),
             before.cache_read.unwrap(),
         );
         let mut o = BTreeMap::new();
@@ -781,8 +943,8 @@ mod tests {
         );
         let m = Catalog::load(None, &o).unwrap().get(id).unwrap();
         let close = |a: f64, b: f64| (a - b).abs() < 1e-15;
-        assert!(close(m.input_long.unwrap(), long_in / 2.0));
-        assert!(close(m.output_long.unwrap(), long_out / 2.0));
+        assert!(close(m.long[0].input.unwrap(), long_in / 2.0));
+        assert!(close(m.long[0].output.unwrap(), long_out / 2.0));
         assert!(close(m.cache_read.unwrap(), cache / 2.0));
         // A 300k-token prompt is billed at the (halved) long rates.
         let u = Usage {
@@ -811,8 +973,8 @@ mod tests {
         );
         let m = Catalog::load(None, &o).unwrap().get(id).unwrap();
         assert!(close(
-            m.cache_read_long.unwrap(),
-            before.cache_read_long.unwrap() * 2.0
+            m.long[0].cache_read.unwrap(),
+            before.long[0].cache_read.unwrap() * 2.0
         ));
     }
 

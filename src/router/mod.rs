@@ -322,7 +322,8 @@ impl Router {
                 // The request is capped at the model's output limit, so a
                 // max_tokens above it must not inflate the worst case (a
                 // wrongful step-down, or a hold larger than the call).
-                worst_case_cost_usd: price.estimate(input, price.output_cap(req.max_tokens) as u64),
+                worst_case_cost_usd: price
+                    .worst_case(input, price.output_cap(req.max_tokens) as u64),
                 input_per_mtok: price.input_per_mtok(),
                 output_per_mtok: price.output_per_mtok(),
                 available: registry.is_enabled(price.provider),
