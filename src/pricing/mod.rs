@@ -617,6 +617,9 @@ fn parse_litellm(text: &str, origin: PriceOrigin) -> Result<BTreeMap<String, Mod
         } else {
             format!("{prefix}{key}")
         };
+        if is_router(provider, &id, input, output) {
+            continue;
+        }
         // The same model can appear bare and prefixed; the prefixed entry
         // is the provider-specific one, so it wins.
         if !prefixed && out.contains_key(&id) {
@@ -657,6 +660,19 @@ fn parse_litellm(text: &str, origin: PriceOrigin) -> Result<BTreeMap<String, Mod
         );
     }
     Ok(out)
+}
+
+/// OpenRouter's own routers (`openrouter/auto`, `typesafe/jev-router`…)
+/// are listed at $0 but bill whatever model they pick: a $0 price would
+/// hold nothing against a budget and record a lost usage as free. Left
+/// out, they are called as models of unknown price. Its `:free` models
+/// and `openrouter/free` (which picks among them) are free indeed.
+fn is_router(provider: ProviderId, id: &str, input: f64, output: f64) -> bool {
+    provider == ProviderId::Openrouter
+        && input == 0.0
+        && output == 0.0
+        && !id.ends_with(":free")
+        && id != "openrouter/openrouter/free"
 }
 
 /// Outcome of validating a candidate catalog for `pricing refresh`.
@@ -915,6 +931,31 @@ mod tests {
         // A negative tier price rejects the catalog like any other.
         let bad = text.replace("3e-6", "-3e-6");
         assert!(parse_litellm(&bad, PriceOrigin::Refreshed).is_err());
+    }
+
+    /// OpenRouter's routers are not free: they bill the model they pick.
+    #[test]
+    fn openrouter_routers_have_no_price() {
+        let c = Catalog::bundled();
+        for id in [
+            "openrouter/openrouter/auto",
+            "openrouter/typesafe/jev-router",
+        ] {
+            assert!(c.get(id).is_none(), "{id}");
+            assert_eq!(
+                c.get_or_unpriced(id).unwrap().origin,
+                PriceOrigin::Unknown,
+                "{id}"
+            );
+        }
+        for id in ["openrouter/openrouter/free", "openrouter/z-ai/glm-5.2:free"] {
+            let m = c.get(id).unwrap();
+            assert_eq!(
+                (m.origin, m.input, m.output),
+                (PriceOrigin::Bundled, 0.0, 0.0),
+                "{id}"
+            );
+        }
     }
 
     /// An override keeps the catalog's price structure at its own level:
