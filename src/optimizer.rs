@@ -574,6 +574,24 @@ fn reservation_ttl(settings: &Settings) -> Duration {
     settings.request_timeout * 4 + Duration::from_secs(60)
 }
 
+/// The config's model names as catalog ids: `[routing.tiers]` and
+/// `baseline_model` may name a model as the tools accept it (a bare name
+/// that one provider has, a provider alias such as `google/…`); routing
+/// looks them up by id, and skipped such a name as unpriced. A name that
+/// resolves to nothing (or to several) is kept, and warned about.
+fn resolve_model_names(settings: &mut Settings, catalog: &Catalog) {
+    for list in settings.tier_models.values_mut() {
+        for name in list.iter_mut() {
+            if let Ok(id) = catalog.resolve(name) {
+                *name = id;
+            }
+        }
+    }
+    if let Ok(id) = catalog.resolve(&settings.baseline_model) {
+        settings.baseline_model = id;
+    }
+}
+
 impl Optimizer {
     /// Builds the optimizer from settings and the process environment.
     pub fn from_env(settings: Settings) -> anyhow::Result<Optimizer> {
@@ -587,13 +605,13 @@ impl Optimizer {
             Some(&settings.refreshed_pricing_path()),
             &settings.price_overrides,
         )?;
-        if catalog.get(&settings.baseline_model).is_none() {
+        let core = Self::new(settings, catalog, registry, system_clock());
+        if core.catalog.get(&core.settings.baseline_model).is_none() {
             tracing::warn!(
-                baseline_model = settings.baseline_model,
+                baseline_model = core.settings.baseline_model,
                 "the baseline model has no price in the catalog: savings cannot be computed (check baseline_model in the config file)"
             );
         }
-        let core = Self::new(settings, catalog, registry, system_clock());
         let unpriced = core.unpriced_tier_models();
         if !unpriced.is_empty() {
             tracing::warn!(
@@ -618,6 +636,8 @@ impl Optimizer {
         if let Err(e) = &ledger {
             tracing::error!(error = %e, "ledger unavailable; spending tools will refuse");
         }
+        let mut settings = settings;
+        resolve_model_names(&mut settings, &catalog);
         let router = Router::new(settings.tier_thresholds, &settings.tier_models);
         let breakers = Breakers::new(settings.breaker_threshold, settings.breaker_cooldown);
         let alert_http = reqwest::Client::builder()

@@ -113,6 +113,24 @@ fn doctor_reports_providers_and_paths_as_json() {
         "{}",
         stdout(&o)
     );
+
+    // Names as the tools accept them (a bare name one provider has, a
+    // provider alias) are priced models, not typos.
+    std::fs::write(
+        &cfg,
+        "baseline_model = \"claude-sonnet-4-6\"\n[routing.tiers]\ncheap = [\"claude-haiku-4-5\", \"google/gemini-2.5-flash-lite\"]\n",
+    )
+    .unwrap();
+    let o = command(dir.path())
+        .env("COST_OPTIMIZER_CONFIG", &cfg)
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let d: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(d["baseline_priced"], true, "{d}");
+    assert_eq!(d["baseline_model"], "anthropic/claude-sonnet-4-6", "{d}");
+    assert_eq!(d["unpriced_tier_models"], serde_json::json!([]), "{d}");
 }
 
 #[test]

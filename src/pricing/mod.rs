@@ -453,10 +453,16 @@ impl Catalog {
         if let Some(m) = self.models.get(id) {
             return Some(m.clone());
         }
+        // The provider as any of its accepted names ("google/…",
+        // "Anthropic/…"), as overrides and `force_provider` take it.
         let (provider, model) = id.split_once('/')?;
-        if provider == ProviderId::Ollama.as_str() && !model.is_empty() {
+        let provider = ProviderId::parse(provider)?;
+        if let Some(m) = self.models.get(&format!("{}/{model}", provider.as_str())) {
+            return Some(m.clone());
+        }
+        if provider == ProviderId::Ollama && !model.is_empty() {
             return Some(ModelPrice::zero(
-                id.to_string(),
+                format!("ollama/{model}"),
                 ProviderId::Ollama,
                 PriceOrigin::Local,
             ));
@@ -931,6 +937,26 @@ mod tests {
         // A negative tier price rejects the catalog like any other.
         let bad = text.replace("3e-6", "-3e-6");
         assert!(parse_litellm(&bad, PriceOrigin::Refreshed).is_err());
+    }
+
+    /// A provider named by any name it is accepted under finds its models.
+    #[test]
+    fn provider_aliases_find_the_model() {
+        let c = Catalog::bundled();
+        assert_eq!(
+            c.get("google/gemini-2.5-pro").unwrap().id,
+            "gemini/gemini-2.5-pro"
+        );
+        assert_eq!(
+            c.resolve("Anthropic/claude-haiku-4-5").unwrap(),
+            "anthropic/claude-haiku-4-5"
+        );
+        assert_eq!(
+            c.resolve("claude/claude-haiku-4-5").unwrap(),
+            "anthropic/claude-haiku-4-5"
+        );
+        assert_eq!(c.get("Ollama/llama3.2").unwrap().id, "ollama/llama3.2");
+        assert!(c.get("nowhere/claude-haiku-4-5").is_none());
     }
 
     /// OpenRouter's routers are not free: they bill the model they pick.
