@@ -47,14 +47,23 @@ pub fn percent(fraction: f64) -> String {
     format!("{p:.3}%")
 }
 
-/// A price per million tokens: cents when that says it, more digits for
-/// the cheap models ($0.0075 is not "$0.01").
+/// A price per million tokens: cents when that says it all, else the
+/// digits it has, up to four significant ones ($0.125 is not "$0.12",
+/// $1.875 not "$1.88", $0.0075 not "$0.01").
 pub fn per_mtok(v: f64) -> String {
-    if v == 0.0 || v >= 0.1 {
-        format!("${v:.2}")
-    } else {
-        usd(v)
+    if v == 0.0 || !v.is_finite() {
+        return "$0.00".into();
     }
+    let cents = format!("{v:.2}");
+    if (cents.parse::<f64>().unwrap_or(0.0) - v).abs() < 1e-9 {
+        return format!("${cents}");
+    }
+    let decimals = (3 - v.abs().log10().floor() as i32).clamp(2, 10) as usize;
+    let s = format!("{v:.decimals$}");
+    let s = s.trim_end_matches('0');
+    // Keep cents visible: "$0.125", "$1.875", "$2.50" stays two places.
+    let keep = s.find('.').map_or(s.len(), |dot| (dot + 3).max(s.len()));
+    format!("${}", &format!("{v:.decimals$}")[..keep])
 }
 
 /// "Saved **$x** (y%)", or, when the calls cost more than the baseline
@@ -606,7 +615,13 @@ mod tests {
         assert_eq!(percent(0.001), "0.1%");
         assert_eq!(percent(0.004), "0.4%");
         assert_eq!(per_mtok(3.0), "$3.00");
-        assert_eq!(per_mtok(0.0075), "$0.007500");
+        assert_eq!(per_mtok(0.0075), "$0.0075");
+        assert_eq!(per_mtok(0.125), "$0.125");
+        assert_eq!(per_mtok(1.875), "$1.875");
+        assert_eq!(per_mtok(0.287274), "$0.2873");
+        assert_eq!(per_mtok(2.5), "$2.50");
+        assert_eq!(per_mtok(15.0), "$15.00");
+        assert_eq!(per_mtok(0.1), "$0.10");
         assert_eq!(per_mtok(0.0), "$0.00");
     }
 
