@@ -1550,6 +1550,7 @@ impl Optimizer {
                 let counting = CountingSink {
                     inner: sink,
                     bytes: Arc::default(),
+                    reasoning_bytes: Arc::default(),
                 };
                 let reservation = reservation.pending(
                     base_record.clone(),
@@ -1901,6 +1902,7 @@ impl Optimizer {
             price,
             input_tokens,
             streamed_bytes: sink.bytes.clone(),
+            reasoning_bytes: sink.reasoning_bytes.clone(),
         }
     }
 
@@ -2003,6 +2005,7 @@ impl Optimizer {
                     price: CancelPrice::Fixed(cost),
                     input_tokens: characters,
                     streamed_bytes: Arc::default(),
+                    reasoning_bytes: Arc::default(),
                 },
             );
             let t0 = Instant::now();
@@ -2470,13 +2473,22 @@ struct ReservationGuard {
 /// cancelled attempt knows how much the provider had generated.
 struct CountingSink<'a> {
     inner: &'a dyn StreamSink,
+    /// Answer text passed on (what a final sink has shown).
     bytes: Arc<AtomicU64>,
+    /// Thinking received: billed, never shown.
+    reasoning_bytes: Arc<AtomicU64>,
 }
 
 impl StreamSink for CountingSink<'_> {
     fn on_text(&self, delta: &str) {
         self.bytes.fetch_add(delta.len() as u64, Ordering::Relaxed);
         self.inner.on_text(delta);
+    }
+
+    fn on_reasoning(&self, delta: &str) {
+        self.reasoning_bytes
+            .fetch_add(delta.len() as u64, Ordering::Relaxed);
+        self.inner.on_reasoning(delta);
     }
 
     fn on_attempt(&self, route: &AttemptRoute<'_>) {
@@ -2559,12 +2571,13 @@ fn refuse_empty(
 /// hanging up) does not undo that: recording such attempts at $0 would let
 /// a caller spend without limit by leaving every call just before it ends.
 /// No usage came back, so the charge is an estimate: the prompt as the
-/// router estimated it plus the answer text streamed so far, at catalog
-/// prices, recorded with `cost_source = "estimate"`.
+/// router estimated it plus the answer text and thinking streamed so far,
+/// at catalog prices, recorded with `cost_source = "estimate"`.
 struct CancelCharge {
     price: CancelPrice,
     input_tokens: u64,
     streamed_bytes: Arc<AtomicU64>,
+    reasoning_bytes: Arc<AtomicU64>,
 }
 
 enum CancelPrice {
@@ -2581,10 +2594,18 @@ enum CancelPrice {
 impl CancelCharge {
     /// The usage, cost and cost source to record.
     fn settle(&self) -> (Usage, f64, &'static str) {
-        let bytes = self.streamed_bytes.load(Ordering::Relaxed);
+        let text = self
+            .streamed_bytes
+            .load(Ordering::Relaxed)
+            .div_ceil(BYTES_PER_OUTPUT_TOKEN);
+        let reasoning = self
+            .reasoning_bytes
+            .load(Ordering::Relaxed)
+            .div_ceil(BYTES_PER_OUTPUT_TOKEN);
         let usage = Usage {
             input_tokens: self.input_tokens,
-            output_tokens: bytes.div_ceil(BYTES_PER_OUTPUT_TOKEN),
+            output_tokens: text + reasoning,
+            reasoning_tokens: reasoning,
             ..Usage::default()
         };
         match &self.price {
@@ -3075,10 +3096,12 @@ mod tests {
         let catalog = Catalog::bundled();
         let price = catalog.get("deepseek/deepseek-v3.2").unwrap();
         let streamed = Arc::new(AtomicU64::new(9)); // 9 bytes → 3 tokens
+        let thought = Arc::new(AtomicU64::new(0));
         let charge = |price| CancelCharge {
             price,
             input_tokens: 100,
             streamed_bytes: streamed.clone(),
+            reasoning_bytes: thought.clone(),
         };
         let (usage, cost, source) = charge(CancelPrice::Catalog(Box::new(price.clone()))).settle();
         assert_eq!((usage.input_tokens, usage.output_tokens), (100, 3));
@@ -3091,6 +3114,12 @@ mod tests {
         assert_eq!(charge(CancelPrice::Local).settle().1, 0.0);
         assert_eq!(charge(CancelPrice::Local).settle().2, "local");
         assert_eq!(charge(CancelPrice::Unpriced).settle().2, "unpriced");
+        // Thinking streamed before a cancel is charged as output too.
+        thought.store(4000, Ordering::Relaxed);
+        let (usage, cost, _) = charge(CancelPrice::Catalog(Box::new(price.clone()))).settle();
+        assert_eq!((usage.output_tokens, usage.reasoning_tokens), (1003, 1000));
+        assert!(cost > 1000.0 * price.output, "{cost}");
+        thought.store(0, Ordering::Relaxed);
         streamed.store(0, Ordering::Relaxed);
         let (usage, _, _) = charge(CancelPrice::Unpriced).settle();
         assert_eq!(usage.output_tokens, 0);

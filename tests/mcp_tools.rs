@@ -613,6 +613,37 @@ async fn deepseek_cut_off() -> (
     (bad, good, dir, s, args, worst)
 }
 
+/// A reasoning model cut off while it thinks has produced billed output
+/// though no answer text: the attempt is charged for the thinking
+/// received (it was charged the prompt alone).
+#[tokio::test]
+async fn a_cut_off_attempt_is_charged_for_the_thinking_received() {
+    let thought = "First, consider each case in turn and check it. ".repeat(20);
+    let cut = streamed(
+        "text/event-stream",
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c1", "object": "chat.completion.chunk", "model": "deepseek-v4-pro",
+                   "choices": [{"index": 0, "delta": {"content": null, "reasoning_content": thought}}]})
+        ),
+    )
+    .reset_after_body();
+    let (_bad, _good, _dir, s) = deepseek_then_anthropic(cut).await;
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "hello", "tier": "medium"}),
+        )
+        .await;
+    assert_eq!(c["answer"], "from anthropic", "{c}");
+    let u = s.ok("query_usage", json!({})).await;
+    let out = u["totals"]["output_tokens"].as_u64().unwrap();
+    // Anthropic's 10 output tokens, plus at least the thinking of the
+    // first (cut) attempt at 4 bytes a token.
+    assert!(out >= 10 + thought.len() as u64 / 4, "{u}");
+    s.stop().await;
+}
+
 /// A cut-off attempt is charged; if what is left of the budget then cannot
 /// cover the next attempt, the call ends on the budget ("Refused by
 /// budget", so the caller raises the limit instead of retrying), not as a

@@ -113,14 +113,20 @@ impl StreamState {
                     self.usage = parse_usage(u);
                 }
             }
-            "content_block_delta" => {
-                if v.pointer("/delta/type").and_then(|t| t.as_str()) == Some("text_delta")
-                    && let Some(t) = v.pointer("/delta/text").and_then(|t| t.as_str())
-                {
-                    self.text.push_str(t);
-                    sink.on_text(t);
+            "content_block_delta" => match v.pointer("/delta/type").and_then(|t| t.as_str()) {
+                Some("text_delta") => {
+                    if let Some(t) = v.pointer("/delta/text").and_then(|t| t.as_str()) {
+                        self.text.push_str(t);
+                        sink.on_text(t);
+                    }
                 }
-            }
+                Some("thinking_delta") => {
+                    if let Some(t) = v.pointer("/delta/thinking").and_then(|t| t.as_str()) {
+                        sink.on_reasoning(t);
+                    }
+                }
+                _ => {}
+            },
             "message_delta" => {
                 if let Some(r) = v.pointer("/delta/stop_reason").and_then(|r| r.as_str()) {
                     self.stop_reason = Some(r.to_string());
@@ -149,7 +155,7 @@ impl StreamState {
                 return Ok(true);
             }
             "error" => return Err(stream_error(&v)),
-            _ => {} // ping, content_block_start/stop, thinking deltas
+            _ => {} // ping, content_block_start/stop
         }
         Ok(false)
     }
@@ -271,15 +277,36 @@ mod tests {
     }
 
     fn run_stream(raw: &str) -> Result<ChatResponse, ProviderError> {
+        run_stream_into(raw, &stream::Recorder::default())
+    }
+
+    fn run_stream_into(raw: &str, sink: &stream::Recorder) -> Result<ChatResponse, ProviderError> {
         use super::super::stream::SseParser;
         let mut st = StreamState::default();
         let mut p = SseParser::default();
         for ev in p.push(raw.as_bytes()).into_iter().chain(p.finish()) {
-            if st.event(&ev, &stream::NoSink)? {
+            if st.event(&ev, sink)? {
                 break;
             }
         }
         st.finish()
+    }
+
+    /// Thinking deltas are counted (billed output) but are not the answer.
+    #[test]
+    fn thinking_deltas_are_told_apart_from_text() {
+        let raw = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-6\",\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n\
+            event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"Let me see\"}}\n\n\
+            event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"signature_delta\",\"signature\":\"EqQB\"}}\n\n\
+            event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"text_delta\",\"text\":\"Four.\"}}\n\n\
+            event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":30}}\n\n\
+            event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let sink = stream::Recorder::default();
+        let r = run_stream_into(raw, &sink).unwrap();
+        assert_eq!(r.text, "Four.");
+        assert_eq!(*sink.text.lock().unwrap(), "Four.");
+        assert_eq!(*sink.reasoning.lock().unwrap(), "Let me see");
+        assert_eq!(r.usage.output_tokens, 30);
     }
 
     const START: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-haiku-4-5\",\"content\":[],\"usage\":{\"input_tokens\":25,\"cache_read_input_tokens\":100,\"output_tokens\":1}}}\n\n";

@@ -128,6 +128,9 @@ impl StreamState {
                 for p in parts {
                     // Thought summaries are not part of the answer.
                     if p.get("thought").and_then(|t| t.as_bool()) == Some(true) {
+                        if let Some(t) = p.get("text").and_then(|t| t.as_str()) {
+                            sink.on_reasoning(t);
+                        }
                         continue;
                     }
                     if let Some(t) = p.get("text").and_then(|t| t.as_str()) {
@@ -188,11 +191,15 @@ mod tests {
     use super::*;
 
     fn run_stream(raw: &str) -> Result<ChatResponse, ProviderError> {
+        run_stream_into(raw, &stream::Recorder::default())
+    }
+
+    fn run_stream_into(raw: &str, sink: &stream::Recorder) -> Result<ChatResponse, ProviderError> {
         use super::super::stream::SseParser;
         let mut st = StreamState::default();
         let mut p = SseParser::default();
         for ev in p.push(raw.as_bytes()).into_iter().chain(p.finish()) {
-            st.event(&ev, &stream::NoSink)?;
+            st.event(&ev, sink)?;
         }
         st.finish()
     }
@@ -201,8 +208,11 @@ mod tests {
     fn stream_counts_thoughts_as_output() {
         let raw = "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"thinking…\",\"thought\":true},{\"text\":\"Hel\"}]},\"index\":0}],\"modelVersion\":\"gemini-2.5-flash\"}\r\n\r\n\
                    data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"lo\"}]},\"finishReason\":\"STOP\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":100,\"cachedContentTokenCount\":40,\"candidatesTokenCount\":20,\"thoughtsTokenCount\":30,\"totalTokenCount\":150}}";
-        let r = run_stream(raw).unwrap();
+        let sink = stream::Recorder::default();
+        let r = run_stream_into(raw, &sink).unwrap();
         assert_eq!(r.text, "Hello");
+        assert_eq!(*sink.text.lock().unwrap(), "Hello");
+        assert_eq!(*sink.reasoning.lock().unwrap(), "thinking…");
         assert_eq!(r.usage.input_tokens, 60);
         assert_eq!(r.usage.cache_read_tokens, 40);
         assert_eq!(r.usage.output_tokens, 50);

@@ -143,6 +143,14 @@ impl StreamState {
                     self.text.push_str(t);
                     sink.on_text(t);
                 }
+                // DeepSeek's `reasoning_content`, OpenRouter's `reasoning`.
+                for key in ["/delta/reasoning_content", "/delta/reasoning"] {
+                    if let Some(t) = c.pointer(key).and_then(|t| t.as_str())
+                        && !t.is_empty()
+                    {
+                        sink.on_reasoning(t);
+                    }
+                }
                 if let Some(f) = c.get("finish_reason").and_then(|f| f.as_str()) {
                     if f == "error" {
                         return Err(ProviderError::new(
@@ -355,26 +363,41 @@ mod tests {
         assert_eq!(cost, None);
     }
 
-    struct Collect(std::sync::Mutex<String>);
-    impl StreamSink for Collect {
-        fn on_text(&self, d: &str) {
-            self.0.lock().unwrap().push_str(d);
-        }
+    fn run_stream(raw: &str) -> Result<ChatResponse, ProviderError> {
+        run_stream_into(raw, &super::super::stream::Recorder::default())
     }
 
-    fn run_stream(raw: &str) -> Result<ChatResponse, ProviderError> {
+    fn run_stream_into(
+        raw: &str,
+        sink: &super::super::stream::Recorder,
+    ) -> Result<ChatResponse, ProviderError> {
         use super::super::stream::SseParser;
-        let sink = Collect(Default::default());
         let mut st = StreamState::default();
         let mut p = SseParser::default();
         for ev in p.push(raw.as_bytes()).into_iter().chain(p.finish()) {
-            if st.event(ProviderId::Deepseek, &ev, &sink)? {
+            if st.event(ProviderId::Deepseek, &ev, sink)? {
                 break;
             }
         }
         let r = st.finish(ProviderId::Deepseek)?;
-        assert_eq!(*sink.0.lock().unwrap(), r.text);
+        assert_eq!(*sink.text.lock().unwrap(), r.text);
         Ok(r)
+    }
+
+    /// DeepSeek's `reasoning_content` and OpenRouter's `reasoning` are
+    /// counted (billed output), never part of the answer.
+    #[test]
+    fn reasoning_deltas_are_told_apart_from_text() {
+        let raw = "data: {\"model\":\"deepseek-reasoner\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":null,\"reasoning_content\":\"Two plus \"}}]}\n\n\
+            data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":null,\"reasoning\":\"two.\"}}]}\n\n\
+            data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"4\"},\"finish_reason\":\"stop\"}]}\n\n\
+            data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":9,\"completion_tokens_details\":{\"reasoning_tokens\":8}}}\n\n\
+            data: [DONE]\n\n";
+        let sink = super::super::stream::Recorder::default();
+        let r = run_stream_into(raw, &sink).unwrap();
+        assert_eq!(r.text, "4");
+        assert_eq!(*sink.reasoning.lock().unwrap(), "Two plus two.");
+        assert_eq!(r.usage.reasoning_tokens, 8);
     }
 
     #[test]

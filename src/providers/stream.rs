@@ -13,6 +13,12 @@ pub trait StreamSink: Send + Sync {
     /// A piece of answer text arrived.
     fn on_text(&self, delta: &str);
 
+    /// A piece of the model's thinking arrived (Anthropic thinking
+    /// deltas, Gemini thought parts, DeepSeek `reasoning_content`): never
+    /// shown as the answer, but billed as output, so an attempt cancelled
+    /// or cut off while the model thinks is charged for it.
+    fn on_reasoning(&self, _delta: &str) {}
+
     /// An attempt is about to call a provider. Told before every attempt
     /// (fallbacks included), so a caller that streams can name the model
     /// that answers before its text arrives; most sinks ignore it.
@@ -55,6 +61,26 @@ pub struct NoSink;
 
 impl StreamSink for NoSink {
     fn on_text(&self, _delta: &str) {}
+}
+
+/// A sink that keeps what it is told apart: the providers' tests check
+/// that thinking never reaches the answer and is still counted.
+#[cfg(test)]
+#[derive(Default)]
+pub struct Recorder {
+    pub text: std::sync::Mutex<String>,
+    pub reasoning: std::sync::Mutex<String>,
+}
+
+#[cfg(test)]
+impl StreamSink for Recorder {
+    fn on_text(&self, delta: &str) {
+        self.text.lock().unwrap().push_str(delta);
+    }
+
+    fn on_reasoning(&self, delta: &str) {
+        self.reasoning.lock().unwrap().push_str(delta);
+    }
 }
 
 /// One dispatched SSE event.
