@@ -24,7 +24,13 @@ fn main() -> ExitCode {
     let settings = match Settings::load() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ai-cost-optimizer: {e:#}");
+            let message = ai_cost_optimizer::secrets::redact(&format!("{e:#}"));
+            if json_out {
+                let body =
+                    serde_json::json!({"error": {"kind": "invalid_config", "message": message}});
+                println!("{body:#}");
+            }
+            eprintln!("ai-cost-optimizer: {message}");
             return ExitCode::from(2);
         }
     };

@@ -398,6 +398,25 @@ fn retention_prunes_and_corrupt_ledger_is_explained() {
     assert_eq!(o.status.code(), Some(2));
     let e: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(e["error"]["kind"], "invalid_argument", "{e}");
+    // A config file that cannot be loaded fails before any command runs:
+    // as JSON too.
+    let cfg = dir.path().join("broken.toml");
+    std::fs::write(&cfg, "[budget\nmonthly_usd = 5\n").unwrap();
+    let o = command(dir.path())
+        .env("COST_OPTIMIZER_CONFIG", &cfg)
+        .args(["usage", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let e: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(e["error"]["kind"], "invalid_config", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("broken.toml"),
+        "{e}"
+    );
 
     let bad = tempfile::tempdir().unwrap();
     std::fs::write(
