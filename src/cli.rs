@@ -841,11 +841,9 @@ async fn pricing_command(action: PricingAction, settings: &Settings) -> Result<(
                 .parent()
                 .context("refreshed catalog path has no parent")?;
             crate::ledger::create_private_dir(dir)?;
-            // Write then rename, so a crash never leaves half a catalog.
-            let tmp = dir.join("catalog.json.tmp");
-            std::fs::write(&tmp, &text)
-                .with_context(|| format!("cannot write {}", tmp.display()))?;
-            std::fs::rename(&tmp, &dest)
+            // Written beside, synced, then renamed: a crash or a power cut
+            // never leaves half a catalog (or an empty one).
+            crate::atomic_file::replace(&dest, &text)
                 .with_context(|| format!("cannot replace {}", dest.display()))?;
             println!(
                 "pricing refreshed: {} models ({}) written to {}; was {} models",

@@ -283,14 +283,26 @@ impl Settings {
     pub fn load_with(env: &dyn Fn(&str) -> Option<String>) -> Result<Settings> {
         let dirs = directories::ProjectDirs::from("dev", "ai-cost-optimizer", "ai-cost-optimizer");
         let data_dir = match non_empty(env(DATA_DIR_ENV)) {
-            Some(d) => PathBuf::from(d),
+            Some(d) => {
+                let dir = expand_home(d.trim());
+                // Claude Desktop starts servers in `/` (or anywhere): a
+                // relative directory would be a different ledger from each
+                // place, or an unwritable one.
+                if !dir.is_absolute() {
+                    bail!(
+                        "{DATA_DIR_ENV} must be an absolute path (\"~/\" is expanded), got {:?}",
+                        d.trim()
+                    );
+                }
+                dir
+            }
             None => dirs
                 .as_ref()
                 .map(|d| d.data_dir().to_path_buf())
                 .context("no home directory found; set COST_OPTIMIZER_DATA_DIR")?,
         };
         let config_file = match non_empty(env(CONFIG_ENV)) {
-            Some(p) => Some(PathBuf::from(p)),
+            Some(p) => Some(expand_home(p.trim())),
             None => dirs
                 .as_ref()
                 .map(|d| d.config_dir().join("config.toml"))
@@ -301,6 +313,9 @@ impl Settings {
             None => FileConfig::default(),
         };
         let file_webhook_format = file.alert_webhook_format;
+        // The SMTP URL (a password) in the environment, the addresses in
+        // the file is the natural split, as for the webhook.
+        let file_email = (file.alert_email_from.clone(), file.alert_email_to.clone());
 
         let mut settings = Settings {
             data_dir,
@@ -459,11 +474,21 @@ impl Settings {
             crate::secrets::register(url.trim());
             let mut cfg = settings.alert_email.take().unwrap_or(EmailConfig {
                 url: String::new(),
-                from: String::new(),
-                to: Vec::new(),
+                from: file_email.0.clone().unwrap_or_default(),
+                to: file_email.1.clone().unwrap_or_default(),
             });
             cfg.url = url.trim().to_string();
             settings.alert_email = Some(cfg);
+        }
+        if settings.alert_email.is_none()
+            && (file_email.0.is_some()
+                || file_email.1.is_some()
+                || non_empty(env(ALERT_EMAIL_FROM_ENV)).is_some()
+                || non_empty(env(ALERT_EMAIL_TO_ENV)).is_some())
+        {
+            tracing::warn!(
+                "alert e-mail addresses are set but no SMTP server: no e-mail alerts are sent (set smtp_url in the config file or {SMTP_URL_ENV})"
+            );
         }
         if let Some(cfg) = settings.alert_email.as_mut() {
             if let Some(f) = non_empty(env(ALERT_EMAIL_FROM_ENV)) {
@@ -629,6 +654,22 @@ fn comma_list(v: &str) -> Vec<String> {
         .collect()
 }
 
+/// `~` or `~/…` as the user's home directory: a path typed into Claude
+/// Desktop's config (or an MCPB field) reaches us unexpanded.
+fn expand_home(path: &str) -> PathBuf {
+    let home = || directories::BaseDirs::new().map(|b| b.home_dir().to_path_buf());
+    match path.strip_prefix('~') {
+        Some("") => home().unwrap_or_else(|| PathBuf::from(path)),
+        Some(rest) if rest.starts_with('/') || rest.starts_with(std::path::MAIN_SEPARATOR) => {
+            match home() {
+                Some(h) => h.join(rest.trim_start_matches(['/', std::path::MAIN_SEPARATOR])),
+                None => PathBuf::from(path),
+            }
+        }
+        _ => PathBuf::from(path),
+    }
+}
+
 fn non_empty(v: Option<String>) -> Option<String> {
     v.filter(|s| !s.trim().is_empty())
 }
@@ -783,6 +824,42 @@ mod tests {
 
     /// The webhook format from the environment applies to a webhook set
     /// in the file too, and a wrong one is an error even then.
+    /// The SMTP URL (a password) from the environment keeps the file's
+    /// addresses; a relative data directory is refused, `~` expanded.
+    #[test]
+    fn email_from_env_and_file_and_data_dir_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            "alert_email_from = \"alerts@example.com\"\nalert_email_to = [\"me@example.com\"]\n",
+        )
+        .unwrap();
+        let d = dir.path().to_str().unwrap();
+        let c = cfg.to_str().unwrap();
+        let s = Settings::load_with(&env_of(&[
+            (DATA_DIR_ENV, d),
+            (CONFIG_ENV, c),
+            (SMTP_URL_ENV, "smtps://u:p@smtp.example.com:465"),
+        ]))
+        .unwrap();
+        let e = s.alert_email.unwrap();
+        assert_eq!(e.from, "alerts@example.com");
+        assert_eq!(e.to, ["me@example.com"]);
+
+        let err = format!(
+            "{:#}",
+            Settings::load_with(&env_of(&[(DATA_DIR_ENV, "aco-data"), (CONFIG_ENV, c)]))
+                .unwrap_err()
+        );
+        assert!(err.contains("must be an absolute path"), "{err}");
+        if let Some(home) = directories::BaseDirs::new().map(|b| b.home_dir().to_path_buf()) {
+            assert_eq!(expand_home("~/aco"), home.join("aco"));
+            assert_eq!(expand_home("~"), home);
+        }
+        assert_eq!(expand_home("~bob/x"), PathBuf::from("~bob/x"));
+    }
+
     #[test]
     fn webhook_format_env_applies_to_the_file_webhook() {
         let dir = tempfile::tempdir().unwrap();

@@ -336,6 +336,18 @@ fn pricing_refresh_validates_before_replacing() {
         .unwrap()
         .clone();
     assert_eq!(row["input_per_mtok"], 2.0);
+    // A refreshed file cut short (a crash, a hand edit) does not stop the
+    // commands, nor the refresh that replaces it: the bundled prices apply.
+    std::fs::write(dir.path().join("pricing/catalog.json"), "").unwrap();
+    let o = run(dir.path(), &["doctor", "--json"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("pricing refresh"), "{}", stderr(&o));
+    let o = run(
+        dir.path(),
+        &["pricing", "refresh", "--file", full.to_str().unwrap()],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
     let o = run(dir.path(), &["pricing", "reset"], None);
     assert!(o.status.success());
     assert!(!dir.path().join("pricing/catalog.json").exists());

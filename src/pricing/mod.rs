@@ -323,11 +323,21 @@ impl Catalog {
     ) -> Result<Catalog> {
         let mut catalog = Catalog::bundled();
         if let Some(path) = refreshed.filter(|p| p.exists()) {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read refreshed pricing {}", path.display()))?;
-            let fresh = parse_litellm(&text, PriceOrigin::Refreshed)
-                .with_context(|| format!("refreshed pricing {} is invalid", path.display()))?;
-            catalog.merge_refresh(fresh);
+            // A damaged refreshed file (cut short by a crash, edited by
+            // hand) must not stop the server, nor `pricing refresh`, the
+            // command that replaces it: the bundled prices stand in.
+            let fresh = std::fs::read_to_string(path)
+                .map_err(anyhow::Error::from)
+                .and_then(|text| parse_litellm(&text, PriceOrigin::Refreshed));
+            match fresh {
+                Ok(fresh) => catalog.merge_refresh(fresh),
+                Err(e) => tracing::warn!(
+                    file = %path.display(),
+                    error = %format!("{e:#}"),
+                    "the refreshed pricing catalog cannot be used; the bundled prices apply \
+                     (run `ai-cost-optimizer pricing refresh` again, or `pricing reset`)"
+                ),
+            }
         }
         for (id, o) in overrides {
             catalog.apply_override(id, o)?;
