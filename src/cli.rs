@@ -717,7 +717,6 @@ struct ScoreOut<'a> {
 /// flushed whenever the input has nothing more buffered, so a caller that
 /// writes one line and waits gets its answer.
 fn score_stdin(settings: &Settings, length_only: bool) -> Result<()> {
-    let router = Router::new(settings.tier_thresholds, &settings.tier_models);
     let registry = Registry::from_env(
         &|k| crate::config::env_var(k),
         settings.connect_timeout,
@@ -734,6 +733,10 @@ fn score_stdin(settings: &Settings, length_only: bool) -> Result<()> {
         tracing::warn!(error = %e, "pricing catalog not loaded; using the bundled one");
         Catalog::bundled()
     });
+    // The tier lists as the server reads them (names resolved to ids).
+    let mut settings = settings.clone();
+    crate::optimizer::resolve_model_names(&mut settings, &catalog);
+    let router = Router::new(settings.tier_thresholds, &settings.tier_models);
     let tier_model: Vec<Option<String>> = crate::router::Tier::ALL
         .iter()
         .map(|t| router.typical_model(*t, &catalog, &registry))

@@ -75,6 +75,20 @@ pub const MAX_OUTPUT_TOKENS: u32 = 200_000;
 /// Largest budget a user can set, in USD; anything above is a typo.
 pub const MAX_BUDGET_USD: f64 = 1_000_000.0;
 
+/// A setting the user must fix (a bad price override, a provider base
+/// URL): the CLI exits 2 and, with `--json`, reports kind
+/// `invalid_config`, as for a config file that does not parse.
+#[derive(Debug)]
+pub struct InvalidConfig(pub String);
+
+impl std::fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidConfig {}
+
 /// The resolved settings the rest of the program reads.
 #[derive(Debug, Clone)]
 pub struct Settings {

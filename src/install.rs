@@ -269,13 +269,21 @@ pub fn resolve_command(binary: Option<&Path>) -> Result<PathBuf, InstallError> {
             .map_err(|e| InstallError::Io(format!("cannot read the current directory: {e}")))?
             .join(p)
     };
-    // Resolve symlinks and `..` when the file exists, so Claude gets a
-    // stable path; a missing file is kept as given, without `.` parts.
-    let abs: PathBuf = abs
-        .components()
-        .filter(|c| !matches!(c, std::path::Component::CurDir))
-        .collect();
-    Ok(std::fs::canonicalize(&abs).unwrap_or(abs))
+    // `.` and `..` are folded by hand, not by `canonicalize`: that would
+    // pin a symlinked install (Homebrew's `bin/` link) to the versioned
+    // path an upgrade removes, and on Windows write a `\\?\` path other
+    // programs may not launch.
+    let mut clean = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            c => clean.push(c),
+        }
+    }
+    Ok(clean)
 }
 
 /// The text `install-claude` prints.
@@ -555,5 +563,18 @@ mod tests {
         assert!(p.ends_with("some/relative/bin"));
         assert!(!p.to_string_lossy().contains("/./"), "{}", p.display());
         assert!(resolve_command(None).unwrap().is_absolute());
+        // `..` folded; a symlink kept as the link (an upgrade moves its
+        // target).
+        let p = resolve_command(Some(Path::new("/opt/tool/../bin/./aco"))).unwrap();
+        assert_eq!(p, Path::new("/opt/bin/aco"));
+        #[cfg(unix)]
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let real = dir.path().join("Cellar-1.2.3-aco");
+            std::fs::write(&real, "").unwrap();
+            let link = dir.path().join("aco");
+            std::os::unix::fs::symlink(&real, &link).unwrap();
+            assert_eq!(resolve_command(Some(&link)).unwrap(), link);
+        }
     }
 }

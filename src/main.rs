@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::Parser;
 
 use ai_cost_optimizer::cli::{Cli, Command};
-use ai_cost_optimizer::config::Settings;
+use ai_cost_optimizer::config::{InvalidConfig, Settings};
 use ai_cost_optimizer::optimizer::{Optimizer, ToolError};
 use ai_cost_optimizer::{http, logging, mcp};
 
@@ -20,7 +20,10 @@ fn main() -> ExitCode {
     // A script reading a command's --json output gets its failure as JSON
     // on stdout too (the message also goes to stderr; the exit code says
     // it failed).
-    let json_out = !serving && std::env::args().skip(1).any(|a| a == "--json");
+    let json_out = !serving && std::env::args_os().skip(1).any(|a| a == "--json");
+    if !serving {
+        default_pipe_signal();
+    }
     let settings = match Settings::load() {
         Ok(s) => s,
         Err(e) => {
@@ -74,12 +77,16 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let invalid = matches!(e.downcast_ref::<ToolError>(), Some(ToolError::Invalid(_)));
+            let config = e.downcast_ref::<InvalidConfig>().is_some();
+            let invalid =
+                config || matches!(e.downcast_ref::<ToolError>(), Some(ToolError::Invalid(_)));
             let message = ai_cost_optimizer::secrets::redact(&format!("{e:#}"));
             if json_out {
-                let kind = e
-                    .downcast_ref::<ToolError>()
-                    .map_or("error", ToolError::kind);
+                let kind = match e.downcast_ref::<ToolError>() {
+                    Some(t) => t.kind(),
+                    None if config => "invalid_config",
+                    None => "error",
+                };
                 let body = serde_json::json!({"error": {"kind": kind, "message": message}});
                 println!("{body:#}");
             }
@@ -90,6 +97,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// A command's output piped into a reader that stops early (`| head`)
+/// ends the command quietly, as for any Unix tool, instead of a panic
+/// ("failed printing to stdout: Broken pipe"). Not for the servers: they
+/// must finish recording a call whoever stops listening.
+fn default_pipe_signal() {
+    #[cfg(unix)]
+    // SAFETY: called in main before the runtime starts any thread;
+    // SIG_DFL installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -534,8 +534,11 @@ pub struct DoctorReport {
     pub providers: Vec<ProviderStatus>,
     /// Priced models.
     pub catalog_models: usize,
-    /// Default monthly budget, USD.
+    /// Default budget limit, USD, per `default_period` (the config key
+    /// keeps its historical name).
     pub default_monthly_budget_usd: f64,
+    /// The default budget's period.
+    pub default_period: crate::budget::Period,
     /// Whether prompts are stored in the ledger.
     pub store_prompts: bool,
     /// The "always premium" model savings are measured against, and
@@ -579,7 +582,7 @@ fn reservation_ttl(settings: &Settings) -> Duration {
 /// that one provider has, a provider alias such as `google/…`); routing
 /// looks them up by id, and skipped such a name as unpriced. A name that
 /// resolves to nothing (or to several) is kept, and warned about.
-fn resolve_model_names(settings: &mut Settings, catalog: &Catalog) {
+pub fn resolve_model_names(settings: &mut Settings, catalog: &Catalog) {
     for list in settings.tier_models.values_mut() {
         for name in list.iter_mut() {
             if let Ok(id) = catalog.resolve(name) {
@@ -600,11 +603,20 @@ impl Optimizer {
             settings.connect_timeout,
             settings.idle_timeout,
             settings.request_timeout,
-        )?;
+        )
+        .map_err(|e| crate::config::InvalidConfig(format!("{e:#}")))?;
         let catalog = Catalog::load(
             Some(&settings.refreshed_pricing_path()),
             &settings.price_overrides,
-        )?;
+        )
+        .map_err(|e| {
+            let file = settings
+                .config_file
+                .as_ref()
+                .map(|f| format!(" (in {})", f.display()))
+                .unwrap_or_default();
+            crate::config::InvalidConfig(format!("{e:#}{file}"))
+        })?;
         let core = Self::new(settings, catalog, registry, system_clock());
         if core.catalog.get(&core.settings.baseline_model).is_none() {
             tracing::warn!(
@@ -2423,6 +2435,7 @@ impl Optimizer {
             providers,
             catalog_models: self.catalog.len(),
             default_monthly_budget_usd: self.settings.default_monthly_budget_usd,
+            default_period: self.settings.default_period,
             store_prompts: self.settings.store_prompts,
             baseline_model: self.settings.baseline_model.clone(),
             baseline_priced: self.catalog.get(&self.settings.baseline_model).is_some(),

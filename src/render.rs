@@ -548,8 +548,13 @@ pub fn doctor(d: &DoctorReport) -> String {
     }
     let _ = writeln!(
         s,
-        "budget:      ${:.2}/month by default; prompts {}",
+        "budget:      ${:.2}/{} by default; prompts {}",
         d.default_monthly_budget_usd,
+        match d.default_period {
+            crate::budget::Period::Daily => "day",
+            crate::budget::Period::Weekly => "week",
+            crate::budget::Period::Monthly => "month",
+        },
         if d.store_prompts {
             "stored"
         } else {

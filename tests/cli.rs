@@ -131,6 +131,19 @@ fn doctor_reports_providers_and_paths_as_json() {
     assert_eq!(d["baseline_priced"], true, "{d}");
     assert_eq!(d["baseline_model"], "anthropic/claude-sonnet-4-6", "{d}");
     assert_eq!(d["unpriced_tier_models"], serde_json::json!([]), "{d}");
+
+    // The default budget is said per its period.
+    std::fs::write(&cfg, "monthly_budget_usd = 30\nbudget_period = \"daily\"\n").unwrap();
+    let o = command(dir.path())
+        .env("COST_OPTIMIZER_CONFIG", &cfg)
+        .arg("doctor")
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&o).contains("$30.00/day by default"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
@@ -429,6 +442,38 @@ fn retention_prunes_and_corrupt_ledger_is_explained() {
             .contains("broken.toml"),
         "{e}"
     );
+    // So is a setting found wrong later, when the core is built.
+    std::fs::write(
+        &cfg,
+        "[pricing.overrides.\"openai/gpt-4o\"]\ninput_per_mtok = 1.0\noutput_per_mtok = 2.0\n",
+    )
+    .unwrap();
+    let o = command(dir.path())
+        .env("COST_OPTIMIZER_CONFIG", &cfg)
+        .args(["recommend", "hello", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(e["error"]["kind"], "invalid_config", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("broken.toml"),
+        "{e}"
+    );
+    // Output piped into a reader that stops early ends quietly.
+    let mut child = command(dir.path())
+        .args(["costs", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    assert_ne!(o.status.code(), Some(101), "{}", stderr(&o));
 
     let bad = tempfile::tempdir().unwrap();
     std::fs::write(

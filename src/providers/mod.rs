@@ -106,6 +106,21 @@ impl std::fmt::Display for ProviderId {
     }
 }
 
+/// A provider's base URL must be an absolute http(s) URL with a host.
+fn check_base_url(spec: &ProviderSpec, base_url: &str) -> anyhow::Result<()> {
+    let ok = reqwest::Url::parse(base_url)
+        .ok()
+        .is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+    if !ok {
+        anyhow::bail!(
+            "{} must be an http:// or https:// URL with a host, got {:?}",
+            spec.base_url_env,
+            crate::secrets::redact(base_url)
+        );
+    }
+    Ok(())
+}
+
 /// Token counts of one call, normalised across providers.
 ///
 /// `input_tokens` excludes cached tokens (OpenAI-style `prompt_tokens`
@@ -343,6 +358,9 @@ impl Registry {
                 });
                 continue;
             }
+            // Checked here, not at the first call: a base URL without its
+            // scheme failed every call as a "connection" error, retried.
+            check_base_url(spec, &base_url)?;
             if spec.id == ProviderId::Cartesia {
                 let key = key.map(|(_, k)| k);
                 reg.speech = Some(EnabledSpeech {
@@ -513,5 +531,24 @@ mod tests {
                 .any(|d| d.provider == ProviderId::Anthropic
                     && d.reason.contains("ANTHROPIC_API_KEY"))
         );
+    }
+
+    /// A base URL without its scheme is refused at start, by name.
+    #[test]
+    fn a_base_url_without_a_scheme_is_refused() {
+        for bad in ["localhost:9", "ftp://example.com", "http://"] {
+            let env = |k: &str| match k {
+                "DEEPSEEK_API_KEY" => Some("sk-deepseek-test-123456".to_string()),
+                "DEEPSEEK_BASE_URL" => Some(bad.to_string()),
+                OLLAMA_PROBE_ENV => Some("0".to_string()),
+                _ => None,
+            };
+            let t = Duration::from_secs(1);
+            let err = format!("{:#}", Registry::from_env(&env, t, t, t).err().unwrap());
+            assert!(
+                err.contains("DEEPSEEK_BASE_URL must be an http"),
+                "{bad}: {err}"
+            );
+        }
     }
 }
