@@ -34,6 +34,11 @@ pub const MIN_EVIDENCE: usize = 2;
 pub const BAD_AT_MOST: u8 = 2;
 /// Ratings at or above this are "good".
 pub const GOOD_AT_LEAST: u8 = 4;
+/// The narrowest score band a proposal leaves a tier: a boundary pushed up
+/// by the one below stays this far above it (scores within the unsure
+/// margin of a boundary take the cheaper tier, so a band narrower than
+/// that would never be routed to).
+const MIN_TIER_WIDTH: f64 = 2.0 * UNSURE_MARGIN;
 
 /// What one signal asks of the tier of a prompt with `score`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -136,15 +141,18 @@ fn signals(history: &[HistoryCall], t: [f64; 3], ev: &mut Evidence) -> Vec<(f64,
         };
         let scored = effective_tier(t, c.score);
         let forced_tier = matches!(c.forced.as_deref(), Some("tier" | "model"));
-        if forced_tier && actual != scored {
-            if actual > scored {
-                ev.overrides_up += 1;
-                out.push((c.score, Want::AtLeast(actual)));
-            } else {
-                ev.overrides_down += 1;
-                out.push((c.score, Want::AtMost(actual)));
-            }
+        let up = forced_tier && actual > scored;
+        let down = forced_tier && actual < scored;
+        if up {
+            ev.overrides_up += 1;
+        } else if down {
+            ev.overrides_down += 1;
         }
+        // One call is one piece of evidence on each boundary: a rating
+        // says how the forced tier did, so it replaces the override where
+        // both speak of the same boundary (rated good after forcing a
+        // cheaper tier said "at most this tier" twice, and one click moved
+        // routing).
         match c.rating {
             Some(r) if r <= BAD_AT_MOST => {
                 ev.rated_bad += 1;
@@ -155,7 +163,14 @@ fn signals(history: &[HistoryCall], t: [f64; 3], ev: &mut Evidence) -> Vec<(f64,
             Some(r) if r >= GOOD_AT_LEAST => {
                 ev.rated_good += 1;
                 out.push((c.score, Want::AtMost(actual)));
+                // Forced up and good: also "at least this tier", on the
+                // boundaries below it, which the rating says nothing of.
+                if up {
+                    out.push((c.score, Want::AtLeast(actual)));
+                }
             }
+            _ if up => out.push((c.score, Want::AtLeast(actual))),
+            _ if down => out.push((c.score, Want::AtMost(actual))),
             _ => {}
         }
     }
@@ -222,10 +237,32 @@ pub fn propose(
             signals: cons.len(),
         });
     }
-    // Keep the boundaries ascending (a raised lower boundary pushes the
-    // ones above it up with it).
-    proposed[1] = proposed[1].max(proposed[0]);
-    proposed[2] = proposed[2].max(proposed[1]);
+    // Keep the boundaries ascending with every tier reachable: where two
+    // come closer than MIN_TIER_WIDTH, the one that did not move gives way
+    // (a raised lower boundary pushes the next one up; a lowered upper one
+    // pushes the one below down), within [0.01, 0.99].
+    let moved: Vec<bool> = (0..3).map(|k| proposed[k] != current[k]).collect();
+    let gap = |lo: f64, hi: f64| hi - lo < MIN_TIER_WIDTH - 1e-9;
+    for k in 1..3 {
+        if gap(proposed[k - 1], proposed[k]) {
+            if moved[k] && !moved[k - 1] {
+                proposed[k - 1] = proposed[k] - MIN_TIER_WIDTH;
+            } else {
+                proposed[k] = proposed[k - 1] + MIN_TIER_WIDTH;
+            }
+        }
+    }
+    proposed[2] = proposed[2].min(0.99);
+    for k in (0..2).rev() {
+        proposed[k] = proposed[k].min(proposed[k + 1] - MIN_TIER_WIDTH);
+    }
+    proposed[0] = proposed[0].max(0.01);
+    for k in 1..3 {
+        proposed[k] = proposed[k].max(proposed[k - 1] + MIN_TIER_WIDTH);
+    }
+    for p in proposed.iter_mut() {
+        *p = (*p * 100.0).round() / 100.0;
+    }
     for (b, p) in boundaries.iter_mut().zip(proposed) {
         b.proposed = p;
     }
@@ -373,6 +410,44 @@ mod tests {
         assert_eq!(p.evidence.overrides_down, 3);
         assert_eq!(p.cost.calls_down, 1);
         assert!(p.cost.delta_usd < 0.0);
+    }
+
+    /// One call is one piece of evidence: forcing a cheaper tier and
+    /// rating the answer good (or a dearer one and rating it bad) once
+    /// moved two boundaries onto each other and erased a tier.
+    #[test]
+    fn one_call_rated_and_forced_moves_nothing() {
+        let h = vec![call(0.6, "free", Some("tier"), Some(5))];
+        let p = propose(&h, T, &flat);
+        assert!(!p.changed, "{:?}", p.proposed);
+        let h = vec![call(0.10, "medium", Some("tier"), Some(1))];
+        let p = propose(&h, T, &flat);
+        assert!(!p.changed, "{:?}", p.proposed);
+    }
+
+    /// Evidence that moves one boundary onto its neighbour leaves every
+    /// tier a band of scores to route to.
+    #[test]
+    fn no_tier_is_squeezed_out() {
+        let h: Vec<_> = [0.09, 0.10, 0.11]
+            .iter()
+            .map(|s| call(*s, "medium", Some("tier"), None))
+            .collect();
+        let p = propose(&h, T, &flat);
+        assert!(p.changed);
+        for k in 0..2 {
+            assert!(
+                p.proposed[k + 1] - p.proposed[k] >= MIN_TIER_WIDTH - 1e-9,
+                "{:?}",
+                p.proposed
+            );
+        }
+        assert!(p.proposed[0] >= 0.01 && p.proposed[2] <= 0.99, "{:?}", p.proposed);
+        // A score in each tier's band lands in that tier.
+        for tier in 0..4 {
+            let lo = if tier == 0 { 0.0 } else { p.proposed[tier - 1] + UNSURE_MARGIN };
+            assert_eq!(effective_tier(p.proposed, lo + 0.001), tier, "{:?}", p.proposed);
+        }
     }
 
     #[test]
