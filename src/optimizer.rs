@@ -2001,7 +2001,8 @@ impl Optimizer {
                 attempt,
                 provider: ProviderId::Cartesia.as_str().into(),
                 model: audio.model.clone(),
-                tier: None,
+                // Not a routed answer: reports keep speech apart.
+                tier: Some(crate::ledger::SPEECH_TIER.into()),
                 // Cartesia bills characters; they are recorded as input tokens.
                 input_tokens: characters,
                 prompt_sha256: job.prompt_sha256.to_string(),
@@ -2165,20 +2166,19 @@ impl Optimizer {
         let totals = snap.totals.clone();
         // Signed: calls dearer than the baseline count against it. Speech
         // is left out (the baseline covers answers only); failed attempts
-        // stay in (conservative).
-        let compared = totals.cost_usd - snap.speech_cost_usd();
+        // stay in (conservative). No baseline (none recorded, e.g. the
+        // baseline model has no price): nothing saved or lost is claimed.
+        let saved = totals.savings_usd();
         let mut report = UsageReport {
             since: budget::rfc3339(since),
             until: budget::rfc3339(now),
             user_id: user.clone(),
             total_cost_usd: totals.cost_usd,
             calls: totals.calls,
-            savings_usd: totals.baseline_cost_usd - compared,
-            savings_percent: if totals.baseline_cost_usd > 0.0 {
-                (totals.baseline_cost_usd - compared) / totals.baseline_cost_usd * 100.0
-            } else {
-                0.0
-            },
+            savings_usd: saved.unwrap_or(0.0),
+            savings_percent: saved
+                .map(|s| s / totals.baseline_cost_usd * 100.0)
+                .unwrap_or(0.0),
             totals,
             by_model: Vec::new(),
             by_provider: Vec::new(),

@@ -368,11 +368,7 @@ fn group_table(title: &str, groups: &[Group]) -> String {
             g.totals.calls,
             usd(g.totals.cost_usd),
             // No baseline (speech, failed attempts only): nothing to compare.
-            if g.totals.baseline_cost_usd > 0.0 {
-                usd(g.totals.baseline_cost_usd - g.totals.cost_usd)
-            } else {
-                "–".into()
-            }
+            g.totals.savings_usd().map_or_else(|| "–".into(), usd)
         );
     }
     if hidden > 0 && !by_time {

@@ -289,9 +289,22 @@ pub fn render(d: &DashboardData) -> String {
 
     // KPI cards.
     // Signed: calls dearer than the baseline count against it.
-    let saved = t.baseline_cost_usd - (t.cost_usd - d.snapshot.speech_cost_usd());
+    // No recorded baseline (the baseline model has no price): no claim.
+    let (saved_class, saved, saved_text, saved_note) = match t.savings_usd() {
+        Some(s) => (
+            if s < 0.0 { "bad-text" } else { "good" },
+            s,
+            money(s),
+            format!(
+                "{:.0}% of {} baseline",
+                pct(s, t.baseline_cost_usd),
+                money(t.baseline_cost_usd)
+            ),
+        ),
+        None => ("", 0.0, "–".to_string(), "no baseline recorded".to_string()),
+    };
     let avg = if t.calls > 0 {
-        t.cost_usd / t.calls as f64
+        (t.cost_usd - t.speech_cost_usd) / t.calls as f64
     } else {
         0.0
     };
@@ -300,7 +313,7 @@ pub fn render(d: &DashboardData) -> String {
         r#"<section class="kpis">
 <div class="card kpi"><div class="kpi-label">Spend</div><div class="kpi-value" id="total-cost" data-usd="{}">{}</div><div class="kpi-note">{} input · {} output tokens</div></div>
 <div class="card kpi"><div class="kpi-label">Calls</div><div class="kpi-value" id="total-calls" data-calls="{}">{}</div><div class="kpi-note">{} failed attempts{}</div></div>
-<div class="card kpi"><div class="kpi-label">Saved vs always-premium</div><div class="kpi-value {}" id="total-saved" data-usd="{}">{}</div><div class="kpi-note">{:.0}% of {} baseline</div></div>
+<div class="card kpi"><div class="kpi-label">Saved vs always-premium</div><div class="kpi-value {}" id="total-saved" data-usd="{}">{}</div><div class="kpi-note">{}</div></div>
 <div class="card kpi"><div class="kpi-label">Average per call</div><div class="kpi-value" id="avg-cost" data-usd="{}">{}</div><div class="kpi-note">across {} models</div></div>
 </section>"#,
         t.cost_usd,
@@ -315,11 +328,10 @@ pub fn render(d: &DashboardData) -> String {
         } else {
             String::new()
         },
-        if saved < 0.0 { "bad-text" } else { "good" },
+        saved_class,
         saved,
-        money(saved),
-        pct(saved, t.baseline_cost_usd),
-        money(t.baseline_cost_usd),
+        saved_text,
+        saved_note,
         avg,
         money(avg),
         snap.group(Breakdown::Model).len()
@@ -583,11 +595,14 @@ fn tiers_card(h: &mut String, snap: &Snapshot) {
 
 fn savings_card(h: &mut String, d: &DashboardData) {
     // Speech is left out: the baseline covers answers only.
-    let paid = d.snapshot.totals.cost_usd - d.snapshot.speech_cost_usd();
+    let paid = d.snapshot.totals.cost_usd - d.snapshot.totals.speech_cost_usd;
     let Some(first) = d.baselines.first() else {
         return;
     };
     let base = first.cost_usd;
+    if base <= 0.0 {
+        return; // nothing recorded to compare with
+    }
     let saved = base - paid;
     let w = |v: f64| {
         let max = paid.max(base);

@@ -156,7 +156,9 @@ pub struct TokenMix {
 pub struct Snapshot {
     /// Totals over the period.
     pub totals: Totals,
-    /// Token sums of successful calls.
+    /// Token sums of successful, priced answers (speech and models of
+    /// unknown price left out: they have no recorded baseline, so other
+    /// baselines must not price them either).
     pub tokens: TokenMix,
     /// The asked-for breakdowns, in the order asked.
     pub groups: Vec<(Breakdown, Vec<Group>)>,
@@ -168,29 +170,6 @@ pub struct Snapshot {
     pub top_calls: Vec<CallRow>,
     /// Latest attempts, newest first.
     pub recent: Vec<CallRow>,
-}
-
-impl Snapshot {
-    /// What speech (Cartesia) cost in the period, from the provider
-    /// breakdown or, failing that, the day × provider one (0 when neither
-    /// was asked for). The always-premium baseline covers answers only, so
-    /// savings leave speech out.
-    pub fn speech_cost_usd(&self) -> f64 {
-        const SPEECH: &str = "cartesia";
-        match self.groups.iter().find(|(b, _)| *b == Breakdown::Provider) {
-            Some((_, rows)) => rows
-                .iter()
-                .filter(|g| g.key == SPEECH)
-                .map(|g| g.totals.cost_usd)
-                .sum(),
-            None => self
-                .day_provider
-                .iter()
-                .filter(|d| d.provider == SPEECH)
-                .map(|d| d.cost_usd)
-                .sum(),
-        }
-    }
 }
 
 impl Snapshot {
@@ -224,8 +203,9 @@ pub struct SnapshotRequest {
 }
 
 const ROLLUP_SUMS: &str = "
-    sum(ok) , sum(failed), sum(cost_nanos), sum(baseline_nanos),
-    sum(in_tokens), sum(out_tokens), sum(unpriced)";
+    sum(ok) FILTER (WHERE provider != 'cartesia'), sum(failed), sum(cost_nanos),
+    sum(baseline_nanos), sum(in_tokens), sum(out_tokens), sum(unpriced),
+    sum(cost_nanos) FILTER (WHERE provider = 'cartesia')";
 
 /// Cost-index entries the walk for the most expensive calls may visit
 /// before it gives up and sorts the period instead (see [`top_calls`]).
@@ -397,6 +377,12 @@ fn build_snapshot(conn: &Connection, req: &SnapshotRequest) -> rusqlite::Result<
         stmt.execute(params![tail_start, until, user])?;
     }
     drop(stmt);
+    // Speech is no routed answer: its own tier and band (rows recorded
+    // before it had its own tier said "forced").
+    conn.execute(
+        "UPDATE temp.usage_rollup SET tier = 'speech', band = 'speech' WHERE provider = 'cartesia'",
+        [],
+    )?;
 
     let mut snap = Snapshot {
         totals: conn.query_row(
@@ -408,7 +394,7 @@ fn build_snapshot(conn: &Connection, req: &SnapshotRequest) -> rusqlite::Result<
             "SELECT coalesce(sum(ok_input), 0), coalesce(sum(ok_cache_read), 0),
                 coalesce(sum(ok_cache_write), 0), coalesce(sum(ok_output), 0),
                 coalesce(sum(ok_reasoning), 0) FROM temp.usage_rollup
-             WHERE provider != 'cartesia'",
+             WHERE provider != 'cartesia' AND unpriced < ok",
             [],
             |r| {
                 let n =
@@ -449,7 +435,7 @@ fn build_snapshot(conn: &Connection, req: &SnapshotRequest) -> rusqlite::Result<
             let mut stmt = conn.prepare_cached(
                 "SELECT band, sum(ok), sum(cost_nanos), sum(baseline_nanos),
                     CASE WHEN sum(ok) > 0 THEN CAST(sum(cost_nanos) AS REAL) / sum(ok) ELSE 0 END
-                 FROM temp.usage_rollup GROUP BY band ORDER BY band",
+                 FROM temp.usage_rollup WHERE provider != 'cartesia' GROUP BY band ORDER BY band",
             )?;
             snap.bands = stmt
                 .query_map([], |r| {
@@ -711,6 +697,93 @@ mod tests {
         );
         // The rollup agrees with the direct SQL totals.
         assert_eq!(&l.totals(None, 0, MON + 60 * DAY).unwrap(), t);
+    }
+
+    /// Speech (Cartesia reading an answer aloud) is spend, not a call: it
+    /// is left out of the call counts, gets its own tier and band, and
+    /// each group's saving leaves it out as the headline does. A model of
+    /// unknown price is left out of the tokens other baselines are priced
+    /// on (it has no recorded baseline either).
+    #[test]
+    fn speech_and_unpriced_calls_are_kept_apart() {
+        let (_d, l) = ledger();
+        l.insert_call(&call(
+            MON + 1000,
+            "u",
+            "deepseek",
+            "deepseek/deepseek-v3.2",
+            Some("cheap"),
+            Some(0.3),
+            0.001,
+            0.005,
+            true,
+        ))
+        .unwrap();
+        // An old speech row (tier NULL) and a new one (tier "speech").
+        let mut speech = call(
+            MON + 2000,
+            "u",
+            "cartesia",
+            "cartesia/sonic-2",
+            None,
+            None,
+            0.02,
+            0.0,
+            true,
+        );
+        speech.baseline_cost_usd = None;
+        l.insert_call(&speech).unwrap();
+        speech.ts_ms += 1;
+        speech.request_id = "r2".into();
+        speech.tier = Some(crate::ledger::SPEECH_TIER.into());
+        l.insert_call(&speech).unwrap();
+        let mut unpriced = call(
+            MON + 3000,
+            "u",
+            "openrouter",
+            "openrouter/openrouter/auto",
+            None,
+            Some(0.5),
+            0.0,
+            0.0,
+            true,
+        );
+        unpriced.cost_source = "unpriced".into();
+        unpriced.baseline_cost_usd = None;
+        l.insert_call(&unpriced).unwrap();
+        use Breakdown::*;
+        let snap = l.snapshot(&all(vec![Day, Tier, Band])).unwrap();
+        let t = &snap.totals;
+        assert_eq!(t.calls, 2, "two answers; speech is not a call");
+        assert!((t.speech_cost_usd - 0.04).abs() < 1e-12);
+        assert!((t.savings_usd().unwrap() - 0.004).abs() < 1e-12);
+        let day = &snap.group(Day)[0].totals;
+        assert!(
+            (day.savings_usd().unwrap() - 0.004).abs() < 1e-12,
+            "{day:?}"
+        );
+        let speech_tier = snap.group(Tier).iter().find(|g| g.key == "speech").unwrap();
+        assert_eq!(
+            (speech_tier.totals.calls, speech_tier.totals.savings_usd()),
+            (0, None)
+        );
+        assert!(
+            snap.group(Tier)
+                .iter()
+                .all(|g| g.key != "forced" || g.totals.calls == 1)
+        );
+        // The complexity bands chart shows answers only.
+        assert!(
+            snap.bands
+                .iter()
+                .all(|b| b.band != "speech" && b.band != "unscored"),
+            "{:?}",
+            snap.bands
+        );
+        // Only the priced answer's tokens price other baselines.
+        assert_eq!(snap.tokens.input_tokens, 100);
+        // The direct SQL totals agree.
+        assert_eq!(&l.totals(None, 0, MON + DAY).unwrap(), t);
     }
 
     #[test]

@@ -266,10 +266,14 @@ pub struct Overspend {
     pub reserved_nanos: i64,
 }
 
+/// The tier recorded for speech (Cartesia reading an answer aloud): not a
+/// routed answer, so reports keep it apart.
+pub const SPEECH_TIER: &str = "speech";
+
 /// Totals over a set of calls.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
 pub struct Totals {
-    /// Successful calls.
+    /// Successful calls (answers; speech is not counted as a call).
     pub calls: u64,
     /// Failed attempts.
     pub failed_attempts: u64,
@@ -283,6 +287,18 @@ pub struct Totals {
     pub output_tokens: u64,
     /// Calls whose cost is unknown (recorded as $0).
     pub unpriced_calls: u64,
+    /// Speech spend, USD, included in `cost_usd`: the always-premium
+    /// baseline covers answers only, so savings leave it out.
+    pub speech_cost_usd: f64,
+}
+
+impl Totals {
+    /// What the baseline would have cost minus what the answers cost
+    /// (speech left out, failed attempts in); `None` without a baseline.
+    pub fn savings_usd(&self) -> Option<f64> {
+        (self.baseline_cost_usd > 0.0)
+            .then_some(self.baseline_cost_usd - (self.cost_usd - self.speech_cost_usd))
+    }
 }
 
 /// One line of a breakdown.
@@ -316,7 +332,9 @@ impl GroupBy {
             GroupBy::Model => "model",
             GroupBy::Provider => "provider",
             GroupBy::Day => "strftime('%Y-%m-%d', ts_ms / 1000, 'unixepoch')",
-            GroupBy::Tier => "coalesce(tier, 'forced')",
+            GroupBy::Tier => {
+                "CASE WHEN provider = 'cartesia' THEN 'speech' ELSE coalesce(tier, 'forced') END"
+            }
             GroupBy::User => "user_id",
         }
     }
@@ -1090,13 +1108,14 @@ fn budget_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BudgetRow> {
 }
 
 const TOTALS_COLUMNS: &str = "
-    count(*) FILTER (WHERE outcome = 'ok'),
+    count(*) FILTER (WHERE outcome = 'ok' AND provider != 'cartesia'),
     count(*) FILTER (WHERE outcome = 'error'),
     coalesce(sum(cost_nanos), 0),
     coalesce(sum(baseline_cost_nanos) FILTER (WHERE outcome = 'ok'), 0),
     coalesce(sum(input_tokens + cache_read_tokens + cache_write_tokens), 0),
     coalesce(sum(output_tokens), 0),
-    count(*) FILTER (WHERE outcome = 'ok' AND cost_source = 'unpriced')";
+    count(*) FILTER (WHERE outcome = 'ok' AND cost_source = 'unpriced'),
+    coalesce(sum(cost_nanos) FILTER (WHERE provider = 'cartesia'), 0)";
 
 const WHERE_RANGE: &str = "ts_ms >= ?1 AND ts_ms < ?2 AND (?3 IS NULL OR user_id = ?3)";
 
@@ -1114,6 +1133,7 @@ fn read_totals_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Totals> 
         input_tokens: n(4)?,
         output_tokens: n(5)?,
         unpriced_calls: n(6)?,
+        speech_cost_usd: to_usd(r.get(at + 7)?),
     })
 }
 

@@ -442,11 +442,24 @@ mod tests {
                 p.proposed
             );
         }
-        assert!(p.proposed[0] >= 0.01 && p.proposed[2] <= 0.99, "{:?}", p.proposed);
+        assert!(
+            p.proposed[0] >= 0.01 && p.proposed[2] <= 0.99,
+            "{:?}",
+            p.proposed
+        );
         // A score in each tier's band lands in that tier.
         for tier in 0..4 {
-            let lo = if tier == 0 { 0.0 } else { p.proposed[tier - 1] + UNSURE_MARGIN };
-            assert_eq!(effective_tier(p.proposed, lo + 0.001), tier, "{:?}", p.proposed);
+            let lo = if tier == 0 {
+                0.0
+            } else {
+                p.proposed[tier - 1] + UNSURE_MARGIN
+            };
+            assert_eq!(
+                effective_tier(p.proposed, lo + 0.001),
+                tier,
+                "{:?}",
+                p.proposed
+            );
         }
     }
 
