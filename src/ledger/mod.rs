@@ -391,6 +391,10 @@ impl Durability {
 /// fsync: the most a power cut can lose.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Rows [`Ledger::prune`] deletes per transaction: a few milliseconds of
+/// write lock each.
+const PRUNE_BATCH: usize = 500;
+
 /// WAL length (frames, one page each) past which the syncer makes sure
 /// the WAL starts over: SQLite's own auto-checkpoint threshold.
 const RESTART_FRAMES: i64 = 1000;
@@ -1070,12 +1074,32 @@ impl Ledger {
     }
 
     /// Deletes calls older than `before_ms`; returns how many.
+    ///
+    /// In batches of [`PRUNE_BATCH`] rows, each its own transaction, with
+    /// a pause between them: one DELETE of a year of calls held the write
+    /// lock for seconds, and a server settling a paid call meanwhile gave
+    /// up after its busy timeout, so the call's cost was never recorded.
     pub fn prune(&self, before_ms: i64) -> Result<u64, LedgerError> {
-        let conn = self.lock();
-        let n = conn
-            .execute("DELETE FROM calls WHERE ts_ms < ?1", [before_ms])
-            .map_err(|e| self.err(e))?;
-        Ok(n as u64)
+        let mut total = 0u64;
+        loop {
+            let t0 = Instant::now();
+            let n = self
+                .lock()
+                .prepare_cached(
+                    "DELETE FROM calls WHERE id IN
+                     (SELECT id FROM calls WHERE ts_ms < ?1 LIMIT ?2)",
+                )
+                .and_then(|mut st| st.execute(params![before_ms, PRUNE_BATCH]))
+                .map_err(|e| self.err(e))?;
+            total += n as u64;
+            if n < PRUNE_BATCH {
+                return Ok(total);
+            }
+            // Other writers (this process's calls, other processes) get
+            // the lock between batches: as long as a batch held it, so a
+            // busy handler polling every few ms finds it free half the time.
+            std::thread::sleep(t0.elapsed().max(Duration::from_millis(2)));
+        }
     }
 
     /// Number of rows in `calls`.
@@ -1914,6 +1938,53 @@ mod tests {
         l.insert_call(&rec("u", 5000, 0.1, true)).unwrap();
         assert_eq!(l.prune(1000).unwrap(), 1);
         assert_eq!(l.count_calls().unwrap(), 1);
+    }
+
+    /// Retention over many rows deletes in batches: a server recording a
+    /// paid call meanwhile (another connection, as another process) gets
+    /// the lock between them instead of timing out, and the rollup stays
+    /// exact.
+    #[test]
+    fn a_long_prune_lets_other_writers_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.sqlite3");
+        let l = Ledger::open(&path).unwrap();
+        l.lock()
+            .execute_batch(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60000)
+                 INSERT INTO calls (ts_ms, user_id, request_id, attempt, provider, model, tier,
+                    input_tokens, output_tokens, cost_nanos, cost_source, latency_ms, outcome,
+                    prompt_sha256)
+                 SELECT i, 'u', 'r' || i, 1, 'deepseek', 'deepseek/deepseek-v3.2', 'cheap',
+                    10, 5, 1000, 'catalog', 1, 'ok', 'x' FROM n;",
+            )
+            .unwrap();
+        let other = Ledger::open(&path).unwrap();
+        other.set_busy_timeout(Duration::from_millis(500)).unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (pruned, recorded) = std::thread::scope(|s| {
+            let pruner = s.spawn(|| {
+                let n = l.prune(1_000_000).unwrap();
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+                n
+            });
+            let mut recorded = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                other
+                    .insert_call(&rec("v", 2_000_000 + recorded, 0.001, true))
+                    .expect("a write during retention timed out");
+                recorded += 1;
+                // A busy server's pace, not a tight loop (which would
+                // starve the pruner instead).
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (pruner.join().unwrap(), recorded)
+        });
+        assert_eq!(pruned, 60_000);
+        assert!(recorded > 0);
+        assert_eq!(l.count_calls().unwrap(), recorded as u64);
+        assert_eq!(l.spent_since("u", 0).unwrap(), 0);
+        assert_eq!(l.spent_since("v", 0).unwrap(), recorded * to_nanos(0.001));
     }
 
     /// `spent` reads whole days from the rollup and the first partial day
