@@ -15,7 +15,27 @@ fn main() -> ExitCode {
     logging::install_panic_hook();
     ignore_file_size_signal();
     private_file_mode();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // A script reading --json output gets a wrong argument as JSON
+            // too; help and version are not failures.
+            if e.use_stderr() && std::env::args_os().skip(1).any(|a| a == "--json") {
+                let text = e.render().to_string();
+                let message = text
+                    .lines()
+                    .take_while(|l| !l.starts_with("Usage:"))
+                    .map(|l| l.trim().trim_start_matches("error: "))
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let body =
+                    serde_json::json!({"error": {"kind": "invalid_argument", "message": message}});
+                println!("{body:#}");
+            }
+            e.exit()
+        }
+    };
     let serving = matches!(cli.command, None | Some(Command::Serve { .. }));
     // A script reading a command's --json output gets its failure as JSON
     // on stdout too (the message also goes to stderr; the exit code says

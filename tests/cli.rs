@@ -423,6 +423,15 @@ fn retention_prunes_and_corrupt_ledger_is_explained() {
     assert_eq!(o.status.code(), Some(2));
     let e: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(e["error"]["kind"], "invalid_argument", "{e}");
+    // So does an argument clap refuses.
+    let o = run(dir.path(), &["usage", "--days", "abc", "--json"], None);
+    assert_eq!(o.status.code(), Some(2));
+    let e: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(e["error"]["kind"], "invalid_argument", "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("'abc'"),
+        "{e}"
+    );
     // A config file that cannot be loaded fails before any command runs:
     // as JSON too.
     let cfg = dir.path().join("broken.toml");
