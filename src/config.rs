@@ -836,8 +836,6 @@ mod tests {
         assert!(s.price_overrides.contains_key("ollama/x"));
     }
 
-    /// The webhook format from the environment applies to a webhook set
-    /// in the file too, and a wrong one is an error even then.
     /// The SMTP URL (a password) from the environment keeps the file's
     /// addresses; a relative data directory is refused, `~` expanded.
     #[test]
@@ -874,6 +872,8 @@ mod tests {
         assert_eq!(expand_home("~bob/x"), PathBuf::from("~bob/x"));
     }
 
+    /// The webhook format from the environment applies to a webhook set
+    /// in the file too, and a wrong one is an error even then.
     #[test]
     fn webhook_format_env_applies_to_the_file_webhook() {
         let dir = tempfile::tempdir().unwrap();

@@ -41,7 +41,10 @@ fn main() -> ExitCode {
     // on stdout too (the message also goes to stderr; the exit code says
     // it failed).
     let json_out = !serving && std::env::args_os().skip(1).any(|a| a == "--json");
-    if !serving {
+    // Not for a command that spends: its log lines go to stderr before
+    // a billed attempt is recorded, and a reader gone from the pipe must
+    // not kill it in between.
+    if !serving && !matches!(cli.command, Some(Command::Complete { .. })) {
         default_pipe_signal();
     }
     let settings = match Settings::load() {

@@ -603,8 +603,7 @@ impl Optimizer {
             settings.connect_timeout,
             settings.idle_timeout,
             settings.request_timeout,
-        )
-        .map_err(|e| crate::config::InvalidConfig(format!("{e:#}")))?;
+        )?;
         let catalog = Catalog::load(
             Some(&settings.refreshed_pricing_path()),
             &settings.price_overrides,
@@ -2568,7 +2567,10 @@ fn refuse_empty(
         ErrorKind::EmptyAnswer,
         None,
         match r.finish_reason.as_deref().unwrap_or("?") {
-            f if f.contains("length") || f.contains("max") => {
+            // Gemini says MAX_TOKENS.
+            f if f.to_ascii_lowercase().contains("length")
+                || f.to_ascii_lowercase().contains("max") =>
+            {
                 format!("finish reason {f}; raise max_tokens if the model reasons before answering")
             }
             f => format!("finish reason {f}: the model declined or a safety filter stopped it"),
@@ -2990,6 +2992,27 @@ fn parse_since(s: &str) -> Result<i64, ToolError> {
 
 #[cfg(test)]
 mod tests {
+
+    /// An empty answer cut at the output limit says to raise max_tokens,
+    /// whatever case the provider spells it in (Gemini: MAX_TOKENS); a
+    /// refusal says the model declined.
+    #[test]
+    fn empty_answers_say_why() {
+        let empty = |finish: &str| crate::providers::ChatResponse {
+            text: String::new(),
+            model: "m".into(),
+            usage: Usage::default(),
+            provider_cost_usd: None,
+            finish_reason: Some(finish.into()),
+        };
+        for f in ["MAX_TOKENS", "length"] {
+            let e = refuse_empty(ProviderId::Gemini, empty(f)).unwrap_err();
+            assert!(e.detail.contains("raise max_tokens"), "{f}: {}", e.detail);
+        }
+        let e = refuse_empty(ProviderId::Anthropic, empty("refusal")).unwrap_err();
+        assert!(e.detail.contains("declined"), "{}", e.detail);
+        assert!(refuse_empty(ProviderId::Anthropic, empty("end_turn")).is_ok());
+    }
     use super::*;
 
     /// max_tokens is capped by the model's output limit and by the

@@ -472,6 +472,23 @@ fn retention_prunes_and_corrupt_ledger_is_explained() {
             .contains("broken.toml"),
         "{e}"
     );
+    // A base URL without its scheme is a setting to fix, by name.
+    let o = command(dir.path())
+        .env("DEEPSEEK_API_KEY", "sk-FAKE-0000000000000")
+        .env("DEEPSEEK_BASE_URL", "localhost:9")
+        .args(["recommend", "hello", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(e["error"]["kind"], "invalid_config", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("DEEPSEEK_BASE_URL"),
+        "{e}"
+    );
     // Output piped into a reader that stops early ends quietly.
     let mut child = command(dir.path())
         .args(["costs", "--json"])

@@ -1479,9 +1479,7 @@ fn run_syncer(
 /// and the WAL never starts over. Once it is long, a second pass copies
 /// the rest with this process's writers held off.
 fn sync_wal(conn: &Connection, wal: &Path, writer: &Weak<Mutex<Connection>>) {
-    let Some((mut log, mut copied)) = checkpoint(conn) else {
-        return;
-    };
+    let (mut complete, log) = checkpoint(conn);
     if log >= RESTART_FRAMES
         && let Some(writer) = writer.upgrade()
     {
@@ -1489,22 +1487,20 @@ fn sync_wal(conn: &Connection, wal: &Path, writer: &Weak<Mutex<Connection>>) {
         // while it is held nothing here appends frames or pins an old
         // snapshot.
         let _held = writer.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(now) = checkpoint(conn) else {
-            return;
-        };
-        (log, copied) = now;
+        // Complete, this pass has synced every frame, the first pass's too.
+        (complete, _) = checkpoint(conn);
     }
-    if copied < log
-        && let Err(e) = std::fs::File::open(wal).and_then(|f| f.sync_data())
-    {
+    if !complete && let Err(e) = std::fs::File::open(wal).and_then(|f| f.sync_data()) {
         tracing::warn!(error = %e, "ledger WAL fsync failed");
     }
 }
 
-/// One PASSIVE checkpoint: frames in the WAL and frames copied into the
-/// database, or `None` when it failed (logged). A checkpoint that copied
-/// every frame has synced the WAL and the database.
-fn checkpoint(conn: &Connection) -> Option<(i64, i64)> {
+/// One PASSIVE checkpoint: whether it copied every frame (it has then
+/// synced the WAL and the database), and how many frames the WAL holds (0
+/// when unknown). Not complete — readers pinning old frames, another
+/// process's checkpoint running (SQLite answers busy, -1, -1), an error —
+/// the caller syncs the WAL itself.
+fn checkpoint(conn: &Connection) -> (bool, i64) {
     let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
         Ok((
             r.get::<_, i64>(0)?,
@@ -1513,12 +1509,11 @@ fn checkpoint(conn: &Connection) -> Option<(i64, i64)> {
         ))
     });
     match done {
-        Ok((0, log, copied)) => Some((log, copied)),
-        // Busy: another process's checkpoint is running; nothing copied.
-        Ok((_, log, _)) => Some((log, 0)),
+        Ok((0, log, copied)) => (copied >= log, log.max(0)),
+        Ok((_, log, _)) => (false, log.max(0)),
         Err(e) => {
             tracing::warn!(error = %e, "ledger checkpoint failed");
-            None
+            (false, 0)
         }
     }
 }

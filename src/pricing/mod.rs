@@ -684,11 +684,12 @@ fn parse_litellm(text: &str, origin: PriceOrigin) -> Result<BTreeMap<String, Mod
 /// out, they are called as models of unknown price. Its `:free` models
 /// and `openrouter/free` (which picks among them) are free indeed.
 fn is_router(provider: ProviderId, id: &str, input: f64, output: f64) -> bool {
+    let model = id.strip_prefix("openrouter/").unwrap_or(id);
     provider == ProviderId::Openrouter
         && input == 0.0
         && output == 0.0
-        && !id.ends_with(":free")
-        && id != "openrouter/openrouter/free"
+        && model != "openrouter/free"
+        && (model.starts_with("openrouter/") || model.contains("router"))
 }
 
 /// Outcome of validating a candidate catalog for `pricing refresh`.
@@ -984,7 +985,11 @@ mod tests {
                 "{id}"
             );
         }
-        for id in ["openrouter/openrouter/free", "openrouter/z-ai/glm-5.2:free"] {
+        for id in [
+            "openrouter/openrouter/free",
+            "openrouter/z-ai/glm-5.2:free",
+            "openrouter/stealth/space-bunny-alpha",
+        ] {
             let m = c.get(id).unwrap();
             assert_eq!(
                 (m.origin, m.input, m.output),

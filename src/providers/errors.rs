@@ -364,9 +364,19 @@ fn is_unknown_model(lower: &str) -> bool {
 
 /// A 403 that refuses this model or this prompt, not the key.
 fn is_model_refusal(lower: &str) -> bool {
-    ["moderation", "flagged", "gated", "access to model"]
-        .iter()
-        .any(|p| lower.contains(p))
+    [
+        // OpenRouter: "… requires moderation on OpenRouter. Your input was
+        // flagged for …".
+        "requires moderation",
+        "input was flagged",
+        // HuggingFace: "Access to model … is restricted", "… is a gated
+        // model".
+        "access to model",
+        "gated model",
+        "gated repo",
+    ]
+    .iter()
+    .any(|p| lower.contains(p))
 }
 
 /// The human message in the error bodies of every provider we speak to:
@@ -695,7 +705,12 @@ mod tests {
             classify(403, r#"{"error":"Access to model meta-llama/Llama-3.1-8B-Instruct is restricted. You must have access to it and be authenticated to access it. Please log in."}"#).kind,
             ErrorKind::ModelUnavailable
         );
-        // Anthropic's and Gemini's 403 for the key itself stay auth errors.
+        // Anthropic's and Gemini's 403 for the key itself stay auth errors,
+        // whatever words they use.
+        assert_eq!(
+            classify(403, r#"{"error":{"code":403,"message":"API key suspended while usage is investigated; your account has been flagged","status":"PERMISSION_DENIED"}}"#).kind,
+            ErrorKind::Auth
+        );
         assert_eq!(
             classify(403, r#"{"type":"error","error":{"type":"permission_error","message":"Your API key does not have permission to use the specified resource."}}"#).kind,
             ErrorKind::Auth

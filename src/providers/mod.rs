@@ -112,11 +112,12 @@ fn check_base_url(spec: &ProviderSpec, base_url: &str) -> anyhow::Result<()> {
         .ok()
         .is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
     if !ok {
-        anyhow::bail!(
+        return Err(crate::config::InvalidConfig(format!(
             "{} must be an http:// or https:// URL with a host, got {:?}",
             spec.base_url_env,
             crate::secrets::redact(base_url)
-        );
+        ))
+        .into());
     }
     Ok(())
 }

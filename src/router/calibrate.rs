@@ -237,31 +237,48 @@ pub fn propose(
             signals: cons.len(),
         });
     }
-    // Keep the boundaries ascending with every tier reachable: where two
-    // come closer than MIN_TIER_WIDTH, the one that did not move gives way
-    // (a raised lower boundary pushes the next one up; a lowered upper one
-    // pushes the one below down), within [0.01, 0.99].
-    let moved: Vec<bool> = (0..3).map(|k| proposed[k] != current[k]).collect();
+    // Keep the boundaries ascending with every tier reachable: where a
+    // boundary moved on evidence comes closer than MIN_TIER_WIDTH to a
+    // neighbour, the neighbour gives way (a raised lower boundary pushes
+    // the next one up; a lowered upper one pushes the one below down),
+    // within [0.01, 0.99]. Boundaries nothing moved are left exactly as
+    // configured (a deliberately empty tier included).
+    let moved = [0, 1, 2].map(|k| proposed[k] != current[k]);
+    let mut touched = moved;
     let gap = |lo: f64, hi: f64| hi - lo < MIN_TIER_WIDTH - 1e-9;
     for k in 1..3 {
-        if gap(proposed[k - 1], proposed[k]) {
+        if (touched[k] || touched[k - 1]) && gap(proposed[k - 1], proposed[k]) {
             if moved[k] && !moved[k - 1] {
                 proposed[k - 1] = proposed[k] - MIN_TIER_WIDTH;
+                touched[k - 1] = true;
             } else {
                 proposed[k] = proposed[k - 1] + MIN_TIER_WIDTH;
+                touched[k] = true;
             }
         }
     }
-    proposed[2] = proposed[2].min(0.99);
+    if touched[2] {
+        proposed[2] = proposed[2].min(0.99);
+    }
     for k in (0..2).rev() {
-        proposed[k] = proposed[k].min(proposed[k + 1] - MIN_TIER_WIDTH);
+        if (touched[k] || touched[k + 1]) && gap(proposed[k], proposed[k + 1]) {
+            proposed[k] = proposed[k + 1] - MIN_TIER_WIDTH;
+            touched[k] = true;
+        }
     }
-    proposed[0] = proposed[0].max(0.01);
+    if touched[0] {
+        proposed[0] = proposed[0].max(0.01);
+    }
     for k in 1..3 {
-        proposed[k] = proposed[k].max(proposed[k - 1] + MIN_TIER_WIDTH);
+        if (touched[k] || touched[k - 1]) && gap(proposed[k - 1], proposed[k]) {
+            proposed[k] = proposed[k - 1] + MIN_TIER_WIDTH;
+            touched[k] = true;
+        }
     }
-    for p in proposed.iter_mut() {
-        *p = (*p * 100.0).round() / 100.0;
+    for (p, t) in proposed.iter_mut().zip(touched) {
+        if t {
+            *p = (*p * 100.0).round() / 100.0;
+        }
     }
     for (b, p) in boundaries.iter_mut().zip(proposed) {
         b.proposed = p;
@@ -460,6 +477,23 @@ mod tests {
                 "{:?}",
                 p.proposed
             );
+        }
+    }
+
+    /// With nothing to go on, the configured thresholds stand exactly,
+    /// odd ones included (equal boundaries switch a tier off on purpose;
+    /// three decimals; 0 and 1).
+    #[test]
+    fn no_evidence_leaves_any_thresholds_alone() {
+        for t in [
+            [0.5, 0.5, 0.75],
+            [0.25, 0.28, 0.75],
+            [0.333, 0.5, 0.75],
+            [0.0, 0.5, 1.0],
+        ] {
+            let p = propose(&[], t, &flat);
+            assert!(!p.changed, "{t:?} -> {:?}", p.proposed);
+            assert_eq!(p.proposed, t);
         }
     }
 
