@@ -156,7 +156,8 @@ def main():
     saved = base - cost  # signed: a dearer history shows its loss
     check(abs(float([x for t, x in dom.elements if x.get("id") == "total-saved"][0]["data-usd"]) - saved) < 1e-9,
           f"savings card equals ledger baseline − cost = {saved:.6f}")
-    check(failed >= 0, f"{failed} failed attempts in the ledger")
+    shown = dom.text.get("failed-attempts", "").strip()
+    check(shown == f"{failed:,}", f"failed attempts shown {shown!r} = ledger {failed:,}")
     if failures:
         sys.exit(f"{len(failures)} dashboard checks failed")
     print("dashboard checks passed")

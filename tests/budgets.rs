@@ -854,7 +854,9 @@ async fn alerts_are_emailed_through_smtp() {
     assert_eq!(seen, ["100%", "50%", "80%"]);
     s.stop().await;
     let ledger = Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap();
-    for a in ledger.alerts(None, 10).unwrap() {
+    let alerts = ledger.alerts(None, 10).unwrap();
+    assert_eq!(alerts.len(), 3, "{alerts:?}");
+    for a in alerts {
         let d = ledger.deliveries(a.id).unwrap();
         assert_eq!(d.len(), 1);
         assert_eq!((d[0].channel.as_str(), d[0].ok), ("email", true));

@@ -779,8 +779,9 @@ async fn budgets_apply_per_key_and_only_admins_set_them() {
         Some(&json!({"monthly_limit": 42})),
     )
     .await;
+    assert_eq!(r.status(), 200);
     let set = json_of(r).await;
-    assert_ne!(set["status"]["user_id"], "default", "{set}");
+    assert_eq!(set["status"]["user_id"], "ops", "{set}");
 }
 
 async fn complete_over_mcp(

@@ -572,6 +572,14 @@ async fn a_provider_outage_falls_back_to_another_provider() {
     assert_eq!(c["provider"], "anthropic");
     let attempts = c["attempts"].as_array().unwrap();
     // One Gemini model, retried (503 is transient); its others are skipped.
+    assert!(attempts.len() >= 2, "{attempts:?}");
+    assert!(
+        attempts[0]["model"]
+            .as_str()
+            .unwrap()
+            .starts_with("gemini/"),
+        "{attempts:?}"
+    );
     assert_eq!(gemini.requests().len(), attempts.len() - 1, "{attempts:?}");
     assert!(
         attempts[..attempts.len() - 1]

@@ -188,7 +188,23 @@ async fn no_output_or_file_holds_a_key_and_files_are_private() {
         "the alert webhook was called: {:#?}",
         &outputs[7..9]
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The failed delivery is recorded (with the error that once carried
+    // the token): wait for its row rather than for a guessed time.
+    let mut delivered = 0;
+    for _ in 0..500 {
+        delivered = Connection::open(data.join("ledger.sqlite3"))
+            .and_then(|db| {
+                db.query_row("SELECT count(*) FROM alert_deliveries", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
+            .unwrap_or(0);
+        if delivered > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(delivered > 0, "no alert delivery was recorded");
 
     // The faults really carried the keys back to the server: every fake
     // was called, and each provider's error (the two DeepSeek calls, then

@@ -312,7 +312,7 @@ pub fn render(d: &DashboardData) -> String {
         h,
         r#"<section class="kpis">
 <div class="card kpi"><div class="kpi-label">Spend</div><div class="kpi-value" id="total-cost" data-usd="{}">{}</div><div class="kpi-note">{} input · {} output tokens</div></div>
-<div class="card kpi"><div class="kpi-label">Calls</div><div class="kpi-value" id="total-calls" data-calls="{}">{}</div><div class="kpi-note">{} failed attempts{}</div></div>
+<div class="card kpi"><div class="kpi-label">Calls</div><div class="kpi-value" id="total-calls" data-calls="{}">{}</div><div class="kpi-note"><span id="failed-attempts">{}</span> failed attempts{}</div></div>
 <div class="card kpi"><div class="kpi-label">Saved vs always-premium</div><div class="kpi-value {}" id="total-saved" data-usd="{}">{}</div><div class="kpi-note">{}</div></div>
 <div class="card kpi"><div class="kpi-label">Average per call</div><div class="kpi-value" id="avg-cost" data-usd="{}">{}</div><div class="kpi-note">across {} models</div></div>
 </section>"#,

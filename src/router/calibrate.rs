@@ -499,16 +499,25 @@ mod tests {
 
     #[test]
     fn boundaries_stay_ascending() {
-        // Bad answers at medium with high-ish scores push the medium|premium
-        // boundary down; overrides down at cheap push free|cheap up past it.
-        let mut h = Vec::new();
-        for s in [0.55, 0.56, 0.57] {
-            h.push(call(s, "medium", None, Some(1)));
-        }
-        for s in [0.60, 0.62, 0.64] {
-            h.push(call(s, "free", Some("tier"), None));
-        }
+        // Overrides down to cheap at medium scores just under 0.75 raise
+        // the cheap|medium boundary to about 0.72: the medium|premium one
+        // (0.75, left alone by the evidence) is pushed up to keep medium
+        // a band.
+        let h: Vec<_> = [0.70, 0.72, 0.74]
+            .iter()
+            .map(|s| call(*s, "cheap", Some("tier"), None))
+            .collect();
         let p = propose(&h, T, &flat);
-        assert!(p.proposed[0] <= p.proposed[1] && p.proposed[1] <= p.proposed[2]);
+        assert!(p.changed, "{:?}", p.proposed);
+        assert!(p.proposed[1] > 0.7, "{:?}", p.proposed);
+        assert!(p.proposed[2] > T[2], "{:?}", p.proposed);
+        assert_eq!(p.proposed[0], T[0]);
+        for k in 0..2 {
+            assert!(
+                p.proposed[k + 1] - p.proposed[k] >= MIN_TIER_WIDTH - 1e-9,
+                "{:?}",
+                p.proposed
+            );
+        }
     }
 }

@@ -1674,8 +1674,24 @@ mod tests {
             "How many more apples than oranges does she have left after giving twice as many away?",
         );
         let all = s.reasons(usize::MAX);
-        if let Some(w) = all.iter().find(|r| r.feature == "wording") {
-            assert!(w.detail.contains("wording"));
+        let w = all
+            .iter()
+            .find(|r| r.feature == "wording")
+            .expect("a wording reason");
+        // The phrases quoted are the prompt's own words.
+        let (_, quoted) = w
+            .detail
+            .split_once(", e.g. ")
+            .unwrap_or_else(|| panic!("no phrase quoted: {}", w.detail));
+        let prompt =
+            "how many more apples than oranges does she have left after giving twice as many away?";
+        let phrases: Vec<&str> = quoted.split('"').skip(1).step_by(2).collect();
+        assert!(!phrases.is_empty(), "{}", w.detail);
+        for p in phrases {
+            assert!(
+                prompt.contains(&p.to_lowercase()),
+                "{p:?} not in the prompt"
+            );
         }
     }
 

@@ -292,6 +292,8 @@ def test_bundle_unpacks_and_serves_as_the_manifest_says():
                     assert r.structured_content["budget"]["limit_usd"] == 100
                     r = await session.call_tool("check_model_costs", {})
                     assert not r.is_error, r
-                    assert not any(m["enabled"] for m in r.structured_content["models"]), r
+                    models = r.structured_content["models"]
+                    assert len(models) >= 10, r
+                    assert not any(m["enabled"] for m in models), r
 
         asyncio.run(run())
