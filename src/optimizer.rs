@@ -700,6 +700,16 @@ impl Optimizer {
         (self.clock)()
     }
 
+    /// Whether `user` has a budget of its own (set with `set_budget`),
+    /// not just the configured default every unknown user gets.
+    pub fn has_own_budget(&self, user: &str) -> Result<bool, ToolError> {
+        let ledger = self.ledger()?;
+        Ok(ledger
+            .budget(user)
+            .map_err(|e| ToolError::Ledger(e.to_string()))?
+            .is_some())
+    }
+
     fn budget_of(&self, ledger: &Ledger, user: &str) -> Result<Budget, ToolError> {
         let row = ledger
             .budget(user)

@@ -365,6 +365,24 @@ async fn openai_errors_have_openai_bodies_and_statuses() {
             json!({"model": "no-such/model-x", "messages": [{"role": "user", "content": "hi"}]}),
             404,
         ),
+        // A known model used as it cannot be: a bad request, not "no such model".
+        (
+            json!({"model": "deepseek/deepseek-v3.2", "tier": "premium", "messages": [{"role": "user", "content": "hi"}]}),
+            400,
+        ),
+        // What the proxy cannot honour is said, not dropped.
+        (
+            json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}),
+            400,
+        ),
+        (
+            json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stop": ["there"]}),
+            400,
+        ),
+        (
+            json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}], "logprobs": true}),
+            400,
+        ),
     ] {
         let r = request(&c, Method::POST, &url, None, Some(&body)).await;
         assert_eq!(r.status(), status, "{body}");
@@ -748,6 +766,36 @@ async fn budgets_apply_per_key_and_only_admins_set_them() {
         1,
         "refused calls never reach the provider"
     );
+    // An admin's `user` picks a budget only when that user has one: a
+    // chat UI's end-user tag must not move spending onto a fresh default
+    // budget. "alice" has one (refused); the tag is the admin's own spend.
+    let mut as_alice = body.clone();
+    as_alice["user"] = json!("alice");
+    let r = request(&c, Method::POST, &url, Some(&admin), Some(&as_alice)).await;
+    assert_eq!(r.status(), 402, "alice's budget applies");
+    let mut tagged = body.clone();
+    tagged["user"] = json!("end-user-8f3a");
+    let r = request(&c, Method::POST, &url, Some(&admin), Some(&tagged)).await;
+    assert_eq!(r.status(), 200);
+    let u = json_of(
+        get(
+            &c,
+            format!("{}/v1/usage?group_by=user", s.base),
+            Some(&admin),
+        )
+        .await,
+    )
+    .await;
+    let users: Vec<&str> = u["by_user"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|g| g["key"].as_str())
+        .collect();
+    assert!(
+        users.contains(&"ops") && !users.contains(&"end-user-8f3a"),
+        "{u}"
+    );
 
     let metrics = get(&c, format!("{}/metrics", s.base), Some(&admin))
         .await
@@ -760,14 +808,14 @@ async fn budgets_apply_per_key_and_only_admins_set_them() {
     );
     assert!(metrics.contains(r#"aco_budget_spent_usd{scope="bob"}"#));
     assert!(
-        metrics.contains(r#"aco_call_errors_total{kind="budget_refused"} 2"#),
+        metrics.contains(r#"aco_call_errors_total{kind="budget_refused"} 3"#),
         "{metrics}"
     );
 
     // An admin naming nobody sees everyone's usage (bob's call included,
     // not only the admin key's own user's), and sets the default budget.
     let u = json_of(get(&c, format!("{}/v1/usage", s.base), Some(&admin)).await).await;
-    assert_eq!(u["calls"], json!(2), "{u}");
+    assert_eq!(u["calls"], json!(3), "bob's, and the admin's two: {u}");
     let b = json_of(get(&c, format!("{}/v1/usage", s.base), Some(&bob)).await).await;
     assert_eq!(b["calls"], json!(1), "a plain key sees its own: {b}");
     // Budgets default to the key's user ("default" would cap nobody here).

@@ -64,12 +64,17 @@ pub fn error_response(
 pub fn tool_error_response(e: &ToolError) -> Response {
     let msg = crate::secrets::redact(&e.to_string());
     match e {
-        ToolError::Invalid(m) if m.starts_with("force_model") => error_response(
-            StatusCode::NOT_FOUND,
-            &msg,
-            "invalid_request_error",
-            Some("model_not_found"),
-        ),
+        // An unknown model is 404 as at OpenAI; a known one that cannot be
+        // used as asked (another provider, a contradicting tier, a prompt
+        // past its window) is a bad request.
+        ToolError::Invalid(m) if m.starts_with("force_model: ") && m.contains("unknown model") => {
+            error_response(
+                StatusCode::NOT_FOUND,
+                &msg,
+                "invalid_request_error",
+                Some("model_not_found"),
+            )
+        }
         ToolError::Invalid(_) => {
             error_response(StatusCode::BAD_REQUEST, &msg, "invalid_request_error", None)
         }
@@ -124,6 +129,12 @@ struct ChatBody {
     tools: Option<Value>,
     #[serde(default)]
     functions: Option<Value>,
+    #[serde(default)]
+    response_format: Option<Value>,
+    #[serde(default)]
+    stop: Option<Value>,
+    #[serde(default)]
+    logprobs: Option<bool>,
     // Extensions.
     #[serde(default)]
     tier: Option<String>,
@@ -281,18 +292,44 @@ pub async fn chat_completions(
     if req.tools.is_some() || req.functions.is_some() {
         return bad_request("tools and functions are not supported by this proxy");
     }
+    // Said, not silently dropped: a client asking for JSON or a stop
+    // sequence and given prose would misread the answer.
+    if let Some(f) = &req.response_format
+        && f.get("type").and_then(Value::as_str).unwrap_or("text") != "text"
+    {
+        return bad_request(
+            "response_format other than text is not supported by this proxy (ask for JSON in the prompt)",
+        );
+    }
+    if req.stop.as_ref().is_some_and(|s| match s {
+        Value::Null => false,
+        Value::String(t) => !t.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        _ => true,
+    }) {
+        return bad_request("stop sequences are not supported by this proxy");
+    }
+    if req.logprobs == Some(true) {
+        return bad_request("logprobs are not supported by this proxy");
+    }
     let (system, prompt) = match flatten(&req.messages) {
         Ok(x) => x,
         Err(e) => return bad_request(e),
     };
-    // A plain key always spends its own budget; OpenAI's `user` field is
-    // an end-user tag many clients set, so it only picks the budget when
-    // the caller may act for anyone.
-    let user = match caller.user_for(if caller.admin {
-        req.user.as_deref()
-    } else {
-        None
-    }) {
+    // A plain key always spends its own budget. OpenAI's `user` field is
+    // an end-user tag many clients (chat UIs) set on every request, so it
+    // picks the budget only when the caller may act for anyone *and* that
+    // user has a budget of its own: a made-up tag must not move spending
+    // off the budget the operator set onto a fresh default one.
+    let tagged = match req.user.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
+        Some(u) if caller.admin => match state.core.has_own_budget(u) {
+            Ok(true) => Some(u),
+            Ok(false) => None,
+            Err(e) => return tool_error_response(&e),
+        },
+        _ => None,
+    };
+    let user = match caller.user_for(tagged) {
         Ok(u) => u,
         Err(e) => {
             return error_response(StatusCode::FORBIDDEN, &e, "permission_error", None);
