@@ -412,6 +412,24 @@ async fn openai_errors_have_openai_bodies_and_statuses() {
             reply.starts_with("HTTP/1.1 413"),
             "body size limit: {reply}"
         );
+        // In the JSON error shape OpenAI clients read, like every error.
+        assert!(
+            reply.contains("content-type: application/json") && reply.contains(r#""error""#),
+            "{reply}"
+        );
+    }
+    // So are a wrong method and a query string that does not parse.
+    for (method, path, status) in [
+        (Method::GET, "/v1/chat/completions", 405),
+        (Method::GET, "/v1/usage?days=abc", 400),
+    ] {
+        let r = request(&c, method, &format!("{}{path}", s.base), None, None).await;
+        assert_eq!(r.status(), status, "{path}");
+        let e = json_of(r).await;
+        assert!(
+            e["error"]["message"].as_str().unwrap().len() > 3,
+            "{path}: {e}"
+        );
     }
     // Under the configured limit (8 MiB) but over axum's own 2 MiB default
     // for body extractors: the body is read and judged on its content (here

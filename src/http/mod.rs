@@ -395,6 +395,7 @@ impl Server {
             .layer(axum::extract::DefaultBodyLimit::max(
                 self.settings.max_body_bytes,
             ))
+            .layer(middleware::map_response(json_errors))
             .with_state(state);
         if !self.settings.cors_origins.is_empty() {
             let origins: Vec<HeaderValue> = self
@@ -549,6 +550,48 @@ pub async fn serve_http(core: Arc<Optimizer>, addr: &str) -> Result<()> {
     // A stable line for scripts and tests that bind port 0.
     eprintln!("ai-cost-optimizer: listening on http://{bound}");
     server.run(listener).await
+}
+
+/// Errors axum or a layer answers by itself — a body over the limit, a
+/// wrong method, a query string that does not parse — come as plain text
+/// (or nothing); OpenAI clients and scripts read `{"error": {…}}`, as every
+/// other error here is. Headers (`Allow`, `WWW-Authenticate`) are kept.
+/// `/mcp` answers in its own protocol and is left alone.
+async fn json_errors(uri: axum::http::Uri, response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error())
+        || is_json
+        || uri.path().starts_with("/mcp")
+    {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 8 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_string();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let kind = if status.is_server_error() {
+        "api_error"
+    } else {
+        "invalid_request_error"
+    };
+    let mut r = openai::error_response(status, &message, kind, None);
+    for (k, v) in &parts.headers {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            r.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    r
 }
 
 #[cfg(test)]
