@@ -51,6 +51,16 @@ pub enum ToolError {
     /// Every provider tried failed.
     #[error("{0}")]
     ProviderFailed(String),
+    /// Every attempt was refused for capacity (rate limits, overload): the
+    /// same call may succeed later. `rate_limited` when every attempt was
+    /// a rate limit (HTTP clients get 429, else 503).
+    #[error("{message}")]
+    ProvidersBusy {
+        /// What happened, attempts included.
+        message: String,
+        /// Every attempt was a rate limit.
+        rate_limited: bool,
+    },
     /// The ledger is unusable.
     #[error("{0}")]
     Ledger(String),
@@ -63,6 +73,7 @@ impl ToolError {
             ToolError::Invalid(_) => "invalid_argument",
             ToolError::BudgetRefused(_) => "budget_refused",
             ToolError::ProviderFailed(_) => "provider_failed",
+            ToolError::ProvidersBusy { .. } => "providers_busy",
             ToolError::Ledger(_) => "ledger_unavailable",
         }
     }
@@ -1887,10 +1898,17 @@ impl Optimizer {
         // A fallback the budget could not cover ends the call on the
         // budget, not on the provider that failed first: the caller should
         // raise the limit or ask for less, not retry.
-        let kind = if stopped_by_budget {
-            ToolError::BudgetRefused
+        let busy = |o: &str| matches!(o, "rate_limit" | "overloaded");
+        let kind: Box<dyn Fn(String) -> ToolError> = if stopped_by_budget {
+            Box::new(ToolError::BudgetRefused)
+        } else if !attempts.is_empty() && attempts.iter().all(|a| busy(&a.outcome)) {
+            let rate_limited = attempts.iter().all(|a| a.outcome == "rate_limit");
+            Box::new(move |message| ToolError::ProvidersBusy {
+                message,
+                rate_limited,
+            })
         } else {
-            ToolError::ProviderFailed
+            Box::new(ToolError::ProviderFailed)
         };
         Err(kind(
             format!(

@@ -450,6 +450,33 @@ async fn openai_errors_have_openai_bodies_and_statuses() {
     assert_eq!(r.status(), 404);
 }
 
+/// Every attempt rate-limited is a 429 (OpenAI clients back off and
+/// retry it), every one overloaded a 503; not a 502 "provider failed".
+#[tokio::test]
+async fn capacity_refusals_keep_their_status() {
+    for (status, want, code) in [(429, 429, "rate_limit_exceeded"), (503, 503, "overloaded")] {
+        let fake = FakeProvider::start(
+            openai_error(status, "slow down", "rate_limit_error").header("retry-after", "0"),
+        )
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
+        let body = json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]});
+        let r = request(
+            &http(),
+            Method::POST,
+            format!("{}/v1/chat/completions", s.base),
+            None,
+            Some(&body),
+        )
+        .await;
+        assert_eq!(r.status(), want);
+        let e = json_of(r).await;
+        assert_eq!(e["error"]["code"], code, "{e}");
+        assert!(fake.requests().len() >= 2, "retried before giving up");
+    }
+}
+
 /// A provider that fails after part of the answer was streamed to an
 /// OpenAI client: that text cannot be taken back, so the call is neither
 /// retried nor sent elsewhere (which would append a second answer to the

@@ -226,6 +226,7 @@ impl Metrics {
             ToolError::Invalid(_) => "invalid",
             ToolError::BudgetRefused(_) => "budget_refused",
             ToolError::ProviderFailed(_) => "provider_failed",
+            ToolError::ProvidersBusy { .. } => "providers_busy",
             ToolError::Ledger(_) => "ledger",
         };
         self.call_errors

@@ -90,6 +90,21 @@ pub fn tool_error_response(e: &ToolError) -> Response {
             "api_error",
             Some("provider_failed"),
         ),
+        // Capacity, not failure: OpenAI clients back off and retry these.
+        ToolError::ProvidersBusy {
+            rate_limited: true, ..
+        } => error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &msg,
+            "rate_limit_error",
+            Some("rate_limit_exceeded"),
+        ),
+        ToolError::ProvidersBusy { .. } => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &msg,
+            "api_error",
+            Some("overloaded"),
+        ),
         ToolError::Ledger(_) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &msg,
@@ -511,6 +526,10 @@ impl StreamState {
                     ToolError::Invalid(_) => ("invalid_request_error", None),
                     ToolError::BudgetRefused(_) => ("insufficient_quota", Some("budget_exceeded")),
                     ToolError::ProviderFailed(_) => ("api_error", Some("provider_failed")),
+                    ToolError::ProvidersBusy {
+                        rate_limited: true, ..
+                    } => ("rate_limit_error", Some("rate_limit_exceeded")),
+                    ToolError::ProvidersBusy { .. } => ("api_error", Some("overloaded")),
                     ToolError::Ledger(_) => ("api_error", Some("ledger_unavailable")),
                 };
                 out.push_str(&sse(&json!({"error": {

@@ -175,6 +175,7 @@ fn tool_error(e: ToolError) -> Result<CallToolResult, McpError> {
         ToolError::Invalid(_) => "Invalid argument",
         ToolError::BudgetRefused(_) => "Refused by budget",
         ToolError::ProviderFailed(_) => "Provider failure",
+        ToolError::ProvidersBusy { .. } => "Providers busy (try again later)",
         ToolError::Ledger(_) => "Ledger unavailable",
     };
     tracing::info!(error = %e, "tool error");
