@@ -220,6 +220,29 @@ async fn probes_openai_completion_usage_and_metrics() {
         .collect();
     assert_eq!(ids[0], "auto");
     assert!(ids.iter().any(|i| i.starts_with("deepseek/")), "{ids:?}");
+    // One model by id (the SDKs' models.retrieve); ids hold a slash.
+    let m = json_of(
+        get(
+            &c,
+            format!("{}/v1/models/deepseek/deepseek-v3.2", s.base),
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (m["id"].as_str(), m["owned_by"].as_str()),
+        (Some("deepseek/deepseek-v3.2"), Some("deepseek")),
+        "{m}"
+    );
+    let r = get(
+        &c,
+        format!("{}/v1/models/anthropic/claude-haiku-4-5", s.base),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 404, "a provider not enabled");
+    assert_eq!(json_of(r).await["error"]["code"], "model_not_found");
     assert!(!ids.iter().any(|i| i.starts_with("anthropic/")), "{ids:?}");
 
     let resp = c

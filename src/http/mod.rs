@@ -361,6 +361,7 @@ impl Server {
             .nest_service("/mcp", mcp)
             .route("/v1/chat/completions", post(openai::chat_completions))
             .route("/v1/models", get(openai::models))
+            .route("/v1/models/{*id}", get(openai::model))
             .route("/v1/usage", get(rest::usage))
             .route("/v1/recommendation", get(rest::recommendation))
             .route("/v1/budget", put(rest::set_budget))

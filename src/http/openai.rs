@@ -36,7 +36,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::optimizer::{CompleteArgs, Completion, CostArgs, ToolError};
+use crate::optimizer::{CompleteArgs, Completion, ToolError};
 use crate::providers::{AttemptRoute, StreamSink};
 
 use super::AppState;
@@ -647,21 +647,50 @@ async fn stream(state: AppState, args: CompleteArgs, include_usage: bool) -> Res
 /// `GET /v1/models`: `auto`, then the routing models of the enabled
 /// providers.
 pub async fn models(State(state): State<AppState>) -> Response {
+    match model_list(&state) {
+        Ok(data) => axum::Json(json!({"object": "list", "data": data})).into_response(),
+        Err(e) => tool_error_response(&e),
+    }
+}
+
+/// `GET /v1/models/{id}` (the SDKs' `models.retrieve`); ids hold slashes.
+pub async fn model(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    match model_list(&state) {
+        Ok(data) => match data.into_iter().find(|m| m["id"] == id.as_str()) {
+            Some(m) => axum::Json(m).into_response(),
+            None => error_response(
+                StatusCode::NOT_FOUND,
+                &format!("no enabled model {id:?} (GET /v1/models lists them)"),
+                "invalid_request_error",
+                Some("model_not_found"),
+            ),
+        },
+        Err(e) => tool_error_response(&e),
+    }
+}
+
+/// `auto` and every catalog model of an enabled provider (all of them:
+/// `check_model_costs` shows the 50 cheapest), as OpenAI model objects.
+fn model_list(state: &AppState) -> Result<Vec<Value>, ToolError> {
     let mut data = vec![json!({
         "id": "auto", "object": "model", "created": 0, "owned_by": "ai-cost-optimizer",
     })];
-    match state.core.check_costs(&CostArgs::default()) {
-        Ok(t) => {
-            for m in t.models.iter().filter(|m| m.enabled) {
-                data.push(json!({
-                    "id": m.model, "object": "model", "created": 0,
-                    "owned_by": m.provider.as_str(),
-                }));
-            }
-        }
-        Err(e) => return tool_error_response(&e),
+    let registry = state.core.registry();
+    for m in state
+        .core
+        .catalog()
+        .models()
+        .filter(|m| registry.is_enabled(m.provider))
+    {
+        data.push(json!({
+            "id": m.id, "object": "model", "created": 0,
+            "owned_by": m.provider.as_str(),
+        }));
     }
-    axum::Json(json!({"object": "list", "data": data})).into_response()
+    Ok(data)
 }
 
 #[cfg(test)]
