@@ -98,6 +98,11 @@ def test_models_list_auto_first(server):
     ids = [m.id for m in client.models.list()]
     assert ids[0] == "auto"
     assert any(i.startswith("deepseek/") for i in ids)
+    # One model by id, through the SDK (its ids hold a slash).
+    m = client.models.retrieve("deepseek/deepseek-v3.2")
+    assert m.id == "deepseek/deepseek-v3.2" and m.owned_by == "deepseek"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("anthropic/claude-haiku-4-5")
 
 
 def test_completion_records_cost(server):
