@@ -51,6 +51,16 @@ fn stderr(o: &Output) -> String {
 /// Claude Desktop passes a blank optional extension field through as its
 /// unfilled template (`${user_config.…}`): that is no key and no budget, not
 /// a key that enables the provider or a budget that fails to parse.
+/// A command's `--json` failure: the kind, and a message naming `mentions`.
+fn json_error(o: &std::process::Output, kind: &str, mentions: &str) {
+    let e: Value = serde_json::from_str(&stdout(o)).unwrap();
+    assert_eq!(e["error"]["kind"], kind, "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains(mentions),
+        "{e}"
+    );
+}
+
 #[test]
 fn unfilled_extension_templates_count_as_unset() {
     let dir = tempfile::tempdir().unwrap();
@@ -442,15 +452,7 @@ fn retention_prunes_and_corrupt_ledger_is_explained() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
-    let e: Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!(e["error"]["kind"], "invalid_config", "{e}");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("broken.toml"),
-        "{e}"
-    );
+    json_error(&o, "invalid_config", "broken.toml");
     // So is a setting found wrong later, when the core is built.
     std::fs::write(
         &cfg,
@@ -463,15 +465,7 @@ fn retention_prunes_and_corrupt_ledger_is_explained() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let e: Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!(e["error"]["kind"], "invalid_config", "{e}");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("broken.toml"),
-        "{e}"
-    );
+    json_error(&o, "invalid_config", "broken.toml");
     // A base URL without its scheme is a setting to fix, by name.
     let o = command(dir.path())
         .env("DEEPSEEK_API_KEY", "sk-FAKE-0000000000000")
@@ -480,15 +474,7 @@ fn retention_prunes_and_corrupt_ledger_is_explained() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let e: Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!(e["error"]["kind"], "invalid_config", "{e}");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("DEEPSEEK_BASE_URL"),
-        "{e}"
-    );
+    json_error(&o, "invalid_config", "DEEPSEEK_BASE_URL");
     // Output piped into a reader that stops early ends quietly.
     let mut child = command(dir.path())
         .args(["costs", "--json"])

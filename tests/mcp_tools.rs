@@ -301,14 +301,7 @@ async fn anthropic_wire_format_and_cache_pricing() {
     ))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let s = spawn(
-        dir.path(),
-        &[
-            ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.into()),
-            ("ANTHROPIC_BASE_URL", fake.base.clone()),
-        ],
-    )
-    .await;
+    let s = spawn_anthropic(dir.path(), &fake).await;
     let c = s
         .ok(
             "complete_prompt",
@@ -478,6 +471,18 @@ async fn a_model_not_pulled_falls_through_to_the_next_candidate() {
     assert_ne!(attempts[0]["model"], attempts[1]["model"], "{c}");
     assert_eq!(ol.requests().len() + ds.requests().len(), 2);
     s.stop().await;
+}
+
+/// A server with only Anthropic enabled, at `fake`.
+async fn spawn_anthropic(dir: &std::path::Path, fake: &FakeProvider) -> Server {
+    spawn(
+        dir,
+        &[
+            ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.into()),
+            ("ANTHROPIC_BASE_URL", fake.base.clone()),
+        ],
+    )
+    .await
 }
 
 /// A server with DeepSeek answering `first` (tried first for the medium
@@ -800,14 +805,7 @@ async fn an_empty_refusal_is_an_empty_answer() {
     ))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let s = spawn(
-        dir.path(),
-        &[
-            ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.into()),
-            ("ANTHROPIC_BASE_URL", anthropic.base.clone()),
-        ],
-    )
-    .await;
+    let s = spawn_anthropic(dir.path(), &anthropic).await;
     // Forced, so nothing else is tried: the error says what happened.
     let e = s
         .err(
@@ -1016,14 +1014,7 @@ async fn budget_refuses_a_call_that_could_cross_the_limit() {
     ))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let s = spawn(
-        dir.path(),
-        &[
-            ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.into()),
-            ("ANTHROPIC_BASE_URL", fake.base.clone()),
-        ],
-    )
-    .await;
+    let s = spawn_anthropic(dir.path(), &fake).await;
     let b = s
         .ok(
             "set_budget",
