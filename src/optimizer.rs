@@ -60,6 +60,9 @@ pub enum ToolError {
         message: String,
         /// Every attempt was a rate limit.
         rate_limited: bool,
+        /// The longest wait a provider asked for, if any (HTTP clients get
+        /// it as `Retry-After`).
+        retry_after_secs: Option<u64>,
     },
     /// The ledger is unusable.
     #[error("{0}")]
@@ -711,14 +714,12 @@ impl Optimizer {
         (self.clock)()
     }
 
-    /// Whether `user` has a budget of its own (set with `set_budget`),
-    /// not just the configured default every unknown user gets.
-    pub fn has_own_budget(&self, user: &str) -> Result<bool, ToolError> {
-        let ledger = self.ledger()?;
-        Ok(ledger
-            .budget(user)
-            .map_err(|e| ToolError::Ledger(e.to_string()))?
-            .is_some())
+    /// Whether `user` is known here (a budget, an API key or a recorded
+    /// call of theirs), not a name seen for the first time.
+    pub fn knows_user(&self, user: &str) -> Result<bool, ToolError> {
+        self.ledger()?
+            .knows_user(user)
+            .map_err(|e| ToolError::Ledger(e.to_string()))
     }
 
     fn budget_of(&self, ledger: &Ledger, user: &str) -> Result<Budget, ToolError> {
@@ -1397,6 +1398,8 @@ impl Optimizer {
         // Attempts cut off after the provider accepted them, which it may
         // bill: the caller is told, whatever the outcome of the call.
         let mut cut_off: Vec<CutOff> = Vec::new();
+        // The longest wait a rate-limited or overloaded provider asked for.
+        let mut busy_wait: Option<Duration> = None;
         // What this call's failed attempts were charged so far: `budget_limit`
         // caps the whole call, retries and fallbacks included.
         let mut call_spent = 0.0_f64;
@@ -1815,6 +1818,9 @@ impl Optimizer {
                     latency_ms,
                 });
                 last_error = Some(message);
+                if matches!(err.kind, ErrorKind::RateLimit | ErrorKind::Overloaded) {
+                    busy_wait = busy_wait.max(err.retry_after);
+                }
                 stopped_by_budget = false;
                 // Text that already reached a client that cannot take it
                 // back (an OpenAI-style SSE stream) must not be followed by
@@ -1901,11 +1907,18 @@ impl Optimizer {
         let busy = |o: &str| matches!(o, "rate_limit" | "overloaded");
         let kind: Box<dyn Fn(String) -> ToolError> = if stopped_by_budget {
             Box::new(ToolError::BudgetRefused)
-        } else if !attempts.is_empty() && attempts.iter().all(|a| busy(&a.outcome)) {
+        } else if !attempts.is_empty()
+            && cut_off.is_empty()
+            && attempts.iter().all(|a| busy(&a.outcome))
+        {
+            // Busy only when nothing was answered: an answer cut short is
+            // a failure of that answer, whatever ended it.
             let rate_limited = attempts.iter().all(|a| a.outcome == "rate_limit");
+            let retry_after_secs = busy_wait.map(|d| d.as_secs_f64().ceil() as u64);
             Box::new(move |message| ToolError::ProvidersBusy {
                 message,
                 rate_limited,
+                retry_after_secs,
             })
         } else {
             Box::new(ToolError::ProviderFailed)

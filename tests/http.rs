@@ -235,6 +235,9 @@ async fn probes_openai_completion_usage_and_metrics() {
         (Some("deepseek/deepseek-v3.2"), Some("deepseek")),
         "{m}"
     );
+    // What the chat endpoint takes, a bare name included.
+    let m = json_of(get(&c, format!("{}/v1/models/deepseek-v3.2", s.base), None).await).await;
+    assert_eq!(m["id"], "deepseek/deepseek-v3.2", "{m}");
     let r = get(
         &c,
         format!("{}/v1/models/anthropic/claude-haiku-4-5", s.base),
@@ -406,6 +409,11 @@ async fn openai_errors_have_openai_bodies_and_statuses() {
             json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}], "logprobs": true}),
             400,
         ),
+        // A model whose provider is not enabled: 404, as GET /v1/models/{id}.
+        (
+            json!({"model": "anthropic/claude-haiku-4-5", "messages": [{"role": "user", "content": "hi"}]}),
+            404,
+        ),
     ] {
         let r = request(&c, Method::POST, &url, None, Some(&body)).await;
         assert_eq!(r.status(), status, "{body}");
@@ -479,7 +487,7 @@ async fn openai_errors_have_openai_bodies_and_statuses() {
 async fn capacity_refusals_keep_their_status() {
     for (status, want, code) in [(429, 429, "rate_limit_exceeded"), (503, 503, "overloaded")] {
         let fake = FakeProvider::start(
-            openai_error(status, "slow down", "rate_limit_error").header("retry-after", "0"),
+            openai_error(status, "slow down", "rate_limit_error").header("retry-after", "1"),
         )
         .await;
         let dir = tempfile::tempdir().unwrap();
@@ -494,6 +502,8 @@ async fn capacity_refusals_keep_their_status() {
         )
         .await;
         assert_eq!(r.status(), want);
+        // The provider's own wait is passed on to the client.
+        assert_eq!(r.headers()["retry-after"], "1");
         let e = json_of(r).await;
         assert_eq!(e["error"]["code"], code, "{e}");
         assert!(fake.requests().len() >= 2, "retried before giving up");

@@ -178,7 +178,7 @@ impl Metrics {
         );
         registry.register(
             "call_errors",
-            "Calls that returned no answer, by reason (invalid, budget_refused, provider_failed, ledger)",
+            "Calls that returned no answer, by reason (invalid, budget_refused, provider_failed, providers_busy, ledger)",
             m.call_errors.clone(),
         );
         registry.register(

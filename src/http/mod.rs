@@ -589,7 +589,7 @@ async fn json_errors(uri: axum::http::Uri, response: Response) -> Response {
     let mut r = openai::error_response(status, &message, kind, None);
     for (k, v) in &parts.headers {
         if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
-            r.headers_mut().insert(k.clone(), v.clone());
+            r.headers_mut().append(k.clone(), v.clone());
         }
     }
     r

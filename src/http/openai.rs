@@ -67,7 +67,10 @@ pub fn tool_error_response(e: &ToolError) -> Response {
         // An unknown model is 404 as at OpenAI; a known one that cannot be
         // used as asked (another provider, a contradicting tier, a prompt
         // past its window) is a bad request.
-        ToolError::Invalid(m) if m.starts_with("force_model: ") && m.contains("unknown model") => {
+        ToolError::Invalid(m)
+            if m.starts_with("force_model: ")
+                && (m.contains("unknown model") || m.contains("is not enabled")) =>
+        {
             error_response(
                 StatusCode::NOT_FOUND,
                 &msg,
@@ -92,19 +95,31 @@ pub fn tool_error_response(e: &ToolError) -> Response {
         ),
         // Capacity, not failure: OpenAI clients back off and retry these.
         ToolError::ProvidersBusy {
-            rate_limited: true, ..
-        } => error_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            &msg,
-            "rate_limit_error",
-            Some("rate_limit_exceeded"),
-        ),
-        ToolError::ProvidersBusy { .. } => error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &msg,
-            "api_error",
-            Some("overloaded"),
-        ),
+            rate_limited,
+            retry_after_secs,
+            ..
+        } => {
+            let mut r = if *rate_limited {
+                error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &msg,
+                    "rate_limit_error",
+                    Some("rate_limit_exceeded"),
+                )
+            } else {
+                error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &msg,
+                    "api_error",
+                    Some("overloaded"),
+                )
+            };
+            if let Some(secs) = retry_after_secs {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            r
+        }
         ToolError::Ledger(_) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &msg,
@@ -316,11 +331,10 @@ pub async fn chat_completions(
             "response_format other than text is not supported by this proxy (ask for JSON in the prompt)",
         );
     }
+    let empty = |v: &Value| v.is_null() || v.as_str().is_some_and(str::is_empty);
     if req.stop.as_ref().is_some_and(|s| match s {
-        Value::Null => false,
-        Value::String(t) => !t.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        _ => true,
+        Value::Array(a) => !a.iter().all(empty),
+        s => !empty(s),
     }) {
         return bad_request("stop sequences are not supported by this proxy");
     }
@@ -333,11 +347,12 @@ pub async fn chat_completions(
     };
     // A plain key always spends its own budget. OpenAI's `user` field is
     // an end-user tag many clients (chat UIs) set on every request, so it
-    // picks the budget only when the caller may act for anyone *and* that
-    // user has a budget of its own: a made-up tag must not move spending
-    // off the budget the operator set onto a fresh default one.
+    // picks the budget only when the caller may act for anyone *and* the
+    // user is known here (a budget, a key, earlier calls): a made-up tag
+    // must not move spending off the budget the operator set onto a fresh
+    // default one.
     let tagged = match req.user.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
-        Some(u) if caller.admin => match state.core.has_own_budget(u) {
+        Some(u) if caller.admin => match state.core.knows_user(u) {
             Ok(true) => Some(u),
             Ok(false) => None,
             Err(e) => return tool_error_response(&e),
@@ -644,7 +659,7 @@ async fn stream(state: AppState, args: CompleteArgs, include_usage: bool) -> Res
     (headers, body).into_response()
 }
 
-/// `GET /v1/models`: `auto`, then the routing models of the enabled
+/// `GET /v1/models`: `auto`, then every catalog model of the enabled
 /// providers.
 pub async fn models(State(state): State<AppState>) -> Response {
     match model_list(&state) {
@@ -658,17 +673,32 @@ pub async fn model(
     State(state): State<AppState>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Response {
-    match model_list(&state) {
-        Ok(data) => match data.into_iter().find(|m| m["id"] == id.as_str()) {
-            Some(m) => axum::Json(m).into_response(),
-            None => error_response(
-                StatusCode::NOT_FOUND,
-                &format!("no enabled model {id:?} (GET /v1/models lists them)"),
-                "invalid_request_error",
-                Some("model_not_found"),
-            ),
-        },
-        Err(e) => tool_error_response(&e),
+    // Whatever the chat endpoint accepts: `auto`, bare names, provider
+    // aliases, local Ollama models and OpenRouter/HuggingFace models the
+    // catalog does not price, of an enabled provider.
+    if id == "auto" {
+        return match model_list(&state) {
+            Ok(data) => axum::Json(data[0].clone()).into_response(),
+            Err(e) => tool_error_response(&e),
+        };
+    }
+    let catalog = state.core.catalog();
+    let found = catalog
+        .resolve(&id)
+        .ok()
+        .and_then(|canonical| catalog.get_or_unpriced(&canonical))
+        .filter(|m| state.core.registry().is_enabled(m.provider));
+    match found {
+        Some(m) => axum::Json(json!({
+            "id": m.id, "object": "model", "created": 0, "owned_by": m.provider.as_str(),
+        }))
+        .into_response(),
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            &format!("no enabled model {id:?} (GET /v1/models lists them)"),
+            "invalid_request_error",
+            Some("model_not_found"),
+        ),
     }
 }
 

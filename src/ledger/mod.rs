@@ -1102,6 +1102,20 @@ impl Ledger {
         }
     }
 
+    /// Whether `user` is someone this ledger knows: a budget, an API key
+    /// or a recorded call of theirs.
+    pub fn knows_user(&self, user: &str) -> Result<bool, LedgerError> {
+        self.lock()
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM budgets WHERE user_id = ?1)
+                     OR EXISTS (SELECT 1 FROM api_keys WHERE user_id = ?1)
+                     OR EXISTS (SELECT 1 FROM calls WHERE user_id = ?1)",
+                [user],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// Number of rows in `calls`.
     pub fn count_calls(&self) -> Result<u64, LedgerError> {
         self.lock()
