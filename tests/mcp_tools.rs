@@ -575,21 +575,13 @@ async fn a_provider_outage_falls_back_to_another_provider() {
         .await;
     assert_eq!(c["answer"], "from anthropic", "{c}");
     assert_eq!(c["provider"], "anthropic");
-    let attempts = c["attempts"].as_array().unwrap();
     // One Gemini model, retried (503 is transient); its others are skipped.
-    assert!(attempts.len() >= 2, "{attempts:?}");
-    assert!(
-        attempts[0]["model"]
-            .as_str()
-            .unwrap()
-            .starts_with("gemini/"),
-        "{attempts:?}"
-    );
+    let attempts = assert_fell_back(&c, "gemini/", "overloaded");
     assert_eq!(gemini.requests().len(), attempts.len() - 1, "{attempts:?}");
     assert!(
         attempts[..attempts.len() - 1]
             .iter()
-            .all(|a| a["model"] == attempts[0]["model"] && a["outcome"] == "overloaded"),
+            .all(|a| a["model"] == attempts[0]["model"]),
         "{attempts:?}"
     );
     assert_eq!(anthropic.requests().len(), 1);

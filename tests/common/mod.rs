@@ -631,6 +631,24 @@ pub fn text(r: &CallToolResult) -> String {
 }
 
 /// Float equality to a nano-dollar.
+/// A `complete_prompt` result that fell back: the first attempts went to
+/// a model starting with `failing` and failed with `outcome`, the last one
+/// answered. Returns the attempts.
+pub fn assert_fell_back<'a>(c: &'a Value, failing: &str, outcome: &str) -> &'a [Value] {
+    let attempts = c["attempts"].as_array().expect("attempts");
+    assert!(attempts.len() >= 2, "{attempts:?}");
+    let (last, failed) = attempts.split_last().unwrap();
+    assert_eq!(last["outcome"], "ok", "{attempts:?}");
+    assert!(
+        failed.iter().all(
+            |a| a["model"].as_str().is_some_and(|m| m.starts_with(failing))
+                && a["outcome"] == outcome
+        ),
+        "{attempts:?}"
+    );
+    attempts
+}
+
 pub fn assert_usd(actual: &Value, expected: f64) {
     let a = actual
         .as_f64()
