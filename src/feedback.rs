@@ -294,12 +294,12 @@ pub fn render_calibration(c: &Calibration) -> String {
     let k = &p.cost;
     let _ = writeln!(
         s,
-        "Effect on the same calls: ${:.6} recorded -> ${:.6} projected ({}{:.6} USD); \
+        "Effect on the same calls: {} recorded -> {} projected ({}{}); \
          {} calls to a stronger tier, {} to a cheaper one{}.",
-        k.recorded_usd,
-        k.projected_usd,
+        crate::render::usd(k.recorded_usd),
+        crate::render::usd(k.projected_usd),
         if k.delta_usd >= 0.0 { "+" } else { "-" },
-        k.delta_usd.abs(),
+        crate::render::usd(k.delta_usd.abs()),
         k.calls_up,
         k.calls_down,
         if k.unpriced > 0 {

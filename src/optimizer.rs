@@ -1529,14 +1529,14 @@ impl Optimizer {
                             format!("user {:?}'s budget", over.scope)
                         };
                         let msg = format!(
-                            "Budget limit reached: this call could cost up to ${:.6} on {} (max_tokens {max_tokens}), \
-                             but {whose} of {} has ${:.6} spent and ${:.6} held by calls in flight this period. \
+                            "Budget limit reached: this call could cost up to {} on {} (max_tokens {max_tokens}), \
+                             but {whose} of {} has {} spent and {} held by calls in flight this period. \
                              Raise the limit with set_budget, lower max_tokens, or ask for a cheaper tier.",
-                            cand.worst_case_cost_usd,
+                            crate::render::usd(cand.worst_case_cost_usd),
                             cand.model,
                             crate::render::usd(to_usd(over.limit_nanos)),
-                            to_usd(over.spent_nanos),
-                            to_usd(over.reserved_nanos),
+                            crate::render::usd(to_usd(over.spent_nanos)),
+                            crate::render::usd(to_usd(over.reserved_nanos)),
                         );
                         if attempts.is_empty() {
                             return Err(ToolError::BudgetRefused(msg));
@@ -1661,7 +1661,8 @@ impl Optimizer {
                         if let Err(e) = &settled {
                             tracing::error!(error = %e, request_id, "answer received but not recorded");
                             warnings.push(format!(
-                                "This call (${cost:.6}) could NOT be recorded in the ledger: {e}. Its cost is not in your usage totals."
+                                "This call ({}) could NOT be recorded in the ledger: {e}. Its cost is not in your usage totals.",
+                                crate::render::usd(cost)
                             ));
                         }
                         if let Some(note) = billed_note(&cut_off) {
@@ -2018,7 +2019,8 @@ impl Optimizer {
                 Ok(Ok(r)) => ReservationGuard::new(job.ledger.clone(), r),
                 Ok(Err(_)) => {
                     audio.error = Some(format!(
-                        "reading the answer aloud would cost ${cost:.6}, more than the budget has left"
+                        "reading the answer aloud would cost {}, more than the budget has left",
+                        crate::render::usd(cost)
                     ));
                     return audio;
                 }
@@ -2860,18 +2862,21 @@ fn billed_note(cut_off: &[CutOff]) -> Option<String> {
         .map(|c| {
             let what = match c.basis {
                 PartialBasis::Provider => {
-                    format!("${:.6}, the cost it reported", c.cost_usd)
+                    format!("{}, the cost it reported", crate::render::usd(c.cost_usd))
                 }
                 PartialBasis::Reported => {
-                    format!("an estimated ${:.6} from the usage it reported", c.cost_usd)
+                    format!(
+                        "an estimated {} from the usage it reported",
+                        crate::render::usd(c.cost_usd)
+                    )
                 }
                 PartialBasis::Mixed => format!(
-                    "an estimated ${:.6} from the usage it reported and the text received",
-                    c.cost_usd
+                    "an estimated {} from the usage it reported and the text received",
+                    crate::render::usd(c.cost_usd)
                 ),
                 PartialBasis::Estimated => format!(
-                    "an estimated ${:.6} from the prompt and the text received; it reported no usage",
-                    c.cost_usd
+                    "an estimated {} from the prompt and the text received; it reported no usage",
+                    crate::render::usd(c.cost_usd)
                 ),
                 PartialBasis::NoUsage => {
                     "$0 and flagged unpriced: it reported no usage, so its cost is unknown".into()

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pricing::{Catalog, ModelPrice};
 use crate::providers::{ProviderId, Registry};
-use crate::tokens;
+use crate::{render, tokens};
 
 pub use scorer::{Reason, Score};
 
@@ -524,16 +524,18 @@ impl Router {
                 match cheaper {
                     Some(_) if req.tier.is_some() => {
                         return Err(RouteError(format!(
-                            "tier {chosen}: no {chosen} model fits {what} of ${cap:.6} in the \
+                            "tier {chosen}: no {chosen} model fits {what} of {} in the \
                              worst case (max_tokens {}); {}",
+                            render::usd(cap),
                             req.max_tokens,
                             budget_advice(what)
                         )));
                     }
                     Some(t) => {
                         notes.push(format!(
-                            "No {chosen} model fits {what} of ${cap:.6} in the worst case; \
-                             stepped down to the {t} tier."
+                            "No {chosen} model fits {what} of {} in the worst case; \
+                             stepped down to the {t} tier.",
+                            render::usd(cap)
                         ));
                         chosen = t;
                     }
@@ -544,8 +546,10 @@ impl Router {
                             .map(|c| c.worst_case_cost_usd)
                             .fold(f64::INFINITY, f64::min);
                         return Err(RouteError(format!(
-                            "{what} of ${cap:.6} is below the cheapest available worst case \
-                             (${cheapest:.6} with max_tokens {}); {}",
+                            "{what} of {} is below the cheapest available worst case \
+                             ({} with max_tokens {}); {}",
+                            render::usd(cap),
+                            render::usd(cheapest),
                             req.max_tokens,
                             budget_advice(what)
                         )));
@@ -590,8 +594,9 @@ impl Router {
             .collect();
         if let Some(first) = candidates.first() {
             notes.push(format!(
-                "{} is the cheapest enabled {chosen} model for this prompt (~${:.6}).",
-                first.model, first.estimated_cost_usd
+                "{} is the cheapest enabled {chosen} model for this prompt (~{}).",
+                first.model,
+                render::usd(first.estimated_cost_usd)
             ));
         }
         Ok(RoutePlan {
@@ -656,10 +661,11 @@ fn check_budget(c: &Candidate, req: &RouteRequest<'_>) -> Result<(), RouteError>
         && c.worst_case_cost_usd > cap
     {
         return Err(RouteError(format!(
-            "{} could cost up to ${:.6} with max_tokens {}, above {what} of ${cap:.6}; {}",
+            "{} could cost up to {} with max_tokens {}, above {what} of {}; {}",
             c.model,
-            c.worst_case_cost_usd,
+            render::usd(c.worst_case_cost_usd),
             req.max_tokens,
+            render::usd(cap),
             budget_advice(what)
         )));
     }
@@ -911,6 +917,9 @@ mod tests {
             .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
             .unwrap_err();
         assert!(err.0.contains("budget_limit"), "{err}");
+        // Amounts as the rest of the text prints them: a limit below what
+        // six decimals show is not "$0.000000".
+        assert!(err.0.contains("budget_limit of $0.0000000010 "), "{err}");
     }
 
     /// A forced model decides the tier; a different tier asked for with it
