@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds what a user installs in one step:
-#   dist/ai-cost-optimizer.mcpb        Claude Desktop extension (MCPB bundle:
-#                                      manifest, icon, release binary, licences)
+#   dist/ai-cost-optimizer-<os>-<cpu>.mcpb  Claude Desktop extension (MCPB
+#                                      bundle: manifest, icon, release binary,
+#                                      licences), e.g. ...-linux-x86_64.mcpb
 #   dist/ai-cost-optimizer-skill.zip   the Agent Skill, folder at the top level
 # The bundle holds this machine's binary, so its manifest lists only this
 # platform. mcpb (npm @anthropic-ai/mcpb) is installed under target/npm.
@@ -14,6 +15,14 @@ case "$(uname -s)" in
   MINGW*|MSYS*|CYGWIN*) platform=win32; exe=.exe ;;
   *) echo "unsupported platform $(uname -s)" >&2; exit 1 ;;
 esac
+# MCPB manifests name an OS but no CPU: the file name says which CPU the
+# binary inside is for (an arm64 bundle fails to start on x86_64).
+case "$(uname -m)" in
+  x86_64|amd64) arch=x86_64 ;;
+  arm64|aarch64) arch=arm64 ;;
+  *) arch="$(uname -m)" ;;
+esac
+bundle="dist/ai-cost-optimizer-$platform-$arch.mcpb"
 
 echo "== skill files in sync"
 if ! cmp -s SKILL.md skill/ai-cost-optimizer/SKILL.md; then
@@ -42,14 +51,15 @@ done
 cp LICENSE "$stage/LICENSE"
 cp src/pricing/LICENSE-litellm.txt "$stage/LICENSE-litellm.txt"
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)"
-python3 - "$platform" "$version" packaging/manifest.json "$stage/manifest.json" <<'PY'
+python3 - "$platform" "$version" packaging/manifest.json "$stage/manifest.json" "$exe" <<'PY'
 import json, sys
-platform, version, src, dst = sys.argv[1:]
+platform, version, src, dst, exe = sys.argv[1:]
 m = json.load(open(src))
 if m["version"] != version:
     sys.exit(f"packaging/manifest.json version {m['version']} != Cargo.toml {version}")
 # The bundle carries one platform's binary.
 m["compatibility"]["platforms"] = [platform]
+m["server"]["entry_point"] = "server/ai-cost-optimizer" + exe
 m["server"]["mcp_config"]["platform_overrides"] = {
     k: v for k, v in m["server"]["mcp_config"]["platform_overrides"].items() if k == platform
 }
@@ -66,8 +76,8 @@ fi
 echo "== mcpb validate"
 "$mcpb" validate "$stage/manifest.json"
 echo "== mcpb pack"
-rm -f dist/ai-cost-optimizer.mcpb
-"$mcpb" pack "$stage" dist/ai-cost-optimizer.mcpb
+rm -f dist/ai-cost-optimizer*.mcpb
+"$mcpb" pack "$stage" "$bundle"
 
 echo "== skill ZIP"
 rm -f dist/ai-cost-optimizer-skill.zip
@@ -93,6 +103,6 @@ with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
 PY
 
 echo "== built"
-for f in "$bin" dist/ai-cost-optimizer.mcpb dist/ai-cost-optimizer-skill.zip; do
+for f in "$bin" "$bundle" dist/ai-cost-optimizer-skill.zip; do
   printf '%-40s %10d bytes (%s)\n' "$f" "$(wc -c <"$f")" "$(du -h "$f" | cut -f1)"
 done

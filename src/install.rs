@@ -146,6 +146,29 @@ pub fn render(config: &Value) -> String {
     s
 }
 
+/// `text` (a config as [`render`] wrote it) with the values of every
+/// server's `env` and `headers` replaced: they hold API keys and tokens,
+/// and a dry run's output gets pasted into bug reports and CI logs.
+fn hide_secrets(text: &str) -> String {
+    let Ok(mut config) = serde_json::from_str::<Value>(text) else {
+        return "(not shown: the config did not parse)".into();
+    };
+    if let Some(servers) = config.get_mut("mcpServers").and_then(Value::as_object_mut) {
+        for server in servers.values_mut() {
+            for key in ["env", "headers"] {
+                if let Some(map) = server.get_mut(key).and_then(Value::as_object_mut) {
+                    for v in map.values_mut() {
+                        if v.as_str().is_some_and(|s| !s.is_empty()) || !v.is_string() {
+                            *v = Value::String("(hidden)".into());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    render(&config)
+}
+
 /// What `install-claude` should do.
 #[derive(Debug, Clone)]
 pub struct InstallOptions {
@@ -301,9 +324,10 @@ pub fn summary(r: &InstallReport, dry_run: bool) -> String {
     let mut s = String::new();
     if dry_run {
         s.push_str(&format!(
-            "Dry run: {} would be written with mcpServers.{SERVER_KEY} {what}:\n\n{}\n",
+            "Dry run: {} would be written with mcpServers.{SERVER_KEY} {what} \
+             (values of every server's env and headers hidden here):\n\n{}\n",
             r.config_path.display(),
-            r.text
+            hide_secrets(&r.text)
         ));
         return s;
     }

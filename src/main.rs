@@ -47,6 +47,20 @@ fn main() -> ExitCode {
     if !serving && !matches!(cli.command, Some(Command::Complete { .. })) {
         default_pipe_signal();
     }
+    // install-claude edits Claude Desktop's file and reads none of our
+    // settings: a broken config file or variable (the thing a user may be
+    // reinstalling to fix) must not stop it.
+    if let Some(Command::InstallClaude {
+        config,
+        binary,
+        dry_run,
+    }) = cli.command
+    {
+        return exit_with(
+            ai_cost_optimizer::install::run_cli(config, binary, dry_run),
+            json_out,
+        );
+    }
     let settings = match Settings::load() {
         Ok(s) => s,
         Err(e) => {
@@ -97,6 +111,13 @@ fn main() -> ExitCode {
             Some(cmd) => ai_cost_optimizer::cli::run(cmd, settings).await,
         }
     });
+    exit_with(result, json_out)
+}
+
+/// Reports a command's failure (stderr, and JSON on stdout for `--json`)
+/// and picks the exit code: 2 for input or configuration the user must
+/// fix, 1 for anything else.
+fn exit_with(result: anyhow::Result<()>, json_out: bool) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

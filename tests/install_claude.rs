@@ -121,3 +121,52 @@ fn a_symlinked_config_is_edited_where_it_points() {
     );
     assert_eq!(v["mcpServers"]["other"], json!({"command": "x"}));
 }
+
+/// A dry run's output ends up in bug reports and CI logs: the keys of this
+/// server and of every other one are not in it. And install-claude reads
+/// none of our settings, so a broken one (the thing a user may be
+/// reinstalling to fix) does not stop it.
+#[test]
+fn a_dry_run_hides_keys_and_ignores_broken_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("claude_desktop_config.json");
+    std::fs::write(
+        &cfg,
+        json!({"mcpServers": {
+            "github": {"command": "gh-mcp", "env": {"GITHUB_PERSONAL_ACCESS_TOKEN": "ghp_secretsecret"}},
+            "remote": {"url": "https://x.example/mcp", "headers": {"Authorization": "Bearer tok_hidden1"}},
+            "ai-cost-optimizer": {"command": "/old/path", "env": {"ANTHROPIC_API_KEY": "sk-ant-secret2", "EMPTY": ""}}
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ai-cost-optimizer"))
+        .args([
+            "install-claude",
+            "--dry-run",
+            "--binary",
+            "/opt/aico/ai-cost-optimizer",
+        ])
+        .args(["--config", cfg.to_str().unwrap()])
+        .env_clear()
+        .env("HOME", dir.path())
+        .env("COST_OPTIMIZER_DATA_DIR", dir.path().join("data"))
+        .env("COST_OPTIMIZER_MONTHLY_BUDGET", "abc")
+        .env("COST_OPTIMIZER_CONFIG", dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for secret in ["ghp_secretsecret", "tok_hidden1", "sk-ant-secret2"] {
+        assert!(!text.contains(secret), "{secret} shown:\n{text}");
+    }
+    assert!(
+        text.contains("\"GITHUB_PERSONAL_ACCESS_TOKEN\": \"(hidden)\""),
+        "{text}"
+    );
+    assert!(text.contains("\"EMPTY\": \"\""), "{text}");
+    assert!(text.contains("/opt/aico/ai-cost-optimizer"), "{text}");
+    assert!(text.contains("https://x.example/mcp"), "{text}");
+    // Nothing written.
+    assert!(std::fs::read_to_string(&cfg).unwrap().contains("/old/path"));
+}

@@ -359,7 +359,9 @@ impl CostServer {
             read_only_hint = false,
             destructive_hint = false,
             idempotent_hint = true,
-            open_world_hint = false
+            // A new limit already past a threshold sends the configured
+            // webhook or e-mail alert.
+            open_world_hint = true
         )
     )]
     async fn set_budget(

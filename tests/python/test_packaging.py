@@ -12,8 +12,10 @@ its tools.
 import asyncio
 import json
 import os
+import platform
 import re
 import stat
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -26,7 +28,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SKILL_DIR = ROOT / "skill" / "ai-cost-optimizer"
 MANIFEST = ROOT / "packaging" / "manifest.json"
 DIST = ROOT / "dist"
-MCPB = DIST / "ai-cost-optimizer.mcpb"
+# scripts/package.sh names the bundle by OS and CPU
+# (ai-cost-optimizer-linux-x86_64.mcpb); it keeps only the latest one.
+_BUNDLES = sorted(DIST.glob("ai-cost-optimizer-*-*.mcpb"))
+MCPB = _BUNDLES[0] if len(_BUNDLES) == 1 else DIST / "ai-cost-optimizer-missing.mcpb"
 SKILL_ZIP = DIST / "ai-cost-optimizer-skill.zip"
 
 TOOLS = {"complete_prompt", "check_model_costs", "get_recommendation", "query_usage", "set_budget"}
@@ -134,6 +139,11 @@ def test_manifest_keys():
     assert {t["name"] for t in m["tools"]} == TOOLS
     assert all(t["description"] for t in m["tools"])
     assert "Privacy" in m["long_description"] and "ledger" in m["long_description"]
+    # Prompts go to outside providers: the directory wants their policies,
+    # and the text says which tools send budget alerts out.
+    assert len(m["privacy_policies"]) >= 7
+    assert all(u.startswith("https://") for u in m["privacy_policies"])
+    assert "complete_prompt and set_budget send it an alert" in m["long_description"]
 
 
 def test_manifest_maps_every_provider_env_var():
@@ -251,6 +261,11 @@ def test_bundle_unpacks_and_serves_as_the_manifest_says():
         ext = Path(tmp) / "ext"
         names = unpack(MCPB, ext)
         m_src = load_manifest()
+        # The manifest names no CPU, so the file name does.
+        machine = platform.machine().lower()
+        machine = {"amd64": "x86_64", "aarch64": "arm64"}.get(machine, machine)
+        os_name = {"linux": "linux", "darwin": "darwin", "win32": "win32"}[sys.platform]
+        assert MCPB.name == f"ai-cost-optimizer-{os_name}-{machine}.mcpb", MCPB
         for n in ["manifest.json", "icon.png", "server/ai-cost-optimizer", "LICENSE",
                   "LICENSE-litellm.txt", *m_src["screenshots"]]:
             assert n in names, f"{n} missing from the bundle: {names}"
