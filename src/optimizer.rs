@@ -327,6 +327,10 @@ pub struct Audio {
     pub cost_usd: f64,
     /// Why there is no audio, if synthesis failed or was skipped.
     pub error: Option<String>,
+    /// A speech attempt's row that the ledger refused (its cost is not in
+    /// the totals): the completion then says it was not recorded.
+    #[serde(skip)]
+    pub unrecorded: Option<String>,
 }
 
 /// Result of `complete_prompt`.
@@ -1687,6 +1691,10 @@ impl Optimizer {
                                 first_attempt: attempts.len() as u32 + 1,
                                 checks: &checks,
                                 prompt_sha256: &prompt_sha256,
+                                // `budget_limit` caps the whole call, the
+                                // audio included.
+                                budget_left: budget_limit
+                                    .map(|l| l - call_spent - crate::pricing::sane_cost(cost)),
                             };
                             Some(self.speak(&resp.text, &voice, job).await)
                         } else {
@@ -1694,6 +1702,10 @@ impl Optimizer {
                         };
                         if let Some(Audio { error: Some(e), .. }) = &audio {
                             warnings.push(format!("No audio: {e}"));
+                        }
+                        let audio_unrecorded = audio.as_ref().and_then(|a| a.unrecorded.clone());
+                        if let Some(w) = &audio_unrecorded {
+                            warnings.push(w.clone());
                         }
                         // The statuses read for the alerts are the budgets
                         // after this call: report those rather than reading
@@ -1738,7 +1750,7 @@ impl Optimizer {
                             budget: budget_after,
                             global_budget,
                             alerts,
-                            recorded: settled.is_ok(),
+                            recorded: settled.is_ok() && audio_unrecorded.is_none(),
                             warning: (!warnings.is_empty()).then(|| warnings.join(" ")),
                             audio,
                             request_id,
@@ -1986,6 +1998,7 @@ impl Optimizer {
             voice: voice.to_string(),
             cost_usd: 0.0,
             error: None,
+            unrecorded: None,
         };
         if transcript.is_empty() {
             audio.error = Some("the answer is empty".into());
@@ -2001,8 +2014,29 @@ impl Optimizer {
             voice: voice.to_string(),
         };
         let mut retries = 0;
+        let mut waited = Duration::ZERO;
         let mut attempt = job.first_attempt;
         loop {
+            // Each attempt (a retry after a billed failure too) must fit
+            // in what `budget_limit` leaves.
+            if let Some(left) = job.budget_left
+                && audio.cost_usd + cost > left
+            {
+                audio.error = Some(format!(
+                    "reading the answer aloud would cost {}, more than budget_limit leaves ({}{})",
+                    crate::render::usd(cost),
+                    crate::render::usd((left - audio.cost_usd).max(0.0)),
+                    if audio.cost_usd > 0.0 {
+                        format!(
+                            " after {} charged for a failed attempt at it",
+                            crate::render::usd(audio.cost_usd)
+                        )
+                    } else {
+                        String::new()
+                    }
+                ));
+                return audio;
+            }
             let now = self.now();
             // Cancel-safe, as in `complete`.
             let reserve = job
@@ -2069,13 +2103,14 @@ impl Optimizer {
             attempt += 1;
             match result {
                 Ok(size) => {
-                    let _ = reservation
+                    let settled = reservation
                         .settle(CallRecord {
                             cost_usd: cost,
                             ok: true,
                             ..record
                         })
                         .await;
+                    note_unrecorded(&mut audio, settled, cost);
                     audio.cost_usd += cost;
                     audio.bytes = size;
                     audio.path = Some(path.display().to_string());
@@ -2086,7 +2121,7 @@ impl Optimizer {
                     // Cartesia bills the characters once it accepted the
                     // request, whether or not the audio arrived whole.
                     let billed = err.accepted.is_some();
-                    let _ = reservation
+                    let settled = reservation
                         .settle(CallRecord {
                             ok: false,
                             error_kind: Some(err.kind.as_str().into()),
@@ -2096,14 +2131,17 @@ impl Optimizer {
                             ..record
                         })
                         .await;
+                    note_unrecorded(&mut audio, settled, if billed { cost } else { 0.0 });
                     if billed {
                         audio.cost_usd += cost;
                     }
                     if err.kind.is_retryable()
                         && retries < self.settings.max_retries
                         && let Some(d) = self.backoff(retries, err.retry_after)
+                        && waited + d <= self.settings.max_retry_wait
                     {
                         tokio::time::sleep(d).await;
+                        waited += d;
                         retries += 1;
                         continue;
                     }
@@ -2497,6 +2535,18 @@ impl Optimizer {
 }
 
 /// What a speech synthesis needs from the call it belongs to.
+/// Keeps a speech attempt's failed ledger write for the completion's
+/// warning (and the log): Cartesia billed it whether or not we recorded it.
+fn note_unrecorded(audio: &mut Audio, settled: Result<i64, crate::ledger::LedgerError>, cost: f64) {
+    if let Err(e) = settled {
+        tracing::error!(error = %e, "speech attempt not recorded");
+        audio.unrecorded = Some(format!(
+            "The audio ({}) could NOT be recorded in the ledger: {e}. Its cost is not in your usage totals.",
+            crate::render::usd(cost)
+        ));
+    }
+}
+
 struct SpeechJob<'a> {
     ledger: &'a Ledger,
     user: &'a str,
@@ -2504,6 +2554,9 @@ struct SpeechJob<'a> {
     first_attempt: u32,
     checks: &'a [LimitCheck],
     prompt_sha256: &'a str,
+    /// What the call's `budget_limit` leaves after the answer and any
+    /// failed attempts (USD); None without a limit.
+    budget_left: Option<f64>,
 }
 
 /// Writes audio to `<data dir>/audio/<request id>.wav`, owner-only.
@@ -2745,6 +2798,7 @@ impl Drop for ReservationGuard {
                 );
                 rec.input_tokens = usage.input_tokens;
                 rec.output_tokens = usage.output_tokens;
+                rec.reasoning_tokens = usage.reasoning_tokens;
                 rec.cost_usd = cost;
                 rec.cost_source = source.into();
                 self.ledger.settle(id, &rec).map(|_| ())
@@ -2752,7 +2806,7 @@ impl Drop for ReservationGuard {
             None => self.ledger.release(id),
         };
         if let Err(e) = result {
-            tracing::warn!(error = %e, "could not release a reservation; it will expire");
+            tracing::error!(error = %e, "could not record a cancelled attempt or release its hold; the hold will expire");
         }
     }
 }

@@ -1119,3 +1119,53 @@ async fn cartesia_speaks_the_answer_and_survives_faults() {
     );
     s.stop().await;
 }
+
+/// `budget_limit` caps the whole call, the audio included: speech that
+/// does not fit in what the answer left is not asked for, and a retry
+/// after a billed failure is not made when it would go past the limit.
+#[tokio::test]
+async fn budget_limit_covers_the_audio_and_its_retries() {
+    let chat =
+        FakeProvider::start(openai_sse("deepseek-v3.2", &["Hello", " there"], usage10())).await;
+    let tts = FakeProvider::start(wav_reply()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", FAKE_KEY.into()),
+            ("DEEPSEEK_BASE_URL", chat.base.clone()),
+            ("CARTESIA_API_KEY", "sk_car_FAKE_0000000000000000".into()),
+            ("CARTESIA_BASE_URL", tts.base.clone()),
+        ],
+    )
+    .await;
+    let speech_cost = "Hello there".len() as f64 * 0.000_05;
+    let call = |limit: f64| {
+        json!({"prompt": "greet me", "tier": "cheap", "speak": true,
+               "max_tokens": 100, "budget_limit": limit})
+    };
+    // Room for the answer, not for its audio: Cartesia is not called.
+    let c = s.ok("complete_prompt", call(0.0003)).await;
+    assert_eq!(c["answer"], "Hello there");
+    let e = c["audio"]["error"].as_str().unwrap_or_default();
+    assert!(e.contains("budget_limit"), "{}", c["audio"]);
+    assert!(tts.requests().is_empty());
+    assert_usd(&c["audio"]["cost_usd"], 0.0);
+
+    // Room for one reading: the first breaks off after Cartesia accepted
+    // it (billed), and the retry, which would go past the limit, is not made.
+    chat.push(openai_sse("deepseek-v3.2", &["Hello", " there"], usage10()));
+    tts.push(wav_reply().reset_after_body());
+    let c = s.ok("complete_prompt", call(0.0009)).await;
+    assert_eq!(c["answer"], "Hello there");
+    let e = c["audio"]["error"].as_str().unwrap_or_default();
+    assert!(
+        e.contains("budget_limit") && e.contains("failed attempt"),
+        "{}",
+        c["audio"]
+    );
+    assert_eq!(tts.requests().len(), 1, "not retried");
+    assert_usd(&c["audio"]["cost_usd"], speech_cost);
+    assert!(c["audio"]["cost_usd"].as_f64().unwrap() + c["cost_usd"].as_f64().unwrap() <= 0.0009);
+    s.stop().await;
+}
