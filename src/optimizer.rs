@@ -1410,6 +1410,11 @@ impl Optimizer {
         // Providers that failed as a whole in this call (bad key, no credit,
         // down after retries): their other models are not worth a try.
         let mut failed_providers: Vec<ProviderId> = Vec::new();
+        // Providers whose rate limit already counted against their breaker
+        // in this call: a quota is usually per model (Gemini, Anthropic,
+        // OpenRouter), so one model's 429s, retried, must not open the
+        // breaker on the provider's other models for everyone.
+        let mut rate_limit_counted: Vec<ProviderId> = Vec::new();
 
         // Skip providers whose circuit breaker is open, unless that would
         // leave nothing to try.
@@ -1760,7 +1765,23 @@ impl Optimizer {
                     Err(err) => err,
                 };
 
-                let message = err.user_message();
+                // The total timeout ran out on an answer still arriving (the
+                // idle one catches a stalled provider long before it): the
+                // same answer would run out again, each attempt billed.
+                let out_of_time = err.kind == ErrorKind::Timeout
+                    && err.accepted.is_some()
+                    && Duration::from_millis(latency_ms) + Duration::from_secs(1)
+                        >= self.settings.request_timeout;
+                let mut message = err.user_message();
+                if out_of_time {
+                    message.push_str(&format!(
+                        " The answer was still arriving when the request timeout ({} s) ran out; \
+                         not retried or sent to another model, as a long answer would run out of time \
+                         again and be paid for twice. Raise COST_OPTIMIZER_REQUEST_TIMEOUT_SECS \
+                         (request_timeout_secs) or lower max_tokens.",
+                        self.settings.request_timeout.as_secs()
+                    ));
+                }
                 tracing::warn!(
                     provider = %cand.provider,
                     model = %cand.model,
@@ -1816,7 +1837,13 @@ impl Optimizer {
                         recorded: recorded.is_ok(),
                     });
                 }
-                if self.breakers.failure(cand.provider, err.kind, self.now()) {
+                let counts = !out_of_time
+                    && (err.kind != ErrorKind::RateLimit
+                        || !rate_limit_counted.contains(&cand.provider));
+                if err.kind == ErrorKind::RateLimit {
+                    rate_limit_counted.push(cand.provider);
+                }
+                if counts && self.breakers.failure(cand.provider, err.kind, self.now()) {
                     notes.push(format!(
                         "{} failed repeatedly; it is skipped for the next {}s.",
                         cand.provider,
@@ -1835,6 +1862,9 @@ impl Optimizer {
                     busy_wait = busy_wait.max(err.retry_after);
                 }
                 stopped_by_budget = false;
+                if out_of_time {
+                    break 'candidates;
+                }
                 // Text that already reached a client that cannot take it
                 // back (an OpenAI-style SSE stream) must not be followed by
                 // another answer: a retry or a fallback would append a
@@ -1887,11 +1917,15 @@ impl Optimizer {
                 }
                 // A model-specific failure leaves the provider's other
                 // models worth a try.
+                // So does a rate limit: quotas are per model at Gemini,
+                // Anthropic, OpenRouter and Cerebras, and a 429 is quick
+                // and free where the whole account is limited.
                 if !matches!(
                     err.kind,
                     ErrorKind::ContextTooLong
                         | ErrorKind::ModelUnavailable
                         | ErrorKind::EmptyAnswer
+                        | ErrorKind::RateLimit
                 ) {
                     failed_providers.push(cand.provider);
                 }

@@ -1144,3 +1144,55 @@ async fn older_protocol_versions_are_still_accepted() {
         let _ = child.wait().await;
     }
 }
+
+/// Rate limits are per model at Gemini (and Anthropic, OpenRouter,
+/// Cerebras): one model's exhausted quota falls back to the provider's
+/// next model, and does not shut the provider for the calls after it.
+#[tokio::test]
+async fn a_models_rate_limit_falls_back_to_the_same_providers_next_model() {
+    let ok = gemini_sse(
+        "gemini",
+        &["from the next model"],
+        json!({"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15}),
+    );
+    let gemini = FakeProvider::start(ok).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("GEMINI_API_KEY", "AIza-FAKE-gemini-key-5555555555".into()),
+            ("GEMINI_BASE_URL", gemini.base.clone()),
+        ],
+    )
+    .await;
+    let quota = || {
+        Reply::json(
+            429,
+            json!({"error": {"code": 429, "message": "You exceeded your current quota for this model.",
+                "status": "RESOURCE_EXHAUSTED",
+                "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "3600s"}]}}),
+        )
+    };
+    for round in 0..4 {
+        gemini.push(quota());
+        let c = s
+            .ok(
+                "complete_prompt",
+                json!({"prompt": "What is the capital of France?"}),
+            )
+            .await;
+        assert_eq!(c["answer"], "from the next model", "round {round}: {c}");
+        let attempts = c["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 2, "round {round}: {attempts:?}");
+        assert_eq!(attempts[0]["outcome"], "rate_limit");
+        assert_ne!(attempts[0]["model"], attempts[1]["model"]);
+        assert!(
+            attempts[1]["model"]
+                .as_str()
+                .unwrap()
+                .starts_with("gemini/")
+        );
+    }
+    assert_eq!(gemini.requests().len(), 8);
+    s.stop().await;
+}

@@ -212,9 +212,9 @@ async fn cancelling_stops_the_provider_and_releases_the_hold() {
     client.cancel().await.unwrap();
 }
 
-/// Two timeouts: an answer that keeps streaming is not cut off however
-/// long it takes overall (here 2.4 s against a 1 s idle limit), while a
-/// provider that goes silent for longer than the idle limit is.
+/// Two timeouts: an answer that keeps streaming is not cut off by the idle
+/// limit (here 2.4 s against a 1 s idle limit, within the 60 s total),
+/// while a provider that goes silent for longer than the idle limit is.
 #[tokio::test]
 async fn a_long_stream_is_not_cut_off_but_a_stall_is() {
     let pieces: Vec<String> = (0..12).map(|i| format!("w{i} ")).collect();
@@ -345,5 +345,48 @@ async fn speech_cancelled_midway_is_charged_and_leaves_no_file() {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(files.is_empty(), "no audio left behind: {files:?}");
+    client.cancel().await.unwrap();
+}
+
+/// An answer still streaming when the total request timeout runs out is
+/// charged for what arrived and not retried or sent elsewhere: the same
+/// long answer would run out of time again, each attempt billed.
+#[tokio::test]
+async fn an_answer_cut_by_the_total_timeout_is_not_paid_for_twice() {
+    let pieces: Vec<String> = (0..12).map(|i| format!("w{i} ")).collect();
+    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+    let slow = openai_sse(
+        "deepseek-v3.2",
+        &refs,
+        json!({"prompt_tokens": 5, "completion_tokens": 12}),
+    )
+    .dripped(Duration::from_millis(300));
+    let fake = FakeProvider::start(slow).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = connect(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", "sk-stream-FAKE-00000000000".into()),
+            ("DEEPSEEK_BASE_URL", fake.base.clone()),
+            ("COST_OPTIMIZER_IDLE_TIMEOUT_SECS", "1".into()),
+            ("COST_OPTIMIZER_REQUEST_TIMEOUT_SECS", "2".into()),
+        ],
+    )
+    .await;
+    let r = client
+        .call_tool(
+            CallToolRequestParams::new("complete_prompt").with_arguments(
+                json!({"prompt": "count", "force_model": "deepseek/deepseek-v3.2"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true));
+    let text = format!("{:?}", r.content);
+    assert!(text.contains("request timeout (2 s) ran out"), "{text}");
+    assert_eq!(fake.requests().len(), 1, "retried: {text}");
     client.cancel().await.unwrap();
 }

@@ -223,6 +223,13 @@ impl ProviderError {
             403 if is_model_refusal(&lower) => ErrorKind::ModelUnavailable,
             403 => ErrorKind::Auth,
             400 if bad_key => ErrorKind::Auth,
+            // OpenRouter's "requires more credits, or fewer max_tokens ...
+            // can only afford N": this request is too dear for what is
+            // left; a cheaper model (or another provider) may still run,
+            // and the breaker must not shut the provider for everyone.
+            402 if lower.contains("can only afford") || lower.contains("fewer max_tokens") => {
+                ErrorKind::ModelUnavailable
+            }
             402 => ErrorKind::Billing,
             400 if no_credit => ErrorKind::Billing,
             429 if spend_limit || no_credit => ErrorKind::Billing,
@@ -695,6 +702,20 @@ mod tests {
         assert_eq!(
             classify(400, r#"{"error":{"message":"Model Not Exist","type":"invalid_request_error","param":null,"code":"invalid_request_error"}}"#).kind,
             ErrorKind::ModelUnavailable
+        );
+        // OpenRouter: this request is too dear for the credit left, not an
+        // empty account (a plain 402 stays billing).
+        assert_eq!(
+            classify(402, r#"{"error":{"message":"This request requires more credits, or fewer max_tokens. You requested up to 16384 tokens, but can only afford 5291. To increase, visit https://openrouter.ai/settings/credits and upgrade to a paid account","code":402}}"#).kind,
+            ErrorKind::ModelUnavailable
+        );
+        assert_eq!(
+            classify(
+                402,
+                r#"{"error":{"message":"Insufficient credits","code":402}}"#
+            )
+            .kind,
+            ErrorKind::Billing
         );
         // OpenRouter's moderation and a gated HuggingFace model: not the key.
         assert_eq!(

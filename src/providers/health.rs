@@ -18,9 +18,11 @@ use std::time::Duration;
 
 use super::{ErrorKind, ProviderId};
 
-/// Longest a probe may hold its slot without reporting: longer than any
-/// call can last (15 min total timeout, retries included), so a slow but
-/// healthy probe is never doubled; only a leaked slot ever lapses.
+/// Longest a probe may hold its slot without reporting: longer than a call
+/// lasts with the default timeouts (15 min a request, two retries), so a
+/// slow but healthy probe is not doubled; a leaked slot lapses, and so
+/// does a probe whose configured timeouts and retries add up past an hour
+/// (a second probe is then let in, nothing worse).
 pub const PROBE_LEASE: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Copy, Default)]

@@ -317,8 +317,10 @@ impl Registry {
         request_timeout: Duration,
     ) -> anyhow::Result<Registry> {
         // Two timeouts: the idle one (reset by every read) catches a
-        // stalled provider quickly; the total one only bounds a call that
-        // keeps streaming, so a long answer is not cut off mid-way.
+        // stalled provider quickly; the total one (reqwest's, which covers
+        // the streamed body too) bounds every request, so holds and probe
+        // slots outlive any call. An answer still streaming when it runs
+        // out is not retried (`Optimizer::complete`): it would run out again.
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .read_timeout(idle_timeout)
