@@ -439,7 +439,9 @@ async fn lying_providers_cannot_record_absurd_costs() {
             json!({"prompt_tokens": 0.5, "completion_tokens": "NaN", "prompt_tokens_details": {"cached_tokens": 1e20}}),
             UNPRICED,
         ),
-        ("not an object", json!("usage"), None),
+        // No usage chunk at all: the finished answer is kept, its cost
+        // flagged unknown (it was thrown away and paid for again elsewhere).
+        ("not an object", json!("usage"), UNPRICED),
     ];
     for (i, (what, usage, expected)) in usages.iter().enumerate() {
         fake.push(openai_sse("deepseek-v3.2", &["ok"], usage.clone()));

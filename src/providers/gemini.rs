@@ -113,9 +113,12 @@ impl StreamState {
             .pointer("/promptFeedback/blockReason")
             .and_then(|r| r.as_str())
         {
+            // Gemini's filters, not the request's fault: another
+            // provider's model may answer it (as for a safety finish or
+            // OpenRouter's moderation).
             return Err(ProviderError::new(
                 ProviderId::Gemini,
-                ErrorKind::BadRequest,
+                ErrorKind::ModelUnavailable,
                 Some(200),
                 format!("Gemini blocked the prompt ({reason})"),
             ));
@@ -227,6 +230,9 @@ mod tests {
         let cut = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hel\"}]}}]}\n\n";
         assert_eq!(run_stream(cut).unwrap_err().kind, ErrorKind::Malformed);
         let blocked = "data: {\"promptFeedback\":{\"blockReason\":\"SAFETY\"}}\n\n";
-        assert_eq!(run_stream(blocked).unwrap_err().kind, ErrorKind::BadRequest);
+        assert_eq!(
+            run_stream(blocked).unwrap_err().kind,
+            ErrorKind::ModelUnavailable
+        );
     }
 }
