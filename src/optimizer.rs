@@ -807,6 +807,17 @@ impl Optimizer {
         budgets: &[Budget],
     ) -> (Vec<BudgetAlert>, Vec<Option<BudgetStatus>>) {
         let now = self.now();
+        // As the budgets stand now, not as a call read them when it began:
+        // a limit changed meanwhile would otherwise be undone for the
+        // alerts (a stale limit re-fires thresholds set_budget re-armed).
+        let fresh: Vec<Budget> = budgets
+            .iter()
+            .map(|b| match ledger.budget(&b.user_id) {
+                Ok(Some(row)) => Budget::from_row(row),
+                _ => b.clone(),
+            })
+            .collect();
+        let budgets = &fresh[..];
         let mut fired = Vec::new();
         let mut statuses = Vec::with_capacity(budgets.len());
         // One read for all of them; if it fails, each status is unknown.
@@ -2431,7 +2442,6 @@ impl Optimizer {
                 // Its path is often the token (Slack, Discord): keep it out
                 // of every log line and error from here on.
                 crate::secrets::register(url);
-                crate::secrets::register(url);
                 Some(Webhook {
                     url: url.to_string(),
                     format: format.unwrap_or(WebhookFormat::Json),
@@ -2460,8 +2470,26 @@ impl Optimizer {
             timezone,
             webhook,
         };
+        let now = self.now();
         ledger
-            .set_budget(&b.to_row(), self.now())
+            .set_budget(&b.to_row(), now)
+            .map_err(|e| ToolError::Ledger(e.to_string()))?;
+        // Thresholds still crossed under the new settings were alerted
+        // already: not again (a limit raised from $100 to $105 with $85
+        // spent re-sent 50% and 80%; a new time zone, the whole month's).
+        // Those no longer crossed fire again when they are crossed anew.
+        let before = stored.unwrap_or_else(|| self.configured_default(&user));
+        let status_now =
+            budget::status(ledger, &b, now).map_err(|e| ToolError::Ledger(e.to_string()))?;
+        ledger
+            .rearm_alerts(
+                &user,
+                before.bounds(now).0,
+                b.bounds(now).0,
+                &status_now.crossed_thresholds,
+                to_nanos(before.limit_usd),
+                to_nanos(b.limit_usd),
+            )
             .map_err(|e| ToolError::Ledger(e.to_string()))?;
         tracing::info!(
             user,

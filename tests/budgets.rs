@@ -432,13 +432,16 @@ async fn alert_notifications_follow_the_clients_log_level() {
         .set_level(SetLevelRequestParams::new(LoggingLevel::Warning))
         .await
         .unwrap();
-    // A new limit re-arms the thresholds.
-    call_logged(
-        &client,
-        "set_budget",
-        json!({"monthly_limit": 0.0006, "mode": "warn", "user_id": "dee"}),
-    )
-    .await;
+    // A limit out of reach re-arms the thresholds; back below the spend,
+    // they fire again.
+    for limit in [0.01, 0.0006] {
+        call_logged(
+            &client,
+            "set_budget",
+            json!({"monthly_limit": limit, "mode": "warn", "user_id": "dee"}),
+        )
+        .await;
+    }
     for _ in 0..50 {
         if budget_notes() >= 3 {
             break;
@@ -925,4 +928,61 @@ async fn a_failed_call_that_was_charged_fires_its_alert() {
     ));
     let e = s.err("complete_prompt", call_args("default", 50)).await;
     assert!(!e.contains("Budget alert"), "{e}");
+}
+
+/// Changing a budget sends again no alert that is still crossed under the
+/// new settings: a slightly higher limit or a new time zone re-sent every
+/// threshold already passed this period. A threshold the change put back
+/// out of reach fires again when it is crossed anew.
+#[tokio::test]
+async fn changing_a_budget_resends_only_what_it_uncrossed() {
+    let provider = FakeProvider::start(haiku(0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (client, _handler) = spawn_logged(dir.path(), &haiku_env(&provider)).await;
+    let alerts_of = |r: &rmcp::model::CallToolResult| -> Vec<f64> {
+        assert_ne!(r.is_error, Some(true), "{}", text(r));
+        r.structured_content.as_ref().unwrap()["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["threshold"].as_f64().unwrap())
+            .collect()
+    };
+    let set = |args: Value| call_logged(&client, "set_budget", args);
+    let spend = || call_logged(&client, "complete_prompt", call_args("ann", 300));
+    let budget = |limit: f64, tz: &str| {
+        json!({"monthly_limit": limit, "alert_thresholds": [0.25, 0.5, 1.0], "mode": "warn",
+               "user_id": "ann", "timezone": tz})
+    };
+    assert_eq!(
+        alerts_of(&set(budget(0.005, "UTC")).await),
+        Vec::<f64>::new()
+    );
+    let mut fired = Vec::new();
+    for _ in 0..4 {
+        fired.extend(alerts_of(&spend().await));
+    }
+    // 88% of $0.005 spent.
+    assert_eq!(fired, vec![0.25, 0.5]);
+    // 96% of the new limit: 25% and 50% are still crossed.
+    assert_eq!(
+        alerts_of(&set(budget(0.0046, "UTC")).await),
+        Vec::<f64>::new()
+    );
+    // The month now starts an hour earlier (Berlin): the same month.
+    let moved = set(budget(0.0046, "Europe/Berlin")).await;
+    assert_eq!(alerts_of(&moved), Vec::<f64>::new());
+    assert_eq!(alerts_of(&spend().await), vec![1.0]);
+    // 27.5% of $0.02: 50% and 100% are out of reach again, 25% is not.
+    assert_eq!(
+        alerts_of(&set(budget(0.02, "Europe/Berlin")).await),
+        Vec::<f64>::new()
+    );
+    let mut fired = Vec::new();
+    for _ in 0..5 {
+        fired.extend(alerts_of(&spend().await));
+    }
+    // 55% of $0.02 after five more calls: 50% once more, nothing else.
+    assert_eq!(fired, vec![0.5]);
+    client.cancel().await.unwrap();
 }

@@ -849,6 +849,48 @@ impl Ledger {
             .map_err(|e| self.err(e))
     }
 
+    /// After a budget of `scope` changed: its alerts recorded for the
+    /// period that started at `old_start_ms` move to the period as the
+    /// budget now counts it (`new_start_ms`: a new time zone or period
+    /// kind). Those sent under the old limit (`old_limit_nanos`) for a
+    /// threshold of `crossed` (still crossed under the new limit) take the
+    /// new `limit_nanos`, so they are not sent again. The others keep
+    /// their limit: crossed under the new one, they fire once more
+    /// ([`Ledger::record_alert`]); so do those an earlier change put out
+    /// of reach.
+    pub fn rearm_alerts(
+        &self,
+        scope: &str,
+        old_start_ms: i64,
+        new_start_ms: i64,
+        crossed: &[f64],
+        old_limit_nanos: i64,
+        limit_nanos: i64,
+    ) -> Result<(), LedgerError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        if old_start_ms != new_start_ms {
+            tx.execute(
+                "UPDATE OR IGNORE alerts SET period_start_ms = ?3
+                 WHERE scope = ?1 AND period_start_ms = ?2",
+                params![scope, old_start_ms, new_start_ms],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        for t in crossed {
+            tx.execute(
+                "UPDATE alerts SET limit_nanos = ?4
+                 WHERE scope = ?1 AND period_start_ms = ?2 AND abs(threshold - ?3) < 1e-9
+                   AND limit_nanos = ?5",
+                params![scope, new_start_ms, t, limit_nanos, old_limit_nanos],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
     /// Records one delivery attempt of an alert.
     pub fn record_delivery(&self, d: &DeliveryRow, now_ms: i64) -> Result<(), LedgerError> {
         self.lock()
