@@ -207,9 +207,9 @@ pub struct UsageArgs {
 pub struct SetBudgetArgs {
     /// Spending limit per calendar month, in USD (> 0).
     pub monthly_limit: f64,
-    /// Alert thresholds as fractions of the limit, ascending, each in (0, 1]
-    /// (omitted: the budget's current ones, or [0.5, 0.8, 1.0] for a new
-    /// budget).
+    /// Alert thresholds as fractions of the limit, ascending, each from
+    /// 0.001 to 1 (omitted: the budget's current ones, or for a new budget
+    /// the configured defaults, normally [0.5, 0.8, 1.0]).
     #[serde(default)]
     pub alert_thresholds: Option<Vec<f64>>,
     /// Whose budget (default "default").
@@ -217,12 +217,14 @@ pub struct SetBudgetArgs {
     pub user_id: Option<String>,
     /// At the limit: "block" refuses calls, "downgrade" routes cheaper past
     /// the first threshold and refuses at the limit, "warn" only alerts
-    /// (omitted: the budget's current mode, or "block" for a new budget).
+    /// (omitted: the budget's current mode, or for a new budget the
+    /// configured default, normally "block").
     #[serde(default)]
     #[schemars(extend("enum" = ["warn", "downgrade", "block"]))]
     pub mode: Option<String>,
     /// Budget period: "monthly", "weekly" (from Monday) or "daily" (omitted:
-    /// the budget's current period, or "monthly" for a new budget).
+    /// the budget's current period, or for a new budget the configured
+    /// default, normally "monthly").
     /// `monthly_limit` is then the limit per that period.
     #[serde(default)]
     #[schemars(extend("enum" = ["daily", "weekly", "monthly"]))]
@@ -1393,15 +1395,19 @@ impl Optimizer {
             None => prompt.to_string(),
         });
         // Only `block` and `downgrade` budgets refuse calls; `warn` alerts.
-        let checks: Vec<LimitCheck> = budgets
-            .iter()
-            .filter(|b| b.mode.enforces_limit())
-            .map(|b| LimitCheck {
-                scope: b.user_id.clone(),
-                since_ms: b.bounds(now).0,
-                limit_nanos: to_nanos(b.limit_usd),
-            })
-            .collect();
+        // Each hold counts the period it is taken in: a retry or the audio
+        // after midnight belongs to the new day's budget, not yesterday's.
+        let checks_at = |now: i64| -> Vec<LimitCheck> {
+            budgets
+                .iter()
+                .filter(|b| b.mode.enforces_limit())
+                .map(|b| LimitCheck {
+                    scope: b.user_id.clone(),
+                    since_ms: b.bounds(now).0,
+                    limit_nanos: to_nanos(b.limit_usd),
+                })
+                .collect()
+        };
         let ttl = reservation_ttl(&self.settings);
         let baseline_price = self.catalog.get(&self.settings.baseline_model);
 
@@ -1516,6 +1522,7 @@ impl Optimizer {
                 // Cancel-safe: a hold granted to a dropped future is
                 // released by the ledger itself.
                 let amount = to_nanos(cand.worst_case_cost_usd);
+                let checks = checks_at(now);
                 let mut reserve = ledger.reserve_async(&user, &checks, amount, now, ttl).await;
                 // Refused with money held by calls in flight: some of it may
                 // belong to a process that died mid-call. Release those
@@ -1705,7 +1712,7 @@ impl Optimizer {
                                 user: &user,
                                 request_id: &request_id,
                                 first_attempt: attempts.len() as u32 + 1,
-                                checks: &checks,
+                                checks: &checks_at(self.now()),
                                 prompt_sha256: &prompt_sha256,
                                 // `budget_limit` caps the whole call, the
                                 // audio included.

@@ -111,8 +111,12 @@ pub fn period_bounds(period: Period, tz: &str, now_ms: i64) -> (i64, i64) {
         let start = match period {
             Period::Daily => now.start_of_day()?,
             Period::Weekly => {
+                // Back to Monday first, then its midnight: the start of
+                // today moved back whole days keeps today's clock time,
+                // which is 01:00 where midnight fell in a DST gap (Beirut,
+                // Cairo, Santiago...), starting the week an hour late.
                 let back = now.weekday().to_monday_zero_offset();
-                now.start_of_day()?.checked_sub((back as i64).days())?
+                now.checked_sub((back as i64).days())?.start_of_day()?
             }
             Period::Monthly => now.first_of_month()?.start_of_day()?,
         };
@@ -467,6 +471,17 @@ pub fn compute_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A week that starts on a day whose midnight is not skipped, seen
+    /// from a day whose midnight was (Beirut went 00:00 → 01:00 on Sunday
+    /// 29 March 2026): Monday 00:00 local, not 01:00.
+    #[test]
+    fn a_week_starts_at_midnight_even_seen_from_a_dst_day() {
+        let ms = |s: &str| s.parse::<jiff::Timestamp>().unwrap().as_millisecond();
+        let (start, end) = period_bounds(Period::Weekly, "Asia/Beirut", ms("2026-03-29T09:00:00Z"));
+        assert_eq!(start, ms("2026-03-22T22:00:00Z"));
+        assert_eq!(end, ms("2026-03-29T21:00:00Z"));
+    }
 
     fn ms(y: i32, m: Month, d: u8, h: u8) -> i64 {
         let t = Date::from_calendar_date(y, m, d)

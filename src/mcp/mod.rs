@@ -352,7 +352,7 @@ impl CostServer {
 
     #[tool(
         name = "set_budget",
-        description = "Set or change a spending limit (USD per month, or per the budget's period) with alert thresholds (fractions of the limit, default 0.5, 0.8, 1.0) and a mode: block (refuse calls that could cross the limit; default), downgrade (route cheaper past the first threshold), or warn (alert only). On an existing budget, settings left out keep their current values. Returns the resulting budget status.",
+        description = "Set or change a spending limit (USD per month, or per the budget's period) with alert thresholds (fractions of the limit; configured default, normally 0.5, 0.8, 1.0) and a mode: block (refuse calls that could cross the limit; the usual default), downgrade (route cheaper past the first threshold), or warn (alert only). On an existing budget, settings left out keep their current values. Returns the resulting budget status.",
         output_schema = schema_for_output::<BudgetUpdate>(),
         annotations(
             title = "Set budget",
