@@ -158,6 +158,9 @@ struct Taken {
     waiter: Waiter,
     /// Kind of the op, to build an error answer if the batch panics.
     kind: fn(LedgerError) -> Done,
+    /// The hold a settlement replaces: released if the settlement failed
+    /// and its caller is gone (nobody else will).
+    settles: Option<ReservationId>,
 }
 
 /// Publishes an error answer for every write of the batch if running it
@@ -204,8 +207,19 @@ fn publish(st: &mut QueueState, taken: Vec<Taken>, results: Vec<Done>) {
             if let Some(id) = done.granted_hold() {
                 enqueue(st, Op::Release(id), Waiter::Nobody);
             }
-            if let Done::Released(Err(e)) = done {
-                tracing::warn!(error = %e, "could not release an unused hold; it will expire");
+            match done {
+                Done::Released(Err(e)) => {
+                    tracing::warn!(error = %e, "could not release an unused hold; it will expire");
+                }
+                // Its caller (a cancelled call) cannot report this: say it
+                // here, and free the money it held.
+                Done::Settled(Err(e)) => {
+                    tracing::error!(error = %e, "a cancelled call's attempt could NOT be recorded in the ledger");
+                    if let Some(id) = t.settles {
+                        enqueue(st, Op::Release(id), Waiter::Nobody);
+                    }
+                }
+                _ => {}
             }
             continue;
         }
@@ -421,6 +435,10 @@ impl Ledger {
                         Op::Settle { .. } => |e| Done::Settled(Err(e)),
                         Op::Release(_) => |e| Done::Released(Err(e)),
                     },
+                    settles: match &p.op {
+                        Op::Settle { reservation, .. } => Some(*reservation),
+                        _ => None,
+                    },
                 });
                 ops.push(p.op);
             }
@@ -486,10 +504,34 @@ impl Ledger {
             tx.commit()?;
             Ok::<_, rusqlite::Error>(out)
         };
-        if ops.len() > 1
-            && let Ok(out) = run(conn, ops)
-        {
-            return out;
+        // The ledger locked by another process past the busy timeout is
+        // no one write's fault: one more try of the whole batch (a
+        // settlement deserves a second chance), then the same answer for
+        // all, rather than a busy timeout per write while every reader in
+        // this process waits for the connection.
+        let mut tries = 0;
+        loop {
+            match run(conn, ops) {
+                Ok(out) => return out,
+                Err(e) if is_busy(&e) => {
+                    tries += 1;
+                    if tries >= 2 {
+                        let err = self.err(e);
+                        let text = err.to_string();
+                        return ops
+                            .iter()
+                            .map(|op| match &err {
+                                LedgerError::Locked { path } => {
+                                    Done::failed(op, LedgerError::Locked { path: path.clone() })
+                                }
+                                _ => Done::failed(op, LedgerError::Sqlite(text.clone())),
+                            })
+                            .collect();
+                    }
+                }
+                Err(_) if ops.len() > 1 => break,
+                Err(e) => return vec![Done::failed(&ops[0], self.err(e))],
+            }
         }
         ops.iter()
             .map(|op| match run(conn, std::slice::from_ref(op)) {
@@ -500,6 +542,14 @@ impl Ledger {
             })
             .collect()
     }
+}
+
+/// SQLite gave up waiting for another connection's lock.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ffi::ErrorCode::DatabaseBusy | rusqlite::ffi::ErrorCode::DatabaseLocked)
+    )
 }
 
 #[cfg(test)]
