@@ -254,7 +254,7 @@ fn top_calls(
             "SELECT {CALL_COLUMNS} FROM calls INDEXED BY calls_by_cost
              WHERE cost_nanos >= ?5 AND outcome = 'ok' AND {}
              ORDER BY cost_nanos DESC, id DESC LIMIT ?4",
-            super::WHERE_RANGE
+            super::where_range(user)
         );
         if bounded {
             let found = conn
@@ -272,7 +272,7 @@ fn top_calls(
     let sql = format!(
         "SELECT {CALL_COLUMNS} FROM calls
          WHERE outcome = 'ok' AND {} ORDER BY cost_nanos DESC, id DESC LIMIT ?4",
-        super::WHERE_RANGE
+        super::where_range(user)
     );
     conn.prepare_cached(&sql)?
         .query_map(args, read_call)?
@@ -367,7 +367,7 @@ fn build_snapshot(conn: &Connection, req: &SnapshotRequest) -> rusqlite::Result<
             coalesce(sum(reasoning_tokens) FILTER (WHERE outcome = 'ok'), 0)
          FROM calls WHERE {}
          GROUP BY 1, 2, 3, 4, 5, 6",
-        super::WHERE_RANGE
+        super::where_range(user)
     );
     let mut stmt = conn.prepare_cached(&fill)?;
     if since < head_end {
@@ -476,7 +476,7 @@ fn build_snapshot(conn: &Connection, req: &SnapshotRequest) -> rusqlite::Result<
         let sql = format!(
             "SELECT {CALL_COLUMNS} FROM calls WHERE {}
              ORDER BY ts_ms DESC, id DESC LIMIT ?4",
-            super::WHERE_RANGE
+            super::where_range(user)
         );
         let mut stmt = conn.prepare_cached(&sql)?;
         snap.recent = stmt

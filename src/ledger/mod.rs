@@ -1052,7 +1052,10 @@ impl Ledger {
         until_ms: i64,
     ) -> Result<Totals, LedgerError> {
         let conn = self.lock();
-        let sql = format!("SELECT {TOTALS_COLUMNS} FROM calls WHERE {WHERE_RANGE}");
+        let sql = format!(
+            "SELECT {TOTALS_COLUMNS} FROM calls WHERE {}",
+            where_range(user_id)
+        );
         conn.query_row(&sql, params![since_ms, until_ms, user_id], read_totals)
             .map_err(|e| self.err(e))
     }
@@ -1073,7 +1076,8 @@ impl Ledger {
             "4 DESC, 1 ASC"
         };
         let sql = format!(
-            "SELECT {key}, {TOTALS_COLUMNS} FROM calls WHERE {WHERE_RANGE} GROUP BY 1 ORDER BY {order}"
+            "SELECT {key}, {TOTALS_COLUMNS} FROM calls WHERE {} GROUP BY 1 ORDER BY {order}",
+            where_range(user_id)
         );
         let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
         let rows = stmt
@@ -1197,7 +1201,16 @@ const TOTALS_COLUMNS: &str = "
     count(*) FILTER (WHERE outcome = 'ok' AND cost_source = 'unpriced'),
     coalesce(sum(cost_nanos) FILTER (WHERE provider = 'cartesia'), 0)";
 
-const WHERE_RANGE: &str = "ts_ms >= ?1 AND ts_ms < ?2 AND (?3 IS NULL OR user_id = ?3)";
+/// The time range `[?1, ?2)` and, when `user` is given, its calls only
+/// (`?3`). Two texts, not `(?3 IS NULL OR user_id = ?3)`: SQLite plans a
+/// statement once, and with that OR it could not use the per-user index
+/// for one user's report (226 ms instead of 8 over a million calls).
+fn where_range(user: Option<&str>) -> &'static str {
+    match user {
+        Some(_) => "ts_ms >= ?1 AND ts_ms < ?2 AND user_id = ?3",
+        None => "ts_ms >= ?1 AND ts_ms < ?2 AND ?3 IS NULL",
+    }
+}
 
 fn read_totals(r: &rusqlite::Row<'_>) -> rusqlite::Result<Totals> {
     read_totals_at(r, 0)
@@ -1673,6 +1686,31 @@ fn restrict_permissions(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One user's report reads that user's calls through the per-user
+    /// index; with `(?3 IS NULL OR user_id = ?3)` SQLite walked the whole
+    /// period's calls by time.
+    #[test]
+    fn a_users_report_uses_the_per_user_index() {
+        let (_d, l) = ledger();
+        let conn = l.lock();
+        let plan = |user: Option<&str>| -> String {
+            let sql = format!(
+                "EXPLAIN QUERY PLAN SELECT id FROM calls WHERE {} ORDER BY ts_ms DESC, id DESC LIMIT ?4",
+                where_range(user)
+            );
+            let mut stmt = conn.prepare(&sql).unwrap();
+            stmt.query_map(params![0, 1, user, 5], |r| r.get::<_, String>(3))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let mine = plan(Some("u"));
+        assert!(mine.contains("calls_by_user_time"), "{mine}");
+        let all = plan(None);
+        assert!(!all.contains("calls_by_user"), "{all}");
+    }
 
     pub(super) fn ledger() -> (tempfile::TempDir, Ledger) {
         let dir = tempfile::tempdir().unwrap();

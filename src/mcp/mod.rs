@@ -344,9 +344,14 @@ impl CostServer {
             Ok(u) => u,
             Err(e) => return tool_error(e),
         };
-        match self.core.usage(&args) {
-            Ok(u) => result(&u, render::usage(&u)),
-            Err(e) => tool_error(e),
+        // Reports read the ledger for as long as a period takes: on the
+        // blocking pool, not on one of the two runtime workers every
+        // call's streaming and the protocol share.
+        let core = self.core.clone();
+        match tokio::task::spawn_blocking(move || core.usage(&args)).await {
+            Ok(Ok(u)) => result(&u, render::usage(&u)),
+            Ok(Err(e)) => tool_error(e),
+            Err(e) => tool_error(ToolError::Ledger(format!("usage report failed: {e}"))),
         }
     }
 
@@ -447,7 +452,11 @@ impl ServerHandler for CostServer {
         let user = caller(&context)
             .filter(|c| !c.admin)
             .and_then(|c| c.user_id);
-        app::read(&self.core, &request.uri, user).map(Into::into)
+        let core = self.core.clone();
+        tokio::task::spawn_blocking(move || app::read(&core, &request.uri, user))
+            .await
+            .map_err(|e| McpError::internal_error(format!("dashboard failed: {e}"), None))?
+            .map(Into::into)
     }
 }
 
