@@ -494,7 +494,8 @@ async fn lying_providers_cannot_record_absurd_costs() {
     .await;
     let r = s.reply(50, LONG).await;
     let text = r.to_string();
-    assert!(text.contains("larger than 16777216 bytes"), "{text}");
+    // 16 MiB and 1 KiB for each of the 20 tokens max_tokens allows.
+    assert!(text.contains("larger than 16797696 bytes"), "{text}");
     still_answers(&mut s, 51, "hostile provider replies").await;
     s.close().await;
     let (n, sum) = sane_ledger(&dir.path().join("ledger.sqlite3"));

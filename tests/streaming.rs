@@ -390,3 +390,55 @@ async fn an_answer_cut_by_the_total_timeout_is_not_paid_for_twice() {
     assert_eq!(fake.requests().len(), 1, "retried: {text}");
     client.cancel().await.unwrap();
 }
+
+/// Streams frame every token in an event of a few hundred bytes: an answer
+/// of 60,000 tokens takes more than 16 MiB on the wire, and is not cut off
+/// (billed) for it when max_tokens allows that many.
+#[tokio::test]
+async fn a_long_answer_with_heavy_framing_is_not_cut_off() {
+    let pad = "f".repeat(200);
+    let mut body = String::new();
+    for _ in 0..60_000 {
+        body.push_str(&format!(
+            "data: {}\n\n",
+            json!({"id": "c1", "object": "chat.completion.chunk", "model": "deepseek-v3.2",
+                   "system_fingerprint": pad,
+                   "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": null}]})
+        ));
+    }
+    body.push_str(&format!(
+        "data: {}\n\ndata: {}\n\ndata: [DONE]\n\n",
+        json!({"id": "c1", "object": "chat.completion.chunk", "model": "deepseek-v3.2",
+               "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+        json!({"id": "c1", "object": "chat.completion.chunk", "model": "deepseek-v3.2",
+               "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 60000}})
+    ));
+    assert!(body.len() > 17 * 1024 * 1024, "{}", body.len());
+    let fake = FakeProvider::start(streamed("text/event-stream", body)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = connect(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", "sk-stream-FAKE-00000000000".into()),
+            ("DEEPSEEK_BASE_URL", fake.base.clone()),
+            ("COST_OPTIMIZER_MAX_RETRIES", "0".into()),
+        ],
+    )
+    .await;
+    let r = client
+        .call_tool(
+            CallToolRequestParams::new("complete_prompt").with_arguments(
+                json!({"prompt": "count", "force_model": "deepseek/deepseek-v3.2", "max_tokens": 64000})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_ne!(r.is_error, Some(true), "{:?}", r.content);
+    let c = r.structured_content.unwrap();
+    assert_eq!(c["answer"].as_str().unwrap().len(), 60_000);
+    assert_eq!(fake.requests().len(), 1);
+    client.cancel().await.unwrap();
+}

@@ -73,7 +73,13 @@ impl Provider for Anthropic {
                 .map_err(|e| e.after_acceptance(Usage::default()));
         }
         let mut st = StreamState::default();
-        let driven = stream::drive_sse(ProviderId::Anthropic, resp, |ev| st.event(ev, sink)).await;
+        let driven = stream::drive_sse(
+            ProviderId::Anthropic,
+            resp,
+            stream::reply_limit(req.max_tokens),
+            |ev| st.event(ev, sink),
+        )
+        .await;
         // `message_start` reports the input tokens: a stream cut off after
         // it is billed at least for those.
         let usage = st.usage;

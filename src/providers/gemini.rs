@@ -71,9 +71,12 @@ impl Provider for Gemini {
         let resp = stream::send(ProviderId::Gemini, builder, &body).await?;
         let mut st = StreamState::default();
         // Gemini's stream has no closing event: it ends with the body.
-        let driven = stream::drive_sse(ProviderId::Gemini, resp, |ev| {
-            st.event(ev, sink).map(|()| false)
-        })
+        let driven = stream::drive_sse(
+            ProviderId::Gemini,
+            resp,
+            stream::reply_limit(req.max_tokens),
+            |ev| st.event(ev, sink).map(|()| false),
+        )
         .await;
         // From here on the request was accepted: a failure may be billed,
         // at least for the usage the chunks so far reported.

@@ -139,7 +139,7 @@ impl Provider for Ollama {
         let resp = stream::send(ProviderId::Ollama, builder, &body).await?;
         // From here on the request was accepted (a local model bills
         // nothing, but the caller decides that from the price).
-        read_reply(resp, sink)
+        read_reply(resp, stream::reply_limit(req.max_tokens), sink)
             .await
             .map_err(|e| e.after_acceptance(Usage::default()))
     }
@@ -148,6 +148,7 @@ impl Provider for Ollama {
 /// Reads an accepted `/api/chat` reply, streamed or not.
 async fn read_reply(
     resp: reqwest::Response,
+    limit: usize,
     sink: &dyn StreamSink,
 ) -> Result<ChatResponse, ProviderError> {
     {
@@ -173,7 +174,7 @@ async fn read_reply(
             }
             Ok(done)
         };
-        stream::drive(ProviderId::Ollama, resp, |chunk| {
+        stream::drive(ProviderId::Ollama, resp, limit, |chunk| {
             for line in parser.push(chunk) {
                 if handle(&line)? {
                     return Ok(true);

@@ -88,7 +88,10 @@ impl Provider for OpenAiCompatible {
                 .map_err(|e| e.after_acceptance(Usage::default()));
         }
         let mut acc = StreamState::default();
-        let driven = stream::drive_sse(id, resp, |ev| acc.event(id, ev, sink)).await;
+        let driven = stream::drive_sse(id, resp, stream::reply_limit(req.max_tokens), |ev| {
+            acc.event(id, ev, sink)
+        })
+        .await;
         // Usage comes in the last chunk, so a cut-off stream rarely has it.
         let usage = acc.usage.map(|(u, _)| u).unwrap_or_default();
         driven

@@ -224,13 +224,23 @@ impl NdjsonParser {
     }
 }
 
+/// Most bytes a streamed answer of at most `max_tokens` may take on the
+/// wire: [`MAX_RESPONSE_BYTES`] plus 1 KiB a token. Streams frame each token
+/// in an event of 150–350 bytes (OpenRouter, DeepSeek), so a flat 16 MiB
+/// broke off answers of 50–60k tokens the provider had billed; what stays
+/// in memory is the text, not the framing.
+pub fn reply_limit(max_tokens: u32) -> usize {
+    MAX_RESPONSE_BYTES.saturating_add((max_tokens as usize).saturating_mul(1024))
+}
+
 /// Drives a streaming response: feeds each chunk to `on_chunk` until the
 /// body ends or `on_chunk` returns `Ok(true)` (the stream said it is done).
-/// Bounds the total size and turns transport failures mid-body into
-/// classified errors.
+/// Bounds the total size to `limit` bytes (see [`reply_limit`]) and turns
+/// transport failures mid-body into classified errors.
 pub async fn drive(
     provider: ProviderId,
     resp: reqwest::Response,
+    limit: usize,
     mut on_chunk: impl FnMut(&[u8]) -> Result<bool, ProviderError>,
 ) -> Result<(), ProviderError> {
     let mut total = 0usize;
@@ -245,12 +255,12 @@ pub async fn drive(
             err
         })?;
         total += chunk.len();
-        if total > MAX_RESPONSE_BYTES {
+        if total > limit {
             return Err(ProviderError::new(
                 provider,
                 ErrorKind::Malformed,
                 Some(200),
-                format!("streamed reply larger than {MAX_RESPONSE_BYTES} bytes"),
+                format!("streamed reply larger than {limit} bytes"),
             ));
         }
         if on_chunk(&chunk)? {
@@ -265,11 +275,12 @@ pub async fn drive(
 pub async fn drive_sse(
     provider: ProviderId,
     resp: reqwest::Response,
+    limit: usize,
     mut on_event: impl FnMut(&SseEvent) -> Result<bool, ProviderError>,
 ) -> Result<(), ProviderError> {
     let mut parser = SseParser::default();
     let mut complete = false;
-    drive(provider, resp, |chunk| {
+    drive(provider, resp, limit, |chunk| {
         for ev in parser.push(chunk) {
             if on_event(&ev)? {
                 complete = true;
