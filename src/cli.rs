@@ -86,7 +86,7 @@ pub enum Command {
     },
     /// Show spending, savings and budget status.
     Usage {
-        /// Look back this many days (default 30).
+        /// Whole UTC days to report, today included (default 30).
         #[arg(long, allow_negative_numbers = true)]
         days: Option<i64>,
         /// Start date (YYYY-MM-DD or RFC 3339) instead of --days.

@@ -184,7 +184,8 @@ pub struct CostArgs {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UsageArgs {
-    /// Look back this many days (default 30, at most 3650).
+    /// Whole UTC days to report, today included (default 30: today and the
+    /// 29 days before it; at most 3650), as the dashboard counts them.
     #[serde(default)]
     pub days: Option<i64>,
     /// Start date instead of `days`: `YYYY-MM-DD` or RFC 3339.
@@ -2235,7 +2236,9 @@ impl Optimizer {
                 if !(1..=3650).contains(&d) {
                     return Err(invalid(format!("days must be between 1 and 3650, got {d}")));
                 }
-                now - d * 86_400_000
+                // Midnight-aligned like the dashboard's days, so the two
+                // agree for the same `days` (a rolling window did not).
+                (now.div_euclid(86_400_000) - (d - 1)) * 86_400_000
             }
         };
         if since > now {

@@ -341,3 +341,46 @@ fn dashboard_in_headless_chromium() {
     assert!(o.status.success(), "browser checks failed:\n{log}");
     assert!(log.contains("dashboard checks passed"));
 }
+
+/// `usage --days N` and `dashboard --days N` report the same calls: both
+/// count whole UTC days, today included (`usage` used to look back N × 24 h,
+/// reaching into the day before the dashboard's first).
+#[test]
+fn usage_and_the_dashboard_agree_on_days() {
+    let dir = tempfile::tempdir().unwrap();
+    let today = seed(dir.path());
+    // A second before the dashboard's first day of three.
+    Ledger::open(&dir.path().join("ledger.sqlite3"))
+        .unwrap()
+        .insert_call(&CallRecord {
+            ts_ms: today - 2 * DAY - 1000,
+            user_id: "u".into(),
+            request_id: "early".into(),
+            attempt: 1,
+            provider: "deepseek".into(),
+            model: "deepseek/deepseek-v3.2".into(),
+            tier: Some("cheap".into()),
+            cost_usd: 1.0,
+            cost_source: "catalog".into(),
+            ok: true,
+            prompt_sha256: "x".into(),
+            ..CallRecord::default()
+        })
+        .unwrap();
+    let out = dir.path().join("d.html");
+    let o = run(
+        dir.path(),
+        &["dashboard", "--days", "3", "--out", out.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert!(html.contains(r#"data-calls="5""#), "the early call is out");
+    let o = run(dir.path(), &["usage", "--days", "3", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let u: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(u["totals"]["calls"], 5, "{u}");
+    assert!(
+        (u["total_cost_usd"].as_f64().unwrap() - 0.283).abs() < 1e-9,
+        "{u}"
+    );
+}
