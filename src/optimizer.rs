@@ -589,6 +589,10 @@ pub struct Optimizer {
     alert_http: reqwest::Client,
     /// Webhook deliveries still running, so a CLI run can wait for them.
     deliveries: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Held by `set_budget` from reading a budget to writing it back: two
+    /// partial updates at once (`PUT /v1/budget`) must not each write the
+    /// other's fields back as they were.
+    budget_writes: std::sync::Mutex<()>,
 }
 
 /// How long a reservation may outlive its call before it stops counting:
@@ -680,6 +684,7 @@ impl Optimizer {
         Optimizer {
             alert_http,
             deliveries: std::sync::Mutex::new(Vec::new()),
+            budget_writes: std::sync::Mutex::new(()),
             breakers,
             settings,
             catalog,
@@ -2425,6 +2430,7 @@ impl Optimizer {
         ledger
             .ensure_writable()
             .map_err(|e| ToolError::Ledger(e.to_string()))?;
+        let _one_at_a_time = self.budget_writes.lock().unwrap_or_else(|e| e.into_inner());
         let previous_row = ledger
             .budget(&user)
             .map_err(|e| ToolError::Ledger(e.to_string()))?;
