@@ -596,13 +596,12 @@ fn tiers_card(h: &mut String, snap: &Snapshot) {
 fn savings_card(h: &mut String, d: &DashboardData) {
     // Speech is left out: the baseline covers answers only.
     let paid = d.snapshot.totals.cost_usd - d.snapshot.totals.speech_cost_usd;
-    let Some(first) = d.baselines.first() else {
-        return;
+    // The first baseline with a cost: the one recorded with the calls, or
+    // when there is none (its model was unpriced then) the re-priced ones.
+    let Some(first) = d.baselines.iter().find(|b| b.cost_usd > 0.0) else {
+        return; // nothing to compare with
     };
     let base = first.cost_usd;
-    if base <= 0.0 {
-        return; // nothing recorded to compare with
-    }
     let saved = base - paid;
     let w = |v: f64| {
         let max = paid.max(base);
@@ -619,9 +618,14 @@ fn savings_card(h: &mut String, d: &DashboardData) {
     for b in &d.baselines {
         let _ = write!(
             h,
-            r#"<option value="{}" data-cost="{}">{}</option>"#,
+            r#"<option value="{}" data-cost="{}"{}>{}</option>"#,
             esc(&b.label),
             b.cost_usd,
+            if std::ptr::eq(b, first) {
+                " selected"
+            } else {
+                ""
+            },
             esc(&b.label)
         );
     }
@@ -914,6 +918,36 @@ mod tests {
                 cost_usd: 2.0,
             }],
         }
+    }
+
+    /// No baseline recorded with the calls (its model was unpriced then):
+    /// the card compares with the re-priced ones instead of vanishing.
+    #[test]
+    fn savings_fall_back_to_a_repriced_baseline() {
+        let mut d = data(Snapshot {
+            totals: Totals {
+                calls: 2,
+                cost_usd: 0.5,
+                ..Totals::default()
+            },
+            ..Snapshot::default()
+        });
+        d.baselines = vec![
+            BaselineOption {
+                label: "as recorded".into(),
+                cost_usd: 0.0,
+            },
+            BaselineOption {
+                label: "premium".into(),
+                cost_usd: 2.0,
+            },
+        ];
+        let html = render(&d);
+        assert!(html.contains(r#"id="savings""#), "no savings card");
+        assert!(
+            html.contains(r#"<option value="premium" data-cost="2" selected>"#),
+            "the re-priced baseline is shown first"
+        );
     }
 
     #[test]
