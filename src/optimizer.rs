@@ -15,7 +15,7 @@ use crate::budget::alerts::{BudgetAlert, Webhook, WebhookFormat};
 use crate::budget::{self, Budget, BudgetMode, BudgetStatus, DEFAULT_USER};
 use crate::config::{MAX_OUTPUT_TOKENS, MAX_PROMPT_BYTES, Settings};
 use crate::ledger::{
-    BandStat, Breakdown, CallRecord, CallRow, GLOBAL_SCOPE, Group, Ledger, LimitCheck,
+    AlertRow, BandStat, Breakdown, CallRecord, CallRow, GLOBAL_SCOPE, Group, Ledger, LimitCheck,
     SnapshotRequest, Totals, to_nanos, to_usd,
 };
 use crate::pricing::{Catalog, CostSource, PriceOrigin};
@@ -878,11 +878,17 @@ impl Optimizer {
             .clone()
             .or_else(|| self.settings.alert_webhook.clone());
         if hook.is_some() || self.settings.alert_email.is_some() {
-            self.spawn_delivery(ledger.clone(), hook, alert.clone());
+            self.spawn_delivery(ledger.clone(), hook, true, alert.clone());
         }
     }
 
-    fn spawn_delivery(&self, ledger: Ledger, hook: Option<Webhook>, alert: BudgetAlert) {
+    fn spawn_delivery(
+        &self,
+        ledger: Ledger,
+        hook: Option<Webhook>,
+        email: bool,
+        alert: BudgetAlert,
+    ) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             tracing::warn!("no async runtime; budget alert webhook not sent");
             return;
@@ -890,19 +896,83 @@ impl Optimizer {
         let http = self.alert_http.clone();
         let clock = self.clock.clone();
         let base = self.settings.retry_base.max(Duration::from_millis(1));
-        let email = self.settings.alert_email.clone();
+        let email = self.settings.alert_email.clone().filter(|_| email);
+        // Side by side: a slow receiver must not hold the e-mail back
+        // past the few seconds a closing server waits for deliveries.
         let task = rt.spawn(async move {
-            if let Some(hook) = hook {
-                budget::alerts::deliver_webhook(&http, &ledger, &hook, &alert, base, || clock())
+            let webhook = async {
+                if let Some(hook) = hook {
+                    budget::alerts::deliver_webhook(&http, &ledger, &hook, &alert, base, || {
+                        clock()
+                    })
                     .await;
-            }
-            if let Some(cfg) = email {
-                budget::alerts::deliver_email(&cfg, &ledger, &alert, base, || clock()).await;
-            }
+                }
+            };
+            let mail = async {
+                if let Some(cfg) = email {
+                    budget::alerts::deliver_email(&cfg, &ledger, &alert, base, || clock()).await;
+                }
+            };
+            tokio::join!(webhook, mail);
         });
         let mut pending = self.deliveries.lock().unwrap_or_else(|e| e.into_inner());
         pending.retain(|h| !h.is_finished());
         pending.push(task);
+    }
+
+    /// Sends again, in the background, the alerts of the last day whose
+    /// webhook or e-mail delivery failed (the receiver was down, or the
+    /// server stopped mid-delivery), on the channels configured now.
+    /// Servers call this when they start. Returns how many deliveries it
+    /// started.
+    pub fn redeliver_failed_alerts(&self) -> usize {
+        let Ok(ledger) = self.ledger() else { return 0 };
+        let now = self.now();
+        let since = now - 86_400_000;
+        // A round in progress in another process is left alone: its
+        // attempts are minutes apart at most.
+        let quiet_before = now - 300_000;
+        let rounds = budget::alerts::WEBHOOK_ATTEMPTS;
+        let mut started = 0;
+        let mut ids = std::collections::BTreeMap::<i64, (AlertRow, bool, bool)>::new();
+        for (channel, is_webhook) in [("webhook", true), ("email", false)] {
+            match ledger.undelivered_alerts(channel, since, quiet_before, rounds) {
+                Ok(rows) => {
+                    for r in rows {
+                        let e = ids.entry(r.id).or_insert((r, false, false));
+                        if is_webhook {
+                            e.1 = true;
+                        } else {
+                            e.2 = true;
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not look for undelivered alerts"),
+            }
+        }
+        for (row, webhook, email) in ids.into_values() {
+            let Ok(b) = self.budget_of(ledger, &row.scope) else {
+                continue;
+            };
+            let hook = b
+                .webhook
+                .clone()
+                .or_else(|| self.settings.alert_webhook.clone())
+                .filter(|_| webhook);
+            let email = email && self.settings.alert_email.is_some();
+            if hook.is_none() && !email {
+                continue;
+            }
+            tracing::info!(
+                alert = row.id,
+                scope = row.scope,
+                "sending a failed budget alert again"
+            );
+            let alert = budget::alerts::BudgetAlert::from_row(&row, &b);
+            self.spawn_delivery(ledger.clone(), hook, email, alert);
+            started += 1;
+        }
+        started
     }
 
     /// Waits for webhook deliveries still running (the CLI calls this

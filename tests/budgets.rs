@@ -534,6 +534,38 @@ async fn failing_and_unreachable_webhooks_are_retried_and_recorded() {
             assert!(d.iter().all(|x| x.status.is_none() && x.error.is_some()));
         }
     }
+
+    // The receiver is back: the next server to start sends the failed
+    // alert again, once; it is not sent a third time after that.
+    broken.push(Reply::json(200, json!({"ok": true})));
+    for _ in 0..2 {
+        let s = spawn(
+            dir.path(),
+            &[
+                ("ANTHROPIC_API_KEY", KEY.into()),
+                ("ANTHROPIC_BASE_URL", provider.base.clone()),
+            ],
+        )
+        .await;
+        let got = wait_for(&broken, 4).await;
+        assert_eq!(got.len(), 4, "sent again once: {got:?}");
+        assert!(
+            got[3].body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("Sent again"),
+            "{:?}",
+            got[3].body
+        );
+        // Long enough for a second, wrong, delivery to arrive.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.stop().await;
+    }
+    assert_eq!(broken.requests().len(), 4);
+    let ledger = Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap();
+    let u1 = ledger.alerts(Some("u1"), 10).unwrap();
+    let d = ledger.deliveries(u1[0].id).unwrap();
+    assert!(d.last().unwrap().ok, "{d:?}");
 }
 
 /// Changing only the limit keeps the budget's other settings: a weekly

@@ -120,6 +120,45 @@ impl BudgetAlert {
         }
     }
 
+    /// An alert as recorded (`row`), for sending again: the budget `b`
+    /// gives its period and mode.
+    pub fn from_row(row: &crate::ledger::AlertRow, b: &super::Budget) -> BudgetAlert {
+        let whose = if row.scope == GLOBAL_SCOPE {
+            "The global".to_string()
+        } else {
+            format!("{}'s", row.scope)
+        };
+        let percent_used = if row.limit_usd > 0.0 {
+            row.spent_usd / row.limit_usd * 100.0
+        } else {
+            0.0
+        };
+        let period_start = super::rfc3339(row.period_start_ms);
+        let message = format!(
+            "{whose} {} budget crossed {}: {} of {} spent ({:.1}%) since {}. Mode: {}. \
+             (Sent again: the first delivery failed.)",
+            b.period.as_str(),
+            crate::render::percent(row.threshold),
+            crate::render::usd(row.spent_usd),
+            crate::render::usd(row.limit_usd),
+            percent_used,
+            period_start,
+            b.mode.as_str()
+        );
+        BudgetAlert {
+            id: row.id,
+            scope: row.scope.clone(),
+            threshold: row.threshold,
+            percent_used,
+            spent_usd: row.spent_usd,
+            limit_usd: row.limit_usd,
+            period: b.period.as_str().into(),
+            period_start,
+            mode: b.mode.as_str().into(),
+            message,
+        }
+    }
+
     /// The alert for the top threshold (100%) of a budget that refused a
     /// call: in `block` and `downgrade` modes spend never reaches the limit
     /// itself (a call that could cross it is refused first), so without

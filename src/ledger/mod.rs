@@ -928,6 +928,50 @@ impl Ledger {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
+    /// Alerts created since `since_ms` whose delivery on `channel`
+    /// (`webhook`, `email`) failed and never succeeded, oldest first: a
+    /// failed round of `round` attempts ended, or the last attempt was
+    /// before `quiet_before_ms` (a process that stopped mid-round). For
+    /// sending again when a server starts: a receiver that was down when
+    /// the threshold was crossed still hears of it.
+    pub fn undelivered_alerts(
+        &self,
+        channel: &str,
+        since_ms: i64,
+        quiet_before_ms: i64,
+        round: u32,
+    ) -> Result<Vec<AlertRow>, LedgerError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT a.id, a.scope, a.period_start_ms, a.threshold, a.spent_nanos, a.limit_nanos,
+                        a.created_ms
+                 FROM alerts a
+                 JOIN (SELECT alert_id, max(ok) AS delivered, max(ts_ms) AS last_ms,
+                              max(attempt) AS attempts
+                       FROM alert_deliveries WHERE channel = ?1 GROUP BY alert_id) d
+                   ON d.alert_id = a.id
+                 WHERE a.created_ms >= ?2 AND NOT d.delivered
+                   AND (d.attempts >= ?4 OR d.last_ms < ?3)
+                 ORDER BY a.id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![channel, since_ms, quiet_before_ms, round], |r| {
+                Ok(AlertRow {
+                    id: r.get(0)?,
+                    scope: r.get(1)?,
+                    period_start_ms: r.get(2)?,
+                    threshold: r.get(3)?,
+                    spent_usd: to_usd(r.get(4)?),
+                    limit_usd: to_usd(r.get(5)?),
+                    created_ms: r.get(6)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
     /// Delivery attempts of one alert, in order.
     pub fn deliveries(&self, alert_id: i64) -> Result<Vec<DeliveryRow>, LedgerError> {
         let conn = self.lock();

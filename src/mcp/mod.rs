@@ -479,6 +479,7 @@ pub async fn serve_stdio(core: Arc<Optimizer>) -> anyhow::Result<()> {
         .serve(stdio::StdioTransport::new(stdin, stdout))
         .await?;
     tracing::info!("MCP server ready on stdio");
+    core.redeliver_failed_alerts();
     let reason = running.waiting().await?;
     tracing::info!(?reason, "MCP client disconnected");
     // Alert deliveries run in the background; a client that hangs up right
