@@ -44,6 +44,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_api_keys.sql"),
     include_str!("migrations/0007_leaner_call_indexes.sql"),
     include_str!("migrations/0008_unindexed_reservations.sql"),
+    include_str!("migrations/0009_rollup_by_user.sql"),
 ];
 
 /// The scope of the global budget, which caps every user together.
@@ -1754,6 +1755,18 @@ mod tests {
         assert!(mine.contains("calls_by_user_time"), "{mine}");
         let all = plan(None);
         assert!(!all.contains("calls_by_user"), "{all}");
+        // A budget check reads one user's rollup rows, not every user's.
+        let spent: Vec<String> = conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT coalesce(sum(cost_nanos), 0) FROM calls_daily
+                 WHERE day >= ?1 AND user_id = ?2",
+            )
+            .unwrap()
+            .query_map(params![0, "u"], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(spent.join("; ").contains("calls_daily_by_user"), "{spent:?}");
     }
 
     pub(super) fn ledger() -> (tempfile::TempDir, Ledger) {
