@@ -146,15 +146,21 @@ pub fn render(config: &Value) -> String {
     s
 }
 
-/// `text` (a config as [`render`] wrote it) with the values of every
-/// server's `env` and `headers` replaced: they hold API keys and tokens,
-/// and a dry run's output gets pasted into bug reports and CI logs.
+/// `text` (a config as [`render`] wrote it) with the other servers' entries
+/// (left as they are) not shown, and the values of this server's `env`
+/// replaced: they hold API keys and tokens (in `env`, `headers`, `args`,
+/// even a `url`), and a dry run's output gets pasted into bug reports and
+/// CI logs.
 fn hide_secrets(text: &str) -> String {
     let Ok(mut config) = serde_json::from_str::<Value>(text) else {
         return "(not shown: the config did not parse)".into();
     };
     if let Some(servers) = config.get_mut("mcpServers").and_then(Value::as_object_mut) {
-        for server in servers.values_mut() {
+        for (name, server) in servers.iter_mut() {
+            if name != SERVER_KEY {
+                *server = Value::String("(kept as it is; not shown)".into());
+                continue;
+            }
             for key in ["env", "headers"] {
                 if let Some(map) = server.get_mut(key).and_then(Value::as_object_mut) {
                     for v in map.values_mut() {
@@ -325,7 +331,7 @@ pub fn summary(r: &InstallReport, dry_run: bool) -> String {
     if dry_run {
         s.push_str(&format!(
             "Dry run: {} would be written with mcpServers.{SERVER_KEY} {what} \
-             (values of every server's env and headers hidden here):\n\n{}\n",
+             (other servers, kept as they are, and this one's env values not shown):\n\n{}\n",
             r.config_path.display(),
             hide_secrets(&r.text)
         ));

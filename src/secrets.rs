@@ -73,6 +73,20 @@ pub fn register_url_credentials(url: &str) {
         if let Some((_user, password)) = userinfo.split_once(':') {
             register(password);
         }
+        // reqwest sends URL credentials decoded, as a Basic authorization
+        // header: a proxy that echoes it back shows them in base64.
+        let decoded = percent_decode(userinfo);
+        register(&decoded);
+        if let Some((_user, password)) = decoded.split_once(':') {
+            register(password);
+        }
+        use base64::Engine as _;
+        let basic = if decoded.contains(':') {
+            decoded.clone()
+        } else {
+            format!("{decoded}:")
+        };
+        register(&base64::engine::general_purpose::STANDARD.encode(basic.as_bytes()));
     }
     if let Some((_, query)) = url.split_once('?') {
         let query = query.split('#').next().unwrap_or("");
@@ -82,13 +96,67 @@ pub fn register_url_credentials(url: &str) {
     }
 }
 
-/// Returns `text` with every registered secret replaced by `[REDACTED]`.
+/// `%XX` escapes decoded (invalid ones kept as they are).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Shortest run of key characters taken for a piece of a secret: shorter
+/// ones could be ordinary words or ids that a secret happens to contain.
+const MIN_PIECE: usize = 12;
+
+/// Returns `text` with every registered secret replaced by `[REDACTED]`,
+/// and every piece of one: providers and gateways echo keys cut short
+/// (`sk-proj-abcdefghijkl...wxyz`), and such a prefix names most of the key.
 pub fn redact(text: &str) -> String {
     let list = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
+    if list.is_empty() {
+        return text.to_string();
+    }
     let mut out = text.to_string();
     for secret in list.iter() {
         if out.contains(secret.as_str()) {
             out = out.replace(secret.as_str(), "[REDACTED]");
+        }
+    }
+    // Runs of the characters keys are made of, cut at anything else
+    // (the dots or ellipsis of a shortened key included).
+    let is_key_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    let mut pieces = Vec::new();
+    let mut start = None;
+    for (i, c) in out.char_indices().chain(std::iter::once((out.len(), ' '))) {
+        match (is_key_char(c) && i < out.len(), start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                if i - s >= MIN_PIECE {
+                    pieces.push((s, i));
+                }
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    for &(s, e) in pieces.iter().rev() {
+        let piece = &out[s..e];
+        if piece != "REDACTED" && list.iter().any(|secret| secret.contains(piece)) {
+            out.replace_range(s..e, "[REDACTED]");
         }
     }
     out
@@ -145,6 +213,34 @@ mod tests {
         let _s = Secret::new("sk-redact-me-0987654321");
         let out = redact("error: key sk-redact-me-0987654321 was rejected");
         assert_eq!(out, "error: key [REDACTED] was rejected");
+    }
+
+    /// Keys echoed cut short (a gateway's "sk-...-012...CDEF") lose the
+    /// piece they show; ordinary words and ids do not.
+    #[test]
+    fn pieces_of_a_key_are_redacted() {
+        let _s = Secret::new("sk-piece-AUDITKEY-0123456789abcdefABCDEF");
+        let out = redact(
+            "Incorrect API key provided: sk-piece-AUDITKEY-012...CDEF (model claude-sonnet-4-6)",
+        );
+        assert!(!out.contains("AUDITKEY"), "{out}");
+        assert!(out.contains("claude-sonnet-4-6"), "{out}");
+        let out = redact("key 0123456789abcdefAB is wrong");
+        assert!(!out.contains("0123456789abcdef"), "{out}");
+    }
+
+    /// URL credentials go out decoded, as a Basic authorization header: its
+    /// base64 is as secret as they are.
+    #[test]
+    fn url_credentials_in_basic_auth_form_are_redacted() {
+        register_url_credentials("http://olluser:p%40ssw0rd-77zz@127.0.0.1:11434");
+        use base64::Engine as _;
+        let basic = base64::engine::general_purpose::STANDARD.encode("olluser:p@ssw0rd-77zz");
+        let out = redact(&format!(
+            "proxy said: Authorization: Basic {basic}; password p@ssw0rd-77zz"
+        ));
+        assert!(!out.contains(&basic), "{out}");
+        assert!(!out.contains("p@ssw0rd-77zz"), "{out}");
     }
 
     #[test]

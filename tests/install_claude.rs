@@ -160,13 +160,19 @@ fn a_dry_run_hides_keys_and_ignores_broken_settings() {
     for secret in ["ghp_secretsecret", "tok_hidden1", "sk-ant-secret2"] {
         assert!(!text.contains(secret), "{secret} shown:\n{text}");
     }
+    // Other servers are kept, and not shown (tokens hide in their args
+    // and URLs too); this one's keys are hidden.
     assert!(
-        text.contains("\"GITHUB_PERSONAL_ACCESS_TOKEN\": \"(hidden)\""),
+        text.contains("\"github\": \"(kept as it is; not shown)\""),
+        "{text}"
+    );
+    assert!(!text.contains("https://x.example/mcp"), "{text}");
+    assert!(
+        text.contains("\"ANTHROPIC_API_KEY\": \"(hidden)\""),
         "{text}"
     );
     assert!(text.contains("\"EMPTY\": \"\""), "{text}");
     assert!(text.contains("/opt/aico/ai-cost-optimizer"), "{text}");
-    assert!(text.contains("https://x.example/mcp"), "{text}");
     // Nothing written.
     assert!(std::fs::read_to_string(&cfg).unwrap().contains("/old/path"));
 }

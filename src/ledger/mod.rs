@@ -1408,7 +1408,8 @@ fn insert(conn: &Connection, rec: &CallRecord) -> rusqlite::Result<i64> {
         tok(rec.latency_ms),
         if rec.ok { "ok" } else { "error" },
         rec.error_kind,
-        rec.error_message,
+        // The last stop before the file: no key in an error gets in.
+        rec.error_message.as_deref().map(crate::secrets::redact),
         rec.forced,
         rec.prompt_sha256,
         rec.prompt_text,
@@ -1766,7 +1767,10 @@ mod tests {
             .unwrap()
             .map(Result::unwrap)
             .collect();
-        assert!(spent.join("; ").contains("calls_daily_by_user"), "{spent:?}");
+        assert!(
+            spent.join("; ").contains("calls_daily_by_user"),
+            "{spent:?}"
+        );
     }
 
     pub(super) fn ledger() -> (tempfile::TempDir, Ledger) {

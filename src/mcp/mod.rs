@@ -178,10 +178,11 @@ fn tool_error(e: ToolError) -> Result<CallToolResult, McpError> {
         ToolError::ProvidersBusy { .. } => "Providers busy (try again later)",
         ToolError::Ledger(_) => "Ledger unavailable",
     };
-    tracing::info!(error = %e, "tool error");
-    Ok(CallToolResult::error(vec![ContentBlock::text(format!(
-        "{prefix}: {e}"
-    ))]))
+    // Redacted here too: every error text a client sees passes this one
+    // place, whatever path built it.
+    let text = crate::secrets::redact(&format!("{prefix}: {e}"));
+    tracing::info!(error = %text, "tool error");
+    Ok(CallToolResult::error(vec![ContentBlock::text(text)]))
 }
 
 #[tool_router]

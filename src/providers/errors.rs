@@ -151,9 +151,12 @@ impl ProviderError {
         } else {
             ErrorKind::Connection
         };
-        // reqwest's message can include the URL; a key in a query string
-        // would be redacted by `clean_detail`.
+        // Without the URL: its path or query can hold a token (a gateway's
+        // `/key/<token>/v1`), and the messages name the *_BASE_URL setting.
         let mut msg = e.to_string();
+        if let Some(url) = e.url() {
+            msg = msg.replace(&format!(" for url ({url})"), "");
+        }
         let mut source = std::error::Error::source(e);
         while let Some(s) = source {
             msg.push_str(": ");
@@ -177,7 +180,7 @@ impl ProviderError {
             // Redacted before it is cut short: a key straddling the cut
             // would otherwise leak its first part.
             .unwrap_or_else(|| {
-                redact(&String::from_utf8_lossy(body))
+                redact(&without_controls(&String::from_utf8_lossy(body)))
                     .chars()
                     .take(200)
                     .collect()
@@ -320,13 +323,16 @@ impl std::fmt::Display for ProviderError {
 
 impl std::error::Error for ProviderError {}
 
+/// Control characters out *before* redaction: a key a provider echoes
+/// wrapped over lines (`sk-abc\ndef`) matches no secret until they are gone,
+/// and removing them afterwards put it back together, whole.
+fn without_controls(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control() || *c == ' ').collect()
+}
+
 fn clean_detail(s: &str) -> String {
-    let s = redact(s);
-    let mut out: String = s
-        .chars()
-        .filter(|c| !c.is_control() || *c == ' ')
-        .take(MAX_DETAIL_CHARS)
-        .collect();
+    let s = redact(&without_controls(s));
+    let mut out: String = s.chars().take(MAX_DETAIL_CHARS).collect();
     if s.chars().count() > MAX_DETAIL_CHARS {
         out.push('…');
     }
@@ -680,6 +686,21 @@ mod tests {
     /// Wire bodies the providers send for a key, a model or a prompt
     /// length, which must not be read as a malformed request (that ends
     /// the call with no fallback).
+    /// A key echoed wrapped over lines is redacted, not put back together
+    /// whole when the line breaks are taken out.
+    #[test]
+    fn a_wrapped_key_in_an_error_is_redacted() {
+        let _k = crate::secrets::Secret::new("sk-wrapped-AUDITKEY-0123456789abcdef");
+        for body in [
+            "Incorrect API key provided: sk-wrapped-AUDITKEY-01\n23456789abcdef",
+            r#"{"error":{"message":"Incorrect API key provided: sk-wrapped-AUDITKEY-01\r\n23456789abcdef"}}"#,
+        ] {
+            let e = classify(401, body);
+            assert!(!e.detail.contains("AUDITKEY"), "{}", e.detail);
+            assert!(!e.detail.contains("23456789abcdef"), "{}", e.detail);
+        }
+    }
+
     #[test]
     fn keys_models_and_lengths_are_told_apart() {
         // Gemini: an expired key says so only in `details[].reason`.
