@@ -121,7 +121,7 @@ pub struct CompleteArgs {
     /// tier when none of its models is available, fits the prompt or fits
     /// the budget.
     #[serde(default)]
-    #[schemars(extend("enum" = ["free", "cheap", "medium", "premium"]))]
+    #[schemars(extend("enum" = ["free", "cheap", "medium", "premium", null]))]
     pub tier: Option<String>,
     /// Whose budget pays (default "default").
     #[serde(default)]
@@ -198,7 +198,7 @@ pub struct UsageArgs {
     /// Breakdown to include: model, provider, day, week, month, tier, user
     /// or band (complexity band; default: model, provider and day).
     #[serde(default)]
-    #[schemars(extend("enum" = ["model", "provider", "day", "week", "month", "tier", "user", "band"]))]
+    #[schemars(extend("enum" = ["model", "provider", "day", "week", "month", "tier", "user", "band", null]))]
     pub group_by: Option<String>,
 }
 
@@ -221,14 +221,14 @@ pub struct SetBudgetArgs {
     /// (omitted: the budget's current mode, or for a new budget the
     /// configured default, normally "block").
     #[serde(default)]
-    #[schemars(extend("enum" = ["warn", "downgrade", "block"]))]
+    #[schemars(extend("enum" = ["warn", "downgrade", "block", null]))]
     pub mode: Option<String>,
     /// Budget period: "monthly", "weekly" (from Monday) or "daily" (omitted:
     /// the budget's current period, or for a new budget the configured
     /// default, normally "monthly").
     /// `monthly_limit` is then the limit per that period.
     #[serde(default)]
-    #[schemars(extend("enum" = ["daily", "weekly", "monthly"]))]
+    #[schemars(extend("enum" = ["daily", "weekly", "monthly", null]))]
     pub period: Option<String>,
     /// IANA time zone whose calendar starts the periods, e.g. "Europe/Berlin"
     /// (omitted: the budget's current one, or the config's, else "UTC").
@@ -241,7 +241,7 @@ pub struct SetBudgetArgs {
     /// Webhook payload: "json" (default for a new webhook), "slack" or
     /// "discord".
     #[serde(default)]
-    #[schemars(extend("enum" = ["json", "slack", "discord"]))]
+    #[schemars(extend("enum" = ["json", "slack", "discord", null]))]
     pub webhook_format: Option<String>,
     /// Set the global budget, which caps all users together, instead of a
     /// user's (do not combine with user_id).
@@ -3159,7 +3159,11 @@ pub fn validate_prompt<'a>(field: &str, p: &'a str) -> Result<&'a str, ToolError
             p.len()
         )));
     }
-    if p.trim().is_empty() {
+    // Blank also when only zero-width or other invisible characters are
+    // left: a paid model was called to answer nothing.
+    if p.chars()
+        .all(|c| c.is_whitespace() || is_invisible_format(c) || c.is_control())
+    {
         return Err(invalid(format!("{field} is empty; give the text to send")));
     }
     if p.contains('\0') {
@@ -3197,8 +3201,13 @@ pub fn validate_user(u: Option<&str>) -> Result<String, ToolError> {
     let Some(u) = u.map(str::trim).filter(|s| !s.is_empty()) else {
         return Ok(DEFAULT_USER.to_string());
     };
-    if u.chars().count() > 128 || u.chars().any(|c| c.is_control()) {
-        return Err(invalid("user_id must be 1 to 128 printable characters"));
+    // Invisible format characters too: a right-to-left override turned a
+    // report's row around, and "bob\u{200b}" looked like bob with a budget
+    // of its own.
+    if u.chars().count() > 128 || u.chars().any(|c| c.is_control() || is_invisible_format(c)) {
+        return Err(invalid(
+            "user_id must be 1 to 128 printable characters (no control or invisible formatting characters)",
+        ));
     }
     // `*` names the global budget's scope in the ledger; a user by that
     // name would mix their calls and alerts with the global ones.
@@ -3223,23 +3232,47 @@ fn parse_provider(field: &str, p: &str) -> Result<ProviderId, ToolError> {
     })
 }
 
+/// Unicode format characters that show as nothing (zero-width spaces and
+/// joiners, direction marks and overrides, the word joiner family, BOM).
+fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
+}
+
 fn parse_since(s: &str) -> Result<i64, ToolError> {
     use time::format_description::well_known::Rfc3339;
-    if let Ok(t) = time::OffsetDateTime::parse(s, &Rfc3339) {
-        return Ok((t.unix_timestamp_nanos() / 1_000_000) as i64);
-    }
-    let fmt = time::macros::format_description!("[year]-[month]-[day]");
-    time::Date::parse(s, &fmt)
-        .map(|d| (d.midnight().assume_utc().unix_timestamp_nanos() / 1_000_000) as i64)
-        .map_err(|_| {
-            invalid(format!(
-                "since: {s:?} is not a date; use YYYY-MM-DD or RFC 3339"
-            ))
-        })
+    let ms = if let Ok(t) = time::OffsetDateTime::parse(s, &Rfc3339) {
+        (t.unix_timestamp_nanos() / 1_000_000) as i64
+    } else {
+        let fmt = time::macros::format_description!("[year]-[month]-[day]");
+        time::Date::parse(s, &fmt)
+            .map(|d| (d.midnight().assume_utc().unix_timestamp_nanos() / 1_000_000) as i64)
+            .map_err(|_| {
+                invalid(format!(
+                    "since: {s:?} is not a date; use YYYY-MM-DD or RFC 3339"
+                ))
+            })?
+    };
+    // Years before 1970 hold no calls, and years below 1 cannot even be
+    // written back as RFC 3339 (the report's `since` came out empty).
+    Ok(ms.max(0))
 }
 
 #[cfg(test)]
 mod tests {
+
+    /// Invisible characters make no user id and no prompt; a date before
+    /// 1970 (even a negative year) reports from the first call.
+    #[test]
+    fn invisible_input_is_refused_and_old_dates_clamped() {
+        assert!(validate_user(Some("\u{202e}evil")).is_err());
+        assert!(validate_user(Some("bob\u{200b}")).is_err());
+        assert_eq!(validate_user(Some("Zoë Ng")).unwrap(), "Zoë Ng");
+        assert!(validate_prompt("prompt", "\u{200b}\u{200b} \u{feff}").is_err());
+        assert!(validate_prompt("prompt", "hi\u{200b}").is_ok());
+        assert_eq!(parse_since("-9999-01-01").unwrap(), 0);
+        assert_eq!(parse_since("1969-12-31").unwrap(), 0);
+    }
 
     /// An empty answer cut at the output limit says to raise max_tokens,
     /// whatever case the provider spells it in (Gemini: MAX_TOKENS); a

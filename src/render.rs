@@ -25,7 +25,10 @@ pub fn usd(v: f64) -> String {
         let decimals = ((-a.log10()).ceil() as usize + 1).min(15);
         format!("${v:.decimals$}")
     } else if a < 0.01 {
-        format!("${v:.6}")
+        // Six decimals, or more for two significant digits: $0.0000062,
+        // not $0.000006 (a third off) for a cost of $0.00000616.
+        let decimals = ((-a.log10()).ceil() as usize + 1).clamp(6, 8);
+        format!("${v:.decimals$}")
     } else if a < 1.0 {
         format!("${v:.4}")
     } else {
@@ -309,14 +312,14 @@ pub fn cost_table(t: &CostTable) -> String {
     for m in &t.models {
         let _ = writeln!(
             s,
-            "| {}{} | {} | ${:.3} | ${:.3} | {} | {} |{}",
+            "| {}{} | {} | {} | {} | {} | {} |{}",
             m.model,
             if m.enabled { "" } else { " (not enabled)" },
             m.tier.map(|t| t.as_str()).unwrap_or("–"),
-            m.input_per_mtok,
-            m.output_per_mtok,
+            per_mtok(m.input_per_mtok),
+            per_mtok(m.output_per_mtok),
             m.cache_read_per_mtok
-                .map(|c| format!("${c:.3}"))
+                .map(per_mtok)
                 .unwrap_or_else(|| "–".into()),
             m.context_window
                 .map(|c| format!("{}k", c / 1000))
@@ -607,6 +610,7 @@ mod tests {
         assert_eq!(usd(0.00000036), "$0.00000036");
         assert_eq!(usd(0.0000002), "$0.00000020");
         assert_eq!(usd(0.000168), "$0.000168");
+        assert_eq!(usd(0.00000616), "$0.0000062");
         assert_eq!(usd(0.25), "$0.2500");
         assert_eq!(usd(12.5), "$12.50");
         assert_eq!(usd(-0.00000036), "-$0.00000036");

@@ -41,6 +41,20 @@ async fn lists_five_tools_with_described_schemas_and_hints() {
                 "{}.{field} has no description",
                 t.name
             );
+            // An optional field whose values are listed lists null too: its
+            // schema default is null, and strict clients (the Inspector's
+            // --strict) refused calls the server accepts.
+            if let Some(values) = p.get("enum").and_then(|e| e.as_array())
+                && p["type"]
+                    .as_array()
+                    .is_some_and(|ts| ts.contains(&json!("null")))
+            {
+                assert!(
+                    values.contains(&Value::Null),
+                    "{}.{field}: {values:?}",
+                    t.name
+                );
+            }
         }
         assert!(t.output_schema.is_some(), "{} has no output schema", t.name);
         let ro = t.annotations.as_ref().and_then(|a| a.read_only_hint);

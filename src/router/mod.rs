@@ -473,6 +473,16 @@ impl Router {
                 Some(p) => format!("for force_provider {p}"),
                 None => "among the enabled providers".to_string(),
             };
+            // Models there are, but the prompt fits none of them: say that,
+            // not "enable a provider".
+            if !skipped_context.is_empty() {
+                return Err(RouteError(format!(
+                    "the prompt (about {} tokens) is longer than the context window of every \
+                     model available {scope} ({}); shorten it",
+                    input_cache.base,
+                    skipped_context.join(", ")
+                )));
+            }
             return Err(RouteError(format!(
                 "no priced model is available {scope}; enable a provider \
                  (ai-cost-optimizer doctor shows how) or configure [routing.tiers]"
@@ -893,6 +903,28 @@ mod tests {
             err.0.contains("longer than the context window of every available cheap model (deepseek/deepseek-v3.2)"),
             "{err}"
         );
+    }
+
+    /// A prompt too long for every enabled model says so, not "enable a
+    /// provider".
+    #[test]
+    fn a_prompt_longer_than_every_window_says_so() {
+        let reg = registry(&[ProviderId::Cerebras]);
+        let long = "word ".repeat(300_000);
+        let err = router()
+            .plan(
+                &req(&long),
+                &Catalog::bundled(),
+                &reg,
+                DEFAULT_BASELINE_MODEL,
+            )
+            .unwrap_err();
+        assert!(
+            err.0
+                .contains("longer than the context window of every model"),
+            "{err}"
+        );
+        assert!(!err.0.contains("enable a provider"), "{err}");
     }
 
     #[test]
