@@ -110,12 +110,21 @@ async fn junk_on_stdin_never_takes_the_server_down() {
         (
             "a lone surrogate",
             br#"{"jsonrpc":"2.0","id":77,"method":"tools/list","params":{"x":"\ud800"}}"#.to_vec(),
-            parse_error("Parse error: unexpected end of hex escape at line 1 column 69"),
+            // Its id came before the fault: the error carries it.
+            invalid(
+                json!(77),
+                -32700,
+                "Parse error: unexpected end of hex escape at line 1 column 69",
+            ),
         ),
         (
             "truncated JSON",
             br#"{"jsonrpc":"2.0","id":78,"method":"tools/li"#.to_vec(),
-            parse_error("Parse error: EOF while parsing a string at line 1 column 43"),
+            invalid(
+                json!(78),
+                -32700,
+                "Parse error: EOF while parsing a string at line 1 column 43",
+            ),
         ),
         (
             "wrong types",

@@ -12,12 +12,14 @@
 //! through one writer task fed by a channel: two writers on one pipe could
 //! interleave the bytes of two messages.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::io;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rmcp::RoleServer;
-use rmcp::model::{CallToolRequestParams, ClientRequest, JsonRpcMessage};
+use rmcp::model::{CallToolRequestParams, ClientNotification, ClientRequest, JsonRpcMessage};
 use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use serde_json::Value;
@@ -70,6 +72,11 @@ pub struct StdioTransport<R> {
     out: Option<mpsc::Sender<Vec<u8>>>,
     writer: Option<tokio::task::JoinHandle<()>>,
     max_line: usize,
+    /// Ids of the requests in flight (as JSON text). MCP forbids reusing
+    /// one: rmcp keeps one cancellation token per id, so a second request
+    /// with the id of one still running made the first's answer (paid
+    /// for) vanish. Such a request is refused instead.
+    in_flight: Arc<Mutex<HashSet<String>>>,
 }
 
 /// What one line of input turned out to be.
@@ -114,6 +121,37 @@ impl<R: AsyncRead + Unpin + Send> StdioTransport<R> {
             out: Some(tx),
             writer: Some(tokio::spawn(write_lines(write, rx))),
             max_line: MAX_LINE_BYTES,
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// Notes a request's id as in flight, or refuses it when a request
+    /// with that id still is; a cancellation frees its request's id (rmcp
+    /// sends no reply for it).
+    fn track(&self, m: &RxJsonRpcMessage<RoleServer>) -> Result<(), Vec<u8>> {
+        let mut ids = lock_ignoring_poison(&self.in_flight);
+        match m {
+            JsonRpcMessage::Request(r) => {
+                if ids.insert(id_key(&r.id)) {
+                    Ok(())
+                } else {
+                    tracing::info!(id = %id_key(&r.id), "refused a request reusing the id of one in flight");
+                    Err(error_line(
+                        serde_json::to_value(&r.id).unwrap_or(Value::Null),
+                        INVALID_REQUEST,
+                        "Invalid Request: this id is already used by a request in flight; ids must not be reused",
+                    ))
+                }
+            }
+            JsonRpcMessage::Notification(n) => {
+                if let ClientNotification::CancelledNotification(c) = &n.notification
+                    && let Some(id) = &c.params.request_id
+                {
+                    ids.remove(&id_key(id));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 
@@ -206,6 +244,15 @@ impl<R: AsyncRead + Unpin + Send> Transport<RoleServer> for StdioTransport<R> {
         item: TxJsonRpcMessage<RoleServer>,
     ) -> impl Future<Output = Result<(), io::Error>> + Send + 'static {
         let out = self.out.clone();
+        // The request is answered: its id may be used again.
+        let answered = match &item {
+            JsonRpcMessage::Response(r) => Some(id_key(&r.id)),
+            JsonRpcMessage::Error(e) => e.id.as_ref().map(id_key),
+            _ => None,
+        };
+        if let Some(key) = answered {
+            lock_ignoring_poison(&self.in_flight).remove(&key);
+        }
         // Encoded in the caller's task, not the writer's: a large tool
         // result does not hold up the other replies being written.
         async move {
@@ -262,7 +309,10 @@ impl<R: AsyncRead + Unpin + Send> Transport<RoleServer> for StdioTransport<R> {
                 }
             };
             match decoded {
-                Decoded::Message(m) => return Some(*m),
+                Decoded::Message(m) => match self.track(&m) {
+                    Ok(()) => return Some(*m),
+                    Err(reply) => self.queue_reply(reply),
+                },
                 Decoded::Nothing => {}
                 Decoded::Reply(line) => self.queue_reply(line),
             }
@@ -281,6 +331,15 @@ impl<R: AsyncRead + Unpin + Send> Transport<RoleServer> for StdioTransport<R> {
         }
         Ok(())
     }
+}
+
+/// A request id as the key of the in-flight set (`7` and `"7"` differ).
+fn id_key(id: &rmcp::model::RequestId) -> String {
+    serde_json::to_string(id).unwrap_or_default()
+}
+
+fn lock_ignoring_poison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn stdout_closed() -> io::Error {
@@ -339,8 +398,10 @@ fn decode(raw: &[u8]) -> Decoded {
     };
     if e.is_syntax() || e.is_eof() {
         tracing::info!(error = %e, "refused a line that is not JSON");
+        // With the id when it can be read before the fault, so the client
+        // can match the error to its request.
         return Decoded::Reply(error_line(
-            Value::Null,
+            early_id(line),
             PARSE_ERROR,
             &format!("Parse error: {e}"),
         ));
@@ -360,6 +421,19 @@ fn decode(raw: &[u8]) -> Decoded {
             &format!("Invalid Request: {what}"),
         ));
     };
+    // An id that is a number but no integer (1.5, or past 64 bits) is the
+    // request's fault, not its params'; and it cannot be echoed exactly.
+    if obj
+        .get("id")
+        .is_some_and(|v| v.is_number() && v.as_i64().is_none())
+    {
+        tracing::info!("refused a request whose id is not an integer");
+        return Decoded::Reply(error_line(
+            Value::Null,
+            INVALID_REQUEST,
+            "Invalid Request: id must be a string or an integer",
+        ));
+    }
     let version_ok = obj.get("jsonrpc").and_then(Value::as_str) == Some("2.0");
     let method = obj.get("method").and_then(Value::as_str);
     let id = obj
@@ -565,6 +639,56 @@ mod tests {
         }
     }
 
+    /// A request reusing the id of one in flight is refused (rmcp would
+    /// drop one of the two answers); once answered, or cancelled, the id
+    /// is free again.
+    #[test]
+    fn ids_in_flight_are_not_reused() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (client, server_in) = tokio::io::duplex(1 << 16);
+            let (server_out, mut client_out) = tokio::io::duplex(1 << 16);
+            let mut t = StdioTransport::new(server_in, server_out);
+            let call = |id: &str| {
+                format!(
+                    "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"tools/list\"}}\n"
+                )
+            };
+            let mut client = client;
+            use tokio::io::AsyncReadExt;
+            client.write_all(call("903").as_bytes()).await.unwrap();
+            assert!(matches!(t.receive().await, Some(JsonRpcMessage::Request(_))));
+            // The same id again, then another: the first is refused.
+            client.write_all(call("903").as_bytes()).await.unwrap();
+            client.write_all(call("\"903\"").as_bytes()).await.unwrap();
+            assert!(matches!(t.receive().await, Some(JsonRpcMessage::Request(_))));
+            let mut buf = vec![0u8; 4096];
+            let n = client_out.read(&mut buf).await.unwrap();
+            let err: Value = serde_json::from_slice(&buf[..n]).unwrap();
+            assert_eq!(err["id"], json!(903), "{err}");
+            assert_eq!(err["error"]["code"], json!(INVALID_REQUEST), "{err}");
+            // Answered: 903 may be used again.
+            let answer: TxJsonRpcMessage<RoleServer> = serde_json::from_value(
+                json!({"jsonrpc": "2.0", "id": 903, "result": {"tools": []}}),
+            )
+            .unwrap();
+            t.send(answer).await.unwrap();
+            client.write_all(call("903").as_bytes()).await.unwrap();
+            assert!(matches!(t.receive().await, Some(JsonRpcMessage::Request(_))));
+            // Cancelled: free again too.
+            client
+                .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/cancelled\",\"params\":{\"requestId\":903}}\n")
+                .await
+                .unwrap();
+            assert!(matches!(t.receive().await, Some(JsonRpcMessage::Notification(_))));
+            client.write_all(call("903").as_bytes()).await.unwrap();
+            assert!(matches!(t.receive().await, Some(JsonRpcMessage::Request(_))));
+        });
+    }
+
     #[test]
     fn good_messages_decode_and_blank_lines_are_skipped() {
         let d = decode(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}\r\n");
@@ -616,6 +740,22 @@ mod tests {
         );
         let d = decode(br#"{"jsonrpc":"2.0","id":3,"method":"x/custom","params":{"a":1}}"#);
         assert!(matches!(d, Decoded::Message(_)), "{d:?}");
+    }
+
+    /// An id that is no integer is the request's fault; a line broken after
+    /// its id keeps it in the parse error.
+    #[test]
+    fn bad_ids_and_broken_lines_are_answered_by_what_is_readable() {
+        let r = reply(decode(
+            b"{\"jsonrpc\":\"2.0\",\"id\":1.5,\"method\":\"ping\"}\n",
+        ));
+        assert_eq!(r["error"]["code"], json!(INVALID_REQUEST), "{r}");
+        assert_eq!(r["id"], Value::Null);
+        let r = reply(decode(
+            b"{\"jsonrpc\":\"2.0\",\"id\":55,\"method\":\"tools/call\",\"params\":{\"x\":\"hi \\ud83d there\"}}\n",
+        ));
+        assert_eq!(r["error"]["code"], json!(PARSE_ERROR), "{r}");
+        assert_eq!(r["id"], json!(55), "{r}");
     }
 
     #[test]
