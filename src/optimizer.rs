@@ -345,8 +345,9 @@ pub struct Completion {
     pub model: String,
     /// Provider that answered.
     pub provider: ProviderId,
-    /// Tier the model came from.
-    pub tier: Tier,
+    /// Tier the model came from; null for a model forced by the caller
+    /// that is in no routing tier (reports count it as `forced`).
+    pub tier: Option<Tier>,
     /// What this call cost, USD.
     pub cost_usd: f64,
     /// How the cost was determined (provider, catalog, local, unpriced).
@@ -1464,6 +1465,12 @@ impl Optimizer {
         } else {
             None
         };
+        // A forced model in no routing tier has none: not the tier the
+        // score points to (recorded, that would read to calibration as the
+        // caller overriding the router; shown, as a paid model "free").
+        let routed_tier = |c: &Candidate| {
+            (forced != Some("model") || self.router.tier_of(&c.model).is_some()).then_some(c.tier)
+        };
         let request_id = uuid::Uuid::new_v4().to_string();
         let prompt_sha256 = prompt_hash(system, prompt);
         let prompt_text = self.settings.store_prompts.then(|| match system {
@@ -1674,8 +1681,7 @@ impl Optimizer {
                     // A forced model in no routing tier has none (shown as
                     // `forced`): recording the score's tier would read to
                     // calibration as the caller overriding the router.
-                    tier: (forced != Some("model") || self.router.tier_of(&cand.model).is_some())
-                        .then(|| cand.tier.as_str().to_string()),
+                    tier: routed_tier(&cand).map(|t| t.as_str().to_string()),
                     score: Some(plan.score),
                     forced: forced.map(str::to_string),
                     prompt_sha256: prompt_sha256.clone(),
@@ -1698,7 +1704,7 @@ impl Optimizer {
                 sink.on_attempt(&AttemptRoute {
                     provider: cand.provider,
                     model: &cand.model,
-                    tier: cand.tier.as_str(),
+                    tier: routed_tier(&cand).map_or("forced", Tier::as_str),
                     score: plan.score,
                     request_id: &request_id,
                 });
@@ -1828,7 +1834,7 @@ impl Optimizer {
                             answer: resp.text,
                             model: cand.model.clone(),
                             provider: cand.provider,
-                            tier: cand.tier,
+                            tier: routed_tier(&cand),
                             cost_usd: cost,
                             cost_source: source,
                             tokens: resp.usage.into(),

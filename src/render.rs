@@ -161,9 +161,12 @@ pub fn completion(c: &Completion) -> String {
     let _ = writeln!(s, "{}\n\n---", closed_answer(&c.answer));
     let _ = writeln!(
         s,
-        "**{}** ({} tier) · cost **{}**{} · {} in / {} out tokens{} · {} ms",
+        "**{}** ({}) · cost **{}**{} · {} in / {} out tokens{} · {} ms",
         c.model,
-        c.tier,
+        match c.tier {
+            Some(t) => format!("{t} tier"),
+            None => "forced; in no routing tier".to_string(),
+        },
         usd(c.cost_usd),
         match c.cost_source {
             crate::pricing::CostSource::Provider => " (reported by provider)",

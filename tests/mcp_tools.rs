@@ -234,6 +234,22 @@ async fn complete_prompt_bills_reported_usage_and_records_it() {
     assert_eq!(u["by_model"][0]["key"], "deepseek/deepseek-v3.2");
     assert_eq!(u["by_provider"][0]["key"], "deepseek");
     assert_eq!(u["by_day"].as_array().unwrap().len(), 1);
+
+    // A model forced by the caller that is in no routing tier has no tier
+    // (it was shown as the tier its score points to: a paid model "free").
+    let r = s
+        .call(
+            "complete_prompt",
+            json!({"prompt": "What is 2+2?", "force_model": "deepseek/deepseek-chat"}),
+        )
+        .await;
+    let c = r.structured_content.clone().unwrap();
+    assert_eq!(c["tier"], Value::Null, "{c}");
+    assert!(
+        text(&r).contains("(forced; in no routing tier)"),
+        "{}",
+        text(&r)
+    );
     s.stop().await;
 }
 

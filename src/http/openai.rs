@@ -269,7 +269,7 @@ fn optimizer_json(c: &Completion) -> Value {
     json!({
         "provider": c.provider.as_str(),
         "model": c.model,
-        "tier": c.tier.as_str(),
+        "tier": c.tier.map(|t| t.as_str()),
         "complexity": c.complexity.score,
         "cost_usd": c.cost_usd,
         "cost_source": c.cost_source,
@@ -291,7 +291,10 @@ fn route_headers(h: &mut HeaderMap, c: &Completion) {
             ("x-cost-usd", format!("{:.9}", c.cost_usd)),
             ("x-routed-model", c.model.clone()),
             ("x-routed-provider", c.provider.as_str().to_string()),
-            ("x-routed-tier", c.tier.as_str().to_string()),
+            (
+                "x-routed-tier",
+                c.tier.map_or("forced", |t| t.as_str()).to_string(),
+            ),
             ("x-complexity", format!("{:.3}", c.complexity.score)),
             ("x-ledger-request-id", c.request_id.clone()),
         ],
