@@ -1681,7 +1681,7 @@ impl Optimizer {
                     // A forced model in no routing tier has none (shown as
                     // `forced`): recording the score's tier would read to
                     // calibration as the caller overriding the router.
-                    tier: routed_tier(&cand).map(|t| t.as_str().to_string()),
+                    tier: routed_tier(cand).map(|t| t.as_str().to_string()),
                     score: Some(plan.score),
                     forced: forced.map(str::to_string),
                     prompt_sha256: prompt_sha256.clone(),
@@ -1704,7 +1704,7 @@ impl Optimizer {
                 sink.on_attempt(&AttemptRoute {
                     provider: cand.provider,
                     model: &cand.model,
-                    tier: routed_tier(&cand).map_or("forced", Tier::as_str),
+                    tier: routed_tier(cand).map_or("forced", Tier::as_str),
                     score: plan.score,
                     request_id: &request_id,
                 });
@@ -1834,7 +1834,7 @@ impl Optimizer {
                             answer: resp.text,
                             model: cand.model.clone(),
                             provider: cand.provider,
-                            tier: routed_tier(&cand),
+                            tier: routed_tier(cand),
                             cost_usd: cost,
                             cost_source: source,
                             tokens: resp.usage.into(),
