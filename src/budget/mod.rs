@@ -168,12 +168,12 @@ pub fn validate_limit(field: &str, usd: f64) -> Result<(), String> {
     // The ledger keeps nano-dollars: a smaller limit would be stored as 0.
     if usd < MIN_BUDGET_USD {
         return Err(format!(
-            "{field} of {usd} is below the smallest limit the ledger can hold, {MIN_BUDGET_USD} US dollars"
+            "{field} of {usd:e} is below the smallest limit the ledger can hold, {MIN_BUDGET_USD} US dollars"
         ));
     }
     if usd > MAX_BUDGET_USD {
         return Err(format!(
-            "{field} of {usd} is above the maximum of {MAX_BUDGET_USD} US dollars"
+            "{field} of {usd:e} is above the maximum of {MAX_BUDGET_USD} US dollars"
         ));
     }
     Ok(())
