@@ -2563,24 +2563,23 @@ impl Optimizer {
             webhook,
         };
         let now = self.now();
-        ledger
-            .set_budget(&b.to_row(), now)
-            .map_err(|e| ToolError::Ledger(e.to_string()))?;
         // Thresholds still crossed under the new settings were alerted
         // already: not again (a limit raised from $100 to $105 with $85
         // spent re-sent 50% and 80%; a new time zone, the whole month's).
-        // Those no longer crossed fire again when they are crossed anew.
+        // Those the change put out of reach fire again when crossed anew.
+        // The status needs no stored row: read before writing, so the
+        // budget and its alerts change in one transaction.
         let before = stored.unwrap_or_else(|| self.configured_default(&user));
         let status_now =
             budget::status(ledger, &b, now).map_err(|e| ToolError::Ledger(e.to_string()))?;
         ledger
-            .rearm_alerts(
-                &user,
+            .set_budget_carrying_alerts(
+                &b.to_row(),
+                now,
                 before.bounds(now).0,
                 b.bounds(now).0,
                 &status_now.crossed_thresholds,
                 to_nanos(before.limit_usd),
-                to_nanos(b.limit_usd),
             )
             .map_err(|e| ToolError::Ledger(e.to_string()))?;
         tracing::info!(

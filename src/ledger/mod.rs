@@ -832,8 +832,13 @@ impl Ledger {
     ) -> Result<Option<i64>, LedgerError> {
         self.lock()
             .prepare_cached(
+                // Only under the budget's limit as it stands: a call that read
+                // the budget before a change (set_budget re-arming alerts
+                // meanwhile) must not record, or re-send, under the old one.
+                // A scope with no budget row has the configured default.
                 "INSERT INTO alerts (scope, period_start_ms, threshold, spent_nanos, limit_nanos, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6
+                 WHERE coalesce((SELECT limit_nanos FROM budgets WHERE user_id = ?1), ?5) = ?5
                  ON CONFLICT (scope, period_start_ms, threshold) DO UPDATE SET
                    spent_nanos = excluded.spent_nanos, limit_nanos = excluded.limit_nanos,
                    created_ms = excluded.created_ms
@@ -850,42 +855,58 @@ impl Ledger {
             .map_err(|e| self.err(e))
     }
 
-    /// After a budget of `scope` changed: its alerts recorded for the
-    /// period that started at `old_start_ms` move to the period as the
-    /// budget now counts it (`new_start_ms`: a new time zone or period
-    /// kind). Those sent under the old limit (`old_limit_nanos`) for a
-    /// threshold of `crossed` (still crossed under the new limit) take the
-    /// new `limit_nanos`, so they are not sent again. The others keep
-    /// their limit: crossed under the new one, they fire once more
-    /// ([`Ledger::record_alert`]); so do those an earlier change put out
-    /// of reach.
-    pub fn rearm_alerts(
+    /// Writes budget `b` and, in the same transaction, carries its alerts
+    /// over: those recorded for the period that started at `old_start_ms`
+    /// under the old limit (`old_limit_nanos`) whose threshold is still
+    /// crossed (`crossed`, read under the new settings) move to the period
+    /// as the budget now counts it (`new_start_ms`: a new time zone or
+    /// period kind) with the new limit, so they are not sent again. The
+    /// others stay where they were: a threshold the change put out of
+    /// reach fires again when it is crossed anew. One transaction, so a
+    /// call reading the new budget never finds the alerts not yet carried.
+    pub fn set_budget_carrying_alerts(
         &self,
-        scope: &str,
+        b: &BudgetRow,
+        now_ms: i64,
         old_start_ms: i64,
         new_start_ms: i64,
         crossed: &[f64],
         old_limit_nanos: i64,
-        limit_nanos: i64,
     ) -> Result<(), LedgerError> {
+        let thresholds =
+            serde_json::to_string(&b.thresholds).map_err(|e| LedgerError::Sqlite(e.to_string()))?;
         let mut conn = self.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.err(e))?;
-        if old_start_ms != new_start_ms {
-            tx.execute(
-                "UPDATE OR IGNORE alerts SET period_start_ms = ?3
-                 WHERE scope = ?1 AND period_start_ms = ?2",
-                params![scope, old_start_ms, new_start_ms],
-            )
-            .map_err(|e| self.err(e))?;
-        }
+        tx.execute(
+            SET_BUDGET_SQL,
+            params![
+                b.user_id,
+                b.limit_nanos,
+                b.period,
+                thresholds,
+                b.mode,
+                now_ms,
+                b.timezone,
+                b.webhook_url,
+                b.webhook_format
+            ],
+        )
+        .map_err(|e| self.err(e))?;
         for t in crossed {
             tx.execute(
-                "UPDATE alerts SET limit_nanos = ?4
-                 WHERE scope = ?1 AND period_start_ms = ?2 AND abs(threshold - ?3) < 1e-9
-                   AND limit_nanos = ?5",
-                params![scope, new_start_ms, t, limit_nanos, old_limit_nanos],
+                "UPDATE OR IGNORE alerts SET period_start_ms = ?3, limit_nanos = ?5
+                 WHERE scope = ?1 AND period_start_ms = ?2 AND abs(threshold - ?4) < 1e-9
+                   AND limit_nanos = ?6",
+                params![
+                    b.user_id,
+                    old_start_ms,
+                    new_start_ms,
+                    t,
+                    b.limit_nanos,
+                    old_limit_nanos
+                ],
             )
             .map_err(|e| self.err(e))?;
         }
@@ -1065,14 +1086,7 @@ impl Ledger {
             serde_json::to_string(&b.thresholds).map_err(|e| LedgerError::Sqlite(e.to_string()))?;
         self.lock()
             .execute(
-                "INSERT INTO budgets (user_id, limit_nanos, period, thresholds, mode, updated_ms,
-                   timezone, webhook_url, webhook_format)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT(user_id) DO UPDATE SET limit_nanos = excluded.limit_nanos,
-                   period = excluded.period, thresholds = excluded.thresholds,
-                   mode = excluded.mode, updated_ms = excluded.updated_ms,
-                   timezone = excluded.timezone, webhook_url = excluded.webhook_url,
-                   webhook_format = excluded.webhook_format",
+                SET_BUDGET_SQL,
                 params![
                     b.user_id,
                     b.limit_nanos,
@@ -1454,6 +1468,17 @@ fn spent(conn: &Connection, scope: &str, since_ms: i64) -> rusqlite::Result<i64>
     Ok(edge.saturating_add(days))
 }
 
+/// Inserts or replaces a budget row.
+const SET_BUDGET_SQL: &str =
+    "INSERT INTO budgets (user_id, limit_nanos, period, thresholds, mode, updated_ms,
+       timezone, webhook_url, webhook_format)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+     ON CONFLICT(user_id) DO UPDATE SET limit_nanos = excluded.limit_nanos,
+       period = excluded.period, thresholds = excluded.thresholds,
+       mode = excluded.mode, updated_ms = excluded.updated_ms,
+       timezone = excluded.timezone, webhook_url = excluded.webhook_url,
+       webhook_format = excluded.webhook_format";
+
 /// One UTC day, the unit of the `calls_daily` rollup.
 const DAY_MS: i64 = 86_400_000;
 
@@ -1732,6 +1757,61 @@ fn restrict_permissions(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A budget change carries over the alerts still crossed, leaves the
+    /// others behind (they fire again when crossed in the new period), and
+    /// an alert recorded under a limit the budget no longer has is refused.
+    #[test]
+    fn budget_changes_carry_only_crossed_alerts() {
+        let (_d, l) = ledger();
+        let row = |limit: i64, period: &str| BudgetRow {
+            user_id: "u".into(),
+            limit_nanos: limit,
+            period: period.into(),
+            thresholds: vec![0.5, 0.8],
+            mode: "warn".into(),
+            timezone: "UTC".into(),
+            webhook_url: None,
+            webhook_format: "json".into(),
+        };
+        let (month, week) = (1_000, 5_000);
+        l.set_budget(&row(100, "monthly"), 0).unwrap();
+        assert!(
+            l.record_alert("u", month, 0.5, 60, 100, 1)
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            l.record_alert("u", month, 0.8, 85, 100, 1)
+                .unwrap()
+                .is_some()
+        );
+        // Weekly from now, same limit: 80% is still crossed this week, 50%
+        // is not... (as the caller read the status) only 0.8 is carried.
+        l.set_budget_carrying_alerts(&row(100, "weekly"), 2, month, week, &[0.8], 100)
+            .unwrap();
+        assert!(
+            l.record_alert("u", week, 0.8, 85, 100, 3)
+                .unwrap()
+                .is_none(),
+            "carried"
+        );
+        assert!(
+            l.record_alert("u", week, 0.5, 50, 100, 3)
+                .unwrap()
+                .is_some(),
+            "fires anew"
+        );
+        // Raised to 200 with 170 spent: 80% still crossed, carried. A call
+        // that read the budget before the change records nothing (it would
+        // re-send 80% under the old limit), one after it nothing either.
+        l.set_budget_carrying_alerts(&row(200, "weekly"), 4, week, week, &[0.8], 100)
+            .unwrap();
+        let record = |t: f64, limit: i64| l.record_alert("u", week, t, 170, limit, 5).unwrap();
+        assert!(record(0.8, 100).is_none(), "stale limit");
+        assert!(record(0.8, 200).is_none(), "carried");
+        assert!(record(0.5, 100).is_none(), "stale limit");
+    }
 
     /// One user's report reads that user's calls through the per-user
     /// index; with `(?3 IS NULL OR user_id = ?3)` SQLite walked the whole
