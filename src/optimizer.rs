@@ -955,12 +955,20 @@ impl Optimizer {
             let Ok(b) = self.budget_of(ledger, &row.scope) else {
                 continue;
             };
+            // Claimed first, per channel: of two servers starting together
+            // one sends it.
+            let claim = |wanted: bool, channel: &str| {
+                wanted
+                    && ledger
+                        .claim_redelivery(row.id, channel, quiet_before, now)
+                        .unwrap_or(false)
+            };
             let hook = b
                 .webhook
                 .clone()
                 .or_else(|| self.settings.alert_webhook.clone())
-                .filter(|_| webhook);
-            let email = email && self.settings.alert_email.is_some();
+                .filter(|_| claim(webhook, "webhook"));
+            let email = self.settings.alert_email.is_some() && claim(email, "email");
             if hook.is_none() && !email {
                 continue;
             }

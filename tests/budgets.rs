@@ -535,18 +535,20 @@ async fn failing_and_unreachable_webhooks_are_retried_and_recorded() {
         }
     }
 
-    // The receiver is back: the next server to start sends the failed
-    // alert again, once; it is not sent a third time after that.
-    broken.push(Reply::json(200, json!({"ok": true})));
-    for _ in 0..2 {
-        let s = spawn(
-            dir.path(),
-            &[
-                ("ANTHROPIC_API_KEY", KEY.into()),
-                ("ANTHROPIC_BASE_URL", provider.base.clone()),
-            ],
-        )
-        .await;
+    // The receiver is back: the next servers to start (two at once) send
+    // the failed alert again, once between them; the one after does not.
+    // Slow to answer, so the second server starts while the first one's
+    // delivery is still in flight.
+    broken.push(Reply::json(200, json!({"ok": true})).delayed(Duration::from_millis(1500)));
+    let env = [
+        ("ANTHROPIC_API_KEY", KEY.to_string()),
+        ("ANTHROPIC_BASE_URL", provider.base.clone()),
+    ];
+    for servers in [2, 1] {
+        let mut running = Vec::new();
+        for _ in 0..servers {
+            running.push(spawn(dir.path(), &env).await);
+        }
         let got = wait_for(&broken, 4).await;
         assert_eq!(got.len(), 4, "sent again once: {got:?}");
         assert!(
@@ -559,7 +561,9 @@ async fn failing_and_unreachable_webhooks_are_retried_and_recorded() {
         );
         // Long enough for a second, wrong, delivery to arrive.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        s.stop().await;
+        for s in running {
+            s.stop().await;
+        }
     }
     assert_eq!(broken.requests().len(), 4);
     let ledger = Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap();

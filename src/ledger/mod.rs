@@ -952,10 +952,11 @@ impl Ledger {
 
     /// Alerts created since `since_ms` whose delivery on `channel`
     /// (`webhook`, `email`) failed and never succeeded, oldest first: a
-    /// failed round of `round` attempts ended, or the last attempt was
-    /// before `quiet_before_ms` (a process that stopped mid-round). For
-    /// sending again when a server starts: a receiver that was down when
-    /// the threshold was crossed still hears of it.
+    /// round of `round` attempts ended, or its last attempt was before
+    /// `quiet_before_ms` (a process that stopped mid-round). Only the
+    /// attempts since the alert was (re-)created count: a re-armed alert
+    /// keeps its id. For sending again when a server starts; claim each
+    /// with [`Ledger::claim_redelivery`] first.
     pub fn undelivered_alerts(
         &self,
         channel: &str,
@@ -969,9 +970,11 @@ impl Ledger {
                 "SELECT a.id, a.scope, a.period_start_ms, a.threshold, a.spent_nanos, a.limit_nanos,
                         a.created_ms
                  FROM alerts a
-                 JOIN (SELECT alert_id, max(ok) AS delivered, max(ts_ms) AS last_ms,
-                              max(attempt) AS attempts
-                       FROM alert_deliveries WHERE channel = ?1 GROUP BY alert_id) d
+                 JOIN (SELECT d.alert_id, max(d.ok) AS delivered, max(d.ts_ms) AS last_ms,
+                              max(d.attempt) AS attempts
+                       FROM alert_deliveries d JOIN alerts x ON x.id = d.alert_id
+                       WHERE d.channel = ?1 AND d.ts_ms >= x.created_ms
+                       GROUP BY d.alert_id) d
                    ON d.alert_id = a.id
                  WHERE a.created_ms >= ?2 AND NOT d.delivered
                    AND (d.attempts >= ?4 OR d.last_ms < ?3)
@@ -992,6 +995,41 @@ impl Ledger {
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Claims alert `alert_id`'s redelivery on `channel` for this process:
+    /// false if another claimed it since `since_ms` (two servers starting
+    /// together send it once). The claim is a delivery row of attempt 0.
+    pub fn claim_redelivery(
+        &self,
+        alert_id: i64,
+        channel: &str,
+        since_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, LedgerError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        let taken: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM alert_deliveries
+                   WHERE alert_id = ?1 AND channel = ?2 AND attempt = 0 AND ts_ms >= ?3)",
+                params![alert_id, channel, since_ms],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        if taken {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO alert_deliveries (alert_id, channel, target, attempt, ok, status, error, ts_ms)
+             VALUES (?1, ?2, NULL, 0, 0, NULL, 'claimed for sending again', ?3)",
+            params![alert_id, channel, now_ms],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(true)
     }
 
     /// Delivery attempts of one alert, in order.
