@@ -155,7 +155,15 @@ pub fn redact(text: &str) -> String {
     }
     for &(s, e) in pieces.iter().rev() {
         let piece = &out[s..e];
-        if piece != "REDACTED" && list.iter().any(|secret| secret.contains(piece)) {
+        // Pieces of keys only: a whole registered URL (a webhook, the SMTP
+        // URL) holds ordinary words too (`ai-cost-optimizer-alerts` would
+        // hide every path with the program's name in it); its secret parts
+        // are registered on their own as well.
+        if piece != "REDACTED"
+            && list
+                .iter()
+                .any(|secret| !secret.contains("://") && secret.contains(piece))
+        {
             out.replace_range(s..e, "[REDACTED]");
         }
     }
@@ -227,6 +235,19 @@ mod tests {
         assert!(out.contains("claude-sonnet-4-6"), "{out}");
         let out = redact("key 0123456789abcdefAB is wrong");
         assert!(!out.contains("0123456789abcdef"), "{out}");
+    }
+
+    /// A registered URL is redacted whole, but the words in it are not
+    /// redacted wherever they appear.
+    #[test]
+    fn words_of_a_registered_url_stay_readable() {
+        register("https://ntfy.sh/ai-cost-optimizer-alerts-xyz");
+        let out = redact("/home/me/.local/share/ai-cost-optimizer-alerts-x/ledger.sqlite3");
+        assert!(out.contains("ai-cost-optimizer-alerts-x"), "{out}");
+        assert_eq!(
+            redact("POST https://ntfy.sh/ai-cost-optimizer-alerts-xyz failed"),
+            "POST [REDACTED] failed"
+        );
     }
 
     /// URL credentials go out decoded, as a Basic authorization header: its
