@@ -1523,6 +1523,10 @@ impl Optimizer {
         // OpenRouter), so one model's 429s, retried, must not open the
         // breaker on the provider's other models for everyone.
         let mut rate_limit_counted: Vec<ProviderId> = Vec::new();
+        // The models already rate-limited in this call: when another model
+        // of the same provider is limited too, the limit is likely the
+        // account's, so that one is not retried (each retry would wait).
+        let mut rate_limited: Vec<(ProviderId, String)> = Vec::new();
 
         // Skip providers whose circuit breaker is open, unless that would
         // leave nothing to try.
@@ -1948,8 +1952,13 @@ impl Optimizer {
                 let counts = !out_of_time
                     && (err.kind != ErrorKind::RateLimit
                         || !rate_limit_counted.contains(&cand.provider));
+                let account_limited = err.kind == ErrorKind::RateLimit
+                    && rate_limited
+                        .iter()
+                        .any(|(p, m)| *p == cand.provider && *m != cand.model);
                 if err.kind == ErrorKind::RateLimit {
                     rate_limit_counted.push(cand.provider);
+                    rate_limited.push((cand.provider, cand.model.clone()));
                 }
                 if counts && self.breakers.failure(cand.provider, err.kind, self.now()) {
                     notes.push(format!(
@@ -2012,6 +2021,7 @@ impl Optimizer {
                 if err.kind.is_retryable()
                     && retries < self.settings.max_retries
                     && retry_fits
+                    && !account_limited
                     && let Some(delay) = self.backoff(retries, err.retry_after)
                     && waited + delay <= self.settings.max_retry_wait
                 {
@@ -2028,13 +2038,15 @@ impl Optimizer {
                 // So does a rate limit: quotas are per model at Gemini,
                 // Anthropic, OpenRouter and Cerebras, and a 429 is quick
                 // and free where the whole account is limited.
-                if !matches!(
-                    err.kind,
-                    ErrorKind::ContextTooLong
-                        | ErrorKind::ModelUnavailable
-                        | ErrorKind::EmptyAnswer
-                        | ErrorKind::RateLimit
-                ) {
+                if err.whole_provider
+                    || !matches!(
+                        err.kind,
+                        ErrorKind::ContextTooLong
+                            | ErrorKind::ModelUnavailable
+                            | ErrorKind::EmptyAnswer
+                            | ErrorKind::RateLimit
+                    )
+                {
                     failed_providers.push(cand.provider);
                 }
                 break;

@@ -1224,5 +1224,38 @@ async fn a_models_rate_limit_falls_back_to_the_same_providers_next_model() {
         );
     }
     assert_eq!(gemini.requests().len(), 8);
+
+    // Every model limited: the account's limit. The first model gets its
+    // retries; the others one try each, not a retry cycle (and its waits)
+    // apiece.
+    let quota_no_wait = || {
+        Reply::json(
+            429,
+            json!({"error": {"code": 429, "message": "Resource has been exhausted (e.g. check quota).",
+                "status": "RESOURCE_EXHAUSTED"}}),
+        )
+    };
+    for _ in 0..20 {
+        gemini.push(quota_no_wait());
+    }
+    let before = gemini.requests().len();
+    let e = s
+        .err(
+            "complete_prompt",
+            json!({"prompt": "What is the capital of France?"}),
+        )
+        .await;
+    let mut models: Vec<&str> = e
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '(')
+        .filter(|w| w.starts_with("gemini/"))
+        .collect();
+    models.sort();
+    models.dedup();
+    assert!(models.len() >= 2, "{e}");
+    assert_eq!(
+        gemini.requests().len() - before,
+        3 + (models.len() - 1),
+        "{e}"
+    );
     s.stop().await;
 }

@@ -108,6 +108,10 @@ pub struct ProviderError {
     /// was complete enough to say (OpenRouter's `usage.cost` on an answer
     /// refused as empty): recorded instead of an estimate.
     pub accepted_cost_usd: Option<f64>,
+    /// The provider will refuse this request whatever model of its own is
+    /// asked (Gemini blocking the prompt itself): its other models are
+    /// skipped, though the failure says nothing of its health.
+    pub whole_provider: bool,
 }
 
 /// Longest provider message kept in an error.
@@ -129,6 +133,7 @@ impl ProviderError {
             retry_after: None,
             accepted: None,
             accepted_cost_usd: None,
+            whole_provider: false,
         }
     }
 

@@ -119,12 +119,15 @@ impl StreamState {
             // Gemini's filters, not the request's fault: another
             // provider's model may answer it (as for a safety finish or
             // OpenRouter's moderation).
-            return Err(ProviderError::new(
+            let mut e = ProviderError::new(
                 ProviderId::Gemini,
                 ErrorKind::ModelUnavailable,
                 Some(200),
                 format!("Gemini blocked the prompt ({reason})"),
-            ));
+            );
+            // The prompt, not the model: Gemini's other models block it too.
+            e.whole_provider = true;
+            return Err(e);
         }
         if let Some(m) = v.get("modelVersion").and_then(|m| m.as_str()) {
             self.model = m.to_string();
@@ -233,9 +236,8 @@ mod tests {
         let cut = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hel\"}]}}]}\n\n";
         assert_eq!(run_stream(cut).unwrap_err().kind, ErrorKind::Malformed);
         let blocked = "data: {\"promptFeedback\":{\"blockReason\":\"SAFETY\"}}\n\n";
-        assert_eq!(
-            run_stream(blocked).unwrap_err().kind,
-            ErrorKind::ModelUnavailable
-        );
+        let e = run_stream(blocked).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ModelUnavailable);
+        assert!(e.whole_provider, "Gemini's other models would block it too");
     }
 }
