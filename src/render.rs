@@ -17,17 +17,24 @@ pub fn usd(v: f64) -> String {
         return format!("-{}", usd(-v));
     }
     let a = v.abs();
+    // Decimals for two significant digits, read from the amount rounded to
+    // two (so 9.9999e-7 and 1.0e-6, the same cost computed two ways, print
+    // alike).
+    let two_digits = || {
+        let r = format!("{a:.1e}").parse::<f64>().unwrap_or(a);
+        (1 - r.log10().floor() as i64).max(0) as usize
+    };
     if a == 0.0 {
         "$0".into()
     } else if a < 0.000_000_5 {
         // Below what six decimals show: keep two significant digits
         // rather than print a real cost as "$0.000000".
-        let decimals = ((-a.log10()).ceil() as usize + 1).min(15);
+        let decimals = two_digits().min(15);
         format!("${v:.decimals$}")
     } else if a < 0.01 {
         // Six decimals, or more for two significant digits: $0.0000062,
         // not $0.000006 (a third off) for a cost of $0.00000616.
-        let decimals = ((-a.log10()).ceil() as usize + 1).clamp(6, 8);
+        let decimals = two_digits().clamp(6, 8);
         format!("${v:.decimals$}")
     } else if a < 1.0 {
         format!("${v:.4}")
@@ -614,6 +621,9 @@ mod tests {
         assert_eq!(usd(0.0000002), "$0.00000020");
         assert_eq!(usd(0.000168), "$0.000168");
         assert_eq!(usd(0.00000616), "$0.0000062");
+        // The same cost computed two ways prints alike.
+        assert_eq!(usd(0.000_000_999_999_9), usd(0.000_001));
+        assert_eq!(usd(0.000_001), "$0.0000010");
         assert_eq!(usd(0.25), "$0.2500");
         assert_eq!(usd(12.5), "$12.50");
         assert_eq!(usd(-0.00000036), "-$0.00000036");

@@ -8,6 +8,8 @@
 
 mod common;
 
+use ai_cost_optimizer::render::usd;
+
 use std::time::Duration;
 
 use common::*;
@@ -392,10 +394,11 @@ impl Harness {
         } else if !streamed {
             "$0 and flagged unpriced: it reported no usage, so its cost is unknown".into()
         } else if self.case.partial_cost > 0.0 {
-            format!("an estimated ${cost:.6} from the usage it reported")
+            format!("an estimated {} from the usage it reported", usd(cost))
         } else {
             format!(
-                "an estimated ${cost:.6} from the prompt and the text received; it reported no usage"
+                "an estimated {} from the prompt and the text received; it reported no usage",
+                usd(cost)
             )
         };
         format!(
