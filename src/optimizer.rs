@@ -1731,16 +1731,19 @@ impl Optimizer {
                 let err = match result {
                     Ok(resp) => {
                         self.breakers.success(cand.provider);
-                        let (cost, mut source) = self.catalog.price_call(
+                        let (mut cost, mut source) = self.catalog.price_call(
                             &cand.model,
                             &resp.usage,
                             resp.provider_cost_usd,
                         );
                         // A provider that answered but reported no usable
-                        // token counts (absent, negative, mistyped) makes a
-                        // catalog price of $0 — which would read as a free
-                        // call. Flag it as unpriced instead, so totals and
-                        // the caller say its cost is unknown.
+                        // token counts (absent, negative, mistyped; a
+                        // gateway ignoring `stream_options`) makes a catalog
+                        // price of $0 — which would read as a free call, and
+                        // let such calls spend past every budget. Charge an
+                        // estimate instead (the prompt's estimated tokens,
+                        // the answer at 4 bytes a token), flagged as one.
+                        let mut resp = resp;
                         let u = &resp.usage;
                         let no_usage = source == CostSource::Catalog
                             && u.input_tokens
@@ -1749,7 +1752,14 @@ impl Optimizer {
                                 + u.output_tokens
                                 == 0;
                         if no_usage {
-                            source = CostSource::Unpriced;
+                            let output = (resp.text.len() as u64).div_ceil(BYTES_PER_OUTPUT_TOKEN);
+                            resp.usage = Usage {
+                                input_tokens: cand.estimated_input_tokens,
+                                output_tokens: output,
+                                ..Usage::default()
+                            };
+                            cost = self.catalog.price_call(&cand.model, &resp.usage, None).0;
+                            source = CostSource::Estimate;
                         }
                         // An unpriced call's own cost is unknown, so what
                         // it saved is too: no baseline, rather than the whole
@@ -1791,8 +1801,9 @@ impl Optimizer {
                         }
                         if no_usage {
                             warnings.push(format!(
-                                "{} answered without usable token counts; the call is recorded at $0 and flagged unpriced, but it was probably billed.",
-                                cand.model
+                                "{} answered without usable token counts; the call is recorded at an estimate of {} (the prompt's estimated tokens and the answer's length), flagged `estimate`.",
+                                cand.model,
+                                crate::render::usd(cost)
                             ));
                         } else if source == CostSource::Unpriced {
                             warnings.push(format!(
@@ -3023,7 +3034,9 @@ fn partial_charge(catalog: &Catalog, model: &str, reported: Usage, guess: Usage)
             usage = reported;
             (0.0, "unpriced", true, PartialBasis::NoUsage)
         }
-        CostSource::Catalog | CostSource::Provider => (cost, "estimate", true, basis),
+        CostSource::Catalog | CostSource::Provider | CostSource::Estimate => {
+            (cost, "estimate", true, basis)
+        }
     };
     PartialCharge {
         usage,
@@ -3139,6 +3152,7 @@ fn cost_source_name(s: CostSource) -> &'static str {
         CostSource::Catalog => "catalog",
         CostSource::Local => "local",
         CostSource::Unpriced => "unpriced",
+        CostSource::Estimate => "estimate",
     }
 }
 

@@ -180,6 +180,7 @@ pub fn completion(c: &Completion) -> String {
             crate::pricing::CostSource::Unpriced => " (unpriced!)",
             crate::pricing::CostSource::Local => " (local)",
             crate::pricing::CostSource::Catalog => "",
+            crate::pricing::CostSource::Estimate => " (estimated: no usage reported)",
         },
         c.tokens.input + c.tokens.cached + c.tokens.cache_write,
         c.tokens.output,

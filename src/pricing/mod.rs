@@ -282,6 +282,11 @@ pub enum CostSource {
     Local,
     /// No price known: the recorded cost is a lower bound of $0 and is flagged.
     Unpriced,
+    /// The provider answered without usable token counts: the prompt's
+    /// estimated tokens and the answer's length at catalog prices (so a
+    /// budget still sees the spend; $0 let a gateway that reports no usage
+    /// spend past every limit).
+    Estimate,
 }
 
 /// All known model prices.
