@@ -2718,7 +2718,6 @@ impl Optimizer {
     }
 }
 
-/// What a speech synthesis needs from the call it belongs to.
 /// Keeps a speech attempt's failed ledger write for the completion's
 /// warning (and the log): Cartesia billed it whether or not we recorded it.
 fn note_unrecorded(audio: &mut Audio, settled: Result<i64, crate::ledger::LedgerError>, cost: f64) {
@@ -2731,6 +2730,7 @@ fn note_unrecorded(audio: &mut Audio, settled: Result<i64, crate::ledger::Ledger
     }
 }
 
+/// What a speech synthesis needs from the call it belongs to.
 struct SpeechJob<'a> {
     ledger: &'a Ledger,
     user: &'a str,
