@@ -485,7 +485,7 @@ impl Settings {
             hook.format = f;
         }
         if let Some(url) = non_empty(env(SMTP_URL_ENV)) {
-            crate::secrets::register(url.trim());
+            crate::secrets::register_url(url.trim());
             let mut cfg = settings.alert_email.take().unwrap_or(EmailConfig {
                 url: String::new(),
                 from: file_email.0.clone().unwrap_or_default(),
@@ -546,7 +546,7 @@ impl Settings {
             .map_err(anyhow::Error::msg)?;
         crate::budget::validate_timezone(&self.default_timezone).map_err(anyhow::Error::msg)?;
         if let Some(e) = &self.alert_email {
-            crate::secrets::register(&e.url);
+            crate::secrets::register_url(&e.url);
             e.validate().map_err(|m| {
                 anyhow::anyhow!(
                     "{m} ({SMTP_URL_ENV}, {ALERT_EMAIL_FROM_ENV}, {ALERT_EMAIL_TO_ENV})"
@@ -555,7 +555,7 @@ impl Settings {
         }
         if let Some(w) = &self.alert_webhook {
             crate::budget::validate_webhook_url(&w.url).map_err(anyhow::Error::msg)?;
-            crate::secrets::register(&w.url);
+            crate::secrets::register_url(&w.url);
         }
         let t = self.tier_thresholds;
         if !(t.iter().all(|x| x.is_finite() && (0.0..=1.0).contains(x))

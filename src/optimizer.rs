@@ -2564,7 +2564,7 @@ impl Optimizer {
                 budget::validate_webhook_url(url).map_err(invalid)?;
                 // Its path is often the token (Slack, Discord): keep it out
                 // of every log line and error from here on.
-                crate::secrets::register(url);
+                crate::secrets::register_url(url);
                 Some(Webhook {
                     url: url.to_string(),
                     format: format.unwrap_or(WebhookFormat::Json),
@@ -3243,7 +3243,13 @@ pub fn validate_user(u: Option<&str>) -> Result<String, ToolError> {
     // Invisible format characters too: a right-to-left override turned a
     // report's row around, and "bob\u{200b}" looked like bob with a budget
     // of its own.
-    if u.chars().count() > 128 || u.chars().any(|c| c.is_control() || is_invisible_format(c)) {
+    // Zero-width (non-)joiners are letters' business in Persian and Indic
+    // names and emoji: allowed inside an id, not as all of it.
+    let hidden = |c: char| is_invisible_format(c) && !matches!(c, '\u{200C}' | '\u{200D}');
+    if u.chars().count() > 128
+        || u.chars().any(|c| c.is_control() || hidden(c))
+        || u.chars().all(is_invisible_format)
+    {
         return Err(invalid(
             "user_id must be 1 to 128 printable characters (no control or invisible formatting characters)",
         ));
@@ -3307,6 +3313,9 @@ mod tests {
         assert!(validate_user(Some("\u{202e}evil")).is_err());
         assert!(validate_user(Some("bob\u{200b}")).is_err());
         assert_eq!(validate_user(Some("Zoë Ng")).unwrap(), "Zoë Ng");
+        // A zero-width non-joiner inside a Persian name is part of it.
+        assert!(validate_user(Some("\u{645}\u{6cc}\u{200c}\u{62e}\u{648}\u{627}\u{645}")).is_ok());
+        assert!(validate_user(Some("\u{200d}\u{200d}")).is_err());
         assert!(validate_prompt("prompt", "\u{200b}\u{200b} \u{feff}").is_err());
         assert!(validate_prompt("prompt", "hi\u{200b}").is_ok());
         assert_eq!(parse_since("-9999-01-01").unwrap(), 0);

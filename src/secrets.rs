@@ -12,7 +12,10 @@ use std::sync::RwLock;
 /// "key" would mangle ordinary text, and no real API key is that short.
 const MIN_SECRET_LEN: usize = 8;
 
-static REGISTERED: RwLock<Vec<String>> = RwLock::new(Vec::new());
+/// Registered values, longest first, each with whether pieces of it are
+/// redacted too ([`redact`]): yes for keys, no for whole URLs and their
+/// path segments, which hold ordinary words.
+static REGISTERED: RwLock<Vec<(String, bool)>> = RwLock::new(Vec::new());
 
 /// A credential read from the environment. The value is reachable only
 /// through [`Secret::expose`], which the HTTP clients call when building
@@ -48,15 +51,41 @@ impl std::fmt::Display for Secret {
 
 /// Adds a value to the process-wide redaction list.
 pub fn register(value: &str) {
+    // A whole URL is matched whole; its secret parts are registered by
+    // [`register_url`].
+    add(value, !value.contains("://"));
+}
+
+fn add(value: &str, pieces: bool) {
     let value = value.trim();
     if value.len() < MIN_SECRET_LEN {
         return;
     }
     let mut list = REGISTERED.write().unwrap_or_else(|e| e.into_inner());
-    if !list.iter().any(|v| v == value) {
-        list.push(value.to_string());
-        // Longest first, so a key that contains another is replaced whole.
-        list.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    match list.iter_mut().find(|(v, _)| v == value) {
+        Some(entry) => entry.1 |= pieces,
+        None => {
+            list.push((value.to_string(), pieces));
+            // Longest first, so a key that contains another is replaced whole.
+            list.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+        }
+    }
+}
+
+/// Registers a URL that is itself a secret (a webhook, the SMTP URL):
+/// whole, its credentials and query values ([`register_url_credentials`]),
+/// and its long path segments (a Slack or Discord token is the path),
+/// so the token is redacted wherever it shows up without the rest of the
+/// URL (a normalised host, a changed port, the path alone).
+pub fn register_url(url: &str) {
+    register(url);
+    register_url_credentials(url);
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = rest.split(['?', '#']).next().unwrap_or("");
+    for segment in path.split('/').skip(1) {
+        if segment.len() >= 16 {
+            add(segment, false);
+        }
     }
 }
 
@@ -131,7 +160,7 @@ pub fn redact(text: &str) -> String {
         return text.to_string();
     }
     let mut out = text.to_string();
-    for secret in list.iter() {
+    for (secret, _) in list.iter() {
         if out.contains(secret.as_str()) {
             out = out.replace(secret.as_str(), "[REDACTED]");
         }
@@ -158,11 +187,11 @@ pub fn redact(text: &str) -> String {
         // Pieces of keys only: a whole registered URL (a webhook, the SMTP
         // URL) holds ordinary words too (`ai-cost-optimizer-alerts` would
         // hide every path with the program's name in it); its secret parts
-        // are registered on their own as well.
+        // are registered on their own by `register_url`.
         if piece != "REDACTED"
             && list
                 .iter()
-                .any(|secret| !secret.contains("://") && secret.contains(piece))
+                .any(|(secret, pieces)| *pieces && secret.contains(piece))
         {
             out.replace_range(s..e, "[REDACTED]");
         }
@@ -237,11 +266,25 @@ mod tests {
         assert!(!out.contains("0123456789abcdef"), "{out}");
     }
 
+    /// A webhook's token is redacted wherever it shows up, the URL around
+    /// it or not; credentials in an SMTP URL too.
+    #[test]
+    fn a_secret_urls_token_is_redacted_alone() {
+        register_url("https://hooks.slack.com/services/T01ABCDEF/B01ABCDEF/XyZ123secretTokenAbc9");
+        let out = redact(
+            "POST https://HOOKS.slack.com:443/services/T01ABCDEF/B01ABCDEF/XyZ123secretTokenAbc9 failed",
+        );
+        assert!(!out.contains("XyZ123secretTokenAbc9"), "{out}");
+        register_url("smtp://apikey:SG.abcdEFGHijkl.mnopQRST1234@smtp.sendgrid.net:587");
+        let out = redact("535 auth failed for SG.abcdEFGHijkl.mnopQRST1234");
+        assert!(!out.contains("SG.abcdEFGHijkl.mnopQRST1234"), "{out}");
+    }
+
     /// A registered URL is redacted whole, but the words in it are not
     /// redacted wherever they appear.
     #[test]
     fn words_of_a_registered_url_stay_readable() {
-        register("https://ntfy.sh/ai-cost-optimizer-alerts-xyz");
+        register_url("https://ntfy.sh/ai-cost-optimizer-alerts-xyz");
         let out = redact("/home/me/.local/share/ai-cost-optimizer-alerts-x/ledger.sqlite3");
         assert!(out.contains("ai-cost-optimizer-alerts-x"), "{out}");
         assert_eq!(

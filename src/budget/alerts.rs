@@ -239,7 +239,7 @@ pub async fn deliver_webhook(
     backoff_base: Duration,
     now: impl Fn() -> i64,
 ) -> bool {
-    crate::secrets::register(&hook.url);
+    crate::secrets::register_url(&hook.url);
     let body = alert.payload(hook.format);
     let target = redact_url(&hook.url);
     for attempt in 1..=WEBHOOK_ATTEMPTS {
@@ -341,7 +341,7 @@ pub async fn deliver_email(
     now: impl Fn() -> i64,
 ) -> bool {
     use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-    crate::secrets::register(&cfg.url);
+    crate::secrets::register_url(&cfg.url);
     let target = cfg.to.join(", ");
     let build = || -> Result<(AsyncSmtpTransport<Tokio1Executor>, Message), String> {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&cfg.url)

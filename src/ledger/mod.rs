@@ -1037,8 +1037,9 @@ impl Ledger {
         let conn = self.lock();
         let mut stmt = conn
             .prepare_cached(
+                // Attempt 0 is a redelivery's claim, not a delivery.
                 "SELECT alert_id, channel, target, attempt, ok, status, error FROM alert_deliveries
-                 WHERE alert_id = ?1 ORDER BY id",
+                 WHERE alert_id = ?1 AND attempt > 0 ORDER BY id",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
@@ -1848,7 +1849,66 @@ mod tests {
         let record = |t: f64, limit: i64| l.record_alert("u", week, t, 170, limit, 5).unwrap();
         assert!(record(0.8, 100).is_none(), "stale limit");
         assert!(record(0.8, 200).is_none(), "carried");
-        assert!(record(0.5, 100).is_none(), "stale limit");
+        // A threshold with no row yet, under the stale limit: not recorded.
+        assert!(record(1.0, 100).is_none(), "stale limit");
+        assert!(record(1.0, 200).is_some());
+    }
+
+    /// A failed delivery round is found for sending again, claimed once,
+    /// and only its own attempts count (a re-armed alert keeps its id).
+    #[test]
+    fn failed_deliveries_are_found_and_claimed_once() {
+        let (_d, l) = ledger();
+        let id = l
+            .record_alert("u", 0, 0.5, 60, 100, 1_000)
+            .unwrap()
+            .unwrap();
+        let attempt = |n: u32, ok: bool, ts: i64| {
+            let row = DeliveryRow {
+                alert_id: id,
+                channel: "webhook".into(),
+                target: None,
+                attempt: n,
+                ok,
+                status: None,
+                error: None,
+            };
+            l.record_delivery(&row, ts).unwrap();
+        };
+        // Delivered the first time.
+        attempt(1, true, 1_100);
+        assert!(l.undelivered_alerts("webhook", 0, 0, 3).unwrap().is_empty());
+        // Re-armed (a new crossing under a new limit): its round fails.
+        l.set_budget(
+            &BudgetRow {
+                user_id: "u".into(),
+                limit_nanos: 200,
+                period: "monthly".into(),
+                thresholds: vec![0.5],
+                mode: "warn".into(),
+                timezone: "UTC".into(),
+                webhook_url: None,
+                webhook_format: "json".into(),
+            },
+            1_500,
+        )
+        .unwrap();
+        assert_eq!(
+            l.record_alert("u", 0, 0.5, 120, 200, 2_000).unwrap(),
+            Some(id)
+        );
+        for n in 1..=3 {
+            attempt(n, false, 2_000 + i64::from(n));
+        }
+        let found = l.undelivered_alerts("webhook", 0, 0, 3).unwrap();
+        assert_eq!(found.len(), 1, "the earlier success is not this round's");
+        assert!(l.claim_redelivery(id, "webhook", 0, 3_000).unwrap());
+        assert!(
+            !l.claim_redelivery(id, "webhook", 0, 3_001).unwrap(),
+            "claimed once"
+        );
+        // The claim is no attempt.
+        assert!(l.deliveries(id).unwrap().iter().all(|d| d.attempt > 0));
     }
 
     /// One user's report reads that user's calls through the per-user

@@ -12,7 +12,7 @@
 //! through one writer task fed by a channel: two writers on one pipe could
 //! interleave the bytes of two messages.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -77,7 +77,15 @@ pub struct StdioTransport<R> {
     /// with the id of one still running made the first's answer (paid
     /// for) vanish. Such a request is refused instead.
     in_flight: Arc<Mutex<HashSet<String>>>,
+    /// Ids of the requests the client cancelled, latest last (at most
+    /// [`CANCELLED_KEPT`]): still refused, because rmcp gets no reply for
+    /// them and so the transport cannot tell when their handler ends; one
+    /// ending after a new request took its id cancelled that one instead.
+    cancelled: VecDeque<String>,
 }
+
+/// Cancelled ids remembered (MCP forbids reusing ids in a session anyway).
+const CANCELLED_KEPT: usize = 1024;
 
 /// What one line of input turned out to be.
 #[derive(Debug)]
@@ -122,17 +130,18 @@ impl<R: AsyncRead + Unpin + Send> StdioTransport<R> {
             writer: Some(tokio::spawn(write_lines(write, rx))),
             max_line: MAX_LINE_BYTES,
             in_flight: Arc::default(),
+            cancelled: VecDeque::new(),
         }
     }
 
     /// Notes a request's id as in flight, or refuses it when a request
-    /// with that id still is; a cancellation frees its request's id (rmcp
-    /// sends no reply for it).
-    fn track(&self, m: &RxJsonRpcMessage<RoleServer>) -> Result<(), Vec<u8>> {
+    /// with that id still is, or was cancelled (see `cancelled`).
+    fn track(&mut self, m: &RxJsonRpcMessage<RoleServer>) -> Result<(), Vec<u8>> {
         let mut ids = lock_ignoring_poison(&self.in_flight);
         match m {
             JsonRpcMessage::Request(r) => {
-                if ids.insert(id_key(&r.id)) {
+                let key = id_key(&r.id);
+                if !self.cancelled.contains(&key) && ids.insert(key) {
                     Ok(())
                 } else {
                     tracing::info!(id = %id_key(&r.id), "refused a request reusing the id of one in flight");
@@ -147,7 +156,13 @@ impl<R: AsyncRead + Unpin + Send> StdioTransport<R> {
                 if let ClientNotification::CancelledNotification(c) = &n.notification
                     && let Some(id) = &c.params.request_id
                 {
-                    ids.remove(&id_key(id));
+                    let key = id_key(id);
+                    if ids.remove(&key) {
+                        self.cancelled.push_back(key);
+                        if self.cancelled.len() > CANCELLED_KEPT {
+                            self.cancelled.pop_front();
+                        }
+                    }
                 }
                 Ok(())
             }
@@ -423,15 +438,19 @@ fn decode(raw: &[u8]) -> Decoded {
     };
     // An id that is a number but no integer (1.5, or past 64 bits) is the
     // request's fault, not its params'; and it cannot be echoed exactly.
-    if obj
-        .get("id")
-        .is_some_and(|v| v.is_number() && v.as_i64().is_none())
-    {
+    // (Whole-valued floats are integers to rmcp, as to JSON Schema.)
+    if obj.get("id").is_some_and(|v| {
+        v.is_number()
+            && v.as_i64().is_none()
+            && !v
+                .as_f64()
+                .is_some_and(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
+    }) {
         tracing::info!("refused a request whose id is not an integer");
         return Decoded::Reply(error_line(
             Value::Null,
             INVALID_REQUEST,
-            "Invalid Request: id must be a string or an integer",
+            "Invalid Request: id must be a string or an integer that fits 64 signed bits",
         ));
     }
     let version_ok = obj.get("jsonrpc").and_then(Value::as_str) == Some("2.0");
@@ -678,14 +697,26 @@ mod tests {
             t.send(answer).await.unwrap();
             client.write_all(call("903").as_bytes()).await.unwrap();
             assert!(matches!(t.receive().await, Some(JsonRpcMessage::Request(_))));
-            // Cancelled: free again too.
+            // Cancelled: still refused (its handler may yet end, and its
+            // reply would cancel whichever request has the id by then).
             client
                 .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/cancelled\",\"params\":{\"requestId\":903}}\n")
                 .await
                 .unwrap();
             assert!(matches!(t.receive().await, Some(JsonRpcMessage::Notification(_))));
             client.write_all(call("903").as_bytes()).await.unwrap();
+            client.write_all(call("904").as_bytes()).await.unwrap();
             assert!(matches!(t.receive().await, Some(JsonRpcMessage::Request(_))));
+            // After the answer sent above, the refusal.
+            let mut text = String::new();
+            while !text.contains("\"error\"") {
+                let n = client_out.read(&mut buf).await.unwrap();
+                text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+            let last = text.lines().last().unwrap_or_default();
+            let err: Value = serde_json::from_str(last).unwrap();
+            assert_eq!(err["id"], json!(903), "{text}");
+            assert_eq!(err["error"]["code"], json!(INVALID_REQUEST), "{text}");
         });
     }
 
