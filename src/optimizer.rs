@@ -102,7 +102,7 @@ pub struct CompleteArgs {
     pub system: Option<String>,
     /// Maximum output tokens (default 1024, at most 200000). The worst case
     /// at this length is reserved against the budget before the call.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub max_tokens: Option<i64>,
     /// Most this single call may cost in USD (worst case). Cheaper tiers are
     /// chosen to fit; the call is refused if nothing fits.
@@ -154,7 +154,7 @@ pub struct RecommendArgs {
     /// The prompt to analyse. Nothing is sent to any model.
     pub prompt: String,
     /// Maximum output tokens the call would allow (default 1024).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub max_tokens: Option<i64>,
     /// Most the call may cost in USD (worst case).
     #[serde(default)]
@@ -186,7 +186,7 @@ pub struct CostArgs {
 pub struct UsageArgs {
     /// Whole UTC days to report, today included (default 30: today and the
     /// 29 days before it; at most 3650), as the dashboard counts them.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub days: Option<i64>,
     /// Start date instead of `days`: `YYYY-MM-DD` or RFC 3339.
     #[serde(default)]
@@ -3277,6 +3277,23 @@ fn parse_provider(field: &str, p: &str) -> Result<ProviderId, ToolError> {
     })
 }
 
+/// An integer argument, also when a client sends it as a whole-valued
+/// float (`5.0`: an integer to JSON Schema, and what some JSON encoders
+/// write); `5.5` and out-of-range values are refused by name.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let v = Option::<serde_json::Number>::deserialize(d)?;
+    match v {
+        None => Ok(None),
+        Some(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Ok(Some(i)),
+            (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.2e18 => Ok(Some(f as i64)),
+            _ => Err(serde::de::Error::custom(format!(
+                "expected a whole number, got {n}"
+            ))),
+        },
+    }
+}
+
 /// Unicode format characters that show as nothing (zero-width spaces and
 /// joiners, direction marks and overrides, the word joiner family, BOM).
 fn is_invisible_format(c: char) -> bool {
@@ -3320,6 +3337,15 @@ mod tests {
         assert!(validate_prompt("prompt", "hi\u{200b}").is_ok());
         assert_eq!(parse_since("-9999-01-01").unwrap(), 0);
         assert_eq!(parse_since("1969-12-31").unwrap(), 0);
+        // 5.0 is a whole number, as JSON Schema says; 5.5 is not.
+        let a: RecommendArgs =
+            serde_json::from_value(serde_json::json!({"prompt": "x", "max_tokens": 5.0})).unwrap();
+        assert_eq!(a.max_tokens, Some(5));
+        let e = serde_json::from_value::<RecommendArgs>(
+            serde_json::json!({"prompt": "x", "max_tokens": 5.5}),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("whole number"), "{e}");
     }
 
     /// An empty answer cut at the output limit says to raise max_tokens,
