@@ -58,6 +58,50 @@ fn call(args: serde_json::Value) -> ClientRequest {
     ))
 }
 
+/// `complete_prompt` with `args`, through `client`.
+async fn complete(
+    client: &rmcp::service::RunningService<rmcp::RoleClient, Client>,
+    args: serde_json::Value,
+) -> rmcp::model::CallToolResult {
+    client
+        .call_tool(
+            CallToolRequestParams::new("complete_prompt")
+                .with_arguments(args.as_object().unwrap().clone()),
+        )
+        .await
+        .unwrap()
+}
+
+/// The twelve words "w0 " … "w11 " as DeepSeek streams them, one event
+/// every `gap`.
+fn twelve_words(gap: Duration) -> (Reply, String) {
+    let pieces: Vec<String> = (0..12).map(|i| format!("w{i} ")).collect();
+    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+    let reply = openai_sse(
+        "deepseek-v3.2",
+        &refs,
+        json!({"prompt_tokens": 5, "completion_tokens": 12}),
+    )
+    .dripped(gap);
+    (reply, pieces.concat())
+}
+
+/// A server with DeepSeek at `fake`, and `extra` settings.
+async fn deepseek_server(
+    dir: &std::path::Path,
+    fake: &FakeProvider,
+    extra: &[(&str, &str)],
+) -> rmcp::service::RunningService<rmcp::RoleClient, Client> {
+    let mut env = vec![
+        ("DEEPSEEK_API_KEY", "sk-stream-FAKE-00000000000".to_string()),
+        ("DEEPSEEK_BASE_URL", fake.base.clone()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    connect(dir, &env).await
+}
+
+const FORCED_DEEPSEEK: &str = "deepseek/deepseek-v3.2";
+
 #[tokio::test]
 async fn progress_is_reported_while_the_answer_streams() {
     let pieces = ["The ", "quick ", "brown ", "fox ", "jumps."];
@@ -217,44 +261,28 @@ async fn cancelling_stops_the_provider_and_releases_the_hold() {
 /// while a provider that goes silent for longer than the idle limit is.
 #[tokio::test]
 async fn a_long_stream_is_not_cut_off_but_a_stall_is() {
-    let pieces: Vec<String> = (0..12).map(|i| format!("w{i} ")).collect();
-    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
-    let reply = |gap_ms| {
-        openai_sse(
-            "deepseek-v3.2",
-            &refs,
-            json!({"prompt_tokens": 5, "completion_tokens": 12}),
-        )
-        .dripped(Duration::from_millis(gap_ms))
-    };
-    let fake = FakeProvider::start(reply(200)).await;
+    let (reply, answer) = twelve_words(Duration::from_millis(200));
+    let fake = FakeProvider::start(reply).await;
     let dir = tempfile::tempdir().unwrap();
-    let client = connect(
+    let client = deepseek_server(
         dir.path(),
+        &fake,
         &[
-            ("DEEPSEEK_API_KEY", "sk-stream-FAKE-00000000000".into()),
-            ("DEEPSEEK_BASE_URL", fake.base.clone()),
-            ("COST_OPTIMIZER_IDLE_TIMEOUT_SECS", "1".into()),
-            ("COST_OPTIMIZER_REQUEST_TIMEOUT_SECS", "60".into()),
-            ("COST_OPTIMIZER_MAX_RETRIES", "0".into()),
+            ("COST_OPTIMIZER_IDLE_TIMEOUT_SECS", "1"),
+            ("COST_OPTIMIZER_REQUEST_TIMEOUT_SECS", "60"),
+            ("COST_OPTIMIZER_MAX_RETRIES", "0"),
         ],
     )
     .await;
-    let args = json!({"prompt": "count", "force_model": "deepseek/deepseek-v3.2"});
-    let complete = || {
-        client.call_tool(
-            CallToolRequestParams::new("complete_prompt")
-                .with_arguments(args.as_object().unwrap().clone()),
-        )
-    };
-    let r = complete().await.unwrap();
+    let args = json!({"prompt": "count", "force_model": FORCED_DEEPSEEK});
+    let r = complete(&client, args.clone()).await;
     assert_ne!(r.is_error, Some(true), "{:?}", r.content);
     let c = r.structured_content.unwrap();
-    assert_eq!(c["answer"], pieces.concat(), "{c}");
+    assert_eq!(c["answer"], answer, "{c}");
 
     // Silent for 1.5 s between events: ended by the idle limit.
-    fake.push(reply(1500));
-    let r = complete().await.unwrap();
+    fake.push(twelve_words(Duration::from_millis(1500)).0);
+    let r = complete(&client, args).await;
     assert_eq!(r.is_error, Some(true));
     let text = format!("{:?}", r.content);
     assert!(text.contains("did not answer in time"), "{text}");
@@ -353,37 +381,22 @@ async fn speech_cancelled_midway_is_charged_and_leaves_no_file() {
 /// long answer would run out of time again, each attempt billed.
 #[tokio::test]
 async fn an_answer_cut_by_the_total_timeout_is_not_paid_for_twice() {
-    let pieces: Vec<String> = (0..12).map(|i| format!("w{i} ")).collect();
-    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
-    let slow = openai_sse(
-        "deepseek-v3.2",
-        &refs,
-        json!({"prompt_tokens": 5, "completion_tokens": 12}),
-    )
-    .dripped(Duration::from_millis(300));
-    let fake = FakeProvider::start(slow).await;
+    let fake = FakeProvider::start(twelve_words(Duration::from_millis(300)).0).await;
     let dir = tempfile::tempdir().unwrap();
-    let client = connect(
+    let client = deepseek_server(
         dir.path(),
+        &fake,
         &[
-            ("DEEPSEEK_API_KEY", "sk-stream-FAKE-00000000000".into()),
-            ("DEEPSEEK_BASE_URL", fake.base.clone()),
-            ("COST_OPTIMIZER_IDLE_TIMEOUT_SECS", "1".into()),
-            ("COST_OPTIMIZER_REQUEST_TIMEOUT_SECS", "2".into()),
+            ("COST_OPTIMIZER_IDLE_TIMEOUT_SECS", "1"),
+            ("COST_OPTIMIZER_REQUEST_TIMEOUT_SECS", "2"),
         ],
     )
     .await;
-    let r = client
-        .call_tool(
-            CallToolRequestParams::new("complete_prompt").with_arguments(
-                json!({"prompt": "count", "force_model": "deepseek/deepseek-v3.2"})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            ),
-        )
-        .await
-        .unwrap();
+    let r = complete(
+        &client,
+        json!({"prompt": "count", "force_model": FORCED_DEEPSEEK}),
+    )
+    .await;
     assert_eq!(r.is_error, Some(true));
     let text = format!("{:?}", r.content);
     assert!(text.contains("request timeout (2 s) ran out"), "{text}");
@@ -416,26 +429,12 @@ async fn a_long_answer_with_heavy_framing_is_not_cut_off() {
     assert!(body.len() > 17 * 1024 * 1024, "{}", body.len());
     let fake = FakeProvider::start(streamed("text/event-stream", body)).await;
     let dir = tempfile::tempdir().unwrap();
-    let client = connect(
-        dir.path(),
-        &[
-            ("DEEPSEEK_API_KEY", "sk-stream-FAKE-00000000000".into()),
-            ("DEEPSEEK_BASE_URL", fake.base.clone()),
-            ("COST_OPTIMIZER_MAX_RETRIES", "0".into()),
-        ],
+    let client = deepseek_server(dir.path(), &fake, &[("COST_OPTIMIZER_MAX_RETRIES", "0")]).await;
+    let r = complete(
+        &client,
+        json!({"prompt": "count", "force_model": FORCED_DEEPSEEK, "max_tokens": 64000}),
     )
     .await;
-    let r = client
-        .call_tool(
-            CallToolRequestParams::new("complete_prompt").with_arguments(
-                json!({"prompt": "count", "force_model": "deepseek/deepseek-v3.2", "max_tokens": 64000})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            ),
-        )
-        .await
-        .unwrap();
     assert_ne!(r.is_error, Some(true), "{:?}", r.content);
     let c = r.structured_content.unwrap();
     assert_eq!(c["answer"].as_str().unwrap().len(), 60_000);

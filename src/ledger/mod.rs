@@ -935,17 +935,7 @@ impl Ledger {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![scope, limit], |r| {
-                Ok(AlertRow {
-                    id: r.get(0)?,
-                    scope: r.get(1)?,
-                    period_start_ms: r.get(2)?,
-                    threshold: r.get(3)?,
-                    spent_usd: to_usd(r.get(4)?),
-                    limit_usd: to_usd(r.get(5)?),
-                    created_ms: r.get(6)?,
-                })
-            })
+            .query_map(params![scope, limit], read_alert)
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
@@ -982,17 +972,10 @@ impl Ledger {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![channel, since_ms, quiet_before_ms, round], |r| {
-                Ok(AlertRow {
-                    id: r.get(0)?,
-                    scope: r.get(1)?,
-                    period_start_ms: r.get(2)?,
-                    threshold: r.get(3)?,
-                    spent_usd: to_usd(r.get(4)?),
-                    limit_usd: to_usd(r.get(5)?),
-                    created_ms: r.get(6)?,
-                })
-            })
+            .query_map(
+                params![channel, since_ms, quiet_before_ms, round],
+                read_alert,
+            )
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
@@ -1505,6 +1488,20 @@ fn spent(conn: &Connection, scope: &str, since_ms: i64) -> rusqlite::Result<i64>
         )
     };
     Ok(edge.saturating_add(days))
+}
+
+/// An `alerts` row selected as `id, scope, period_start_ms, threshold,
+/// spent_nanos, limit_nanos, created_ms`.
+fn read_alert(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
+    Ok(AlertRow {
+        id: r.get(0)?,
+        scope: r.get(1)?,
+        period_start_ms: r.get(2)?,
+        threshold: r.get(3)?,
+        spent_usd: to_usd(r.get(4)?),
+        limit_usd: to_usd(r.get(5)?),
+        created_ms: r.get(6)?,
+    })
 }
 
 /// Inserts or replaces a budget row.
