@@ -873,27 +873,11 @@ impl Ledger {
         crossed: &[f64],
         old_limit_nanos: i64,
     ) -> Result<(), LedgerError> {
-        let thresholds =
-            serde_json::to_string(&b.thresholds).map_err(|e| LedgerError::Sqlite(e.to_string()))?;
         let mut conn = self.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.err(e))?;
-        tx.execute(
-            SET_BUDGET_SQL,
-            params![
-                b.user_id,
-                b.limit_nanos,
-                b.period,
-                thresholds,
-                b.mode,
-                now_ms,
-                b.timezone,
-                b.webhook_url,
-                b.webhook_format
-            ],
-        )
-        .map_err(|e| self.err(e))?;
+        self.write_budget(&tx, b, now_ms)?;
         for t in crossed {
             tx.execute(
                 "UPDATE OR IGNORE alerts SET period_start_ms = ?3, limit_nanos = ?5
@@ -1104,25 +1088,34 @@ impl Ledger {
 
     /// Creates or replaces a budget.
     pub fn set_budget(&self, b: &BudgetRow, now_ms: i64) -> Result<(), LedgerError> {
+        self.write_budget(&self.lock(), b, now_ms)
+    }
+
+    /// Inserts or replaces budget `b` on `conn` (a transaction, or not).
+    fn write_budget(
+        &self,
+        conn: &Connection,
+        b: &BudgetRow,
+        now_ms: i64,
+    ) -> Result<(), LedgerError> {
         let thresholds =
             serde_json::to_string(&b.thresholds).map_err(|e| LedgerError::Sqlite(e.to_string()))?;
-        self.lock()
-            .execute(
-                SET_BUDGET_SQL,
-                params![
-                    b.user_id,
-                    b.limit_nanos,
-                    b.period,
-                    thresholds,
-                    b.mode,
-                    now_ms,
-                    b.timezone,
-                    b.webhook_url,
-                    b.webhook_format
-                ],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+        conn.execute(
+            SET_BUDGET_SQL,
+            params![
+                b.user_id,
+                b.limit_nanos,
+                b.period,
+                thresholds,
+                b.mode,
+                now_ms,
+                b.timezone,
+                b.webhook_url,
+                b.webhook_format
+            ],
+        )
+        .map(|_| ())
+        .map_err(|e| self.err(e))
     }
 
     /// Totals of the calls in `[since_ms, until_ms)`, for one user or all.
