@@ -865,6 +865,22 @@ impl Optimizer {
         (fired, statuses)
     }
 
+    /// The alerts a cancelled call's charge crossed: its guard recorded the
+    /// attempt at an estimate when the call was dropped, after which no code
+    /// of the call ran to check the thresholds.
+    pub fn alerts_after_cancel(&self, user_id: Option<&str>) -> Vec<BudgetAlert> {
+        let Ok(ledger) = self.ledger() else {
+            return Vec::new();
+        };
+        let Ok(user) = validate_user(user_id) else {
+            return Vec::new();
+        };
+        match self.budgets_for(ledger, &user) {
+            Ok(budgets) => self.fire_alerts(ledger, &budgets).0,
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Logs a recorded alert of budget `b` and starts its delivery (the
     /// budget's webhook, else the configured one, and e-mail if set).
     fn send_alert(&self, ledger: &Ledger, b: &Budget, alert: &BudgetAlert) {

@@ -441,3 +441,67 @@ async fn a_long_answer_with_heavy_framing_is_not_cut_off() {
     assert_eq!(fake.requests().len(), 1);
     client.cancel().await.unwrap();
 }
+
+/// A cancelled call's charge that crosses a threshold alerts at once (its
+/// webhook), not at the next call, which may never come.
+#[tokio::test]
+async fn a_cancelled_calls_charge_alerts_at_once() {
+    let pieces: Vec<String> = (0..60).map(|i| format!("word{i} ")).collect();
+    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+    let fake = FakeProvider::start(
+        openai_sse(
+            "deepseek-v3.2",
+            &refs,
+            json!({"prompt_tokens": 5, "completion_tokens": 20}),
+        )
+        .dripped(Duration::from_millis(100)),
+    )
+    .await;
+    let hook = FakeProvider::start(Reply::json(200, json!({"ok": true}))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = deepseek_server(dir.path(), &fake, &[]).await;
+    // Warn mode: the 100,000-token worst case is not refused; 10% of
+    // $0.00001 is crossed by a few tokens' estimate.
+    let set = client
+        .call_tool(
+            CallToolRequestParams::new("set_budget").with_arguments(
+                json!({"monthly_limit": 0.00001, "alert_thresholds": [0.1], "mode": "warn",
+                       "webhook_url": format!("{}/hook", hook.base)})
+                .as_object()
+                .unwrap()
+                .clone(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_ne!(set.is_error, Some(true), "{:?}", set.content);
+    let handle = client
+        .send_cancellable_request(
+            call(json!({"prompt": "count", "tier": "cheap", "max_tokens": 100000})),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..500 {
+        if fake.drip_sent() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        fake.drip_sent() >= 3,
+        "the provider never started streaming"
+    );
+    assert!(hook.requests().is_empty(), "nothing was charged yet");
+    handle.cancel(Some("stop".into())).await.unwrap();
+    for _ in 0..250 {
+        if !hook.requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = hook.requests();
+    assert_eq!(got.len(), 1, "the crossing was alerted: {got:?}");
+    assert_eq!(got[0].body["threshold"], json!(0.1), "{:?}", got[0].body);
+    client.cancel().await.unwrap();
+}

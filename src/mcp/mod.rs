@@ -289,6 +289,14 @@ impl CostServer {
         if let Some(t) = ticker {
             t.abort();
         }
+        // Cancelled: the dropped call recorded its attempt at an estimate
+        // (its guard), and no later code of the call ran to alert on it. The
+        // session is still open, so the client hears of a crossing now, as
+        // does the webhook, not at the next call (which may never come).
+        if ctx.ct.is_cancelled() {
+            let alerts = self.core.alerts_after_cancel(args.user_id.as_deref());
+            notify_alerts(&ctx.peer, &self.min_level, &alerts).await;
+        }
         outcome
     }
 
