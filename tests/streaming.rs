@@ -58,18 +58,26 @@ fn call(args: serde_json::Value) -> ClientRequest {
     ))
 }
 
+/// Tool `name` with `args`, through `client`.
+async fn tool(
+    client: &rmcp::service::RunningService<rmcp::RoleClient, Client>,
+    name: &'static str,
+    args: serde_json::Value,
+) -> rmcp::model::CallToolResult {
+    client
+        .call_tool(
+            CallToolRequestParams::new(name).with_arguments(args.as_object().unwrap().clone()),
+        )
+        .await
+        .unwrap()
+}
+
 /// `complete_prompt` with `args`, through `client`.
 async fn complete(
     client: &rmcp::service::RunningService<rmcp::RoleClient, Client>,
     args: serde_json::Value,
 ) -> rmcp::model::CallToolResult {
-    client
-        .call_tool(
-            CallToolRequestParams::new("complete_prompt")
-                .with_arguments(args.as_object().unwrap().clone()),
-        )
-        .await
-        .unwrap()
+    tool(client, "complete_prompt", args).await
 }
 
 /// The twelve words "w0 " … "w11 " as DeepSeek streams them, one event
@@ -101,6 +109,51 @@ async fn deepseek_server(
 }
 
 const FORCED_DEEPSEEK: &str = "deepseek/deepseek-v3.2";
+
+/// Sixty words as DeepSeek streams them, 100 ms apart (still streaming
+/// long after a test cancels), and their text.
+fn sixty_slow_words() -> (Reply, String) {
+    let pieces: Vec<String> = (0..60).map(|i| format!("word{i} ")).collect();
+    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+    let reply = openai_sse(
+        "deepseek-v3.2",
+        &refs,
+        json!({"prompt_tokens": 5, "completion_tokens": 20}),
+    )
+    .dripped(Duration::from_millis(100));
+    (reply, pieces.concat())
+}
+
+/// Starts a cheap-tier `complete_prompt` (100,000 tokens held), waits
+/// until `fake` is streaming its answer, runs `before_cancel`, and cancels.
+async fn cancel_once_streaming(
+    client: &rmcp::service::RunningService<rmcp::RoleClient, Client>,
+    fake: &FakeProvider,
+    before_cancel: impl FnOnce(),
+) {
+    let handle = client
+        .send_cancellable_request(
+            call(json!({"prompt": "count", "tier": "cheap", "max_tokens": 100000})),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..500 {
+        if fake.drip_sent() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        fake.drip_sent() >= 3,
+        "the provider never started streaming"
+    );
+    before_cancel();
+    handle
+        .cancel(Some("user pressed stop".into()))
+        .await
+        .unwrap();
+}
 
 #[tokio::test]
 async fn progress_is_reported_while_the_answer_streams() {
@@ -161,48 +214,11 @@ async fn progress_is_reported_while_the_answer_streams() {
 
 #[tokio::test]
 async fn cancelling_stops_the_provider_and_releases_the_hold() {
-    let pieces: Vec<String> = (0..60).map(|i| format!("word{i} ")).collect();
-    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
-    let fake = FakeProvider::start(
-        openai_sse(
-            "deepseek-v3.2",
-            &refs,
-            json!({"prompt_tokens": 5, "completion_tokens": 20}),
-        )
-        .dripped(Duration::from_millis(100)),
-    )
-    .await;
+    let (reply, answer) = sixty_slow_words();
+    let fake = FakeProvider::start(reply).await;
     let dir = tempfile::tempdir().unwrap();
-    let client = connect(
-        dir.path(),
-        &[
-            ("DEEPSEEK_API_KEY", "sk-stream-FAKE-00000000000".into()),
-            ("DEEPSEEK_BASE_URL", fake.base.clone()),
-        ],
-    )
-    .await;
-    let handle = client
-        .send_cancellable_request(
-            call(json!({"prompt": "count", "tier": "cheap", "max_tokens": 100000})),
-            PeerRequestOptions::no_options(),
-        )
-        .await
-        .unwrap();
-    // Wait until the provider is streaming, then cancel.
-    for _ in 0..500 {
-        if fake.drip_sent() >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        fake.drip_sent() >= 3,
-        "the provider never started streaming"
-    );
-    handle
-        .cancel(Some("user pressed stop".into()))
-        .await
-        .unwrap();
+    let client = deepseek_server(dir.path(), &fake, &[]).await;
+    cancel_once_streaming(&client, &fake, || {}).await;
 
     // The provider's stream (65 events, 100 ms apart) stops well before
     // its end: either the fake sees the connection drop, or it stops being
@@ -223,14 +239,10 @@ async fn cancelling_stops_the_provider_and_releases_the_hold() {
     );
 
     // No money is held, the attempt is recorded, and the server still serves.
-    let usage = client
-        .call_tool(
-            CallToolRequestParams::new("query_usage")
-                .with_arguments(json!({}).as_object().unwrap().clone()),
-        )
+    let u = tool(&client, "query_usage", json!({}))
         .await
+        .structured_content
         .unwrap();
-    let u = usage.structured_content.unwrap();
     assert_eq!(u["budget"]["reserved_usd"], json!(0.0), "{u}");
     assert_eq!(u["calls"], json!(0));
     assert_eq!(u["totals"]["failed_attempts"], json!(1));
@@ -239,11 +251,7 @@ async fn cancelling_stops_the_provider_and_releases_the_hold() {
     // far less than the 100,000-token worst case that was held.
     let row = &u["totals"];
     let out = row["output_tokens"].as_u64().unwrap();
-    let streamed_max = pieces
-        .iter()
-        .map(|p| p.len() as u64)
-        .sum::<u64>()
-        .div_ceil(4);
+    let streamed_max = (answer.len() as u64).div_ceil(4);
     // (The cancel can overtake the last pieces sent, so 0 is possible.)
     assert!(out <= streamed_max, "{row}");
     assert!(row["input_tokens"].as_u64().unwrap() >= 1, "{row}");
@@ -342,13 +350,8 @@ async fn speech_cancelled_midway_is_charged_and_leaves_no_file() {
     }
     handle.cancel(Some("stop".into())).await.unwrap();
     let usage = || async {
-        client
-            .call_tool(
-                CallToolRequestParams::new("query_usage")
-                    .with_arguments(json!({}).as_object().unwrap().clone()),
-            )
+        tool(&client, "query_usage", json!({}))
             .await
-            .unwrap()
             .structured_content
             .unwrap()
     };
@@ -446,54 +449,24 @@ async fn a_long_answer_with_heavy_framing_is_not_cut_off() {
 /// webhook), not at the next call, which may never come.
 #[tokio::test]
 async fn a_cancelled_calls_charge_alerts_at_once() {
-    let pieces: Vec<String> = (0..60).map(|i| format!("word{i} ")).collect();
-    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
-    let fake = FakeProvider::start(
-        openai_sse(
-            "deepseek-v3.2",
-            &refs,
-            json!({"prompt_tokens": 5, "completion_tokens": 20}),
-        )
-        .dripped(Duration::from_millis(100)),
-    )
-    .await;
+    let fake = FakeProvider::start(sixty_slow_words().0).await;
     let hook = FakeProvider::start(Reply::json(200, json!({"ok": true}))).await;
     let dir = tempfile::tempdir().unwrap();
     let client = deepseek_server(dir.path(), &fake, &[]).await;
     // Warn mode: the 100,000-token worst case is not refused; 10% of
     // $0.00001 is crossed by a few tokens' estimate.
-    let set = client
-        .call_tool(
-            CallToolRequestParams::new("set_budget").with_arguments(
-                json!({"monthly_limit": 0.00001, "alert_thresholds": [0.1], "mode": "warn",
-                       "webhook_url": format!("{}/hook", hook.base)})
-                .as_object()
-                .unwrap()
-                .clone(),
-            ),
-        )
-        .await
-        .unwrap();
+    let set = tool(
+        &client,
+        "set_budget",
+        json!({"monthly_limit": 0.00001, "alert_thresholds": [0.1], "mode": "warn",
+               "webhook_url": format!("{}/hook", hook.base)}),
+    )
+    .await;
     assert_ne!(set.is_error, Some(true), "{:?}", set.content);
-    let handle = client
-        .send_cancellable_request(
-            call(json!({"prompt": "count", "tier": "cheap", "max_tokens": 100000})),
-            PeerRequestOptions::no_options(),
-        )
-        .await
-        .unwrap();
-    for _ in 0..500 {
-        if fake.drip_sent() >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        fake.drip_sent() >= 3,
-        "the provider never started streaming"
-    );
-    assert!(hook.requests().is_empty(), "nothing was charged yet");
-    handle.cancel(Some("stop".into())).await.unwrap();
+    cancel_once_streaming(&client, &fake, || {
+        assert!(hook.requests().is_empty(), "nothing was charged yet");
+    })
+    .await;
     for _ in 0..250 {
         if !hook.requests().is_empty() {
             break;
