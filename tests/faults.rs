@@ -908,6 +908,16 @@ fn cartesia_error(status: u16, msg: &str) -> Reply {
     )
 }
 
+/// DeepSeek answering at `chat` and Cartesia reading aloud at `tts`.
+fn speech_env(chat: &FakeProvider, tts: &FakeProvider) -> Vec<(&'static str, String)> {
+    vec![
+        ("DEEPSEEK_API_KEY", FAKE_KEY.into()),
+        ("DEEPSEEK_BASE_URL", chat.base.clone()),
+        ("CARTESIA_API_KEY", "sk_car_FAKE_0000000000000000".into()),
+        ("CARTESIA_BASE_URL", tts.base.clone()),
+    ]
+}
+
 #[tokio::test]
 async fn cartesia_speaks_the_answer_and_survives_faults() {
     let chat =
@@ -931,17 +941,9 @@ async fn cartesia_speaks_the_answer_and_survives_faults() {
     assert!(chat.requests().is_empty());
     s.stop().await;
 
-    let s = spawn(
-        dir.path(),
-        &[
-            ("DEEPSEEK_API_KEY", FAKE_KEY.into()),
-            ("DEEPSEEK_BASE_URL", chat.base.clone()),
-            ("CARTESIA_API_KEY", "sk_car_FAKE_0000000000000000".into()),
-            ("CARTESIA_BASE_URL", tts.base.clone()),
-            ("COST_OPTIMIZER_REQUEST_TIMEOUT_SECS", "4".into()),
-        ],
-    )
-    .await;
+    let mut env = speech_env(&chat, &tts);
+    env.push(("COST_OPTIMIZER_REQUEST_TIMEOUT_SECS", "4".into()));
+    let s = spawn(dir.path(), &env).await;
     let chat_cost = 10.0 * 0.28e-6 + 10.0 * 0.40e-6;
     let speech_cost = "Hello there".len() as f64 * 0.000_05;
     let c = s
@@ -1132,16 +1134,7 @@ async fn budget_limit_covers_the_audio_and_its_retries() {
         FakeProvider::start(openai_sse("deepseek-v3.2", &["Hello", " there"], usage10())).await;
     let tts = FakeProvider::start(wav_reply()).await;
     let dir = tempfile::tempdir().unwrap();
-    let s = spawn(
-        dir.path(),
-        &[
-            ("DEEPSEEK_API_KEY", FAKE_KEY.into()),
-            ("DEEPSEEK_BASE_URL", chat.base.clone()),
-            ("CARTESIA_API_KEY", "sk_car_FAKE_0000000000000000".into()),
-            ("CARTESIA_BASE_URL", tts.base.clone()),
-        ],
-    )
-    .await;
+    let s = spawn(dir.path(), &speech_env(&chat, &tts)).await;
     let speech_cost = "Hello there".len() as f64 * 0.000_05;
     let call = |limit: f64| {
         json!({"prompt": "greet me", "tier": "cheap", "speak": true,
