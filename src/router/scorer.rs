@@ -223,6 +223,9 @@ const VIEW: usize = 2 * BLOCK + 8;
 struct Masks {
     /// ASCII letters.
     letter: u64,
+    /// ASCII upper-case letters (counted for the upper-case share: one more compare
+    /// per 16 bytes here is far cheaper than a second pass over the text).
+    upper: u64,
     /// ASCII digits.
     digit: u64,
     /// Every other byte except the plain space: what the per-kind counters and the
@@ -265,6 +268,7 @@ fn block_masks(view: &[u8; VIEW], at: usize, avail: usize) -> Masks {
     if avail < BLOCK {
         let valid = (1u64 << avail) - 1;
         m.letter &= valid;
+        m.upper &= valid;
         m.digit &= valid;
         m.other &= valid;
     }
@@ -299,6 +303,11 @@ fn classify_sse2(view: &[u8; VIEW], at: usize) -> Masks {
         // a digit is v + 0x50 < -128 + 10. Bytes >= 0x80 land outside both.
         let folded = _mm_add_epi8(_mm_or_si128(v, _mm_set1_epi8(0x20)), _mm_set1_epi8(0x1f));
         let letter = _mm_cmplt_epi8(folded, _mm_set1_epi8(-128 + 26));
+        // Upper case: v + 0x3f < -128 + 26 (b'A' lands on -128).
+        let upper = _mm_cmplt_epi8(
+            _mm_add_epi8(v, _mm_set1_epi8(0x3f)),
+            _mm_set1_epi8(-128 + 26),
+        );
         let digit = _mm_cmplt_epi8(
             _mm_add_epi8(v, _mm_set1_epi8(0x50)),
             _mm_set1_epi8(-128 + 10),
@@ -308,6 +317,7 @@ fn classify_sse2(view: &[u8; VIEW], at: usize) -> Masks {
         // `movemask` puts one bit per byte in the low 16 bits.
         let shift = 16 * k;
         m.letter |= u64::from(_mm_movemask_epi8(letter) as u16) << shift;
+        m.upper |= u64::from(_mm_movemask_epi8(upper) as u16) << shift;
         m.digit |= u64::from(_mm_movemask_epi8(digit) as u16) << shift;
         m.other |= u64::from(!(_mm_movemask_epi8(plain) as u16)) << shift;
     }
@@ -341,12 +351,14 @@ fn classify_portable(view: &[u8; VIEW], at: usize) -> Masks {
     for k in 0..BLOCK / 8 {
         let v = le64(view, at + 8 * k);
         let letter = in_range((v | CASE) & LO7, v, b'a', 26);
+        let upper = in_range(v & LO7, v, b'A', 26);
         let digit = in_range(v & LO7, v, b'0', 10);
         // Zero-byte test of v ^ spaces: the high bit is set iff the byte is not a space.
         let d = v ^ (ONES * u64::from(b' '));
         let not_space = (((d & LO7).wrapping_add(LO7)) | d) & HI;
         let plain = letter | digit | (!not_space & HI);
         m.letter |= gather(letter) << (8 * k);
+        m.upper |= gather(upper) << (8 * k);
         m.digit |= gather(digit) << (8 * k);
         m.other |= gather(!plain & HI) << (8 * k);
     }
@@ -367,13 +379,35 @@ const KEEP: [u64; 16] = {
 
 /// Token hash of the `len` (>= 1) ASCII letters at `view[p..]`, lower-cased and
 /// hashed 8 bytes at a time (the last chunk zero-padded).
+///
+/// Words of up to 16 letters (nearly all) take no branch on their length: both
+/// chunks are hashed and the right hash is selected with a mask. A loop whose trip
+/// count is the word's length mispredicted on about one word in seven (callgrind's
+/// branch simulation: ten mispredictions a prompt), which cost more than the
+/// second multiply does.
 #[inline(always)]
 fn hash_letters(view: &[u8; VIEW], p: usize, len: usize) -> u64 {
-    let mut h = TOKEN_SEED;
-    let mut i = 0;
-    // `p + i < 2 * BLOCK` (the word ends inside the view's two blocks); the modulo
+    // `p + len < 2 * BLOCK` (the word ends inside the view's two blocks); the modulo
     // shows the compiler that the 8-byte loads stay inside the view, so it drops the
     // bounds checks.
+    if len > 16 {
+        return hash_long_letters(view, p, len);
+    }
+    let first = le64(view, p % (2 * BLOCK)) | CASE;
+    let one = token_hash_step(TOKEN_SEED, first & KEEP[len.min(8)]);
+    // Read for every word, used only by words of 9..=16 letters, for which it is
+    // inside the word's view (p + 8 < p + len).
+    let second = le64(view, (p + 8) % (2 * BLOCK)) | CASE;
+    let two = token_hash_step(one, second & KEEP[len.wrapping_sub(8) % 16]);
+    let longer = 0u64.wrapping_sub(u64::from(len > 8));
+    token_hash_finish(one ^ ((one ^ two) & longer), len as u64)
+}
+
+/// [`hash_letters`] for a word of more than 16 letters, 8 at a time.
+#[inline(never)]
+fn hash_long_letters(view: &[u8; VIEW], p: usize, len: usize) -> u64 {
+    let mut h = TOKEN_SEED;
+    let mut i = 0;
     while len - i > 8 {
         h = token_hash_step(h, le64(view, (p + i) % (2 * BLOCK)) | CASE);
         i += 8;
@@ -946,6 +980,9 @@ struct Scan<'a, const EXPLAIN: bool> {
     numbers: u64,
     /// ASCII letters with no letter on either side (runs of one: not word tokens).
     single_letters: u64,
+    /// ASCII letters, and upper-case ones, of the scanned bytes.
+    letters: u64,
+    upper: u64,
     lex: [u64; N_LEX],
     g: Grams,
     /// Start offsets of the last three tokens (for phrase excerpts; `EXPLAIN` only).
@@ -986,6 +1023,8 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
             ntok: 0,
             numbers: 0,
             single_letters: 0,
+            letters: 0,
+            upper: 0,
             lex: [0; N_LEX],
             g: Grams::default(),
             starts: [0; 3],
@@ -1029,10 +1068,10 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
         let v = (i64::from((e as i32) >> 8) & !0xffff) | 1;
         let v = if e as u16 != stamp { v } else { 0 };
         g.acc += v;
-        if e & LEX_FLAG != 0 {
-            lex.keys[lex.n % (2 * CHUNK)] = key;
-            lex.n += 1;
-        }
+        // Stored always, kept only if flagged: a branch here mispredicted about
+        // seven times a prompt.
+        lex.keys[lex.n % (2 * CHUNK)] = key;
+        lex.n += ((e & LEX_FLAG) >> 16) as usize;
         (v >> 16) as i32
     }
 
@@ -1184,6 +1223,7 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
         let mut m = 0usize;
         // Letters in runs of one (not tokens); every other letter is in a word token.
         let mut single_letters = 0u64;
+        let (mut letters, mut upper) = (0u64, 0u64);
         // Whether the byte before the block is a letter (bit 0) or a digit (bit 1).
         let mut carry = 0u64;
         let mut pad = [0u8; VIEW];
@@ -1207,6 +1247,8 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
             // `count_ones`, not a loop over the bits: zero to a few per block, too
             // irregular for the loop's exit branch to be predicted.
             single_letters += u64::from((l & !l_before & !l_after).count_ones());
+            letters += u64::from(l.count_ones());
+            upper += u64::from(cur.upper.count_ones());
             let mut starts = word_starts | number_starts;
             while starts != 0 {
                 let p = starts.trailing_zeros() as usize;
@@ -1268,6 +1310,8 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
         self.flush_for::<FAST>(s, &hashes, m, stamp);
         self.ntok += m as u64;
         self.single_letters = single_letters;
+        self.letters = letters;
+        self.upper = upper;
     }
 
     /// The number token starting at `start` (a digit), unless that digit run belongs
@@ -1342,7 +1386,7 @@ impl<'a, const EXPLAIN: bool> Scan<'a, EXPLAIN> {
             x[j] = ln1p_count(c);
         }
         let words = self.ntok - self.numbers;
-        let (upper, letters) = count_letters(self.data.get(..self.scanned).unwrap_or_default());
+        let (upper, letters) = (self.upper, self.letters);
         // Letters in word tokens: every letter except those standing alone.
         let letters_in_words = letters - self.single_letters;
         raw[F_AVG_WORD_LEN] = ratio(letters_in_words, words).min(12.0);
@@ -1393,41 +1437,6 @@ fn ln1p_count(c: u64) -> f64 {
         Some(v) => *v,
         None => (c as f64).ln_1p(),
     }
-}
-
-/// (Upper-case, all) ASCII letters of the scanned text: a second pass over bytes still
-/// in cache, in `u8` lanes the compiler vectorises, is cheaper than counting them per
-/// word in the tokeniser.
-fn count_letters(bytes: &[u8]) -> (u64, u64) {
-    #[cfg(target_arch = "x86_64")]
-    if fast_cpu() {
-        // SAFETY: `fast_cpu()` found AVX2 (and more) on this CPU.
-        return unsafe { count_letters_avx2(bytes) };
-    }
-    count_letters_plain(bytes)
-}
-
-/// [`count_letters`] compiled for AVX2 (32 byte lanes per compare, not 16).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn count_letters_avx2(bytes: &[u8]) -> (u64, u64) {
-    count_letters_plain(bytes)
-}
-
-#[inline(always)]
-fn count_letters_plain(bytes: &[u8]) -> (u64, u64) {
-    let (mut upper, mut letters) = (0u64, 0u64);
-    for chunk in bytes.chunks(255) {
-        let (u, l) = chunk.iter().fold((0u8, 0u8), |(u, l), &b| {
-            (
-                u.wrapping_add(u8::from(b.wrapping_sub(b'A') < 26)),
-                l.wrapping_add(u8::from((b | 0x20).wrapping_sub(b'a') < 26)),
-            )
-        });
-        upper += u64::from(u);
-        letters += u64::from(l);
-    }
-    (upper, letters)
 }
 
 /// Characters (bytes that are not UTF-8 continuation bytes) of an unscanned tail.
@@ -1779,11 +1788,7 @@ mod tests {
         bytes.extend("Ünïcödé ΑΒΓ abc XYZ".as_bytes().repeat(40));
         for len in [0, 1, 254, 255, 256, 511, bytes.len()] {
             let b = &bytes[..len];
-            let upper = b.iter().filter(|c| c.is_ascii_uppercase()).count() as u64;
-            let letters = b.iter().filter(|c| c.is_ascii_alphabetic()).count() as u64;
             let chars = b.iter().filter(|&&c| c & 0xC0 != 0x80).count() as u64;
-            assert_eq!(count_letters(b), (upper, letters), "len {len}");
-            assert_eq!(count_letters_plain(b), (upper, letters), "len {len}");
             assert_eq!(count_chars(b), chars, "len {len}");
         }
     }
@@ -1796,6 +1801,8 @@ mod tests {
     struct SpecCounts {
         tokens: u64,
         numbers: u64,
+        letters: u64,
+        upper: u64,
         letters_in_words: u64,
         /// '?', '\n', math signs, quantities, backslashes, code symbols, continuation
         /// bytes, lead bytes >= 0xC0.
@@ -1902,6 +1909,9 @@ mod tests {
         SpecCounts {
             tokens: toks.len() as u64,
             numbers,
+            // All of the text: these tests run with the scan cap off.
+            letters: data.iter().filter(|b| b.is_ascii_alphabetic()).count() as u64,
+            upper: data.iter().filter(|b| b.is_ascii_uppercase()).count() as u64,
             letters_in_words,
             kinds,
             sentences,
@@ -1922,11 +1932,12 @@ mod tests {
         } else {
             with_scratch(|scratch| s.run(scratch));
         }
-        let (_, letters) = count_letters(data);
         SpecCounts {
             tokens: s.ntok,
             numbers: s.numbers,
-            letters_in_words: letters - s.single_letters,
+            letters: s.letters,
+            upper: s.upper,
+            letters_in_words: s.letters - s.single_letters,
             kinds: [
                 s.kind(K_QUESTION),
                 s.kind(K_NEWLINE),
@@ -2034,6 +2045,7 @@ mod tests {
                 let mut want = Masks::default();
                 for (i, &b) in v[at..at + BLOCK].iter().enumerate() {
                     want.letter |= u64::from(b.is_ascii_alphabetic()) << i;
+                    want.upper |= u64::from(b.is_ascii_uppercase()) << i;
                     want.digit |= u64::from(b.is_ascii_digit()) << i;
                     want.other |= u64::from(!b.is_ascii_alphanumeric() && b != b' ') << i;
                 }
