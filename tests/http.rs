@@ -1371,6 +1371,91 @@ async fn sigterm_lets_a_call_in_flight_finish() {
     assert_eq!(u["calls"], 1, "{out}");
 }
 
+/// A client that hangs up leaves a charge (the prompt and the text streamed
+/// so far, at an estimate); a threshold it crosses is alerted at once, not
+/// at the next call, streaming or not.
+#[tokio::test]
+async fn a_charge_left_by_a_client_that_hung_up_alerts_at_once() {
+    let pieces: Vec<String> = (0..40).map(|i| format!("word{i} ")).collect();
+    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+    let fake = FakeProvider::start(
+        openai_sse(
+            "deepseek-v3.2",
+            &refs,
+            json!({"prompt_tokens": 5, "completion_tokens": 40}),
+        )
+        .dripped(Duration::from_millis(100)),
+    )
+    .await;
+    let hook = FakeProvider::start(Reply::json(200, json!({"ok": true}))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
+    let completions = format!("{}/v1/chat/completions", s.base);
+    let budget = |threshold: f64| {
+        json!({"monthly_limit": 0.00001, "alert_thresholds": [threshold], "mode": "warn",
+               "webhook_url": format!("{}/hook", hook.base)})
+    };
+    let set = |threshold: f64| {
+        let url = format!("{}/v1/budget", s.base);
+        let body = budget(threshold);
+        async move {
+            let r = request(&http(), Method::PUT, url, None, Some(&body)).await;
+            assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        }
+    };
+    let wait_for_hook = |n: usize| {
+        let hook = &hook;
+        async move {
+            for _ in 0..250 {
+                if hook.requests().len() >= n {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            hook.requests()
+        }
+    };
+
+    // Streaming: read until answer text arrives, then hang up.
+    set(0.1).await;
+    let mut r = request(
+        &http(),
+        Method::POST,
+        &completions,
+        None,
+        Some(&json!({"model": "auto", "stream": true,
+            "messages": [{"role": "user", "content": "Count"}]})),
+    )
+    .await;
+    let mut got = String::new();
+    while !got.contains("word1") {
+        let chunk = r.chunk().await.unwrap().expect("stream ended early");
+        got.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(hook.requests().is_empty(), "nothing was charged yet");
+    drop(r);
+    let got = wait_for_hook(1).await;
+    assert_eq!(got.len(), 1, "the crossing was alerted: {got:?}");
+    assert_eq!(got[0].body["threshold"], json!(0.1), "{:?}", got[0].body);
+
+    // Not streaming: the client gives up waiting for the whole answer.
+    set(0.5).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(700))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(&completions)
+        .json(&json!({"model": "auto",
+            "messages": [{"role": "user", "content": "Count again"}]}))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the 4 s answer came within 0.7 s");
+    let got = wait_for_hook(2).await;
+    assert_eq!(got.len(), 2, "the second crossing was alerted: {got:?}");
+    assert_eq!(got[1].body["threshold"], json!(0.5), "{:?}", got[1].body);
+}
+
 #[tokio::test]
 async fn ready_says_why_not() {
     let dir = tempfile::tempdir().unwrap();

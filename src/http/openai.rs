@@ -27,6 +27,8 @@
 //!   text already sent cannot be withdrawn: the stream ends with an `error`
 //!   event.
 
+use std::sync::Arc;
+
 use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -36,7 +38,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::optimizer::{CompleteArgs, Completion, ToolError};
+use crate::optimizer::{CompleteArgs, Completion, Optimizer, ToolError};
 use crate::providers::{AttemptRoute, StreamSink};
 
 use super::AppState;
@@ -398,7 +400,12 @@ pub async fn chat_completions(
         return stream(state, args, include_usage).await;
     }
     let _in_flight = state.in_flight.start();
-    match state.core.complete(&args, &crate::providers::NoSink).await {
+    // Declared before the call's future, so dropped after it: the call's
+    // guard has recorded its charge by the time this checks the thresholds.
+    let alerts = AlertsIfLeft::armed(&state.core, &args);
+    let result = state.core.complete(&args, &crate::providers::NoSink).await;
+    alerts.disarm();
+    match result {
         Ok(c) => {
             state.metrics.record_completion(&c);
             let body = json!({
@@ -461,6 +468,40 @@ impl StreamSink for ChannelSink {
 
     fn is_final(&self) -> bool {
         true
+    }
+}
+
+/// Checks the budget thresholds once a call is dropped unfinished (its
+/// client hung up): the call's guard recorded the attempt at an estimate,
+/// and none of the call's own code ran on to alert on that charge, so
+/// without this a crossing would be alerted only at the next call, which
+/// may never come. The MCP handler does the same after a cancellation.
+struct AlertsIfLeft {
+    armed: Option<(Arc<Optimizer>, Option<String>)>,
+}
+
+impl AlertsIfLeft {
+    fn armed(core: &Arc<Optimizer>, args: &CompleteArgs) -> Self {
+        AlertsIfLeft {
+            armed: Some((core.clone(), args.user_id.clone())),
+        }
+    }
+
+    /// The call ended (answered or refused): it alerted on its own.
+    fn disarm(mut self) {
+        self.armed = None;
+    }
+}
+
+impl Drop for AlertsIfLeft {
+    fn drop(&mut self) {
+        let Some((core, user)) = self.armed.take() else {
+            return;
+        };
+        // The check reads and writes the ledger: off the async workers.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn_blocking(move || core.alerts_after_cancel(user.as_deref()));
+        }
     }
 }
 
@@ -573,8 +614,10 @@ async fn stream(state: AppState, args: CompleteArgs, include_usage: bool) -> Res
     // text, dropping this future aborts the call.
     let task = AbortOnDrop(tokio::spawn(async move {
         let _in_flight = in_flight;
+        let alerts = AlertsIfLeft::armed(&core, &args);
         let sink = ChannelSink(tx.clone());
         let result = core.complete(&args, &sink).await;
+        alerts.disarm();
         match &result {
             Ok(c) => metrics.record_completion(c),
             Err(e) => metrics.call_error(e),
