@@ -458,14 +458,22 @@ fn scan_number(data: &[u8], start: usize) -> usize {
 /// Bytes the features are computed from: all of `data`, or (when a fit sets
 /// `SCAN_CAP`) up to the first token, single letters included, that starts at or after
 /// `SCAN_CAP`.
-// `SCAN_CAP` is generated: `usize::MAX` while the cap is off (then the comparison
-// never holds), a real offset when a fit turns it on.
+///
+/// Tokens are read from the last byte before the cap that no token can contain (not a
+/// letter, digit, '.' or ','): the tokens from there on are the tokens of the whole
+/// text from there on, so the bytes before it need no walk. Usually that byte is a
+/// few bytes before the cap.
+// `SCAN_CAP` is generated: `usize::MAX` when a fit turns the cap off (then the
+// comparison always holds).
 #[allow(clippy::absurd_extreme_comparisons)]
 fn scan_end(data: &[u8]) -> usize {
     if data.len() <= SCAN_CAP {
         return data.len();
     }
-    let mut i = 0;
+    let mut i = SCAN_CAP;
+    while i > 0 && matches!(data[i - 1], b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b',') {
+        i -= 1;
+    }
     while let Some(&b) = data.get(i) {
         let k = KIND[usize::from(b)];
         if k & (LETTER | DIGIT) == 0 {
@@ -1815,7 +1823,47 @@ mod tests {
         qsum: i64,
     }
 
-    fn spec_counts(data: &[u8]) -> SpecCounts {
+    /// Where the specification's scan stops: the start of the first token (single
+    /// letters included) at or after `SCAN_CAP`, tokens read from the start of the text.
+    #[allow(clippy::absurd_extreme_comparisons)]
+    fn spec_scan_end(data: &[u8]) -> usize {
+        if data.len() <= SCAN_CAP {
+            return data.len();
+        }
+        let n = data.len();
+        let digit = |i: usize| data.get(i).is_some_and(u8::is_ascii_digit);
+        let mut i = 0;
+        while i < n {
+            let token = data[i].is_ascii_alphanumeric();
+            if token && i >= SCAN_CAP {
+                return i;
+            }
+            if data[i].is_ascii_alphabetic() {
+                while i < n && data[i].is_ascii_alphabetic() {
+                    i += 1;
+                }
+            } else if digit(i) {
+                loop {
+                    while digit(i) {
+                        i += 1;
+                    }
+                    if i + 1 < n && (data[i] == b'.' || data[i] == b',') && digit(i + 1) {
+                        i += 1;
+                        continue;
+                    }
+                    break;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        n
+    }
+
+    fn spec_counts(full: &[u8]) -> SpecCounts {
+        // Every count but the length is of the scanned prefix; a byte's neighbour
+        // after it is read from the whole text.
+        let data = &full[..spec_scan_end(full)];
         let n = data.len();
         let digit = |i: usize| data.get(i).is_some_and(u8::is_ascii_digit);
         let mut toks: Vec<u64> = Vec::new();
@@ -1876,7 +1924,7 @@ mod tests {
         let mut kinds = [0u64; 8];
         let (mut sentences, mut fences, mut math_unicode, mut run) = (0, 0, 0, 0);
         for (i, &b) in data.iter().enumerate() {
-            let next = data.get(i + 1).copied();
+            let next = full.get(i + 1).copied();
             let k = match b {
                 b'?' => Some(0),
                 b'\n' => Some(1),
@@ -1909,7 +1957,6 @@ mod tests {
         SpecCounts {
             tokens: toks.len() as u64,
             numbers,
-            // All of the text: these tests run with the scan cap off.
             letters: data.iter().filter(|b| b.is_ascii_alphabetic()).count() as u64,
             upper: data.iter().filter(|b| b.is_ascii_uppercase()).count() as u64,
             letters_in_words,
@@ -2017,6 +2064,66 @@ mod tests {
         ) {
             let p = pieces.concat();
             proptest::prop_assert_eq!(scan_counts(p.as_bytes()), spec_counts(p.as_bytes()));
+        }
+    }
+
+    /// Long prompts whose tokens straddle `SCAN_CAP` in every way: letter runs, single
+    /// letters, numbers with '.' and ',' (and runs of them that are not numbers),
+    /// multi-byte characters and sentence ends on the cut.
+    fn prompts_around_the_cap() -> Vec<String> {
+        let cap = SCAN_CAP.min(4096);
+        let pieces = [
+            "word",
+            "a",
+            "3.14",
+            "1,000.5",
+            "12..5",
+            ",.,",
+            "7.",
+            "x9y",
+            "é",
+            "∀x",
+            "end. Next",
+            "```",
+            "?",
+            " ",
+            "\n",
+            "ABCDEFGHIJKLMNOPQRSTU",
+        ];
+        let mut v = Vec::new();
+        for back in 0..24 {
+            for piece in pieces {
+                for after in [" tail words", "more", "5 6", ""] {
+                    let lead = "z".repeat(cap.saturating_sub(back));
+                    v.push(format!("{lead}{piece}{after}"));
+                    let spaced = "ab ".repeat(cap / 3 + 1);
+                    let cut = spaced.len().min(cap.saturating_sub(back));
+                    v.push(format!("{}{piece}{after}", &spaced[..cut]));
+                }
+            }
+        }
+        // Text with no separator before the cap at all, and digits the same way.
+        v.push("q".repeat(3 * cap));
+        v.push(format!("{} z", "1.2".repeat(cap)));
+        v
+    }
+
+    #[test]
+    fn the_scan_stops_where_the_specification_does() {
+        for p in prompts_around_the_cap() {
+            let d = p.as_bytes();
+            assert_eq!(
+                scan_end(d),
+                spec_scan_end(d),
+                "{:?}",
+                &p[p.len().min(SCAN_CAP.min(4096)).saturating_sub(30)..]
+            );
+            assert_eq!(
+                scan_counts(d),
+                spec_counts(d),
+                "{:?}",
+                &p[p.len().min(SCAN_CAP.min(4096)).saturating_sub(30)..]
+            );
         }
     }
 
