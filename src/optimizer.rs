@@ -1698,6 +1698,11 @@ impl Optimizer {
                     system: system.map(str::to_string),
                     prompt: prompt.to_string(),
                     max_tokens: max_out,
+                    input_tokens_estimate: cand.estimated_input_tokens,
+                    context_window: self
+                        .catalog
+                        .get(&cand.model)
+                        .and_then(|p| p.max_input_tokens),
                 };
                 let mut base_record = CallRecord {
                     ts_ms: self.now(),
@@ -1977,6 +1982,7 @@ impl Optimizer {
                     });
                 }
                 let counts = !out_of_time
+                    && !err.model_only
                     && (err.kind != ErrorKind::RateLimit
                         || !rate_limit_counted.contains(&cand.provider));
                 let account_limited = err.kind == ErrorKind::RateLimit
@@ -2066,13 +2072,14 @@ impl Optimizer {
                 // Anthropic, OpenRouter and Cerebras, and a 429 is quick
                 // and free where the whole account is limited.
                 if err.whole_provider
-                    || !matches!(
-                        err.kind,
-                        ErrorKind::ContextTooLong
-                            | ErrorKind::ModelUnavailable
-                            | ErrorKind::EmptyAnswer
-                            | ErrorKind::RateLimit
-                    )
+                    || !err.model_only
+                        && !matches!(
+                            err.kind,
+                            ErrorKind::ContextTooLong
+                                | ErrorKind::ModelUnavailable
+                                | ErrorKind::EmptyAnswer
+                                | ErrorKind::RateLimit
+                        )
                 {
                     failed_providers.push(cand.provider);
                 }
@@ -2851,6 +2858,12 @@ fn refuse_empty(
             "blocklist",
             // Anthropic's classifiers stopping the answer.
             "refusal",
+            // Gemini: personal data, an unsupported language, anything else.
+            "spii",
+            "language",
+            "other",
+            // Anthropic: the prompt left no room in the context window.
+            "context_window",
         ]
         .iter()
         .any(|k| f.contains(k))
@@ -2864,10 +2877,18 @@ fn refuse_empty(
         None,
         match r.finish_reason.as_deref().unwrap_or("?") {
             // Gemini says MAX_TOKENS.
+            f if f.to_ascii_lowercase().contains("context_window") => {
+                format!(
+                    "finish reason {f}: the prompt left no room for an answer in the model's context window"
+                )
+            }
             f if f.to_ascii_lowercase().contains("length")
                 || f.to_ascii_lowercase().contains("max") =>
             {
                 format!("finish reason {f}; raise max_tokens if the model reasons before answering")
+            }
+            f if ["other", "language"].contains(&f.to_ascii_lowercase().as_str()) => {
+                format!("finish reason {f}: the model stopped without answering")
             }
             f => format!("finish reason {f}: the model declined or a safety filter stopped it"),
         },
@@ -3383,6 +3404,19 @@ mod tests {
         let e = refuse_empty(ProviderId::Anthropic, empty("refusal")).unwrap_err();
         assert!(e.detail.contains("declined"), "{}", e.detail);
         assert!(refuse_empty(ProviderId::Anthropic, empty("end_turn")).is_ok());
+        // Reasons that leave an empty answer without being a limit or a
+        // filter the list above knew: still no answer, so the next model.
+        for f in ["SPII", "OTHER", "LANGUAGE", "model_context_window_exceeded"] {
+            let e = refuse_empty(ProviderId::Gemini, empty(f)).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::EmptyAnswer, "{f}");
+        }
+        let e = refuse_empty(
+            ProviderId::Anthropic,
+            empty("model_context_window_exceeded"),
+        )
+        .unwrap_err();
+        assert!(e.detail.contains("context window"), "{}", e.detail);
+        assert!(refuse_empty(ProviderId::Gemini, empty("STOP")).is_ok());
     }
     use super::*;
 

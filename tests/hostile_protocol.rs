@@ -485,6 +485,27 @@ async fn lying_providers_cannot_record_absurd_costs() {
             }
         }
     }
+    // Not streamed, and no usage at all: kept at an estimate too (it was
+    // thrown away as malformed and paid for again elsewhere).
+    fake.push(Reply::json(
+        200,
+        json!({"model": "deepseek-v3.2", "object": "chat.completion",
+               "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                            "finish_reason": "stop"}]}),
+    ));
+    let before = fake.requests().len();
+    s.call(
+        90,
+        "complete_prompt",
+        json!({"prompt": "hello", "tier": "cheap", "max_tokens": 20}),
+    )
+    .await;
+    let r = s.reply(90, LONG).await;
+    let c = &r["result"]["structuredContent"];
+    assert_eq!(c["answer"], "ok", "{r}");
+    assert_eq!(c["cost_source"], "estimate", "{c}");
+    assert!(c["cost_usd"].as_f64().unwrap() > 0.0, "{c}");
+    assert_eq!(fake.requests().len(), before + 1, "asked once");
     // A body that never ends: cut off at the 16 MiB cap with a clear error.
     let endless = format!(
         "{}data: [DONE]\n\n",

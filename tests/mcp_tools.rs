@@ -459,6 +459,95 @@ async fn ollama_is_free_and_huggingface_unpriced_is_flagged() {
     s.stop().await;
 }
 
+/// OpenRouter's 503 ("no available model provider") is about the model it
+/// routes, not OpenRouter: after its retries the next OpenRouter model is
+/// tried, and OpenRouter's breaker does not count it.
+#[tokio::test]
+async fn an_openrouter_model_without_upstream_falls_back_to_its_next_model() {
+    let or = FakeProvider::start(openai_sse(
+        "next-model",
+        &["from the next model"],
+        json!({"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            (
+                "OPENROUTER_API_KEY",
+                "sk-or-FAKE-upstream-000000000000".into(),
+            ),
+            ("OPENROUTER_BASE_URL", format!("{}/api/v1", or.base)),
+            ("COST_OPTIMIZER_BREAKER_THRESHOLD", "2".into()),
+        ],
+    )
+    .await;
+    let down = || {
+        Reply::json(
+            503,
+            json!({"error": {"code": 503,
+                "message": "No available model provider that meets your routing requirements"}}),
+        )
+    };
+    for round in 0..3 {
+        // The first model's try and its two retries.
+        for _ in 0..3 {
+            or.push(down());
+        }
+        let c = s
+            .ok(
+                "complete_prompt",
+                json!({"prompt": "What is the capital of France?"}),
+            )
+            .await;
+        assert_eq!(c["answer"], "from the next model", "round {round}: {c}");
+        let attempts = c["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 4, "round {round}: {attempts:?}");
+        assert_eq!(attempts[2]["model"], attempts[0]["model"], "retried");
+        assert_ne!(attempts[3]["model"], attempts[0]["model"]);
+        assert!(
+            attempts[3]["model"]
+                .as_str()
+                .unwrap()
+                .starts_with("openrouter/"),
+            "{attempts:?}"
+        );
+    }
+    // Nine 503s and no breaker opened: every round reached OpenRouter.
+    assert_eq!(or.requests().len(), 12);
+    s.stop().await;
+}
+
+/// Ollama keeps only the end of a prompt longer than its context, without
+/// an error: a long prompt asks for a context that holds it and the answer;
+/// a short one leaves the server's default alone.
+#[tokio::test]
+async fn ollama_is_asked_for_a_context_that_holds_the_prompt() {
+    let ol = FakeProvider::start(ollama_ndjson("llama3.1", &["ok"], 26, 2)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(dir.path(), &[("OLLAMA_HOST", ol.base.clone())]).await;
+    s.ok(
+        "complete_prompt",
+        json!({"prompt": "2+2?", "force_model": "ollama/llama3.1"}),
+    )
+    .await;
+    let short = &ol.requests()[0].body;
+    assert!(short["options"].get("num_ctx").is_none(), "{short}");
+    // About 4,500 tokens: past every server's default context.
+    let long = "Summarise the following notes carefully. ".repeat(750);
+    s.ok(
+        "complete_prompt",
+        json!({"prompt": long, "force_model": "ollama/llama3.1", "max_tokens": 500}),
+    )
+    .await;
+    let body = &ol.requests()[1].body;
+    let ctx = body["options"]["num_ctx"].as_u64().unwrap();
+    assert!((6_000..=8_192).contains(&ctx), "{body}");
+    assert_eq!(body["options"]["num_predict"], json!(500));
+    s.stop().await;
+}
+
 /// A model that is not pulled (Ollama's 404 "not found") is that model's
 /// problem, not the request's: the call goes on to the next candidate
 /// instead of failing, and the provider is not marked as failing.

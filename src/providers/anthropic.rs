@@ -227,9 +227,13 @@ pub fn parse_response(reply: &Value) -> Result<ChatResponse, ProviderError> {
         .filter_map(|b| b.get("text").and_then(|t| t.as_str()))
         .collect::<Vec<_>>()
         .join("");
-    let u = reply
+    // No usage: the answer is kept and charged an estimate by the caller
+    // (see `openai_compat`), not thrown away and paid for again elsewhere.
+    let usage = reply
         .get("usage")
-        .ok_or_else(|| malformed("the reply has no usage; cost cannot be known"))?;
+        .filter(|u| u.is_object())
+        .map(parse_usage)
+        .unwrap_or_default();
     Ok(ChatResponse {
         text,
         model: reply
@@ -237,7 +241,7 @@ pub fn parse_response(reply: &Value) -> Result<ChatResponse, ProviderError> {
             .and_then(|m| m.as_str())
             .unwrap_or_default()
             .to_string(),
-        usage: parse_usage(u),
+        usage,
         provider_cost_usd: None,
         finish_reason: reply
             .get("stop_reason")
@@ -372,8 +376,13 @@ mod tests {
     }
 
     #[test]
-    fn missing_usage_is_malformed() {
-        let e = parse_response(&json!({"type": "message", "content": []})).unwrap_err();
+    fn an_answer_without_usage_is_kept() {
+        let r = parse_response(&json!({"type": "message",
+            "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn"}))
+        .unwrap();
+        assert_eq!(r.text, "hi");
+        assert_eq!(r.usage.input_tokens + r.usage.output_tokens, 0);
+        let e = parse_response(&json!({"type": "message"})).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Malformed);
     }
 }

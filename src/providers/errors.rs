@@ -112,6 +112,11 @@ pub struct ProviderError {
     /// asked (Gemini blocking the prompt itself): its other models are
     /// skipped, though the failure says nothing of its health.
     pub whole_provider: bool,
+    /// The provider said the failure is the chosen model's alone (OpenRouter's
+    /// 502 "your chosen model is down", its 503 "no available model
+    /// provider"): retried as usual, but the provider's other models stay
+    /// worth a try and its breaker does not count it.
+    pub model_only: bool,
 }
 
 /// Longest provider message kept in an error.
@@ -134,6 +139,7 @@ impl ProviderError {
             accepted: None,
             accepted_cost_usd: None,
             whole_provider: false,
+            model_only: false,
         }
     }
 
@@ -257,9 +263,15 @@ impl ProviderError {
             // DeepSeek answers a retired or unknown model with a 400.
             400 | 422 if is_unknown_model(&lower) => ErrorKind::ModelUnavailable,
             400..=499 => ErrorKind::BadRequest,
+            // Ollama's 500 for a model too big for the machine's memory: a
+            // smaller local model may still load.
+            500 if is_out_of_memory(&lower) => ErrorKind::ModelUnavailable,
             _ => ErrorKind::Server,
         };
         let mut err = ProviderError::new(provider, kind, Some(status), message);
+        // OpenRouter routes each model to its own upstreams: a 502 or 503 is
+        // about them (per its error reference), not about OpenRouter.
+        err.model_only = provider == ProviderId::Openrouter && matches!(status, 502 | 503);
         // OpenAI-style reset headers come with every reply: they say when
         // to retry only when the reply is a rate limit.
         err.retry_after = retry_after(headers)
@@ -375,9 +387,21 @@ fn is_unknown_model(lower: &str) -> bool {
         "not a valid model",
         "model does not exist",
         "unknown model",
+        // HuggingFace's router: "The requested model 'X' is not supported by
+        // any provider you have enabled", "Model not supported by provider
+        // together".
+        "not supported by any provider",
+        "not supported by provider",
+        "model_not_supported",
     ]
     .iter()
     .any(|p| lower.contains(p))
+}
+
+/// A model that does not fit the server's memory ("model requires more
+/// system memory (…) than is available", Ollama).
+fn is_out_of_memory(lower: &str) -> bool {
+    lower.contains("requires more system memory") || lower.contains("out of memory")
 }
 
 /// A 403 that refuses this model or this prompt, not the key.
@@ -726,6 +750,39 @@ mod tests {
                 "{body}"
             );
         }
+        // HuggingFace: no provider the account enabled serves the model.
+        for body in [
+            r#"{"error":"The requested model 'meta-llama/Llama-3.3-70B-Instruct' is not supported by any provider you have enabled."}"#,
+            r#"{"error":"Model not supported by provider together"}"#,
+        ] {
+            assert_eq!(
+                classify(400, body).kind,
+                ErrorKind::ModelUnavailable,
+                "{body}"
+            );
+        }
+        // Ollama: a model too big for this machine; a smaller one may load.
+        assert_eq!(
+            classify(500, r#"{"error":"model requires more system memory (45.2 GiB) than is available (15.1 GiB)"}"#).kind,
+            ErrorKind::ModelUnavailable
+        );
+        assert_eq!(
+            classify(500, r#"{"error":"internal"}"#).kind,
+            ErrorKind::Server
+        );
+        // OpenRouter's 502/503 are about the chosen model (retried all the
+        // same); elsewhere a 503 is the provider overloaded.
+        for status in [502, 503] {
+            let e = ProviderError::from_http(
+                ProviderId::Openrouter,
+                status,
+                &HeaderMap::new(),
+                br#"{"error":{"code":503,"message":"No available model provider that meets your routing requirements"}}"#,
+            );
+            assert!(e.model_only && e.kind.is_retryable(), "{status}");
+        }
+        let e = classify(503, "{}");
+        assert!(e.kind == ErrorKind::Overloaded && !e.model_only);
         // DeepSeek: a retired model.
         assert_eq!(
             classify(400, r#"{"error":{"message":"Model Not Exist","type":"invalid_request_error","param":null,"code":"invalid_request_error"}}"#).kind,

@@ -175,6 +175,11 @@ pub struct ChatRequest {
     pub prompt: String,
     /// Output limit.
     pub max_tokens: u32,
+    /// The prompt's tokens (system prompt included) as estimated before the
+    /// call, for providers that must size a context themselves (Ollama).
+    pub input_tokens_estimate: u64,
+    /// The model's context window in the pricing catalog, when known.
+    pub context_window: Option<u64>,
 }
 
 /// A provider's answer.

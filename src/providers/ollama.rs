@@ -126,11 +126,15 @@ impl Provider for Ollama {
             messages.push(json!({"role": "system", "content": system}));
         }
         messages.push(json!({"role": "user", "content": req.prompt}));
+        let mut options = json!({"num_predict": req.max_tokens});
+        if let Some(n) = num_ctx(req) {
+            options["num_ctx"] = json!(n);
+        }
         let body = json!({
             "model": req.model,
             "messages": messages,
             "stream": true,
-            "options": {"num_predict": req.max_tokens},
+            "options": options,
         });
         let builder = self
             .config
@@ -143,6 +147,40 @@ impl Provider for Ollama {
             .await
             .map_err(|e| e.after_acceptance(Usage::default()))
     }
+}
+
+/// The smallest context an Ollama server may load a model with when the
+/// request names none (2,048 tokens before Ollama 0.6; 4,096 or more now,
+/// by GPU memory).
+const SMALLEST_DEFAULT_CTX: u64 = 2048;
+
+/// The context (`options.num_ctx`) to ask for, if the server's default may
+/// be too small for the prompt and the answer.
+///
+/// Ollama does not refuse a prompt longer than its context: it silently
+/// keeps the end of it, and the model answers a question it only half saw,
+/// recorded as a success (so no fallback). The router already picks only
+/// models whose catalog window fits, so the request asks for that room.
+/// Rounded up to a power of two: every new size reloads the model, so
+/// prompts of similar length share one. The tokenizer estimate (o200k) counts
+/// fewer tokens than the smaller vocabularies of most local models, hence
+/// a quarter more.
+fn num_ctx(req: &ChatRequest) -> Option<u64> {
+    let need = req
+        .input_tokens_estimate
+        .saturating_add(req.input_tokens_estimate / 4)
+        .saturating_add(u64::from(req.max_tokens));
+    if need <= SMALLEST_DEFAULT_CTX {
+        return None;
+    }
+    let ctx = need
+        .checked_next_power_of_two()
+        .unwrap_or(u64::MAX)
+        .max(4096);
+    Some(match req.context_window {
+        Some(w) if w > 0 => ctx.min(w.max(SMALLEST_DEFAULT_CTX)),
+        _ => ctx,
+    })
 }
 
 /// Reads an accepted `/api/chat` reply, streamed or not.
@@ -224,6 +262,29 @@ fn ollama_error(msg: &str) -> ProviderError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn req(input: u64, max_tokens: u32, window: Option<u64>) -> ChatRequest {
+        ChatRequest {
+            model: "llama3.1".into(),
+            system: None,
+            prompt: String::new(),
+            max_tokens,
+            input_tokens_estimate: input,
+            context_window: window,
+        }
+    }
+
+    #[test]
+    fn the_context_asked_for_fits_prompt_and_answer() {
+        // Small: the server's default is left alone (no reload).
+        assert_eq!(num_ctx(&req(500, 1024, Some(8192))), None);
+        // 5,000 tokens + a quarter + 1,024 answer: 7,274, so 8,192.
+        assert_eq!(num_ctx(&req(5000, 1024, Some(131_072))), Some(8192));
+        // Never past the catalog's window, nor below what fits in it.
+        assert_eq!(num_ctx(&req(7000, 1024, Some(8192))), Some(8192));
+        assert_eq!(num_ctx(&req(2000, 1024, None)), Some(4096));
+        assert_eq!(num_ctx(&req(u64::MAX, u32::MAX, None)), Some(u64::MAX));
+    }
 
     #[test]
     fn host_forms() {

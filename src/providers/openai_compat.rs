@@ -246,10 +246,14 @@ pub fn parse_response(id: ProviderId, reply: &Value) -> Result<ChatResponse, Pro
         .get("finish_reason")
         .and_then(|f| f.as_str())
         .map(str::to_string);
-    let usage = reply
+    // No usage (a gateway that drops it): the answer is kept and charged an
+    // estimate by the caller, as for a stream whose usage never came,
+    // rather than thrown away and paid for again elsewhere.
+    let (usage, cost) = reply
         .get("usage")
-        .ok_or_else(|| malformed(id, "the reply has no usage; cost cannot be known"))?;
-    let (usage, cost) = parse_usage(usage);
+        .filter(|u| u.is_object())
+        .map(parse_usage)
+        .unwrap_or_default();
     Ok(ChatResponse {
         text,
         model: reply
