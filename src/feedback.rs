@@ -229,10 +229,17 @@ pub fn write_thresholds(path: &Path, t: [f64; 3]) -> Result<()> {
     let mut arr: toml_edit::Array = t.iter().map(|x| tidy(*x)).collect();
     arr.fmt();
     let mut value = toml_edit::Value::Array(arr);
-    if let Some(old) = routing.get("thresholds").and_then(|i| i.as_value()) {
-        *value.decor_mut() = old.decor().clone();
+    // Replaced in place: `insert` would also reset the key's decor, where
+    // the comment lines above `thresholds = …` live.
+    match routing.get_mut("thresholds").and_then(|i| i.as_value_mut()) {
+        Some(old) => {
+            *value.decor_mut() = old.decor().clone();
+            *old = value;
+        }
+        None => {
+            routing.insert("thresholds", toml_edit::Item::Value(value));
+        }
     }
-    routing.insert("thresholds", toml_edit::Item::Value(value));
     crate::atomic_file::replace(path, &doc.to_string())
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
@@ -310,7 +317,10 @@ pub fn render_calibration(c: &Calibration) -> String {
     );
     let target = c.config_file.as_deref().unwrap_or("the config file");
     if c.applied {
-        let _ = writeln!(s, "Written to {target} ([routing] thresholds).");
+        let _ = writeln!(
+            s,
+            "Written to {target} ([routing] thresholds). Servers already running (Claude Desktop's, `serve --http`) read it when they start: restart them to route by it."
+        );
     } else {
         let _ = writeln!(s, "Run with --apply to write them to {target}.");
     }
@@ -359,7 +369,7 @@ mod tests {
         assert_eq!(v["routing"]["thresholds"][0].as_float(), Some(0.1));
     }
 
-    /// The comment on the thresholds line survives, a boundary that did not
+    /// The comments above and on the thresholds line survive, a boundary that did not
     /// move keeps its exact value (0.255 is not rounded to 0.26), float
     /// noise on a moved one is rounded off, and a symlinked config is
     /// edited where it points.
@@ -371,7 +381,7 @@ mod tests {
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
         std::fs::write(
             &target,
-            "[routing]\nthresholds = [0.255, 0.5, 0.75] # tuned\n",
+            "[routing]\n# set after the Q1 review\nthresholds = [0.255, 0.5, 0.75] # tuned\n",
         )
         .unwrap();
         let link = dir.path().join("config.toml");
@@ -385,6 +395,10 @@ mod tests {
         );
         let text = std::fs::read_to_string(&target).unwrap();
         assert!(text.contains("# tuned"), "{text}");
+        assert!(
+            text.contains("# set after the Q1 review\nthresholds"),
+            "{text}"
+        );
         let v: toml::Table = toml::from_str(&text).unwrap();
         let t: Vec<f64> = v["routing"]["thresholds"]
             .as_array()

@@ -53,11 +53,9 @@ enum Want {
 /// the cheaper tier" rule of [`super::Router::tier_for`] (budget downgrades
 /// are per-call circumstances and are left out).
 pub fn effective_tier(t: [f64; 3], score: f64) -> usize {
-    let idx = t.iter().filter(|b| score >= **b).count().min(3);
-    if idx > 0 && score - t[idx - 1] < UNSURE_MARGIN {
-        idx - 1
-    } else {
-        idx
+    match super::scored_tier_index(t, score) {
+        (idx, true) => idx - 1,
+        (idx, false) => idx,
     }
 }
 
@@ -280,8 +278,11 @@ pub fn propose(
             *p = (*p * 100.0).round() / 100.0;
         }
     }
-    for (b, p) in boundaries.iter_mut().zip(proposed) {
+    // Counted again at the final value: a boundary pushed by a neighbour
+    // may contradict signals the evidence alone would have satisfied.
+    for (k, (b, p)) in boundaries.iter_mut().zip(proposed).enumerate() {
         b.proposed = p;
+        b.violations_proposed = violations(&constraints(&sig, k), p);
     }
     let changed = proposed != current;
     let cost = cost_effect(history, current, proposed, price);
@@ -364,6 +365,10 @@ mod tests {
         assert_eq!(effective_tier(T, 0.26), 0); // within the margin above 0.25
         assert_eq!(effective_tier(T, 0.30), 1);
         assert_eq!(effective_tier(T, 0.99), 3);
+        // A tier switched off (equal boundaries) is never stepped into.
+        assert_eq!(effective_tier([0.5, 0.5, 0.75], 0.51), 2);
+        assert_eq!(effective_tier([0.0, 0.5, 0.75], 0.01), 1);
+        assert_eq!(effective_tier([0.2, 0.5, 0.75], 0.51), 1);
     }
 
     #[test]
@@ -376,6 +381,32 @@ mod tests {
         assert!(!p.changed);
         assert_eq!(p.proposed, T);
         assert_eq!(p.cost.delta_usd, 0.0);
+    }
+
+    /// The table's "contradicted after" counts the value proposed in the
+    /// end, after neighbours pushed it, not the value the evidence chose.
+    #[test]
+    fn contradictions_are_counted_at_the_final_proposal() {
+        // Three calls forced to medium at low scores pull cheap|medium
+        // down; free|cheap is pushed down with it.
+        let h = vec![
+            call(0.09, "medium", Some("tier"), None),
+            call(0.10, "medium", Some("tier"), None),
+            call(0.11, "medium", Some("tier"), None),
+        ];
+        let p = propose(&h, T, &flat);
+        assert!(p.changed, "{:?}", p.proposed);
+        let sig = signals(&h, T, &mut Evidence::default());
+        for (k, b) in p.boundaries.iter().enumerate() {
+            assert_eq!(b.proposed, p.proposed[k]);
+            assert_eq!(
+                b.violations_proposed,
+                violations(&constraints(&sig, k), p.proposed[k]),
+                "{} at {:?}",
+                b.boundary,
+                p.proposed
+            );
+        }
     }
 
     #[test]

@@ -76,6 +76,17 @@ pub const DEFAULT_TIER_THRESHOLDS: [f64; 3] = [0.25, 0.5, 0.75];
 /// A score this close above a boundary is "unsure": the cheaper tier wins.
 pub const UNSURE_MARGIN: f64 = 0.03;
 
+/// The index of the tier a score points to under boundaries `t`, and
+/// whether it is "unsure": within [`UNSURE_MARGIN`] above the boundary
+/// below it, with the tier below switched on (boundaries set equal make a
+/// tier empty, and an unsure score must not land in it).
+pub(crate) fn scored_tier_index(t: [f64; 3], score: f64) -> (usize, bool) {
+    let idx = t.iter().filter(|b| score >= **b).count().min(3);
+    let below_open = |j: usize| t[j] > if j == 0 { 0.0 } else { t[j - 1] };
+    let unsure = idx > 0 && score - t[idx - 1] < UNSURE_MARGIN && below_open(idx - 1);
+    (idx, unsure)
+}
+
 /// The model an "always premium" user would call; savings are measured
 /// against it.
 pub const DEFAULT_BASELINE_MODEL: &str = "anthropic/claude-sonnet-4-6";
@@ -279,11 +290,8 @@ impl Router {
     /// The tier a score points to, and whether it is within
     /// [`UNSURE_MARGIN`] above the boundary below it.
     pub fn tier_for(&self, score: f64) -> (Tier, bool) {
-        let t = self.thresholds;
-        let idx = t.iter().filter(|b| score >= **b).count();
-        let tier = Tier::ALL[idx.min(3)];
-        let unsure = idx > 0 && score - t[idx - 1] < UNSURE_MARGIN;
-        (tier, unsure)
+        let (idx, unsure) = scored_tier_index(self.thresholds, score);
+        (Tier::ALL[idx], unsure)
     }
 
     /// Models configured for `tier`.
@@ -356,8 +364,9 @@ impl Router {
             // and recorded under a tier it is not in (calibration would
             // read that as the caller overriding the router).
             let model_tier = self.tier_of(model);
+            // A model listed in several tiers may be forced with any of them.
             if let Some(t) = req.tier
-                && model_tier != Some(t)
+                && !self.models(t).iter().any(|m| m == model)
             {
                 return Err(RouteError(format!(
                     "force_model {model:?} {} and tier {t} contradict each other; give one or the other",
@@ -367,7 +376,7 @@ impl Router {
                     }
                 )));
             }
-            let tier = model_tier.unwrap_or(scored_tier);
+            let tier = req.tier.or(model_tier).unwrap_or(scored_tier);
             let c = candidate(&price, tier);
             check_context(&price, c.estimated_input_tokens, "force_model")?;
             check_budget(&c, req)?;
@@ -979,6 +988,23 @@ mod tests {
             err.0.contains("is a medium model and tier free contradict"),
             "{err}"
         );
+        // Listed in two tiers (here also cheap): forced with either.
+        let mut tiers = BTreeMap::new();
+        tiers.insert(
+            Tier::Cheap,
+            vec![
+                "deepseek/deepseek-v4-pro".to_string(),
+                "deepseek/deepseek-v3.2".into(),
+            ],
+        );
+        let two = Router::new(DEFAULT_TIER_THRESHOLDS, &tiers);
+        for t in [Tier::Cheap, Tier::Medium] {
+            rq.tier = Some(t);
+            let plan = two
+                .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+                .unwrap();
+            assert_eq!(plan.tier, t);
+        }
     }
 
     /// The worst case a budget holds is priced at the output the request
