@@ -94,6 +94,10 @@ impl std::error::Error for InvalidConfig {}
 pub struct Settings {
     /// Where the ledger, logs and refreshed pricing live.
     pub data_dir: PathBuf,
+    /// Problems that do not stop the program, found while loading: logged
+    /// by the caller once logging is set up (which needs these settings),
+    /// so they are not lost before it.
+    pub warnings: Vec<String>,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
     /// Budget applied to a user who never called `set_budget`.
@@ -332,6 +336,7 @@ impl Settings {
         let file_email = (file.alert_email_from.clone(), file.alert_email_to.clone());
 
         let mut settings = Settings {
+            warnings: Vec::new(),
             data_dir,
             config_file,
             default_monthly_budget_usd: file.monthly_budget_usd.unwrap_or(100.0),
@@ -500,9 +505,9 @@ impl Settings {
                 || non_empty(env(ALERT_EMAIL_FROM_ENV)).is_some()
                 || non_empty(env(ALERT_EMAIL_TO_ENV)).is_some())
         {
-            tracing::warn!(
+            settings.warnings.push(format!(
                 "alert e-mail addresses are set but no SMTP server: no e-mail alerts are sent (set smtp_url in the config file or {SMTP_URL_ENV})"
-            );
+            ));
         }
         if let Some(cfg) = settings.alert_email.as_mut() {
             if let Some(f) = non_empty(env(ALERT_EMAIL_FROM_ENV)) {

@@ -124,6 +124,11 @@ pub fn record(
                 crate::ledger::FEEDBACK_WINDOW
             ))
         })?;
+    if !call.answered {
+        return Err(ToolError::Invalid(format!(
+            "request_id: call {id:?} has no answer to rate (every attempt failed)"
+        )));
+    }
     ledger
         .record_feedback(id, rating, source, note, now_ms)
         .map_err(lerr)?;

@@ -80,6 +80,9 @@ fn main() -> ExitCode {
         Some(&settings.log_dir()),
         if serving { "info" } else { "warn" },
     );
+    for w in &settings.warnings {
+        tracing::warn!("{w}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

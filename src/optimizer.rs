@@ -1480,15 +1480,11 @@ impl Optimizer {
         };
 
         *refused_by_call_limit = false;
-        let forced = if force_model.is_some() {
-            Some("model")
-        } else if force_provider.is_some() {
-            Some("provider")
-        } else if tier.is_some() {
-            Some("tier")
-        } else {
-            None
-        };
+        let forced = forced_kind(
+            force_model.is_some(),
+            force_provider.is_some(),
+            tier.is_some(),
+        );
         // A forced model in no routing tier has none: not the tier the
         // score points to (recorded, that would read to calibration as the
         // caller overriding the router; shown, as a paid model "free").
@@ -3206,6 +3202,22 @@ fn api_model_name(id: &str) -> String {
 /// estimate undercounts fails as too long and the next model is tried, as
 /// before. A prompt the router let through but that leaves no room at all
 /// keeps what was asked, for the provider to judge.
+/// What the ledger records as forced by the caller, the strongest first: a
+/// model (it decides the tier), then a tier (with or without a provider: it
+/// is an override of the router, which calibration learns from), then a
+/// provider alone (the tier is still the score's).
+fn forced_kind(model: bool, provider: bool, tier: bool) -> Option<&'static str> {
+    if model {
+        Some("model")
+    } else if tier {
+        Some("tier")
+    } else if provider {
+        Some("provider")
+    } else {
+        None
+    }
+}
+
 fn cand_max_output(catalog: &Catalog, model: &str, asked: u32, input_tokens: u64) -> u32 {
     let Some(p) = catalog.get(model) else {
         return asked;
@@ -3388,6 +3400,14 @@ mod tests {
     /// An empty answer cut at the output limit says to raise max_tokens,
     /// whatever case the provider spells it in (Gemini: MAX_TOKENS); a
     /// refusal says the model declined.
+    #[test]
+    fn a_tier_forced_with_a_provider_is_recorded_as_a_tier_override() {
+        assert_eq!(forced_kind(false, true, true), Some("tier"));
+        assert_eq!(forced_kind(false, true, false), Some("provider"));
+        assert_eq!(forced_kind(true, true, true), Some("model"));
+        assert_eq!(forced_kind(false, false, false), None);
+    }
+
     #[test]
     fn empty_answers_say_why() {
         let empty = |finish: &str| crate::providers::ChatResponse {

@@ -61,6 +61,25 @@ fn json_error(o: &std::process::Output, kind: &str, mentions: &str) {
     );
 }
 
+/// A setting that does nothing is said, on stderr, even though it is found
+/// before logging is set up.
+#[test]
+fn e_mail_addresses_without_a_server_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = command(dir.path())
+        .env("COST_OPTIMIZER_ALERT_EMAIL_TO", "me@example.com")
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no SMTP server: no e-mail alerts are sent"),
+        "{}",
+        stderr(&o)
+    );
+    serde_json::from_str::<Value>(&stdout(&o)).expect("stdout stays JSON");
+}
+
 #[test]
 fn unfilled_extension_templates_count_as_unset() {
     let dir = tempfile::tempdir().unwrap();

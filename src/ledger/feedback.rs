@@ -19,6 +19,9 @@ pub struct FeedbackCall {
     pub score: Option<f64>,
     /// Whose call it was.
     pub user_id: String,
+    /// Whether some attempt answered (a call whose every attempt failed has
+    /// nothing to rate, and calibration reads answered calls only).
+    pub answered: bool,
 }
 
 /// One answered call with what the user said or did about it: the input of
@@ -94,7 +97,7 @@ impl Ledger {
             return Ok(None);
         };
         conn.query_row(
-            "SELECT model, tier, score, user_id FROM calls
+            "SELECT model, tier, score, user_id, outcome = 'ok' FROM calls
              WHERE id <= ?2 AND id > ?2 - ?3 AND request_id = ?1 AND provider != 'cartesia'
              ORDER BY outcome = 'ok' DESC, attempt DESC LIMIT 1",
             params![request_id, newest, MAX_ATTEMPT_SPAN],
@@ -104,6 +107,7 @@ impl Ledger {
                     tier: r.get(1)?,
                     score: r.get(2)?,
                     user_id: r.get(3)?,
+                    answered: r.get(4)?,
                 })
             },
         )
@@ -225,11 +229,16 @@ mod tests {
         let call = ledger.feedback_call("r-1").unwrap().unwrap();
         assert_eq!(call.model, "deepseek/answers");
         assert_eq!(call.user_id, "u");
+        assert!(call.answered);
         assert_eq!(ledger.feedback_call("no-such-request").unwrap(), None);
         // The lookup reads only the most recent rows: the last row of "r-1"
         // (its speech) has 10 rows after it, so a window of 11 finds it and
         // one of 10 does not.
         assert!(ledger.feedback_call_within("r-1", 11).unwrap().is_some());
         assert_eq!(ledger.feedback_call_within("r-1", 10).unwrap(), None);
+        // Every attempt failed: found, but nothing answered.
+        ledger.insert_call(&row("r-2", 1, "x/y", false)).unwrap();
+        ledger.insert_call(&row("r-2", 2, "x/z", false)).unwrap();
+        assert!(!ledger.feedback_call("r-2").unwrap().unwrap().answered);
     }
 }
