@@ -31,11 +31,24 @@ LONG_FIELD = re.compile(
 )
 
 
+def priced_by_other_units_only(entry):
+    """Free per token but priced per image, second, character... (Gemini's Lyria
+    models): kept, they would pass for free models; left out, they are unpriced.
+    Mirrors `priced_by_other_units_only` in src/pricing/mod.rs."""
+    free = not entry.get("input_cost_per_token") and not entry.get("output_cost_per_token")
+    return free and any(
+        "cost_per" in k and k not in ("input_cost_per_token", "output_cost_per_token")
+        and isinstance(v, (int, float)) and v > 0
+        for k, v in entry.items()
+    )
+
+
 def keep(entry):
     return (
         isinstance(entry, dict)
         and entry.get("litellm_provider") in PROVIDERS
         and entry.get("mode", "chat") == "chat"
+        and not priced_by_other_units_only(entry)
     )
 
 

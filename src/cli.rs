@@ -261,6 +261,10 @@ pub enum PricingAction {
         /// Local file to read instead.
         #[arg(long)]
         file: Option<std::path::PathBuf>,
+        /// Accept a catalog that makes a paid model free or moves a price
+        /// more than tenfold (refused otherwise: budgets rest on prices).
+        #[arg(long)]
+        force: bool,
     },
     /// Forget a refreshed catalog and go back to the bundled one.
     Reset,
@@ -802,6 +806,25 @@ fn score_stdin(settings: &Settings, length_only: bool) -> Result<()> {
     Ok(())
 }
 
+/// The largest catalog `pricing refresh` downloads (LiteLLM's is about
+/// 3.5 MB): a server sending more is not sending a catalog.
+const MAX_CATALOG_BYTES: usize = 64 << 20;
+
+/// The body of `resp` as text, refused past `limit` bytes.
+async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            bail!(
+                "the catalog is larger than {} MiB; refusing it",
+                limit >> 20
+            );
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).context("the catalog is not UTF-8 text")
+}
+
 async fn pricing_command(action: PricingAction, settings: &Settings) -> Result<()> {
     let dest = settings.refreshed_pricing_path();
     match action {
@@ -815,14 +838,26 @@ async fn pricing_command(action: PricingAction, settings: &Settings) -> Result<(
             }
             Ok(())
         }
-        PricingAction::Refresh { url, file } => {
+        PricingAction::Refresh { url, file, force } => {
             let text = match (file, url) {
                 (Some(f), _) => std::fs::read_to_string(&f)
                     .with_context(|| format!("cannot read {}", f.display()))?,
                 (None, u) => {
                     let u = u.unwrap_or_else(|| pricing::DEFAULT_REFRESH_URL.to_string());
-                    if !(u.starts_with("https://") || u.starts_with("http://")) {
-                        invalid_arg!("--url must be an http(s) URL, got {u:?}");
+                    let loopback = reqwest::Url::parse(&u).ok().is_some_and(|p| {
+                        p.scheme() == "http"
+                            && p.host_str().is_some_and(|h| {
+                                let h = h.trim_start_matches('[').trim_end_matches(']');
+                                h == "localhost"
+                                    || h.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
+                            })
+                    });
+                    // Prices decide what budgets refuse: not over a channel
+                    // anyone on the path could rewrite.
+                    if !(u.starts_with("https://") || loopback) {
+                        invalid_arg!(
+                            "--url must be an https URL (plain http only to this machine), got {u:?}"
+                        );
                     }
                     let client = reqwest::Client::builder()
                         .timeout(std::time::Duration::from_secs(60))
@@ -835,11 +870,13 @@ async fn pricing_command(action: PricingAction, settings: &Settings) -> Result<(
                     if !resp.status().is_success() {
                         bail!("fetching {u} answered HTTP {}", resp.status());
                     }
-                    resp.text().await.context("cannot read the catalog body")?
+                    read_capped(resp, MAX_CATALOG_BYTES)
+                        .await
+                        .context("cannot read the catalog body")?
                 }
             };
             let current = Catalog::load(Some(&dest), &Default::default())?;
-            let report = pricing::validate_refresh(&text, &current)?;
+            let report = pricing::validate_refresh(&text, &current, force)?;
             let dir = dest
                 .parent()
                 .context("refreshed catalog path has no parent")?;

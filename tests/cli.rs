@@ -340,6 +340,46 @@ fn pricing_refresh_validates_before_replacing() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("shrink"), "{}", stderr(&o));
     assert!(!dir.path().join("pricing/catalog.json").exists());
+    // Plain http to another machine is refused before anything is fetched.
+    let o = run(
+        dir.path(),
+        &[
+            "pricing",
+            "refresh",
+            "--url",
+            "http://prices.example/catalog.json",
+        ],
+        None,
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("must be an https URL"),
+        "{}",
+        stderr(&o)
+    );
+    // A server that never stops sending (plain http is fine to this
+    // machine) is cut off at 64 MiB.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut conn, _)) = listener.accept() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{");
+            let chunk = vec![b' '; 1 << 20];
+            for _ in 0..80 {
+                if conn.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}/catalog.json");
+    let o = run(dir.path(), &["pricing", "refresh", "--url", &url], None);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("larger than 64 MiB"), "{}", stderr(&o));
+    assert!(!dir.path().join("pricing/catalog.json").exists());
     // Garbage is refused.
     std::fs::write(&tiny, "<html>rate limited</html>").unwrap();
     let o = run(

@@ -603,6 +603,23 @@ impl Catalog {
 
 /// Parses LiteLLM's catalog format, keeping the chat models of supported
 /// providers under canonical `provider/model` ids.
+/// Free per token but priced per image, second, character... (Gemini's Lyria
+/// models, `output_cost_per_image`): read as token prices they would pass for
+/// free models, which no budget refuses; left out, they are unpriced (flagged,
+/// and refused to budget-bound callers). `scripts/update-pricing.py` leaves
+/// them out of the bundled subset the same way.
+fn priced_by_other_units_only(entry: &serde_json::Map<String, serde_json::Value>) -> bool {
+    let token = |k: &str| entry.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
+    token("input_cost_per_token") == 0.0
+        && token("output_cost_per_token") == 0.0
+        && entry.iter().any(|(k, v)| {
+            k.contains("cost_per")
+                && k != "input_cost_per_token"
+                && k != "output_cost_per_token"
+                && v.as_f64().is_some_and(|x| x > 0.0)
+        })
+}
+
 fn parse_litellm(text: &str, origin: PriceOrigin) -> Result<BTreeMap<String, ModelPrice>> {
     let raw: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(text).context("not a JSON object")?;
@@ -612,6 +629,9 @@ fn parse_litellm(text: &str, origin: PriceOrigin) -> Result<BTreeMap<String, Mod
             continue;
         }
         let long = value.as_object().map(long_prices).unwrap_or_default();
+        if value.as_object().is_some_and(priced_by_other_units_only) {
+            continue;
+        }
         // Entries of other providers may carry fields of other shapes; a
         // catalog is not rejected for an entry we would skip anyway.
         let Ok(entry) = serde_json::from_value::<LiteLlmEntry>(value) else {
@@ -708,11 +728,23 @@ pub struct RefreshReport {
     pub per_provider: BTreeMap<String, usize>,
 }
 
+/// The dearest price per token a refreshed catalog may carry ($10,000 per
+/// million tokens; today's dearest chat models cost a few percent of that):
+/// a price above it is a broken or hostile file, never a real model.
+const MAX_REFRESH_PRICE_PER_TOKEN: f64 = 1e-2;
+
+/// How far a model's price may move in one refresh without `--force`.
+const MAX_REFRESH_PRICE_RATIO: f64 = 10.0;
+
 /// Checks a downloaded catalog before it may replace the current one: it
-/// must parse, cover at least one supported provider, and not shrink
-/// sharply (a truncated download or an upstream mistake would otherwise
-/// silently turn known prices into "unpriced").
-pub fn validate_refresh(text: &str, current: &Catalog) -> Result<RefreshReport> {
+/// must parse, cover at least one supported provider, not shrink sharply
+/// overall nor for any provider it covers (a refresh drops the current
+/// models of every provider the file mentions), and carry no absurd price.
+/// Unless `force`, it also may not make a paid model free nor move a price
+/// more than tenfold: either would quietly take the budgets out of play
+/// (a $0 model is never refused) or make every call look ruinous, and
+/// neither is how prices change.
+pub fn validate_refresh(text: &str, current: &Catalog, force: bool) -> Result<RefreshReport> {
     let fresh = parse_litellm(text, PriceOrigin::Refreshed)?;
     if fresh.is_empty() {
         bail!("the new catalog has no chat models of any supported provider");
@@ -724,11 +756,15 @@ pub fn validate_refresh(text: &str, current: &Catalog) -> Result<RefreshReport> 
             .or_insert(0) += 1;
     }
     // Compare like with like: only the providers the new file covers.
-    let old_same: usize = current
+    let mut old_per_provider: BTreeMap<&str, usize> = BTreeMap::new();
+    for m in current
         .models()
         .filter(|m| m.origin != PriceOrigin::Override)
         .filter(|m| per_provider.contains_key(m.provider.as_str()))
-        .count();
+    {
+        *old_per_provider.entry(m.provider.as_str()).or_insert(0) += 1;
+    }
+    let old_same: usize = old_per_provider.values().sum();
     if (fresh.len() as f64) < 0.8 * old_same as f64 {
         bail!(
             "the new catalog has {} models where the current one has {} for the same providers; \
@@ -736,6 +772,77 @@ pub fn validate_refresh(text: &str, current: &Catalog) -> Result<RefreshReport> 
             fresh.len(),
             old_same
         );
+    }
+    for (p, &old) in &old_per_provider {
+        let new = per_provider.get(*p).copied().unwrap_or(0);
+        if old >= 5 && (new as f64) < 0.8 * old as f64 {
+            bail!(
+                "the new catalog has {new} {p} models where the current one has {old}; \
+                 refusing a sharp shrink (the refresh would drop the others; use a complete catalog file)"
+            );
+        }
+    }
+    let prices = |m: &ModelPrice| -> Vec<f64> {
+        let mut v = vec![m.input, m.output];
+        v.extend(m.cache_read);
+        v.extend(m.cache_write);
+        v.extend(m.reasoning);
+        for l in &m.long {
+            v.extend(l.input);
+            v.extend(l.output);
+        }
+        v
+    };
+    if let Some(m) = fresh.values().find(|m| {
+        prices(m)
+            .iter()
+            .any(|p| !p.is_finite() || *p > MAX_REFRESH_PRICE_PER_TOKEN)
+    }) {
+        bail!(
+            "the new catalog prices {} at more than ${}/MTok; refusing a broken catalog",
+            m.id,
+            MAX_REFRESH_PRICE_PER_TOKEN * 1e6
+        );
+    }
+    if !force {
+        let mut suspicious = Vec::new();
+        for m in fresh.values() {
+            let Some(old) = current
+                .get(&m.id)
+                .filter(|o| o.origin != PriceOrigin::Override)
+            else {
+                continue;
+            };
+            let paid = |x: &ModelPrice| x.input > 0.0 || x.output > 0.0;
+            let far = |new: f64, old: f64| {
+                old > 0.0
+                    && new > 0.0
+                    && (new / old > MAX_REFRESH_PRICE_RATIO || old / new > MAX_REFRESH_PRICE_RATIO)
+            };
+            if paid(&old) && !paid(m) {
+                suspicious.push(format!("{} (now free)", m.id));
+            } else if far(m.input, old.input) || far(m.output, old.output) {
+                suspicious.push(format!(
+                    "{} (${}/${} per MTok, was ${}/${})",
+                    m.id,
+                    m.input * 1e6,
+                    m.output * 1e6,
+                    old.input * 1e6,
+                    old.output * 1e6
+                ));
+            }
+        }
+        if !suspicious.is_empty() {
+            let n = suspicious.len();
+            suspicious.truncate(5);
+            bail!(
+                "the new catalog makes {n} paid model(s) free or moves their price more than {}x: {}{}; \
+                 check the file, or pass --force to accept it",
+                MAX_REFRESH_PRICE_RATIO,
+                suspicious.join(", "),
+                if n > 5 { ", ..." } else { "" }
+            );
+        }
     }
     Ok(RefreshReport {
         new_models: fresh.len(),
@@ -1092,13 +1199,75 @@ mod tests {
     #[test]
     fn refresh_validation_refuses_shrink_and_garbage() {
         let c = Catalog::bundled();
-        assert!(validate_refresh("[]", &c).is_err());
-        assert!(validate_refresh("{}", &c).is_err());
+        assert!(validate_refresh("[]", &c, false).is_err());
+        assert!(validate_refresh("{}", &c, false).is_err());
         let one = r#"{"claude-x":{"litellm_provider":"anthropic","mode":"chat","input_cost_per_token":1e-6,"output_cost_per_token":2e-6}}"#;
-        let err = validate_refresh(one, &c).unwrap_err().to_string();
+        let err = validate_refresh(one, &c, false).unwrap_err().to_string();
         assert!(err.contains("shrink"), "{err}");
-        let ok = validate_refresh(BUNDLED, &c).unwrap();
+        let ok = validate_refresh(BUNDLED, &c, false).unwrap();
         assert_eq!(ok.new_models, c.len());
+    }
+
+    /// A refresh may not quietly take budgets out of play: a paid model made
+    /// free, a price moved tenfold (unless forced), an absurd price, or one
+    /// provider's models mostly gone while the file is large overall.
+    #[test]
+    fn refresh_validation_refuses_prices_no_refresh_would_bring() {
+        let c = Catalog::bundled();
+        let edited = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v: serde_json::Value = serde_json::from_str(BUNDLED).unwrap();
+            f(&mut v);
+            v.to_string()
+        };
+        let free = edited(&|v| {
+            v["claude-sonnet-4-6"]["input_cost_per_token"] = 0.0.into();
+            v["claude-sonnet-4-6"]["output_cost_per_token"] = 0.0.into();
+        });
+        let err = validate_refresh(&free, &c, false).unwrap_err().to_string();
+        assert!(err.contains("claude-sonnet-4-6 (now free)"), "{err}");
+        assert!(err.contains("--force"), "{err}");
+        assert!(validate_refresh(&free, &c, true).is_ok());
+        let tenfold = edited(&|v| v["claude-sonnet-4-6"]["output_cost_per_token"] = 2e-4.into());
+        let err = validate_refresh(&tenfold, &c, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("anthropic/claude-sonnet-4-6 ($3/$200 per MTok"),
+            "{err}"
+        );
+        let halved = edited(&|v| v["claude-sonnet-4-6"]["output_cost_per_token"] = 7.5e-6.into());
+        assert!(validate_refresh(&halved, &c, false).is_ok());
+        let absurd = edited(&|v| v["claude-sonnet-4-6"]["output_cost_per_token"] = 1.0.into());
+        let err = validate_refresh(&absurd, &c, true).unwrap_err().to_string();
+        assert!(err.contains("broken catalog"), "{err}");
+        // DeepSeek cut to one model while the file stays large overall.
+        let lost = edited(&|v| {
+            let o = v.as_object_mut().unwrap();
+            let ds: Vec<String> = o
+                .iter()
+                .filter(|(_, e)| e["litellm_provider"] == "deepseek")
+                .map(|(k, _)| k.clone())
+                .skip(1)
+                .collect();
+            for k in ds {
+                o.remove(&k);
+            }
+        });
+        let err = validate_refresh(&lost, &c, true).unwrap_err().to_string();
+        assert!(err.contains("deepseek models"), "{err}");
+    }
+
+    #[test]
+    fn models_priced_only_per_image_are_not_free() {
+        let cat = r#"{"gemini/lyria-3.5":{"litellm_provider":"gemini","mode":"chat","input_cost_per_token":0,"output_cost_per_token":0,"output_cost_per_image":0.08},
+                      "ollama/llama3.1":{"litellm_provider":"ollama","mode":"chat","input_cost_per_token":0,"output_cost_per_token":0}}"#;
+        let m = parse_litellm(cat, PriceOrigin::Refreshed).unwrap();
+        assert!(!m.contains_key("gemini/lyria-3.5"));
+        assert!(
+            m.contains_key("ollama/llama3.1"),
+            "a free local model stays"
+        );
+        assert!(Catalog::bundled().get("gemini/lyria-3.5").is_none());
     }
 
     #[test]
