@@ -221,13 +221,20 @@ impl ModelPrice {
             .and_then(|t| t.cache_write)
             .or(self.cache_write)
             .unwrap_or(input);
+        // A reasoning price of its own follows the output's length tier
+        // (scaled as the output price is), like every other price here.
+        let reasoning_price = match (self.reasoning, long.and_then(|t| t.output)) {
+            (Some(r), Some(long_out)) if self.output > 0.0 => r * long_out / self.output,
+            (Some(r), _) => r,
+            (None, _) => output,
+        };
         let reasoning = usage.reasoning_tokens.min(usage.output_tokens);
         let plain_output = usage.output_tokens - reasoning;
         let cost = usage.input_tokens as f64 * input
             + usage.cache_read_tokens as f64 * cache_read
             + usage.cache_write_tokens as f64 * cache_write
             + plain_output as f64 * output
-            + reasoning as f64 * self.reasoning.unwrap_or(output);
+            + reasoning as f64 * reasoning_price;
         sane_cost(cost)
     }
 
@@ -1005,6 +1012,29 @@ mod tests {
     /// Claude Haiku 5.5 costs five times as much above 100k input tokens
     /// (it was billed at the short rate: only 200k was read), and a model
     /// with 32k and 128k tiers bills each call at the longest it passes.
+    #[test]
+    fn reasoning_follows_the_length_tier() {
+        let text = r#"{"m": {"litellm_provider": "gemini", "mode": "chat",
+            "input_cost_per_token": 1e-6, "output_cost_per_token": 1e-5,
+            "output_cost_per_reasoning_token": 1e-5,
+            "input_cost_per_token_above_200k_tokens": 2e-6,
+            "output_cost_per_token_above_200k_tokens": 1.5e-5}}"#;
+        let m = parse_litellm(text, PriceOrigin::Refreshed).unwrap();
+        let m = &m["gemini/m"];
+        let u = Usage {
+            input_tokens: 300_000,
+            output_tokens: 2_000,
+            reasoning_tokens: 2_000,
+            ..Usage::default()
+        };
+        assert!((m.cost_of(&u) - (300_000.0 * 2e-6 + 2_000.0 * 1.5e-5)).abs() < 1e-12);
+        let short = Usage {
+            input_tokens: 1_000,
+            ..u
+        };
+        assert!((m.cost_of(&short) - (1_000.0 * 1e-6 + 2_000.0 * 1e-5)).abs() < 1e-12);
+    }
+
     #[test]
     fn length_tiers_at_any_threshold() {
         let m = Catalog::bundled()
