@@ -1191,7 +1191,7 @@ impl Optimizer {
             let counted = crate::tokens::PromptCount::of(None, p);
             for r in &mut rows {
                 if let Some(price) = self.catalog.get(&r.model) {
-                    let input = counted.for_provider(r.provider);
+                    let input = counted.for_model(r.provider, &r.model);
                     r.estimated_cost_usd = Some(price.estimate(input, assumed));
                 }
             }

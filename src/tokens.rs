@@ -184,11 +184,46 @@ fn count_whole(text: &str) -> u64 {
 /// The factor by which `provider`'s tokenizer tends to exceed o200k.
 pub fn provider_factor(provider: ProviderId) -> f64 {
     match provider {
-        ProviderId::Anthropic => 1.25,
+        ProviderId::Anthropic => CLAUDE_NEW_TOKENIZER,
         ProviderId::Deepseek => 1.08,
         ProviderId::Gemini => 1.05,
         _ => 1.0,
     }
+}
+
+/// Claude models before Opus 4.7: o200k counts 14–18 % fewer tokens.
+const CLAUDE_OLD_TOKENIZER: f64 = 1.2;
+/// Claude Opus 4.7 and later: Anthropic's updated tokenizer makes 1.0–1.35×
+/// the tokens of the one before, so about 1.2 × 1.25.
+const CLAUDE_NEW_TOKENIZER: f64 = 1.5;
+
+/// The factor for `model` (a catalog id) at `provider`: by the model family
+/// where the name tells it, since a Claude or DeepSeek model counts its
+/// tokens the same way through OpenRouter as at its maker, and Claude's
+/// tokenizer changed with Opus 4.7; else by the provider.
+pub fn model_factor(provider: ProviderId, model: &str) -> f64 {
+    let name = model.to_ascii_lowercase();
+    if let Some(at) = name.find("claude") {
+        // The first two numbers after "claude" are the version, in either
+        // naming ("claude-opus-4-7", "claude-sonnet-4.6", "claude-3.5-sonnet").
+        let mut numbers = name[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|p| !p.is_empty() && p.len() <= 2)
+            .filter_map(|p| p.parse::<u32>().ok());
+        let version = (numbers.next(), numbers.next());
+        return match version {
+            (Some(major), minor) if (major, minor.unwrap_or(0)) < (4, 7) => CLAUDE_OLD_TOKENIZER,
+            // Opus 4.7 and later, and names without a version (newer ones).
+            _ => CLAUDE_NEW_TOKENIZER,
+        };
+    }
+    if name.contains("deepseek") {
+        return provider_factor(ProviderId::Deepseek);
+    }
+    if name.contains("gemini") || name.contains("gemma") {
+        return provider_factor(ProviderId::Gemini);
+    }
+    provider_factor(provider)
 }
 
 /// Estimated input tokens of a chat call (system + prompt + a small
@@ -217,7 +252,21 @@ impl PromptCount {
 
     /// The estimate for `provider`: the same as [`estimate_input`].
     pub fn for_provider(self, provider: ProviderId) -> u64 {
-        ((self.base as f64) * provider_factor(provider)).ceil() as u64 + 4 * self.messages
+        self.scaled(provider_factor(provider))
+    }
+
+    /// The estimate for `model` (a catalog id) at `provider` ([`model_factor`]).
+    pub fn for_model(self, provider: ProviderId, model: &str) -> u64 {
+        self.scaled(model_factor(provider, model))
+    }
+
+    /// The o200k count, before any provider's correction.
+    pub fn o200k(self) -> u64 {
+        self.base
+    }
+
+    fn scaled(self, factor: f64) -> u64 {
+        ((self.base as f64) * factor).ceil() as u64 + 4 * self.messages
     }
 }
 
@@ -267,6 +316,73 @@ mod tests {
         // A realistic long prompt: many pieces, some repeated.
         let long = texts.join(" ").repeat(50);
         assert_eq!(count_o200k(&long), reference(&long));
+    }
+
+    /// Claude's tokenizer changed with Opus 4.7; a model counts its tokens
+    /// the same way through OpenRouter as at its maker.
+    #[test]
+    fn factors_follow_the_model_family() {
+        use ProviderId::*;
+        for (provider, model, want) in [
+            (
+                Anthropic,
+                "anthropic/claude-haiku-4-5",
+                CLAUDE_OLD_TOKENIZER,
+            ),
+            (
+                Anthropic,
+                "anthropic/claude-sonnet-4-6",
+                CLAUDE_OLD_TOKENIZER,
+            ),
+            (
+                Anthropic,
+                "anthropic/claude-opus-4-6-20260205",
+                CLAUDE_OLD_TOKENIZER,
+            ),
+            (Anthropic, "anthropic/claude-opus-4-7", CLAUDE_NEW_TOKENIZER),
+            (
+                Anthropic,
+                "anthropic/claude-opus-4-7-20260416",
+                CLAUDE_NEW_TOKENIZER,
+            ),
+            (
+                Anthropic,
+                "anthropic/claude-haiku-5-5",
+                CLAUDE_NEW_TOKENIZER,
+            ),
+            (
+                Anthropic,
+                "anthropic/claude-mythos-preview",
+                CLAUDE_NEW_TOKENIZER,
+            ),
+            (
+                Openrouter,
+                "openrouter/anthropic/claude-sonnet-4.6",
+                CLAUDE_OLD_TOKENIZER,
+            ),
+            (
+                Openrouter,
+                "openrouter/anthropic/claude-3.5-sonnet",
+                CLAUDE_OLD_TOKENIZER,
+            ),
+            (
+                Openrouter,
+                "openrouter/anthropic/claude-opus-4.7",
+                CLAUDE_NEW_TOKENIZER,
+            ),
+            (Openrouter, "openrouter/deepseek/deepseek-chat", 1.08),
+            (Openrouter, "openrouter/google/gemini-2.5-flash", 1.05),
+            (Openrouter, "openrouter/meta-llama/llama-3.1-8b", 1.0),
+            (Deepseek, "deepseek/deepseek-v3.2", 1.08),
+            (Cerebras, "cerebras/llama3.1-8b", 1.0),
+        ] {
+            assert_eq!(model_factor(provider, model), want, "{model}");
+        }
+        let p = PromptCount::of(None, "The quick brown fox jumps over the lazy dog.");
+        assert!(
+            p.for_model(Anthropic, "anthropic/claude-opus-4-7")
+                > p.for_model(Anthropic, "anthropic/claude-haiku-4-5")
+        );
     }
 
     #[test]

@@ -317,9 +317,9 @@ impl Router {
         let score = scorer::score(req.prompt);
         let (scored_tier, unsure) = self.tier_for(score.value);
         let mut notes = Vec::new();
-        let input_cache = InputEstimates::new(req.system, req.prompt);
+        let input_cache = tokens::PromptCount::of(req.system, req.prompt);
         let candidate = |price: &ModelPrice, tier: Tier| {
-            let input = input_cache.get(price.provider);
+            let input = input_cache.for_model(price.provider, &price.id);
             Candidate {
                 model: price.id.clone(),
                 provider: price.provider,
@@ -488,7 +488,7 @@ impl Router {
                 return Err(RouteError(format!(
                     "the prompt (about {} tokens) is longer than the context window of every \
                      model available {scope} ({}); shorten it",
-                    input_cache.base,
+                    input_cache.o200k(),
                     skipped_context.join(", ")
                 )));
             }
@@ -629,25 +629,6 @@ impl Router {
             assumed_output_tokens: EXPECTED_OUTPUT_TOKENS.min(req.max_tokens as u64),
             notes,
         })
-    }
-}
-
-/// Estimated input tokens per provider for one prompt, tokenized once.
-struct InputEstimates {
-    base: u64,
-    messages: u64,
-}
-
-impl InputEstimates {
-    fn new(system: Option<&str>, prompt: &str) -> InputEstimates {
-        InputEstimates {
-            base: tokens::count_o200k(prompt) + system.map(tokens::count_o200k).unwrap_or(0),
-            messages: if system.is_some() { 2 } else { 1 },
-        }
-    }
-
-    fn get(&self, provider: ProviderId) -> u64 {
-        ((self.base as f64) * tokens::provider_factor(provider)).ceil() as u64 + 4 * self.messages
     }
 }
 
