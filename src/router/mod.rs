@@ -492,6 +492,22 @@ impl Router {
                     skipped_context.join(", ")
                 )));
             }
+            // Providers are enabled, but no tier lists a model of theirs
+            // (HuggingFace's models are in no default tier): "enable a
+            // provider" would send the user after the wrong fix.
+            let enabled: Vec<&str> = registry
+                .enabled()
+                .filter(|e| req.force_provider.is_none_or(|p| p == e.spec.id))
+                .filter(|e| e.spec.id != ProviderId::Cartesia)
+                .map(|e| e.spec.id.as_str())
+                .collect();
+            if !enabled.is_empty() {
+                return Err(RouteError(format!(
+                    "no routing tier lists a priced model of {} (enabled); add some under \
+                     [routing.tiers] in the config file, or give force_model",
+                    enabled.join(", ")
+                )));
+            }
             return Err(RouteError(format!(
                 "no priced model is available {scope}; enable a provider \
                  (ai-cost-optimizer doctor shows how) or configure [routing.tiers]"
@@ -509,7 +525,20 @@ impl Router {
                 .filter(|m| skipped_context.contains(m))
                 .map(String::as_str)
                 .collect();
-            return Err(RouteError(if too_small.is_empty() {
+            let forced_out = req.force_provider.filter(|p| {
+                !self
+                    .models(t)
+                    .iter()
+                    .filter_map(|m| catalog.get(m))
+                    .any(|price| price.provider == *p)
+            });
+            return Err(RouteError(if let Some(p) = forced_out {
+                format!(
+                    "tier {t} and force_provider {p} contradict each other: no model of \
+                     {p} is in the {t} tier (its models: {}); give one or the other",
+                    self.models(t).join(", ")
+                )
+            } else if too_small.is_empty() {
                 format!(
                     "tier {t}: no model of the {t} tier is available (its models: {}); \
                      enable one of their providers or leave tier unset",
@@ -986,6 +1015,47 @@ mod tests {
                 .unwrap();
             assert_eq!(plan.tier, t);
         }
+    }
+
+    /// Refusals name the real conflict: a forced provider with no model in
+    /// the tier asked for, or enabled providers that no tier lists.
+    #[test]
+    fn refusals_say_which_setting_to_change() {
+        let reg = registry(&[ProviderId::Deepseek, ProviderId::Anthropic]);
+        let mut rq = req("hi");
+        rq.force_provider = Some(ProviderId::Deepseek);
+        rq.tier = Some(Tier::Premium);
+        let err = router()
+            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+            .unwrap_err();
+        assert!(
+            err.0
+                .contains("tier premium and force_provider deepseek contradict"),
+            "{err}"
+        );
+        let reg = registry(&[ProviderId::Huggingface]);
+        let err = router()
+            .plan(
+                &req("hi"),
+                &Catalog::bundled(),
+                &reg,
+                DEFAULT_BASELINE_MODEL,
+            )
+            .unwrap_err();
+        assert!(
+            err.0
+                .contains("no routing tier lists a priced model of huggingface (enabled)"),
+            "{err}"
+        );
+        let err = router()
+            .plan(
+                &req("hi"),
+                &Catalog::bundled(),
+                &registry(&[]),
+                DEFAULT_BASELINE_MODEL,
+            )
+            .unwrap_err();
+        assert!(err.0.contains("enable a provider"), "{err}");
     }
 
     /// The worst case a budget holds is priced at the output the request
