@@ -315,7 +315,12 @@ pub fn render_calibration(c: &Calibration) -> String {
         k.calls_up,
         k.calls_down,
         if k.unpriced > 0 {
-            format!(", {} kept at recorded cost (no priced model)", k.unpriced)
+            format!(
+                ", {} kept at recorded cost: no model of their new tier is enabled here \
+                 (calibrate prices them on the providers whose keys this shell has; \
+                 give it the server's keys)",
+                k.unpriced
+            )
         } else {
             String::new()
         }
