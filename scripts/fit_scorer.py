@@ -177,8 +177,8 @@ N_BUCKETS = 1 << BUCKET_BITS
 # the train-half figures within the token-hash-seed noise: mean of seeds 1-3, CV 0.632 /
 # 0.600 / 0.826 -> 0.631 / 0.598 / 0.820, LOBO 0.598 / 0.566 / 0.800 -> 0.601 / 0.566 / 0.799
 # (`--cv --no-write --set SCAN_CAP=None --set TOKEN_SEED=N`). It also bounds the time to
-# route a prompt, however long: a 1 MB paste costs what its first KiB does, plus a count of
-# its characters.
+# route a long prompt of prose: a 1 MB paste costs what its first KiB does, plus a count of
+# its characters (text with no ASCII letter or digit past the cap is still read whole).
 SCAN_CAP = 1024
 LEX_BITS = 10  # lexicon hash table: 1024 slots, open addressing
 # Model-definition levers for the speed/quality trade of issue 8 (December 2026); the shipped

@@ -844,7 +844,9 @@ async fn pricing_command(action: PricingAction, settings: &Settings) -> Result<(
                     .with_context(|| format!("cannot read {}", f.display()))?,
                 (None, u) => {
                     let u = u.unwrap_or_else(|| pricing::DEFAULT_REFRESH_URL.to_string());
-                    let loopback = reqwest::Url::parse(&u).ok().is_some_and(|p| {
+                    let parsed = reqwest::Url::parse(&u).ok();
+                    let https = parsed.as_ref().is_some_and(|p| p.scheme() == "https");
+                    let loopback = parsed.as_ref().is_some_and(|p| {
                         p.scheme() == "http"
                             && p.host_str().is_some_and(|h| {
                                 let h = h.trim_start_matches('[').trim_end_matches(']');
@@ -854,13 +856,22 @@ async fn pricing_command(action: PricingAction, settings: &Settings) -> Result<(
                     });
                     // Prices decide what budgets refuse: not over a channel
                     // anyone on the path could rewrite.
-                    if !(u.starts_with("https://") || loopback) {
+                    if !(https || loopback) {
                         invalid_arg!(
                             "--url must be an https URL (plain http only to this machine), got {u:?}"
                         );
                     }
+                    // Redirects only to https: a redirect to plain http would
+                    // undo the check above.
                     let client = reqwest::Client::builder()
                         .timeout(std::time::Duration::from_secs(60))
+                        .redirect(reqwest::redirect::Policy::custom(|a| {
+                            if a.url().scheme() == "https" && a.previous().len() < 10 {
+                                a.follow()
+                            } else {
+                                a.stop()
+                            }
+                        }))
                         .build()?;
                     let resp = client
                         .get(&u)

@@ -3193,15 +3193,6 @@ fn api_model_name(id: &str) -> String {
     id.split_once('/').map(|(_, m)| m).unwrap_or(id).to_string()
 }
 
-/// The `max_tokens` sent to `model`: what was asked, capped by the model's
-/// output limit and by the context the estimated prompt leaves. Anthropic
-/// (and others) refuse a request whose prompt plus `max_tokens` exceeds
-/// the context window rather than shortening it. No margin is kept for the
-/// estimate's error: a margin would cut answers that fit (a 185k-token
-/// prompt in a 200k window would get a handful of tokens); a prompt the
-/// estimate undercounts fails as too long and the next model is tried, as
-/// before. A prompt the router let through but that leaves no room at all
-/// keeps what was asked, for the provider to judge.
 /// What the ledger records as forced by the caller, the strongest first: a
 /// model (it decides the tier), then a tier (with or without a provider: it
 /// is an override of the router, which calibration learns from), then a
@@ -3218,6 +3209,15 @@ fn forced_kind(model: bool, provider: bool, tier: bool) -> Option<&'static str> 
     }
 }
 
+/// The `max_tokens` sent to `model`: what was asked, capped by the model's
+/// output limit and by the context the estimated prompt leaves. Anthropic
+/// (and others) refuse a request whose prompt plus `max_tokens` exceeds
+/// the context window rather than shortening it. No margin is kept for the
+/// estimate's error: a margin would cut answers that fit (a 185k-token
+/// prompt in a 200k window would get a handful of tokens); a prompt the
+/// estimate undercounts fails as too long and the next model is tried, as
+/// before. A prompt the router let through but that leaves no room at all
+/// keeps what was asked, for the provider to judge.
 fn cand_max_output(catalog: &Catalog, model: &str, asked: u32, input_tokens: u64) -> u32 {
     let Some(p) = catalog.get(model) else {
         return asked;
@@ -3397,9 +3397,6 @@ mod tests {
         assert!(e.to_string().contains("whole number"), "{e}");
     }
 
-    /// An empty answer cut at the output limit says to raise max_tokens,
-    /// whatever case the provider spells it in (Gemini: MAX_TOKENS); a
-    /// refusal says the model declined.
     #[test]
     fn a_tier_forced_with_a_provider_is_recorded_as_a_tier_override() {
         assert_eq!(forced_kind(false, true, true), Some("tier"));
@@ -3408,6 +3405,9 @@ mod tests {
         assert_eq!(forced_kind(false, false, false), None);
     }
 
+    /// An empty answer cut at the output limit says to raise max_tokens,
+    /// whatever case the provider spells it in (Gemini: MAX_TOKENS); a
+    /// refusal says the model declined.
     #[test]
     fn empty_answers_say_why() {
         let empty = |finish: &str| crate::providers::ChatResponse {

@@ -380,6 +380,23 @@ fn pricing_refresh_validates_before_replacing() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("larger than 64 MiB"), "{}", stderr(&o));
     assert!(!dir.path().join("pricing/catalog.json").exists());
+    // A redirect to plain http elsewhere is not followed.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut conn, _)) = listener.accept() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(
+                b"HTTP/1.1 302 Found\r\nlocation: http://prices.example/catalog.json\r\ncontent-length: 0\r\n\r\n",
+            );
+        }
+    });
+    let url = format!("http://localhost:{port}/catalog.json");
+    let o = run(dir.path(), &["pricing", "refresh", "--url", &url], None);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("HTTP 302"), "{}", stderr(&o));
     // Garbage is refused.
     std::fs::write(&tiny, "<html>rate limited</html>").unwrap();
     let o = run(

@@ -1440,6 +1440,11 @@ async fn a_charge_left_by_a_client_that_hung_up_alerts_at_once() {
 
     // Not streaming: the client gives up waiting for the whole answer.
     set(0.5).await;
+    assert_eq!(
+        hook.requests().len(),
+        1,
+        "setting the budget alerted nothing"
+    );
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(700))
         .build()

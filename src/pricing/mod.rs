@@ -608,8 +608,6 @@ impl Catalog {
     }
 }
 
-/// Parses LiteLLM's catalog format, keeping the chat models of supported
-/// providers under canonical `provider/model` ids.
 /// Free per token but priced per image, second, character... (Gemini's Lyria
 /// models, `output_cost_per_image`): read as token prices they would pass for
 /// free models, which no budget refuses; left out, they are unpriced (flagged,
@@ -627,6 +625,8 @@ fn priced_by_other_units_only(entry: &serde_json::Map<String, serde_json::Value>
         })
 }
 
+/// Parses LiteLLM's catalog format, keeping the chat models of supported
+/// providers under canonical `provider/model` ids.
 fn parse_litellm(text: &str, origin: PriceOrigin) -> Result<BTreeMap<String, ModelPrice>> {
     let raw: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(text).context("not a JSON object")?;
@@ -1008,10 +1008,8 @@ mod tests {
         assert!((m.cost_of(&short) - 100_000.0 * m.cache_read.unwrap()).abs() < 1e-12);
     }
 
-    /// Length tiers at any threshold LiteLLM gives, several per model:
-    /// Claude Haiku 5.5 costs five times as much above 100k input tokens
-    /// (it was billed at the short rate: only 200k was read), and a model
-    /// with 32k and 128k tiers bills each call at the longest it passes.
+    /// A reasoning price of its own is scaled into the long tier as the
+    /// output price is.
     #[test]
     fn reasoning_follows_the_length_tier() {
         let text = r#"{"m": {"litellm_provider": "gemini", "mode": "chat",
@@ -1035,6 +1033,10 @@ mod tests {
         assert!((m.cost_of(&short) - (1_000.0 * 1e-6 + 2_000.0 * 1e-5)).abs() < 1e-12);
     }
 
+    /// Length tiers at any threshold LiteLLM gives, several per model:
+    /// Claude Haiku 5.5 costs five times as much above 100k input tokens
+    /// (it was billed at the short rate: only 200k was read), and a model
+    /// with 32k and 128k tiers bills each call at the longest it passes.
     #[test]
     fn length_tiers_at_any_threshold() {
         let m = Catalog::bundled()

@@ -265,13 +265,21 @@ impl ProviderError {
             400..=499 => ErrorKind::BadRequest,
             // Ollama's 500 for a model too big for the machine's memory: a
             // smaller local model may still load.
-            500 if is_out_of_memory(&lower) => ErrorKind::ModelUnavailable,
+            500 if provider == ProviderId::Ollama && is_out_of_memory(&lower) => {
+                ErrorKind::ModelUnavailable
+            }
             _ => ErrorKind::Server,
         };
         let mut err = ProviderError::new(provider, kind, Some(status), message);
-        // OpenRouter routes each model to its own upstreams: a 502 or 503 is
-        // about them (per its error reference), not about OpenRouter.
-        err.model_only = provider == ProviderId::Openrouter && matches!(status, 502 | 503);
+        // OpenRouter routes each model to its own upstreams: a 502 or 503 in
+        // its own JSON error shape is about them (per its error reference),
+        // not about OpenRouter. An HTML page from its edge is OpenRouter
+        // itself down: that counts against its breaker as ever.
+        err.model_only = provider == ProviderId::Openrouter
+            && matches!(status, 502 | 503)
+            && json
+                .as_ref()
+                .is_some_and(|j| j.get("error").is_some_and(|e| e.is_object()));
         // OpenAI-style reset headers come with every reply: they say when
         // to retry only when the reply is a rate limit.
         err.retry_after = retry_after(headers)
@@ -762,12 +770,17 @@ mod tests {
             );
         }
         // Ollama: a model too big for this machine; a smaller one may load.
+        // Elsewhere "out of memory" is a server's passing trouble.
+        let ollama = |body: &str| {
+            ProviderError::from_http(ProviderId::Ollama, 500, &HeaderMap::new(), body.as_bytes())
+        };
         assert_eq!(
-            classify(500, r#"{"error":"model requires more system memory (45.2 GiB) than is available (15.1 GiB)"}"#).kind,
+            ollama(r#"{"error":"model requires more system memory (45.2 GiB) than is available (15.1 GiB)"}"#).kind,
             ErrorKind::ModelUnavailable
         );
+        assert_eq!(ollama(r#"{"error":"internal"}"#).kind, ErrorKind::Server);
         assert_eq!(
-            classify(500, r#"{"error":"internal"}"#).kind,
+            classify(500, r#"{"error":"CUDA out of memory"}"#).kind,
             ErrorKind::Server
         );
         // OpenRouter's 502/503 are about the chosen model (retried all the
@@ -781,6 +794,14 @@ mod tests {
             );
             assert!(e.model_only && e.kind.is_retryable(), "{status}");
         }
+        // Its edge's HTML page: OpenRouter itself is down.
+        let e = ProviderError::from_http(
+            ProviderId::Openrouter,
+            503,
+            &HeaderMap::new(),
+            b"<html><body>503 Service Temporarily Unavailable</body></html>",
+        );
+        assert!(!e.model_only);
         let e = classify(503, "{}");
         assert!(e.kind == ErrorKind::Overloaded && !e.model_only);
         // DeepSeek: a retired model.

@@ -166,10 +166,15 @@ const SMALLEST_DEFAULT_CTX: u64 = 2048;
 /// fewer tokens than the smaller vocabularies of most local models, hence
 /// a quarter more.
 fn num_ctx(req: &ChatRequest) -> Option<u64> {
+    // Room for the answer counts up to ANSWER_ROOM tokens: a client asking
+    // for 32k tokens of a short prompt must not get a 64k-token KV cache
+    // (gigabytes, or a "requires more system memory" refusal), nor a
+    // reload for a prompt that fits; a longer answer shifts the context as
+    // Ollama does by default.
     let need = req
         .input_tokens_estimate
         .saturating_add(req.input_tokens_estimate / 4)
-        .saturating_add(u64::from(req.max_tokens));
+        .saturating_add(u64::from(req.max_tokens).min(ANSWER_ROOM));
     if need <= SMALLEST_DEFAULT_CTX {
         return None;
     }
@@ -179,9 +184,17 @@ fn num_ctx(req: &ChatRequest) -> Option<u64> {
         .max(4096);
     Some(match req.context_window {
         Some(w) if w > 0 => ctx.min(w.max(SMALLEST_DEFAULT_CTX)),
-        _ => ctx,
+        // A model the catalog does not know: no more than most local models
+        // hold.
+        _ => ctx.min(UNKNOWN_MODEL_MAX_CTX),
     })
 }
+
+/// Answer tokens a requested context makes room for (see [`num_ctx`]).
+const ANSWER_ROOM: u64 = 1024;
+
+/// The largest context asked for a model whose window is unknown.
+const UNKNOWN_MODEL_MAX_CTX: u64 = 32_768;
 
 /// Reads an accepted `/api/chat` reply, streamed or not.
 async fn read_reply(
@@ -283,7 +296,12 @@ mod tests {
         // Never past the catalog's window, nor below what fits in it.
         assert_eq!(num_ctx(&req(7000, 1024, Some(8192))), Some(8192));
         assert_eq!(num_ctx(&req(2000, 1024, None)), Some(4096));
-        assert_eq!(num_ctx(&req(u64::MAX, u32::MAX, None)), Some(u64::MAX));
+        // A long answer asked of a short prompt does not size the cache.
+        assert_eq!(num_ctx(&req(10, 32_768, None)), None);
+        assert_eq!(num_ctx(&req(2000, 32_768, Some(131_072))), Some(4096));
+        // Unknown window: capped.
+        assert_eq!(num_ctx(&req(100_000, 1024, None)), Some(32_768));
+        assert_eq!(num_ctx(&req(u64::MAX, u32::MAX, None)), Some(32_768));
     }
 
     #[test]
