@@ -322,6 +322,29 @@ fn budget_and_usage_commands_round_trip() {
     );
 }
 
+/// A one-connection HTTP server on 127.0.0.1: answers its request with
+/// `head`, then `mib` MiB of spaces (or until the client hangs up). Returns
+/// its port.
+fn answer_once(head: &'static [u8], mib: usize) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut conn, _)) = listener.accept() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(head);
+            let chunk = vec![b' '; 1 << 20];
+            for _ in 0..mib {
+                if conn.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    port
+}
+
 #[test]
 fn pricing_refresh_validates_before_replacing() {
     let dir = tempfile::tempdir().unwrap();
@@ -359,40 +382,20 @@ fn pricing_refresh_validates_before_replacing() {
     );
     // A server that never stops sending (plain http is fine to this
     // machine) is cut off at 64 MiB.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        if let Ok((mut conn, _)) = listener.accept() {
-            let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf);
-            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{");
-            let chunk = vec![b' '; 1 << 20];
-            for _ in 0..80 {
-                if conn.write_all(&chunk).is_err() {
-                    break;
-                }
-            }
-        }
-    });
+    let port = answer_once(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{",
+        80,
+    );
     let url = format!("http://127.0.0.1:{port}/catalog.json");
     let o = run(dir.path(), &["pricing", "refresh", "--url", &url], None);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("larger than 64 MiB"), "{}", stderr(&o));
     assert!(!dir.path().join("pricing/catalog.json").exists());
     // A redirect to plain http elsewhere is not followed.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        if let Ok((mut conn, _)) = listener.accept() {
-            let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf);
-            let _ = conn.write_all(
-                b"HTTP/1.1 302 Found\r\nlocation: http://prices.example/catalog.json\r\ncontent-length: 0\r\n\r\n",
-            );
-        }
-    });
+    let port = answer_once(
+        b"HTTP/1.1 302 Found\r\nlocation: http://prices.example/catalog.json\r\ncontent-length: 0\r\n\r\n",
+        0,
+    );
     let url = format!("http://localhost:{port}/catalog.json");
     let o = run(dir.path(), &["pricing", "refresh", "--url", &url], None);
     assert!(!o.status.success());

@@ -1371,14 +1371,11 @@ async fn sigterm_lets_a_call_in_flight_finish() {
     assert_eq!(u["calls"], 1, "{out}");
 }
 
-/// A client that hangs up leaves a charge (the prompt and the text streamed
-/// so far, at an estimate); a threshold it crosses is alerted at once, not
-/// at the next call, streaming or not.
-#[tokio::test]
-async fn a_charge_left_by_a_client_that_hung_up_alerts_at_once() {
+/// A DeepSeek stand-in streaming 40 words, one every 100 ms.
+async fn forty_slow_words() -> FakeProvider {
     let pieces: Vec<String> = (0..40).map(|i| format!("word{i} ")).collect();
     let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
-    let fake = FakeProvider::start(
+    FakeProvider::start(
         openai_sse(
             "deepseek-v3.2",
             &refs,
@@ -1386,7 +1383,24 @@ async fn a_charge_left_by_a_client_that_hung_up_alerts_at_once() {
         )
         .dripped(Duration::from_millis(100)),
     )
-    .await;
+    .await
+}
+
+/// Reads a streamed answer until its second word has arrived.
+async fn read_until_word1(r: &mut reqwest::Response) {
+    let mut got = String::new();
+    while !got.contains("word1") {
+        let chunk = r.chunk().await.unwrap().expect("stream ended early");
+        got.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+/// A client that hangs up leaves a charge (the prompt and the text streamed
+/// so far, at an estimate); a threshold it crosses is alerted at once, not
+/// at the next call, streaming or not.
+#[tokio::test]
+async fn a_charge_left_by_a_client_that_hung_up_alerts_at_once() {
+    let fake = forty_slow_words().await;
     let hook = FakeProvider::start(Reply::json(200, json!({"ok": true}))).await;
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
@@ -1427,11 +1441,7 @@ async fn a_charge_left_by_a_client_that_hung_up_alerts_at_once() {
             "messages": [{"role": "user", "content": "Count"}]})),
     )
     .await;
-    let mut got = String::new();
-    while !got.contains("word1") {
-        let chunk = r.chunk().await.unwrap().expect("stream ended early");
-        got.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    read_until_word1(&mut r).await;
     assert!(hook.requests().is_empty(), "nothing was charged yet");
     drop(r);
     let got = wait_for_hook(1).await;
@@ -1479,17 +1489,7 @@ async fn ready_says_why_not() {
 
 #[tokio::test]
 async fn a_client_leaving_a_stream_stops_the_provider_and_releases_the_hold() {
-    let pieces: Vec<String> = (0..40).map(|i| format!("word{i} ")).collect();
-    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
-    let fake = FakeProvider::start(
-        openai_sse(
-            "deepseek-v3.2",
-            &refs,
-            json!({"prompt_tokens": 5, "completion_tokens": 40}),
-        )
-        .dripped(Duration::from_millis(100)),
-    )
-    .await;
+    let fake = forty_slow_words().await;
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
     let mut r = request(
@@ -1502,11 +1502,7 @@ async fn a_client_leaving_a_stream_stops_the_provider_and_releases_the_hold() {
     )
     .await;
     // Read until answer text arrives, then hang up.
-    let mut got = String::new();
-    while !got.contains("word1") {
-        let chunk = r.chunk().await.unwrap().expect("stream ended early");
-        got.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    read_until_word1(&mut r).await;
     drop(r);
     let at_hangup = fake.drip_sent();
     for _ in 0..100 {

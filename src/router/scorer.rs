@@ -1823,6 +1823,22 @@ mod tests {
         qsum: i64,
     }
 
+    /// End of the number token starting at `data[i]` (a digit), by the
+    /// specification: `[0-9]+([.,][0-9]+)*`.
+    fn spec_number_end(data: &[u8], mut i: usize) -> usize {
+        let digit = |i: usize| data.get(i).is_some_and(u8::is_ascii_digit);
+        loop {
+            while digit(i) {
+                i += 1;
+            }
+            if i + 1 < data.len() && (data[i] == b'.' || data[i] == b',') && digit(i + 1) {
+                i += 1;
+                continue;
+            }
+            return i;
+        }
+    }
+
     /// Where the specification's scan stops: the start of the first token (single
     /// letters included) at or after `SCAN_CAP`, tokens read from the start of the text.
     #[allow(clippy::absurd_extreme_comparisons)]
@@ -1831,7 +1847,6 @@ mod tests {
             return data.len();
         }
         let n = data.len();
-        let digit = |i: usize| data.get(i).is_some_and(u8::is_ascii_digit);
         let mut i = 0;
         while i < n {
             let token = data[i].is_ascii_alphanumeric();
@@ -1842,17 +1857,8 @@ mod tests {
                 while i < n && data[i].is_ascii_alphabetic() {
                     i += 1;
                 }
-            } else if digit(i) {
-                loop {
-                    while digit(i) {
-                        i += 1;
-                    }
-                    if i + 1 < n && (data[i] == b'.' || data[i] == b',') && digit(i + 1) {
-                        i += 1;
-                        continue;
-                    }
-                    break;
-                }
+            } else if data[i].is_ascii_digit() {
+                i = spec_number_end(data, i);
             } else {
                 i += 1;
             }
@@ -1865,7 +1871,6 @@ mod tests {
         // after it is read from the whole text.
         let data = &full[..spec_scan_end(full)];
         let n = data.len();
-        let digit = |i: usize| data.get(i).is_some_and(u8::is_ascii_digit);
         let mut toks: Vec<u64> = Vec::new();
         let (mut numbers, mut letters_in_words) = (0, 0);
         let mut lex = [0u64; N_LEX];
@@ -1894,17 +1899,8 @@ mod tests {
                     toks.push(h);
                     letters_in_words += (i - s) as u64;
                 }
-            } else if digit(i) {
-                loop {
-                    while digit(i) {
-                        i += 1;
-                    }
-                    if i + 1 < n && (data[i] == b'.' || data[i] == b',') && digit(i + 1) {
-                        i += 1;
-                        continue;
-                    }
-                    break;
-                }
+            } else if data[i].is_ascii_digit() {
+                i = spec_number_end(data, i);
                 toks.push(NUMBER_HASH);
                 numbers += 1;
             } else {
