@@ -872,6 +872,9 @@ impl Optimizer {
         let Ok(ledger) = self.ledger() else {
             return Vec::new();
         };
+        // A call dropped while its settlement was queued left the write to
+        // a batch that may not have run yet: the spend read below must see it.
+        ledger.drain_writes();
         let Ok(user) = validate_user(user_id) else {
             return Vec::new();
         };

@@ -338,6 +338,28 @@ impl Ledger {
         }
     }
 
+    /// Returns once every write queued before the call is committed,
+    /// blocking this thread meanwhile (leading a batch itself when nobody
+    /// runs one). For a read that must see writes other callers queued but
+    /// may not have committed yet: a call dropped while its settlement was
+    /// queued leaves that write to a batch another task may not have run.
+    pub fn drain_writes(&self) {
+        let queue = &*self.queue;
+        let mut st = lock_ignoring_poison(&queue.state);
+        loop {
+            if st.lead == Lead::Running {
+                st = queue.answered.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            if st.pending.is_empty() {
+                return;
+            }
+            // Idle, or handed to a task not yet polled: take it.
+            st.lead = Lead::Running;
+            st = self.lead(st);
+        }
+    }
+
     /// [`Ledger::group_commit`] for tasks: waiting does not block the
     /// runtime worker, so while one caller commits, the others keep
     /// running and queue their writes for the next batch.
@@ -803,6 +825,35 @@ mod tests {
         });
         wait_for(l, |lead, _| matches!(lead, Lead::Handed(_)));
         (first, second)
+    }
+
+    /// A write queued by a task that was then left unpolled, holding the
+    /// lead handed to it, is committed by `drain_writes` (a read after a
+    /// dropped call must see the call's settlement).
+    #[test]
+    fn draining_commits_what_an_unpolled_task_left_queued() {
+        let (_d, l) = ledger();
+        let limit = roomy();
+        let conn = l.lock();
+        let mut first = std::thread::scope(|s| {
+            let leader = s.spawn(|| l.reserve("u", &limit, 10, 100, TTL).unwrap().unwrap());
+            wait_for(&l, |lead, n| lead == Lead::Running && n == 0);
+            let mut first = Box::pin(async {
+                let limit = roomy();
+                l.reserve_async("u", &limit, 1000, 100, TTL).await
+            });
+            assert!((&mut first).now_or_never().is_none());
+            wait_for(&l, |_, n| n == 1);
+            drop(conn);
+            leader.join().unwrap();
+            first
+        });
+        wait_for(&l, |lead, _| matches!(lead, Lead::Handed(_)));
+        assert_eq!(holds(&l), 10, "queued, not committed yet");
+        l.drain_writes();
+        assert_eq!(holds(&l), 1010);
+        assert!((&mut first).now_or_never().unwrap().unwrap().is_ok());
+        l.drain_writes();
     }
 
     type ReserveAnswer =
