@@ -298,8 +298,10 @@ pub fn render_calibration(c: &Calibration) -> String {
         let _ = writeln!(
             s,
             "No change proposed: a boundary moves only when the move agrees with at least {} more \
-             ratings or overrides than the current value does.",
-            calibrate::MIN_EVIDENCE
+             ratings or overrides than the current value does, and one more for every {} recorded \
+             calls it would send to another tier.",
+            calibrate::MIN_EVIDENCE,
+            calibrate::CALLS_PER_SIGNAL
         );
         return s;
     }

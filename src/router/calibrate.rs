@@ -18,7 +18,8 @@
 //! boundary we pick, on a 0.01 grid, the value that violates the fewest
 //! constraints, preferring the current value on ties and moving only when at
 //! least [`MIN_EVIDENCE`] fewer constraints are violated, so one stray click
-//! cannot move routing. The result is re-priced over the recorded calls: a
+//! cannot move routing, and one more per [`CALLS_PER_SIGNAL`] recorded calls
+//! the move would re-route, so a few signals cannot move many calls. The result is re-priced over the recorded calls: a
 //! call whose tier would change is costed at the recorded token usage on the
 //! tier's first priced model; all others keep their recorded cost.
 
@@ -30,6 +31,9 @@ use crate::ledger::HistoryCall;
 /// A boundary moves only if the move satisfies at least this many more
 /// signals than the current value does.
 pub const MIN_EVIDENCE: usize = 2;
+/// ... and at least one more for every this many recorded calls the move
+/// would send to another tier.
+pub const CALLS_PER_SIGNAL: usize = 20;
 /// Ratings at or below this are "bad".
 pub const BAD_AT_MOST: u8 = 2;
 /// Ratings at or above this are "good".
@@ -223,7 +227,17 @@ pub fn propose(
                 best = (v, b);
             }
         }
-        if best.0 + MIN_EVIDENCE <= now {
+        // The support a move needs grows with the calls it would re-route:
+        // two overrides must not send a thousand unrated calls to another
+        // tier (unrated calls are no evidence either way, so they cannot
+        // defend the boundary themselves).
+        let above = |score: f64, b: f64| score >= b + UNSURE_MARGIN - 1e-12;
+        let moved = history
+            .iter()
+            .filter(|c| above(c.score, current[k]) != above(c.score, best.1))
+            .count();
+        let needed = MIN_EVIDENCE.max(moved.div_ceil(CALLS_PER_SIGNAL));
+        if best.0 + needed <= now {
             *slot = best.1;
         }
         boundaries.push(BoundaryChange {
@@ -407,6 +421,25 @@ mod tests {
                 p.proposed
             );
         }
+    }
+
+    /// Two overrides among a thousand unrated calls do not re-route the
+    /// calls between the old boundary and theirs; the same two overrides
+    /// among a few calls do.
+    #[test]
+    fn a_few_signals_cannot_move_many_calls() {
+        let overrides = [
+            call(0.90, "free", Some("tier"), None),
+            call(0.91, "free", Some("tier"), None),
+        ];
+        let mut h: Vec<HistoryCall> = (0..1000)
+            .map(|i| call(f64::from(i) / 1000.0, "cheap", None, None))
+            .collect();
+        h.extend(overrides.clone());
+        let p = propose(&h, T, &flat);
+        assert!(!p.changed, "{:?}", p.proposed);
+        let few = [overrides.to_vec(), vec![call(0.5, "cheap", None, None)]].concat();
+        assert!(propose(&few, T, &flat).changed);
     }
 
     #[test]
