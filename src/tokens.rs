@@ -181,8 +181,9 @@ fn count_whole(text: &str) -> u64 {
     n
 }
 
-/// The factor by which `provider`'s tokenizer tends to exceed o200k.
-pub fn provider_factor(provider: ProviderId) -> f64 {
+/// The factor by which `provider`'s tokenizer tends to exceed o200k, for a
+/// model whose name does not say its family (see [`model_factor`]).
+fn provider_factor(provider: ProviderId) -> f64 {
     match provider {
         ProviderId::Anthropic => CLAUDE_NEW_TOKENIZER,
         ProviderId::Deepseek => 1.08,
@@ -226,12 +227,6 @@ pub fn model_factor(provider: ProviderId, model: &str) -> f64 {
     provider_factor(provider)
 }
 
-/// Estimated input tokens of a chat call (system + prompt + a small
-/// per-message overhead for role markers).
-pub fn estimate_input(provider: ProviderId, system: Option<&str>, prompt: &str) -> u64 {
-    PromptCount::of(system, prompt).for_provider(provider)
-}
-
 /// A prompt counted once with o200k, to estimate its input tokens on many
 /// providers (`check_model_costs` lists hundreds of models: counting the
 /// prompt again for each cost seconds of CPU on a large one).
@@ -250,23 +245,17 @@ impl PromptCount {
         }
     }
 
-    /// The estimate for `provider`: the same as [`estimate_input`].
-    pub fn for_provider(self, provider: ProviderId) -> u64 {
-        self.scaled(provider_factor(provider))
-    }
-
-    /// The estimate for `model` (a catalog id) at `provider` ([`model_factor`]).
+    /// The input tokens of a chat call to `model` (a catalog id) at
+    /// `provider`: the o200k count scaled by [`model_factor`], plus a small
+    /// per-message overhead for role markers.
     pub fn for_model(self, provider: ProviderId, model: &str) -> u64 {
-        self.scaled(model_factor(provider, model))
+        let scaled = (self.base as f64) * model_factor(provider, model);
+        scaled.ceil() as u64 + 4 * self.messages
     }
 
     /// The o200k count, before any provider's correction.
     pub fn o200k(self) -> u64 {
         self.base
-    }
-
-    fn scaled(self, factor: f64) -> u64 {
-        ((self.base as f64) * factor).ceil() as u64 + 4 * self.messages
     }
 }
 
@@ -408,9 +397,10 @@ mod tests {
     #[test]
     fn anthropic_estimates_more_than_openai_style() {
         let p = "Explain the difference between a mutex and a semaphore in detail.";
+        let c = PromptCount::of(None, p);
         assert!(
-            estimate_input(ProviderId::Anthropic, None, p)
-                > estimate_input(ProviderId::Cerebras, None, p)
+            c.for_model(ProviderId::Anthropic, "anthropic/claude-haiku-4-5")
+                > c.for_model(ProviderId::Cerebras, "cerebras/llama3.1-8b")
         );
     }
 
