@@ -1644,19 +1644,26 @@ fn run_syncer(
     // Commits synced but not yet copied into the database.
     let mut uncopied = true;
     let mut last_checkpoint = Instant::now();
+    // Rounds keep a fixed beat: a long checkpoint (a second of calls, the
+    // pass holding writers off) must not push the next fsync, and with it
+    // the commits made meanwhile, past their interval.
+    let mut next_round = Instant::now() + SYNC_INTERVAL;
     loop {
-        let last_round = !matches!(
-            stop.recv_timeout(SYNC_INTERVAL),
-            Err(RecvTimeoutError::Timeout)
-        );
+        let wait = next_round.saturating_duration_since(Instant::now());
+        let last_round = !matches!(stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout));
+        next_round = (next_round + SYNC_INTERVAL).max(Instant::now());
         let now = version(&conn);
-        let wrote = now != synced;
+        // A version that cannot be read counts as a write: syncing for
+        // nothing is cheap, skipping a sync is not.
+        let wrote = now.is_none() || now != synced;
         let due = last_checkpoint.elapsed() >= CHECKPOINT_EVERY
             || std::fs::metadata(wal).is_ok_and(|m| m.len() > CHECKPOINT_BYTES);
         if last_round || (wrote && due) || (!wrote && uncopied) {
-            sync_wal(&conn, wal, writer);
+            // A checkpoint kept from copying everything (a reader in another
+            // process, another process checkpointing) is tried again in
+            // the next quiet round.
+            uncopied = !sync_wal(&conn, wal, writer);
             last_checkpoint = Instant::now();
-            uncopied = false;
         } else if wrote {
             fsync_wal(wal);
             uncopied = true;
@@ -1693,7 +1700,9 @@ fn fsync_wal(wal: &Path) {
 /// steady load there are always newer ones when the next write begins,
 /// and the WAL never starts over. Once it is long, a second pass copies
 /// the rest with this process's writers held off.
-fn sync_wal(conn: &Connection, wal: &Path, writer: &Weak<Mutex<Connection>>) {
+///
+/// Returns whether the checkpoint copied every frame into the database.
+fn sync_wal(conn: &Connection, wal: &Path, writer: &Weak<Mutex<Connection>>) -> bool {
     let (mut complete, log) = checkpoint(conn);
     if log >= RESTART_FRAMES
         && let Some(writer) = writer.upgrade()
@@ -1708,6 +1717,7 @@ fn sync_wal(conn: &Connection, wal: &Path, writer: &Weak<Mutex<Connection>>) {
     if !complete {
         fsync_wal(wal);
     }
+    complete
 }
 
 /// One PASSIVE checkpoint: whether it copied every frame (it has then
@@ -2455,8 +2465,8 @@ mod tests {
     /// Calls arriving a few milliseconds apart start the WAL over about
     /// once a second, not after every syncer round: each start costs the
     /// write that makes it an fsync of the new WAL's header (0.6–1.5 ms on
-    /// a VM disk), on a call's path. With a checkpoint every round, 2 s of
-    /// a write every 20 ms started the WAL over about 20 times.
+    /// a VM disk), on a call's path. With a checkpoint every round, 2.5 s
+    /// of a write every 20 ms started the WAL over 19 times.
     #[test]
     fn the_wal_starts_over_about_once_a_second_under_a_trickle() {
         let dir = tempfile::tempdir().unwrap();
@@ -2474,7 +2484,7 @@ mod tests {
         let mut last = None;
         let started = Instant::now();
         let mut i = 0;
-        while started.elapsed() < Duration::from_secs(2) {
+        while started.elapsed() < Duration::from_millis(2500) {
             i += 1;
             l.insert_call(&rec("u", i, 0.001, true)).unwrap();
             let now = sequence();
@@ -2484,19 +2494,28 @@ mod tests {
             last = now;
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Some, since calls kept coming for over twice CHECKPOINT_EVERY; a
+        // few more than two if the machine stalls this loop past a round
+        // (a quiet round checkpoints).
         assert!(
-            restarts <= 5,
-            "the WAL started over {restarts} times in 2 s"
+            (1..=6).contains(&restarts),
+            "the WAL started over {restarts} times in 2.5 s"
         );
-        // Quiet again: the next round checkpoints, so the file alone
-        // holds every call.
-        std::thread::sleep(SYNC_INTERVAL * 3);
+        // Quiet again: a round soon checkpoints, so the file alone holds
+        // every call.
         let snap = dir.path().join("snapshot.sqlite3");
-        std::fs::copy(&path, &snap).unwrap();
-        let in_file: i64 = Connection::open(&snap)
-            .and_then(|c| c.query_row("SELECT count(*) FROM calls", [], |r| r.get(0)))
-            .unwrap();
-        assert_eq!(in_file, i);
+        let mut in_file = 0;
+        for _ in 0..100 {
+            std::thread::sleep(SYNC_INTERVAL);
+            std::fs::copy(&path, &snap).unwrap();
+            in_file = Connection::open(&snap)
+                .and_then(|c| c.query_row("SELECT count(*) FROM calls", [], |r| r.get(0)))
+                .unwrap_or(0);
+            if in_file == i {
+                break;
+            }
+        }
+        assert_eq!(in_file, i, "the quiet ledger was never checkpointed");
     }
 
     /// Under steady load the WAL starts over instead of growing: four
@@ -2504,7 +2523,7 @@ mod tests {
     /// checkpoint running beside them never copies it all before the next
     /// write. Before the syncer held writers off for the end of a long
     /// checkpoint, 16,000 calls left a WAL of about 470 MB; now it stays
-    /// within a few syncer rounds' worth of writes.
+    /// within [`CHECKPOINT_BYTES`] and a round or two of writes.
     #[test]
     fn the_wal_starts_over_under_steady_load() {
         let dir = tempfile::tempdir().unwrap();
