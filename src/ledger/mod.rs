@@ -1578,7 +1578,8 @@ fn classify(path: &Path, e: rusqlite::Error) -> LedgerError {
 /// WAL, which makes that interval's commits power-safe. Now and then it
 /// checkpoints instead (the checkpoint fsyncs the WAL before copying it
 /// into the database): at most every [`CHECKPOINT_EVERY`] while writes
-/// keep coming, sooner once the WAL file passes [`CHECKPOINT_BYTES`],
+/// keep coming, sooner after [`CHECKPOINT_WRITES`] or once the WAL file
+/// passes [`CHECKPOINT_BYTES`],
 /// and after two intervals without writes. Copying keeps the WAL
 /// short, so writers never pay for an automatic checkpoint themselves;
 /// checkpointing rarely under load keeps the fsync of a restarted WAL's
