@@ -1686,10 +1686,12 @@ fn run_syncer(
         let wrote = now.is_none() || now != synced;
         quiet_rounds = if wrote { 0 } else { quiet_rounds + 1 };
         let written = writes();
-        let due = last_checkpoint.elapsed() >= CHECKPOINT_EVERY
-            || written.saturating_sub(writes_at_checkpoint) >= CHECKPOINT_WRITES
-            || std::fs::metadata(wal).is_ok_and(|m| m.len() > CHECKPOINT_BYTES);
-        if last_round || (wrote && due) || (quiet_rounds >= 2 && uncopied) {
+        let load = Load {
+            since_checkpoint: last_checkpoint.elapsed(),
+            writes_since: written.saturating_sub(writes_at_checkpoint),
+            wal_bytes: std::fs::metadata(wal).map_or(0, |m| m.len()),
+        };
+        if last_round || (wrote && load.checkpoint_due()) || (quiet_rounds >= 2 && uncopied) {
             // A checkpoint kept from copying everything (a reader in another
             // process, another process checkpointing) is tried again in
             // the next quiet round.
@@ -1704,6 +1706,27 @@ fn run_syncer(
         if last_round {
             return;
         }
+    }
+}
+
+/// What the syncer weighs, in a round with commits, to checkpoint or only
+/// fsync the WAL.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    since_checkpoint: Duration,
+    /// Writes this process group-committed since the last checkpoint.
+    writes_since: u64,
+    wal_bytes: u64,
+}
+
+impl Load {
+    /// A checkpoint is due once a second, or sooner under a load heavy
+    /// enough to share a restart's fsync among many calls, or a WAL long
+    /// enough to slow every write (see [`CHECKPOINT_WRITES`]).
+    fn checkpoint_due(&self) -> bool {
+        self.since_checkpoint >= CHECKPOINT_EVERY
+            || self.writes_since >= CHECKPOINT_WRITES
+            || self.wal_bytes > CHECKPOINT_BYTES
     }
 }
 
@@ -2450,6 +2473,24 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The proxy's steady 500 calls/s (about 100 writes a round) waits a
+    /// second between checkpoints; a heavy load or a long WAL does not.
+    #[test]
+    fn checkpoints_wait_for_a_second_unless_the_load_is_heavy() {
+        let load = |ms: u64, writes: u64, mib: u64| Load {
+            since_checkpoint: Duration::from_millis(ms),
+            writes_since: writes,
+            wal_bytes: mib << 20,
+        };
+        assert!(!load(100, 100, 1).checkpoint_due());
+        assert!(!load(900, 900, 14).checkpoint_due());
+        assert!(load(1000, 1, 1).checkpoint_due());
+        assert!(load(100, 1000, 1).checkpoint_due());
+        assert!(load(100, 10, 33).checkpoint_due());
+        // A restarted WAL keeps its trimmed size: that alone is no reason.
+        assert!(!load(100, 10, WAL_SIZE_LIMIT as u64 >> 20).checkpoint_due());
     }
 
     /// The calls the database file holds without its WAL (a copy of the
