@@ -404,8 +404,9 @@ const RESTART_FRAMES: i64 = 1000;
 /// reused rather than regrown, but a burst should not leave it large.
 const WAL_SIZE_LIMIT: i64 = 16 * 1024 * 1024;
 
-/// While writes keep coming, the syncer checkpoints at most this often
-/// (between checkpoints it only fsyncs the WAL). Each completed
+/// While writes keep coming at a moderate rate, the syncer checkpoints
+/// this often (between checkpoints it only fsyncs the WAL; see
+/// [`Load::checkpoint_due`] for the sooner cases). Each completed
 /// checkpoint makes the next write start the WAL over, and SQLite fsyncs
 /// a new WAL's header in that write, under the ledger's lock, on a
 /// call's path: 0.6–1.5 ms on this project's VM. Checkpointing every
@@ -1577,21 +1578,22 @@ fn classify(path: &Path, e: rusqlite::Error) -> LedgerError {
 /// [`SYNC_INTERVAL`] in which another connection committed, it fsyncs the
 /// WAL, which makes that interval's commits power-safe. Now and then it
 /// checkpoints instead (the checkpoint fsyncs the WAL before copying it
-/// into the database): at most every [`CHECKPOINT_EVERY`] while writes
-/// keep coming, sooner after [`CHECKPOINT_WRITES`] or once the WAL file
-/// passes [`CHECKPOINT_BYTES`],
-/// and after two intervals without writes. Copying keeps the WAL
-/// short, so writers never pay for an automatic checkpoint themselves;
-/// checkpointing rarely under load keeps the fsync of a restarted WAL's
-/// header (paid by the next write) off most calls. Dropping the handle
-/// makes the thread checkpoint once more and exit.
+/// into the database, and the WAL is fsynced again after it for commits
+/// made meanwhile): every [`CHECKPOINT_EVERY`] while writes keep coming,
+/// sooner after [`CHECKPOINT_WRITES`] or once the WAL file passes
+/// [`CHECKPOINT_BYTES`], and after two intervals without writes.
+/// Writers never checkpoint (`wal_autocheckpoint=0`), so copying here is
+/// what keeps the WAL short; doing it rarely under load keeps the fsync
+/// of a restarted WAL's header (paid by the next write) off most calls.
+/// Dropping the handle makes the thread checkpoint once more and exit.
 ///
 /// Under steady load a checkpoint never catches up on its own: writers
 /// keep appending while it copies, and SQLite only starts the WAL over
 /// from its beginning when a write begins with every frame copied. So
-/// once the WAL holds [`RESTART_FRAMES`], the syncer finishes the
-/// checkpoint with this process's writers held off (it takes the
-/// ledger's connection lock for the few frames left); the next write
+/// when a checkpoint finds [`RESTART_FRAMES`] or more, the syncer
+/// finishes it with this process's writers held off (it takes the
+/// ledger's connection lock to copy what the first pass missed, the
+/// writes made while it ran); the next write
 /// restarts the WAL, and `journal_size_limit` trims the file. Without
 /// this the WAL grew by about 30 KB per call for as long as calls kept
 /// coming (1.2 GB in 5 s with four writers).
@@ -1664,6 +1666,11 @@ fn run_syncer(
     // does not look like a pause and start the WAL over again.
     let mut quiet_rounds = 0u32;
     let mut last_checkpoint = Instant::now();
+    // After a checkpoint that could not copy everything (a long reader in
+    // another process, a full disk), quiet rounds wait this long before
+    // trying again, doubling up to a minute: an idle ledger must not
+    // checkpoint, fsync and log ten times a second.
+    let mut retry_wait = Duration::ZERO;
     // Group-committed writes of this process, to tell a heavy load from a
     // steady trickle.
     let writes = || {
@@ -1672,14 +1679,12 @@ fn run_syncer(
             .map_or(0, |q| lock_ignoring_poison(&q.state).ops)
     };
     let mut writes_at_checkpoint = writes();
-    // Rounds keep a fixed beat: a long checkpoint (a second of calls, the
-    // pass holding writers off) must not push the next fsync, and with it
-    // the commits made meanwhile, past their interval.
+    // Rounds start on a 100 ms beat; one that overran (a long checkpoint)
+    // is followed by a full interval, not a burst of catch-up rounds.
     let mut next_round = Instant::now() + SYNC_INTERVAL;
     loop {
         let wait = next_round.saturating_duration_since(Instant::now());
         let last_round = !matches!(stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout));
-        next_round = (next_round + SYNC_INTERVAL).max(Instant::now());
         let now = version(&conn);
         // A version that cannot be read counts as a write: syncing for
         // nothing is cheap, skipping a sync is not.
@@ -1691,21 +1696,53 @@ fn run_syncer(
             writes_since: written.saturating_sub(writes_at_checkpoint),
             wal_bytes: std::fs::metadata(wal).map_or(0, |m| m.len()),
         };
-        if last_round || (wrote && load.checkpoint_due()) || (quiet_rounds >= 2 && uncopied) {
-            // A checkpoint kept from copying everything (a reader in another
-            // process, another process checkpointing) is tried again in
-            // the next quiet round.
-            uncopied = !sync_wal(&conn, wal, writer);
+        let pause = quiet_rounds >= 2 && uncopied && load.since_checkpoint >= retry_wait;
+        synced = now;
+        if last_round || (wrote && load.checkpoint_due()) || pause {
+            let complete = sync_wal(&conn, wal, writer);
+            uncopied = !complete;
+            retry_wait = match complete {
+                true => Duration::ZERO,
+                false => (retry_wait * 2).clamp(CHECKPOINT_EVERY, Duration::from_secs(60)),
+            };
             last_checkpoint = Instant::now();
             writes_at_checkpoint = written;
+            // The checkpoint synced the WAL before copying; commits made
+            // while it copied are synced now, not a round later.
+            let after = version(&conn);
+            if after.is_none() || after != synced {
+                fsync_wal(wal);
+                uncopied = true;
+            }
+            synced = after;
         } else if wrote {
             fsync_wal(wal);
             uncopied = true;
         }
-        synced = now;
         if last_round {
             return;
         }
+        next_round += SYNC_INTERVAL;
+        if next_round < Instant::now() {
+            next_round = Instant::now() + SYNC_INTERVAL;
+        }
+    }
+}
+
+/// Makes the WAL's frames power-safe without a checkpoint. Any open file
+/// of it will do: an fsync flushes the file, not one descriptor's writes.
+/// Opened for writing because Windows flushes only through a handle that
+/// may write. A WAL that is gone (the last connection closed, and
+/// checkpointed it) has nothing left to sync.
+fn fsync_wal(wal: &Path) {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .open(wal)
+        .and_then(|f| f.sync_data())
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(error = %e, "ledger WAL fsync failed"),
     }
 }
 
@@ -1727,23 +1764,6 @@ impl Load {
         self.since_checkpoint >= CHECKPOINT_EVERY
             || self.writes_since >= CHECKPOINT_WRITES
             || self.wal_bytes > CHECKPOINT_BYTES
-    }
-}
-
-/// Makes the WAL's frames power-safe without a checkpoint. Any open file
-/// of it will do: an fsync flushes the file, not one descriptor's writes.
-/// Opened for writing because Windows flushes only through a handle that
-/// may write. A WAL that is gone (the last connection closed, and
-/// checkpointed it) has nothing left to sync.
-fn fsync_wal(wal: &Path) {
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .open(wal)
-        .and_then(|f| f.sync_data())
-    {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(error = %e, "ledger WAL fsync failed"),
     }
 }
 
@@ -2586,12 +2606,18 @@ mod tests {
         );
         // Calls kept coming for over twice CHECKPOINT_EVERY: checkpoints
         // copied some of them into the database file meanwhile.
+        // (A copy taken while a checkpoint writes the file may be torn:
+        // a few tries, before the pause's own checkpoint.)
         let snap = path.with_extension("during");
-        std::fs::copy(&path, &snap).unwrap();
-        let copied: i64 = Connection::open(&snap)
-            .and_then(|c| c.query_row("SELECT count(*) FROM calls", [], |r| r.get(0)))
-            .unwrap_or(0);
-        assert!(copied > 0, "no checkpoint while calls kept coming");
+        let copied = (0..5).any(|_| {
+            std::fs::copy(&path, &snap).unwrap();
+            let n: i64 = Connection::open(&snap)
+                .and_then(|c| c.query_row("SELECT count(*) FROM calls", [], |r| r.get(0)))
+                .unwrap_or(0);
+            std::thread::sleep(Duration::from_millis(10));
+            n > 0
+        });
+        assert!(copied, "no checkpoint while calls kept coming");
         // Quiet again: a round soon checkpoints, so the file alone holds
         // every call.
         assert_eq!(
@@ -2657,9 +2683,9 @@ mod tests {
             "the WAL reached {} MB under load",
             peak >> 20
         );
-        // Idle again: the next write starts the WAL over and trims the
-        // file to the limit.
-        std::thread::sleep(SYNC_INTERVAL * 3);
+        // Idle again: once the syncer has copied everything, the next
+        // write starts the WAL over and trims the file to the limit.
+        assert_eq!(calls_in_the_file_alone(&path, 16_000), 16_000);
         l.insert_call(&rec("u", 5, 0.1, true)).unwrap();
         assert!(wal_size() <= WAL_SIZE_LIMIT as u64, "{} bytes", wal_size());
     }
