@@ -765,6 +765,11 @@ mod tests {
         Router::new(DEFAULT_TIER_THRESHOLDS, &BTreeMap::new())
     }
 
+    /// The default router's plan over the bundled catalog.
+    fn plan_of(rq: &RouteRequest<'_>, reg: &Registry) -> Result<RoutePlan, RouteError> {
+        router().plan(rq, &Catalog::bundled(), reg, DEFAULT_BASELINE_MODEL)
+    }
+
     fn req(prompt: &str) -> RouteRequest<'_> {
         RouteRequest {
             prompt,
@@ -799,9 +804,7 @@ mod tests {
         let reg = registry(&[ProviderId::Anthropic, ProviderId::Deepseek]);
         let mut rq = req("hello");
         rq.tier = Some(Tier::Medium);
-        let plan = router()
-            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
-            .unwrap();
+        let plan = plan_of(&rq, &reg).unwrap();
         assert_eq!(plan.tier, Tier::Medium);
         // deepseek-v4-pro ($1.32/$3.96) is cheaper than claude-haiku-4-5 ($1/$5) for 400 output tokens.
         assert_eq!(plan.candidates[0].model, "deepseek/deepseek-v4-pro");
@@ -815,14 +818,7 @@ mod tests {
     #[test]
     fn the_try_list_reaches_every_enabled_provider() {
         let reg = registry(&[ProviderId::Gemini, ProviderId::Anthropic]);
-        let plan = router()
-            .plan(
-                &req("What is the capital of France?"),
-                &Catalog::bundled(),
-                &reg,
-                DEFAULT_BASELINE_MODEL,
-            )
-            .unwrap();
+        let plan = plan_of(&req("What is the capital of France?"), &reg).unwrap();
         assert!(
             plan.candidates[..4]
                 .iter()
@@ -839,9 +835,7 @@ mod tests {
         // A caller's tier bounds the list to that tier, other providers too.
         let mut rq = req("What is the capital of France?");
         rq.tier = Some(Tier::Premium);
-        let plan = router()
-            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
-            .unwrap();
+        let plan = plan_of(&rq, &reg).unwrap();
         assert!(plan.candidates.iter().all(|c| c.tier == Tier::Premium));
         assert!(
             plan.candidates
@@ -858,14 +852,7 @@ mod tests {
     #[test]
     fn missing_tier_moves_up_then_down() {
         let reg = registry(&[ProviderId::Anthropic]);
-        let plan = router()
-            .plan(
-                &req("hi"),
-                &Catalog::bundled(),
-                &reg,
-                DEFAULT_BASELINE_MODEL,
-            )
-            .unwrap();
+        let plan = plan_of(&req("hi"), &reg).unwrap();
         assert_eq!(plan.scored_tier, Tier::Free);
         assert_eq!(plan.tier, Tier::Medium);
         assert!(
@@ -883,17 +870,13 @@ mod tests {
         let reg = registry(&[ProviderId::Anthropic, ProviderId::Deepseek]);
         let mut rq = req("hi");
         rq.tier = Some(Tier::Free);
-        let err = router()
-            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
-            .unwrap_err();
+        let err = plan_of(&rq, &reg).unwrap_err();
         assert!(
             err.0.starts_with("tier free: no model of the free tier"),
             "{err}"
         );
         rq.tier = Some(Tier::Cheap);
-        let plan = router()
-            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
-            .unwrap();
+        let plan = plan_of(&rq, &reg).unwrap();
         assert!(!plan.candidates.is_empty());
         assert!(
             plan.candidates.iter().all(|c| c.tier == Tier::Cheap),
@@ -901,9 +884,7 @@ mod tests {
         );
         rq.tier = Some(Tier::Premium);
         rq.budget_limit = Some(0.006);
-        let err = router()
-            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
-            .unwrap_err();
+        let err = plan_of(&rq, &reg).unwrap_err();
         assert!(
             err.0
                 .starts_with("tier premium: no premium model fits budget_limit"),
@@ -915,9 +896,7 @@ mod tests {
         let long = "word ".repeat(200_000);
         let mut rq = req(&long);
         rq.tier = Some(Tier::Cheap);
-        let err = router()
-            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
-            .unwrap_err();
+        let err = plan_of(&rq, &reg).unwrap_err();
         assert!(
             err.0.contains("longer than the context window of every available cheap model (deepseek/deepseek-v3.2)"),
             "{err}"
@@ -930,14 +909,7 @@ mod tests {
     fn a_prompt_longer_than_every_window_says_so() {
         let reg = registry(&[ProviderId::Cerebras]);
         let long = "word ".repeat(300_000);
-        let err = router()
-            .plan(
-                &req(&long),
-                &Catalog::bundled(),
-                &reg,
-                DEFAULT_BASELINE_MODEL,
-            )
-            .unwrap_err();
+        let err = plan_of(&req(&long), &reg).unwrap_err();
         assert!(
             err.0
                 .contains("longer than the context window of every model"),
@@ -980,20 +952,12 @@ mod tests {
         let reg = registry(&[ProviderId::Deepseek]);
         let mut rq = req("hi");
         rq.force_model = Some("deepseek/deepseek-v4-pro".into());
-        let plan = router()
-            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
-            .unwrap();
+        let plan = plan_of(&rq, &reg).unwrap();
         assert_eq!(plan.tier, Tier::Medium);
         rq.tier = Some(Tier::Medium);
-        assert!(
-            router()
-                .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
-                .is_ok()
-        );
+        assert!(plan_of(&rq, &reg).is_ok());
         rq.tier = Some(Tier::Free);
-        let err = router()
-            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
-            .unwrap_err();
+        let err = plan_of(&rq, &reg).unwrap_err();
         assert!(
             err.0.contains("is a medium model and tier free contradict"),
             "{err}"
@@ -1025,36 +989,20 @@ mod tests {
         let mut rq = req("hi");
         rq.force_provider = Some(ProviderId::Deepseek);
         rq.tier = Some(Tier::Premium);
-        let err = router()
-            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
-            .unwrap_err();
+        let err = plan_of(&rq, &reg).unwrap_err();
         assert!(
             err.0
                 .contains("tier premium and force_provider deepseek contradict"),
             "{err}"
         );
         let reg = registry(&[ProviderId::Huggingface]);
-        let err = router()
-            .plan(
-                &req("hi"),
-                &Catalog::bundled(),
-                &reg,
-                DEFAULT_BASELINE_MODEL,
-            )
-            .unwrap_err();
+        let err = plan_of(&req("hi"), &reg).unwrap_err();
         assert!(
             err.0
                 .contains("no routing tier lists a priced model of huggingface (enabled)"),
             "{err}"
         );
-        let err = router()
-            .plan(
-                &req("hi"),
-                &Catalog::bundled(),
-                &registry(&[]),
-                DEFAULT_BASELINE_MODEL,
-            )
-            .unwrap_err();
+        let err = plan_of(&req("hi"), &registry(&[])).unwrap_err();
         assert!(err.0.contains("enable a provider"), "{err}");
     }
 
@@ -1087,22 +1035,13 @@ mod tests {
         let reg = registry(&[ProviderId::Deepseek]);
         let mut rq = req("hi");
         rq.force_model = Some("anthropic/claude-haiku-4-5".into());
-        let err = router()
-            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
-            .unwrap_err();
+        let err = plan_of(&rq, &reg).unwrap_err();
         assert!(err.0.contains("ANTHROPIC_API_KEY"), "{err}");
     }
 
     #[test]
     fn nothing_enabled_is_a_clear_error() {
-        let err = router()
-            .plan(
-                &req("hi"),
-                &Catalog::bundled(),
-                &registry(&[]),
-                DEFAULT_BASELINE_MODEL,
-            )
-            .unwrap_err();
+        let err = plan_of(&req("hi"), &registry(&[])).unwrap_err();
         assert!(err.0.contains("doctor"), "{err}");
     }
 }
