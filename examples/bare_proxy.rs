@@ -10,6 +10,12 @@
 //!
 //! `cargo run --release --example bare_proxy -- 127.0.0.1:0 http://UPSTREAM`
 //! prints the bound address on stdout.
+//!
+//! An optional third argument, `WORK_US`, makes each request also burn that
+//! many microseconds of CPU on its worker (half before the upstream call,
+//! half after). It answers "how much work per request can a proxy on this
+//! machine do and still add at most X at p99?", which is what a latency
+//! target asks of `serve --http` (`WORK_US="50 100" scripts/bench-http.sh`).
 
 use axum::Router;
 use axum::body::Bytes;
@@ -17,11 +23,22 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::post;
+use std::time::{Duration, Instant};
+
+/// Spins on the calling worker for `us` microseconds: work that holds the
+/// thread, as our own per-request work does (a sleep would free it).
+fn burn(us: u64) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_micros(us) {
+        std::hint::spin_loop();
+    }
+}
 
 async fn forward(
-    State((http, url)): State<(reqwest::Client, String)>,
+    State((http, url, work_us)): State<(reqwest::Client, String, u64)>,
     body: Bytes,
 ) -> impl IntoResponse {
+    burn(work_us / 2);
     let sent = http
         .post(&url)
         .header(header::CONTENT_TYPE, "application/json")
@@ -32,6 +49,7 @@ async fn forward(
         Ok(r) => r.bytes().await,
         Err(e) => Err(e),
     };
+    burn(work_us - work_us / 2);
     match answer {
         Ok(b) => ([(header::CONTENT_TYPE, "application/json")], b).into_response(),
         Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
@@ -43,8 +61,16 @@ async fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:0".into());
     let Some(upstream) = args.next() else {
-        eprintln!("usage: bare_proxy ADDR UPSTREAM_BASE_URL");
+        eprintln!("usage: bare_proxy ADDR UPSTREAM_BASE_URL [WORK_US]");
         std::process::exit(2);
+    };
+    let work_us = match args.next().map(|w| w.parse::<u64>()) {
+        None => 0,
+        Some(Ok(us)) => us,
+        Some(Err(e)) => {
+            eprintln!("bare_proxy: WORK_US must be a whole number of microseconds: {e}");
+            std::process::exit(2);
+        }
     };
     let url = format!("{}/chat/completions", upstream.trim_end_matches('/'));
     let http = reqwest::Client::new();
@@ -52,6 +78,6 @@ async fn main() -> std::io::Result<()> {
     println!("http://{}", listener.local_addr()?);
     let app = Router::new()
         .route("/v1/chat/completions", post(forward))
-        .with_state((http, url));
+        .with_state((http, url, work_us));
     axum::serve(listener, app).await
 }

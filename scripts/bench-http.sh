@@ -15,6 +15,9 @@
 #   scripts/bench-http.sh                      # RATE=500 DURATION=20s CONNS=20
 #   RATE=200 DURATION=10s scripts/bench-http.sh
 #   DATA_ROOT=/dev/shm scripts/bench-http.sh  # ledger on tmpfs: the cost of fsync
+#   WORK_US="50 100 150" scripts/bench-http.sh # also the forwarder burning that
+#                                              # much CPU per request: what a
+#                                              # proxy may spend for a p99 target
 #
 # wrk has no fixed-rate mode; each connection waits CONNS*1000/RATE ms between
 # requests (a Lua `delay`), so the offered rate is at most RATE and drops when
@@ -82,6 +85,19 @@ echo "== direct: fake provider"
 wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$FAKE/chat/completions"
 echo "== floor: bare forwarder (axum + reqwest, no work; examples/bare_proxy.rs)"
 wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$BARE/v1/chat/completions"
+for us in ${WORK_US:-}; do
+  "$BARE_BIN" 127.0.0.1:0 "$FAKE" "$us" >"$WORK/work.addr" &
+  WORK_PID=$!
+  PIDS+=($WORK_PID)
+  for _ in $(seq 1 100); do [ -s "$WORK/work.addr" ] && break; sleep 0.05; done
+  WORKED="$(head -1 "$WORK/work.addr")"
+  wrk -t1 -c2 -d2s -s "$WORK/post.lua" "$WORKED/v1/chat/completions" >/dev/null
+  echo "== floor + ${us} us of CPU per request (bare forwarder spinning; compare with the proxy's CPU per request)"
+  wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$WORKED/v1/chat/completions"
+  kill "$WORK_PID" 2>/dev/null || true
+  wait "$WORK_PID" 2>/dev/null || true
+  : >"$WORK/work.addr"
+done
 echo "== server stack only: ai-cost-optimizer GET /health (no core, no ledger)"
 cat >"$WORK/get.lua" <<LUA
 function delay() return ${DELAY_MS} end
