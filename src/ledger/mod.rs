@@ -1640,8 +1640,13 @@ impl Drop for SyncerHandle {
     }
 }
 
+/// The WAL file SQLite keeps beside `db`. SQLite opens a symlinked
+/// database at its target and keeps the WAL there, so the path is resolved
+/// first: `<link>-wal` does not exist, and syncing it would silently do
+/// nothing.
 fn wal_path(db: &Path) -> PathBuf {
-    let mut name = db.as_os_str().to_os_string();
+    let db = std::fs::canonicalize(db).unwrap_or_else(|_| db.to_path_buf());
+    let mut name = db.into_os_string();
     name.push("-wal");
     PathBuf::from(name)
 }
@@ -1740,7 +1745,10 @@ fn fsync_wal(wal: &Path) {
         .open(wal)
         .and_then(|f| f.sync_data())
     {
-        Ok(()) => {}
+        Ok(()) => {
+            #[cfg(test)]
+            lock_ignoring_poison(&tests::FSYNCED).push(wal.to_path_buf());
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!(error = %e, "ledger WAL fsync failed"),
     }
@@ -1782,6 +1790,10 @@ fn sync_wal(conn: &Connection, wal: &Path, writer: &Weak<Mutex<Connection>>) -> 
     if log >= RESTART_FRAMES
         && let Some(writer) = writer.upgrade()
     {
+        // The lock may be held for a while (a long report, a write waiting
+        // on another process): commits made since the first pass must not
+        // wait for it to be power-safe.
+        fsync_wal(wal);
         // Every in-process read and write goes through this lock, so
         // while it is held nothing here appends frames or pins an old
         // snapshot.
@@ -1917,6 +1929,42 @@ fn restrict_permissions(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// WAL files [`fsync_wal`] synced, so tests can see the syncer's
+    /// fsyncs land on the right file.
+    pub(super) static FSYNCED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    /// A ledger opened through a symlink has its WAL synced where SQLite
+    /// keeps it, beside the target: the syncer used to fsync
+    /// `<link>-wal`, which does not exist, so commits waited for a
+    /// checkpoint (a second or more) instead of 100 ms to be power-safe.
+    #[cfg(unix)]
+    #[test]
+    fn a_symlinked_ledger_has_its_wal_synced_at_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("disk")).unwrap();
+        let target = dir.path().join("disk").join("ledger.sqlite3");
+        drop(Ledger::open(&target).unwrap());
+        let link = dir.path().join("ledger.sqlite3");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let l = Ledger::open_with(&link, Durability::Batched).unwrap();
+        l.insert_call(&rec("u", 1, 0.25, true)).unwrap();
+        let mut real = std::fs::canonicalize(&target).unwrap().into_os_string();
+        real.push("-wal");
+        let real = PathBuf::from(real);
+        assert_eq!(wal_path(&link), real);
+        assert!(real.exists() && !dir.path().join("ledger.sqlite3-wal").exists());
+        let started = Instant::now();
+        while !lock_ignoring_poison(&FSYNCED).contains(&real) {
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "the syncer never fsynced {}",
+                real.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(l);
+    }
 
     /// A budget change carries over the alerts still crossed, leaves the
     /// others behind (they fire again when crossed in the new period), and
