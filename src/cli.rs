@@ -179,6 +179,11 @@ pub enum Command {
         /// Cartesia voice id for --speak.
         #[arg(long)]
         voice: Option<String>,
+        /// Language --speak reads the answer in (en, fr, de, es, pt, zh,
+        /// ja, hi, it, ko, nl, pl, ru, sv, tr); default: the answer's own
+        /// when it is clear, else English.
+        #[arg(long)]
+        language: Option<String>,
         #[command(flatten)]
         out: Output,
     },
@@ -556,6 +561,7 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
             user,
             speak,
             voice,
+            language,
             out,
         } => {
             let args = CompleteArgs {
@@ -569,6 +575,7 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
                 user_id: user,
                 speak: speak.then_some(true),
                 voice,
+                language,
                 feedback: None,
                 feedback_owner: None,
             };

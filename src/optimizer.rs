@@ -133,6 +133,13 @@ pub struct CompleteArgs {
     /// Cartesia voice id for `speak` (default: a stock English voice).
     #[serde(default)]
     pub voice: Option<String>,
+    /// Language `speak` reads the answer in, as Cartesia names it (`en`,
+    /// `fr`, `de`, `es`, `pt`, `zh`, `ja`, `hi`, `it`, `ko`, `nl`, `pl`,
+    /// `ru`, `sv`, `tr`). Default: the answer's language when it is clear,
+    /// else English.
+    #[serde(default)]
+    #[schemars(extend("enum" = ["en", "fr", "de", "es", "pt", "zh", "ja", "hi", "it", "ko", "nl", "pl", "ru", "sv", "tr", null]))]
+    pub language: Option<String>,
     /// Rate an earlier answer while asking this prompt: its `request_id`
     /// and a rating (`good`, `ok`, `bad` or 1-5). Recorded before this call
     /// is routed; `ai-cost-optimizer calibrate` learns thresholds from it.
@@ -326,6 +333,12 @@ pub struct Audio {
     pub model: String,
     /// Voice id.
     pub voice: String,
+    /// Language the answer was read in (ISO 639-1).
+    pub language: String,
+    /// How that language was chosen: `asked` (the `language` argument),
+    /// `detected` (from the answer's text) or `default` (English: the
+    /// answer's language was unclear or not one Cartesia's model speaks).
+    pub language_source: &'static str,
     /// What the speech cost, USD (on top of `cost_usd`).
     pub cost_usd: f64,
     /// Why there is no audio, if synthesis failed or was skipped.
@@ -1392,6 +1405,7 @@ impl Optimizer {
         if args.voice.as_deref().is_some_and(|v| !v.trim().is_empty()) && !speak {
             return Err(invalid("voice is only used with speak: true"));
         }
+        let language = validate_language(args.language.as_deref(), speak)?;
         if speak && self.registry.speech().is_none() {
             return Err(invalid(
                 "speak: text-to-speech needs Cartesia; set CARTESIA_API_KEY",
@@ -1844,7 +1858,7 @@ impl Optimizer {
                                 budget_left: budget_limit
                                     .map(|l| l - call_spent - crate::pricing::sane_cost(cost)),
                             };
-                            Some(self.speak(&resp.text, &voice, job).await)
+                            Some(self.speak(&resp.text, &voice, language, job).await)
                         } else {
                             None
                         };
@@ -2161,7 +2175,13 @@ impl Optimizer {
     /// Reads `text` aloud with Cartesia, records the cost, writes the WAV.
     /// Never fails the call: the answer is already paid for, so problems
     /// come back in [`Audio::error`].
-    async fn speak(&self, text: &str, voice: &str, job: SpeechJob<'_>) -> Audio {
+    async fn speak(
+        &self,
+        text: &str,
+        voice: &str,
+        language: Option<&'static str>,
+        job: SpeechJob<'_>,
+    ) -> Audio {
         use crate::providers::cartesia::{self, SpeechRequest};
         let model = cartesia::DEFAULT_MODEL;
         let transcript: String = text
@@ -2170,6 +2190,13 @@ impl Optimizer {
             .take(cartesia::MAX_TRANSCRIPT_CHARS)
             .collect();
         let characters = transcript.chars().count() as u64;
+        let (language, language_source) = match language {
+            Some(l) => (l, "asked"),
+            None => match cartesia::detect_language(&transcript) {
+                Some(l) => (l, "detected"),
+                None => ("en", "default"),
+            },
+        };
         let per_char = self
             .catalog
             .get(&format!("cartesia/{model}"))
@@ -2183,6 +2210,8 @@ impl Optimizer {
             characters,
             model: format!("cartesia/{model}"),
             voice: voice.to_string(),
+            language: language.to_string(),
+            language_source,
             cost_usd: 0.0,
             error: None,
             unrecorded: None,
@@ -2199,6 +2228,7 @@ impl Optimizer {
             transcript,
             model: model.to_string(),
             voice: voice.to_string(),
+            language: language.to_string(),
         };
         let mut retries = 0;
         let mut waited = Duration::ZERO;
@@ -2763,6 +2793,36 @@ struct SpeechJob<'a> {
     /// What the call's `budget_limit` leaves after the answer and any
     /// failed attempts (USD); None without a limit.
     budget_left: Option<f64>,
+}
+
+/// Checks the `language` argument of `complete_prompt`: one of the
+/// languages Cartesia's model speaks, and only with `speak`. `None` (absent
+/// or blank) lets `speak` detect it from the answer.
+fn validate_language(
+    language: Option<&str>,
+    speak: bool,
+) -> Result<Option<&'static str>, ToolError> {
+    use crate::providers::cartesia::LANGUAGES;
+    let Some(l) = language.map(str::trim).filter(|l| !l.is_empty()) else {
+        return Ok(None);
+    };
+    if !speak {
+        return Err(invalid("language is only used with speak: true"));
+    }
+    let lower = l.to_ascii_lowercase();
+    match LANGUAGES.iter().find(|c| **c == lower) {
+        Some(c) => Ok(Some(*c)),
+        // Not echoed when long: an error should not repeat a megabyte.
+        None if l.len() > 16 => Err(invalid(format!(
+            "language: not a language code ({} bytes); use one of {}",
+            l.len(),
+            LANGUAGES.join(", ")
+        ))),
+        None => Err(invalid(format!(
+            "language: {l:?} is not one Cartesia reads aloud; use one of {}",
+            LANGUAGES.join(", ")
+        ))),
+    }
 }
 
 /// Writes audio to `<data dir>/audio/<request id>.wav`, owner-only.

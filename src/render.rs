@@ -228,8 +228,14 @@ pub fn completion(c: &Completion) -> String {
     {
         let _ = writeln!(
             s,
-            "🔊 Audio: {p} ({} characters, {} with {})",
+            "🔊 Audio: {p} ({} characters read in {}{}, {} with {})",
             a.characters,
+            a.language,
+            match a.language_source {
+                "detected" => " (the answer's language)",
+                "default" => " (the answer's language was unclear)",
+                _ => "",
+            },
             usd(a.cost_usd),
             a.model
         );

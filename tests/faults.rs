@@ -1125,6 +1125,77 @@ async fn cartesia_speaks_the_answer_and_survives_faults() {
     s.stop().await;
 }
 
+/// Speech is read in the answer's language: detected when the text makes
+/// it clear, English when it does not, and exactly the one asked for with
+/// `language`; a language Cartesia's model does not speak, or `language`
+/// without `speak`, is refused before anything is spent.
+#[tokio::test]
+async fn speech_is_read_in_the_answers_language() {
+    let french = [
+        "La capitale de la France est Paris,",
+        " une ville connue pour ses musées et sa cuisine.",
+    ];
+    let chat = FakeProvider::start(openai_sse("deepseek-v3.2", &french, usage10())).await;
+    let tts = FakeProvider::start(wav_reply()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(dir.path(), &speech_env(&chat, &tts)).await;
+    let call = |extra: Value| {
+        let mut args = json!({"prompt": "parle-moi de Paris", "tier": "cheap", "speak": true});
+        args.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        args
+    };
+
+    // Detected from the answer.
+    let c = s.ok("complete_prompt", call(json!({}))).await;
+    assert_eq!(tts.requests()[0].body["language"], "fr");
+    assert_eq!(c["audio"]["language"], "fr");
+    assert_eq!(c["audio"]["language_source"], "detected");
+    let shown = text(&s.call("complete_prompt", call(json!({}))).await);
+    assert!(
+        shown.contains("read in fr (the answer's language)"),
+        "{shown}"
+    );
+
+    // Asked for: honoured over the detection (case and spaces forgiven).
+    let c = s
+        .ok("complete_prompt", call(json!({"language": " DE "})))
+        .await;
+    assert_eq!(tts.requests()[2].body["language"], "de");
+    assert_eq!(c["audio"]["language_source"], "asked");
+
+    // Too short to tell: English, and said so.
+    chat.push(openai_sse("deepseek-v3.2", &["Oui."], usage10()));
+    let c = s.ok("complete_prompt", call(json!({}))).await;
+    assert_eq!(tts.requests()[3].body["language"], "en");
+    assert_eq!(c["audio"]["language"], "en");
+    assert_eq!(c["audio"]["language_source"], "default");
+
+    // Refused before any model or Cartesia is called.
+    let before = (chat.requests().len(), tts.requests().len());
+    let e = s
+        .err("complete_prompt", call(json!({"language": "vi"})))
+        .await;
+    assert!(e.contains("\"vi\"") && e.contains("fr, de"), "{e}");
+    let e = s
+        .err(
+            "complete_prompt",
+            call(json!({"language": "x".repeat(100_000)})),
+        )
+        .await;
+    assert!(e.contains("100000 bytes") && e.len() < 300, "{e}");
+    let e = s
+        .err(
+            "complete_prompt",
+            json!({"prompt": "hi", "tier": "cheap", "language": "fr"}),
+        )
+        .await;
+    assert!(e.contains("only used with speak"), "{e}");
+    assert_eq!((chat.requests().len(), tts.requests().len()), before);
+    s.stop().await;
+}
+
 /// `budget_limit` caps the whole call, the audio included: speech that
 /// does not fit in what the answer left is not asked for, and a retry
 /// after a billed failure is not made when it would go past the limit.

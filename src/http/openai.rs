@@ -392,6 +392,7 @@ pub async fn chat_completions(
         user_id: user,
         speak: None,
         voice: None,
+        language: None,
         feedback: None,
         feedback_owner: None,
     };

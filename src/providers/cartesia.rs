@@ -50,6 +50,55 @@ pub fn price_per_char(model: &str) -> Option<f64> {
     PRICES.iter().find(|(m, _)| *m == model).map(|(_, p)| *p)
 }
 
+/// The languages [`DEFAULT_MODEL`] speaks (ISO 639-1, as Cartesia's
+/// `language` field takes them; Cartesia's model documentation lists the
+/// same fifteen for `sonic-2`). Cartesia reads a transcript with the
+/// language's pronunciation, so French text sent as `en` comes out as
+/// English phonetics of French words.
+pub const LANGUAGES: &[&str] = &[
+    "en", "fr", "de", "es", "pt", "zh", "ja", "hi", "it", "ko", "nl", "pl", "ru", "sv", "tr",
+];
+
+/// The language of `text`, if it is one of [`LANGUAGES`] and the guess is
+/// reliable; `None` leaves the choice to the caller (English, as before
+/// detection). Short or mixed texts are often unreliable: a two-word
+/// answer is read as English rather than guessed at. Only the first
+/// [`DETECT_CHARS`] characters are looked at.
+pub fn detect_language(text: &str) -> Option<&'static str> {
+    use whatlang::Lang;
+    let end = text
+        .char_indices()
+        .nth(DETECT_CHARS)
+        .map_or(text.len(), |(i, _)| i);
+    let info = whatlang::detect(&text[..end])?;
+    if !info.is_reliable() {
+        return None;
+    }
+    Some(match info.lang() {
+        Lang::Eng => "en",
+        Lang::Fra => "fr",
+        Lang::Deu => "de",
+        Lang::Spa => "es",
+        Lang::Por => "pt",
+        Lang::Cmn => "zh",
+        Lang::Jpn => "ja",
+        Lang::Hin => "hi",
+        Lang::Ita => "it",
+        Lang::Kor => "ko",
+        Lang::Nld => "nl",
+        Lang::Pol => "pl",
+        Lang::Rus => "ru",
+        Lang::Swe => "sv",
+        Lang::Tur => "tr",
+        _ => return None,
+    })
+}
+
+/// Characters [`detect_language`] reads: a paragraph tells the language
+/// as well as a whole answer, and a 20,000-character answer should not
+/// cost a trigram pass over all of it.
+const DETECT_CHARS: usize = 2_000;
+
 /// Longest transcript sent in one request, in characters.
 pub const MAX_TRANSCRIPT_CHARS: usize = 20_000;
 
@@ -75,6 +124,8 @@ pub struct SpeechRequest {
     pub model: String,
     /// Voice id.
     pub voice: String,
+    /// Language to read the transcript in (one of [`LANGUAGES`]).
+    pub language: String,
 }
 
 /// A Cartesia client.
@@ -104,7 +155,7 @@ impl Cartesia {
             "transcript": req.transcript,
             "voice": {"mode": "id", "id": req.voice},
             "output_format": {"container": "wav", "encoding": "pcm_s16le", "sample_rate": 44100},
-            "language": "en",
+            "language": req.language,
         });
         let mut builder = self
             .config
@@ -251,5 +302,68 @@ mod tests {
     fn prices_are_per_character() {
         assert_eq!(price_per_char("sonic-2"), Some(0.000_05));
         assert_eq!(price_per_char("nope"), None);
+    }
+
+    /// Answers are read in their own language when it is clear, and in
+    /// English when it is not (too short, or a language Cartesia's model
+    /// does not speak).
+    #[test]
+    fn the_answer_language_is_detected_when_clear() {
+        let cases = [
+            (
+                "The capital of France is Paris, a city known for its museums and its food.",
+                Some("en"),
+            ),
+            (
+                "La capitale de la France est Paris, une ville connue pour ses musées et sa cuisine.",
+                Some("fr"),
+            ),
+            (
+                "Die Hauptstadt von Frankreich ist Paris, eine Stadt, die für ihre Museen bekannt ist.",
+                Some("de"),
+            ),
+            (
+                "La capital de Francia es París, una ciudad conocida por sus museos y su comida.",
+                Some("es"),
+            ),
+            (
+                "フランスの首都はパリです。美術館と料理で有名な街です。",
+                Some("ja"),
+            ),
+            (
+                "法国的首都是巴黎，这是一座以博物馆和美食闻名的城市。",
+                Some("zh"),
+            ),
+            (
+                "Столица Франции — Париж, город, известный своими музеями и кухней.",
+                Some("ru"),
+            ),
+            (
+                "프랑스의 수도는 파리이며 박물관과 음식으로 유명한 도시입니다.",
+                Some("ko"),
+            ),
+            // Vietnamese: detected, but not one of sonic-2's languages.
+            (
+                "Thủ đô của Pháp là Paris, một thành phố nổi tiếng với các bảo tàng và ẩm thực.",
+                None,
+            ),
+            ("OK", None),
+            ("", None),
+        ];
+        // Only the start is read: a long French answer with an English
+        // tail is French.
+        let long = format!(
+            "{}{}",
+            "La capitale de la France est Paris, une ville connue pour ses musées. ".repeat(40),
+            "The rest of this answer is in English, a long tail of it. ".repeat(400)
+        );
+        assert_eq!(detect_language(&long), Some("fr"));
+        for (text, want) in cases {
+            let got = detect_language(text);
+            assert_eq!(got, want, "{text}");
+            if let Some(code) = got {
+                assert!(LANGUAGES.contains(&code), "{code}");
+            }
+        }
     }
 }
