@@ -510,6 +510,84 @@ async fn capacity_refusals_keep_their_status() {
     }
 }
 
+/// A call that failed after the core's own retries and fallbacks is a 502
+/// that tells OpenAI's SDKs not to retry it (they retry any 5xx twice by
+/// default, which would repeat every attempt, billed ones included).
+#[tokio::test]
+async fn a_failed_call_tells_openai_clients_not_to_retry() {
+    let fake = FakeProvider::start(openai_error(500, "internal error", "server_error")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = deepseek_env(&fake);
+    env.push(("COST_OPTIMIZER_MAX_RETRIES", "0".into()));
+    let s = start(dir.path(), &env, "127.0.0.1:0");
+    let body = json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]});
+    let r = request(
+        &http(),
+        Method::POST,
+        format!("{}/v1/chat/completions", s.base),
+        None,
+        Some(&body),
+    )
+    .await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["x-should-retry"], "false");
+    let e = json_of(r).await;
+    assert_eq!(e["error"]["code"], "provider_failed", "{e}");
+}
+
+/// An answer the provider stopped for safety is `content_filter` to an
+/// OpenAI client, streamed or not: read as `stop`, a partial answer passes
+/// for a whole one.
+#[tokio::test]
+async fn a_filtered_answer_is_reported_as_content_filter() {
+    let filtered = || {
+        streamed(
+            "text/event-stream",
+            openai_sse_body(
+                "deepseek-v3.2",
+                &["Here is how to"],
+                Some(json!({"prompt_tokens": 4, "completion_tokens": 4})),
+                true,
+            )
+            .replace(
+                "\"finish_reason\":\"stop\"",
+                "\"finish_reason\":\"content_filter\"",
+            ),
+        )
+    };
+    let fake = FakeProvider::start(filtered()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
+    let url = format!("{}/v1/chat/completions", s.base);
+    let body = json!({"model": "deepseek/deepseek-v3.2",
+        "messages": [{"role": "user", "content": "how do I"}]});
+    let r = request(&http(), Method::POST, &url, None, Some(&body)).await;
+    assert_eq!(r.status(), 200);
+    let c = json_of(r).await;
+    assert_eq!(c["choices"][0]["message"]["content"], "Here is how to");
+    assert_eq!(c["choices"][0]["finish_reason"], "content_filter", "{c}");
+
+    let mut body = body;
+    body["stream"] = json!(true);
+    let text = request(&http(), Method::POST, &url, None, Some(&body))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let last = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter(|c| !c["choices"][0]["finish_reason"].is_null())
+        .last()
+        .unwrap_or_else(|| panic!("no finish: {text}"));
+    assert_eq!(
+        last["choices"][0]["finish_reason"], "content_filter",
+        "{text}"
+    );
+}
+
 /// A provider that fails after part of the answer was streamed to an
 /// OpenAI client: that text cannot be taken back, so the call is neither
 /// retried nor sent elsewhere (which would append a second answer to the

@@ -89,12 +89,21 @@ pub fn tool_error_response(e: &ToolError) -> Response {
             "insufficient_quota",
             Some("budget_exceeded"),
         ),
-        ToolError::ProviderFailed(_) => error_response(
-            StatusCode::BAD_GATEWAY,
-            &msg,
-            "api_error",
-            Some("provider_failed"),
-        ),
+        // The core already retried and fell back; OpenAI's SDKs retry
+        // every 5xx twice more on their own unless told not to, which would
+        // repeat all of that, and an attempt cut off after the provider
+        // accepted it (a timeout on a long answer) is billed each time.
+        ToolError::ProviderFailed(_) => {
+            let mut r = error_response(
+                StatusCode::BAD_GATEWAY,
+                &msg,
+                "api_error",
+                Some("provider_failed"),
+            );
+            r.headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
+            r
+        }
         // Capacity, not failure: OpenAI clients back off and retry these.
         ToolError::ProvidersBusy {
             rate_limited,
@@ -248,9 +257,29 @@ fn flatten(messages: &[Message]) -> Result<(Option<String>, String), String> {
     Ok((system, prompt))
 }
 
+/// OpenAI's name for why the answer ended, from the provider's: a
+/// length cut is `length`, a safety stop `content_filter` (OpenAI-style
+/// `content_filter`, Gemini `SAFETY` / `RECITATION` / `BLOCKLIST` /
+/// `PROHIBITED_CONTENT` / `SPII`, Anthropic `refusal`), so a client does not
+/// take a partial, filtered answer for a complete one.
 fn finish_reason(c: &Completion) -> &'static str {
     match c.finish_reason.as_deref().map(str::to_ascii_lowercase) {
         Some(r) if r.contains("max") || r.contains("length") => "length",
+        Some(r)
+            if [
+                "filter",
+                "safety",
+                "recitation",
+                "refusal",
+                "blocklist",
+                "prohibited",
+                "spii",
+            ]
+            .iter()
+            .any(|k| r.contains(k)) =>
+        {
+            "content_filter"
+        }
         _ => "stop",
     }
 }
@@ -603,6 +632,49 @@ impl StreamState {
     }
 }
 
+/// The SSE events after the opening role chunk: each piece of answer text
+/// as it arrives, then the closing events ([`StreamState::finish`]) and
+/// `[DONE]`, also when the call's task ended without a result.
+fn answer_events(
+    st: StreamState,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::unfold(st, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        let bytes = loop {
+            let ev = match st.first.take() {
+                Some(ev) => ev,
+                None => match st.rx.recv().await {
+                    Some(ev) => ev,
+                    // The call's task ended without its result (it
+                    // panicked): close as a failure, or the client would
+                    // take the text so far for a whole answer.
+                    None => Event::Done(Box::new(Err(ToolError::ProviderFailed(
+                        "the call stopped without a result (an internal error); \
+                         the text streamed so far may be incomplete"
+                            .into(),
+                    )))),
+                },
+            };
+            match ev {
+                // A fallback after text was sent: `finish` says so.
+                Event::Attempt(_) => continue,
+                Event::Text(t) => {
+                    let s = sse(&st.chunk(json!({"content": t}), None));
+                    st.sent.push_str(&t);
+                    break s;
+                }
+                Event::Done(r) => {
+                    st.done = true;
+                    break st.finish(*r);
+                }
+            }
+        };
+        Some((Ok::<_, std::io::Error>(Bytes::from(bytes)), st))
+    })
+}
+
 /// The SSE response of a `stream: true` request. It starts when the first
 /// answer text arrives or the call ends, so the headers can name the route
 /// and an early refusal can keep its HTTP status.
@@ -672,31 +744,7 @@ async fn stream(state: AppState, args: CompleteArgs, include_usage: bool) -> Res
     let role = sse(&st.chunk(json!({"role": "assistant", "content": ""}), None));
     let head =
         futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(role)) });
-    let rest = futures_util::stream::unfold(st, |mut st| async move {
-        if st.done {
-            return None;
-        }
-        let bytes = loop {
-            let ev = match st.first.take() {
-                Some(ev) => ev,
-                None => st.rx.recv().await?,
-            };
-            match ev {
-                // A fallback after text was sent: `finish` says so.
-                Event::Attempt(_) => continue,
-                Event::Text(t) => {
-                    let s = sse(&st.chunk(json!({"content": t}), None));
-                    st.sent.push_str(&t);
-                    break s;
-                }
-                Event::Done(r) => {
-                    st.done = true;
-                    break st.finish(*r);
-                }
-            }
-        };
-        Some((Ok::<_, std::io::Error>(Bytes::from(bytes)), st))
-    });
+    let rest = answer_events(st);
     let body = Body::from_stream(futures_util::StreamExt::chain(head, rest));
     headers.insert(
         header::CONTENT_TYPE,
@@ -800,6 +848,42 @@ mod tests {
         .unwrap();
         assert_eq!(system, None);
         assert_eq!(prompt, "User: 2+2?\n\nAssistant: 4\n\nUser: times 3?");
+    }
+
+    /// A call whose task ends without its result (a panic) closes the
+    /// stream with an error event and `[DONE]`: a stream that just stopped
+    /// would pass the text so far off as the whole answer.
+    #[tokio::test]
+    async fn a_stream_whose_call_vanished_ends_with_an_error() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(Event::Text("Half an ans".into())).unwrap();
+        drop(tx);
+        let st = StreamState {
+            rx,
+            first: None,
+            _task: AbortOnDrop(tokio::spawn(async {})),
+            id: "chatcmpl-test".into(),
+            created: 0,
+            model: "auto".into(),
+            sent: String::new(),
+            include_usage: true,
+            done: false,
+        };
+        let parts: Vec<Bytes> = futures_util::StreamExt::collect::<Vec<_>>(answer_events(st))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let text: String = parts
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        assert!(text.contains("Half an ans"), "{text}");
+        assert!(
+            text.contains("\"code\":\"provider_failed\"") && text.contains("internal error"),
+            "{text}"
+        );
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     }
 
     #[test]

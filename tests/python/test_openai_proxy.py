@@ -11,6 +11,7 @@ import json
 import subprocess
 import tempfile
 import threading
+import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler
 
@@ -21,6 +22,8 @@ from fakes import BIN, server_env, start_fake
 
 KEY = "sk-openai-proxy-FAKE-key-7777777777"
 USAGE = {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500}
+# Requests the fake failed (prompts containing "fail-me"), to count retries.
+FAILED = []
 
 
 class FakeDeepSeek(BaseHTTPRequestHandler):
@@ -28,6 +31,15 @@ class FakeDeepSeek(BaseHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802 (http.server API)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if "fail-me" in json.dumps(body.get("messages")):
+            FAILED.append(body["model"])
+            data = json.dumps({"error": {"message": "internal error", "type": "server_error"}}).encode()
+            self.send_response(500)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         if body.get("stream"):
             events = []
             for piece in ["The answer ", "is ", "42."]:
@@ -67,6 +79,9 @@ def server():
             [BIN, "keys", "create", "--user", "py"], env=env, check=True, capture_output=True, text=True
         ).stdout.strip()
         env["COST_OPTIMIZER_HTTP_REQUIRE_AUTH"] = "true"
+        # One attempt per call, so a failed call's upstream requests are
+        # easy to count (the core's own retries are tested in Rust).
+        env["COST_OPTIMIZER_MAX_RETRIES"] = "0"
         proc = subprocess.Popen(
             [BIN, "serve", "--http", "127.0.0.1:0"], env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -160,3 +175,27 @@ def test_wrong_key_and_budget_refusal_raise_typed_errors(server):
         client.chat.completions.create(model="nobody/no-model", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="auto", messages=[])
+
+
+def test_a_failed_call_is_not_retried_by_the_sdk(server):
+    """The core already retried and fell back: its 502 says `x-should-retry:
+    false`, so the SDK (which retries any 5xx twice by default) does not
+    send every attempt, billed ones included, again."""
+    base, key, _ = server
+    messages = [{"role": "user", "content": "fail-me, please"}]
+    req = urllib.request.Request(
+        f"{base}/v1/chat/completions",
+        data=json.dumps({"model": "auto", "messages": messages}).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req)
+    assert refused.value.code == 502
+    assert refused.value.headers["x-should-retry"] == "false"
+    per_call = len(FAILED)
+    assert per_call >= 1
+    FAILED.clear()
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key)  # the SDK's default: 2 retries
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="auto", messages=messages)
+    assert len(FAILED) == per_call, "the SDK sent the failed call again"
