@@ -30,6 +30,8 @@ pub const STORE_PROMPTS_ENV: &str = "COST_OPTIMIZER_STORE_PROMPTS";
 pub const LEDGER_SYNC_ENV: &str = "COST_OPTIMIZER_LEDGER_SYNC";
 /// Env var: total per-request timeout towards a provider, in seconds.
 pub const REQUEST_TIMEOUT_ENV: &str = "COST_OPTIMIZER_REQUEST_TIMEOUT_SECS";
+/// Env var for [`Settings::alert_retry`].
+pub const ALERT_RETRY_ENV: &str = "COST_OPTIMIZER_ALERT_RETRY_SECS";
 /// Env var: longest wait for the next bytes of a provider's reply, in
 /// seconds (the first byte included).
 pub const IDLE_TIMEOUT_ENV: &str = "COST_OPTIMIZER_IDLE_TIMEOUT_SECS";
@@ -126,6 +128,11 @@ pub struct Settings {
     /// (default 15 minutes: long answers from slow local models or
     /// reasoning models must not be cut off while they are still coming).
     pub request_timeout: Duration,
+    /// How often a running server sends budget alerts whose webhook or
+    /// e-mail delivery failed again (default 5 minutes), and how long a
+    /// delivery may go without a recorded attempt before another process
+    /// may take it over. Failed alerts are tried for a day.
+    pub alert_retry: Duration,
     /// Longest silence within one provider request: no first byte, or no
     /// further bytes of a streamed answer, for this long ends it (default
     /// 120 s). This, not the total, is what catches a stalled provider.
@@ -241,6 +248,7 @@ struct FileConfig {
     baseline_model: Option<String>,
     connect_timeout_secs: Option<f64>,
     request_timeout_secs: Option<f64>,
+    alert_retry_secs: Option<f64>,
     idle_timeout_secs: Option<f64>,
     retention_days: Option<u32>,
     ledger_sync: Option<crate::ledger::Durability>,
@@ -369,6 +377,7 @@ impl Settings {
                 file.request_timeout_secs.unwrap_or(900.0),
             )?,
             idle_timeout: secs("idle_timeout_secs", file.idle_timeout_secs.unwrap_or(120.0))?,
+            alert_retry: secs("alert_retry_secs", file.alert_retry_secs.unwrap_or(300.0))?,
             max_retries: file.max_retries.unwrap_or(2),
             retry_base: Duration::from_millis(file.retry_base_ms.unwrap_or(500)),
             max_retry_wait: secs(
@@ -447,6 +456,14 @@ impl Settings {
                 REQUEST_TIMEOUT_ENV,
                 v.trim().parse().with_context(|| {
                     format!("{REQUEST_TIMEOUT_ENV}={v:?} is not a number of seconds")
+                })?,
+            )?;
+        }
+        if let Some(v) = non_empty(env(ALERT_RETRY_ENV)) {
+            settings.alert_retry = secs(
+                ALERT_RETRY_ENV,
+                v.trim().parse().with_context(|| {
+                    format!("{ALERT_RETRY_ENV}={v:?} is not a number of seconds")
                 })?,
             )?;
         }

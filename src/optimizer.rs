@@ -361,8 +361,12 @@ pub struct Completion {
     /// Tier the model came from; null for a model forced by the caller
     /// that is in no routing tier (reports count it as `forced`).
     pub tier: Option<Tier>,
-    /// What this call cost, USD.
+    /// What the answer cost, USD (the attempt that answered).
     pub cost_usd: f64,
+    /// What earlier attempts of this call were charged, USD: attempts cut
+    /// off after the provider accepted them (it bills them), recorded in
+    /// the ledger under the same `request_id`. Usually 0.
+    pub failed_attempts_cost_usd: f64,
     /// How the cost was determined (provider, catalog, local, unpriced).
     pub cost_source: CostSource,
     /// Token counts reported by the provider.
@@ -911,6 +915,19 @@ impl Optimizer {
             .clone()
             .or_else(|| self.settings.alert_webhook.clone());
         if hook.is_some() || self.settings.alert_email.is_some() {
+            // Recorded before anything is sent: killed before the first
+            // attempt ends, this process leaves the next one a trace to
+            // send the alert from.
+            let now = self.now();
+            let channels = [
+                ("webhook", hook.is_some()),
+                ("email", self.settings.alert_email.is_some()),
+            ];
+            for (channel, _) in channels.iter().filter(|(_, used)| *used) {
+                if let Err(e) = ledger.queue_delivery(alert.id, channel, now) {
+                    tracing::warn!(error = %e, channel, "could not record a budget alert's delivery as queued");
+                }
+            }
             self.spawn_delivery(ledger.clone(), hook, true, alert.clone());
         }
     }
@@ -964,7 +981,8 @@ impl Optimizer {
         let since = now - 86_400_000;
         // A round in progress in another process is left alone: its
         // attempts are minutes apart at most.
-        let quiet_before = now - 300_000;
+        let quiet_before =
+            now - i64::try_from(self.settings.alert_retry.as_millis()).unwrap_or(300_000);
         let rounds = budget::alerts::WEBHOOK_ATTEMPTS;
         let mut started = 0;
         let mut ids = std::collections::BTreeMap::<i64, (AlertRow, bool, bool)>::new();
@@ -1014,6 +1032,26 @@ impl Optimizer {
             started += 1;
         }
         started
+    }
+
+    /// Sends failed alerts again now and then every
+    /// [`Settings::alert_retry`](crate::config::Settings::alert_retry),
+    /// for as long as the server runs: a receiver that was down for a few
+    /// seconds (three attempts about a second apart) must not leave an
+    /// alert unsent until the next restart. Stops when the core is gone.
+    pub fn keep_redelivering_alerts(core: &Arc<Optimizer>) -> tokio::task::JoinHandle<()> {
+        let every = core.settings.alert_retry;
+        let core = Arc::downgrade(core);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(core) = core.upgrade() else { return };
+                // Ledger reads and claims: off the runtime's workers.
+                let _ = tokio::task::spawn_blocking(move || core.redeliver_failed_alerts()).await;
+            }
+        })
     }
 
     /// Waits for webhook deliveries still running (the CLI calls this
@@ -1893,6 +1931,7 @@ impl Optimizer {
                             provider: cand.provider,
                             tier: routed_tier(cand),
                             cost_usd: cost,
+                            failed_attempts_cost_usd: call_spent,
                             cost_source: source,
                             tokens: resp.usage.into(),
                             complexity: Complexity {

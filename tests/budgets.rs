@@ -575,6 +575,110 @@ async fn failing_and_unreachable_webhooks_are_retried_and_recorded() {
 /// Changing only the limit keeps the budget's other settings: a weekly
 /// `warn` budget in Berlin with its own thresholds and webhook stays all of
 /// that; each setting given changes only itself.
+/// A receiver that is down for a moment misses the first round of three
+/// quick attempts; a running server sends the alert again a few minutes
+/// later (`alert_retry`, one second here), not only at its next start.
+#[tokio::test]
+async fn a_running_server_sends_a_failed_alert_again() {
+    let provider = FakeProvider::start(haiku(0)).await;
+    let hook = FakeProvider::start(Reply::json(200, json!({"ok": true}))).await;
+    for _ in 0..3 {
+        hook.push(Reply::json(503, json!({"error": "down"})));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("ANTHROPIC_API_KEY", KEY.into()),
+            ("ANTHROPIC_BASE_URL", provider.base.clone()),
+            ("COST_OPTIMIZER_ALERT_RETRY_SECS", "1".into()),
+            ("COST_OPTIMIZER_RETRY_BASE_MS", "20".into()),
+        ],
+    )
+    .await;
+    s.ok(
+        "set_budget",
+        json!({"monthly_limit": 0.002, "alert_thresholds": [0.5], "mode": "warn", "user_id": "u1",
+               "webhook_url": format!("{}/hook", hook.base)}),
+    )
+    .await;
+    let c = s.ok("complete_prompt", call_args("u1", 300)).await;
+    assert_eq!(c["alerts"].as_array().unwrap().len(), 1);
+    let started = std::time::Instant::now();
+    while hook.requests().len() < 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not sent again while running: {:?}",
+            hook.requests().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Long enough for a second, wrong, round to arrive.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = hook.requests();
+    assert_eq!(got.len(), 4, "sent again once");
+    assert!(
+        got[3].body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Sent again"),
+        "{:?}",
+        got[3].body
+    );
+    s.stop().await;
+}
+
+/// An alert whose delivery never got to its first attempt (the server was
+/// killed while the receiver was still answering its first POST) is sent
+/// by the next server, as a failed one is: the ledger had no trace of it.
+#[tokio::test]
+async fn an_alert_cut_off_before_its_first_attempt_is_sent_by_the_next_server() {
+    let provider = FakeProvider::start(haiku(0)).await;
+    let hook = FakeProvider::start(Reply::json(200, json!({"ok": true}))).await;
+    hook.push(Reply::json(200, json!({"ok": true})).delayed(Duration::from_secs(20)));
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("ANTHROPIC_API_KEY", KEY.to_string()),
+        ("ANTHROPIC_BASE_URL", provider.base.clone()),
+        ("COST_OPTIMIZER_ALERT_RETRY_SECS", "1".into()),
+    ];
+    let mut raw = spawn_raw(dir.path(), &env);
+    raw.init().await;
+    raw.call(
+        1,
+        "set_budget",
+        json!({"monthly_limit": 0.002, "alert_thresholds": [0.5], "mode": "warn", "user_id": "u1",
+               "webhook_url": format!("{}/hook", hook.base)}),
+    )
+    .await;
+    raw.reply(1, Duration::from_secs(30)).await;
+    raw.call(2, "complete_prompt", call_args("u1", 300)).await;
+    let r = raw.reply(2, Duration::from_secs(30)).await;
+    assert_eq!(
+        r["result"]["structuredContent"]["alerts"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "{r}"
+    );
+    assert_eq!(wait_for(&hook, 1).await.len(), 1, "first POST in flight");
+    raw.kill().await;
+    let path = dir.path().join("ledger.sqlite3");
+    let ledger = Ledger::open(&path).unwrap();
+    let alert = ledger.alerts(Some("u1"), 10).unwrap().remove(0);
+    assert!(ledger.deliveries(alert.id).unwrap().is_empty());
+    drop(ledger);
+    // Past the window in which a delivery is left to the process that
+    // queued it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let s = spawn(dir.path(), &env).await;
+    assert_eq!(wait_for(&hook, 2).await.len(), 2, "sent by the next server");
+    s.stop().await;
+    let ledger = Ledger::open(&path).unwrap();
+    assert!(ledger.deliveries(alert.id).unwrap().iter().any(|d| d.ok));
+}
+
 #[tokio::test]
 async fn updating_a_budget_changes_only_what_is_given() {
     let dir = tempfile::tempdir().unwrap();

@@ -413,6 +413,9 @@ impl Harness {
     async fn expect_recovery_after_cutoff(&mut self, what: &str) {
         self.cost += self.cut_off_cost(true);
         let c = self.expect_recovery(what, 1).await;
+        // The answer's cost and, beside it, what the cut-off attempt was
+        // charged: both are in the ledger under this request id.
+        assert_usd(&c["failed_attempts_cost_usd"], self.cut_off_cost(true));
         let warning = c["warning"].as_str().unwrap_or_default().to_string();
         let note = self.cut_off_note(true);
         match self.name {

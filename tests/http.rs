@@ -588,6 +588,64 @@ async fn a_filtered_answer_is_reported_as_content_filter() {
     );
 }
 
+/// An attempt cut off after the provider accepted it is charged (it may
+/// be billed), then the call is retried: `x-cost-usd` is what the call
+/// cost the budget, both attempts, as the ledger has it.
+#[tokio::test]
+async fn the_cost_header_counts_charged_failed_attempts() {
+    let ok = openai_sse(
+        "deepseek-v3.2",
+        &["Paris."],
+        json!({"prompt_tokens": 10, "completion_tokens": 3}),
+    );
+    let fake = FakeProvider::start(ok).await;
+    fake.push(
+        streamed(
+            "text/event-stream",
+            openai_sse_body("deepseek-v3.2", &["A long answer, cut"], None, false),
+        )
+        .reset_after_body(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
+    let body = json!({"model": "deepseek/deepseek-v3.2",
+        "messages": [{"role": "user", "content": "Capital of France?"}]});
+    let r = request(
+        &http(),
+        Method::POST,
+        format!("{}/v1/chat/completions", s.base),
+        None,
+        Some(&body),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let header: f64 = r.headers()["x-cost-usd"].to_str().unwrap().parse().unwrap();
+    let c = json_of(r).await;
+    assert_eq!(fake.requests().len(), 2, "retried after the cut");
+    let answer = c["x_optimizer"]["cost_usd"].as_f64().unwrap();
+    let failed = c["x_optimizer"]["failed_attempts_cost_usd"]
+        .as_f64()
+        .unwrap();
+    assert!(failed > 0.0, "{c}");
+    assert!((header - (answer + failed)).abs() < 1e-9, "{header} vs {c}");
+    let usage = json_of(
+        request(
+            &http(),
+            Method::GET,
+            format!("{}/v1/usage", s.base),
+            None,
+            None,
+        )
+        .await,
+    )
+    .await;
+    let total = usage["total_cost_usd"].as_f64().unwrap();
+    assert!(
+        (total - header).abs() < 1e-9,
+        "ledger {total} vs header {header}"
+    );
+}
+
 /// A provider that fails after part of the answer was streamed to an
 /// OpenAI client: that text cannot be taken back, so the call is neither
 /// retried nor sent elsewhere (which would append a second answer to the

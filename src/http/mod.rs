@@ -550,7 +550,7 @@ pub async fn serve_http(core: Arc<Optimizer>, addr: &str) -> Result<()> {
     tracing::info!(%bound, auth = server.state.require_auth, "HTTP server ready");
     // A stable line for scripts and tests that bind port 0.
     eprintln!("ai-cost-optimizer: listening on http://{bound}");
-    server.state.core.redeliver_failed_alerts();
+    let _redelivery = Optimizer::keep_redelivering_alerts(&server.state.core);
     server.run(listener).await
 }
 

@@ -303,6 +303,7 @@ fn optimizer_json(c: &Completion) -> Value {
         "tier": c.tier.map(|t| t.as_str()),
         "complexity": c.complexity.score,
         "cost_usd": c.cost_usd,
+        "failed_attempts_cost_usd": c.failed_attempts_cost_usd,
         "cost_source": c.cost_source,
         "savings_usd": c.savings_usd,
         "request_id": c.request_id,
@@ -319,7 +320,12 @@ fn route_headers(h: &mut HeaderMap, c: &Completion) {
     insert_headers(
         h,
         [
-            ("x-cost-usd", format!("{:.9}", c.cost_usd)),
+            // What the call cost the budget: attempts cut off after the
+            // provider accepted them are charged too (same request id).
+            (
+                "x-cost-usd",
+                format!("{:.9}", c.cost_usd + c.failed_attempts_cost_usd),
+            ),
             ("x-routed-model", c.model.clone()),
             ("x-routed-provider", c.provider.as_str().to_string()),
             (

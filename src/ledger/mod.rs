@@ -392,6 +392,11 @@ impl Durability {
 /// fsync: the most a power cut can lose.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
+/// The `attempt` of the row [`Ledger::queue_delivery`] writes before an
+/// alert's first delivery attempt (claims for sending again are 0, real
+/// attempts 1 and up).
+pub const QUEUED_ATTEMPT: i64 = -1;
+
 /// Rows [`Ledger::prune`] deletes per transaction: a few milliseconds of
 /// write lock each.
 const PRUNE_BATCH: usize = 500;
@@ -922,6 +927,29 @@ impl Ledger {
         tx.commit().map_err(|e| self.err(e))
     }
 
+    /// Records that `alert_id` is about to be sent on `channel`, before its
+    /// first attempt: a process killed before that attempt ends (a POST
+    /// can take seconds) would otherwise leave no trace, and the alert
+    /// would never be sent. The row is attempt -1 ([`QUEUED_ATTEMPT`]):
+    /// not an attempt ([`Ledger::deliveries`] leaves it out) and not a
+    /// redelivery claim (attempt 0), but it dates the delivery, so other
+    /// processes leave it alone for a while ([`Ledger::undelivered_alerts`]).
+    pub fn queue_delivery(
+        &self,
+        alert_id: i64,
+        channel: &str,
+        now_ms: i64,
+    ) -> Result<(), LedgerError> {
+        self.lock()
+            .execute(
+                "INSERT INTO alert_deliveries (alert_id, channel, target, attempt, ok, status, error, ts_ms)
+                 VALUES (?1, ?2, NULL, ?4, 0, NULL, 'queued for sending', ?3)",
+                params![alert_id, channel, now_ms, QUEUED_ATTEMPT],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
     /// Records one delivery attempt of an alert.
     pub fn record_delivery(&self, d: &DeliveryRow, now_ms: i64) -> Result<(), LedgerError> {
         self.lock()
@@ -951,11 +979,13 @@ impl Ledger {
 
     /// Alerts created since `since_ms` whose delivery on `channel`
     /// (`webhook`, `email`) failed and never succeeded, oldest first: a
-    /// round of `round` attempts ended, or its last attempt was before
-    /// `quiet_before_ms` (a process that stopped mid-round). Only the
-    /// attempts since the alert was (re-)created count: a re-armed alert
-    /// keeps its id. For sending again when a server starts; claim each
-    /// with [`Ledger::claim_redelivery`] first.
+    /// round of `round` attempts ended, or its last attempt (or the row
+    /// [`Ledger::queue_delivery`] wrote before the first) was before
+    /// `quiet_before_ms`: a process that stopped mid-round, or before its
+    /// first attempt. Only the attempts since the alert was (re-)created
+    /// count: a re-armed alert keeps its id. For sending again, when a
+    /// server starts and then every few minutes; claim each with
+    /// [`Ledger::claim_redelivery`] first.
     pub fn undelivered_alerts(
         &self,
         channel: &str,

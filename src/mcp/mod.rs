@@ -488,7 +488,7 @@ pub async fn serve_stdio(core: Arc<Optimizer>) -> anyhow::Result<()> {
         .serve(stdio::StdioTransport::new(stdin, stdout))
         .await?;
     tracing::info!("MCP server ready on stdio");
-    core.redeliver_failed_alerts();
+    let _redelivery = Optimizer::keep_redelivering_alerts(&core);
     let reason = running.waiting().await?;
     tracing::info!(?reason, "MCP client disconnected");
     // Alert deliveries run in the background; a client that hangs up right
