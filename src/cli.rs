@@ -576,6 +576,9 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
                 speak: speak.then_some(true),
                 voice,
                 language,
+                temperature: None,
+                top_p: None,
+                seed: None,
                 feedback: None,
                 feedback_owner: None,
             };

@@ -140,6 +140,18 @@ pub struct CompleteArgs {
     #[serde(default)]
     #[schemars(extend("enum" = ["en", "fr", "de", "es", "pt", "zh", "ja", "hi", "it", "ko", "nl", "pl", "ru", "sv", "tr", null]))]
     pub language: Option<String>,
+    /// Sampling temperature, 0-2 (default: the provider's). Anthropic
+    /// takes at most 1: higher is sent as 1.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Nucleus sampling, (0, 1] (default: the provider's). Not sent to
+    /// Anthropic together with `temperature` (its newer models refuse both).
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Seed for repeatable sampling where the provider supports one
+    /// (Gemini, the OpenAI-compatible APIs, Ollama; not Anthropic).
+    #[serde(default)]
+    pub seed: Option<i64>,
     /// Rate an earlier answer while asking this prompt: its `request_id`
     /// and a rating (`good`, `ok`, `bad` or 1-5). Recorded before this call
     /// is routed; `ai-cost-optimizer calibrate` learns thresholds from it.
@@ -1444,6 +1456,7 @@ impl Optimizer {
             return Err(invalid("voice is only used with speak: true"));
         }
         let language = validate_language(args.language.as_deref(), speak)?;
+        let sampling = validate_sampling(args.temperature, args.top_p, args.seed)?;
         if speak && self.registry.speech().is_none() {
             return Err(invalid(
                 "speak: text-to-speech needs Cartesia; set CARTESIA_API_KEY",
@@ -1745,6 +1758,7 @@ impl Optimizer {
                     cand.estimated_input_tokens,
                 );
                 let req = ChatRequest {
+                    sampling,
                     model: api_model_name(&cand.model),
                     system: system.map(str::to_string),
                     prompt: prompt.to_string(),
@@ -2832,6 +2846,34 @@ struct SpeechJob<'a> {
     /// What the call's `budget_limit` leaves after the answer and any
     /// failed attempts (USD); None without a limit.
     budget_left: Option<f64>,
+}
+
+/// Checks `complete_prompt`'s sampling options against the range every
+/// provider accepts (OpenAI's): a temperature of 0-2, a top_p in (0, 1].
+fn validate_sampling(
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    seed: Option<i64>,
+) -> Result<crate::providers::Sampling, ToolError> {
+    if let Some(t) = temperature
+        && !(t.is_finite() && (0.0..=2.0).contains(&t))
+    {
+        return Err(invalid(format!(
+            "temperature must be between 0 and 2, got {t}"
+        )));
+    }
+    if let Some(p) = top_p
+        && !(p.is_finite() && p > 0.0 && p <= 1.0)
+    {
+        return Err(invalid(format!(
+            "top_p must be more than 0 and at most 1, got {p}"
+        )));
+    }
+    Ok(crate::providers::Sampling {
+        temperature,
+        top_p,
+        seed,
+    })
 }
 
 /// Checks the `language` argument of `complete_prompt`: one of the

@@ -646,6 +646,43 @@ async fn the_cost_header_counts_charged_failed_attempts() {
     );
 }
 
+/// OpenAI's sampling options reach the provider (they were dropped, so
+/// `temperature: 0` evaluations ran at the provider's default); out of
+/// range they are a 400, as at OpenAI.
+#[tokio::test]
+async fn sampling_options_are_passed_on() {
+    let fake = FakeProvider::start(openai_sse(
+        "deepseek-v3.2",
+        &["4"],
+        json!({"prompt_tokens": 5, "completion_tokens": 1}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
+    let url = format!("{}/v1/chat/completions", s.base);
+    let body = json!({"model": "deepseek/deepseek-v3.2", "temperature": 0, "top_p": 0.5, "seed": 7,
+        "messages": [{"role": "user", "content": "2+2?"}]});
+    let r = request(&http(), Method::POST, &url, None, Some(&body)).await;
+    assert_eq!(r.status(), 200);
+    let sent = &fake.requests()[0].body;
+    assert_eq!(sent["temperature"], json!(0.0), "{sent}");
+    assert_eq!(sent["top_p"], json!(0.5), "{sent}");
+    assert_eq!(sent["seed"], json!(7), "{sent}");
+    let mut bad = body.clone();
+    bad["temperature"] = json!(3);
+    let r = request(&http(), Method::POST, &url, None, Some(&bad)).await;
+    assert_eq!(r.status(), 400);
+    let e = json_of(r).await;
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("temperature"),
+        "{e}"
+    );
+    assert_eq!(fake.requests().len(), 1);
+}
+
 /// A provider that fails after part of the answer was streamed to an
 /// OpenAI client: that text cannot be taken back, so the call is neither
 /// retried nor sent elsewhere (which would append a second answer to the

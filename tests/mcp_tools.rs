@@ -1348,3 +1348,129 @@ async fn a_models_rate_limit_falls_back_to_the_same_providers_next_model() {
     );
     s.stop().await;
 }
+
+/// Sampling options reach each provider in its own API's words:
+/// OpenAI-compatible `temperature` / `top_p` / `seed`, Gemini's
+/// `generationConfig`, Ollama's `options`, and Anthropic's one of
+/// temperature (at most 1) and top_p, without a seed. Out of range, they
+/// are refused before anything is sent.
+#[tokio::test]
+async fn sampling_options_reach_every_provider() {
+    let deepseek = FakeProvider::start(openai_sse(
+        "deepseek-v3.2",
+        &["ok"],
+        json!({"prompt_tokens": 5, "completion_tokens": 1}),
+    ))
+    .await;
+    let gemini = FakeProvider::start(gemini_sse(
+        "gemini-2.5-flash-lite",
+        &["ok"],
+        json!({"promptTokenCount": 5, "candidatesTokenCount": 1, "totalTokenCount": 6}),
+    ))
+    .await;
+    let anthropic = FakeProvider::start(anthropic_sse(
+        "claude-haiku-4-5",
+        &["ok"],
+        json!({"input_tokens": 5, "output_tokens": 1}),
+        1,
+    ))
+    .await;
+    let ollama = FakeProvider::start(ollama_ndjson("llama3.1", &["ok"], 5, 1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", DEEPSEEK_KEY.into()),
+            ("DEEPSEEK_BASE_URL", deepseek.base.clone()),
+            ("GEMINI_API_KEY", "AIza-FAKE-gemini-key-5555555555".into()),
+            ("GEMINI_BASE_URL", gemini.base.clone()),
+            ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.into()),
+            ("ANTHROPIC_BASE_URL", anthropic.base.clone()),
+            ("OLLAMA_HOST", ollama.base.clone()),
+        ],
+    )
+    .await;
+    let call = |model: &str, sampling: Value| {
+        let mut args = json!({"prompt": "Say ok.", "force_model": model, "max_tokens": 16});
+        args.as_object_mut()
+            .unwrap()
+            .extend(sampling.as_object().unwrap().clone());
+        args
+    };
+    let all = json!({"temperature": 1.5, "top_p": 0.9, "seed": 42});
+
+    s.ok(
+        "complete_prompt",
+        call("deepseek/deepseek-v3.2", all.clone()),
+    )
+    .await;
+    let b = &deepseek.requests()[0].body;
+    assert_eq!(
+        (&b["temperature"], &b["top_p"], &b["seed"]),
+        (&json!(1.5), &json!(0.9), &json!(42)),
+        "{b}"
+    );
+
+    s.ok(
+        "complete_prompt",
+        call("gemini/gemini-2.5-flash-lite", all.clone()),
+    )
+    .await;
+    let g = &gemini.requests()[0].body["generationConfig"];
+    assert_eq!(
+        (&g["temperature"], &g["topP"], &g["seed"]),
+        (&json!(1.5), &json!(0.9), &json!(42)),
+        "{g}"
+    );
+
+    s.ok("complete_prompt", call("ollama/llama3.1", all.clone()))
+        .await;
+    let o = &ollama.requests()[0].body["options"];
+    assert_eq!(
+        (&o["temperature"], &o["top_p"], &o["seed"]),
+        (&json!(1.5), &json!(0.9), &json!(42)),
+        "{o}"
+    );
+
+    s.ok(
+        "complete_prompt",
+        call("anthropic/claude-haiku-4-5", all.clone()),
+    )
+    .await;
+    let a = &anthropic.requests()[0].body;
+    assert_eq!(a["temperature"], json!(1.0), "capped at Anthropic's 1: {a}");
+    assert!(a.get("top_p").is_none() && a.get("seed").is_none(), "{a}");
+    s.ok(
+        "complete_prompt",
+        call("anthropic/claude-haiku-4-5", json!({"top_p": 0.5})),
+    )
+    .await;
+    assert_eq!(anthropic.requests()[1].body["top_p"], json!(0.5));
+
+    // Nothing asked, nothing sent: the provider's defaults stand.
+    s.ok("complete_prompt", call("deepseek/deepseek-v3.2", json!({})))
+        .await;
+    let b = &deepseek.requests()[1].body;
+    assert!(
+        b.get("temperature").is_none() && b.get("seed").is_none(),
+        "{b}"
+    );
+
+    let sent = deepseek.requests().len();
+    for (bad, needle) in [
+        (json!({"temperature": 2.5}), "temperature"),
+        (json!({"temperature": -0.1}), "temperature"),
+        (json!({"top_p": 0}), "top_p"),
+        (json!({"top_p": 1.5}), "top_p"),
+    ] {
+        let e = s
+            .err(
+                "complete_prompt",
+                call("deepseek/deepseek-v3.2", bad.clone()),
+            )
+            .await;
+        assert!(e.contains(needle), "{bad}: {e}");
+    }
+    assert_eq!(deepseek.requests().len(), sent, "refused before sending");
+    s.stop().await;
+}

@@ -13,8 +13,10 @@
 //!   multi-turn format.
 //! - **Model.** `auto` (or no model) routes by complexity; anything else is
 //!   honoured as `force_model` (`provider/model`, or a bare catalog id).
-//! - **Sampling options** (`temperature`, `top_p`, `stop`, …) are accepted and
-//!   ignored; `n > 1`, tools and non-text content are refused with 400.
+//! - **Sampling options.** `temperature`, `top_p` and `seed` are passed on
+//!   (validated to OpenAI's ranges; each provider gets what its API has);
+//!   the penalties and the like are accepted and ignored; `n > 1`, `stop`,
+//!   tools and non-text content are refused with 400.
 //! - **Extensions** in the body: `tier`, `provider`, `budget_limit` (USD).
 //! - **Streaming.** The response starts when the first answer text arrives
 //!   (or the call ends), so its headers name the model that is answering
@@ -176,6 +178,12 @@ struct ChatBody {
     stop: Option<Value>,
     #[serde(default)]
     logprobs: Option<bool>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    #[serde(default)]
+    seed: Option<i64>,
     // Extensions.
     #[serde(default)]
     tier: Option<String>,
@@ -428,6 +436,9 @@ pub async fn chat_completions(
         speak: None,
         voice: None,
         language: None,
+        temperature: req.temperature,
+        top_p: req.top_p,
+        seed: req.seed,
         feedback: None,
         feedback_owner: None,
     };

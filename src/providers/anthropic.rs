@@ -56,6 +56,13 @@ impl Provider for Anthropic {
         if let Some(system) = &req.system {
             body["system"] = json!(system);
         }
+        // Anthropic's range is 0-1 (OpenAI's 0-2), and its newer models
+        // refuse temperature and top_p together: temperature wins.
+        match (req.sampling.temperature, req.sampling.top_p) {
+            (Some(t), _) => body["temperature"] = json!(t.clamp(0.0, 1.0)),
+            (None, Some(p)) => body["top_p"] = json!(p),
+            (None, None) => {}
+        }
         let mut builder = self
             .config
             .http

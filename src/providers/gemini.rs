@@ -54,6 +54,16 @@ impl Provider for Gemini {
         if let Some(system) = &req.system {
             body["systemInstruction"] = json!({"parts": [{"text": system}]});
         }
+        let s = req.sampling;
+        if let Some(t) = s.temperature {
+            body["generationConfig"]["temperature"] = json!(t);
+        }
+        if let Some(p) = s.top_p {
+            body["generationConfig"]["topP"] = json!(p);
+        }
+        if let Some(seed) = s.seed {
+            body["generationConfig"]["seed"] = json!(seed);
+        }
         // Model names may contain characters that need escaping in a path.
         let model: String = req
             .model

@@ -164,6 +164,20 @@ pub fn token_count(v: Option<&serde_json::Value>) -> u64 {
     n.min(MAX_REPORTED_TOKENS)
 }
 
+/// Sampling options the caller asked for; `None` leaves the provider's
+/// default. Each client sends what its API has: Anthropic takes one of
+/// temperature (at most 1) and top_p and no seed, Gemini, the
+/// OpenAI-compatible APIs and Ollama take all three.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sampling {
+    /// Randomness, 0 (most deterministic) to 2.
+    pub temperature: Option<f64>,
+    /// Nucleus sampling: the probability mass sampled from, (0, 1].
+    pub top_p: Option<f64>,
+    /// Seed for repeatable sampling, where the provider supports it.
+    pub seed: Option<i64>,
+}
+
 /// One chat call, as a provider client receives it.
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
@@ -180,6 +194,8 @@ pub struct ChatRequest {
     pub input_tokens_estimate: u64,
     /// The model's context window in the pricing catalog, when known.
     pub context_window: Option<u64>,
+    /// Sampling options, as asked.
+    pub sampling: Sampling,
 }
 
 /// A provider's answer.

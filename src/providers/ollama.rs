@@ -130,6 +130,16 @@ impl Provider for Ollama {
         if let Some(n) = num_ctx(req) {
             options["num_ctx"] = json!(n);
         }
+        let s = req.sampling;
+        if let Some(t) = s.temperature {
+            options["temperature"] = json!(t);
+        }
+        if let Some(p) = s.top_p {
+            options["top_p"] = json!(p);
+        }
+        if let Some(seed) = s.seed {
+            options["seed"] = json!(seed);
+        }
         let body = json!({
             "model": req.model,
             "messages": messages,
@@ -284,6 +294,7 @@ mod tests {
             max_tokens,
             input_tokens_estimate: input,
             context_window: window,
+            sampling: Default::default(),
         }
     }
 

@@ -47,14 +47,25 @@ impl OpenAiCompatible {
         } else {
             "max_tokens"
         };
-        json!({
+        let mut body = json!({
             "model": req.model,
             "messages": messages,
             limit_field: req.max_tokens,
             "stream": true,
             // Without this the stream carries no usage, and cost is unknown.
             "stream_options": {"include_usage": true},
-        })
+        });
+        let s = req.sampling;
+        if let Some(t) = s.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some(p) = s.top_p {
+            body["top_p"] = json!(p);
+        }
+        if let Some(seed) = s.seed {
+            body["seed"] = json!(seed);
+        }
+        body
     }
 }
 
