@@ -141,6 +141,18 @@ impl ClientHandler for LogClient {
     }
 }
 
+/// `r` is an alert delivered again, marked so in its message.
+fn assert_sent_again(r: &Recorded) {
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Sent again"),
+        "{:?}",
+        r.body
+    );
+}
+
 async fn wait_for(fake: &FakeProvider, n: usize) -> Vec<Recorded> {
     for _ in 0..200 {
         if fake.requests().len() >= n {
@@ -551,14 +563,7 @@ async fn failing_and_unreachable_webhooks_are_retried_and_recorded() {
         }
         let got = wait_for(&broken, 4).await;
         assert_eq!(got.len(), 4, "sent again once: {got:?}");
-        assert!(
-            got[3].body["message"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("Sent again"),
-            "{:?}",
-            got[3].body
-        );
+        assert_sent_again(&got[3]);
         // Long enough for a second, wrong, delivery to arrive.
         tokio::time::sleep(Duration::from_millis(500)).await;
         for s in running {
@@ -617,14 +622,7 @@ async fn a_running_server_sends_a_failed_alert_again() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let got = hook.requests();
     assert_eq!(got.len(), 4, "sent again once");
-    assert!(
-        got[3].body["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("Sent again"),
-        "{:?}",
-        got[3].body
-    );
+    assert_sent_again(&got[3]);
     s.stop().await;
 }
 

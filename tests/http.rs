@@ -149,6 +149,18 @@ async fn json_of(r: reqwest::Response) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
 }
 
+/// `POST /v1/chat/completions` with `body`, no key.
+async fn chat(s: &HttpServer, body: &Value) -> reqwest::Response {
+    request(
+        &http(),
+        Method::POST,
+        format!("{}/v1/chat/completions", s.base),
+        None,
+        Some(body),
+    )
+    .await
+}
+
 fn create_key(dir: &Path, user: &str, admin: bool) -> (String, String) {
     let mut args = vec!["keys", "create", "--user", user];
     if admin {
@@ -493,14 +505,7 @@ async fn capacity_refusals_keep_their_status() {
         let dir = tempfile::tempdir().unwrap();
         let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
         let body = json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]});
-        let r = request(
-            &http(),
-            Method::POST,
-            format!("{}/v1/chat/completions", s.base),
-            None,
-            Some(&body),
-        )
-        .await;
+        let r = chat(&s, &body).await;
         assert_eq!(r.status(), want);
         // The provider's own wait is passed on to the client.
         assert_eq!(r.headers()["retry-after"], "1");
@@ -521,14 +526,7 @@ async fn a_failed_call_tells_openai_clients_not_to_retry() {
     env.push(("COST_OPTIMIZER_MAX_RETRIES", "0".into()));
     let s = start(dir.path(), &env, "127.0.0.1:0");
     let body = json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]});
-    let r = request(
-        &http(),
-        Method::POST,
-        format!("{}/v1/chat/completions", s.base),
-        None,
-        Some(&body),
-    )
-    .await;
+    let r = chat(&s, &body).await;
     assert_eq!(r.status(), 502);
     assert_eq!(r.headers()["x-should-retry"], "false");
     let e = json_of(r).await;
@@ -610,14 +608,7 @@ async fn the_cost_header_counts_charged_failed_attempts() {
     let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
     let body = json!({"model": "deepseek/deepseek-v3.2",
         "messages": [{"role": "user", "content": "Capital of France?"}]});
-    let r = request(
-        &http(),
-        Method::POST,
-        format!("{}/v1/chat/completions", s.base),
-        None,
-        Some(&body),
-    )
-    .await;
+    let r = chat(&s, &body).await;
     assert_eq!(r.status(), 200);
     let header: f64 = r.headers()["x-cost-usd"].to_str().unwrap().parse().unwrap();
     let c = json_of(r).await;
