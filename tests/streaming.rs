@@ -478,3 +478,74 @@ async fn a_cancelled_calls_charge_alerts_at_once() {
     assert_eq!(got[0].body["threshold"], json!(0.1), "{:?}", got[0].body);
     client.cancel().await.unwrap();
 }
+
+/// An answer that finished (its finish reason and usage arrived) and then
+/// lost its connection before the stream's closing event is kept and
+/// billed once, for each stream format: it used to be thrown away as a
+/// connection error and paid for again by the retry.
+#[tokio::test]
+async fn an_answer_that_lost_only_its_closing_event_is_kept() {
+    let openai = openai_sse_body(
+        "deepseek-v3.2",
+        &["Paris", "."],
+        Some(json!({"prompt_tokens": 10, "completion_tokens": 2})),
+        false,
+    );
+    let full = anthropic_sse_body(
+        "claude-haiku-4-5",
+        &["Paris", "."],
+        json!({"input_tokens": 10, "output_tokens": 1}),
+        2,
+        true,
+    );
+    let anthropic = full[..full.find("event: message_stop").unwrap()].to_string();
+    let gemini = gemini_sse_body(
+        "gemini-2.5-flash-lite",
+        &["Paris", "."],
+        Some(json!({"promptTokenCount": 10, "candidatesTokenCount": 2, "totalTokenCount": 12})),
+    );
+    let cases = [
+        (
+            "deepseek/deepseek-v3.2",
+            "DEEPSEEK_API_KEY",
+            "DEEPSEEK_BASE_URL",
+            "sk-FAKE-deepseek-000000000000",
+            openai,
+        ),
+        (
+            "anthropic/claude-haiku-4-5",
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_BASE_URL",
+            "sk-ant-FAKE-test-key-1717171717171717",
+            anthropic,
+        ),
+        (
+            "gemini/gemini-2.5-flash-lite",
+            "GEMINI_API_KEY",
+            "GEMINI_BASE_URL",
+            "AIza-FAKE-gemini-key-5555555555",
+            gemini,
+        ),
+    ];
+    for (model, key_env, base_env, key, body) in cases {
+        let fake =
+            FakeProvider::start(streamed("text/event-stream", body).reset_after_body()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let s = spawn(
+            dir.path(),
+            &[(key_env, key.to_string()), (base_env, fake.base.clone())],
+        )
+        .await;
+        let c = s
+            .ok(
+                "complete_prompt",
+                json!({"prompt": "Capital of France?", "force_model": model}),
+            )
+            .await;
+        assert_eq!(c["answer"], "Paris.", "{model}: {c}");
+        assert_eq!(fake.requests().len(), 1, "{model}: not asked again");
+        assert_eq!(c["tokens"]["output"], json!(2), "{model}: {c}");
+        assert_eq!(c["failed_attempts_cost_usd"], json!(0.0), "{model}: {c}");
+        s.stop().await;
+    }
+}

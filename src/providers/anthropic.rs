@@ -90,9 +90,20 @@ impl Provider for Anthropic {
         // `message_start` reports the input tokens: a stream cut off after
         // it is billed at least for those.
         let usage = st.usage;
-        driven
-            .and_then(|()| st.finish())
-            .map_err(|e| e.after_acceptance(usage))
+        match driven {
+            // `message_delta` carried the stop reason and the final usage:
+            // only `message_stop` was lost.
+            Err(e)
+                if st.started
+                    && st.stop_reason.is_some()
+                    && stream::only_the_close_was_lost(&e) =>
+            {
+                st.stopped = true;
+                st.finish().map_err(|e| e.after_acceptance(usage))
+            }
+            Err(e) => Err(e.after_acceptance(usage)),
+            Ok(()) => st.finish().map_err(|e| e.after_acceptance(usage)),
+        }
     }
 }
 

@@ -91,9 +91,14 @@ impl Provider for Gemini {
         // From here on the request was accepted: a failure may be billed,
         // at least for the usage the chunks so far reported.
         let usage = st.usage.unwrap_or_default();
-        driven
-            .and_then(|()| st.finish())
-            .map_err(|e| e.after_acceptance(usage))
+        match driven {
+            // The chunk with the finish reason (and usage) arrived: the
+            // body's end is all that was lost.
+            Err(e) if !(st.finish_reason.is_some() && stream::only_the_close_was_lost(&e)) => {
+                Err(e.after_acceptance(usage))
+            }
+            _ => st.finish().map_err(|e| e.after_acceptance(usage)),
+        }
     }
 }
 
@@ -172,14 +177,10 @@ impl StreamState {
         if self.finish_reason.is_none() {
             return Err(stream::truncated(ProviderId::Gemini, "a finishReason"));
         }
-        let usage = self.usage.ok_or_else(|| {
-            ProviderError::new(
-                ProviderId::Gemini,
-                ErrorKind::Malformed,
-                Some(200),
-                "the stream carried no usageMetadata; cost cannot be known",
-            )
-        })?;
+        // A finished answer without usageMetadata (a proxy that drops it)
+        // is kept, as the other clients keep theirs: the caller charges an
+        // estimate and flags it, rather than pay for the answer again.
+        let usage = self.usage.unwrap_or_default();
         Ok(ChatResponse {
             text: self.text,
             model: self.model,

@@ -105,9 +105,13 @@ impl Provider for OpenAiCompatible {
         .await;
         // Usage comes in the last chunk, so a cut-off stream rarely has it.
         let usage = acc.usage.map(|(u, _)| u).unwrap_or_default();
-        driven
-            .and_then(|()| acc.finish(id))
-            .map_err(|e| e.after_acceptance(usage))
+        let finished = acc.done || acc.finish_reason.is_some();
+        match driven {
+            Err(e) if !(finished && stream::only_the_close_was_lost(&e)) => {
+                Err(e.after_acceptance(usage))
+            }
+            _ => acc.finish(id).map_err(|e| e.after_acceptance(usage)),
+        }
     }
 }
 

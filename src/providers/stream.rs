@@ -165,7 +165,9 @@ fn sse_line(
     out: &mut Vec<SseEvent>,
 ) {
     if line.is_empty() {
-        if let Some(d) = data.take() {
+        // An event with empty data (`data:` alone, a heartbeat some
+        // servers send) is not dispatched, as the SSE specification says.
+        if let Some(d) = data.take().filter(|d| !d.is_empty()) {
             out.push(SseEvent {
                 event: event.take(),
                 data: d,
@@ -335,6 +337,14 @@ pub async fn send(
 }
 
 /// The error for a stream that ended without its closing event.
+/// Whether `e`, ending a stream whose answer had already finished (its
+/// finish reason and usage arrived), lost nothing but the closing event: a
+/// connection dropped or timed out just before it. The answer is then kept;
+/// thrown away, it would be paid for again by a retry or a fallback.
+pub fn only_the_close_was_lost(e: &ProviderError) -> bool {
+    matches!(e.kind, ErrorKind::Connection | ErrorKind::Timeout)
+}
+
 pub fn truncated(provider: ProviderId, what: &str) -> ProviderError {
     ProviderError::new(
         provider,
@@ -383,6 +393,22 @@ mod tests {
                     data: "[DONE]".into()
                 },
             ]
+        );
+    }
+
+    /// `data:` with nothing after it (a heartbeat) is not an event: it
+    /// used to reach the JSON parser and fail an accepted call.
+    #[test]
+    fn sse_events_with_empty_data_are_not_dispatched() {
+        let mut p = SseParser::default();
+        let mut events = p.push(b"data:\n\ndata: \r\n\r\nevent: ping\ndata:\n\n");
+        events.extend(p.push(b"data: {}\n\n"));
+        assert_eq!(
+            events,
+            vec![SseEvent {
+                event: None,
+                data: "{}".into()
+            }]
         );
     }
 
