@@ -1838,10 +1838,18 @@ impl Optimizer {
                                 + u.output_tokens
                                 == 0;
                         if no_usage {
+                            // The thinking streamed too (reasoning models
+                            // bill it as output, often most of it); it never
+                            // reaches `resp.text`.
+                            let reasoning = counting
+                                .reasoning_bytes
+                                .load(Ordering::Relaxed)
+                                .div_ceil(BYTES_PER_OUTPUT_TOKEN);
                             let output = (resp.text.len() as u64).div_ceil(BYTES_PER_OUTPUT_TOKEN);
                             resp.usage = Usage {
                                 input_tokens: cand.estimated_input_tokens,
-                                output_tokens: output,
+                                output_tokens: output + reasoning,
+                                reasoning_tokens: reasoning,
                                 ..Usage::default()
                             };
                             cost = self.catalog.price_call(&cand.model, &resp.usage, None).0;

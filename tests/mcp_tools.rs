@@ -768,6 +768,53 @@ async fn a_cut_off_attempt_is_charged_for_the_thinking_received() {
     s.stop().await;
 }
 
+/// A reasoning model's answer that arrives without usage (a gateway that
+/// drops `stream_options`) is charged an estimate that counts the thinking
+/// streamed before it, not only the answer text: the thinking is usually
+/// most of what is billed.
+#[tokio::test]
+async fn an_answer_without_usage_is_charged_for_its_thinking_too() {
+    let thought = "First, consider each case in turn and check it. ".repeat(20);
+    let chunk = |delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c1", "object": "chat.completion.chunk", "model": "deepseek-v3.2",
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
+    };
+    let body = format!(
+        "{}{}{}data: [DONE]\n\n",
+        chunk(
+            json!({"content": null, "reasoning_content": thought}),
+            Value::Null
+        ),
+        chunk(json!({"content": "Yes."}), Value::Null),
+        chunk(json!({}), json!("stop")),
+    );
+    let fake = FakeProvider::start(streamed("text/event-stream", body)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", DEEPSEEK_KEY.into()),
+            ("DEEPSEEK_BASE_URL", fake.base.clone()),
+        ],
+    )
+    .await;
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "Is it?", "force_model": "deepseek/deepseek-v3.2"}),
+        )
+        .await;
+    assert_eq!(c["answer"], "Yes.", "{c}");
+    assert_eq!(c["cost_source"], "estimate", "{c}");
+    let thinking = (thought.len() as u64).div_ceil(4);
+    assert_eq!(c["tokens"]["reasoning"], json!(thinking), "{c}");
+    assert_eq!(c["tokens"]["output"], json!(thinking + 1), "{c}");
+    s.stop().await;
+}
+
 /// A cut-off attempt is charged; if what is left of the budget then cannot
 /// cover the next attempt, the call ends on the budget ("Refused by
 /// budget", so the caller raises the limit instead of retrying), not as a
