@@ -630,7 +630,7 @@ fn priced_by_other_units_only(entry: &serde_json::Map<String, serde_json::Value>
 fn parse_litellm(text: &str, origin: PriceOrigin) -> Result<BTreeMap<String, ModelPrice>> {
     let raw: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(text).context("not a JSON object")?;
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<String, ModelPrice> = BTreeMap::new();
     for (key, value) in raw {
         if key == "sample_spec" {
             continue;
@@ -669,9 +669,21 @@ fn parse_litellm(text: &str, origin: PriceOrigin) -> Result<BTreeMap<String, Mod
             continue;
         }
         // The same model can appear bare and prefixed; the prefixed entry
-        // is the provider-specific one, so it wins.
-        if !prefixed && out.contains_key(&id) {
-            continue;
+        // is the provider-specific one, so it wins, unless it is free where
+        // the other has a price (LiteLLM lists `gemini/gemini-exp-1206` at
+        // $0 beside a priced `gemini-exp-1206`): a paid model read as free
+        // would hold nothing against any budget.
+        let free = input == 0.0 && output == 0.0;
+        if let Some(seen) = out.get(&id) {
+            let seen_free = seen.input == 0.0 && seen.output == 0.0;
+            let keep_seen = if prefixed {
+                free && !seen_free
+            } else {
+                !(seen_free && !free)
+            };
+            if keep_seen {
+                continue;
+            }
         }
         let prices = [
             Some(input),
@@ -1006,6 +1018,39 @@ mod tests {
             ..Usage::default()
         };
         assert!((m.cost_of(&short) - 100_000.0 * m.cache_read.unwrap()).abs() < 1e-12);
+    }
+
+    /// Of a model listed bare and prefixed, the prefixed entry wins, but
+    /// never a $0 one over a priced one, in either order.
+    #[test]
+    fn a_free_duplicate_never_hides_a_price() {
+        let priced = r#""gemini-x": {"litellm_provider": "gemini", "mode": "chat",
+            "input_cost_per_token": 3e-7, "output_cost_per_token": 2.5e-6}"#;
+        let free = r#""gemini/gemini-x": {"litellm_provider": "gemini", "mode": "chat",
+            "input_cost_per_token": 0, "output_cost_per_token": 0}"#;
+        for text in [
+            format!("{{{priced}, {free}}}"),
+            format!("{{{free}, {priced}}}"),
+        ] {
+            let m = parse_litellm(&text, PriceOrigin::Refreshed).unwrap();
+            assert_eq!(m["gemini/gemini-x"].input, 3e-7, "{text}");
+        }
+        // Both priced: the provider-specific (prefixed) entry, as before.
+        let other = r#""gemini/gemini-x": {"litellm_provider": "gemini", "mode": "chat",
+            "input_cost_per_token": 4e-7, "output_cost_per_token": 3e-6}"#;
+        for text in [
+            format!("{{{priced}, {other}}}"),
+            format!("{{{other}, {priced}}}"),
+        ] {
+            let m = parse_litellm(&text, PriceOrigin::Refreshed).unwrap();
+            assert_eq!(m["gemini/gemini-x"].input, 4e-7, "{text}");
+        }
+        // The bundled catalog has such a pair.
+        let c = Catalog::bundled();
+        assert!(
+            c.get("gemini/gemini-exp-1206")
+                .is_some_and(|p| p.input > 0.0)
+        );
     }
 
     /// A reasoning price of its own is scaled into the long tier as the
