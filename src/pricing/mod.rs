@@ -679,7 +679,7 @@ fn parse_litellm(text: &str, origin: PriceOrigin) -> Result<BTreeMap<String, Mod
             let keep_seen = if prefixed {
                 free && !seen_free
             } else {
-                !(seen_free && !free)
+                !seen_free || free
             };
             if keep_seen {
                 continue;
