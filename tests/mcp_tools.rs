@@ -7,6 +7,14 @@ use common::*;
 use serde_json::{Value, json};
 
 const DEEPSEEK_KEY: &str = "sk-deepseek-FAKE-test-key-4242424242";
+
+/// DeepSeek alone, at `fake`.
+fn deepseek_env(fake: &FakeProvider) -> Vec<(&'static str, String)> {
+    vec![
+        ("DEEPSEEK_API_KEY", DEEPSEEK_KEY.into()),
+        ("DEEPSEEK_BASE_URL", fake.base.clone()),
+    ]
+}
 const ANTHROPIC_KEY: &str = "sk-ant-FAKE-test-key-1717171717171717";
 
 #[tokio::test]
@@ -133,14 +141,7 @@ async fn check_model_costs_reports_catalog_prices_and_estimates() {
 async fn recommendation_uses_enabled_providers_and_calls_nothing() {
     let fake = FakeProvider::start(openai_ok("deepseek-v3.2", "never", json!({}))).await;
     let dir = tempfile::tempdir().unwrap();
-    let s = spawn(
-        dir.path(),
-        &[
-            ("DEEPSEEK_API_KEY", DEEPSEEK_KEY.into()),
-            ("DEEPSEEK_BASE_URL", fake.base.clone()),
-        ],
-    )
-    .await;
+    let s = spawn(dir.path(), &deepseek_env(&fake)).await;
     let r = s
         .ok(
             "get_recommendation",
@@ -176,14 +177,7 @@ async fn complete_prompt_bills_reported_usage_and_records_it() {
     ))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let s = spawn(
-        dir.path(),
-        &[
-            ("DEEPSEEK_API_KEY", DEEPSEEK_KEY.into()),
-            ("DEEPSEEK_BASE_URL", fake.base.clone()),
-        ],
-    )
-    .await;
+    let s = spawn(dir.path(), &deepseek_env(&fake)).await;
     let c = s
         .ok(
             "complete_prompt",
@@ -793,14 +787,7 @@ async fn an_answer_without_usage_is_charged_for_its_thinking_too() {
     );
     let fake = FakeProvider::start(streamed("text/event-stream", body)).await;
     let dir = tempfile::tempdir().unwrap();
-    let s = spawn(
-        dir.path(),
-        &[
-            ("DEEPSEEK_API_KEY", DEEPSEEK_KEY.into()),
-            ("DEEPSEEK_BASE_URL", fake.base.clone()),
-        ],
-    )
-    .await;
+    let s = spawn(dir.path(), &deepseek_env(&fake)).await;
     let c = s
         .ok(
             "complete_prompt",
@@ -993,14 +980,7 @@ async fn rejected_key_is_a_clear_error_without_the_key() {
     ))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let s = spawn(
-        dir.path(),
-        &[
-            ("DEEPSEEK_API_KEY", DEEPSEEK_KEY.into()),
-            ("DEEPSEEK_BASE_URL", fake.base.clone()),
-        ],
-    )
-    .await;
+    let s = spawn(dir.path(), &deepseek_env(&fake)).await;
     let e = s.err("complete_prompt", json!({"prompt": "hello"})).await;
     assert!(
         e.contains("DEEPSEEK_API_KEY was rejected by DeepSeek (HTTP 401)"),
@@ -1048,14 +1028,7 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
     ))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let s = spawn(
-        dir.path(),
-        &[
-            ("DEEPSEEK_API_KEY", DEEPSEEK_KEY.into()),
-            ("DEEPSEEK_BASE_URL", fake.base.clone()),
-        ],
-    )
-    .await;
+    let s = spawn(dir.path(), &deepseek_env(&fake)).await;
     let cases: Vec<(&'static str, Value, &str)> = vec![
         (
             "complete_prompt",
