@@ -1022,7 +1022,8 @@ mod tests {
             .plan(&rq, &catalog, &reg, DEFAULT_BASELINE_MODEL)
             .unwrap();
         let c = &plan.candidates[0];
-        let expected = price.estimate(c.estimated_input_tokens, limit);
+        let expected = price.worst_case(c.estimated_input_tokens, limit);
+        assert!(expected < price.worst_case(c.estimated_input_tokens, limit + 1));
         assert!(
             (c.worst_case_cost_usd - expected).abs() < 1e-12,
             "{} vs {expected}",
