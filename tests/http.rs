@@ -149,6 +149,16 @@ async fn json_of(r: reqwest::Response) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
 }
 
+/// A fake DeepSeek streaming `pieces`, with that usage.
+async fn deepseek_answering(pieces: &[&str], prompt: u64, completion: u64) -> FakeProvider {
+    FakeProvider::start(openai_sse(
+        "deepseek-v3.2",
+        pieces,
+        json!({"prompt_tokens": prompt, "completion_tokens": completion}),
+    ))
+    .await
+}
+
 /// `POST /v1/chat/completions` with `body`, no key.
 async fn chat(s: &HttpServer, body: &Value) -> reqwest::Response {
     request(
@@ -642,18 +652,12 @@ async fn the_cost_header_counts_charged_failed_attempts() {
 /// range they are a 400, as at OpenAI.
 #[tokio::test]
 async fn sampling_options_are_passed_on() {
-    let fake = FakeProvider::start(openai_sse(
-        "deepseek-v3.2",
-        &["4"],
-        json!({"prompt_tokens": 5, "completion_tokens": 1}),
-    ))
-    .await;
+    let fake = deepseek_answering(&["4"], 5, 1).await;
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
-    let url = format!("{}/v1/chat/completions", s.base);
     let body = json!({"model": "deepseek/deepseek-v3.2", "temperature": 0, "top_p": 0.5, "seed": 7,
         "messages": [{"role": "user", "content": "2+2?"}]});
-    let r = request(&http(), Method::POST, &url, None, Some(&body)).await;
+    let r = chat(&s, &body).await;
     assert_eq!(r.status(), 200);
     let sent = &fake.requests()[0].body;
     assert_eq!(sent["temperature"], json!(0.0), "{sent}");
@@ -661,7 +665,7 @@ async fn sampling_options_are_passed_on() {
     assert_eq!(sent["seed"], json!(7), "{sent}");
     let mut bad = body.clone();
     bad["temperature"] = json!(3);
-    let r = request(&http(), Method::POST, &url, None, Some(&bad)).await;
+    let r = chat(&s, &bad).await;
     assert_eq!(r.status(), 400);
     let e = json_of(r).await;
     assert!(
@@ -680,12 +684,7 @@ async fn sampling_options_are_passed_on() {
 /// first); the stream ends with an error event.
 #[tokio::test]
 async fn a_failure_after_streamed_text_is_not_retried() {
-    let fake = FakeProvider::start(openai_sse(
-        "deepseek-v3.2",
-        &["A second answer."],
-        json!({"prompt_tokens": 4, "completion_tokens": 3}),
-    ))
-    .await;
+    let fake = deepseek_answering(&["A second answer."], 4, 3).await;
     let mut broken = openai_sse_body("deepseek-v3.2", &["Hel", "lo"], None, false);
     broken.push_str(
         "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"error\":{\"code\":502,\"message\":\"Upstream provider error\"},\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\"},\"finish_reason\":\"error\"}]}\n\n",
@@ -739,12 +738,7 @@ async fn a_failure_after_streamed_text_is_not_retried() {
 
 #[tokio::test]
 async fn streaming_sends_openai_chunks_and_a_usage_chunk() {
-    let fake = FakeProvider::start(openai_sse(
-        "deepseek-v3.2",
-        &["Hel", "lo ", "there."],
-        json!({"prompt_tokens": 40, "completion_tokens": 3}),
-    ))
-    .await;
+    let fake = deepseek_answering(&["Hel", "lo ", "there."], 40, 3).await;
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
     let completions = format!("{}/v1/chat/completions", s.base);
