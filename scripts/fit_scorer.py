@@ -66,6 +66,24 @@ more on MT-Bench (November 2026, figures are gsm8k / mmlu / mt-bench):
     CV 0.657/0.616/0.829, LOBO 0.580/0.563/0.810;
   * gradient-boosted trees over the engineered features + the ridge output (stacked, sklearn):
     no consistent gain across the two folds (gsm8k +0.03/-0.03, mmlu -0.01/+0.03).
+MMLU subject knowledge (December 6 2026, at ALPHA_TEXT = 300; the subject is in each MMLU
+row's id, never in what the scorer sees). Ceiling first: routing every test-half MMLU prompt
+by its subject's mean gain on the train half (the exact subject, a label no prompt carries)
+scores APGR 0.686 on the test half, 0.644 in 2-fold CV on the train half: topic alone cannot
+reach issue 5's 0.70 on MMLU. Tried, NOT adopted:
+  * gain replaced by its subject's mean gain (GROUP_SMOOTH = 1, cleaner labels), joint fit:
+    CV 0.628 / 0.593 / 0.838, LOBO 0.594 / 0.566 / 0.798 (ALPHA_TEXT 3..100: MMLU CV 0.596-0.601);
+  * a second, MMLU-only ridge on the subject means (sklearn, alpha 1..10) added to the shipped
+    predictor with weight beta: MMLU CV 0.598 -> 0.613-0.631, but GSM8K CV 0.632 -> 0.47-0.62
+    and MT-Bench 0.815 -> 0.72-0.80 (beta 0.5..4). The MMLU "which subject is hard" prior ranks
+    GSM8K's word problems by how much they look like MMLU's mathematics, which is the wrong way
+    round there: a prior learned from one bench hurting another, as it would on unseen data.
+  * a 57-subject logistic classifier (sklearn, over the same hashed n-grams, 62-64% subject
+    accuracy), its subject probabilities times the subject means, fitted and measured on MMLU
+    alone: CV 0.640 against 0.627-0.628 for the MMLU-only ridge on subject means; the same
+    harm to the other benches would follow, so a classifier in the binary is not worth it.
+  Reproduce the first: --cv --no-write --set GROUP_SMOOTH=1. The sklearn experiments are not
+  kept in the repository (they need scipy and scikit-learn).
 Cheaper n-gram definitions (December 2026, issue 8: the n-gram loop is most of the scorer's
 cost). Noise first: refitting with five token-hash seeds (TOKEN_SEED + 7919*s, s = 0..4;
 only which n-grams collide changes) moves the November model's figures over CV
@@ -201,6 +219,7 @@ DENSE_SCALE = 0.03
 LENGTH_SCALE = math.sqrt(10.0)
 BENCH_WEIGHT_POWER = 0.5
 JUDGE_POINTS_PER_UNIT = 3.0
+GROUP_SMOOTH = 0.0  # experiment only: 1 = MMLU rows labelled with their subject's mean gain
 CG_ITERS = 600
 # Engineered features whose ridge coefficient had the same sign when fitted on each train-half
 # bench separately (and agrees with the usual prior: numbers, math and code words need the
@@ -459,6 +478,15 @@ def fit(feats, rows, np):
     nd = len(DENSE)
     benches = sorted(set(r["bench"] for r in rows))
     y = np.array([normalised_gain(r) for r in rows])
+    if GROUP_SMOOTH:
+        # Experiment lever (not adopted, see "MMLU subject knowledge"): blend each MMLU row's
+        # gain with its subject's mean gain over the rows being fitted.
+        groups = {}
+        for i, r in enumerate(rows):
+            if r["bench"] == "mmlu":
+                groups.setdefault(r["id"].rsplit("-", 1)[0], []).append(i)
+        for idx in groups.values():
+            y[idx] = GROUP_SMOOTH * y[idx].mean() + (1 - GROUP_SMOOTH) * y[idx]
     bidx = np.array([benches.index(r["bench"]) for r in rows])
     sw = np.zeros(n)
     for b in range(len(benches)):
