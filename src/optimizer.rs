@@ -623,6 +623,23 @@ pub struct Optimizer {
     /// partial updates at once (`PUT /v1/budget`) must not each write the
     /// other's fields back as they were.
     budget_writes: std::sync::Mutex<()>,
+    /// Told about every attempt the ledger is asked to record (the HTTP
+    /// server's metrics); set once, after construction.
+    charge_listener: std::sync::OnceLock<Arc<dyn ChargeListener>>,
+}
+
+/// Told about every provider attempt as the ledger is asked to record it:
+/// answered, failed, cancelled, and speech, whether or not the write then
+/// succeeds (the provider's bill does not depend on it).
+///
+/// Why a hook at the settlement and not the call's result: a call that
+/// fails returns no attempts and no costs, and a cancelled one returns
+/// nothing at all, yet both can have been charged; the settlement is the
+/// one place every charge passes.
+pub trait ChargeListener: Send + Sync {
+    /// One attempt's row, as it is being written (`cost_usd`, `ok`,
+    /// `error_kind`, provider and model filled in).
+    fn attempt_recorded(&self, record: &CallRecord);
 }
 
 /// How long a reservation may outlive its call before it stops counting:
@@ -715,6 +732,7 @@ impl Optimizer {
             alert_http,
             deliveries: std::sync::Mutex::new(Vec::new()),
             budget_writes: std::sync::Mutex::new(()),
+            charge_listener: std::sync::OnceLock::new(),
             breakers,
             settings,
             catalog,
@@ -722,6 +740,23 @@ impl Optimizer {
             router,
             ledger,
             clock,
+        }
+    }
+
+    /// Sets the listener told about every recorded attempt (once; false
+    /// if one was already set).
+    pub fn set_charge_listener(&self, listener: Arc<dyn ChargeListener>) -> bool {
+        self.charge_listener.set(listener).is_ok()
+    }
+
+    /// A reservation guard for `id` that tells the listener about what it
+    /// records.
+    fn guard(&self, ledger: &Ledger, id: crate::ledger::ReservationId) -> ReservationGuard {
+        ReservationGuard {
+            ledger: ledger.clone(),
+            id: Some(id),
+            pending: None,
+            listener: self.charge_listener.get().cloned(),
         }
     }
 
@@ -1748,7 +1783,7 @@ impl Optimizer {
                         *refused_by_call_limit = false;
                         break 'candidates;
                     }
-                    Ok(Ok(r)) => ReservationGuard::new(ledger.clone(), r),
+                    Ok(Ok(r)) => self.guard(&ledger, r),
                 };
 
                 let max_out = cand_max_output(
@@ -2328,7 +2363,7 @@ impl Optimizer {
                 )
                 .await;
             let reservation = match reserve {
-                Ok(Ok(r)) => ReservationGuard::new(job.ledger.clone(), r),
+                Ok(Ok(r)) => self.guard(job.ledger, r),
                 Ok(Err(_)) => {
                     audio.error = Some(format!(
                         "reading the answer aloud would cost {}, more than the budget has left",
@@ -2930,6 +2965,7 @@ struct ReservationGuard {
     ledger: Ledger,
     id: Option<crate::ledger::ReservationId>,
     pending: Option<(CallRecord, Instant, CancelCharge)>,
+    listener: Option<Arc<dyn ChargeListener>>,
 }
 
 /// Forwards answer text to the caller's sink and counts its bytes, so a
@@ -3108,14 +3144,6 @@ impl CancelCharge {
 }
 
 impl ReservationGuard {
-    fn new(ledger: Ledger, id: crate::ledger::ReservationId) -> Self {
-        ReservationGuard {
-            ledger,
-            id: Some(id),
-            pending: None,
-        }
-    }
-
     /// The usage a cancellation would record for the pending attempt now
     /// (zero when none is pending).
     fn cancel_usage(&self) -> Usage {
@@ -3141,6 +3169,9 @@ impl ReservationGuard {
     /// commits it even if the future is dropped.
     async fn settle(mut self, record: CallRecord) -> Result<i64, crate::ledger::LedgerError> {
         self.pending = None;
+        if let Some(l) = &self.listener {
+            l.attempt_recorded(&record);
+        }
         let Some(id) = self.id.take() else {
             return self.ledger.insert_call(&record);
         };
@@ -3170,6 +3201,9 @@ impl Drop for ReservationGuard {
                 rec.reasoning_tokens = usage.reasoning_tokens;
                 rec.cost_usd = cost;
                 rec.cost_source = source.into();
+                if let Some(l) = &self.listener {
+                    l.attempt_recorded(&rec);
+                }
                 self.ledger.settle(id, &rec).map(|_| ())
             }
             None => self.ledger.release(id),

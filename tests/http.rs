@@ -171,6 +171,20 @@ async fn chat(s: &HttpServer, body: &Value) -> reqwest::Response {
     .await
 }
 
+/// The sum of a Prometheus metric's samples whose labels contain `labels`,
+/// read from the server's `/metrics`.
+async fn metric_sum(s: &HttpServer, name: &str, labels: &str) -> f64 {
+    let text = get(&http(), format!("{}/metrics", s.base), None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
 fn create_key(dir: &Path, user: &str, admin: bool) -> (String, String) {
     let mut args = vec!["keys", "create", "--user", user];
     if admin {
@@ -541,6 +555,13 @@ async fn a_failed_call_tells_openai_clients_not_to_retry() {
     assert_eq!(r.headers()["x-should-retry"], "false");
     let e = json_of(r).await;
     assert_eq!(e["error"]["code"], "provider_failed", "{e}");
+    // The provider's failure is in the metrics even though no answer came
+    // (they counted only the failed attempts before an answer).
+    assert_eq!(fake.requests().len(), 1);
+    assert_eq!(
+        metric_sum(&s, "aco_provider_errors_total", r#"provider="deepseek""#).await,
+        1.0
+    );
 }
 
 /// An answer the provider stopped for safety is `content_filter` to an
@@ -644,6 +665,17 @@ async fn the_cost_header_counts_charged_failed_attempts() {
     assert!(
         (total - header).abs() < 1e-9,
         "ledger {total} vs header {header}"
+    );
+    // The metrics' cost counters count the charged attempt too, as the
+    // budget does.
+    let counted = metric_sum(&s, "aco_llm_cost_usd_total", r#"provider="deepseek""#).await;
+    assert!(
+        (counted - header).abs() < 1e-9,
+        "metrics {counted} vs {header}"
+    );
+    assert_eq!(
+        metric_sum(&s, "aco_provider_errors_total", r#"provider="deepseek""#).await,
+        1.0
     );
 }
 
@@ -1686,4 +1718,10 @@ async fn a_client_leaving_a_stream_stops_the_provider_and_releases_the_hold() {
     assert!(t["output_tokens"].as_u64().unwrap() >= 1, "{u}");
     assert!(t["cost_usd"].as_f64().unwrap() > 0.0, "{u}");
     assert_eq!(u["budget"]["spent_usd"], t["cost_usd"], "{u}");
+    // The metrics count that charge as well, and a client leaving is no
+    // provider error.
+    let counted = metric_sum(&s, "aco_llm_cost_usd_total", r#"provider="deepseek""#).await;
+    let charged = t["cost_usd"].as_f64().unwrap();
+    assert!((counted - charged).abs() < 1e-9, "metrics {counted} vs {u}");
+    assert_eq!(metric_sum(&s, "aco_provider_errors_total", "").await, 0.0);
 }

@@ -1,8 +1,9 @@
 //! `GET /metrics`: Prometheus (OpenMetrics) text from `prometheus-client`.
 //!
 //! Request counts and latencies come from a middleware over every route;
-//! call costs, outcomes and provider errors from each completion this
-//! process serves (over `/v1/chat/completions` and `/mcp` alike); budget
+//! calls and tokens from each completion this process serves (over
+//! `/v1/chat/completions` and `/mcp` alike); costs and provider errors from
+//! every attempt the core records, answered or not; budget
 //! gauges are read from the ledger at scrape time, so they also show spend
 //! recorded by other processes (the stdio server, the CLI).
 
@@ -21,7 +22,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::budget::DEFAULT_USER;
-use crate::optimizer::{Completion, Optimizer};
+use crate::ledger::CallRecord;
+use crate::optimizer::{ChargeListener, Completion, Optimizer};
 
 use super::AppState;
 
@@ -117,6 +119,26 @@ pub struct Metrics {
     budget_reserved: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
 }
 
+/// Every attempt's charge goes to the cost counter of its provider and
+/// model, answered or not (what the budget counts), and every failure of a
+/// provider to its error counter, whether or not the call then found an
+/// answer elsewhere. A cancelled attempt (the caller went away) is charged
+/// but is no provider error.
+impl ChargeListener for Metrics {
+    fn attempt_recorded(&self, r: &CallRecord) {
+        let labels = ModelLabels {
+            provider: label(&r.provider),
+            model: label(&r.model),
+        };
+        if r.cost_usd > 0.0 {
+            self.cost.get_or_create(&labels).inc_by(r.cost_usd);
+        }
+        if let Some(kind) = r.error_kind.as_deref().filter(|k| *k != "cancelled") {
+            self.provider_error(&r.provider, kind);
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -153,7 +175,7 @@ impl Metrics {
         );
         registry.register(
             "llm_cost_usd",
-            "Cost of successful LLM calls served by this process, USD",
+            "What this process's provider attempts were charged, USD: answers, failed or cancelled attempts the provider bills, speech",
             m.cost.clone(),
         );
         registry.register(
@@ -199,14 +221,14 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Counts one finished completion: its cost and tokens, and every
-    /// failed attempt before it.
+    /// Counts one answered call and its tokens. (Its cost and its failed
+    /// attempts are counted as each attempt is recorded:
+    /// [`ChargeListener`].)
     pub fn record_completion(&self, c: &Completion) {
         let labels = ModelLabels {
             provider: c.provider.as_str().to_string(),
             model: label(&c.model),
         };
-        self.cost.get_or_create(&labels).inc_by(c.cost_usd.max(0.0));
         self.calls.get_or_create(&labels).inc();
         self.tokens_in
             .get_or_create(&labels)
@@ -214,9 +236,6 @@ impl Metrics {
         self.tokens_out
             .get_or_create(&labels)
             .inc_by(c.tokens.output);
-        for a in c.attempts.iter().filter(|a| a.outcome != "ok") {
-            self.provider_error(a.provider.as_str(), &a.outcome);
-        }
     }
 
     /// Counts a call that returned no answer.

@@ -295,10 +295,12 @@ impl Server {
             .ledger()
             .map(|l| Arc::new(KeyReader::new(l)))
             .map_err(|e| e.to_string());
+        let metrics = Arc::new(Metrics::new());
+        core.set_charge_listener(metrics.clone());
         Ok(Server {
             state: AppState {
                 core,
-                metrics: Arc::new(Metrics::new()),
+                metrics,
                 in_flight: Arc::new(InFlight::default()),
                 require_auth,
                 keys,
