@@ -1113,6 +1113,75 @@ async fn complete_over_mcp(
         .unwrap()
 }
 
+/// One raw MCP-over-HTTP request: JSON-RPC `body` (or none), a key, a
+/// session id.
+async fn mcp_request(
+    s: &HttpServer,
+    method: Method,
+    key: &str,
+    session: Option<&str>,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut r = http()
+        .request(method, format!("{}/mcp", s.base))
+        .bearer_auth(key)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18");
+    if let Some(id) = session {
+        r = r.header("mcp-session-id", id);
+    }
+    if let Some(body) = body {
+        r = r.json(&body);
+    }
+    r.send().await.unwrap()
+}
+
+/// An MCP session is the key's that opened it: another valid key that
+/// learns its id can neither attach to it, call through it nor end it, and
+/// is told what an unknown session gets (so it learns nothing either).
+#[tokio::test]
+async fn an_mcp_session_belongs_to_the_key_that_opened_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, _) = create_key(dir.path(), "alice", false);
+    let (bob, _) = create_key(dir.path(), "bob", true);
+    let env = [("COST_OPTIMIZER_HTTP_REQUIRE_AUTH", "true".to_string())];
+    let s = start(dir.path(), &env, "127.0.0.1:0");
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}});
+    let r = mcp_request(&s, Method::POST, &alice, None, Some(init)).await;
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let _ = r.text().await;
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let r = mcp_request(&s, Method::POST, &alice, Some(&id), Some(initialized)).await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+
+    // Bob's key is valid (an admin's, even), the session is not his.
+    let unknown = mcp_request(&s, Method::GET, &bob, Some("no-such-session"), None).await;
+    assert_eq!(unknown.status(), 404);
+    let unknown = unknown.text().await.unwrap();
+    for (m, body) in [
+        (Method::GET, None),
+        (Method::POST, Some(list.clone())),
+        (Method::DELETE, None),
+    ] {
+        let r = mcp_request(&s, m.clone(), &bob, Some(&id), body).await;
+        assert_eq!(r.status(), 404, "{m}");
+        assert_eq!(r.text().await.unwrap(), unknown, "{m}");
+    }
+
+    // Still Alice's, and hers to end.
+    let r = mcp_request(&s, Method::POST, &alice, Some(&id), Some(list.clone())).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("complete_prompt"));
+    let r = mcp_request(&s, Method::DELETE, &alice, Some(&id), None).await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let r = mcp_request(&s, Method::POST, &alice, Some(&id), Some(list)).await;
+    assert_eq!(r.status(), 404);
+}
+
 #[tokio::test]
 async fn mcp_over_streamable_http_with_a_key() {
     let fake = FakeProvider::start(ds_reply()).await;

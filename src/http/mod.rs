@@ -19,6 +19,7 @@ pub mod auth;
 pub mod metrics;
 pub mod openai;
 pub mod rest;
+pub mod sessions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -353,14 +354,22 @@ impl Server {
         }
         let observer: Arc<dyn CallObserver> = Arc::new(state.clone());
         let core = state.core.clone();
+        let manager = Arc::new(LocalSessionManager::default());
+        let owners = Arc::new(sessions::SessionOwners::new(manager.clone()));
         let mcp = StreamableHttpService::new(
             move || Ok(CostServer::with_observer(core.clone(), observer.clone())),
-            Arc::new(LocalSessionManager::default()),
+            manager,
             mcp_config,
         );
-
-        let protected = Router::new()
+        // Inside the key check (added below): a session is its key's.
+        let mcp = Router::new()
             .nest_service("/mcp", mcp)
+            .layer(middleware::from_fn_with_state(
+                owners,
+                sessions::owned_sessions,
+            ));
+
+        let protected = mcp
             .route("/v1/chat/completions", post(openai::chat_completions))
             .route("/v1/models", get(openai::models))
             .route("/v1/models/{*id}", get(openai::model))
