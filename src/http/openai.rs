@@ -6,11 +6,14 @@
 //! `complete_prompt` does. What does not map one to one:
 //!
 //! - **Conversations.** The core sends one prompt and an optional system
-//!   prompt. `system`/`developer` messages become the system prompt (joined
-//!   by blank lines). A single user turn is sent as is; several turns are
-//!   flattened into one prompt as a transcript (`User: …`, `Assistant: …`),
-//!   which every model understands but which is not the provider's native
-//!   multi-turn format.
+//!   prompt. `system`/`developer` messages before the first turn become the
+//!   system prompt (joined by blank lines). A single user turn is sent as
+//!   is; several turns are flattened into one prompt as a transcript
+//!   (`User: …`, `Assistant: …`), which every model understands but which
+//!   is not the provider's native multi-turn format. A system message
+//!   later in the conversation stays where it was, as a `System: …` turn:
+//!   moved to the front it would read as standing before the turns it
+//!   came after (an instruction such as "from now on, answer in French").
 //! - **Model.** `auto` (or no model) routes by complexity; anything else is
 //!   honoured as `force_model` (`provider/model`, or a bare catalog id).
 //! - **Sampling options.** `temperature`, `top_p` and `seed` are passed on
@@ -245,7 +248,8 @@ fn flatten(messages: &[Message]) -> Result<(Option<String>, String), String> {
     for (i, m) in messages.iter().enumerate() {
         let text = content_text(i, &m.content)?;
         match m.role.as_str() {
-            "system" | "developer" => system.push(text),
+            "system" | "developer" if turns.is_empty() => system.push(text),
+            "system" | "developer" => turns.push(("System", text)),
             "user" => turns.push(("User", text)),
             "assistant" => turns.push(("Assistant", text)),
             "tool" | "function" => turns.push(("Tool result", text)),
@@ -865,6 +869,33 @@ mod tests {
         .unwrap();
         assert_eq!(system, None);
         assert_eq!(prompt, "User: 2+2?\n\nAssistant: 4\n\nUser: times 3?");
+    }
+
+    /// A system message after the first turn keeps its place: at the front
+    /// it would read as an instruction given before the turns it followed.
+    #[test]
+    fn a_late_system_message_stays_in_place() {
+        let (system, prompt) = flatten(&msgs(json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": "Paris."},
+            {"role": "developer", "content": "From now on, answer in French."},
+            {"role": "user", "content": "And of Spain?"}
+        ])))
+        .unwrap();
+        assert_eq!(system.as_deref(), Some("Be brief."));
+        assert_eq!(
+            prompt,
+            "User: Capital of France?\n\nAssistant: Paris.\n\nSystem: From now on, answer in French.\n\nUser: And of Spain?"
+        );
+        // After a lone user turn it makes a transcript too.
+        let (system, prompt) = flatten(&msgs(json!([
+            {"role": "user", "content": "Hi"},
+            {"role": "system", "content": "Reply in one word."}
+        ])))
+        .unwrap();
+        assert_eq!(system, None);
+        assert_eq!(prompt, "User: Hi\n\nSystem: Reply in one word.");
     }
 
     /// A call whose task ends without its result (a panic) closes the
