@@ -107,13 +107,25 @@ def test_skill_fields_exist_in_the_rust_argument_structs():
         assert a in fields, f"references/tools.md names argument {a!r} that src/optimizer.rs lacks"
 
 
+def resolve_config(cfg, platform_name):
+    """The command, args and env Claude Desktop runs on `platform_name`, as
+    mcpb's loader builds them: each of the platform override's fields, when
+    present, replaces the base one whole."""
+    o = cfg.get("platform_overrides", {}).get(platform_name, {})
+    return {k: o.get(k) or cfg.get(k, [] if k == "args" else {}) for k in ("command", "args", "env")}
+
+
 def load_manifest():
     return json.loads(MANIFEST.read_text(encoding="utf-8"))
 
 
 def test_manifest_keys():
     m = load_manifest()
-    assert m["manifest_version"] == "0.4"
+    # 0.2: what mcpb itself writes for new bundles (0.3 and 0.4 are marked
+    # experimental there, and Claude Desktop releases have refused 0.3); the
+    # manifest uses nothing newer.
+    assert m["manifest_version"] == "0.2"
+    assert m["$schema"].endswith("mcpb-manifest-v0.2.schema.json")
     for key in ["name", "version", "description", "author", "server", "icon", "tools",
                 "compatibility", "user_config"]:
         assert key in m, key
@@ -132,8 +144,13 @@ def test_manifest_keys():
     cfg = server["mcp_config"]
     assert cfg["command"] == "${__dirname}/server/ai-cost-optimizer"
     assert cfg["args"] == []
-    assert set(cfg["platform_overrides"]) == {"win32", "darwin", "linux"}
-    assert cfg["platform_overrides"]["win32"]["command"].endswith(".exe")
+    # Only Windows differs (the .exe). An override's env or args would
+    # replace the base ones whole (mcpb's loader), a second copy to keep in
+    # step, so there are none.
+    assert cfg["platform_overrides"] == {
+        "win32": {"command": "${__dirname}/server/ai-cost-optimizer.exe"}}
+    win = resolve_config(cfg, "win32")
+    assert win["env"] == cfg["env"] and win["args"] == cfg["args"]
     assert set(m["compatibility"]["platforms"]) == {"win32", "darwin", "linux"}
     assert "claude_desktop" in m["compatibility"]
     assert {t["name"] for t in m["tools"]} == TOOLS
@@ -149,9 +166,8 @@ def test_manifest_keys():
 def test_manifest_maps_every_provider_env_var():
     m = load_manifest()
     uc = m["user_config"]
-    envs = [m["server"]["mcp_config"]["env"]] + [
-        o["env"] for o in m["server"]["mcp_config"]["platform_overrides"].values()
-    ]
+    cfg = m["server"]["mcp_config"]
+    envs = [resolve_config(cfg, p)["env"] for p in ("win32", "darwin", "linux")]
 
     def option(env, var):
         v = env.get(var)
@@ -194,6 +210,14 @@ def test_manifest_maps_every_provider_env_var():
     example_env = example["mcpServers"]["ai-cost-optimizer"]["env"]
     for var in m["server"]["mcp_config"]["env"]:
         assert var in example_env, f"claude_desktop_config.example.json lacks {var}"
+    # A value set there would silently override the user's config file.
+    pinned = {k: v for k, v in example_env.items() if k.startswith("COST_OPTIMIZER_") and v}
+    assert not pinned, f"the example pins settings over the config file: {pinned}"
+    # The README shows the same file.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    shown = re.search(r'```json\n(\{\n  "mcpServers".*?)```', readme, re.S)
+    assert shown, "README lacks the Claude Desktop config example"
+    assert json.loads(shown.group(1)) == example, "README's config example differs from the file"
 
 
 # --- after scripts/package.sh ------------------------------------------------
@@ -274,7 +298,9 @@ def test_bundle_unpacks_and_serves_as_the_manifest_says():
         m = json.loads((ext / "manifest.json").read_text(encoding="utf-8"))
         binary = ext / m["server"]["entry_point"]
         assert os.access(binary, os.X_OK), "the server binary is not executable"
-        cfg = m["server"]["mcp_config"]
+        # What Claude Desktop runs here: the base config under this
+        # platform's override, as the bundle carries it.
+        cfg = resolve_config(m["server"]["mcp_config"], sys.platform)
         cmd = substitute(cfg["command"], ext, m["user_config"])
         assert Path(cmd) == binary
         args = [substitute(a, ext, m["user_config"]) for a in cfg.get("args", [])]
