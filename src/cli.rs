@@ -67,6 +67,10 @@ pub enum Command {
         /// Most the call may cost, USD.
         #[arg(long, allow_negative_numbers = true)]
         budget_limit: Option<f64>,
+        /// Whose budget the recommendation respects (default: the default
+        /// user), as `complete --user` would spend.
+        #[arg(long)]
+        user: Option<String>,
         #[command(flatten)]
         out: Output,
     },
@@ -438,13 +442,14 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
             prompt,
             max_tokens,
             budget_limit,
+            user,
             out,
         } => {
             let args = RecommendArgs {
                 prompt: read_prompt(prompt)?,
                 max_tokens,
                 budget_limit,
-                user_id: None,
+                user_id: user,
             };
             emit(&out, core.recommend(&args), render::recommendation)
         }
@@ -521,33 +526,24 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
                         "--thresholds, --mode, --period, --timezone and --webhook-* need --set LIMIT"
                     );
                 }
-                let status = if global {
-                    core.global_budget_status().and_then(|g| {
-                        g.ok_or_else(|| {
-                            ToolError::Invalid(
-                                "no global budget is set; use --global --set LIMIT".into(),
-                            )
-                        })
-                    })
+                let user = if global {
+                    None
                 } else {
-                    let user = crate::optimizer::validate_user(user.as_deref())?;
-                    core.budget_status(&user)
+                    Some(crate::optimizer::validate_user(user.as_deref())?)
                 };
-                emit(
-                    &out,
-                    status.map(|status| crate::optimizer::BudgetUpdate {
-                        previous_limit_usd: None,
-                        status,
-                        webhook: None,
-                        alerts: Vec::new(),
-                    }),
-                    |b| {
-                        let mut s = render::budget_update(b);
-                        // Showing, not setting: drop the "set to" wording.
-                        s = s.replacen(" set to ", ": ", 1);
-                        s
-                    },
-                )
+                let shown = core.show_budget(user.as_deref()).and_then(|b| {
+                    b.ok_or_else(|| {
+                        ToolError::Invalid(
+                            "no global budget is set; use --global --set LIMIT".into(),
+                        )
+                    })
+                });
+                emit(&out, shown, |b| {
+                    let mut s = render::budget_update(b);
+                    // Showing, not setting: drop the "set to" wording.
+                    s = s.replacen(" set to ", ": ", 1);
+                    s
+                })
             }
         },
         Command::Complete {

@@ -2778,19 +2778,49 @@ impl Optimizer {
         Ok(BudgetUpdate {
             previous_limit_usd: previous,
             status,
-            webhook: b
-                .webhook
-                .as_ref()
-                .or(self.settings.alert_webhook.as_ref())
-                .map(|w| {
-                    format!(
-                        "{} ({})",
-                        budget::alerts::redact_url(&w.url),
-                        w.format.as_str()
-                    )
-                }),
+            webhook: self.alert_destination(&b),
             alerts,
         })
+    }
+
+    /// Where `b`'s alerts go by webhook, redacted to the host (its own
+    /// webhook, else the configured one).
+    fn alert_destination(&self, b: &Budget) -> Option<String> {
+        b.webhook
+            .as_ref()
+            .or(self.settings.alert_webhook.as_ref())
+            .map(|w| {
+                format!(
+                    "{} ({})",
+                    budget::alerts::redact_url(&w.url),
+                    w.format.as_str()
+                )
+            })
+    }
+
+    /// A budget as `budget` (the CLI, without `--set`) shows it: its status
+    /// and where its alerts go, in `set_budget`'s result shape. `None` for
+    /// the global budget when none is set.
+    pub fn show_budget(&self, user: Option<&str>) -> Result<Option<BudgetUpdate>, ToolError> {
+        let ledger = self.ledger()?;
+        let b = match user {
+            Some(user) => self.budget_of(ledger, user)?,
+            None => match ledger
+                .budget(GLOBAL_SCOPE)
+                .map_err(|e| ToolError::Ledger(e.to_string()))?
+            {
+                Some(row) => Budget::from_row(row),
+                None => return Ok(None),
+            },
+        };
+        let status =
+            budget::status(ledger, &b, self.now()).map_err(|e| ToolError::Ledger(e.to_string()))?;
+        Ok(Some(BudgetUpdate {
+            previous_limit_usd: None,
+            webhook: self.alert_destination(&b),
+            status,
+            alerts: Vec::new(),
+        }))
     }
 
     /// `doctor`: what is configured and why.

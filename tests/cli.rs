@@ -304,6 +304,54 @@ fn budget_and_usage_commands_round_trip() {
     let u: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(u["budget"]["limit_usd"], 12.5);
     assert_eq!(u["budget"]["mode"], "warn");
+    // Showing a budget says where its alerts go, as setting it did (it
+    // said no webhook at all, so a script concluded none was set).
+    let o = run(
+        dir.path(),
+        &[
+            "budget",
+            "--set",
+            "12.5",
+            "--webhook-url",
+            "https://hooks.example.com/secret/path",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(dir.path(), &["budget", "--json"], None);
+    let b: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(b["status"]["limit_usd"], 12.5);
+    let hook = b["webhook"].as_str().unwrap_or_else(|| panic!("{b}"));
+    assert!(
+        hook.contains("hooks.example.com") && !hook.contains("secret"),
+        "{b}"
+    );
+    let o = run(dir.path(), &["budget"], None);
+    assert!(stdout(&o).contains("hooks.example.com"), "{}", stdout(&o));
+    // `recommend --user` sees that user's budget, as `get_recommendation`
+    // with `user_id` does.
+    let o = run(
+        dir.path(),
+        &["budget", "--set", "0.0001", "--user", "bob"],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let recommend = |args: &[&str]| {
+        command(dir.path())
+            .env("DEEPSEEK_API_KEY", "sk-FAKE-recommend")
+            .env("DEEPSEEK_BASE_URL", "http://127.0.0.1:9")
+            .args(["recommend", "hello", "--json"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    json_error(
+        &recommend(&["--user", "bob"]),
+        "budget_refused",
+        "remaining budget",
+    );
+    let o = recommend(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
     // Bad input: exit code 2 and a message naming the field.
     let o = run(dir.path(), &["budget", "--set", "-3"], None);
     assert_eq!(o.status.code(), Some(2));
