@@ -62,15 +62,11 @@ fn quiet_transport(filter: EnvFilter) -> EnvFilter {
 /// `log_dir` when it can be created. `default_level` applies unless
 /// `COST_OPTIMIZER_LOG` says otherwise.
 pub fn init(log_dir: Option<&Path>, default_level: &str) -> LogGuard {
+    let (directives, warning) =
+        filter_directives(crate::config::env_var(LOG_ENV).as_deref(), default_level);
     let filter = || {
         quiet_transport(
-            // Empty counts as unset (an empty filter would silence even
-            // warnings and errors); a filter that does not parse falls back
-            // to the default too.
-            crate::config::env_var(LOG_ENV)
-                .filter(|v| !v.trim().is_empty())
-                .and_then(|v| EnvFilter::try_new(v.trim()).ok())
-                .unwrap_or_else(|| EnvFilter::new(default_level)),
+            EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
     };
     let stderr = tracing_subscriber::fmt::layer()
@@ -101,7 +97,60 @@ pub fn init(log_dir: Option<&Path>, default_level: &str) -> LogGuard {
         .with(stderr)
         .with(file_layer)
         .try_init();
+    if let Some(w) = warning {
+        tracing::warn!("{w}");
+    }
     LogGuard(guard)
+}
+
+/// Level names a filter directive may be on its own.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// The filter directives to log with, from `COST_OPTIMIZER_LOG` (`value`),
+/// and a warning when the value could not be taken as given.
+///
+/// Why not the value as is: a filter with no overall level logs nothing
+/// but what it names, so a typo such as `wran` (which parses, as the name
+/// of a module) silenced every warning and error. Unless the value sets an
+/// overall level, `default_level` is added for everything it does not
+/// name. Empty counts as unset; a value that does not parse falls back to
+/// the default, with a warning either way.
+fn filter_directives(value: Option<&str>, default_level: &str) -> (String, Option<String>) {
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return (default_level.to_string(), None);
+    };
+    if EnvFilter::try_new(v).is_err() {
+        return (
+            default_level.to_string(),
+            Some(format!(
+                "{LOG_ENV}={v:?} is not a log filter, so it is ignored; logging at {default_level} (levels: {})",
+                LEVELS.join(", ")
+            )),
+        );
+    }
+    let directives: Vec<&str> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    let is_level = |d: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d));
+    let unknown: Vec<&str> = directives
+        .iter()
+        .copied()
+        .filter(|d| !is_level(d) && !d.contains('=') && !d.contains('['))
+        .collect();
+    let warning = (!unknown.is_empty()).then(|| {
+        format!(
+            "{LOG_ENV}: {} is not a level and is read as the name of a module to log in full (levels: {})",
+            unknown.join(", "),
+            LEVELS.join(", ")
+        )
+    });
+    if directives.iter().any(|d| is_level(d)) {
+        (v.to_string(), warning)
+    } else {
+        (format!("{default_level},{v}"), warning)
+    }
 }
 
 /// Replaces the default panic hook, whose report goes to stderr as is: a
@@ -157,6 +206,35 @@ pub fn panic_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A typo in the level no longer silences warnings and errors: the
+    /// default level is kept for everything the filter does not name, and
+    /// the typo is said.
+    #[test]
+    fn a_filter_without_a_level_keeps_the_default_for_the_rest() {
+        let f = |v| filter_directives(Some(v), "warn");
+        let (d, w) = f("wran");
+        assert_eq!(d, "warn,wran");
+        assert!(w.unwrap().contains("wran is not a level"));
+        assert_eq!(f("debug"), ("debug".into(), None));
+        assert_eq!(f("INFO,rmcp=debug"), ("INFO,rmcp=debug".into(), None));
+        assert_eq!(
+            f("ai_cost_optimizer=debug"),
+            ("warn,ai_cost_optimizer=debug".into(), None)
+        );
+        assert_eq!(filter_directives(Some("  "), "info"), ("info".into(), None));
+        assert_eq!(filter_directives(None, "info"), ("info".into(), None));
+        let (d, w) = f("=[");
+        assert_eq!(d, "warn");
+        assert!(w.unwrap().contains("not a log filter"));
+        // What the result does: warnings pass the typo'd filter.
+        let filter = EnvFilter::try_new(f("wran").0).unwrap();
+        assert_eq!(
+            filter.max_level_hint(),
+            Some(tracing::level_filters::LevelFilter::TRACE),
+            "wran itself is a target at every level"
+        );
+    }
 
     #[test]
     fn crash_reports_are_redacted() {
