@@ -141,11 +141,13 @@ pub struct CompleteArgs {
     #[schemars(extend("enum" = ["en", "fr", "de", "es", "pt", "zh", "ja", "hi", "it", "ko", "nl", "pl", "ru", "sv", "tr", null]))]
     pub language: Option<String>,
     /// Sampling temperature, 0-2 (default: the provider's). Anthropic
-    /// takes at most 1: higher is sent as 1.
+    /// takes at most 1: higher is sent as 1; Claude Opus 4.7 and later
+    /// models take none, so it is not sent to them.
     #[serde(default)]
     pub temperature: Option<f64>,
     /// Nucleus sampling, (0, 1] (default: the provider's). Not sent to
-    /// Anthropic together with `temperature` (its newer models refuse both).
+    /// Anthropic together with `temperature` (its 4.x models refuse both),
+    /// nor to Claude Opus 4.7 and later at all.
     #[serde(default)]
     pub top_p: Option<f64>,
     /// Seed for repeatable sampling where the provider supports one

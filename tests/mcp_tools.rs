@@ -1466,6 +1466,19 @@ async fn sampling_options_reach_every_provider() {
     )
     .await;
     assert_eq!(anthropic.requests()[1].body["top_p"], json!(0.5));
+    // Claude Opus 4.7 and later refuse both (400 "`temperature` is
+    // deprecated for this model", and the call failed): not sent.
+    s.ok(
+        "complete_prompt",
+        call("anthropic/claude-opus-4-7", all.clone()),
+    )
+    .await;
+    let a = &anthropic.requests()[2].body;
+    assert_eq!(a["model"], "claude-opus-4-7");
+    assert!(
+        a.get("temperature").is_none() && a.get("top_p").is_none(),
+        "{a}"
+    );
 
     // Nothing asked, nothing sent: the provider's defaults stand.
     s.ok("complete_prompt", call("deepseek/deepseek-v3.2", json!({})))

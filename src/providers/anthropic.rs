@@ -36,6 +36,39 @@ pub struct Anthropic {
     config: ProviderConfig,
 }
 
+/// Whether `model` takes `temperature` / `top_p`. Claude Opus 4.7 and the
+/// models after it refuse them (400 "`temperature` is deprecated for this
+/// model"), which failed the whole call (a bad request has no fallback), so
+/// they are sent only to the Claude 2, 3 and 4.0–4.6 models known to take
+/// them; a name this cannot read (an Anthropic-compatible server's own
+/// models) gets none either. Leaving them out costs determinism, never the
+/// answer.
+fn accepts_sampling(model: &str) -> bool {
+    let m = model
+        .rsplit('/')
+        .next()
+        .unwrap_or(model)
+        .to_ascii_lowercase();
+    let Some(rest) = m.strip_prefix("claude-") else {
+        return false;
+    };
+    // Older names put the version first: claude-3-5-sonnet-20241022.
+    if rest.starts_with("instant") || rest.starts_with('2') || rest.starts_with('3') {
+        return true;
+    }
+    // Newer ones: claude-<family>-<major>[-<minor>][-<yyyymmdd>].
+    let mut parts = rest.split('-').skip(1);
+    let Some(major) = parts.next().and_then(|p| p.parse::<u32>().ok()) else {
+        return false;
+    };
+    let minor = parts
+        .next()
+        .filter(|p| p.len() <= 2)
+        .and_then(|p| p.parse::<u32>().ok())
+        .unwrap_or(0);
+    (major, minor) < (4, 7)
+}
+
 #[async_trait]
 impl Provider for Anthropic {
     fn id(&self) -> ProviderId {
@@ -56,9 +89,10 @@ impl Provider for Anthropic {
         if let Some(system) = &req.system {
             body["system"] = json!(system);
         }
-        // Anthropic's range is 0-1 (OpenAI's 0-2), and its newer models
+        // Anthropic's range is 0-1 (OpenAI's 0-2), and its 4.x models
         // refuse temperature and top_p together: temperature wins.
         match (req.sampling.temperature, req.sampling.top_p) {
+            _ if !accepts_sampling(&req.model) => {}
             (Some(t), _) => body["temperature"] = json!(t.clamp(0.0, 1.0)),
             (None, Some(p)) => body["top_p"] = json!(p),
             (None, None) => {}
@@ -287,6 +321,33 @@ fn malformed(what: &str) -> ProviderError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_goes_only_to_models_that_take_it() {
+        for m in [
+            "claude-3-5-sonnet-20241022",
+            "claude-3-haiku-20240307",
+            "claude-sonnet-4-20250514",
+            "claude-opus-4-1-20250805",
+            "claude-haiku-4-5",
+            "anthropic/claude-sonnet-4-6",
+            "claude-opus-4-6-20260205",
+        ] {
+            assert!(accepts_sampling(m), "{m}");
+        }
+        for m in [
+            "claude-opus-4-7",
+            "claude-opus-4-7-20260416",
+            "claude-opus-4-8",
+            "claude-sonnet-5",
+            "claude-haiku-5-5",
+            "claude-fable-5-1",
+            "claude-mythos-preview",
+            "deepseek-chat",
+        ] {
+            assert!(!accepts_sampling(m), "{m}");
+        }
+    }
 
     #[test]
     fn reads_text_and_cache_usage() {
