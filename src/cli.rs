@@ -183,9 +183,10 @@ pub enum Command {
         /// Cartesia voice id for --speak.
         #[arg(long)]
         voice: Option<String>,
-        /// Language --speak reads the answer in (en, fr, de, es, pt, zh,
-        /// ja, hi, it, ko, nl, pl, ru, sv, tr); default: the answer's own
-        /// when it is clear, else English.
+        /// Language --speak reads the answer in, one of the 42 of
+        /// Cartesia's sonic-3 (ISO 639-1: en, fr, de, es, ja, zh, hi, ar,
+        /// vi, ...); default: the answer's own when it is clear, else
+        /// English.
         #[arg(long)]
         language: Option<String>,
         #[command(flatten)]

@@ -133,12 +133,12 @@ pub struct CompleteArgs {
     /// Cartesia voice id for `speak` (default: a stock English voice).
     #[serde(default)]
     pub voice: Option<String>,
-    /// Language `speak` reads the answer in, as Cartesia names it (`en`,
-    /// `fr`, `de`, `es`, `pt`, `zh`, `ja`, `hi`, `it`, `ko`, `nl`, `pl`,
-    /// `ru`, `sv`, `tr`). Default: the answer's language when it is clear,
-    /// else English.
+    /// Language `speak` reads the answer in, as Cartesia's `sonic-3` names
+    /// it (ISO 639-1: `en`, `fr`, `de`, `es`, `ja`, `zh`, `hi`, `ar`, `vi`
+    /// and 33 more, listed in the schema). Default: the answer's language
+    /// when it is clear, else English.
     #[serde(default)]
-    #[schemars(extend("enum" = ["en", "fr", "de", "es", "pt", "zh", "ja", "hi", "it", "ko", "nl", "pl", "ru", "sv", "tr", null]))]
+    #[schemars(extend("enum" = ["en", "de", "es", "fr", "ja", "pt", "zh", "hi", "ko", "it", "nl", "pl", "ru", "sv", "tr", "tl", "bg", "ro", "ar", "cs", "el", "fi", "hr", "ms", "sk", "da", "ta", "uk", "hu", "no", "vi", "bn", "th", "he", "ka", "id", "te", "gu", "kn", "ml", "mr", "pa", null]))]
     pub language: Option<String>,
     /// Sampling temperature, 0-2 (default: the provider's). Anthropic
     /// takes at most 1: higher is sent as 1; Claude Opus 4.7 and later
@@ -3589,7 +3589,6 @@ fn parse_since(s: &str) -> Result<i64, ToolError> {
 
 #[cfg(test)]
 mod tests {
-
     /// Invisible characters make no user id and no prompt; a date before
     /// 1970 (even a negative year) reports from the first call.
     #[test]
@@ -3657,6 +3656,20 @@ mod tests {
         assert!(refuse_empty(ProviderId::Gemini, empty("STOP")).is_ok());
     }
     use super::*;
+
+    /// The `language` enum the tool schema offers is exactly what the
+    /// speech client validates against (plus null).
+    #[test]
+    fn the_language_schema_lists_the_spoken_languages() {
+        let schema = serde_json::to_value(schemars::schema_for!(CompleteArgs)).unwrap();
+        let offered = &schema["properties"]["language"]["enum"];
+        let mut want: Vec<serde_json::Value> = crate::providers::cartesia::LANGUAGES
+            .iter()
+            .map(|l| serde_json::json!(l))
+            .collect();
+        want.push(serde_json::Value::Null);
+        assert_eq!(offered, &serde_json::Value::Array(want), "{schema}");
+    }
 
     /// max_tokens is capped by the model's output limit and by the
     /// context window the prompt leaves; a prompt near the window keeps

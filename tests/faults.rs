@@ -1153,6 +1153,7 @@ async fn speech_is_read_in_the_answers_language() {
     // Detected from the answer.
     let c = s.ok("complete_prompt", call(json!({}))).await;
     assert_eq!(tts.requests()[0].body["language"], "fr");
+    assert_eq!(tts.requests()[0].body["model_id"], "sonic-3");
     assert_eq!(c["audio"]["language"], "fr");
     assert_eq!(c["audio"]["language_source"], "detected");
     let shown = text(&s.call("complete_prompt", call(json!({}))).await);
@@ -1178,9 +1179,9 @@ async fn speech_is_read_in_the_answers_language() {
     // Refused before any model or Cartesia is called.
     let before = (chat.requests().len(), tts.requests().len());
     let e = s
-        .err("complete_prompt", call(json!({"language": "vi"})))
+        .err("complete_prompt", call(json!({"language": "eo"})))
         .await;
-    assert!(e.contains("\"vi\"") && e.contains("fr, de"), "{e}");
+    assert!(e.contains("\"eo\"") && e.contains("en, de"), "{e}");
     let e = s
         .err(
             "complete_prompt",

@@ -29,8 +29,13 @@ pub static SPEC: ProviderSpec = ProviderSpec {
 /// The API version this client speaks (`Cartesia-Version` header).
 pub const API_VERSION: &str = "2025-04-16";
 
-/// Default TTS model.
-pub const DEFAULT_MODEL: &str = "sonic-2";
+/// Default TTS model. `sonic-3`: since June 2026 `sonic-2` no longer speaks
+/// Italian, Dutch, Polish, Russian, Swedish, Turkish or Hindi (Cartesia's
+/// "API changes" page), while `sonic-3` speaks the 42 languages of
+/// [`LANGUAGES`] and stays served. (`sonic-3.5`, Cartesia's newest, is
+/// documented as 42 languages too, but without the per-language list this
+/// client validates against.)
+pub const DEFAULT_MODEL: &str = "sonic-3";
 
 /// Default voice ("Barbershop Man", one of Cartesia's stock voices).
 pub const DEFAULT_VOICE: &str = "a0e99841-438c-4a64-b679-ae501e7d6091";
@@ -51,12 +56,14 @@ pub fn price_per_char(model: &str) -> Option<f64> {
 }
 
 /// The languages [`DEFAULT_MODEL`] speaks (ISO 639-1, as Cartesia's
-/// `language` field takes them; Cartesia's model documentation lists the
-/// same fifteen for `sonic-2`). Cartesia reads a transcript with the
-/// language's pronunciation, so French text sent as `en` comes out as
-/// English phonetics of French words.
+/// `language` field takes them, in the order of Cartesia's model table
+/// for `sonic-3`). Cartesia reads a transcript with the language's
+/// pronunciation, so French text sent as `en` comes out as English
+/// phonetics of French words.
 pub const LANGUAGES: &[&str] = &[
-    "en", "fr", "de", "es", "pt", "zh", "ja", "hi", "it", "ko", "nl", "pl", "ru", "sv", "tr",
+    "en", "de", "es", "fr", "ja", "pt", "zh", "hi", "ko", "it", "nl", "pl", "ru", "sv", "tr", "tl",
+    "bg", "ro", "ar", "cs", "el", "fi", "hr", "ms", "sk", "da", "ta", "uk", "hu", "no", "vi", "bn",
+    "th", "he", "ka", "id", "te", "gu", "kn", "ml", "mr", "pa",
 ];
 
 /// The language of `text`, if it is one of [`LANGUAGES`] and the guess is
@@ -76,20 +83,47 @@ pub fn detect_language(text: &str) -> Option<&'static str> {
     }
     Some(match info.lang() {
         Lang::Eng => "en",
-        Lang::Fra => "fr",
         Lang::Deu => "de",
         Lang::Spa => "es",
+        Lang::Fra => "fr",
+        Lang::Jpn => "ja",
         Lang::Por => "pt",
         Lang::Cmn => "zh",
-        Lang::Jpn => "ja",
         Lang::Hin => "hi",
-        Lang::Ita => "it",
         Lang::Kor => "ko",
+        Lang::Ita => "it",
         Lang::Nld => "nl",
         Lang::Pol => "pl",
         Lang::Rus => "ru",
         Lang::Swe => "sv",
         Lang::Tur => "tr",
+        Lang::Tgl => "tl",
+        Lang::Bul => "bg",
+        Lang::Ron => "ro",
+        Lang::Ara => "ar",
+        Lang::Ces => "cs",
+        Lang::Ell => "el",
+        Lang::Fin => "fi",
+        Lang::Hrv => "hr",
+        Lang::Slk => "sk",
+        Lang::Dan => "da",
+        Lang::Tam => "ta",
+        Lang::Ukr => "uk",
+        Lang::Hun => "hu",
+        Lang::Nob => "no",
+        Lang::Vie => "vi",
+        Lang::Ben => "bn",
+        Lang::Tha => "th",
+        Lang::Heb => "he",
+        Lang::Kat => "ka",
+        Lang::Ind => "id",
+        Lang::Tel => "te",
+        Lang::Guj => "gu",
+        Lang::Kan => "kn",
+        Lang::Mal => "ml",
+        Lang::Mar => "mr",
+        Lang::Pan => "pa",
+        // Malay ("ms") is spoken but whatlang does not tell it apart.
         _ => return None,
     })
 }
@@ -342,9 +376,14 @@ mod tests {
                 "프랑스의 수도는 파리이며 박물관과 음식으로 유명한 도시입니다.",
                 Some("ko"),
             ),
-            // Vietnamese: detected, but not one of sonic-2's languages.
+            // Vietnamese: one of sonic-3's languages (not sonic-2's).
             (
                 "Thủ đô của Pháp là Paris, một thành phố nổi tiếng với các bảo tàng và ẩm thực.",
+                Some("vi"),
+            ),
+            // Esperanto: detected, but not a language Cartesia speaks.
+            (
+                "La ĉefurbo de Francio estas Parizo, urbo konata pro siaj muzeoj kaj bona manĝaĵo.",
                 None,
             ),
             ("OK", None),
