@@ -653,6 +653,59 @@ async fn failed_provider_falls_back_and_every_attempt_is_recorded() {
     s.stop().await;
 }
 
+/// OpenRouter's "Provider returned error" 400 is one upstream refusing
+/// this model's request (here, a parameter that model no longer takes):
+/// another model answers, and the upstream's own words are in the attempt.
+/// (It was a bad request, which ends the call.)
+#[tokio::test]
+async fn an_openrouter_upstream_refusal_falls_back() {
+    let openrouter = FakeProvider::start(Reply::json(
+        400,
+        json!({"error": {"code": 400, "message": "Provider returned error", "metadata": {
+            "provider_name": "Anthropic",
+            "raw": "{\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\",\"message\":\"`temperature` is deprecated for this model.\"}}"
+        }}}),
+    ))
+    .await;
+    let deepseek = FakeProvider::start(openai_ok(
+        "deepseek-v3.2",
+        "from deepseek",
+        json!({"prompt_tokens": 10, "completion_tokens": 10}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            (
+                "OPENROUTER_API_KEY",
+                "sk-or-FAKE-upstream-0000000000".into(),
+            ),
+            ("OPENROUTER_BASE_URL", openrouter.base.clone()),
+            (
+                "DEEPSEEK_API_KEY",
+                "sk-FAKE-deepseek-upstream-000000".into(),
+            ),
+            ("DEEPSEEK_BASE_URL", deepseek.base.clone()),
+        ],
+    )
+    .await;
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "What is the capital of France?", "temperature": 0.2}),
+        )
+        .await;
+    assert_eq!(c["answer"], "from deepseek", "{c}");
+    let attempts = assert_fell_back(&c, "openrouter/", "model_unavailable");
+    assert!(
+        attempts[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("upstream Anthropic: `temperature` is deprecated")),
+        "{attempts:?}"
+    );
+}
+
 /// Gemini's models are the cheapest of every tier, so a try list of the
 /// four cheapest was all Gemini: a Gemini outage failed the call though
 /// Anthropic was configured. Now its best model closes the list.

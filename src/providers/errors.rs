@@ -196,6 +196,15 @@ impl ProviderError {
                     .take(200)
                     .collect()
             });
+        // OpenRouter wraps an upstream's refusal as "Provider returned
+        // error": the cause is in `metadata.raw`, from `provider_name`.
+        let upstream = (provider == ProviderId::Openrouter)
+            .then(|| json.as_ref().and_then(openrouter_upstream))
+            .flatten();
+        let message = match &upstream {
+            Some(u) => format!("{message} ({u})"),
+            None => message,
+        };
         let error_type = json
             .as_ref()
             .and_then(|j| {
@@ -262,6 +271,10 @@ impl ProviderError {
             400 if lower.contains("failed_precondition") => ErrorKind::ModelUnavailable,
             // DeepSeek answers a retired or unknown model with a 400.
             400 | 422 if is_unknown_model(&lower) => ErrorKind::ModelUnavailable,
+            // An OpenRouter upstream refused this model's request (a
+            // parameter that model's provider does not take, …): another
+            // model may well take it.
+            400 | 422 if upstream.is_some() => ErrorKind::ModelUnavailable,
             400..=499 => ErrorKind::BadRequest,
             // Ollama's 500 for a model too big for the machine's memory: a
             // smaller local model may still load.
@@ -276,10 +289,11 @@ impl ProviderError {
         // not about OpenRouter. An HTML page from its edge is OpenRouter
         // itself down: that counts against its breaker as ever.
         err.model_only = provider == ProviderId::Openrouter
-            && matches!(status, 502 | 503)
-            && json
-                .as_ref()
-                .is_some_and(|j| j.get("error").is_some_and(|e| e.is_object()));
+            && (upstream.is_some()
+                || matches!(status, 502 | 503)
+                    && json
+                        .as_ref()
+                        .is_some_and(|j| j.get("error").is_some_and(|e| e.is_object())));
         // OpenAI-style reset headers come with every reply: they say when
         // to retry only when the reply is a rate limit.
         err.retry_after = retry_after(headers)
@@ -439,6 +453,38 @@ fn extract_message(j: &serde_json::Value) -> Option<String> {
         .or_else(|| j.get("detail"))
         .and_then(|v| v.as_str())
         .map(|s| s.to_string())
+}
+
+/// What an OpenRouter error says about the upstream that failed:
+/// `error.metadata.provider_name` and the upstream's own message from
+/// `error.metadata.raw` (a JSON string of its error body, or text),
+/// redacted and cut to 300 characters. `None` without either.
+fn openrouter_upstream(j: &serde_json::Value) -> Option<String> {
+    let meta = j.pointer("/error/metadata")?;
+    let who = meta.get("provider_name").and_then(|v| v.as_str());
+    let raw = meta.get("raw").and_then(|raw| match raw {
+        serde_json::Value::String(s) => Some(
+            serde_json::from_str::<serde_json::Value>(s)
+                .ok()
+                .as_ref()
+                .and_then(extract_message)
+                .unwrap_or_else(|| s.clone()),
+        ),
+        serde_json::Value::Object(_) => extract_message(raw),
+        _ => None,
+    });
+    let raw = raw.map(|r| {
+        redact(&without_controls(&r))
+            .chars()
+            .take(300)
+            .collect::<String>()
+    });
+    match (who, raw) {
+        (Some(who), Some(raw)) => Some(format!("upstream {who}: {raw}")),
+        (Some(who), None) => Some(format!("upstream {who}")),
+        (None, Some(raw)) => Some(format!("upstream: {raw}")),
+        (None, None) => None,
+    }
 }
 
 /// `retry-after` as seconds or an HTTP date.
@@ -783,6 +829,38 @@ mod tests {
             classify(500, r#"{"error":"CUDA out of memory"}"#).kind,
             ErrorKind::Server
         );
+        // OpenRouter's "Provider returned error" carries the upstream's
+        // cause in metadata: it is classified (a context overflow), shown,
+        // and a refusal there is the model's, not OpenRouter's.
+        let openrouter = |status, body: &str| {
+            ProviderError::from_http(
+                ProviderId::Openrouter,
+                status,
+                &HeaderMap::new(),
+                body.as_bytes(),
+            )
+        };
+        let e = openrouter(
+            400,
+            r#"{"error":{"code":400,"message":"Provider returned error","metadata":{"provider_name":"Anthropic","raw":"{\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\",\"message\":\"`temperature` is deprecated for this model.\"}}"}}}"#,
+        );
+        assert_eq!(e.kind, ErrorKind::ModelUnavailable);
+        assert!(e.model_only);
+        assert!(
+            e.detail
+                .contains("upstream Anthropic: `temperature` is deprecated"),
+            "{}",
+            e.detail
+        );
+        let e = openrouter(
+            400,
+            r#"{"error":{"code":400,"message":"Provider returned error","metadata":{"provider_name":"DeepInfra","raw":"This model's maximum context length is 8192 tokens"}}}"#,
+        );
+        assert_eq!(e.kind, ErrorKind::ContextTooLong);
+        // Without metadata a 400 is still a bad request.
+        let e = openrouter(400, r#"{"error":{"code":400,"message":"Input required"}}"#);
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        assert!(!e.model_only);
         // OpenRouter's 502/503 are about the chosen model (retried all the
         // same); elsewhere a 503 is the provider overloaded.
         for status in [502, 503] {

@@ -221,7 +221,10 @@ fn error_in_body(id: ProviderId, err: &Value, status_code: Option<&Value>) -> Pr
         .or_else(|| err.get("code").and_then(|c| c.as_u64()))
         .filter(|c| (400..600).contains(c))
         .unwrap_or(500) as u16;
-    let body = json!({"error": {"message": msg, "type": err.get("type")}}).to_string();
+    // `metadata`: OpenRouter's upstream name and raw error, which say why.
+    let body = json!({"error": {"message": msg, "type": err.get("type"),
+        "metadata": err.get("metadata")}})
+    .to_string();
     ProviderError::from_http(
         id,
         code,
@@ -241,7 +244,7 @@ pub fn parse_response(id: ProviderId, reply: &Value) -> Result<ChatResponse, Pro
             .unwrap_or("unknown error");
         let code = err.get("code").and_then(|c| c.as_u64()).unwrap_or(500) as u16;
         let headers = reqwest::header::HeaderMap::new();
-        let body = json!({"error": {"message": msg}}).to_string();
+        let body = json!({"error": {"message": msg, "metadata": err.get("metadata")}}).to_string();
         return Err(ProviderError::from_http(
             id,
             code,
