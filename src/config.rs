@@ -72,6 +72,10 @@ pub const LOG_ENV: &str = "COST_OPTIMIZER_LOG";
 /// Largest prompt (system + user text) accepted, in bytes. Larger inputs are
 /// refused before any tokenizing so a pasted file cannot stall the server.
 pub const MAX_PROMPT_BYTES: usize = 4 * 1024 * 1024;
+
+/// The largest `http.max_body_bytes` allowed: 16 times the longest prompt
+/// (a JSON body escapes it, and a conversation adds its turns).
+pub const MAX_BODY_BYTES: usize = MAX_PROMPT_BYTES * 16;
 /// Largest `max_tokens` a caller may ask for.
 pub const MAX_OUTPUT_TOKENS: u32 = 200_000;
 /// Largest budget a user can set, in USD; anything above is a typo.
@@ -589,11 +593,25 @@ impl Settings {
         if self.max_retries > 10 {
             bail!("max_retries must be at most 10");
         }
+        if self.breaker_threshold == 0 {
+            bail!(
+                "breaker_threshold must be at least 1 (failures in a row before a provider is skipped)"
+            );
+        }
         if self.retry_base > Duration::from_secs(60) {
             bail!("retry_base_ms must be at most 60000");
         }
-        if self.http.max_body_bytes < 1024 {
-            bail!("http.max_body_bytes must be at least 1024");
+        // The limit is there to bound what one request can make the
+        // server hold: a prompt is at most MAX_PROMPT_BYTES, so a body far
+        // past it buys nothing but memory.
+        if !(1024..=MAX_BODY_BYTES).contains(&self.http.max_body_bytes) {
+            bail!(
+                "http.max_body_bytes ({HTTP_MAX_BODY_ENV}) must be between 1024 and {MAX_BODY_BYTES}, got {}",
+                self.http.max_body_bytes
+            );
+        }
+        if self.retention_days == Some(0) {
+            bail!("retention_days must be at least 1 (leave it out to keep every record)");
         }
         if self.default_max_tokens == 0 || self.default_max_tokens > MAX_OUTPUT_TOKENS {
             bail!("default_max_tokens must be between 1 and {MAX_OUTPUT_TOKENS}");
@@ -607,6 +625,14 @@ impl Settings {
             ];
             if prices.iter().flatten().any(|x| !x.is_finite() || *x < 0.0) {
                 bail!("pricing.overrides.{model:?}: prices must be non-negative numbers");
+            }
+            // As a refreshed catalog may not: a price past it is a slip
+            // (per token instead of per million), never a real model.
+            let most = crate::pricing::MAX_PRICE_PER_TOKEN * 1e6;
+            if prices.iter().flatten().any(|x| *x > most) {
+                bail!(
+                    "pricing.overrides.{model:?}: prices are USD per million tokens and at most {most}"
+                );
             }
         }
         Ok(())
@@ -710,7 +736,9 @@ fn non_empty(v: Option<String>) -> Option<String> {
     v.filter(|s| !s.trim().is_empty())
 }
 
-fn parse_bool(v: &str) -> Option<bool> {
+/// A yes/no setting as people write it (`1`/`0`, `true`/`false`,
+/// `yes`/`no`, `on`/`off`); `None` for anything else.
+pub fn parse_bool(v: &str) -> Option<bool> {
     match v.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Some(true),
         "0" | "false" | "no" | "off" => Some(false),
@@ -999,5 +1027,73 @@ shutdown_grace_secs = 5
         ]);
         let err = format!("{:#}", Settings::load_with(&env).unwrap_err());
         assert!(err.contains("montly_budget"), "{err}");
+    }
+
+    /// The README's config file example is a config file this version
+    /// accepts, every key of it (unknown keys are refused).
+    #[test]
+    fn the_readme_config_example_loads() {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("### Config file (optional)")
+            .and_then(|i| readme[i..].find("```toml").map(|j| i + j + "```toml".len()))
+            .expect("README has the config example");
+        let end = start + readme[start..].find("```").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, &readme[start..end]).unwrap();
+        let env = env_of(&[
+            (DATA_DIR_ENV, dir.path().to_str().unwrap()),
+            (CONFIG_ENV, cfg.to_str().unwrap()),
+        ]);
+        let s = Settings::load_with(&env).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(s.breaker_threshold, 3);
+        assert!(s.alert_email.is_some());
+    }
+
+    /// Values that parse but cannot be meant are refused by name: a price
+    /// per token written where a price per million belongs, a body limit
+    /// that limits nothing, a retention that would delete every record.
+    #[test]
+    fn out_of_range_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        for (toml, needle) in [
+            (
+                "[pricing.overrides.\"deepseek/deepseek-v3.2\"]\ninput_per_mtok = 1e12\noutput_per_mtok = 1\n",
+                "per million tokens",
+            ),
+            ("retention_days = 0\n", "retention_days must be at least 1"),
+            (
+                "[http]\nmax_body_bytes = 99999999999999\n",
+                "max_body_bytes",
+            ),
+        ] {
+            std::fs::write(&cfg, toml).unwrap();
+            let env = env_of(&[
+                (DATA_DIR_ENV, dir.path().to_str().unwrap()),
+                (CONFIG_ENV, cfg.to_str().unwrap()),
+            ]);
+            let err = format!("{:#}", Settings::load_with(&env).unwrap_err());
+            assert!(err.contains(needle), "{toml}: {err}");
+        }
+        let env = env_of(&[
+            (DATA_DIR_ENV, dir.path().to_str().unwrap()),
+            (CONFIG_ENV, ""),
+            (HTTP_MAX_BODY_ENV, "99999999999999"),
+        ]);
+        let err = format!("{:#}", Settings::load_with(&env).unwrap_err());
+        assert!(err.contains(HTTP_MAX_BODY_ENV), "{err}");
+        // The largest real price still passes.
+        std::fs::write(
+            &cfg,
+            "[pricing.overrides.\"deepseek/deepseek-v3.2\"]\ninput_per_mtok = 150\noutput_per_mtok = 600\n",
+        )
+        .unwrap();
+        let env = env_of(&[
+            (DATA_DIR_ENV, dir.path().to_str().unwrap()),
+            (CONFIG_ENV, cfg.to_str().unwrap()),
+        ]);
+        assert!(Settings::load_with(&env).is_ok());
     }
 }

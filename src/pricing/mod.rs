@@ -754,7 +754,7 @@ pub struct RefreshReport {
 /// The dearest price per token a refreshed catalog may carry ($10,000 per
 /// million tokens; today's dearest chat models cost a few percent of that):
 /// a price above it is a broken or hostile file, never a real model.
-const MAX_REFRESH_PRICE_PER_TOKEN: f64 = 1e-2;
+pub const MAX_PRICE_PER_TOKEN: f64 = 1e-2;
 
 /// How far a model's price may move in one refresh without `--force`.
 const MAX_REFRESH_PRICE_RATIO: f64 = 10.0;
@@ -819,12 +819,12 @@ pub fn validate_refresh(text: &str, current: &Catalog, force: bool) -> Result<Re
     if let Some(m) = fresh.values().find(|m| {
         prices(m)
             .iter()
-            .any(|p| !p.is_finite() || *p > MAX_REFRESH_PRICE_PER_TOKEN)
+            .any(|p| !p.is_finite() || *p > MAX_PRICE_PER_TOKEN)
     }) {
         bail!(
             "the new catalog prices {} at more than ${}/MTok; refusing a broken catalog",
             m.id,
-            MAX_REFRESH_PRICE_PER_TOKEN * 1e6
+            MAX_PRICE_PER_TOKEN * 1e6
         );
     }
     if !force {

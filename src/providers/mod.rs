@@ -106,20 +106,27 @@ impl std::fmt::Display for ProviderId {
     }
 }
 
-/// A provider's base URL must be an absolute http(s) URL with a host.
+/// A provider's base URL must be an absolute http(s) URL with a host, and
+/// no query or fragment: the API's paths are appended to it, so
+/// `…/v1?x=1` would call `…/v1?x=1/chat/completions` and read the 404 as
+/// the model being unavailable.
 fn check_base_url(spec: &ProviderSpec, base_url: &str) -> anyhow::Result<()> {
-    let ok = reqwest::Url::parse(base_url)
-        .ok()
-        .is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
-    if !ok {
-        return Err(crate::config::InvalidConfig(format!(
-            "{} must be an http:// or https:// URL with a host, got {:?}",
-            spec.base_url_env,
-            crate::secrets::redact(base_url)
-        ))
-        .into());
-    }
-    Ok(())
+    let problem = match reqwest::Url::parse(base_url) {
+        Ok(u) if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() => {
+            "must be an http:// or https:// URL with a host"
+        }
+        Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+            "must not have a query (?…) or fragment (#…): the API's paths are appended to it"
+        }
+        Ok(_) => return Ok(()),
+        Err(_) => "must be an http:// or https:// URL with a host",
+    };
+    Err(crate::config::InvalidConfig(format!(
+        "{} {problem}, got {:?}",
+        spec.base_url_env,
+        crate::secrets::redact(base_url)
+    ))
+    .into())
 }
 
 /// Token counts of one call, normalised across providers.
@@ -571,6 +578,21 @@ mod tests {
             let err = format!("{:#}", Registry::from_env(&env, t, t, t).err().unwrap());
             assert!(
                 err.contains("DEEPSEEK_BASE_URL must be an http"),
+                "{bad}: {err}"
+            );
+        }
+        // A query or fragment would end up before the API path.
+        for bad in ["http://127.0.0.1:9/v1?x=1", "http://127.0.0.1:9/v1#frag"] {
+            let env = |k: &str| match k {
+                "DEEPSEEK_API_KEY" => Some("sk-deepseek-test-123456".to_string()),
+                "DEEPSEEK_BASE_URL" => Some(bad.to_string()),
+                OLLAMA_PROBE_ENV => Some("0".to_string()),
+                _ => None,
+            };
+            let t = Duration::from_secs(1);
+            let err = format!("{:#}", Registry::from_env(&env, t, t, t).err().unwrap());
+            assert!(
+                err.contains("DEEPSEEK_BASE_URL must not have a query"),
                 "{bad}: {err}"
             );
         }

@@ -82,10 +82,14 @@ pub fn detect(get: &dyn Fn(&str) -> Option<String>, _base: &str) -> (bool, Strin
         return (true, "OLLAMA_HOST is set".into(), normalise_host(&host));
     }
     let default = SPEC.default_base_url.to_string();
-    if get(OLLAMA_PROBE_ENV).is_some_and(|v| v.trim() == "0") {
+    // `0`, `false`, `no` or `off`, like the other switches.
+    if let Some(v) = get(OLLAMA_PROBE_ENV).filter(|v| crate::config::parse_bool(v) == Some(false)) {
         return (
             false,
-            format!("set OLLAMA_HOST to enable it (probing disabled by {OLLAMA_PROBE_ENV}=0)"),
+            format!(
+                "set OLLAMA_HOST to enable it (probing disabled by {OLLAMA_PROBE_ENV}={})",
+                v.trim()
+            ),
             default,
         );
     }
@@ -285,6 +289,18 @@ fn ollama_error(msg: &str) -> ProviderError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The probe switch reads like every other switch: `false`, `off` and
+    /// `no` disable it too (only `0` did; `false` still probed).
+    #[test]
+    fn the_probe_is_off_for_any_false_value() {
+        for v in ["0", "false", "OFF", " no "] {
+            let get = |k: &str| (k == OLLAMA_PROBE_ENV).then(|| v.to_string());
+            let (enabled, why, _) = detect(&get, "");
+            assert!(!enabled, "{v}");
+            assert!(why.contains("probing disabled"), "{v}: {why}");
+        }
+    }
 
     fn req(input: u64, max_tokens: u32, window: Option<u64>) -> ChatRequest {
         ChatRequest {
