@@ -566,11 +566,16 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<()> {
-        crate::budget::validate_limit("monthly_budget_usd", self.default_monthly_budget_usd)
-            .map_err(anyhow::Error::msg)?;
+        // Named both ways: the value may come from the file or the env.
+        crate::budget::validate_limit(
+            &format!("monthly_budget_usd ({MONTHLY_BUDGET_ENV})"),
+            self.default_monthly_budget_usd,
+        )
+        .map_err(anyhow::Error::msg)?;
         crate::budget::validate_thresholds(&self.default_alert_thresholds)
             .map_err(anyhow::Error::msg)?;
-        crate::budget::validate_timezone(&self.default_timezone).map_err(anyhow::Error::msg)?;
+        crate::budget::validate_timezone(&self.default_timezone)
+            .map_err(|m| anyhow::anyhow!("{m} (set by {TIMEZONE_ENV} or the config file)"))?;
         if let Some(e) = &self.alert_email {
             crate::secrets::register_url(&e.url);
             e.validate().map_err(|m| {
@@ -580,7 +585,9 @@ impl Settings {
             })?;
         }
         if let Some(w) = &self.alert_webhook {
-            crate::budget::validate_webhook_url(&w.url).map_err(anyhow::Error::msg)?;
+            crate::budget::validate_webhook_url(&w.url).map_err(|m| {
+                anyhow::anyhow!("{m} (set by {ALERT_WEBHOOK_ENV} or alert_webhook_url)")
+            })?;
             crate::secrets::register_url(&w.url);
         }
         let t = self.tier_thresholds;
@@ -591,7 +598,7 @@ impl Settings {
             bail!("routing.thresholds must be three ascending numbers in [0, 1], got {t:?}");
         }
         if self.max_retries > 10 {
-            bail!("max_retries must be at most 10");
+            bail!("max_retries ({MAX_RETRIES_ENV}) must be at most 10");
         }
         if self.breaker_threshold == 0 {
             bail!(
@@ -599,7 +606,7 @@ impl Settings {
             );
         }
         if self.retry_base > Duration::from_secs(60) {
-            bail!("retry_base_ms must be at most 60000");
+            bail!("retry_base_ms ({RETRY_BASE_MS_ENV}) must be at most 60000");
         }
         // The limit is there to bound what one request can make the
         // server hold: a prompt is at most MAX_PROMPT_BYTES, so a body far
