@@ -66,6 +66,43 @@ fn error_text(v: &Value) -> String {
         .to_string()
 }
 
+/// Messages before `initialize` do not end the session (rmcp's server
+/// exited on any first message other than `initialize`, a stray
+/// notification included): notifications and responses are dropped, a
+/// ping is answered, other requests are told to initialize first, and the
+/// session then starts as usual.
+#[tokio::test]
+async fn messages_before_initialize_do_not_end_the_session() {
+    let fake = FakeProvider::start(ok_reply()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spawn_raw(
+        dir.path(),
+        &[
+            ("DEEPSEEK_API_KEY", KEY.into()),
+            ("DEEPSEEK_BASE_URL", fake.base.clone()),
+        ],
+    );
+    for early in [
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 3}}),
+        json!({"jsonrpc": "2.0", "method": "notifications/foo"}),
+        json!({"jsonrpc": "2.0", "id": 9, "result": {}}),
+    ] {
+        s.send(&early).await;
+    }
+    s.send(&json!({"jsonrpc": "2.0", "id": 41, "method": "tools/list"}))
+        .await;
+    let r = s.reply(41, LONG).await;
+    assert_eq!(r["error"]["code"], -32600, "{r}");
+    assert!(error_text(&r).contains("send initialize first"), "{r}");
+    s.send(&json!({"jsonrpc": "2.0", "id": 42, "method": "ping"}))
+        .await;
+    assert_eq!(s.reply(42, LONG).await["result"], json!({}));
+    assert!(s.alive());
+    s.init().await;
+    still_answers(&mut s, 43, "messages before initialize").await;
+}
+
 #[tokio::test]
 async fn junk_on_stdin_never_takes_the_server_down() {
     let fake = FakeProvider::start(ok_reply()).await;
@@ -89,8 +126,9 @@ async fn junk_on_stdin_never_takes_the_server_down() {
         ),
         (
             "invalid UTF-8 inside a request",
+            // Its id came before the bad byte: the error carries it.
             b"{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"ping\",\"x\":\"\xc3\x28\"}".to_vec(),
-            parse_error("Parse error: invalid UTF-8 at byte 45"),
+            invalid(json!(5), -32700, "Parse error: invalid UTF-8 at byte 45"),
         ),
         (
             "text",

@@ -82,6 +82,11 @@ pub struct StdioTransport<R> {
     /// them and so the transport cannot tell when their handler ends; one
     /// ending after a new request took its id cancelled that one instead.
     cancelled: VecDeque<String>,
+    /// No `initialize` request has been passed on yet. rmcp's server
+    /// ends the whole session (the process exits) on anything else first,
+    /// a stray notification included, so until then the transport answers
+    /// or drops what rmcp cannot take (see [`StdioTransport::before_init`]).
+    awaiting_init: bool,
 }
 
 /// Cancelled ids remembered (MCP forbids reusing ids in a session anyway).
@@ -131,6 +136,40 @@ impl<R: AsyncRead + Unpin + Send> StdioTransport<R> {
             max_line: MAX_LINE_BYTES,
             in_flight: Arc::default(),
             cancelled: VecDeque::new(),
+            awaiting_init: true,
+        }
+    }
+
+    /// What becomes of a message that arrives before `initialize`: the
+    /// `initialize` request itself goes on (`None`), a `ping` is answered
+    /// (MCP allows it before initialization), another request gets an
+    /// error naming what to do, and a notification or a response is
+    /// dropped (JSON-RPC answers neither). `Some(None)`: dropped.
+    fn before_init(m: &RxJsonRpcMessage<RoleServer>) -> Option<Option<Vec<u8>>> {
+        match m {
+            JsonRpcMessage::Request(r) => {
+                let id = serde_json::to_value(&r.id).unwrap_or(Value::Null);
+                match &r.request {
+                    ClientRequest::InitializeRequest(_) => None,
+                    ClientRequest::PingRequest(_) => {
+                        let mut line =
+                            serde_json::json!({"jsonrpc": "2.0", "id": id, "result": {}})
+                                .to_string()
+                                .into_bytes();
+                        line.push(b'\n');
+                        Some(Some(line))
+                    }
+                    _ => Some(Some(error_line(
+                        id,
+                        INVALID_REQUEST,
+                        "Invalid Request: the session is not initialized; send initialize first",
+                    ))),
+                }
+            }
+            _ => {
+                tracing::info!("dropped a message sent before initialize");
+                Some(None)
+            }
         }
     }
 
@@ -324,6 +363,18 @@ impl<R: AsyncRead + Unpin + Send> Transport<RoleServer> for StdioTransport<R> {
                 }
             };
             match decoded {
+                Decoded::Message(m) if self.awaiting_init => match Self::before_init(&m) {
+                    None => {
+                        self.awaiting_init = false;
+                        if let Err(reply) = self.track(&m) {
+                            self.queue_reply(reply);
+                            continue;
+                        }
+                        return Some(*m);
+                    }
+                    Some(Some(reply)) => self.queue_reply(reply),
+                    Some(None) => {}
+                },
                 Decoded::Message(m) => match self.track(&m) {
                     Ok(()) => return Some(*m),
                     Err(reply) => self.queue_reply(reply),
@@ -395,8 +446,10 @@ fn decode(raw: &[u8]) -> Decoded {
         Ok(t) => t,
         Err(e) => {
             tracing::info!(at = e.valid_up_to(), "refused a line that is not UTF-8");
+            // With the id when it precedes the bad byte, as for a syntax
+            // error: a client waits for the reply to its id.
             return Decoded::Reply(error_line(
-                Value::Null,
+                early_id(&line[..e.valid_up_to()]),
                 PARSE_ERROR,
                 &format!("Parse error: invalid UTF-8 at byte {}", e.valid_up_to()),
             ));
