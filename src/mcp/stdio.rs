@@ -731,6 +731,13 @@ mod tests {
             };
             let mut client = client;
             use tokio::io::AsyncReadExt;
+            // The session starts with `initialize` (anything else first is
+            // answered or dropped by the transport itself).
+            client
+                .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"initialize\",\"params\":{\"protocolVersion\":\"2025-06-18\",\"capabilities\":{},\"clientInfo\":{\"name\":\"t\",\"version\":\"0\"}}}\n")
+                .await
+                .unwrap();
+            assert!(matches!(t.receive().await, Some(JsonRpcMessage::Request(_))));
             client.write_all(call("903").as_bytes()).await.unwrap();
             assert!(matches!(t.receive().await, Some(JsonRpcMessage::Request(_))));
             // The same id again, then another: the first is refused.
