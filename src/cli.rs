@@ -665,7 +665,9 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
                 invalid_arg!("--older-than-days must be at least 1");
             }
             let now = crate::optimizer::system_clock()();
-            let cutoff = now - i64::from(days) * 86_400_000;
+            // Whole UTC days: reports count days, and a day cut in the
+            // middle would show as a quiet day rather than a pruned one.
+            let cutoff = (now - i64::from(days) * 86_400_000).div_euclid(86_400_000) * 86_400_000;
             // Deleting a call takes its cost out of its budget period's
             // spend: pruning into a current period would hand that money
             // back to be spent again.
@@ -748,9 +750,17 @@ fn score_stdin(settings: &Settings, length_only: bool) -> Result<()> {
     let mut settings = settings.clone();
     crate::optimizer::resolve_model_names(&mut settings, &catalog);
     let router = Router::new(settings.tier_thresholds, &settings.tier_models);
-    let tier_model: Vec<Option<String>> = crate::router::Tier::ALL
+    // Per scored tier: the tier a call lands in (the nearest with an
+    // enabled model, as routing does) and its typical model, so the two
+    // printed together always belong together.
+    let served: Vec<(crate::router::Tier, Option<String>)> = crate::router::Tier::ALL
         .iter()
-        .map(|t| router.typical_model(*t, &catalog, &registry))
+        .map(|t| {
+            (
+                router.serving_tier(*t, &catalog, &registry),
+                router.typical_model(*t, &catalog, &registry),
+            )
+        })
         .collect();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -791,12 +801,12 @@ fn score_stdin(settings: &Settings, length_only: bool) -> Result<()> {
                     let s = scorer::score_unexplained(&item.prompt);
                     (s.value, s.top_features(3))
                 };
-                let tier = router.routed_tier(value);
+                let (tier, model) = &served[router.routed_tier(value) as usize];
                 let o = ScoreOut {
                     id: &item.id,
                     score: value,
                     tier: tier.as_str(),
-                    model: tier_model[tier as usize].as_deref(),
+                    model: model.as_deref(),
                     reasons,
                 };
                 serde_json::to_writer(&mut out, &o)?;

@@ -188,8 +188,12 @@ fn tier_price(core: &Optimizer, tier: Tier, c: &HistoryCall) -> Option<f64> {
         output_tokens: c.output_tokens,
         reasoning_tokens: 0,
     };
+    // A call forced to a provider re-routes among that provider's models.
+    let only = (c.forced.as_deref() == Some("provider"))
+        .then(|| core.catalog().get(&c.model).map(|p| p.provider))
+        .flatten();
     core.router()
-        .serving_models(tier, core.catalog(), core.registry())
+        .serving_models_of(tier, core.catalog(), core.registry(), only)
         .iter()
         .map(|p| p.cost_of(&usage))
         .min_by(f64::total_cmp)

@@ -152,7 +152,7 @@ pub struct CompleteArgs {
     pub top_p: Option<f64>,
     /// Seed for repeatable sampling where the provider supports one
     /// (Gemini, the OpenAI-compatible APIs, Ollama; not Anthropic).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub seed: Option<i64>,
     /// Rate an earlier answer while asking this prompt: its `request_id`
     /// and a rating (`good`, `ok`, `bad` or 1-5). Recorded before this call
@@ -1177,6 +1177,10 @@ impl Optimizer {
     }
 
     fn plan(&self, req: &RouteRequest<'_>) -> Result<RoutePlan, ToolError> {
+        let req = &RouteRequest {
+            today: Some(utc_date(self.now())),
+            ..req.clone()
+        };
         self.router
             .plan(
                 req,
@@ -1444,7 +1448,16 @@ impl Optimizer {
             .map(str::trim)
             .filter(|s| !s.is_empty())
         {
-            Some(p) => Some(parse_provider("force_provider", p)?),
+            Some(p) => match parse_provider("force_provider", p)? {
+                // Speech only: it has no chat model to force.
+                ProviderId::Cartesia => {
+                    return Err(invalid(
+                        "force_provider: cartesia only reads answers aloud; use speak: true \
+                         (with any chat provider) to hear the answer",
+                    ));
+                }
+                p => Some(p),
+            },
             None => None,
         };
         let force_model = match args
@@ -1538,6 +1551,8 @@ impl Optimizer {
                 budget_remaining: binding.map(|s| s.remaining_usd),
                 remaining_is_global: binding.is_some_and(|s| s.user_id == GLOBAL_SCOPE),
                 downgrade: statuses.iter().any(BudgetStatus::wants_downgrade),
+                // Set by `plan`.
+                today: None,
             })
         };
         let read = |now| {
@@ -3546,18 +3561,29 @@ fn parse_provider(field: &str, p: &str) -> Result<ProviderId, ToolError> {
 
 /// An integer argument, also when a client sends it as a whole-valued
 /// float (`5.0`: an integer to JSON Schema, and what some JSON encoders
-/// write); `5.5` and out-of-range values are refused by name.
+/// write) or as text (`?days=7` in a URL query, where every value is
+/// text); `5.5` and out-of-range values are refused by name.
 fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    let v = Option::<serde_json::Number>::deserialize(d)?;
-    match v {
-        None => Ok(None),
-        Some(n) => match (n.as_i64(), n.as_f64()) {
-            (Some(i), _) => Ok(Some(i)),
-            (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.2e18 => Ok(Some(f as i64)),
-            _ => Err(serde::de::Error::custom(format!(
-                "expected a whole number, got {n}"
-            ))),
-        },
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumberOrText {
+        Number(serde_json::Number),
+        Text(String),
+    }
+    let n = match Option::<NumberOrText>::deserialize(d)? {
+        None => return Ok(None),
+        Some(NumberOrText::Number(n)) => n,
+        Some(NumberOrText::Text(t)) => t
+            .trim()
+            .parse::<serde_json::Number>()
+            .map_err(|_| serde::de::Error::custom(format!("expected a whole number, got {t:?}")))?,
+    };
+    match (n.as_i64(), n.as_f64()) {
+        (Some(i), _) => Ok(Some(i)),
+        (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.2e18 => Ok(Some(f as i64)),
+        _ => Err(serde::de::Error::custom(format!(
+            "expected a whole number, got {n}"
+        ))),
     }
 }
 
@@ -3566,6 +3592,14 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D
 fn is_invisible_format(c: char) -> bool {
     matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
         | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
+}
+
+/// The UTC date of a time in ms since the epoch, as `YYYY-MM-DD`.
+fn utc_date(ms: i64) -> String {
+    let d = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .date();
+    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
 }
 
 fn parse_since(s: &str) -> Result<i64, ToolError> {

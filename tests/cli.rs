@@ -199,6 +199,44 @@ fn score_streams_jsonl_and_survives_bad_lines() {
     }
 }
 
+/// The tier `score` prints is the one its model is from: with only
+/// Anthropic enabled, a trivial prompt lands in the medium tier (where
+/// Claude Haiku is), as `recommend` says, not "free" beside a paid model.
+#[test]
+fn score_prints_the_tier_its_model_is_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = command(dir.path())
+        .env("ANTHROPIC_API_KEY", "sk-ant-FAKE-score-0000000000")
+        .env("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
+        .arg("score")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(b"{\"id\":\"a\",\"prompt\":\"hello\"}\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let line: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(line["tier"], "medium", "{line}");
+    assert!(
+        line["model"].as_str().unwrap().starts_with("anthropic/"),
+        "{line}"
+    );
+    let r = command(dir.path())
+        .env("ANTHROPIC_API_KEY", "sk-ant-FAKE-score-0000000000")
+        .env("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
+        .args(["recommend", "hello", "--json"])
+        .output()
+        .unwrap();
+    let r: Value = serde_json::from_str(&stdout(&r)).unwrap();
+    assert_eq!(r["tier"], line["tier"], "{r}");
+}
+
 /// `score` answers each line as soon as it is read (a caller that writes
 /// a line and waits is not left hanging until EOF), survives a line that
 /// is not UTF-8, accepts a byte-order mark, and reports the tier routing
@@ -510,6 +548,8 @@ fn retention_prunes_and_corrupt_ledger_is_explained() {
     let o = run(dir.path(), &["retention", "--older-than-days", "40"], None);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("deleted 0 ledger rows"));
+    // Whole UTC days are pruned: the cut is at a midnight.
+    assert!(stdout(&o).contains("T00:00:00"), "{}", stdout(&o));
     // Pruning into the current period would take its calls out of the
     // budget's spend: refused. A daily budget set for "u" does not move the
     // floor, which is the default budget's month (UTC): from the 3rd of a

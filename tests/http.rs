@@ -1113,6 +1113,31 @@ async fn complete_over_mcp(
         .unwrap()
 }
 
+/// Numbers in a URL query are text: `?days=7` and `?max_tokens=100` are
+/// read as the numbers they are (every `days` was refused with 400).
+#[tokio::test]
+async fn numbers_in_query_strings_are_read() {
+    let fake = FakeProvider::start(ds_reply()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
+    let r = get(&http(), format!("{}/v1/usage?days=7", s.base), None).await;
+    assert_eq!(r.status(), 200);
+    let u = json_of(r).await;
+    assert!(u["since"].as_str().is_some(), "{u}");
+    let r = get(
+        &http(),
+        format!("{}/v1/recommendation?prompt=hello&max_tokens=100", s.base),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(r).await["assumed_output_tokens"], 100);
+    for bad in ["days=abc", "days=1.5", "days=0"] {
+        let r = get(&http(), format!("{}/v1/usage?{bad}", s.base), None).await;
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+}
+
 /// One raw MCP-over-HTTP request: JSON-RPC `body` (or none), a key, a
 /// session id.
 async fn mcp_request(

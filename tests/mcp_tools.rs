@@ -1113,6 +1113,24 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
             json!({"prompt": "hi", "force_provider": "anthropic"}),
             "ANTHROPIC_API_KEY",
         ),
+        // A value of the wrong type is refused by its field's name (serde
+        // alone says "expected f64", naming nothing).
+        (
+            "complete_prompt",
+            json!({"prompt": "hi", "budget_limit": "1"}),
+            "budget_limit: invalid type",
+        ),
+        (
+            "set_budget",
+            json!({"monthly_limit": 5, "alert_thresholds": [0.5, "x"]}),
+            "alert_thresholds[1]",
+        ),
+        // Speech only: told to use `speak`, not to set a key it may have.
+        (
+            "complete_prompt",
+            json!({"prompt": "hi", "force_provider": "cartesia"}),
+            "use speak: true",
+        ),
         (
             "complete_prompt",
             json!({"prompt": "hi", "tier": "ultra"}),

@@ -157,6 +157,10 @@ pub const MIN_BUDGET_USD: f64 = 1e-9;
 /// The smallest alert threshold, 0.1% of the limit.
 pub const MIN_THRESHOLD: f64 = 0.001;
 
+/// The longest a budget's forecast waits before extrapolating (a day; a
+/// shorter period waits a tenth of itself).
+const FORECAST_AFTER_MS: f64 = 86_400_000.0;
+
 /// Checks a limit in USD; the message names `field`.
 pub fn validate_limit(field: &str, usd: f64) -> Result<(), String> {
     if !usd.is_finite() {
@@ -302,7 +306,9 @@ pub struct BudgetStatus {
     pub remaining_usd: f64,
     /// Spent as a percentage of the limit.
     pub percent_used: f64,
-    /// Spend expected by period end at the current rate, USD.
+    /// Spend expected by period end at the current rate, USD; until a
+    /// tenth of the period (at most a day) has passed, the spend so far
+    /// (an hour's rate says nothing about a month).
     pub forecast_usd: f64,
     /// Alert thresholds (fractions).
     pub alert_thresholds: Vec<f64>,
@@ -441,9 +447,10 @@ pub fn compute_status(
         .find(|t| fraction < *t - 1e-12);
     let elapsed = (now_ms - start).max(1) as f64;
     let total = (end - start).max(1) as f64;
-    // Forecast only once an hour of the period has passed; before that the
-    // rate is noise.
-    let forecast = if now_ms - start >= 3_600_000 {
+    // Extrapolate only once a tenth of the period, or a day, has passed:
+    // one call in the first hour of a month made a $0.50 spend forecast as
+    // $369. Until then the forecast is what has been spent.
+    let forecast = if (now_ms - start) as f64 >= (total / 10.0).min(FORECAST_AFTER_MS) {
         spent * total / elapsed
     } else {
         spent
@@ -644,5 +651,22 @@ mod tests {
         assert!((s.forecast_usd - 18.0).abs() < 1e-9);
         assert!(s.wants_downgrade());
         assert!(s.alert_line().unwrap().contains("50%"));
+        // An hour into the month the rate means nothing: no extrapolation
+        // (it forecast $0.50 as $360) until a day has passed.
+        let at = |day, hour| ms(2026, Month::November, day, hour);
+        let s = compute_status(&b, start, end, at(1, 1), 0.5, 0.0);
+        assert_eq!(s.forecast_usd, 0.5);
+        let s = compute_status(&b, start, end, at(2, 0), 0.5, 0.0);
+        assert!((s.forecast_usd - 15.0).abs() < 1e-9, "{}", s.forecast_usd);
+        // A daily budget extrapolates after a tenth of its day.
+        let day = Budget {
+            period: Period::Daily,
+            ..b.clone()
+        };
+        let (ds, de) = (at(5, 0), at(6, 0));
+        let s = compute_status(&day, ds, de, at(5, 1), 0.5, 0.0);
+        assert_eq!(s.forecast_usd, 0.5);
+        let s = compute_status(&day, ds, de, at(5, 3), 0.5, 0.0);
+        assert!((s.forecast_usd - 4.0).abs() < 1e-9, "{}", s.forecast_usd);
     }
 }

@@ -453,7 +453,10 @@ fn build_snapshot(conn: &Connection, req: &SnapshotRequest) -> rusqlite::Result<
 
     if req.day_provider {
         let mut stmt = conn.prepare_cached(
-            "SELECT date(day * 86400, 'unixepoch'), provider, sum(ok), sum(cost_nanos)
+            // Speech is no call (as in every other count): its cost shows,
+            // its syntheses do not count as calls.
+            "SELECT date(day * 86400, 'unixepoch'), provider,
+                    coalesce(sum(ok) FILTER (WHERE provider != 'cartesia'), 0), sum(cost_nanos)
              FROM temp.usage_rollup GROUP BY day, provider ORDER BY day ASC, 4 DESC, provider",
         )?;
         snap.day_provider = stmt
@@ -782,6 +785,14 @@ mod tests {
         );
         // Only the priced answer's tokens price other baselines.
         assert_eq!(snap.tokens.input_tokens, 100);
+        // The cost-by-day chart shows speech's cost but no calls for it.
+        let speech_day = snap
+            .day_provider
+            .iter()
+            .find(|d| d.provider == "cartesia")
+            .unwrap();
+        assert_eq!(speech_day.calls, 0, "{speech_day:?}");
+        assert!((speech_day.cost_usd - 0.04).abs() < 1e-12);
         // The direct SQL totals agree.
         assert_eq!(&l.totals(None, 0, MON + DAY).unwrap(), t);
     }

@@ -405,8 +405,51 @@ impl CostServer {
     }
 }
 
+/// Why a tool's arguments do not deserialize, naming the field (`None`
+/// when they do, or the tool is not ours: the router answers those).
+///
+/// Why here and not in rmcp: its `Parameters<T>` reports serde's message
+/// alone ("invalid type: string \"1\", expected f64"), which names no
+/// field, so a model sending five numbers cannot tell which one to fix.
+fn argument_error(name: &str, args: Option<&rmcp::model::JsonObject>) -> Option<String> {
+    fn check<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Option<String> {
+        serde_path_to_error::deserialize::<_, T>(v).err().map(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                e.into_inner().to_string()
+            } else {
+                format!("{path}: {}", e.into_inner())
+            }
+        })
+    }
+    let v = serde_json::Value::Object(args.cloned().unwrap_or_default());
+    match name {
+        "complete_prompt" => check::<CompleteArgs>(v),
+        "get_recommendation" => check::<RecommendArgs>(v),
+        "check_model_costs" => check::<CostArgs>(v),
+        "query_usage" => check::<UsageArgs>(v),
+        "set_budget" => check::<SetBudgetArgs>(v),
+        _ => None,
+    }
+}
+
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for CostServer {
+    /// Arguments that do not fit their tool are refused as a tool error
+    /// naming the field (see [`argument_error`]); the rest go to the
+    /// tool router, as the macro's default `call_tool` does.
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, McpError> {
+        if let Some(e) = argument_error(&request.name, request.arguments.as_ref()) {
+            return tool_error(ToolError::Invalid(e)).map(Into::into);
+        }
+        let tcc = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+        self.tool_router.call(tcc).await
+    }
+
     /// Budget alerts are sent as `warning` logging notifications; a client
     /// that sets a more severe minimum (`error` and up) gets none.
     #[allow(deprecated)]

@@ -319,7 +319,10 @@ fn cost_effect(
     let mut e = CostEffect::default();
     for c in history {
         e.recorded_usd += c.cost_usd;
-        let forced = c.forced.is_some();
+        // A forced tier or model keeps its call where it is; a call forced
+        // only to a provider still routes by its score (to that provider's
+        // model of the new tier), so it moves with the boundaries.
+        let forced = matches!(c.forced.as_deref(), Some("tier" | "model"));
         let (a, b) = (
             effective_tier(current, c.score),
             effective_tier(proposed, c.score),
@@ -475,6 +478,23 @@ mod tests {
         // Each moved call is re-priced at the cheap tier: 3 x $0.002.
         assert!((p.cost.projected_usd - 0.006).abs() < 1e-12);
         assert!((p.cost.recorded_usd - 0.0).abs() < 1e-12);
+    }
+
+    /// A call forced only to a provider is still routed by its score, so
+    /// a moved boundary moves it too, and the cost effect counts it (it
+    /// was held at its recorded cost, like a forced tier).
+    #[test]
+    fn provider_forced_calls_move_with_the_boundaries() {
+        let mut h = vec![
+            call(0.18, "free", None, Some(1)),
+            call(0.20, "free", None, Some(2)),
+            call(0.22, "free", None, Some(1)),
+        ];
+        h.push(call(0.21, "free", Some("provider"), None));
+        let p = propose(&h, T, &flat);
+        assert!(p.changed);
+        assert_eq!(p.cost.calls_up, 4, "{:?}", p.cost);
+        assert!((p.cost.projected_usd - 0.008).abs() < 1e-12, "{:?}", p.cost);
     }
 
     #[test]

@@ -108,7 +108,8 @@ pub fn default_models(tier: Tier) -> &'static [&'static str] {
             "gemini/gemini-2.5-flash-lite",
             "deepseek/deepseek-v3.2",
             "cerebras/gpt-oss-120b",
-            "openrouter/google/gemini-2.5-flash-lite",
+            // OpenRouter's gemini-2.5-flash-lite was retired 2026-10-20.
+            "openrouter/openai/gpt-oss-120b",
         ],
         Tier::Medium => &[
             "gemini/gemini-3-flash-preview",
@@ -154,6 +155,9 @@ pub struct RouteRequest<'a> {
     pub remaining_is_global: bool,
     /// Past a budget threshold in `downgrade` mode: prefer one tier cheaper.
     pub downgrade: bool,
+    /// Today's date (UTC, `YYYY-MM-DD`): tier models the catalog says are
+    /// retired by then are skipped. `None`: not checked.
+    pub today: Option<String>,
 }
 
 /// One model considered, with its estimated cost for this prompt.
@@ -264,6 +268,21 @@ impl Router {
             .or_else(|| self.models(tier).first().cloned())
     }
 
+    /// The tier a call routed to `tier` lands in: that tier, or the nearest
+    /// one with a priced, enabled model (as [`Router::serving_models`]
+    /// looks); `tier` itself when no provider of any tier is enabled.
+    pub fn serving_tier(&self, tier: Tier, catalog: &Catalog, registry: &Registry) -> Tier {
+        search_order(tier)
+            .into_iter()
+            .find(|t| {
+                self.models(*t)
+                    .iter()
+                    .filter_map(|m| catalog.get(m))
+                    .any(|p| registry.is_enabled(p.provider))
+            })
+            .unwrap_or(tier)
+    }
+
     /// The priced, enabled models a call routed to `tier` can land on: that
     /// tier's, or the nearest tier's that has any (the same, then
     /// stronger, then cheaper, as [`Router::plan`] looks); empty when no
@@ -274,6 +293,18 @@ impl Router {
         catalog: &Catalog,
         registry: &Registry,
     ) -> Vec<ModelPrice> {
+        self.serving_models_of(tier, catalog, registry, None)
+    }
+
+    /// [`Router::serving_models`], of one provider's models only when
+    /// `only` names one (a call made with `force_provider`).
+    pub fn serving_models_of(
+        &self,
+        tier: Tier,
+        catalog: &Catalog,
+        registry: &Registry,
+        only: Option<ProviderId>,
+    ) -> Vec<ModelPrice> {
         search_order(tier)
             .into_iter()
             .map(|t| {
@@ -281,6 +312,7 @@ impl Router {
                     .iter()
                     .filter_map(|m| catalog.get(m))
                     .filter(|p| registry.is_enabled(p.provider))
+                    .filter(|p| only.is_none_or(|o| o == p.provider))
                     .collect::<Vec<_>>()
             })
             .find(|l| !l.is_empty())
@@ -412,6 +444,7 @@ impl Router {
         let mut by_tier: BTreeMap<Tier, Vec<Candidate>> = BTreeMap::new();
         let mut skipped_unpriced = Vec::new();
         let mut skipped_context = Vec::new();
+        let mut skipped_retired = Vec::new();
         for tier in Tier::ALL {
             let mut list = Vec::new();
             for id in self.models(tier) {
@@ -422,6 +455,14 @@ impl Router {
                 if !registry.is_enabled(price.provider)
                     || req.force_provider.is_some_and(|p| p != price.provider)
                 {
+                    continue;
+                }
+                // Past its provider's announced retirement the model
+                // fails (or is about to), and its fallback is dearer.
+                if let (Some(retired), Some(today)) = (&price.deprecation_date, &req.today)
+                    && retired.as_str() <= today.as_str()
+                {
+                    skipped_retired.push(format!("{id} (retired {retired})"));
                     continue;
                 }
                 let c = candidate(&price, tier);
@@ -441,6 +482,12 @@ impl Router {
             notes.push(format!(
                 "Skipped models with no known price: {} (add [pricing.overrides] to use them).",
                 skipped_unpriced.join(", ")
+            ));
+        }
+        if !skipped_retired.is_empty() {
+            notes.push(format!(
+                "Skipped models past their deprecation date: {} (set [routing.tiers] to replace them).",
+                skipped_retired.join(", ")
             ));
         }
         if !skipped_context.is_empty() {
@@ -783,10 +830,50 @@ mod tests {
         let c = Catalog::bundled();
         for t in Tier::ALL {
             for m in default_models(t) {
-                assert!(c.get(m).is_some(), "{m} is not in the bundled catalog");
+                let price = c.get(m);
+                assert!(price.is_some(), "{m} is not in the bundled catalog");
+                // A default past its retirement would be skipped on every
+                // call (and fail where it is not): replace it.
+                let retired = price.and_then(|p| p.deprecation_date);
+                assert!(
+                    retired.as_deref().is_none_or(|d| d > "2027-01-01"),
+                    "{m} is retired on {retired:?}"
+                );
             }
         }
         assert!(c.get(DEFAULT_BASELINE_MODEL).is_some());
+    }
+
+    /// A tier model past its catalog deprecation date is skipped, with a
+    /// note; before that date it routes as usual.
+    #[test]
+    fn retired_models_are_skipped() {
+        let retired = "openrouter/google/gemini-2.5-flash-lite";
+        let tiers = BTreeMap::from([(
+            Tier::Cheap,
+            vec![
+                retired.to_string(),
+                "openrouter/openai/gpt-oss-120b".to_string(),
+            ],
+        )]);
+        let r = Router::new(DEFAULT_TIER_THRESHOLDS, &tiers);
+        let reg = registry(&[ProviderId::Openrouter]);
+        let mut rq = req("hello");
+        rq.tier = Some(Tier::Cheap);
+        let models = |today: &str| {
+            let mut rq = rq.clone();
+            rq.today = Some(today.to_string());
+            let p = r
+                .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+                .unwrap();
+            let ids: Vec<String> = p.candidates.iter().map(|c| c.model.clone()).collect();
+            (ids, p.notes.join(" "))
+        };
+        let (ids, notes) = models("2026-12-06");
+        assert!(!ids.contains(&retired.to_string()), "{ids:?}");
+        assert!(notes.contains("past their deprecation date"), "{notes}");
+        let (ids, _) = models("2026-10-01");
+        assert!(ids.contains(&retired.to_string()), "{ids:?}");
     }
 
     #[test]
