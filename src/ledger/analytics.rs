@@ -16,7 +16,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use super::{Group, Ledger, LedgerError, Totals, read_totals, read_totals_at, to_usd};
+use super::{
+    Group, Ledger, LedgerError, Totals, lock_ignoring_poison, read_totals, read_totals_at, to_usd,
+};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -304,11 +306,43 @@ fn read_call(r: &rusqlite::Row<'_>) -> rusqlite::Result<CallRow> {
 
 impl Ledger {
     /// Computes the analytics of `req`'s period in one read transaction.
+    ///
+    /// On a connection of its own (read-only; WAL lets it read while calls
+    /// write): on the shared one, a report over a large ledger (seconds
+    /// with many users, whose daily rollup rows barely shrink it) held up
+    /// every call's hold and settlement for as long. Falls back to the
+    /// shared connection if the reader cannot be opened, and uses it on a
+    /// ledger that is read-only anyway.
     pub fn snapshot(&self, req: &SnapshotRequest) -> Result<Snapshot, LedgerError> {
+        if self.read_only.is_none() {
+            let mut reader = lock_ignoring_poison(&self.reports);
+            if reader.is_none() {
+                match self.open_reader() {
+                    Ok(c) => *reader = Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "report reader not opened; reading on the shared connection")
+                    }
+                }
+            }
+            if let Some(conn) = reader.as_mut() {
+                let tx = conn.transaction().map_err(|e| self.err(e))?;
+                // Dropping the transaction rolls it back, temp table and all.
+                return build_snapshot(&tx, req).map_err(|e| self.err(e));
+            }
+        }
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
-        // Read-only: dropping the transaction rolls it back, temp table and all.
         build_snapshot(&tx, req).map_err(|e| self.err(e))
+    }
+
+    /// A read-only connection to the ledger file, for reports.
+    fn open_reader(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            self.path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(conn)
     }
 }
 
@@ -673,6 +707,46 @@ mod tests {
     fn monday_constant_is_a_monday() {
         // 1970-01-01 was a Thursday; day 3 was a Sunday.
         assert_eq!((MON / DAY) % 7, 4);
+    }
+
+    /// Reports read on a connection of their own: they see every call
+    /// committed before them (the reader holds no stale snapshot between
+    /// reports), and one in progress does not hold the connection writes
+    /// use.
+    #[test]
+    fn reports_read_on_their_own_connection_and_stay_current() {
+        let (_d, l) = seeded();
+        assert_eq!(l.snapshot(&all(vec![])).unwrap().totals.calls, 6);
+        l.insert_call(&call(
+            MON + 5000,
+            "u",
+            "deepseek",
+            "deepseek/deepseek-v3.2",
+            Some("cheap"),
+            Some(0.3),
+            0.001,
+            0.005,
+            true,
+        ))
+        .unwrap();
+        assert_eq!(l.snapshot(&all(vec![])).unwrap().totals.calls, 7);
+        // A report holding its connection leaves the shared one free.
+        let reader = lock_ignoring_poison(&l.reports);
+        assert!(reader.is_some(), "the report reader was not used");
+        l.insert_call(&call(
+            MON + 6000,
+            "u",
+            "deepseek",
+            "deepseek/deepseek-v3.2",
+            Some("cheap"),
+            Some(0.3),
+            0.001,
+            0.005,
+            true,
+        ))
+        .unwrap();
+        drop(reader);
+        assert_eq!(l.snapshot(&all(vec![])).unwrap().totals.calls, 8);
     }
 
     #[test]

@@ -448,6 +448,10 @@ pub struct Ledger {
     /// Why the ledger is open read-only, if it is (see
     /// [`Ledger::open_or_read_only`]).
     read_only: Option<Arc<str>>,
+    /// A read-only connection of its own for reports (opened on first
+    /// use; see [`Ledger::snapshot`]), so a long report never holds the
+    /// connection every call's hold and settlement need.
+    reports: Arc<Mutex<Option<Connection>>>,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked
@@ -477,6 +481,7 @@ impl Ledger {
             queue: Arc::default(),
             _syncer: None,
             read_only: None,
+            reports: Arc::default(),
         };
         ledger.init(durability)?;
         ledger.claim_and_sweep();
@@ -601,6 +606,7 @@ impl Ledger {
             queue: Arc::default(),
             _syncer: None,
             read_only: Some(reason.into()),
+            reports: Arc::default(),
         })
     }
 
