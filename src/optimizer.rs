@@ -467,8 +467,12 @@ pub struct ModelCost {
     pub cache_read_per_mtok: Option<f64>,
     /// Context window in tokens.
     pub context_window: Option<u64>,
-    /// Estimated cost of the given prompt (with the assumed output), USD.
+    /// Estimated cost of the given prompt (with the assumed output), USD;
+    /// none when the prompt does not fit the model (`prompt_fits`).
     pub estimated_cost_usd: Option<f64>,
+    /// With a prompt: whether it fits the model's context window (a model
+    /// it does not fit cannot take it at any price; listed last).
+    pub prompt_fits: Option<bool>,
 }
 
 /// Result of `check_model_costs`.
@@ -1284,6 +1288,7 @@ impl Optimizer {
                     .filter(|c| *c != m.input_per_mtok()),
                 context_window: m.max_input_tokens,
                 estimated_cost_usd: None,
+                prompt_fits: None,
             });
         }
         let scope = match (provider, &needle) {
@@ -1299,13 +1304,20 @@ impl Optimizer {
             for r in &mut rows {
                 if let Some(price) = self.catalog.get(&r.model) {
                     let input = counted.for_model(r.provider, &r.model);
-                    r.estimated_cost_usd = Some(price.estimate(input, assumed));
+                    let fits = price.max_input_tokens.is_none_or(|max| input <= max);
+                    r.prompt_fits = Some(fits);
+                    r.estimated_cost_usd = fits.then(|| price.estimate(input, assumed));
                 }
             }
+            // Cheapest first; models the prompt does not fit last.
             rows.sort_by(|a, b| {
-                a.estimated_cost_usd
-                    .unwrap_or(0.0)
-                    .total_cmp(&b.estimated_cost_usd.unwrap_or(0.0))
+                (a.prompt_fits == Some(false))
+                    .cmp(&(b.prompt_fits == Some(false)))
+                    .then_with(|| {
+                        a.estimated_cost_usd
+                            .unwrap_or(0.0)
+                            .total_cmp(&b.estimated_cost_usd.unwrap_or(0.0))
+                    })
                     .then_with(|| a.model.cmp(&b.model))
             });
         } else {

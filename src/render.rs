@@ -341,9 +341,12 @@ pub fn cost_table(t: &CostTable) -> String {
             m.context_window
                 .map(|c| format!("{}k", c / 1000))
                 .unwrap_or_else(|| "–".into()),
-            m.estimated_cost_usd
-                .map(|c| format!(" {} |", usd(c)))
-                .unwrap_or_default()
+            match (m.estimated_cost_usd, m.prompt_fits) {
+                (Some(c), _) => format!(" {} |", usd(c)),
+                (None, Some(false)) => " too long for it |".to_string(),
+                (None, _) if est => " – |".to_string(),
+                (None, _) => String::new(),
+            }
         );
     }
     if t.omitted > 0 {

@@ -130,6 +130,31 @@ async fn check_model_costs_reports_catalog_prices_and_estimates() {
         .await;
     assert!(every["models"].as_array().unwrap().len() >= 10);
 
+    // A prompt longer than a model's context window: no estimate for it
+    // (it cannot take the prompt at any price), listed after those that
+    // can, and said so in the text; it was ranked cheapest.
+    let long = "word ".repeat(200_000);
+    let r = s
+        .call(
+            "check_model_costs",
+            json!({"model": "deepseek-v3.2", "prompt": long}),
+        )
+        .await;
+    let t = r.structured_content.clone().unwrap();
+    let rows = t["models"].as_array().unwrap();
+    let ds = rows
+        .iter()
+        .find(|r| r["model"] == "deepseek/deepseek-v3.2")
+        .unwrap();
+    assert_eq!(ds["prompt_fits"], json!(false), "{ds}");
+    assert!(ds["estimated_cost_usd"].is_null(), "{ds}");
+    assert!(text(&r).contains("too long for it"), "{}", text(&r));
+    let fits: Vec<bool> = rows
+        .iter()
+        .map(|r| r["prompt_fits"] != json!(false))
+        .collect();
+    assert!(fits.windows(2).all(|w| w[0] >= w[1]), "{fits:?}");
+
     // Without filters and no provider enabled: the routing tiers' models.
     let all = s.ok("check_model_costs", json!({})).await;
     assert!(all["scope"].as_str().unwrap().contains("none is enabled"));
