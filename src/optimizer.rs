@@ -2011,6 +2011,14 @@ impl Optimizer {
                                 cand.model
                             ));
                         }
+                        // A fallback into another tier changes what the
+                        // call is (a weaker answer, or a dearer one): said.
+                        if cand.tier != plan.tier && forced != Some("model") {
+                            notes.push(format!(
+                                "Answered by a {} model: the {} tier's models failed or were skipped.",
+                                cand.tier, plan.tier
+                            ));
+                        }
                         return Ok(Completion {
                             answer: resp.text,
                             model: cand.model.clone(),

@@ -766,6 +766,15 @@ async fn a_provider_outage_falls_back_to_another_provider() {
         .await;
     assert_eq!(c["answer"], "from anthropic", "{c}");
     assert_eq!(c["provider"], "anthropic");
+    // Gemini's cheap model failed, Claude Haiku (medium) answered: said.
+    assert!(
+        c["notes"].as_array().unwrap().iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .starts_with("Answered by a medium model")),
+        "{}",
+        c["notes"]
+    );
     // One Gemini model, retried (503 is transient); its others are skipped.
     let attempts = assert_fell_back(&c, "gemini/", "overloaded");
     assert_eq!(gemini.requests().len(), attempts.len() - 1, "{attempts:?}");
