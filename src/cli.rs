@@ -654,6 +654,7 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
                 days,
                 config_file: target.map(|p| p.display().to_string()),
                 applied,
+                user,
             };
             emit(&out, Ok(c), crate::feedback::render_calibration)
         }

@@ -153,7 +153,13 @@ pub struct Calibration {
     pub config_file: Option<String>,
     /// Whether the thresholds were written.
     pub applied: bool,
+    /// The one user whose calls were read, if any (the thresholds still
+    /// apply to every user).
+    pub user: Option<String>,
 }
+
+/// Ratings and overrides below which a proposal is flagged as thin.
+const FEW_SIGNALS: usize = 10;
 
 /// Reads `days` of history (optionally one user's) and proposes thresholds.
 pub fn calibrate(
@@ -308,6 +314,20 @@ pub fn render_calibration(c: &Calibration) -> String {
             calibrate::CALLS_PER_SIGNAL
         );
         return s;
+    }
+    let signals = e.rated_bad + e.rated_good + e.overrides_up + e.overrides_down;
+    if signals < FEW_SIGNALS {
+        let _ = writeln!(
+            s,
+            "Caution: this rests on {signals} ratings and overrides only; take it as a hint, and \
+             let more ratings firm it up before applying it."
+        );
+    }
+    if let Some(u) = &c.user {
+        let _ = writeln!(
+            s,
+            "Learned from {u:?}'s calls only, but the thresholds route every user's calls."
+        );
     }
     let k = &p.cost;
     let _ = writeln!(

@@ -262,6 +262,12 @@ fn calibrate_proposes_applies_and_recommend_follows() {
         t.contains("free|cheap") && t.contains("Run with --apply"),
         "{t}"
     );
+    // Four ratings are thin evidence, and the text says so.
+    assert!(t.contains("rests on 4 ratings and overrides only"), "{t}");
+    // One user's history proposes thresholds for everyone: said too.
+    let t = run(dir.path(), &["calibrate", "--user", "default"], &keys);
+    let t = String::from_utf8_lossy(&t.stdout).into_owned();
+    assert!(t.contains("Learned from \"default\"'s calls only"), "{t}");
 
     // Apply: the config file (default path under HOME) gets the thresholds,
     // and the next recommend routes the prompt to the cheap tier.
