@@ -103,6 +103,28 @@ async fn messages_before_initialize_do_not_end_the_session() {
     still_answers(&mut s, 43, "messages before initialize").await;
 }
 
+/// A prompt holding a lone UTF-16 surrogate escape (text cut inside an
+/// emoji, as JavaScript writes it) is read with U+FFFD in its place; the
+/// whole request failed to parse.
+#[tokio::test]
+async fn a_lone_surrogate_in_a_prompt_is_read_as_a_replacement_character() {
+    let fake = FakeProvider::start(ok_reply()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = server(&fake, dir.path()).await;
+    s.write(
+        br#"{"jsonrpc":"2.0","id":61,"method":"tools/call","params":{"name":"get_recommendation","arguments":{"prompt":"Summarise this \ud83d text"}}}
+"#,
+    )
+    .await
+    .unwrap();
+    let r = s.reply(61, LONG).await;
+    assert!(
+        r["result"]["structuredContent"]["complexity"].is_object(),
+        "{r}"
+    );
+    still_answers(&mut s, 62, "a lone surrogate").await;
+}
+
 #[tokio::test]
 async fn junk_on_stdin_never_takes_the_server_down() {
     let fake = FakeProvider::start(ok_reply()).await;
@@ -146,13 +168,13 @@ async fn junk_on_stdin_never_takes_the_server_down() {
             parse_error("Parse error: recursion limit exceeded at line 1 column 128"),
         ),
         (
-            "a lone surrogate",
-            br#"{"jsonrpc":"2.0","id":77,"method":"tools/list","params":{"x":"\ud800"}}"#.to_vec(),
+            "an invalid escape",
+            br#"{"jsonrpc":"2.0","id":77,"method":"tools/list","params":{"x":"\q"}}"#.to_vec(),
             // Its id came before the fault: the error carries it.
             invalid(
                 json!(77),
                 -32700,
-                "Parse error: unexpected end of hex escape at line 1 column 69",
+                "Parse error: invalid escape at line 1 column 64",
             ),
         ),
         (

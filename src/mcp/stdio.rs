@@ -430,6 +430,54 @@ async fn write_lines<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Vec
     }
 }
 
+/// `text` with every `\uXXXX` escape of a lone UTF-16 surrogate (one not
+/// in a high-low pair) inside a JSON string replaced by `\uFFFD`; `None`
+/// when there is none. Escaped backslashes are respected (`\\ud800` is
+/// text, not an escape).
+fn replace_lone_surrogates(text: &str) -> Option<String> {
+    fn escape_at(b: &[u8], i: usize) -> Option<u16> {
+        let hex = b.get(i..i + 6)?;
+        if hex[0] != b'\\' || hex[1] != b'u' {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16).ok()
+    }
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let (mut i, mut copied, mut in_string, mut changed) = (0, 0, false, false);
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                in_string = !in_string;
+                i += 1;
+            }
+            b'\\' if in_string => match escape_at(b, i) {
+                Some(hi @ 0xD800..=0xDBFF)
+                    if matches!(escape_at(b, i + 6), Some(0xDC00..=0xDFFF)) =>
+                {
+                    let _ = hi;
+                    i += 12;
+                }
+                Some(0xD800..=0xDFFF) => {
+                    out.push_str(&text[copied..i]);
+                    out.push_str("\\uFFFD");
+                    i += 6;
+                    copied = i;
+                    changed = true;
+                }
+                // Any other escape: skip the backslash and the escaped
+                // character (an escaped quote does not end the string).
+                _ => i += 2,
+            },
+            _ => i += 1,
+        }
+    }
+    changed.then(|| {
+        out.push_str(&text[copied.min(text.len())..]);
+        out
+    })
+}
+
 /// Decodes one line (newline included) into a message for rmcp, or the
 /// error reply JSON-RPC 2.0 asks for.
 fn decode(raw: &[u8]) -> Decoded {
@@ -455,7 +503,20 @@ fn decode(raw: &[u8]) -> Decoded {
             ));
         }
     };
-    let e = match serde_json::from_str::<RxJsonRpcMessage<RoleServer>>(text) {
+    let parsed = match serde_json::from_str::<RxJsonRpcMessage<RoleServer>>(text) {
+        // A lone UTF-16 surrogate escape (`"\ud83d"`: text cut inside an
+        // emoji, as JavaScript's JSON.stringify writes it) is valid JSON
+        // grammar that serde_json refuses: read it as U+FFFD, as a lossy
+        // UTF-8 decoder would, rather than fail the whole request.
+        Err(e) if e.is_syntax() => match replace_lone_surrogates(text) {
+            Some(fixed) => serde_json::from_str(&fixed)
+                .inspect(|_| tracing::info!("read lone surrogate escapes as U+FFFD"))
+                .map_err(|_| e),
+            None => Err(e),
+        },
+        other => other,
+    };
+    let e = match parsed {
         Ok(m) => {
             return match misfit_params(&m) {
                 Some(reply) => Decoded::Reply(reply),
@@ -790,6 +851,27 @@ mod tests {
     }
 
     #[test]
+    fn lone_surrogate_escapes_become_replacement_characters() {
+        let fix = |s: &str| replace_lone_surrogates(s);
+        assert_eq!(
+            fix(r#"{"p":"hi \ud83d there"}"#).as_deref(),
+            Some(r#"{"p":"hi \uFFFD there"}"#)
+        );
+        // A trailing lone low surrogate, and one at the end of a string.
+        assert_eq!(
+            fix(r#"{"p":"\udc00x","q":"a\ud800"}"#).as_deref(),
+            Some(r#"{"p":"\uFFFDx","q":"a\uFFFD"}"#)
+        );
+        // A proper pair, an escaped backslash and plain escapes: untouched.
+        assert_eq!(fix(r#"{"p":"\ud83d\ude00 \\ud800 \" \n \u00e9"}"#), None);
+        // And the line then decodes.
+        let d = decode(
+            br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"x","arguments":{"prompt":"hi \ud83d"}}}"#,
+        );
+        assert!(matches!(d, Decoded::Message(_)), "{d:?}");
+    }
+
+    #[test]
     fn errors_follow_json_rpc() {
         assert_eq!(
             reply(decode(b"\xff\xfe{}\n")),
@@ -843,7 +925,7 @@ mod tests {
         assert_eq!(r["error"]["code"], json!(INVALID_REQUEST), "{r}");
         assert_eq!(r["id"], Value::Null);
         let r = reply(decode(
-            b"{\"jsonrpc\":\"2.0\",\"id\":55,\"method\":\"tools/call\",\"params\":{\"x\":\"hi \\ud83d there\"}}\n",
+            b"{\"jsonrpc\":\"2.0\",\"id\":55,\"method\":\"tools/call\",\"params\":{\"x\":\"hi \\q there\"}}\n",
         ));
         assert_eq!(r["error"]["code"], json!(PARSE_ERROR), "{r}");
         assert_eq!(r["id"], json!(55), "{r}");
