@@ -716,35 +716,28 @@ mod tests {
     #[test]
     fn reports_read_on_their_own_connection_and_stay_current() {
         let (_d, l) = seeded();
+        let add = |ts| {
+            let ds = "deepseek/deepseek-v3.2";
+            let c = call(
+                ts,
+                "u",
+                "deepseek",
+                ds,
+                Some("cheap"),
+                Some(0.3),
+                0.001,
+                0.005,
+                true,
+            );
+            l.insert_call(&c).unwrap();
+        };
         assert_eq!(l.snapshot(&all(vec![])).unwrap().totals.calls, 6);
-        l.insert_call(&call(
-            MON + 5000,
-            "u",
-            "deepseek",
-            "deepseek/deepseek-v3.2",
-            Some("cheap"),
-            Some(0.3),
-            0.001,
-            0.005,
-            true,
-        ))
-        .unwrap();
+        add(MON + 5000);
         assert_eq!(l.snapshot(&all(vec![])).unwrap().totals.calls, 7);
         // A report holding its connection leaves the shared one free.
         let reader = lock_ignoring_poison(&l.reports);
         assert!(reader.is_some(), "the report reader was not used");
-        l.insert_call(&call(
-            MON + 6000,
-            "u",
-            "deepseek",
-            "deepseek/deepseek-v3.2",
-            Some("cheap"),
-            Some(0.3),
-            0.001,
-            0.005,
-            true,
-        ))
-        .unwrap();
+        add(MON + 6000);
         drop(reader);
         assert_eq!(l.snapshot(&all(vec![])).unwrap().totals.calls, 8);
     }

@@ -567,22 +567,16 @@ mod tests {
     /// A base URL without its scheme is refused at start, by name.
     #[test]
     fn a_base_url_without_a_scheme_is_refused() {
-        for bad in ["localhost:9", "ftp://example.com", "http://"] {
-            let env = |k: &str| match k {
-                "DEEPSEEK_API_KEY" => Some("sk-deepseek-test-123456".to_string()),
-                "DEEPSEEK_BASE_URL" => Some(bad.to_string()),
-                OLLAMA_PROBE_ENV => Some("0".to_string()),
-                _ => None,
-            };
-            let t = Duration::from_secs(1);
-            let err = format!("{:#}", Registry::from_env(&env, t, t, t).err().unwrap());
-            assert!(
-                err.contains("DEEPSEEK_BASE_URL must be an http"),
-                "{bad}: {err}"
-            );
-        }
+        let no_scheme = "DEEPSEEK_BASE_URL must be an http";
         // A query or fragment would end up before the API path.
-        for bad in ["http://127.0.0.1:9/v1?x=1", "http://127.0.0.1:9/v1#frag"] {
+        let query = "DEEPSEEK_BASE_URL must not have a query";
+        for (bad, said) in [
+            ("localhost:9", no_scheme),
+            ("ftp://example.com", no_scheme),
+            ("http://", no_scheme),
+            ("http://127.0.0.1:9/v1?x=1", query),
+            ("http://127.0.0.1:9/v1#frag", query),
+        ] {
             let env = |k: &str| match k {
                 "DEEPSEEK_API_KEY" => Some("sk-deepseek-test-123456".to_string()),
                 "DEEPSEEK_BASE_URL" => Some(bad.to_string()),
@@ -591,10 +585,7 @@ mod tests {
             };
             let t = Duration::from_secs(1);
             let err = format!("{:#}", Registry::from_env(&env, t, t, t).err().unwrap());
-            assert!(
-                err.contains("DEEPSEEK_BASE_URL must not have a query"),
-                "{bad}: {err}"
-            );
+            assert!(err.contains(said), "{bad}: {err}");
         }
     }
 }
