@@ -143,6 +143,16 @@ async fn get(
     request(c, Method::GET, url, key, None).await
 }
 
+/// A 400 whose OpenAI-style error message names `what`.
+async fn assert_bad_request(r: reqwest::Response, what: &str) {
+    assert_eq!(r.status(), 400);
+    let e = json_of(r).await;
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains(what),
+        "{e}"
+    );
+}
+
 async fn json_of(r: reqwest::Response) -> Value {
     let status = r.status();
     let text = r.text().await.unwrap();
@@ -504,15 +514,7 @@ async fn openai_errors_have_openai_bodies_and_statuses() {
     let big = json!({"model": "auto", "max_tokens": -5,
         "messages": [{"role": "user", "content": "x".repeat(3 * 1024 * 1024)}]});
     let r = request(&c, Method::POST, &url, None, Some(&big)).await;
-    assert_eq!(r.status(), 400);
-    let e = json_of(r).await;
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("max_tokens"),
-        "{e}"
-    );
+    assert_bad_request(r, "max_tokens").await;
     let r = get(&c, format!("{}/nope", s.base), None).await;
     assert_eq!(r.status(), 404);
 }
@@ -698,15 +700,7 @@ async fn sampling_options_are_passed_on() {
     let mut bad = body.clone();
     bad["temperature"] = json!(3);
     let r = chat(&s, &bad).await;
-    assert_eq!(r.status(), 400);
-    let e = json_of(r).await;
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("temperature"),
-        "{e}"
-    );
+    assert_bad_request(r, "temperature").await;
     assert_eq!(fake.requests().len(), 1);
 }
 
@@ -1009,15 +1003,7 @@ async fn budgets_apply_per_key_and_only_admins_set_them() {
     unpriced["model"] = json!("openrouter/some-lab/unlisted-model");
     unpriced.as_object_mut().unwrap().remove("provider");
     let r = request(&c, Method::POST, &url, Some(&bob), Some(&unpriced)).await;
-    assert_eq!(r.status(), 400);
-    let e = json_of(r).await;
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("no known price"),
-        "{e}"
-    );
+    assert_bad_request(r, "no known price").await;
     assert!(or.requests().is_empty(), "refused before any call");
     let r = request(&c, Method::POST, &url, Some(&admin), Some(&unpriced)).await;
     assert_eq!(r.status(), 200, "admins may force unpriced models");

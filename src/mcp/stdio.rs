@@ -452,10 +452,8 @@ fn replace_lone_surrogates(text: &str) -> Option<String> {
                 i += 1;
             }
             b'\\' if in_string => match escape_at(b, i) {
-                Some(hi @ 0xD800..=0xDBFF)
-                    if matches!(escape_at(b, i + 6), Some(0xDC00..=0xDFFF)) =>
-                {
-                    let _ = hi;
+                // A high-low pair: a character, kept.
+                Some(0xD800..=0xDBFF) if matches!(escape_at(b, i + 6), Some(0xDC00..=0xDFFF)) => {
                     i += 12;
                 }
                 Some(0xD800..=0xDFFF) => {
