@@ -85,7 +85,8 @@ pub struct BandStat {
     pub calls: u64,
     /// Spend in the band, USD.
     pub cost_usd: f64,
-    /// Spend per successful call, USD (0 without calls).
+    /// Spend per successful call, USD (0 without calls). Charged failed
+    /// attempts are in the spend: what an answer in this band really cost.
     pub avg_cost_usd: f64,
     /// What always-premium would have cost, USD.
     pub baseline_cost_usd: f64,
@@ -206,7 +207,8 @@ pub struct SnapshotRequest {
 
 const ROLLUP_SUMS: &str = "
     sum(ok) FILTER (WHERE provider != 'cartesia'), sum(failed), sum(cost_nanos),
-    sum(baseline_nanos), sum(in_tokens), sum(out_tokens), sum(unpriced),
+    sum(baseline_nanos), sum(in_tokens) FILTER (WHERE provider != 'cartesia'),
+    sum(out_tokens) FILTER (WHERE provider != 'cartesia'), sum(unpriced),
     sum(cost_nanos) FILTER (WHERE provider = 'cartesia')";
 
 /// Cost-index entries the walk for the most expensive calls may visit
@@ -825,6 +827,8 @@ mod tests {
         let snap = l.snapshot(&all(vec![Day, Tier, Band])).unwrap();
         let t = &snap.totals;
         assert_eq!(t.calls, 2, "two answers; speech is not a call");
+        // Speech's characters are not tokens: only the answers' count.
+        assert_eq!((t.input_tokens, t.output_tokens), (2 * 110, 2 * 50));
         assert!((t.speech_cost_usd - 0.04).abs() < 1e-12);
         assert!((t.savings_usd().unwrap() - 0.004).abs() < 1e-12);
         let day = &snap.group(Day)[0].totals;

@@ -282,9 +282,10 @@ pub struct Totals {
     pub cost_usd: f64,
     /// What the always-premium baseline would have cost, USD.
     pub baseline_cost_usd: f64,
-    /// Input tokens (cached included).
+    /// Input tokens of answers (cached included; speech's characters are
+    /// not tokens and are left out).
     pub input_tokens: u64,
-    /// Output tokens.
+    /// Output tokens of answers.
     pub output_tokens: u64,
     /// Calls whose cost is unknown (recorded as $0).
     pub unpriced_calls: u64,
@@ -1331,8 +1332,9 @@ const TOTALS_COLUMNS: &str = "
     count(*) FILTER (WHERE outcome = 'error'),
     coalesce(sum(cost_nanos), 0),
     coalesce(sum(baseline_cost_nanos) FILTER (WHERE outcome = 'ok'), 0),
-    coalesce(sum(input_tokens + cache_read_tokens + cache_write_tokens), 0),
-    coalesce(sum(output_tokens), 0),
+    coalesce(sum(input_tokens + cache_read_tokens + cache_write_tokens)
+        FILTER (WHERE provider != 'cartesia'), 0),
+    coalesce(sum(output_tokens) FILTER (WHERE provider != 'cartesia'), 0),
     count(*) FILTER (WHERE outcome = 'ok' AND cost_source = 'unpriced'),
     coalesce(sum(cost_nanos) FILTER (WHERE provider = 'cartesia'), 0)";
 

@@ -147,6 +147,11 @@ impl StreamState {
             return Ok(true);
         }
         let v = stream::json(id, data)?;
+        // Read first: OpenRouter's mid-stream error chunk carries the usage
+        // of what was generated before the failure, which is billed.
+        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+            self.usage = Some(parse_usage(u));
+        }
         if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
             return Err(error_in_body(id, err, v.get("status_code")));
         }
@@ -181,9 +186,6 @@ impl StreamState {
                     self.finish_reason = Some(f.to_string());
                 }
             }
-        }
-        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
-            self.usage = Some(parse_usage(u));
         }
         Ok(false)
     }
@@ -458,6 +460,29 @@ mod tests {
         let r = run_stream(no_usage).unwrap();
         assert_eq!(r.text, "x");
         assert_eq!(r.usage.input_tokens + r.usage.output_tokens, 0);
+    }
+
+    /// OpenRouter's mid-stream error chunk carries the usage of what was
+    /// generated before it failed: that usage is what the attempt is billed.
+    #[test]
+    fn a_midstream_error_keeps_the_usage_it_carries() {
+        use super::super::stream::SseParser;
+        let raw = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n\
+            data: {\"error\":{\"code\":502,\"message\":\"upstream died\"},\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"error\"}],\"usage\":{\"prompt_tokens\":40,\"completion_tokens\":7,\"cost\":0.0003}}\n\n";
+        let mut st = StreamState::default();
+        let mut p = SseParser::default();
+        let sink = super::super::stream::Recorder::default();
+        let mut failed = false;
+        for ev in p.push(raw.as_bytes()) {
+            if st.event(ProviderId::Openrouter, &ev, &sink).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed);
+        let (usage, cost) = st.usage.expect("the error chunk's usage");
+        assert_eq!((usage.input_tokens, usage.output_tokens), (40, 7));
+        assert_eq!(cost, Some(0.0003));
     }
 
     #[test]
