@@ -1,8 +1,9 @@
 //! Property tests over the places hostile input reaches first: the
-//! scorer, tool arguments, provider streams and provider usage objects.
+//! scorer, provider streams and provider usage objects. (Tool arguments
+//! are generated against the real binary, from its own input schemas:
+//! `tests/hostile_protocol.rs`, `generated_tool_calls_all_get_a_reply`.)
 //! Whatever arrives, nothing panics and every number stays sane.
 
-use ai_cost_optimizer::optimizer::{CompleteArgs, SetBudgetArgs, UsageArgs, validate_prompt};
 use ai_cost_optimizer::pricing::{Catalog, sane_cost};
 use ai_cost_optimizer::providers::openai_compat::parse_usage;
 use ai_cost_optimizer::providers::stream::{NdjsonParser, SseParser};
@@ -31,9 +32,6 @@ fn json_value() -> impl Strategy<Value = Value> {
                     Just("cost".to_string()),
                     Just("prompt_tokens_details".to_string()),
                     Just("cached_tokens".to_string()),
-                    Just("prompt".to_string()),
-                    Just("max_tokens".to_string()),
-                    Just("monthly_limit".to_string()),
                     "[a-z_]{1,12}",
                 ],
                 inner,
@@ -56,17 +54,6 @@ proptest! {
         prop_assert!(reasons.iter().all(|r| r.contribution.is_finite()));
         let l = scorer::length_only(&s);
         prop_assert!((0.0..=1.0).contains(&l));
-    }
-
-    #[test]
-    fn tool_arguments_never_panic(v in json_value()) {
-        // Deserialising is what rmcp does with a client's arguments;
-        // validation is what the optimizer does next.
-        if let Ok(a) = serde_json::from_value::<CompleteArgs>(v.clone()) {
-            let _ = validate_prompt("prompt", &a.prompt);
-        }
-        let _ = serde_json::from_value::<UsageArgs>(v.clone());
-        let _ = serde_json::from_value::<SetBudgetArgs>(v);
     }
 
     #[test]

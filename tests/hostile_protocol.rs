@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use proptest::strategy::{Strategy, ValueTree};
+use proptest::strategy::{Just, Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 use rusqlite::Connection;
 use serde_json::{Value, json};
@@ -380,14 +380,81 @@ async fn junk_on_stdin_never_takes_the_server_down() {
     s.close().await;
 }
 
+/// A value the schema of one argument accepts, so that a generated call
+/// made of these gets past validation and reaches the provider.
+/// `None` for an argument of a structured type (a `$ref`) or one that
+/// needs another: left out.
+fn plausible(name: &str, schema: &Value) -> Option<Value> {
+    let known = match name {
+        "prompt" => Some(json!("What is 2 + 2?")),
+        "force_provider" | "provider" => Some(json!("deepseek")),
+        // Only with `speak: true`, which needs a Cartesia key; a tier
+        // other than DeepSeek's would have no model here.
+        "language" | "voice" | "tier" => return None,
+        // `days` is the other way to say it (not both).
+        "since" => return None,
+        "force_model" | "model" => Some(json!("deepseek/deepseek-v3.2")),
+        "alert_thresholds" => Some(json!([0.5, 0.9])),
+        "timezone" => Some(json!("Europe/Berlin")),
+        // A hook would be called (and is tested in tests/budgets.rs).
+        "webhook_url" | "webhook_format" => return None,
+        _ => None,
+    };
+    if known.is_some() {
+        return known;
+    }
+    if let Some(first) = schema["enum"].as_array().and_then(|e| e.first()) {
+        return Some(first.clone());
+    }
+    if schema.get("type").is_none() {
+        return None;
+    }
+    let ty = match &schema["type"] {
+        Value::Array(types) => types.iter().find(|t| *t != "null").cloned(),
+        t => Some(t.clone()),
+    };
+    Some(match ty.as_ref().and_then(Value::as_str) {
+        Some("integer") => json!(5),
+        Some("number") => json!(1.0),
+        Some("boolean") => json!(false),
+        Some("object") => json!({}),
+        Some("array") => json!([]),
+        _ => json!("hello"),
+    })
+}
+
 /// Generated tool calls through the real binary, with a fixed seed and case
 /// count so CI time is bounded: every one gets a reply, none kills it.
+/// Arguments are built from each tool's real input schema (read over
+/// `tools/list`), each present argument either a plausible value or a
+/// hostile one (any JSON: wrong types, huge numbers, odd text, nesting),
+/// so calls reach the validation of every field and some the provider.
 #[tokio::test]
 async fn generated_tool_calls_all_get_a_reply() {
-    const CASES: usize = 96;
+    const CASES: usize = 120;
     let fake = FakeProvider::start(ok_reply()).await;
     let dir = tempfile::tempdir().unwrap();
     let mut s = server(&fake, dir.path()).await;
+    s.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .await;
+    let listed = s.reply(1, LONG).await;
+    // (tool, [(argument, schema, required)])
+    let tools: Vec<(String, Vec<(String, Value, bool)>)> = listed["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let schema = &t["inputSchema"];
+            let required = schema["required"].as_array().cloned().unwrap_or_default();
+            let props = schema["properties"].as_object().unwrap();
+            let props = props
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone(), required.contains(&json!(k))))
+                .collect();
+            (t["name"].as_str().unwrap().to_string(), props)
+        })
+        .collect();
+    assert_eq!(tools.len(), 5);
 
     let leaf = proptest::prop_oneof![
         proptest::strategy::Just(Value::Null),
@@ -398,53 +465,79 @@ async fn generated_tool_calls_all_get_a_reply() {
             .unwrap_or(Value::Null)),
         "\\PC{0,60}".prop_map(Value::from),
     ];
-    let value = leaf.prop_recursive(3, 32, 6, |inner| {
+    let hostile = leaf.prop_recursive(3, 32, 6, |inner| {
         proptest::prop_oneof![
             proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            proptest::collection::btree_map(
-                proptest::prop_oneof![
-                    proptest::strategy::Just("prompt".to_string()),
-                    proptest::strategy::Just("max_tokens".to_string()),
-                    proptest::strategy::Just("tier".to_string()),
-                    proptest::strategy::Just("provider".to_string()),
-                    proptest::strategy::Just("model".to_string()),
-                    proptest::strategy::Just("user_id".to_string()),
-                    proptest::strategy::Just("days".to_string()),
-                    proptest::strategy::Just("monthly_limit".to_string()),
-                    "[a-z_]{1,10}",
-                ],
-                inner,
-                0..6,
-            )
-            .prop_map(|m| Value::Object(m.into_iter().collect())),
+            proptest::collection::btree_map("[a-z_]{1,10}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     });
-    let tools = [
-        "complete_prompt",
-        "get_recommendation",
-        "check_model_costs",
-        "query_usage",
-        "set_budget",
-    ];
+    // Per argument: absent, plausible or hostile.
+    let choice = proptest::prop_oneof![2 => Just(0u8), 3 => Just(1u8), 1 => Just(2u8)];
     let mut runner = TestRunner::deterministic();
+    let (mut answered, mut tool_errors) = (0, 0);
     for i in 0..CASES {
-        let args = value.new_tree(&mut runner).unwrap().current();
-        let tool = tools[i % tools.len()];
-        // Arguments are usually an object; sometimes not, on purpose.
-        let params = if i % 7 == 0 {
-            json!({"name": tool, "arguments": args})
+        let (tool, props) = &tools[i % tools.len()];
+        let args = if i % 11 == 0 {
+            // Sometimes not an object at all, on purpose.
+            hostile.new_tree(&mut runner).unwrap().current()
         } else {
-            json!({"name": tool, "arguments": {"prompt": args.clone(), "extra": args}})
+            let mut m = serde_json::Map::new();
+            for (name, schema, required) in props {
+                // Required arguments are usually given. One case in three
+                // has no hostile value at all, so that tools with many
+                // arguments get past validation too.
+                let pick = match choice.new_tree(&mut runner).unwrap().current() {
+                    0 if *required && i % 3 != 0 => 1,
+                    2 if i % 3 == 1 => 1,
+                    c => c,
+                };
+                match pick {
+                    1 => {
+                        if let Some(v) = plausible(name, schema) {
+                            m.insert(name.clone(), v);
+                        }
+                    }
+                    2 => {
+                        let v = hostile.new_tree(&mut runner).unwrap().current();
+                        m.insert(name.clone(), v);
+                    }
+                    _ => {}
+                }
+            }
+            Value::Object(m)
         };
+        let params = json!({"name": tool, "arguments": args});
         let id = 1000 + i as i64;
         s.send(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params}))
             .await;
         let r = s.reply(id, LONG).await;
-        assert!(
-            r.get("result").is_some() || r.get("error").is_some(),
-            "{params} → {r}"
-        );
+        if r["result"]["isError"] == json!(false) {
+            answered += 1;
+        } else {
+            // Refused: with a message that says something.
+            let why = error_text(&r);
+            // A call of plausible values only is never refused.
+            assert!(i % 3 != 1 || i % 11 == 0, "{params} refused: {why}");
+            assert!(why.trim().len() > 10, "{params} → {r}");
+            tool_errors += 1;
+        }
     }
+    eprintln!(
+        "{answered} answered, {tool_errors} refused, {} provider requests",
+        fake.requests().len()
+    );
+    // Both sides were reached: validation refused some, and some got
+    // through it (to the provider, for `complete_prompt`).
+    assert!(answered >= CASES / 6, "only {answered} of {CASES} answered");
+    assert!(
+        tool_errors >= CASES / 6,
+        "only {tool_errors} of {CASES} refused"
+    );
+    assert!(
+        !fake.requests().is_empty(),
+        "no generated complete_prompt reached the provider"
+    );
     still_answers(&mut s, 9999, "generated calls").await;
     s.close().await;
     sane_ledger(&dir.path().join("ledger.sqlite3"));
