@@ -406,9 +406,7 @@ fn plausible(name: &str, schema: &Value) -> Option<Value> {
     if let Some(first) = schema["enum"].as_array().and_then(|e| e.first()) {
         return Some(first.clone());
     }
-    if schema.get("type").is_none() {
-        return None;
-    }
+    schema.get("type")?;
     let ty = match &schema["type"] {
         Value::Array(types) => types.iter().find(|t| *t != "null").cloned(),
         t => Some(t.clone()),
@@ -422,6 +420,9 @@ fn plausible(name: &str, schema: &Value) -> Option<Value> {
         _ => json!("hello"),
     })
 }
+
+/// One argument of a tool: its name, schema and whether it is required.
+type Argument = (String, Value, bool);
 
 /// Generated tool calls through the real binary, with a fixed seed and case
 /// count so CI time is bounded: every one gets a reply, none kills it.
@@ -438,8 +439,7 @@ async fn generated_tool_calls_all_get_a_reply() {
     s.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
         .await;
     let listed = s.reply(1, LONG).await;
-    // (tool, [(argument, schema, required)])
-    let tools: Vec<(String, Vec<(String, Value, bool)>)> = listed["result"]["tools"]
+    let tools: Vec<(String, Vec<Argument>)> = listed["result"]["tools"]
         .as_array()
         .unwrap()
         .iter()
