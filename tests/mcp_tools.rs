@@ -731,6 +731,48 @@ async fn an_openrouter_upstream_refusal_falls_back() {
     );
 }
 
+/// OpenRouter ends a failing stream with an error chunk that carries the
+/// usage and the cost of what was generated before the failure: that
+/// attempt is billed at that cost (it was recorded at a catalog estimate,
+/// or at $0 for a model the catalog does not price).
+#[tokio::test]
+async fn an_openrouter_stream_error_is_billed_at_its_reported_cost() {
+    let or = FakeProvider::start(openai_sse(
+        "openai/gpt-oss-120b",
+        &["fine"],
+        json!({"prompt_tokens": 10, "completion_tokens": 5, "cost": 0.0001}),
+    ))
+    .await;
+    let mut failing = openai_sse_body("openai/gpt-oss-120b", &["Hel"], None, false);
+    failing.push_str(
+        "data: {\"id\":\"gen-1\",\"object\":\"chat.completion.chunk\",\"error\":{\"code\":502,\"message\":\"Upstream provider error\"},\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\"},\"finish_reason\":\"error\"}],\"usage\":{\"prompt_tokens\":40,\"completion_tokens\":7,\"total_tokens\":47,\"cost\":0.0123}}\n\n",
+    );
+    or.push(streamed("text/event-stream", failing));
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            (
+                "OPENROUTER_API_KEY",
+                "sk-or-FAKE-midstream-000000000".into(),
+            ),
+            ("OPENROUTER_BASE_URL", or.base.clone()),
+        ],
+    )
+    .await;
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "hi", "force_model": "openrouter/openai/gpt-oss-120b"}),
+        )
+        .await;
+    assert_eq!(c["answer"], "fine", "{c}");
+    assert_usd(&c["failed_attempts_cost_usd"], 0.0123);
+    let u = s.ok("query_usage", json!({})).await;
+    assert_usd(&u["totals"]["cost_usd"], 0.0124);
+    s.stop().await;
+}
+
 /// Gemini's models are the cheapest of every tier, so a try list of the
 /// four cheapest was all Gemini: a Gemini outage failed the call though
 /// Anthropic was configured. Now its best model closes the list.

@@ -151,6 +151,19 @@ impl ProviderError {
         self
     }
 
+    /// [`ProviderError::after_acceptance`] with the cost the provider
+    /// reported beside that usage (OpenRouter's `usage.cost` in an error
+    /// chunk), which is billed instead of an estimate from the catalog.
+    pub fn after_acceptance_at(
+        mut self,
+        usage_so_far: super::Usage,
+        reported_cost_usd: Option<f64>,
+    ) -> Self {
+        self.accepted = Some(usage_so_far);
+        self.accepted_cost_usd = reported_cost_usd;
+        self
+    }
+
     /// Classifies a transport-level failure.
     pub fn from_reqwest(provider: ProviderId, e: &reqwest::Error) -> Self {
         let kind = if e.is_timeout() {

@@ -96,21 +96,27 @@ impl Provider for OpenAiCompatible {
             return stream::read_json(id, resp)
                 .await
                 .and_then(|reply| parse_response(id, &reply))
-                .map_err(|e| e.after_acceptance(Usage::default()));
+                .map_err(|e| match e.accepted {
+                    Some(_) => e,
+                    None => e.after_acceptance(Usage::default()),
+                });
         }
         let mut acc = StreamState::default();
         let driven = stream::drive_sse(id, resp, stream::reply_limit(req.max_tokens), |ev| {
             acc.event(id, ev, sink)
         })
         .await;
-        // Usage comes in the last chunk, so a cut-off stream rarely has it.
-        let usage = acc.usage.map(|(u, _)| u).unwrap_or_default();
+        // Usage comes in the last chunk, so a cut-off stream rarely has it;
+        // an error chunk may carry it, with OpenRouter's cost.
+        let (usage, cost) = acc.usage.unwrap_or_default();
         let finished = acc.done || acc.finish_reason.is_some();
         match driven {
             Err(e) if !(finished && stream::only_the_close_was_lost(&e)) => {
-                Err(e.after_acceptance(usage))
+                Err(e.after_acceptance_at(usage, cost))
             }
-            _ => acc.finish(id).map_err(|e| e.after_acceptance(usage)),
+            _ => acc
+                .finish(id)
+                .map_err(|e| e.after_acceptance_at(usage, cost)),
         }
     }
 }
@@ -247,12 +253,15 @@ pub fn parse_response(id: ProviderId, reply: &Value) -> Result<ChatResponse, Pro
         let code = err.get("code").and_then(|c| c.as_u64()).unwrap_or(500) as u16;
         let headers = reqwest::header::HeaderMap::new();
         let body = json!({"error": {"message": msg, "metadata": err.get("metadata")}}).to_string();
-        return Err(ProviderError::from_http(
-            id,
-            code,
-            &headers,
-            body.as_bytes(),
-        ));
+        let e = ProviderError::from_http(id, code, &headers, body.as_bytes());
+        // Usage beside the error: what was generated before it, billed.
+        return Err(match reply.get("usage").filter(|u| u.is_object()) {
+            Some(u) => {
+                let (usage, cost) = parse_usage(u);
+                e.after_acceptance_at(usage, cost)
+            }
+            None => e,
+        });
     }
     let choice = reply
         .pointer("/choices/0")
@@ -493,5 +502,16 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.kind, ErrorKind::RateLimit);
+        assert_eq!(e.accepted, None, "no usage: charged as any accepted reply");
+        // Usage beside the error is what the attempt is billed.
+        let e = parse_response(
+            ProviderId::Openrouter,
+            &json!({"error": {"code": 502, "message": "Upstream died"},
+                    "usage": {"prompt_tokens": 40, "completion_tokens": 7, "cost": 0.0123}}),
+        )
+        .unwrap_err();
+        let usage = e.accepted.expect("usage beside the error");
+        assert_eq!((usage.input_tokens, usage.output_tokens), (40, 7));
+        assert_eq!(e.accepted_cost_usd, Some(0.0123));
     }
 }
