@@ -9,6 +9,7 @@ the 1.106.0 subset because newer LiteLLM releases ship none.
 
 Usage: python3 scripts/update-pricing.py [PRICING_DIR]   (default ../shared/pricing)
 """
+import datetime
 import json
 import os
 import re
@@ -63,9 +64,15 @@ def main():
             if keep(entry) and key not in out:
                 out[key] = {f: v for f, v in entry.items() if f in FIELDS or LONG_FIELD.match(f)}
     dest = os.path.join(root, "src", "pricing", "litellm_subset.json")
-    with open(dest, "w") as f:
-        json.dump(dict(sorted(out.items())), f, indent=0, sort_keys=True)
-        f.write("\n")
+    text = json.dumps(dict(sorted(out.items())), indent=0, sort_keys=True) + "\n"
+    old = open(dest).read() if os.path.exists(dest) else None
+    if text != old:
+        with open(dest, "w") as f:
+            f.write(text)
+        # The day the bundle changed: a catalog refreshed before it is older
+        # than the bundle and is set aside (src/pricing/mod.rs, BUNDLED_AS_OF).
+        as_of = os.path.join(root, "src", "pricing", "bundled_as_of.txt")
+        open(as_of, "w").write(datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d") + "\n")
     lic = open(os.path.join(src, "LICENSE-litellm.txt")).read()
     open(os.path.join(root, "src", "pricing", "LICENSE-litellm.txt"), "w").write(lic)
     print(f"wrote {len(out)} entries to {dest}")

@@ -591,6 +591,9 @@ pub struct DoctorReport {
     pub providers: Vec<ProviderStatus>,
     /// Priced models.
     pub catalog_models: usize,
+    /// Where the prices come from (a refreshed catalog set aside shows
+    /// here, not only in the log).
+    pub pricing_source: crate::pricing::PricesSource,
     /// Default budget limit, USD, per `default_period` (the config key
     /// keeps its historical name).
     pub default_monthly_budget_usd: f64,
@@ -2913,6 +2916,7 @@ impl Optimizer {
                 .map(|p| p.display().to_string()),
             providers,
             catalog_models: self.catalog.len(),
+            pricing_source: self.catalog.source().clone(),
             default_monthly_budget_usd: self.settings.default_monthly_budget_usd,
             default_period: self.settings.default_period,
             store_prompts: self.settings.store_prompts,

@@ -547,7 +547,11 @@ pub fn doctor(d: &DoctorReport) -> String {
         "config file: {}",
         d.config_file.as_deref().unwrap_or("(none)")
     );
-    let _ = writeln!(s, "pricing:     {} models priced", d.catalog_models);
+    let _ = writeln!(
+        s,
+        "pricing:     {} models priced; {}",
+        d.catalog_models, d.pricing_source
+    );
     let _ = writeln!(
         s,
         "baseline:    {}{}",

@@ -524,12 +524,54 @@ fn pricing_refresh_validates_before_replacing() {
         .unwrap()
         .clone();
     assert_eq!(row["input_per_mtok"], 2.0);
+    let doctor = |dir: &std::path::Path| -> Value {
+        let o = run(dir, &["doctor", "--json"], None);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str(&stdout(&o)).unwrap()
+    };
+    assert_eq!(doctor(dir.path())["pricing_source"]["kind"], "refreshed");
+    let haiku_input = |dir: &std::path::Path| {
+        let o = run(
+            dir,
+            &["costs", "--model", "anthropic/claude-haiku-4-5", "--json"],
+            None,
+        );
+        let t: Value = serde_json::from_str(&stdout(&o)).unwrap();
+        t["models"][0]["input_per_mtok"].clone()
+    };
+    // A catalog refreshed before this version's bundle (an upgrade since)
+    // is older than the bundle: set aside, and doctor says so.
+    let refreshed = dir.path().join("pricing/catalog.json");
+    std::fs::File::options()
+        .write(true)
+        .open(&refreshed)
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600))
+        .unwrap();
+    assert_eq!(
+        haiku_input(dir.path()),
+        Value::from(1.0),
+        "the bundled price"
+    );
+    let d = doctor(dir.path());
+    assert_eq!(d["pricing_source"]["kind"], "refresh_set_aside", "{d}");
+    assert!(
+        d["pricing_source"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("written on 2026-01-01, before"),
+        "{d}"
+    );
+    let o = run(dir.path(), &["doctor"], None);
+    assert!(stdout(&o).contains("is NOT used"), "{}", stdout(&o));
     // A refreshed file cut short (a crash, a hand edit) does not stop the
     // commands, nor the refresh that replaces it: the bundled prices apply.
     std::fs::write(dir.path().join("pricing/catalog.json"), "").unwrap();
     let o = run(dir.path(), &["doctor", "--json"], None);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("pricing refresh"), "{}", stderr(&o));
+    let d: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(d["pricing_source"]["kind"], "refresh_set_aside", "{d}");
     let o = run(
         dir.path(),
         &["pricing", "refresh", "--file", full.to_str().unwrap()],
