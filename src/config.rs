@@ -561,6 +561,12 @@ impl Settings {
                 })?,
             )?;
         }
+        settings.http.cors_origins = settings
+            .http
+            .cors_origins
+            .iter()
+            .map(|o| cors_origin(o))
+            .collect::<Result<_>>()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -714,6 +720,37 @@ fn without_values(msg: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// One CORS origin as browsers send it (`scheme://host[:port]`, lowercase,
+/// no path), or a clear error: `*` made tower-http panic at start-up, and an
+/// origin written with a path, a trailing slash or capitals never matched
+/// the `Origin` header, so browsers were refused with no clue why.
+fn cors_origin(o: &str) -> Result<String> {
+    let o = o.trim();
+    if o == "*" {
+        bail!(
+            "http.cors_origins ({HTTP_CORS_ORIGINS_ENV}): list the web origins one by one; \
+             \"*\" would let any page a user visits call this server"
+        );
+    }
+    let url = reqwest::Url::parse(o).ok().filter(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.host_str().is_some()
+            && u.username().is_empty()
+            && u.password().is_none()
+            && u.path() == "/"
+            && u.query().is_none()
+            && u.fragment().is_none()
+    });
+    let Some(url) = url else {
+        bail!(
+            "http.cors_origins ({HTTP_CORS_ORIGINS_ENV}): {o:?} is not a web origin; \
+             write scheme://host[:port], e.g. \"https://chat.example.com\""
+        );
+    };
+    // `Url` lowercases the host and drops a default port, as browsers do.
+    Ok(url.origin().ascii_serialization())
 }
 
 fn comma_list(v: &str) -> Vec<String> {
@@ -995,6 +1032,36 @@ shutdown_grace_secs = 5
         );
         assert_eq!(s.http.allowed_hosts, ["opt.example"]);
         assert_eq!(s.http.shutdown_grace, Duration::from_secs(5));
+        // Origins are written as browsers send them; what can never match
+        // an `Origin` header, or would match every page, is refused.
+        let origins = |v: &str| {
+            Settings::load_with(&env_of(&[
+                (DATA_DIR_ENV, d),
+                (CONFIG_ENV, ""),
+                (HTTP_CORS_ORIGINS_ENV, v),
+            ]))
+            .map(|s| s.http.cors_origins)
+            .map_err(|e| format!("{e:#}"))
+        };
+        assert_eq!(
+            origins("https://App.Example.com/, http://localhost:3000, https://x.example:443")
+                .unwrap(),
+            [
+                "https://app.example.com",
+                "http://localhost:3000",
+                "https://x.example"
+            ]
+        );
+        for bad in [
+            "*",
+            "app.example.com",
+            "https://a.example/chat",
+            "ftp://a.example",
+            "https://a.example/?x=1",
+        ] {
+            let e = origins(bad).unwrap_err();
+            assert!(e.contains(HTTP_CORS_ORIGINS_ENV), "{bad}: {e}");
+        }
         let bad = env_of(&[
             (DATA_DIR_ENV, d),
             (CONFIG_ENV, ""),

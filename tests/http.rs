@@ -1395,6 +1395,38 @@ async fn rebinding_hosts_and_foreign_origins_are_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+    // A page on another port of this machine can POST `text/plain`
+    // without a CORS preflight: on this keyless server that was a paid
+    // call. Only JSON bodies are read.
+    let body = json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]});
+    for content_type in [Some("text/plain;charset=UTF-8"), None] {
+        let mut req = c
+            .post(format!("{}/v1/chat/completions", s.base))
+            .header("origin", "http://localhost:3000")
+            .body(body.to_string());
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 415, "{content_type:?}");
+        let e = json_of(r).await;
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("application/json"),
+            "{e}"
+        );
+    }
+    assert!(fake.requests().is_empty(), "a call was made");
+    let r = c
+        .post(format!("{}/v1/chat/completions", s.base))
+        .header("content-type", "Application/JSON; charset=utf-8")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 /// The TLS recipe of DEPLOY.md: bound to loopback behind a reverse proxy
@@ -1548,7 +1580,13 @@ async fn cors_is_off_by_default_and_on_for_configured_origins() {
         .to_str()
         .unwrap()
         .to_ascii_lowercase();
-    for h in ["x-cost-usd", "x-routed-tier", "x-ledger-request-id"] {
+    for h in [
+        "x-cost-usd",
+        "x-routed-tier",
+        "x-ledger-request-id",
+        "x-should-retry",
+        "retry-after",
+    ] {
         assert!(exposed.contains(h), "{h} not exposed: {exposed}");
     }
     let r = preflight(&s.base, "https://other.example").await.unwrap();

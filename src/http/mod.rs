@@ -435,6 +435,11 @@ impl Server {
                         HeaderName::from_static("x-routed-tier"),
                         HeaderName::from_static("x-complexity"),
                         HeaderName::from_static("x-ledger-request-id"),
+                        // Read by OpenAI's SDKs to decide whether to send a
+                        // failed call again: hidden from a page, a billed
+                        // failure was retried twice.
+                        HeaderName::from_static("x-should-retry"),
+                        http::header::RETRY_AFTER,
                     ]),
             );
         }

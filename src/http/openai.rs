@@ -145,6 +145,16 @@ pub fn tool_error_response(e: &ToolError) -> Response {
     }
 }
 
+/// True when the `Content-Type` is `application/json` (parameters and
+/// case aside).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
 fn bad_request(msg: impl AsRef<str>) -> Response {
     error_response(
         StatusCode::BAD_REQUEST,
@@ -362,8 +372,21 @@ fn insert_headers<const N: usize>(h: &mut HeaderMap, pairs: [(&'static str, Stri
 pub async fn chat_completions(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // JSON only, as the body is: a web page can send a `text/plain` POST
+    // to another port of this machine without asking first (no CORS
+    // preflight), and on a loopback server without keys that would be a
+    // paid call made by whatever page the user has open.
+    if !is_json(&headers) {
+        return error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the body as JSON, with Content-Type: application/json",
+            "invalid_request_error",
+            None,
+        );
+    }
     let req: ChatBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => return bad_request(format!("invalid request body: {e}")),
