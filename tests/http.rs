@@ -358,6 +358,22 @@ async fn probes_openai_completion_usage_and_metrics() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // A client's placeholder key (`api_key="EMPTY"`) or a provider key
+    // from the shell is no key of ours: as if none was sent. One of ours
+    // that is wrong is refused.
+    for (token, status) in [
+        ("EMPTY", 200),
+        ("sk-proj-abc123", 200),
+        ("aco_zz_nope", 401),
+    ] {
+        let r = c
+            .get(format!("{}/v1/models", s.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{token}");
+    }
     // Made-up methods share one label, so they cannot grow the series.
     for m in ["FOO", "BAR"] {
         let r = c

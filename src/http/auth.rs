@@ -183,12 +183,21 @@ fn forwarded(req: &Request) -> bool {
     .any(|h| req.headers().contains_key(*h))
 }
 
-/// Middleware: resolves the caller from the bearer key. A key that is
-/// given is always checked (a wrong key fails even where none is needed,
+/// Middleware: resolves the caller from the bearer key. A key of ours that
+/// is given is always checked (a wrong key fails even where none is needed,
 /// so a misconfigured client notices); a missing key fails only when the
 /// server requires one.
 pub async fn require_key(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let caller = match bearer(&req) {
+    let given = match bearer(&req) {
+        // Where no key is needed, a token that is not one of ours is a
+        // client's placeholder (`api_key="EMPTY"`, as for vLLM; LangChain
+        // and the OpenAI SDKs refuse to start without one) or a provider
+        // key inherited from the shell: no key was meant. Ours, and
+        // malformed headers, are still checked.
+        Some(Ok(token)) if !state.require_auth && !token.starts_with(PREFIX) => None,
+        other => other,
+    };
+    let caller = match given {
         None if state.require_auth => return refuse(KeyError::Missing),
         // An open (loopback, no keys required) server reached through a
         // reverse proxy: the request is not from this machine, so it must
