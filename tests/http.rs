@@ -420,6 +420,23 @@ async fn probes_openai_completion_usage_and_metrics() {
         metrics.contains(r#"aco_budget_limit_usd{scope="default"} 100"#),
         "{metrics}"
     );
+    // Scrapes at the same time (two Prometheus servers, an agent) each get
+    // every budget series: one clearing them while another encoded lost them.
+    let scrapes = (0..64).map(|_| {
+        let c = c.clone();
+        let url = format!("{}/metrics", s.base);
+        tokio::spawn(async move { c.get(url).send().await.unwrap().text().await.unwrap() })
+    });
+    for page in futures_util::future::join_all(scrapes).await {
+        let page = page.unwrap();
+        for series in [
+            r#"aco_budget_limit_usd{scope="default"} 100"#,
+            r#"aco_budget_spent_usd{scope="default"}"#,
+            r#"aco_budget_reserved_usd{scope="default"}"#,
+        ] {
+            assert!(page.contains(series), "{series} missing: {page}");
+        }
+    }
 
     let page = get(&c, format!("{}/dashboard", s.base), None).await;
     assert_eq!(page.status(), 200);

@@ -117,6 +117,10 @@ pub struct Metrics {
     budget_limit: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
     budget_spent: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
     budget_reserved: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
+    /// One scrape at a time: the budget families are cleared and filled
+    /// again on each, and a second scrape clearing them while the first
+    /// encodes sent Prometheus a page without its budget series.
+    scrape: std::sync::Mutex<()>,
 }
 
 /// Every attempt's charge goes to the cost counter of its provider and
@@ -161,6 +165,7 @@ impl Metrics {
             budget_limit: Family::default(),
             budget_spent: Family::default(),
             budget_reserved: Family::default(),
+            scrape: std::sync::Mutex::new(()),
             registry: Registry::default(),
         };
         registry.register(
@@ -316,6 +321,11 @@ impl Metrics {
 
     /// The OpenMetrics text.
     pub fn render(&self, core: &Optimizer) -> Result<String, std::fmt::Error> {
+        // Poisoned only by a panic mid-scrape; the families are still whole.
+        let _one_at_a_time = self
+            .scrape
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.refresh_budgets(core);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
