@@ -66,6 +66,9 @@ pub const HTTP_CORS_ORIGINS_ENV: &str = "COST_OPTIMIZER_HTTP_CORS_ORIGINS";
 pub const HTTP_ALLOWED_HOSTS_ENV: &str = "COST_OPTIMIZER_HTTP_ALLOWED_HOSTS";
 /// Env var: largest request body the HTTP server reads, in bytes.
 pub const HTTP_MAX_BODY_ENV: &str = "COST_OPTIMIZER_HTTP_MAX_BODY_BYTES";
+/// Env var overriding `http.shutdown_grace_secs`: a container host's own
+/// stop timeout decides it (Docker's is 10 s).
+pub const HTTP_SHUTDOWN_GRACE_ENV: &str = "COST_OPTIMIZER_HTTP_SHUTDOWN_GRACE_SECS";
 /// Env var: tracing filter for the logs (e.g. `debug`, `ai_cost_optimizer=trace`).
 pub const LOG_ENV: &str = "COST_OPTIMIZER_LOG";
 
@@ -440,6 +443,14 @@ impl Settings {
                 .trim()
                 .parse()
                 .with_context(|| format!("{HTTP_MAX_BODY_ENV}={v:?} is not a number of bytes"))?;
+        }
+        if let Some(v) = non_empty(env(HTTP_SHUTDOWN_GRACE_ENV)) {
+            settings.http.shutdown_grace = secs(
+                HTTP_SHUTDOWN_GRACE_ENV,
+                v.trim().parse().with_context(|| {
+                    format!("{HTTP_SHUTDOWN_GRACE_ENV}={v:?} is not a number of seconds")
+                })?,
+            )?;
         }
 
         if let Some(v) = non_empty(env(MONTHLY_BUDGET_ENV)) {
@@ -1032,6 +1043,14 @@ shutdown_grace_secs = 5
         );
         assert_eq!(s.http.allowed_hosts, ["opt.example"]);
         assert_eq!(s.http.shutdown_grace, Duration::from_secs(5));
+        let grace = Settings::load_with(&env_of(&[
+            (DATA_DIR_ENV, d),
+            (CONFIG_ENV, cfg.to_str().unwrap()),
+            (HTTP_REQUIRE_AUTH_ENV, "yes"),
+            (HTTP_SHUTDOWN_GRACE_ENV, "7.5"),
+        ]))
+        .unwrap();
+        assert_eq!(grace.http.shutdown_grace, Duration::from_millis(7500));
         // Origins are written as browsers send them; what can never match
         // an `Origin` header, or would match every page, is refused.
         let origins = |v: &str| {

@@ -1712,6 +1712,62 @@ async fn sigterm_lets_a_call_in_flight_finish() {
     assert_eq!(u["calls"], 1, "{out}");
 }
 
+/// A call still running when the shutdown grace ends is abandoned, and
+/// recorded (charged at its estimate: the provider had accepted it) before
+/// the process exits, which it does promptly after the grace.
+#[tokio::test]
+async fn a_call_outliving_the_shutdown_grace_is_recorded() {
+    let fake = FakeProvider::start(ds_reply()).await;
+    fake.close_gate();
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = deepseek_env(&fake);
+    env.push(("COST_OPTIMIZER_HTTP_SHUTDOWN_GRACE_SECS", "0.5".into()));
+    let mut s = start(dir.path(), &env, "127.0.0.1:0");
+    let url = format!("{}/v1/chat/completions", s.base);
+    let call = tokio::spawn(async move {
+        http()
+            .post(url)
+            .json(&json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+    });
+    for _ in 0..3000 {
+        if !fake.requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(fake.requests().len(), 1);
+    let pid = s.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let st = s.child.wait().unwrap();
+        (st, s)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "clean exit after SIGTERM");
+    let log = std::fs::read_to_string(&status.1.stderr).unwrap();
+    assert!(log.contains("abandoning them"), "{log}");
+    // The client is not left hanging, nor told it has an answer.
+    if let Ok(r) = call.await.unwrap() {
+        assert_ne!(r.status(), 200);
+    }
+    fake.open_gate();
+    let (ok, out, err) = cli(dir.path(), &deepseek_env(&fake), &["usage", "--json"]);
+    assert!(ok, "{err}");
+    let u: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(u["calls"], 0, "{out}");
+    assert_eq!(u["totals"]["failed_attempts"], 1, "{out}");
+    assert!(u["totals"]["cost_usd"].as_f64().unwrap() > 0.0, "{out}");
+}
+
 /// A DeepSeek stand-in streaming 40 words, one every 100 ms.
 async fn forty_slow_words() -> FakeProvider {
     let pieces: Vec<String> = (0..40).map(|i| format!("word{i} ")).collect();

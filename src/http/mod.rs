@@ -500,13 +500,20 @@ impl Server {
                     }
                     w = &mut drained => w,
                 };
-                if waited.is_err() {
+                // After the grace, no more waiting on MCP streams: a
+                // container host kills the process soon after its own stop
+                // timeout, and calls abandoned here are only recorded (at
+                // their estimate) once the process winds down.
+                let stream_grace = if waited.is_err() {
                     tracing::warn!("calls still in flight after the grace period; abandoning them");
-                }
+                    Duration::ZERO
+                } else {
+                    MCP_STREAM_GRACE
+                };
                 // Standalone MCP streams never end by themselves.
-                if !served && tokio::time::timeout(MCP_STREAM_GRACE, &mut serve).await.is_err() {
+                if !served && tokio::time::timeout(stream_grace, &mut serve).await.is_err() {
                     self.mcp_cancel.cancel();
-                    if tokio::time::timeout(Duration::from_secs(5), &mut serve).await.is_err() {
+                    if tokio::time::timeout(Duration::from_secs(1), &mut serve).await.is_err() {
                         tracing::warn!("connections still open at exit; closing them");
                     }
                 }
