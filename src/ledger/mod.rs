@@ -2357,6 +2357,28 @@ mod tests {
         assert_eq!(refused.spent_nanos, to_nanos(0.9 + 0.01 + 0.5));
     }
 
+    /// Two processes opening one ledger, one through a symlink: each sees
+    /// the other alive, so neither releases the other's holds.
+    #[test]
+    fn a_ledger_opened_through_a_symlink_keeps_the_other_openers_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("disk")).unwrap();
+        let target = dir.path().join("disk").join("ledger.sqlite3");
+        let a = Ledger::open(&target).unwrap();
+        a.reserve("u", &[], 7, 1000, Duration::from_secs(3600))
+            .unwrap()
+            .unwrap();
+        let link = dir.path().join("ledger.sqlite3");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let b = Ledger::open(&link).unwrap();
+        assert_eq!(b.reserved_now("u", 2000).unwrap(), 7, "a's hold released");
+        b.reserve("u", &[], 5, 1000, Duration::from_secs(3600))
+            .unwrap()
+            .unwrap();
+        drop(Ledger::open(&target).unwrap());
+        assert_eq!(a.reserved_now("u", 2000).unwrap(), 12, "b's hold released");
+    }
+
     #[test]
     fn startup_releases_only_the_holds_of_dead_owners() {
         let (dir, a) = ledger();

@@ -51,8 +51,12 @@ impl Drop for InstanceLock {
     }
 }
 
-/// The directory of instance locks beside the ledger file.
+/// The directory of instance locks beside the ledger file, the real file
+/// when it is reached through a symlink: every process sharing the
+/// database must look in one directory, or each would take the others'
+/// holds for those of dead processes and release them.
 pub(crate) fn owners_dir(ledger: &Path) -> PathBuf {
+    let ledger = std::fs::canonicalize(ledger).unwrap_or_else(|_| ledger.to_path_buf());
     let mut name = ledger.file_name().unwrap_or_default().to_os_string();
     name.push("-owners");
     ledger.with_file_name(name)
