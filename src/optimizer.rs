@@ -3275,12 +3275,19 @@ impl Drop for ReservationGuard {
                 if let Some(l) = &self.listener {
                     l.attempt_recorded(&rec);
                 }
-                self.ledger.settle(id, &rec).map(|_| ())
+                // A settlement that failed (the ledger locked by another
+                // process past its timeouts) must still free the money it
+                // held, or this live process keeps it from the user until
+                // the hold's TTL (an hour with the default timeout).
+                self.ledger.settle(id, &rec).map(|_| ()).or_else(|e| {
+                    tracing::error!(error = %e, "could not record a cancelled attempt; releasing its hold");
+                    self.ledger.release(id)
+                })
             }
             None => self.ledger.release(id),
         };
         if let Err(e) = result {
-            tracing::error!(error = %e, "could not record a cancelled attempt or release its hold; the hold will expire");
+            tracing::error!(error = %e, "could not release the hold of a cancelled attempt; it will expire");
         }
     }
 }
@@ -3670,6 +3677,44 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("whole number"), "{e}");
+    }
+
+    /// A cancelled attempt whose record cannot be written still frees the
+    /// money it held: the process is alive, so nothing else would release
+    /// the hold before its TTL (an hour by default).
+    #[test]
+    fn a_cancelled_attempt_that_cannot_be_recorded_releases_its_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("l.sqlite3")).unwrap();
+        let id = ledger
+            .reserve("u", &[], 5_000, 1000, std::time::Duration::from_secs(3600))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ledger.reserved_now("u", 2000).unwrap(), 5_000);
+        let record = crate::ledger::tests::rec("u", 1500, 0.001, false);
+        let guard = ReservationGuard {
+            ledger: ledger.clone(),
+            id: Some(id),
+            pending: None,
+            listener: None,
+        }
+        .pending(
+            record,
+            CancelCharge {
+                price: CancelPrice::Local,
+                input_tokens: 10,
+                streamed_bytes: Arc::default(),
+                reasoning_bytes: Arc::default(),
+            },
+        );
+        ledger.fail_call_writes();
+        drop(guard);
+        assert_eq!(ledger.count_calls().unwrap(), 0, "the write did fail");
+        assert_eq!(
+            ledger.reserved_now("u", 2000).unwrap(),
+            0,
+            "the hold stayed"
+        );
     }
 
     #[test]

@@ -65,8 +65,9 @@ pub(super) struct CommitQueue {
 pub(super) struct QueueState {
     /// Writes not yet taken by a leader, in arrival order.
     pub(super) pending: Vec<Pending>,
-    /// Answers not yet collected, by ticket.
-    answers: HashMap<u64, Done>,
+    /// Answers not yet collected, by ticket, with the hold a settlement
+    /// among them was to replace (released if nobody collects a failure).
+    answers: HashMap<u64, (Done, Option<ReservationId>)>,
     /// Tickets of writes in a running batch whose caller went away: their
     /// answers are dropped (and a hold among them released) on publish.
     abandoned: HashSet<u64>,
@@ -223,7 +224,7 @@ fn publish(st: &mut QueueState, taken: Vec<Taken>, results: Vec<Done>) {
             }
             continue;
         }
-        st.answers.insert(t.ticket, done);
+        st.answers.insert(t.ticket, (done, t.settles));
         if let Waiter::Task(n) = &t.waiter {
             n.notify_one();
         }
@@ -287,8 +288,14 @@ impl Drop for TaskWait<'_> {
         let queue = &*self.ledger.queue;
         let mut st = lock_ignoring_poison(&queue.state);
         let ticket = self.ticket;
-        if let Some(done) = st.answers.remove(&ticket) {
+        if let Some((done, settles)) = st.answers.remove(&ticket) {
             if let Some(id) = done.granted_hold() {
+                enqueue(&mut st, Op::Release(id), Waiter::Nobody);
+            }
+            // A failed settlement nobody will see: free the money it held,
+            // as `publish` does for one whose caller left earlier.
+            if let (Done::Settled(Err(e)), Some(id)) = (&done, settles) {
+                tracing::error!(error = %e, "a cancelled call's attempt could NOT be recorded in the ledger");
                 enqueue(&mut st, Op::Release(id), Waiter::Nobody);
             }
         } else if let Some(p) = st.pending.iter_mut().find(|p| p.ticket == ticket) {
@@ -325,7 +332,7 @@ impl Ledger {
         let mut st = lock_ignoring_poison(&queue.state);
         let ticket = enqueue(&mut st, op, Waiter::Thread);
         loop {
-            if let Some(done) = st.answers.remove(&ticket) {
+            if let Some((done, _)) = st.answers.remove(&ticket) {
                 return done;
             }
             if st.lead == Lead::Running {
@@ -387,7 +394,7 @@ impl Ledger {
         loop {
             let ours = {
                 let mut st = lock_ignoring_poison(&queue.state);
-                if let Some(done) = st.answers.remove(&ticket) {
+                if let Some((done, _)) = st.answers.remove(&ticket) {
                     wait.finished = true;
                     return done;
                 }

@@ -680,6 +680,19 @@ impl Ledger {
         &self.path
     }
 
+    /// Makes every later write of a call row fail on this ledger's write
+    /// connection, as a full disk or a lock held too long would: for tests
+    /// of what callers do when a settlement fails.
+    #[cfg(test)]
+    pub(crate) fn fail_call_writes(&self) {
+        self.lock()
+            .execute_batch(
+                "CREATE TEMP TRIGGER fail_call_writes BEFORE INSERT ON main.calls
+                 BEGIN SELECT RAISE(ABORT, 'injected write failure'); END",
+            )
+            .expect("the failure trigger");
+    }
+
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave a half-written row:
         // SQLite rolls back the open transaction, so the poisoned guard is safe.
@@ -1965,7 +1978,7 @@ fn restrict_permissions(path: &Path) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// WAL files [`fsync_wal`] synced, so tests can see the syncer's
@@ -2164,7 +2177,7 @@ mod tests {
         (dir, l)
     }
 
-    pub(super) fn rec(user: &str, ts: i64, cost: f64, ok: bool) -> CallRecord {
+    pub(crate) fn rec(user: &str, ts: i64, cost: f64, ok: bool) -> CallRecord {
         CallRecord {
             ts_ms: ts,
             user_id: user.into(),
