@@ -913,6 +913,7 @@ impl Optimizer {
                 continue;
             };
             let (start, _) = b.bounds(now);
+            let channels = self.alert_channels(b);
             for t in &st.crossed_thresholds {
                 let id = match ledger.record_alert(
                     &b.user_id,
@@ -921,6 +922,7 @@ impl Optimizer {
                     to_nanos(st.spent_usd),
                     to_nanos(st.limit_usd),
                     now,
+                    &channels,
                 ) {
                     Ok(Some(id)) => id,
                     Ok(None) => continue,
@@ -957,6 +959,21 @@ impl Optimizer {
         }
     }
 
+    /// The channels an alert of budget `b` goes to: its webhook (or the
+    /// configured one) and e-mail, when set. Queued with the alert in the
+    /// ledger, in the commit that records it, so a process killed before
+    /// the first attempt leaves the next one a trace to send it from.
+    fn alert_channels(&self, b: &Budget) -> Vec<&'static str> {
+        let mut channels = Vec::new();
+        if b.webhook.is_some() || self.settings.alert_webhook.is_some() {
+            channels.push("webhook");
+        }
+        if self.settings.alert_email.is_some() {
+            channels.push("email");
+        }
+        channels
+    }
+
     /// Logs a recorded alert of budget `b` and starts its delivery (the
     /// budget's webhook, else the configured one, and e-mail if set).
     fn send_alert(&self, ledger: &Ledger, b: &Budget, alert: &BudgetAlert) {
@@ -971,19 +988,6 @@ impl Optimizer {
             .clone()
             .or_else(|| self.settings.alert_webhook.clone());
         if hook.is_some() || self.settings.alert_email.is_some() {
-            // Recorded before anything is sent: killed before the first
-            // attempt ends, this process leaves the next one a trace to
-            // send the alert from.
-            let now = self.now();
-            let channels = [
-                ("webhook", hook.is_some()),
-                ("email", self.settings.alert_email.is_some()),
-            ];
-            for (channel, _) in channels.iter().filter(|(_, used)| *used) {
-                if let Err(e) = ledger.queue_delivery(alert.id, channel, now) {
-                    tracing::warn!(error = %e, channel, "could not record a budget alert's delivery as queued");
-                }
-            }
             self.spawn_delivery(ledger.clone(), hook, true, alert.clone());
         }
     }
@@ -1418,6 +1422,7 @@ impl Optimizer {
             to_nanos(st.spent_usd),
             to_nanos(st.limit_usd),
             now,
+            &self.alert_channels(b),
         ) {
             Ok(Some(id)) => id,
             Ok(None) => return msg,

@@ -464,7 +464,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(&dir.path().join("l.sqlite3")).unwrap();
         let id = ledger
-            .record_alert("alice", 0, 0.8, 8, 10, 1)
+            .record_alert("alice", 0, 0.8, 8, 10, 1, &[])
             .unwrap()
             .unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -393,7 +393,7 @@ impl Durability {
 /// fsync: the most a power cut can lose.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
-/// The `attempt` of the row [`Ledger::queue_delivery`] writes before an
+/// The `attempt` of the row [`Ledger::record_alert`] queues before an
 /// alert's first delivery attempt (claims for sending again are 0, real
 /// attempts 1 and up).
 pub const QUEUED_ATTEMPT: i64 = -1;
@@ -871,6 +871,9 @@ impl Ledger {
     /// 100% of $10 was reached must still warn at $50, $80 and $100). The
     /// row is then updated to the new crossing and keeps its id, so its
     /// deliveries stay together.
+    // One row's columns and its channels: a struct for one call site
+    // would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn record_alert(
         &self,
         scope: &str,
@@ -879,30 +882,44 @@ impl Ledger {
         spent_nanos: i64,
         limit_nanos: i64,
         now_ms: i64,
+        channels: &[&str],
     ) -> Result<Option<i64>, LedgerError> {
-        self.lock()
-            .prepare_cached(
-                // Only under the budget's limit as it stands: a call that read
-                // the budget before a change (set_budget re-arming alerts
-                // meanwhile) must not record, or re-send, under the old one.
-                // A scope with no budget row has the configured default.
-                "INSERT INTO alerts (scope, period_start_ms, threshold, spent_nanos, limit_nanos, created_ms)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6
-                 WHERE coalesce((SELECT limit_nanos FROM budgets WHERE user_id = ?1), ?5) = ?5
-                 ON CONFLICT (scope, period_start_ms, threshold) DO UPDATE SET
-                   spent_nanos = excluded.spent_nanos, limit_nanos = excluded.limit_nanos,
-                   created_ms = excluded.created_ms
-                 WHERE alerts.limit_nanos <> excluded.limit_nanos
-                 RETURNING id",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_row(
+        let mut conn = self.lock();
+        let write = |conn: &mut Connection| -> rusqlite::Result<Option<i64>> {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let id: Option<i64> = tx
+                .prepare_cached(
+                    // Only under the budget's limit as it stands: a call that
+                    // read the budget before a change (set_budget re-arming
+                    // alerts meanwhile) must not record, or re-send, under
+                    // the old one. A scope with no budget row has the
+                    // configured default.
+                    "INSERT INTO alerts (scope, period_start_ms, threshold, spent_nanos, limit_nanos, created_ms)
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6
+                     WHERE coalesce((SELECT limit_nanos FROM budgets WHERE user_id = ?1), ?5) = ?5
+                     ON CONFLICT (scope, period_start_ms, threshold) DO UPDATE SET
+                       spent_nanos = excluded.spent_nanos, limit_nanos = excluded.limit_nanos,
+                       created_ms = excluded.created_ms
+                     WHERE alerts.limit_nanos <> excluded.limit_nanos
+                     RETURNING id",
+                )?
+                .query_row(
                     params![scope, period_start_ms, threshold, spent_nanos, limit_nanos, now_ms],
                     |r| r.get(0),
                 )
-                .optional()
-            })
-            .map_err(|e| self.err(e))
+                .optional()?;
+            // Its deliveries are queued in the same commit: recorded alone,
+            // an alert whose process died (or whose queueing failed) before
+            // its first attempt was never sent, nor found again to resend.
+            if let Some(id) = id {
+                for channel in channels {
+                    queue_delivery_in(&tx, id, channel, now_ms)?;
+                }
+            }
+            tx.commit()?;
+            Ok(id)
+        };
+        write(&mut conn).map_err(|e| self.err(e))
     }
 
     /// Writes budget `b` and, in the same transaction, carries its alerts
@@ -947,29 +964,6 @@ impl Ledger {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    /// Records that `alert_id` is about to be sent on `channel`, before its
-    /// first attempt: a process killed before that attempt ends (a POST
-    /// can take seconds) would otherwise leave no trace, and the alert
-    /// would never be sent. The row is attempt -1 ([`QUEUED_ATTEMPT`]):
-    /// not an attempt ([`Ledger::deliveries`] leaves it out) and not a
-    /// redelivery claim (attempt 0), but it dates the delivery, so other
-    /// processes leave it alone for a while ([`Ledger::undelivered_alerts`]).
-    pub fn queue_delivery(
-        &self,
-        alert_id: i64,
-        channel: &str,
-        now_ms: i64,
-    ) -> Result<(), LedgerError> {
-        self.lock()
-            .execute(
-                "INSERT INTO alert_deliveries (alert_id, channel, target, attempt, ok, status, error, ts_ms)
-                 VALUES (?1, ?2, NULL, ?4, 0, NULL, 'queued for sending', ?3)",
-                params![alert_id, channel, now_ms, QUEUED_ATTEMPT],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
-    }
-
     /// Records one delivery attempt of an alert.
     pub fn record_delivery(&self, d: &DeliveryRow, now_ms: i64) -> Result<(), LedgerError> {
         self.lock()
@@ -1000,7 +994,7 @@ impl Ledger {
     /// Alerts created since `since_ms` whose delivery on `channel`
     /// (`webhook`, `email`) failed and never succeeded, oldest first: a
     /// round of `round` attempts ended, or its last attempt (or the row
-    /// [`Ledger::queue_delivery`] wrote before the first) was before
+    /// [`Ledger::record_alert`] queued before the first) was before
     /// `quiet_before_ms`: a process that stopped mid-round, or before its
     /// first attempt. Only the attempts since the alert was (re-)created
     /// count: a re-armed alert keeps its id. For sending again, when a
@@ -1378,6 +1372,28 @@ fn read_totals_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Totals> 
         unpriced_calls: n(6)?,
         speech_cost_usd: to_usd(r.get(at + 7)?),
     })
+}
+
+/// Records that `alert_id` is about to be sent on `channel`, before its
+/// first attempt: a process killed before that attempt ends (a POST can
+/// take seconds) would otherwise leave no trace, and the alert would never
+/// be sent. The row is attempt -1 ([`QUEUED_ATTEMPT`]): not an attempt
+/// ([`Ledger::deliveries`] leaves it out) and not a redelivery claim
+/// (attempt 0), but it dates the delivery, so other processes leave it
+/// alone for a while ([`Ledger::undelivered_alerts`]). Written in the
+/// commit of [`Ledger::record_alert`].
+fn queue_delivery_in(
+    conn: &Connection,
+    alert_id: i64,
+    channel: &str,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO alert_deliveries (alert_id, channel, target, attempt, ok, status, error, ts_ms)
+         VALUES (?1, ?2, NULL, ?4, 0, NULL, 'queued for sending', ?3)",
+    )?
+    .execute(params![alert_id, channel, now_ms, QUEUED_ATTEMPT])
+    .map(|_| ())
 }
 
 /// The group-commit op of [`Ledger::settle`].
@@ -2036,12 +2052,12 @@ pub(crate) mod tests {
         let (month, week) = (1_000, 5_000);
         l.set_budget(&row(100, "monthly"), 0).unwrap();
         assert!(
-            l.record_alert("u", month, 0.5, 60, 100, 1)
+            l.record_alert("u", month, 0.5, 60, 100, 1, &[])
                 .unwrap()
                 .is_some()
         );
         assert!(
-            l.record_alert("u", month, 0.8, 85, 100, 1)
+            l.record_alert("u", month, 0.8, 85, 100, 1, &[])
                 .unwrap()
                 .is_some()
         );
@@ -2050,13 +2066,13 @@ pub(crate) mod tests {
         l.set_budget_carrying_alerts(&row(100, "weekly"), 2, month, week, &[0.8], 100)
             .unwrap();
         assert!(
-            l.record_alert("u", week, 0.8, 85, 100, 3)
+            l.record_alert("u", week, 0.8, 85, 100, 3, &[])
                 .unwrap()
                 .is_none(),
             "carried"
         );
         assert!(
-            l.record_alert("u", week, 0.5, 50, 100, 3)
+            l.record_alert("u", week, 0.5, 50, 100, 3, &[])
                 .unwrap()
                 .is_some(),
             "fires anew"
@@ -2066,7 +2082,7 @@ pub(crate) mod tests {
         // re-send 80% under the old limit), one after it nothing either.
         l.set_budget_carrying_alerts(&row(200, "weekly"), 4, week, week, &[0.8], 100)
             .unwrap();
-        let record = |t: f64, limit: i64| l.record_alert("u", week, t, 170, limit, 5).unwrap();
+        let record = |t: f64, limit: i64| l.record_alert("u", week, t, 170, limit, 5, &[]).unwrap();
         assert!(record(0.8, 100).is_none(), "stale limit");
         assert!(record(0.8, 200).is_none(), "carried");
         // A threshold with no row yet, under the stale limit: not recorded.
@@ -2080,7 +2096,7 @@ pub(crate) mod tests {
     fn failed_deliveries_are_found_and_claimed_once() {
         let (_d, l) = ledger();
         let id = l
-            .record_alert("u", 0, 0.5, 60, 100, 1_000)
+            .record_alert("u", 0, 0.5, 60, 100, 1_000, &[])
             .unwrap()
             .unwrap();
         let attempt = |n: u32, ok: bool, ts: i64| {
@@ -2114,7 +2130,7 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert_eq!(
-            l.record_alert("u", 0, 0.5, 120, 200, 2_000).unwrap(),
+            l.record_alert("u", 0, 0.5, 120, 200, 2_000, &[]).unwrap(),
             Some(id)
         );
         for n in 1..=3 {
@@ -2444,18 +2460,71 @@ pub(crate) mod tests {
         assert_eq!(l.budget("u").unwrap(), Some(b));
     }
 
+    /// An alert and its deliveries' "queued" rows are one commit: an alert
+    /// recorded without them (its process killed between two writes) was
+    /// never sent, nor found again by the next server to send it.
+    #[test]
+    fn an_alert_is_recorded_with_its_deliveries_queued() {
+        let (_d, l) = ledger();
+        let id = l
+            .record_alert("u", 1000, 0.5, 5, 10, 100, &["webhook", "email"])
+            .unwrap()
+            .unwrap();
+        for channel in ["webhook", "email"] {
+            let found = l.undelivered_alerts(channel, 0, 200, 3).unwrap();
+            assert_eq!(
+                found.iter().map(|a| a.id).collect::<Vec<_>>(),
+                [id],
+                "{channel}"
+            );
+        }
+        // Refused (another limit stands): neither the alert nor a delivery.
+        let v = BudgetRow {
+            user_id: "v".into(),
+            limit_nanos: 99,
+            period: "monthly".into(),
+            thresholds: vec![0.5],
+            mode: "warn".into(),
+            timezone: "UTC".into(),
+            webhook_url: None,
+            webhook_format: "json".into(),
+        };
+        l.set_budget(&v, 1).unwrap();
+        assert_eq!(
+            l.record_alert("v", 1000, 0.5, 5, 10, 100, &["webhook"])
+                .unwrap(),
+            None
+        );
+        let rows: i64 = l
+            .lock()
+            .query_row("SELECT count(*) FROM alert_deliveries", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 2);
+    }
+
     #[test]
     fn alerts_are_recorded_once_per_period_and_threshold() {
         let (_d, l) = ledger();
-        let a = l.record_alert("u", 1000, 0.5, 5, 10, 1).unwrap();
+        let a = l.record_alert("u", 1000, 0.5, 5, 10, 1, &[]).unwrap();
         assert!(a.is_some());
-        assert_eq!(l.record_alert("u", 1000, 0.5, 6, 10, 2).unwrap(), None);
-        assert!(l.record_alert("u", 2000, 0.5, 6, 10, 3).unwrap().is_some());
-        assert!(l.record_alert("*", 1000, 0.5, 6, 10, 3).unwrap().is_some());
+        assert_eq!(l.record_alert("u", 1000, 0.5, 6, 10, 2, &[]).unwrap(), None);
+        assert!(
+            l.record_alert("u", 2000, 0.5, 6, 10, 3, &[])
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            l.record_alert("*", 1000, 0.5, 6, 10, 3, &[])
+                .unwrap()
+                .is_some()
+        );
         // The limit changed mid-period: the threshold is armed again for the
         // new limit, once, under the same alert id.
-        assert_eq!(l.record_alert("u", 1000, 0.5, 50, 100, 4).unwrap(), a);
-        assert_eq!(l.record_alert("u", 1000, 0.5, 60, 100, 5).unwrap(), None);
+        assert_eq!(l.record_alert("u", 1000, 0.5, 50, 100, 4, &[]).unwrap(), a);
+        assert_eq!(
+            l.record_alert("u", 1000, 0.5, 60, 100, 5, &[]).unwrap(),
+            None
+        );
         let d = DeliveryRow {
             alert_id: a.unwrap(),
             channel: "webhook".into(),
