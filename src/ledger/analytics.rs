@@ -136,7 +136,8 @@ pub struct CallRow {
     pub outcome: String,
 }
 
-/// Token sums of the successful calls, split the way prices are, so the
+/// Token sums of the successful, priced calls (an unpriced call's cost is
+/// unknown, so it has no place in a comparison), split the way prices are, so the
 /// cost of the same usage on any other model is a dot product (savings
 /// against a baseline the user picks).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
@@ -396,11 +397,11 @@ fn build_snapshot(conn: &Connection, req: &SnapshotRequest) -> rusqlite::Result<
             coalesce(sum(input_tokens + cache_read_tokens + cache_write_tokens), 0),
             coalesce(sum(output_tokens), 0),
             count(*) FILTER (WHERE outcome = 'ok' AND cost_source = 'unpriced'),
-            coalesce(sum(input_tokens) FILTER (WHERE outcome = 'ok'), 0),
-            coalesce(sum(cache_read_tokens) FILTER (WHERE outcome = 'ok'), 0),
-            coalesce(sum(cache_write_tokens) FILTER (WHERE outcome = 'ok'), 0),
-            coalesce(sum(output_tokens) FILTER (WHERE outcome = 'ok'), 0),
-            coalesce(sum(reasoning_tokens) FILTER (WHERE outcome = 'ok'), 0)
+            coalesce(sum(input_tokens) FILTER (WHERE outcome = 'ok' AND cost_source <> 'unpriced'), 0),
+            coalesce(sum(cache_read_tokens) FILTER (WHERE outcome = 'ok' AND cost_source <> 'unpriced'), 0),
+            coalesce(sum(cache_write_tokens) FILTER (WHERE outcome = 'ok' AND cost_source <> 'unpriced'), 0),
+            coalesce(sum(output_tokens) FILTER (WHERE outcome = 'ok' AND cost_source <> 'unpriced'), 0),
+            coalesce(sum(reasoning_tokens) FILTER (WHERE outcome = 'ok' AND cost_source <> 'unpriced'), 0)
          FROM calls WHERE {}
          GROUP BY 1, 2, 3, 4, 5, 6",
         super::where_range(user)
@@ -430,7 +431,7 @@ fn build_snapshot(conn: &Connection, req: &SnapshotRequest) -> rusqlite::Result<
             "SELECT coalesce(sum(ok_input), 0), coalesce(sum(ok_cache_read), 0),
                 coalesce(sum(ok_cache_write), 0), coalesce(sum(ok_output), 0),
                 coalesce(sum(ok_reasoning), 0) FROM temp.usage_rollup
-             WHERE provider != 'cartesia' AND unpriced < ok",
+             WHERE provider != 'cartesia'",
             [],
             |r| {
                 let n =
@@ -866,6 +867,32 @@ mod tests {
         assert!((speech_day.cost_usd - 0.04).abs() < 1e-12);
         // The direct SQL totals agree.
         assert_eq!(&l.totals(None, 0, MON + DAY).unwrap(), t);
+        // An unpriced answer on the priced answer's model, tier and band
+        // (one rollup row): its tokens still price no baseline, read from
+        // the rollup (whole days) or from the calls (a partial day).
+        let mut unpriced = call(
+            MON + 4000,
+            "u",
+            "deepseek",
+            "deepseek/deepseek-v3.2",
+            Some("cheap"),
+            Some(0.3),
+            0.0,
+            0.0,
+            true,
+        );
+        unpriced.cost_source = "unpriced".into();
+        unpriced.baseline_cost_usd = None;
+        l.insert_call(&unpriced).unwrap();
+        let whole_days = l.snapshot(&all(vec![])).unwrap();
+        assert_eq!(whole_days.tokens.input_tokens, 100);
+        let partial_day = l
+            .snapshot(&SnapshotRequest {
+                since_ms: MON + 500,
+                ..all(vec![])
+            })
+            .unwrap();
+        assert_eq!(partial_day.tokens.input_tokens, 100);
     }
 
     #[test]
@@ -1166,6 +1193,41 @@ mod tests {
         assert_eq!(snap.totals.cost_usd, 60e-9);
         assert_eq!(snap.bands[0].band, "0.25-0.50");
         assert_eq!(snap.bands[0].avg_cost_usd, 20e-9);
+    }
+
+    /// A ledger written before migration 0010 counted unpriced answers'
+    /// tokens in its rollup's token mix: rebuilt, only priced ones remain.
+    #[test]
+    fn migration_0010_takes_unpriced_tokens_out_of_the_mix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v9.sqlite3");
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            for sql in &super::super::MIGRATIONS[..9] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 9).unwrap();
+            for (source, input) in [("catalog", 100), ("unpriced", 1000)] {
+                conn.execute(
+                    "INSERT INTO calls (ts_ms, user_id, request_id, attempt, provider, model,
+                        tier, score, input_tokens, cost_nanos, cost_source, latency_ms,
+                        outcome, prompt_sha256)
+                     VALUES (?1, 'u', 'r', 1, 'deepseek', 'deepseek/deepseek-v3.2', 'cheap',
+                        0.3, ?2, 10, ?3, 1, 'ok', 'x')",
+                    params![MON, input, source],
+                )
+                .unwrap();
+            }
+            let mixed: i64 = conn
+                .query_row("SELECT sum(ok_input) FROM calls_daily", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mixed, 1100, "the old triggers counted both");
+        }
+        let l = Ledger::open(&path).unwrap();
+        let snap = l.snapshot(&all(vec![])).unwrap();
+        assert_eq!(snap.tokens.input_tokens, 100);
+        assert_eq!(snap.totals.calls, 2);
+        assert_eq!(snap.totals.unpriced_calls, 1);
     }
 
     #[test]

@@ -45,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_leaner_call_indexes.sql"),
     include_str!("migrations/0008_unindexed_reservations.sql"),
     include_str!("migrations/0009_rollup_by_user.sql"),
+    include_str!("migrations/0010_priced_token_mix.sql"),
 ];
 
 /// The scope of the global budget, which caps every user together.
