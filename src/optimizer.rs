@@ -1983,7 +1983,7 @@ impl Optimizer {
                                 user: &user,
                                 request_id: &request_id,
                                 first_attempt: attempts.len() as u32 + 1,
-                                checks: &checks_at(self.now()),
+                                checks: &checks_at,
                                 prompt_sha256: &prompt_sha256,
                                 // `budget_limit` caps the whole call, the
                                 // audio included.
@@ -2401,7 +2401,7 @@ impl Optimizer {
                 .ledger
                 .reserve_async(
                     job.user,
-                    job.checks,
+                    &(job.checks)(now),
                     to_nanos(cost),
                     now,
                     reservation_ttl(&self.settings),
@@ -2960,7 +2960,10 @@ struct SpeechJob<'a> {
     user: &'a str,
     request_id: &'a str,
     first_attempt: u32,
-    checks: &'a [LimitCheck],
+    /// The budget checks of a hold taken at a time: each attempt's hold
+    /// counts the period it is taken in (a retry after midnight belongs
+    /// to the new day).
+    checks: &'a (dyn Fn(i64) -> Vec<LimitCheck> + Sync),
     prompt_sha256: &'a str,
     /// What the call's `budget_limit` leaves after the answer and any
     /// failed attempts (USD); None without a limit.
