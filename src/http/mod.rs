@@ -108,6 +108,8 @@ pub struct AppState {
     /// API-key lookups, off the ledger's write connection (the error when
     /// there is no ledger).
     pub keys: Result<Arc<KeyReader>, String>,
+    /// The last readiness verdict (see [`rest::ready`]).
+    pub readiness: Arc<rest::Readiness>,
 }
 
 impl CallObserver for AppState {
@@ -305,6 +307,7 @@ impl Server {
                 in_flight: Arc::new(InFlight::default()),
                 require_auth,
                 keys,
+                readiness: Arc::default(),
             },
             settings,
             loopback,

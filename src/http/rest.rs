@@ -32,11 +32,44 @@ pub async fn health() -> Response {
     axum::Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})).into_response()
 }
 
+/// The last readiness check and when it ran. The check takes the ledger's
+/// write lock; `/ready` needs no key, so without this a flood of probes
+/// would queue every call's hold and settlement behind them.
+#[derive(Default)]
+pub struct Readiness(tokio::sync::Mutex<Option<(std::time::Instant, Vec<String>)>>);
+
+/// How long a readiness verdict is reused.
+const READY_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// `GET /ready`: the server can do useful work: the ledger takes writes
 /// and at least one provider is enabled. 503 with the reasons otherwise.
+/// Checked at most once per [`READY_TTL`]; probes meanwhile get that answer.
 pub async fn ready(State(state): State<AppState>) -> Response {
+    let mut last = state.readiness.0.lock().await;
+    let reasons = match &*last {
+        Some((at, reasons)) if at.elapsed() < READY_TTL => reasons.clone(),
+        _ => {
+            let reasons = check_ready(&state).await;
+            *last = Some((std::time::Instant::now(), reasons.clone()));
+            reasons
+        }
+    };
+    drop(last);
+    if reasons.is_empty() {
+        axum::Json(json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "not ready", "reasons": reasons})),
+        )
+            .into_response()
+    }
+}
+
+/// Why the server is not ready (empty: it is).
+async fn check_ready(state: &AppState) -> Vec<String> {
     let core = state.core.clone();
-    let reasons = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let mut reasons = Vec::new();
         match core.ledger() {
             Ok(l) => {
@@ -55,16 +88,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         reasons
     })
     .await
-    .unwrap_or_else(|e| vec![format!("readiness check failed: {e}")]);
-    if reasons.is_empty() {
-        axum::Json(json!({"status": "ready"})).into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "not ready", "reasons": reasons})),
-        )
-            .into_response()
-    }
+    .unwrap_or_else(|e| vec![format!("readiness check failed: {e}")])
 }
 
 /// `GET /v1/usage`: the `query_usage` report as JSON. Query parameters as
