@@ -79,12 +79,9 @@ impl LongPrice {
 /// The length-priced tiers of one catalog entry, shortest threshold
 /// first. Variants (`…_tokens_priority`, `_batches`, `_flex`, `_1hr`) are
 /// other services than the one we call, so they are not read.
-fn long_prices(entry: &serde_json::Map<String, serde_json::Value>) -> Vec<LongPrice> {
+fn long_prices(entry: &serde_json::Map<String, serde_json::Value>) -> Result<Vec<LongPrice>> {
     let mut tiers: Vec<LongPrice> = Vec::new();
     for (key, value) in entry {
-        let Some(price) = value.as_f64() else {
-            continue;
-        };
         let Some((field, k)) = LONG_FIELDS.iter().enumerate().find_map(|(i, f)| {
             let k = key
                 .strip_prefix(f)?
@@ -93,6 +90,14 @@ fn long_prices(entry: &serde_json::Map<String, serde_json::Value>) -> Vec<LongPr
             Some((i, k.parse::<u64>().ok()?))
         }) else {
             continue;
+        };
+        if value.is_null() {
+            continue;
+        }
+        // Not skipped: a long-prompt price written as text would bill
+        // long prompts at the short rate (half, for Gemini 2.5 Pro).
+        let Some(price) = value.as_f64() else {
+            bail!("{key} is {value}, not a number");
         };
         let above_tokens = k.saturating_mul(1000);
         let at = match tiers.iter().position(|t| t.above_tokens == above_tokens) {
@@ -117,7 +122,7 @@ fn long_prices(entry: &serde_json::Map<String, serde_json::Value>) -> Vec<LongPr
         ][field] = Some(price);
     }
     tiers.sort_by_key(|t| t.above_tokens);
-    tiers
+    Ok(tiers)
 }
 
 /// Where a model's price came from.
@@ -728,14 +733,28 @@ fn parse_litellm(text: &str, origin: PriceOrigin) -> Result<BTreeMap<String, Mod
         if key == "sample_spec" {
             continue;
         }
-        let long = value.as_object().map(long_prices).unwrap_or_default();
+        // Entries of other providers may carry fields of other shapes; a
+        // catalog is not rejected for an entry we would skip anyway. One
+        // of ours that cannot be read is an error: skipped, its model
+        // would vanish (unpriced at $0 on OpenRouter or HuggingFace), or
+        // its long-prompt prices would, without a word.
+        let field = |name: &str| value.get(name).and_then(serde_json::Value::as_str);
+        let ours = field("litellm_provider")
+            .and_then(ProviderId::parse)
+            .is_some()
+            && field("mode").is_none_or(|m| m == "chat");
+        let long = match value.as_object().map(long_prices).transpose() {
+            Ok(long) => long.unwrap_or_default(),
+            Err(e) if ours => bail!("entry {key:?}: {e:#}"),
+            Err(_) => continue,
+        };
         if value.as_object().is_some_and(priced_by_other_units_only) {
             continue;
         }
-        // Entries of other providers may carry fields of other shapes; a
-        // catalog is not rejected for an entry we would skip anyway.
-        let Ok(entry) = serde_json::from_value::<LiteLlmEntry>(value) else {
-            continue;
+        let entry = match serde_json::from_value::<LiteLlmEntry>(value) {
+            Ok(entry) => entry,
+            Err(e) if ours => bail!("entry {key:?} cannot be read: {e}"),
+            Err(_) => continue,
         };
         let Some(provider) = entry
             .litellm_provider
@@ -848,11 +867,35 @@ pub const MAX_PRICE_PER_TOKEN: f64 = 1e-2;
 /// How far a model's price may move in one refresh without `--force`.
 const MAX_REFRESH_PRICE_RATIO: f64 = 10.0;
 
+/// Every price of a model, named as a user would read it (`input`,
+/// `cache read above 200k`…), absent ones as `None`: what a refresh may
+/// not drop or move far without `--force`.
+fn named_prices(m: &ModelPrice) -> Vec<(String, Option<f64>)> {
+    let mut v = vec![
+        ("input".to_string(), Some(m.input)),
+        ("output".to_string(), Some(m.output)),
+        ("cache read".to_string(), m.cache_read),
+        ("cache write".to_string(), m.cache_write),
+        ("reasoning".to_string(), m.reasoning),
+    ];
+    for l in &m.long {
+        let k = l.above_tokens / 1000;
+        for (name, p) in ["input", "output", "cache read", "cache write"]
+            .iter()
+            .zip(l.prices())
+        {
+            v.push((format!("{name} above {k}k"), p));
+        }
+    }
+    v
+}
+
 /// Checks a downloaded catalog before it may replace the current one: it
 /// must parse, cover at least one supported provider, not shrink sharply
 /// overall nor for any provider it covers (a refresh drops the current
 /// models of every provider the file mentions), and carry no absurd price.
-/// Unless `force`, it also may not make a paid model free nor move a price
+/// Unless `force`, it also may not make a paid model free, drop one of its
+/// prices, nor move a price (cache, reasoning and long-prompt ones too)
 /// more than tenfold: either would quietly take the budgets out of play
 /// (a $0 model is never refused) or make every call look ruinous, and
 /// neither is how prices change.
@@ -894,21 +937,11 @@ pub fn validate_refresh(text: &str, current: &Catalog, force: bool) -> Result<Re
             );
         }
     }
-    let prices = |m: &ModelPrice| -> Vec<f64> {
-        let mut v = vec![m.input, m.output];
-        v.extend(m.cache_read);
-        v.extend(m.cache_write);
-        v.extend(m.reasoning);
-        for l in &m.long {
-            v.extend(l.input);
-            v.extend(l.output);
-        }
-        v
-    };
     if let Some(m) = fresh.values().find(|m| {
-        prices(m)
+        named_prices(m)
             .iter()
-            .any(|p| !p.is_finite() || *p > MAX_PRICE_PER_TOKEN)
+            .filter_map(|(_, p)| *p)
+            .any(|p| !p.is_finite() || p > MAX_PRICE_PER_TOKEN)
     }) {
         bail!(
             "the new catalog prices {} at more than ${}/MTok; refusing a broken catalog",
@@ -933,15 +966,32 @@ pub fn validate_refresh(text: &str, current: &Catalog, force: bool) -> Result<Re
             };
             if paid(&old) && !paid(m) {
                 suspicious.push(format!("{} (now free)", m.id));
-            } else if far(m.input, old.input) || far(m.output, old.output) {
-                suspicious.push(format!(
-                    "{} (${}/${} per MTok, was ${}/${})",
-                    m.id,
-                    m.input * 1e6,
-                    m.output * 1e6,
-                    old.input * 1e6,
-                    old.output * 1e6
-                ));
+                continue;
+            }
+            // Every price the model had, by name: cache, reasoning and
+            // long-prompt prices bill as much as the base ones.
+            let new_prices = named_prices(m);
+            for (name, was) in named_prices(&old) {
+                let Some(was) = was.filter(|w| *w > 0.0) else {
+                    continue;
+                };
+                let now = new_prices
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .and_then(|(_, p)| *p);
+                match now {
+                    None if paid(m) => {
+                        suspicious.push(format!("{} ({name} price gone)", m.id));
+                    }
+                    Some(now) if now == 0.0 || far(now, was) => suspicious.push(format!(
+                        "{} ({name} ${}/MTok, was ${}/MTok)",
+                        m.id,
+                        now * 1e6,
+                        was * 1e6
+                    )),
+                    _ => continue,
+                }
+                break;
             }
         }
         if !suspicious.is_empty() {
@@ -1404,9 +1454,61 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("anthropic/claude-sonnet-4-6 ($3/$200 per MTok"),
+            err.contains("anthropic/claude-sonnet-4-6 (output $200/MTok, was $15/MTok)"),
             "{err}"
         );
+        // The other prices bill as much: a long-prompt price gone (long
+        // prompts at the short rate), a cache price moved tenfold or made
+        // free are refused too, and an absurd one even when forced.
+        let pro = "gemini/gemini-2.5-pro";
+        let no_long = edited(&|v| {
+            v[pro]
+                .as_object_mut()
+                .unwrap()
+                .remove("input_cost_per_token_above_200k_tokens");
+        });
+        let err = validate_refresh(&no_long, &c, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("gemini-2.5-pro (input above 200k price gone)"),
+            "{err}"
+        );
+        assert!(validate_refresh(&no_long, &c, true).is_ok());
+        let cache_free = edited(&|v| v[pro]["cache_read_input_token_cost"] = 0.0.into());
+        let err = validate_refresh(&cache_free, &c, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("(cache read $0/MTok, was $0.125/MTok)"),
+            "{err}"
+        );
+        let slip =
+            edited(&|v| v[pro]["cache_read_input_token_cost_above_200k_tokens"] = 2.5.into());
+        let err = validate_refresh(&slip, &c, true).unwrap_err().to_string();
+        assert!(err.contains("broken catalog"), "{err}");
+        // An entry of ours that cannot be read is an error, not a model
+        // silently gone; another provider's odd entry is skipped.
+        let text_price = edited(&|v| v[pro]["cache_read_input_token_cost"] = "1.25e-07".into());
+        let err = format!("{:#}", validate_refresh(&text_price, &c, true).unwrap_err());
+        assert!(
+            err.contains("gemini/gemini-2.5-pro") && err.contains("cannot be read"),
+            "{err}"
+        );
+        let text_long = edited(&|v| {
+            v[pro]["output_cost_per_token_above_200k_tokens"] = "1.5e-05".into();
+        });
+        let err = format!("{:#}", validate_refresh(&text_long, &c, true).unwrap_err());
+        assert!(
+            err.contains("output_cost_per_token_above_200k_tokens"),
+            "{err}"
+        );
+        let foreign = edited(&|v| {
+            v["some-azure-model"] = serde_json::json!({
+                "litellm_provider": "azure", "mode": "chat",
+                "input_cost_per_token": "n/a", "output_cost_per_token": 1e-6});
+        });
+        assert!(validate_refresh(&foreign, &c, false).is_ok());
         let halved = edited(&|v| v["claude-sonnet-4-6"]["output_cost_per_token"] = 7.5e-6.into());
         assert!(validate_refresh(&halved, &c, false).is_ok());
         let absurd = edited(&|v| v["claude-sonnet-4-6"]["output_cost_per_token"] = 1.0.into());
