@@ -2299,9 +2299,7 @@ impl Optimizer {
     /// it finishes: the estimated prompt plus the text streamed so far.
     fn cancel_charge(&self, model: &str, input_tokens: u64, sink: &CountingSink) -> CancelCharge {
         let price = match self.catalog.get(model) {
-            Some(p) if p.origin == PriceOrigin::Local || p.provider == ProviderId::Ollama => {
-                CancelPrice::Local
-            }
+            Some(p) if crate::pricing::is_local_price(&p) => CancelPrice::Local,
             Some(p) if p.origin != PriceOrigin::Unknown => CancelPrice::Catalog(Box::new(p)),
             _ => CancelPrice::Unpriced,
         };

@@ -697,13 +697,19 @@ impl Catalog {
             return (sane_cost(c), CostSource::Provider);
         }
         match self.get(model_id) {
-            Some(p) if p.origin == PriceOrigin::Local || p.provider == ProviderId::Ollama => {
-                (0.0, CostSource::Local)
-            }
+            Some(p) if is_local_price(&p) => (0.0, CostSource::Local),
             Some(p) if p.origin != PriceOrigin::Unknown => (p.cost_of(usage), CostSource::Catalog),
             _ => (0.0, CostSource::Unpriced),
         }
     }
+}
+
+/// True when calls to `p` cost nothing: a local model (Ollama), unless
+/// the user priced it (`[pricing.overrides]`: an Ollama server on a paid
+/// GPU). The holds are taken at that price, so the bill must be too.
+pub fn is_local_price(p: &ModelPrice) -> bool {
+    p.origin != PriceOrigin::Override
+        && (p.origin == PriceOrigin::Local || p.provider == ProviderId::Ollama)
 }
 
 /// Free per token but priced per image, second, character... (Gemini's Lyria
@@ -1076,6 +1082,23 @@ mod tests {
             c.price_call("ollama/llama3.2", &u, None),
             (0.0, CostSource::Local)
         );
+        // An Ollama model the user priced (a server on a paid GPU) is billed
+        // at that price, as its holds are taken.
+        let mut o = BTreeMap::new();
+        o.insert(
+            "ollama/llama3.2".to_string(),
+            PriceOverride {
+                input_per_mtok: 1.0,
+                output_per_mtok: 2.0,
+                cache_read_per_mtok: None,
+                cache_write_per_mtok: None,
+                max_input_tokens: None,
+            },
+        );
+        let priced = Catalog::load(None, &o).unwrap();
+        let (usd, source) = priced.price_call("ollama/llama3.2", &u, None);
+        assert_eq!(source, CostSource::Catalog);
+        assert!((usd - (10.0 * 1e-6 + 10.0 * 2e-6)).abs() < 1e-15, "{usd}");
     }
 
     #[test]
