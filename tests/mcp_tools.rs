@@ -377,6 +377,66 @@ async fn anthropic_wire_format_and_cache_pricing() {
     s.stop().await;
 }
 
+/// What Gemini receives (streaming endpoint with `alt=sse`, key header,
+/// contents, system instruction, output limit) and how its usage is billed:
+/// cached tokens at the cache price, thinking tokens (outside
+/// `candidatesTokenCount`) as output.
+#[tokio::test]
+async fn gemini_wire_format_and_usage_pricing() {
+    let fake = FakeProvider::start(gemini_sse(
+        "gemini-3-flash-preview",
+        &["Hel", "lo!"],
+        json!({"promptTokenCount": 1200, "cachedContentTokenCount": 1000,
+               "candidatesTokenCount": 5, "thoughtsTokenCount": 30, "totalTokenCount": 1235}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = "AIza-FAKE-gemini-wire-0000000000";
+    let s = spawn(
+        dir.path(),
+        &[
+            ("GEMINI_API_KEY", key.into()),
+            ("GEMINI_BASE_URL", fake.base.clone()),
+        ],
+    )
+    .await;
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "Say hello", "system": "Be brief.",
+                   "force_model": "gemini/gemini-3-flash-preview", "max_tokens": 100}),
+        )
+        .await;
+    assert_eq!(c["answer"], "Hello!", "{c}");
+    assert_eq!(c["tokens"]["cached"], json!(1000));
+    assert_eq!(c["tokens"]["input"], json!(200));
+    assert_eq!(c["tokens"]["output"], json!(35));
+    assert_eq!(c["tokens"]["reasoning"], json!(30));
+    // $0.50/MTok in, $0.05 cached, $3 out (thinking included).
+    assert_usd(
+        &c["cost_usd"],
+        200.0 * 0.5e-6 + 1000.0 * 0.05e-6 + 35.0 * 3e-6,
+    );
+    let r = &fake.requests()[0];
+    assert_eq!(
+        r.path,
+        "/v1beta/models/gemini-3-flash-preview:streamGenerateContent"
+    );
+    assert_eq!(r.query.as_deref(), Some("alt=sse"));
+    assert_eq!(r.headers["x-goog-api-key"].to_str().unwrap(), key);
+    assert!(r.headers.get("authorization").is_none());
+    assert_eq!(
+        r.body["contents"],
+        json!([{"role": "user", "parts": [{"text": "Say hello"}]}])
+    );
+    assert_eq!(
+        r.body["systemInstruction"],
+        json!({"parts": [{"text": "Be brief."}]})
+    );
+    assert_eq!(r.body["generationConfig"]["maxOutputTokens"], 100);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn openrouter_reported_cost_wins_and_cerebras_sends_completion_limit() {
     let or = FakeProvider::start(openai_ok(

@@ -88,6 +88,8 @@ impl Reply {
 pub struct Recorded {
     pub at: std::time::Instant,
     pub path: String,
+    /// The query string, if any (Gemini's `alt=sse`).
+    pub query: Option<String>,
     pub headers: HeaderMap,
     pub body: Value,
 }
@@ -133,6 +135,7 @@ pub struct FakeProvider {
 
 async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request<Body>) -> Response {
     let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
     let headers = req.headers().clone();
     let bytes = axum::body::to_bytes(req.into_body(), 64 * 1024 * 1024)
         .await
@@ -147,6 +150,7 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request<Body>) 
         s.requests.push(Recorded {
             at: std::time::Instant::now(),
             path,
+            query,
             headers,
             body,
         });
