@@ -24,6 +24,8 @@ KEY = "sk-openai-proxy-FAKE-key-7777777777"
 USAGE = {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500}
 # Requests the fake failed (prompts containing "fail-me"), to count retries.
 FAILED = []
+# The key of a user with a budget no call fits (set by the fixture).
+BROKE = []
 
 
 class FakeDeepSeek(BaseHTTPRequestHandler):
@@ -78,6 +80,12 @@ def server():
         client_key = subprocess.run(
             [BIN, "keys", "create", "--user", "py"], env=env, check=True, capture_output=True, text=True
         ).stdout.strip()
+        # A user whose budget ($0.000001 a month) no call fits: refused with 402.
+        BROKE.append(subprocess.run(
+            [BIN, "keys", "create", "--user", "broke"], env=env, check=True, capture_output=True, text=True
+        ).stdout.strip())
+        subprocess.run([BIN, "budget", "--user", "broke", "--set", "0.000001"], env=env, check=True,
+                       capture_output=True)
         env["COST_OPTIMIZER_HTTP_REQUIRE_AUTH"] = "true"
         # One attempt per call, so a failed call's upstream requests are
         # easy to count (the core's own retries are tested in Rust).
@@ -175,6 +183,18 @@ def test_wrong_key_and_budget_refusal_raise_typed_errors(server):
         client.chat.completions.create(model="nobody/no-model", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="auto", messages=[])
+    # Over budget: 402 (not 429, which the SDK would retry), code budget_exceeded.
+    broke = openai.OpenAI(base_url=f"{base}/v1", api_key=BROKE[0], max_retries=0)
+    with pytest.raises(openai.APIStatusError) as refused:
+        broke.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.status_code == 402
+    assert refused.value.body["code"] == "budget_exceeded", refused.value.body
+    assert "budget" in refused.value.message.lower()
+    for stream in (False, True):
+        with pytest.raises(openai.APIStatusError) as refused:
+            broke.chat.completions.create(model="auto", stream=stream,
+                                          messages=[{"role": "user", "content": "hi"}])
+        assert refused.value.status_code == 402
 
 
 def test_a_failed_call_is_not_retried_by_the_sdk(server):
