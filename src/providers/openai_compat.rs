@@ -471,6 +471,29 @@ mod tests {
         assert_eq!(r.usage.input_tokens + r.usage.output_tokens, 0);
     }
 
+    /// Cerebras ends a failing stream with `{"error": {…}, "status_code": N}`:
+    /// the status it gives (not the 200 the stream began with) classifies it.
+    #[test]
+    fn a_cerebras_stream_error_is_classified_by_its_status_code() {
+        use super::super::stream::SseParser;
+        let sink = super::super::stream::Recorder::default();
+        for (status, kind) in [
+            (429, ErrorKind::RateLimit),
+            (503, ErrorKind::Overloaded),
+            (400, ErrorKind::BadRequest),
+        ] {
+            let raw = format!(
+                "data: {{\"error\":{{\"message\":\"We're experiencing high traffic right now! Please try again soon.\",\"type\":\"too_many_requests_error\",\"param\":\"queue\",\"code\":\"queue_exceeded\"}},\"status_code\":{status}}}\n\n"
+            );
+            let mut st = StreamState::default();
+            let mut p = SseParser::default();
+            let ev = p.push(raw.as_bytes()).pop().unwrap();
+            let e = st.event(ProviderId::Cerebras, &ev, &sink).unwrap_err();
+            assert_eq!(e.kind, kind, "{status}: {e:?}");
+            assert_eq!(e.status, Some(status), "{e:?}");
+        }
+    }
+
     /// OpenRouter's mid-stream error chunk carries the usage of what was
     /// generated before it failed: that usage is what the attempt is billed.
     #[test]
