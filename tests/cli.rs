@@ -592,6 +592,52 @@ fn retention_prunes_and_corrupt_ledger_is_explained() {
     assert!(stdout(&o).contains("deleted 0 ledger rows"));
     // Whole UTC days are pruned: the cut is at a midnight.
     assert!(stdout(&o).contains("T00:00:00"), "{}", stdout(&o));
+    // Calls 50 and 10 days old: the first goes, the second stays, and the
+    // daily rollup the reports read follows.
+    let day_ms: i64 = 86_400_000;
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    {
+        let db = rusqlite::Connection::open(dir.path().join("ledger.sqlite3")).unwrap();
+        for (id, age_days) in [("old", 50), ("recent", 10)] {
+            db.execute(
+                "INSERT INTO calls (ts_ms, user_id, request_id, attempt, provider, model, tier,
+                    score, input_tokens, output_tokens, cost_nanos, cost_source, latency_ms,
+                    outcome, prompt_sha256)
+                 VALUES (?1, 'default', ?2, 1, 'deepseek', 'deepseek/deepseek-v3.2', 'cheap',
+                    0.3, 100, 10, 5000, 'catalog', 10, 'ok', 'x')",
+                rusqlite::params![now_ms - age_days * day_ms, id],
+            )
+            .unwrap();
+        }
+    }
+    let o = run(dir.path(), &["retention", "--older-than-days", "40"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("deleted 1 ledger rows"),
+        "{}",
+        stdout(&o)
+    );
+    let db = rusqlite::Connection::open(dir.path().join("ledger.sqlite3")).unwrap();
+    let left: Vec<String> = db
+        .prepare("SELECT request_id FROM calls")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(left, ["recent"]);
+    let rollup: (i64, i64) = db
+        .query_row(
+            "SELECT sum(ok), sum(cost_nanos) FROM calls_daily",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(rollup, (1, 5000));
+    drop(db);
+    let o = run(dir.path(), &["usage", "--days", "60", "--json"], None);
+    let u: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(u["calls"], 1, "{u}");
     // Pruning into the current period would take its calls out of the
     // budget's spend: refused. A daily budget set for "u" does not move the
     // floor, which is the default budget's month (UTC): from the 3rd of a
