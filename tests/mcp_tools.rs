@@ -1208,6 +1208,53 @@ fn assert_no_secret(data_dir: &std::path::Path, stderr: &std::path::Path, key: &
     }
 }
 
+/// `query_usage` from a date (`since`, as a day or an RFC 3339 instant)
+/// counts the calls from then on, and says the period it read.
+#[tokio::test]
+async fn usage_since_a_date_counts_the_calls_from_then() {
+    let fake = FakeProvider::start(openai_ok(
+        "x",
+        "y",
+        json!({"prompt_tokens": 1, "completion_tokens": 1}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(dir.path(), &deepseek_env(&fake)).await;
+    let day_ms: i64 = 86_400_000;
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    let db = rusqlite::Connection::open(dir.path().join("ledger.sqlite3")).unwrap();
+    for (id, age_days) in [("twenty", 20), ("two", 2)] {
+        db.execute(
+            "INSERT INTO calls (ts_ms, user_id, request_id, attempt, provider, model, tier,
+                score, input_tokens, output_tokens, cost_nanos, cost_source, latency_ms,
+                outcome, prompt_sha256)
+             VALUES (?1, 'default', ?2, 1, 'deepseek', 'deepseek/deepseek-v3.2', 'cheap',
+                0.3, 100, 10, 5000, 'catalog', 10, 'ok', 'x')",
+            rusqlite::params![now_ms - age_days * day_ms, id],
+        )
+        .unwrap();
+    }
+    drop(db);
+    let day = |age: i64| {
+        jiff::Timestamp::from_millisecond(now_ms - age * day_ms)
+            .unwrap()
+            .strftime("%Y-%m-%d")
+            .to_string()
+    };
+    let u = s.ok("query_usage", json!({"since": day(5)})).await;
+    assert_eq!(u["calls"], 1, "{u}");
+    assert!(u["since"].as_str().unwrap().starts_with(&day(5)), "{u}");
+    let instant = jiff::Timestamp::from_millisecond(now_ms - 25 * day_ms)
+        .unwrap()
+        .to_string();
+    let u = s.ok("query_usage", json!({"since": instant})).await;
+    assert_eq!(u["calls"], 2, "{u}");
+    assert_usd(&u["total_cost_usd"], 10e-6);
+    let u = s.ok("query_usage", json!({"days": 10})).await;
+    assert_eq!(u["calls"], 1, "{u}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn bad_input_gets_clear_errors_and_changes_nothing() {
     let fake = FakeProvider::start(openai_ok(
@@ -1290,6 +1337,26 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
         ),
         ("query_usage", json!({"days": -3}), "days"),
         ("query_usage", json!({"since": "last tuesday"}), "since"),
+        (
+            "query_usage",
+            json!({"since": "2026-01-01", "days": 3}),
+            "either days or since",
+        ),
+        (
+            "query_usage",
+            json!({"since": "2999-01-01"}),
+            "since is in the future",
+        ),
+        (
+            "complete_prompt",
+            json!({"prompt": "hi", "voice": "a voice/../x"}),
+            "voice",
+        ),
+        (
+            "complete_prompt",
+            json!({"prompt": "hi", "voice": "a0b1c2d3-e4f5-4a6b-8c7d-9e0f1a2b3c4d"}),
+            "speak",
+        ),
         ("query_usage", json!({"group_by": "colour"}), "group_by"),
         (
             "set_budget",
