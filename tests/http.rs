@@ -319,7 +319,13 @@ async fn probes_openai_completion_usage_and_metrics() {
     );
     assert!(h.contains_key("x-complexity"));
     let cost: f64 = h["x-cost-usd"].to_str().unwrap().parse().unwrap();
-    assert!(cost > 0.0);
+    // The catalog's price of the reported usage: DeepSeek V3.2, 1,000
+    // tokens in at $0.28/MTok and 500 out at $0.40/MTok.
+    assert_eq!(h["x-routed-model"], "deepseek/deepseek-v3.2");
+    assert!(
+        (cost - (1000.0 * 0.28e-6 + 500.0 * 0.40e-6)).abs() < 1e-12,
+        "{cost}"
+    );
     let body = json_of(resp).await;
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["choices"][0]["message"]["content"], "Paris.");

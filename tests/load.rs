@@ -19,6 +19,11 @@ use serde_json::json;
 
 const IN_FLIGHT: usize = 64;
 
+/// What each call costs: DeepSeek V3.2's catalog price of the fake's
+/// reported usage (1,000 tokens in at $0.28/MTok, 500 out at $0.40/MTok),
+/// in nano-dollars.
+const CALL_NANOS: i64 = 1_000 * 280 + 500 * 400;
+
 #[tokio::test]
 async fn many_calls_64_in_flight_lose_nothing() {
     let total: usize = std::env::var("AICO_LOAD_CALLS")
@@ -77,7 +82,12 @@ async fn many_calls_64_in_flight_lose_nothing() {
             errors.push(v.to_string());
         } else {
             request_ids.insert(c["request_id"].as_str().unwrap().to_string());
-            cost_nanos += (c["cost_usd"].as_f64().unwrap() * 1e9).round() as i64;
+            let nanos = (c["cost_usd"].as_f64().unwrap() * 1e9).round() as i64;
+            // The catalog's price of the reported usage, every time.
+            if nanos != CALL_NANOS || c["model"] != json!("deepseek/deepseek-v3.2") {
+                errors.push(format!("priced wrong: {c}"));
+            }
+            cost_nanos += nanos;
         }
         if done.is_multiple_of(batch) {
             rss.push(rss_kib(pid));
@@ -111,6 +121,11 @@ async fn many_calls_64_in_flight_lose_nothing() {
         sum, cost_nanos,
         "ledger sum equals the sum of reported costs"
     );
+    assert_eq!(
+        sum,
+        total as i64 * CALL_NANOS,
+        "ledger sum at catalog prices"
+    );
     let (rollup_ok, rollup_sum): (i64, i64) = db
         .query_row(
             "SELECT sum(ok), sum(cost_nanos) FROM calls_daily",
@@ -135,6 +150,9 @@ async fn many_calls_64_in_flight_lose_nothing() {
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64()
     );
+    // /proc is always there on Linux: no reading would be a broken probe.
+    #[cfg(target_os = "linux")]
+    assert!(rss.len() >= 2, "RSS could not be read");
     if let (Some(first), Some(last)) = (rss.first(), rss.last()) {
         // Flat: after warm-up, growth stays far below what keeping each
         // call's data would cost. Generous, since allocators keep pages.
