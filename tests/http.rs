@@ -104,10 +104,12 @@ fn deepseek_env(fake: &FakeProvider) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// DeepSeek's answer as it sends it to our streaming request (SSE, usage
+/// in the last chunk).
 fn ds_reply() -> Reply {
-    openai_ok(
+    openai_sse(
         "deepseek-v3.2",
-        "Paris.",
+        &["Paris."],
         json!({"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}),
     )
 }
@@ -989,9 +991,9 @@ async fn budgets_apply_per_key_and_only_admins_set_them() {
     let (admin, _) = create_key(dir.path(), "ops", true);
     let (alice, _) = create_key(dir.path(), "alice", false);
     let (bob, _) = create_key(dir.path(), "bob", false);
-    let or = FakeProvider::start(openai_ok(
+    let or = FakeProvider::start(openai_sse(
         "some-lab/unlisted-model",
-        "Paris.",
+        &["Paris."],
         json!({"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}),
     ))
     .await;

@@ -439,9 +439,9 @@ async fn gemini_wire_format_and_usage_pricing() {
 
 #[tokio::test]
 async fn openrouter_reported_cost_wins_and_cerebras_sends_completion_limit() {
-    let or = FakeProvider::start(openai_ok(
+    let or = FakeProvider::start(openai_sse(
         "google/gemini-2.5-flash-lite",
-        "ok",
+        &["ok"],
         json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, "cost": 0.0004321}),
     ))
     .await;
@@ -490,6 +490,8 @@ async fn openrouter_reported_cost_wins_and_cerebras_sends_completion_limit() {
 #[tokio::test]
 async fn ollama_is_free_and_huggingface_unpriced_is_flagged() {
     let ol = FakeProvider::start(ollama_ndjson("llama3.1", &["4"], 26, 2)).await;
+    // Answered in one piece though we asked for a stream: the fallback for
+    // compatible servers that ignore `stream` (the other fakes stream).
     let hf = FakeProvider::start(openai_ok(
         "meta-llama/Llama-3.1-8B-Instruct",
         "hello",
@@ -752,9 +754,9 @@ async fn an_openrouter_upstream_refusal_falls_back() {
         }}}),
     ))
     .await;
-    let deepseek = FakeProvider::start(openai_ok(
+    let deepseek = FakeProvider::start(openai_sse(
         "deepseek-v3.2",
-        "from deepseek",
+        &["from deepseek"],
         json!({"prompt_tokens": 10, "completion_tokens": 10}),
     ))
     .await;
@@ -1212,9 +1214,9 @@ fn assert_no_secret(data_dir: &std::path::Path, stderr: &std::path::Path, key: &
 /// counts the calls from then on, and says the period it read.
 #[tokio::test]
 async fn usage_since_a_date_counts_the_calls_from_then() {
-    let fake = FakeProvider::start(openai_ok(
+    let fake = FakeProvider::start(openai_sse(
         "x",
-        "y",
+        &["y"],
         json!({"prompt_tokens": 1, "completion_tokens": 1}),
     ))
     .await;
@@ -1257,9 +1259,9 @@ async fn usage_since_a_date_counts_the_calls_from_then() {
 
 #[tokio::test]
 async fn bad_input_gets_clear_errors_and_changes_nothing() {
-    let fake = FakeProvider::start(openai_ok(
+    let fake = FakeProvider::start(openai_sse(
         "x",
-        "y",
+        &["y"],
         json!({"prompt_tokens": 1, "completion_tokens": 1}),
     ))
     .await;
@@ -1457,9 +1459,9 @@ async fn budget_refuses_a_call_that_could_cross_the_limit() {
 
 #[tokio::test]
 async fn calls_survive_a_restart() {
-    let fake = FakeProvider::start(openai_ok(
+    let fake = FakeProvider::start(openai_sse(
         "deepseek-v3.2",
-        "kept",
+        &["kept"],
         json!({"prompt_tokens": 10, "completion_tokens": 10}),
     ))
     .await;

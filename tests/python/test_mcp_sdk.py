@@ -24,19 +24,35 @@ class FakeDeepSeek(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802 (http.server API)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         FakeDeepSeek.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-        reply = {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": body["model"],
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "4"}, "finish_reason": "stop"}
-            ],
-            "usage": {"prompt_tokens": 2000, "completion_tokens": 1000, "total_tokens": 3000},
-        }
-        data = json.dumps(reply).encode()
+        usage = {"prompt_tokens": 2000, "completion_tokens": 1000, "total_tokens": 3000}
+        if body.get("stream"):
+            # What DeepSeek sends a streaming request: chunks, the finish,
+            # then the usage (asked for with stream_options), then [DONE].
+            chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                     "model": body["model"]}
+            events = [
+                {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                       "finish_reason": None}]},
+                {**chunk, "choices": [{"index": 0, "delta": {"content": "4"}, "finish_reason": None}]},
+                {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                {**chunk, "choices": [], "usage": usage},
+            ]
+            data = ("".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n").encode()
+            ctype = "text/event-stream"
+        else:
+            data = json.dumps({
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": body["model"],
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "4"}, "finish_reason": "stop"}
+                ],
+                "usage": usage,
+            }).encode()
+            ctype = "application/json"
         self.send_response(200)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
