@@ -323,6 +323,11 @@ pub struct Attempt {
     pub error: Option<String>,
     /// Wall time, ms.
     pub latency_ms: u64,
+    /// The pause before the next attempt on the same model, ms, when it
+    /// was retried: the provider's `retry-after` when it gave one, else
+    /// the backoff. Says where a slow call's time went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retried_after_ms: Option<u64>,
 }
 
 /// What an always-premium user would have paid.
@@ -1953,6 +1958,7 @@ impl Optimizer {
                             outcome: "ok".into(),
                             error: None,
                             latency_ms,
+                            retried_after_ms: None,
                         });
                         let mut warnings = Vec::new();
                         if let Err(e) = &settled {
@@ -2160,6 +2166,7 @@ impl Optimizer {
                     outcome: err.kind.as_str().into(),
                     error: Some(message.clone()),
                     latency_ms,
+                    retried_after_ms: None,
                 });
                 last_error = Some(message);
                 if matches!(err.kind, ErrorKind::RateLimit | ErrorKind::Overloaded) {
@@ -2212,6 +2219,9 @@ impl Optimizer {
                     && let Some(delay) = self.backoff(retries, err.retry_after)
                     && waited + delay <= self.settings.max_retry_wait
                 {
+                    if let Some(a) = attempts.last_mut() {
+                        a.retried_after_ms = Some(delay.as_millis() as u64);
+                    }
                     tokio::time::sleep(delay).await;
                     waited += delay;
                     retries += 1;

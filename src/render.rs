@@ -206,13 +206,8 @@ pub fn completion(c: &Completion) -> String {
         c.complexity.score,
         reasons_line(&c.complexity.reasons)
     );
-    if c.attempts.len() > 1 {
-        let tried: Vec<String> = c
-            .attempts
-            .iter()
-            .map(|a| format!("{} ({})", a.model, a.outcome))
-            .collect();
-        let _ = writeln!(s, "Tried: {}.", tried.join(" → "));
+    if let Some(line) = tried_line(&c.attempts) {
+        let _ = writeln!(s, "{line}");
     }
     if let Some(b) = &c.budget {
         let _ = writeln!(s, "{}", budget_line(b));
@@ -606,9 +601,49 @@ pub fn doctor(d: &DoctorReport) -> String {
     s
 }
 
+/// The attempts of a call that needed more than one, with the pauses
+/// between retries (where a slow call's time went).
+fn tried_line(attempts: &[crate::optimizer::Attempt]) -> Option<String> {
+    if attempts.len() < 2 {
+        return None;
+    }
+    let tried: Vec<String> = attempts
+        .iter()
+        .map(|a| match a.retried_after_ms {
+            Some(ms) => format!(
+                "{} ({}, retried after {:.1} s)",
+                a.model,
+                a.outcome,
+                ms as f64 / 1000.0
+            ),
+            None => format!("{} ({})", a.model, a.outcome),
+        })
+        .collect();
+    Some(format!("Tried: {}.", tried.join(" → ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_say_how_long_they_waited() {
+        use crate::optimizer::Attempt;
+        use crate::providers::ProviderId;
+        let attempt = |outcome: &str, retried_after_ms| Attempt {
+            provider: ProviderId::Deepseek,
+            model: "deepseek/deepseek-v3.2".into(),
+            outcome: outcome.into(),
+            error: None,
+            latency_ms: 5,
+            retried_after_ms,
+        };
+        assert_eq!(tried_line(&[attempt("ok", None)]), None);
+        assert_eq!(
+            tried_line(&[attempt("rate_limit", Some(1000)), attempt("ok", None)]).unwrap(),
+            "Tried: deepseek/deepseek-v3.2 (rate_limit, retried after 1.0 s) → deepseek/deepseek-v3.2 (ok)."
+        );
+    }
 
     #[test]
     fn an_open_code_fence_is_closed_before_the_footer() {
