@@ -373,13 +373,26 @@ async fn speech_cancelled_midway_is_charged_and_leaves_no_file() {
     assert_usd(&u["total_cost_usd"], chat_cost + speech_cost);
     assert_eq!(u["calls"], json!(1), "the answer itself was recorded");
     assert_eq!(u["budget"]["reserved_usd"], json!(0.0), "{u}");
+    // Cartesia now answers: the cancelled call must not write its audio
+    // late. A second call is read out through the same server and the
+    // same (open) fake; afterwards its file is the only one.
     tts.open_gate();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let audio = dir.path().join("audio");
-    let files: Vec<_> = std::fs::read_dir(&audio)
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(files.is_empty(), "no audio left behind: {files:?}");
+    let second = complete(
+        &client,
+        json!({"prompt": "greet me", "tier": "cheap", "speak": true}),
+    )
+    .await;
+    assert_ne!(second.is_error, Some(true), "{:?}", second.content);
+    let path = second.structured_content.unwrap()["audio"]["path"]
+        .as_str()
+        .expect("the second call's audio file")
+        .to_string();
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("audio"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(files, [std::path::PathBuf::from(path)], "audio left behind");
     client.cancel().await.unwrap();
 }
 
