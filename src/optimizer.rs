@@ -738,6 +738,9 @@ impl Optimizer {
         let router = Router::new(settings.tier_thresholds, &settings.tier_models);
         let breakers = Breakers::new(settings.breaker_threshold, settings.breaker_cooldown);
         let alert_http = reqwest::Client::builder()
+            // A webhook URL carries its secret; a redirect would hand the
+            // alert (and, to plain http, the URL's host) to another server.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(3))
             .timeout(crate::budget::alerts::WEBHOOK_TIMEOUT)
             .build()

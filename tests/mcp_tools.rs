@@ -793,6 +793,38 @@ async fn an_openrouter_upstream_refusal_falls_back() {
     );
 }
 
+/// A base URL that answers with a redirect (a company gateway sending
+/// clients to its login page) does not get the key sent on: the redirect is
+/// not followed nor retried, and the error says what to fix.
+#[tokio::test]
+async fn a_redirecting_base_url_does_not_get_the_key_sent_on() {
+    let elsewhere = FakeProvider::start(anthropic_ok(
+        "claude-haiku-4-5",
+        "should never be asked",
+        json!({"input_tokens": 1, "output_tokens": 1}),
+    ))
+    .await;
+    let gateway = FakeProvider::start(
+        Reply::json(302, json!({})).header("location", &format!("{}/v1/messages", elsewhere.base)),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn_anthropic(dir.path(), &gateway).await;
+    let e = s
+        .err(
+            "complete_prompt",
+            json!({"prompt": "Say hi", "force_provider": "anthropic"}),
+        )
+        .await;
+    assert!(
+        e.contains("redirect to 127.0.0.1") && e.contains("not followed"),
+        "{e}"
+    );
+    assert!(elsewhere.requests().is_empty(), "the redirect was followed");
+    assert_eq!(gateway.requests().len(), 1, "a redirect is not retried");
+    s.stop().await;
+}
+
 /// OpenRouter ends a failing stream with an error chunk that carries the
 /// usage and the cost of what was generated before the failure: that
 /// attempt is billed at that cost (it was recorded at a catalog estimate,

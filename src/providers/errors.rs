@@ -252,6 +252,9 @@ impl ProviderError {
         // Anthropic says "Your credit balance is too low" with a 400.
         let no_credit = lower.contains("credit balance") || lower.contains("insufficient_quota");
         let kind = match status {
+            // Redirects are not followed (the key would go with them): a
+            // base URL pointing at something other than the API itself.
+            300..=399 => ErrorKind::Malformed,
             401 => ErrorKind::Auth,
             // 403 is also "not this prompt" (OpenRouter's moderation of
             // some models) and "not this model" (a gated HuggingFace
@@ -278,9 +281,12 @@ impl ProviderError {
             408 | 504 => ErrorKind::Timeout,
             413 => ErrorKind::ContextTooLong,
             400 | 404 | 422 if is_context_message(&lower) => ErrorKind::ContextTooLong,
-            // Model not found, no endpoint for it (OpenRouter), not served
-            // where the account is (Gemini).
-            404 => ErrorKind::ModelUnavailable,
+            // Model not found or retired (410), no endpoint for it
+            // (OpenRouter), not served where the account is (Gemini).
+            404 | 410 => ErrorKind::ModelUnavailable,
+            // Misdirected / too early: the connection's fault, not the
+            // request's; a new one may do.
+            421 | 425 => ErrorKind::Connection,
             400 if lower.contains("failed_precondition") => ErrorKind::ModelUnavailable,
             // DeepSeek answers a retired or unknown model with a 400.
             400 | 422 if is_unknown_model(&lower) => ErrorKind::ModelUnavailable,
@@ -296,7 +302,23 @@ impl ProviderError {
             }
             _ => ErrorKind::Server,
         };
+        let message = if (300..400).contains(&status) {
+            let to = headers
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| reqwest::Url::parse(l).ok())
+                .and_then(|u| u.host_str().map(|h| format!(" to {h}")))
+                .unwrap_or_default();
+            format!(
+                "the provider answered with a redirect{to}; redirects are not followed, since the \
+                 API key would be sent along: point its base URL at the API itself"
+            )
+        } else {
+            message
+        };
         let mut err = ProviderError::new(provider, kind, Some(status), message);
+        // A redirect says nothing about one model: the base URL is wrong.
+        err.whole_provider = (300..400).contains(&status);
         // OpenRouter routes each model to its own upstreams: a 502 or 503 in
         // its own JSON error shape is about them (per its error reference),
         // not about OpenRouter. An HTML page from its edge is OpenRouter
@@ -407,6 +429,10 @@ fn is_context_message(lower: &str) -> bool {
         "maximum number of tokens",
         // Cerebras: "Please reduce the length of the messages or completion".
         "reduce the length",
+        // HuggingFace's TGI: "Input validation error: `inputs` tokens +
+        // `max_new_tokens` must be <= 8192".
+        "max_new_tokens",
+        "`inputs` tokens",
     ]
     .iter()
     .any(|p| lower.contains(p))
@@ -631,6 +657,45 @@ mod tests {
             &HeaderMap::new(),
             body.as_bytes(),
         )
+    }
+
+    /// Statuses that are not the prompt's fault do not end the call: a
+    /// redirect (not followed: the key would go along) sets the provider
+    /// aside, a retired model (410) tries another, a misdirected request
+    /// (421) another connection; TGI's context error is one.
+    #[test]
+    fn redirects_retired_models_and_tgi_context_errors() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "location",
+            HeaderValue::from_static("http://sso.corp.example/login?next=/v1/messages"),
+        );
+        let e = ProviderError::from_http(ProviderId::Anthropic, 302, &h, b"");
+        assert_eq!(e.kind, ErrorKind::Malformed);
+        assert!(!e.kind.is_retryable() && e.kind.allows_fallback());
+        assert!(e.whole_provider);
+        assert!(
+            e.detail.contains("redirect to sso.corp.example"),
+            "{}",
+            e.detail
+        );
+        assert!(!e.detail.contains("login"), "{}", e.detail);
+        assert_eq!(
+            classify(410, r#"{"error":{"message":"gone"}}"#).kind,
+            ErrorKind::ModelUnavailable
+        );
+        assert_eq!(classify(421, "").kind, ErrorKind::Connection);
+        let tgi = r#"{"error":"Input validation error: `inputs` tokens + `max_new_tokens` must be <= 8192. Given: 9000 `inputs` tokens and 1024 `max_new_tokens`","error_type":"validation"}"#;
+        assert_eq!(
+            ProviderError::from_http(
+                ProviderId::Huggingface,
+                422,
+                &HeaderMap::new(),
+                tgi.as_bytes()
+            )
+            .kind,
+            ErrorKind::ContextTooLong
+        );
     }
 
     /// Cerebras and OpenAI-style rate-limit headers give the wait when no

@@ -350,6 +350,11 @@ impl Registry {
         // slots outlive any call. An answer still streaming when it runs
         // out is not retried (`Optimizer::complete`): it would run out again.
         let http = reqwest::Client::builder()
+            // No LLM API redirects; a gateway that does (to a login page)
+            // would get the key: reqwest drops only `Authorization` across
+            // hosts, not `x-api-key` nor `x-goog-api-key`, and would follow
+            // https to plain http.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(connect_timeout)
             .read_timeout(idle_timeout)
             .timeout(request_timeout)
