@@ -1820,13 +1820,18 @@ impl Optimizer {
                             crate::render::usd(to_usd(over.spent_nanos)),
                             crate::render::usd(to_usd(over.reserved_nanos)),
                         );
+                        // The routed choice itself does not fit: say so
+                        // (the caller may ask for a cheaper tier) rather
+                        // than quietly answer with a weaker model.
                         if attempts.is_empty() {
                             return Err(ToolError::BudgetRefused(msg));
                         }
+                        // A fallback after a failure: a cheaper one further
+                        // on may still fit what is left.
                         last_error = Some(msg);
                         stopped_by_budget = true;
                         *refused_by_call_limit = false;
-                        break 'candidates;
+                        continue 'candidates;
                     }
                     Ok(Ok(r)) => self.guard(&ledger, r),
                 };

@@ -1133,3 +1133,74 @@ async fn changing_a_budget_resends_only_what_it_uncrossed() {
     assert_eq!(fired, vec![0.5]);
     client.cancel().await.unwrap();
 }
+
+/// A fallback the budget can no longer cover does not end the call when a
+/// cheaper one further on fits. DeepSeek (cheap) fails mid-stream after
+/// reporting 10,000 prompt tokens, which are charged ($0.0028 of $0.005);
+/// Claude Haiku (medium, tried next, worst case $0.0025) fitted when the
+/// call was routed but no longer does; Gemini Flash-Lite (free tier) does
+/// and answers. Haiku is never called.
+#[tokio::test]
+async fn a_fallback_too_dear_for_the_budget_gives_way_to_a_cheaper_one() {
+    let mut failing = openai_sse_body("deepseek-v3.2", &["Hel"], None, false);
+    failing.push_str(
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"error\":{\"code\":502,\"message\":\"upstream died\"},\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"error\"}],\"usage\":{\"prompt_tokens\":10000,\"completion_tokens\":5}}\n\n",
+    );
+    let deepseek = FakeProvider::start(streamed("text/event-stream", failing)).await;
+    let haiku_fake = FakeProvider::start(haiku(0)).await;
+    let gemini = FakeProvider::start(gemini_sse(
+        "gemini-3.5-flash-lite",
+        &["from gemini"],
+        json!({"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        // Every prompt scoring over 0.03 is cheap (this one scores 0.13).
+        "[routing]\nthresholds = [0.0, 0.8, 0.9]\n\
+         [routing.tiers]\nfree = [\"gemini/gemini-3.5-flash-lite\"]\ncheap = [\"deepseek/deepseek-v3.2\"]\n\
+         medium = [\"anthropic/claude-haiku-4-5\"]\npremium = [\"anthropic/claude-opus-4-5\"]\n",
+    )
+    .unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("COST_OPTIMIZER_CONFIG", cfg.display().to_string()),
+            ("COST_OPTIMIZER_MAX_RETRIES", "0".into()),
+            ("DEEPSEEK_API_KEY", "sk-FAKE-deepseek-fallback-0000".into()),
+            ("DEEPSEEK_BASE_URL", deepseek.base.clone()),
+            ("ANTHROPIC_API_KEY", KEY.into()),
+            ("ANTHROPIC_BASE_URL", haiku_fake.base.clone()),
+            ("GEMINI_API_KEY", "AIza-FAKE-gemini-fallback-00000".into()),
+            ("GEMINI_BASE_URL", gemini.base.clone()),
+        ],
+    )
+    .await;
+    s.ok("set_budget", json!({"monthly_limit": 0.005})).await;
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "Summarize the plot of Hamlet in two sentences.", "max_tokens": 500}),
+        )
+        .await;
+    assert_eq!(c["answer"], "from gemini", "{c}");
+    assert!(haiku_fake.requests().is_empty(), "Haiku was called");
+    let tried: Vec<&str> = c["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tried,
+        ["deepseek/deepseek-v3.2", "gemini/gemini-3.5-flash-lite"],
+        "{c}"
+    );
+    assert_usd(
+        &c["failed_attempts_cost_usd"],
+        10_000.0 * 0.28e-6 + 5.0 * 0.40e-6,
+    );
+    s.stop().await;
+}
