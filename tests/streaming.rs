@@ -301,6 +301,49 @@ async fn a_long_stream_is_not_cut_off_but_a_stall_is() {
     client.cancel().await.unwrap();
 }
 
+/// A provider that keeps the stream open with keep-alive comments only
+/// (DeepSeek's `: keep-alive` while a request waits in its queue, for up to
+/// 30 minutes) is stalled after the idle limit like a silent one, and
+/// another model is tried, not the whole total timeout waited out.
+#[tokio::test]
+async fn keep_alives_alone_are_a_stall() {
+    let keep_alives = ": keep-alive\n\n".repeat(100);
+    let stalled = streamed("text/event-stream", keep_alives).dripped(Duration::from_millis(100));
+    let deepseek = FakeProvider::start(stalled).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = deepseek_server(
+        dir.path(),
+        &deepseek,
+        &[
+            ("COST_OPTIMIZER_IDLE_TIMEOUT_SECS", "1"),
+            ("COST_OPTIMIZER_REQUEST_TIMEOUT_SECS", "60"),
+            ("COST_OPTIMIZER_MAX_RETRIES", "0"),
+        ],
+    )
+    .await;
+    let r = complete(
+        &client,
+        json!({"prompt": "count", "force_model": FORCED_DEEPSEEK}),
+    )
+    .await;
+    assert_eq!(r.is_error, Some(true));
+    let text = format!("{:?}", r.content);
+    assert!(text.contains("keep-alives only"), "{text}");
+    // The provider's stream was dropped long before its 10 s of keep-alives.
+    for _ in 0..500 {
+        if deepseek.aborted() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        deepseek.aborted(),
+        1,
+        "the stalled stream was read to its end"
+    );
+    client.cancel().await.unwrap();
+}
+
 /// Cancelled while Cartesia reads the answer out: Cartesia accepted the
 /// request and bills its characters, so the speech attempt is recorded at
 /// its price (not dropped from the ledger), no hold is left and no audio

@@ -118,6 +118,7 @@ impl Provider for Anthropic {
             ProviderId::Anthropic,
             resp,
             stream::reply_limit(req.max_tokens),
+            self.config.idle,
             |ev| st.event(ev, sink),
         )
         .await;

@@ -85,6 +85,7 @@ impl Provider for Gemini {
             ProviderId::Gemini,
             resp,
             stream::reply_limit(req.max_tokens),
+            self.config.idle,
             |ev| st.event(ev, sink).map(|()| false),
         )
         .await;

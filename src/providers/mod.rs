@@ -245,6 +245,9 @@ pub struct ProviderConfig {
     pub base_url: String,
     /// Shared HTTP client (connection pool, timeouts).
     pub http: reqwest::Client,
+    /// How long a stream may go without an answer event before it counts
+    /// as stalled (see [`stream::drive`]).
+    pub idle: Duration,
 }
 
 /// Static description of a provider: how it is enabled and built.
@@ -404,6 +407,7 @@ impl Registry {
                         api_key: key.clone(),
                         base_url: base_url.clone(),
                         http: http.clone(),
+                        idle: idle_timeout,
                     })),
                     base_url,
                     reason,
@@ -426,6 +430,7 @@ impl Registry {
                 api_key: key.clone(),
                 base_url: base_url.clone(),
                 http: http.clone(),
+                idle: idle_timeout,
             });
             reg.enabled.insert(
                 spec.id,

@@ -157,9 +157,14 @@ impl Provider for Ollama {
         let resp = stream::send(ProviderId::Ollama, builder, &body).await?;
         // From here on the request was accepted (a local model bills
         // nothing, but the caller decides that from the price).
-        read_reply(resp, stream::reply_limit(req.max_tokens), sink)
-            .await
-            .map_err(|e| e.after_acceptance(Usage::default()))
+        read_reply(
+            resp,
+            stream::reply_limit(req.max_tokens),
+            self.config.idle,
+            sink,
+        )
+        .await
+        .map_err(|e| e.after_acceptance(Usage::default()))
     }
 }
 
@@ -214,6 +219,7 @@ const UNKNOWN_MODEL_MAX_CTX: u64 = 32_768;
 async fn read_reply(
     resp: reqwest::Response,
     limit: usize,
+    idle: std::time::Duration,
     sink: &dyn StreamSink,
 ) -> Result<ChatResponse, ProviderError> {
     {
@@ -239,13 +245,16 @@ async fn read_reply(
             }
             Ok(done)
         };
-        stream::drive(ProviderId::Ollama, resp, limit, |chunk| {
+        stream::drive(ProviderId::Ollama, resp, limit, idle, |chunk| {
+            let mut step = stream::Step::default();
             for line in parser.push(chunk) {
+                step.progressed = true;
                 if handle(&line)? {
-                    return Ok(true);
+                    step.done = true;
+                    return Ok(step);
                 }
             }
-            Ok(false)
+            Ok(step)
         })
         .await?;
         for line in parser.finish() {

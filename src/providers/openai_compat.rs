@@ -102,7 +102,8 @@ impl Provider for OpenAiCompatible {
                 });
         }
         let mut acc = StreamState::default();
-        let driven = stream::drive_sse(id, resp, stream::reply_limit(req.max_tokens), |ev| {
+        let limit = stream::reply_limit(req.max_tokens);
+        let driven = stream::drive_sse(id, resp, limit, self.config.idle, |ev| {
             acc.event(id, ev, sink)
         })
         .await;

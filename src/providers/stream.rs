@@ -3,6 +3,8 @@
 //! newline-delimited JSON (Ollama). Both take bytes as they arrive, in
 //! chunks that may split lines anywhere, and bound what they buffer.
 
+use std::time::Duration;
+
 use futures_util::StreamExt;
 
 use super::{ErrorKind, MAX_RESPONSE_BYTES, ProviderError, ProviderId};
@@ -235,19 +237,48 @@ pub fn reply_limit(max_tokens: u32) -> usize {
     MAX_RESPONSE_BYTES.saturating_add((max_tokens as usize).saturating_mul(1024))
 }
 
+/// What [`drive`]'s chunk handler saw in one chunk.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Step {
+    /// The stream said it is complete.
+    pub done: bool,
+    /// An event of the answer arrived (not a keep-alive).
+    pub progressed: bool,
+}
+
 /// Drives a streaming response: feeds each chunk to `on_chunk` until the
-/// body ends or `on_chunk` returns `Ok(true)` (the stream said it is done).
-/// Bounds the total size to `limit` bytes (see [`reply_limit`]) and turns
-/// transport failures mid-body into classified errors.
+/// body ends or `on_chunk` says the stream is done. Bounds the total size
+/// to `limit` bytes (see [`reply_limit`]) and turns transport failures
+/// mid-body into classified errors.
+///
+/// A stream with no answer event for `idle` is stalled: the HTTP client's
+/// read timeout restarts on every byte, so a provider sending only
+/// keep-alive comments (DeepSeek's `: keep-alive` while it queues a
+/// request, for up to 30 minutes) held the call until the total timeout,
+/// then ended it without trying anyone else.
 pub async fn drive(
     provider: ProviderId,
     resp: reqwest::Response,
     limit: usize,
-    mut on_chunk: impl FnMut(&[u8]) -> Result<bool, ProviderError>,
+    idle: Duration,
+    mut on_chunk: impl FnMut(&[u8]) -> Result<Step, ProviderError>,
 ) -> Result<(), ProviderError> {
     let mut total = 0usize;
     let mut body = resp.bytes_stream();
-    while let Some(chunk) = body.next().await {
+    let mut stalled_at = tokio::time::Instant::now() + idle;
+    loop {
+        let Ok(next) = tokio::time::timeout_at(stalled_at, body.next()).await else {
+            return Err(ProviderError::new(
+                provider,
+                ErrorKind::Timeout,
+                Some(200),
+                format!(
+                    "the stream sent nothing of the answer for {} s (keep-alives only)",
+                    idle.as_secs()
+                ),
+            ));
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| {
             let mut err = ProviderError::from_reqwest(provider, &e);
             if err.kind == ErrorKind::Malformed || err.kind == ErrorKind::Connection {
@@ -265,11 +296,22 @@ pub async fn drive(
                 format!("streamed reply larger than {limit} bytes"),
             ));
         }
-        if on_chunk(&chunk)? {
+        let step = on_chunk(&chunk)?;
+        if step.done {
             return Ok(());
+        }
+        if step.progressed {
+            stalled_at = tokio::time::Instant::now() + idle;
         }
     }
     Ok(())
+}
+
+/// Whether an SSE event is the answer's, not a keep-alive: Anthropic sends
+/// `ping` events while it works (comments and empty data are never
+/// dispatched at all).
+fn is_progress(ev: &SseEvent) -> bool {
+    ev.event.as_deref() != Some("ping") && !ev.data.contains(r#""type":"ping""#)
 }
 
 /// Feeds each SSE event of `resp` to `on_event` until it returns `Ok(true)`
@@ -278,18 +320,22 @@ pub async fn drive_sse(
     provider: ProviderId,
     resp: reqwest::Response,
     limit: usize,
+    idle: Duration,
     mut on_event: impl FnMut(&SseEvent) -> Result<bool, ProviderError>,
 ) -> Result<(), ProviderError> {
     let mut parser = SseParser::default();
     let mut complete = false;
-    drive(provider, resp, limit, |chunk| {
+    drive(provider, resp, limit, idle, |chunk| {
+        let mut step = Step::default();
         for ev in parser.push(chunk) {
+            step.progressed |= is_progress(&ev);
             if on_event(&ev)? {
                 complete = true;
-                return Ok(true);
+                step.done = true;
+                return Ok(step);
             }
         }
-        Ok(false)
+        Ok(step)
     })
     .await?;
     if !complete {
