@@ -1751,6 +1751,11 @@ impl Optimizer {
             };
             let mut retries = 0u32;
             let mut waited = Duration::ZERO;
+            // Timeouts of this candidate so far: one is retried (a blip),
+            // a second falls back. Each costs a whole idle (or total)
+            // timeout, so max_retries of them on one provider kept a call
+            // waiting minutes while others stood by.
+            let mut timeouts = 0u32;
             loop {
                 if let Some(limit) = budget_limit
                     && call_spent > 0.0
@@ -2220,10 +2225,14 @@ impl Optimizer {
                     stopped_by_budget = true;
                     *refused_by_call_limit = true;
                 }
+                if err.kind == ErrorKind::Timeout {
+                    timeouts += 1;
+                }
                 if err.kind.is_retryable()
                     && retries < self.settings.max_retries
                     && retry_fits
                     && !account_limited
+                    && timeouts < 2
                     && let Some(delay) = self.backoff(retries, err.retry_after)
                     && waited + delay <= self.settings.max_retry_wait
                 {

@@ -592,6 +592,16 @@ async fn run_matrix(name: &'static str) {
     // Slower than the 4 s timeout: retried.
     h.fake.push(((h.case.ok)()).delayed(Duration::from_secs(8)));
     h.expect_recovery("slow reply", 1).await;
+    // Slower than the timeout twice: the second is not retried (each one
+    // costs a whole timeout; another provider would be tried next). Once,
+    // for one provider: the path is the same for all.
+    if name == "deepseek" {
+        for _ in 0..2 {
+            h.fake.push(((h.case.ok)()).delayed(Duration::from_secs(8)));
+        }
+        h.expect_error("slow twice", "did not answer in time", 2)
+            .await;
+    }
     // Malformed JSON: not retried (the same request would get the same).
     h.fake.push(Reply {
         status: 200,
