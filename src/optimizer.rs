@@ -1679,9 +1679,10 @@ impl Optimizer {
         // down after retries): their other models are not worth a try.
         let mut failed_providers: Vec<ProviderId> = Vec::new();
         // Providers whose rate limit already counted against their breaker
-        // in this call: a quota is usually per model (Gemini, Anthropic,
-        // OpenRouter), so one model's 429s, retried, must not open the
-        // breaker on the provider's other models for everyone.
+        // in this call, and only the account's (see `counts` below): a
+        // quota is usually per model (Gemini, Anthropic, OpenRouter), so one
+        // model's 429s must not open the breaker on the provider's other
+        // models for everyone.
         let mut rate_limit_counted: Vec<ProviderId> = Vec::new();
         // The models already rate-limited in this call: when another model
         // of the same provider is limited too, the limit is likely the
@@ -2154,16 +2155,22 @@ impl Optimizer {
                         recorded: recorded.is_ok(),
                     });
                 }
-                let counts = !out_of_time
-                    && !err.model_only
-                    && (err.kind != ErrorKind::RateLimit
-                        || !rate_limit_counted.contains(&cand.provider));
                 let account_limited = err.kind == ErrorKind::RateLimit
                     && rate_limited
                         .iter()
                         .any(|(p, m)| *p == cand.provider && *m != cand.model);
+                // A rate limit counts against the provider's breaker only
+                // when it is the account's (two of its models limited in
+                // this call), once: one model's quota, hit by a few calls
+                // at once, shut the provider's other models for everyone.
+                let counts = !out_of_time
+                    && !err.model_only
+                    && (err.kind != ErrorKind::RateLimit
+                        || account_limited && !rate_limit_counted.contains(&cand.provider));
                 if err.kind == ErrorKind::RateLimit {
-                    rate_limit_counted.push(cand.provider);
+                    if account_limited {
+                        rate_limit_counted.push(cand.provider);
+                    }
                     rate_limited.push((cand.provider, cand.model.clone()));
                 }
                 if counts && self.breakers.failure(cand.provider, err.kind, self.now()) {

@@ -1251,3 +1251,69 @@ async fn budget_limit_covers_the_audio_and_its_retries() {
     assert!(c["audio"]["cost_usd"].as_f64().unwrap() + c["cost_usd"].as_f64().unwrap() <= 0.0009);
     s.stop().await;
 }
+
+/// One model's quota, hit by several calls, does not open the provider's
+/// breaker: its other models keep answering. (Each 429 counted, so two
+/// calls to Gemini Pro over its quota sent every later call elsewhere.)
+#[tokio::test]
+async fn one_models_rate_limit_does_not_shut_the_provider() {
+    let gemini = FakeProvider::start(gemini_sse(
+        "gemini-3.5-flash-lite",
+        &["from flash"],
+        json!({"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15}),
+    ))
+    .await;
+    for _ in 0..2 {
+        gemini.push(
+            Reply::json(
+                429,
+                json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+                    "message": "Quota exceeded for metric: generate_content_requests, model: gemini-3.1-pro"}}),
+            )
+            .header("retry-after", "3600"),
+        );
+    }
+    let deepseek = FakeProvider::start(openai_sse(
+        "deepseek-v3.2",
+        &["from deepseek"],
+        json!({"prompt_tokens": 10, "completion_tokens": 5}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        "breaker_threshold = 2\n[routing]\nthresholds = [0.0, 0.8, 0.9]\n[routing.tiers]\n\
+         cheap = [\"gemini/gemini-2.5-flash-lite\", \"deepseek/deepseek-v3.2\"]\n",
+    )
+    .unwrap();
+    let s = spawn(
+        dir.path(),
+        &[
+            ("COST_OPTIMIZER_CONFIG", cfg.display().to_string()),
+            ("GEMINI_API_KEY", FAKE_KEY.into()),
+            ("GEMINI_BASE_URL", gemini.base.clone()),
+            ("DEEPSEEK_API_KEY", FAKE_KEY.into()),
+            ("DEEPSEEK_BASE_URL", deepseek.base.clone()),
+        ],
+    )
+    .await;
+    for _ in 0..2 {
+        let e = s
+            .err(
+                "complete_prompt",
+                json!({"prompt": "hi", "force_model": "gemini/gemini-3.1-pro-preview"}),
+            )
+            .await;
+        assert!(e.contains("rate"), "{e}");
+    }
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "Summarize the plot of Hamlet in two sentences."}),
+        )
+        .await;
+    assert_eq!(c["answer"], "from flash", "{c}");
+    assert!(deepseek.requests().is_empty());
+    s.stop().await;
+}
