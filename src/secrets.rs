@@ -120,9 +120,35 @@ pub fn register_url_credentials(url: &str) {
     if let Some((_, query)) = url.split_once('?') {
         let query = query.split('#').next().unwrap_or("");
         for pair in query.split('&') {
-            register(pair.split_once('=').map_or(pair, |(_, v)| v));
+            let (name, value) = pair.split_once('=').unwrap_or(("", pair));
+            // Settings (`tls=required`, `api-version=2024-06-01`) are not
+            // secrets: registered, every "Field required" in a provider's
+            // error became "Field [REDACTED]". A value is kept back when
+            // its name says it is a credential or it looks like a token.
+            if is_credential_name(name) || looks_like_a_token(value) {
+                register(value);
+            }
         }
     }
+}
+
+/// A query parameter named like a credential (`key`, `api_key`, `token`,
+/// `sig`, `password`, `auth`…).
+fn is_credential_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "key", "token", "secret", "sig", "pass", "pwd", "auth", "cred", "session",
+    ]
+    .iter()
+    .any(|w| name.contains(w))
+}
+
+/// A value that looks like a token rather than a word: long, or letters
+/// mixed with digits.
+fn looks_like_a_token(value: &str) -> bool {
+    value.len() >= 16
+        || value.chars().any(|c| c.is_ascii_digit())
+            && value.chars().any(|c| c.is_ascii_alphabetic())
 }
 
 /// `%XX` escapes decoded (invalid ones kept as they are).
@@ -305,6 +331,21 @@ mod tests {
         ));
         assert!(!out.contains(&basic), "{out}");
         assert!(!out.contains("p@ssw0rd-77zz"), "{out}");
+    }
+
+    /// Query settings of a URL are not secrets (the README's SMTP example
+    /// has `tls=required`); credentials and tokens in a query are.
+    #[test]
+    fn query_settings_stay_readable_and_query_tokens_do_not() {
+        register_url_credentials(
+            "smtp://alerts%40example.com:pw-77aa88bb@smtp.example.com:587?tls=required&ehlo_domain=example&x=Qx7Zk29LmNpRtV",
+        );
+        assert_eq!(
+            redact("messages: Field required; opportunistic example"),
+            "messages: Field required; opportunistic example"
+        );
+        assert!(!redact("token Qx7Zk29LmNpRtV").contains("Qx7Zk29LmNpRtV"));
+        assert!(!redact("pw-77aa88bb").contains("pw-77aa88bb"));
     }
 
     #[test]
