@@ -47,13 +47,18 @@ pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::W
 
 /// At debug level rmcp logs every request whole — prompts, and arguments
 /// such as a budget's webhook URL whose path is its token — before any of
-/// our code sees them, so redaction cannot know what to hide. Keep rmcp at
+/// our code sees them, so redaction cannot know what to hide. Cap rmcp at
 /// info unless the filter names it explicitly (a developer debugging the
-/// transport on purpose).
-fn quiet_transport(filter: EnvFilter) -> EnvFilter {
-    let explicit = crate::config::env_var(LOG_ENV).is_some_and(|v| v.contains("rmcp"));
+/// transport on purpose). A cap only: under an overall `warn` or `error`
+/// rmcp stays there (a directive for it would raise it to info).
+fn quiet_transport(filter: EnvFilter, directives: &str) -> EnvFilter {
+    let explicit = directives.contains("rmcp");
+    let verbose = directives
+        .split(',')
+        .map(str::trim)
+        .any(|d| d.eq_ignore_ascii_case("debug") || d.eq_ignore_ascii_case("trace"));
     match "rmcp=info".parse() {
-        Ok(d) if !explicit => filter.add_directive(d),
+        Ok(d) if verbose && !explicit => filter.add_directive(d),
         _ => filter,
     }
 }
@@ -67,6 +72,7 @@ pub fn init(log_dir: Option<&Path>, default_level: &str) -> LogGuard {
     let filter = || {
         quiet_transport(
             EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new(default_level)),
+            &directives,
         )
     };
     let stderr = tracing_subscriber::fmt::layer()
@@ -75,15 +81,28 @@ pub fn init(log_dir: Option<&Path>, default_level: &str) -> LogGuard {
         .with_target(false)
         .with_filter(filter());
     let mut guard = None;
+    // Said once the subscriber is up: without it, a log directory that
+    // cannot be written left `doctor` naming a log file that never fills.
+    let mut file_error = None;
     let file_layer = log_dir.and_then(|dir| {
-        crate::ledger::create_private_dir(dir).ok()?;
-        let appender = tracing_appender::rolling::Builder::new()
-            .rotation(tracing_appender::rolling::Rotation::DAILY)
-            .filename_prefix("ai-cost-optimizer")
-            .filename_suffix("log")
-            .max_log_files(KEEP_LOG_FILES)
-            .build(dir)
-            .ok()?;
+        let built = crate::ledger::create_private_dir(dir)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                tracing_appender::rolling::Builder::new()
+                    .rotation(tracing_appender::rolling::Rotation::DAILY)
+                    .filename_prefix("ai-cost-optimizer")
+                    .filename_suffix("log")
+                    .max_log_files(KEEP_LOG_FILES)
+                    .build(dir)
+                    .map_err(|e| e.to_string())
+            });
+        let appender = match built {
+            Ok(a) => a,
+            Err(e) => {
+                file_error = Some((dir.display().to_string(), e));
+                return None;
+            }
+        };
         let (writer, g) = tracing_appender::non_blocking(appender);
         guard = Some(g);
         Some(
@@ -97,6 +116,13 @@ pub fn init(log_dir: Option<&Path>, default_level: &str) -> LogGuard {
         .with(stderr)
         .with(file_layer)
         .try_init();
+    if let Some((dir, error)) = file_error {
+        tracing::warn!(
+            dir,
+            error,
+            "cannot write the log file; logging to stderr only"
+        );
+    }
     if let Some(w) = warning {
         tracing::warn!("{w}");
     }
@@ -234,6 +260,27 @@ mod tests {
             Some(tracing::level_filters::LevelFilter::TRACE),
             "wran itself is a target at every level"
         );
+    }
+
+    /// rmcp is capped at info under a verbose filter, and left where the
+    /// overall level puts it otherwise (the cap raised it to info under
+    /// `warn`, logging every client notification).
+    #[test]
+    fn the_transport_is_capped_not_raised() {
+        use tracing::level_filters::LevelFilter;
+        let hint = |d: &str| quiet_transport(EnvFilter::try_new(d).unwrap(), d).max_level_hint();
+        assert_eq!(hint("warn"), Some(LevelFilter::WARN));
+        assert_eq!(hint("error"), Some(LevelFilter::ERROR));
+        assert_eq!(hint("off"), Some(LevelFilter::OFF));
+        // Under debug the cap is there (rmcp's info sits below debug, so
+        // the hint stays debug; the directive is what matters).
+        let capped = quiet_transport(EnvFilter::try_new("debug").unwrap(), "debug");
+        assert!(capped.to_string().contains("rmcp=info"), "{capped}");
+        let asked = quiet_transport(
+            EnvFilter::try_new("debug,rmcp=trace").unwrap(),
+            "debug,rmcp=trace",
+        );
+        assert!(!asked.to_string().contains("rmcp=info"), "{asked}");
     }
 
     #[test]

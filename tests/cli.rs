@@ -757,3 +757,19 @@ fn retention_prunes_and_corrupt_ledger_is_explained() {
     let o = run(bad.path(), &["costs", "--provider", "anthropic"], None);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// A log directory that cannot be written is said (stderr still gets the
+/// logs), instead of `doctor` naming a log file that never fills.
+#[test]
+fn an_unwritable_log_directory_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("logs"), "not a directory").unwrap();
+    let o = run(dir.path(), &["doctor"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot write the log file; logging to stderr only"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stdout(&o).contains("cannot write"), "stdout stays clean");
+}
