@@ -117,6 +117,16 @@ pub fn register_url_credentials(url: &str) {
         };
         register(&base64::engine::general_purpose::STANDARD.encode(basic.as_bytes()));
     }
+    // A gateway's token in the path (`/key/<token>/v1`): a long segment
+    // of letters and digits mixed. `v1`, `api`, `openai` are not.
+    let path = rest.split(['?', '#']).next().unwrap_or("");
+    for segment in path.split('/').skip(1) {
+        let mixed = segment.chars().any(|c| c.is_ascii_digit())
+            && segment.chars().any(|c| c.is_ascii_alphabetic());
+        if segment.len() >= 16 && mixed {
+            register(segment);
+        }
+    }
     if let Some((_, query)) = url.split_once('?') {
         let query = query.split('#').next().unwrap_or("");
         for pair in query.split('&') {
@@ -346,6 +356,12 @@ mod tests {
         );
         assert!(!redact("token Qx7Zk29LmNpRtV").contains("Qx7Zk29LmNpRtV"));
         assert!(!redact("pw-77aa88bb").contains("pw-77aa88bb"));
+        // A token in a gateway's path is one too; the path's words are not.
+        register_url_credentials("https://gw.example.com/key/a1b2c3d4e5f6g7h8i9/openai/v1");
+        assert_eq!(
+            redact("https://gw.example.com/key/a1b2c3d4e5f6g7h8i9/openai/v1"),
+            "https://gw.example.com/key/[REDACTED]/openai/v1"
+        );
     }
 
     #[test]
