@@ -51,26 +51,85 @@ pub enum Change {
 }
 
 /// The default location of `claude_desktop_config.json` for an OS
-/// (`std::env::consts::OS` values), reading `HOME`, `APPDATA` and
-/// `XDG_CONFIG_HOME` through `env`.
-pub fn default_config_path_for(os: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+/// (`std::env::consts::OS` values), reading `HOME`, `APPDATA`,
+/// `LOCALAPPDATA` and `XDG_CONFIG_HOME` through `env`.
+///
+/// On Windows, Claude Desktop installed from claude.ai or the Store (an
+/// MSIX package, the installer since February 2026) reads its config from
+/// its package's `LocalCache\Roaming\Claude`; the file at
+/// `%APPDATA%\Claude` is never read there, so writing it "worked" and did
+/// nothing. That package directory is used when there is one.
+pub fn default_config_path_for(
+    os: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<PathBuf, String> {
+    const FILE: &str = "claude_desktop_config.json";
     let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+    let unset = |what: &str| {
+        format!("cannot find Claude Desktop's config directory ({what} unset); pass --config PATH")
+    };
     let dir = match os {
-        "macos" => PathBuf::from(get("HOME")?)
+        "macos" => PathBuf::from(get("HOME").ok_or_else(|| unset("HOME"))?)
             .join("Library")
             .join("Application Support")
             .join("Claude"),
-        "windows" => PathBuf::from(get("APPDATA")?).join("Claude"),
+        "windows" => {
+            if let Some(local) = get("LOCALAPPDATA")
+                && let Some(dir) = msix_config_dir(&PathBuf::from(local))?
+            {
+                return Ok(dir.join(FILE));
+            }
+            PathBuf::from(get("APPDATA").ok_or_else(|| unset("APPDATA"))?).join("Claude")
+        }
         _ => match get("XDG_CONFIG_HOME") {
             Some(x) => PathBuf::from(x).join("Claude"),
-            None => PathBuf::from(get("HOME")?).join(".config").join("Claude"),
+            None => PathBuf::from(get("HOME").ok_or_else(|| unset("HOME"))?)
+                .join(".config")
+                .join("Claude"),
         },
     };
-    Some(dir.join("claude_desktop_config.json"))
+    Ok(dir.join(FILE))
+}
+
+/// The config directory of an MSIX-installed Claude Desktop under
+/// `%LOCALAPPDATA%`: `Packages\Claude_<publisher id>\LocalCache\Roaming\Claude`.
+/// `None` without such a package; an error when several are installed and
+/// not exactly one of them has a config file (which one is meant cannot be
+/// told).
+fn msix_config_dir(local_app_data: &Path) -> Result<Option<PathBuf>, String> {
+    let Ok(entries) = std::fs::read_dir(local_app_data.join("Packages")) else {
+        return Ok(None);
+    };
+    let packages: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("Claude_"))
+        .map(|e| e.path().join("LocalCache").join("Roaming").join("Claude"))
+        .collect();
+    match packages.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        many => {
+            let with_config: Vec<&PathBuf> = many
+                .iter()
+                .filter(|d| d.join("claude_desktop_config.json").is_file())
+                .collect();
+            match with_config.as_slice() {
+                [one] => Ok(Some((*one).clone())),
+                _ => Err(format!(
+                    "several Claude Desktop packages are installed ({}); pass --config with the \
+                     claude_desktop_config.json of the one you use",
+                    many.iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            }
+        }
+    }
 }
 
 /// The default config path on this machine.
-pub fn default_config_path() -> Option<PathBuf> {
+pub fn default_config_path() -> Result<PathBuf, String> {
     default_config_path_for(std::env::consts::OS, &|k| std::env::var(k).ok())
 }
 
@@ -361,11 +420,7 @@ pub fn run_cli(
 ) -> anyhow::Result<()> {
     let config_path = match config {
         Some(c) => c,
-        None => default_config_path().ok_or_else(|| {
-            anyhow::anyhow!(
-                "cannot find Claude Desktop's config directory (HOME/APPDATA unset); pass --config PATH"
-            )
-        })?,
+        None => default_config_path().map_err(|e| anyhow::anyhow!(e))?,
     };
     let opts = InstallOptions {
         config_path,
@@ -434,7 +489,59 @@ mod tests {
             default_config_path_for("linux", &xdg).unwrap(),
             PathBuf::from("/x/Claude/claude_desktop_config.json")
         );
-        assert_eq!(default_config_path_for("windows", &|_| None), None);
+        assert!(default_config_path_for("windows", &|_| None).is_err());
+        // An MSIX install (claude.ai's installer since February 2026) reads
+        // its package's copy; two packages are told apart by their config.
+        let local = tempfile::tempdir().unwrap();
+        let msix_env = |k: &str| match k {
+            "APPDATA" => Some(r"C:\Users\me\AppData\Roaming".to_string()),
+            "LOCALAPPDATA" => Some(local.path().display().to_string()),
+            _ => None,
+        };
+        assert!(
+            default_config_path_for("windows", &msix_env)
+                .unwrap()
+                .ends_with("Claude/claude_desktop_config.json"),
+            "no package: %APPDATA%"
+        );
+        let roaming = |id: &str| {
+            local
+                .path()
+                .join("Packages")
+                .join(id)
+                .join("LocalCache")
+                .join("Roaming")
+                .join("Claude")
+        };
+        std::fs::create_dir_all(local.path().join("Packages").join("Claude_pzs8sxrjxfjjc"))
+            .unwrap();
+        std::fs::create_dir_all(
+            local
+                .path()
+                .join("Packages")
+                .join("Microsoft.Photos_8wekyb3d8bbwe"),
+        )
+        .unwrap();
+        assert_eq!(
+            default_config_path_for("windows", &msix_env).unwrap(),
+            roaming("Claude_pzs8sxrjxfjjc").join("claude_desktop_config.json")
+        );
+        std::fs::create_dir_all(local.path().join("Packages").join("Claude_otherid")).unwrap();
+        let e = default_config_path_for("windows", &msix_env).unwrap_err();
+        assert!(
+            e.contains("several Claude Desktop packages") && e.contains("--config"),
+            "{e}"
+        );
+        std::fs::create_dir_all(roaming("Claude_otherid")).unwrap();
+        std::fs::write(
+            roaming("Claude_otherid").join("claude_desktop_config.json"),
+            "{}",
+        )
+        .unwrap();
+        assert_eq!(
+            default_config_path_for("windows", &msix_env).unwrap(),
+            roaming("Claude_otherid").join("claude_desktop_config.json")
+        );
     }
 
     #[test]
