@@ -707,8 +707,10 @@ fn read_file_config(path: &Path) -> Result<FileConfig> {
 /// A parse message with the values it quotes shortened: serde repeats a
 /// wrong value (`unknown variant \`https://hooks…/TOKEN\``), which may be a
 /// secret put under the wrong key. Short quoted words (field names, the
-/// variants expected) are kept.
-fn without_values(msg: &str) -> String {
+/// variants expected) are kept. Also applied to every settings error
+/// (`Settings::load`'s callers): an env var's value is quoted before any
+/// provider key has been registered for redaction.
+pub fn without_values(msg: &str) -> String {
     let mut out = String::with_capacity(msg.len());
     let mut rest = msg;
     while let Some(i) = rest.find(['`', '"']) {

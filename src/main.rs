@@ -64,7 +64,12 @@ fn main() -> ExitCode {
     let settings = match Settings::load() {
         Ok(s) => s,
         Err(e) => {
-            let message = ai_cost_optimizer::secrets::redact(&format!("{e:#}"));
+            // Quoted values shortened: no key is registered for redaction
+            // yet, and a webhook URL or a key set in the wrong variable is
+            // quoted back by its error.
+            let message = ai_cost_optimizer::secrets::redact(
+                &ai_cost_optimizer::config::without_values(&format!("{e:#}")),
+            );
             if json_out {
                 let body =
                     serde_json::json!({"error": {"kind": "invalid_config", "message": message}});

@@ -773,3 +773,22 @@ fn an_unwritable_log_directory_is_said() {
     );
     assert!(!stdout(&o).contains("cannot write"), "stdout stays clean");
 }
+
+/// A secret set in the wrong variable (a Slack webhook URL as the webhook
+/// format) is not quoted back by the settings error: nothing is registered
+/// for redaction before the settings load.
+#[test]
+fn a_settings_error_does_not_quote_a_secret_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = "https://hooks.slack.com/services/T0AAAA/B0BBBB/SecretToken12345";
+    let o = command(dir.path())
+        .arg("doctor")
+        .env("COST_OPTIMIZER_ALERT_WEBHOOK_FORMAT", hook)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("COST_OPTIMIZER_ALERT_WEBHOOK_FORMAT"), "{err}");
+    assert!(!err.contains("SecretToken12345"), "{err}");
+}
