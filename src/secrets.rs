@@ -123,8 +123,10 @@ pub fn register_url_credentials(url: &str) {
     for segment in path.split('/').skip(1) {
         let mixed = segment.chars().any(|c| c.is_ascii_digit())
             && segment.chars().any(|c| c.is_ascii_alphabetic());
+        // Whole only: its pieces are words (`ai-cost-optimizer` in an
+        // ntfy topic) that must stay readable everywhere else.
         if segment.len() >= 16 && mixed {
-            register(segment);
+            add(segment, false);
         }
     }
     if let Some((_, query)) = url.split_once('?') {
@@ -135,8 +137,10 @@ pub fn register_url_credentials(url: &str) {
             // secrets: registered, every "Field required" in a provider's
             // error became "Field [REDACTED]". A value is kept back when
             // its name says it is a credential or it looks like a token.
-            if is_credential_name(name) || looks_like_a_token(value) {
+            if is_credential_name(name) {
                 register(value);
+            } else if looks_like_a_token(value) {
+                add(value, false);
             }
         }
     }
@@ -153,12 +157,13 @@ fn is_credential_name(name: &str) -> bool {
     .any(|w| name.contains(w))
 }
 
-/// A value that looks like a token rather than a word: long, or letters
-/// mixed with digits.
+/// A value that looks like a token rather than a setting: long, with
+/// letters and digits mixed (`region=us-east-1` and
+/// `api-version=2024-06-01` are settings).
 fn looks_like_a_token(value: &str) -> bool {
     value.len() >= 16
-        || value.chars().any(|c| c.is_ascii_digit())
-            && value.chars().any(|c| c.is_ascii_alphabetic())
+        && value.chars().any(|c| c.is_ascii_digit())
+        && value.chars().any(|c| c.is_ascii_alphabetic())
 }
 
 /// `%XX` escapes decoded (invalid ones kept as they are).
@@ -348,19 +353,25 @@ mod tests {
     #[test]
     fn query_settings_stay_readable_and_query_tokens_do_not() {
         register_url_credentials(
-            "smtp://alerts%40example.com:pw-77aa88bb@smtp.example.com:587?tls=required&ehlo_domain=example&x=Qx7Zk29LmNpRtV",
+            "smtp://alerts%40example.com:pw-77aa88bb@smtp.example.com:587?tls=required&ehlo_domain=example&region=us-east-1&x=Qx7Zk29LmNpRtV55aa",
         );
         assert_eq!(
-            redact("messages: Field required; opportunistic example"),
-            "messages: Field required; opportunistic example"
+            redact("messages: Field required; opportunistic example in us-east-1"),
+            "messages: Field required; opportunistic example in us-east-1"
         );
-        assert!(!redact("token Qx7Zk29LmNpRtV").contains("Qx7Zk29LmNpRtV"));
+        assert!(!redact("token Qx7Zk29LmNpRtV55aa").contains("Qx7Zk29LmNpRtV55aa"));
         assert!(!redact("pw-77aa88bb").contains("pw-77aa88bb"));
         // A token in a gateway's path is one too; the path's words are not.
         register_url_credentials("https://gw.example.com/key/a1b2c3d4e5f6g7h8i9/openai/v1");
         assert_eq!(
             redact("https://gw.example.com/key/a1b2c3d4e5f6g7h8i9/openai/v1"),
             "https://gw.example.com/key/[REDACTED]/openai/v1"
+        );
+        // Whole, not in pieces: the words of a topic stay readable.
+        register_url_credentials("https://ntfy.sh/ai-cost-optimizer-alerts-42");
+        assert_eq!(
+            redact("run `ai-cost-optimizer pricing refresh`"),
+            "run `ai-cost-optimizer pricing refresh`"
         );
     }
 
