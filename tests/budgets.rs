@@ -1204,3 +1204,44 @@ async fn a_fallback_too_dear_for_the_budget_gives_way_to_a_cheaper_one() {
     );
     s.stop().await;
 }
+
+/// A webhook that runs on the POST and answers with a redirect (Google
+/// Apps Script) gets the alert once: the redirect is not followed (the
+/// hook's URL, its secret, would go along) nor retried (each retry runs the
+/// hook again), and the delivery is recorded as made, with a note.
+#[tokio::test]
+async fn a_redirecting_webhook_gets_the_alert_once() {
+    let provider = FakeProvider::start(haiku(0)).await;
+    let elsewhere = FakeProvider::start(Reply::json(200, json!({"ok": true}))).await;
+    let hook = FakeProvider::start(Reply::json(302, json!({})).header(
+        "location",
+        &format!("{}/echo?user_content_key=x", elsewhere.base),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(dir.path(), &haiku_env(&provider)).await;
+    s.ok(
+        "set_budget",
+        json!({"monthly_limit": 0.002, "alert_thresholds": [0.5], "mode": "warn",
+               "webhook_url": format!("{}/macros/s/abc/exec", hook.base)}),
+    )
+    .await;
+    let c = s.ok("complete_prompt", call_args("default", 300)).await;
+    assert_eq!(c["alerts"].as_array().unwrap().len(), 1);
+    assert_eq!(wait_for(&hook, 1).await.len(), 1, "sent once, not retried");
+    assert!(elsewhere.requests().is_empty(), "the redirect was followed");
+    s.stop().await;
+    let ledger = Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap();
+    let alert = &ledger.alerts(None, 10).unwrap()[0];
+    let d = ledger.deliveries(alert.id).unwrap();
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(d[0].ok && d[0].status == Some(302), "{d:?}");
+    assert!(
+        d[0].error.as_deref().unwrap().contains("not followed"),
+        "{d:?}"
+    );
+    // Recorded as delivered: the next server does not send it again.
+    let s = spawn(dir.path(), &haiku_env(&provider)).await;
+    assert_eq!(wait_for(&hook, 2).await.len(), 1);
+    s.stop().await;
+}

@@ -251,6 +251,26 @@ pub async fn deliver_webhook(
             .await;
         let (ok, status, error) = match result {
             Ok(r) if r.status().is_success() => (true, Some(r.status().as_u16()), None),
+            // The POST reached the receiver, which answered with a redirect
+            // (Google Apps Script runs the hook, then redirects to its
+            // output). Not followed (the URL's secret would go along) and
+            // not sent again: each retry would run the hook once more.
+            Ok(r) if r.status().is_redirection() => {
+                let to = r
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .and_then(|l| reqwest::Url::parse(l).ok())
+                    .and_then(|u| u.host_str().map(|h| format!(" to {h}")))
+                    .unwrap_or_default();
+                let note = format!(
+                    "the receiver answered HTTP {} (a redirect{to}, not followed); counted as \
+                     delivered, since the POST reached it; if the hook has moved, set its new URL",
+                    r.status().as_u16()
+                );
+                tracing::warn!(alert = alert.id, target, "{note}");
+                (true, Some(r.status().as_u16()), Some(note))
+            }
             Ok(r) => (
                 false,
                 Some(r.status().as_u16()),
