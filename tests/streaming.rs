@@ -303,8 +303,8 @@ async fn a_long_stream_is_not_cut_off_but_a_stall_is() {
 
 /// A provider that keeps the stream open with keep-alive comments only
 /// (DeepSeek's `: keep-alive` while a request waits in its queue, for up to
-/// 30 minutes) is stalled after the idle limit like a silent one, and
-/// another model is tried, not the whole total timeout waited out.
+/// 30 minutes) is stalled after four idle limits (4 s here, against 10 s
+/// of keep-alives), not the whole total timeout waited out.
 #[tokio::test]
 async fn keep_alives_alone_are_a_stall() {
     let keep_alives = ": keep-alive\n\n".repeat(100);

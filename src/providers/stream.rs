@@ -237,6 +237,10 @@ pub fn reply_limit(max_tokens: u32) -> usize {
     MAX_RESPONSE_BYTES.saturating_add((max_tokens as usize).saturating_mul(1024))
 }
 
+/// How many idle timeouts a stream may send keep-alives only (see
+/// [`drive`]): 8 minutes with the default 120 s.
+pub const KEEPALIVE_ONLY_LIMIT: u32 = 4;
+
 /// What [`drive`]'s chunk handler saw in one chunk.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Step {
@@ -251,11 +255,14 @@ pub struct Step {
 /// to `limit` bytes (see [`reply_limit`]) and turns transport failures
 /// mid-body into classified errors.
 ///
-/// A stream with no answer event for `idle` is stalled: the HTTP client's
-/// read timeout restarts on every byte, so a provider sending only
-/// keep-alive comments (DeepSeek's `: keep-alive` while it queues a
-/// request, for up to 30 minutes) held the call until the total timeout,
-/// then ended it without trying anyone else.
+/// A stream with no answer event for [`KEEPALIVE_ONLY_LIMIT`] times `idle`
+/// is stalled: the HTTP client's read timeout (`idle`) restarts on every
+/// byte, so a provider sending only keep-alive comments (DeepSeek's
+/// `: keep-alive` while it queues a request, for up to 30 minutes) held the
+/// call until the total timeout, then ended it without trying anyone else.
+/// Longer than `idle`, because keep-alives can also mean work: OpenRouter
+/// sends its `PROCESSING` comments while a model reasons without streaming
+/// its reasoning (OpenAI's o-series, for minutes).
 pub async fn drive(
     provider: ProviderId,
     resp: reqwest::Response,
@@ -265,7 +272,8 @@ pub async fn drive(
 ) -> Result<(), ProviderError> {
     let mut total = 0usize;
     let mut body = resp.bytes_stream();
-    let mut stalled_at = tokio::time::Instant::now() + idle;
+    let limit_without_answer = idle.saturating_mul(KEEPALIVE_ONLY_LIMIT);
+    let mut stalled_at = tokio::time::Instant::now() + limit_without_answer;
     loop {
         let Ok(next) = tokio::time::timeout_at(stalled_at, body.next()).await else {
             return Err(ProviderError::new(
@@ -274,7 +282,7 @@ pub async fn drive(
                 Some(200),
                 format!(
                     "the stream sent nothing of the answer for {} s (keep-alives only)",
-                    idle.as_secs()
+                    limit_without_answer.as_secs()
                 ),
             ));
         };
@@ -301,7 +309,7 @@ pub async fn drive(
             return Ok(());
         }
         if step.progressed {
-            stalled_at = tokio::time::Instant::now() + idle;
+            stalled_at = tokio::time::Instant::now() + limit_without_answer;
         }
     }
     Ok(())
