@@ -537,10 +537,16 @@ fn pricing_refresh_validates_before_replacing() {
             None,
         );
         let t: Value = serde_json::from_str(&stdout(&o)).unwrap();
-        t["models"][0]["input_per_mtok"].clone()
+        t["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["model"] == "anthropic/claude-haiku-4-5")
+            .unwrap()["input_per_mtok"]
+            .clone()
     };
     // A catalog refreshed before this version's bundle (an upgrade since)
-    // is older than the bundle: set aside, and doctor says so.
+    // is still the user's choice: used, and doctor suggests a refresh.
     let refreshed = dir.path().join("pricing/catalog.json");
     std::fs::File::options()
         .write(true)
@@ -550,20 +556,19 @@ fn pricing_refresh_validates_before_replacing() {
         .unwrap();
     assert_eq!(
         haiku_input(dir.path()),
-        Value::from(1.0),
-        "the bundled price"
+        Value::from(2.0),
+        "the refreshed price"
     );
     let d = doctor(dir.path());
-    assert_eq!(d["pricing_source"]["kind"], "refresh_set_aside", "{d}");
-    assert!(
-        d["pricing_source"]["why"]
-            .as_str()
-            .unwrap()
-            .contains("written on 2026-01-01, before"),
-        "{d}"
-    );
+    assert_eq!(d["pricing_source"]["kind"], "refreshed", "{d}");
+    assert_eq!(d["pricing_source"]["older_than_bundle"], true, "{d}");
+    assert_eq!(d["pricing_source"]["as_of"], "2026-01-01", "{d}");
     let o = run(dir.path(), &["doctor"], None);
-    assert!(stdout(&o).contains("is NOT used"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("OLDER than this version's bundled catalog"),
+        "{}",
+        stdout(&o)
+    );
     // A refreshed file cut short (a crash, a hand edit) does not stop the
     // commands, nor the refresh that replaces it: the bundled prices apply.
     std::fs::write(dir.path().join("pricing/catalog.json"), "").unwrap();
