@@ -53,10 +53,13 @@ pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::W
 /// rmcp stays there (a directive for it would raise it to info).
 fn quiet_transport(filter: EnvFilter, directives: &str) -> EnvFilter {
     let explicit = directives.contains("rmcp");
+    // The overall level, however written (`debug`, `DEBUG`, `4`).
     let verbose = directives
         .split(',')
         .map(str::trim)
-        .any(|d| d.eq_ignore_ascii_case("debug") || d.eq_ignore_ascii_case("trace"));
+        .filter(|d| !d.contains('='))
+        .filter_map(|d| d.parse::<tracing::level_filters::LevelFilter>().ok())
+        .any(|l| l > tracing::level_filters::LevelFilter::INFO);
     match "rmcp=info".parse() {
         Ok(d) if verbose && !explicit => filter.add_directive(d),
         _ => filter,
@@ -274,8 +277,14 @@ mod tests {
         assert_eq!(hint("off"), Some(LevelFilter::OFF));
         // Under debug the cap is there (rmcp's info sits below debug, so
         // the hint stays debug; the directive is what matters).
-        let capped = quiet_transport(EnvFilter::try_new("debug").unwrap(), "debug");
-        assert!(capped.to_string().contains("rmcp=info"), "{capped}");
+        for verbose in ["debug", "TRACE", "4", "5"] {
+            let capped = quiet_transport(EnvFilter::try_new(verbose).unwrap(), verbose);
+            assert!(
+                capped.to_string().contains("rmcp=info"),
+                "{verbose}: {capped}"
+            );
+        }
+        assert_eq!(hint("2"), Some(LevelFilter::WARN));
         let asked = quiet_transport(
             EnvFilter::try_new("debug,rmcp=trace").unwrap(),
             "debug,rmcp=trace",
