@@ -576,7 +576,8 @@ impl Settings {
             .http
             .cors_origins
             .iter()
-            .map(|o| cors_origin(o))
+            .enumerate()
+            .map(|(i, o)| cors_origin(i + 1, o))
             .collect::<Result<_>>()?;
         settings.validate()?;
         Ok(settings)
@@ -739,7 +740,7 @@ pub fn without_values(msg: &str) -> String {
 /// no path), or a clear error: `*` made tower-http panic at start-up, and an
 /// origin written with a path, a trailing slash or capitals never matched
 /// the `Origin` header, so browsers were refused with no clue why.
-fn cors_origin(o: &str) -> Result<String> {
+fn cors_origin(position: usize, o: &str) -> Result<String> {
     let o = o.trim();
     if o == "*" {
         bail!(
@@ -757,9 +758,12 @@ fn cors_origin(o: &str) -> Result<String> {
             && u.fragment().is_none()
     });
     let Some(url) = url else {
+        // Named without its scheme and unquoted: settings errors shorten
+        // quoted URLs (they may hold secrets), which hid which entry it was.
+        let shown = o.split_once("://").map_or(o, |(_, rest)| rest);
         bail!(
-            "http.cors_origins ({HTTP_CORS_ORIGINS_ENV}): {o:?} is not a web origin; \
-             write scheme://host[:port], e.g. \"https://chat.example.com\""
+            "http.cors_origins ({HTTP_CORS_ORIGINS_ENV}) entry {position} ({shown}) is not a web \
+             origin; write scheme://host[:port] with no path, e.g. https://chat.example.com"
         );
     };
     // `Url` lowercases the host and drops a default port, as browsers do.
@@ -1082,7 +1086,16 @@ shutdown_grace_secs = 5
         ] {
             let e = origins(bad).unwrap_err();
             assert!(e.contains(HTTP_CORS_ORIGINS_ENV), "{bad}: {e}");
+            // As the user sees it: the entry stays visible.
+            let shown = without_values(&e);
+            assert!(
+                bad == "*"
+                    || shown.contains("entry 1 (") && shown.contains("https://chat.example.com"),
+                "{shown}"
+            );
         }
+        let e = without_values(&origins("https://ok.example, https://a.example/chat").unwrap_err());
+        assert!(e.contains("entry 2 (a.example/chat)"), "{e}");
         let bad = env_of(&[
             (DATA_DIR_ENV, d),
             (CONFIG_ENV, ""),
