@@ -51,8 +51,9 @@ def pick(rng, items):
     return items[-1]
 
 
-def rows(n, days, now_ms, seed):
+def rows(n, days, now_ms, seed, n_users=0):
     rng = random.Random(seed)
+    users = [(f"user-{u:05}", 1) for u in range(n_users)] if n_users else USERS
     start = now_ms - days * 86_400_000
     by_tier = {t: [m for m in MODELS if m[2] == t] for t in TIERS}
     for i in range(n):
@@ -75,7 +76,7 @@ def rows(n, days, now_ms, seed):
         cached = int(inp * rng.choice([0, 0, 0, 0.3, 0.6])) if provider in ("anthropic", "deepseek") else 0
         out = int(rng.lognormvariate(math.log(250 + 1800 * score), 0.6))
         reasoning = int(out * 0.3) if "pro" in mid or "gpt-oss" in mid else 0
-        user = pick(rng, USERS)[0]
+        user = pick(rng, users)[0]
         req = hashlib.md5(f"{seed}-{i}".encode()).hexdigest()
         sha = hashlib.sha256(req.encode()).hexdigest()
         latency = int(rng.lognormvariate(math.log(400 + 3000 * score), 0.4))
@@ -100,6 +101,8 @@ def main():
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--seed", type=int, default=6)
     ap.add_argument("--now-ms", type=int, default=None, help="end of the period (default: now)")
+    ap.add_argument("--users", type=int, default=0,
+                    help="spread the calls over this many users (default: four, unevenly)")
     a = ap.parse_args()
     now_ms = a.now_ms or int(time.time() * 1000)
     con = sqlite3.connect(a.db)
@@ -108,7 +111,7 @@ def main():
     t0 = time.time()
     with con:
         # In time order, as a real ledger is written.
-        con.executemany(SQL, sorted(rows(a.rows, a.days, now_ms, a.seed), key=lambda r: r[0]))
+        con.executemany(SQL, sorted(rows(a.rows, a.days, now_ms, a.seed, a.users), key=lambda r: r[0]))
     con.close()
     print(f"seeded {a.rows} rows over {a.days} days in {time.time() - t0:.1f}s")
 
