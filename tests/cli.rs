@@ -601,19 +601,12 @@ fn retention_prunes_and_corrupt_ledger_is_explained() {
     // daily rollup the reports read follows.
     let day_ms: i64 = 86_400_000;
     let now_ms = jiff::Timestamp::now().as_millisecond();
-    {
-        let db = rusqlite::Connection::open(dir.path().join("ledger.sqlite3")).unwrap();
-        for (id, age_days) in [("old", 50), ("recent", 10)] {
-            db.execute(
-                "INSERT INTO calls (ts_ms, user_id, request_id, attempt, provider, model, tier,
-                    score, input_tokens, output_tokens, cost_nanos, cost_source, latency_ms,
-                    outcome, prompt_sha256)
-                 VALUES (?1, 'default', ?2, 1, 'deepseek', 'deepseek/deepseek-v3.2', 'cheap',
-                    0.3, 100, 10, 5000, 'catalog', 10, 'ok', 'x')",
-                rusqlite::params![now_ms - age_days * day_ms, id],
-            )
-            .unwrap();
-        }
+    for (id, age_days) in [("old", 50), ("recent", 10)] {
+        common::insert_past_call(
+            &dir.path().join("ledger.sqlite3"),
+            now_ms - age_days * day_ms,
+            id,
+        );
     }
     let o = run(dir.path(), &["retention", "--older-than-days", "40"], None);
     assert!(o.status.success(), "{}", stderr(&o));

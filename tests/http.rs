@@ -1634,14 +1634,12 @@ async fn cors_is_off_by_default_and_on_for_configured_origins() {
     assert!(r.headers().get("access-control-allow-origin").is_none());
 }
 
-#[tokio::test]
-async fn sigterm_lets_a_call_in_flight_finish() {
-    let fake = FakeProvider::start(ds_reply()).await;
-    // The provider holds its answer until the test has seen new clients
-    // refused: the call stays in flight with no timing guess.
-    fake.close_gate();
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
+/// Starts a chat completion, waits until the (gated) provider has it, and
+/// sends the server SIGTERM: the call is in flight as the shutdown begins.
+async fn sigterm_with_a_call_in_flight(
+    s: &HttpServer,
+    fake: &FakeProvider,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
     let url = format!("{}/v1/chat/completions", s.base);
     let call = tokio::spawn(async move {
         http()
@@ -1650,7 +1648,6 @@ async fn sigterm_lets_a_call_in_flight_finish() {
             .send()
             .await
     });
-    // Wait until the provider has the request, then ask the server to stop.
     // (The first call also waits for the tokenizer to load.)
     for _ in 0..3000 {
         if !fake.requests().is_empty() {
@@ -1667,6 +1664,18 @@ async fn sigterm_lets_a_call_in_flight_finish() {
             .unwrap()
             .success()
     );
+    call
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_call_in_flight_finish() {
+    let fake = FakeProvider::start(ds_reply()).await;
+    // The provider holds its answer until the test has seen new clients
+    // refused: the call stays in flight with no timing guess.
+    fake.close_gate();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
+    let call = sigterm_with_a_call_in_flight(&s, &fake).await;
     // While it drains, new clients are refused at once, not left waiting
     // in the accept backlog until the call in flight ends. Until the
     // signal is handled the listener may still accept: try again until a
@@ -1731,29 +1740,7 @@ async fn a_call_outliving_the_shutdown_grace_is_recorded() {
     let mut env = deepseek_env(&fake);
     env.push(("COST_OPTIMIZER_HTTP_SHUTDOWN_GRACE_SECS", "0.5".into()));
     let mut s = start(dir.path(), &env, "127.0.0.1:0");
-    let url = format!("{}/v1/chat/completions", s.base);
-    let call = tokio::spawn(async move {
-        http()
-            .post(url)
-            .json(&json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]}))
-            .send()
-            .await
-    });
-    for _ in 0..3000 {
-        if !fake.requests().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(fake.requests().len(), 1);
-    let pid = s.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let call = sigterm_with_a_call_in_flight(&s, &fake).await;
     let status = tokio::task::spawn_blocking(move || {
         let st = s.child.wait().unwrap();
         (st, s)

@@ -1256,19 +1256,13 @@ async fn usage_since_a_date_counts_the_calls_from_then() {
     let s = spawn(dir.path(), &deepseek_env(&fake)).await;
     let day_ms: i64 = 86_400_000;
     let now_ms = jiff::Timestamp::now().as_millisecond();
-    let db = rusqlite::Connection::open(dir.path().join("ledger.sqlite3")).unwrap();
     for (id, age_days) in [("twenty", 20), ("two", 2)] {
-        db.execute(
-            "INSERT INTO calls (ts_ms, user_id, request_id, attempt, provider, model, tier,
-                score, input_tokens, output_tokens, cost_nanos, cost_source, latency_ms,
-                outcome, prompt_sha256)
-             VALUES (?1, 'default', ?2, 1, 'deepseek', 'deepseek/deepseek-v3.2', 'cheap',
-                0.3, 100, 10, 5000, 'catalog', 10, 'ok', 'x')",
-            rusqlite::params![now_ms - age_days * day_ms, id],
-        )
-        .unwrap();
+        insert_past_call(
+            &dir.path().join("ledger.sqlite3"),
+            now_ms - age_days * day_ms,
+            id,
+        );
     }
-    drop(db);
     let day = |age: i64| {
         jiff::Timestamp::from_millisecond(now_ms - age * day_ms)
             .unwrap()

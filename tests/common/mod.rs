@@ -840,3 +840,20 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// Writes a successful DeepSeek call of 100 + 10 tokens costing 5,000
+/// nano-dollars at `ts_ms` straight into a ledger the binary created (its
+/// triggers keep the rollup): history for reports and retention, dated as
+/// a test needs.
+pub fn insert_past_call(ledger: &Path, ts_ms: i64, request_id: &str) {
+    let db = rusqlite::Connection::open(ledger).unwrap();
+    db.execute(
+        "INSERT INTO calls (ts_ms, user_id, request_id, attempt, provider, model, tier,
+            score, input_tokens, output_tokens, cost_nanos, cost_source, latency_ms,
+            outcome, prompt_sha256)
+         VALUES (?1, 'default', ?2, 1, 'deepseek', 'deepseek/deepseek-v3.2', 'cheap',
+            0.3, 100, 10, 5000, 'catalog', 10, 'ok', 'x')",
+        rusqlite::params![ts_ms, request_id],
+    )
+    .unwrap();
+}
