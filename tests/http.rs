@@ -1667,6 +1667,18 @@ async fn sigterm_with_a_call_in_flight(
     call
 }
 
+/// Waits for the server to exit, which must be clean; returns its log.
+async fn clean_exit_log(mut s: HttpServer) -> String {
+    let (status, s) = tokio::task::spawn_blocking(move || {
+        let st = s.child.wait().unwrap();
+        (st, s)
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "clean exit after SIGTERM");
+    std::fs::read_to_string(&s.stderr).unwrap()
+}
+
 #[tokio::test]
 async fn sigterm_lets_a_call_in_flight_finish() {
     let fake = FakeProvider::start(ds_reply()).await;
@@ -1674,7 +1686,7 @@ async fn sigterm_lets_a_call_in_flight_finish() {
     // refused: the call stays in flight with no timing guess.
     fake.close_gate();
     let dir = tempfile::tempdir().unwrap();
-    let mut s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
+    let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
     let call = sigterm_with_a_call_in_flight(&s, &fake).await;
     // While it drains, new clients are refused at once, not left waiting
     // in the accept backlog until the call in flight ends. Until the
@@ -1710,14 +1722,7 @@ async fn sigterm_lets_a_call_in_flight_finish() {
         json_of(r).await["choices"][0]["message"]["content"],
         "Paris."
     );
-    let status = tokio::task::spawn_blocking(move || {
-        let st = s.child.wait().unwrap();
-        (st, s)
-    })
-    .await
-    .unwrap();
-    assert!(status.0.success(), "clean exit after SIGTERM");
-    let log = std::fs::read_to_string(&status.1.stderr).unwrap();
+    let log = clean_exit_log(s).await;
     assert!(
         log.contains("SIGTERM received") && log.contains("HTTP server stopped"),
         "{log}"
@@ -1739,16 +1744,9 @@ async fn a_call_outliving_the_shutdown_grace_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let mut env = deepseek_env(&fake);
     env.push(("COST_OPTIMIZER_HTTP_SHUTDOWN_GRACE_SECS", "0.5".into()));
-    let mut s = start(dir.path(), &env, "127.0.0.1:0");
+    let s = start(dir.path(), &env, "127.0.0.1:0");
     let call = sigterm_with_a_call_in_flight(&s, &fake).await;
-    let status = tokio::task::spawn_blocking(move || {
-        let st = s.child.wait().unwrap();
-        (st, s)
-    })
-    .await
-    .unwrap();
-    assert!(status.0.success(), "clean exit after SIGTERM");
-    let log = std::fs::read_to_string(&status.1.stderr).unwrap();
+    let log = clean_exit_log(s).await;
     assert!(log.contains("abandoning them"), "{log}");
     // The client is not left hanging, nor told it has an answer.
     if let Ok(r) = call.await.unwrap() {

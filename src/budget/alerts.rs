@@ -256,12 +256,8 @@ pub async fn deliver_webhook(
             // output). Not followed (the URL's secret would go along) and
             // not sent again: each retry would run the hook once more.
             Ok(r) if r.status().is_redirection() => {
-                let to = r
-                    .headers()
-                    .get(reqwest::header::LOCATION)
-                    .and_then(|l| l.to_str().ok())
-                    .and_then(|l| reqwest::Url::parse(l).ok())
-                    .and_then(|u| u.host_str().map(|h| format!(" to {h}")))
+                let to = crate::providers::errors::redirect_host(r.headers())
+                    .map(|h| format!(" to {h}"))
                     .unwrap_or_default();
                 let note = format!(
                     "the receiver answered HTTP {} (a redirect{to}, not followed); counted as \

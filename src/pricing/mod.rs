@@ -1044,6 +1044,17 @@ pub fn validate_refresh(text: &str, current: &Catalog, force: bool) -> Result<Re
 mod tests {
     use super::*;
 
+    /// An override of the input and output prices alone, $/MTok.
+    fn per_mtok(input: f64, output: f64) -> PriceOverride {
+        PriceOverride {
+            input_per_mtok: input,
+            output_per_mtok: output,
+            cache_read_per_mtok: None,
+            cache_write_per_mtok: None,
+            max_input_tokens: None,
+        }
+    }
+
     #[test]
     fn bundled_catalog_parses_and_covers_providers() {
         let c = Catalog::bundled();
@@ -1106,16 +1117,7 @@ mod tests {
         // An Ollama model the user priced (a server on a paid GPU) is billed
         // at that price, as its holds are taken.
         let mut o = BTreeMap::new();
-        o.insert(
-            "ollama/llama3.2".to_string(),
-            PriceOverride {
-                input_per_mtok: 1.0,
-                output_per_mtok: 2.0,
-                cache_read_per_mtok: None,
-                cache_write_per_mtok: None,
-                max_input_tokens: None,
-            },
-        );
+        o.insert("ollama/llama3.2".to_string(), per_mtok(1.0, 2.0));
         let priced = Catalog::load(None, &o).unwrap();
         let (usd, source) = priced.price_call("ollama/llama3.2", &u, None);
         assert_eq!(source, CostSource::Catalog);
@@ -1157,16 +1159,7 @@ mod tests {
     #[test]
     fn overrides_win() {
         let mut o = BTreeMap::new();
-        o.insert(
-            "deepseek/deepseek-chat".to_string(),
-            PriceOverride {
-                input_per_mtok: 1.0,
-                output_per_mtok: 2.0,
-                cache_read_per_mtok: None,
-                cache_write_per_mtok: None,
-                max_input_tokens: None,
-            },
-        );
+        o.insert("deepseek/deepseek-chat".to_string(), per_mtok(1.0, 2.0));
         let c = Catalog::load(None, &o).unwrap();
         let m = c.get("deepseek/deepseek-chat").unwrap();
         assert_eq!(m.origin, PriceOrigin::Override);
@@ -1442,13 +1435,7 @@ mod tests {
     /// catalog's price instead of adding an entry beside it.
     #[test]
     fn overrides_use_the_canonical_provider_name() {
-        let price = PriceOverride {
-            input_per_mtok: 7.0,
-            output_per_mtok: 9.0,
-            cache_read_per_mtok: None,
-            cache_write_per_mtok: None,
-            max_input_tokens: None,
-        };
+        let price = per_mtok(7.0, 9.0);
         let bundled = Catalog::bundled();
         let before = bundled.len();
         for alias in ["claude/claude-haiku-4-5", "Anthropic/claude-haiku-4-5"] {

@@ -303,11 +303,8 @@ impl ProviderError {
             _ => ErrorKind::Server,
         };
         let message = if (300..400).contains(&status) {
-            let to = headers
-                .get(reqwest::header::LOCATION)
-                .and_then(|l| l.to_str().ok())
-                .and_then(|l| reqwest::Url::parse(l).ok())
-                .and_then(|u| u.host_str().map(|h| format!(" to {h}")))
+            let to = redirect_host(headers)
+                .map(|h| format!(" to {h}"))
                 .unwrap_or_default();
             format!(
                 "the provider answered with a redirect{to}; redirects are not followed, since the \
@@ -411,6 +408,17 @@ fn clean_detail(s: &str) -> String {
         out.push('…');
     }
     out.trim().to_string()
+}
+
+/// The host a redirect points to, from its `Location` (an absolute URL):
+/// shown to say where it went, never its path or query, which may carry
+/// a token.
+pub fn redirect_host(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    let location = headers.get(reqwest::header::LOCATION)?.to_str().ok()?;
+    reqwest::Url::parse(location)
+        .ok()?
+        .host_str()
+        .map(str::to_string)
 }
 
 fn is_context_message(lower: &str) -> bool {
