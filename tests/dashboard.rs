@@ -131,6 +131,30 @@ fn dashboard_command_writes_a_page_that_matches_the_ledger() {
         "spend"
     );
     assert!(html.contains(r#"data-calls="5""#));
+    // The savings menu: as recorded, the configured baseline and the
+    // other premium models, one entry per model (no OpenRouter copy of a
+    // model already there), Opus and GPT-5 included.
+    let menu = &html[html.find(r#"<select id="baseline-select">"#).unwrap()..];
+    let menu = &menu[..menu.find("</select>").unwrap()];
+    let options: Vec<&str> = menu
+        .split("<option ")
+        .skip(1)
+        .map(|o| o.split('>').nth(1).unwrap().trim_end_matches("</option"))
+        .collect();
+    assert_eq!(options.len(), 6, "{options:?}");
+    assert!(options[0].starts_with("as recorded"), "{options:?}");
+    assert_eq!(options[1], "anthropic/claude-sonnet-5-5", "{options:?}");
+    assert!(
+        options.contains(&"anthropic/claude-opus-5-5"),
+        "{options:?}"
+    );
+    assert!(options.contains(&"openrouter/openai/gpt-5"), "{options:?}");
+    assert!(
+        !options
+            .iter()
+            .any(|o| o.starts_with("openrouter/anthropic/")),
+        "{options:?}"
+    );
     // Long ranges get one bar per 7 or 30 days (3,650 daily bars would
     // paint over each other), labelled with the year.
     for (days, per, bars) in [

@@ -746,6 +746,10 @@ async fn connection_refused_is_explained_and_falls_back() {
             ("DEEPSEEK_BASE_URL", format!("http://127.0.0.1:{port}")),
             ("ANTHROPIC_API_KEY", FAKE_KEY.into()),
             ("ANTHROPIC_BASE_URL", good.base.clone()),
+            medium_tier_config(
+                dir.path(),
+                &["deepseek/deepseek-v4-pro", "anthropic/claude-haiku-4-5"],
+            ),
         ],
     )
     .await;
@@ -753,7 +757,7 @@ async fn connection_refused_is_explained_and_falls_back() {
         .ok("complete_prompt", json!({"prompt": "hi", "tier": "medium"}))
         .await;
     assert_eq!(c["provider"], "anthropic");
-    // DeepSeek (the cheaper medium model) was tried first and refused.
+    // DeepSeek (first in the medium tier) was tried first and refused.
     assert_fell_back(&c, "deepseek/", "connection");
     s.stop().await;
 }
@@ -780,6 +784,10 @@ async fn deepseek_before_haiku(
             ("ANTHROPIC_API_KEY", FAKE_KEY.into()),
             ("ANTHROPIC_BASE_URL", good.base.clone()),
             ("COST_OPTIMIZER_BREAKER_COOLDOWN_SECS", cooldown.into()),
+            medium_tier_config(
+                dir.path(),
+                &["deepseek/deepseek-v4-pro", "anthropic/claude-haiku-4-5"],
+            ),
         ],
     )
     .await;

@@ -176,7 +176,7 @@ async fn recommendation_uses_enabled_providers_and_calls_nothing() {
     assert_eq!(r["recommended"]["provider"], "deepseek");
     let score = r["complexity"]["score"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&score));
-    assert_eq!(r["baseline"]["model"], "anthropic/claude-sonnet-4-6");
+    assert_eq!(r["baseline"]["model"], "anthropic/claude-sonnet-5-5");
     assert!(r["estimated_savings_usd"].as_f64().unwrap() > 0.0);
     assert!(!r["notes"].as_array().unwrap().is_empty());
     assert_eq!(r["budget"]["limit_usd"], json!(100.0));
@@ -220,8 +220,8 @@ async fn complete_prompt_bills_reported_usage_and_records_it() {
     // deepseek-v3.2: $0.28/MTok in, $0.028/MTok cached, $0.40/MTok out.
     let expected = 800.0 * 0.28e-6 + 200.0 * 0.028e-6 + 500.0 * 0.40e-6;
     assert_usd(&c["cost_usd"], expected);
-    // Baseline sonnet-4-6: $3 in, $0.30 cached, $15 out, same usage.
-    let baseline = 800.0 * 3e-6 + 200.0 * 0.3e-6 + 500.0 * 15e-6;
+    // Baseline sonnet-5-5: $2 in, $0.10 cached, $10 out, same usage.
+    let baseline = 800.0 * 2e-6 + 200.0 * 0.1e-6 + 500.0 * 10e-6;
     assert_usd(&c["baseline"]["cost_usd"], baseline);
     assert_usd(&c["savings_usd"], baseline - expected);
     assert_eq!(c["recorded"], json!(true));
@@ -316,7 +316,7 @@ async fn savings_are_signed_and_unknown_for_unpriced_calls() {
     assert_usd(&c["savings_usd"], base - cost);
     assert!(c["savings_percent"].as_f64().unwrap() < 0.0, "{c}");
     assert!(
-        text(&r).contains("more against anthropic/claude-sonnet-4-6"),
+        text(&r).contains("more against anthropic/claude-sonnet-5-5"),
         "{}",
         text(&r)
     );
@@ -685,8 +685,8 @@ async fn spawn_anthropic(dir: &std::path::Path, fake: &FakeProvider) -> Server {
     .await
 }
 
-/// A server with DeepSeek answering `first` (tried first for the medium
-/// tier: deepseek-v4-pro is its cheaper model) and Anthropic answering
+/// A server with DeepSeek answering `first` (tried first: the medium tier
+/// is deepseek-v4-pro, then claude-haiku-4-5) and Anthropic answering
 /// "from anthropic" behind it.
 async fn deepseek_then_anthropic(
     first: Reply,
@@ -706,6 +706,10 @@ async fn deepseek_then_anthropic(
             ("DEEPSEEK_BASE_URL", bad.base.clone()),
             ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.into()),
             ("ANTHROPIC_BASE_URL", good.base.clone()),
+            medium_tier_config(
+                dir.path(),
+                &["deepseek/deepseek-v4-pro", "anthropic/claude-haiku-4-5"],
+            ),
         ],
     )
     .await;

@@ -137,9 +137,17 @@ pub fn collect(
         cost_usd: snapshot.totals.baseline_cost_usd,
     }];
     let mut seen: Vec<String> = Vec::new();
+    // OpenRouter's copies of the premium models cost what the originals
+    // do: listing them would only push the Opus and GPT options off the
+    // six-option menu.
     let candidates = std::iter::once(configured.as_str())
-        .chain(default_models(Tier::Premium).iter().copied())
-        .chain(["anthropic/claude-opus-4-6", "openrouter/openai/gpt-5"]);
+        .chain(
+            default_models(Tier::Premium)
+                .iter()
+                .copied()
+                .filter(|m| !m.starts_with("openrouter/")),
+        )
+        .chain(["anthropic/claude-opus-5-5", "openrouter/openai/gpt-5"]);
     for id in candidates {
         if baselines.len() >= 6 || seen.iter().any(|s| s == id) {
             continue;

@@ -88,8 +88,9 @@ pub(crate) fn scored_tier_index(t: [f64; 3], score: f64) -> (usize, bool) {
 }
 
 /// The model an "always premium" user would call; savings are measured
-/// against it.
-pub const DEFAULT_BASELINE_MODEL: &str = "anthropic/claude-sonnet-4-6";
+/// against it. The first premium default, so a user's savings are measured
+/// against what the premium tier would have cost.
+pub const DEFAULT_BASELINE_MODEL: &str = "anthropic/claude-sonnet-5-5";
 
 /// Output tokens assumed for the *expected* cost of a call (the worst case
 /// uses `max_tokens`). A typical chat answer is a few hundred tokens.
@@ -111,15 +112,24 @@ pub fn default_models(tier: Tier) -> &'static [&'static str] {
             // OpenRouter's gemini-2.5-flash-lite was retired 2026-10-20.
             "openrouter/openai/gpt-oss-120b",
         ],
+        // Claude's newer generation costs less than the one before it
+        // (Haiku 5.5 a tenth of Haiku 4.5, Sonnet 5.5 two thirds of 4.6):
+        // the older model stays listed as the fallback for an account or
+        // region without the newer one. `no_newer_cheaper_sibling_is_left_out`
+        // checks this against the bundled catalog.
         Tier::Medium => &[
             "gemini/gemini-3-flash-preview",
+            "anthropic/claude-haiku-5-5",
             "anthropic/claude-haiku-4-5",
             "deepseek/deepseek-v4-pro",
+            "openrouter/anthropic/claude-haiku-5.5",
             "openrouter/anthropic/claude-haiku-4.5",
         ],
         Tier::Premium => &[
+            "anthropic/claude-sonnet-5-5",
             "anthropic/claude-sonnet-4-6",
             "gemini/gemini-3.1-pro-preview",
+            "openrouter/anthropic/claude-sonnet-5.5",
             "openrouter/anthropic/claude-sonnet-4.6",
         ],
     }
@@ -842,6 +852,91 @@ mod tests {
             }
         }
         assert!(c.get(DEFAULT_BASELINE_MODEL).is_some());
+        assert_eq!(default_models(Tier::Premium)[0], DEFAULT_BASELINE_MODEL);
+    }
+
+    /// A model's family and version from its id, for Claude
+    /// (`claude-haiku-4-5`, `anthropic/claude-haiku-4.5`) and Gemini
+    /// (`gemini-3.1-pro-preview`) names: `("anthropic/haiku", [4, 5])`.
+    fn family_and_version(provider: &str, id: &str) -> Option<(String, Vec<u32>)> {
+        let name = id.rsplit('/').next()?;
+        let name = name.strip_suffix("-preview").unwrap_or(name);
+        let (family, version) = if let Some(rest) = name.strip_prefix("claude-") {
+            let (family, version) = rest.split_once('-')?;
+            (family.to_string(), version.replace('.', "-"))
+        } else if let Some(rest) = name.strip_prefix("gemini-") {
+            let (version, family) = rest.split_once('-')?;
+            (family.to_string(), version.replace('.', "-"))
+        } else {
+            return None;
+        };
+        // A dated snapshot (`claude-haiku-4-5-20251001`) is its model, not a
+        // newer one.
+        let version: Option<Vec<u32>> = version
+            .split('-')
+            .filter(|p| p.len() < 8)
+            .map(|p| p.parse().ok())
+            .collect();
+        Some((format!("{provider}/{family}"), version?))
+    }
+
+    /// When a newer model of the same family and provider costs no more
+    /// (input and output) than a default, it belongs in the same tier: the
+    /// router cannot pick a model it does not list, and a user would pay
+    /// the older price for an older model. Caught Claude Haiku 5.5 ($0.10
+    /// / $0.50 per M) and Sonnet 5.5 ($2 / $10) missing beside Haiku 4.5
+    /// ($1 / $5) and Sonnet 4.6 ($3 / $15).
+    #[test]
+    fn no_newer_cheaper_sibling_is_left_out() {
+        let c = Catalog::bundled();
+        let mut checked = 0;
+        for t in Tier::ALL {
+            let listed = default_models(t);
+            for m in listed {
+                let Some(price) = c.get(m) else { continue };
+                let provider = m.split('/').next().unwrap_or_default();
+                let Some((family, version)) = family_and_version(provider, m) else {
+                    continue;
+                };
+                checked += 1;
+                for other_price in c.models() {
+                    let other = &other_price.id;
+                    if !other.starts_with(&format!("{provider}/")) || other.ends_with(":batch") {
+                        continue;
+                    }
+                    let Some((f, v)) = family_and_version(provider, other) else {
+                        continue;
+                    };
+                    let live = other_price
+                        .deprecation_date
+                        .as_deref()
+                        .is_none_or(|d| d > "2027-01-01");
+                    if f == family
+                        && v > version
+                        && live
+                        && other_price.input <= price.input
+                        && other_price.output <= price.output
+                    {
+                        // Listed, or superseded in the list by a model of
+                        // the family at least as new and no dearer.
+                        let covered = listed.iter().any(|l| {
+                            l.starts_with(&format!("{provider}/"))
+                                && c.get(l).is_some_and(|lp| {
+                                    family_and_version(provider, l)
+                                        .is_some_and(|(lf, lv)| lf == f && lv >= v)
+                                        && lp.input <= other_price.input
+                                        && lp.output <= other_price.output
+                                })
+                        });
+                        assert!(
+                            covered,
+                            "{other} is newer than {m} and costs no more: list it in the {t:?} tier"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(checked >= 8, "only {checked} defaults had a family");
     }
 
     /// A tier model past its catalog deprecation date is skipped, with a
@@ -893,23 +988,61 @@ mod tests {
         rq.tier = Some(Tier::Medium);
         let plan = plan_of(&rq, &reg).unwrap();
         assert_eq!(plan.tier, Tier::Medium);
-        // deepseek-v4-pro ($1.32/$3.96) is cheaper than claude-haiku-4-5 ($1/$5) for 400 output tokens.
-        assert_eq!(plan.candidates[0].model, "deepseek/deepseek-v4-pro");
-        assert_eq!(plan.candidates[1].model, "anthropic/claude-haiku-4-5");
+        // claude-haiku-5-5 ($0.10/$0.50 per M) is the cheapest; then
+        // deepseek-v4-pro ($1.32/$3.96) beats claude-haiku-4-5 ($1/$5) for
+        // 400 output tokens.
+        let models: Vec<&str> = plan.candidates.iter().map(|c| c.model.as_str()).collect();
+        assert_eq!(
+            models[..3],
+            [
+                "anthropic/claude-haiku-5-5",
+                "deepseek/deepseek-v4-pro",
+                "anthropic/claude-haiku-4-5"
+            ]
+        );
         assert!(plan.candidates.iter().all(|c| c.available));
     }
 
     /// A provider-wide failure skips the provider's other models, so the
-    /// try list must reach every enabled provider: with Gemini and
-    /// Anthropic the cheapest model of every tier is Gemini's.
+    /// try list must reach every enabled provider, even when the cheapest
+    /// model of every tier is one provider's (here Gemini's: tiers as the
+    /// defaults were before Claude's cheaper 5.5 generation).
     #[test]
     fn the_try_list_reaches_every_enabled_provider() {
         let reg = registry(&[ProviderId::Gemini, ProviderId::Anthropic]);
-        let plan = plan_of(&req("What is the capital of France?"), &reg).unwrap();
+        let tiers = BTreeMap::from([
+            (Tier::Free, vec!["gemini/gemma-4-31b-it".to_string()]),
+            (
+                Tier::Cheap,
+                vec!["gemini/gemini-2.5-flash-lite".to_string()],
+            ),
+            (
+                Tier::Medium,
+                vec![
+                    "gemini/gemini-3-flash-preview".to_string(),
+                    "anthropic/claude-haiku-4-5".to_string(),
+                ],
+            ),
+            (
+                Tier::Premium,
+                vec![
+                    "anthropic/claude-sonnet-4-6".to_string(),
+                    "gemini/gemini-3.1-pro-preview".to_string(),
+                ],
+            ),
+        ]);
+        let r = Router::new(DEFAULT_TIER_THRESHOLDS, &tiers);
+        let plan_of = |rq: &RouteRequest<'_>| {
+            r.plan(rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+                .unwrap()
+        };
+        let plan = plan_of(&req("What is the capital of France?"));
         assert!(
             plan.candidates[..4]
                 .iter()
-                .all(|c| c.provider == ProviderId::Gemini)
+                .all(|c| c.provider == ProviderId::Gemini),
+            "{:?}",
+            plan.candidates
         );
         let last = plan.candidates.last().unwrap();
         assert_eq!(
@@ -919,10 +1052,18 @@ mod tests {
             plan.candidates
         );
         assert_eq!(plan.candidates.len(), 5);
+        // With the default tiers, Claude's models are the cheapest of
+        // some tiers: Anthropic is reached without being appended.
+        let reg_default = registry(&[ProviderId::Gemini, ProviderId::Anthropic]);
+        let default_plan =
+            super::tests::plan_of(&req("What is the capital of France?"), &reg_default).unwrap();
+        for p in [ProviderId::Gemini, ProviderId::Anthropic] {
+            assert!(default_plan.candidates.iter().any(|c| c.provider == p));
+        }
         // A caller's tier bounds the list to that tier, other providers too.
         let mut rq = req("What is the capital of France?");
         rq.tier = Some(Tier::Premium);
-        let plan = plan_of(&rq, &reg).unwrap();
+        let plan = plan_of(&rq);
         assert!(plan.candidates.iter().all(|c| c.tier == Tier::Premium));
         assert!(
             plan.candidates

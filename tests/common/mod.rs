@@ -534,6 +534,21 @@ pub fn ollama_ndjson(model: &str, pieces: &[&str], prompt_eval: u64, eval: u64) 
 // ---- the server under test ---------------------------------------------
 
 /// Path of the binary under test.
+/// A config file in `dir` whose medium tier is exactly `models`, in that
+/// order of preference, and the `COST_OPTIMIZER_CONFIG` entry naming it:
+/// for tests of what happens when one provider fails before another,
+/// whatever the default tiers' cheapest model is.
+pub fn medium_tier_config(dir: &Path, models: &[&str]) -> (&'static str, String) {
+    let cfg = dir.join("medium-tier.toml");
+    let list: Vec<String> = models.iter().map(|m| format!("{m:?}")).collect();
+    std::fs::write(
+        &cfg,
+        format!("[routing.tiers]\nmedium = [{}]\n", list.join(", ")),
+    )
+    .unwrap();
+    ("COST_OPTIMIZER_CONFIG", cfg.display().to_string())
+}
+
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ai-cost-optimizer"))
 }
