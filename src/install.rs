@@ -4,7 +4,7 @@
 //! The merge is a pure function over [`serde_json::Value`]; the file
 //! operations around it never lose the user's file: an unparseable file is
 //! refused untouched, an existing file is copied to a timestamped `.bak`
-//! first, and the new text is written to a temporary file in the same
+//! first (the newest [`KEEP_BACKUPS`] of them are kept), and the new text is written to a temporary file in the same
 //! directory and renamed over the old one.
 //!
 //! Only `mcpServers.ai-cost-optimizer.command` and `.args` are written; every
@@ -258,6 +258,8 @@ pub struct InstallReport {
     pub text: String,
     /// The backup made of the old file, if any.
     pub backup: Option<PathBuf>,
+    /// Older backups of ours removed, beyond the newest [`KEEP_BACKUPS`].
+    pub pruned: Vec<PathBuf>,
     /// True when nothing was written (dry run or unchanged).
     pub wrote: bool,
 }
@@ -298,6 +300,7 @@ pub fn install(opts: &InstallOptions, now_ms: i64) -> Result<InstallReport, Inst
         change,
         text,
         backup: None,
+        pruned: Vec::new(),
         wrote: false,
     };
     if opts.dry_run || (report.change == Change::Unchanged && old.is_some()) {
@@ -310,10 +313,59 @@ pub fn install(opts: &InstallOptions, now_ms: i64) -> Result<InstallReport, Inst
         let backup = backup_path(path, now_ms);
         std::fs::copy(path, &backup).map_err(|e| io("back up to", &backup, e))?;
         report.backup = Some(backup);
+        report.pruned = prune_backups(path, KEEP_BACKUPS);
     }
     crate::atomic_file::replace(path, &report.text).map_err(|e| io("write", path, e))?;
     report.wrote = true;
     Ok(report)
+}
+
+/// Backups of ours kept beside the config file: one per install that
+/// changed it, so a user who reinstalls on every upgrade would otherwise
+/// collect them forever.
+pub const KEEP_BACKUPS: usize = 10;
+
+/// The stamp and same-second number of one of our backups of `name`
+/// (`<name>.<YYYYMMDD-HHMMSS>[-<n>].bak`), or `None` for any other file.
+fn backup_order(name: &str, file: &str) -> Option<(String, u32)> {
+    let rest = file
+        .strip_prefix(name)?
+        .strip_prefix('.')?
+        .strip_suffix(".bak")?;
+    let (stamp, n) = match rest.get(15..) {
+        Some("") => (rest, 0),
+        Some(tail) => (rest.get(..15)?, tail.strip_prefix('-')?.parse().ok()?),
+        None => return None,
+    };
+    let (day, time) = stamp.split_once('-')?;
+    let digits = |t: &str, len: usize| t.len() == len && t.bytes().all(|b| b.is_ascii_digit());
+    (digits(day, 8) && digits(time, 6)).then(|| (stamp.to_string(), n))
+}
+
+/// Removes our backups of `path` beyond the newest `keep`, and returns what
+/// it removed. Files of any other name are left alone, and a backup that
+/// cannot be removed is skipped: pruning never fails an install.
+pub fn prune_backups(path: &Path, keep: usize) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let name = name.to_string_lossy();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut ours: Vec<((String, u32), PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            backup_order(&name, &file).map(|o| (o, e.path()))
+        })
+        .collect();
+    ours.sort();
+    let excess = ours.len().saturating_sub(keep);
+    ours.into_iter()
+        .take(excess)
+        .filter_map(|(_, p)| std::fs::remove_file(&p).ok().map(|_| p))
+        .collect()
 }
 
 /// `<file>.<YYYYMMDD-HHMMSS>.bak` beside the file (UTC); a numeric suffix
@@ -403,6 +455,12 @@ pub fn summary(r: &InstallReport, dry_run: bool) -> String {
     ));
     if let Some(b) = &r.backup {
         s.push_str(&format!("  backup:  {}\n", b.display()));
+    }
+    if !r.pruned.is_empty() {
+        s.push_str(&format!(
+            "  removed {} older backup(s), keeping the newest {KEEP_BACKUPS}\n",
+            r.pruned.len()
+        ));
     }
     s.push_str(
         "Add your provider keys (ANTHROPIC_API_KEY, DEEPSEEK_API_KEY, ...) under its \"env\", then restart Claude Desktop.\n",
@@ -691,6 +749,44 @@ mod tests {
         std::fs::write(&b1, "x").unwrap();
         let b2 = backup_path(&p, NOW);
         assert_ne!(b1, b2);
+    }
+
+    /// Only the newest backups of ours are kept, in stamp order (a
+    /// same-second `-1` is newer than its plain stamp); other files stay.
+    #[test]
+    fn old_backups_are_pruned_to_the_newest_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("claude_desktop_config.json");
+        std::fs::write(&p, "{}").unwrap();
+        let mut made = Vec::new();
+        for i in 0..12 {
+            // Two a second: the second one gets the `-1` suffix.
+            let b = backup_path(&p, NOW + (i / 2) * 1000);
+            std::fs::write(&b, i.to_string()).unwrap();
+            made.push(b);
+        }
+        let others = [
+            "claude_desktop_config.json.bak",
+            "claude_desktop_config.json.mine.bak",
+            "other.json.20200101-000000.bak",
+        ];
+        for o in others {
+            std::fs::write(dir.path().join(o), "keep").unwrap();
+        }
+        let pruned = prune_backups(&p, 10);
+        assert_eq!(pruned, made[..2].to_vec());
+        for b in &made[2..] {
+            assert!(b.exists(), "{}", b.display());
+        }
+        for o in others {
+            assert!(dir.path().join(o).exists(), "{o}");
+        }
+        assert!(prune_backups(&p, 10).is_empty());
+        assert_eq!(
+            backup_order("c.json", "c.json.20261206-120000-12.bak"),
+            Some(("20261206-120000".into(), 12))
+        );
+        assert_eq!(backup_order("c.json", "c.json.2026-12-06.bak"), None);
     }
 
     #[test]

@@ -176,3 +176,37 @@ fn a_dry_run_hides_keys_and_ignores_broken_settings() {
     // Nothing written.
     assert!(std::fs::read_to_string(&cfg).unwrap().contains("/old/path"));
 }
+
+/// Reinstalling on every upgrade leaves at most ten backups: each install
+/// that changes the file makes one and removes the oldest past ten.
+#[test]
+fn reinstalls_keep_the_newest_ten_backups() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("claude_desktop_config.json");
+    std::fs::write(&cfg, json!({"mcpServers": {}}).to_string()).unwrap();
+    let backups = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".bak"))
+            .count()
+    };
+    for i in 0..12 {
+        // A new binary path each time, as after an upgrade: the file changes.
+        let bin = format!("/opt/aico-{i}/ai-cost-optimizer");
+        let out = run(
+            dir.path(),
+            &["--config", cfg.to_str().unwrap(), "--binary", &bin],
+        );
+        assert!(out.status.success(), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(backups(), (i + 1).min(10), "{said}");
+        assert_eq!(said.contains("removed 1 older backup"), i >= 10, "{said}");
+    }
+    // The file holds the last install.
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    assert_eq!(
+        v["mcpServers"]["ai-cost-optimizer"]["command"],
+        "/opt/aico-11/ai-cost-optimizer"
+    );
+}
