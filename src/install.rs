@@ -4,8 +4,9 @@
 //! The merge is a pure function over [`serde_json::Value`]; the file
 //! operations around it never lose the user's file: an unparseable file is
 //! refused untouched, an existing file is copied to a timestamped `.bak`
-//! first (the newest [`KEEP_BACKUPS`] of them are kept), and the new text is written to a temporary file in the same
-//! directory and renamed over the old one.
+//! first (the newest [`KEEP_BACKUPS`] of them are kept), and the new text
+//! is written to a temporary file in the same directory and renamed over
+//! the old one.
 //!
 //! Only `mcpServers.ai-cost-optimizer.command` and `.args` are written; every
 //! other server, key and `env` value stays as it was. (serde_json's map is
