@@ -67,6 +67,10 @@ pub enum Command {
         /// Most the call may cost, USD.
         #[arg(long, allow_negative_numbers = true)]
         budget_limit: Option<f64>,
+        /// Near a tier boundary, take the cheaper tier (`cost`) or the
+        /// stronger (`quality`); default: `[routing] prefer`.
+        #[arg(long)]
+        prefer: Option<String>,
         /// Whose budget the recommendation respects (default: the default
         /// user), as `complete --user` would spend.
         #[arg(long)]
@@ -174,6 +178,10 @@ pub enum Command {
         /// Exactly this tier.
         #[arg(long)]
         tier: Option<String>,
+        /// Near a tier boundary, take the cheaper tier (`cost`) or the
+        /// stronger (`quality`); default: `[routing] prefer`.
+        #[arg(long)]
+        prefer: Option<String>,
         /// Whose budget pays.
         #[arg(long)]
         user: Option<String>,
@@ -443,6 +451,7 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
             prompt,
             max_tokens,
             budget_limit,
+            prefer,
             user,
             out,
         } => {
@@ -450,6 +459,7 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
                 prompt: read_prompt(prompt)?,
                 max_tokens,
                 budget_limit,
+                prefer,
                 user_id: user,
             };
             emit(&out, core.recommend(&args), render::recommendation)
@@ -555,6 +565,7 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
             provider,
             model,
             tier,
+            prefer,
             user,
             speak,
             voice,
@@ -569,6 +580,7 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
                 force_provider: provider,
                 force_model: model,
                 tier,
+                prefer,
                 user_id: user,
                 speak: speak.then_some(true),
                 voice,
@@ -802,7 +814,7 @@ fn score_stdin(settings: &Settings, length_only: bool) -> Result<()> {
                     let s = scorer::score_unexplained(&item.prompt);
                     (s.value, s.top_features(3))
                 };
-                let (tier, model) = &served[router.routed_tier(value) as usize];
+                let (tier, model) = &served[router.routed_tier(value, settings.prefer) as usize];
                 let o = ScoreOut {
                     id: &item.id,
                     score: value,

@@ -56,6 +56,9 @@ pub const SMTP_URL_ENV: &str = "COST_OPTIMIZER_SMTP_URL";
 pub const ALERT_EMAIL_FROM_ENV: &str = "COST_OPTIMIZER_ALERT_EMAIL_FROM";
 /// Env var: recipients of alert e-mails, comma-separated.
 pub const ALERT_EMAIL_TO_ENV: &str = "COST_OPTIMIZER_ALERT_EMAIL_TO";
+/// Env var: `cost` or `quality`, which tier an unsure complexity score
+/// takes when the call says nothing ([`Settings::prefer`]).
+pub const PREFER_ENV: &str = "COST_OPTIMIZER_PREFER";
 /// Env var: address `serve --http` binds when none is given (default 127.0.0.1:8080).
 pub const HTTP_ADDR_ENV: &str = "COST_OPTIMIZER_HTTP_ADDR";
 /// Env var: `true` requires a client API key even on a loopback address.
@@ -158,6 +161,9 @@ pub struct Settings {
     pub breaker_cooldown: Duration,
     /// Score boundaries between free|cheap, cheap|medium, medium|premium.
     pub tier_thresholds: [f64; 3],
+    /// Which tier a score near a boundary takes when a call does not say:
+    /// the cheaper (default) or the stronger.
+    pub prefer: crate::router::Preference,
     /// Ordered model ids per tier, replacing the defaults for that tier.
     pub tier_models: BTreeMap<Tier, Vec<String>>,
     /// Per-model price overrides (USD per million tokens).
@@ -276,6 +282,7 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct RoutingFile {
     thresholds: Option<[f64; 3]>,
+    prefer: Option<crate::router::Preference>,
     #[serde(default)]
     tiers: BTreeMap<Tier, Vec<String>>,
 }
@@ -400,6 +407,7 @@ impl Settings {
                 .routing
                 .thresholds
                 .unwrap_or(crate::router::DEFAULT_TIER_THRESHOLDS),
+            prefer: file.routing.prefer.unwrap_or_default(),
             tier_models: file.routing.tiers,
             price_overrides: file.pricing.overrides,
             retention_days: file.retention_days,
@@ -563,6 +571,10 @@ impl Settings {
             settings.retry_base = Duration::from_millis(v.trim().parse().with_context(|| {
                 format!("{RETRY_BASE_MS_ENV}={v:?} is not a number of milliseconds")
             })?);
+        }
+        if let Some(v) = non_empty(env(PREFER_ENV)) {
+            settings.prefer = crate::router::Preference::parse(&v)
+                .with_context(|| format!("{PREFER_ENV}={v:?} is neither cost nor quality"))?;
         }
         if let Some(v) = non_empty(env(BREAKER_COOLDOWN_ENV)) {
             settings.breaker_cooldown = secs(

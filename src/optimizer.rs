@@ -23,7 +23,7 @@ use crate::providers::health::{Admission, Breakers};
 use crate::providers::{
     AttemptRoute, ChatRequest, ErrorKind, ProviderId, Registry, StreamSink, Usage,
 };
-use crate::router::{Candidate, Reason, RoutePlan, RouteRequest, Router, Tier};
+use crate::router::{Candidate, Preference, Reason, RoutePlan, RouteRequest, Router, Tier};
 
 /// Returns the current time as unix milliseconds. Injectable so budget
 /// periods can be tested without waiting.
@@ -123,6 +123,12 @@ pub struct CompleteArgs {
     #[serde(default)]
     #[schemars(extend("enum" = ["free", "cheap", "medium", "premium", null]))]
     pub tier: Option<String>,
+    /// When the complexity score is within 0.03 of a tier boundary: `cost`
+    /// takes the cheaper of the two tiers, `quality` the stronger. Default:
+    /// the server's `[routing] prefer` setting (`cost` unless configured).
+    #[serde(default)]
+    #[schemars(extend("enum" = ["cost", "quality", null]))]
+    pub prefer: Option<String>,
     /// Whose budget pays (default "default").
     #[serde(default)]
     pub user_id: Option<String>,
@@ -180,6 +186,12 @@ pub struct RecommendArgs {
     /// Most the call may cost in USD (worst case).
     #[serde(default)]
     pub budget_limit: Option<f64>,
+    /// When the complexity score is within 0.03 of a tier boundary: `cost`
+    /// takes the cheaper of the two tiers, `quality` the stronger. Default:
+    /// the server's `[routing] prefer` setting (`cost` unless configured).
+    #[serde(default)]
+    #[schemars(extend("enum" = ["cost", "quality", null]))]
+    pub prefer: Option<String>,
     /// Whose budget to check (default "default").
     #[serde(default)]
     pub user_id: Option<String>,
@@ -1146,6 +1158,7 @@ impl Optimizer {
         let prompt = validate_prompt("prompt", &args.prompt)?;
         let max_tokens = validate_max_tokens(args.max_tokens, self.settings.default_max_tokens)?;
         let budget_limit = validate_budget_limit(args.budget_limit)?;
+        let prefer = self.validate_prefer(args.prefer.as_deref())?;
         let user = validate_user(args.user_id.as_deref())?;
         let status = self.budget_status(&user).ok();
         let global = self.global_budget_status().ok().flatten();
@@ -1165,6 +1178,7 @@ impl Optimizer {
                 .iter()
                 .chain(global.iter())
                 .any(|s| s.wants_downgrade()),
+            prefer,
             ..RouteRequest::default()
         };
         let plan = self.plan(&req)?;
@@ -1193,6 +1207,15 @@ impl Optimizer {
             notes: plan.notes,
             budget: status,
         })
+    }
+
+    /// The `prefer` argument, or the configured default when it is unset.
+    fn validate_prefer(&self, prefer: Option<&str>) -> Result<Preference, ToolError> {
+        match prefer.map(str::trim).filter(|p| !p.is_empty()) {
+            None => Ok(self.settings.prefer),
+            Some(p) => Preference::parse(p)
+                .ok_or_else(|| invalid(format!("prefer: {p:?} is neither cost nor quality"))),
+        }
     }
 
     fn plan(&self, req: &RouteRequest<'_>) -> Result<RoutePlan, ToolError> {
@@ -1514,6 +1537,7 @@ impl Optimizer {
             })?),
             None => None,
         };
+        let prefer = self.validate_prefer(args.prefer.as_deref())?;
 
         let speak = args.speak.unwrap_or(false);
         let voice = match args
@@ -1579,6 +1603,7 @@ impl Optimizer {
                 budget_remaining: binding.map(|s| s.remaining_usd),
                 remaining_is_global: binding.is_some_and(|s| s.user_id == GLOBAL_SCOPE),
                 downgrade: statuses.iter().any(BudgetStatus::wants_downgrade),
+                prefer,
                 // Set by `plan`.
                 today: None,
             })

@@ -790,3 +790,67 @@ fn a_settings_error_does_not_quote_a_secret_back() {
     assert!(err.contains("COST_OPTIMIZER_ALERT_WEBHOOK_FORMAT"), "{err}");
     assert!(!err.contains("SecretToken12345"), "{err}");
 }
+
+/// `--prefer` on `recommend` (and `complete`) reaches routing: a bad value
+/// exits 2 naming the flag's values; `quality` moves a score just below a
+/// boundary up a tier, and `score` follows the configured preference.
+#[test]
+fn prefer_flag_and_setting_reach_routing() {
+    let dir = tempfile::tempdir().unwrap();
+    let gemini = [
+        ("GEMINI_API_KEY", "FAKE-gemini-cli-prefer-0000000"),
+        ("GEMINI_BASE_URL", "http://127.0.0.1:9"),
+    ];
+    let recommend = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut c = command(dir.path());
+        c.envs(gemini).envs(env.iter().copied());
+        c.args(["recommend", "Write a short poem about the sea.", "--json"])
+            .args(extra);
+        c.output().unwrap()
+    };
+    let o = recommend(&["--prefer", "fast"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("neither cost nor quality"),
+        "{o:?}"
+    );
+    let plain: Value = serde_json::from_str(&stdout(&recommend(&[], &[]))).unwrap();
+    let score = plain["complexity"]["score"].as_f64().unwrap();
+    let cfg = dir.path().join("near.toml");
+    std::fs::write(
+        &cfg,
+        format!("[routing]\nthresholds = [{}, 0.97, 0.98]\n", score + 0.01),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let near = [("COST_OPTIMIZER_CONFIG", cfg)];
+    let tier = |o: Output| -> String {
+        let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+        v["tier"].as_str().unwrap().to_string()
+    };
+    assert_eq!(tier(recommend(&[], &near)), "free");
+    assert_eq!(tier(recommend(&["--prefer", "quality"], &near)), "cheap");
+    // `score` reads the configured preference.
+    let line = r#"{"id":"a","prompt":"Write a short poem about the sea."}"#;
+    let scored = |prefer: &str| -> Value {
+        let mut c = command(dir.path());
+        c.envs(gemini)
+            .env("COST_OPTIMIZER_CONFIG", cfg)
+            .env("COST_OPTIMIZER_PREFER", prefer)
+            .arg("score")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(line.as_bytes())
+            .unwrap();
+        let o = child.wait_with_output().unwrap();
+        serde_json::from_str(stdout(&o).trim()).unwrap()
+    };
+    assert_eq!(scored("cost")["tier"], "free");
+    assert_eq!(scored("quality")["tier"], "cheap");
+}

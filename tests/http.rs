@@ -483,6 +483,11 @@ async fn openai_errors_have_openai_bodies_and_statuses() {
             json!({"model": "deepseek/deepseek-v3.2", "tier": "premium", "messages": [{"role": "user", "content": "hi"}]}),
             400,
         ),
+        // The `prefer` extension reaches the same checks as the tools'.
+        (
+            json!({"model": "auto", "prefer": "fast", "messages": [{"role": "user", "content": "hi"}]}),
+            400,
+        ),
         // What the proxy cannot honour is said, not dropped.
         (
             json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}),

@@ -1813,3 +1813,108 @@ async fn sampling_options_reach_every_provider() {
     assert_eq!(deepseek.requests().len(), sent, "refused before sending");
     s.stop().await;
 }
+
+/// `prefer` decides which tier a score near a boundary takes: by default
+/// the cheaper one, with `quality` the stronger; the server's default comes
+/// from `[routing] prefer` or `COST_OPTIMIZER_PREFER`; anything else is a
+/// clear error. Gemini serves both tiers here (gemma free, flash-lite
+/// cheap), so the tier decides the model.
+#[tokio::test]
+async fn prefer_quality_takes_the_stronger_tier_near_a_boundary() {
+    let gemini = FakeProvider::start(gemini_sse("gemma-4-31b-it", &["ok"], json!({}))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = |extra: Vec<(&'static str, String)>| {
+        let mut e = vec![
+            (
+                "GEMINI_API_KEY",
+                "FAKE-gemini-prefer-000000000000".to_string(),
+            ),
+            ("GEMINI_BASE_URL", gemini.base.clone()),
+        ];
+        e.extend(extra);
+        e
+    };
+    let prompt = "Write a short poem about the sea.";
+    // The prompt's score under the defaults, then a boundary just above it.
+    let s = spawn(dir.path(), &env(vec![])).await;
+    let r = s.ok("get_recommendation", json!({"prompt": prompt})).await;
+    let score = r["complexity"]["score"].as_f64().unwrap();
+    s.stop().await;
+    let cfg = dir.path().join("near.toml");
+    let boundaries = format!("[{}, 0.97, 0.98]", score + 0.01);
+    std::fs::write(&cfg, format!("[routing]\nthresholds = {boundaries}\n")).unwrap();
+    let near = ("COST_OPTIMIZER_CONFIG", cfg.display().to_string());
+
+    let s = spawn(dir.path(), &env(vec![near.clone()])).await;
+    let cost = s.ok("get_recommendation", json!({"prompt": prompt})).await;
+    assert_eq!(cost["tier"], "free", "{cost}");
+    assert_eq!(cost["recommended"]["model"], "gemini/gemma-4-31b-it");
+    let quality = s
+        .ok(
+            "get_recommendation",
+            json!({"prompt": prompt, "prefer": "quality"}),
+        )
+        .await;
+    assert_eq!(quality["scored_tier"], "free", "{quality}");
+    assert_eq!(quality["tier"], "cheap", "{quality}");
+    assert_eq!(
+        quality["recommended"]["model"],
+        "gemini/gemini-2.5-flash-lite"
+    );
+    assert!(
+        quality["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("quality is preferred")),
+        "{quality}"
+    );
+    // complete_prompt routes the same way, and records the tier it used.
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": prompt, "prefer": "quality", "max_tokens": 50}),
+        )
+        .await;
+    assert_eq!(c["tier"], "cheap", "{c}");
+    assert_eq!(c["model"], "gemini/gemini-2.5-flash-lite", "{c}");
+    let e = s
+        .err(
+            "get_recommendation",
+            json!({"prompt": prompt, "prefer": "fast"}),
+        )
+        .await;
+    assert!(
+        e.contains("prefer") && e.contains("neither cost nor quality"),
+        "{e}"
+    );
+    s.stop().await;
+
+    // The server's default, from the config file or the environment; a
+    // call's own `prefer` still wins.
+    std::fs::write(
+        &cfg,
+        format!("[routing]\nthresholds = {boundaries}\nprefer = \"quality\"\n"),
+    )
+    .unwrap();
+    let s = spawn(dir.path(), &env(vec![near.clone()])).await;
+    let r = s.ok("get_recommendation", json!({"prompt": prompt})).await;
+    assert_eq!(r["tier"], "cheap", "{r}");
+    let r = s
+        .ok(
+            "get_recommendation",
+            json!({"prompt": prompt, "prefer": "cost"}),
+        )
+        .await;
+    assert_eq!(r["tier"], "free", "{r}");
+    s.stop().await;
+    std::fs::write(&cfg, format!("[routing]\nthresholds = {boundaries}\n")).unwrap();
+    let s = spawn(
+        dir.path(),
+        &env(vec![near, ("COST_OPTIMIZER_PREFER", "quality".into())]),
+    )
+    .await;
+    let r = s.ok("get_recommendation", json!({"prompt": prompt})).await;
+    assert_eq!(r["tier"], "cheap", "{r}");
+    s.stop().await;
+}

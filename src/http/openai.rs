@@ -20,7 +20,8 @@
 //!   (validated to OpenAI's ranges; each provider gets what its API has);
 //!   the penalties and the like are accepted and ignored; `n > 1`, `stop`,
 //!   tools and non-text content are refused with 400.
-//! - **Extensions** in the body: `tier`, `provider`, `budget_limit` (USD).
+//! - **Extensions** in the body: `tier`, `provider`, `budget_limit` (USD),
+//!   `prefer` (`cost` or `quality`: which tier a score near a boundary takes).
 //! - **Streaming.** The response starts when the first answer text arrives
 //!   (or the call ends), so its headers name the model that is answering
 //!   (`x-routed-model`, `x-routed-provider`, `x-routed-tier`, `x-complexity`,
@@ -204,6 +205,8 @@ struct ChatBody {
     provider: Option<String>,
     #[serde(default)]
     budget_limit: Option<f64>,
+    #[serde(default)]
+    prefer: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -459,6 +462,7 @@ pub async fn chat_completions(
         force_provider: req.provider,
         force_model: model,
         tier: req.tier,
+        prefer: req.prefer,
         user_id: user,
         speak: None,
         voice: None,

@@ -207,7 +207,7 @@ impl CostServer {
 
     #[tool(
         name = "complete_prompt",
-        description = "Answer a prompt with the cheapest model that can handle it. Scores the prompt's complexity, picks a tier (free → cheap → medium → premium) and model, calls it (falling back to another provider on failure), and records the real cost against the budget. Returns the answer, cost, tokens, model, why it was chosen, and the saving against an always-premium baseline. Use force_model / force_provider / tier to override routing, budget_limit to cap this call.",
+        description = "Answer a prompt with the cheapest model that can handle it. Scores the prompt's complexity, picks a tier (free → cheap → medium → premium) and model, calls it (falling back to another provider on failure), and records the real cost against the budget. Returns the answer, cost, tokens, model, why it was chosen, and the saving against an always-premium baseline. Use force_model / force_provider / tier to override routing, prefer: \"quality\" when quality matters more than cost (a score near a tier boundary then takes the stronger tier), budget_limit to cap this call.",
         output_schema = schema_for_output::<Completion>(),
         annotations(
             title = "Complete prompt (cost-optimised)",

@@ -73,8 +73,48 @@ impl std::fmt::Display for Tier {
 /// Score boundaries free|cheap, cheap|medium, medium|premium.
 pub const DEFAULT_TIER_THRESHOLDS: [f64; 3] = [0.25, 0.5, 0.75];
 
-/// A score this close above a boundary is "unsure": the cheaper tier wins.
+/// A score this close to a boundary is "unsure": by default the cheaper
+/// of the two tiers wins (the stronger one when quality is preferred).
 pub const UNSURE_MARGIN: f64 = 0.03;
+
+/// Which way an unsure score is rounded: the issue's "cost-aware default
+/// when unsure, unless the user asks for quality".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Preference {
+    /// A score within [`UNSURE_MARGIN`] above a boundary takes the cheaper
+    /// tier below it.
+    #[default]
+    Cost,
+    /// A score within [`UNSURE_MARGIN`] below a boundary takes the
+    /// stronger tier above it (and one just above keeps its tier).
+    Quality,
+}
+
+impl Preference {
+    /// The setting's name: `cost` or `quality`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preference::Cost => "cost",
+            Preference::Quality => "quality",
+        }
+    }
+
+    /// Parses `cost` or `quality` (any case, trimmed).
+    pub fn parse(s: &str) -> Option<Preference> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cost" => Some(Preference::Cost),
+            "quality" => Some(Preference::Quality),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Preference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The index of the tier a score points to under boundaries `t`, and
 /// whether it is "unsure": within [`UNSURE_MARGIN`] above the boundary
@@ -85,6 +125,13 @@ pub(crate) fn scored_tier_index(t: [f64; 3], score: f64) -> (usize, bool) {
     let below_open = |j: usize| t[j] > if j == 0 { 0.0 } else { t[j - 1] };
     let unsure = idx > 0 && score - t[idx - 1] < UNSURE_MARGIN && below_open(idx - 1);
     (idx, unsure)
+}
+
+/// Whether `score`, in tier `idx` under boundaries `t`, is within
+/// [`UNSURE_MARGIN`] below the boundary above it, with the tier above
+/// switched on: where a caller who prefers quality steps up.
+pub(crate) fn near_tier_above(t: [f64; 3], idx: usize, score: f64) -> bool {
+    idx < 3 && t[idx] - score <= UNSURE_MARGIN && (idx == 2 || t[idx + 1] > t[idx])
 }
 
 /// The model an "always premium" user would call; savings are measured
@@ -165,6 +212,9 @@ pub struct RouteRequest<'a> {
     pub remaining_is_global: bool,
     /// Past a budget threshold in `downgrade` mode: prefer one tier cheaper.
     pub downgrade: bool,
+    /// Which tier an unsure score takes: the cheaper (default) or the
+    /// stronger of the two.
+    pub prefer: Preference,
     /// Today's date (UTC, `YYYY-MM-DD`): tier models the catalog says are
     /// retired by then are skipped. `None`: not checked.
     pub today: Option<String>,
@@ -247,11 +297,16 @@ impl Router {
 
     /// The tier routing uses for `score` when the caller forces nothing and
     /// no budget mode intervenes: the scored tier, one cheaper when the
-    /// score is unsure (the cost-aware default).
-    pub fn routed_tier(&self, score: f64) -> Tier {
-        match self.tier_for(score) {
-            (t, true) if t > Tier::Free => Tier::ALL[t.index() - 1],
-            (t, _) => t,
+    /// score is unsure (the cost-aware default), or one stronger when it is
+    /// just below the boundary above and quality is preferred.
+    pub fn routed_tier(&self, score: f64, prefer: Preference) -> Tier {
+        match (self.tier_for(score), prefer) {
+            ((t, _), Preference::Quality) if near_tier_above(self.thresholds, t.index(), score) => {
+                Tier::ALL[t.index() + 1]
+            }
+            ((t, _), Preference::Quality) => t,
+            ((t, true), Preference::Cost) if t > Tier::Free => Tier::ALL[t.index() - 1],
+            ((t, _), Preference::Cost) => t,
         }
     }
 
@@ -515,6 +570,17 @@ impl Router {
         if let Some(t) = req.tier {
             target = t;
             notes.push(format!("The caller asked for the {t} tier."));
+        } else if req.prefer == Preference::Quality {
+            if near_tier_above(self.thresholds, scored_tier.index(), score.value) {
+                target = Tier::ALL[target.index() + 1];
+                notes.push(format!(
+                    "The score is within {UNSURE_MARGIN} of the boundary above and quality is preferred, so the stronger {target} tier is used."
+                ));
+            } else if unsure {
+                notes.push(format!(
+                    "The score is within {UNSURE_MARGIN} of the boundary below and quality is preferred, so the {target} tier is kept."
+                ));
+            }
         } else if unsure {
             target = Tier::ALL[target.index() - 1];
             notes.push(format!(
@@ -969,6 +1035,106 @@ mod tests {
         assert!(notes.contains("past their deprecation date"), "{notes}");
         let (ids, _) = models("2026-10-01");
         assert!(ids.contains(&retired.to_string()), "{ids:?}");
+    }
+
+    /// An unsure score takes the cheaper tier by default and the stronger
+    /// one when quality is preferred; a sure score is the same either way.
+    #[test]
+    fn preference_decides_unsure_scores() {
+        let r = router();
+        // Just above 0.5 (cheap|medium): cost steps down, quality keeps.
+        assert_eq!(r.routed_tier(0.51, Preference::Cost), Tier::Cheap);
+        assert_eq!(r.routed_tier(0.51, Preference::Quality), Tier::Medium);
+        // Just below 0.5: cost keeps, quality steps up.
+        assert_eq!(r.routed_tier(0.48, Preference::Cost), Tier::Cheap);
+        assert_eq!(r.routed_tier(0.48, Preference::Quality), Tier::Medium);
+        // Just below 0.75: quality reaches premium.
+        assert_eq!(r.routed_tier(0.73, Preference::Quality), Tier::Premium);
+        // Far from any boundary: no difference.
+        for p in [Preference::Cost, Preference::Quality] {
+            assert_eq!(r.routed_tier(0.4, p), Tier::Cheap);
+            assert_eq!(r.routed_tier(0.1, p), Tier::Free);
+            assert_eq!(r.routed_tier(0.9, p), Tier::Premium);
+        }
+        // A switched-off tier (two equal boundaries) is never stepped into
+        // nor over, as the cost-aware rule never steps down across one.
+        let closed = Router::new([0.25, 0.5, 0.5], &BTreeMap::new());
+        assert_eq!(closed.routed_tier(0.48, Preference::Quality), Tier::Cheap);
+        assert_eq!(closed.routed_tier(0.51, Preference::Cost), Tier::Premium);
+        let closed = Router::new([0.25, 0.25, 0.75], &BTreeMap::new());
+        assert_eq!(closed.routed_tier(0.24, Preference::Quality), Tier::Free);
+        assert_eq!(Preference::parse(" Quality "), Some(Preference::Quality));
+        assert_eq!(Preference::parse("fast"), None);
+    }
+
+    /// The plan follows the preference, says so in its notes, and a tier
+    /// the caller asked for is not moved by it.
+    #[test]
+    fn the_plan_says_which_way_an_unsure_score_went() {
+        let reg = registry(&[
+            ProviderId::Gemini,
+            ProviderId::Deepseek,
+            ProviderId::Anthropic,
+        ]);
+        // Whatever these prompts score, each plan follows `routed_tier`.
+        let prompts = [
+            "Explain how a hash map handles collisions, and compare open addressing with chaining for a cache-heavy workload.",
+            "Write a haiku about autumn.",
+            "Prove that the square root of 2 is irrational, step by step.",
+            "Summarise the causes of the First World War in three paragraphs, citing the alliance system.",
+            "What is 2 + 2?",
+        ];
+        let r = router();
+        for p in prompts {
+            let v = scorer::score(p).value;
+            let mut rq = req(p);
+            rq.prefer = Preference::Quality;
+            let q = r
+                .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+                .unwrap();
+            rq.prefer = Preference::Cost;
+            let c = r
+                .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+                .unwrap();
+            assert_eq!(q.tier, r.routed_tier(v, Preference::Quality), "{p}: {v}");
+            assert_eq!(c.tier, r.routed_tier(v, Preference::Cost), "{p}: {v}");
+            assert!(q.tier >= c.tier, "{p}");
+            if q.tier > c.tier {
+                assert!(
+                    q.notes.iter().any(|n| n.contains("quality is preferred")),
+                    "{:?}",
+                    q.notes
+                );
+            }
+            rq.prefer = Preference::Quality;
+            rq.tier = Some(Tier::Free);
+            let forced = r
+                .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+                .unwrap();
+            assert_eq!(forced.tier, Tier::Free);
+        }
+        // With boundaries placed just above one prompt's score, quality
+        // must step up for it.
+        let v = scorer::score(prompts[0]).value;
+        let t = [v + 0.01, (v + 0.2).min(0.99), 0.995];
+        let near = Router::new(t, &BTreeMap::new());
+        let mut rq = req(prompts[0]);
+        rq.prefer = Preference::Quality;
+        let q = near
+            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+            .unwrap();
+        assert_eq!(q.scored_tier, Tier::Free);
+        assert_eq!(q.tier, Tier::Cheap, "{:?}", q.notes);
+        assert!(
+            q.notes.iter().any(|n| n.contains("stronger cheap tier")),
+            "{:?}",
+            q.notes
+        );
+        rq.prefer = Preference::Cost;
+        let c = near
+            .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+            .unwrap();
+        assert_eq!(c.tier, Tier::Free);
     }
 
     #[test]
