@@ -282,7 +282,7 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct RoutingFile {
     thresholds: Option<[f64; 3]>,
-    prefer: Option<crate::router::Preference>,
+    prefer: Option<String>,
     #[serde(default)]
     tiers: BTreeMap<Tier, Vec<String>>,
 }
@@ -407,7 +407,12 @@ impl Settings {
                 .routing
                 .thresholds
                 .unwrap_or(crate::router::DEFAULT_TIER_THRESHOLDS),
-            prefer: file.routing.prefer.unwrap_or_default(),
+            prefer: match file.routing.prefer.as_deref() {
+                None => crate::router::Preference::default(),
+                Some(p) => crate::router::Preference::parse(p).with_context(|| {
+                    format!("routing.prefer = {p:?} is neither \"cost\" nor \"quality\"")
+                })?,
+            },
             tier_models: file.routing.tiers,
             price_overrides: file.pricing.overrides,
             retention_days: file.retention_days,
@@ -993,6 +998,37 @@ mod tests {
             assert_eq!(expand_home("~"), home);
         }
         assert_eq!(expand_home("~bob/x"), PathBuf::from("~bob/x"));
+    }
+
+    /// `[routing] prefer` in any case, overridden by the environment; a
+    /// wrong value in either is an error naming where it came from.
+    #[test]
+    fn routing_preference_from_file_then_env() {
+        use crate::router::Preference;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        let d = dir.path().to_str().unwrap();
+        let c = cfg.to_str().unwrap();
+        let load = |text: &str, env: Option<&str>| {
+            std::fs::write(&cfg, text).unwrap();
+            let mut vars = vec![(DATA_DIR_ENV, d), (CONFIG_ENV, c)];
+            if let Some(v) = env {
+                vars.push((PREFER_ENV, v));
+            }
+            Settings::load_with(&env_of(&vars)).map(|s| s.prefer)
+        };
+        assert_eq!(load("", None).unwrap(), Preference::Cost);
+        let quality = "[routing]\nprefer = \"Quality\"\n";
+        assert_eq!(load(quality, None).unwrap(), Preference::Quality);
+        assert_eq!(load(quality, Some("cost")).unwrap(), Preference::Cost);
+        assert_eq!(load("", Some(" QUALITY ")).unwrap(), Preference::Quality);
+        let err = format!(
+            "{:#}",
+            load("[routing]\nprefer = \"fast\"\n", None).unwrap_err()
+        );
+        assert!(err.contains("routing.prefer"), "{err}");
+        let err = format!("{:#}", load("", Some("fast")).unwrap_err());
+        assert!(err.contains(PREFER_ENV), "{err}");
     }
 
     /// The webhook format from the environment applies to a webhook set

@@ -177,6 +177,7 @@ pub fn calibrate(
     Ok(calibrate::propose(
         &history,
         core.settings().tier_thresholds,
+        core.settings().prefer,
         &price,
     ))
 }

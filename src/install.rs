@@ -12,6 +12,7 @@
 //! other server, key and `env` value stays as it was. (serde_json's map is
 //! ordered by key, so a rewritten file lists keys alphabetically.)
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
@@ -313,8 +314,8 @@ pub fn install(opts: &InstallOptions, now_ms: i64) -> Result<InstallReport, Inst
     if old.is_some() {
         let backup = backup_path(path, now_ms);
         std::fs::copy(path, &backup).map_err(|e| io("back up to", &backup, e))?;
+        report.pruned = prune_backups(path, &backup, KEEP_BACKUPS);
         report.backup = Some(backup);
-        report.pruned = prune_backups(path, KEEP_BACKUPS);
     }
     crate::atomic_file::replace(path, &report.text).map_err(|e| io("write", path, e))?;
     report.wrote = true;
@@ -328,11 +329,15 @@ pub const KEEP_BACKUPS: usize = 10;
 
 /// The stamp and same-second number of one of our backups of `name`
 /// (`<name>.<YYYYMMDD-HHMMSS>[-<n>].bak`), or `None` for any other file.
-fn backup_order(name: &str, file: &str) -> Option<(String, u32)> {
+/// Compared as bytes, so two config names that are not UTF-8 are never
+/// taken for each other.
+fn backup_order(name: &OsStr, file: &OsStr) -> Option<(String, u32)> {
     let rest = file
-        .strip_prefix(name)?
-        .strip_prefix('.')?
-        .strip_suffix(".bak")?;
+        .as_encoded_bytes()
+        .strip_prefix(name.as_encoded_bytes())?
+        .strip_prefix(b".")?
+        .strip_suffix(b".bak")?;
+    let rest = std::str::from_utf8(rest).ok()?;
     let (stamp, n) = match rest.get(15..) {
         Some("") => (rest, 0),
         Some(tail) => (rest.get(..15)?, tail.strip_prefix('-')?.parse().ok()?),
@@ -343,26 +348,26 @@ fn backup_order(name: &str, file: &str) -> Option<(String, u32)> {
     (digits(day, 8) && digits(time, 6)).then(|| (stamp.to_string(), n))
 }
 
-/// Removes our backups of `path` beyond the newest `keep`, and returns what
-/// it removed. Files of any other name are left alone, and a backup that
-/// cannot be removed is skipped: pruning never fails an install.
-pub fn prune_backups(path: &Path, keep: usize) -> Vec<PathBuf> {
+/// Removes our backups of `path` beyond the newest `keep`, other than
+/// `made` (the backup this install just made, kept whatever its stamp: a
+/// clock set back would otherwise sort it oldest and remove it), and
+/// returns what it removed. Files of any other name are left alone, and a
+/// backup that cannot be removed is skipped: pruning never fails an
+/// install.
+pub fn prune_backups(path: &Path, made: &Path, keep: usize) -> Vec<PathBuf> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Vec::new();
     };
-    let name = name.to_string_lossy();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut ours: Vec<((String, u32), PathBuf)> = entries
         .flatten()
-        .filter_map(|e| {
-            let file = e.file_name().to_string_lossy().into_owned();
-            backup_order(&name, &file).map(|o| (o, e.path()))
-        })
+        .filter(|e| e.path() != made)
+        .filter_map(|e| backup_order(name, &e.file_name()).map(|o| (o, e.path())))
         .collect();
     ours.sort();
-    let excess = ours.len().saturating_sub(keep);
+    let excess = ours.len().saturating_sub(keep.saturating_sub(1));
     ours.into_iter()
         .take(excess)
         .filter_map(|(_, p)| std::fs::remove_file(&p).ok().map(|_| p))
@@ -774,7 +779,8 @@ mod tests {
         for o in others {
             std::fs::write(dir.path().join(o), "keep").unwrap();
         }
-        let pruned = prune_backups(&p, 10);
+        let newest = made.last().unwrap().clone();
+        let pruned = prune_backups(&p, &newest, 10);
         assert_eq!(pruned, made[..2].to_vec());
         for b in &made[2..] {
             assert!(b.exists(), "{}", b.display());
@@ -782,12 +788,23 @@ mod tests {
         for o in others {
             assert!(dir.path().join(o).exists(), "{o}");
         }
-        assert!(prune_backups(&p, 10).is_empty());
+        assert!(prune_backups(&p, &newest, 10).is_empty());
+        // A clock set back: the backup just made has the oldest stamp, and
+        // is kept; the oldest of the others goes.
+        let early = backup_path(&p, NOW - 86_400_000);
+        std::fs::write(&early, "new").unwrap();
+        let pruned = prune_backups(&p, &early, 10);
+        assert_eq!(pruned, vec![made[2].clone()]);
+        assert!(early.exists());
+        let os = |s: &str| std::ffi::OsString::from(s);
         assert_eq!(
-            backup_order("c.json", "c.json.20261206-120000-12.bak"),
+            backup_order(&os("c.json"), &os("c.json.20261206-120000-12.bak")),
             Some(("20261206-120000".into(), 12))
         );
-        assert_eq!(backup_order("c.json", "c.json.2026-12-06.bak"), None);
+        assert_eq!(
+            backup_order(&os("c.json"), &os("c.json.2026-12-06.bak")),
+            None
+        );
     }
 
     #[test]

@@ -200,8 +200,9 @@ fn score_streams_jsonl_and_survives_bad_lines() {
 }
 
 /// The tier `score` prints is the one its model is from: with only
-/// Anthropic enabled, a trivial prompt lands in the medium tier (where
-/// Claude Haiku is), as `recommend` says, not "free" beside a paid model.
+/// Anthropic enabled, a trivial prompt lands in the cheap tier (where
+/// Claude Haiku 5.5 is, Anthropic's cheapest), as `recommend` says, not
+/// "free" beside a paid model.
 #[test]
 fn score_prints_the_tier_its_model_is_from() {
     let dir = tempfile::tempdir().unwrap();
@@ -222,7 +223,7 @@ fn score_prints_the_tier_its_model_is_from() {
         })
         .unwrap();
     let line: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
-    assert_eq!(line["tier"], "medium", "{line}");
+    assert_eq!(line["tier"], "cheap", "{line}");
     assert!(
         line["model"].as_str().unwrap().starts_with("anthropic/"),
         "{line}"
@@ -812,6 +813,16 @@ fn prefer_flag_and_setting_reach_routing() {
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("neither cost nor quality"),
+        "{o:?}"
+    );
+    let o = command(dir.path())
+        .envs(gemini)
+        .args(["complete", "hello", "--prefer", "fast"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("prefer"),
         "{o:?}"
     );
     let plain: Value = serde_json::from_str(&stdout(&recommend(&[], &[]))).unwrap();

@@ -25,7 +25,7 @@
 
 use serde::Serialize;
 
-use super::{Tier, UNSURE_MARGIN};
+use super::{Preference, Tier, UNSURE_MARGIN};
 use crate::ledger::HistoryCall;
 
 /// A boundary moves only if the move satisfies at least this many more
@@ -53,13 +53,27 @@ enum Want {
     AtMost(usize),
 }
 
-/// The tier a score gets under `t`, including the cost-aware "unsure, take
-/// the cheaper tier" rule of [`super::Router::tier_for`] (budget downgrades
-/// are per-call circumstances and are left out).
-pub fn effective_tier(t: [f64; 3], score: f64) -> usize {
-    match super::scored_tier_index(t, score) {
-        (idx, true) => idx - 1,
-        (idx, false) => idx,
+/// The tier a score gets under `t`, including the "unsure" rule of
+/// [`super::Router::routed_tier`] for the server's preference: the cheaper
+/// tier by default, the stronger with `quality` (budget downgrades and a
+/// call's own `prefer` are per-call circumstances and are left out).
+pub fn effective_tier(t: [f64; 3], score: f64, prefer: Preference) -> usize {
+    match (super::scored_tier_index(t, score), prefer) {
+        ((idx, _), Preference::Quality) if super::near_tier_above(t, idx, score) => idx + 1,
+        ((idx, _), Preference::Quality) => idx,
+        ((idx, true), Preference::Cost) => idx - 1,
+        ((idx, false), Preference::Cost) => idx,
+    }
+}
+
+/// Whether a score counts as routed above boundary `b` (in the tier above
+/// it) under `prefer`, on calibration's grid: with `cost` it must be past
+/// `b` by the unsure margin, with `quality` it may be up to that margin
+/// below `b`.
+fn routed_above(score: f64, b: f64, prefer: Preference) -> bool {
+    match prefer {
+        Preference::Cost => score >= b + UNSURE_MARGIN - 1e-12,
+        Preference::Quality => score > b - UNSURE_MARGIN + 1e-12,
     }
 }
 
@@ -134,14 +148,19 @@ fn tier_index(name: Option<&str>) -> Option<usize> {
 }
 
 /// The signals in `history` under thresholds `t`, as (score, want).
-fn signals(history: &[HistoryCall], t: [f64; 3], ev: &mut Evidence) -> Vec<(f64, Want)> {
+fn signals(
+    history: &[HistoryCall],
+    t: [f64; 3],
+    prefer: Preference,
+    ev: &mut Evidence,
+) -> Vec<(f64, Want)> {
     let mut out = Vec::new();
     for c in history {
         ev.calls += 1;
         let Some(actual) = tier_index(c.tier.as_deref()) else {
             continue;
         };
-        let scored = effective_tier(t, c.score);
+        let scored = effective_tier(t, c.score, prefer);
         let forced_tier = matches!(c.forced.as_deref(), Some("tier" | "model"));
         let up = forced_tier && actual > scored;
         let down = forced_tier && actual < scored;
@@ -191,13 +210,9 @@ fn constraints(sig: &[(f64, Want)], k: usize) -> Vec<(f64, bool)> {
         .collect()
 }
 
-fn violations(cons: &[(f64, bool)], b: f64) -> usize {
+fn violations(cons: &[(f64, bool)], b: f64, prefer: Preference) -> usize {
     cons.iter()
-        .filter(|&&(s, above)| {
-            // "Above" needs the score past the boundary by the unsure margin.
-            let is_above = s >= b + UNSURE_MARGIN - 1e-12;
-            is_above != above
-        })
+        .filter(|&&(s, above)| routed_above(s, b, prefer) != above)
         .count()
 }
 
@@ -205,23 +220,26 @@ const BOUNDARY_NAMES: [&str; 3] = ["free|cheap", "cheap|medium", "medium|premium
 
 /// Proposes thresholds from `history`, and re-prices the history under them.
 /// `price(tier, call)` is the cost of the call's recorded usage on the
-/// tier's model, `None` when the tier has no priced model.
+/// tier's model, `None` when the tier has no priced model. `prefer` is the
+/// server's preference, which routed every call that did not give its own
+/// (a call's own `prefer` is not recorded).
 pub fn propose(
     history: &[HistoryCall],
     current: [f64; 3],
+    prefer: Preference,
     price: &dyn Fn(Tier, &HistoryCall) -> Option<f64>,
 ) -> Proposal {
     let mut evidence = Evidence::default();
-    let sig = signals(history, current, &mut evidence);
+    let sig = signals(history, current, prefer, &mut evidence);
     let mut proposed = current;
     let mut boundaries = Vec::with_capacity(3);
     for (k, slot) in proposed.iter_mut().enumerate() {
         let cons = constraints(&sig, k);
-        let now = violations(&cons, current[k]);
+        let now = violations(&cons, current[k], prefer);
         let mut best = (now, current[k]);
         for step in 1..100 {
             let b = f64::from(step) / 100.0;
-            let v = violations(&cons, b);
+            let v = violations(&cons, b, prefer);
             let closer = (b - current[k]).abs() < (best.1 - current[k]).abs();
             if v < best.0 || (v == best.0 && closer) {
                 best = (v, b);
@@ -231,7 +249,7 @@ pub fn propose(
         // two overrides must not send a thousand unrated calls to another
         // tier (unrated calls are no evidence either way, so they cannot
         // defend the boundary themselves).
-        let above = |score: f64, b: f64| score >= b + UNSURE_MARGIN - 1e-12;
+        let above = |score: f64, b: f64| routed_above(score, b, prefer);
         let moved = history
             .iter()
             .filter(|c| above(c.score, current[k]) != above(c.score, best.1))
@@ -245,7 +263,7 @@ pub fn propose(
             current: current[k],
             proposed: *slot,
             violations_current: now,
-            violations_proposed: violations(&cons, *slot),
+            violations_proposed: violations(&cons, *slot, prefer),
             signals: cons.len(),
         });
     }
@@ -296,10 +314,10 @@ pub fn propose(
     // may contradict signals the evidence alone would have satisfied.
     for (k, (b, p)) in boundaries.iter_mut().zip(proposed).enumerate() {
         b.proposed = p;
-        b.violations_proposed = violations(&constraints(&sig, k), p);
+        b.violations_proposed = violations(&constraints(&sig, k), p, prefer);
     }
     let changed = proposed != current;
-    let cost = cost_effect(history, current, proposed, price);
+    let cost = cost_effect(history, current, proposed, prefer, price);
     Proposal {
         current,
         proposed,
@@ -314,6 +332,7 @@ fn cost_effect(
     history: &[HistoryCall],
     current: [f64; 3],
     proposed: [f64; 3],
+    prefer: Preference,
     price: &dyn Fn(Tier, &HistoryCall) -> Option<f64>,
 ) -> CostEffect {
     let mut e = CostEffect::default();
@@ -324,8 +343,8 @@ fn cost_effect(
         // model of the new tier), so it moves with the boundaries.
         let forced = matches!(c.forced.as_deref(), Some("tier" | "model"));
         let (a, b) = (
-            effective_tier(current, c.score),
-            effective_tier(proposed, c.score),
+            effective_tier(current, c.score, prefer),
+            effective_tier(proposed, c.score, prefer),
         );
         if forced || a == b {
             e.projected_usd += c.cost_usd;
@@ -378,14 +397,46 @@ mod tests {
 
     #[test]
     fn effective_tier_prefers_cheaper_when_unsure() {
-        assert_eq!(effective_tier(T, 0.1), 0);
-        assert_eq!(effective_tier(T, 0.26), 0); // within the margin above 0.25
-        assert_eq!(effective_tier(T, 0.30), 1);
-        assert_eq!(effective_tier(T, 0.99), 3);
+        assert_eq!(effective_tier(T, 0.1, Preference::Cost), 0);
+        assert_eq!(effective_tier(T, 0.26, Preference::Cost), 0); // within the margin above 0.25
+        assert_eq!(effective_tier(T, 0.30, Preference::Cost), 1);
+        assert_eq!(effective_tier(T, 0.99, Preference::Cost), 3);
         // A tier switched off (equal boundaries) is never stepped into.
-        assert_eq!(effective_tier([0.5, 0.5, 0.75], 0.51), 2);
-        assert_eq!(effective_tier([0.0, 0.5, 0.75], 0.01), 1);
-        assert_eq!(effective_tier([0.2, 0.5, 0.75], 0.51), 1);
+        assert_eq!(effective_tier([0.5, 0.5, 0.75], 0.51, Preference::Cost), 2);
+        assert_eq!(effective_tier([0.0, 0.5, 0.75], 0.01, Preference::Cost), 1);
+        assert_eq!(effective_tier([0.2, 0.5, 0.75], 0.51, Preference::Cost), 1);
+    }
+
+    /// On a server that prefers quality, a score just below a boundary
+    /// was routed above it: calibration reads the history that way, so it
+    /// moves a boundary no further than the evidence needs, and a call
+    /// already above is not counted as moved.
+    #[test]
+    fn a_quality_server_is_calibrated_by_its_own_rule() {
+        assert_eq!(effective_tier(T, 0.48, Preference::Quality), 2);
+        assert_eq!(effective_tier(T, 0.51, Preference::Quality), 2);
+        assert_eq!(effective_tier(T, 0.46, Preference::Quality), 1);
+        // Bad answers from the cheap tier at 0.46: "at least medium".
+        let h: Vec<HistoryCall> = (0..4).map(|_| call(0.46, "cheap", None, Some(1))).collect();
+        let cost = propose(&h, T, Preference::Cost, &flat);
+        let quality = propose(&h, T, Preference::Quality, &flat);
+        // For cost, 0.46 is above a boundary only at 0.43 or lower; for
+        // quality, below 0.49 suffices.
+        assert!(cost.proposed[1] <= 0.43 + 1e-9, "{:?}", cost.proposed);
+        assert!(
+            quality.proposed[1] > 0.46 && quality.proposed[1] < 0.49,
+            "{:?}",
+            quality.proposed
+        );
+        assert_eq!(
+            effective_tier(quality.proposed, 0.46, Preference::Quality),
+            2
+        );
+        // A quality-routed call already in medium (0.48) does not move when
+        // the boundary comes down to 0.47.
+        let h = vec![call(0.48, "medium", None, None)];
+        let e = cost_effect(&h, T, [0.25, 0.47, 0.75], Preference::Quality, &flat);
+        assert_eq!((e.calls_up, e.calls_down), (0, 0));
     }
 
     #[test]
@@ -394,7 +445,7 @@ mod tests {
             call(0.2, "free", None, None),
             call(0.6, "medium", None, None),
         ];
-        let p = propose(&h, T, &flat);
+        let p = propose(&h, T, Preference::Cost, &flat);
         assert!(!p.changed);
         assert_eq!(p.proposed, T);
         assert_eq!(p.cost.delta_usd, 0.0);
@@ -411,14 +462,14 @@ mod tests {
             call(0.10, "medium", Some("tier"), None),
             call(0.11, "medium", Some("tier"), None),
         ];
-        let p = propose(&h, T, &flat);
+        let p = propose(&h, T, Preference::Cost, &flat);
         assert!(p.changed, "{:?}", p.proposed);
-        let sig = signals(&h, T, &mut Evidence::default());
+        let sig = signals(&h, T, Preference::Cost, &mut Evidence::default());
         for (k, b) in p.boundaries.iter().enumerate() {
             assert_eq!(b.proposed, p.proposed[k]);
             assert_eq!(
                 b.violations_proposed,
-                violations(&constraints(&sig, k), p.proposed[k]),
+                violations(&constraints(&sig, k), p.proposed[k], Preference::Cost),
                 "{} at {:?}",
                 b.boundary,
                 p.proposed
@@ -439,16 +490,16 @@ mod tests {
             .map(|i| call(f64::from(i) / 1000.0, "cheap", None, None))
             .collect();
         h.extend(overrides.clone());
-        let p = propose(&h, T, &flat);
+        let p = propose(&h, T, Preference::Cost, &flat);
         assert!(!p.changed, "{:?}", p.proposed);
         let few = [overrides.to_vec(), vec![call(0.5, "cheap", None, None)]].concat();
-        assert!(propose(&few, T, &flat).changed);
+        assert!(propose(&few, T, Preference::Cost, &flat).changed);
     }
 
     #[test]
     fn one_bad_rating_is_not_enough() {
         let h = vec![call(0.20, "free", None, Some(1))];
-        assert!(!propose(&h, T, &flat).changed);
+        assert!(!propose(&h, T, Preference::Cost, &flat).changed);
     }
 
     #[test]
@@ -460,7 +511,7 @@ mod tests {
             call(0.05, "free", None, Some(5)),
             call(0.10, "free", None, None),
         ];
-        let p = propose(&h, T, &flat);
+        let p = propose(&h, T, Preference::Cost, &flat);
         assert!(p.changed);
         // All three bad answers must now reach the cheap tier (beyond the
         // unsure margin); the good one at 0.05 stays free.
@@ -491,7 +542,7 @@ mod tests {
             call(0.22, "free", None, Some(1)),
         ];
         h.push(call(0.21, "free", Some("provider"), None));
-        let p = propose(&h, T, &flat);
+        let p = propose(&h, T, Preference::Cost, &flat);
         assert!(p.changed);
         assert_eq!(p.cost.calls_up, 4, "{:?}", p.cost);
         assert!((p.cost.projected_usd - 0.008).abs() < 1e-12, "{:?}", p.cost);
@@ -505,7 +556,7 @@ mod tests {
             call(0.82, "medium", Some("model"), None),
             call(0.81, "premium", None, None),
         ];
-        let p = propose(&h, T, &flat);
+        let p = propose(&h, T, Preference::Cost, &flat);
         assert!(p.changed);
         assert!(p.proposed[2] + UNSURE_MARGIN > 0.85, "{:?}", p.proposed);
         assert_eq!(p.evidence.overrides_down, 3);
@@ -519,10 +570,10 @@ mod tests {
     #[test]
     fn one_call_rated_and_forced_moves_nothing() {
         let h = vec![call(0.6, "free", Some("tier"), Some(5))];
-        let p = propose(&h, T, &flat);
+        let p = propose(&h, T, Preference::Cost, &flat);
         assert!(!p.changed, "{:?}", p.proposed);
         let h = vec![call(0.10, "medium", Some("tier"), Some(1))];
-        let p = propose(&h, T, &flat);
+        let p = propose(&h, T, Preference::Cost, &flat);
         assert!(!p.changed, "{:?}", p.proposed);
     }
 
@@ -534,7 +585,7 @@ mod tests {
             .iter()
             .map(|s| call(*s, "medium", Some("tier"), None))
             .collect();
-        let p = propose(&h, T, &flat);
+        let p = propose(&h, T, Preference::Cost, &flat);
         assert!(p.changed);
         for k in 0..2 {
             assert!(
@@ -556,7 +607,7 @@ mod tests {
                 p.proposed[tier - 1] + UNSURE_MARGIN
             };
             assert_eq!(
-                effective_tier(p.proposed, lo + 0.001),
+                effective_tier(p.proposed, lo + 0.001, Preference::Cost),
                 tier,
                 "{:?}",
                 p.proposed
@@ -575,7 +626,7 @@ mod tests {
             [0.333, 0.5, 0.75],
             [0.0, 0.5, 1.0],
         ] {
-            let p = propose(&[], t, &flat);
+            let p = propose(&[], t, Preference::Cost, &flat);
             assert!(!p.changed, "{t:?} -> {:?}", p.proposed);
             assert_eq!(p.proposed, t);
         }
@@ -591,7 +642,7 @@ mod tests {
             .iter()
             .map(|s| call(*s, "cheap", Some("tier"), None))
             .collect();
-        let p = propose(&h, T, &flat);
+        let p = propose(&h, T, Preference::Cost, &flat);
         assert!(p.changed, "{:?}", p.proposed);
         assert!(p.proposed[1] > 0.7, "{:?}", p.proposed);
         assert!(p.proposed[2] > T[2], "{:?}", p.proposed);

@@ -129,9 +129,13 @@ pub(crate) fn scored_tier_index(t: [f64; 3], score: f64) -> (usize, bool) {
 
 /// Whether `score`, in tier `idx` under boundaries `t`, is within
 /// [`UNSURE_MARGIN`] below the boundary above it, with the tier above
-/// switched on: where a caller who prefers quality steps up.
+/// switched on: where a caller who prefers quality steps up. The mirror of
+/// the unsure rule in [`scored_tier_index`]: the same strict margin, and a
+/// tier is off when its band is empty (premium's when its boundary is 1.0,
+/// as free's is when its boundary is 0.0).
 pub(crate) fn near_tier_above(t: [f64; 3], idx: usize, score: f64) -> bool {
-    idx < 3 && t[idx] - score <= UNSURE_MARGIN && (idx == 2 || t[idx + 1] > t[idx])
+    let above_open = |j: usize| (if j == 2 { 1.0 } else { t[j + 1] }) > t[j];
+    idx < 3 && t[idx] - score < UNSURE_MARGIN && above_open(idx)
 }
 
 /// The model an "always premium" user would call; savings are measured
@@ -156,6 +160,10 @@ pub fn default_models(tier: Tier) -> &'static [&'static str] {
             "gemini/gemini-2.5-flash-lite",
             "deepseek/deepseek-v3.2",
             "cerebras/gpt-oss-120b",
+            // Priced like the cheap tier, though it is a medium model:
+            // without it here, a cheaper tier could cost more than medium
+            // (`a_cheaper_tier_never_costs_more`).
+            "anthropic/claude-haiku-5-5",
             // OpenRouter's gemini-2.5-flash-lite was retired 2026-10-20.
             "openrouter/openai/gpt-oss-120b",
         ],
@@ -741,7 +749,12 @@ impl Router {
             Tier::ALL.len()
         };
         for t in search_order(chosen).into_iter().skip(1).take(neighbours) {
-            if let Some(best) = by_tier.get(&t).and_then(|l| l.first()) {
+            // A model listed in two tiers (Claude Haiku 5.5 is priced as a
+            // cheap one) is tried once: the same model again is no fallback.
+            if let Some(best) = by_tier.get(&t).and_then(|l| {
+                l.iter()
+                    .find(|c| !candidates.iter().any(|x| x.model == c.model))
+            }) {
                 candidates.push(best.clone());
             }
         }
@@ -946,6 +959,63 @@ mod tests {
         Some((format!("{provider}/{family}"), version?))
     }
 
+    /// A tier never costs more than the one above it, whichever providers
+    /// are enabled: "unsure, take the cheaper tier", the budget's
+    /// downgrade mode and a tight `budget_limit` all step down a tier to
+    /// save money, so a stronger tier cheaper than a weaker one would make
+    /// them pay more for a weaker model. Checked on the cheapest enabled
+    /// model of each tier, for short and long prompts.
+    #[test]
+    fn a_cheaper_tier_never_costs_more() {
+        let c = Catalog::bundled();
+        let providers = [
+            ProviderId::Anthropic,
+            ProviderId::Gemini,
+            ProviderId::Cerebras,
+            ProviderId::Deepseek,
+            ProviderId::Openrouter,
+        ];
+        for mask in 1u32..(1 << providers.len()) {
+            let on: Vec<ProviderId> = providers
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, p)| *p)
+                .collect();
+            for input in [100u64, 2_000, 20_000] {
+                let cheapest = |t: Tier| {
+                    default_models(t)
+                        .iter()
+                        .filter_map(|m| c.get(m))
+                        .filter(|p| on.contains(&p.provider))
+                        .map(|p| {
+                            let tokens = (input as f64
+                                * crate::tokens::model_factor(p.provider, &p.id))
+                                as u64;
+                            (p.estimate(tokens, EXPECTED_OUTPUT_TOKENS), p.id)
+                        })
+                        .min_by(|a, b| a.0.total_cmp(&b.0))
+                };
+                let costs: Vec<(Tier, f64, String)> = Tier::ALL
+                    .iter()
+                    .filter_map(|t| cheapest(*t).map(|(cost, id)| (*t, cost, id)))
+                    .collect();
+                for w in costs.windows(2) {
+                    assert!(
+                        w[0].1 <= w[1].1 * 1.000_001,
+                        "with {on:?} and {input} input tokens the {:?} tier's {} (${:.6}) costs more than the {:?} tier's {} (${:.6})",
+                        w[0].0,
+                        w[0].2,
+                        w[0].1,
+                        w[1].0,
+                        w[1].2,
+                        w[1].1
+                    );
+                }
+            }
+        }
+    }
+
     /// When a newer model of the same family and provider costs no more
     /// (input and output) than a default, it belongs in the same tier: the
     /// router cannot pick a model it does not list, and a user would pay
@@ -1063,6 +1133,28 @@ mod tests {
         assert_eq!(closed.routed_tier(0.51, Preference::Cost), Tier::Premium);
         let closed = Router::new([0.25, 0.25, 0.75], &BTreeMap::new());
         assert_eq!(closed.routed_tier(0.24, Preference::Quality), Tier::Free);
+        // Premium is off when its boundary is 1.0: the cost rule steps a
+        // score of 1.0 down, and quality does not step up into it.
+        let no_premium = Router::new([0.25, 0.5, 1.0], &BTreeMap::new());
+        assert_eq!(no_premium.routed_tier(1.0, Preference::Cost), Tier::Medium);
+        assert_eq!(
+            no_premium.routed_tier(0.98, Preference::Quality),
+            Tier::Medium
+        );
+        // The same strict margin as the cost rule, at every boundary: a
+        // score 0.03 or more away is sure either way.
+        for b in DEFAULT_TIER_THRESHOLDS {
+            let below = r.tier_for(b - 0.01).0;
+            assert_eq!(
+                r.routed_tier(b - 0.02, Preference::Quality) as usize,
+                below as usize + 1
+            );
+            assert_eq!(r.routed_tier(b - 0.035, Preference::Quality), below, "{b}");
+            assert_eq!(
+                r.routed_tier(b + 0.035, Preference::Cost) as usize,
+                below as usize + 1
+            );
+        }
         assert_eq!(Preference::parse(" Quality "), Some(Preference::Quality));
         assert_eq!(Preference::parse("fast"), None);
     }
@@ -1243,12 +1335,31 @@ mod tests {
         );
     }
 
+    /// A model in two tiers is on the try list once.
+    #[test]
+    fn a_model_in_two_tiers_is_tried_once() {
+        let reg = registry(&[ProviderId::Anthropic, ProviderId::Deepseek]);
+        for prompt in [
+            "hi",
+            "Write a Python function that parses ISO 8601 durations.",
+        ] {
+            let plan = plan_of(&req(prompt), &reg).unwrap();
+            let mut models: Vec<&str> = plan.candidates.iter().map(|c| c.model.as_str()).collect();
+            let n = models.len();
+            models.sort();
+            models.dedup();
+            assert_eq!(models.len(), n, "{:?}", plan.candidates);
+            assert!(models.contains(&"anthropic/claude-haiku-5-5"), "{models:?}");
+        }
+    }
+
     #[test]
     fn missing_tier_moves_up_then_down() {
+        // Anthropic's cheapest default (Claude Haiku 5.5) is a cheap model.
         let reg = registry(&[ProviderId::Anthropic]);
         let plan = plan_of(&req("hi"), &reg).unwrap();
         assert_eq!(plan.scored_tier, Tier::Free);
-        assert_eq!(plan.tier, Tier::Medium);
+        assert_eq!(plan.tier, Tier::Cheap);
         assert!(
             plan.notes
                 .iter()
