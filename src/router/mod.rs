@@ -570,6 +570,23 @@ impl Router {
             ));
         }
 
+        // Stepping down a tier is meant to save money; with tier lists
+        // where the lower tier's cheapest usable model costs more than the
+        // upper one's (custom tiers, or a catalog refresh), it would not:
+        // the expected costs of the two tiers' models as a call would land
+        // on them (the nearest tier with one), when the lower one's is the
+        // dearer.
+        let landing_cost = |t: Tier| {
+            search_order(t)
+                .into_iter()
+                .find_map(|x| by_tier.get(&x).and_then(|l| l.first()))
+                .map(|c| c.estimated_cost_usd)
+        };
+        let dearer_below =
+            |lower: Tier, upper: Tier| match (landing_cost(lower), landing_cost(upper)) {
+                (Some(lo), Some(hi)) if lo > hi => Some((lo, hi)),
+                _ => None,
+            };
         let mut target = scored_tier;
         notes.push(format!(
             "Complexity {:.2} points to the {scored_tier} tier (boundaries {:.2}/{:.2}/{:.2}).",
@@ -590,16 +607,36 @@ impl Router {
                 ));
             }
         } else if unsure {
-            target = Tier::ALL[target.index() - 1];
-            notes.push(format!(
-                "The score is within {UNSURE_MARGIN} of the boundary, so the cheaper {target} tier is used."
-            ));
+            let lower = Tier::ALL[target.index() - 1];
+            match dearer_below(lower, target) {
+                Some((lo, hi)) => notes.push(format!(
+                    "The score is within {UNSURE_MARGIN} of the boundary, but the {lower} tier's cheapest model costs more here (~{} against ~{}), so the {target} tier is kept.",
+                    render::usd(lo),
+                    render::usd(hi)
+                )),
+                None => {
+                    target = lower;
+                    notes.push(format!(
+                        "The score is within {UNSURE_MARGIN} of the boundary, so the cheaper {target} tier is used."
+                    ));
+                }
+            }
         }
         if req.downgrade && req.tier.is_none() && target > Tier::Free {
-            target = Tier::ALL[target.index() - 1];
-            notes.push(format!(
-                "Budget threshold passed in downgrade mode: using the cheaper {target} tier."
-            ));
+            let lower = Tier::ALL[target.index() - 1];
+            match dearer_below(lower, target) {
+                Some((lo, hi)) => notes.push(format!(
+                    "Budget threshold passed in downgrade mode, but the {lower} tier's cheapest model costs more here (~{} against ~{}): the {target} tier is kept.",
+                    render::usd(lo),
+                    render::usd(hi)
+                )),
+                None => {
+                    target = lower;
+                    notes.push(format!(
+                        "Budget threshold passed in downgrade mode: using the cheaper {target} tier."
+                    ));
+                }
+            }
         }
 
         // Nearest tier with a usable model: same, then stronger, then cheaper.
@@ -1333,6 +1370,56 @@ mod tests {
                 .iter()
                 .any(|c| c.provider == ProviderId::Gemini)
         );
+    }
+
+    /// An unsure score, or the downgrade mode, steps down a tier only when
+    /// that saves money: with custom tiers whose cheap model costs more
+    /// than the medium one, the medium tier is kept, and the note says why.
+    #[test]
+    fn stepping_down_a_tier_must_be_cheaper() {
+        let prompt = "Explain how a hash map handles collisions.";
+        let v = scorer::score(prompt).value;
+        // The score just above the cheap|medium boundary: unsure.
+        let t = [0.01, v - 0.01, 0.99];
+        let inverted = BTreeMap::from([
+            (Tier::Cheap, vec!["anthropic/claude-sonnet-4-6".to_string()]),
+            (Tier::Medium, vec!["deepseek/deepseek-v3.2".to_string()]),
+        ]);
+        let reg = registry(&[ProviderId::Anthropic, ProviderId::Deepseek]);
+        let plan = |tiers: &BTreeMap<Tier, Vec<String>>, downgrade: bool, score_t: [f64; 3]| {
+            let mut rq = req(prompt);
+            rq.downgrade = downgrade;
+            Router::new(score_t, tiers)
+                .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+                .unwrap()
+        };
+        let p = plan(&inverted, false, t);
+        assert_eq!(p.scored_tier, Tier::Medium);
+        assert_eq!(p.tier, Tier::Medium, "{:?}", p.notes);
+        assert!(
+            p.notes.iter().any(|n| n.contains("costs more here")),
+            "{:?}",
+            p.notes
+        );
+        // Downgrade mode, score well inside medium: kept too.
+        let sure = [0.01, v - 0.1, 0.99];
+        let p = plan(&inverted, true, sure);
+        assert_eq!(p.tier, Tier::Medium, "{:?}", p.notes);
+        assert!(
+            p.notes.iter().any(|n| n.contains("downgrade mode, but")),
+            "{:?}",
+            p.notes
+        );
+        // Tiers in price order step down as before.
+        let ordered = BTreeMap::from([
+            (Tier::Cheap, vec!["deepseek/deepseek-v3.2".to_string()]),
+            (
+                Tier::Medium,
+                vec!["anthropic/claude-sonnet-4-6".to_string()],
+            ),
+        ]);
+        assert_eq!(plan(&ordered, false, t).tier, Tier::Cheap);
+        assert_eq!(plan(&ordered, true, sure).tier, Tier::Cheap);
     }
 
     /// A model in two tiers is on the try list once.
