@@ -177,6 +177,26 @@ def cpt(scores, strong, weak, x: float, weights=None) -> float:
     return _first_crossing(shares, pgrs, x)
 
 
+def operating_point(routed_strong: Sequence[bool], strong, weak) -> Dict[str, float]:
+    """One fixed routing (no sweep): each prompt goes to the strong model or not.
+
+    Returns the strong-call share, the mean quality, the performance gap recovered
+    ((quality - weak mean) / (strong mean - weak mean)) and the quality as a fraction
+    of the strong model's mean.
+    """
+    n = len(routed_strong)
+    if n == 0 or n != len(strong) or n != len(weak):
+        raise ValueError("routed_strong, strong and weak must be non-empty and of one length")
+    s_mean, w_mean = sum(strong) / n, sum(weak) / n
+    quality = sum(s if r else w for r, s, w in zip(routed_strong, strong, weak)) / n
+    return {
+        "share": sum(1 for r in routed_strong if r) / n,
+        "quality": quality,
+        "pgr": (quality - w_mean) / (s_mean - w_mean),
+        "of_strong": quality / s_mean,
+    }
+
+
 def oracle_scores(strong, weak) -> List[float]:
     """The oracle router: the true per-prompt gain of the strong model."""
     return [s - w for s, w in zip(strong, weak)]

@@ -25,6 +25,35 @@ class SplitHash(unittest.TestCase):
             self.assertEqual(rm.is_train(s), rm.fnv1a64(s) % 2 == 0)
 
 
+class OperatingPoint(unittest.TestCase):
+    # Four prompts: gains 1, 0, 1, -1 (strong 1,1,1,0; weak 0,1,0,1).
+    # strong mean 0.75, weak mean 0.5, gap 0.25.
+    strong = [1.0, 1.0, 1.0, 0.0]
+    weak = [0.0, 1.0, 0.0, 1.0]
+
+    def test_hand_computed(self):
+        # Strong for the first two: quality (1 + 1 + 0 + 1) / 4 = 0.75.
+        p = rm.operating_point([True, True, False, False], self.strong, self.weak)
+        self.assertAlmostEqual(p["share"], 0.5)
+        self.assertAlmostEqual(p["quality"], 0.75)
+        self.assertAlmostEqual(p["pgr"], 1.0)
+        self.assertAlmostEqual(p["of_strong"], 1.0)
+        # Strong only for the last (where it loses): (0 + 1 + 0 + 0) / 4.
+        p = rm.operating_point([False, False, False, True], self.strong, self.weak)
+        self.assertAlmostEqual(p["share"], 0.25)
+        self.assertAlmostEqual(p["quality"], 0.25)
+        self.assertAlmostEqual(p["pgr"], -1.0)
+        self.assertAlmostEqual(p["of_strong"], 1 / 3)
+
+    def test_all_or_nothing_match_the_models(self):
+        for routed, pgr in (([False] * 4, 0.0), ([True] * 4, 1.0)):
+            self.assertAlmostEqual(rm.operating_point(routed, self.strong, self.weak)["pgr"], pgr)
+
+    def test_mismatched_lengths_are_refused(self):
+        with self.assertRaises(ValueError):
+            rm.operating_point([True], self.strong, self.weak)
+
+
 class TwoPrompts(unittest.TestCase):
     # A: strong 1, weak 0 (gain 1); B: strong 1, weak 1 (gain 0).
     # strong mean 1, weak mean 0.5, gap 0.5.
