@@ -570,23 +570,37 @@ impl Router {
             ));
         }
 
-        // Stepping down a tier is meant to save money; with tier lists
-        // where the lower tier's cheapest usable model costs more than the
-        // upper one's (custom tiers, or a catalog refresh), it would not:
-        // the expected costs of the two tiers' models as a call would land
-        // on them (the nearest tier with one), when the lower one's is the
-        // dearer.
+        // Stepping down a tier (an unsure score, the downgrade mode) is
+        // meant to save money; with tier lists where the lower tier's
+        // cheapest usable model costs more than the upper one's (custom
+        // tiers, or a catalog refresh) it would not, so it is not done.
+        // A tier's cost is that of its cheapest model where a call routed
+        // to it lands (the nearest tier with a usable model).
         let landing_cost = |t: Tier| {
             search_order(t)
                 .into_iter()
                 .find_map(|x| by_tier.get(&x).and_then(|l| l.first()))
                 .map(|c| c.estimated_cost_usd)
         };
-        let dearer_below =
-            |lower: Tier, upper: Tier| match (landing_cost(lower), landing_cost(upper)) {
-                (Some(lo), Some(hi)) if lo > hi => Some((lo, hi)),
-                _ => None,
-            };
+        // One tier cheaper than `from`, unless that costs more here; the
+        // note says which, after `why`.
+        let step_down = |from: Tier, why: &str, notes: &mut Vec<String>| {
+            let lower = Tier::ALL[from.index() - 1];
+            match (landing_cost(lower), landing_cost(from)) {
+                (Some(lo), Some(hi)) if lo > hi => {
+                    notes.push(format!(
+                        "{why}, but the {lower} tier's cheapest model costs more here (~{} against ~{}), so the {from} tier is kept.",
+                        render::usd(lo),
+                        render::usd(hi)
+                    ));
+                    from
+                }
+                _ => {
+                    notes.push(format!("{why}, so the cheaper {lower} tier is used."));
+                    lower
+                }
+            }
+        };
         let mut target = scored_tier;
         notes.push(format!(
             "Complexity {:.2} points to the {scored_tier} tier (boundaries {:.2}/{:.2}/{:.2}).",
@@ -607,36 +621,15 @@ impl Router {
                 ));
             }
         } else if unsure {
-            let lower = Tier::ALL[target.index() - 1];
-            match dearer_below(lower, target) {
-                Some((lo, hi)) => notes.push(format!(
-                    "The score is within {UNSURE_MARGIN} of the boundary, but the {lower} tier's cheapest model costs more here (~{} against ~{}), so the {target} tier is kept.",
-                    render::usd(lo),
-                    render::usd(hi)
-                )),
-                None => {
-                    target = lower;
-                    notes.push(format!(
-                        "The score is within {UNSURE_MARGIN} of the boundary, so the cheaper {target} tier is used."
-                    ));
-                }
-            }
+            let why = format!("The score is within {UNSURE_MARGIN} of the boundary");
+            target = step_down(target, &why, &mut notes);
         }
         if req.downgrade && req.tier.is_none() && target > Tier::Free {
-            let lower = Tier::ALL[target.index() - 1];
-            match dearer_below(lower, target) {
-                Some((lo, hi)) => notes.push(format!(
-                    "Budget threshold passed in downgrade mode, but the {lower} tier's cheapest model costs more here (~{} against ~{}): the {target} tier is kept.",
-                    render::usd(lo),
-                    render::usd(hi)
-                )),
-                None => {
-                    target = lower;
-                    notes.push(format!(
-                        "Budget threshold passed in downgrade mode: using the cheaper {target} tier."
-                    ));
-                }
-            }
+            target = step_down(
+                target,
+                "Budget threshold passed in downgrade mode",
+                &mut notes,
+            );
         }
 
         // Nearest tier with a usable model: same, then stronger, then cheaper.
