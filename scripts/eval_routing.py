@@ -183,22 +183,36 @@ def routed_tiers(cmd, rows, timeout, prefer):
     figures do not depend on the machine's settings."""
     import tempfile
     with tempfile.TemporaryDirectory() as data_dir:
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "HOME": data_dir,
+        # The caller's environment (a scorer run through `cargo run` or a
+        # virtualenv needs it) without what enables a provider or changes
+        # routing: every provider key, OLLAMA_HOST and COST_OPTIMIZER_*.
+        keys = ("ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "CEREBRAS_API_KEY",
+                "DEEPSEEK_API_KEY", "OPENROUTER_API_KEY", "HF_TOKEN", "HUGGINGFACE_API_KEY",
+                "CARTESIA_API_KEY", "OLLAMA_HOST")
+        env = {k: v for k, v in os.environ.items()
+               if k not in keys and not k.startswith("COST_OPTIMIZER_")}
+        empty_config = os.path.join(data_dir, "empty.toml")
+        open(empty_config, "w").close()
+        env.update({
             "COST_OPTIMIZER_DATA_DIR": data_dir,
-            "COST_OPTIMIZER_CONFIG": "",
+            "COST_OPTIMIZER_CONFIG": empty_config,
             "COST_OPTIMIZER_OLLAMA_PROBE": "0",
             "COST_OPTIMIZER_PREFER": prefer,
-        }
+        })
         tiers = {}
         run_scorer(cmd, rows, timeout, env=env, tiers=tiers)
     return tiers
 
 
 def operating_point_section(rows, cmd, timeout):
-    """Strong-call share and quality at the shipped tier boundaries, for each `prefer`."""
+    """Strong-call share and quality at the shipped tier boundaries, for each `prefer`.
+    Empty when the scorer does not print each line's tier (only ours does)."""
     by_pref = {p: routed_tiers(cmd, rows, timeout, p) for p in ("cost", "quality")}
+    known = ("free", "cheap", "medium", "premium")
+    if any(t.get(str(r["id"])) not in known for t in by_pref.values() for r in rows):
+        print("no operating-point section: the scorer does not print a tier for every line",
+              file=sys.stderr)
+        return ""
     out = ["\n## At the shipped tier boundaries: `prefer` cost or quality\n",
            "The sweep above ranks prompts; a running server routes at fixed boundaries (0.25 / 0.5 / "
            "0.75), and a score within 0.03 of one goes to the cheaper tier (`prefer = \"cost\"`, the "
@@ -215,7 +229,10 @@ def operating_point_section(rows, cmd, timeout):
         for pref, tiers in by_pref.items():
             t = [tiers[str(r["id"])] for r in sub]
             mix = " / ".join(f"{100 * t.count(x) / len(t):.0f}%" for x in ("free", "cheap", "medium", "premium"))
-            p = rm.operating_point([x in STRONG_TIERS for x in t], strong, weak)
+            try:
+                p = rm.operating_point([x in STRONG_TIERS for x in t], strong, weak)
+            except ZeroDivisionError:
+                continue  # strong and weak means equal: no gap to recover
             out.append(f"| {bench} | {pref} | {mix} | {fmt(p['share'], True)} | {fmt(p['pgr'], True)} | "
                        f"{fmt(p['of_strong'], True)} |")
     return "\n".join(out) + "\n"

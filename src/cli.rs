@@ -729,8 +729,11 @@ struct ScoreIn {
 struct ScoreOut<'a> {
     id: &'a serde_json::Value,
     score: f64,
-    /// The tier routing would use: the scored one, or one cheaper when
-    /// the score is within the unsure margin of its boundary.
+    /// The tier routing would use: the scored one, or the neighbour the
+    /// unsure margin sends it to under the configured `prefer` (cheaper
+    /// for `cost`, stronger for `quality`). Routing a real call also skips
+    /// a step down that would cost more (custom tiers whose cheaper tier
+    /// is dearer), which this does not price.
     tier: &'static str,
     /// The model routing would try first for a typical short prompt in
     /// that tier (`null` when the tier lists none).

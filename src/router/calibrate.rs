@@ -432,11 +432,16 @@ mod tests {
             effective_tier(quality.proposed, 0.46, Preference::Quality),
             2
         );
-        // A quality-routed call already in medium (0.48) does not move when
-        // the boundary comes down to 0.47.
+        // A call at 0.48 was routed to medium on a quality server (0.02
+        // below the boundary) and to cheap on a cost one: raising the
+        // boundary to 0.52 moves it down only on the quality server.
         let h = vec![call(0.48, "medium", None, None)];
-        let e = cost_effect(&h, T, [0.25, 0.47, 0.75], Preference::Quality, &flat);
-        assert_eq!((e.calls_up, e.calls_down), (0, 0));
+        let moved = |prefer| {
+            let e = cost_effect(&h, T, [0.25, 0.52, 0.75], prefer, &flat);
+            (e.calls_up, e.calls_down)
+        };
+        assert_eq!(moved(Preference::Quality), (0, 1));
+        assert_eq!(moved(Preference::Cost), (0, 0));
     }
 
     #[test]

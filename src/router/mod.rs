@@ -404,11 +404,24 @@ impl Router {
         self.tiers.get(&tier).map(|v| v.as_slice()).unwrap_or(&[])
     }
 
-    /// The tier whose list contains `model`, if any.
+    /// The tier whose list contains `model`, if any (the cheapest of them
+    /// when several do).
     pub fn tier_of(&self, model: &str) -> Option<Tier> {
         Tier::ALL
             .into_iter()
             .find(|t| self.models(*t).iter().any(|m| m == model))
+    }
+
+    /// Of the tiers whose lists contain `model`, the one nearest `around`
+    /// (the cheaper on a tie). A forced model in two tiers (Claude Haiku 5.5
+    /// is in cheap and medium) is recorded under the one routing would have
+    /// used, so calibration does not read a medium prompt forced to the
+    /// medium tier's own model as an override down to cheap.
+    pub fn tier_of_near(&self, model: &str, around: Tier) -> Option<Tier> {
+        Tier::ALL
+            .into_iter()
+            .filter(|t| self.models(*t).iter().any(|m| m == model))
+            .min_by_key(|t| (t.index().abs_diff(around.index()), t.index()))
     }
 
     /// Decides which models to call for `req`, in order.
@@ -468,7 +481,7 @@ impl Router {
             // is a contradiction: refused, rather than answered by the model
             // and recorded under a tier it is not in (calibration would
             // read that as the caller overriding the router).
-            let model_tier = self.tier_of(model);
+            let model_tier = self.tier_of_near(model, self.routed_tier(score.value, req.prefer));
             // A model listed in several tiers may be forced with any of them.
             if let Some(t) = req.tier
                 && !self.models(t).iter().any(|m| m == model)
@@ -1413,6 +1426,45 @@ mod tests {
         ]);
         assert_eq!(plan(&ordered, false, t).tier, Tier::Cheap);
         assert_eq!(plan(&ordered, true, sure).tier, Tier::Cheap);
+    }
+
+    /// A forced model listed in two tiers is recorded under the one
+    /// nearest the tier routing would have used.
+    #[test]
+    fn a_forced_model_in_two_tiers_takes_the_nearer_tier() {
+        let reg = registry(&[ProviderId::Anthropic]);
+        let haiku = "anthropic/claude-haiku-5-5";
+        let r = router();
+        assert_eq!(r.tier_of(haiku), Some(Tier::Cheap));
+        assert_eq!(r.tier_of_near(haiku, Tier::Free), Some(Tier::Cheap));
+        assert_eq!(r.tier_of_near(haiku, Tier::Medium), Some(Tier::Medium));
+        assert_eq!(r.tier_of_near(haiku, Tier::Premium), Some(Tier::Medium));
+        assert_eq!(
+            r.tier_of_near("anthropic/claude-sonnet-5-5", Tier::Free),
+            Some(Tier::Premium)
+        );
+        for (prompt, want) in [
+            ("hi", Tier::Cheap),
+            (
+                "Prove that there are infinitely many primes p such that p + 2 is also prime, \
+                 or explain precisely why this is open, then derive the Hardy-Littlewood constant \
+                 step by step with full rigour, covering every case of the sieve argument.",
+                Tier::Medium,
+            ),
+        ] {
+            let mut rq = req(prompt);
+            rq.force_model = Some(haiku.into());
+            let plan = r
+                .plan(&rq, &Catalog::bundled(), &reg, DEFAULT_BASELINE_MODEL)
+                .unwrap();
+            let routed = r.routed_tier(plan.score, Preference::Cost);
+            assert_eq!(
+                plan.tier,
+                r.tier_of_near(haiku, routed).unwrap(),
+                "{prompt}"
+            );
+            assert_eq!(plan.tier, want, "{}", plan.score);
+        }
     }
 
     /// A model in two tiers is on the try list once.
