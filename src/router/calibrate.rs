@@ -66,14 +66,28 @@ pub fn effective_tier(t: [f64; 3], score: f64, prefer: Preference) -> usize {
     }
 }
 
-/// Whether a score counts as routed above boundary `b` (in the tier above
-/// it) under `prefer`, on calibration's grid: with `cost` it must be past
-/// `b` by the unsure margin, with `quality` it may be up to that margin
-/// below `b`.
-fn routed_above(score: f64, b: f64, prefer: Preference) -> bool {
+/// The boundaries on either side of boundary `k` under `t` (0.0 and 1.0
+/// past the ends): the tiers next to boundary `k` are switched on when
+/// their bands, `(lo, b)` and `(b, hi)`, are not empty.
+fn neighbours(t: [f64; 3], k: usize) -> (f64, f64) {
+    (
+        if k == 0 { 0.0 } else { t[k - 1] },
+        if k == 2 { 1.0 } else { t[k + 1] },
+    )
+}
+
+/// Whether a score counts as routed above boundary `b` (in a tier above
+/// it) under `prefer`, on calibration's grid, with `(lo, hi)` the
+/// boundaries beside it: past `b`, except that `cost` steps a score less
+/// than the unsure margin above `b` down, and `quality` steps one less
+/// than the margin below `b` up, each only between two switched-on tiers
+/// (as routing does: [`super::scored_tier_index`],
+/// [`super::near_tier_above`]).
+fn routed_above(score: f64, b: f64, (lo, hi): (f64, f64), prefer: Preference) -> bool {
+    let both_open = b > lo && hi > b;
     match prefer {
-        Preference::Cost => score >= b + UNSURE_MARGIN - 1e-12,
-        Preference::Quality => score > b - UNSURE_MARGIN + 1e-12,
+        Preference::Cost => score >= b && (score >= b + UNSURE_MARGIN - 1e-12 || !both_open),
+        Preference::Quality => score >= b || (score > b - UNSURE_MARGIN + 1e-12 && both_open),
     }
 }
 
@@ -210,9 +224,9 @@ fn constraints(sig: &[(f64, Want)], k: usize) -> Vec<(f64, bool)> {
         .collect()
 }
 
-fn violations(cons: &[(f64, bool)], b: f64, prefer: Preference) -> usize {
+fn violations(cons: &[(f64, bool)], b: f64, beside: (f64, f64), prefer: Preference) -> usize {
     cons.iter()
-        .filter(|&&(s, above)| routed_above(s, b, prefer) != above)
+        .filter(|&&(s, above)| routed_above(s, b, beside, prefer) != above)
         .count()
 }
 
@@ -235,11 +249,12 @@ pub fn propose(
     let mut boundaries = Vec::with_capacity(3);
     for (k, slot) in proposed.iter_mut().enumerate() {
         let cons = constraints(&sig, k);
-        let now = violations(&cons, current[k], prefer);
+        let beside = neighbours(current, k);
+        let now = violations(&cons, current[k], beside, prefer);
         let mut best = (now, current[k]);
         for step in 1..100 {
             let b = f64::from(step) / 100.0;
-            let v = violations(&cons, b, prefer);
+            let v = violations(&cons, b, beside, prefer);
             let closer = (b - current[k]).abs() < (best.1 - current[k]).abs();
             if v < best.0 || (v == best.0 && closer) {
                 best = (v, b);
@@ -249,7 +264,7 @@ pub fn propose(
         // two overrides must not send a thousand unrated calls to another
         // tier (unrated calls are no evidence either way, so they cannot
         // defend the boundary themselves).
-        let above = |score: f64, b: f64| routed_above(score, b, prefer);
+        let above = |score: f64, b: f64| routed_above(score, b, beside, prefer);
         let moved = history
             .iter()
             .filter(|c| above(c.score, current[k]) != above(c.score, best.1))
@@ -263,7 +278,7 @@ pub fn propose(
             current: current[k],
             proposed: *slot,
             violations_current: now,
-            violations_proposed: violations(&cons, *slot, prefer),
+            violations_proposed: violations(&cons, *slot, beside, prefer),
             signals: cons.len(),
         });
     }
@@ -314,7 +329,8 @@ pub fn propose(
     // may contradict signals the evidence alone would have satisfied.
     for (k, (b, p)) in boundaries.iter_mut().zip(proposed).enumerate() {
         b.proposed = p;
-        b.violations_proposed = violations(&constraints(&sig, k), p, prefer);
+        b.violations_proposed =
+            violations(&constraints(&sig, k), p, neighbours(proposed, k), prefer);
     }
     let changed = proposed != current;
     let cost = cost_effect(history, current, proposed, prefer, price);
@@ -444,6 +460,40 @@ mod tests {
         assert_eq!(moved(Preference::Cost), (0, 0));
     }
 
+    /// Calibration's "routed above" follows routing at switched-off
+    /// tiers: with premium off (its boundary at 1.0), a quality server does
+    /// not send a score of 0.985 to premium, so bad medium answers there
+    /// are evidence against the boundary, which comes down (to where
+    /// quality sends 0.985 to premium).
+    #[test]
+    fn switched_off_tiers_are_read_as_routing_reads_them() {
+        let t = [0.25, 0.5, 1.0];
+        assert_eq!(effective_tier(t, 0.985, Preference::Quality), 2);
+        for (s, b, beside, prefer, above) in [
+            (0.985, 1.0, (0.5, 1.0), Preference::Quality, false),
+            (0.985, 0.75, (0.5, 1.0), Preference::Quality, true),
+            (0.73, 0.75, (0.5, 1.0), Preference::Quality, true),
+            // An empty band above: no step up into it.
+            (0.48, 0.5, (0.25, 0.5), Preference::Quality, false),
+            // An empty band below: no step down into it.
+            (0.51, 0.5, (0.5, 0.75), Preference::Cost, true),
+            (0.51, 0.5, (0.25, 0.75), Preference::Cost, false),
+        ] {
+            assert_eq!(
+                routed_above(s, b, beside, prefer),
+                above,
+                "{s} {b} {beside:?} {prefer}"
+            );
+        }
+        let h: Vec<HistoryCall> = (0..4)
+            .map(|_| call(0.985, "medium", None, Some(1)))
+            .collect();
+        let p = propose(&h, t, Preference::Quality, &flat);
+        // 0.99: premium switched on, and 0.985 within the margin below it.
+        assert!(p.proposed[2] < 1.0, "{:?}", p.proposed);
+        assert_eq!(effective_tier(p.proposed, 0.985, Preference::Quality), 3);
+    }
+
     #[test]
     fn no_evidence_no_change() {
         let h = vec![
@@ -474,7 +524,12 @@ mod tests {
             assert_eq!(b.proposed, p.proposed[k]);
             assert_eq!(
                 b.violations_proposed,
-                violations(&constraints(&sig, k), p.proposed[k], Preference::Cost),
+                violations(
+                    &constraints(&sig, k),
+                    p.proposed[k],
+                    neighbours(p.proposed, k),
+                    Preference::Cost
+                ),
                 "{} at {:?}",
                 b.boundary,
                 p.proposed
