@@ -41,15 +41,14 @@ DATA="$(mktemp -d "${DATA_ROOT:-$WORK}/aco-bench-XXXXXX")"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$DATA" "$WORK"; }
 trap cleanup EXIT
+. scripts/bench-common.sh
 
 "$FAKE_BIN" 127.0.0.1:0 >"$WORK/fake.addr" &
 PIDS+=($!)
-for _ in $(seq 1 100); do [ -s "$WORK/fake.addr" ] && break; sleep 0.05; done
-FAKE="$(head -1 "$WORK/fake.addr")"
+FAKE="$(first_line_of "$WORK/fake.addr")"
 "$BARE_BIN" 127.0.0.1:0 "$FAKE" >"$WORK/bare.addr" &
 PIDS+=($!)
-for _ in $(seq 1 100); do [ -s "$WORK/bare.addr" ] && break; sleep 0.05; done
-BARE="$(head -1 "$WORK/bare.addr")"
+BARE="$(first_line_of "$WORK/bare.addr")"
 
 env -i PATH="$PATH" HOME="$WORK" COST_OPTIMIZER_DATA_DIR="$DATA" COST_OPTIMIZER_CONFIG= \
   COST_OPTIMIZER_OLLAMA_PROBE=0 COST_OPTIMIZER_LOG=warn \
@@ -58,22 +57,11 @@ env -i PATH="$PATH" HOME="$WORK" COST_OPTIMIZER_DATA_DIR="$DATA" COST_OPTIMIZER_
   "$BIN" serve --http 127.0.0.1:0 2>"$WORK/server.log" &
 SERVER_PID=$!
 PIDS+=($SERVER_PID)
-PROXY=""
-for _ in $(seq 1 200); do
-  PROXY="$(grep -o 'listening on http://[0-9.:]*' "$WORK/server.log" | sed 's/listening on //' || true)"
-  [ -n "$PROXY" ] && break
-  sleep 0.05
-done
-[ -n "$PROXY" ] || { cat "$WORK/server.log"; exit 1; }
+PROXY="$(listening_address "$WORK/server.log")"
 
 DELAY_MS=$(( CONNS * 1000 / RATE ))
 THREADS=$(( CONNS < 2 ? CONNS : 2 ))   # wrk needs connections >= threads
-cat >"$WORK/post.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"model":"deepseek/deepseek-v3.2","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":64}'
-function delay() return ${DELAY_MS} end
-LUA
+write_post_lua "$WORK/post.lua" "$DELAY_MS"
 
 # Warm up both (tokenizer, connections, SQLite pages).
 wrk -t1 -c2 -d2s -s "$WORK/post.lua" "$PROXY/v1/chat/completions" >/dev/null
@@ -89,8 +77,7 @@ for us in ${WORK_US:-}; do
   "$BARE_BIN" 127.0.0.1:0 "$FAKE" "$us" >"$WORK/work.addr" &
   WORK_PID=$!
   PIDS+=($WORK_PID)
-  for _ in $(seq 1 100); do [ -s "$WORK/work.addr" ] && break; sleep 0.05; done
-  WORKED="$(head -1 "$WORK/work.addr")"
+  WORKED="$(first_line_of "$WORK/work.addr")"
   wrk -t1 -c2 -d2s -s "$WORK/post.lua" "$WORKED/v1/chat/completions" >/dev/null
   echo "== floor + ${us} us of CPU per request (bare forwarder spinning; compare with the proxy's CPU per request)"
   wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$WORKED/v1/chat/completions"

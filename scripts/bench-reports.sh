@@ -29,6 +29,7 @@ DATA="$WORK/data"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
+. scripts/bench-common.sh
 
 env_run() {
   env -i PATH="$PATH" HOME="$WORK" COST_OPTIMIZER_DATA_DIR="$DATA" COST_OPTIMIZER_CONFIG= \
@@ -42,26 +43,14 @@ python3 scripts/seed_ledger.py --db "$DATA/ledger.sqlite3" --rows "$ROWS" --days
 
 "$FAKE_BIN" 127.0.0.1:0 >"$WORK/fake.addr" &
 PIDS+=($!)
-for _ in $(seq 1 100); do [ -s "$WORK/fake.addr" ] && break; sleep 0.05; done
-FAKE="$(head -1 "$WORK/fake.addr")"
+FAKE="$(first_line_of "$WORK/fake.addr")"
 env_run DEEPSEEK_API_KEY=sk-bench-FAKE-0000000000 DEEPSEEK_BASE_URL="$FAKE" \
   "$BIN" serve --http 127.0.0.1:0 2>"$WORK/server.log" &
 PIDS+=($!)
-PROXY=""
-for _ in $(seq 1 400); do
-  PROXY="$(grep -o 'listening on http://[0-9.:]*' "$WORK/server.log" | sed 's/listening on //' || true)"
-  [ -n "$PROXY" ] && break
-  sleep 0.05
-done
-[ -n "$PROXY" ] || { cat "$WORK/server.log"; exit 1; }
+PROXY="$(listening_address "$WORK/server.log")"
 
 DELAY_MS=$(( CONNS * 1000 / RATE ))
-cat >"$WORK/post.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"model":"deepseek/deepseek-v3.2","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":64}'
-function delay() return ${DELAY_MS} end
-LUA
+write_post_lua "$WORK/post.lua" "$DELAY_MS"
 wrk -t1 -c2 -d2s -s "$WORK/post.lua" "$PROXY/v1/chat/completions" >/dev/null
 
 echo "== calls alone"
