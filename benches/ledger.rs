@@ -51,6 +51,7 @@ fn record(ts_ms: i64, i: u64) -> CallRecord {
         error_kind: None,
         error_message: None,
         forced: None,
+        prefer: Some("cost".into()),
         prompt_sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
         prompt_text: None,
     }

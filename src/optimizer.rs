@@ -1898,6 +1898,7 @@ impl Optimizer {
                     tier: routed_tier(cand).map(|t| t.as_str().to_string()),
                     score: Some(plan.score),
                     forced: forced.map(str::to_string),
+                    prefer: Some(prefer.as_str().to_string()),
                     prompt_sha256: prompt_sha256.clone(),
                     prompt_text: prompt_text.clone(),
                     ..CallRecord::default()

@@ -1878,6 +1878,27 @@ async fn prefer_quality_takes_the_stronger_tier_near_a_boundary() {
         .await;
     assert_eq!(c["tier"], "cheap", "{c}");
     assert_eq!(c["model"], "gemini/gemini-2.5-flash-lite", "{c}");
+    // The ledger keeps the preference that routed each call (calibration
+    // reads a score near a boundary by it): the call's own, or the
+    // server's default.
+    let d = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": prompt, "max_tokens": 50}),
+        )
+        .await;
+    assert_eq!(d["tier"], "free", "{d}");
+    let db = rusqlite::Connection::open(dir.path().join("ledger.sqlite3")).unwrap();
+    let recorded = |id: &Value| -> String {
+        db.query_row(
+            "SELECT prefer FROM calls WHERE request_id = ?1",
+            [id.as_str().unwrap()],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(recorded(&c["request_id"]), "quality");
+    assert_eq!(recorded(&d["request_id"]), "cost");
     let e = s
         .err(
             "get_recommendation",
@@ -1900,6 +1921,13 @@ async fn prefer_quality_takes_the_stronger_tier_near_a_boundary() {
     let s = spawn(dir.path(), &env(vec![near.clone()])).await;
     let r = s.ok("get_recommendation", json!({"prompt": prompt})).await;
     assert_eq!(r["tier"], "cheap", "{r}");
+    let q = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": prompt, "max_tokens": 50}),
+        )
+        .await;
+    assert_eq!(recorded(&q["request_id"]), "quality");
     let r = s
         .ok(
             "get_recommendation",

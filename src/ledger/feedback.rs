@@ -38,6 +38,9 @@ pub struct HistoryCall {
     pub model: String,
     /// What the caller forced: `model`, `provider`, `tier` or nothing.
     pub forced: Option<String>,
+    /// The preference that routed it (`cost` or `quality`); `None` for
+    /// calls recorded before the ledger kept it.
+    pub prefer: Option<String>,
     /// Uncached input tokens.
     pub input_tokens: u64,
     /// Cache-read input tokens.
@@ -150,7 +153,7 @@ impl Ledger {
                 "SELECT c.request_id, c.score, c.tier, c.model, c.forced, c.input_tokens,
                         c.cache_read_tokens, c.cache_write_tokens, c.output_tokens, c.cost_nanos,
                         (SELECT f.rating FROM feedback f WHERE f.request_id = c.request_id
-                         ORDER BY f.ts_ms DESC, f.id DESC LIMIT 1)
+                         ORDER BY f.ts_ms DESC, f.id DESC LIMIT 1), c.prefer
                  FROM calls c
                  WHERE c.outcome = 'ok' AND c.score IS NOT NULL AND c.ts_ms >= ?1
                    AND (?2 IS NULL OR c.user_id = ?2)
@@ -174,6 +177,7 @@ impl Ledger {
                     rating: r
                         .get::<_, Option<i64>>(10)?
                         .and_then(|v| u8::try_from(v).ok()),
+                    prefer: r.get(11)?,
                 })
             })
             .map_err(|e| self.err(e))?;
@@ -240,5 +244,40 @@ mod tests {
         ledger.insert_call(&row("r-2", 1, "x/y", false)).unwrap();
         ledger.insert_call(&row("r-2", 2, "x/z", false)).unwrap();
         assert!(!ledger.feedback_call("r-2").unwrap().unwrap().answered);
+    }
+
+    /// The history gives each answered call its preference and newest
+    /// rating; failed attempts are not history.
+    #[test]
+    fn history_carries_each_calls_preference_and_newest_rating() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("ledger.sqlite")).unwrap();
+        let with = |id: &str, prefer: Option<&str>, ok: bool| CallRecord {
+            prefer: prefer.map(Into::into),
+            ..row(id, 1, "deepseek/m", ok)
+        };
+        ledger
+            .insert_call(&with("q", Some("quality"), true))
+            .unwrap();
+        ledger.insert_call(&with("c", Some("cost"), true)).unwrap();
+        ledger.insert_call(&with("old", None, true)).unwrap();
+        ledger
+            .insert_call(&with("failed", Some("quality"), false))
+            .unwrap();
+        ledger.record_feedback("q", 5, "cli", None, 2_000).unwrap();
+        ledger.record_feedback("q", 1, "cli", None, 3_000).unwrap();
+        let h = ledger.routing_history(None, 0).unwrap();
+        let got: Vec<(&str, Option<&str>, Option<u8>)> = h
+            .iter()
+            .map(|c| (c.request_id.as_str(), c.prefer.as_deref(), c.rating))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("q", Some("quality"), Some(1)),
+                ("c", Some("cost"), None),
+                ("old", None, None)
+            ]
+        );
     }
 }

@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0008_unindexed_reservations.sql"),
     include_str!("migrations/0009_rollup_by_user.sql"),
     include_str!("migrations/0010_priced_token_mix.sql"),
+    include_str!("migrations/0011_call_preference.sql"),
 ];
 
 /// The scope of the global budget, which caps every user together.
@@ -175,6 +176,9 @@ pub struct CallRecord {
     pub error_message: Option<String>,
     /// What the caller forced, if anything.
     pub forced: Option<String>,
+    /// The preference that routed the call (`cost` or `quality`); `None`
+    /// for a call routing did not decide (speech).
+    pub prefer: Option<String>,
     /// SHA-256 of system + prompt.
     pub prompt_sha256: String,
     /// The prompt, only if the user opted in.
@@ -1506,9 +1510,9 @@ fn insert(conn: &Connection, rec: &CallRecord) -> rusqlite::Result<i64> {
         "INSERT INTO calls (ts_ms, user_id, request_id, attempt, provider, model, tier, score,
             input_tokens, cache_read_tokens, cache_write_tokens, output_tokens, reasoning_tokens,
             cost_nanos, cost_source, baseline_cost_nanos, latency_ms, outcome, error_kind,
-            error_message, forced, prompt_sha256, prompt_text)
+            error_message, forced, prompt_sha256, prompt_text, prefer)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-            ?19, ?20, ?21, ?22, ?23)",
+            ?19, ?20, ?21, ?22, ?23, ?24)",
     )?
     .execute(params![
         rec.ts_ms,
@@ -1535,6 +1539,7 @@ fn insert(conn: &Connection, rec: &CallRecord) -> rusqlite::Result<i64> {
         rec.forced,
         rec.prompt_sha256,
         rec.prompt_text,
+        rec.prefer,
     ])?;
     Ok(conn.last_insert_rowid())
 }

@@ -54,9 +54,9 @@ enum Want {
 }
 
 /// The tier a score gets under `t`, including the "unsure" rule of
-/// [`super::Router::routed_tier`] for the server's preference: the cheaper
-/// tier by default, the stronger with `quality` (budget downgrades and a
-/// call's own `prefer` are per-call circumstances and are left out).
+/// [`super::Router::routed_tier`] for the preference that routes it: the
+/// cheaper tier by default, the stronger with `quality` (budget downgrades
+/// are per-call circumstances and are left out).
 pub fn effective_tier(t: [f64; 3], score: f64, prefer: Preference) -> usize {
     match (super::scored_tier_index(t, score), prefer) {
         ((idx, _), Preference::Quality) if super::near_tier_above(t, idx, score) => idx + 1,
@@ -89,6 +89,17 @@ fn routed_above(score: f64, b: f64, (lo, hi): (f64, f64), prefer: Preference) ->
         Preference::Cost => score >= b && (score >= b + UNSURE_MARGIN - 1e-12 || !both_open),
         Preference::Quality => score >= b || (score > b - UNSURE_MARGIN + 1e-12 && both_open),
     }
+}
+
+/// The preference that routed `c`: the one the ledger recorded with it, or
+/// `server`'s for calls recorded before the ledger kept it. A call made
+/// with `prefer: quality` will be again, so it is read, and re-priced, by
+/// that rule whatever the server's default.
+fn preference_of(c: &HistoryCall, server: Preference) -> Preference {
+    c.prefer
+        .as_deref()
+        .and_then(Preference::parse)
+        .unwrap_or(server)
 }
 
 /// How much evidence of each kind the history holds.
@@ -161,19 +172,25 @@ fn tier_index(name: Option<&str>) -> Option<usize> {
     name.and_then(Tier::parse).map(|t| t as usize)
 }
 
-/// The signals in `history` under thresholds `t`, as (score, want).
+/// A user's word on one prompt: its score, what it wants of the tier, and
+/// the preference that routes such calls.
+type Signal = (f64, Want, Preference);
+
+/// The signals in `history` under thresholds `t`; `server` is the
+/// preference of calls recorded without one.
 fn signals(
     history: &[HistoryCall],
     t: [f64; 3],
-    prefer: Preference,
+    server: Preference,
     ev: &mut Evidence,
-) -> Vec<(f64, Want)> {
+) -> Vec<Signal> {
     let mut out = Vec::new();
     for c in history {
         ev.calls += 1;
         let Some(actual) = tier_index(c.tier.as_deref()) else {
             continue;
         };
+        let prefer = preference_of(c, server);
         let scored = effective_tier(t, c.score, prefer);
         let forced_tier = matches!(c.forced.as_deref(), Some("tier" | "model"));
         let up = forced_tier && actual > scored;
@@ -192,20 +209,20 @@ fn signals(
             Some(r) if r <= BAD_AT_MOST => {
                 ev.rated_bad += 1;
                 if actual < 3 {
-                    out.push((c.score, Want::AtLeast(actual + 1)));
+                    out.push((c.score, Want::AtLeast(actual + 1), prefer));
                 }
             }
             Some(r) if r >= GOOD_AT_LEAST => {
                 ev.rated_good += 1;
-                out.push((c.score, Want::AtMost(actual)));
+                out.push((c.score, Want::AtMost(actual), prefer));
                 // Forced up and good: also "at least this tier", on the
                 // boundaries below it, which the rating says nothing of.
                 if up {
-                    out.push((c.score, Want::AtLeast(actual)));
+                    out.push((c.score, Want::AtLeast(actual), prefer));
                 }
             }
-            _ if up => out.push((c.score, Want::AtLeast(actual))),
-            _ if down => out.push((c.score, Want::AtMost(actual))),
+            _ if up => out.push((c.score, Want::AtLeast(actual), prefer)),
+            _ if down => out.push((c.score, Want::AtMost(actual), prefer)),
             _ => {}
         }
     }
@@ -213,20 +230,20 @@ fn signals(
 }
 
 /// Constraints on boundary `k` (between tier k and k+1) as (score, wants
-/// the prompt above the boundary).
-fn constraints(sig: &[(f64, Want)], k: usize) -> Vec<(f64, bool)> {
+/// the prompt above the boundary, the preference routing it).
+fn constraints(sig: &[Signal], k: usize) -> Vec<(f64, bool, Preference)> {
     sig.iter()
-        .filter_map(|&(s, w)| match w {
-            Want::AtLeast(m) if k < m => Some((s, true)),
-            Want::AtMost(m) if k >= m => Some((s, false)),
+        .filter_map(|&(s, w, p)| match w {
+            Want::AtLeast(m) if k < m => Some((s, true, p)),
+            Want::AtMost(m) if k >= m => Some((s, false, p)),
             _ => None,
         })
         .collect()
 }
 
-fn violations(cons: &[(f64, bool)], b: f64, beside: (f64, f64), prefer: Preference) -> usize {
+fn violations(cons: &[(f64, bool, Preference)], b: f64, beside: (f64, f64)) -> usize {
     cons.iter()
-        .filter(|&&(s, above)| routed_above(s, b, beside, prefer) != above)
+        .filter(|&&(s, above, prefer)| routed_above(s, b, beside, prefer) != above)
         .count()
 }
 
@@ -235,8 +252,8 @@ const BOUNDARY_NAMES: [&str; 3] = ["free|cheap", "cheap|medium", "medium|premium
 /// Proposes thresholds from `history`, and re-prices the history under them.
 /// `price(tier, call)` is the cost of the call's recorded usage on the
 /// tier's model, `None` when the tier has no priced model. `prefer` is the
-/// server's preference, which routed every call that did not give its own
-/// (a call's own `prefer` is not recorded).
+/// server's preference, by which calls recorded before the ledger kept each
+/// call's own are read.
 pub fn propose(
     history: &[HistoryCall],
     current: [f64; 3],
@@ -250,11 +267,11 @@ pub fn propose(
     for (k, slot) in proposed.iter_mut().enumerate() {
         let cons = constraints(&sig, k);
         let beside = neighbours(current, k);
-        let now = violations(&cons, current[k], beside, prefer);
+        let now = violations(&cons, current[k], beside);
         let mut best = (now, current[k]);
         for step in 1..100 {
             let b = f64::from(step) / 100.0;
-            let v = violations(&cons, b, beside, prefer);
+            let v = violations(&cons, b, beside);
             let closer = (b - current[k]).abs() < (best.1 - current[k]).abs();
             if v < best.0 || (v == best.0 && closer) {
                 best = (v, b);
@@ -264,10 +281,11 @@ pub fn propose(
         // two overrides must not send a thousand unrated calls to another
         // tier (unrated calls are no evidence either way, so they cannot
         // defend the boundary themselves).
-        let above = |score: f64, b: f64| routed_above(score, b, beside, prefer);
+        let above =
+            |c: &HistoryCall, b: f64| routed_above(c.score, b, beside, preference_of(c, prefer));
         let moved = history
             .iter()
-            .filter(|c| above(c.score, current[k]) != above(c.score, best.1))
+            .filter(|c| above(c, current[k]) != above(c, best.1))
             .count();
         let needed = MIN_EVIDENCE.max(moved.div_ceil(CALLS_PER_SIGNAL));
         if best.0 + needed <= now {
@@ -278,7 +296,7 @@ pub fn propose(
             current: current[k],
             proposed: *slot,
             violations_current: now,
-            violations_proposed: violations(&cons, *slot, beside, prefer),
+            violations_proposed: violations(&cons, *slot, beside),
             signals: cons.len(),
         });
     }
@@ -329,8 +347,7 @@ pub fn propose(
     // may contradict signals the evidence alone would have satisfied.
     for (k, (b, p)) in boundaries.iter_mut().zip(proposed).enumerate() {
         b.proposed = p;
-        b.violations_proposed =
-            violations(&constraints(&sig, k), p, neighbours(proposed, k), prefer);
+        b.violations_proposed = violations(&constraints(&sig, k), p, neighbours(proposed, k));
     }
     let changed = proposed != current;
     let cost = cost_effect(history, current, proposed, prefer, price);
@@ -348,7 +365,7 @@ fn cost_effect(
     history: &[HistoryCall],
     current: [f64; 3],
     proposed: [f64; 3],
-    prefer: Preference,
+    server: Preference,
     price: &dyn Fn(Tier, &HistoryCall) -> Option<f64>,
 ) -> CostEffect {
     let mut e = CostEffect::default();
@@ -358,6 +375,7 @@ fn cost_effect(
         // only to a provider still routes by its score (to that provider's
         // model of the new tier), so it moves with the boundaries.
         let forced = matches!(c.forced.as_deref(), Some("tier" | "model"));
+        let prefer = preference_of(c, server);
         let (a, b) = (
             effective_tier(current, c.score, prefer),
             effective_tier(proposed, c.score, prefer),
@@ -402,6 +420,7 @@ mod tests {
             output_tokens: 100,
             cost_usd: flat(Tier::parse(tier).unwrap(), &HistoryCall::default()).unwrap(),
             rating,
+            prefer: None,
         }
     }
 
@@ -458,6 +477,55 @@ mod tests {
         };
         assert_eq!(moved(Preference::Quality), (0, 1));
         assert_eq!(moved(Preference::Cost), (0, 0));
+    }
+
+    /// Each call is read by the preference recorded with it; the server's
+    /// only fills in for calls recorded before the ledger kept one. The
+    /// same four bad ratings at 0.46 ask for a lower cheap|medium boundary
+    /// on a cost server, but one that stops within quality's margin when
+    /// the calls themselves asked for quality; and a mix is read call by
+    /// call.
+    #[test]
+    fn each_call_is_read_by_its_own_recorded_preference() {
+        let with = |prefer: Option<&str>| {
+            let mut c = call(0.46, "cheap", None, Some(1));
+            c.prefer = prefer.map(Into::into);
+            c
+        };
+        let quality: Vec<HistoryCall> = (0..4).map(|_| with(Some("quality"))).collect();
+        let unrecorded: Vec<HistoryCall> = (0..4).map(|_| with(None)).collect();
+        let cost: Vec<HistoryCall> = (0..4).map(|_| with(Some("cost"))).collect();
+        let on_cost_server = |h: &[HistoryCall]| propose(h, T, Preference::Cost, &flat).proposed;
+        let on_quality_server =
+            |h: &[HistoryCall]| propose(h, T, Preference::Quality, &flat).proposed;
+        // Recorded quality calls: quality's reading, whatever the server's.
+        for p in [on_cost_server(&quality), on_quality_server(&quality)] {
+            assert!(p[1] > 0.46 && p[1] < 0.49, "{p:?}");
+        }
+        // Recorded cost calls: cost's reading, whatever the server's.
+        for p in [on_cost_server(&cost), on_quality_server(&cost)] {
+            assert!(p[1] <= 0.43 + 1e-9, "{p:?}");
+        }
+        // Unrecorded: the server's.
+        assert!(on_cost_server(&unrecorded)[1] <= 0.43 + 1e-9);
+        assert!(on_quality_server(&unrecorded)[1] > 0.46);
+        // The cost effect re-routes each call by its own rule: raising the
+        // boundary to 0.52 moves a quality call at 0.48 (routed to medium)
+        // down, and leaves a cost call at 0.48 (routed to cheap) alone.
+        let mut q = call(0.48, "medium", None, None);
+        q.prefer = Some("quality".into());
+        let mut c = call(0.48, "cheap", None, None);
+        c.prefer = Some("cost".into());
+        for server in [Preference::Cost, Preference::Quality] {
+            let e = cost_effect(
+                &[q.clone(), c.clone()],
+                T,
+                [0.25, 0.52, 0.75],
+                server,
+                &flat,
+            );
+            assert_eq!((e.calls_up, e.calls_down), (0, 1), "{server}");
+        }
     }
 
     /// Calibration's "routed above" follows routing at switched-off
@@ -528,7 +596,6 @@ mod tests {
                     &constraints(&sig, k),
                     p.proposed[k],
                     neighbours(p.proposed, k),
-                    Preference::Cost
                 ),
                 "{} at {:?}",
                 b.boundary,
