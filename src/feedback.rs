@@ -296,7 +296,9 @@ pub fn render_calibration(c: &Calibration) -> String {
         let _ = writeln!(
             s,
             "| {} | {:.2} | {:.2} | {} | {} | {} |",
-            b.boundary,
+            // `free|cheap` as `free / cheap`: a bare pipe would split the
+            // cell, and an escaped one reads badly in a terminal.
+            b.boundary.replace('|', " / "),
             b.current,
             b.proposed,
             b.signals,

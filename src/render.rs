@@ -13,6 +13,11 @@ use crate::router::{Candidate, Reason};
 
 /// Formats a USD amount with enough digits for sub-cent call costs.
 pub fn usd(v: f64) -> String {
+    // Below what the most decimals shown can say: float noise (a projected
+    // total minus a recorded one), not a signed cost ("-$0.000000000000000").
+    if v.abs() < 5e-16 {
+        return "$0".into();
+    }
     if v < 0.0 {
         return format!("-{}", usd(-v));
     }
@@ -742,5 +747,9 @@ mod tests {
         assert_eq!(usd(0.5), "$0.5000");
         assert_eq!(usd(1.5), "$1.50");
         assert_eq!(usd(1234.5), "$1234.50");
+        // Float noise is no cost, signed or not; a real tiny cost still shows.
+        assert_eq!(usd(-1.0e-19), "$0");
+        assert_eq!(usd(0.3 - 0.1 - 0.2), "$0");
+        assert_eq!(usd(2.0e-12), "$0.0000000000020");
     }
 }

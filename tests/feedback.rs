@@ -259,7 +259,7 @@ fn calibrate_proposes_applies_and_recommend_follows() {
     let t = run(dir.path(), &["calibrate"], &keys);
     let t = String::from_utf8_lossy(&t.stdout).into_owned();
     assert!(
-        t.contains("free|cheap") && t.contains("Run with --apply"),
+        t.contains("| free / cheap | 0.25 |") && t.contains("Run with --apply"),
         "{t}"
     );
     // Four ratings are thin evidence, and the text says so.

@@ -76,6 +76,40 @@ fn neighbours(t: [f64; 3], k: usize) -> (f64, f64) {
     )
 }
 
+/// The boundaries beside boundary `k` of `t` once it is moved to `b`: a
+/// neighbour closer than [`MIN_TIER_WIDTH`] gives way by that much, as
+/// [`propose`] makes it do in the end. A candidate is judged by the
+/// neighbours it will have: with a neighbour pushed next to it, a tier that
+/// was switched off is switched on, and the unsure margin applies where it
+/// did not before (judged by today's neighbours, a boundary moved past one
+/// looked as if it satisfied signals the pushed result contradicts).
+fn neighbours_after(t: [f64; 3], k: usize, b: f64) -> (f64, f64) {
+    let (lo, hi) = neighbours(t, k);
+    if b == t[k] {
+        return (lo, hi);
+    }
+    (
+        if k > 0 && b - lo < MIN_TIER_WIDTH - 1e-9 {
+            b - MIN_TIER_WIDTH
+        } else {
+            lo
+        },
+        if k < 2 && hi - b < MIN_TIER_WIDTH - 1e-9 {
+            b + MIN_TIER_WIDTH
+        } else {
+            hi
+        },
+    )
+}
+
+/// The values boundary `k` can end at when it moves: the tiers below and
+/// above it keep at least [`MIN_TIER_WIDTH`] each within [0.01, 0.99], so a
+/// value outside this range would be pushed back into it.
+fn reachable(k: usize) -> std::ops::RangeInclusive<u32> {
+    let width = (MIN_TIER_WIDTH * 100.0).round() as u32;
+    (1 + width * k as u32)..=(99 - width * (2 - k as u32))
+}
+
 /// Whether a score counts as routed above boundary `b` (in a tier above
 /// it) under `prefer`, on calibration's grid, with `(lo, hi)` the
 /// boundaries beside it: past `b`, except that `cost` steps a score less
@@ -266,12 +300,12 @@ pub fn propose(
     let mut boundaries = Vec::with_capacity(3);
     for (k, slot) in proposed.iter_mut().enumerate() {
         let cons = constraints(&sig, k);
-        let beside = neighbours(current, k);
-        let now = violations(&cons, current[k], beside);
+        let beside = |b: f64| neighbours_after(current, k, b);
+        let now = violations(&cons, current[k], beside(current[k]));
         let mut best = (now, current[k]);
-        for step in 1..100 {
+        for step in reachable(k) {
             let b = f64::from(step) / 100.0;
-            let v = violations(&cons, b, beside);
+            let v = violations(&cons, b, beside(b));
             let closer = (b - current[k]).abs() < (best.1 - current[k]).abs();
             if v < best.0 || (v == best.0 && closer) {
                 best = (v, b);
@@ -282,7 +316,7 @@ pub fn propose(
         // tier (unrated calls are no evidence either way, so they cannot
         // defend the boundary themselves).
         let above =
-            |c: &HistoryCall, b: f64| routed_above(c.score, b, beside, preference_of(c, prefer));
+            |c: &HistoryCall, b: f64| routed_above(c.score, b, beside(b), preference_of(c, prefer));
         let moved = history
             .iter()
             .filter(|c| above(c, current[k]) != above(c, best.1))
@@ -296,22 +330,71 @@ pub fn propose(
             current: current[k],
             proposed: *slot,
             violations_current: now,
-            violations_proposed: violations(&cons, *slot, beside),
+            violations_proposed: violations(&cons, *slot, beside(*slot)),
             signals: cons.len(),
         });
     }
-    // Keep the boundaries ascending with every tier reachable: where a
-    // boundary moved on evidence comes closer than MIN_TIER_WIDTH to a
-    // neighbour, the neighbour gives way (a raised lower boundary pushes
-    // the next one up; a lowered upper one pushes the one below down),
-    // within [0.01, 0.99]. Boundaries nothing moved are left exactly as
-    // configured (a deliberately empty tier included).
+    // Keep the boundaries ascending with every tier reachable (see
+    // `settle`). Where two boundaries both moved on evidence into each
+    // other, either can give way: the one whose yielding contradicts fewer
+    // signals does (the upper one on a tie).
+    let total = |t: [f64; 3]| -> usize {
+        (0..3)
+            .map(|k| violations(&constraints(&sig, k), t[k], neighbours(t, k)))
+            .sum()
+    };
+    let upper_yields = settle(current, proposed, false);
+    let lower_yields = settle(current, proposed, true);
+    proposed = if total(lower_yields) < total(upper_yields) {
+        lower_yields
+    } else {
+        upper_yields
+    };
+    // Counted again at the final value: a boundary pushed by a neighbour
+    // may contradict signals the evidence alone would have satisfied.
+    for (k, (b, p)) in boundaries.iter_mut().zip(proposed).enumerate() {
+        b.proposed = p;
+        b.violations_proposed = violations(&constraints(&sig, k), p, neighbours(proposed, k));
+    }
+    // The rule holds for the proposal as a whole, pushes included: it must
+    // agree with at least MIN_EVIDENCE more signals than the thresholds in
+    // force, or nothing moves (neighbours pushed together can give back
+    // what each boundary's own move gained).
+    let before: usize = boundaries.iter().map(|b| b.violations_current).sum();
+    let after: usize = boundaries.iter().map(|b| b.violations_proposed).sum();
+    if proposed != current && after + MIN_EVIDENCE > before {
+        proposed = current;
+        for b in &mut boundaries {
+            b.proposed = b.current;
+            b.violations_proposed = b.violations_current;
+        }
+    }
+    let changed = proposed != current;
+    let cost = cost_effect(history, current, proposed, prefer, price);
+    Proposal {
+        current,
+        proposed,
+        changed,
+        boundaries,
+        evidence,
+        cost,
+    }
+}
+
+/// `proposed` made ascending with every tier reachable: where a boundary
+/// moved on evidence comes closer than [`MIN_TIER_WIDTH`] to a neighbour,
+/// the neighbour gives way (a raised lower boundary pushes the next one up;
+/// a lowered upper one pushes the one below down), within [0.01, 0.99].
+/// Where both moved, the upper one gives way, or the lower with
+/// `lower_yields`. Boundaries nothing moved are left exactly as configured
+/// (a deliberately empty tier included).
+fn settle(current: [f64; 3], mut proposed: [f64; 3], lower_yields: bool) -> [f64; 3] {
     let moved = [0, 1, 2].map(|k| proposed[k] != current[k]);
     let mut touched = moved;
     let gap = |lo: f64, hi: f64| hi - lo < MIN_TIER_WIDTH - 1e-9;
     for k in 1..3 {
         if (touched[k] || touched[k - 1]) && gap(proposed[k - 1], proposed[k]) {
-            if moved[k] && !moved[k - 1] {
+            if moved[k] && (!moved[k - 1] || lower_yields) {
                 proposed[k - 1] = proposed[k] - MIN_TIER_WIDTH;
                 touched[k - 1] = true;
             } else {
@@ -343,22 +426,7 @@ pub fn propose(
             *p = (*p * 100.0).round() / 100.0;
         }
     }
-    // Counted again at the final value: a boundary pushed by a neighbour
-    // may contradict signals the evidence alone would have satisfied.
-    for (k, (b, p)) in boundaries.iter_mut().zip(proposed).enumerate() {
-        b.proposed = p;
-        b.violations_proposed = violations(&constraints(&sig, k), p, neighbours(proposed, k));
-    }
-    let changed = proposed != current;
-    let cost = cost_effect(history, current, proposed, prefer, price);
-    Proposal {
-        current,
-        proposed,
-        changed,
-        boundaries,
-        evidence,
-        cost,
-    }
+    proposed
 }
 
 fn cost_effect(
@@ -526,6 +594,63 @@ mod tests {
             );
             assert_eq!((e.calls_up, e.calls_down), (0, 1), "{server}");
         }
+    }
+
+    /// Two calls forced to a medium model among a few routed ones, at one
+    /// low score (a user with no free model: the routed ones landed in
+    /// cheap). A boundary must not move unless the proposal, neighbours
+    /// pushed included, satisfies more signals: judged by today's
+    /// neighbours, cheap|medium at 0.07 looked right, and pushed free|cheap
+    /// then put the unsure margin under it, so it moved with nothing gained
+    /// (2 contradictions before, 2 after). Where it does move, the forced
+    /// prompts land where they asked to.
+    #[test]
+    fn a_proposal_satisfies_more_signals_pushes_included() {
+        for step in 2..40 {
+            let s = f64::from(step) / 100.0;
+            let mut h: Vec<HistoryCall> = (0..6).map(|_| call(s, "cheap", None, None)).collect();
+            h.extend((0..2).map(|_| call(s, "medium", Some("model"), None)));
+            let p = propose(&h, T, Preference::Cost, &flat);
+            let sig = signals(&h, T, Preference::Cost, &mut Evidence::default());
+            let before: usize = p.boundaries.iter().map(|b| b.violations_current).sum();
+            let after: usize = p.boundaries.iter().map(|b| b.violations_proposed).sum();
+            for (k, b) in p.boundaries.iter().enumerate() {
+                let recount = violations(
+                    &constraints(&sig, k),
+                    p.proposed[k],
+                    neighbours(p.proposed, k),
+                );
+                assert_eq!(b.violations_proposed, recount, "{s} {:?}", p.proposed);
+            }
+            if p.changed {
+                assert!(
+                    after + MIN_EVIDENCE <= before,
+                    "{s}: {before} -> {after} {:?}",
+                    p.proposed
+                );
+            } else {
+                assert_eq!(after, before);
+            }
+        }
+        // At 0.11 there is room below medium for free and cheap: both
+        // boundaries come down, the lower giving way, and the forced
+        // prompts' score routes to medium.
+        let mut h: Vec<HistoryCall> = (0..6).map(|_| call(0.11, "cheap", None, None)).collect();
+        h.extend((0..2).map(|_| call(0.11, "medium", Some("model"), None)));
+        let p = propose(&h, T, Preference::Cost, &flat);
+        assert!(p.changed);
+        assert_eq!(
+            effective_tier(p.proposed, 0.11, Preference::Cost),
+            2,
+            "{:?}",
+            p.proposed
+        );
+        // At 0.05 medium cannot start low enough (free and cheap keep 0.06
+        // each above 0.01): nothing gained, nothing moves.
+        let mut h: Vec<HistoryCall> = (0..6).map(|_| call(0.05, "cheap", None, None)).collect();
+        h.extend((0..2).map(|_| call(0.05, "medium", Some("model"), None)));
+        let p = propose(&h, T, Preference::Cost, &flat);
+        assert_eq!(effective_tier(p.proposed, 0.05, Preference::Cost).max(1), 1);
     }
 
     /// Calibration's "routed above" follows routing at switched-off
