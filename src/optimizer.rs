@@ -1437,7 +1437,7 @@ impl Optimizer {
         // model, a huge max_tokens) or for other calls' holds would spend
         // the period's one 100% alert while plenty is left. Settled spend
         // only, so holds of calls in flight do not count.
-        if st.spent_usd < EXHAUSTED_AT * st.limit_usd {
+        if st.spent_usd < budget::EXHAUSTED_AT * st.limit_usd {
             return msg;
         }
         // Only a budget that alerts at its limit: thresholds under 100%
@@ -3599,10 +3599,6 @@ fn validate_max_tokens(v: Option<i64>, default: u32) -> Result<u32, ToolError> {
         ))),
     }
 }
-
-/// The share of a budget's limit spent from which a call it refuses fires
-/// its 100% alert ("used up"; see `Optimizer::alert_refusal`).
-const EXHAUSTED_AT: f64 = 0.9;
 
 fn validate_budget_limit(v: Option<f64>) -> Result<Option<f64>, ToolError> {
     match v {

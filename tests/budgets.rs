@@ -378,6 +378,14 @@ async fn a_refusal_fires_the_limit_alert_once() {
     );
     let again = text(&call_logged(&client, "complete_prompt", call_args("cy", 220)).await);
     assert!(!again.contains("Budget alert"), "fired twice: {again}");
+    // The status no longer promises the alert that fired: spend is still
+    // under 100%, but no 100% alert is to come this month.
+    let usage = call_logged(&client, "query_usage", json!({"user_id": "cy"})).await;
+    let st = &usage.structured_content.as_ref().unwrap()["budget"];
+    assert!(st["percent_used"].as_f64().unwrap() < 100.0, "{st}");
+    assert_eq!(st["crossed_thresholds"], json!([0.5]), "{st}");
+    assert_eq!(st["next_threshold"], Value::Null, "{st}");
+    assert!(!text(&usage).contains("next alert at"), "{}", text(&usage));
     let got = wait_for(&slack, 2).await;
     assert_eq!(got.len(), 2, "{got:?}");
     let texts: Vec<&str> = got

@@ -314,7 +314,8 @@ pub struct BudgetStatus {
     pub alert_thresholds: Vec<f64>,
     /// Thresholds already crossed this period.
     pub crossed_thresholds: Vec<f64>,
-    /// The next threshold to be crossed, if any.
+    /// The next threshold whose alert is still to come, if any (a call
+    /// refused near the limit fires the 100% alert before spend crosses it).
     pub next_threshold: Option<f64>,
     /// Behaviour at the limit.
     pub mode: BudgetMode,
@@ -410,15 +411,36 @@ pub fn statuses(
         .map(|(b, (start, _))| (b.user_id.as_str(), *start))
         .collect();
     let standings = ledger.standings(&scopes, now_ms)?;
-    Ok(budgets
+    let mut out: Vec<BudgetStatus> = budgets
         .iter()
-        .zip(bounds)
+        .zip(&bounds)
         .zip(standings)
         .map(|((b, (start, end)), (spent, reserved))| {
-            compute_status(b, start, end, now_ms, to_usd(spent), to_usd(reserved))
+            compute_status(b, *start, *end, now_ms, to_usd(spent), to_usd(reserved))
         })
-        .collect())
+        .collect();
+    // A call refused near the limit fires the 100% alert before spend
+    // reaches it: that alert is not "next" any more. Looked up only where
+    // it can have happened, so the usual status costs no extra read.
+    for ((st, b), (start, _)) in out.iter_mut().zip(budgets).zip(&bounds) {
+        while let Some(t) = st.next_threshold {
+            if st.spent_usd < EXHAUSTED_AT * st.limit_usd
+                || !ledger.alerted(&b.user_id, *start, t, to_nanos(b.limit_usd))?
+            {
+                break;
+            }
+            st.next_threshold = b.thresholds.iter().copied().find(|x| *x > t + 1e-12);
+        }
+    }
+    Ok(out)
 }
+
+/// The share of a budget's limit spent from which a call it refuses fires
+/// its 100% alert ("used up"; see `Optimizer::alert_refusal`): earlier, a
+/// call refused for its own size (a forced premium model, a huge
+/// max_tokens) or for other calls' holds would spend the period's one 100%
+/// alert while plenty is left.
+pub const EXHAUSTED_AT: f64 = 0.9;
 
 /// The arithmetic of [`status`], separated so it can be tested by value.
 pub fn compute_status(

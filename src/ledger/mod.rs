@@ -981,6 +981,30 @@ impl Ledger {
             .map_err(|e| self.err(e))
     }
 
+    /// Whether the `threshold` alert of `scope`'s period starting at
+    /// `period_start_ms` was recorded under the limit `limit_nanos` (a
+    /// refused call can fire the 100% alert before spend reaches it).
+    pub fn alerted(
+        &self,
+        scope: &str,
+        period_start_ms: i64,
+        threshold: f64,
+        limit_nanos: i64,
+    ) -> Result<bool, LedgerError> {
+        let conn = self.lock();
+        conn.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM alerts WHERE scope = ?1 AND period_start_ms = ?2
+               AND abs(threshold - ?3) < 1e-9 AND limit_nanos = ?4)",
+        )
+        .and_then(|mut st| {
+            st.query_row(
+                params![scope, period_start_ms, threshold, limit_nanos],
+                |r| r.get(0),
+            )
+        })
+        .map_err(|e| self.err(e))
+    }
+
     /// Alerts of `scope` (or all), newest first.
     pub fn alerts(&self, scope: Option<&str>, limit: u32) -> Result<Vec<AlertRow>, LedgerError> {
         let conn = self.lock();
