@@ -455,7 +455,10 @@ pub struct Recommendation {
     pub alternatives: Vec<Candidate>,
     /// The always-premium baseline.
     pub baseline: Option<Candidate>,
-    /// Expected saving against the baseline, USD.
+    /// Expected saving against the baseline, USD: negative when the
+    /// recommended model costs more (a forced dearer model, or a baseline
+    /// configured cheaper than the tier chosen), as `complete_prompt`'s
+    /// `savings_usd` and `query_usage` report it.
     pub estimated_savings_usd: f64,
     /// Output tokens the estimates assume.
     pub assumed_output_tokens: u64,
@@ -1189,7 +1192,7 @@ impl Optimizer {
         let estimated_savings_usd = plan
             .baseline
             .as_ref()
-            .map(|b| (b.estimated_cost_usd - recommended.estimated_cost_usd).max(0.0))
+            .map(|b| b.estimated_cost_usd - recommended.estimated_cost_usd)
             .unwrap_or(0.0);
         Ok(Recommendation {
             complexity: Complexity {

@@ -287,10 +287,14 @@ pub fn recommendation(r: &Recommendation) -> String {
     if let Some(b) = &r.baseline {
         let _ = writeln!(
             s,
-            "Always-premium ({}) would cost ~{}; saving ~{}.",
+            "Always-premium ({}) would cost ~{}; {}.",
             b.model,
             usd(b.estimated_cost_usd),
-            usd(r.estimated_savings_usd)
+            if r.estimated_savings_usd < 0.0 {
+                format!("this costs ~{} more", usd(-r.estimated_savings_usd))
+            } else {
+                format!("saving ~{}", usd(r.estimated_savings_usd))
+            }
         );
     }
     let _ = writeln!(

@@ -187,6 +187,35 @@ async fn recommendation_uses_enabled_providers_and_calls_nothing() {
     let u = s.ok("query_usage", json!({})).await;
     assert_eq!(u["calls"], json!(0));
     s.stop().await;
+
+    // A baseline configured below the tier chosen: the recommendation
+    // costs more, and says so, rather than a saving of $0.
+    let cfg = dir.path().join("cheap-baseline.toml");
+    std::fs::write(
+        &cfg,
+        "baseline_model = \"deepseek/deepseek-v3.2\"\n[routing]\nthresholds = [0.05, 0.1, 0.99]\n",
+    )
+    .unwrap();
+    let mut env = deepseek_env(&fake);
+    env.push(("COST_OPTIMIZER_CONFIG", cfg.display().to_string()));
+    let s = spawn(dir.path(), &env).await;
+    let prompt = "Explain how a hash map handles collisions.";
+    let res = s
+        .call("get_recommendation", json!({"prompt": prompt}))
+        .await;
+    let (r, text) = (res.structured_content.clone().unwrap(), text(&res));
+    assert_ne!(r["recommended"]["model"], "deepseek/deepseek-v3.2", "{r}");
+    let saving = r["estimated_savings_usd"].as_f64().unwrap();
+    let (base, chosen) = (
+        r["baseline"]["estimated_cost_usd"].as_f64().unwrap(),
+        r["recommended"]["estimated_cost_usd"].as_f64().unwrap(),
+    );
+    assert!(
+        saving < 0.0 && (saving - (base - chosen)).abs() < 1e-15,
+        "{r}"
+    );
+    assert!(text.contains("more") && !text.contains("saving"), "{text}");
+    s.stop().await;
 }
 
 #[tokio::test]

@@ -837,6 +837,14 @@ mod tests {
             (day.savings_usd().unwrap() - 0.004).abs() < 1e-12,
             "{day:?}"
         );
+        // Failed attempts alone: nothing answered, so no baseline, and
+        // what they cost is lost, not "no saving".
+        let failed_only = crate::ledger::Totals {
+            failed_attempts: 1,
+            cost_usd: 0.00002,
+            ..Default::default()
+        };
+        assert_eq!(failed_only.savings_usd(), Some(-0.00002));
         let speech_tier = snap.group(Tier).iter().find(|g| g.key == "speech").unwrap();
         assert_eq!(
             (speech_tier.totals.calls, speech_tier.totals.savings_usd()),

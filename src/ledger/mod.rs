@@ -301,10 +301,14 @@ pub struct Totals {
 
 impl Totals {
     /// What the baseline would have cost minus what the answers cost
-    /// (speech left out, failed attempts in); `None` without a baseline.
+    /// (speech left out, failed attempts in); `None` when answers were
+    /// recorded without a baseline (its model unpriced), or nothing but
+    /// speech. With no answer at all the baseline is truly $0, and failed
+    /// attempts' cost is a loss.
     pub fn savings_usd(&self) -> Option<f64> {
-        (self.baseline_cost_usd > 0.0)
-            .then_some(self.baseline_cost_usd - (self.cost_usd - self.speech_cost_usd))
+        let answers_cost = self.cost_usd - self.speech_cost_usd;
+        (self.baseline_cost_usd > 0.0 || (self.calls == 0 && answers_cost > 0.0))
+            .then_some(self.baseline_cost_usd - answers_cost)
     }
 }
 
