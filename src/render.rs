@@ -18,6 +18,15 @@ pub fn usd(v: f64) -> String {
     if v.abs() < 5e-16 {
         return "$0".into();
     }
+    // Shown as the ledger keeps it, in whole nano-dollars: a call's cost
+    // computed as 7.850000000000001e-5 printed $0.000079 beside the same
+    // cost read back from the ledger, 7.85e-5, printed $0.000078. (Below
+    // what six decimals show, the two significant digits stay exact.)
+    let v = if v.abs() >= 0.000_000_5 {
+        (v * 1e9).round() / 1e9
+    } else {
+        v
+    };
     if v < 0.0 {
         return format!("-{}", usd(-v));
     }
@@ -755,5 +764,7 @@ mod tests {
         assert_eq!(usd(-1.0e-19), "$0");
         assert_eq!(usd(0.3 - 0.1 - 0.2), "$0");
         assert_eq!(usd(2.0e-12), "$0.0000000000020");
+        // One cost, computed or read back from the ledger: one text.
+        assert_eq!(usd(7.850000000000001e-05), usd(7.85e-05));
     }
 }
