@@ -249,10 +249,47 @@ pub fn completion(c: &Completion) -> String {
             a.model
         );
     }
+    if let Some(note) = stop_note(c.finish_reason.as_deref(), c.answer.trim().is_empty()) {
+        let _ = writeln!(s, "⚠️ {note}");
+    }
     if let Some(w) = &c.warning {
         let _ = writeln!(s, "⚠️ {w}");
     }
     s
+}
+
+/// A line for an answer that is not the whole answer: cut off at the
+/// output limit, stopped by a safety filter, or empty. The structured
+/// result's `finish_reason` says it too, but a person reads the text, and
+/// an answer cut mid-sentence reads as if complete.
+fn stop_note(finish_reason: Option<&str>, empty: bool) -> Option<String> {
+    let f = finish_reason.unwrap_or("").to_ascii_lowercase();
+    let filtered = [
+        "filter",
+        "safety",
+        "refusal",
+        "recitation",
+        "blocklist",
+        "prohibited",
+        "spii",
+    ]
+    .iter()
+    .any(|k| f.contains(k));
+    if f.contains("length") || f.contains("max") {
+        Some(format!(
+            "The answer stopped at the output limit (finish reason `{}`): it may be cut off; a larger `max_tokens` leaves room for the rest.",
+            finish_reason.unwrap_or_default()
+        ))
+    } else if filtered {
+        Some(format!(
+            "The provider stopped the answer (finish reason `{}`): it may be incomplete.",
+            finish_reason.unwrap_or_default()
+        ))
+    } else if empty {
+        Some("The model returned an empty answer; it was billed as reported.".into())
+    } else {
+        None
+    }
 }
 
 fn candidate_row(c: &Candidate) -> String {
@@ -750,6 +787,33 @@ mod tests {
         assert!(!models.contains("2026-11-21"), "{models}");
         assert_eq!(savings_phrase(-0.5, -100.0), "Cost **$0.5000** (100%) more");
         assert_eq!(savings_phrase(0.5, 50.0), "Saved **$0.5000** (50%)");
+    }
+
+    #[test]
+    fn an_answer_that_is_not_whole_says_so() {
+        for (f, empty, want) in [
+            (Some("length"), false, Some("output limit")),
+            (Some("MAX_TOKENS"), false, Some("output limit")),
+            (Some("max_tokens"), true, Some("output limit")),
+            (Some("content_filter"), false, Some("stopped the answer")),
+            (Some("SAFETY"), false, Some("stopped the answer")),
+            (Some("refusal"), false, Some("stopped the answer")),
+            (Some("stop"), true, Some("empty answer")),
+            (None, true, Some("empty answer")),
+            (Some("stop"), false, None),
+            (Some("end_turn"), false, None),
+            (Some("STOP"), false, None),
+            (None, false, None),
+        ] {
+            let got = stop_note(f, empty);
+            match want {
+                Some(w) => assert!(
+                    got.as_deref().is_some_and(|g| g.contains(w)),
+                    "{f:?}: {got:?}"
+                ),
+                None => assert_eq!(got, None, "{f:?}"),
+            }
+        }
     }
 
     #[test]

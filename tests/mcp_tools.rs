@@ -1098,6 +1098,53 @@ async fn budget_limit_caps_the_whole_call_with_its_retries() {
     s.stop().await;
 }
 
+/// An answer cut off at the output limit, or one that is empty, is
+/// returned (it is all there is, and was billed), but its text says so:
+/// otherwise a sentence cut in half reads as the whole answer.
+#[tokio::test]
+async fn a_cut_off_or_empty_answer_says_so_in_its_text() {
+    let reply = |content: &str, finish: &str| {
+        Reply::json(
+            200,
+            json!({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000,
+                "model": "deepseek-v3.2",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                             "finish_reason": finish}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+            }),
+        )
+    };
+    for (content, finish, want) in [
+        (
+            "The capital of",
+            "length",
+            Some("stopped at the output limit"),
+        ),
+        ("", "stop", Some("empty answer")),
+        ("Paris.", "stop", None),
+    ] {
+        let fake = FakeProvider::start(reply(content, finish)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let s = spawn(dir.path(), &deepseek_env(&fake)).await;
+        let r = s
+            .call(
+                "complete_prompt",
+                json!({"prompt": "What is the capital of France?", "max_tokens": 5}),
+            )
+            .await;
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+        let t = text(&r);
+        let c = r.structured_content.unwrap();
+        assert_eq!(c["finish_reason"], finish, "{c}");
+        match want {
+            Some(w) => assert!(t.contains(w), "{finish}: {t}"),
+            None => assert!(!t.contains("⚠️"), "{t}"),
+        }
+        s.stop().await;
+    }
+}
+
 /// A reasoning model that spends its whole output limit thinking answers
 /// with no text and `finish_reason: length`. That reply is billed (at the
 /// cost it reported, as OpenRouter's `usage.cost` does; otherwise at its
