@@ -137,7 +137,14 @@ pub async fn owned_sessions(
         return no_such_session();
     }
     let deleting = req.method() == Method::DELETE;
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
+    // rmcp ends a session with 202 Accepted; the Python SDK counts only
+    // 200 and 204 as ended, and logged "Session termination failed: 202"
+    // at every client's exit. 204 is what a finished DELETE with no body
+    // says (rmcp's own client takes either).
+    if deleting && resp.status() == StatusCode::ACCEPTED {
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+    }
     match session {
         None => {
             if let Some(id) = resp.headers().get(SESSION_ID).and_then(|v| v.to_str().ok()) {

@@ -219,3 +219,34 @@ def test_a_failed_call_is_not_retried_by_the_sdk(server):
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(model="auto", messages=messages)
     assert len(FAILED) == per_call, "the SDK sent the failed call again"
+
+
+def test_mcp_over_http_with_the_python_sdk(server, caplog):
+    """The official SDK's streamable-HTTP client, with a key: tools work,
+    and closing ends the session cleanly (the SDK takes only 200 or 204 as
+    ended; rmcp's 202 made it warn at every exit)."""
+    import asyncio
+    import logging
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    base, key, _ = server
+
+    async def body():
+        http = create_mcp_http_client(headers={"Authorization": f"Bearer {key}"})
+        async with http:
+            async with streamable_http_client(f"{base}/mcp", http_client=http) as streams:
+                read, write = streams[0], streams[1]
+                async with ClientSession(read, write) as session:
+                    init = await session.initialize()
+                    assert init.server_info.name == "ai-cost-optimizer"
+                    r = await session.call_tool("get_recommendation", {"prompt": "What is 2+2?"})
+                    assert not r.is_error, r.content
+                    assert r.structured_content["recommended"]["provider"] == "deepseek"
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(body())
+    failed = [rec.getMessage() for rec in caplog.records if "termination failed" in rec.getMessage()]
+    assert not failed, failed
