@@ -864,6 +864,9 @@ async fn streaming_sends_openai_chunks_and_a_usage_chunk() {
     let complexity: f64 = headers["x-complexity"].to_str().unwrap().parse().unwrap();
     assert!((complexity - routed["complexity"].as_f64().unwrap()).abs() < 1e-3);
     assert!(chunks.iter().all(|c| c["model"] == routed["model"]));
+    // Every chunk's id names the ledger's request, as a plain reply's does.
+    let id = format!("chatcmpl-{}", routed["request_id"].as_str().unwrap());
+    assert!(chunks.iter().all(|c| c["id"] == id.as_str()), "{text}");
 
     let usage = json_of(get(&http(), format!("{}/v1/usage", s.base), None).await).await;
     assert_usd(&usage["total_cost_usd"], cost);

@@ -782,7 +782,15 @@ async fn stream(state: AppState, args: CompleteArgs, include_usage: bool) -> Res
         rx,
         first: Some(first),
         _task: task,
-        id: format!("chatcmpl-{}", uuid::Uuid::new_v4()),
+        // The ledger's request id, as a non-streamed reply's id carries it,
+        // so a streamed answer can be traced to its ledger rows too.
+        id: format!(
+            "chatcmpl-{}",
+            headers
+                .get("x-ledger-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+        ),
         created: now_secs(),
         model,
         sent: String::new(),
