@@ -1770,6 +1770,49 @@ async fn a_call_outliving_the_shutdown_grace_is_recorded() {
     assert!(u["totals"]["cost_usd"].as_f64().unwrap() > 0.0, "{out}");
 }
 
+/// A streamed answer still running when the shutdown grace ends closes
+/// with an error event and `[DONE]`, not a bare end of stream an OpenAI
+/// client takes for the whole answer.
+#[tokio::test]
+async fn a_stream_outliving_the_shutdown_grace_ends_with_an_error() {
+    let fake = forty_slow_words().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = deepseek_env(&fake);
+    env.push(("COST_OPTIMIZER_HTTP_SHUTDOWN_GRACE_SECS", "0.5".into()));
+    let s = start(dir.path(), &env, "127.0.0.1:0");
+    let mut r = http()
+        .post(format!("{}/v1/chat/completions", s.base))
+        .json(&json!({"model": "auto", "stream": true,
+                      "messages": [{"role": "user", "content": "count"}]}))
+        .send()
+        .await
+        .unwrap();
+    read_until_word1(&mut r).await;
+    let pid = s.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut rest = String::new();
+    while let Ok(Some(chunk)) = r.chunk().await {
+        rest.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let log = clean_exit_log(s).await;
+    assert!(log.contains("abandoning them"), "{log}");
+    assert!(
+        !rest.contains("word39"),
+        "the answer did not finish: {rest}"
+    );
+    assert!(
+        rest.contains("\"error\"") && rest.contains("shut down before the answer was complete"),
+        "{rest}"
+    );
+    assert!(rest.trim_end().ends_with("data: [DONE]"), "{rest}");
+}
+
 /// A DeepSeek stand-in streaming 40 words, one every 100 ms.
 async fn forty_slow_words() -> FakeProvider {
     let pieces: Vec<String> = (0..40).map(|i| format!("word{i} ")).collect();

@@ -110,6 +110,11 @@ pub struct AppState {
     pub keys: Result<Arc<KeyReader>, String>,
     /// The last readiness verdict (see [`rest::ready`]).
     pub readiness: Arc<rest::Readiness>,
+    /// Cancelled when the shutdown grace runs out with calls still in
+    /// flight: a streamed answer then ends with an error event before its
+    /// connection closes, not with a bare end of stream a client would
+    /// take for a whole answer.
+    pub abandoned: CancellationToken,
 }
 
 impl CallObserver for AppState {
@@ -308,6 +313,7 @@ impl Server {
                 require_auth,
                 keys,
                 readiness: Arc::default(),
+                abandoned: CancellationToken::new(),
             },
             settings,
             loopback,
@@ -509,6 +515,7 @@ impl Server {
                 // their estimate) once the process winds down.
                 let stream_grace = if waited.is_err() {
                     tracing::warn!("calls still in flight after the grace period; abandoning them");
+                    self.state.abandoned.cancel();
                     Duration::ZERO
                 } else {
                     MCP_STREAM_GRACE

@@ -609,6 +609,8 @@ struct StreamState {
     sent: String,
     include_usage: bool,
     done: bool,
+    /// The server's [`super::AppState::abandoned`].
+    abandoned: tokio_util::sync::CancellationToken,
 }
 
 impl StreamState {
@@ -693,16 +695,26 @@ fn answer_events(
         let bytes = loop {
             let ev = match st.first.take() {
                 Some(ev) => ev,
-                None => match st.rx.recv().await {
-                    Some(ev) => ev,
-                    // The call's task ended without its result (it
-                    // panicked): close as a failure, or the client would
-                    // take the text so far for a whole answer.
-                    None => Event::Done(Box::new(Err(ToolError::ProviderFailed(
-                        "the call stopped without a result (an internal error); \
-                         the text streamed so far may be incomplete"
-                            .into(),
-                    )))),
+                None => tokio::select! {
+                    biased;
+                    ev = st.rx.recv() => match ev {
+                        Some(ev) => ev,
+                        // The call's task ended without its result (it
+                        // panicked): close as a failure, or the client would
+                        // take the text so far for a whole answer.
+                        None => Event::Done(Box::new(Err(ToolError::ProviderFailed(
+                            "the call stopped without a result (an internal error); \
+                             the text streamed so far may be incomplete"
+                                .into(),
+                        )))),
+                    },
+                    () = st.abandoned.cancelled() => Event::Done(Box::new(Err(
+                        ToolError::ProviderFailed(
+                            "the server shut down before the answer was complete; \
+                             the text streamed so far is incomplete. Retry the request."
+                                .into(),
+                        ),
+                    ))),
                 },
             };
             match ev {
@@ -796,6 +808,7 @@ async fn stream(state: AppState, args: CompleteArgs, include_usage: bool) -> Res
         sent: String::new(),
         include_usage,
         done: false,
+        abandoned: state.abandoned.clone(),
     };
     let role = sse(&st.chunk(json!({"role": "assistant", "content": ""}), None));
     let head =
@@ -951,6 +964,7 @@ mod tests {
             sent: String::new(),
             include_usage: true,
             done: false,
+            abandoned: tokio_util::sync::CancellationToken::new(),
         };
         let parts: Vec<Bytes> = futures_util::StreamExt::collect::<Vec<_>>(answer_events(st))
             .await
