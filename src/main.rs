@@ -130,8 +130,11 @@ fn exit_with(result: anyhow::Result<()>, json_out: bool) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let config = e.downcast_ref::<InvalidConfig>().is_some();
-            let invalid =
-                config || matches!(e.downcast_ref::<ToolError>(), Some(ToolError::Invalid(_)));
+            let invalid = config
+                || matches!(
+                    e.downcast_ref::<ToolError>(),
+                    Some(ToolError::Invalid(_) | ToolError::ContextTooLong(_))
+                );
             let message = ai_cost_optimizer::secrets::redact(&format!("{e:#}"));
             if json_out {
                 let kind = match e.downcast_ref::<ToolError>() {

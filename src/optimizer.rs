@@ -51,6 +51,11 @@ pub enum ToolError {
     /// Every provider tried failed.
     #[error("{0}")]
     ProviderFailed(String),
+    /// Every provider tried said the prompt does not fit its model's
+    /// context window: the caller must shorten it (HTTP clients get 400
+    /// `context_length_exceeded`, which OpenAI clients act on), not retry.
+    #[error("{0}")]
+    ContextTooLong(String),
     /// Every attempt was refused for capacity (rate limits, overload): the
     /// same call may succeed later. `rate_limited` when every attempt was
     /// a rate limit (HTTP clients get 429, else 503).
@@ -76,6 +81,7 @@ impl ToolError {
             ToolError::Invalid(_) => "invalid_argument",
             ToolError::BudgetRefused(_) => "budget_refused",
             ToolError::ProviderFailed(_) => "provider_failed",
+            ToolError::ContextTooLong(_) => "context_too_long",
             ToolError::ProvidersBusy { .. } => "providers_busy",
             ToolError::Ledger(_) => "ledger_unavailable",
         }
@@ -2338,6 +2344,11 @@ impl Optimizer {
                 rate_limited,
                 retry_after_secs,
             })
+        } else if !attempts.is_empty()
+            && cut_off.is_empty()
+            && attempts.iter().all(|a| a.outcome == "context_too_long")
+        {
+            Box::new(ToolError::ContextTooLong)
         } else {
             Box::new(ToolError::ProviderFailed)
         };

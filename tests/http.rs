@@ -612,6 +612,30 @@ async fn a_failed_call_tells_openai_clients_not_to_retry() {
     );
 }
 
+/// Every model tried said the prompt exceeds its context: OpenAI's 400
+/// `context_length_exceeded`, which clients act on by shortening the
+/// prompt, not a 502 read as a server fault; over MCP it says the prompt
+/// is too long.
+#[tokio::test]
+async fn a_prompt_too_long_for_every_model_is_openais_context_error() {
+    let fake = FakeProvider::start(openai_error(
+        400,
+        "This model's maximum context length is 131072 tokens. However, you requested 200000 tokens.",
+        "invalid_request_error",
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &deepseek_env(&fake), "127.0.0.1:0");
+    let body = json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]});
+    let r = chat(&s, &body).await;
+    assert_eq!(r.status(), 400);
+    let e = json_of(r).await;
+    assert_eq!(e["error"]["type"], "invalid_request_error", "{e}");
+    assert_eq!(e["error"]["code"], "context_length_exceeded", "{e}");
+    // DeepSeek's other model was tried too (a longer context, maybe).
+    assert!(fake.requests().len() >= 2, "{}", fake.requests().len());
+}
+
 /// An answer the provider stopped for safety is `content_filter` to an
 /// OpenAI client, streamed or not: read as `stop`, a partial answer passes
 /// for a whole one.

@@ -250,6 +250,7 @@ impl Metrics {
             ToolError::Invalid(_) => "invalid",
             ToolError::BudgetRefused(_) => "budget_refused",
             ToolError::ProviderFailed(_) => "provider_failed",
+            ToolError::ContextTooLong(_) => "context_too_long",
             ToolError::ProvidersBusy { .. } => "providers_busy",
             ToolError::Ledger(_) => "ledger",
         };

@@ -89,6 +89,14 @@ pub fn tool_error_response(e: &ToolError) -> Response {
         ToolError::Invalid(_) => {
             error_response(StatusCode::BAD_REQUEST, &msg, "invalid_request_error", None)
         }
+        // OpenAI's own status and code, which clients and frameworks look
+        // for to shorten the prompt (a 502 read as a server fault).
+        ToolError::ContextTooLong(_) => error_response(
+            StatusCode::BAD_REQUEST,
+            &msg,
+            "invalid_request_error",
+            Some("context_length_exceeded"),
+        ),
         ToolError::BudgetRefused(_) => error_response(
             StatusCode::PAYMENT_REQUIRED,
             &msg,
@@ -665,6 +673,9 @@ impl StreamState {
                     ToolError::Invalid(_) => ("invalid_request_error", None),
                     ToolError::BudgetRefused(_) => ("insufficient_quota", Some("budget_exceeded")),
                     ToolError::ProviderFailed(_) => ("api_error", Some("provider_failed")),
+                    ToolError::ContextTooLong(_) => {
+                        ("invalid_request_error", Some("context_length_exceeded"))
+                    }
                     ToolError::ProvidersBusy {
                         rate_limited: true, ..
                     } => ("rate_limit_error", Some("rate_limit_exceeded")),

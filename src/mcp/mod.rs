@@ -175,6 +175,7 @@ fn tool_error(e: ToolError) -> Result<CallToolResult, McpError> {
         ToolError::Invalid(_) => "Invalid argument",
         ToolError::BudgetRefused(_) => "Refused by budget",
         ToolError::ProviderFailed(_) => "Provider failure",
+        ToolError::ContextTooLong(_) => "Prompt too long",
         ToolError::ProvidersBusy { .. } => "Providers busy (try again later)",
         ToolError::Ledger(_) => "Ledger unavailable",
     };
