@@ -310,7 +310,7 @@ pub enum KeysAction {
     },
     /// Revoke a key by its id; it is refused from the next request on.
     Revoke {
-        /// The key's id (from `keys list`).
+        /// The key's id (from `keys list`), or the whole key.
         id: String,
     },
 }
@@ -385,11 +385,15 @@ fn keys_command(action: KeysAction, settings: &Settings) -> Result<()> {
             Ok(())
         }
         KeysAction::Revoke { id } => {
-            if ledger.revoke_api_key(id.trim(), now)? {
-                println!("revoked key {}", id.trim());
+            // The whole key works too (what a user whose key leaked has at
+            // hand); only its id is ever printed.
+            let given = id.trim();
+            let id = crate::http::auth::key_id_of(given).unwrap_or(given);
+            if ledger.revoke_api_key(id, now)? {
+                println!("revoked key {id}");
                 Ok(())
             } else {
-                invalid_arg!("no active key with id {:?} (see `keys list`)", id.trim())
+                invalid_arg!("no active key with id {id:?} (see `keys list`)")
             }
         }
     }

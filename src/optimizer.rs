@@ -1379,7 +1379,7 @@ impl Optimizer {
                 .map(|n| format!(" matching {n:?}"))
                 .unwrap_or_default();
             return Err(invalid(format!(
-                "no priced model{what}{}; try check_model_costs without filters",
+                "no priced model{what}{}; leave out the provider and model filters to list every priced model",
                 provider
                     .map(|p| format!(" for provider {p}"))
                     .unwrap_or_default()
@@ -1473,6 +1473,7 @@ impl Optimizer {
         };
         let alert = BudgetAlert::exhausted(id, st, top);
         self.send_alert(ledger, b, &alert);
+        msg = sentence(&msg);
         msg.push_str(" Budget alert: ");
         msg.push_str(&alert.message);
         sink.on_alert(&alert);
@@ -1853,7 +1854,8 @@ impl Optimizer {
                         let msg = format!(
                             "Budget limit reached: this call could cost up to {} on {} (max_tokens {max_tokens}), \
                              but {whose} of {} has {} spent and {} held by calls in flight this period. \
-                             Raise the limit with set_budget, lower max_tokens, or ask for a cheaper tier.",
+                             Raise the limit (set_budget, or `ai-cost-optimizer budget --set`), lower max_tokens, \
+                             or ask for a cheaper tier.",
                             crate::render::usd(cand.worst_case_cost_usd),
                             cand.model,
                             crate::render::usd(to_usd(over.limit_nanos)),
@@ -2239,7 +2241,8 @@ impl Optimizer {
                 if counting.bytes.load(Ordering::Relaxed) > 0 && sink.is_final() {
                     last_error = last_error.map(|m| {
                         format!(
-                            "{m} Not retried or sent elsewhere: part of the answer was already streamed to you."
+                            "{} Not retried or sent elsewhere: part of the answer was already streamed to you.",
+                            sentence(&m)
                         )
                     });
                     break 'candidates;
@@ -2256,8 +2259,9 @@ impl Optimizer {
                 {
                     last_error = last_error.map(|m| {
                         format!(
-                            "{m} Not retried: budget_limit of {} leaves {} after the {} this call was charged, \
+                            "{} Not retried: budget_limit of {} leaves {} after the {} this call was charged, \
                              and a retry could cost up to {}. Raise budget_limit or lower max_tokens.",
+                            sentence(&m),
                             crate::render::usd(l),
                             crate::render::usd((l - call_spent).max(0.0)),
                             crate::render::usd(call_spent),
@@ -2355,7 +2359,10 @@ impl Optimizer {
         Err(kind(
             format!(
                 "{} Tried: {}. {}",
-                last_error.unwrap_or_else(|| "No provider could take the call.".into()),
+                last_error.map_or_else(
+                    || "No provider could take the call.".into(),
+                    |m| sentence(&m)
+                ),
                 if tried.is_empty() {
                     "none"
                 } else {
@@ -3150,6 +3157,17 @@ impl StreamSink for CountingSink<'_> {
     }
 }
 
+/// `text` ending as a sentence does (a provider's message often ends bare:
+/// "HTTP 500): boom"), so what is appended after it reads as the next one.
+fn sentence(text: &str) -> String {
+    let t = text.trim_end();
+    if t.is_empty() || t.ends_with(['.', '!', '?', ':']) {
+        t.to_string()
+    } else {
+        format!("{t}.")
+    }
+}
+
 /// Bytes of answer text per output token assumed for a cancelled attempt
 /// (about 4 for English with the o200k and cl100k tokenizers; rounding up
 /// charges at least one token for any text).
@@ -3835,6 +3853,18 @@ mod tests {
         assert!(refuse_empty(ProviderId::Gemini, empty("STOP")).is_ok());
     }
     use super::*;
+
+    #[test]
+    fn messages_end_as_sentences_before_more_is_appended() {
+        assert_eq!(
+            sentence("DeepSeek had a server error (HTTP 500): boom"),
+            "DeepSeek had a server error (HTTP 500): boom."
+        );
+        assert_eq!(sentence("the key was rejected. "), "the key was rejected.");
+        assert_eq!(sentence("Why?"), "Why?");
+        assert_eq!(sentence("Tried:"), "Tried:");
+        assert_eq!(sentence(""), "");
+    }
 
     /// The `language` enum the tool schema offers is exactly what the
     /// speech client validates against (plus null).

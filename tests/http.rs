@@ -1010,6 +1010,17 @@ async fn keys_are_required_checked_revocable_and_never_logged() {
     assert_eq!(r.status(), 401, "a revoked key is refused at once");
     let (ok, _, _) = cli(dir.path(), &[], &["keys", "revoke", &alice_id]);
     assert!(!ok, "revoking twice says so");
+    // The whole key finds its id, and the secret is not echoed back.
+    let (ok, out, err) = cli(dir.path(), &[], &["keys", "revoke", &alice]);
+    assert!(!ok && err.contains(&alice_id), "{err}");
+    assert!(!out.contains(&alice) && !err.contains(&alice), "{out}{err}");
+    let (bob_key, _) = create_key(dir.path(), "bob", false);
+    let (ok, out, err) = cli(dir.path(), &[], &["keys", "revoke", &bob_key]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("revoked key ") && !out.contains(&bob_key),
+        "{out}"
+    );
 
     drop(s);
     assert_not_logged(dir.path(), &alice);

@@ -129,14 +129,19 @@ pub enum KeyError {
     Unavailable(String),
 }
 
-/// Checks a presented key against the ledger.
-pub fn verify(keys: &KeyReader, presented: &str) -> Result<ApiKeyRow, KeyError> {
-    let id = presented
-        .strip_prefix(PREFIX)
+/// The public id inside a whole key (its middle part), if `text` has a
+/// key's shape: `keys revoke` given the key itself finds its id, and
+/// never echoes the secret back.
+pub fn key_id_of(text: &str) -> Option<&str> {
+    text.strip_prefix(PREFIX)
         .and_then(|rest| rest.split_once('_'))
         .map(|(id, _)| id)
         .filter(|id| id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or(KeyError::Invalid)?;
+}
+
+/// Checks a presented key against the ledger.
+pub fn verify(keys: &KeyReader, presented: &str) -> Result<ApiKeyRow, KeyError> {
+    let id = key_id_of(presented).ok_or(KeyError::Invalid)?;
     let row = keys
         .api_key(id)
         .map_err(|e| KeyError::Unavailable(e.to_string()))?

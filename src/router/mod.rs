@@ -884,7 +884,9 @@ fn budget_advice(what: &str) -> &'static str {
     if what == "budget_limit" {
         "raise budget_limit or lower max_tokens"
     } else {
-        "raise the monthly limit with set_budget, lower max_tokens, or wait for the next period"
+        // Whatever the interface: MCP's tool or the CLI (HTTP's budget
+        // endpoint is the CLI's, for an admin key).
+        "raise the budget's limit (set_budget, or `ai-cost-optimizer budget --set`), lower max_tokens, or wait for the next period"
     }
 }
 
