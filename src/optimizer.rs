@@ -2033,6 +2033,24 @@ impl Optimizer {
                                 "{} has no known price; the call is recorded at $0 and flagged unpriced. Add [pricing.overrides] for it.",
                                 cand.model
                             ));
+                        } else if let Some(odd) =
+                            implausible_usage(&resp.usage, max_out, cand.estimated_input_tokens)
+                        {
+                            // Billed as reported (the provider's word is the
+                            // bill), but not silently: far more tokens than
+                            // the call allowed or sent is a provider's (or a
+                            // proxy's) error worth checking on the bill.
+                            tracing::warn!(
+                                request_id,
+                                model = cand.model,
+                                odd,
+                                "implausible usage reported"
+                            );
+                            warnings.push(format!(
+                                "{} reported {odd}; the call is recorded at the {} that usage costs. Check it against the provider's bill.",
+                                cand.model,
+                                crate::render::usd(cost)
+                            ));
                         }
                         let audio = if speak {
                             let job = SpeechJob {
@@ -3157,6 +3175,29 @@ impl StreamSink for CountingSink<'_> {
     }
 }
 
+/// What is implausible about the usage a provider reported, if anything:
+/// output far past the `max_tokens` the call sent (limits include thinking
+/// at every provider here; twice the limit leaves room for one that does
+/// not), or input far past the prompt's estimate (a tenfold miss plus
+/// room for tool and template overhead). Such a call is still billed as
+/// reported.
+fn implausible_usage(u: &Usage, max_tokens: u32, estimated_input: u64) -> Option<String> {
+    let input = u.input_tokens + u.cache_read_tokens + u.cache_write_tokens;
+    let mut odd = Vec::new();
+    if u.output_tokens > 2 * u64::from(max_tokens) + 64 {
+        odd.push(format!(
+            "{} output tokens for an answer limited to {max_tokens}",
+            u.output_tokens
+        ));
+    }
+    if input > 10 * estimated_input + 1_000 {
+        odd.push(format!(
+            "{input} input tokens for a prompt estimated at {estimated_input}"
+        ));
+    }
+    (!odd.is_empty()).then(|| odd.join(" and "))
+}
+
 /// `text` ending as a sentence does (a provider's message often ends bare:
 /// "HTTP 500): boom"), so what is appended after it reads as the next one.
 fn sentence(text: &str) -> String {
@@ -3853,6 +3894,35 @@ mod tests {
         assert!(refuse_empty(ProviderId::Gemini, empty("STOP")).is_ok());
     }
     use super::*;
+
+    #[test]
+    fn usage_far_past_what_the_call_allowed_is_called_out() {
+        let u = |input: u64, output: u64| Usage {
+            input_tokens: input,
+            output_tokens: output,
+            ..Usage::default()
+        };
+        assert_eq!(implausible_usage(&u(40, 1024), 1024, 35), None);
+        // Thinking past the limit at a provider that counts it apart.
+        assert_eq!(implausible_usage(&u(40, 2000), 1024, 35), None);
+        // A tokenizer far denser than the estimate's, plus a template.
+        assert_eq!(implausible_usage(&u(1_300, 10), 1024, 35), None);
+        let odd =
+            implausible_usage(&u(1_000_000_000_000_000, 1_000_000_000_000_000), 1024, 8).unwrap();
+        assert!(
+            odd.contains("output tokens for an answer limited to 1024"),
+            "{odd}"
+        );
+        assert!(
+            odd.contains("input tokens for a prompt estimated at 8"),
+            "{odd}"
+        );
+        assert!(
+            implausible_usage(&u(8, 5000), 1024, 8)
+                .unwrap()
+                .contains("5000 output")
+        );
+    }
 
     #[test]
     fn messages_end_as_sentences_before_more_is_appended() {

@@ -1145,6 +1145,40 @@ async fn a_cut_off_or_empty_answer_says_so_in_its_text() {
     }
 }
 
+/// Usage far past what the call allowed is billed as reported (the
+/// provider's word is the bill) but called out, not recorded silently.
+#[tokio::test]
+async fn implausible_usage_is_billed_and_called_out() {
+    let fake = FakeProvider::start(Reply::json(
+        200,
+        json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000,
+            "model": "deepseek-v3.2",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "4"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 900_000, "total_tokens": 900_012}
+        }),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(dir.path(), &deepseek_env(&fake)).await;
+    let c = s
+        .ok(
+            "complete_prompt",
+            json!({"prompt": "What is 2+2?", "max_tokens": 50}),
+        )
+        .await;
+    assert_eq!(c["tokens"]["output"], 900_000, "{c}");
+    let w = c["warning"].as_str().unwrap_or_default();
+    assert!(
+        w.contains("900000 output tokens for an answer limited to 50"),
+        "{c}"
+    );
+    let u = s.ok("query_usage", json!({})).await;
+    assert_usd(&u["total_cost_usd"], c["cost_usd"].as_f64().unwrap());
+    s.stop().await;
+}
+
 /// A reasoning model that spends its whole output limit thinking answers
 /// with no text and `finish_reason: length`. That reply is billed (at the
 /// cost it reported, as OpenRouter's `usage.cost` does; otherwise at its
