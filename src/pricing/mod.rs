@@ -635,13 +635,26 @@ impl Catalog {
     /// model name that exists under exactly one provider.
     pub fn resolve(&self, name: &str) -> Result<String, String> {
         let name = name.trim();
+        if let Some(m) = self.get(name) {
+            return Ok(m.id);
+        }
+        // Ids are lower case, but people type "DeepSeek/DeepSeek-V3.2"
+        // (and `check_model_costs` matches any case): a priced id equal
+        // but for case is the one meant, before an open catalog's
+        // (OpenRouter, HuggingFace) unpriced guess at the typed spelling.
+        if let Some(id) = self.same_but_for_case(name) {
+            return Ok(id);
+        }
         if let Some(m) = self.get_or_unpriced(name) {
             return Ok(m.id);
         }
         let matches: Vec<&String> = self
             .models
             .keys()
-            .filter(|k| k.split_once('/').is_some_and(|(_, m)| m == name))
+            .filter(|k| {
+                k.split_once('/')
+                    .is_some_and(|(_, m)| m.eq_ignore_ascii_case(name))
+            })
             .collect();
         // A name that starts with a provider ("anthropic/claude-sonnet-4.5")
         // names that provider. If it has no such model, the same text under
@@ -691,19 +704,50 @@ impl Catalog {
         }
     }
 
-    /// Up to five known ids that look like `name`.
+    /// The one priced id equal to `name` but for ASCII case (its provider
+    /// under any accepted name), if there is exactly one.
+    fn same_but_for_case(&self, name: &str) -> Option<String> {
+        let (provider, model) = name.split_once('/')?;
+        let wanted = format!("{}/{model}", ProviderId::parse(provider)?.as_str());
+        let mut found = self
+            .models
+            .keys()
+            .filter(|k| k.eq_ignore_ascii_case(&wanted));
+        match (found.next(), found.next()) {
+            (Some(one), None) => Some(one.clone()),
+            _ => None,
+        }
+    }
+
+    /// Up to five known ids that look most like `name`, most alike first:
+    /// edit distance on the model part, among the named provider's models
+    /// when `name` names one ("deepseek/deepseek-v3-2" suggests
+    /// deepseek/deepseek-v3.2, not the first five DeepSeek ids by name).
     fn suggest(&self, name: &str) -> Vec<String> {
-        let needle = name.rsplit('/').next().unwrap_or(name).to_ascii_lowercase();
-        let stem: String = needle.chars().take(8).collect();
-        if stem.len() < 3 {
+        let (provider, model) = match name.split_once('/') {
+            Some((p, m)) => match ProviderId::parse(p) {
+                Some(p) => (Some(p), m),
+                None => (None, name),
+            },
+            None => (None, name),
+        };
+        let needle = model.to_ascii_lowercase();
+        if needle.chars().count() < 3 {
             return Vec::new();
         }
-        self.models
-            .keys()
-            .filter(|k| k.to_ascii_lowercase().contains(&stem))
-            .take(5)
-            .cloned()
-            .collect()
+        let mut scored: Vec<(f64, &String)> = self
+            .models
+            .iter()
+            .filter(|(_, p)| provider.is_none_or(|want| p.provider == want))
+            .filter_map(|(k, _)| {
+                let m = k.split_once('/').map_or(k.as_str(), |(_, m)| m);
+                let score =
+                    strsim::normalized_damerau_levenshtein(&needle, &m.to_ascii_lowercase());
+                (score >= 0.5).then_some((score, k))
+            })
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        scored.into_iter().take(5).map(|(_, k)| k.clone()).collect()
     }
 
     /// Price a call: the provider's own figure wins, then the catalog; a
@@ -1154,6 +1198,23 @@ mod tests {
         let err = c.resolve("claude-haiku-9").unwrap_err();
         assert!(err.contains("unknown model"), "{err}");
         assert!(err.contains("claude-haiku-4-5"), "{err}");
+        // Any case, as people type ids (and as check_model_costs matches).
+        assert_eq!(
+            c.resolve("DeepSeek/DeepSeek-V3.2").unwrap(),
+            "deepseek/deepseek-v3.2"
+        );
+        assert_eq!(
+            c.resolve("DEEPSEEK-V4-PRO").unwrap(),
+            "deepseek/deepseek-v4-pro"
+        );
+        // A near miss is suggested first, not the provider's first ids.
+        let err = c.resolve("deepseek/deepseek-v3-2").unwrap_err();
+        assert!(err.contains("did you mean deepseek/deepseek-v3.2"), "{err}");
+        let err = c.resolve("anthropic/claude-sonet-4-6").unwrap_err();
+        assert!(
+            err.contains("did you mean anthropic/claude-sonnet-4-6"),
+            "{err}"
+        );
     }
 
     #[test]
