@@ -225,21 +225,28 @@ fn error_in_body(id: ProviderId, err: &Value, status_code: Option<&Value>) -> Pr
         .and_then(|m| m.as_str())
         .or_else(|| err.as_str())
         .unwrap_or("unknown error");
-    let code = status_code
+    let given = status_code
         .and_then(|c| c.as_u64())
         .or_else(|| err.get("code").and_then(|c| c.as_u64()))
         .filter(|c| (400..600).contains(c))
-        .unwrap_or(500) as u16;
+        .map(|c| c as u16);
     // `metadata`: OpenRouter's upstream name and raw error, which say why.
     let body = json!({"error": {"message": msg, "type": err.get("type"),
         "metadata": err.get("metadata")}})
     .to_string();
-    ProviderError::from_http(
+    // Classified as a server error when the event gives no status; but the
+    // reply itself was a 200, so no "HTTP 500" is claimed in the message.
+    let mut e = ProviderError::from_http(
         id,
-        code,
+        given.unwrap_or(500),
         &reqwest::header::HeaderMap::new(),
         body.as_bytes(),
-    )
+    );
+    if given.is_none() {
+        e.status = None;
+        e.detail = format!("error event in the stream: {}", e.detail);
+    }
+    e
 }
 
 /// Reads a chat completion. Some providers send errors inside a 200 reply
@@ -464,6 +471,17 @@ mod tests {
         let e = run_stream(err).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Server);
         assert!(e.detail.contains("upstream died"));
+        // An error event with no status: a server error, but not "HTTP 500"
+        // (the reply was a 200).
+        let bare = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n\
+            data: {\"error\":{\"message\":\"upstream exploded\"}}\n\n";
+        let e = run_stream(bare).unwrap_err();
+        assert_eq!((e.kind, e.status), (ErrorKind::Server, None));
+        let m = e.user_message();
+        assert!(
+            m.contains("error event in the stream: upstream exploded") && !m.contains("HTTP"),
+            "{m}"
+        );
         let no_usage = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
         // Finished, but no usage came: the answer is kept, its usage zero
         // (the caller flags the cost unknown).
