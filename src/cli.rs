@@ -404,6 +404,10 @@ fn read_prompt(p: String) -> Result<String> {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
             .context("cannot read the prompt from stdin")?;
+        // The line end `echo` or a file's last line adds is not part of
+        // the prompt (it changed its length, and so its score).
+        let end = s.trim_end_matches(['\n', '\r']).len();
+        s.truncate(end);
         Ok(s)
     } else {
         Ok(p)

@@ -479,8 +479,13 @@ pub fn usage(u: &UsageReport) -> String {
     if u.totals.failed_attempts > 0 {
         let _ = writeln!(
             s,
-            "{} failed provider attempts ($0, except answers cut off mid-stream: those are counted at their estimated cost, since the provider may bill them).",
-            u.totals.failed_attempts
+            "{} failed provider attempt{} ($0, except answers cut off mid-stream: those are counted at their estimated cost, since the provider may bill them).",
+            u.totals.failed_attempts,
+            if u.totals.failed_attempts == 1 {
+                ""
+            } else {
+                "s"
+            }
         );
     }
     if u.totals.unpriced_calls > 0 {
@@ -665,6 +670,8 @@ fn tried_line(attempts: &[crate::optimizer::Attempt]) -> Option<String> {
     let tried: Vec<String> = attempts
         .iter()
         .map(|a| match a.retried_after_ms {
+            // Sub-second waits in ms: "0.0 s" read as no wait at all.
+            Some(ms) if ms < 1000 => format!("{} ({}, retried after {ms} ms)", a.model, a.outcome),
             Some(ms) => format!(
                 "{} ({}, retried after {:.1} s)",
                 a.model,

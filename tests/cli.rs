@@ -865,3 +865,36 @@ fn prefer_flag_and_setting_reach_routing() {
     assert_eq!(scored("cost")["tier"], "free");
     assert_eq!(scored("quality")["tier"], "cheap");
 }
+
+/// `recommend -` reads the prompt from stdin without the line end `echo`
+/// adds: the same prompt, the same score, typed or piped.
+#[test]
+fn a_prompt_from_stdin_is_the_prompt_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = "What is 2+2?";
+    let recommend = |arg: &str, stdin: Option<&str>| -> Output {
+        let mut c = command(dir.path());
+        c.envs([
+            ("DEEPSEEK_API_KEY", "FAKE-deepseek-cli-stdin-000000"),
+            ("DEEPSEEK_BASE_URL", "http://127.0.0.1:9"),
+        ])
+        .args(["recommend", arg, "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        {
+            use std::io::Write;
+            let mut w = child.stdin.take().unwrap();
+            w.write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    };
+    let typed = recommend(prompt, None);
+    let piped = recommend("-", Some(&format!("{prompt}\n")));
+    let score = |o: &Output| -> f64 {
+        let v: Value = serde_json::from_str(&stdout(o)).unwrap_or_else(|e| panic!("{e}: {o:?}"));
+        v["complexity"]["score"].as_f64().unwrap()
+    };
+    assert_eq!(score(&typed), score(&piped));
+}
