@@ -1713,6 +1713,10 @@ impl Optimizer {
         // Providers that failed as a whole in this call (bad key, no credit,
         // down after retries): their other models are not worth a try.
         let mut failed_providers: Vec<ProviderId> = Vec::new();
+        // Fallbacks passed over because their provider failed as a whole
+        // (a server error, an outage): the final error names them, or a
+        // call that "tried" one model looks as if it had no fallback.
+        let mut skipped: Vec<String> = Vec::new();
         // Providers whose rate limit already counted against their breaker
         // in this call, and only the account's (see `counts` below): a
         // quota is usually per model (Gemini, Anthropic, OpenRouter), so one
@@ -1766,6 +1770,9 @@ impl Optimizer {
         let last_candidate = order.len().saturating_sub(1);
         'candidates: for (index, cand) in order.into_iter().enumerate() {
             if failed_providers.contains(&cand.provider) {
+                if !skipped.contains(&cand.model) {
+                    skipped.push(cand.model.clone());
+                }
                 continue;
             }
             let Some(provider) = self.registry.get(cand.provider) else {
@@ -2374,9 +2381,17 @@ impl Optimizer {
         } else {
             Box::new(ToolError::ProviderFailed)
         };
+        let not_tried = if skipped.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " Not tried: {} (the same provider's; its failure was taken as the whole provider's, not one model's).",
+                skipped.join(", ")
+            )
+        };
         Err(kind(
             format!(
-                "{} Tried: {}. {}",
+                "{} Tried: {}.{not_tried} {}",
                 last_error.map_or_else(
                     || "No provider could take the call.".into(),
                     |m| sentence(&m)

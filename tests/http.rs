@@ -603,6 +603,11 @@ async fn a_failed_call_tells_openai_clients_not_to_retry() {
     assert_eq!(r.headers()["x-should-retry"], "false");
     let e = json_of(r).await;
     assert_eq!(e["error"]["code"], "provider_failed", "{e}");
+    // DeepSeek's other model was passed over (a server error is taken as
+    // the provider's), and the message says so, sentence by sentence.
+    let m = e["error"]["message"].as_str().unwrap();
+    assert!(m.contains("internal error. Tried: deepseek/"), "{m}");
+    assert!(m.contains("Not tried: deepseek/deepseek-v4-pro"), "{m}");
     // The provider's failure is in the metrics even though no answer came
     // (they counted only the failed attempts before an answer).
     assert_eq!(fake.requests().len(), 1);
