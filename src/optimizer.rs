@@ -1331,7 +1331,7 @@ impl Optimizer {
                 output_per_mtok: m.output_per_mtok(),
                 cache_read_per_mtok: m
                     .cache_read
-                    .map(|c| c * 1e6)
+                    .map(crate::pricing::per_mtok)
                     .filter(|c| *c != m.input_per_mtok()),
                 context_window: m.max_input_tokens,
                 estimated_cost_usd: None,

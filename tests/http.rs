@@ -506,11 +506,14 @@ async fn openai_errors_have_openai_bodies_and_statuses() {
             json!({"model": "anthropic/claude-haiku-4-5", "messages": [{"role": "user", "content": "hi"}]}),
             404,
         ),
+        // An array: the client's mistake named, not our struct's.
+        (json!([{"role": "user", "content": "hi"}]), 400),
     ] {
         let r = request(&c, Method::POST, &url, None, Some(&body)).await;
         assert_eq!(r.status(), status, "{body}");
         let e = json_of(r).await;
-        assert!(e["error"]["message"].as_str().unwrap().len() > 3, "{e}");
+        let m = e["error"]["message"].as_str().unwrap();
+        assert!(m.len() > 3 && !m.contains("ChatBody"), "{e}");
         assert!(e["error"]["type"].is_string());
     }
     // Bad input never reached the provider nor the ledger.

@@ -398,6 +398,14 @@ pub async fn chat_completions(
             None,
         );
     }
+    // An object first: serde reads a struct from an array too, and its
+    // complaint ("expected struct ChatBody with 20 elements") names our
+    // type, not the client's mistake.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return bad_request(
+            "invalid request body: a JSON object is expected, such as {\"model\": \"auto\", \"messages\": [...]}",
+        );
+    }
     let req: ChatBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => return bad_request(format!("invalid request body: {e}")),

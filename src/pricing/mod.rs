@@ -271,13 +271,20 @@ impl ModelPrice {
 
     /// USD per million input tokens, for display.
     pub fn input_per_mtok(&self) -> f64 {
-        self.input * 1e6
+        per_mtok(self.input)
     }
 
     /// USD per million output tokens, for display.
     pub fn output_per_mtok(&self) -> f64 {
-        self.output * 1e6
+        per_mtok(self.output)
     }
+}
+
+/// A per-token price per million tokens, to a billionth of a dollar: the
+/// catalog's 4e-7 times 1e6 is 0.39999999999999997 in floating point, which
+/// JSON readers then show.
+pub fn per_mtok(per_token: f64) -> f64 {
+    (per_token * 1e15).round() / 1e9
 }
 
 /// Clamps a computed cost to something a ledger can hold: never negative or
@@ -1215,6 +1222,16 @@ mod tests {
             err.contains("did you mean anthropic/claude-sonnet-4-6"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn prices_per_million_read_as_written() {
+        assert_eq!(super::per_mtok(4e-7), 0.4);
+        assert_eq!(super::per_mtok(2.8e-7), 0.28);
+        assert_eq!(super::per_mtok(1.5e-5), 15.0);
+        let c = Catalog::bundled();
+        let m = c.get("deepseek/deepseek-v3.2").unwrap();
+        assert_eq!((m.input_per_mtok(), m.output_per_mtok()), (0.28, 0.4));
     }
 
     #[test]
