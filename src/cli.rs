@@ -126,7 +126,7 @@ pub enum Command {
     },
     /// Show the budget, or set it with --set.
     Budget {
-        /// New monthly limit in USD.
+        /// New limit in USD per period (monthly unless --period says otherwise).
         #[arg(long, allow_negative_numbers = true)]
         set: Option<f64>,
         /// Alert thresholds, comma-separated fractions (e.g. 0.5,0.8,1).

@@ -2789,7 +2789,9 @@ impl Optimizer {
                 .as_deref()
                 .is_some_and(|u| !u.trim().is_empty())
         {
-            return Err(invalid("give either global: true or user_id, not both"));
+            return Err(invalid(
+                "give either global (every user together) or user_id (one user), not both",
+            ));
         }
         let user = if global {
             GLOBAL_SCOPE.to_string()

@@ -183,8 +183,10 @@ impl ProviderError {
         }
         let mut source = std::error::Error::source(e);
         while let Some(s) = source {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
+            // Layers of hyper and reqwest wrap one error in the same words
+            // ("request or response body error: request or response body
+            // error: …"): each clause once.
+            append_cause(&mut msg, &s.to_string());
             source = s.source();
         }
         ProviderError::new(provider, kind, e.status().map(|s| s.as_u16()), msg)
@@ -653,9 +655,35 @@ fn gemini_retry_delay(j: &serde_json::Value) -> Option<Duration> {
     })
 }
 
+/// Appends `cause` to an error message as ": cause", unless the message
+/// already says it (wrapping layers repeat one error's words).
+fn append_cause(msg: &mut String, cause: &str) {
+    if cause.is_empty() || msg.ends_with(cause) || msg.contains(&format!("{cause}: ")) {
+        return;
+    }
+    msg.push_str(": ");
+    msg.push_str(cause);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cause_said_twice_is_said_once() {
+        let mut m = "error decoding response body".to_string();
+        for cause in [
+            "request or response body error",
+            "request or response body error",
+            "operation timed out",
+        ] {
+            append_cause(&mut m, cause);
+        }
+        assert_eq!(
+            m,
+            "error decoding response body: request or response body error: operation timed out"
+        );
+    }
     use reqwest::header::{HeaderMap, HeaderValue};
 
     fn classify(status: u16, body: &str) -> ProviderError {
