@@ -543,6 +543,11 @@ async fn openai_errors_have_openai_bodies_and_statuses() {
             reply.contains("content-type: application/json") && reply.contains(r#""error""#),
             "{reply}"
         );
+        // Which limit, and where it is set.
+        assert!(
+            reply.contains("limit of 8388608 bytes") && reply.contains("MAX_BODY_BYTES"),
+            "{reply}"
+        );
     }
     // So are a wrong method and a query string that does not parse.
     for (method, path, status) in [

@@ -416,7 +416,10 @@ impl Server {
             .layer(axum::extract::DefaultBodyLimit::max(
                 self.settings.max_body_bytes,
             ))
-            .layer(middleware::map_response(json_errors))
+            .layer({
+                let limit = self.settings.max_body_bytes;
+                middleware::map_response(move |uri, response| json_errors(uri, response, limit))
+            })
             .with_state(state);
         if !self.settings.cors_origins.is_empty() {
             let origins: Vec<HeaderValue> = self
@@ -592,7 +595,7 @@ pub async fn serve_http(core: Arc<Optimizer>, addr: &str) -> Result<()> {
 /// (or nothing); OpenAI clients and scripts read `{"error": {…}}`, as every
 /// other error here is. Headers (`Allow`, `WWW-Authenticate`) are kept.
 /// `/mcp` answers in its own protocol and is left alone.
-async fn json_errors(uri: axum::http::Uri, response: Response) -> Response {
+async fn json_errors(uri: axum::http::Uri, response: Response, body_limit: usize) -> Response {
     let status = response.status();
     let is_json = response
         .headers()
@@ -610,7 +613,14 @@ async fn json_errors(uri: axum::http::Uri, response: Response) -> Response {
         .await
         .unwrap_or_default();
     let text = String::from_utf8_lossy(&bytes).trim().to_string();
-    let message = if text.is_empty() {
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The layer's own words ("length limit exceeded") say neither
+        // which limit nor where it is set.
+        format!(
+            "the request body is over this server's limit of {body_limit} bytes \
+             (COST_OPTIMIZER_HTTP_MAX_BODY_BYTES, [http] max_body_bytes)"
+        )
+    } else if text.is_empty() {
         status.canonical_reason().unwrap_or("error").to_string()
     } else {
         text
