@@ -559,7 +559,8 @@ pub struct UsageReport {
     pub by_band: Vec<BandStat>,
     /// The most expensive successful calls of the period, most expensive first.
     pub top_calls: Vec<CallRow>,
-    /// The budget of the user (or "default").
+    /// The budget of the user; for a report on every user, the global
+    /// budget if one is set, else the default user's.
     pub budget: BudgetStatus,
     /// The global budget, if one is set.
     pub global_budget: Option<BudgetStatus>,
@@ -1160,6 +1161,20 @@ impl Optimizer {
         let ledger = self.ledger()?;
         let b = self.budget_of(ledger, user)?;
         budget::status(ledger, &b, self.now()).map_err(|e| ToolError::Ledger(e.to_string()))
+    }
+
+    /// The budget a report on `user`'s calls shows: theirs; for a report
+    /// on every user's calls, the global budget when one is set (the one
+    /// that covers them all: an admin's report showed the budget of a
+    /// user named "default" that, on a server with keys, nobody is), else
+    /// the default user's (on stdio, the one user).
+    pub fn report_budget(&self, user: Option<&str>) -> Result<BudgetStatus, ToolError> {
+        if user.is_none()
+            && let Some(g) = self.global_budget_status()?
+        {
+            return Ok(g);
+        }
+        self.budget_status(user.unwrap_or(DEFAULT_USER))
     }
 
     /// `get_recommendation`: the routing decision, without calling anything.
@@ -2741,7 +2756,7 @@ impl Optimizer {
             by_month: Vec::new(),
             by_band: snap.bands,
             top_calls: snap.top_calls,
-            budget: self.budget_status(user.as_deref().unwrap_or(DEFAULT_USER))?,
+            budget: self.report_budget(user.as_deref())?,
             global_budget: self.global_budget_status()?,
             warning: ledger.ensure_writable().err().map(|e| e.to_string()),
         };

@@ -535,10 +535,9 @@ pub fn usage(u: &UsageReport) -> String {
             );
         }
     }
+    // The forecast and alert right under the budget they are about: below
+    // the global budget's line, a user's forecast read as the global one.
     let _ = writeln!(s, "\n{}", budget_line(&u.budget));
-    if let Some(g) = &u.global_budget {
-        let _ = writeln!(s, "{}", budget_line(g));
-    }
     if u.budget.forecast_usd > 0.0 {
         let _ = writeln!(
             s,
@@ -549,6 +548,13 @@ pub fn usage(u: &UsageReport) -> String {
     }
     if let Some(a) = u.budget.alert_line() {
         let _ = writeln!(s, "⚠️ {a}");
+    }
+    if let Some(g) = u
+        .global_budget
+        .as_ref()
+        .filter(|g| g.user_id != u.budget.user_id)
+    {
+        let _ = writeln!(s, "{}", budget_line(g));
     }
     s
 }

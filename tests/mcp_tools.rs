@@ -2056,3 +2056,32 @@ async fn prefer_quality_takes_the_stronger_tier_near_a_boundary() {
     assert_eq!(r["tier"], "cheap", "{r}");
     s.stop().await;
 }
+
+/// A report on every user's calls shows the budget that covers them all
+/// (the global one, when set), once; a user's report shows theirs, with
+/// its forecast under it, and the global budget after.
+#[tokio::test]
+async fn an_everyone_report_shows_the_global_budget() {
+    let fake = FakeProvider::start(openai_ok("deepseek-v3.2", "4", json!({}))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(dir.path(), &deepseek_env(&fake)).await;
+    let everyone = s.ok("query_usage", json!({})).await;
+    assert_eq!(
+        everyone["budget"]["user_id"], "default",
+        "no global budget yet"
+    );
+    s.ok("set_budget", json!({"monthly_limit": 50, "global": true}))
+        .await;
+    let r = s.call("query_usage", json!({})).await;
+    let (u, t) = (r.structured_content.clone().unwrap(), text(&r));
+    assert_eq!(u["budget"]["user_id"], "*", "{u}");
+    assert_eq!(u["budget"]["limit_usd"], json!(50.0));
+    assert_eq!(t.matches("Budget (global)").count(), 1, "{t}");
+    let r = s.call("query_usage", json!({"user_id": "default"})).await;
+    let (u, t) = (r.structured_content.clone().unwrap(), text(&r));
+    assert_eq!(u["budget"]["user_id"], "default", "{u}");
+    let mine = t.find("Budget (default)").expect("the user's budget");
+    let global = t.find("Budget (global)").expect("the global budget");
+    assert!(mine < global, "{t}");
+    s.stop().await;
+}

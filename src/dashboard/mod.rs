@@ -11,7 +11,7 @@ pub mod svg;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
-use crate::budget::{BudgetStatus, DEFAULT_USER, rfc3339};
+use crate::budget::{BudgetStatus, rfc3339};
 use crate::ledger::{Breakdown, CallRow, Snapshot, SnapshotRequest, TokenMix};
 use crate::optimizer::{Optimizer, ToolError, validate_user};
 use crate::pricing::ModelPrice;
@@ -126,7 +126,7 @@ pub fn collect(
         })
         .map_err(|e| ToolError::Ledger(e.to_string()))?;
     let budget = core
-        .budget_status(user.as_deref().unwrap_or(DEFAULT_USER))
+        .report_budget(user.as_deref())
         .map_err(|e| e.to_string());
     // The recorded figure is each call's baseline when it was made, which
     // may be another model than the one configured now: it is labelled as
