@@ -791,6 +791,7 @@ fn score_stdin(settings: &Settings, length_only: bool) -> Result<()> {
     let mut input = std::io::BufReader::with_capacity(1 << 16, std::io::stdin().lock());
     let mut bytes = Vec::new();
     let mut line_no = 0u64;
+    let mut failed = 0u64;
     loop {
         if input.buffer().is_empty() {
             out.flush()?;
@@ -806,6 +807,7 @@ fn score_stdin(settings: &Settings, length_only: bool) -> Result<()> {
                 let msg = serde_json::json!({"line": line_no, "error": format!("not UTF-8: {e}")});
                 serde_json::to_writer(&mut out, &msg)?;
                 out.write_all(b"\n")?;
+                failed += 1;
                 continue;
             }
         };
@@ -815,7 +817,13 @@ fn score_stdin(settings: &Settings, length_only: bool) -> Result<()> {
         if text.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<ScoreIn>(text) {
+        // An object only: serde reads `{id, prompt}` from `[1, "hi"]` too.
+        let parsed = if text.trim_start().starts_with('{') {
+            serde_json::from_str::<ScoreIn>(text).map_err(|e| e.to_string())
+        } else {
+            Err("not a JSON object".to_string())
+        };
+        match parsed {
             Ok(item) => {
                 let (value, reasons) = if length_only {
                     (scorer::length_only(&item.prompt), vec!["length"])
@@ -837,13 +845,29 @@ fn score_stdin(settings: &Settings, length_only: bool) -> Result<()> {
                 out.write_all(b"\n")?;
             }
             Err(e) => {
-                let msg = serde_json::json!({"line": line_no, "error": format!("expected {{\"id\",\"prompt\"}}: {e}")});
+                // The line's id too, when it has one: a caller matches
+                // answers to inputs by id, not by counting lines.
+                let id = serde_json::from_str::<serde_json::Value>(text)
+                    .ok()
+                    .and_then(|v| v.get("id").cloned());
+                let mut msg = serde_json::json!({"line": line_no, "error": format!("expected {{\"id\",\"prompt\"}}: {e}")});
+                if let Some(id) = id {
+                    msg["id"] = id;
+                }
                 serde_json::to_writer(&mut out, &msg)?;
                 out.write_all(b"\n")?;
+                failed += 1;
             }
         }
     }
     out.flush()?;
+    // Every line was answered; the exit status says whether all were
+    // scored, for scripts that check it.
+    if failed > 0 {
+        bail!(
+            "{failed} of {line_no} lines could not be scored (their output lines have an \"error\")"
+        );
+    }
     Ok(())
 }
 

@@ -178,14 +178,33 @@ fn doctor_reports_providers_and_paths_as_json() {
 #[test]
 fn score_streams_jsonl_and_survives_bad_lines() {
     let dir = tempfile::tempdir().unwrap();
-    let input = "{\"id\":\"a\",\"prompt\":\"hi\"}\nnot json\n\n{\"id\":7,\"prompt\":\"Prove that the square root of 2 is irrational, step by step.\"}\n";
+    let input = "{\"id\":\"a\",\"prompt\":\"hi\"}\nnot json\n\n{\"id\":7,\"prompt\":\"Prove that the square root of 2 is irrational, step by step.\"}\n[1,\"hi\"]\n{\"id\":\"b\",\"prompt\":5}\n";
     let o = run(dir.path(), &["score"], Some(input));
-    assert!(o.status.success(), "{}", stderr(&o));
+    // Every line answered, and the exit status says some failed.
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("3 of 6 lines could not be scored"),
+        "{}",
+        stderr(&o)
+    );
     let lines: Vec<Value> = stdout(&o)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 3);
+    assert_eq!(lines.len(), 5);
+    // An array is not an object with an id and a prompt.
+    assert!(
+        lines[3]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a JSON object"),
+        "{}",
+        lines[3]
+    );
+    // A bad prompt's line keeps its id.
+    assert_eq!(lines[4]["id"], "b", "{}", lines[4]);
+    assert!(lines[4]["error"].is_string());
+    let lines = &lines[..3];
     assert_eq!(lines[0]["id"], "a");
     assert!(lines[1]["error"].as_str().unwrap().contains("expected"));
     assert_eq!(lines[1]["line"], 2);
