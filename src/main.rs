@@ -76,6 +76,11 @@ fn main() -> ExitCode {
                 println!("{body:#}");
             }
             eprintln!("ai-cost-optimizer: {message}");
+            // `doctor` is what a user runs when something is wrong: past
+            // the setting at fault, say what can be said without settings.
+            if matches!(cli.command, Some(Command::Doctor { .. })) && !json_out {
+                println!("{}", doctor_without_settings(&message));
+            }
             return ExitCode::from(2);
         }
     };
@@ -120,6 +125,40 @@ fn main() -> ExitCode {
         }
     });
     exit_with(result, json_out)
+}
+
+/// What `doctor` can tell when the settings do not load: the error, the
+/// config file and data directory asked for, and which providers' keys
+/// are in the environment (names only). Settings load in one pass, so the
+/// rest of the report (ledger, budget, reachable providers) waits for the
+/// setting at fault to be fixed, and says so.
+fn doctor_without_settings(error: &str) -> String {
+    use ai_cost_optimizer::providers::{ProviderId, spec};
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let keys: Vec<&str> = ProviderId::ALL
+        .iter()
+        .filter(|p| spec(**p).key_envs.iter().any(|k| var(k).is_some()))
+        .map(|p| spec(*p).display_name)
+        .collect();
+    format!(
+        "ai-cost-optimizer {} doctor\n\
+         Settings: NOT LOADED: {error}\n\
+         Config file: {}\n\
+         Data directory: {}\n\
+         Provider keys in the environment: {}\n\
+         Fix the setting above and run `ai-cost-optimizer doctor` again for the full report \
+         (ledger, budget, providers reachable).",
+        env!("CARGO_PKG_VERSION"),
+        var("COST_OPTIMIZER_CONFIG")
+            .unwrap_or_else(|| "the default location (COST_OPTIMIZER_CONFIG unset)".into()),
+        var("COST_OPTIMIZER_DATA_DIR")
+            .unwrap_or_else(|| "the platform default (COST_OPTIMIZER_DATA_DIR unset)".into()),
+        if keys.is_empty() {
+            "none".to_string()
+        } else {
+            keys.join(", ")
+        }
+    )
 }
 
 /// Reports a command's failure (stderr, and JSON on stdout for `--json`)

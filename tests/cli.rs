@@ -917,3 +917,32 @@ fn a_prompt_from_stdin_is_the_prompt_typed() {
     };
     assert_eq!(score(&typed), score(&piped));
 }
+
+/// `doctor` with a setting that does not load still says what it can:
+/// the error, where it looked, which providers have keys (never the keys).
+#[test]
+fn doctor_with_a_bad_setting_still_reports_what_it_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "FAKE-deepseek-doctor-key-0000001";
+    let o = command(dir.path())
+        .envs([
+            ("COST_OPTIMIZER_MONTHLY_BUDGET", "abc"),
+            ("DEEPSEEK_API_KEY", key),
+        ])
+        .arg("doctor")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let out = stdout(&o);
+    assert!(out.contains("Settings: NOT LOADED"), "{out}");
+    assert!(out.contains("COST_OPTIMIZER_MONTHLY_BUDGET"), "{out}");
+    assert!(
+        out.contains("Provider keys in the environment: DeepSeek"),
+        "{out}"
+    );
+    assert!(
+        out.contains("run `ai-cost-optimizer doctor` again"),
+        "{out}"
+    );
+    assert!(!out.contains(key) && !stderr(&o).contains(key));
+}
