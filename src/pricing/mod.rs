@@ -1028,6 +1028,34 @@ pub fn validate_refresh(text: &str, current: &Catalog, force: bool) -> Result<Re
         );
     }
     if !force {
+        // A provider the current refreshed catalog has and the new file
+        // lacks altogether: its models would fall back to the bundled
+        // prices, and those only a refresh knew would lose theirs. The
+        // per-provider shrink check above cannot see a provider that is
+        // gone; a catalog that dropped one on purpose is accepted with
+        // --force.
+        let mut refreshed_per_provider: BTreeMap<&str, usize> = BTreeMap::new();
+        for m in current
+            .models()
+            .filter(|m| m.origin == PriceOrigin::Refreshed)
+        {
+            *refreshed_per_provider
+                .entry(m.provider.as_str())
+                .or_insert(0) += 1;
+        }
+        let gone: Vec<String> = refreshed_per_provider
+            .iter()
+            .filter(|(p, n)| **n >= 5 && !per_provider.contains_key(**p))
+            .map(|(p, n)| format!("{p} ({n} models)"))
+            .collect();
+        if !gone.is_empty() {
+            bail!(
+                "the new catalog has no models of {} that the current one prices; they would fall back \
+                 to the bundled prices, and models only the current catalog knows would lose theirs. \
+                 Check the file, or pass --force to accept it",
+                gone.join(", ")
+            );
+        }
         let mut suspicious = Vec::new();
         for m in fresh.values() {
             let Some(old) = current
@@ -1559,6 +1587,28 @@ mod tests {
         assert!(err.contains("shrink"), "{err}");
         let ok = validate_refresh(BUNDLED, &c, false).unwrap();
         assert_eq!(ok.new_models, c.len());
+        // A provider the current (refreshed) catalog has, gone from the
+        // new file: refused unless forced.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("refreshed.json");
+        std::fs::write(&path, BUNDLED).unwrap();
+        let refreshed = Catalog::load(Some(&path), &BTreeMap::new()).unwrap();
+        let mut all: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(BUNDLED).unwrap();
+        all.retain(|_, v| v["litellm_provider"] != "deepseek");
+        let no_deepseek = serde_json::Value::Object(all).to_string();
+        let err = validate_refresh(&no_deepseek, &refreshed, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no models of deepseek") && err.contains("--force"),
+            "{err}"
+        );
+        assert!(validate_refresh(&no_deepseek, &refreshed, true).is_ok());
+        // Against the bundled catalog alone (no refresh yet), a file
+        // without a provider is the usual LiteLLM release (OpenRouter's
+        // entries left it in 1.108): accepted.
+        assert!(validate_refresh(&no_deepseek, &c, false).is_ok());
     }
 
     /// A refresh may not quietly take budgets out of play: a paid model made
