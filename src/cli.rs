@@ -421,12 +421,23 @@ fn emit<T: serde::Serialize>(
 ) -> Result<()> {
     match r {
         Ok(v) => {
-            if out.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+            let body = if out.json {
+                serde_json::to_string_pretty(&v)? + "\n"
             } else {
-                print!("{}", text(&v));
+                text(&v)
+            };
+            // Not `print!`: `complete` keeps SIGPIPE ignored (a reader gone
+            // must not kill it before its billed call is recorded), and
+            // `print!` panics on the EPIPE that follows. The call is
+            // recorded by now; a reader that left needs nothing more.
+            let mut stdout = std::io::stdout().lock();
+            match stdout
+                .write_all(body.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                r => r.context("cannot write to stdout"),
             }
-            Ok(())
         }
         // With --json, `main` prints the failure as JSON too.
         Err(e) => Err(anyhow::Error::new(e)),

@@ -1,6 +1,7 @@
 //! `ai-cost-optimizer`: with no arguments (as Claude Desktop runs it) an MCP
 //! server on stdio; otherwise a CLI over the same core. See `--help`.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -31,7 +32,7 @@ fn main() -> ExitCode {
                     .join(" ");
                 let body =
                     serde_json::json!({"error": {"kind": "invalid_argument", "message": message}});
-                println!("{body:#}");
+                let _ = writeln!(std::io::stdout(), "{body:#}");
             }
             e.exit()
         }
@@ -73,7 +74,7 @@ fn main() -> ExitCode {
             if json_out {
                 let body =
                     serde_json::json!({"error": {"kind": "invalid_config", "message": message}});
-                println!("{body:#}");
+                let _ = writeln!(std::io::stdout(), "{body:#}");
             }
             eprintln!("ai-cost-optimizer: {message}");
             // `doctor` is what a user runs when something is wrong: past
@@ -182,7 +183,7 @@ fn exit_with(result: anyhow::Result<()>, json_out: bool) -> ExitCode {
                     None => "error",
                 };
                 let body = serde_json::json!({"error": {"kind": kind, "message": message}});
-                println!("{body:#}");
+                let _ = writeln!(std::io::stdout(), "{body:#}");
             }
             eprintln!("ai-cost-optimizer: {message}");
             if invalid {

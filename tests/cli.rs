@@ -946,3 +946,44 @@ fn doctor_with_a_bad_setting_still_reports_what_it_can() {
     );
     assert!(!out.contains(key) && !stderr(&o).contains(key));
 }
+
+/// `complete` keeps SIGPIPE ignored (a reader gone must not kill it before
+/// its billed call is recorded); a reader gone before the answer is
+/// printed then ends it quietly, the call recorded, not with a panic.
+#[tokio::test(flavor = "multi_thread")]
+async fn complete_to_a_reader_that_left_records_and_exits_quietly() {
+    let fake = common::FakeProvider::start(common::openai_ok(
+        "deepseek-v3.2",
+        "Hello there.",
+        serde_json::json!({"prompt_tokens": 5, "completion_tokens": 3}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    for json in [true, false] {
+        let mut c = command(dir.path());
+        c.envs([
+            (
+                "DEEPSEEK_API_KEY",
+                "FAKE-deepseek-cli-pipe-0000000".to_string(),
+            ),
+            ("DEEPSEEK_BASE_URL", fake.base.clone()),
+        ])
+        .args(["complete", "hello"])
+        .args(if json { vec!["--json"] } else { vec![] })
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        // The reader leaves before anything is written.
+        drop(child.stdout.take());
+        let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        let err = stderr(&o);
+        assert!(!err.contains("panicked"), "{err}");
+        assert_ne!(o.status.code(), Some(101), "{err}");
+    }
+    let o = run(dir.path(), &["usage", "--json"], None);
+    let u: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(u["calls"], 2, "{u}");
+}
