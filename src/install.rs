@@ -390,13 +390,34 @@ pub fn backup_path(path: &Path, now_ms: i64) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut candidate = path.with_file_name(format!("{name}.{stamp}.bak"));
-    let mut n = 1;
-    while candidate.exists() {
-        candidate = path.with_file_name(format!("{name}.{stamp}-{n}.bak"));
+    // Past the highest number this second already has, not into the first
+    // free name: pruning may have freed a lower one, and a newer backup
+    // there would sort as older (and be the next pruned).
+    let highest = path
+        .parent()
+        .and_then(|dir| std::fs::read_dir(dir).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| backup_order(OsStr::new(&name), &e.file_name()))
+        .filter(|(s, _)| *s == stamp)
+        .map(|(_, n)| n)
+        .max();
+    let mut n = match highest {
+        None => 0,
+        Some(h) => h + 1,
+    };
+    loop {
+        let candidate = if n == 0 {
+            path.with_file_name(format!("{name}.{stamp}.bak"))
+        } else {
+            path.with_file_name(format!("{name}.{stamp}-{n}.bak"))
+        };
+        if !candidate.exists() {
+            return candidate;
+        }
         n += 1;
     }
-    candidate
 }
 
 /// The command for the entry: `--binary`, made absolute, or the running
@@ -805,6 +826,29 @@ mod tests {
             backup_order(&os("c.json"), &os("c.json.2026-12-06.bak")),
             None
         );
+    }
+
+    /// Many installs within one second, pruned as they go (as reinstalls
+    /// do): the ten kept are the ten newest. A pruned low number was
+    /// reused for a newer backup, which then sorted as the oldest.
+    #[test]
+    fn many_backups_in_one_second_keep_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("claude_desktop_config.json");
+        let mut made = Vec::new();
+        for i in 0..14 {
+            let b = backup_path(&p, NOW);
+            std::fs::write(&b, i.to_string()).unwrap();
+            prune_backups(&p, &b, 10);
+            made.push(b);
+        }
+        let kept: Vec<String> = made
+            .iter()
+            .filter(|b| b.exists())
+            .map(|b| std::fs::read_to_string(b).unwrap())
+            .collect();
+        let want: Vec<String> = (4..14).map(|i: i32| i.to_string()).collect();
+        assert_eq!(kept, want);
     }
 
     #[test]
