@@ -310,7 +310,8 @@ fn score_answers_line_by_line_and_survives_bytes_that_are_not_utf8() {
     drop(stdin);
     let third = next();
     assert_eq!(third["id"], 3, "{third}");
-    assert!(child.wait().unwrap().success());
+    // Every line answered; the status says one could not be scored.
+    assert_eq!(child.wait().unwrap().code(), Some(1));
     // Only DeepSeek is enabled: every tier is answered by one of its
     // models, the way routing would move to the nearest enabled tier.
     for l in [&first, &third] {
