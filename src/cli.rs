@@ -699,13 +699,20 @@ async fn run_tool(command: Command, core: Arc<Optimizer>) -> Result<()> {
             let now = crate::optimizer::system_clock()();
             // Whole UTC days: reports count days, and a day cut in the
             // middle would show as a quiet day rather than a pruned one.
-            let cutoff = (now - i64::from(days) * 86_400_000).div_euclid(86_400_000) * 86_400_000;
+            let cutoff_for =
+                |days: i64| (now - days * 86_400_000).div_euclid(86_400_000) * 86_400_000;
+            let cutoff = cutoff_for(i64::from(days));
             // Deleting a call takes its cost out of its budget period's
             // spend: pruning into a current period would hand that money
             // back to be spent again.
             let (start, scope) = core.earliest_period_start(now)?;
             if cutoff > start {
-                let need = (now - start).div_euclid(86_400_000) + 1;
+                // The smallest value accepted, by the same rule (the days
+                // are whole UTC days; the period may start at another
+                // zone's midnight): "(now - start) + 1 days" was one more.
+                let need = (1..=36_500)
+                    .find(|d| cutoff_for(*d) <= start)
+                    .unwrap_or(36_500);
                 invalid_arg!(
                     "--older-than-days {days} would delete calls of a current budget period \
                      ({} budget, period started {}), and their cost would no longer count against it; \

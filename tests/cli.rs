@@ -686,7 +686,22 @@ fn retention_prunes_and_corrupt_ledger_is_explained() {
             e.contains("current budget period") && e.contains("\"default\"'s budget"),
             "{e}"
         );
-        assert!(e.contains(&format!("keep at least {day} days")), "{e}");
+        // The least it accepts, as it says (it said one day more).
+        let need = day - 1;
+        assert!(e.contains(&format!("keep at least {need} days")), "{e}");
+        let fewer = (need - 1).to_string();
+        let o = run(
+            dir.path(),
+            &["retention", "--older-than-days", &fewer],
+            None,
+        );
+        assert!(!o.status.success(), "{fewer} days must be refused");
+        let o = run(
+            dir.path(),
+            &["retention", "--older-than-days", &need.to_string()],
+            None,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
     } else {
         assert!(o.status.success(), "{}", stderr(&o));
     }
