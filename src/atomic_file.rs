@@ -24,8 +24,18 @@ pub fn resolve(path: &Path) -> std::io::Result<PathBuf> {
 /// directory is created if missing, the text is written to a temporary
 /// file beside it and synced, given the old file's permissions, and renamed
 /// over it. On failure the temporary file is removed and `path` is as it
-/// was.
+/// was. An existing file this user may not write is refused, as writing it
+/// in place would be: a rename needs only the directory's permission, and
+/// would quietly replace a file its owner made read-only.
 pub fn replace(path: &Path, text: &str) -> std::io::Result<()> {
+    if let Err(e) = std::fs::OpenOptions::new().append(true).open(path)
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("{} is not writable (read-only): {e}", path.display()),
+        ));
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

@@ -210,3 +210,38 @@ fn reinstalls_keep_the_newest_ten_backups() {
         "/opt/aico-11/ai-cost-optimizer"
     );
 }
+
+/// A config file its owner made read-only is not replaced, though the
+/// directory would let a rename through (as root, run as `nobody`: root
+/// writes anything).
+#[cfg(unix)]
+#[test]
+fn a_read_only_config_is_refused_untouched() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let cfg = dir.path().join("claude_desktop_config.json");
+    std::fs::write(&cfg, "{}").unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ai-cost-optimizer"));
+    cmd.arg("install-claude")
+        .args(["--config", cfg.to_str().unwrap()])
+        .env_clear()
+        .env("HOME", dir.path())
+        .env("COST_OPTIMIZER_DATA_DIR", dir.path().join("data"))
+        .env("COST_OPTIMIZER_CONFIG", "");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.uid(65534).gid(65534);
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not writable"), "{err}");
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), "{}");
+    assert_eq!(
+        std::fs::metadata(&cfg).unwrap().permissions().mode() & 0o777,
+        0o444
+    );
+}
