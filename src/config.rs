@@ -630,7 +630,9 @@ impl Settings {
             && t[0] <= t[1]
             && t[1] <= t[2])
         {
-            bail!("routing.thresholds must be three ascending numbers in [0, 1], got {t:?}");
+            bail!(
+                "routing.thresholds must be three numbers in [0, 1], none below the one before (equal ones switch the tiers between them off), got {t:?}"
+            );
         }
         if self.max_retries > 10 {
             bail!("max_retries ({MAX_RETRIES_ENV}) must be at most 10");

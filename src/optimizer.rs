@@ -636,6 +636,13 @@ pub struct DoctorReport {
     /// Models of the routing tiers the catalog does not price (a typo in
     /// `[routing.tiers]`): routing skips them.
     pub unpriced_tier_models: Vec<String>,
+    /// The routing boundaries in force (free|cheap, cheap|medium,
+    /// medium|premium): after `calibrate --apply`, what routes now.
+    pub routing_thresholds: [f64; 3],
+    /// Which tier an unsure score takes by default.
+    pub prefer: Preference,
+    /// Tiers no score reaches (equal boundaries) or with no model listed.
+    pub tiers_off: Vec<Tier>,
 }
 
 // ---------------------------------------------------------------------------
@@ -3057,6 +3064,18 @@ impl Optimizer {
             baseline_model: self.settings.baseline_model.clone(),
             baseline_priced: self.catalog.get(&self.settings.baseline_model).is_some(),
             unpriced_tier_models: self.unpriced_tier_models(),
+            routing_thresholds: self.router.thresholds(),
+            prefer: self.settings.prefer,
+            tiers_off: {
+                let t = self.router.thresholds();
+                let bands = [(0.0, t[0]), (t[0], t[1]), (t[1], t[2]), (t[2], 1.0)];
+                Tier::ALL
+                    .iter()
+                    .zip(bands)
+                    .filter(|(tier, (lo, hi))| hi <= lo || self.router.models(**tier).is_empty())
+                    .map(|(tier, _)| *tier)
+                    .collect()
+            },
         }
     }
 

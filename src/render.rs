@@ -623,6 +623,27 @@ pub fn doctor(d: &DoctorReport) -> String {
             " — NOT IN THE CATALOG: savings cannot be computed; fix baseline_model in the config file"
         }
     );
+    let t = d.routing_thresholds;
+    let _ = writeln!(
+        s,
+        "routing:     boundaries {:.2} / {:.2} / {:.2}; near one, prefer {}{}",
+        t[0],
+        t[1],
+        t[2],
+        d.prefer,
+        if d.tiers_off.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; switched off (no score reaches it, or no model listed): {}",
+                d.tiers_off
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    );
     if !d.unpriced_tier_models.is_empty() {
         let _ = writeln!(
             s,

@@ -173,6 +173,30 @@ fn doctor_reports_providers_and_paths_as_json() {
         "{}",
         stdout(&o)
     );
+    // The routing in force: boundaries, preference, and tiers switched
+    // off by equal boundaries (what `calibrate --apply` wrote, say).
+    assert_eq!(
+        d["routing_thresholds"],
+        serde_json::json!([0.25, 0.5, 0.75]),
+        "{d}"
+    );
+    assert_eq!(d["prefer"], "cost", "{d}");
+    assert_eq!(d["tiers_off"], serde_json::json!([]), "{d}");
+    std::fs::write(
+        &cfg,
+        "[routing]\nthresholds = [0.5, 0.5, 0.5]\nprefer = \"quality\"\n",
+    )
+    .unwrap();
+    let o = command(dir.path())
+        .env("COST_OPTIMIZER_CONFIG", &cfg)
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert!(
+        out.contains("routing:     boundaries 0.50 / 0.50 / 0.50; near one, prefer quality; switched off (no score reaches it, or no model listed): cheap, medium"),
+        "{out}"
+    );
 }
 
 #[test]

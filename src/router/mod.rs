@@ -400,6 +400,13 @@ impl Router {
     }
 
     /// Models configured for `tier`.
+    /// The score boundaries free|cheap, cheap|medium, medium|premium in
+    /// force (`doctor` shows them, e.g. after `calibrate --apply`).
+    pub fn thresholds(&self) -> [f64; 3] {
+        self.thresholds
+    }
+
+    /// The models listed for `tier`, best first.
     pub fn models(&self, tier: Tier) -> &[String] {
         self.tiers.get(&tier).map(|v| v.as_slice()).unwrap_or(&[])
     }
