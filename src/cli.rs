@@ -922,9 +922,28 @@ async fn pricing_command(action: PricingAction, settings: &Settings) -> Result<(
             Ok(())
         }
         PricingAction::Refresh { url, file, force } => {
+            let source = match (&file, &url) {
+                (Some(f), _) => f.display().to_string(),
+                (None, Some(u)) => u.clone(),
+                (None, None) => pricing::DEFAULT_REFRESH_URL.to_string(),
+            };
             let text = match (file, url) {
-                (Some(f), _) => std::fs::read_to_string(&f)
-                    .with_context(|| format!("cannot read {}", f.display()))?,
+                (Some(f), _) => {
+                    // The same cap as a download: a file this size is not
+                    // a catalog, and reading it whole would hold it all.
+                    let size = std::fs::metadata(&f)
+                        .with_context(|| format!("cannot read {}", f.display()))?
+                        .len();
+                    if size > MAX_CATALOG_BYTES as u64 {
+                        bail!(
+                            "{} is larger than {} MiB; refusing it",
+                            f.display(),
+                            MAX_CATALOG_BYTES >> 20
+                        );
+                    }
+                    std::fs::read_to_string(&f)
+                        .with_context(|| format!("cannot read {}", f.display()))?
+                }
                 (None, u) => {
                     let u = u.unwrap_or_else(|| pricing::DEFAULT_REFRESH_URL.to_string());
                     let parsed = reqwest::Url::parse(&u).ok();
@@ -970,7 +989,8 @@ async fn pricing_command(action: PricingAction, settings: &Settings) -> Result<(
                 }
             };
             let current = Catalog::load(Some(&dest), &Default::default())?;
-            let report = pricing::validate_refresh(&text, &current, force)?;
+            let report = pricing::validate_refresh(&text, &current, force)
+                .with_context(|| format!("the catalog from {source} was not used"))?;
             let dir = dest
                 .parent()
                 .context("refreshed catalog path has no parent")?;

@@ -539,6 +539,13 @@ fn pricing_refresh_validates_before_replacing() {
         None,
     );
     assert!(!o.status.success());
+    // The error names the file, and what is wrong with it.
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!("the catalog from {} was not used", tiny.display()))
+            && e.contains("not a LiteLLM catalog"),
+        "{e}"
+    );
     // A complete catalog with a changed price is accepted and used.
     let bundled = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/pricing/litellm_subset.json"),

@@ -805,7 +805,7 @@ fn priced_by_other_units_only(entry: &serde_json::Map<String, serde_json::Value>
 /// providers under canonical `provider/model` ids.
 fn parse_litellm(text: &str, origin: PriceOrigin) -> Result<BTreeMap<String, ModelPrice>> {
     let raw: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(text).context("not a JSON object")?;
+        serde_json::from_str(text).context("not a LiteLLM catalog (one JSON object of models)")?;
     let mut out: BTreeMap<String, ModelPrice> = BTreeMap::new();
     for (key, value) in raw {
         if key == "sample_spec" {
