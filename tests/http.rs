@@ -508,6 +508,11 @@ async fn openai_errors_have_openai_bodies_and_statuses() {
         ),
         // An array: the client's mistake named, not our struct's.
         (json!([{"role": "user", "content": "hi"}]), 400),
+        // Tool results alone are not a question.
+        (
+            json!({"model": "auto", "messages": [{"role": "tool", "content": "42", "tool_call_id": "c1"}]}),
+            400,
+        ),
     ] {
         let r = request(&c, Method::POST, &url, None, Some(&body)).await;
         assert_eq!(r.status(), status, "{body}");

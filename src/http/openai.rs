@@ -278,8 +278,12 @@ fn flatten(messages: &[Message]) -> Result<(Option<String>, String), String> {
         }
     }
     let system = (!system.is_empty()).then(|| system.join("\n\n"));
+    // As the message says: a user turn, not only tool results or an
+    // assistant's words (which were sent on as if someone had asked).
+    if !turns.iter().any(|(who, _)| *who == "User") {
+        return Err("messages must contain at least one user message".into());
+    }
     let prompt = match turns.as_slice() {
-        [] => return Err("messages must contain at least one user message".into()),
         [("User", only)] => only.clone(),
         many => many
             .iter()
