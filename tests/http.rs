@@ -1718,6 +1718,12 @@ async fn sigterm_with_a_call_in_flight(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(fake.requests().len(), 1);
+    sigterm(s);
+    call
+}
+
+/// Sends the server SIGTERM.
+fn sigterm(s: &HttpServer) {
     let pid = s.child.id().to_string();
     assert!(
         Command::new("kill")
@@ -1726,7 +1732,6 @@ async fn sigterm_with_a_call_in_flight(
             .unwrap()
             .success()
     );
-    call
 }
 
 /// Waits for the server to exit, which must be clean; returns its log.
@@ -1841,14 +1846,7 @@ async fn a_stream_outliving_the_shutdown_grace_ends_with_an_error() {
         .await
         .unwrap();
     read_until_word1(&mut r).await;
-    let pid = s.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sigterm(&s);
     let mut rest = String::new();
     while let Ok(Some(chunk)) = r.chunk().await {
         rest.push_str(&String::from_utf8_lossy(&chunk));

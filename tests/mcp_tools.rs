@@ -1104,15 +1104,11 @@ async fn budget_limit_caps_the_whole_call_with_its_retries() {
 #[tokio::test]
 async fn a_cut_off_or_empty_answer_says_so_in_its_text() {
     let reply = |content: &str, finish: &str| {
-        Reply::json(
-            200,
-            json!({
-                "id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000,
-                "model": "deepseek-v3.2",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                             "finish_reason": finish}],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
-            }),
+        openai_finished(
+            "deepseek-v3.2",
+            content,
+            finish,
+            json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}),
         )
     };
     for (content, finish, want) in [
@@ -1149,15 +1145,10 @@ async fn a_cut_off_or_empty_answer_says_so_in_its_text() {
 /// provider's word is the bill) but called out, not recorded silently.
 #[tokio::test]
 async fn implausible_usage_is_billed_and_called_out() {
-    let fake = FakeProvider::start(Reply::json(
-        200,
-        json!({
-            "id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000,
-            "model": "deepseek-v3.2",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "4"},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 12, "completion_tokens": 900_000, "total_tokens": 900_012}
-        }),
+    let fake = FakeProvider::start(openai_ok(
+        "deepseek-v3.2",
+        "4",
+        json!({"prompt_tokens": 12, "completion_tokens": 900_000, "total_tokens": 900_012}),
     ))
     .await;
     let dir = tempfile::tempdir().unwrap();

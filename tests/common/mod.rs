@@ -295,12 +295,17 @@ impl FakeProvider {
 
 /// An OpenAI-style chat completion (Cerebras, DeepSeek, OpenRouter, HF).
 pub fn openai_ok(model: &str, text: &str, usage: Value) -> Reply {
+    openai_finished(model, text, "stop", usage)
+}
+
+/// [`openai_ok`] that ended for `finish` (`length`, `content_filter` ...).
+pub fn openai_finished(model: &str, text: &str, finish: &str, usage: Value) -> Reply {
     Reply::json(
         200,
         json!({
             "id": "chatcmpl-123", "object": "chat.completion", "created": 1_700_000_000,
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
             "usage": usage
         }),
     )
