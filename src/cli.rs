@@ -48,7 +48,7 @@ pub enum Command {
     /// Exit 0 if an HTTP server answers its /health probe (for container
     /// health checks: the image needs no curl).
     Healthcheck {
-        /// The probe's URL.
+        /// The probe's URL (a bare server URL means its `/health`).
         #[arg(default_value = "http://127.0.0.1:8080/health")]
         url: String,
     },
@@ -324,6 +324,16 @@ pub struct Output {
 }
 
 async fn healthcheck(url: &str) -> Result<()> {
+    // The server's base URL is what people have at hand: its probe is
+    // `/health` (a bare base answered 404, read as the server being down).
+    let probe;
+    let url = match reqwest::Url::parse(url) {
+        Ok(u) if u.path() == "/" && u.query().is_none() => {
+            probe = u.join("health")?.to_string();
+            probe.as_str()
+        }
+        _ => url,
+    };
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(5))
         .build()?;

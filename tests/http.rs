@@ -252,6 +252,9 @@ async fn probes_openai_completion_usage_and_metrics() {
         &["healthcheck", &format!("{}/health", s.base)],
     );
     assert!(ok && out.trim() == "ok", "{err}");
+    // The server's bare URL probes its /health.
+    let (ok, out, err) = cli(dir.path(), &[], &["healthcheck", &s.base]);
+    assert!(ok && out.trim() == "ok", "{err}");
     let (ok, _, _) = cli(
         dir.path(),
         &[],
