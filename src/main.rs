@@ -134,8 +134,11 @@ fn main() -> ExitCode {
 /// rest of the report (ledger, budget, reachable providers) waits for the
 /// setting at fault to be fixed, and says so.
 fn doctor_without_settings(error: &str) -> String {
+    use ai_cost_optimizer::config::{CONFIG_ENV, DATA_DIR_ENV, env_var};
     use ai_cost_optimizer::providers::{ProviderId, spec};
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    // As the settings read them: an unfilled `${user_config…}` template
+    // is no key.
+    let var = |k: &str| env_var(k).filter(|v| !v.trim().is_empty());
     let keys: Vec<&str> = ProviderId::ALL
         .iter()
         .filter(|p| spec(**p).key_envs.iter().any(|k| var(k).is_some()))
@@ -150,10 +153,8 @@ fn doctor_without_settings(error: &str) -> String {
          Fix the setting above and run `ai-cost-optimizer doctor` again for the full report \
          (ledger, budget, providers reachable).",
         env!("CARGO_PKG_VERSION"),
-        var("COST_OPTIMIZER_CONFIG")
-            .unwrap_or_else(|| "the default location (COST_OPTIMIZER_CONFIG unset)".into()),
-        var("COST_OPTIMIZER_DATA_DIR")
-            .unwrap_or_else(|| "the platform default (COST_OPTIMIZER_DATA_DIR unset)".into()),
+        var(CONFIG_ENV).unwrap_or_else(|| format!("the default location ({CONFIG_ENV} unset)")),
+        var(DATA_DIR_ENV).unwrap_or_else(|| format!("the platform default ({DATA_DIR_ENV} unset)")),
         if keys.is_empty() {
             "none".to_string()
         } else {
